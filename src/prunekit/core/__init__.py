@@ -1,0 +1,1 @@
+"""Method-agnostic machinery: scope, masks, patterns, allocation, statistics, sparse storage."""

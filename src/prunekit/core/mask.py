@@ -1,0 +1,148 @@
+"""Reversible masks, through ``torch.nn.utils.parametrize``.
+
+A masked module's forward sees ``weight * mask``; the dense weight stays underneath (as
+``parametrizations.weight.original``) until :func:`finalize_` bakes the zeros in. Because the mask
+multiplies the weight, gradients of pruned entries are zero and optimizer steps never revive them.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+
+class Mask(nn.Module):
+    """Parametrization that multiplies a tensor by a fixed boolean mask (True = kept)."""
+
+    def __init__(self, mask: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.detach().to(torch.bool).clone())
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight * self.mask
+
+    def extra_repr(self) -> str:
+        kept = int(self.mask.sum())
+        return f"shape={tuple(self.mask.shape)}, sparsity={1 - kept / max(self.mask.numel(), 1):.4f}"
+
+
+def _mask_module(module: nn.Module, name: str = "weight") -> Mask | None:
+    if not parametrize.is_parametrized(module, name):
+        return None
+    for p in module.parametrizations[name]:
+        if isinstance(p, Mask):
+            return p
+    return None
+
+
+def weight_of(module: nn.Module, name: str = "weight") -> Tensor:
+    """The leaf parameter that holds ``module.<name>`` (the dense tensor under a mask, if any)."""
+    if parametrize.is_parametrized(module, name):
+        return module.parametrizations[name].original
+    return getattr(module, name)
+
+
+def get_mask(module: nn.Module, name: str = "weight") -> Tensor | None:
+    """The boolean mask on ``module.<name>`` (True = kept), or None when it has none."""
+    m = _mask_module(module, name)
+    return None if m is None else m.mask
+
+
+def set_mask_(module: nn.Module, mask: Tensor, name: str = "weight") -> None:
+    """Put ``mask`` on ``module.<name>``; a module already masked keeps the union of the zeros."""
+    weight = weight_of(module, name)
+    if tuple(mask.shape) != tuple(weight.shape):
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match {name} shape {tuple(weight.shape)}")
+    mask = mask.to(device=weight.device, dtype=torch.bool)
+    existing = _mask_module(module, name)
+    if existing is not None:
+        existing.mask.logical_and_(mask)
+    else:
+        parametrize.register_parametrization(module, name, Mask(mask))
+
+
+def masked_modules(model: nn.Module, name: str = "weight") -> Iterator[tuple[str, nn.Module]]:
+    """The (name, module) pairs of ``model`` whose ``<name>`` carries a mask."""
+    for mod_name, module in model.named_modules():
+        if _mask_module(module, name) is not None:
+            yield mod_name, module
+
+
+def remove_mask_(module: nn.Module, name: str = "weight", bake: bool = True) -> None:
+    """Drop the mask of ``module.<name>``; with ``bake`` the zeros stay in the weight, else the dense weight returns."""
+    if _mask_module(module, name) is None:
+        return
+    parametrize.remove_parametrizations(module, name, leave_parametrized=bake)
+
+
+def finalize_(model: nn.Module) -> nn.Module:
+    """Bake every mask into its weight and remove the parametrizations; outputs do not change."""
+    for _, module in list(masked_modules(model)):
+        remove_mask_(module, "weight", bake=True)
+    return model
+
+
+def unprune_(model: nn.Module) -> nn.Module:
+    """Remove every mask and give back the dense weights kept underneath."""
+    for _, module in list(masked_modules(model)):
+        remove_mask_(module, "weight", bake=False)
+    return model
+
+
+class MaskSnapshot:
+    """Records the masks of a model so that a failed operation can put them back exactly."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.masks = {name: get_mask(m).clone() for name, m in masked_modules(model)}
+
+    def restore(self) -> None:
+        """Put the model's masks back as they were when the snapshot was taken."""
+        modules = dict(self.model.named_modules())
+        for name, module in list(masked_modules(self.model)):
+            if name not in self.masks:
+                remove_mask_(module, bake=False)
+            else:
+                _mask_module(module).mask.copy_(self.masks[name])
+        for name, mask in self.masks.items():
+            if get_mask(modules[name]) is None:
+                set_mask_(modules[name], mask)
+
+
+_ORIGINAL = ".parametrizations.weight.original"
+_MASK = ".parametrizations.weight.0.mask"
+
+
+def load_state_dict_(model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool = True):
+    """Load a state dict saved from a pruned model into ``model``, creating the masks it needs.
+
+    ``model`` may be a fresh, unpruned model of the same architecture. On any error the model is
+    left as it was.
+    """
+    modules = dict(model.named_modules())
+    needed = [k[: -len(_MASK)] for k in state_dict if k.endswith(_MASK)]
+    for prefix in needed:
+        if prefix not in modules:
+            raise ValueError(f"the state dict has a mask for {prefix!r}, which {type(model).__name__} does not have")
+        weight = weight_of(modules[prefix])
+        shape = tuple(state_dict[prefix + _MASK].shape)
+        if shape != tuple(weight.shape):
+            raise ValueError(f"mask of {prefix!r} has shape {shape}, but the model's weight has {tuple(weight.shape)}")
+    snapshot = MaskSnapshot(model)
+    backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        for prefix in needed:
+            if get_mask(modules[prefix]) is None:
+                set_mask_(modules[prefix], torch.ones_like(weight_of(modules[prefix]), dtype=torch.bool))
+        # A mask the model has but the state dict lacks is loaded from the dense entry: drop it.
+        for name, module in list(masked_modules(model)):
+            if name not in needed and (name + ".weight") in state_dict:
+                remove_mask_(module, bake=False)
+        return model.load_state_dict(state_dict, strict=strict)
+    except Exception:
+        snapshot.restore()
+        model.load_state_dict(backup)
+        raise

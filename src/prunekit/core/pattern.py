@@ -1,0 +1,163 @@
+"""Patterns: what shape the zeros of one tensor may take.
+
+- ``unstructured``: any entries.
+- ``row``: the same number of zeros in every output row (output channel for convolutions).
+- ``N:M`` (e.g. ``2:4``): at most N non-zeros in every M consecutive weights along the input dimension
+  (for convolutions, along input channels at each kernel position, as NVIDIA's sparse tensor cores want).
+- ``block:RxC`` (e.g. ``block:4x4``): whole R×C blocks of (output, input) channels; for convolutions a
+  block holds its kernels too.
+
+A mask is built from a score tensor (higher = more important) and a number of weights to prune;
+ties break deterministically toward the lower flat index.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+PATTERN_FORMS = "'unstructured', 'row', 'N:M' (e.g. '2:4') or 'block:RxC' (e.g. 'block:4x4')"
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A parsed pattern: ``kind`` is unstructured, row, nm or block."""
+
+    kind: str
+    n: int = 0
+    m: int = 0
+    rows: int = 1
+    cols: int = 1
+
+    def __str__(self) -> str:
+        if self.kind == "nm":
+            return f"{self.n}:{self.m}"
+        if self.kind == "block":
+            return f"block:{self.rows}x{self.cols}"
+        return self.kind
+
+    @property
+    def fixed_sparsity(self) -> float | None:
+        """The sparsity the pattern implies by itself (N:M), or None."""
+        return 1 - self.n / self.m if self.kind == "nm" else None
+
+
+def parse_pattern(spec: str | Pattern) -> Pattern:
+    """Parse a pattern name such as ``"unstructured"``, ``"row"``, ``"2:4"`` or ``"block:4x4"``."""
+    if isinstance(spec, Pattern):
+        return spec
+    if not isinstance(spec, str):
+        raise ValueError(f"pattern must be a string, one of {PATTERN_FORMS}; got {spec!r}")
+    s = spec.strip().lower()
+    if s in ("unstructured", "row"):
+        return Pattern(s)
+    if s in ("per-row", "per_row"):
+        return Pattern("row")
+    mt = re.fullmatch(r"(\d+):(\d+)", s)
+    if mt:
+        n, m = int(mt.group(1)), int(mt.group(2))
+        if not 0 < n < m:
+            raise ValueError(f"N:M pattern needs 0 < N < M, got {spec!r}")
+        return Pattern("nm", n=n, m=m)
+    mt = re.fullmatch(r"block:(\d+)x(\d+)", s)
+    if mt:
+        r, c = int(mt.group(1)), int(mt.group(2))
+        if r < 1 or c < 1 or r * c < 2:
+            raise ValueError(f"block pattern needs blocks of at least 2 weights, got {spec!r}")
+        return Pattern("block", rows=r, cols=c)
+    raise ValueError(f"unknown pattern {spec!r}; known: {PATTERN_FORMS}")
+
+
+def check_pattern(pattern: Pattern, shape: tuple[int, ...], name: str = "tensor") -> None:
+    """Raise a ValueError when ``pattern`` cannot tile a weight of ``shape``."""
+    if len(shape) < 2:
+        if pattern.kind != "unstructured":
+            raise ValueError(f"pattern {pattern} needs a weight of 2 or more dimensions; {name} has shape {shape}")
+        return
+    out_ch, in_ch = shape[0], shape[1]
+    if pattern.kind == "nm" and in_ch % pattern.m:
+        raise ValueError(
+            f"pattern {pattern} needs the input dimension divisible by {pattern.m}; {name} has shape {shape} "
+            f"(input dimension {in_ch}); leave it out of the scope or pick another pattern"
+        )
+    if pattern.kind == "block" and (out_ch % pattern.rows or in_ch % pattern.cols):
+        raise ValueError(
+            f"pattern {pattern} needs output/input dimensions divisible by {pattern.rows}/{pattern.cols}; "
+            f"{name} has shape {shape}"
+        )
+
+
+def _prune_lowest(scores: Tensor, k: int) -> Tensor:
+    """Keep-mask along the last dim that prunes the ``k`` lowest entries of each row."""
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if k <= 0:
+        return keep
+    order = torch.argsort(scores, dim=-1, stable=True)[..., :k]
+    keep.scatter_(-1, order, False)
+    return keep
+
+
+def _nm_view(t: Tensor, m: int) -> Tensor:
+    """(O, I, *k) → (groups, M) with groups running along the input dimension."""
+    if t.dim() > 2:
+        t = t.movedim(1, -1)  # (O, *k, I)
+    return t.reshape(-1, m)
+
+
+def _nm_unview(groups: Tensor, shape: tuple[int, ...]) -> Tensor:
+    if len(shape) > 2:
+        moved = (shape[0], *shape[2:], shape[1])
+        return groups.reshape(moved).movedim(-1, 1)
+    return groups.reshape(shape)
+
+
+def mask_from_scores(scores: Tensor, pattern: Pattern, n_prune: int) -> Tensor:
+    """A boolean keep-mask for a tensor of ``scores`` pruning about ``n_prune`` entries in ``pattern``.
+
+    Unstructured prunes exactly ``n_prune``; row and block patterns round it to whole rows' shares or
+    blocks; N:M ignores ``n_prune`` and prunes M−N of every M.
+    """
+    shape = tuple(scores.shape)
+    scores = scores.detach().float()
+    numel = scores.numel()
+    n_prune = max(0, min(int(n_prune), numel))
+    if pattern.kind == "unstructured":
+        return _prune_lowest(scores.reshape(-1), n_prune).reshape(shape)
+    if pattern.kind == "row":
+        rows = scores.reshape(shape[0], -1)
+        per_row = round(n_prune / shape[0])
+        return _prune_lowest(rows, per_row).reshape(shape)
+    if pattern.kind == "nm":
+        groups = _nm_view(scores, pattern.m)
+        return _nm_unview(_prune_lowest(groups, pattern.m - pattern.n), shape)
+    if pattern.kind == "block":
+        r, c = pattern.rows, pattern.cols
+        o, i = shape[0], shape[1]
+        per_oi = scores.reshape(o, i, -1).sum(-1)  # a conv block holds whole kernels
+        block_scores = per_oi.reshape(o // r, r, i // c, c).sum(dim=(1, 3))
+        block_size = r * c * (numel // (o * i))
+        n_blocks = round(n_prune / block_size)
+        keep_blocks = _prune_lowest(block_scores.reshape(-1), n_blocks).reshape(o // r, i // c)
+        keep = keep_blocks.repeat_interleave(r, 0).repeat_interleave(c, 1)
+        return keep.reshape(o, i, *([1] * (len(shape) - 2))).expand(shape).clone()
+    raise ValueError(f"unknown pattern kind {pattern.kind!r}")
+
+
+def pattern_holds(mask: Tensor, pattern: Pattern) -> bool:
+    """Whether a keep-mask obeys ``pattern`` (N:M: at most N kept per group; block: whole blocks)."""
+    shape = tuple(mask.shape)
+    if pattern.kind == "nm":
+        return bool((_nm_view(mask.int(), pattern.m).sum(-1) <= pattern.n).all())
+    if pattern.kind == "row":
+        kept = mask.reshape(shape[0], -1).sum(-1)
+        return bool((kept == kept[0]).all())
+    if pattern.kind == "block":
+        r, c = pattern.rows, pattern.cols
+        o, i = shape[0], shape[1]
+        b = mask.reshape(o // r, r, i // c, c, -1).float()
+        per_block = b.mean(dim=(1, 3, 4))
+        return bool(((per_block == 0) | (per_block == 1)).all())
+    return True

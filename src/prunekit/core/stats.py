@@ -1,0 +1,221 @@
+"""Summary: per-layer parameters, non-zeros, sparsity and MACs (dense and effective), and model size.
+
+MACs are counted with forward hooks on Linear and Conv layers for one call on ``example_inputs``
+(matrix products that are not modules, such as attention scores, are not counted). Effective MACs
+scale each layer's MACs by its weight density: what a sparse kernel would need to do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .calling import call_model
+from .mask import get_mask
+from .scope import PRUNABLE_TYPES, select_targets
+
+
+@dataclass
+class LayerStats:
+    """One module's own parameters and compute."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    params: int
+    nonzeros: int
+    in_scope: bool
+    masked: bool
+    macs: int = 0
+    effective_macs: int = 0
+
+    @property
+    def sparsity(self) -> float:
+        return 1 - self.nonzeros / self.params if self.params else 0.0
+
+
+@dataclass
+class ModelSummary:
+    """Per-layer rows and totals; ``str()`` gives a table, :meth:`to_dict` / :meth:`to_json` give data."""
+
+    model: str
+    layers: list[LayerStats] = field(default_factory=list)
+    dense_bytes: int = 0
+    sparse_bytes: int = 0
+
+    @property
+    def params(self) -> int:
+        return sum(r.params for r in self.layers)
+
+    @property
+    def nonzeros(self) -> int:
+        return sum(r.nonzeros for r in self.layers)
+
+    @property
+    def sparsity(self) -> float:
+        return 1 - self.nonzeros / self.params if self.params else 0.0
+
+    @property
+    def scope_sparsity(self) -> float:
+        rows = [r for r in self.layers if r.in_scope]
+        total = sum(r.params for r in rows)
+        return 1 - sum(r.nonzeros for r in rows) / total if total else 0.0
+
+    @property
+    def macs(self) -> int:
+        return sum(r.macs for r in self.layers)
+
+    @property
+    def effective_macs(self) -> int:
+        return sum(r.effective_macs for r in self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Rows and totals as plain data."""
+        return {
+            "model": self.model,
+            "layers": [{**asdict(r), "shape": list(r.shape), "sparsity": r.sparsity} for r in self.layers],
+            "totals": {
+                "params": self.params, "nonzeros": self.nonzeros, "sparsity": self.sparsity,
+                "scope_sparsity": self.scope_sparsity, "macs": self.macs, "effective_macs": self.effective_macs,
+                "dense_bytes": self.dense_bytes, "sparse_bytes": self.sparse_bytes,
+            },
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def __str__(self) -> str:
+        head = f"{'layer':<40} {'type':<10} {'shape':<18} {'params':>11} {'nonzeros':>11} {'sparsity':>8} " \
+               f"{'MACs':>12} {'eff. MACs':>12}  scope"
+        lines = [f"prunekit summary of {self.model}", head, "-" * len(head)]
+        for r in self.layers:
+            lines.append(
+                f"{_clip(r.name, 40):<40} {r.kind[:10]:<10} {_clip(str(tuple(r.shape)), 18):<18} {r.params:>11,} "
+                f"{r.nonzeros:>11,} {r.sparsity:>8.2%} {_si(r.macs):>12} {_si(r.effective_macs):>12}  "
+                f"{'pruned' if r.masked else ('yes' if r.in_scope else '-')}"
+            )
+        lines.append("-" * len(head))
+        lines.append(
+            f"{'total':<40} {'':<10} {'':<18} {self.params:>11,} {self.nonzeros:>11,} {self.sparsity:>8.2%} "
+            f"{_si(self.macs):>12} {_si(self.effective_macs):>12}"
+        )
+        lines.append(
+            f"sparsity in scope {self.scope_sparsity:.2%}; size dense {_bytes(self.dense_bytes)}, "
+            f"stored sparse {_bytes(self.sparse_bytes)} ({self.dense_bytes / max(self.sparse_bytes, 1):.2f}x smaller)"
+        )
+        return "\n".join(lines)
+
+
+def _clip(s: str, n: int) -> str:
+    return s if len(s) <= n else "…" + s[-(n - 1):]
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def sparse_nbytes(t: Tensor) -> int:
+    """Bytes to store ``t`` the smaller way: dense, or a bitmask plus its non-zero values."""
+    dense = t.numel() * t.element_size()
+    if not t.is_floating_point() or t.numel() < 64:
+        return dense
+    bitmask = math.ceil(t.numel() / 8) + int(torch.count_nonzero(t)) * t.element_size()
+    return min(dense, bitmask)
+
+
+def _own_tensors(module: nn.Module) -> list[tuple[str, Tensor, Tensor | None]]:
+    """(name, effective tensor, leaf parameter) for a module's own parameters, masked ones included."""
+    out = []
+    for pname, p in module._parameters.items():
+        if p is not None:
+            out.append((pname, p, p))
+    if parametrize.is_parametrized(module):
+        for pname in module.parametrizations:
+            out.append((pname, getattr(module, pname), module.parametrizations[pname].original))
+    return out
+
+
+def _count_macs(model: nn.Module, example_inputs: Any) -> dict[int, int]:
+    macs: dict[int, int] = {}
+
+    def hook(module: nn.Module, args: tuple, output: Any) -> None:
+        if not isinstance(output, Tensor):
+            return
+        if isinstance(module, nn.Linear):
+            n = output.numel() * module.in_features
+        else:
+            w = module.weight
+            n = output.numel() * (w.shape[1] * math.prod(w.shape[2:]))
+        macs[id(module)] = macs.get(id(module), 0) + n
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            call_model(model, example_inputs)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return macs
+
+
+def summary(model: nn.Module, example_inputs: Any = None, scope: Any = None) -> ModelSummary:
+    """Per-layer parameters, non-zeros, sparsity and (with ``example_inputs``) MACs of ``model``.
+
+    A row's ``scope`` column says ``pruned`` for a masked tensor, ``yes`` for one the scope would
+    prune, ``-`` otherwise. Tied parameters are counted once.
+    """
+    try:
+        in_scope = {id(t.module) for t in select_targets(model, scope)}
+    except ValueError:
+        in_scope = set()
+    macs = _count_macs(model, example_inputs) if example_inputs is not None else {}
+    result = ModelSummary(type(model).__name__)
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, parametrize.ParametrizationList) or ".parametrizations" in name:
+            continue
+        params = nonzeros = dense_b = sparse_b = 0
+        shape: tuple[int, ...] = ()
+        for pname, eff, leaf in _own_tensors(module):
+            if id(leaf) in seen:
+                continue
+            seen.add(id(leaf))
+            eff = eff.detach()
+            params += eff.numel()
+            nonzeros += int(torch.count_nonzero(eff))
+            dense_b += eff.numel() * eff.element_size()
+            sparse_b += sparse_nbytes(eff)
+            if pname == "weight":
+                shape = tuple(eff.shape)
+        if params == 0:
+            continue
+        m = macs.get(id(module), 0)
+        w = getattr(module, "weight", None)
+        density = (int(torch.count_nonzero(w.detach())) / w.numel()) if isinstance(w, Tensor) and w.numel() else 1.0
+        kind = type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
+        result.layers.append(LayerStats(
+            name or "(model)", kind.__name__, shape, params, nonzeros, id(module) in in_scope,
+            get_mask(module) is not None, m, round(m * density),
+        ))
+        result.dense_bytes += dense_b
+        result.sparse_bytes += sparse_b
+    return result

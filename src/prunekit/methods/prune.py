@@ -1,0 +1,155 @@
+"""``prune_``: the one verb that prunes a model in place with any registered method."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..core.allocate import ALLOCATIONS
+from ..core.mask import MaskSnapshot, get_mask, set_mask_
+from ..core.pattern import Pattern, check_pattern, parse_pattern
+from ..core.scope import Scope, select_targets
+from ..criteria.base import ScoreContext
+from .base import METHODS, PrunePlan
+
+
+@dataclass
+class PruneReport:
+    """What a call to :func:`prune_` did: settings, per-layer sparsity, total sparsity and time."""
+
+    method: str
+    pattern: str
+    allocation: str
+    target_sparsity: float
+    sparsity: float
+    params_in_scope: int
+    zeros_in_scope: int
+    layers: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data (JSON-ready)."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.method} ({self.pattern}, {self.allocation}): {len(self.layers)} tensors, "
+            f"sparsity {self.sparsity:.4f} (target {self.target_sparsity:.4f}) over {self.params_in_scope:,} "
+            f"weights in scope, {self.seconds:.2f} s"
+        )
+
+
+def _resolve_sparsity(sparsity: float | None, pattern: Pattern) -> float:
+    fixed = pattern.fixed_sparsity
+    if sparsity is None:
+        if fixed is None:
+            raise ValueError(f"sparsity is required for pattern {pattern}; pass a number in [0, 1)")
+        return fixed
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+    if fixed is not None and abs(sparsity - fixed) > 1e-9:
+        raise ValueError(f"pattern {pattern} implies sparsity {fixed}; got sparsity={sparsity} (omit it or match it)")
+    return float(sparsity)
+
+
+def plan_prune(
+    model: nn.Module,
+    method: str = "magnitude",
+    sparsity: float | None = None,
+    *,
+    pattern: str | Pattern = "unstructured",
+    allocation: str = "uniform",
+    scope: Scope | dict | Sequence[str] | str | None = None,
+    data: Iterable[Any] | None = None,
+    loss_fn: Callable[..., Tensor] | None = None,
+    example_inputs: Any = None,
+    calibration: Any = None,
+    seed: int = 0,
+    max_batches: int | None = None,
+    progress: bool = True,
+    **options: Any,
+):
+    """Validate the arguments of :func:`prune_` and return the method and its plan; changes nothing."""
+    factory = METHODS.get(method)
+    pat = parse_pattern(pattern)
+    target = _resolve_sparsity(sparsity, pat)
+    if pat.kind != "nm":
+        ALLOCATIONS.get(allocation)
+    targets = select_targets(model, scope)
+    for t in targets:
+        check_pattern(pat, t.shape, t.name)
+    allocation_options = {k: options.pop(k) for k in ("floor", "power") if k in options}
+    ctx = ScoreContext(data=data, loss_fn=loss_fn, example_inputs=example_inputs, seed=seed,
+                       max_batches=max_batches, options={k: options[k] for k in ("temperature",) if k in options})
+    plan = PrunePlan(targets, target, pat, allocation, allocation_options, ctx, calibration, progress, options)
+    impl = factory()
+    impl.validate(model, plan)
+    return impl, plan
+
+
+def prune_(
+    model: nn.Module,
+    method: str = "magnitude",
+    sparsity: float | None = None,
+    *,
+    pattern: str | Pattern = "unstructured",
+    allocation: str = "uniform",
+    scope: Scope | dict | Sequence[str] | str | None = None,
+    data: Iterable[Any] | None = None,
+    loss_fn: Callable[..., Tensor] | None = None,
+    example_inputs: Any = None,
+    calibration: Any = None,
+    iterations: int = 1,
+    seed: int = 0,
+    max_batches: int | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> PruneReport:
+    """Prune ``model`` in place with masks and return a :class:`PruneReport`.
+
+    ``method`` names a registered method (``prunekit.METHODS.names()``); ``sparsity`` is the fraction
+    of weights in scope to zero (implied by an N:M ``pattern``); ``allocation`` spreads it over layers
+    (uniform, global, global_floor, erk, lamp); ``scope`` picks the tensors. Data-driven criteria take
+    ``data`` (batches of ``(inputs, targets)``) and ``loss_fn``; SynFlow takes ``example_inputs``.
+    ``iterations`` > 1 prunes in rounds on an exponential schedule (as SynFlow and iterative SNIP do).
+    Pruning a pruned model again only adds zeros. Everything is validated before the model changes,
+    and a failure part-way puts the masks back as they were.
+    """
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+    start = time.perf_counter()
+    impl, plan = plan_prune(
+        model, method, sparsity, pattern=pattern, allocation=allocation, scope=scope, data=data,
+        loss_fn=loss_fn, example_inputs=example_inputs, calibration=calibration, seed=seed,
+        max_batches=max_batches, progress=progress, **options,
+    )
+    snapshot = MaskSnapshot(model)
+    target = plan.sparsity
+    try:
+        for r in range(1, iterations + 1):
+            plan.sparsity = 1 - (1 - target) ** (r / iterations)
+            masks = impl.masks(model, plan)
+            with torch.no_grad():
+                for t in plan.targets:
+                    set_mask_(t.module, masks[t.name])
+    except BaseException:
+        snapshot.restore()
+        raise
+    return _report(method, plan, target, time.perf_counter() - start)
+
+
+def _report(method: str, plan: PrunePlan, target: float, seconds: float) -> PruneReport:
+    layers, total, zeros = {}, 0, 0
+    for t in plan.targets:
+        mask = get_mask(t.module)
+        n = t.numel
+        z = 0 if mask is None else int(n - mask.sum())
+        layers[t.name] = z / n
+        total += n
+        zeros += z
+    alloc = "n/a" if plan.pattern.kind == "nm" else plan.allocation
+    return PruneReport(method, str(plan.pattern), alloc, target, zeros / total, total, zeros, layers, seconds)

@@ -1,0 +1,5 @@
+"""Measurements: accuracy, and (as they land) perplexity, latency, size."""
+
+from .accuracy import accuracy
+
+__all__ = ["accuracy"]
