@@ -75,18 +75,18 @@ def check_pattern(pattern: Pattern, shape: tuple[int, ...], name: str = "tensor"
     """Raise a ValueError when ``pattern`` cannot tile a weight of ``shape``."""
     if len(shape) < 2:
         if pattern.kind != "unstructured":
-            raise ValueError(f"pattern {pattern} needs a weight of 2 or more dimensions; {name} has shape {shape}")
+            raise ValueError(f"pattern {pattern} needs a weight of 2 or more dimensions; layer {name!r} has shape {shape}")
         return
     out_ch, in_ch = shape[0], shape[1]
     if pattern.kind == "nm" and in_ch % pattern.m:
         raise ValueError(
-            f"pattern {pattern} needs the input dimension divisible by {pattern.m}; {name} has shape {shape} "
+            f"pattern {pattern} needs the input dimension divisible by {pattern.m}; layer {name!r} has shape {shape} "
             f"(input dimension {in_ch}); leave it out of the scope or pick another pattern"
         )
     if pattern.kind == "block" and (out_ch % pattern.rows or in_ch % pattern.cols):
         raise ValueError(
             f"pattern {pattern} needs output/input dimensions divisible by {pattern.rows}/{pattern.cols}; "
-            f"{name} has shape {shape}"
+            f"layer {name!r} has shape {shape}"
         )
 
 

@@ -34,9 +34,14 @@ class LayerStats:
     masked: bool
     macs: int = 0
     effective_macs: int = 0
+    weight_params: int = 0
+    weight_nonzeros: int = 0
 
     @property
     def sparsity(self) -> float:
+        """Sparsity of the layer's weight (of all its parameters when it has no weight)."""
+        if self.weight_params:
+            return 1 - self.weight_nonzeros / self.weight_params
         return 1 - self.nonzeros / self.params if self.params else 0.0
 
 
@@ -63,9 +68,9 @@ class ModelSummary:
 
     @property
     def scope_sparsity(self) -> float:
-        rows = [r for r in self.layers if r.in_scope]
-        total = sum(r.params for r in rows)
-        return 1 - sum(r.nonzeros for r in rows) / total if total else 0.0
+        rows = [r for r in self.layers if r.in_scope or r.masked]
+        total = sum(r.weight_params for r in rows)
+        return 1 - sum(r.weight_nonzeros for r in rows) / total if total else 0.0
 
     @property
     def macs(self) -> int:
@@ -193,28 +198,29 @@ def summary(model: nn.Module, example_inputs: Any = None, scope: Any = None) -> 
     for name, module in model.named_modules():
         if isinstance(module, parametrize.ParametrizationList) or ".parametrizations" in name:
             continue
-        params = nonzeros = dense_b = sparse_b = 0
+        params = nonzeros = dense_b = sparse_b = w_params = w_nonzeros = 0
         shape: tuple[int, ...] = ()
         for pname, eff, leaf in _own_tensors(module):
             if id(leaf) in seen:
                 continue
             seen.add(id(leaf))
             eff = eff.detach()
+            nz = int(torch.count_nonzero(eff))
             params += eff.numel()
-            nonzeros += int(torch.count_nonzero(eff))
+            nonzeros += nz
             dense_b += eff.numel() * eff.element_size()
             sparse_b += sparse_nbytes(eff)
             if pname == "weight":
                 shape = tuple(eff.shape)
+                w_params, w_nonzeros = eff.numel(), nz
         if params == 0:
             continue
         m = macs.get(id(module), 0)
-        w = getattr(module, "weight", None)
-        density = (int(torch.count_nonzero(w.detach())) / w.numel()) if isinstance(w, Tensor) and w.numel() else 1.0
+        density = w_nonzeros / w_params if w_params else 1.0
         kind = type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
         result.layers.append(LayerStats(
             name or "(model)", kind.__name__, shape, params, nonzeros, id(module) in in_scope,
-            get_mask(module) is not None, m, round(m * density),
+            get_mask(module) is not None, m, round(m * density), w_params, w_nonzeros,
         ))
         result.dense_bytes += dense_b
         result.sparse_bytes += sparse_b

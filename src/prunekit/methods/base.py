@@ -2,7 +2,10 @@
 
 A method turns a :class:`PrunePlan` (targets, sparsity, pattern, allocation, data) into one boolean
 keep-mask per target; :func:`prunekit.prune_` validates the plan first and applies the masks only
-once every one of them is computed, so a failure never leaves a half-pruned model.
+once every one of them is computed, so a failure never leaves a half-pruned model. A method that must
+prune as it goes (block by block, updating weights as SparseGPT does) defines ``apply_(model, plan)``
+instead and records every weight it is about to change in ``plan.journal``, so a failure can put
+masks and weights back.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+import torch
 from torch import Tensor, nn
+
+from ..core.mask import weight_of
 
 from ..core.pattern import Pattern
 from ..core.registry import Registry
@@ -31,10 +37,31 @@ class PrunePlan:
     calibration: Any = None
     progress: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+    journal: "WeightJournal | None" = None
+
+
+class WeightJournal:
+    """Copies of the weights a method changes, taken before the first change, so they can be put back."""
+
+    def __init__(self) -> None:
+        self.saved: dict[int, tuple[nn.Module, Tensor]] = {}
+
+    def record(self, module: nn.Module) -> None:
+        """Keep a copy of ``module``'s (dense) weight unless one is kept already."""
+        if id(module) not in self.saved:
+            self.saved[id(module)] = (module, weight_of(module).detach().to("cpu", copy=True))
+
+    def restore(self) -> None:
+        """Write every recorded weight back."""
+        with torch.no_grad():
+            for module, w in self.saved.values():
+                leaf = weight_of(module)
+                leaf.copy_(w.to(leaf.device))
 
 
 class Method(Protocol):
-    """A pruning method: ``validate`` checks the plan before anything changes, ``masks`` computes them."""
+    """A pruning method: ``validate`` checks the plan before anything changes, ``masks`` computes them
+    (or, for methods that prune as they go, an ``apply_(model, plan)`` that prunes in place)."""
 
     name: str
 

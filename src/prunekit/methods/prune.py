@@ -14,7 +14,7 @@ from ..core.mask import MaskSnapshot, get_mask, set_mask_
 from ..core.pattern import Pattern, check_pattern, parse_pattern
 from ..core.scope import Scope, select_targets
 from ..criteria.base import ScoreContext
-from .base import METHODS, PrunePlan
+from .base import METHODS, PrunePlan, WeightJournal
 
 
 @dataclass
@@ -56,6 +56,12 @@ def _resolve_sparsity(sparsity: float | None, pattern: Pattern) -> float:
     return float(sparsity)
 
 
+def _default_scope(model: nn.Module) -> Scope | None:
+    """The default scope, widened to transformers' ``Conv1D`` (GPT-2's linear layers) when the model has them."""
+    extra = tuple({type(m) for m in model.modules() if type(m).__name__ == "Conv1D" and hasattr(m, "nf")})
+    return Scope(types=Scope().types + extra) if extra else None
+
+
 def plan_prune(
     model: nn.Module,
     method: str = "magnitude",
@@ -79,10 +85,10 @@ def plan_prune(
     target = _resolve_sparsity(sparsity, pat)
     if pat.kind != "nm":
         ALLOCATIONS.get(allocation)
-    targets = select_targets(model, scope)
+    targets = select_targets(model, _default_scope(model) if scope is None else scope)
     for t in targets:
         check_pattern(pat, t.shape, t.name)
-    allocation_options = {k: options.pop(k) for k in ("floor", "power") if k in options}
+    allocation_options = {k: options.pop(k) for k in ("floor", "power", "owl_m", "owl_lambda") if k in options}
     ctx = ScoreContext(data=data, loss_fn=loss_fn, example_inputs=example_inputs, seed=seed,
                        max_batches=max_batches, options={k: options[k] for k in ("temperature",) if k in options})
     plan = PrunePlan(targets, target, pat, allocation, allocation_options, ctx, calibration, progress, options)
@@ -113,8 +119,11 @@ def prune_(
 
     ``method`` names a registered method (``prunekit.METHODS.names()``); ``sparsity`` is the fraction
     of weights in scope to zero (implied by an N:M ``pattern``); ``allocation`` spreads it over layers
-    (uniform, global, global_floor, erk, lamp); ``scope`` picks the tensors. Data-driven criteria take
+    (uniform, global, global_floor, erk, lamp, owl); ``scope`` picks the tensors. Data-driven criteria take
     ``data`` (batches of ``(inputs, targets)``) and ``loss_fn``; SynFlow takes ``example_inputs``.
+    Calibrated methods (``wanda``, ``sparsegpt``) take ``calibration=`` token ids (nsamples, seqlen) and
+    prune a transformer block by block (options ``batch_size``, ``device``; SparseGPT's ``blocksize``,
+    ``percdamp``; OWL's ``owl_m``, ``owl_lambda``).
     ``iterations`` > 1 prunes in rounds on an exponential schedule (as SynFlow and iterative SNIP do).
     Pruning a pruned model again only adds zeros. Everything is validated before the model changes,
     and a failure part-way puts the masks back as they were.
@@ -128,15 +137,20 @@ def prune_(
         max_batches=max_batches, progress=progress, **options,
     )
     snapshot = MaskSnapshot(model)
+    plan.journal = WeightJournal()
     target = plan.sparsity
     try:
         for r in range(1, iterations + 1):
             plan.sparsity = 1 - (1 - target) ** (r / iterations)
+            if hasattr(impl, "apply_"):
+                impl.apply_(model, plan)
+                continue
             masks = impl.masks(model, plan)
             with torch.no_grad():
                 for t in plan.targets:
                     set_mask_(t.module, masks[t.name])
     except BaseException:
+        plan.journal.restore()
         snapshot.restore()
         raise
     return _report(method, plan, target, time.perf_counter() - start)

@@ -1,5 +1,33 @@
-"""Training with pruning: loops, schedules and recovery."""
+"""Training with pruning: loops, schedules, lottery tickets, sparse training, soups and recovery.
 
-from .loop import fit
+The trainer callbacks load their framework only when asked for:
+``prunekit.train.GradualPruningCallback`` (transformers) and ``prunekit.train.LightningGradualPruning``.
+"""
 
-__all__ = ["fit"]
+from .gradual import Gradual
+from .loop import fit, steps_per_run
+from .recovery import RecoveryReport, add_lora_, bias_and_norm_params, kd_loss, merge_lora_, recover_
+from .schedule import SCHEDULES, cubic, linear, sparsity_at
+from .shrink import SoftShrink
+from .soup import Soup, average_models, sparse_soup
+from .sparse import SET, DynamicSparse, GraNet, RigL, sparse_init_
+from .ticket import Ticket, TicketSearch, find_ticket
+
+__all__ = [
+    "SCHEDULES", "SET", "DynamicSparse", "GraNet", "Gradual", "GradualPruningCallback", "LightningGradualPruning",
+    "RecoveryReport", "RigL", "SoftShrink", "Soup", "Ticket", "TicketSearch", "add_lora_", "average_models",
+    "bias_and_norm_params", "cubic", "find_ticket", "fit", "kd_loss", "linear", "merge_lora_", "recover_",
+    "sparse_init_", "sparse_soup", "sparsity_at", "steps_per_run",
+]
+
+
+def __getattr__(name: str):
+    if name == "GradualPruningCallback":
+        from .hf_callback import GradualPruningCallback
+
+        return GradualPruningCallback
+    if name == "LightningGradualPruning":
+        from .lightning_callback import LightningGradualPruning
+
+        return LightningGradualPruning
+    raise AttributeError(f"module 'prunekit.train' has no attribute {name!r}")

@@ -1,0 +1,201 @@
+"""``prunekit data``: score a data set's examples, select what to keep, compare strategies.
+
+    prunekit data score  --data fashion-mnist --limit 20000 --method el2n --out scores.npy
+    prunekit data select --scores scores.npy --keep 0.1 --strategy ccs --out keep.parquet
+    prunekit data bench  --data digits --fractions 0.5 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .common import add_common, emit, say
+
+BUILTIN = ("digits", "fashion-mnist")
+
+
+def _dataset(name: str, limit: int | None, split: str = "train") -> Any:
+    from ..datasets import load_digits, load_fashion_mnist
+
+    if name == "digits":
+        data = load_digits(split)
+        if limit is not None:
+            from torch.utils.data import TensorDataset
+
+            data = TensorDataset(*(t[:limit] for t in data.tensors))
+        return data
+    if name == "fashion-mnist":
+        return load_fashion_mnist(split, limit=limit)
+    raise ValueError(f"unknown data set {name!r}; use one of {', '.join(BUILTIN)}, or a .npy/.parquet file")
+
+
+def _model_fn(args: argparse.Namespace) -> Callable[[], Any]:
+    from ..models import MLP, SmallCNN
+
+    kind = args.model or ("mlp" if args.data == "digits" else "smallcnn")
+    if kind == "mlp":
+        return lambda: MLP()
+    widths = tuple(args.widths)
+    if len(widths) != 3 or min(widths) < 1:
+        raise ValueError(f"--widths needs three positive integers, got {args.widths}")
+    return lambda: SmallCNN(widths=widths)
+
+
+def _check_out(path: str) -> None:
+    """Fail before any work when the output cannot be written."""
+    out = Path(path)
+    if out.suffix.lower() not in (".npy", ".parquet"):
+        raise ValueError(f"--out {path}: use a .npy or .parquet file")
+    if not out.parent.exists():
+        raise FileNotFoundError(f"--out {path}: folder {out.parent} does not exist")
+
+
+def _score_input(args: argparse.Namespace) -> Any:
+    """The data to score: a built-in set, an (N, d) .npy of embeddings, or a .parquet text column."""
+    from ..data import load_array
+
+    if args.data in BUILTIN:
+        return _dataset(args.data, args.limit)
+    if args.data.endswith(".parquet") and args.text_column:
+        texts = load_array(args.data, args.text_column)
+        return [str(t) for t in texts[: args.limit]]
+    arr = load_array(args.data)
+    if arr.ndim != 2:
+        raise ValueError(f"--data {args.data}: expected an (N, d) array of embeddings, got shape {arr.shape}")
+    return arr[: args.limit]
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from ..data import concept_clusters, embeddings_of, save_array, score
+    from ..data.experiment import default_embedder
+    from ..data.scores import TRAINED
+
+    _check_out(args.out)
+    if args.clusters_out:
+        _check_out(args.clusters_out)
+        if args.method != "density":
+            raise ValueError("--clusters-out only goes with --method density")
+    data = _score_input(args)
+    progress = not (args.quiet or args.json)
+    say(args, f"scoring {len(data)} examples with {args.method}")
+    clusters = None
+    if args.method in TRAINED:
+        if args.data not in BUILTIN:
+            raise ValueError(f"--method {args.method} trains proxy models and needs labelled data: --data {' or '.join(BUILTIN)}")
+        scores = score(data, args.method, model_fn=_model_fn(args), epochs=args.epochs, n_models=args.n_models,
+                       seed=args.seed, progress=progress)
+    else:
+        embed_fn = None
+        if args.data in BUILTIN:  # embed with a proxy trained briefly on the data
+            from ..train import fit
+
+            import torch
+            torch.manual_seed(args.seed)
+            proxy = _model_fn(args)()
+            fit(proxy, data, epochs=max(args.epochs, 0.1), seed=args.seed, progress=progress)
+            embed_fn = default_embedder(proxy)
+        x = embeddings_of(data, embed_fn, progress=progress)
+        if args.method == "density":
+            clusters = concept_clusters(x, n_clusters=args.n_clusters, seed=args.seed)
+            scores = clusters.per_example()
+        else:
+            scores = score(x, "prototypes", n_clusters=args.n_clusters, seed=args.seed)
+    save_array(args.out, scores, column="score")
+    if clusters is not None and args.clusters_out:
+        save_array(args.clusters_out, clusters.labels, column="cluster")
+    emit(args, {"method": args.method, "n": len(scores), "out": args.out, "mean": float(scores.mean()),
+                "min": float(scores.min()), "max": float(scores.max())},
+         f"wrote {len(scores)} {args.method} scores to {args.out} (mean {scores.mean():.4g}, "
+         f"range {scores.min():.4g}..{scores.max():.4g})")
+    return 0
+
+
+def _run_select(args: argparse.Namespace) -> int:
+    from ..data import load_array, save_array, select
+
+    _check_out(args.out)
+    scores = load_array(args.scores, args.column)
+    labels = None
+    if args.labels:
+        labels = load_array(args.labels)
+    elif args.data:
+        labels = _dataset(args.data, args.limit).tensors[1].numpy()
+    options = {k: getattr(args, k) for k in ("beta", "bins", "temperature") if getattr(args, k) is not None}
+    if labels is not None and len(labels) != len(scores):
+        raise ValueError(f"{len(scores)} scores but {len(labels)} labels; they must describe the same examples")
+    keep = select(scores, keep=args.keep, strategy=args.strategy, labels=labels, seed=args.seed, **options)
+    save_array(args.out, keep, column="index")
+    emit(args, {"strategy": args.strategy, "kept": len(keep), "of": len(scores), "out": args.out},
+         f"kept {len(keep)} of {len(scores)} examples ({args.strategy}); indices in {args.out}")
+    return 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from ..data import compare_pruning
+
+    train = _dataset(args.data, args.limit)
+    test = _dataset(args.data, args.test_limit, "test")
+    result = compare_pruning(train, test, _model_fn(args), fractions=tuple(args.fractions), methods=tuple(args.methods),
+                             epochs=args.epochs, score_epochs=args.score_epochs, n_models=args.n_models,
+                             n_clusters=args.n_clusters, seed=args.seed,
+                             progress=not (args.quiet or args.json), log=lambda s: say(args, s))
+    emit(args, {"rows": result.rows, "full_accuracy": result.full_accuracy, "score_seconds": result.score_seconds},
+         result.table())
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``prunekit data`` with its ``score``, ``select`` and ``bench`` subcommands."""
+    from ..data import BENCH_METHODS, SCORES, STRATEGIES
+
+    parser = subparsers.add_parser("data", help="data pruning: score examples, select a subset, compare strategies")
+    subs = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    def model_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", choices=("mlp", "smallcnn"), help="proxy model (default: mlp for digits, smallcnn otherwise)")
+        p.add_argument("--widths", type=int, nargs=3, default=[16, 32, 64], help="SmallCNN widths")
+        p.add_argument("--n-models", type=int, default=1, help="proxy models to average over")
+        p.add_argument("--n-clusters", type=int, default=50, help="k-means clusters (prototypes, density)")
+        p.add_argument("--seed", type=int, default=0)
+
+    p = add_common(subs.add_parser("score", help="one score per example, higher = harder"))
+    p.add_argument("--data", required=True, help=f"{' | '.join(BUILTIN)} | EMB.npy (N×d) | TEXTS.parquet with --text-column")
+    p.add_argument("--text-column", help="column of texts in a .parquet --data (embedded with all-MiniLM-L6-v2)")
+    p.add_argument("--limit", type=int, help="use the first N examples")
+    p.add_argument("--method", choices=SCORES, default="el2n")
+    p.add_argument("--epochs", type=float, default=1.0, help="training epochs of each proxy model")
+    p.add_argument("--out", required=True, help="scores file (.npy or .parquet)")
+    p.add_argument("--clusters-out", help="with --method density: also write each example's cluster id")
+    model_flags(p)
+    p.set_defaults(func=_run_score)
+
+    p = add_common(subs.add_parser("select", help="indices of the examples to keep"))
+    p.add_argument("--scores", required=True, help="scores file (.npy or .parquet)")
+    p.add_argument("--column", help="column of a multi-column .parquet scores file")
+    p.add_argument("--keep", type=float, required=True, help="fraction to keep, in (0, 1]")
+    p.add_argument("--strategy", choices=STRATEGIES, default="hardest")
+    p.add_argument("--labels", help="class (or, for density, cluster) ids file (.npy or .parquet)")
+    p.add_argument("--data", choices=BUILTIN, help="take class labels from a built-in data set")
+    p.add_argument("--limit", type=int, help="with --data: the first N examples")
+    p.add_argument("--beta", type=float, help="CCS: hardest fraction cut first (default 0.1)")
+    p.add_argument("--bins", type=int, help="CCS: score strata (default 50)")
+    p.add_argument("--temperature", type=float, help="density: softmax temperature (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="indices file (.npy or .parquet)")
+    p.set_defaults(func=_run_select)
+
+    p = add_common(subs.add_parser("bench", help="test accuracy per strategy and kept fraction"))
+    p.add_argument("--data", choices=BUILTIN, default="digits")
+    p.add_argument("--limit", type=int, help="training examples")
+    p.add_argument("--test-limit", type=int, help="test examples")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.3, 0.1])
+    p.add_argument("--methods", nargs="+", choices=BENCH_METHODS, default=list(BENCH_METHODS))
+    p.add_argument("--epochs", type=int, default=5, help="epochs over each kept subset")
+    p.add_argument("--score-epochs", type=float, default=1.0, help="epochs of each EL2N proxy")
+    model_flags(p)
+    p.set_defaults(func=_run_bench)
+    return parser

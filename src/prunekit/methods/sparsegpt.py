@@ -1,0 +1,125 @@
+"""SparseGPT: one-shot pruning with second-order weight reconstruction (Frantar & Alistarh, 2023,
+"SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot").
+
+For each layer, with H = X·Xᵀ over the calibration tokens (dampened by ``percdamp`` × mean diag), the
+columns are visited left to right in blocks of ``blocksize``: the mask of each block is chosen
+adaptively by w²/[H⁻¹]²_jj (per 128 columns for unstructured sparsity, per M-group for N:M), each
+pruned weight's error is spread over the not-yet-visited columns of its row (OBS updates, lazily
+batched per block). Calibration runs block by block with pruned outputs feeding the next block.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..calibrate import InputStats
+from ..core.mask import get_mask
+from .base import METHODS, PrunePlan
+from .layerwise import BlockwiseMethod, is_transposed, rows_view, write_rows_
+
+
+def inverse_hessian_factor(h: Tensor, percdamp: float) -> tuple[Tensor, Tensor]:
+    """Upper Cholesky factor of the dampened H⁻¹, and the mask of dead input columns (never active)."""
+    h = h.clone().double()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    damp = percdamp * torch.mean(torch.diag(h))
+    idx = torch.arange(h.shape[0], device=h.device)
+    h[idx, idx] += damp
+    h = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    return torch.linalg.cholesky(h, upper=True).float(), dead
+
+
+def sparsegpt_prune(w: Tensor, hinv: Tensor, dead: Tensor, sparsity: float, n: int = 0, m: int = 0,
+                    blocksize: int = 128, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Prune an (out, in) weight with OBS reconstruction; returns (new weight, keep-mask).
+
+    ``n``:``m`` > 0 asks for N:M (keep ``n`` of every ``m`` inputs); else ``sparsity`` of each block of
+    ``blocksize`` columns is pruned. ``keep`` (optional) marks entries that are still alive: the others
+    are pruned first.
+    """
+    w = w.float().contiguous().clone()
+    w[:, dead] = 0
+    rows, cols = w.shape
+    pruned = torch.zeros_like(w, dtype=torch.bool)
+    prune_per_group = m - n if m else 0
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        w1 = w[:, i1:i2].contiguous()
+        q1 = torch.zeros_like(w1)
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        d = torch.diag(hinv1)
+        mask1 = torch.zeros_like(w1, dtype=torch.bool)  # True = pruned
+        if not m:
+            score = w1.square() / d.reshape(1, -1).square()
+            if keep is not None:
+                score = score.masked_fill(~keep[:, i1:i2], -1.0)
+            k = int(round(score.numel() * sparsity))
+            if k > 0:
+                order = torch.argsort(score.reshape(-1), stable=True)[:k]
+                mask1.view(-1)[order] = True
+        for i in range(count):
+            col = w1[:, i]
+            if m and i % m == 0:
+                score = w1[:, i:i + m].square() / d[i:i + m].reshape(1, -1).square()
+                if keep is not None:
+                    score = score.masked_fill(~keep[:, i1 + i:i1 + i + m], -1.0)
+                lowest = torch.argsort(score, dim=1, stable=True)[:, :prune_per_group]
+                mask1.scatter_(1, i + lowest, True)
+            q = col.masked_fill(mask1[:, i], 0.0)
+            q1[:, i] = q
+            e = (col - q) / hinv1[i, i]
+            w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
+            err1[:, i] = e
+        w[:, i1:i2] = q1
+        pruned[:, i1:i2] = mask1
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return w, ~pruned
+
+
+class SparseGPT(BlockwiseMethod):
+    """SparseGPT (Frantar & Alistarh, 2023): OBS reconstruction with lazy block updates, calibrated block by block."""
+
+    name = "sparsegpt"
+    hessian = True
+    updates_weights = True
+    patterns = ("unstructured", "nm")
+
+    def options(self) -> dict[str, Any]:
+        return {"blocksize": 128, "percdamp": 0.01}
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        bs = options.get("blocksize", 128)
+        if not isinstance(bs, int) or bs < 1:
+            raise ValueError(f"blocksize must be a positive integer, got {bs!r}")
+        pd = options.get("percdamp", 0.01)
+        if not isinstance(pd, (int, float)) or not 0 < pd < 1:
+            raise ValueError(f"percdamp must be in (0, 1), got {pd!r}")
+
+    def collect(self, block: nn.Module, targets, inputs, device) -> InputStats:
+        self._factors: dict[str, tuple[Tensor, Tensor]] = {}
+        return super().collect(block, targets, inputs, device)
+
+    def prune_layer(self, name: str, module: nn.Module, stats: InputStats, sparsity: float, plan: PrunePlan) -> None:
+        """Reconstruct the layer's weight with the mask SparseGPT picks; layers sharing an input share H⁻¹."""
+        owner = stats.owner[name]
+        if owner not in self._factors:
+            self._factors[owner] = inverse_hessian_factor(stats.gram(name), plan.options.get("percdamp", 0.01))
+        hinv, dead = self._factors[owner]
+        w = rows_view(module).to(hinv.device)
+        old = get_mask(module)
+        keep_old = None if old is None else (old.t() if is_transposed(module) else old).to(w.device)
+        n, m = (plan.pattern.n, plan.pattern.m) if plan.pattern.kind == "nm" else (0, 0)
+        new_w, keep = sparsegpt_prune(w, hinv, dead, sparsity, n, m, plan.options.get("blocksize", 128), keep_old)
+        if keep_old is not None:
+            keep &= keep_old
+            new_w = new_w * keep
+        write_rows_(module, keep, new_w)
+
+
+METHODS.add("sparsegpt", SparseGPT)
