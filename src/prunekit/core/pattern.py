@@ -146,6 +146,35 @@ def mask_from_scores(scores: Tensor, pattern: Pattern, n_prune: int) -> Tensor:
     raise ValueError(f"unknown pattern kind {pattern.kind!r}")
 
 
+def allocation_view(scores: Tensor, pattern: Pattern) -> Tensor:
+    """Scores as an allocation should rank them: every weight carries its group's score.
+
+    Allocations count weights; a row or block pattern can only prune whole groups (one weight from
+    every row; whole blocks), so ranking group scores keeps allocation and pattern in step and makes
+    pruning twice with the same settings change nothing. Unstructured scores are returned as they are.
+    """
+    shape = tuple(scores.shape)
+    if pattern.kind == "row":
+        ordered = torch.sort(scores.detach().float().reshape(shape[0], -1), dim=1).values
+        return ordered.mean(0).expand_as(ordered).reshape(shape)
+    if pattern.kind == "block":
+        r, c = pattern.rows, pattern.cols
+        o, i = shape[0], shape[1]
+        per_oi = scores.detach().float().reshape(o, i, -1).mean(-1)
+        blocks = per_oi.reshape(o // r, r, i // c, c).mean(dim=(1, 3), keepdim=True)
+        expanded = blocks.expand(o // r, r, i // c, c).reshape(o, i, 1)
+        return expanded.expand(o, i, numel_per(shape)).reshape(shape)
+    return scores
+
+
+def numel_per(shape: tuple[int, ...]) -> int:
+    """Elements per (output, input) pair: the kernel size of a convolution, 1 for a Linear weight."""
+    n = 1
+    for d in shape[2:]:
+        n *= d
+    return n
+
+
 def pattern_holds(mask: Tensor, pattern: Pattern) -> bool:
     """Whether a keep-mask obeys ``pattern`` (N:M: at most N kept per group; block: whole blocks)."""
     shape = tuple(mask.shape)

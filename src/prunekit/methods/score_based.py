@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..core.allocate import allocate
 from ..core.mask import get_mask
-from ..core.pattern import mask_from_scores
+from ..core.pattern import allocation_view, mask_from_scores
 from ..criteria.base import CRITERIA, Criterion
 from .base import METHODS, PrunePlan
 
@@ -45,7 +45,8 @@ class ScoreMethod:
         if plan.pattern.kind == "nm":
             counts = {name: 0 for name in scores}
         else:
-            counts = allocate(scores, plan.sparsity, plan.allocation, **plan.allocation_options)
+            ranked = {name: allocation_view(s, plan.pattern) for name, s in scores.items()}
+            counts = allocate(ranked, plan.sparsity, plan.allocation, **plan.allocation_options)
         out = {}
         for t in plan.targets:
             keep = mask_from_scores(scores[t.name], plan.pattern, counts[t.name])
