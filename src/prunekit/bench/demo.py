@@ -32,7 +32,7 @@ class DemoConfig:
     data: str = "auto"
     train_size: int = 20000
     epochs: float = 1.0
-    sparsities: tuple[float, ...] = (0.5, 0.8, 0.9)
+    sparsities: tuple[float, ...] = (0.5, 0.9)
     runs: tuple[tuple[str, str], ...] = DEFAULT_RUNS
     finetune_steps: int = 100
     seed: int = 0

@@ -21,7 +21,7 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
                    help="real data set (auto: Fashion-MNIST when installed, else digits)")
     p.add_argument("--train-size", type=int, default=20000, help="training examples (Fashion-MNIST)")
     p.add_argument("--epochs", type=float, default=1.0, help="training epochs of the dense model")
-    p.add_argument("--sparsities", type=_floats, default=(0.5, 0.8, 0.9), help="comma-separated, e.g. 0.5,0.9")
+    p.add_argument("--sparsities", type=_floats, default=(0.5, 0.9), help="comma-separated, e.g. 0.5,0.8,0.9")
     p.add_argument("--finetune-steps", type=int, default=100, help="fine-tune steps after pruning")
     p.add_argument("--seed", type=int, default=0)
     add_common(p)
