@@ -17,9 +17,20 @@ from .methods import METHODS, PruneReport, prune_
 
 __version__ = "0.1.0"
 
+_SUBPACKAGES = ("data", "structured", "train")
+
+
+def __getattr__(name: str):
+    """Import the larger subpackages (``pk.data``, ``pk.structured``, ``pk.train``) on first use."""
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "ALLOCATIONS", "CRITERIA", "METHODS", "Mask", "ModelSummary", "Pattern", "PruneReport", "Scope", "Target",
     "allocate", "effective_state_dict", "finalize_", "get_mask", "load_sparse", "load_state_dict_",
     "masked_modules", "parse_pattern", "prune_", "save_sparse", "select_targets", "set_mask_", "summary",
-    "unprune_", "__version__",
+    "unprune_", "__version__", *_SUBPACKAGES,
 ]

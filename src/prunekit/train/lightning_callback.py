@@ -45,5 +45,9 @@ class LightningGradualPruning(Callback):
         return {} if self.gradual is None else self.gradual.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict:
+        if not state_dict:
+            return
+        if self.gradual is not None:
+            self.gradual.load_state_dict(state_dict)
+        else:
             self._pending = state_dict
