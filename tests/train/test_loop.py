@@ -22,3 +22,9 @@ def test_fit_trains_only_the_given_parameters(mlp, digits_train):
 def test_steps_per_run_rejects_a_too_small_set(digits_train):
     with pytest.raises(ValueError, match="fewer than one batch"):
         steps_per_run(digits_train, batch_size=10_000)
+
+
+def test_fit_rejects_a_batch_larger_than_the_data(mlp, digits_train):
+    small = torch.utils.data.Subset(digits_train, range(10))
+    with pytest.raises(ValueError, match="batch_size 64 is larger than the data"):
+        fit(mlp, small, batch_size=64, progress=False)

@@ -41,7 +41,8 @@ class PruningComparison:
                  "|---|" + "---:|" * len(fractions)]
         lines += [f"| {m} | " + " | ".join(f"{100 * acc[(m, f)]:.2f}" if (m, f) in acc else "–" for f in fractions) + " |"
                   for m in methods]
-        lines.append(f"| full data (100%) | {100 * self.full_accuracy:.2f} |" + " |" * (len(fractions) - 1))
+        if self.full_accuracy == self.full_accuracy:  # not NaN: the baseline was trained
+            lines.append(f"| full data (100%) | {100 * self.full_accuracy:.2f} |" + " |" * (len(fractions) - 1))
         return "\n".join(lines)
 
 
@@ -55,12 +56,13 @@ def compare_pruning(train: Dataset, test: Dataset, model_fn: Callable[[], nn.Mod
                     fractions: tuple[float, ...] = (0.5, 0.3, 0.1), methods: tuple[str, ...] = BENCH_METHODS,
                     epochs: int = 5, score_epochs: float = 1.0, n_models: int = 2, n_clusters: int = 50,
                     ccs_beta: float = 0.1, lr: float = 0.05, batch_size: int = 128, seed: int = 0,
-                    progress: bool = True, log: Callable[[str], None] = lambda s: None) -> PruningComparison:
+                    full_baseline: bool = True, progress: bool = True, log: Callable[[str], None] = lambda s: None) -> PruningComparison:
     """Train ``model_fn()`` for ``epochs`` over each kept subset (RS2: the same number of steps over a
     fresh subset each epoch) and report test accuracy. EL2N (Paul et al. 2021) comes from ``n_models``
     proxies trained ``score_epochs``; CCS (Zheng et al. 2023) stratifies the EL2N scores after cutting
     the hardest ``ccs_beta``; prototypes (Sorscher et al. 2022) clusters the features of the full-data
-    model, which is also the teacher of ``ccs+kd`` (Ben-Baruch et al. 2024; soft weight 1 − kept fraction)."""
+    model, which is also the teacher of ``ccs+kd`` (Ben-Baruch et al. 2024; soft weight 1 − kept fraction).
+    ``full_baseline=False`` skips training on all the data when no method needs that model."""
     unknown = set(methods) - set(BENCH_METHODS)
     if unknown:
         raise ValueError(f"unknown benchmark method(s) {sorted(unknown)}; choose from {', '.join(BENCH_METHODS)}")
@@ -79,13 +81,15 @@ def compare_pruning(train: Dataset, test: Dataset, model_fn: Callable[[], nn.Mod
         steps = len(fit_sampled(model, train, sampler, epochs=epochs, lr=lr, batch_size=batch_size, progress=progress))
         return accuracy(model, test), steps
 
-    t0 = time.perf_counter()
-    teacher = fresh()
-    fit_sampled(teacher, train, SubsetSampler(np.arange(n), seed=seed), epochs=epochs, lr=lr,
-                batch_size=batch_size, progress=progress)
-    out.full_seconds = time.perf_counter() - t0
-    out.full_accuracy = accuracy(teacher, test)
-    log(f"full data: {100 * out.full_accuracy:.2f}% ({out.full_seconds:.0f} s)")
+    teacher = None
+    if full_baseline or {"prototypes", "ccs+kd"} & set(methods):
+        t0 = time.perf_counter()
+        teacher = fresh()
+        fit_sampled(teacher, train, SubsetSampler(np.arange(n), seed=seed), epochs=epochs, lr=lr,
+                    batch_size=batch_size, progress=progress)
+        out.full_seconds = time.perf_counter() - t0
+        out.full_accuracy = accuracy(teacher, test)
+        log(f"full data: {100 * out.full_accuracy:.2f}% ({out.full_seconds:.0f} s)")
 
     scores: dict[str, np.ndarray] = {}
     if {"el2n", "ccs", "ccs+kd"} & set(methods):

@@ -39,6 +39,10 @@ def _trained_scores(dataset: Dataset, method: str, model_fn: Callable[[], nn.Mod
                     n_models: int, lr: float, batch_size: int, seed: int, distributed: bool | None,
                     progress: bool) -> np.ndarray:
     n = _check_dataset(dataset)
+    first = dataset[0]
+    if not isinstance(first, (tuple, list)) or len(first) < 2:
+        raise ValueError(f"method {method!r} needs a Dataset of (input, label) pairs; its first item is a "
+                         f"{type(first).__name__}")
     rank, world_size = dist.world(distributed)
     total = np.zeros(n, dtype=np.float64)
     for k in range(rank, n_models, world_size):

@@ -54,26 +54,26 @@ def capped_allocation(weights: np.ndarray, sizes: np.ndarray, total: int) -> np.
     return alloc
 
 
-def _hardest(s, k, labels, rng, opts):  # noqa: ANN001 - private strategy table
+def _hardest(s: np.ndarray, k: int, labels: Any, rng: np.random.Generator, opts: dict) -> np.ndarray:
     return _top(s, np.arange(len(s)), k, hardest=True)
 
 
-def _easiest(s, k, labels, rng, opts):  # noqa: ANN001
+def _easiest(s: np.ndarray, k: int, labels: Any, rng: np.random.Generator, opts: dict) -> np.ndarray:
     return _top(s, np.arange(len(s)), k, hardest=False)
 
 
-def _random(s, k, labels, rng, opts):  # noqa: ANN001
+def _random(s: np.ndarray, k: int, labels: Any, rng: np.random.Generator, opts: dict) -> np.ndarray:
     return rng.choice(len(s), size=k, replace=False)
 
 
-def _class_balanced(s, k, labels, rng, opts):  # noqa: ANN001
+def _class_balanced(s: np.ndarray, k: int, labels: Any, rng: np.random.Generator, opts: dict) -> np.ndarray:
     classes, inverse = np.unique(labels, return_inverse=True)
     sizes = np.bincount(inverse, minlength=len(classes))
     quota = capped_allocation(np.ones(len(classes)), sizes, k)
     return np.concatenate([_top(s, np.flatnonzero(inverse == c), quota[c]) for c in range(len(classes))])
 
 
-def _ccs(s, k, labels, rng, opts):  # noqa: ANN001
+def _ccs(s: np.ndarray, k: int, labels: Any, rng: np.random.Generator, opts: dict) -> np.ndarray:
     beta, bins = float(opts.get("beta", 0.1)), int(opts.get("bins", 50))
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"beta (the hardest fraction CCS cuts) must be in [0, 1), got {beta}")
@@ -98,7 +98,7 @@ def _ccs(s, k, labels, rng, opts):  # noqa: ANN001
     return np.concatenate(chosen)
 
 
-def _density(s, k, labels, rng, opts):  # noqa: ANN001
+def _density(s: np.ndarray, k: int, labels: Any, rng: np.random.Generator, opts: dict) -> np.ndarray:
     temperature = float(opts.get("temperature", 0.1))
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")

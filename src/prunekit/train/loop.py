@@ -28,6 +28,9 @@ def fit(model: nn.Module, data: Dataset, *, epochs: float = 1.0, lr: float = 0.0
     if epochs <= 0:
         raise ValueError(f"epochs must be positive, got {epochs}")
     gen = torch.Generator().manual_seed(seed)
+    if len(data) < batch_size:
+        raise ValueError(f"batch_size {batch_size} is larger than the data ({len(data)} examples); "
+                         "pass a smaller batch_size")
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=gen, drop_last=True)
     steps = max(1, round(epochs * len(loader)))
     params = list(model.parameters() if parameters is None else parameters)

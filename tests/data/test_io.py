@@ -1,0 +1,36 @@
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from prunekit.data import load_array, save_array
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".parquet"])
+def test_round_trip(tmp_path, suffix):
+    a = np.array([0.5, -1.25, 3.0])
+    path = save_array(tmp_path / f"s{suffix}", a, column="score")
+    np.testing.assert_array_equal(load_array(path), a)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"s{suffix}"]  # no temporary left behind
+
+
+def test_parquet_column_choice(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"score": [1.0, 2.0], "label": [0, 1]}), path)
+    with pytest.raises(ValueError, match="name the one to read"):
+        load_array(path)
+    assert load_array(path, "label").tolist() == [0, 1]
+    with pytest.raises(ValueError, match="no column 'x'"):
+        load_array(path, "x")
+
+
+def test_bad_paths_and_arrays_write_nothing(tmp_path):
+    with pytest.raises(ValueError, match=".npy or .parquet"):
+        save_array(tmp_path / "s.csv", np.ones(3))
+    with pytest.raises(ValueError, match="1-D"):
+        save_array(tmp_path / "s.npy", np.ones((2, 2)))
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        save_array(tmp_path / "missing" / "s.npy", np.ones(3))
+    with pytest.raises(FileNotFoundError):
+        load_array(tmp_path / "absent.npy")
+    assert list(tmp_path.iterdir()) == []
