@@ -14,6 +14,7 @@ from .core.sparse_io import effective_state_dict, load_sparse, save_sparse
 from .core.stats import ModelSummary, summary
 from .criteria import CRITERIA
 from .methods import METHODS, PruneReport, prune_
+from .metrics.latency import Latency, latency
 
 __version__ = "0.1.0"
 
@@ -29,8 +30,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
-    "ALLOCATIONS", "CRITERIA", "METHODS", "Mask", "ModelSummary", "Pattern", "PruneReport", "Scope", "Target",
-    "allocate", "effective_state_dict", "finalize_", "get_mask", "load_sparse", "load_state_dict_",
+    "ALLOCATIONS", "CRITERIA", "Latency", "METHODS", "Mask", "ModelSummary", "Pattern", "PruneReport", "Scope", "Target",
+    "allocate", "effective_state_dict", "latency", "finalize_", "get_mask", "load_sparse", "load_state_dict_",
     "masked_modules", "parse_pattern", "prune_", "save_sparse", "select_targets", "set_mask_", "summary",
     "unprune_", "__version__", *_SUBPACKAGES,
 ]

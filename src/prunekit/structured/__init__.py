@@ -1,9 +1,17 @@
-"""Structured pruning that physically shrinks models: channels (any fx-traceable model), attention
-heads, MLP neurons and layers (Hugging Face transformers)."""
+"""Structured pruning that physically shrinks models: channels of any fx-traceable model (dependency
+graph, coupled groups, removal), attention heads, MLP neurons and layers of Hugging Face transformers."""
 
-from .api import TARGETS, fold_bn_, groups, prune, prune_
-from .graph import DependencyGraph, UnsupportedOperation, build_graph
+from .api import TARGETS, groups, prune, prune_
+from .graph import DependencyGraph, UnsupportedOperation
 from .importance import IMPORTANCES
+from .inference import fold_bn_, for_inference
+from .layers import block_influence, choose_sublayers, prune_layers_
+from .trace import build_graph
+from .transformer_api import prune_transformer_
+from .transformers import attention_layers, input_norms, mlp_layers, prune_heads_, prune_neurons_
 
-__all__ = ["IMPORTANCES", "TARGETS", "DependencyGraph", "UnsupportedOperation", "build_graph", "fold_bn_",
-           "groups", "prune", "prune_"]
+__all__ = [
+    "IMPORTANCES", "TARGETS", "DependencyGraph", "UnsupportedOperation", "attention_layers", "block_influence",
+    "build_graph", "choose_sublayers", "fold_bn_", "for_inference", "groups", "input_norms", "mlp_layers", "prune",
+    "prune_", "prune_heads_", "prune_layers_", "prune_neurons_", "prune_transformer_",
+]

@@ -10,13 +10,13 @@ import copy
 from typing import Any, Callable, Iterable
 
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..core.calling import call_model
 from ..core.stats import summary
-from .graph import CONVS, DependencyGraph, build_graph, trace
+from .graph import DependencyGraph
+from .trace import build_graph
 from .groups import Group, choose_removed, find_groups
 from .importance import IMPORTANCES, score_groups
 from .removal import remove_
@@ -122,31 +122,3 @@ def prune_(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importance
     graph, removed = _plan(model, example_inputs, ratio, importance, ignore, global_pruning, round_to, target,
                            loss_fn, seed)
     return _apply(model, graph, removed, example_inputs, in_place=True)
-
-
-def fold_bn_(model: nn.Module) -> nn.Module:
-    """Fold every BatchNorm that directly follows a convolution into it, for inference (eval mode only).
-
-    The BatchNorm becomes ``nn.Identity``; outputs match up to float rounding. Returns ``model``."""
-    if model.training:
-        raise ValueError("fold_bn_ is for inference: call model.eval() first (training would update BN statistics)")
-    gm = trace(model)
-    modules = dict(model.named_modules())
-    pairs = []
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.modules.batchnorm._BatchNorm):
-            continue
-        src = node.args[0]
-        if isinstance(src, fx.Node) and src.op == "call_module" and isinstance(modules.get(src.target), CONVS) \
-                and len(src.users) == 1 and modules[node.target].track_running_stats:
-            pairs.append((src.target, node.target))
-    for conv_name, bn_name in pairs:
-        fused = fuse_conv_bn_eval(modules[conv_name], modules[bn_name])
-        _set(model, conv_name, fused)
-        _set(model, bn_name, nn.Identity())
-    return model
-
-
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)

@@ -19,7 +19,8 @@ IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
 
 
 def _slices(group: Group, tensors: dict[int, Tensor] | None = None) -> list[tuple[str, Tensor, Tensor]]:
-    """(key, per-unit-position tensor view, positions matrix) helpers: yields (tensor along units first)."""
+    """(member key, tensor with the channel dimension first, positions of each unit) for every weight the
+    group's members hold; ``tensors`` substitutes other tensors of the same shapes (e.g. g·w for Taylor)."""
     out = []
     for m in group.members:
         key = (m.name, m.role)

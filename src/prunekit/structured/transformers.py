@@ -12,14 +12,16 @@ pruning of LLM-Pruner (Ma et al., 2023) and Minitron (Muralidharan et al., 2024)
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .removal import _slice_param
 
-HEAD_IMPORTANCES = ("l1", "l2", "random")
+HEAD_IMPORTANCES = ("l1", "l2", "random", "activation")
 
 
 @dataclass
@@ -94,17 +96,52 @@ def _norm(t: Tensor, importance: str) -> Tensor:
     return t.abs().sum(1) if importance == "l1" else t.square().sum(1)
 
 
-def _check_ratio(ratio: float, importance: str) -> None:
+def _check_ratio(ratio: float, importance: str, calibration: Any) -> None:
     if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
         raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
     if importance not in HEAD_IMPORTANCES:
         raise ValueError(f"importance must be one of {', '.join(HEAD_IMPORTANCES)}, got {importance!r}")
+    if importance == "activation" and calibration is None:
+        raise ValueError("importance='activation' measures activations: pass calibration= (token ids or inputs)")
 
 
-def head_scores(part: AttentionParts, importance: str = "l2", seed: int = 0) -> Tensor:
-    """One score per key/value group: the weights of its k/v heads, its query heads and their o columns."""
+@torch.no_grad()
+def input_norms(model: nn.Module, linears: list[nn.Linear], calibration: Any) -> list[Tensor]:
+    """Mean squared value of each input feature of each Linear in ``linears`` over the calibration tokens."""
+    from ..core.calling import call_model
+    from .layers import _batches
+
+    sums = [torch.zeros(lin.in_features, dtype=torch.float64) for lin in linears]
+    counts = [0] * len(linears)
+
+    def hook(i: int):
+        def fn(mod: nn.Module, args: tuple) -> None:
+            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
+            sums[i] += x.square().sum(0)
+            counts[i] += x.shape[0]
+        return fn
+
+    handles = [lin.register_forward_pre_hook(hook(i)) for i, lin in enumerate(linears)]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in _batches(calibration):
+            call_model(model, batch)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return [s / max(c, 1) for s, c in zip(sums, counts)]
+
+
+def head_scores(part: AttentionParts, importance: str = "l2", seed: int = 0, act: Tensor | None = None) -> Tensor:
+    """One score per key/value group: the weights of its k/v heads, its query heads and their o columns;
+    with ``importance="activation"``, what the group writes: Σ over its o_proj inputs of E[x²]·‖o column‖²
+    (``act`` holds E[x²] per o_proj input, as FLAP / Minitron's activation importance)."""
     d, kv = part.head_dim, part.kv_heads
     rep = part.heads // kv
+    if importance == "activation":
+        return (act * _norm(part.o.weight.t(), "l2")).view(kv, rep * d).sum(1)
     if importance == "random":
         return torch.rand(kv, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     q = _norm(part.q.weight, importance).view(kv, rep * d).sum(1)
@@ -122,11 +159,13 @@ def _heads_to_keep(part: AttentionParts, keep_groups: Tensor) -> tuple[Tensor, T
     return q_rows, kv_rows
 
 
-def prune_heads_(model: nn.Module, ratio: float = 0.25, importance: str = "l2", seed: int = 0) -> dict[str, int]:
+def prune_heads_(model: nn.Module, ratio: float = 0.25, importance: str = "l2", seed: int = 0,
+                 calibration: Any = None) -> dict[str, int]:
     """Remove ``ratio`` of the attention heads of every layer (whole key/value groups under GQA), the
     lowest-scoring per layer; the same count in every layer, and the config updated. Returns the new
-    head counts. Michel et al., 2019."""
-    _check_ratio(ratio, importance)
+    head counts. ``importance``: ``l1``/``l2`` (weights), ``random``, or ``activation`` (needs
+    ``calibration``; recommended for pretrained LLMs). Michel et al., 2019."""
+    _check_ratio(ratio, importance, calibration)
     parts = attention_layers(model)
     if not parts:
         raise ValueError(f"found no attention layers (q_proj/k_proj/v_proj/o_proj or query/key/value) in "
@@ -137,10 +176,12 @@ def prune_heads_(model: nn.Module, ratio: float = 0.25, importance: str = "l2", 
     heads, kv = counts.pop()
     keep = max(1, kv - math.floor(kv * ratio + 1e-9))
     rep = heads // kv
+    acts = input_norms(model, [p.o for p in parts], calibration) if importance == "activation" and keep != kv \
+        else [None] * len(parts)
     for i, part in enumerate(parts):
         if keep == kv:
             break
-        scores = head_scores(part, importance, seed + i)
+        scores = head_scores(part, importance, seed + i, acts[i])
         kept = torch.sort(torch.argsort(scores, descending=True, stable=True)[:keep]).values
         q_rows, kv_rows = _heads_to_keep(part, kept)
         for lin, rows in ((part.q, q_rows), (part.k, kv_rows), (part.v, kv_rows)):
@@ -157,6 +198,10 @@ def prune_heads_(model: nn.Module, ratio: float = 0.25, importance: str = "l2", 
         if hasattr(h, "num_key_value_heads"):
             h.num_key_value_heads = keep
     config = getattr(model, "config", None)
+    if keep != kv and not hasattr(parts[0].holder, "head_dim"):
+        warnings.warn(f"{type(model).__name__} derives its head size from hidden_size / num_attention_heads, so "
+                      "from_pretrained cannot rebuild the pruned heads from the config; save it with torch.save "
+                      "(neuron and block pruning do reload)", stacklevel=2)
     if config is not None and keep != kv:
         config.head_dim = parts[0].head_dim
         config.num_attention_heads = keep * rep
@@ -165,9 +210,12 @@ def prune_heads_(model: nn.Module, ratio: float = 0.25, importance: str = "l2", 
     return {"num_attention_heads": keep * rep, "num_key_value_heads": keep}
 
 
-def neuron_scores(part: MLPParts, importance: str = "l2", seed: int = 0) -> Tensor:
-    """One score per intermediate neuron: its rows in gate/up (or fc1) and its column in down (fc2)."""
+def neuron_scores(part: MLPParts, importance: str = "l2", seed: int = 0, act: Tensor | None = None) -> Tensor:
+    """One score per intermediate neuron: its rows in gate/up (or fc1) and its column in down (fc2); with
+    ``importance="activation"``, E[x²]·‖down column‖² of what it writes (``act`` = E[x²] per down input)."""
     n = part.out.in_features
+    if importance == "activation":
+        return act * _norm(part.out.weight.t(), "l2")
     if importance == "random":
         return torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     s = _norm(part.out.weight.t(), importance)
@@ -176,11 +224,13 @@ def neuron_scores(part: MLPParts, importance: str = "l2", seed: int = 0) -> Tens
     return s
 
 
-def prune_neurons_(model: nn.Module, ratio: float = 0.25, importance: str = "l2", seed: int = 0) -> int:
+def prune_neurons_(model: nn.Module, ratio: float = 0.25, importance: str = "l2", seed: int = 0,
+                   calibration: Any = None) -> int:
     """Remove ``ratio`` of the MLP intermediate neurons of every layer (gate, up and down together), the
     lowest-scoring per layer, the same count in every layer; updates ``config.intermediate_size``.
-    Returns the new intermediate size. LLM-Pruner (Ma et al., 2023) / Minitron width pruning."""
-    _check_ratio(ratio, importance)
+    Returns the new intermediate size. ``importance`` as in :func:`prune_heads_` (``activation`` needs
+    ``calibration``). LLM-Pruner (Ma et al., 2023) / Minitron (Muralidharan et al., 2024) width pruning."""
+    _check_ratio(ratio, importance, calibration)
     parts = mlp_layers(model)
     if not parts:
         raise ValueError(f"found no MLP (gate/up/down_proj, fc1/fc2 or intermediate/output) in {type(model).__name__}")
@@ -189,10 +239,13 @@ def prune_neurons_(model: nn.Module, ratio: float = 0.25, importance: str = "l2"
         raise ValueError(f"MLPs have different widths {sorted(sizes)}; prune_neurons_ needs uniform layers")
     n = sizes.pop()
     keep = max(1, n - math.floor(n * ratio + 1e-9))
+    acts = input_norms(model, [p.out for p in parts], calibration) if importance == "activation" and keep != n \
+        else [None] * len(parts)
     for i, part in enumerate(parts):
         if keep == n:
             break
-        kept = torch.sort(torch.argsort(neuron_scores(part, importance, seed + i), descending=True, stable=True)[:keep]).values
+        scores = neuron_scores(part, importance, seed + i, acts[i])
+        kept = torch.sort(torch.argsort(scores, descending=True, stable=True)[:keep]).values
         for lin in part.ins:
             _slice_param(lin, "weight", kept, 0)
             _slice_param(lin, "bias", kept, 0)

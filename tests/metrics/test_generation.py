@@ -1,0 +1,29 @@
+import pytest
+import torch
+
+from prunekit.metrics.generation import generation_speed
+from prunekit.models.hf import tiny_model
+
+
+class Tok:
+    pad_token_id = 0
+    eos_token_id = 0
+
+    def __call__(self, text, return_tensors=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(input_ids=torch.tensor([[ord(c) % 128 for c in text]]))
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(65 + int(i) % 26) for i in ids)
+
+
+def test_counts_exactly_the_new_tokens():
+    speed = generation_speed(tiny_model("llama"), Tok(), "hello", new_tokens=7)
+    assert speed.tokens == 7 and len(speed.text) == 7
+    assert speed.seconds > 0 and speed.tokens_per_s == pytest.approx(7 / speed.seconds)
+
+
+def test_new_tokens_must_be_positive():
+    with pytest.raises(ValueError, match="new_tokens"):
+        generation_speed(tiny_model("llama"), Tok(), new_tokens=0)

@@ -1,0 +1,42 @@
+"""fold_bn_ and for_inference: same outputs, no BatchNorm, a frozen fused module."""
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit.structured as ps
+from prunekit.models import ResNetStyle
+from prunekit.models.structured_zoo import MobileNetV2Style
+
+X = torch.randn(2, 1, 28, 28)
+
+
+def _with_stats(model):
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    return model.eval()
+
+
+def test_fold_bn_keeps_outputs_and_removes_batchnorm():
+    model = _with_stats(ResNetStyle(widths=(8, 16, 32)))
+    expected = model(X)
+    ps.fold_bn_(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(model(X), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="eval"):
+        ps.fold_bn_(ResNetStyle().train())
+
+
+def test_for_inference_matches_the_pruned_model_and_leaves_it_alone():
+    model = _with_stats(MobileNetV2Style())
+    small = ps.prune(model, X, ratio=0.5)
+    fast = ps.for_inference(small, X)
+    torch.testing.assert_close(fast(torch.randn(5, 1, 28, 28) * 0 + X[:1]), small(X[:1]).expand(5, -1),
+                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast(X), small(X), rtol=1e-4, atol=1e-4)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in small.modules())  # the source keeps its BatchNorms
+    assert not fast.training
+    with pytest.raises(ValueError, match="dict"):
+        ps.for_inference(small, {"x": X})
