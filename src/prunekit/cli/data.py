@@ -11,8 +11,6 @@ import argparse
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from .common import add_common, emit, say
 
 BUILTIN = ("digits", "fashion-mnist")
@@ -91,9 +89,10 @@ def _run_score(args: argparse.Namespace) -> int:
     else:
         embed_fn = None
         if args.data in BUILTIN:  # embed with a proxy trained briefly on the data
+            import torch
+
             from ..train import fit
 
-            import torch
             torch.manual_seed(args.seed)
             proxy = _model_fn(args)()
             fit(proxy, data, epochs=max(args.epochs, 0.1), seed=args.seed, progress=progress)
@@ -141,7 +140,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     test = _dataset(args.data, args.test_limit, "test")
     result = compare_pruning(train, test, _model_fn(args), fractions=tuple(args.fractions), methods=tuple(args.methods),
                              epochs=args.epochs, score_epochs=args.score_epochs, n_models=args.n_models,
-                             n_clusters=args.n_clusters, seed=args.seed,
+                             n_clusters=args.n_clusters, ccs_beta=args.ccs_beta, lr=args.lr,
+                             batch_size=args.batch_size, seed=args.seed,
                              progress=not (args.quiet or args.json), log=lambda s: say(args, s))
     emit(args, {"rows": result.rows, "full_accuracy": result.full_accuracy, "score_seconds": result.score_seconds},
          result.table())
@@ -196,6 +196,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--methods", nargs="+", choices=BENCH_METHODS, default=list(BENCH_METHODS))
     p.add_argument("--epochs", type=int, default=5, help="epochs over each kept subset")
     p.add_argument("--score-epochs", type=float, default=1.0, help="epochs of each EL2N proxy")
+    p.add_argument("--ccs-beta", type=float, default=0.1, help="CCS: hardest fraction cut first")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=128)
     model_flags(p)
     p.set_defaults(func=_run_bench)
     return parser
