@@ -19,6 +19,15 @@ PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def is_transposed(module: nn.Module) -> bool:
+    """Whether a module stores its weight as (in, out): transformers' ``Conv1D`` (GPT-2) does.
+
+    Such a module is treated as a Linear layer: it is in scope wherever ``nn.Linear`` is, and
+    patterns run on its weight seen as (out, in).
+    """
+    return hasattr(module, "nf") and any(c.__name__ == "Conv1D" for c in type(module).__mro__)
+
+
 @dataclass(frozen=True)
 class Target:
     """One prunable tensor: the module that holds it and the parameter's name (``weight``)."""
@@ -34,6 +43,17 @@ class Target:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(weight_of(self.module, self.param).shape)
+
+    @property
+    def transposed(self) -> bool:
+        """True when the weight is stored as (in, out) (see :func:`is_transposed`)."""
+        return is_transposed(self.module)
+
+    @property
+    def matrix_shape(self) -> tuple[int, ...]:
+        """The weight's shape as (out, in, *kernel), the layout patterns work on."""
+        shape = self.shape
+        return (shape[1], shape[0], *shape[2:]) if self.transposed else shape
 
 
 @dataclass
@@ -108,9 +128,11 @@ def select_targets(model: nn.Module, scope: Scope | dict | Sequence[str] | str |
     Raises a ValueError when the scope matches nothing.
     """
     sc = as_scope(scope)
+    linear_ok = any(issubclass(nn.Linear, t) for t in sc.types)
     candidates = [
         (name, m) for name, m in model.named_modules()
-        if isinstance(m, sc.types) and not name.endswith("parametrizations") and ".parametrizations." not in name
+        if (isinstance(m, sc.types) or (linear_ok and is_transposed(m)))
+        and not name.endswith("parametrizations") and ".parametrizations." not in name
     ]
     skipped: set[int] = set()
     if sc.skip_first_conv:

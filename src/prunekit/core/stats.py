@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 
 from .calling import call_model
 from .mask import get_mask
-from .scope import PRUNABLE_TYPES, select_targets
+from .scope import PRUNABLE_TYPES, is_transposed, select_targets
 
 
 @dataclass
@@ -164,12 +164,15 @@ def _count_macs(model: nn.Module, example_inputs: Any) -> dict[int, int]:
             return
         if isinstance(module, nn.Linear):
             n = output.numel() * module.in_features
+        elif is_transposed(module):  # transformers' Conv1D: weight (in, out)
+            n = output.numel() * module.weight.shape[0]
         else:
             w = module.weight
             n = output.numel() * (w.shape[1] * math.prod(w.shape[2:]))
         macs[id(module)] = macs.get(id(module), 0) + n
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, PRUNABLE_TYPES) or is_transposed(m)]
     was_training = model.training
     try:
         model.eval()
@@ -213,9 +216,9 @@ def summary(model: nn.Module, example_inputs: Any = None, scope: Any = None) -> 
             if pname == "weight":
                 shape = tuple(eff.shape)
                 w_params, w_nonzeros = eff.numel(), nz
-        if params == 0:
-            continue
         m = macs.get(id(module), 0)
+        if params == 0 and m == 0:
+            continue
         density = w_nonzeros / w_params if w_params else 1.0
         kind = type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
         result.layers.append(LayerStats(

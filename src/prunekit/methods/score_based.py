@@ -45,11 +45,15 @@ class ScoreMethod:
         if plan.pattern.kind == "nm":
             counts = {name: 0 for name in scores}
         else:
-            ranked = {name: allocation_view(s, plan.pattern) for name, s in scores.items()}
+            ranked = {t.name: allocation_view(scores[t.name].t() if t.transposed else scores[t.name], plan.pattern)
+                      for t in plan.targets}
             counts = allocate(ranked, plan.sparsity, plan.allocation, **plan.allocation_options)
         out = {}
         for t in plan.targets:
-            keep = mask_from_scores(scores[t.name], plan.pattern, counts[t.name])
+            if t.transposed:  # patterns run on (out, in); Conv1D stores (in, out)
+                keep = mask_from_scores(scores[t.name].t(), plan.pattern, counts[t.name]).t()
+            else:
+                keep = mask_from_scores(scores[t.name], plan.pattern, counts[t.name])
             old = get_mask(t.module)
             out[t.name] = keep if old is None else keep & old.cpu()
         return out
