@@ -121,3 +121,19 @@ def test_data_driven_criteria_beat_random_on_digits(trained_digits_mlp):
         accs[method] = accuracy(m, test)
     # measured at 80%: random 0.26, snip 0.86, taylor 0.956, magnitude 0.971
     assert min(accs["magnitude"], accs["snip"], accs["taylor"]) > accs["random"] + 0.3
+
+
+def test_gpt2_conv1d_is_in_scope_and_nm_runs_along_its_input_dimension():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=4)
+    model = transformers.GPT2LMHeadModel(cfg)
+    report = pk.prune_(model, "magnitude", pattern="2:4")
+    assert set(report.layers) == {"transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj",
+                                  "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"}
+    fc = model.transformer.h[0].mlp.c_fc  # Conv1D: weight (in=32, out=128)
+    keep = pk.get_mask(fc)
+    assert keep.shape == (32, 128)
+    groups = keep.t().reshape(128, 8, 4)  # (out, in) rows, groups of 4 along the input dimension
+    assert bool((groups.sum(-1) == 2).all())
+    macs = pk.summary(model, example_inputs=torch.zeros(1, 8, dtype=torch.long)).macs
+    assert macs >= 8 * 32 * 128  # Conv1D layers are counted

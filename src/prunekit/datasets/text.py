@@ -43,10 +43,13 @@ class Document:
     text: str
 
 
+def _hash01(name: str) -> float:
+    return int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
 def is_eval(name: str, eval_fraction: float = 0.1) -> bool:
     """Whether document ``name`` belongs to the evaluation split (a stable hash of the name)."""
-    h = int(hashlib.sha1(name.encode()).hexdigest()[:8], 16)
-    return h / 0xFFFFFFFF < eval_fraction
+    return _hash01(name) < eval_fraction
 
 
 def _files_of(folder: Path) -> list[Path]:
@@ -62,17 +65,17 @@ def _stdlib_docstrings() -> list[Document]:
     for name in names:
         if name in ("antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo"):
             continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
                 mod = importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - a module that cannot import on this platform is skipped
-            continue
-        parts = [mod.__doc__ or ""]
-        for attr in sorted(vars(mod)):
-            obj = getattr(mod, attr, None)
-            if getattr(obj, "__module__", None) == name and getattr(obj, "__doc__", None):
-                parts.append(f"{attr}: {obj.__doc__}")
+            except Exception:  # noqa: BLE001 - a module that cannot import on this platform is skipped
+                continue
+            parts = [mod.__doc__ or ""]
+            for attr in sorted(vars(mod)):
+                obj = getattr(mod, attr, None)
+                if getattr(obj, "__module__", None) == name and getattr(obj, "__doc__", None):
+                    parts.append(f"{attr}: {obj.__doc__}")
         text = "\n\n".join(p for p in parts if p.strip())
         if text:
             docs.append(Document(f"stdlib:{name}", text))
@@ -135,8 +138,11 @@ def split_documents(docs: list[Document], split: str, eval_fraction: float = 0.1
     """The documents of one split, ``"calibration"`` or ``"evaluation"``."""
     if split not in ("calibration", "evaluation"):
         raise ValueError(f"split must be 'calibration' or 'evaluation', got {split!r}")
+    held_out = {d.name for d in docs if is_eval(d.name, eval_fraction)}
+    if not held_out and len(docs) > 1:  # few documents: hold out the one with the lowest hash
+        held_out = {min((d.name for d in docs), key=_hash01)}
     want = split == "evaluation"
-    return [d for d in docs if is_eval(d.name, eval_fraction) == want]
+    return [d for d in docs if (d.name in held_out) == want]
 
 
 def _tokens(tokenizer: Any, docs: list[Document], needed: int) -> torch.Tensor:

@@ -17,18 +17,13 @@ import torch
 from torch import Tensor, nn
 
 from ..calibrate import InputStats, family_of, find_blocks, walk_blocks_
-from ..calibrate.blockwise import BlockInputs, run_block
+from ..calibrate.blockwise import BlockInputs, as_batches, run_block
 from ..core.allocate import ALLOCATIONS, allocate
 from ..core.mask import get_mask, set_mask_, weight_of
-from ..core.scope import Target
+from ..core.scope import Target, is_transposed
 from .base import PrunePlan
 
 ENGINE_OPTIONS = ("batch_size", "device")
-
-
-def is_transposed(module: nn.Module) -> bool:
-    """Whether the module stores its weight as (in, out) — transformers' ``Conv1D`` (GPT-2) does."""
-    return type(module).__name__ == "Conv1D"
 
 
 def rows_view(module: nn.Module) -> Tensor:
@@ -83,8 +78,6 @@ class BlockwiseMethod:
                 f"method {self.name!r} needs calibration=: token ids (nsamples, seqlen), e.g. from "
                 "prunekit.datasets.text.calibration_windows(tokenizer, 'pydocs', nsamples=32, seqlen=512)"
             )
-        from ..calibrate.blockwise import as_batches
-
         as_batches(plan.calibration, 1)
         if plan.pattern.kind not in self.patterns:
             raise ValueError(f"method {self.name!r} supports patterns {', '.join(self.patterns)}; got {plan.pattern}")

@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ..core.allocate import ALLOCATIONS
 from ..core.mask import MaskSnapshot, get_mask, set_mask_
@@ -56,12 +57,6 @@ def _resolve_sparsity(sparsity: float | None, pattern: Pattern) -> float:
     return float(sparsity)
 
 
-def _default_scope(model: nn.Module) -> Scope | None:
-    """The default scope, widened to transformers' ``Conv1D`` (GPT-2's linear layers) when the model has them."""
-    extra = tuple({type(m) for m in model.modules() if type(m).__name__ == "Conv1D" and hasattr(m, "nf")})
-    return Scope(types=Scope().types + extra) if extra else None
-
-
 def plan_prune(
     model: nn.Module,
     method: str = "magnitude",
@@ -85,9 +80,9 @@ def plan_prune(
     target = _resolve_sparsity(sparsity, pat)
     if pat.kind != "nm":
         ALLOCATIONS.get(allocation)
-    targets = select_targets(model, _default_scope(model) if scope is None else scope)
+    targets = select_targets(model, scope)
     for t in targets:
-        check_pattern(pat, t.shape, t.name)
+        check_pattern(pat, t.matrix_shape, t.name)
     allocation_options = {k: options.pop(k) for k in ("floor", "power", "owl_m", "owl_lambda") if k in options}
     ctx = ScoreContext(data=data, loss_fn=loss_fn, example_inputs=example_inputs, seed=seed,
                        max_batches=max_batches, options={k: options[k] for k in ("temperature",) if k in options})
@@ -140,7 +135,8 @@ def prune_(
     plan.journal = WeightJournal()
     target = plan.sparsity
     try:
-        for r in range(1, iterations + 1):
+        for r in tqdm(range(1, iterations + 1), desc=f"prune ({method})", disable=not progress or iterations == 1,
+                      leave=False):
             plan.sparsity = 1 - (1 - target) ** (r / iterations)
             if hasattr(impl, "apply_"):
                 impl.apply_(model, plan)

@@ -23,14 +23,29 @@ from .layerwise import BlockwiseMethod, is_transposed, rows_view, write_rows_
 
 def inverse_hessian_factor(h: Tensor, percdamp: float) -> tuple[Tensor, Tensor]:
     """Upper Cholesky factor of the dampened H⁻¹, and the mask of dead input columns (never active)."""
-    h = h.clone().double()
+    h = h.clone().float()  # float32 throughout, as the paper's code
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
     damp = percdamp * torch.mean(torch.diag(h))
     idx = torch.arange(h.shape[0], device=h.device)
     h[idx, idx] += damp
     h = torch.cholesky_inverse(torch.linalg.cholesky(h))
-    return torch.linalg.cholesky(h, upper=True).float(), dead
+    return torch.linalg.cholesky(h, upper=True), dead
+
+
+def lowest_k(scores: Tensor, k: int) -> Tensor:
+    """Boolean mask of the ``k`` lowest entries of a flat tensor, ties going to the lower index
+    (what a stable argsort would pick, found in linear time with kthvalue)."""
+    out = torch.zeros_like(scores, dtype=torch.bool)
+    if k <= 0:
+        return out
+    threshold = scores.kthvalue(k).values
+    out = scores < threshold
+    need = k - int(out.sum())
+    if need > 0:
+        ties = (scores == threshold).nonzero().reshape(-1)[:need]
+        out[ties] = True
+    return out
 
 
 def sparsegpt_prune(w: Tensor, hinv: Tensor, dead: Tensor, sparsity: float, n: int = 0, m: int = 0,
@@ -39,7 +54,8 @@ def sparsegpt_prune(w: Tensor, hinv: Tensor, dead: Tensor, sparsity: float, n: i
 
     ``n``:``m`` > 0 asks for N:M (keep ``n`` of every ``m`` inputs); else ``sparsity`` of each block of
     ``blocksize`` columns is pruned. ``keep`` (optional) marks entries that are still alive: the others
-    are pruned first.
+    are pruned first. This is the paper's column loop, run on the transposed block so that each step is
+    two contiguous vector operations.
     """
     w = w.float().contiguous().clone()
     w[:, dead] = 0
@@ -49,36 +65,34 @@ def sparsegpt_prune(w: Tensor, hinv: Tensor, dead: Tensor, sparsity: float, n: i
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
-        w1 = w[:, i1:i2].contiguous()
-        q1 = torch.zeros_like(w1)
-        err1 = torch.zeros_like(w1)
+        w1t = w[:, i1:i2].t().contiguous()  # (count, rows): column i of the block is row i here
+        err1t = torch.zeros_like(w1t)
         hinv1 = hinv[i1:i2, i1:i2]
-        d = torch.diag(hinv1)
-        mask1 = torch.zeros_like(w1, dtype=torch.bool)  # True = pruned
-        if not m:
-            score = w1.square() / d.reshape(1, -1).square()
+        d = torch.diag(hinv1).reshape(-1, 1)
+        keep1t = None if keep is None else keep[:, i1:i2].t()
+        if m:
+            mask1t = torch.zeros_like(w1t, dtype=torch.bool)  # True = pruned
+        else:
+            score = w[:, i1:i2].square() / d.reshape(1, -1).square()  # ranked in (out, in) order, as the paper
             if keep is not None:
                 score = score.masked_fill(~keep[:, i1:i2], -1.0)
             k = int(round(score.numel() * sparsity))
-            if k > 0:
-                order = torch.argsort(score.reshape(-1), stable=True)[:k]
-                mask1.view(-1)[order] = True
+            mask1t = lowest_k(score.reshape(-1), k).reshape(rows, count).t().contiguous()
+        pruned_t = mask1t.float()
         for i in range(count):
-            col = w1[:, i]
             if m and i % m == 0:
-                score = w1[:, i:i + m].square() / d[i:i + m].reshape(1, -1).square()
-                if keep is not None:
-                    score = score.masked_fill(~keep[:, i1 + i:i1 + i + m], -1.0)
-                lowest = torch.argsort(score, dim=1, stable=True)[:, :prune_per_group]
-                mask1.scatter_(1, i + lowest, True)
-            q = col.masked_fill(mask1[:, i], 0.0)
-            q1[:, i] = q
-            e = (col - q) / hinv1[i, i]
-            w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
-            err1[:, i] = e
-        w[:, i1:i2] = q1
-        pruned[:, i1:i2] = mask1
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+                group = w1t[i:i + m].square() / d[i:i + m].square()
+                if keep1t is not None:
+                    group = group.masked_fill(~keep1t[i:i + m], -1.0)
+                lowest = torch.argsort(group, dim=0, stable=True)[:prune_per_group]
+                mask1t[i:i + m].scatter_(0, lowest, True)
+                pruned_t[i:i + m] = mask1t[i:i + m].float()
+            # e = (w − q) / [H⁻¹]_ii, q = w with the pruned entries zeroed
+            torch.div(w1t[i] * pruned_t[i], hinv1[i, i], out=err1t[i])
+            w1t[i:].addr_(hinv1[i, i:], err1t[i], alpha=-1)
+        w[:, i1:i2] = w1t.masked_fill(mask1t, 0.0).t()
+        pruned[:, i1:i2] = mask1t.t()
+        w[:, i2:].addmm_(err1t.t(), hinv[i1:i2, i2:], alpha=-1)
     return w, ~pruned
 
 

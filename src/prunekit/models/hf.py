@@ -90,3 +90,32 @@ def read_prunekit_json(folder: str | Path) -> dict[str, Any] | None:
     """The ``prunekit.json`` a pruned folder carries, or None."""
     p = Path(folder) / "prunekit.json"
     return json.loads(p.read_text()) if p.is_file() else None
+
+
+TINY_FAMILIES = ("llama", "mistral", "qwen2", "gpt2", "opt", "bert")
+
+
+def tiny_model(family: str, vocab_size: int = 128, hidden: int = 64, layers: int = 2, seed: int = 0) -> nn.Module:
+    """A small randomly initialised model of a transformers family (for tests and examples; no download).
+
+    Decoders (llama, mistral, qwen2, gpt2, opt) come with their LM head; ``bert`` is a ``BertModel``.
+    """
+    import transformers as tf
+
+    common = dict(vocab_size=vocab_size, num_hidden_layers=layers, num_attention_heads=4)
+    configs = {
+        "llama": lambda: tf.LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_key_value_heads=2, **common),
+        "mistral": lambda: tf.MistralConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_key_value_heads=2, **common),
+        "qwen2": lambda: tf.Qwen2Config(hidden_size=hidden, intermediate_size=2 * hidden, num_key_value_heads=2, **common),
+        "gpt2": lambda: tf.GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4,
+                                      bos_token_id=0, eos_token_id=0),
+        "opt": lambda: tf.OPTConfig(hidden_size=hidden, ffn_dim=2 * hidden, word_embed_proj_dim=hidden,
+                                    bos_token_id=0, eos_token_id=0, pad_token_id=1, **common),
+        "bert": lambda: tf.BertConfig(hidden_size=hidden, intermediate_size=2 * hidden, **common),
+    }
+    if family not in configs:
+        raise ValueError(f"unknown family {family!r}; known: {', '.join(TINY_FAMILIES)}")
+    torch.manual_seed(seed)
+    config = configs[family]()
+    model = tf.BertModel(config) if family == "bert" else tf.AutoModelForCausalLM.from_config(config)
+    return model.eval()

@@ -1,0 +1,45 @@
+import torch
+from torch import nn
+
+from prunekit.calibrate import InputStats
+
+
+class Shared(nn.Module):
+    """Two layers reading the same tensor (like q/k/v) and one reading another."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+        self.b = nn.Linear(3, 2)
+        self.c = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.c(self.a(x)) + self.b(x)
+
+
+def test_norms_and_grams_match_a_direct_computation():
+    model = Shared()
+    xs = [torch.randn(2, 5, 3), torch.randn(1, 5, 3)]
+    stats = InputStats({"a": model.a, "b": model.b, "c": model.c}, hessian=True)
+    with stats, torch.no_grad():
+        for x in xs:
+            stats.new_call()
+            model(x)
+    flat = torch.cat([x.reshape(-1, 3) for x in xs])
+    torch.testing.assert_close(stats.col_norms("a"), flat.norm(dim=0))
+    torch.testing.assert_close(stats.gram("b"), flat.t() @ flat)
+    hidden = model.a(flat).detach()
+    torch.testing.assert_close(stats.col_norms("c"), hidden.norm(dim=0), rtol=1e-5, atol=1e-5)
+    assert stats.n_tokens("a") == 15
+    # a and b read the same tensor: one accumulator, owned by the first.
+    assert stats.owner == {"a": "a", "b": "a", "c": "c"}
+    assert set(stats.sq_norms) == {"a", "c"}
+
+
+def test_hooks_are_removed_on_exit():
+    model = Shared()
+    stats = InputStats({"a": model.a})
+    with stats:
+        model(torch.randn(1, 3))
+    model(torch.randn(1, 3))
+    assert stats.n_tokens("a") == 1

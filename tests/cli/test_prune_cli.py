@@ -1,0 +1,175 @@
+import argparse
+import json
+
+import pytest
+import torch
+
+from prunekit.cli import eval as eval_cli
+from prunekit.cli import prune as prune_cli
+from prunekit.models.hf import tiny_model
+
+TEXT = ("The interpreter reads a line, parses it and runs it. Modules group functions and classes; "
+        "a package groups modules. Exceptions unwind the stack until a handler catches them. ")
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="prunekit")
+    subs = parser.add_subparsers(dest="command")
+    prune_cli.add_parser(subs)
+    eval_cli.add_parser(subs)
+    return parser
+
+
+def _run(argv):
+    args = _parser().parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A tiny Llama with a real (byte-level BPE) tokenizer, saved as a Hugging Face folder, and a text folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("tiny")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([TEXT] * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    model = tiny_model("llama", vocab_size=fast.vocab_size)
+    model.save_pretrained(root / "model")
+    fast.save_pretrained(root / "model")
+    texts = root / "texts"
+    texts.mkdir()
+    for i in range(30):
+        (texts / f"page{i:02d}.txt").write_text(f"Page {i}. " + TEXT * 3)
+    return root
+
+
+def _args(root, out, *extra):
+    return ["prune", "--model", str(root / "model"), "--calib", str(root / "texts"), "--nsamples", "4",
+            "--seqlen", "32", "--eval-windows", "2", "--out", str(out), "--quiet", *extra]
+
+
+def test_prune_saves_a_loadable_sparse_model_with_its_report(tiny_folder, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "pruned"
+    assert _run(_args(tiny_folder, out, "--method", "sparsegpt", "--pattern", "2:4", "--json")) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["method"] == "sparsegpt" and data["settings"]["pattern"] == "2:4"
+    assert data["calibration"] == {"source": str(tiny_folder / "texts"), "nsamples": 4, "seqlen": 32, "seed": 0}
+    assert data["before"]["nonzeros"] > data["after"]["nonzeros"]
+    assert data["after"]["sparse_bytes"] < data["before"]["sparse_bytes"]
+    assert data["before"]["perplexity"] > 1 and data["after"]["tokens_per_s"] > 0
+    model = AutoModelForCausalLM.from_pretrained(out)
+    w = model.model.layers[1].mlp.down_proj.weight
+    assert float((w == 0).float().mean()) == pytest.approx(0.5)
+    assert bool((model.model.embed_tokens.weight != 0).all())
+    AutoTokenizer.from_pretrained(out)
+    meta = json.loads((out / "prunekit.json").read_text())
+    assert meta["prunekit_version"] and meta["after"] == data["after"]
+    assert "perplexity" in (out / "report.txt").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["pruned"]  # no temporary folder left behind
+
+
+@pytest.mark.parametrize("what, check", [
+    ("heads", lambda cfg: cfg.num_key_value_heads == 1),
+    ("neurons", lambda cfg: cfg.intermediate_size == 64),
+    ("layers", lambda cfg: cfg.num_hidden_layers == 1),
+])
+def test_structured_prune_saves_a_smaller_model_and_times_it(tiny_folder, tmp_path, capsys, what, check):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = tmp_path / "small"
+    assert _run(_args(tiny_folder, out, "--structured", what, "--ratio", "0.5", "--json")) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["method"] == f"structured-{what}"
+    assert data["after"]["params"] < data["before"]["params"]
+    assert data["after"]["macs_128_tokens"] < data["before"]["macs_128_tokens"]
+    assert data["before"]["latency_ms_batch1"] > 0 and data["after"]["latency_ms_batch8"] > 0
+    assert check(AutoConfig.from_pretrained(out))
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert sum(p.numel() for p in reloaded.parameters()) == data["after"]["params"]
+
+
+def test_structured_ratio_out_of_range_writes_nothing(tiny_folder, tmp_path):
+    with pytest.raises(ValueError, match="--ratio must be in"):
+        _run(_args(tiny_folder, tmp_path / "x", "--structured", "heads", "--ratio", "1.5"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_text_table_has_before_and_after(tiny_folder, tmp_path, capsys):
+    assert _run(_args(tiny_folder, tmp_path / "o", "--method", "magnitude", "--sparsity", "0.3")) == 0
+    text = capsys.readouterr().out
+    assert "before" in text and "after" in text and "non-zeros" in text and "tokens/s" in text
+
+
+def test_out_not_empty_is_refused_before_any_work_and_overwrite_replaces(tiny_folder, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="exists and is not empty; pass --overwrite"):
+        _run(_args(tiny_folder, out))
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert _run(_args(tiny_folder, out, "--overwrite", "--nsamples", "2")) == 0
+    assert (out / "prunekit.json").exists() and not (out / "keep.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--model", "nope-7b"], "not a model"),
+    (["--nsamples", "500"], "fewer than nsamples × seqlen"),
+    (["--method", "prune-harder"], "unknown method"),
+    (["--allocation", "fair"], "unknown allocation"),
+])
+def test_bad_input_is_a_clear_error_and_writes_nothing(tiny_folder, tmp_path, extra, match):
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=match):
+        _run(_args(tiny_folder, out) + extra)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_unsupported_family_is_named(tiny_folder, tmp_path):
+    import transformers as tf
+
+    folder = tmp_path / "t5"
+    tf.T5ForConditionalGeneration(tf.T5Config(vocab_size=300, d_model=32, d_ff=64, num_layers=1, num_heads=2)
+                                  ).save_pretrained(folder)
+    tf.AutoTokenizer.from_pretrained(tiny_folder / "model").save_pretrained(folder)
+    out = tmp_path / "o"
+    argv = _args(tiny_folder, out)
+    argv[argv.index("--model") + 1] = str(folder)
+    with pytest.raises(ValueError, match="cannot walk model family 't5'.*supported"):
+        _run(argv)
+    assert not out.exists()
+
+
+def test_eval_reads_a_pruned_folder(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "p"
+    _run(_args(tiny_folder, out, "--method", "wanda"))
+    capsys.readouterr()
+    assert _run(["eval", "--model", str(out), "--ppl", str(tiny_folder / "texts"), "--windows", "2",
+                 "--seqlen", "32", "--json", "--quiet"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["pruned_with"]["method"] == "wanda"
+    assert 0.3 < data["sparsity"] < 0.5 and data["perplexity"] > 1
+
+
+@pytest.mark.slow
+def test_default_command_prunes_smollm2_with_wanda(tmp_path, capsys):
+    """`prunekit prune` with its defaults: SmolLM2-135M, Wanda 50%, pydocs; the folder loads back."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "pruned"
+    assert _run(["prune", "--out", str(out), "--json", "--quiet"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["method"] == "wanda" and data["sparsity_in_scope"] == pytest.approx(0.5)
+    assert data["after"]["perplexity"] < 3 * data["before"]["perplexity"]
+    assert data["after"]["sparse_bytes"] < 0.75 * data["before"]["sparse_bytes"]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    w = model.model.layers[0].self_attn.q_proj.weight
+    assert float((w == 0).float().mean()) == pytest.approx(0.5)

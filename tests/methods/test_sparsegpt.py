@@ -1,0 +1,152 @@
+import pytest
+import torch
+
+import prunekit as pk
+from prunekit.core.pattern import Pattern, pattern_holds
+from prunekit.methods.sparsegpt import inverse_hessian_factor, sparsegpt_prune
+from prunekit.models.hf import tiny_model
+
+
+def _problem(rows=16, cols=256, tokens=600):
+    x = torch.randn(tokens, cols) * torch.linspace(0.2, 3.0, cols)  # uneven input scales
+    x[:, :8] += 2 * torch.randn(tokens, 1)  # correlated columns, which OBS can exploit
+    w = torch.randn(rows, cols)
+    return w, x
+
+
+def _error(w, new_w, x):
+    return float(((x @ w.t() - x @ new_w.t()) ** 2).sum())
+
+
+def _paper_loop(w, hinv, sparsity, n=0, m=0, blocksize=128):
+    """The column loop of the paper's code (sparsegpt.py, fasterprune), written out plainly."""
+    w = w.clone()
+    rows, cols = w.shape
+    mask = torch.zeros_like(w, dtype=torch.bool)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        w1, q1, err1 = w[:, i1:i2].clone(), torch.zeros(rows, i2 - i1), torch.zeros(rows, i2 - i1)
+        h1 = hinv[i1:i2, i1:i2]
+        if m:
+            mask1 = torch.zeros_like(w1, dtype=torch.bool)
+        else:
+            tmp = w1 ** 2 / torch.diag(h1).reshape(1, -1) ** 2
+            order = torch.argsort(tmp.reshape(-1), stable=True)[: int(round(tmp.numel() * sparsity))]
+            mask1 = torch.zeros(tmp.numel(), dtype=torch.bool)
+            mask1[order] = True
+            mask1 = mask1.reshape(tmp.shape)
+        for i in range(i2 - i1):
+            col, dd = w1[:, i], h1[i, i]
+            if m and i % m == 0:
+                tmp = w1[:, i:i + m] ** 2 / torch.diag(h1)[i:i + m].reshape(1, -1) ** 2
+                mask1.scatter_(1, i + torch.argsort(tmp, dim=1, stable=True)[:, : m - n], True)
+            q = col.clone()
+            q[mask1[:, i]] = 0
+            q1[:, i] = q
+            e = (col - q) / dd
+            w1[:, i:] -= e.unsqueeze(1).matmul(h1[i, i:].unsqueeze(0))
+            err1[:, i] = e
+        w[:, i1:i2] = q1
+        mask[:, i1:i2] = mask1
+        w[:, i2:] -= err1.matmul(hinv[i1:i2, i2:])
+    return w, ~mask
+
+
+@pytest.mark.parametrize("sparsity, n, m, blocksize", [(0.5, 0, 0, 128), (0.3, 0, 0, 48), (0.0, 2, 4, 128),
+                                                       (0.0, 1, 4, 64)])
+def test_matches_the_papers_column_loop(sparsity, n, m, blocksize):
+    w, x = _problem(rows=24, cols=192)
+    hinv, dead = inverse_hessian_factor(x.t() @ x, 0.01)
+    new_w, keep = sparsegpt_prune(w, hinv, dead, sparsity, n, m, blocksize)
+    ref_w, ref_keep = _paper_loop(w, hinv, sparsity, n, m, blocksize)
+    assert torch.equal(keep, ref_keep)
+    torch.testing.assert_close(new_w, ref_w, rtol=1e-4, atol=1e-4)
+
+
+def test_reconstruction_beats_masking_with_the_same_mask_and_magnitude():
+    w, x = _problem()
+    hinv, dead = inverse_hessian_factor(x.t() @ x, 0.01)
+    new_w, keep = sparsegpt_prune(w, hinv, dead, 0.5, blocksize=128)
+    assert float((~keep).float().mean()) == pytest.approx(0.5)
+    assert torch.equal(new_w == 0, ~keep)
+    masked = w * keep
+    mag = w * pk.core.pattern.mask_from_scores(w.abs(), Pattern("row"), w.numel() // 2)
+    assert _error(w, new_w, x) < 0.8 * _error(w, masked, x)
+    assert _error(w, new_w, x) < 0.8 * _error(w, mag, x)
+
+
+def test_each_block_of_columns_gets_its_share_and_two_four_holds():
+    w, x = _problem()
+    hinv, dead = inverse_hessian_factor(x.t() @ x, 0.01)
+    _, keep = sparsegpt_prune(w, hinv, dead, 0.25, blocksize=64)
+    for i in range(0, 256, 64):
+        assert float((~keep[:, i:i + 64]).float().mean()) == pytest.approx(0.25)
+    _, keep24 = sparsegpt_prune(w, hinv, dead, 0.0, n=2, m=4)
+    assert pattern_holds(keep24, Pattern("nm", n=2, m=4))
+    assert float((~keep24).float().mean()) == pytest.approx(0.5)
+
+
+def test_dead_inputs_are_zeroed_and_dampening_keeps_h_invertible():
+    w, x = _problem(cols=32)
+    x[:, 3] = 0
+    hinv, dead = inverse_hessian_factor(x.t() @ x, 0.01)
+    assert dead.tolist().count(True) == 1 and bool(dead[3])
+    new_w, _ = sparsegpt_prune(w, hinv, dead, 0.5)
+    assert bool((new_w[:, 3] == 0).all()) and torch.isfinite(new_w).all()
+
+
+def test_already_pruned_entries_stay_pruned():
+    w, x = _problem(cols=64)
+    hinv, dead = inverse_hessian_factor(x.t() @ x, 0.01)
+    old = torch.rand(w.shape) > 0.3
+    _, keep = sparsegpt_prune(w * old, hinv, dead, 0.5, keep=old)
+    assert not bool((keep & ~old).any())
+
+
+@pytest.mark.parametrize("family, pattern", [("llama", "unstructured"), ("gpt2", "2:4"), ("opt", "unstructured"),
+                                             ("qwen2", "2:4")])
+def test_whole_model_sparsity_pattern_and_weights_updated(family, pattern):
+    model = tiny_model(family)
+    dense = tiny_model(family)
+    calib = torch.randint(0, 128, (8, 16))
+    report = pk.prune_(model, "sparsegpt", 0.5 if pattern == "unstructured" else None, pattern=pattern,
+                       calibration=calib, progress=False)
+    assert report.sparsity == pytest.approx(0.5)
+    name = next(iter(report.layers))
+    kept = dict(model.named_modules())[name].weight.detach()
+    before = dict(dense.named_modules())[name].weight.detach()
+    assert not torch.allclose(kept[kept != 0], before[kept != 0])  # OBS moved the surviving weights
+    if pattern == "2:4":
+        for n in report.layers:
+            mask = pk.get_mask(dict(model.named_modules())[n])
+            assert pattern_holds(mask.t() if family == "gpt2" else mask, Pattern("nm", n=2, m=4))
+
+
+def test_failure_restores_weights_and_masks(monkeypatch):
+    from prunekit.methods import sparsegpt
+
+    model = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+    original = sparsegpt.SparseGPT.prune_layer
+
+    def failing(self, name, *args):
+        calls.append(name)
+        if len(calls) == 10:
+            raise RuntimeError("boom")
+        return original(self, name, *args)
+
+    monkeypatch.setattr(sparsegpt.SparseGPT, "prune_layer", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        pk.prune_(model, "sparsegpt", 0.5, calibration=torch.randint(0, 128, (4, 16)), progress=False)
+    assert list(pk.masked_modules(model)) == []
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_options_are_checked_first():
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="percdamp"):
+        pk.prune_(model, "sparsegpt", 0.5, calibration=torch.randint(0, 128, (2, 8)), percdamp=2.0, progress=False)
+    with pytest.raises(ValueError, match="supports patterns"):
+        pk.prune_(model, "sparsegpt", 0.5, pattern="row", calibration=torch.randint(0, 128, (2, 8)), progress=False)

@@ -1,0 +1,110 @@
+import pytest
+import torch
+
+import prunekit as pk
+from prunekit.core.pattern import Pattern, pattern_holds
+from prunekit.models.hf import TINY_FAMILIES, tiny_model
+
+
+def _calib(n=8, seqlen=16):
+    return torch.randint(0, 128, (n, seqlen))
+
+
+def _rows_zero_share(w):
+    return (w == 0).float().mean(dim=1)
+
+
+def test_first_block_masks_match_the_paper_formula():
+    """q_proj of block 0: |W|·‖X‖ ranked per output row, X = input_layernorm(embeddings)."""
+    model = tiny_model("llama")
+    calib = _calib()
+    with torch.no_grad():
+        h0 = model(input_ids=calib, output_hidden_states=True).hidden_states[0]
+        x = model.model.layers[0].input_layernorm(h0).reshape(-1, 64)
+    w = model.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    metric = w.abs() * x.norm(dim=0).reshape(1, -1)
+    expect = torch.ones_like(w, dtype=torch.bool)
+    expect.scatter_(1, torch.sort(metric, dim=1, stable=True)[1][:, :32], False)
+    pk.prune_(model, "wanda", 0.5, calibration=calib, progress=False)
+    assert torch.equal(pk.get_mask(model.model.layers[0].self_attn.q_proj), expect)
+
+
+@pytest.mark.filterwarnings("ignore:wanda prunes the transformer blocks only")
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_every_family_half_of_every_row_and_no_embedding_touched(family):
+    model = tiny_model(family)
+    emb = model.get_input_embeddings().weight.detach().clone()
+    report = pk.prune_(model, "wanda", 0.5, calibration=_calib(), progress=False)
+    in_blocks = [n for n in report.layers if not n.startswith("pooler")]
+    assert len(in_blocks) >= 8
+    for name in in_blocks:
+        assert report.layers[name] == pytest.approx(0.5)
+        w = dict(model.named_modules())[name].weight.detach()
+        shares = _rows_zero_share(w.t() if family == "gpt2" else w)
+        assert torch.allclose(shares, torch.full_like(shares, 0.5))
+    assert torch.equal(model.get_input_embeddings().weight.detach(), emb)
+
+
+def test_two_four_pattern_holds_and_outputs_stay_finite():
+    model = tiny_model("mistral")
+    report = pk.prune_(model, "wanda", pattern="2:4", calibration=_calib(), progress=False)
+    assert report.sparsity == pytest.approx(0.5)
+    for _, m in pk.masked_modules(model):
+        assert pattern_holds(pk.get_mask(m), Pattern("nm", n=2, m=4))
+    assert torch.isfinite(model(input_ids=_calib(2)).logits).all()
+
+
+def test_pruned_outputs_feed_the_next_block():
+    """Block 1's statistics come from block 0's *pruned* outputs, so its masks differ from a dense-input ranking."""
+    model = tiny_model("llama", layers=2)
+    dense = tiny_model("llama", layers=2)
+    calib = _calib()
+    with torch.no_grad():
+        h1 = dense(input_ids=calib, output_hidden_states=True).hidden_states[1]
+        x = dense.model.layers[1].input_layernorm(h1).reshape(-1, 64)
+    w = dense.model.layers[1].self_attn.q_proj.weight.detach()
+    metric = w.abs() * x.norm(dim=0)
+    dense_keep = torch.ones_like(w, dtype=torch.bool)
+    dense_keep.scatter_(1, torch.sort(metric, dim=1, stable=True)[1][:, :32], False)
+    pk.prune_(model, "wanda", 0.5, calibration=calib, progress=False)
+    assert not torch.equal(pk.get_mask(model.model.layers[1].self_attn.q_proj), dense_keep)
+
+
+def test_bad_input_leaves_the_model_untouched():
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="needs calibration"):
+        pk.prune_(model, "wanda", 0.5, progress=False)
+    with pytest.raises(ValueError, match="calibration must be"):
+        pk.prune_(model, "wanda", 0.5, calibration="pydocs", progress=False)
+    with pytest.raises(ValueError, match="unknown option"):
+        pk.prune_(model, "wanda", 0.5, calibration=_calib(), progress=False, blocksize=3)
+    assert list(pk.masked_modules(model)) == []
+
+
+def test_an_error_part_way_puts_every_mask_back(monkeypatch):
+    from prunekit.methods import wanda
+
+    model = tiny_model("llama")
+    calls = []
+    original = wanda.Wanda.prune_layer
+
+    def failing(self, name, *args):
+        calls.append(name)
+        if len(calls) == 9:
+            raise RuntimeError("boom")
+        return original(self, name, *args)
+
+    monkeypatch.setattr(wanda.Wanda, "prune_layer", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        pk.prune_(model, "wanda", 0.5, calibration=_calib(), progress=False)
+    assert list(pk.masked_modules(model)) == []
+
+
+def test_explicit_device_visits_give_the_same_masks():
+    """The offload path (each block moved to ``device`` and back) prunes exactly as the in-place path."""
+    a, b = tiny_model("llama"), tiny_model("llama")
+    calib = _calib()
+    pk.prune_(a, "wanda", 0.5, calibration=calib, progress=False)
+    pk.prune_(b, "wanda", 0.5, calibration=calib, progress=False, device="cpu", batch_size=3)
+    for (name, m), (_, n) in zip(pk.masked_modules(a), pk.masked_modules(b)):
+        assert torch.equal(pk.get_mask(m), pk.get_mask(n)), name
