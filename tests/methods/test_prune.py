@@ -137,3 +137,23 @@ def test_gpt2_conv1d_is_in_scope_and_nm_runs_along_its_input_dimension():
     assert bool((groups.sum(-1) == 2).all())
     macs = pk.summary(model, example_inputs=torch.zeros(1, 8, dtype=torch.long)).macs
     assert macs >= 8 * 32 * 128  # Conv1D layers are counted
+
+
+def test_weight_journal_keeps_copies_on_disk_and_restores_them():
+    from pathlib import Path
+
+    from prunekit.methods.base import WeightJournal
+
+    lin = nn.Linear(4, 3)
+    dense = lin.weight.detach().clone()
+    journal = WeightJournal()
+    journal.record(lin)
+    with torch.no_grad():
+        lin.weight.mul_(0)
+    journal.record(lin)  # a second record keeps the first copy
+    folder = Path(next(iter(journal.saved.values()))[1]).parent
+    assert folder.is_dir()
+    journal.restore()
+    assert torch.equal(lin.weight, dense)
+    journal.close()
+    assert not folder.exists() and journal.saved == {}

@@ -10,7 +10,10 @@ masks and weights back.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
@@ -41,22 +44,39 @@ class PrunePlan:
 
 
 class WeightJournal:
-    """Copies of the weights a method changes, taken before the first change, so they can be put back."""
+    """Copies of the weights a method changes, taken before the first change, so they can be put back.
+
+    The copies go to a temporary folder on disk rather than to memory, so that being able to undo a
+    failed SparseGPT run does not add a second copy of the model to its memory footprint.
+    """
 
     def __init__(self) -> None:
-        self.saved: dict[int, tuple[nn.Module, Tensor]] = {}
+        self.saved: dict[int, tuple[nn.Module, Path]] = {}
+        self._folder: str | None = None
 
     def record(self, module: nn.Module) -> None:
         """Keep a copy of ``module``'s (dense) weight unless one is kept already."""
-        if id(module) not in self.saved:
-            self.saved[id(module)] = (module, weight_of(module).detach().to("cpu", copy=True))
+        if id(module) in self.saved:
+            return
+        if self._folder is None:
+            self._folder = tempfile.mkdtemp(prefix="prunekit-journal-")
+        path = Path(self._folder) / f"{len(self.saved)}.pt"
+        torch.save(weight_of(module).detach().cpu(), path)
+        self.saved[id(module)] = (module, path)
 
     def restore(self) -> None:
         """Write every recorded weight back."""
         with torch.no_grad():
-            for module, w in self.saved.values():
+            for module, path in self.saved.values():
                 leaf = weight_of(module)
-                leaf.copy_(w.to(leaf.device))
+                leaf.copy_(torch.load(path, weights_only=True).to(leaf.device))
+
+    def close(self) -> None:
+        """Delete the copies."""
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+        self._folder = None
+        self.saved.clear()
 
 
 class Method(Protocol):

@@ -149,6 +149,8 @@ def prune_(
         plan.journal.restore()
         snapshot.restore()
         raise
+    finally:
+        plan.journal.close()
     return _report(method, plan, target, time.perf_counter() - start)
 
 
