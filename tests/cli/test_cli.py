@@ -48,3 +48,11 @@ def test_demo_on_digits_prints_a_table_and_json(capsys):
     assert data["data"] == "digits" and len(data["runs"]) == 6
     assert all(r["sparsity"] == pytest.approx(0.5, abs=0.01) for r in data["runs"])
     assert data["dense"]["accuracy"] > 0.8
+
+
+def test_summary_with_latency(capsys):
+    assert main(["summary", "--model", "mlp", "--latency", "1,32", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data["totals"]["latency_ms"]) == {"1", "32"}
+    assert main(["summary", "--model", "mlp", "--latency", "one"]) == 2
+    assert "comma-separated batch sizes" in capsys.readouterr().err

@@ -47,3 +47,17 @@ def test_sparse_size_uses_a_bitmask_when_smaller():
     t[:100] = 1.0
     assert sparse_nbytes(t) == 125 + 100 * 4
     assert sparse_nbytes(torch.ones(1000)) == 4000
+
+
+def test_latency_at_several_batch_sizes():
+    import pytest
+
+    model = SmallCNN(widths=(8, 16, 32))
+    s = pk.summary(model, example_inputs=torch.zeros(1, 1, 28, 28), latency_batches=(1, 64))
+    assert set(s.latency_ms) == {1, 64}
+    assert 0 < s.latency_ms[1] < s.latency_ms[64]
+    assert "batch 64" in str(s) and s.to_dict()["totals"]["latency_ms"]["64"] == s.latency_ms[64]
+    with pytest.raises(ValueError, match="needs example_inputs"):
+        pk.summary(model, latency_batches=(1,))
+    with pytest.raises(ValueError, match="positive integers"):
+        pk.summary(model, example_inputs=torch.zeros(1, 1, 28, 28), latency_batches=(0,))

@@ -33,7 +33,7 @@ def measure_lm(model: Any, tokenizer: Any, windows: Any, *, causal: bool = True,
 
     from ..core.stats import summary
     from ..metrics.generation import generation_speed
-    from ..metrics.latency import latency
+    from ..core.latency import latency
     from ..metrics.perplexity import perplexity
 
     example = None

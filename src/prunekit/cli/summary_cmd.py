@@ -18,6 +18,8 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
                    help=f"a reference network ({', '.join(sorted(REFERENCE_MODELS))})")
     p.add_argument("--weights", help="weights to load: a file written by prunekit.save_sparse or torch.save(state_dict)")
     p.add_argument("--batch", type=int, default=1, help="batch size of the example input used to count MACs")
+    p.add_argument("--latency", default="", metavar="B1,B2",
+                   help="also time a forward pass at these batch sizes, e.g. 1,256")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -36,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             state = torch.load(args.weights, map_location="cpu", weights_only=True)
         load_state_dict_(model, state)
-    s = summary(model, example_inputs=torch.zeros(args.batch, *ref.input_shape))
+    try:
+        batches = tuple(int(b) for b in args.latency.split(",") if b)
+    except ValueError:
+        raise ValueError(f"--latency takes comma-separated batch sizes such as 1,256, got {args.latency!r}") from None
+    s = summary(model, example_inputs=torch.zeros(args.batch, *ref.input_shape), latency_batches=batches)
     emit(args, s.to_dict(), str(s))
     return 0

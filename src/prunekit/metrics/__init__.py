@@ -1,6 +1,6 @@
 """Measurements: accuracy, and (as they land) perplexity, latency, size."""
 
 from .accuracy import accuracy
-from .latency import Latency, latency
+from ..core.latency import Latency, latency
 
 __all__ = ["Latency", "accuracy", "latency"]

@@ -1,9 +1,9 @@
-"""The latency helper (prunekit.metrics.latency)."""
+"""The latency helper (prunekit.core.latency)."""
 
 import pytest
 import torch
 
-from prunekit.metrics.latency import latency
+from prunekit.core.latency import latency
 from prunekit.models import SmallCNN
 
 

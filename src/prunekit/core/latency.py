@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.calling import call_model
+from .calling import call_model
 
 
 @dataclass
