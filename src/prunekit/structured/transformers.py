@@ -159,6 +159,16 @@ def _heads_to_keep(part: AttentionParts, keep_groups: Tensor) -> tuple[Tensor, T
     return q_rows, kv_rows
 
 
+def _keep_count(n: int, ratio: float) -> int:
+    """How many of ``n`` units stay when ``ratio`` of them go (at least one)."""
+    return max(1, n - math.floor(n * ratio + 1e-9))
+
+
+def _top(scores: Tensor, keep: int) -> Tensor:
+    """Indices of the ``keep`` highest scores, in ascending order (ties to the lower index)."""
+    return torch.sort(torch.argsort(scores, descending=True, stable=True)[:keep]).values
+
+
 def prune_heads_(model: nn.Module, ratio: float = 0.25, importance: str = "l2", seed: int = 0,
                  calibration: Any = None) -> dict[str, int]:
     """Remove ``ratio`` of the attention heads of every layer (whole key/value groups under GQA), the
@@ -174,7 +184,7 @@ def prune_heads_(model: nn.Module, ratio: float = 0.25, importance: str = "l2", 
     if len(counts) != 1:
         raise ValueError(f"layers have different head counts {sorted(counts)}; prune_heads_ needs uniform layers")
     heads, kv = counts.pop()
-    keep = max(1, kv - math.floor(kv * ratio + 1e-9))
+    keep = _keep_count(kv, ratio)
     rep = heads // kv
     acts = input_norms(model, [p.o for p in parts], calibration) if importance == "activation" and keep != kv \
         else [None] * len(parts)
@@ -182,7 +192,7 @@ def prune_heads_(model: nn.Module, ratio: float = 0.25, importance: str = "l2", 
         if keep == kv:
             break
         scores = head_scores(part, importance, seed + i, acts[i])
-        kept = torch.sort(torch.argsort(scores, descending=True, stable=True)[:keep]).values
+        kept = _top(scores, keep)
         q_rows, kv_rows = _heads_to_keep(part, kept)
         for lin, rows in ((part.q, q_rows), (part.k, kv_rows), (part.v, kv_rows)):
             _slice_param(lin, "weight", rows, 0)
@@ -238,14 +248,14 @@ def prune_neurons_(model: nn.Module, ratio: float = 0.25, importance: str = "l2"
     if len(sizes) != 1:
         raise ValueError(f"MLPs have different widths {sorted(sizes)}; prune_neurons_ needs uniform layers")
     n = sizes.pop()
-    keep = max(1, n - math.floor(n * ratio + 1e-9))
+    keep = _keep_count(n, ratio)
     acts = input_norms(model, [p.out for p in parts], calibration) if importance == "activation" and keep != n \
         else [None] * len(parts)
     for i, part in enumerate(parts):
         if keep == n:
             break
         scores = neuron_scores(part, importance, seed + i, acts[i])
-        kept = torch.sort(torch.argsort(scores, descending=True, stable=True)[:keep]).values
+        kept = _top(scores, keep)
         for lin in part.ins:
             _slice_param(lin, "weight", kept, 0)
             _slice_param(lin, "bias", kept, 0)
