@@ -43,6 +43,20 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
                    help="physically remove attention heads (GQA groups), MLP neurons or whole blocks instead of "
                         "masking weights; --ratio says how many")
     p.add_argument("--ratio", type=float, default=0.25, help="with --structured: fraction removed (default 0.25)")
+    p.add_argument("--slice", type=float, default=None, metavar="FRACTION",
+                   help="SliceGPT: delete this fraction of the residual stream's width after a PCA rotation "
+                        "(a plain smaller model; instead of masks)")
+    p.add_argument("--slice-head", choices=["auto", "tied", "untie"], default="auto",
+                   help="with --slice on a model whose LM head is tied to its embeddings: untie it (exact, costs "
+                        "vocab × width parameters) or keep it tied (fitted final-norm gain; smaller, lossier). "
+                        "auto: keep the model's own form")
+    p.add_argument("--recover", choices=["bias_norm", "lora", "full"], default=None,
+                   help="after pruning, fine-tune on the calibration text: biases and norms only (PERP), masked "
+                        "LoRA merged back, or every parameter; masks are kept")
+    p.add_argument("--recover-steps", type=int, default=100, help="optimizer steps of --recover (default 100)")
+    p.add_argument("--recover-lr", type=float, default=None, help="learning rate of --recover (default per mode)")
+    p.add_argument("--recover-seqlen", type=int, default=None,
+                   help="cut the calibration windows into pieces of this many tokens for --recover (default: whole)")
     p.add_argument("--device", default=None, help="e.g. cuda: the model stays on the CPU, each block visits the device")
     p.add_argument("--out", default=None, help="output folder (default pruned-<model name>)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
@@ -62,7 +76,25 @@ def _check_args(args: argparse.Namespace) -> None:
     from ..core.pattern import parse_pattern
     from ..methods import METHODS
 
-    if args.structured is not None:
+    if args.recover is not None:
+        from ..train.recovery_lm import RecoveryConfig
+
+        if args.calib == "none":
+            raise ValueError("--recover fine-tunes on the calibration text, but --calib none gives none; "
+                             "pass --calib pydocs, a text file or a folder")
+        RecoveryConfig.parse(recover=args.recover, steps=args.recover_steps, lr=args.recover_lr,
+                             seqlen=args.recover_seqlen, where="--recover")
+    if args.slice is not None:
+        from ..core.fraction import check_fraction
+        from ..slicing import SliceConfig
+
+        if args.structured is not None or args.sparsity is not None or args.method != "wanda":
+            raise ValueError("--slice replaces masks and --structured: drop --method/--sparsity/--structured")
+        check_fraction(args.slice, "--slice", "[0, 1)", hint="it is the fraction of the residual stream's width to delete")
+        SliceConfig.parse(sparsity=args.slice, head=args.slice_head, where="--slice")
+        if args.calib == "none":
+            raise ValueError("--slice needs calibration text for its PCA; --calib none gives none")
+    if args.structured is not None or args.slice is not None:
         if not 0 <= args.ratio < 1:
             raise ValueError(f"--ratio must be in [0, 1), got {args.ratio}")
         return
@@ -115,12 +147,12 @@ def run(args: argparse.Namespace) -> int:
     progress = not (args.quiet or args.json)
     chatter = lambda t: say(args, t)  # noqa: E731
     calib_src = args.calib or "pydocs"
-    eval_src = args.ppl or calib_src
+    eval_src = args.ppl or ("pydocs" if calib_src == "none" else calib_src)
     started = time.perf_counter()
     say(args, f"loading {args.model} ...")
     lm = load_model(args.model)
-    calib = calibration_windows(lm.tokenizer, calib_src, args.nsamples, args.seqlen, args.seed,
-                                default=args.calib is None, say=chatter)
+    calib = None if calib_src == "none" else calibration_windows(lm.tokenizer, calib_src, args.nsamples, args.seqlen,
+                                                                 args.seed, default=args.calib is None, say=chatter)
     windows = None
     if lm.causal_lm:
         windows = eval_windows(lm.tokenizer, eval_src, args.eval_windows, args.seqlen,
@@ -128,13 +160,23 @@ def run(args: argparse.Namespace) -> int:
     options = {"device": args.device} if args.device and args.method in ("wanda", "sparsegpt") else {}
     prune_args = dict(pattern=args.pattern, allocation=args.allocation, calibration=calib, seed=args.seed,
                       progress=progress, **options)
-    structured = args.structured is not None
-    if not structured:
+    structured = args.structured is not None or args.slice is not None
+    if args.slice is not None:
+        from ..slicing import plan_slice, slice_
+
+        plan_slice(lm.model, args.slice, head=args.slice_head)  # every check, before any work
+    elif not structured:
         plan_prune(lm.model, args.method, args.sparsity, **prune_args)  # every check, before any work
     say(args, "measuring the dense model ...")
     before = measure_lm(lm.model, lm.tokenizer, windows, causal=lm.causal_lm, progress=progress, speed=structured)
     meta: dict[str, Any] = {"prunekit_version": __version__, "model": str(args.model)}
-    if structured:
+    if args.slice is not None:
+        say(args, f"slicing {args.slice:.0%} of the residual stream (SliceGPT) ...")
+        sliced = slice_(lm.model, sparsity=args.slice, head=args.slice_head, calibration=calib, progress=progress)
+        headline = str(sliced)
+        meta.update(method="slicegpt", settings={"sparsity": args.slice, "head": sliced.head}, sliced=sliced.to_dict(),
+                    prune_seconds=sliced.seconds)
+    elif args.structured is not None:
         from ..structured import prune_transformer_
 
         say(args, f"removing {args.ratio:.0%} of the {args.structured} ...")
@@ -147,15 +189,28 @@ def run(args: argparse.Namespace) -> int:
     else:
         say(args, f"pruning with {args.method} ({args.pattern}, {args.allocation}) ...")
         report = prune_(lm.model, args.method, args.sparsity, **prune_args)
-        finalize_(lm.model)
         headline = str(report)
         meta.update(method=args.method, prune_seconds=report.seconds, sparsity_in_scope=report.sparsity,
                     settings={"sparsity": report.target_sparsity, "pattern": report.pattern,
                               "allocation": report.allocation}, layers=report.layers)
-    say(args, "measuring the pruned model ...")
+    columns = {"before": before}
+    if args.recover is not None:
+        from ..train.recovery_lm import recover_lm_
+
+        say(args, "measuring the pruned model ...")
+        columns["pruned"] = measure_lm(lm.model, lm.tokenizer, windows, causal=lm.causal_lm, progress=progress,
+                                       speed=structured)
+        say(args, f"recovering ({args.recover}, {args.recover_steps} steps on the calibration text) ...")
+        rec = recover_lm_(lm.model, calib, recover=args.recover, steps=args.recover_steps, lr=args.recover_lr,
+                          seqlen=args.recover_seqlen, progress=progress)  # masks stay in force while training
+        headline += f"\n{rec}"
+        meta.update(recovery=rec.to_dict(), pruned=columns["pruned"])
+    finalize_(lm.model)
+    say(args, "measuring the result ...")
     after = measure_lm(lm.model, lm.tokenizer, windows, causal=lm.causal_lm, progress=progress, speed=structured)
+    columns["recovered" if args.recover is not None else "after"] = after
     ppl_label = f"perplexity ({eval_src}, {args.eval_windows}×{args.seqlen})"
-    text = table({"before": before, "after": after}, ppl_label)
+    text = table(columns, ppl_label)
     text = (f"prunekit {__version__}: {args.model}, {headline}\n"
             f"calibration: {calib_src}, {args.nsamples}×{args.seqlen} tokens, seed {args.seed}\n\n{text}")
     meta.update(calibration={"source": calib_src, "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed},

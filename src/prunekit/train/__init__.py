@@ -6,7 +6,8 @@ The trainer callbacks load their framework only when asked for:
 
 from .gradual import Gradual
 from .loop import fit, steps_per_run
-from .recovery import RecoveryReport, add_lora_, bias_and_norm_params, kd_loss, merge_lora_, recover_
+from .recovery import RecoveryReport, add_lora_, bias_and_norm_params, kd_loss, merge_lora_, recover_, trainable_params_
+from .recovery_lm import RECOVERY, LMRecoveryReport, RecoveryConfig, recover_lm_
 from .schedule import SCHEDULES, cubic, linear, sparsity_at
 from .shrink import SoftShrink
 from .soup import Soup, average_models, sparse_soup
@@ -14,6 +15,7 @@ from .sparse import SET, DynamicSparse, GraNet, RigL, sparse_init_
 from .ticket import Ticket, TicketSearch, find_ticket
 
 __all__ = [
+    "LMRecoveryReport", "RECOVERY", "RecoveryConfig", "recover_lm_", "trainable_params_",
     "SCHEDULES", "SET", "DynamicSparse", "GraNet", "Gradual", "GradualPruningCallback", "LightningGradualPruning",
     "RecoveryReport", "RigL", "SoftShrink", "Soup", "Ticket", "TicketSearch", "add_lora_", "average_models",
     "bias_and_norm_params", "cubic", "find_ticket", "fit", "kd_loss", "linear", "merge_lora_", "recover_",

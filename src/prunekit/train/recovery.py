@@ -124,6 +124,25 @@ def bias_and_norm_params(model: nn.Module) -> list[nn.Parameter]:
     return list(out.values())
 
 
+def trainable_params_(model: nn.Module, mode: str, rank: int = 4, scope: Any = None) -> list[nn.Parameter]:
+    """The tensors a recovery ``mode`` trains: every parameter (``"full"``), biases and norms
+    (``"bias_norm"``), or new masked LoRA adapters of ``rank`` on the weights in ``scope`` plus biases
+    and norms (``"lora"``; the adapters are added here). Checks everything before adding anything."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "lora":
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        select_targets(model, scope)  # validate the scope before adding anything
+    if mode == "bias_norm" and not bias_and_norm_params(model):
+        raise ValueError(f"mode {mode!r} finds nothing to train in {type(model).__name__} (no biases or norms?)")
+    if mode == "full":
+        return list(model.parameters())
+    if mode == "bias_norm":
+        return bias_and_norm_params(model)
+    return add_lora_(model, rank, scope) + bias_and_norm_params(model)
+
+
 def recover_(model: nn.Module, data: Any, *, mode: str = "full", teacher: nn.Module | None = None,
              temperature: float = 2.0, kd_weight: float = 0.5, rank: int = 4, scope: Any = None,
              merge: bool = True, **fit_options: Any) -> RecoveryReport:
@@ -144,17 +163,8 @@ def recover_(model: nn.Module, data: Any, *, mode: str = "full", teacher: nn.Mod
         teacher = copy.deepcopy(teacher).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-    if mode == "lora":
-        select_targets(model, scope)  # validate the scope before adding anything
     total = sum(p.numel() for p in model.parameters())
-    if mode == "full":
-        params = list(model.parameters())
-    elif mode == "bias_norm":
-        params = bias_and_norm_params(model)
-    else:
-        params = add_lora_(model, rank, scope) + bias_and_norm_params(model)
-    if not params:
-        raise ValueError(f"mode {mode!r} finds nothing to train in {type(model).__name__} (no biases or norms?)")
+    params = trainable_params_(model, mode, rank, scope)
     trained = sum(p.numel() for p in params)
     chosen = {id(p) for p in params}
     frozen = [p for p in model.parameters() if id(p) not in chosen and p.requires_grad]
