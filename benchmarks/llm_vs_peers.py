@@ -34,17 +34,21 @@ from prunekit.datasets.text import calibration_windows, eval_windows
 from prunekit.metrics.perplexity import perplexity
 from prunekit.models.hf import load_model
 
-# (label, method, pattern, allocation)
+# label: (method, pattern, allocation, options)
 PRUNEKIT_RUNS = {
-    "magnitude-row": ("magnitude", "row", "uniform"),
-    "magnitude-layer": ("magnitude", "unstructured", "uniform"),
-    "magnitude-2:4": ("magnitude", "2:4", "uniform"),
-    "wanda": ("wanda", "unstructured", "uniform"),
-    "wanda-2:4": ("wanda", "2:4", "uniform"),
-    "wanda-owl": ("wanda", "unstructured", "owl"),
-    "sparsegpt": ("sparsegpt", "unstructured", "uniform"),
-    "sparsegpt-2:4": ("sparsegpt", "2:4", "uniform"),
-    "sparsegpt-owl": ("sparsegpt", "unstructured", "owl"),
+    "magnitude-row": ("magnitude", "row", "uniform", {}),
+    "magnitude-layer": ("magnitude", "unstructured", "uniform", {}),
+    "magnitude-2:4": ("magnitude", "2:4", "uniform", {}),
+    "wanda": ("wanda", "unstructured", "uniform", {}),
+    "wanda-2:4": ("wanda", "2:4", "uniform", {}),
+    "wanda-owl": ("wanda", "unstructured", "owl", {}),
+    "sparsegpt": ("sparsegpt", "unstructured", "uniform", {}),
+    "sparsegpt-2:4": ("sparsegpt", "2:4", "uniform", {}),
+    "sparsegpt-owl": ("sparsegpt", "unstructured", "owl", {}),
+    # every layer pruned on the inputs its pruned predecessors give it, one forward per block
+    "sparsegpt-seq": ("sparsegpt", "unstructured", "uniform", {"sequential": "layer"}),
+    "sparsegpt-seq-2:4": ("sparsegpt", "2:4", "uniform", {"sequential": "layer"}),
+    "sparsegpt-seq-owl": ("sparsegpt", "unstructured", "owl", {"sequential": "layer"}),
 }
 PEER_RUNS = {
     "llmc-sparsegpt": ("sparsegpt", "0:0"),
@@ -83,6 +87,7 @@ def main() -> int:
     p.add_argument("--nsamples", type=int, default=16, help="calibration windows (anchors: 64 Wanda, 32 SparseGPT)")
     p.add_argument("--eval-windows", type=int, default=16, help="held-out windows for perplexity (anchors: 64)")
     p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--sparsity", type=float, default=0.5, help="for the unstructured runs (2:4 is 50%%)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (anchors: 1)")
     p.add_argument("--runs", default=",".join(list(PRUNEKIT_RUNS) + list(PEER_RUNS)),
                    help=f"comma-separated subset of {', '.join(list(PRUNEKIT_RUNS) + list(PEER_RUNS))}")
@@ -120,12 +125,12 @@ def main() -> int:
 
     for label in runs:
         if label in PRUNEKIT_RUNS:
-            method, pattern, allocation = PRUNEKIT_RUNS[label]
-            sparsity = None if ":" in pattern else 0.5
+            method, pattern, allocation, options = PRUNEKIT_RUNS[label]
+            sparsity = None if ":" in pattern else a.sparsity
             with PeakRSS() as mem:
                 t, cpu = time.perf_counter(), time.process_time()
                 pk.prune_(model, method, sparsity, pattern=pattern, allocation=allocation, calibration=calib,
-                          progress=False)
+                          progress=False, **options)
                 seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
             pk.finalize_(model)
             evaluate(label, seconds, cpu, mem.peak, "prunekit", mem.start)
@@ -153,7 +158,8 @@ def run_peer(a: argparse.Namespace, label: str, model: torch.nn.Module, tok,
         out = Path(tmp) / "pruned.pt"
         cmd = [a.llmc_python, str(Path(__file__).with_name("_llmc_peer.py")), "--model", str(folder),
                "--calib", str(Path(tmp) / "calib.pt"), "--method", method, "--pattern", pattern,
-               "--out", str(out), "--threads", str(a.threads)]
+               "--out", str(out), "--threads", str(a.threads),
+               "--sparsity", str(0.5 if pattern != "0:0" else a.sparsity)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr[-4000:])
@@ -166,7 +172,7 @@ def run_peer(a: argparse.Namespace, label: str, model: torch.nn.Module, tok,
 
 def print_table(rows: list[dict], forward_s: float, forward_cpu: float, a: argparse.Namespace) -> None:
     """The results as a Markdown table (CPU seconds are the process's, robust to other load on the machine)."""
-    print(f"\nSmolLM2-135M fp32, 50%: calibration {a.nsamples}×{a.seqlen}, perplexity over {a.eval_windows}×{a.seqlen} "
+    print(f"\nSmolLM2-135M fp32, {a.sparsity:.0%} (2:4 runs 50%): calibration {a.nsamples}×{a.seqlen}, perplexity over {a.eval_windows}×{a.seqlen} "
           f"held-out tokens of Python's docs, {a.threads} thread(s); one plain forward over the calibration "
           f"tokens {forward_s:.1f} s wall, {forward_cpu:.1f} s CPU\n")
     print("| run | implementation | sparsity in scope | perplexity | pruning time (wall) | CPU time | "

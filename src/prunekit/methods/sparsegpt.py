@@ -105,7 +105,7 @@ class SparseGPT(BlockwiseMethod):
     patterns = ("unstructured", "nm")
 
     def options(self) -> dict[str, Any]:
-        return {"blocksize": 128, "percdamp": 0.01}
+        return {"blocksize": 128, "percdamp": 0.01, "sequential": "block"}
 
     def check_options(self, options: dict[str, Any]) -> None:
         bs = options.get("blocksize", 128)
@@ -114,9 +114,25 @@ class SparseGPT(BlockwiseMethod):
         pd = options.get("percdamp", 0.01)
         if not isinstance(pd, (int, float)) or not 0 < pd < 1:
             raise ValueError(f"percdamp must be in (0, 1), got {pd!r}")
+        seq = options.get("sequential", "block")
+        if seq not in ("block", "layer"):
+            raise ValueError(f"sequential must be 'block' (every layer of a block calibrated on the dense block) "
+                             f"or 'layer' (each on the inputs its pruned predecessors give it), got {seq!r}")
+
+    def apply_(self, model: nn.Module, plan: PrunePlan) -> None:
+        """Prune block by block; with ``sequential="layer"`` in one forward per block (see :mod:`.onepass`)."""
+        from .onepass import apply_one_pass_, one_pass_possible
+
+        if plan.options.get("sequential", "block") == "layer" and one_pass_possible(plan):
+            return apply_one_pass_(self, model, plan)
+        return super().apply_(model, plan)
+
+    def begin_block(self) -> None:
+        """Forget the previous block's inverse Hessians."""
+        self._factors: dict[str, tuple[Tensor, Tensor]] = {}
 
     def collect(self, block: nn.Module, targets, inputs, device) -> InputStats:
-        self._factors: dict[str, tuple[Tensor, Tensor]] = {}
+        self.begin_block()
         return super().collect(block, targets, inputs, device)
 
     def prune_layer(self, name: str, module: nn.Module, stats: InputStats, sparsity: float, plan: PrunePlan) -> None:

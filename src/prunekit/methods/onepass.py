@@ -1,0 +1,88 @@
+"""One pass per block, every layer pruned on the inputs it really gets ("true sequential").
+
+The usual block-by-block loop runs each block twice: once dense, to collect every layer's input
+statistics, and once pruned, to feed the next block. Here the block runs **once** over all the
+calibration windows in a single call, and each target layer is pruned inside its own forward
+pre-hook, from the inputs it receives in that very call: q/k/v see the block's input, o_proj sees
+the attention computed with the already-pruned q/k/v, down_proj sees the pruned gate/up, and so on.
+The block's output is then the pruned block's output, which feeds the next block. One forward per
+block instead of two, and each layer compensates for the error of the layers before it (GPTQ's
+``--true-sequential``; SparseGPT's weight updates then reconstruct what the pruned block really sees).
+
+It needs all windows in one block call (memory: one block's activations over the whole calibration
+set); with windows of different lengths it falls back to the two-pass loop.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from torch import nn
+
+from ..calibrate import InputStats, walk_blocks_
+from ..calibrate.blockwise import BlockInputs, as_batches, run_block
+from .base import PrunePlan
+from .layerwise import ENGINE_OPTIONS, block_targets
+
+
+def one_pass_possible(plan: PrunePlan) -> bool:
+    """Whether the calibration windows fit one block call (all of the same length)."""
+    batches = as_batches(plan.calibration, 1 << 30)
+    return len(batches) == 1
+
+
+def apply_one_pass_(method: Any, model: nn.Module, plan: PrunePlan) -> None:
+    """Prune ``model`` block by block with ``method`` (a BlockwiseMethod), one forward per block, each target
+    pruned just before it runs on its real (partly pruned) inputs."""
+    from ..calibrate import find_blocks
+
+    block_list_name, _ = find_blocks(model)
+    inside = [t for t in plan.targets if t.name.startswith(block_list_name + ".")]
+    outside = [t.name for t in plan.targets if t not in inside]
+    if outside:
+        warnings.warn(f"{method.name} prunes the transformer blocks only; left dense: {', '.join(outside)}",
+                      stacklevel=3)
+    sparsities = method.layer_sparsities(model, plan, inside)
+    engine = {k: plan.options[k] for k in ENGINE_OPTIONS if k in plan.options}
+    device = engine.get("device")
+    journal = plan.journal
+    n_windows = as_batches(plan.calibration, 1 << 30)[0]["input_ids"].shape[0]
+
+    def visit(i: int, block_name: str, block: nn.Module, inputs: list[BlockInputs]) -> None:
+        targets = block_targets(plan, block_name)
+        if targets:
+            begin = getattr(method, "begin_block", None)
+            if begin is not None:
+                begin()
+            stats = InputStats({t.name: t.module for t in targets}, hessian=method.hessian)
+            done: set[str] = set()
+
+            def prune_hook(t):
+                def hook(module: nn.Module, args: tuple) -> None:
+                    if t.name in done:  # a module called twice in one forward is pruned once
+                        return
+                    done.add(t.name)
+                    if journal is not None and method.updates_weights:
+                        journal.record(module)
+                    method.prune_layer(t.name, module, stats, sparsities[t.name], plan)
+                return hook
+
+            with stats:  # its hooks are registered first, so they see each input before it is pruned on
+                handles = [t.module.register_forward_pre_hook(prune_hook(t)) for t in targets]
+                try:
+                    stats.new_call()
+                    out = [run_block(block, s, device) for s in inputs]
+                finally:
+                    for h in handles:
+                        h.remove()
+            missing = [t.name for t in targets if t.name not in done]
+            if missing:
+                raise RuntimeError(f"{block_name}: the forward never called {', '.join(missing)}")
+        else:
+            out = [run_block(block, s, device) for s in inputs]
+        for s, o in zip(inputs, out):  # the pruned outputs become the next block's inputs
+            s.hidden = o.to(s.hidden.device)
+
+    walk_blocks_(model, plan.calibration, visit, progress=plan.progress, desc=f"{method.name} (one pass)",
+                 propagate=False, **{**engine, "batch_size": n_windows})

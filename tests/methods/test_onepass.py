@@ -1,0 +1,69 @@
+import copy
+
+import pytest
+import torch
+
+import prunekit as pk
+from prunekit.calibrate import walk_blocks_
+from prunekit.core.mask import get_mask
+from prunekit.methods.base import METHODS
+from prunekit.methods.layerwise import block_targets
+from prunekit.methods.prune import plan_prune
+from prunekit.models.hf import tiny_model
+
+IDS = torch.randint(0, 128, (12, 24), generator=torch.Generator().manual_seed(0))
+GROUPS = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
+
+
+def _reference_true_sequential(model, sparsity, pattern="unstructured"):
+    """The slow definition: for each group of a block in order, rerun the whole block (earlier groups
+    already pruned) to collect that group's inputs, then prune it."""
+    impl, plan = plan_prune(model, "sparsegpt", sparsity, pattern=pattern, calibration=IDS, progress=False,
+                            batch_size=len(IDS))
+
+    def visit(i, block_name, block, inputs):
+        targets = block_targets(plan, block_name)
+        for group in GROUPS:
+            mine = [t for t in targets if t.name.rsplit(".", 1)[-1] in group]
+            stats = impl.collect(block, mine, inputs, None)
+            for t in mine:
+                impl.prune_layer(t.name, t.module, stats, sparsity, plan)
+
+    walk_blocks_(model, IDS, visit, progress=False, batch_size=len(IDS))
+
+
+@pytest.mark.parametrize("pattern, sparsity", [("unstructured", 0.6), ("2:4", None)])
+def test_one_pass_is_true_sequential_sparsegpt(pattern, sparsity):
+    base = tiny_model("llama", hidden=64, layers=2)
+    fast, slow = copy.deepcopy(base), copy.deepcopy(base)
+    pk.prune_(fast, "sparsegpt", sparsity, pattern=pattern, calibration=IDS, sequential="layer", progress=False)
+    _reference_true_sequential(slow, 0.5 if sparsity is None else sparsity, pattern)
+    for (name, a), (_, b) in zip(pk.masked_modules(fast), pk.masked_modules(slow)):
+        assert torch.equal(get_mask(a), get_mask(b)), name
+        assert torch.allclose(a.weight, b.weight, atol=1e-5), name
+    # and it differs from the usual loop, where o/down see the dense block's activations
+    usual = copy.deepcopy(base)
+    pk.prune_(usual, "sparsegpt", sparsity, pattern=pattern, calibration=IDS, progress=False)
+    assert not torch.allclose(usual.model.layers[1].mlp.down_proj.weight, fast.model.layers[1].mlp.down_proj.weight)
+
+
+def test_one_pass_runs_each_block_once():
+    calls = {"layer": 0, "block": 0}
+    for seq in calls:
+        m = tiny_model("llama", hidden=64, layers=3)
+        counter = [0]
+        for layer in m.model.layers:
+            layer.register_forward_hook(lambda *a: counter.__setitem__(0, counter[0] + 1))
+        pk.prune_(m, "sparsegpt", 0.5, calibration=IDS, sequential=seq, batch_size=len(IDS), progress=False)
+        calls[seq] = counter[0]
+    assert calls["layer"] == 3 and calls["block"] == 2 * 3 - 1  # the last block needs no propagation
+
+
+def test_unequal_windows_fall_back_and_bad_option_is_refused():
+    m = tiny_model("llama", hidden=64, layers=2)
+    windows = [IDS[0, :20], IDS[1], IDS[2, :16]]
+    r = pk.prune_(m, "sparsegpt", 0.5, calibration=windows, sequential="layer", progress=False)
+    assert r.sparsity == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="sequential must be"):
+        pk.prune_(tiny_model("llama"), "sparsegpt", 0.5, calibration=IDS, sequential="yes")
+    assert "sparsegpt" in METHODS.names()
