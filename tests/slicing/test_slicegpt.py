@@ -82,7 +82,7 @@ def test_tied_head_with_constant_gain_is_exact_and_fit_beats_projection():
 def test_slice_25_percent_saves_and_reloads_with_stock_classes(tmp_path):
     m = _model()
     ref = copy.deepcopy(m)(IDS).logits
-    r = slice_(m, sparsity=0.25, calibration=IDS, progress=False)
+    r = slice_(m, sparsity=0.25, head="tied", calibration=IDS, progress=False)
     assert (r.hidden_before, r.hidden_after) == (64, 48)
     assert r.params_after == sum(p.numel() for p in m.parameters()) < r.params_before
     assert r.head == "tied" and m.config.hidden_size == 48 and m.config.head_dim == 16
@@ -95,6 +95,45 @@ def test_slice_25_percent_saves_and_reloads_with_stock_classes(tmp_path):
     assert torch.allclose(back(IDS).logits, out, atol=1e-5)
     gen = back.generate(IDS[:1, :4], max_new_tokens=3, do_sample=False)
     assert gen.shape == (1, 7)
+
+
+def test_default_unties_a_tied_head_exactly_and_counts_it():
+    m = _model()
+    r = slice_(m, sparsity=0.25, calibration=IDS, progress=False)
+    assert r.head == "untied" and not m.config.tie_word_embeddings
+    vocab, d2 = m.config.vocab_size, r.hidden_after
+    tied = slice_(_model(), sparsity=0.25, head="tied", calibration=IDS, progress=False)
+    assert r.params_after - tied.params_after == vocab * d2
+
+
+def test_per_layer_rotations_are_exact_unsliced_and_reload_only_through_prunekit(tmp_path):
+    from prunekit.slicing.per_layer import load_sliced, save_sliced
+
+    m = _model(seed=2)
+    ref = m(IDS).logits
+    r = slice_(m, sparsity=0.0, rotation="per_layer", calibration=IDS, allow_growth=True, progress=False)
+    assert torch.allclose(m(IDS).logits, ref, atol=1e-4)
+    assert r.head == "untied + shortcut matrices"
+    m = _model(seed=2)
+    plan = plan_slice(m, 0.5, rotation="per_layer")
+    r = slice_(m, sparsity=0.5, rotation="per_layer", calibration=IDS, progress=False)
+    layers = m.config.num_hidden_layers
+    assert r.params_after == plan.params_after == sum(p.numel() for p in m.parameters())
+    assert sum(p.numel() for n, p in m.named_parameters() if "shortcut" in n) == 2 * layers * 32 * 32
+    save_sliced(m, tmp_path)
+    with pytest.raises((ValueError, KeyError)):
+        tf.AutoModelForCausalLM.from_pretrained(tmp_path)  # stock classes would drop the shortcuts: refused
+    back = load_sliced(tmp_path)
+    assert torch.allclose(back(IDS).logits, m(IDS).logits, atol=1e-5)
+    assert back.generate(IDS[:1, :4], max_new_tokens=2, do_sample=False).shape == (1, 6)
+    with pytest.raises(ValueError, match="cannot stay tied"):
+        plan_slice(_model(), 0.25, rotation="per_layer", head="tied")
+
+
+def test_per_layer_growth_on_a_small_model_is_refused():
+    m = _model()  # 2 layers of width 64: two 56×56 shortcuts per layer outweigh a 12.5% slice
+    with pytest.raises(ValueError, match="shortcut matrices per block .* would grow"):
+        slice_(m, sparsity=0.1, rotation="per_layer", calibration=IDS, progress=False)
 
 
 def test_untied_head_reloads_untied(tmp_path):

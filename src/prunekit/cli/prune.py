@@ -47,9 +47,13 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
                    help="SliceGPT: delete this fraction of the residual stream's width after a PCA rotation "
                         "(a plain smaller model; instead of masks)")
     p.add_argument("--slice-head", choices=["auto", "tied", "untie"], default="auto",
-                   help="with --slice on a model whose LM head is tied to its embeddings: untie it (exact, costs "
-                        "vocab × width parameters) or keep it tied (fitted final-norm gain; smaller, lossier). "
-                        "auto: keep the model's own form")
+                   help="with --slice on a model whose LM head is tied to its embeddings: untie it (auto, the "
+                        "default: exact, costs vocab × width parameters) or keep it tied (a fitted final-norm "
+                        "gain: smaller, much lossier)")
+    p.add_argument("--slice-rotation", choices=["shared", "per_layer"], default="shared",
+                   help="with --slice: one rotation for the whole stream (default; stock transformers classes "
+                        "reload the folder) or one per residual connection, as the paper (adds 2 × layers "
+                        "width² shortcut parameters; reload with prunekit.slicing.load_sliced)")
     p.add_argument("--recover", choices=["bias_norm", "lora", "full"], default=None,
                    help="after pruning, fine-tune on the calibration text: biases and norms only (PERP), masked "
                         "LoRA merged back, or every parameter; masks are kept")
@@ -91,7 +95,7 @@ def _check_args(args: argparse.Namespace) -> None:
         if args.structured is not None or args.sparsity is not None or args.method != "wanda":
             raise ValueError("--slice replaces masks and --structured: drop --method/--sparsity/--structured")
         check_fraction(args.slice, "--slice", "[0, 1)", hint="it is the fraction of the residual stream's width to delete")
-        SliceConfig.parse(sparsity=args.slice, head=args.slice_head, where="--slice")
+        SliceConfig.parse(sparsity=args.slice, head=args.slice_head, rotation=args.slice_rotation, where="--slice")
         if args.calib == "none":
             raise ValueError("--slice needs calibration text for its PCA; --calib none gives none")
     if args.structured is not None or args.slice is not None:
@@ -119,7 +123,9 @@ def save_pruned(model: Any, tokenizer: Any, out: Path, meta: dict[str, Any], rep
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output folder should not be
     try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        from ..slicing.per_layer import save_sliced
+
+        save_sliced(model, tmp, safe_serialization=True)  # save_pretrained; marks folders that need load_sliced
         tokenizer.save_pretrained(str(tmp))
         (tmp / "prunekit.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
         (tmp / "report.txt").write_text(report_text + "\n")
@@ -164,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     if args.slice is not None:
         from ..slicing import plan_slice, slice_
 
-        plan_slice(lm.model, args.slice, head=args.slice_head)  # every check, before any work
+        plan_slice(lm.model, args.slice, head=args.slice_head, rotation=args.slice_rotation)  # every check first
     elif not structured:
         plan_prune(lm.model, args.method, args.sparsity, **prune_args)  # every check, before any work
     say(args, "measuring the dense model ...")
@@ -172,9 +178,11 @@ def run(args: argparse.Namespace) -> int:
     meta: dict[str, Any] = {"prunekit_version": __version__, "model": str(args.model)}
     if args.slice is not None:
         say(args, f"slicing {args.slice:.0%} of the residual stream (SliceGPT) ...")
-        sliced = slice_(lm.model, sparsity=args.slice, head=args.slice_head, calibration=calib, progress=progress)
+        sliced = slice_(lm.model, sparsity=args.slice, head=args.slice_head, rotation=args.slice_rotation,
+                        calibration=calib, progress=progress)
         headline = str(sliced)
-        meta.update(method="slicegpt", settings={"sparsity": args.slice, "head": sliced.head}, sliced=sliced.to_dict(),
+        meta.update(method="slicegpt", settings={"sparsity": args.slice, "head": sliced.head,
+                                                 "rotation": args.slice_rotation}, sliced=sliced.to_dict(),
                     prune_seconds=sliced.seconds)
     elif args.structured is not None:
         from ..structured import prune_transformer_

@@ -9,11 +9,13 @@ rotations would need a ``d' × d'`` shortcut matrix on every residual connection
 class has (TransformerCompression's own issues #73, #114, #188).
 
 Tied embeddings (SmolLM2): the final norm's gain cannot be fused into a head that *is* the embedding
-matrix. ``head="tied"`` keeps the tie and fits the final norm's (diagonal) gain in the rotated basis
-by least squares on the calibration tokens, weighted by EᵀE so every vocabulary row counts;
-``head="untie"`` fuses the gain exactly into a separate head, which costs ``vocab × d'`` parameters.
-A slicing whose result would have as many parameters as the dense model or more is refused unless
-``allow_growth=True``.
+matrix. ``head="untie"`` (the default, ``"auto"``) fuses the gain exactly into a separate head, which
+costs ``vocab × d'`` parameters; ``head="tied"`` keeps the tie and fits the final norm's diagonal gain
+in the rotated basis by least squares on the calibration tokens (weighted by EᵀE so every vocabulary
+row counts) — smaller, but on SmolLM2 it costs far more quality than the slicing itself (see
+docs/llm.md). ``rotation="per_layer"`` is the paper's form, with shortcut matrices
+(:mod:`.per_layer`). A slicing whose result would have more parameters than the dense model is
+refused unless ``allow_growth=True``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class SliceConfig(Config):
 
     slice: Literal["slicegpt"] = "slicegpt"
     sparsity: Sparsity = 0.25
+    rotation: Literal["shared", "per_layer"] = "shared"
     head: Literal["auto", "tied", "untie"] = "auto"
     signal: Literal["normalized", "residual"] = "normalized"
     round_to: int = Field(8, ge=1)
@@ -101,8 +104,11 @@ def sliced_width(hidden: int, sparsity: float, round_to: int = 8) -> int:
 
 
 def plan_slice(model: nn.Module, sparsity: float = 0.25, *, head: str = "auto", round_to: int = 8,
-               allow_growth: bool = False) -> SlicePlan:
-    """Check that ``model`` can be sliced and predict the result; changes nothing."""
+               allow_growth: bool = False, rotation: str = "shared") -> SlicePlan:
+    """Check that ``model`` can be sliced and predict the result (parameters counted exactly, shortcut
+    matrices included); changes nothing."""
+    if rotation not in ("shared", "per_layer"):
+        raise ValueError(f"rotation must be 'shared' or 'per_layer', got {rotation!r}")
     sparsity = check_fraction(sparsity, "sparsity", "[0, 1)",
                               hint="it is the fraction of the residual stream's width to delete")
     parts = decoder_parts(model)
@@ -111,9 +117,12 @@ def plan_slice(model: nn.Module, sparsity: float = 0.25, *, head: str = "auto", 
             raise ValueError(f"{name} carries masks or another parametrization; slicing rotates every weight and "
                              "would destroy them. Slice the dense model (and prune it afterwards), or finalize_ first")
     d, d2 = parts.hidden, sliced_width(parts.hidden, sparsity, round_to)
-    form = ("tied" if parts.tied else "untied") if head == "auto" else ("untied" if head == "untie" else "tied")
+    form = "untied" if head in ("auto", "untie") else "tied"
     if form == "tied" and not parts.tied:
         raise ValueError("head='tied' asks to keep a tie, but this model's LM head is not tied to its embeddings")
+    if form == "tied" and rotation == "per_layer":
+        raise ValueError("per-layer rotations read the embeddings in the first basis and the head in the last, so "
+                         "the head cannot stay tied; use head='untie' (or 'auto'), or rotation='shared'")
     before = _count(model)
     after = before
     for b in parts.blocks:
@@ -129,11 +138,13 @@ def plan_slice(model: nn.Module, sparsity: float = 0.25, *, head: str = "auto", 
         after -= parts.head.weight.numel() - parts.head.out_features * d2
     elif form == "untied":
         after += parts.head.out_features * d2
+    if rotation == "per_layer":
+        after += 2 * len(parts.blocks) * d2 * d2  # the shortcut matrices
     plan = SlicePlan(d, d2, parts.tied, form, before, after)
     if after > before and not allow_growth:
         raise ValueError(
             f"slicing {sparsity:.0%} of the stream ({d} → {d2}) with {'a tied' if form == 'tied' else 'an untied'} "
-            f"head gives {after:,} parameters, more than the dense model's {before:,}: the model would grow. "
+            f"head{' and 2 shortcut matrices per block' if rotation == 'per_layer' else ''} gives {after:,} parameters, more than the dense model's {before:,}: the model would grow. "
             "Slice more, keep the head tied (head='tied'), or pass allow_growth=True"
         )
     return plan
@@ -151,21 +162,31 @@ def slice_(model: nn.Module, config: SliceConfig | dict | None = None, *, calibr
     if isinstance(config, SliceConfig) and fields:
         cfg = config.replace(**fields)
     start = time.perf_counter()
-    plan = plan_slice(model, cfg.sparsity, head=cfg.head, round_to=cfg.round_to, allow_growth=cfg.allow_growth)
+    plan = plan_slice(model, cfg.sparsity, head=cfg.head, round_to=cfg.round_to, allow_growth=cfg.allow_growth,
+                      rotation=cfg.rotation)
     if calibration is None:
         raise ValueError("slicing needs calibration=: token ids (nsamples, seqlen), e.g. from "
                          "prunekit.datasets.text.calibration_windows(tokenizer, 'pydocs', nsamples=32, seqlen=512)")
     as_batches(calibration, cfg.batch_size)
     parts = decoder_parts(model)
-    covs = norm_input_covariances(model, parts.norms, calibration, batch_size=cfg.batch_size, signal=cfg.signal,
-                                  progress=progress)
-    values, axes = principal_axes(sum(covs))
     d2 = plan.hidden_after
-    q = axes[:, :d2]
-    kept = float(values[:d2].sum() / values.sum())
-    _rotate_and_slice_(model, parts, q, covs[-1], plan.head)
-    return SliceReport(parts.family, cfg.sparsity, plan.hidden_before, d2, plan.head, plan.params_before,
-                       _count(model), kept, time.perf_counter() - start)
+    if cfg.rotation == "per_layer":
+        from .per_layer import mark_config_, rotate_and_slice_per_layer_
+
+        kept = rotate_and_slice_per_layer_(model, parts, calibration, d2, signal=cfg.signal,
+                                           batch_size=cfg.batch_size)
+        _update_config(model, parts.hidden, d2, untied=True)
+        mark_config_(model)
+    else:
+        covs = norm_input_covariances(model, parts.norms, calibration, batch_size=cfg.batch_size, signal=cfg.signal,
+                                      progress=progress)
+        values, axes = principal_axes(sum(covs))
+        q = axes[:, :d2]
+        kept = float(values[:d2].sum() / values.sum())
+        _rotate_and_slice_(model, parts, q, covs[-1], plan.head)
+    return SliceReport(parts.family, cfg.sparsity, plan.hidden_before, d2,
+                       plan.head + (" + shortcut matrices" if cfg.rotation == "per_layer" else ""),
+                       plan.params_before, _count(model), kept, time.perf_counter() - start)
 
 
 def _new_param(old: nn.Parameter, value: Tensor) -> nn.Parameter:
@@ -213,11 +234,16 @@ def _rotate_and_slice_(model: nn.Module, parts: DecoderParts, q: Tensor, final_c
             parts.head.weight = _new_param(parts.head.weight, (parts.head.weight.detach().double() * g_final) @ q)
         parts.head.in_features = d2
         parts.final_norm.weight = _new_param(parts.final_norm.weight, gain * scale)
+    _update_config(model, d, d2, untied=head == "untied")
+
+
+def _update_config(model: nn.Module, d: int, d2: int, untied: bool) -> None:
+    """The config of the sliced model: ``hidden_size`` d', ``head_dim`` kept, the tie as it now is."""
     config = model.config
     head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
     config.head_dim = int(head_dim)
     config.hidden_size = d2
-    if head == "untied":
+    if untied:
         config.tie_word_embeddings = False
         text = getattr(config, "get_text_config", lambda: config)()
         text.tie_word_embeddings = False
