@@ -49,6 +49,12 @@ PRUNEKIT_RUNS = {
     "sparsegpt-seq": ("sparsegpt", "unstructured", "uniform", {"sequential": "layer"}),
     "sparsegpt-seq-2:4": ("sparsegpt", "2:4", "uniform", {"sequential": "layer"}),
     "sparsegpt-seq-owl": ("sparsegpt", "unstructured", "owl", {"sequential": "layer"}),
+    "alps": ("alps", "unstructured", "uniform", {}),
+    "alps-seq": ("alps", "unstructured", "uniform", {"sequential": "layer"}),
+    "alps-2:4": ("alps", "2:4", "uniform", {}),
+    "alps-seq-2:4": ("alps", "2:4", "uniform", {"sequential": "layer"}),
+    "wanda-owl-l20": ("wanda", "unstructured", "owl", {"owl_lambda": 0.2}),
+    "sparsegpt-seq-owl-l20": ("sparsegpt", "unstructured", "owl", {"sequential": "layer", "owl_lambda": 0.2}),
 }
 PEER_RUNS = {
     "llmc-sparsegpt": ("sparsegpt", "0:0"),
