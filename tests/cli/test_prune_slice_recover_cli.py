@@ -71,3 +71,17 @@ def test_bad_slice_or_recover_is_refused_before_anything_is_written(tiny_lm_fold
     with pytest.raises(ValueError, match=match):
         _run(argv + extra)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_calib_none_works_for_magnitude_and_is_refused_for_wanda(tiny_lm_folder, tmp_path, capsys):
+    argv = _args(tiny_lm_folder, tmp_path / "m", "--method", "magnitude", "--json")
+    i = argv.index("--calib")
+    argv[i + 1] = "none"
+    argv += ["--ppl", str(tiny_lm_folder / "texts")]
+    assert _run(argv) == 0
+    assert json.loads(capsys.readouterr().out)["after"]["perplexity"] > 1
+    argv = [a if a != "magnitude" else "wanda" for a in argv]
+    argv[argv.index("--out") + 1] = str(tmp_path / "w")
+    with pytest.raises(ValueError, match="needs calibration"):
+        _run(argv)
+    assert not (tmp_path / "w").exists()
