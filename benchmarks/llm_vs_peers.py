@@ -53,6 +53,8 @@ PRUNEKIT_RUNS = {
     "alps-seq": ("alps", "unstructured", "uniform", {"sequential": "layer"}),
     "alps-2:4": ("alps", "2:4", "uniform", {}),
     "alps-seq-2:4": ("alps", "2:4", "uniform", {"sequential": "layer"}),
+    "alps-seq-60it": ("alps", "unstructured", "uniform", {"sequential": "layer", "max_iter": 60, "switch_iter": 15}),
+    "alps-seq-60it-2:4": ("alps", "2:4", "uniform", {"sequential": "layer", "max_iter": 60, "switch_iter": 15}),
     "wanda-owl-l20": ("wanda", "unstructured", "owl", {"owl_lambda": 0.2}),
     "sparsegpt-seq-owl-l20": ("sparsegpt", "unstructured", "owl", {"sequential": "layer", "owl_lambda": 0.2}),
 }
