@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..calibrate import InputStats
 from ..core.mask import get_mask
 from .base import METHODS, PrunePlan
+from .config import SparseGPTConfig
 from .layerwise import BlockwiseMethod, is_transposed, rows_view, write_rows_
 
 
@@ -152,4 +153,4 @@ class SparseGPT(BlockwiseMethod):
         write_rows_(module, keep, new_w)
 
 
-METHODS.add("sparsegpt", SparseGPT)
+METHODS.add("sparsegpt", SparseGPT, SparseGPTConfig)
