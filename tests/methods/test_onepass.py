@@ -64,6 +64,6 @@ def test_unequal_windows_fall_back_and_bad_option_is_refused():
     windows = [IDS[0, :20], IDS[1], IDS[2, :16]]
     r = pk.prune_(m, "sparsegpt", 0.5, calibration=windows, sequential="layer", progress=False)
     assert r.sparsity == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="sequential must be"):
+    with pytest.raises(ValueError, match="sequential"):
         pk.prune_(tiny_model("llama"), "sparsegpt", 0.5, calibration=IDS, sequential="yes")
     assert "sparsegpt" in METHODS.names()

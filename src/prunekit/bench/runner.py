@@ -53,7 +53,25 @@ def _finalize(ctx: Any, model: nn.Module, cfg: Config, seed: int) -> dict[str, A
     return {"tensors": len(finalize_(model).tensors)}
 
 
+def _slice(ctx: Any, model: nn.Module, cfg: Config, seed: int) -> dict[str, Any]:
+    from ..slicing import slice_
+
+    return slice_(model, cfg, progress=False, **ctx.stage_inputs(seed)).to_dict()
+
+
+def _recover(ctx: Any, model: nn.Module, cfg: Config, seed: int) -> dict[str, Any]:
+    from ..train.recovery_lm import recover_lm_
+
+    inputs = ctx.stage_inputs(seed)
+    if "calibration" not in inputs:
+        raise ValueError("stage 'recover' fine-tunes a language model on calibration text; this task has none "
+                         "(for classification tasks use stage 'finetune')")
+    return recover_lm_(model, inputs["calibration"], cfg, progress=False).to_dict()
+
+
 STAGE_RUNNERS.add("prune", _prune)
+STAGE_RUNNERS.add("slice", _slice)
+STAGE_RUNNERS.add("recover", _recover)
 STAGE_RUNNERS.add("finetune", _finetune)
 STAGE_RUNNERS.add("finalize", _finalize)
 

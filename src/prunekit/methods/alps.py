@@ -20,19 +20,16 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ..calibrate import InputStats
-from ..core.config import Config
-from ..core.fraction import Sparsity
 from ..core.mask import get_mask
 from .base import METHODS, PrunePlan
+from .config import BlockwiseConfig
 from .layerwise import BlockwiseMethod, is_transposed, rows_view, write_rows_
 
 
-class ALPSConfig(Config):
+class ALPSConfig(BlockwiseConfig):
     """Settings of ALPS (defaults as the paper's code)."""
 
     method: Literal["alps"] = "alps"
-    sparsity: Sparsity | None = None
-    pattern: str = "unstructured"
     rho: float = Field(0.1, gt=0)
     max_iter: int = Field(300, ge=1)
     update_iter: int = Field(3, ge=1)
@@ -40,6 +37,9 @@ class ALPSConfig(Config):
     cg_iter: int = Field(10, ge=0)
     percdamp: float = Field(0.01, gt=0, lt=1)
     sequential: Literal["block", "layer"] = "block"
+
+
+ALPS_OPTIONS = ("rho", "max_iter", "update_iter", "switch_iter", "cg_iter", "percdamp")
 
 
 def _project(b: Tensor, k_keep: int, n: int, m: int, allowed: Tensor | None) -> Tensor:
@@ -158,12 +158,8 @@ class ALPS(BlockwiseMethod):
     patterns = ("unstructured", "nm")
 
     def options(self) -> dict[str, Any]:
-        cfg = ALPSConfig()
-        return {k: getattr(cfg, k) for k in ("rho", "max_iter", "update_iter", "switch_iter", "cg_iter", "percdamp",
-                                             "sequential")}
-
-    def check_options(self, options: dict[str, Any]) -> None:
-        ALPSConfig.parse({k: v for k, v in options.items() if k in self.options()}, where="alps")
+        """ALPS's own options and their defaults (validated by :class:`ALPSConfig`)."""
+        return {k: ALPSConfig.model_fields[k].default for k in ALPS_OPTIONS + ("sequential",)}
 
     def apply_(self, model: nn.Module, plan: PrunePlan) -> None:
         """Prune block by block; with ``sequential="layer"`` in one forward per block (see :mod:`.onepass`)."""
@@ -175,8 +171,7 @@ class ALPS(BlockwiseMethod):
 
     def prune_layer(self, name: str, module: nn.Module, stats: InputStats, sparsity: float, plan: PrunePlan) -> None:
         """Prune one layer from the Gram matrix of its inputs."""
-        opts = {k: plan.options[k] for k in ("rho", "max_iter", "update_iter", "switch_iter", "cg_iter", "percdamp")
-                if k in plan.options}
+        opts = {k: plan.options[k] for k in ALPS_OPTIONS if k in plan.options}
         w = rows_view(module)
         old = get_mask(module)
         keep_old = None if old is None else (old.t() if is_transposed(module) else old).to(w.device)

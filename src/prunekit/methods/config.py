@@ -205,6 +205,9 @@ class SparseGPTConfig(BlockwiseConfig):
     method: Literal["sparsegpt"] = "sparsegpt"
     blocksize: int = Field(128, ge=1)
     percdamp: float = Field(0.01, gt=0, lt=1)
+    # "block": every layer of a block calibrated on the dense block (two passes per block);
+    # "layer": each layer on the inputs its pruned predecessors give it, in one pass (methods/onepass.py)
+    sequential: Literal["block", "layer"] = "block"
 
 
 METHOD_CONFIGS: dict[str, type[PruneConfig]] = {

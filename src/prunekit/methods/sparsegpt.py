@@ -115,10 +115,6 @@ class SparseGPT(BlockwiseMethod):
         pd = options.get("percdamp", 0.01)
         if not isinstance(pd, (int, float)) or not 0 < pd < 1:
             raise ValueError(f"percdamp must be in (0, 1), got {pd!r}")
-        seq = options.get("sequential", "block")
-        if seq not in ("block", "layer"):
-            raise ValueError(f"sequential must be 'block' (every layer of a block calibrated on the dense block) "
-                             f"or 'layer' (each on the inputs its pruned predecessors give it), got {seq!r}")
 
     def apply_(self, model: nn.Module, plan: PrunePlan) -> None:
         """Prune block by block; with ``sequential="layer"`` in one forward per block (see :mod:`.onepass`)."""

@@ -84,3 +84,20 @@ register_stage("finetune", lambda d, where: FinetuneConfig.parse({"stage": "fine
                "fine-tune a classification model briefly, masks kept")
 register_stage("finalize", lambda d, where: FinalizeConfig.parse({"stage": "finalize", **d}, where=where),
                "bake masks into the weights")
+
+
+def _slice_config(d: Mapping[str, Any], where: str | None) -> Config:
+    from ..slicing import SliceConfig
+
+    return SliceConfig.parse(d, where=where)
+
+
+def _recover_config(d: Mapping[str, Any], where: str | None) -> Config:
+    from ..train.recovery_lm import RecoveryConfig
+
+    return RecoveryConfig.parse(d, where=where)
+
+
+register_stage("slice", _slice_config, "SliceGPT: delete a share of the residual stream's width (prunekit.slicing)")
+register_stage("recover", _recover_config,
+               "fine-tune a pruned language model on its calibration text: bias_norm, lora or full, masks kept")
