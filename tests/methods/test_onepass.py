@@ -67,3 +67,10 @@ def test_unequal_windows_fall_back_and_bad_option_is_refused():
     with pytest.raises(ValueError, match="sequential"):
         pk.prune_(tiny_model("llama"), "sparsegpt", 0.5, calibration=IDS, sequential="yes")
     assert "sparsegpt" in METHODS.names()
+
+
+def test_symmetric_gram_is_exact():
+    from prunekit.methods.onepass import symmetric_gram
+
+    x = torch.randn(300, 520, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(symmetric_gram(x), x.t() @ x, atol=1e-3)

@@ -204,6 +204,13 @@ def test_unsupported_families_say_why(family, reason):
         plan_slice(tiny_model(family), 0.25)
 
 
+def test_gemma_is_refused_with_the_reason():
+    cfg = tf.Gemma3TextConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    with pytest.raises(ValueError, match="normalises each block's output"):
+        plan_slice(tf.Gemma3ForCausalLM(cfg), 0.25)
+
+
 def test_growth_is_allowed_when_asked_and_reported():
     m = _model()
     r = slice_(m, sparsity=0.0, head="untie", allow_growth=True, calibration=IDS, progress=False)
