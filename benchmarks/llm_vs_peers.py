@@ -49,6 +49,9 @@ PRUNEKIT_RUNS = {
     "sparsegpt-seq": ("sparsegpt", "unstructured", "uniform", {"sequential": "layer"}),
     "sparsegpt-seq-2:4": ("sparsegpt", "2:4", "uniform", {"sequential": "layer"}),
     "sparsegpt-seq-owl": ("sparsegpt", "unstructured", "owl", {"sequential": "layer"}),
+    # the same computation with the Hessian summed in another order: how much do rounding-level
+    # differences alone move the perplexity (mask decisions are chaotic)?
+    "sparsegpt-b4": ("sparsegpt", "unstructured", "uniform", {"batch_size": 4}),
     "alps": ("alps", "unstructured", "uniform", {}),
     "alps-seq": ("alps", "unstructured", "uniform", {"sequential": "layer"}),
     "alps-2:4": ("alps", "2:4", "uniform", {}),
