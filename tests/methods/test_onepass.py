@@ -74,3 +74,28 @@ def test_symmetric_gram_is_exact():
 
     x = torch.randn(300, 520, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(symmetric_gram(x), x.t() @ x, atol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "opt"])
+def test_one_pass_on_other_families_and_failure_restores(family, monkeypatch):
+    from prunekit.methods import sparsegpt
+
+    model = tiny_model(family)
+    r = pk.prune_(model, "sparsegpt", 0.5, calibration=IDS, sequential="layer", progress=False)
+    assert r.sparsity == pytest.approx(0.5)
+    model = tiny_model(family)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+    original = sparsegpt.SparseGPT.prune_layer
+
+    def failing(self, name, *args):
+        calls.append(name)
+        if len(calls) == 5:
+            raise RuntimeError("boom")
+        return original(self, name, *args)
+
+    monkeypatch.setattr(sparsegpt.SparseGPT, "prune_layer", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        pk.prune_(model, "sparsegpt", 0.5, calibration=IDS, sequential="layer", progress=False)
+    assert list(pk.masked_modules(model)) == []
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
