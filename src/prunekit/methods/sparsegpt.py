@@ -120,7 +120,8 @@ class SparseGPT(BlockwiseMethod):
         """Prune block by block; with ``sequential="layer"`` in one forward per block (see :mod:`.onepass`)."""
         from .onepass import apply_one_pass_, one_pass_possible
 
-        if plan.options.get("sequential", "block") == "layer" and one_pass_possible(plan):
+        if (plan.options.get("sequential", "block") == "layer" and one_pass_possible(plan)
+                and not getattr(plan, "experts", None)):  # fused MoE experts: the two-pass loop handles them
             return apply_one_pass_(self, model, plan)
         return super().apply_(model, plan)
 
