@@ -170,14 +170,20 @@ class ALPS(BlockwiseMethod):
             return apply_one_pass_(self, model, plan)
         return super().apply_(model, plan)
 
+    def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: Any, sparsity: float,
+                     plan: PrunePlan) -> tuple[Tensor, Tensor]:
+        """Prune one (out, in) weight from the Gram matrix of its inputs; returns (keep-mask, new weight)."""
+        opts = {k: plan.options[k] for k in ALPS_OPTIONS if k in plan.options}
+        n, m = (plan.pattern.n, plan.pattern.m) if plan.pattern.kind == "nm" else (0, 0)
+        new_w, keep = alps_prune(w, stats.gram(key).to(w.device), sparsity, n, m,
+                                 keep=None if keep_old is None else keep_old.to(w.device), **opts)
+        return keep, new_w
+
     def prune_layer(self, name: str, module: nn.Module, stats: InputStats, sparsity: float, plan: PrunePlan) -> None:
         """Prune one layer from the Gram matrix of its inputs."""
-        opts = {k: plan.options[k] for k in ALPS_OPTIONS if k in plan.options}
-        w = rows_view(module)
         old = get_mask(module)
-        keep_old = None if old is None else (old.t() if is_transposed(module) else old).to(w.device)
-        n, m = (plan.pattern.n, plan.pattern.m) if plan.pattern.kind == "nm" else (0, 0)
-        new_w, keep = alps_prune(w, stats.gram(name).to(w.device), sparsity, n, m, keep=keep_old, **opts)
+        keep_old = None if old is None else (old.t() if is_transposed(module) else old)
+        keep, new_w = self.prune_matrix(name, rows_view(module), keep_old, stats, sparsity, plan)
         write_rows_(module, keep, new_w)
 
 
