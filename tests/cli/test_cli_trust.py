@@ -242,6 +242,7 @@ def test_a_tokenizer_larger_than_the_models_vocabulary_is_named(tiny_folder, tmp
     (["summary", "--model", "mlp", "--batch", "0"], "--batch must be a positive integer"),
     (["summary", "--model", "mlp", "--latency", "1,0"], "--latency batch sizes must be positive"),
     (["demo", "--data", "digits", "--train-size", "500"], "--train-size applies to Fashion-MNIST"),
+    (["demo", "--data", "digits", "--seed", "-2"], "--seed must be 0 or more"),
     (["demo", "--data", "digits", "--sparsities", "0.5,1.5"], r"--sparsities must be a number in \[0, 1\)"),
     (["demo", "--data", "digits", "--epochs", "0"], "--epochs must be a positive number"),
     (["demo", "--data", "digits", "--finetune-steps", "-1"], "--finetune-steps must be 0 or more"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common, emit, is_quiet, say
+from .common import add_common, emit, is_quiet, say, warn
 
 DEFAULT_TRAIN_SIZE = 20000
 
@@ -48,6 +48,12 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.data == "digits" and args.train_size != DEFAULT_TRAIN_SIZE:
         raise ValueError("--train-size applies to Fashion-MNIST; scikit-learn's digits always trains on its "
                          "1,437 training examples. Drop --train-size or use --data fashion-mnist")
+    if args.data == "auto" and args.train_size != DEFAULT_TRAIN_SIZE:
+        from ..datasets import fashion_mnist_available
+
+        if not fashion_mnist_available():
+            warn(args, "Fashion-MNIST is not installed, so the demo uses scikit-learn's digits and --train-size "
+                       "is ignored")
 
 
 def run(args: argparse.Namespace) -> int:
