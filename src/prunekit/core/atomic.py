@@ -267,8 +267,10 @@ class _Lock:
         self.fd: int | None = None
 
     def __enter__(self) -> "_Lock":
-        import fcntl
-
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): the re-check before the swap still refuses a filled --out
+            return self
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
             try:
