@@ -120,6 +120,18 @@ class Timing:
         return f"{self.median_ms:.1f} ms ±{self.iqr_ms / 2:.1f}{flag}"
 
 
+def combined_flag(timings: list[Timing]) -> str:
+    """One short flag for several timings of one comparison: the widest spread and whether the
+    machine was busy ('' when every timing can be trusted)."""
+    parts = []
+    widest = max((t.spread for t in timings), default=0.0)
+    if widest > NOISY_IQR:
+        parts.append(f"±{widest / 2:.0%}")
+    if any(t.cpu_share < BUSY_CPU_SHARE or t.busy_load for t in timings):
+        parts.append("machine busy")
+    return ", ".join(parts)
+
+
 @dataclass
 class Ratio:
     """The ratio of two callables' times, from paired rounds: median and interquartile range."""
@@ -276,7 +288,7 @@ class Latency:
     @property
     def flag(self) -> str:
         """'' for a trusted figure, else e.g. '±35%, machine busy'."""
-        return ", ".join(self.why)
+        return ", ".join(w.split(":")[0] for w in self.why)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
