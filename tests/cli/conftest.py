@@ -1,18 +1,20 @@
+"""Shared CLI fixtures: a tiny Llama folder with a real tokenizer, and a folder of text."""
+
 import pytest
+
+from prunekit.models.hf import tiny_model
 
 TEXT = ("The interpreter reads a line, parses it and runs it. Modules group functions and classes; "
         "a package groups modules. Exceptions unwind the stack until a handler catches them. ")
 
 
-@pytest.fixture(scope="module")
-def tiny_lm_folder(tmp_path_factory):
-    """A tiny Llama (tied head) with a real byte-level BPE tokenizer as a Hugging Face folder, and a text folder."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """A tiny Llama with a real (byte-level BPE) tokenizer, saved as a Hugging Face folder, and a text folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
     from transformers import PreTrainedTokenizerFast
 
-    from prunekit.models.hf import tiny_model
-
-    root = tmp_path_factory.mktemp("tiny_lm")
+    root = tmp_path_factory.mktemp("tiny")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -28,3 +30,5 @@ def tiny_lm_folder(tmp_path_factory):
     for i in range(30):
         (texts / f"page{i:02d}.txt").write_text(f"Page {i}. " + TEXT * 3)
     return root
+
+

@@ -20,11 +20,11 @@ def _args(root, out, *extra):
             "--seqlen", "32", "--eval-windows", "2", "--out", str(out), "--quiet", *extra]
 
 
-def test_slice_saves_a_narrower_stock_model(tiny_lm_folder, tmp_path, capsys):
+def test_slice_saves_a_narrower_stock_model(tiny_folder, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "sliced"
-    assert _run(_args(tiny_lm_folder, out, "--slice", "0.25", "--json")) == 0
+    assert _run(_args(tiny_folder, out, "--slice", "0.25", "--json")) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["method"] == "slicegpt" and data["sliced"]["hidden_after"] == 48
     assert data["after"]["params"] == data["sliced"]["params_after"] < data["before"]["params"]
@@ -34,11 +34,11 @@ def test_slice_saves_a_narrower_stock_model(tiny_lm_folder, tmp_path, capsys):
     assert sum(p.numel() for p in model.parameters()) == data["after"]["params"]
 
 
-def test_recover_after_masks_keeps_them_and_reports(tiny_lm_folder, tmp_path, capsys):
+def test_recover_after_masks_keeps_them_and_reports(tiny_folder, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "rec"
-    assert _run(_args(tiny_lm_folder, out, "--method", "magnitude", "--sparsity", "0.5", "--recover", "lora",
+    assert _run(_args(tiny_folder, out, "--method", "magnitude", "--sparsity", "0.5", "--recover", "lora",
                       "--recover-steps", "3", "--recover-seqlen", "16", "--json")) == 0
     data = json.loads(capsys.readouterr().out)
     rec = data["recovery"]
@@ -48,7 +48,7 @@ def test_recover_after_masks_keeps_them_and_reports(tiny_lm_folder, tmp_path, ca
     w = AutoModelForCausalLM.from_pretrained(out).model.layers[0].mlp.up_proj.weight
     assert float((w == 0).float().mean()) == pytest.approx(0.5)
     capsys.readouterr()
-    assert _run(_args(tiny_lm_folder, tmp_path / "t", "--method", "magnitude", "--recover", "bias_norm",
+    assert _run(_args(tiny_folder, tmp_path / "t", "--method", "magnitude", "--recover", "bias_norm",
                       "--recover-steps", "2")) == 0
     text = capsys.readouterr().out
     assert "pruned" in text and "recovered" in text and "recovery (bias_norm)" in text
@@ -62,9 +62,9 @@ def test_recover_after_masks_keeps_them_and_reports(tiny_lm_folder, tmp_path, ca
     (["--recover", "full", "--recover-steps", "0"], "steps"),
     (["--recover", "lora", "--recover-lr", "-1"], "lr"),
 ])
-def test_bad_slice_or_recover_is_refused_before_anything_is_written(tiny_lm_folder, tmp_path, extra, match):
+def test_bad_slice_or_recover_is_refused_before_anything_is_written(tiny_folder, tmp_path, extra, match):
     out = tmp_path / "never"
-    argv = _args(tiny_lm_folder, out)
+    argv = _args(tiny_folder, out)
     if "--calib" in extra:
         i = argv.index("--calib")
         del argv[i:i + 2]
@@ -73,11 +73,11 @@ def test_bad_slice_or_recover_is_refused_before_anything_is_written(tiny_lm_fold
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_calib_none_works_for_magnitude_and_is_refused_for_wanda(tiny_lm_folder, tmp_path, capsys):
-    argv = _args(tiny_lm_folder, tmp_path / "m", "--method", "magnitude", "--json")
+def test_calib_none_works_for_magnitude_and_is_refused_for_wanda(tiny_folder, tmp_path, capsys):
+    argv = _args(tiny_folder, tmp_path / "m", "--method", "magnitude", "--json")
     i = argv.index("--calib")
     argv[i + 1] = "none"
-    argv += ["--ppl", str(tiny_lm_folder / "texts")]
+    argv += ["--ppl", str(tiny_folder / "texts")]
     assert _run(argv) == 0
     assert json.loads(capsys.readouterr().out)["after"]["perplexity"] > 1
     argv = [a if a != "magnitude" else "wanda" for a in argv]
