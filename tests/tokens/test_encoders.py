@@ -45,7 +45,7 @@ def test_merge_with_r_zero_changes_nothing(family):
     torch.testing.assert_close(run(model, x), before, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["attention", "mean-attention", "random"])
+@pytest.mark.parametrize("method", ["attention", "mean-attention", "cls-attention", "random"])
 def test_prune_keeps_the_asked_fraction_at_the_asked_layers(family, method):
     name, model, x = family
     before = run(model, x)
@@ -69,12 +69,13 @@ def test_attention_rankings_differ_from_random():
     model = timm_vit()
     x = torch.randn(4, 3, 32, 32)
     outs = {}
-    for method in ("attention", "mean-attention", "random"):
+    for method in ("attention", "mean-attention", "cls-attention", "random"):
         pt.prune_(model, keep=0.3, method=method, layers=[1])
         outs[method] = run(model, x)
         pt.unpatch_(model)
     assert not torch.allclose(outs["attention"], outs["random"])
     assert not torch.allclose(outs["mean-attention"], outs["random"])
+    assert not torch.allclose(outs["cls-attention"], outs["random"])
 
 
 def test_sparsity_is_one_minus_keep():
@@ -166,7 +167,7 @@ def test_configs_and_registry_are_the_same_call():
     pt.apply_(model, {"method": "tome", "r": 4})
     assert torch.equal(run(model, x), a)
     pt.unpatch_(model)
-    assert pt.TOKEN_METHODS.names() == ["attention", "fastv", "mean-attention", "random", "tome"]
+    assert pt.TOKEN_METHODS.names() == ["attention", "cls-attention", "fastv", "mean-attention", "random", "tome"]
     with pytest.raises(ConfigError, match="did you mean 'r'"):
         pt.merge_(model, {"method": "tome", "rr": 3})
 

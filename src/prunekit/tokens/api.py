@@ -11,7 +11,7 @@ from torch import nn
 from ..core.config import Config, ConfigError
 from ..core.fraction import check_fraction
 from ..core.registry import Registry
-from .config import FastVConfig, MeanAttentionConfig, RandomPruneConfig, ToMeConfig, ZeroTPruneConfig
+from .config import ClsAttentionConfig, FastVConfig, MeanAttentionConfig, RandomPruneConfig, ToMeConfig, ZeroTPruneConfig
 from .decoders import DecoderLayerForward, FastVRuntime, check_decoder, install_fastv, prompt_kept
 from .encoder_patch import Capture, EncoderLayerForward, EncoderRuntime, LayerPlan, planned_tokens
 from .encoders import EncoderSite, UnsupportedModel, find_decoder_layers, find_encoder
@@ -117,7 +117,7 @@ def _prune_plan(cfg: Config, site: EncoderSite) -> list[LayerPlan]:
     plan = [LayerPlan() for _ in range(n)]
     for i, k in zip(layers, keeps):
         its = getattr(cfg, "iterations", None) or (30 if i < 3 else (1 if i >= n - 3 else 10))
-        plan[i] = LayerPlan("prune", keep=k, iterations=its)
+        plan[i] = LayerPlan("prune", keep=k, iterations=its, tol=getattr(cfg, "tol", 0.0))
     return plan
 
 
@@ -154,11 +154,13 @@ def _install_encoder(model: nn.Module, site: EncoderSite, cfg: Config, plan: lis
                          + (", proportional attention (+log size) as an additive mask" if rt.prop_attn else ""))
         else:
             what = {"attention": "Zero-TPrune Weighted PageRank", "mean-attention": "mean attention received",
-                    "random": "a seeded random ranking"}[cfg.method]
+                    "cls-attention": "the class token's attention (EViT)", "random": "a seeded random ranking"}[cfg.method]
             pruning = [i for i, s in enumerate(plan) if s.action]
             notes.append(f"tokens ranked by {what} at layers {pruning}"
                          + ("; that layer's attention map is recomputed from its q and k beside the fused kernel"
-                            if cfg.method != "random" else ""))
+                            if cfg.method in ("attention", "mean-attention") else "")
+                         + ("; the class token's attention row is recomputed from q and k beside the fused kernel"
+                            if cfg.method == "cls-attention" else ""))
         if site.adapter.kind == "text":
             notes.append("padding tokens go first (they carry no weight) and are masked through the same bias")
         if restore:
@@ -228,6 +230,7 @@ def _apply_fastv(model: nn.Module, cfg: FastVConfig, seq_len: int | None = None)
 TOKEN_METHODS.add("tome", _apply_tome, config=ToMeConfig)
 TOKEN_METHODS.add("attention", _apply_encoder_prune, config=ZeroTPruneConfig)
 TOKEN_METHODS.add("mean-attention", _apply_encoder_prune, config=MeanAttentionConfig)
+TOKEN_METHODS.add("cls-attention", _apply_encoder_prune, config=ClsAttentionConfig)
 TOKEN_METHODS.add("random", _apply_encoder_prune, config=RandomPruneConfig)
 TOKEN_METHODS.add("fastv", _apply_fastv, config=FastVConfig)
 
@@ -282,11 +285,12 @@ def _keep_from(keep: Any, sparsity: Any) -> Any:
 def prune_(model: nn.Module, config: Config | dict[str, Any] | None = None, *, keep: float | Sequence[float] | None = None,
            sparsity: float | Sequence[float] | None = None, method: str | None = None, layers: Sequence[int] | None = None,
            layer: int | None = None, score: str | None = None, recent: int | None = None, iterations: int | None = None,
-           seed: int | None = None, restore: bool | None = None, seq_len: int | None = None) -> TokenReport:
+           tol: float | None = None, seed: int | None = None, restore: bool | None = None,
+           seq_len: int | None = None) -> TokenReport:
     """Token pruning in place, ranked by attention, without training.
 
     Encoders (``method="attention"``, Zero-TPrune's Weighted PageRank; ``"mean-attention"``;
-    ``"random"``): at each layer in ``layers`` keep the fraction ``keep`` of the unprotected tokens
+    ``"cls-attention"``, EViT's class-token row; ``"random"``): at each layer in ``layers`` keep the fraction ``keep`` of the unprotected tokens
     that reach it. Decoders (``method="fastv"``): after layer ``layer`` keep the fraction ``keep`` of
     the prompt tokens — and only their KV cache — for the rest of the model. ``sparsity`` may be given
     instead of ``keep`` (``keep = 1 - sparsity``). ``method`` defaults to ``"fastv"`` for decoders and
@@ -295,7 +299,7 @@ def prune_(model: nn.Module, config: Config | dict[str, Any] | None = None, *, k
     if isinstance(keep, tuple):
         keep = list(keep)
     given = {"keep": keep, "layers": list(layers) if layers is not None else None, "layer": layer, "score": score,
-             "recent": recent, "iterations": iterations, "seed": seed, "restore": restore}
+             "recent": recent, "iterations": iterations, "tol": tol, "seed": seed, "restore": restore}
     fields = {k: v for k, v in given.items() if v is not None}
     if config is not None:
         if method is not None:

@@ -91,18 +91,28 @@ class _EncoderPruneConfig(Config):
 
 class ZeroTPruneConfig(_EncoderPruneConfig):
     """Zero-TPrune's I-stage (Wang et al., CVPR 2024): rank tokens by the Weighted PageRank of the
-    attention graph, per head, aggregated over heads. ``iterations`` of the power iteration (None:
-    the paper's rule — 30 in the first three layers, 10 in the middle, 1 in the last three). The
-    paper's S-stage (similarity-based pruning within importance groups) is not implemented."""
+    attention graph, per head, aggregated over heads (root of the sum of squares). At most
+    ``iterations`` steps of the power iteration (None: the paper's rule — 30 in the first three
+    layers, 10 in the middle, 1 in the last three), fewer once no head moves by more than ``tol``
+    (L1) in a step. The paper's S-stage (similarity-based pruning within importance groups) and its
+    variance-based head filter are not implemented."""
 
     method: Literal["attention"] = "attention"
     iterations: int | None = Field(default=None, ge=1)
+    tol: float = Field(default=1e-4, ge=0)
 
 
 class MeanAttentionConfig(_EncoderPruneConfig):
     """Baseline: rank tokens by the mean attention they receive (over heads and queries)."""
 
     method: Literal["mean-attention"] = "mean-attention"
+
+
+class ClsAttentionConfig(_EncoderPruneConfig):
+    """EViT's ranking (Liang et al., ICLR 2022): keep the tokens the class token attends to most —
+    one row of the attention map, so it costs O(N) where the two above build the N × N map."""
+
+    method: Literal["cls-attention"] = "cls-attention"
 
 
 class RandomPruneConfig(_EncoderPruneConfig):
@@ -134,4 +144,4 @@ class FastVConfig(Config):
         return _keep_values(v)
 
 
-ENCODER_PRUNE_CONFIGS = (ZeroTPruneConfig, MeanAttentionConfig, RandomPruneConfig)
+ENCODER_PRUNE_CONFIGS = (ZeroTPruneConfig, MeanAttentionConfig, ClsAttentionConfig, RandomPruneConfig)

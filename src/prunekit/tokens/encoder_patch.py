@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from .encoders import EncoderSite
-from .importance import attention_probs, mean_attention_importance, random_importance, top_tokens, wpr_importance
+from .importance import (attention_probs, cls_attention_importance, mean_attention_importance, random_importance,
+                         top_tokens, wpr_importance)
 from .matching import bipartite_soft_matching, max_merge, merge_wavg
 
 
@@ -28,7 +29,8 @@ class LayerPlan:
     action: str | None = None   # "merge", "prune" or None
     r: int = 0                  # merge: tokens to merge away
     keep: float = 1.0           # prune: fraction of the unprotected tokens kept
-    iterations: int = 1         # prune with Weighted PageRank
+    iterations: int = 1         # prune with Weighted PageRank: at most this many steps
+    tol: float = 0.0            # … stopping once a step moves no head by more than this (L1)
 
 
 def kept_count(tokens: int, protected: int, keep: float) -> int:
@@ -154,7 +156,8 @@ class EncoderRuntime:
         metric = self.site.adapter.heads(layer, self.captured["k"]).mean(dim=1)
         matching = bipartite_soft_matching(metric, r, p, size=self.size)
         h, self.size = merge_wavg(matching, h, self.size)
-        self._compose(matching.positions())
+        if self.restore_output:
+            self._compose(matching.positions())
         return h
 
     def prune(self, i: int, layer: nn.Module, h: torch.Tensor, step: LayerPlan, bias: torch.Tensor | None) -> torch.Tensor:
@@ -170,11 +173,14 @@ class EncoderRuntime:
             else:
                 ad = self.site.adapter
                 q, k = ad.heads(layer, self.captured["q"]), ad.heads(layer, self.captured["k"])
-                probs = attention_probs(q, k, ad.scale(layer), bias)
-                if self.method == "attention":
-                    importance = wpr_importance(probs, step.iterations, valid)
+                if self.method == "cls-attention":
+                    importance = cls_attention_importance(q, k, ad.scale(layer), bias)
                 else:
-                    importance = mean_attention_importance(probs, valid)
+                    probs = attention_probs(q, k, ad.scale(layer), bias)
+                    if self.method == "attention":
+                        importance = wpr_importance(probs, step.iterations, valid, step.tol)
+                    else:
+                        importance = mean_attention_importance(probs, valid)
             if valid is not None:
                 importance = importance.masked_fill(~valid, -math.inf)
             kept = top_tokens(importance, keep, p)
@@ -186,9 +192,10 @@ class EncoderRuntime:
             state = _take(h, safe)
             base = self.frozen if self.frozen is not None else torch.zeros_like(state)
             self.frozen = torch.where(now.unsqueeze(-1), state, base)
-        pos = torch.full((bsz, n), -1, dtype=torch.long, device=h.device)
-        pos.scatter_(1, kept, torch.arange(kept.shape[1], device=h.device).expand(bsz, -1))
-        self._compose(pos)
+        if self.restore_output:
+            pos = torch.full((bsz, n), -1, dtype=torch.long, device=h.device)
+            pos.scatter_(1, kept, torch.arange(kept.shape[1], device=h.device).expand(bsz, -1))
+            self._compose(pos)
         if self.size is not None:
             self.size = _take(self.size, kept)
         return _take(h, kept)

@@ -7,6 +7,7 @@
   of the sum of squares (their "emphasizing informative region").
 - :func:`mean_attention_importance`: the attention a token receives, averaged over heads and
   queries (the baseline most token-pruning papers compare with).
+- :func:`cls_attention_importance`: EViT's ranking, the class token's attention row.
 - :func:`random_importance`: a seeded random ranking (the floor any ranking must beat).
 - :func:`last_token_importance`: FastV's ranking for decoders (Chen et al., ECCV 2024): the
   attention the last prompt token pays to each earlier one, averaged over heads.
@@ -27,20 +28,34 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch.
     return logits.softmax(dim=-1)
 
 
-def wpr_importance(probs: torch.Tensor, iterations: int = 10, valid: torch.Tensor | None = None) -> torch.Tensor:
+def wpr_importance(probs: torch.Tensor, iterations: int = 10, valid: torch.Tensor | None = None,
+                   tol: float = 1e-4) -> torch.Tensor:
     """Zero-TPrune's Weighted PageRank importance (B, N) of each token from (B, H, N, N)
-    probabilities: per head s ← Aᵀ s for ``iterations`` steps from s = 1/N (over ``valid`` tokens,
-    a (B, N) bool, when given), then sqrt(Σ_heads s²)."""
+    probabilities: per head s ← Aᵀ s from s = 1/N (over ``valid`` tokens, a (B, N) bool, when
+    given) for at most ``iterations`` steps — fewer once no head's distribution moves by more than
+    ``tol`` (L1) in a step — then sqrt(Σ_heads s²)."""
     bsz, heads, n, _ = probs.shape
     if valid is None:
-        s = probs.new_full((bsz, heads, n, 1), 1.0 / n)
+        s = probs.new_full((bsz, heads, 1, n), 1.0 / n)
     else:
         w = valid.to(probs.dtype)
-        s = (w / w.sum(-1, keepdim=True)).view(bsz, 1, n, 1).expand(bsz, heads, n, 1)
-    a_t = probs.transpose(-1, -2)
+        s = (w / w.sum(-1, keepdim=True)).view(bsz, 1, 1, n).expand(bsz, heads, 1, n)
     for _ in range(max(1, iterations)):
-        s = a_t @ s
-    return s.squeeze(-1).pow(2).sum(dim=1).sqrt()
+        nxt = s @ probs  # the row-vector form of Aᵀ s: no transposed copy of the map
+        moved = (nxt - s).abs().sum(-1).max()
+        s = nxt
+        if moved <= tol:
+            break
+    return s.squeeze(-2).pow(2).sum(dim=1).sqrt()
+
+
+def cls_attention_importance(q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """EViT's ranking (Liang et al., ICLR 2022): the attention the class token (query 0) pays to
+    each token (B, N), averaged over heads — one row of the map, so O(N) instead of O(N²)."""
+    logits = (q[:, :, :1].float() @ k.float().transpose(-1, -2)) * scale
+    if bias is not None:
+        logits = logits + bias.float()
+    return logits.softmax(dim=-1).mean(dim=1)[:, 0]
 
 
 def mean_attention_importance(probs: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

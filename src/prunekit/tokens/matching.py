@@ -116,7 +116,10 @@ def merge_wavg(matching: Matching, x: torch.Tensor, size: torch.Tensor | None) -
     """Merge ``x`` (B, T, C) by size-weighted averages; returns the merged tokens and their sizes
     (B, T - r, 1). ``size`` None means every token has size 1."""
     if size is None:
-        size = torch.ones_like(x[..., :1])
-    total = matching.merge(x * size, mode="sum")
-    size = matching.merge(size, mode="sum")
+        both = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
+    else:
+        both = torch.cat([x * size, size], dim=-1)
+    merged = matching.merge(both, mode="sum")  # one gather/scatter for the weighted sums and the sizes
+    total, size = merged[..., :-1], merged[..., -1:].detach()  # sizes are counts: no gradient, and a
+    # mask without one keeps SDPA on its fused kernel in training mode too
     return total / size.clamp_min(torch.finfo(size.dtype).tiny), size
