@@ -5,8 +5,8 @@ tokens, as many as ViT-B/16 at 224 px) is trained from scratch for ``--steps`` s
 ``--checkpoint``), then evaluated on the first ``--test-limit`` test images without any fine-tuning:
 
 - ToMe (``prunekit.tokens.merge_``) at r = 4, 8, 16;
-- attention-ranked pruning (``prune_``: Zero-TPrune's Weighted PageRank, the mean-attention baseline
-  and a random floor) at keep = 0.7 and 0.5 at the default layers (1/4, 1/2, 3/4 of the depth);
+- attention-ranked pruning (``prune_``: Zero-TPrune's Weighted PageRank, the mean-attention baseline,
+  EViT's class-token attention and a random floor) at keep = 0.7 and 0.5 at the default layers (1/4, 1/2, 3/4 of the depth);
 - ToMe's own code (facebookresearch/ToMe, ``tome.patch.timm``) at the same r, when ``--tome-src``
   points at a checkout (it is CC-BY-NC and not on PyPI, so it is not a dependency).
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     for r in args.r:
         configs[f"ToMe r={r}"] = {"kind": "tome", "r": r}
     for keep in args.keep:
-        for method in ("attention", "mean-attention", "random"):
+        for method in ("attention", "mean-attention", "cls-attention", "random"):
             configs[f"{method} keep={keep}"] = {"kind": "prune", "method": method, "keep": keep}
     if tome is not None:
         theirs = copy.deepcopy(model)

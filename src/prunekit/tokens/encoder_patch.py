@@ -19,7 +19,7 @@ from torch import nn
 from .encoders import EncoderSite
 from .importance import (attention_probs, cls_attention_importance, mean_attention_importance, random_importance,
                          top_tokens, wpr_importance)
-from .matching import bipartite_soft_matching, max_merge, merge_wavg
+from .matching import bipartite_soft_matching, max_merge, merge_wavg, take_rows
 
 
 @dataclass
@@ -68,8 +68,7 @@ def key_validity(mask: Any, batch: int, tokens: int) -> torch.Tensor | None:
     return None if bool(seen.all()) else seen
 
 
-def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+_take = take_rows
 
 
 @dataclass

@@ -25,9 +25,27 @@ def max_merge(tokens: int, protected: int) -> int:
     return max(0, (tokens - protected) // 2)
 
 
-def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x[b, index[b, i], :]`` for a (B, T, C) tensor and a (B, K) index."""
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+def _flat(index: torch.Tensor, tokens: int) -> torch.Tensor:
+    offsets = torch.arange(index.shape[0], device=index.device).unsqueeze(-1) * tokens
+    return (index + offsets).reshape(-1)
+
+
+def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b, i], :]`` for a (B, T, C) tensor and a (B, K) index, as one ``index_select``
+    of whole rows (an order of magnitude faster on the CPU than ``gather`` with an expanded index)."""
+    bsz, tokens, c = x.shape
+    return x.reshape(bsz * tokens, c).index_select(0, _flat(index, tokens)).view(bsz, index.shape[1], c)
+
+
+def add_rows_(x: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Add ``rows[b, i]`` to ``x[b, index[b, i]]`` in place (repeated indices accumulate); ``x``
+    must be contiguous (a fresh tensor)."""
+    bsz, tokens, c = x.shape
+    x.view(bsz * tokens, c).index_add_(0, _flat(index, tokens), rows.reshape(-1, c))
+    return x
+
+
+_take = take_rows
 
 
 @dataclass
@@ -104,22 +122,39 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, protected: int = 0,
             scores[:, :pa, :] = -math.inf
         if pb:
             scores[:, :, :pb] = -math.inf
-        node_max, node_idx = scores.max(dim=-1)
-        edge_idx = node_max.argsort(dim=-1, descending=True)
-        src = edge_idx[:, :r]
-        unm = edge_idx[:, r:].sort(dim=-1).values
-        dst = node_idx.gather(1, src)
+        node_max = scores.amax(dim=-1)  # values only: an order of magnitude faster than max() on the CPU
+        src = node_max.topk(r, dim=-1).indices
+        # the A tokens that stay, in order: the complement of src (same count in every row)
+        stays = torch.ones_like(node_max, dtype=torch.bool).scatter_(1, src, False)
+        unm = stays.nonzero()[:, 1].view(bsz, -1)
+        # the best partner is needed for the r merged tokens only
+        dst = scores.gather(1, src.unsqueeze(-1).expand(-1, -1, scores.shape[-1])).argmax(dim=-1)
     return Matching(unm=unm, src=src, dst=dst, tokens=tokens, protected=protected)
 
 
 def merge_wavg(matching: Matching, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge ``x`` (B, T, C) by size-weighted averages; returns the merged tokens and their sizes
-    (B, T - r, 1). ``size`` None means every token has size 1."""
+    (B, T - r, 1). ``size`` None means every token has size 1.
+
+    One gather copies the tokens that stay; the ``r`` merged tokens are then folded into their
+    destinations as weighted increments (x_dst += size_src · (x_src − x_dst) / size_total), so the
+    work beyond the copy is O(r), not O(T)."""
+    bsz, tokens, _ = x.shape
+    p = matching.protected
+    pa, pb = (p + 1) // 2, p // 2
+    device = x.device
+    tb = tokens // 2
+    n_unm = matching.unm.shape[1] - pa
+    keep = torch.cat([torch.arange(p, device=device).expand(bsz, -1), 2 * matching.unm[:, pa:],
+                      (2 * torch.arange(pb, tb, device=device) + 1).expand(bsz, -1)], dim=1)
+    src_tok = 2 * matching.src
+    dst_pos = p + n_unm + (matching.dst - pb)
+    out = _take(x, keep)
     if size is None:
-        both = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
-    else:
-        both = torch.cat([x * size, size], dim=-1)
-    merged = matching.merge(both, mode="sum")  # one gather/scatter for the weighted sums and the sizes
-    total, size = merged[..., :-1], merged[..., -1:].detach()  # sizes are counts: no gradient, and a
-    # mask without one keeps SDPA on its fused kernel in training mode too
-    return total / size.clamp_min(torch.finfo(size.dtype).tiny), size
+        size = torch.ones(bsz, tokens, 1, dtype=x.dtype, device=device)
+    new_size = _take(size, keep).detach()  # sizes are counts: no gradient (a mask without one keeps SDPA fused)
+    src_size = _take(size, src_tok).detach()
+    add_rows_(new_size, dst_pos, src_size)
+    share = src_size / _take(new_size, dst_pos).clamp_min(torch.finfo(x.dtype).tiny)
+    delta = share * (_take(x, src_tok) - _take(out, dst_pos))
+    return add_rows_(out, dst_pos, delta), new_size
