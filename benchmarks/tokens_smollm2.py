@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--decode", type=int, default=32)
     p.add_argument("--keep", type=float, nargs="+", default=[0.75, 0.5, 0.25])
     p.add_argument("--layer", type=int, default=2)
-    p.add_argument("--score", default="last", choices=["last", "mean"])
+    p.add_argument("--score", nargs="+", default=["last"], choices=["last", "mean", "recent", "random"],
+                   help="rankings to compare (each at every --keep)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -107,13 +108,17 @@ def main(argv: list[str] | None = None) -> dict:
     data = prompts(tok, args.prompts, args.prompt_tokens, args.continuation)
     with torch.no_grad():  # warm-up: one-time allocations out of the first timed prefill
         model(data[0][0][:, :64])
-    configs = {"full": None, **{f"keep={k}": k for k in args.keep}}
+    configs = {"full": None}
+    for score in args.score:
+        for k in args.keep:
+            configs[f"keep={k}" if args.score == ["last"] else f"{score} keep={k}"] = (k, score)
     per = {name: [] for name in configs}
     checked_generate = False
     for i, (prompt, cont) in enumerate(data):
-        for name, keep in configs.items():
+        for name, spec in configs.items():
+            keep = None if spec is None else spec[0]
             if keep is not None:
-                pt.prune_(model, method="fastv", keep=keep, layer=args.layer, score=args.score)
+                pt.prune_(model, method="fastv", keep=keep, layer=args.layer, score=spec[1])
             try:
                 row = run_one(model, prompt, cont, args.decode)
                 if keep is not None and not checked_generate:
@@ -168,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     print(f"SmolLM2-135M-Instruct (GGUF Q4_1 → fp32), {len(data)} prompts × {args.prompt_tokens} tokens of Python's docs "
           f"(eval split), continuation {args.continuation} tokens, greedy decode {args.decode}; FastV layer K={args.layer}, "
-          f"score={args.score}; {args.threads} thread(s); generate() checked equal to the cached greedy loop: {checked_generate}")
+          f"score={'/'.join(args.score)}; {args.threads} thread(s); generate() checked equal to the cached greedy loop: {checked_generate}")
     print(table)
     out = {"args": vars(args), "results": results, "table": table}
     if args.json:

@@ -71,6 +71,22 @@ def test_generate_is_cheaper_and_unpatch_is_exact():
     assert torch.equal(again, full.sequences)
 
 
+@pytest.mark.parametrize("score", ["recent", "random"])
+def test_baseline_rankings(score):
+    model = tiny_llama()
+    ids = torch.randint(0, 200, (1, 20))
+    pt.prune_(model, keep=0.5, layer=2, score=score, seed=3)
+    with torch.no_grad():
+        out = model(ids)
+        kept = pt.last_forward(model)["kept_positions"]
+        ref = reference_logits(model, ids, 2, kept)
+    torch.testing.assert_close(out.logits[0], ref[kept], rtol=1e-4, atol=1e-4)
+    if score == "recent":
+        assert kept == list(range(10, 20))
+    else:
+        assert kept != list(range(10, 20)) and kept[-1] == 19
+
+
 def test_keep_one_is_the_unpatched_model():
     model = tiny_llama()
     ids = torch.randint(0, 200, (1, 20))

@@ -214,7 +214,11 @@ def _apply_fastv(model: nn.Module, cfg: FastVConfig, seq_len: int | None = None)
         else:
             per_layer, kept, frac = None, None, (k + (n - k) * cfg.keep) / n
         impl = getattr(decoder.config, "_attn_implementation", None) or "eager"
-        notes = [f"layer {k - 1}'s attention ranks the prompt ({'last token row' if cfg.score == 'last' else 'mean received'}); "
+        ranking = {"last": f"layer {k - 1}'s attention ranks the prompt (last token row)",
+                   "mean": f"layer {k - 1}'s attention ranks the prompt (mean received)",
+                   "recent": "baseline: the latest prompt tokens are kept (a sliding window)",
+                   "random": "baseline: a seeded random subset of the prompt is kept"}[cfg.score]
+        notes = [f"{ranking}; "
                  f"layers {k} … {n - 1} see and cache {cfg.keep:.0%} of the prompt (the last {cfg.recent} always kept)",
                  "pruning happens at prefill only; outputs of a pruned prefill cover the kept positions only"]
         report = TokenReport(method="fastv", family=family, model=_full_name(model, name), patched=patched,

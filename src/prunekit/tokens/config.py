@@ -126,14 +126,16 @@ class FastVConfig(Config):
     """FastV-style decoder pruning (Chen et al., ECCV 2024): layers ``0 … layer-1`` see the whole
     prompt; the attention of layer ``layer-1`` ranks the prompt tokens (``score="last"``: what the
     last prompt token attends to, FastV's code; ``"mean"``: the mean attention each token receives,
-    which builds that one layer's full map), and layers ``layer …`` see — and cache — only the
-    fraction ``keep`` of the prompt tokens, always including the last ``recent`` ones. Pruning
-    happens once, at prefill; the tokens generated after it are never pruned."""
+    which builds that one layer's full map; baselines: ``"recent"`` keeps the latest tokens, a
+    sliding window, and ``"random"`` a seeded random subset), and layers ``layer …`` see — and
+    cache — only the fraction ``keep`` of the prompt tokens, always including the last ``recent``
+    ones. Pruning happens once, at prefill; the tokens generated after it are never pruned."""
 
     method: Literal["fastv"] = "fastv"
     keep: float = 0.5
     layer: int = Field(default=2, ge=1)
-    score: Literal["last", "mean"] = "last"
+    score: Literal["last", "mean", "recent", "random"] = "last"
+    seed: int = 0
     recent: int = Field(default=1, ge=1)
 
     @field_validator("keep", mode="before")

@@ -28,7 +28,7 @@ from torch import nn
 
 from .config import FastVConfig
 from .encoders import UnsupportedModel
-from .importance import causal_mean_importance, last_token_importance, top_tokens
+from .importance import causal_mean_importance, last_token_importance, random_importance, top_tokens
 
 PROBE_IMPL = "prunekit_tokens_score"
 _registered = False
@@ -117,7 +117,7 @@ class FastVRuntime:
             self.kept = None
             n_keep = prompt_kept(q_len, self.cfg.keep, self.cfg.recent)
             self.active = q_len > 1 and n_keep < q_len
-            self.want_scores = self.active
+            self.want_scores = self.active and self.cfg.score in ("last", "mean")
             self.scores = None
             self.prompt_len, self.n_keep = q_len, (n_keep if self.active else q_len)
             self.last = {"prompt_tokens": q_len, "kept_tokens": self.n_keep, "layer": self.cfg.layer,
@@ -126,11 +126,15 @@ class FastVRuntime:
             self.active = False
             self.want_scores = False
 
-    def choose(self) -> torch.Tensor:
+    def choose(self, h: torch.Tensor) -> torch.Tensor:
+        p = self.prompt_len
+        if self.cfg.score == "recent":
+            self.scores = torch.arange(p, device=h.device, dtype=torch.float32).expand(h.shape[0], -1)
+        elif self.cfg.score == "random":
+            self.scores = random_importance(h.shape[0], p, self.cfg.seed, h.device)
         if self.scores is None:
             raise RuntimeError("FastV: the scoring layer produced no attention scores; was its attention bypassed?")
         scores = self.scores.clone()
-        p = self.prompt_len
         scores[:, p - self.cfg.recent:] = math.inf
         self.kept = top_tokens(scores, self.n_keep, 0)
         self.scores = None
@@ -217,7 +221,7 @@ class DecoderLayerForward:
         if self.index >= rt.cfg.layer:
             if rt.active:
                 if self.index == rt.cfg.layer:
-                    kept = rt.choose()
+                    kept = rt.choose(h)
                     call["hidden_states"] = _gather_tokens(h, kept, 1)
                 for name in _PRUNED_ARGS:
                     if name in call:
