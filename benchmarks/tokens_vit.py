@@ -197,10 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
         if base_pred is None:
             base_pred = pred
         tokens = report.tokens_per_layer + [report.output_tokens] if report else None
-        if cfg["kind"] == "official":
-            tokens = pt.report_of(model).tokens_per_layer if False else None
-        prune_layers = {i for i, s in enumerate(report.to_dict()["tokens_per_layer"])} if False else set()
-        if report is not None and cfg["kind"] == "prune":
+        prune_layers = set()
+        if cfg["kind"] == "prune":
             prune_layers = {i for i in range(len(tokens) - 1) if tokens[i + 1] < tokens[i]}
         results[name] = {"accuracy": (pred == yt).float().mean().item(),
                          "agreement_with_full": (pred == base_pred).float().mean().item(),
