@@ -151,7 +151,7 @@ def test_weight_journal_keeps_copies_on_disk_and_restores_them():
     with torch.no_grad():
         lin.weight.mul_(0)
     journal.record(lin)  # a second record keeps the first copy
-    folder = Path(next(iter(journal.saved.values()))[1]).parent
+    folder = Path(next(iter(journal.saved.values()))[-1]).parent
     assert folder.is_dir()
     journal.restore()
     assert torch.equal(lin.weight, dense)

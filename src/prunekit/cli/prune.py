@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,18 @@ from .eval import DEFAULT_EVAL_WINDOWS, DEFAULT_SEQLEN, measure_lm, table
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_NSAMPLES = 32
+DEFAULT_STRUCTURED_SPARSITY = 0.25
 
 
 def add_parser(subs: argparse._SubParsersAction) -> None:
     p = subs.add_parser("prune", help="prune a language model with calibration text and save it", description=__doc__)
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="an alias (smollm2-135m, minilm-l6), a Hugging Face folder or a .gguf file (default smollm2-135m)")
+                   help="an alias (smollm2-135m, gemma3-270m, minilm-l6), a Hugging Face folder or a .gguf file "
+                        "(default smollm2-135m)")
     p.add_argument("--method", default="wanda", help="wanda (default), sparsegpt, magnitude")
-    p.add_argument("--sparsity", type=float, default=None, help="fraction of weights to zero (default 0.5; implied by N:M)")
+    p.add_argument("--sparsity", type=float, default=None,
+                   help="fraction of weights to zero (default 0.5; implied by N:M); with --structured, the fraction "
+                        "of heads, neurons or blocks removed (default 0.25)")
     p.add_argument("--pattern", default="unstructured", help="unstructured (default), row, N:M such as 2:4")
     p.add_argument("--allocation", default="uniform", help="uniform (default), owl, global, erk, lamp")
     p.add_argument("--calib", default=None, metavar="TEXT",
@@ -41,8 +46,8 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
     p.add_argument("--structured", choices=["heads", "neurons", "layers"], default=None,
                    help="physically remove attention heads (GQA groups), MLP neurons or whole blocks instead of "
-                        "masking weights; --ratio says how many")
-    p.add_argument("--ratio", type=float, default=0.25, help="with --structured: fraction removed (default 0.25)")
+                        "masking weights; --sparsity says how many")
+    p.add_argument("--ratio", type=float, default=None, help=argparse.SUPPRESS)  # deprecated: --sparsity
     p.add_argument("--device", default=None, help="e.g. cuda: the model stays on the CPU, each block visits the device")
     p.add_argument("--out", default=None, help="output folder (default pruned-<model name>)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
@@ -62,9 +67,20 @@ def _check_args(args: argparse.Namespace) -> None:
     from ..core.pattern import parse_pattern
     from ..methods import METHODS
 
+    if args.ratio is not None:
+        from ..core.deprecation import PrunekitDeprecationWarning
+
+        if args.sparsity is not None:
+            raise ValueError("pass --sparsity only (--ratio is its deprecated name), not both")
+        warnings.warn("prunekit prune: --ratio is deprecated, use --sparsity (the old flag goes in the next release)",
+                      PrunekitDeprecationWarning, stacklevel=2)
+        args.sparsity, args.ratio = args.ratio, None
     if args.structured is not None:
-        if not 0 <= args.ratio < 1:
-            raise ValueError(f"--ratio must be in [0, 1), got {args.ratio}")
+        if args.sparsity is None:
+            args.sparsity = DEFAULT_STRUCTURED_SPARSITY
+        if not 0 <= args.sparsity < 1:
+            raise ValueError(f"--sparsity must be in [0, 1) with --structured (the fraction of {args.structured} "
+                             f"removed), got {args.sparsity}")
         return
     METHODS.get(args.method)
     pattern = parse_pattern(args.pattern)
@@ -137,13 +153,15 @@ def run(args: argparse.Namespace) -> int:
     if structured:
         from ..structured import prune_transformer_
 
-        say(args, f"removing {args.ratio:.0%} of the {args.structured} ...")
+        say(args, f"removing {args.sparsity:.0%} of the {args.structured} ...")
         t0 = time.perf_counter()
-        removed = prune_transformer_(lm.model, what=args.structured, ratio=args.ratio, calibration=calib,
+        removed = prune_transformer_(lm.model, args.structured, sparsity=args.sparsity, calibration=calib,
                                      progress=progress)
-        headline = f"structured: {args.ratio:.0%} of the {args.structured} removed ({removed['importance']})"
-        meta.update(method=f"structured-{args.structured}", settings={"ratio": args.ratio}, structured=removed,
-                    prune_seconds=time.perf_counter() - t0)
+        headline = f"structured: {args.sparsity:.0%} of the {args.structured} removed ({removed})"
+        if not removed.reloadable:
+            say(args, "note: from_pretrained cannot rebuild this model from its config (see the report)")
+        meta.update(method=f"structured-{args.structured}", settings={"sparsity": args.sparsity},
+                    structured=removed.to_dict(), prune_seconds=time.perf_counter() - t0)
     else:
         say(args, f"pruning with {args.method} ({args.pattern}, {args.allocation}) ...")
         report = prune_(lm.model, args.method, args.sparsity, **prune_args)

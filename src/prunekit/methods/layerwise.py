@@ -95,6 +95,11 @@ class BlockwiseMethod:
 
     def validate(self, model: nn.Module, plan: PrunePlan) -> None:
         """Check the blocks, the calibration data, the pattern and the options before anything changes."""
+        if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+            raise ValueError(
+                f"{type(model).__name__} is an encoder-decoder model ({model.config.model_type}); the block-by-block "
+                f"engine of {self.name!r} walks one stack of blocks fed by the model's own forward. Use "
+                "method='magnitude', which needs no calibration")
         find_blocks(model)
         if plan.calibration is None:
             raise ValueError(

@@ -39,7 +39,7 @@ def _configs(vocab: int, hidden: int, layers: int) -> dict[str, Callable[..., An
                                                  "layer_types": local_global[:layers], **o}),
         "gemma3": lambda **o: tf.Gemma3TextConfig(**{**gqa, "head_dim": 24, "sliding_window": 4,
                                                      "layer_types": local_global[:layers], **o}),
-        "phi3": lambda **o: tf.Phi3Config(**{**gqa, "pad_token_id": 0, **o}),
+        "phi3": lambda **o: tf.Phi3Config(**{**gqa, "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0, **o}),
         "gpt2": lambda **o: tf.GPT2Config(**{"vocab_size": vocab, "n_embd": hidden, "n_layer": layers, "n_head": 4,
                                              "n_positions": 256, "bos_token_id": 0, "eos_token_id": 0, **o}),
         "gpt_neox": lambda **o: tf.GPTNeoXConfig(**{"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": ffn,
