@@ -4,10 +4,9 @@ torchvision importable beside the CPU torch (transformers imports it)."""
 import pytest
 import torch
 
-from prunekit.models.compat import ensure_torchvision_importable
+import prunekit  # noqa: F401  (installs the torchvision guard before any test imports transformers)
 
 torch.set_num_threads(1)
-ensure_torchvision_importable()
 
 
 @pytest.fixture(autouse=True)

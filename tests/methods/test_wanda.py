@@ -35,7 +35,7 @@ def test_bert_layers_outside_the_blocks_are_reported_left_dense():
         report = pk.prune_(model, "wanda", 0.5, calibration=_calib(), progress=False)
     assert list(report.skipped) == ["pooler.dense"] and "outside the transformer blocks" in report.skipped["pooler.dense"]
     assert report.layers["pooler.dense"] == 0.0 and report.sparsity == pytest.approx(0.4706, abs=1e-4)
-    assert "1 left dense (pooler.dense" in str(report) and report.to_dict()["skipped"] == report.skipped
+    assert "1 tensors left dense (pooler.dense" in str(report) and report.to_dict()["skipped"] == report.skipped
 
 
 def test_two_four_pattern_holds_and_outputs_stay_finite():

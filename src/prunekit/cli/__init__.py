@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import data, demo, eval, prune, summary_cmd
+from . import data, demo, eval, prune, report_cmd, results_cmd, run_cmd, summary_cmd
 
-SUBCOMMANDS = [prune, eval, summary_cmd, demo, data]
+SUBCOMMANDS = [prune, eval, summary_cmd, demo, data, run_cmd, results_cmd, report_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..calibrate import InputStats
 from .base import METHODS, PrunePlan
+from .config import SparseGPTConfig
 from .layerwise import BlockwiseMethod
 
 
@@ -137,4 +138,4 @@ class SparseGPT(BlockwiseMethod):
         return keep, new_w
 
 
-METHODS.add("sparsegpt", SparseGPT)
+METHODS.add("sparsegpt", SparseGPT, SparseGPTConfig)

@@ -15,6 +15,7 @@ from torch import Tensor
 from ..calibrate import InputStats
 from ..core.pattern import Pattern, mask_from_scores
 from .base import METHODS, PrunePlan
+from .config import WandaConfig
 from .layerwise import BlockwiseMethod, wanda_matrix_scores
 
 
@@ -36,4 +37,4 @@ class Wanda(BlockwiseMethod):
         return mask_from_scores(score, pattern, round(sparsity * score.numel())), None
 
 
-METHODS.add("wanda", Wanda)
+METHODS.add("wanda", Wanda, WandaConfig)

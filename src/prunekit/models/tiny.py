@@ -14,7 +14,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .compat import ensure_torchvision_importable
 
 ENCODERS = ("bert",)
 
@@ -74,7 +73,6 @@ MOE: tuple[str, ...] = ("mixtral", "qwen2_moe", "qwen3_moe")
 
 def tiny_config(family: str, vocab_size: int = 128, hidden: int = 64, layers: int = 2, **overrides: Any) -> Any:
     """The config of a tiny model of ``family`` (see :data:`FAMILIES`), with ``overrides`` applied."""
-    ensure_torchvision_importable()
     configs = _configs(vocab_size, hidden, layers)
     if family not in configs:
         raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
