@@ -16,7 +16,8 @@ def test_blocks_are_found_without_a_family_list(family):
     model = tiny_model(family, layers=3)
     blocks = find_blocks(model)
     assert blocks.name == BLOCK_LISTS.get(family, "model.layers")
-    assert len(blocks) == 3 and type(blocks[0]).__name__ in model._no_split_modules
+    assert len(blocks.modules) == 3 and type(blocks.modules[0]).__name__ in model._no_split_modules
+    name, modules = blocks  # unpacks as (name, ModuleList), as the old finder returned
     assert blocks.contains(f"{blocks.name}.2.mlp") and not blocks.contains(f"{blocks.name}x.2")
 
 
@@ -44,7 +45,7 @@ def test_sliding_and_global_layers_get_their_own_masks(family):
     model = tiny_model(family, layers=3)
     batches = calibration_batches(torch.randint(0, 128, (2, 12)), 2, tokens=True)
     calls = capture_inputs(model, find_blocks(model), batches)[0]
-    blocks = find_blocks(model)
+    blocks = find_blocks(model).modules
     with torch.no_grad():
         h1 = run_block(blocks[0], calls[0])
         right = run_block(blocks[1], type(calls[1])(h1, calls[1].args, calls[1].kwargs))
@@ -54,7 +55,7 @@ def test_sliding_and_global_layers_get_their_own_masks(family):
 
 def test_capture_stops_before_the_lm_head_and_keeps_batches():
     model = tiny_model("llama")
-    blocks = find_blocks(model)
+    _, blocks = find_blocks(model)
     heads = []
     model.lm_head.register_forward_hook(lambda *a: heads.append(1))
     calls = capture_inputs(model, blocks, calibration_batches(torch.randint(0, 128, (5, 7)), 2, tokens=True))
