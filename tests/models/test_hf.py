@@ -157,3 +157,15 @@ def test_gemma3_270m_from_its_gguf_parts_saves_and_reloads(tmp_path):
     back = AutoModelForCausalLM.from_pretrained(tmp_path)
     ids = lm.tokenizer("def f(x):", return_tensors="pt").input_ids
     torch.testing.assert_close(back(input_ids=ids).logits, lm.model(input_ids=ids).logits)
+
+
+def test_a_damaged_cache_entry_is_converted_again(tmp_path, monkeypatch):
+    from prunekit.models.hf import gguf_cache_folder
+
+    gguf, calls = _fake_gguf(tmp_path, monkeypatch)
+    load_model(gguf)
+    (gguf_cache_folder(gguf) / "model.safetensors").write_bytes(b"broken")
+    with pytest.warns(UserWarning, match="is unreadable"):
+        lm = load_model(gguf)
+    assert len(calls) == 2 and lm.causal_lm
+    assert load_model(gguf).causal_lm and len(calls) == 2  # the fresh entry is used again

@@ -38,9 +38,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out)
     page = html_report(runs, args.title)
-    tmp = out.with_name(f".{out.name}.{__import__('os').getpid()}.tmp")
-    tmp.write_text(page)
-    tmp.replace(out)
+    from ..core.atomic import atomic_file
+
+    with atomic_file(out) as tmp:  # unique temporary beside it, umask permissions, renamed into place
+        tmp.write_text(page)
     say(args, f"wrote {out} ({len(runs)} runs, {len(page) / 1e3:.0f} kB)")
     emit(args, {"db": db, "out": str(out), "runs": len(runs)}, f"report: {out}")
     return 0

