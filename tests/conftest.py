@@ -1,4 +1,5 @@
-"""Shared test set-up: one thread per test process (the suite runs on 2 workers), fixed seeds."""
+"""Shared test set-up: one thread per test process (the suite runs on 2 workers), fixed seeds, and
+torchvision importable beside the CPU torch (transformers imports it)."""
 
 import pytest
 import torch

@@ -201,7 +201,8 @@ def test_permission_errors_are_one_line_with_exit_1(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("extra, match", [
-    (["--structured", "heads", "--sparsity", "0.5"], "--sparsity applies to weight pruning .* with --structured"),
+    (["--structured", "heads", "--method", "wanda"], "--method applies to weight pruning .* with --structured"),
+    (["--structured", "heads", "--sparsity", "1.5"], r"--sparsity must be in \[0, 1\) with --structured"),
     (["--structured", "neurons", "--allocation", "owl"], "--allocation applies to weight pruning"),
     (["--ratio", "0.3"], "--ratio applies only with --structured"),
     (["--pattern", "2:4", "--allocation", "owl"], "--allocation does not apply to the N:M pattern 2:4"),

@@ -52,11 +52,12 @@ def test_one_pass_runs_each_block_once():
     for seq in calls:
         m = tiny_model("llama", hidden=64, layers=3)
         counter = [0]
-        for layer in m.model.layers:
-            layer.register_forward_hook(lambda *a: counter.__setitem__(0, counter[0] + 1))
+        for layer in m.model.layers:  # the MLP runs only when its block really computes
+            layer.mlp.register_forward_hook(lambda *a: counter.__setitem__(0, counter[0] + 1))
         pk.prune_(m, "sparsegpt", 0.5, calibration=IDS, sequential=seq, batch_size=len(IDS), progress=False)
         calls[seq] = counter[0]
-    assert calls["layer"] == 3 and calls["block"] == 2 * 3 - 1  # the last block needs no propagation
+    # capturing block 0's inputs runs block 0 once (the output template); the last block needs no propagation
+    assert calls["layer"] == 1 + 3 and calls["block"] == 1 + 2 * 3 - 1
 
 
 def test_unequal_windows_fall_back_and_bad_option_is_refused():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,18 @@ from .eval import DEFAULT_EVAL_WINDOWS, DEFAULT_SEQLEN, measure_lm, table
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_NSAMPLES = 32
 CALIBRATED = ("wanda", "sparsegpt")
+DEFAULT_STRUCTURED_SPARSITY = 0.25
 
 
 def add_parser(subs: argparse._SubParsersAction) -> None:
     p = subs.add_parser("prune", help="prune a language model with calibration text and save it", description=__doc__)
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="an alias (smollm2-135m, minilm-l6), a Hugging Face folder or a .gguf file (default smollm2-135m)")
+                   help="an alias (smollm2-135m, gemma3-270m, minilm-l6), a Hugging Face folder or a .gguf file "
+                        "(default smollm2-135m)")
     p.add_argument("--method", default=None, help="wanda (default), sparsegpt, magnitude")
-    p.add_argument("--sparsity", type=float, default=None, help="fraction of weights to zero (default 0.5; implied by N:M)")
+    p.add_argument("--sparsity", type=float, default=None,
+                   help="fraction of weights to zero (default 0.5; implied by N:M); with --structured, the fraction "
+                        "of heads, neurons or blocks removed (default 0.25)")
     p.add_argument("--pattern", default=None, help="unstructured (default), row, N:M such as 2:4")
     p.add_argument("--allocation", default=None, help="uniform (default), owl, global, erk, lamp (not with N:M)")
     p.add_argument("--calib", default=None, metavar="TEXT",
@@ -40,8 +45,8 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
     p.add_argument("--structured", choices=["heads", "neurons", "layers"], default=None,
                    help="physically remove attention heads (GQA groups), MLP neurons or whole blocks instead of "
-                        "masking weights; --ratio says how many")
-    p.add_argument("--ratio", type=float, default=None, help="with --structured: fraction removed (default 0.25)")
+                        "masking weights; --sparsity says how many")
+    p.add_argument("--ratio", type=float, default=None, help=argparse.SUPPRESS)  # deprecated name of --sparsity
     p.add_argument("--slice", type=float, default=None, metavar="FRACTION",
                    help="SliceGPT: delete this fraction of the residual stream's width after a PCA rotation "
                         "(a plain smaller model; instead of masks)")
@@ -84,6 +89,17 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.seed < 0:
         raise ValueError(f"--seed must be 0 or more, got {args.seed}")
+    if args.ratio is not None:
+        if args.structured is None:
+            raise ValueError("--ratio applies only with --structured (and is the deprecated name of --sparsity); "
+                             "use --sparsity for the fraction of weights to zero")
+        if args.sparsity is not None:
+            raise ValueError("pass --sparsity only (--ratio is its deprecated name), not both")
+        from ..core.deprecation import PrunekitDeprecationWarning
+
+        warnings.warn("prunekit prune: --ratio is deprecated, use --sparsity (the old flag goes in the next release)",
+                      PrunekitDeprecationWarning, stacklevel=2)
+        args.sparsity, args.ratio = args.ratio, None
     if args.recover is not None:
         from ..train.recovery_lm import RecoveryConfig
 
@@ -106,19 +122,17 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError("--slice needs calibration text for its PCA; --calib none gives none")
         return
     if args.structured is not None:
-        given = [f"--{n}" for n in ("sparsity", "method", "pattern", "allocation", "device")
-                 if getattr(args, n) is not None]
+        given = [f"--{n}" for n in ("method", "pattern", "allocation", "device") if getattr(args, n) is not None]
         if given:
             raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to weight pruning "
                              f"(masks) and would be ignored with --structured, which removes whole {args.structured} "
-                             "ranked by its own importance; say how much with --ratio")
-        if args.ratio is None:
-            args.ratio = 0.25
-        if not 0 <= args.ratio < 1:
-            raise ValueError(f"--ratio must be in [0, 1), got {args.ratio}")
+                             "ranked by its own importance; say how much with --sparsity")
+        if args.sparsity is None:
+            args.sparsity = DEFAULT_STRUCTURED_SPARSITY
+        if not 0 <= args.sparsity < 1:
+            raise ValueError(f"--sparsity must be in [0, 1) with --structured (the fraction of {args.structured} "
+                             f"removed), got {args.sparsity}")
         return
-    if args.ratio is not None:
-        raise ValueError("--ratio applies only with --structured; use --sparsity for the fraction of weights to zero")
     args.method = args.method or "wanda"
     METHODS.get(args.method)
     pattern = parse_pattern(args.pattern or "unstructured")
@@ -229,13 +243,15 @@ def _prune_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, A
     elif args.structured is not None:
         from ..structured import prune_transformer_
 
-        say(args, f"removing {args.ratio:.0%} of the {args.structured} ...")
+        say(args, f"removing {args.sparsity:.0%} of the {args.structured} ...")
         t0 = time.perf_counter()
-        removed = prune_transformer_(lm.model, what=args.structured, ratio=args.ratio, calibration=calib,
+        removed = prune_transformer_(lm.model, args.structured, sparsity=args.sparsity, calibration=calib,
                                      progress=progress)
-        headline = f"structured: {args.ratio:.0%} of the {args.structured} removed ({removed['importance']})"
-        meta.update(method=f"structured-{args.structured}", settings={"ratio": args.ratio}, structured=removed,
-                    prune_seconds=time.perf_counter() - t0)
+        headline = f"structured: {args.sparsity:.0%} of the {args.structured} removed ({removed})"
+        if not removed.reloadable:
+            warn(args, "from_pretrained cannot rebuild this model from its config (see the report's notes)")
+        meta.update(method=f"structured-{args.structured}", settings={"sparsity": args.sparsity},
+                    structured=removed.to_dict(), prune_seconds=time.perf_counter() - t0)
     else:
         say(args, f"pruning with {args.method} ({args.pattern}, {args.allocation}) ...")
         report = prune_(lm.model, args.method, args.sparsity, **prune_args)

@@ -96,9 +96,11 @@ def apply_one_pass_(method: Any, model: nn.Module, plan: PrunePlan) -> None:
     pruned just before it runs on its real (partly pruned) inputs."""
     from ..calibrate import find_blocks
 
-    block_list_name, _ = find_blocks(model)
-    inside = [t for t in plan.targets if t.name.startswith(block_list_name + ".")]
+    blocks = find_blocks(model)
+    inside = [t for t in plan.targets if blocks.contains(t.name)]
     outside = [t.name for t in plan.targets if t not in inside]
+    for name in outside:
+        plan.skipped[name] = f"outside the transformer blocks ({blocks.name}.*): {method.name} prunes blocks only"
     if outside:
         warnings.warn(f"{method.name} prunes the transformer blocks only; left dense: {', '.join(outside)}",
                       stacklevel=3)

@@ -15,6 +15,7 @@ from ..core.deprecation import take_renamed
 from ..core.mask import MaskSnapshot, get_mask, set_mask_
 from ..core.pattern import Pattern, check_pattern, parse_pattern
 from ..core.scope import Target, select_targets
+from ..calibrate.moe import expert_targets
 from ..criteria.base import ScoreContext
 from .base import METHODS, PrunePlan, WeightJournal
 from .config import PruneConfig
@@ -35,6 +36,7 @@ class PruneReport:
     seconds: float = 0.0
     skipped: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data (JSON-ready)."""
@@ -47,7 +49,8 @@ class PruneReport:
             f"weights in scope, {self.seconds:.2f} s"
         )
         if self.skipped:
-            text += f"; {len(self.skipped)} tensors left dense (see .skipped)"
+            shown = ", ".join(list(self.skipped)[:3]) + (", ..." if len(self.skipped) > 3 else "")
+            text += f"; {len(self.skipped)} tensors left dense ({shown}; see .skipped)"
         return text
 
 
@@ -110,8 +113,15 @@ def plan_prune(
     factory = METHODS.get(cfg.method)
     pat = parse_pattern(cfg.pattern)
     target = cfg.target_sparsity()
-    targets = select_targets(model, None if cfg.scope is None else cfg.scope.to_scope())
-    targets, skipped = _skip_unshapeable(targets, pat, cfg.strict)
+    scope = None if cfg.scope is None else cfg.scope.to_scope()
+    experts = expert_targets(model, scope)
+    try:
+        targets = select_targets(model, scope)
+    except ValueError:
+        if not experts:
+            raise
+        targets = []  # the scope names fused expert weights only
+    targets, skipped = _skip_unshapeable(targets, pat, cfg.strict) if targets else ([], {})
     if skipped:
         warnings.warn(f"pattern {pat}: {len(skipped)} of {len(targets) + len(skipped)} tensors in scope cannot take "
                       f"it and stay dense ({', '.join(list(skipped)[:3])}{', ...' if len(skipped) > 3 else ''}); "
@@ -120,8 +130,15 @@ def plan_prune(
     ctx = ScoreContext(data=data, loss_fn=loss_fn, example_inputs=example_inputs, seed=cfg.seed,
                        max_batches=cfg.max_batches, options=dict(options))
     plan = PrunePlan(targets, target, pat, cfg.allocation, cfg.allocation_options(), ctx, calibration, progress,
-                     options, config=cfg, skipped=skipped)
+                     options, config=cfg, skipped=skipped, experts=experts)
     impl = factory()
+    if experts and not getattr(impl, "prunes_experts", False):
+        for t in experts:
+            plan.skipped[t.name] = (f"fused 3-D expert weights: {cfg.method} prunes Linear and Conv weights only "
+                                    "(wanda and sparsegpt prune every expert)")
+        warnings.warn(f"{cfg.method} leaves {len(experts)} tensors in scope dense: the fused 3-D expert weights "
+                      f"({experts[0].name}, ...); wanda and sparsegpt prune them. See PruneReport.skipped",
+                      stacklevel=3)
     impl.validate(model, plan)
     return impl, plan
 
@@ -186,8 +203,8 @@ def prune_(
 
 def _report(plan: PrunePlan, target: float, seconds: float) -> PruneReport:
     layers, total, zeros = {}, 0, 0
-    for t in plan.targets:
-        mask = get_mask(t.module)
+    for t in [*plan.targets, *plan.experts]:  # fused experts a method leaves dense count as dense
+        mask = get_mask(t.module, t.param)
         n = t.numel
         z = 0 if mask is None else int(n - mask.sum())
         layers[t.name] = z / n
@@ -195,4 +212,4 @@ def _report(plan: PrunePlan, target: float, seconds: float) -> PruneReport:
         zeros += z
     alloc = "n/a" if plan.pattern.kind == "nm" else plan.allocation
     return PruneReport(plan.config.method, str(plan.pattern), alloc, target, zeros / total, total, zeros, layers,
-                       seconds, skipped=dict(plan.skipped), config=plan.config.to_dict())
+                       seconds, skipped=dict(plan.skipped), config=plan.config.to_dict(), notes=list(plan.notes))

@@ -17,10 +17,9 @@ from torch import Tensor, nn
 
 from ..calibrate import InputStats
 from ..core.finite import check_finite
-from ..core.mask import get_mask
 from .base import METHODS, PrunePlan
 from .config import SparseGPTConfig
-from .layerwise import BlockwiseMethod, is_transposed, rows_view, write_rows_
+from .layerwise import BlockwiseMethod
 
 
 def inverse_hessian_factor(h: Tensor, percdamp: float) -> tuple[Tensor, Tensor]:
@@ -130,34 +129,35 @@ class SparseGPT(BlockwiseMethod):
         """Forget the previous block's inverse Hessians."""
         self._factors: dict[str, tuple[Tensor, Tensor]] = {}
 
-    def collect(self, block: nn.Module, targets, inputs, device) -> InputStats:
+    def collect(self, block: nn.Module, targets, inputs, device, hessian: bool | None = None) -> InputStats:
         self.begin_block()
-        return super().collect(block, targets, inputs, device)
+        return super().collect(block, targets, inputs, device, hessian)
 
-    def prune_layer(self, name: str, module: nn.Module, stats: InputStats, sparsity: float, plan: PrunePlan) -> None:
-        """Reconstruct the layer's weight with the mask SparseGPT picks; layers sharing an input share H⁻¹."""
-        owner = stats.owner[name]
+    def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: InputStats, sparsity: float,
+                     plan: PrunePlan) -> tuple[Tensor, Tensor]:
+        """Reconstruct the weight with the mask SparseGPT picks; layers sharing an input share H⁻¹. A matrix
+        that saw no calibration token (an expert the router never chose) uses H = I: magnitude pruning."""
+        owner = stats.owner.get(key, key)
         if owner not in self._factors:
-            h = stats.gram(name)
-            check_finite(h, "sparsegpt's Hessian X·Xᵀ", name,
+            h = stats.gram(key) if stats.seen(key) else torch.eye(w.shape[1], device=w.device)
+            check_finite(h, "sparsegpt's Hessian X·Xᵀ", key,
                          "the layer's inputs overflow or hold NaN (an earlier layer's outputs are not finite)")
             percdamp = plan.options.get("percdamp", 0.01)
             try:
                 self._factors[owner] = inverse_hessian_factor(h, percdamp)
             except torch.linalg.LinAlgError:
-                raise ValueError(f"sparsegpt: the Hessian of layer {name!r} is not positive definite even with "
+                raise ValueError(f"sparsegpt: the Hessian of layer {key!r} is not positive definite even with "
                                  f"percdamp={percdamp}; raise percdamp (e.g. 0.1) or give more calibration "
                                  "windows") from None
         hinv, dead = self._factors[owner]
-        w = rows_view(module).to(hinv.device)
-        old = get_mask(module)
-        keep_old = None if old is None else (old.t() if is_transposed(module) else old).to(w.device)
+        w = w.to(hinv.device)
+        keep_old = None if keep_old is None else keep_old.to(w.device)
         n, m = (plan.pattern.n, plan.pattern.m) if plan.pattern.kind == "nm" else (0, 0)
         new_w, keep = sparsegpt_prune(w, hinv, dead, sparsity, n, m, plan.options.get("blocksize", 128), keep_old)
         if keep_old is not None:
             keep &= keep_old
             new_w = new_w * keep
-        write_rows_(module, keep, new_w)
+        return keep, new_w
 
 
 METHODS.add("sparsegpt", SparseGPT, SparseGPTConfig)

@@ -89,7 +89,7 @@ def rotate_and_slice_per_layer_(model: nn.Module, parts: DecoderParts, calibrati
         return vectors[:, :d2]
 
     with torch.no_grad():
-        states = capture_inputs(model, layers, as_batches(calibration, batch_size))
+        states = [c[0] for c in capture_inputs(model, layers, as_batches(calibration, batch_size))]
         g_final = parts.final_norm.weight.detach().double()
         head = parts.head.weight.detach().double()
         q = basis([s.hidden for s in states])
