@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from prunekit.merge import merge_config, merge_state_dicts, merge_tensor, tensor_generator
-from prunekit.merge.sparsify import dare, della, elect_and_merge, magnitude, topk_mask
-from prunekit.merge.tensors import MagnitudeHistogram
+from prunekit.merge.sparsify import dare, della, elect_and_merge
+from prunekit.merge.tensors import CHUNK, MagnitudeHistogram, MergeCounts, Trim, merge_tensor_groups, row_groups
 
 
 def test_generator_depends_on_seed_model_and_name_only():
@@ -33,12 +33,50 @@ def test_dare_l1_rescale_matches_norm():
     assert out.abs().sum().item() == pytest.approx(delta.abs().sum().item(), rel=1e-5)
 
 
-def test_topk_and_magnitude_per_tensor():
+def test_trim_keeps_exactly_k_with_ties_by_position():
     delta = torch.tensor([0.1, -0.5, 0.3, -0.2, 0.05])
-    assert topk_mask(delta, 2).tolist() == [False, True, True, False, False]
-    assert magnitude(delta, 0.4).tolist() == pytest.approx([0, -0.5, 0.3, 0, 0])
-    # ties: first position wins, deterministically
-    assert topk_mask(torch.tensor([1.0, 1.0, 1.0]), 1).tolist() == [True, False, False]
+    t = merge_config("magnitude", density=0.4, trim_scope="tensor")
+    assert merge_tensor("w", torch.zeros(5), [delta], t).tolist() == pytest.approx([0, -0.5, 0.3, 0, 0])
+    ties = merge_tensor("w", torch.zeros(4), [torch.tensor([1.0, 2.0, 1.0, 1.0])], t.replace(density=0.5))
+    assert ties.tolist() == [1.0, 2.0, 0.0, 0.0]  # of the tied 1s, the first in row-major order
+    state = [0]
+    trim = Trim(1.0, ties=2)  # across row groups, the budget of ties carries over
+    assert trim.apply(torch.tensor([1.0, 3.0]), state).tolist() == [1.0, 3.0]
+    assert trim.apply(torch.tensor([1.0, 1.0]), state).tolist() == [1.0, 0.0]
+
+
+def test_row_groups_depend_on_shape_only():
+    assert row_groups((7,)) == [(0, 7)] and row_groups(()) == [(0, 1)]
+    groups = row_groups((5000, 1000))
+    assert groups[0] == (0, CHUNK // 1000) and groups[-1][1] == 5000
+    assert row_groups((3, 2 * CHUNK)) == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_big_tensor_merge_in_row_groups(monkeypatch):
+    import prunekit.merge.tensors as tensors
+
+    monkeypatch.setattr(tensors, "CHUNK", 1 << 14)
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(300, 140, generator=gen)  # 3 row groups of 117 rows
+    fts = [base + 1e-3 * torch.randn(300, 140, generator=gen) for _ in range(2)]
+    for method, extra in (("ties", dict(trim_scope="tensor")), ("dare_ties", {}), ("della", {}),
+                          ("dare_linear", dict(semantics="mergekit"))):
+        cfg = merge_config(method, density=0.2, **extra)
+        out = merge_tensor("w", base, fts, cfg)
+        kept = ((out - base).abs() > 0).float().mean().item()
+        assert 0.15 < kept < 0.45, (method, kept)  # two models' survivors, overlapping
+        counts = MergeCounts()
+        rows = lambda t: (lambda r0, r1: t[r0:r1])  # noqa: E731
+        list(merge_tensor_groups("w", tuple(base.shape), base.dtype, rows(base), [rows(f) for f in fts], cfg,
+                                 counts=counts))
+        if method == "ties":  # exactly the top 20% of each delta survive the trim
+            assert counts.after == [int(0.2 * base.numel())] * 2
+        else:
+            assert all(abs(a / base.numel() - 0.2) < 0.01 for a in counts.after)
+    assert len(tensors.row_groups(base.shape)) == 3
+    # mergekit's L1 rescale is over the whole tensor, not each row group
+    one = merge_tensor("w", base, fts[:1], merge_config("dare_linear", density=0.3, semantics="mergekit"))
+    assert (one - base).abs().sum().item() == pytest.approx((fts[0] - base).abs().sum().item(), rel=1e-4)
 
 
 def test_histogram_threshold_is_exact_global_kth_value():
@@ -89,18 +127,18 @@ def test_merge_tensor_methods_on_known_values():
     m0 = torch.tensor([1.0, -2.0, 3.0, 0.0])
     m1 = torch.tensor([-1.0, -1.0, 1.0, 2.0])
     cfg = merge_config("ties", density=1.0)
-    assert merge_tensor("w", base, [m0, m1], cfg).tensor.tolist() == [0.0, -1.5, 2.0, 2.0]
-    assert merge_tensor("w", base, [m0, m1], merge_config("linear")).tensor.tolist() == [0.0, -1.5, 2.0, 1.0]
+    assert merge_tensor("w", base, [m0, m1], cfg).tolist() == [0.0, -1.5, 2.0, 2.0]
+    assert merge_tensor("w", base, [m0, m1], merge_config("linear")).tolist() == [0.0, -1.5, 2.0, 1.0]
     ta = merge_config("task_arithmetic", scale=0.5)
-    assert merge_tensor("w", base, [m0, m1], ta).tensor.tolist() == [0.0, -1.5, 2.0, 1.0]
+    assert merge_tensor("w", base, [m0, m1], ta).tolist() == [0.0, -1.5, 2.0, 1.0]
     # TIES at density 0.5, tensor scope: m0 keeps 3, -2; m1 keeps 2 and (first of the tied 1s) -1
     t = merge_config("ties", density=0.5, trim_scope="tensor")
-    assert merge_tensor("w", base, [m0, m1], t).tensor.tolist() == [-1.0, -2.0, 3.0, 2.0]
+    assert merge_tensor("w", base, [m0, m1], t).tolist() == [-1.0, -2.0, 3.0, 2.0]
     # integer tensors and skipped names are copied from the base
     ints = torch.tensor([1, 2])
-    assert merge_tensor("ids", ints, [ints + 1], cfg).tensor.tolist() == [1, 2]
+    assert merge_tensor("ids", ints, [ints + 1], cfg).tolist() == [1, 2]
     skip = merge_config("ties", density=1.0, skip=["*.bias"])
-    assert merge_tensor("a.bias", base, [m0, m1], skip).tensor.tolist() == [0.0] * 4
+    assert merge_tensor("a.bias", base, [m0, m1], skip).tolist() == [0.0] * 4
 
 
 def test_state_dict_merge_is_independent_of_tensor_order_and_subset():

@@ -21,7 +21,9 @@ import torch
 from ..core.atomic import check_output_folder, output_folder, remove_scratch, scratch_folder
 from .config import MergeConfig, merge_config
 from .sources import INDEX, SafetensorsWriter, TensorFolder, TensorInfo, check_mergeable
-from .tensors import MagnitudeHistogram, is_merged, merge_tensor, needs_model_thresholds
+from .tensors import (MagnitudeHistogram, MergeCounts, Trim, is_merged, merge_tensor, merge_tensor_groups,
+                      needs_model_thresholds,
+                      row_groups)
 
 # DARE's authors report it works when deltas are small (their SFT models: |δ| within about 0.002–0.005)
 # and fails on large ones; warn above this share of large entries.
@@ -85,6 +87,15 @@ class MergeReport:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM where /proc has it (ru_maxrss also counts the memory of a
+    parent that spawned us), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -154,24 +165,26 @@ def merge(
         merged_set = set(merged_names)
         trim = needs_model_thresholds(config)
 
-        # pass 1: delta sizes (and the magnitude histograms of a model-wide trim)
-        acc = [dict(n=0, changed=0, abs_sum=0.0, sq=0.0, base_sq=0.0, max=0.0, large=0) for _ in fts]
+        # pass 1: delta sizes (and the magnitude histograms of a model-wide trim), a row group at a time
+        acc = [dict(n=0, changed=0, abs_sum=0.0, sq=0.0, max=0.0, large=0) for _ in fts]
+        base_sq = 0.0
         hists = [MagnitudeHistogram() for _ in fts]
         for name in tqdm(merged_names, desc="measuring deltas", disable=not progress, leave=False):
-            b = src.get(name).float()
-            base_sq = float(b.pow(2).sum())
-            for i, ft in enumerate(fts):
-                d = ft.get(name).float() - b
-                a = acc[i]
-                a["n"] += d.numel()
-                a["changed"] += int(torch.count_nonzero(d))
-                ad = d.abs()
-                a["abs_sum"] += float(ad.sum())
-                a["sq"] += float(d.pow(2).sum())
-                a["base_sq"] += base_sq
-                a["max"] = max(a["max"], float(ad.max()) if ad.numel() else 0.0)
-                a["large"] += int((ad > LARGE_DELTA).sum())
-                hists[i].add(d)
+            for r0, r1 in row_groups(src.infos[name].shape):
+                b = src.get(name, r0, r1).float()
+                base_sq += float(b.pow(2).sum())
+                for i, ft in enumerate(fts):
+                    d = ft.get(name, r0, r1).float() - b
+                    a = acc[i]
+                    a["n"] += d.numel()
+                    a["changed"] += int(torch.count_nonzero(d))
+                    a["sq"] += float(torch.linalg.vector_norm(d)) ** 2
+                    d.abs_()
+                    a["abs_sum"] += float(d.sum())
+                    a["max"] = max(a["max"], float(d.max()) if d.numel() else 0.0)
+                    a["large"] += int((d > LARGE_DELTA).sum())
+                    hists[i].add(d)
+                    del d
         stats = []
         for i, ft in enumerate(fts):
             a = acc[i]
@@ -179,7 +192,7 @@ def merge(
             stats.append(DeltaStats(
                 model=ft.label, numel=a["n"], changed=a["changed"] / n, mean_abs=a["abs_sum"] / n,
                 median_abs=hists[i].median(), max_abs=a["max"],
-                relative_norm=(a["sq"] ** 0.5) / max(a["base_sq"] ** 0.5, 1e-30), large_share=a["large"] / n))
+                relative_norm=(a["sq"] ** 0.5) / max(base_sq ** 0.5, 1e-30), large_share=a["large"] / n))
             if stats[-1].changed == 0:
                 notes.append(f"{ft.label} equals the base in every merged tensor: its delta is zero")
         if config.sparsify in ("dare", "della"):
@@ -190,20 +203,20 @@ def merge(
                                  "continued pre-training); check the merged model, or use ties/magnitude")
 
         # pass 2: exact model-wide thresholds
-        thresholds: list[float | None] | None = None
+        trims: list[Trim] | None = None
         if trim:
             density = config.density  # type: ignore[attr-defined]
             bounds = [h.boundary(density) for h in hists]
             if any(b is not None for b in bounds):
                 for name in tqdm(merged_names, desc="trim thresholds", disable=not progress, leave=False):
-                    b = src.get(name).float()
-                    for i, ft in enumerate(fts):
-                        hists[i].add_boundary(ft.get(name).float() - b)
-            thresholds = [h.threshold() for h in hists]
+                    for r0, r1 in row_groups(src.infos[name].shape):
+                        b = src.get(name, r0, r1).float()
+                        for i, ft in enumerate(fts):
+                            hists[i].add_boundary(ft.get(name, r0, r1).float() - b)
+            trims = [h.trim() for h in hists]
 
-        # pass 3: merge and stream out
-        kept_after = [0] * len(fts)
-        changed_before = [0] * len(fts)
+        # pass 3: merge and stream out, a row group at a time
+        counts = MergeCounts()
         with output_folder(out, overwrite=overwrite) as tmp:
             files: dict[str, list[TensorInfo]] = {}
             for name in names:
@@ -213,16 +226,9 @@ def merge(
                 metadata = {**src.file_metadata.get(file, {}), "format": "pt"}
                 writer = SafetensorsWriter(tmp / file, infos, metadata)
                 for info in infos:
-                    b = src.get(info.name)
-                    if info.name in merged_set:
-                        res = merge_tensor(info.name, b, [ft.get(info.name) for ft in fts], config, thresholds)
-                        for i in range(len(res.nonzero_after)):
-                            changed_before[i] += res.nonzero_before[i]
-                            kept_after[i] += res.nonzero_after[i]
-                        t = res.tensor
-                    else:
-                        t = b
-                    writer.write(info.name, t)
+                    parts = merge_tensor_groups(info.name, info.shape, info.dtype, src.reader(info.name),
+                                                [ft.reader(info.name) for ft in fts], config, trims, counts)
+                    writer.write(info.name, parts)
                     bar.update(1)
                 writer.close()
             bar.close()
@@ -231,8 +237,9 @@ def merge(
                 (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
             _copy_side_files(src.folder, tmp)
             if config.sparsify is not None:
-                for i, s in enumerate(stats):
-                    s.kept = kept_after[i] / changed_before[i] if changed_before[i] else 0.0
+                for i, st in enumerate(stats):
+                    if i < len(counts.before):
+                        st.kept = counts.after[i] / counts.before[i] if counts.before[i] else 0.0
             from .. import __version__
 
             report = MergeReport(
@@ -240,7 +247,7 @@ def merge(
                 config=config.to_dict(), base=str(base), models=[str(m) for m in models], out=str(out),
                 tensors_merged=len(merged_names), tensors_copied=len(names) - len(merged_names),
                 params_merged=sum(src.infos[n].numel for n in merged_names), deltas=stats,
-                thresholds=thresholds, notes=notes)
+                thresholds=[t.threshold for t in trims] if trims else None, notes=notes)
             report.config["weights"] = weights
             report.seconds = time.perf_counter() - started
             report.peak_rss_mb = _peak_rss_mb()
@@ -257,7 +264,8 @@ def merge(
 
 def merge_state_dicts(base: dict[str, torch.Tensor], models: Sequence[dict[str, torch.Tensor]],
                       method: str | MergeConfig | dict = "dare_ties", **fields: Any) -> dict[str, torch.Tensor]:
-    """The same merge on in-memory state dicts (same names and shapes); returns a new state dict."""
+    """The same merge on in-memory state dicts (same names and shapes); returns a new state dict equal, tensor
+    for tensor, to what :func:`merge` writes."""
     config = merge_config(method, **fields)
     if not models:
         raise ValueError("models must hold one or more fine-tuned state dicts")
@@ -268,7 +276,7 @@ def merge_state_dicts(base: dict[str, torch.Tensor], models: Sequence[dict[str, 
                              f"extra {sorted(set(m) - set(base))[:5]}")
     names = sorted(base)
     merged = [n for n in names if is_merged(n, base[n].dtype, config)]
-    thresholds = None
+    trims = None
     if needs_model_thresholds(config):
         hists = [MagnitudeHistogram() for _ in models]
         for n in merged:
@@ -279,5 +287,5 @@ def merge_state_dicts(base: dict[str, torch.Tensor], models: Sequence[dict[str, 
             for n in merged:
                 for i, m in enumerate(models):
                     hists[i].add_boundary(m[n].float() - base[n].float())
-        thresholds = [h.threshold() for h in hists]
-    return {n: merge_tensor(n, base[n], [m[n] for m in models], config, thresholds).tensor for n in names}
+        trims = [h.trim() for h in hists]
+    return {n: merge_tensor(n, base[n], [m[n] for m in models], config, trims) for n in names}

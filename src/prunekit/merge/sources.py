@@ -14,7 +14,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterable
 
 import torch
 from torch import Tensor
@@ -87,13 +87,19 @@ class TensorFolder:
         """Tensor names, in a fixed (sorted) order."""
         return sorted(self.infos)
 
-    def get(self, name: str) -> Tensor:
-        """One tensor (the file is opened for it and closed again)."""
+    def get(self, name: str, start: int | None = None, stop: int | None = None) -> Tensor:
+        """One tensor, or its rows ``[start, stop)`` along dim 0 (the file is opened for it and closed again)."""
         from safetensors import safe_open
 
         info = self.infos[name]
         with safe_open(str(self.folder / info.file), framework="pt") as handle:
-            return handle.get_tensor(name)
+            if start is None or len(info.shape) <= 1:
+                return handle.get_tensor(name)
+            return handle.get_slice(name)[start:stop]
+
+    def reader(self, name: str):
+        """A function ``(start, stop) -> rows`` of tensor ``name``."""
+        return lambda start, stop: self.get(name, start, stop)
 
 
 class SafetensorsWriter:
@@ -118,17 +124,26 @@ class SafetensorsWriter:
         self._fh.write(raw)
         self._next = 0
 
-    def write(self, name: str, tensor: Tensor) -> None:
-        """Append the next tensor (in the order given at creation), checking its dtype and shape."""
+    def write(self, name: str, tensor: Tensor | Iterable[Tensor]) -> None:
+        """Append the next tensor (in the order given at creation), whole or as consecutive row groups along
+        dim 0, checking its dtype and shape."""
         if self._next >= len(self.order) or self.order[self._next] != name:
             expected = self.order[self._next] if self._next < len(self.order) else "nothing"
             raise ValueError(f"{self.path.name}: expected tensor {expected!r} next, got {name!r}")
         info = self.infos[name]
-        if tensor.dtype != info.dtype or tuple(tensor.shape) != info.shape:
-            raise ValueError(f"{name}: expected {info.dtype} {info.shape}, got {tensor.dtype} {tuple(tensor.shape)}")
-        data = tensor.detach().cpu().contiguous().reshape(-1)
-        if data.numel():
-            self._fh.write(data.view(torch.uint8).numpy().data)
+        parts = [tensor] if isinstance(tensor, Tensor) else tensor
+        written = 0
+        for part in parts:
+            whole = tuple(part.shape) == info.shape
+            if part.dtype != info.dtype or not (whole or (part.dim() == len(info.shape) and
+                                                          tuple(part.shape[1:]) == info.shape[1:])):
+                raise ValueError(f"{name}: expected {info.dtype} {info.shape}, got {part.dtype} {tuple(part.shape)}")
+            data = part.detach().cpu().contiguous().reshape(-1)
+            if data.numel():
+                self._fh.write(data.view(torch.uint8).numpy().data)
+            written += data.numel()
+        if written != info.numel:
+            raise ValueError(f"{name}: {written} entries written, its shape {info.shape} holds {info.numel}")
         self._next += 1
 
     def close(self) -> None:

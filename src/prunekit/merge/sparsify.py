@@ -47,34 +47,13 @@ def dare(delta: Tensor, density: float, gen: torch.Generator, rescale: str | Non
     return out
 
 
-def topk_mask(delta: Tensor, k: int) -> Tensor:
-    """A boolean mask of the ``k`` largest magnitudes of ``delta`` (ties broken by position, first wins)."""
-    flat = delta.reshape(-1).abs().float()
-    mask = torch.zeros(flat.numel(), dtype=torch.bool)
-    if k >= flat.numel():
-        mask[:] = True
-    elif k > 0:
-        order = torch.sort(flat, descending=True, stable=True).indices
-        mask[order[:k]] = True
-    return mask.reshape(delta.shape)
-
-
-def magnitude(delta: Tensor, density: float, threshold: float | None = None) -> Tensor:
-    """Keep the top-``density`` magnitudes of ``delta``: above a model-wide ``threshold`` when given (entries
-    ``≥ threshold`` are kept), else the ``int(density × numel)`` largest of this tensor."""
-    if density >= 1:
-        return delta
-    if threshold is not None:
-        return delta * (delta.abs().float() >= threshold)
-    return delta * topk_mask(delta, int(density * delta.numel()))
-
-
 def della(delta: Tensor, keep_lo: float, keep_hi: float, gen: torch.Generator, rescale: str | None = "exact") -> Tensor:
-    """DELLA's MAGPRUNE: within each row, rank entries by magnitude and keep each with a probability that
-    rises linearly from ``keep_lo`` (smallest) to ``keep_hi`` (largest); rescale each survivor by the inverse
-    of its own keep probability (``"exact"``, the paper) or to the row-wise tensor's L1 norm (``"l1"``)."""
+    """DELLA's MAGPRUNE: within each row (the last dimension: one output neuron's weights), rank entries by
+    magnitude and keep each with a probability that rises linearly from ``keep_lo`` (smallest) to ``keep_hi``
+    (largest); rescale each survivor by the inverse of its own keep probability (``"exact"``, the paper) or to
+    the original L1 norm (``"l1"``, mergekit)."""
     shape = delta.shape
-    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(shape[0], -1)
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(-1, shape[-1])
     n = rows.shape[1]
     # rank 0 = smallest magnitude; stable so equal magnitudes rank by position
     order = torch.sort(rows.abs().float(), dim=1, stable=True).indices
