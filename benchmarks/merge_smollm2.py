@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seqlen", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--eval-windows", type=int, default=16)
     ap.add_argument("--eval-seqlen", type=int, default=256)
     ap.add_argument("--densities", type=float, nargs="+", default=[0.5, 0.2, 0.1, 0.05])
