@@ -1,91 +1,61 @@
 """The block-by-block engine: walk a transformer one block at a time.
 
-The first block's inputs are captured with a forward pre-hook that stops the model's forward; then
-each block is run on them (a method collects statistics and prunes it), and the block's *pruned*
-outputs become the next block's inputs, as the Wanda and SparseGPT papers' code does. Only one
-block's activations (inputs and outputs over the calibration windows) live at once. With a CUDA
-``device`` the model stays on the CPU and each block visits the device in turn, so peak device memory
-is one block's weights plus ``2 × nsamples × seqlen × hidden`` activations.
+Capture: on each calibration batch the model runs with every block's ``forward`` replaced by a recorder
+that keeps the arguments the model passes it and hands its input back unchanged (the last one stops
+the forward, so no LM head runs). Each block therefore gets the arguments the model really builds for
+*it* — Gemma 2/3's sliding-window or global masks and rotary tables, rotary ``position_embeddings``
+tuples, ALiBi biases, position ids — without any knowledge of the family. Caches are dropped.
+
+Walk: each block is run on its inputs (a method collects statistics and prunes it), and the block's
+*pruned* outputs become the next block's inputs, as the Wanda and SparseGPT papers' code does. Only one
+block's hidden states (over the calibration windows) live at once. With a ``device`` the model stays
+where it is and each block visits the device in turn, so peak device memory is one block's weights
+plus ``2 × nsamples × seqlen × hidden`` activations.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-# model_type → where the blocks live, tried as a suffix of a ModuleList's name.
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "llama": ("layers",),
-    "mistral": ("layers",),
-    "qwen2": ("layers",),
-    "gpt2": ("h",),
-    "opt": ("decoder.layers",),
-    "bert": ("encoder.layer",),
-}
+from .batches import calibration_batches
+from .blocks import Blocks, find_blocks
 
 
 class _Stop(Exception):
-    """Raised by the capture hook to end the model's forward once the first block's inputs are known."""
+    """Raised by the last block's recorder: the rest of the model's forward is not needed."""
 
 
 @dataclass
 class BlockInputs:
-    """One batch of a block's inputs: the hidden states plus the other arguments the block was called with."""
+    """One batch of a block's inputs: the hidden states plus the other arguments the block is called with."""
 
     hidden: Tensor
     args: tuple
     kwargs: dict[str, Any]
 
 
-def family_of(model: nn.Module) -> str:
-    """The model family (``config.model_type``) when the engine can walk it; else a ValueError naming the supported ones."""
-    config = getattr(model, "config", None)
-    kind = getattr(config, "model_type", None)
-    if kind not in FAMILIES:
-        raise ValueError(
-            f"the block-by-block engine cannot walk model family {kind!r} ({type(model).__name__}); "
-            f"supported: {', '.join(sorted(FAMILIES))}. Use method='magnitude', which needs no calibration"
-        )
-    return kind
+def _is_cache(x: Any) -> bool:
+    return any(c.__name__ == "Cache" for c in type(x).__mro__)
 
 
-def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The name and the ModuleList of the model's transformer blocks."""
-    kind = family_of(model)
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and any(name == s or name.endswith("." + s) for s in FAMILIES[kind]):
-            return name, module
-    raise ValueError(f"found no transformer blocks ({' or '.join(FAMILIES[kind])}) in {type(model).__name__}")
-
-
-def as_batches(calibration: Any, batch_size: int) -> list[dict[str, Tensor]]:
-    """Calibration data as model-input dicts of at most ``batch_size`` windows.
-
-    Accepts a LongTensor of token ids ``(nsamples, seqlen)``, a list of such rows or tensors, or a list
-    of dicts of model inputs (``input_ids`` and maybe ``attention_mask``).
-    """
-    if isinstance(calibration, Tensor):
-        if calibration.dim() != 2 or calibration.dtype not in (torch.int64, torch.int32):
-            raise ValueError(
-                f"calibration must be integer token ids of shape (nsamples, seqlen); got {calibration.dtype} "
-                f"{tuple(calibration.shape)}"
-            )
-        return [{"input_ids": c} for c in calibration.long().split(batch_size)]
-    if isinstance(calibration, (list, tuple)) and calibration:
-        if all(isinstance(c, dict) for c in calibration):
-            return list(calibration)
-        if all(isinstance(c, Tensor) for c in calibration):
-            rows = [c if c.dim() == 2 else c.reshape(1, -1) for c in calibration]
-            if len({r.shape[1] for r in rows}) == 1:
-                return as_batches(torch.cat(rows), batch_size)
-            return [{"input_ids": r.long()} for r in rows]
-    raise ValueError(
-        "calibration must be token ids: a LongTensor (nsamples, seqlen), a list of them, or a list of dicts "
-        f"with 'input_ids' (e.g. prunekit.datasets.text.calibration_windows(...)); got {type(calibration).__name__}"
-    )
+def _clean(x: Any) -> Any:
+    """Detached tensors; KV caches replaced by None (every calibration call is a fresh prefill)."""
+    if isinstance(x, Tensor):
+        return x.detach()
+    if _is_cache(x):
+        return None
+    if isinstance(x, tuple):
+        return tuple(_clean(v) for v in x)
+    if isinstance(x, list):
+        return [_clean(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    return x
 
 
 def _to(x: Any, device: torch.device | str) -> Any:
@@ -100,45 +70,109 @@ def _to(x: Any, device: torch.device | str) -> Any:
     return x
 
 
-def capture_inputs(model: nn.Module, blocks: nn.ModuleList, batches: Iterable[dict[str, Tensor]]) -> list[BlockInputs]:
-    """Run the model up to its first block on every batch and return that block's inputs (on the CPU)."""
-    captured: list[BlockInputs] = []
+def _split_hidden(args: tuple, kwargs: dict) -> tuple[Tensor, tuple, dict]:
+    kwargs = dict(kwargs)
+    if args:
+        hidden, rest = args[0], tuple(args[1:])
+    elif "hidden_states" in kwargs:
+        hidden, rest = kwargs.pop("hidden_states"), ()
+    else:
+        raise ValueError("a transformer block was called without hidden states (no positional argument and no "
+                         "hidden_states=); the block-by-block engine cannot walk this model")
+    for key in ("past_key_values", "past_key_value", "layer_past", "cache"):
+        if key in kwargs:
+            kwargs[key] = None
+    if kwargs.get("use_cache"):
+        kwargs["use_cache"] = False
+    for key in ("output_attentions",):
+        if kwargs.get(key):
+            kwargs[key] = False
+    return hidden, _clean(rest), _clean(kwargs)
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        kwargs = dict(kwargs)
-        if args:
-            hidden, rest = args[0], tuple(args[1:])
-        else:
-            hidden, rest = kwargs.pop("hidden_states"), ()
-        kwargs.pop("past_key_values", None)
-        if "use_cache" in kwargs:
-            kwargs["use_cache"] = False
-        captured.append(BlockInputs(hidden.detach(), _detach(rest), _detach(kwargs)))
-        raise _Stop
 
-    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+def _like(template: Any, hidden: Tensor) -> Any:
+    """A block output shaped as ``template`` (a tensor or a tuple led by one) carrying ``hidden``."""
+    if isinstance(template, tuple):
+        return (hidden,) + tuple(template[1:])
+    if isinstance(template, list):
+        return [hidden] + list(template[1:])
+    return hidden
+
+
+def model_call_options(model: nn.Module) -> dict[str, Any]:
+    """Keyword arguments every calibration call adds: ``use_cache=False`` where the model takes it."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"use_cache": False} if "use_cache" in params else {}
+
+
+def _call(model: nn.Module, batch: Any, device: torch.device | str, options: dict[str, Any]) -> None:
+    batch = _to(batch, device)
+    if isinstance(batch, dict):
+        model(**batch, **options)
+    elif isinstance(batch, (tuple, list)):
+        model(*batch)
+    else:
+        model(batch)
+
+
+def capture_inputs(model: nn.Module, blocks: Blocks | nn.ModuleList, batches: list[Any]) -> list[list[BlockInputs]]:
+    """Run the model on every batch with each block replaced by a recorder; returns, per batch, the
+    inputs of every block (the hidden states only for block 0: later blocks' come from the walk).
+
+    Raises a ValueError when the model changes its hidden states between blocks (the walk could not
+    reproduce that) or never reaches its blocks.
+    """
+    mods = blocks.modules if isinstance(blocks, Blocks) else blocks
+    n = len(mods)
     device = next(model.parameters()).device
+    options = model_call_options(model)
+    per_batch: list[list[BlockInputs]] = []
+    template: list[Any] = []
+    current: list[BlockInputs] = []
+    handed: list[Tensor | None] = [None]
+
+    def recorder(i: int, real: Callable[..., Any]) -> Callable[..., Any]:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            hidden, rest, kw = _split_hidden(args, kwargs)
+            if i > 0 and handed[0] is not None and not (
+                    hidden.shape == handed[0].shape and torch.equal(hidden, handed[0])):
+                raise ValueError(
+                    f"{type(model).__name__} changes its hidden states between block {i - 1} and block {i}; the "
+                    "block-by-block engine only walks models that feed each block's output straight to the next")
+            current.append(BlockInputs(hidden.detach() if i == 0 else hidden.new_empty(0), rest, kw))
+            if not template:
+                template.append(_clean(real(*args, **kwargs)))
+            handed[0] = hidden
+            if i == n - 1:
+                raise _Stop
+            return _like(template[0], hidden)
+        return forward
+
+    originals = [b.__dict__.get("forward") for b in mods]
+    for i, b in enumerate(mods):
+        b.forward = recorder(i, b.forward)
     try:
         with torch.no_grad():
             for batch in batches:
+                current, handed[0] = [], None
                 try:
-                    extra = {"use_cache": False} if family_of(model) != "bert" else {}
-                    model(**_to(batch, device), **extra)
+                    _call(model, batch, device, options)
                 except _Stop:
                     pass
+                if len(current) != n:
+                    raise ValueError(f"{type(model).__name__}'s forward called {len(current)} of its {n} blocks; the "
+                                     "block-by-block engine needs every block called once per forward")
+                per_batch.append(current)
     finally:
-        handle.remove()
-    return captured
-
-
-def _detach(x: Any) -> Any:
-    if isinstance(x, Tensor):
-        return x.detach()
-    if isinstance(x, tuple):
-        return tuple(_detach(v) for v in x)
-    if isinstance(x, dict):
-        return {k: _detach(v) for k, v in x.items()}
-    return x
+        for b, orig in zip(mods, originals):
+            if orig is None:
+                del b.forward
+            else:
+                b.forward = orig
+    return per_batch
 
 
 def run_block(block: nn.Module, inputs: BlockInputs, device: torch.device | str | None = None) -> Tensor:
@@ -165,34 +199,28 @@ def walk_blocks_(
 
     ``visit`` may collect statistics (by running the block on ``inputs``) and prune the block; then the
     block is run again on ``inputs`` and its outputs (pruned) are the next block's inputs. With
-    ``device`` (e.g. ``"cuda"``) each block is moved there for its turn and back to the CPU after.
+    ``device`` (e.g. ``"cuda"``) each block is moved there for its turn and back after.
     """
     from tqdm.auto import tqdm
 
-    name, blocks = find_blocks(model)
+    blocks = find_blocks(model)
+    batches = calibration_batches(calibration, batch_size, tokens=True)
     was_training = model.training
     model.eval()
     try:
-        states = capture_inputs(model, blocks, as_batches(calibration, batch_size))
-        if not states:
-            raise ValueError("calibration holds no window; pass at least one sequence of token ids")
+        calls = capture_inputs(model, blocks, batches)
+        states = [c[0] for c in calls]
         home = next(blocks[0].parameters()).device
-        for i, block in enumerate(tqdm(blocks, desc=desc, disable=not progress, leave=False)):
+        for i, block in enumerate(tqdm(blocks.modules, desc=desc, disable=not progress, leave=False)):
             if device is not None:
                 block.to(device)
             with torch.no_grad():
-                visit(i, f"{name}.{i}", block, states)
+                visit(i, blocks.block_name(i), block, states)
                 if propagate and i + 1 < len(blocks):
-                    states = [BlockInputs(run_block(block, s, device).to(s.hidden.device), s.args, s.kwargs)
-                              for s in states]
+                    states = [BlockInputs(run_block(block, s, device).to(s.hidden.device), c[i + 1].args,
+                                          c[i + 1].kwargs) for s, c in zip(states, calls)]
             if device is not None:
                 block.to(home)
     finally:
         model.train(was_training)
     return len(blocks)
-
-
-def forward_all(block: nn.Module, inputs: list[BlockInputs], device: torch.device | str | None = None) -> Iterator[Tensor]:
-    """Run ``block`` on every batch of ``inputs`` (for hooks that collect statistics), yielding outputs."""
-    for s in inputs:
-        yield run_block(block, s, device)

@@ -1,24 +1,38 @@
-"""Hooks that collect what post-training methods need from a layer's inputs, over calibration tokens:
-per-column squared norms ‖X_j‖² (Wanda) and the Gram matrix X·Xᵀ (SparseGPT's Hessian).
+"""The one collector of input statistics: per-column squared norms ‖X_j‖² (Wanda, activation
+importances of heads and neurons) and the Gram matrix X·Xᵀ (SparseGPT's Hessian), over calibration
+tokens, for Linear-like modules and for the experts of fused MoE parameters.
 
 Layers that read the very same input tensor (a block's q/k/v projections, the MLP's gate and up)
-share one accumulator, so each distinct input is summed once.
+share one accumulator, so each distinct input is summed once. Fused experts (transformers 5 stores
+an MoE block's experts as 3-D ``gate_up_proj`` / ``down_proj`` parameters) are accumulated per
+expert, over the tokens the router sent to that expert only.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
+from .moe import FusedExperts, expert_inputs
+
 
 class InputStats:
-    """Accumulates statistics of the inputs of ``modules`` while hooks are attached (use as a context manager)."""
+    """Accumulates statistics of the inputs of ``modules`` (and of ``experts``' per-expert matrices)
+    while hooks are attached (use as a context manager).
 
-    def __init__(self, modules: Mapping[str, nn.Module], hessian: bool = False) -> None:
+    ``experts`` maps a name to a :class:`~prunekit.calibrate.moe.FusedExperts`; the statistics of its
+    expert ``e`` are found under ``f"{name}.gate_up_proj[{e}]"`` and ``f"{name}.down_proj[{e}]"``
+    (see :meth:`FusedExperts.key`).
+    """
+
+    def __init__(self, modules: Mapping[str, nn.Module], hessian: bool = False,
+                 experts: Mapping[str, FusedExperts] | None = None, dtype: torch.dtype = torch.float32) -> None:
         self.modules = dict(modules)
+        self.experts = dict(experts or {})
         self.hessian = hessian
+        self.dtype = dtype
         self.sq_norms: dict[str, Tensor] = {}
         self.grams: dict[str, Tensor] = {}
         self.tokens: dict[str, int] = {}
@@ -29,6 +43,9 @@ class InputStats:
     def __enter__(self) -> "InputStats":
         for name, module in self.modules.items():
             self._handles.append(module.register_forward_pre_hook(self._hook(name)))
+        for name, fused in self.experts.items():
+            self._handles.append(fused.module.register_forward_pre_hook(self._expert_hook(name, fused),
+                                                                        with_kwargs=True))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -38,8 +55,24 @@ class InputStats:
         self._seen.clear()
 
     def new_call(self) -> None:
-        """Mark the start of a block call: inputs seen before cannot be shared with the next ones."""
+        """Mark the start of a block (or model) call: inputs seen before cannot be shared with the next ones."""
         self._seen.clear()
+
+    def add(self, key: str, x: Tensor) -> None:
+        """Add the rows of ``x`` (…, in) to the statistics kept under ``key``."""
+        flat = x.detach().reshape(-1, x.shape[-1]).to(self.dtype)
+        self.owner.setdefault(key, key)
+        if key in self.sq_norms:
+            self.sq_norms[key] += flat.square().sum(0)
+            self.tokens[key] += flat.shape[0]
+        else:
+            self.sq_norms[key] = flat.square().sum(0)
+            self.tokens[key] = flat.shape[0]
+        if self.hessian:
+            if key in self.grams:
+                self.grams[key].addmm_(flat.t(), flat)
+            else:
+                self.grams[key] = flat.t() @ flat
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:
@@ -48,31 +81,58 @@ class InputStats:
                 same = next((n for t, n in self._seen if t is x), None)
                 self.owner[name] = same or name
             self._seen.append((x, name))
-            if self.owner[name] != name:
-                return
-            flat = x.detach().reshape(-1, x.shape[-1]).float()
-            sq = flat.square().sum(0)
-            if name in self.sq_norms:
-                self.sq_norms[name] += sq
-                self.tokens[name] += flat.shape[0]
-            else:
-                self.sq_norms[name] = sq
-                self.tokens[name] = flat.shape[0]
-            if self.hessian:
-                if name in self.grams:
-                    self.grams[name].addmm_(flat.t(), flat)
-                else:
-                    self.grams[name] = flat.t() @ flat
+            if self.owner[name] == name:
+                self.add(name, x)
         return hook
+
+    def _expert_hook(self, name: str, fused: FusedExperts):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            for e, param, x in expert_inputs(fused, args, kwargs):
+                self.add(fused.key(param, e), x)
+        return hook
+
+    def seen(self, name: str) -> bool:
+        """Whether module (or expert matrix) ``name`` received any calibration token."""
+        return self.tokens.get(self.owner.get(name, name), 0) > 0
 
     def col_norms(self, name: str) -> Tensor:
         """‖X_j‖₂ for every input column j of module ``name`` (over all calibration tokens)."""
         return self.sq_norms[self.owner[name]].sqrt()
+
+    def mean_squares(self, name: str) -> Tensor:
+        """E[x_j²] for every input column j of module ``name``."""
+        return self.sq_norms[self.owner[name]] / max(self.n_tokens(name), 1)
 
     def gram(self, name: str) -> Tensor:
         """X·Xᵀ summed over calibration tokens (in × in) for module ``name``."""
         return self.grams[self.owner[name]]
 
     def n_tokens(self, name: str) -> int:
-        """How many tokens module ``name``'s statistics were collected over."""
-        return self.tokens[self.owner[name]]
+        """How many tokens module ``name``'s statistics were collected over (0 when it saw none)."""
+        return self.tokens.get(self.owner.get(name, name), 0)
+
+
+@torch.no_grad()
+def collect_input_stats(model: nn.Module, modules: Mapping[str, nn.Module], calibration: Any, *,
+                        experts: Mapping[str, FusedExperts] | None = None, hessian: bool = False,
+                        dtype: torch.dtype = torch.float64) -> InputStats:
+    """Run the whole model over ``calibration`` (any form :func:`calibration_batches` takes) with hooks on
+    ``modules`` (and on fused ``experts``); returns their input statistics. The model is left in the mode
+    it was in."""
+    from ..core.calling import call_model
+    from .batches import calibration_batches
+    from .blockwise import model_call_options
+
+    batches = calibration_batches(calibration)
+    options = model_call_options(model)
+    stats = InputStats(modules, hessian=hessian, experts=experts, dtype=dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with stats:
+            for batch in batches:
+                stats.new_call()
+                call_model(model, {**batch, **options} if isinstance(batch, dict) else batch)
+    finally:
+        model.train(was_training)
+    return stats

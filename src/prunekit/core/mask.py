@@ -71,6 +71,16 @@ def masked_modules(model: nn.Module, name: str = "weight") -> Iterator[tuple[str
             yield mod_name, module
 
 
+def masked_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
+    """Every masked tensor of ``model`` as (module name, module, tensor name): ``weight`` of Linear and
+    Conv layers, and any other masked parameter (the 3-D ``gate_up_proj`` of fused MoE experts)."""
+    for mod_name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for pname in list(module.parametrizations.keys()):
+                if _mask_module(module, pname) is not None:
+                    yield mod_name, module, pname
+
+
 def remove_mask_(module: nn.Module, name: str = "weight", bake: bool = True) -> None:
     """Drop the mask of ``module.<name>``; with ``bake`` the zeros stay in the weight, else the dense weight returns."""
     if _mask_module(module, name) is None:
@@ -80,15 +90,15 @@ def remove_mask_(module: nn.Module, name: str = "weight", bake: bool = True) -> 
 
 def finalize_(model: nn.Module) -> nn.Module:
     """Bake every mask into its weight and remove the parametrizations; outputs do not change."""
-    for _, module in list(masked_modules(model)):
-        remove_mask_(module, "weight", bake=True)
+    for _, module, pname in list(masked_tensors(model)):
+        remove_mask_(module, pname, bake=True)
     return model
 
 
 def unprune_(model: nn.Module) -> nn.Module:
     """Remove every mask and give back the dense weights kept underneath."""
-    for _, module in list(masked_modules(model)):
-        remove_mask_(module, "weight", bake=False)
+    for _, module, pname in list(masked_tensors(model)):
+        remove_mask_(module, pname, bake=False)
     return model
 
 
@@ -97,19 +107,19 @@ class MaskSnapshot:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.masks = {name: get_mask(m).clone() for name, m in masked_modules(model)}
+        self.masks = {(name, p): get_mask(m, p).clone() for name, m, p in masked_tensors(model)}
 
     def restore(self) -> None:
         """Put the model's masks back as they were when the snapshot was taken."""
         modules = dict(self.model.named_modules())
-        for name, module in list(masked_modules(self.model)):
-            if name not in self.masks:
-                remove_mask_(module, bake=False)
+        for name, module, p in list(masked_tensors(self.model)):
+            if (name, p) not in self.masks:
+                remove_mask_(module, p, bake=False)
             else:
-                _mask_module(module).mask.copy_(self.masks[name])
-        for name, mask in self.masks.items():
-            if get_mask(modules[name]) is None:
-                set_mask_(modules[name], mask)
+                _mask_module(module, p).mask.copy_(self.masks[(name, p)])
+        for (name, p), mask in self.masks.items():
+            if get_mask(modules[name], p) is None:
+                set_mask_(modules[name], mask, p)
 
 
 _ORIGINAL = ".parametrizations.weight.original"

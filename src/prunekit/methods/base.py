@@ -41,6 +41,9 @@ class PrunePlan:
     progress: bool = True
     options: dict[str, Any] = field(default_factory=dict)
     journal: "WeightJournal | None" = None
+    experts: list[Target] = field(default_factory=list)  # fused 3-D expert parameters in scope
+    skipped: dict[str, str] = field(default_factory=dict)  # tensors in scope left dense → why
+    notes: list[str] = field(default_factory=list)  # what the report should say besides the figures
 
 
 class WeightJournal:
@@ -51,24 +54,24 @@ class WeightJournal:
     """
 
     def __init__(self) -> None:
-        self.saved: dict[int, tuple[nn.Module, Path]] = {}
+        self.saved: dict[tuple[int, str], tuple[nn.Module, str, Path]] = {}
         self._folder: str | None = None
 
-    def record(self, module: nn.Module) -> None:
-        """Keep a copy of ``module``'s (dense) weight unless one is kept already."""
-        if id(module) in self.saved:
+    def record(self, module: nn.Module, name: str = "weight") -> None:
+        """Keep a copy of ``module.<name>``'s (dense) tensor unless one is kept already."""
+        if (id(module), name) in self.saved:
             return
         if self._folder is None:
             self._folder = tempfile.mkdtemp(prefix="prunekit-journal-")
         path = Path(self._folder) / f"{len(self.saved)}.pt"
-        torch.save(weight_of(module).detach().cpu(), path)
-        self.saved[id(module)] = (module, path)
+        torch.save(weight_of(module, name).detach().cpu(), path)
+        self.saved[(id(module), name)] = (module, name, path)
 
     def restore(self) -> None:
         """Write every recorded weight back."""
         with torch.no_grad():
-            for module, path in self.saved.values():
-                leaf = weight_of(module)
+            for module, name, path in self.saved.values():
+                leaf = weight_of(module, name)
                 leaf.copy_(torch.load(path, weights_only=True).to(leaf.device))
 
     def close(self) -> None:

@@ -6,6 +6,11 @@ their input statistics, prunes every target of the block, and lets the engine fe
 outputs to the next block. A non-uniform ``allocation`` (``owl``, ``global``, ...) first takes one
 dense pass to score every layer with |W|·‖X‖ (as OWL's code does) and turns the scores into per-layer
 sparsities.
+
+A subclass implements :meth:`BlockwiseMethod.prune_matrix` (one (out, in) weight and its input
+statistics → keep-mask and, optionally, new weights); the base class applies it to every Linear target
+(:meth:`prune_layer`) and to every expert of a fused MoE parameter (:meth:`prune_experts`), each
+expert calibrated on the tokens routed to it. Targets outside the blocks are left dense and reported.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..calibrate import InputStats, family_of, find_blocks, walk_blocks_
-from ..calibrate.blockwise import BlockInputs, as_batches, run_block
+from ..calibrate import InputStats, calibration_batches, find_blocks, walk_blocks_
+from ..calibrate.blockwise import BlockInputs, run_block
+from ..calibrate.moe import FusedExperts, as_fused_experts
 from ..core.allocate import ALLOCATIONS, allocate
 from ..core.mask import get_mask, set_mask_, weight_of
+from ..core.pattern import check_pattern
 from ..core.scope import Target, is_transposed
 from .base import PrunePlan
 
@@ -30,6 +37,14 @@ def rows_view(module: nn.Module) -> Tensor:
     """The effective (masked) weight as (out, in) float32, a copy."""
     w = getattr(module, "weight").detach()
     return (w.t() if is_transposed(module) else w).float().contiguous().clone()
+
+
+def rows_mask(module: nn.Module) -> Tensor | None:
+    """The module's keep-mask as (out, in), or None."""
+    old = get_mask(module)
+    if old is None:
+        return None
+    return old.t() if is_transposed(module) else old
 
 
 def write_rows_(module: nn.Module, keep: Tensor, new_weight: Tensor | None = None) -> None:
@@ -45,44 +60,55 @@ def write_rows_(module: nn.Module, keep: Tensor, new_weight: Tensor | None = Non
 
 
 def block_targets(plan: PrunePlan, block_name: str) -> list[Target]:
-    """The plan's targets that lie inside the block named ``block_name``."""
-    return [t for t in plan.targets if t.name.startswith(block_name + ".")]
+    """The plan's targets (Linear layers and fused expert parameters) inside the block ``block_name``."""
+    return [t for t in [*plan.targets, *plan.experts] if t.name.startswith(block_name + ".")]
 
 
 def wanda_scores(module: nn.Module, col_norms: Tensor) -> Tensor:
     """Wanda's importance |W_ij|·‖X_j‖₂ as (out, in); already-pruned entries get -inf."""
-    w = rows_view(module)
-    score = w.abs() * col_norms.to(w.device).reshape(1, -1)
-    old = get_mask(module)
-    if old is not None:
-        old = old.t() if is_transposed(module) else old
-        score = score.masked_fill(~old.to(score.device), float("-inf"))
+    return wanda_matrix_scores(rows_view(module), col_norms, rows_mask(module))
+
+
+def wanda_matrix_scores(w: Tensor, col_norms: Tensor, keep: Tensor | None = None) -> Tensor:
+    """|W_ij|·‖X_j‖₂ of an (out, in) weight; entries outside ``keep`` (already pruned) get -inf."""
+    score = w.abs() * col_norms.to(w.device, w.dtype).reshape(1, -1)
+    if keep is not None:
+        score = score.masked_fill(~keep.to(score.device), float("-inf"))
     return score
+
+
+def _fused_of(target: Target) -> FusedExperts:
+    fused = as_fused_experts(target.name.rpartition(".")[0], target.module)
+    assert fused is not None, target.name
+    return fused
 
 
 class BlockwiseMethod:
     """Base of calibrated methods that prune a transformer block by block; subclasses set ``name``,
-    ``hessian`` and :meth:`prune_layer`."""
+    ``hessian`` and :meth:`prune_matrix` (or override :meth:`prune_layer`)."""
 
     name = "blockwise"
     hessian = False
     updates_weights = False
+    prunes_experts = True
     patterns: tuple[str, ...] = ("unstructured", "row", "nm")
 
     def validate(self, model: nn.Module, plan: PrunePlan) -> None:
-        """Check the model family, the calibration data, the pattern and the options before anything changes."""
-        family_of(model)
+        """Check the blocks, the calibration data, the pattern and the options before anything changes."""
         find_blocks(model)
         if plan.calibration is None:
             raise ValueError(
                 f"method {self.name!r} needs calibration=: token ids (nsamples, seqlen), e.g. from "
                 "prunekit.datasets.text.calibration_windows(tokenizer, 'pydocs', nsamples=32, seqlen=512)"
             )
-        as_batches(plan.calibration, 1)
+        calibration_batches(plan.calibration, 1, tokens=True)
         if plan.pattern.kind not in self.patterns:
             raise ValueError(f"method {self.name!r} supports patterns {', '.join(self.patterns)}; got {plan.pattern}")
         if plan.pattern.kind != "nm":
             ALLOCATIONS.get(plan.allocation)
+        for t in plan.experts:
+            fused = _fused_of(t)
+            check_pattern(plan.pattern, tuple(fused.matrix(t.param, 0).shape), fused.key(t.param, 0))
         batch_size = plan.options.get("batch_size", 8)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -99,37 +125,87 @@ class BlockwiseMethod:
     def check_options(self, options: dict[str, Any]) -> None:
         """Validate the method's own options."""
 
-    def prune_layer(self, name: str, module: nn.Module, stats: InputStats, sparsity: float, plan: PrunePlan) -> None:
-        """Prune one layer in place from its input statistics."""
+    def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: InputStats, sparsity: float,
+                     plan: PrunePlan) -> tuple[Tensor, Tensor | None]:
+        """Prune one (out, in) float32 weight ``w`` whose input statistics are ``stats[key]``; ``keep_old``
+        marks entries still alive. Returns the (out, in) keep-mask and the new weight (None: unchanged)."""
         raise NotImplementedError
+
+    def prune_layer(self, name: str, module: nn.Module, stats: InputStats, sparsity: float, plan: PrunePlan) -> None:
+        """Prune one Linear-like layer in place from its input statistics."""
+        keep_old = rows_mask(module)
+        keep, new_w = self.prune_matrix(name, rows_view(module), keep_old, stats, sparsity, plan)
+        if keep_old is not None:
+            keep = keep & keep_old.to(keep.device)
+        write_rows_(module, keep, new_w)
+
+    def prune_experts(self, target: Target, stats: InputStats, sparsity: float, plan: PrunePlan) -> None:
+        """Prune every expert of a fused 3-D expert parameter, each from the tokens routed to it."""
+        fused = _fused_of(target)
+        leaf = weight_of(target.module, target.param)
+        old = get_mask(target.module, target.param)
+        keeps = []
+        for e in range(fused.num_experts):
+            key = fused.key(target.param, e)
+            keep_old = None if old is None else (old[e].t() if fused.transposed else old[e])
+            if not stats.seen(key):
+                self._uncalibrated.append(key)
+            keep, new_w = self.prune_matrix(key, fused.matrix(target.param, e), keep_old, stats, sparsity, plan)
+            if keep_old is not None:
+                keep = keep & keep_old.to(keep.device)
+            if new_w is not None:
+                with torch.no_grad():
+                    leaf[e].copy_((new_w.t() if fused.transposed else new_w).to(leaf.dtype))
+            keeps.append(keep.t() if fused.transposed else keep)
+        set_mask_(target.module, torch.stack(keeps).contiguous(), name=target.param)
 
     def apply_(self, model: nn.Module, plan: PrunePlan) -> None:
         """Prune the model's blocks one after the other, each with its inputs from the pruned blocks before it."""
-        block_list_name, _ = find_blocks(model)
-        inside = [t for t in plan.targets if t.name.startswith(block_list_name + ".")]
-        outside = [t.name for t in plan.targets if t not in inside]
+        blocks = find_blocks(model)
+        inside = [t for t in [*plan.targets, *plan.experts] if blocks.contains(t.name)]
+        names = {t.name for t in inside}
+        outside = [t.name for t in [*plan.targets, *plan.experts] if t.name not in names]
+        for name in outside:
+            plan.skipped[name] = f"outside the transformer blocks ({blocks.name}.*): {self.name} prunes blocks only"
         if outside:
             warnings.warn(f"{self.name} prunes the transformer blocks only; left dense: {', '.join(outside)}",
                           stacklevel=3)
         sparsities = self.layer_sparsities(model, plan, inside)
         engine = {k: plan.options[k] for k in ENGINE_OPTIONS if k in plan.options}
         journal = plan.journal
+        self._uncalibrated: list[str] = []
 
         def visit(i: int, block_name: str, block: nn.Module, inputs: list[BlockInputs]) -> None:
-            targets = block_targets(plan, block_name)
+            targets = [t for t in block_targets(plan, block_name) if t.name in names]
             if not targets:
                 return
             stats = self.collect(block, targets, inputs, engine.get("device"))
             for t in targets:
                 if journal is not None and self.updates_weights:
-                    journal.record(t.module)
-                self.prune_layer(t.name, t.module, stats, sparsities[t.name], plan)
+                    journal.record(t.module, t.param)
+                if t.param == "weight":
+                    self.prune_layer(t.name, t.module, stats, sparsities[t.name], plan)
+                else:
+                    self.prune_experts(t, stats, sparsities[t.name], plan)
 
         walk_blocks_(model, plan.calibration, visit, progress=plan.progress, desc=self.name, **engine)
+        if self._uncalibrated:
+            note = (f"{len(self._uncalibrated)} expert matrices received no calibration token (the router sent "
+                    f"none to them) and were pruned by weight magnitude: {', '.join(self._uncalibrated[:6])}"
+                    + (" …" if len(self._uncalibrated) > 6 else ""))
+            plan.notes.append(note)
+            warnings.warn(note, stacklevel=3)
 
-    def collect(self, block: nn.Module, targets: list[Target], inputs: list[BlockInputs], device: Any) -> InputStats:
+    def collect(self, block: nn.Module, targets: list[Target], inputs: list[BlockInputs], device: Any,
+                hessian: bool | None = None) -> InputStats:
         """Run ``block`` over all calibration batches with hooks on ``targets``; return their input statistics."""
-        stats = InputStats({t.name: t.module for t in targets}, hessian=self.hessian)
+        linears = {t.name: t.module for t in targets if t.param == "weight"}
+        experts = {}
+        for t in targets:
+            if t.param != "weight":
+                fused = _fused_of(t)
+                experts[fused.name] = fused
+        stats = InputStats(linears, hessian=self.hessian if hessian is None else hessian, experts=experts)
         with stats:
             for s in inputs:
                 stats.new_call()
@@ -142,18 +218,26 @@ class BlockwiseMethod:
             return {t.name: plan.sparsity for t in targets}
         scores: dict[str, Tensor] = {}
         engine = {k: plan.options[k] for k in ENGINE_OPTIONS if k in plan.options}
+        names = {t.name for t in targets}
 
         def visit(i: int, block_name: str, block: nn.Module, inputs: list[BlockInputs]) -> None:
-            mine = block_targets(plan, block_name)
+            mine = [t for t in block_targets(plan, block_name) if t.name in names]
             if not mine:
                 return
-            stats = InputStats({t.name: t.module for t in mine})
-            with stats:
-                for s in inputs:
-                    stats.new_call()
-                    run_block(block, s, engine.get("device"))
+            stats = self.collect(block, mine, inputs, engine.get("device"), hessian=False)
             for t in mine:
-                scores[t.name] = wanda_scores(t.module, stats.col_norms(t.name)).cpu()
+                if t.param == "weight":
+                    scores[t.name] = wanda_scores(t.module, stats.col_norms(t.name)).cpu()
+                    continue
+                fused, old = _fused_of(t), get_mask(t.module, t.param)
+                per_expert = []
+                for e in range(fused.num_experts):
+                    key = fused.key(t.param, e)
+                    w = fused.matrix(t.param, e)
+                    norms = stats.col_norms(key) if stats.seen(key) else torch.ones(w.shape[1])
+                    keep = None if old is None else (old[e].t() if fused.transposed else old[e])
+                    per_expert.append(wanda_matrix_scores(w, norms, keep).cpu())
+                scores[t.name] = torch.stack(per_expert)
 
         walk_blocks_(model, plan.calibration, visit, progress=plan.progress, desc=f"{plan.allocation} scores", **engine)
         counts = allocate(scores, plan.sparsity, plan.allocation, **plan.allocation_options)

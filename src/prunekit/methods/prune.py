@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -15,6 +16,7 @@ from ..core.mask import MaskSnapshot, get_mask, set_mask_
 from ..core.pattern import Pattern, check_pattern, parse_pattern
 from ..core.scope import Scope, select_targets
 from ..criteria.base import ScoreContext
+from ..calibrate.moe import expert_targets
 from .base import METHODS, PrunePlan, WeightJournal
 
 
@@ -31,17 +33,23 @@ class PruneReport:
     zeros_in_scope: int
     layers: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data (JSON-ready)."""
         return asdict(self)
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"{self.method} ({self.pattern}, {self.allocation}): {len(self.layers)} tensors, "
             f"sparsity {self.sparsity:.4f} (target {self.target_sparsity:.4f}) over {self.params_in_scope:,} "
             f"weights in scope, {self.seconds:.2f} s"
         )
+        if self.skipped:
+            shown = ", ".join(list(self.skipped)[:4]) + (" …" if len(self.skipped) > 4 else "")
+            text += f"; {len(self.skipped)} left dense ({shown}: {next(iter(self.skipped.values()))})"
+        return text
 
 
 def _resolve_sparsity(sparsity: float | None, pattern: Pattern) -> float:
@@ -80,14 +88,25 @@ def plan_prune(
     target = _resolve_sparsity(sparsity, pat)
     if pat.kind != "nm":
         ALLOCATIONS.get(allocation)
-    targets = select_targets(model, scope)
+    experts = expert_targets(model, scope)
+    try:
+        targets = select_targets(model, scope)
+    except ValueError:
+        if not experts:
+            raise
+        targets = []  # the scope names fused expert weights only
     for t in targets:
         check_pattern(pat, t.matrix_shape, t.name)
     allocation_options = {k: options.pop(k) for k in ("floor", "power", "owl_m", "owl_lambda") if k in options}
     ctx = ScoreContext(data=data, loss_fn=loss_fn, example_inputs=example_inputs, seed=seed,
                        max_batches=max_batches, options={k: options[k] for k in ("temperature",) if k in options})
     plan = PrunePlan(targets, target, pat, allocation, allocation_options, ctx, calibration, progress, options)
+    plan.experts = experts
     impl = factory()
+    if not getattr(impl, "prunes_experts", False):
+        for t in experts:
+            plan.skipped[t.name] = (f"fused 3-D expert weights: {method} prunes Linear and Conv weights only "
+                                    "(wanda and sparsegpt prune every expert)")
     impl.validate(model, plan)
     return impl, plan
 
@@ -131,6 +150,9 @@ def prune_(
         loss_fn=loss_fn, example_inputs=example_inputs, calibration=calibration, seed=seed,
         max_batches=max_batches, progress=progress, **options,
     )
+    if plan.skipped:
+        warnings.warn(f"{method} leaves {len(plan.skipped)} tensors in scope dense: "
+                      f"{', '.join(plan.skipped)} ({next(iter(plan.skipped.values()))})", stacklevel=2)
     snapshot = MaskSnapshot(model)
     plan.journal = WeightJournal()
     target = plan.sparsity
@@ -156,12 +178,14 @@ def prune_(
 
 def _report(method: str, plan: PrunePlan, target: float, seconds: float) -> PruneReport:
     layers, total, zeros = {}, 0, 0
-    for t in plan.targets:
-        mask = get_mask(t.module)
+    for t in [*plan.targets, *plan.experts]:
+        mask = get_mask(t.module, t.param)
         n = t.numel
         z = 0 if mask is None else int(n - mask.sum())
         layers[t.name] = z / n
         total += n
         zeros += z
     alloc = "n/a" if plan.pattern.kind == "nm" else plan.allocation
-    return PruneReport(method, str(plan.pattern), alloc, target, zeros / total, total, zeros, layers, seconds)
+    return PruneReport(method, str(plan.pattern), alloc, target, zeros / total, total, zeros, layers, seconds,
+                       dict(plan.skipped), list(plan.notes))
+

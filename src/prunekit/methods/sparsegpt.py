@@ -16,9 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from ..calibrate import InputStats
-from ..core.mask import get_mask
 from .base import METHODS, PrunePlan
-from .layerwise import BlockwiseMethod, is_transposed, rows_view, write_rows_
+from .layerwise import BlockwiseMethod
 
 
 def inverse_hessian_factor(h: Tensor, percdamp: float) -> tuple[Tensor, Tensor]:
@@ -115,25 +114,27 @@ class SparseGPT(BlockwiseMethod):
         if not isinstance(pd, (int, float)) or not 0 < pd < 1:
             raise ValueError(f"percdamp must be in (0, 1), got {pd!r}")
 
-    def collect(self, block: nn.Module, targets, inputs, device) -> InputStats:
+    def collect(self, block: nn.Module, targets, inputs, device, hessian: bool | None = None) -> InputStats:
         self._factors: dict[str, tuple[Tensor, Tensor]] = {}
-        return super().collect(block, targets, inputs, device)
+        return super().collect(block, targets, inputs, device, hessian)
 
-    def prune_layer(self, name: str, module: nn.Module, stats: InputStats, sparsity: float, plan: PrunePlan) -> None:
-        """Reconstruct the layer's weight with the mask SparseGPT picks; layers sharing an input share H⁻¹."""
-        owner = stats.owner[name]
+    def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: InputStats, sparsity: float,
+                     plan: PrunePlan) -> tuple[Tensor, Tensor]:
+        """Reconstruct the weight with the mask SparseGPT picks; layers sharing an input share H⁻¹. A matrix
+        that saw no calibration token (an expert the router never chose) uses H = I: magnitude pruning."""
+        owner = stats.owner.get(key, key)
         if owner not in self._factors:
-            self._factors[owner] = inverse_hessian_factor(stats.gram(name), plan.options.get("percdamp", 0.01))
+            h = stats.gram(key) if stats.seen(key) else torch.eye(w.shape[1], device=w.device)
+            self._factors[owner] = inverse_hessian_factor(h, plan.options.get("percdamp", 0.01))
         hinv, dead = self._factors[owner]
-        w = rows_view(module).to(hinv.device)
-        old = get_mask(module)
-        keep_old = None if old is None else (old.t() if is_transposed(module) else old).to(w.device)
+        w = w.to(hinv.device)
+        keep_old = None if keep_old is None else keep_old.to(w.device)
         n, m = (plan.pattern.n, plan.pattern.m) if plan.pattern.kind == "nm" else (0, 0)
         new_w, keep = sparsegpt_prune(w, hinv, dead, sparsity, n, m, plan.options.get("blocksize", 128), keep_old)
         if keep_old is not None:
             keep &= keep_old
             new_w = new_w * keep
-        write_rows_(module, keep, new_w)
+        return keep, new_w
 
 
 METHODS.add("sparsegpt", SparseGPT)

@@ -9,13 +9,13 @@ feeding the next block. No weight is updated.
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor
 
 from ..calibrate import InputStats
 from ..core.pattern import Pattern, mask_from_scores
 from .base import METHODS, PrunePlan
-from ..core.mask import get_mask
-from .layerwise import BlockwiseMethod, is_transposed, wanda_scores, write_rows_
+from .layerwise import BlockwiseMethod, wanda_matrix_scores
 
 
 class Wanda(BlockwiseMethod):
@@ -25,16 +25,15 @@ class Wanda(BlockwiseMethod):
     hessian = False
     patterns = ("unstructured", "row", "nm", "block")
 
-    def prune_layer(self, name: str, module: nn.Module, stats: InputStats, sparsity: float, plan: PrunePlan) -> None:
-        """Mask the lowest |W|·‖X‖ of every output row (or of every M-group, or whole blocks)."""
-        score = wanda_scores(module, stats.col_norms(name))
+    def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: InputStats, sparsity: float,
+                     plan: PrunePlan) -> tuple[Tensor, None]:
+        """Mask the lowest |W|·‖X‖ of every output row (or of every M-group, or whole blocks). A matrix that saw
+        no calibration token (an expert the router never chose) is ranked by |W| alone."""
+        norms = stats.col_norms(key) if stats.seen(key) else torch.ones(w.shape[1], device=w.device)
+        score = wanda_matrix_scores(w, norms, keep_old)
         # The paper's comparison group for unstructured sparsity is the output row.
         pattern = Pattern("row") if plan.pattern.kind == "unstructured" else plan.pattern
-        keep = mask_from_scores(score, pattern, round(sparsity * score.numel()))
-        old = get_mask(module)
-        if old is not None:
-            keep &= (old.t() if is_transposed(module) else old).to(keep.device)
-        write_rows_(module, keep)
+        return mask_from_scores(score, pattern, round(sparsity * score.numel())), None
 
 
 METHODS.add("wanda", Wanda)

@@ -5,13 +5,14 @@ from .api import TARGETS, groups, prune, prune_
 from .graph import DependencyGraph, UnsupportedOperation
 from .importance import IMPORTANCES
 from .inference import fold_bn_, for_inference
-from .layers import block_influence, choose_sublayers, prune_layers_
+from .layers import LayerPruneReport, block_influence, choose_sublayers, prune_layers_
 from .trace import build_graph
-from .transformer_api import prune_transformer_
-from .transformers import attention_layers, input_norms, mlp_layers, prune_heads_, prune_neurons_
+from .transformer_api import TRANSFORMER_UNITS, HeadsConfig, LayersConfig, NeuronsConfig, prune_transformer_
+from .transformers import HeadPruneReport, NeuronPruneReport, attention_layers, mlp_layers, prune_heads_, prune_neurons_
 
 __all__ = [
-    "IMPORTANCES", "TARGETS", "DependencyGraph", "UnsupportedOperation", "attention_layers", "block_influence",
-    "build_graph", "choose_sublayers", "fold_bn_", "for_inference", "groups", "input_norms", "mlp_layers", "prune",
-    "prune_", "prune_heads_", "prune_layers_", "prune_neurons_", "prune_transformer_",
+    "IMPORTANCES", "TARGETS", "TRANSFORMER_UNITS", "DependencyGraph", "HeadPruneReport", "HeadsConfig",
+    "LayerPruneReport", "LayersConfig", "NeuronPruneReport", "NeuronsConfig", "UnsupportedOperation",
+    "attention_layers", "block_influence", "build_graph", "choose_sublayers", "fold_bn_", "for_inference", "groups",
+    "mlp_layers", "prune", "prune_", "prune_heads_", "prune_layers_", "prune_neurons_", "prune_transformer_",
 ]

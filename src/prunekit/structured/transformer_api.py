@@ -1,47 +1,103 @@
-"""One entry point for the CLI: ``prune_transformer_(model, what="heads"|"neurons"|"layers", ratio=…)``."""
+"""One entry point for transformers: ``prune_transformer_(model, "heads"|"neurons"|"layers", sparsity=…)``,
+and the typed configs (one per kind) that recipes hold, registered in :data:`TRANSFORMER_UNITS`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Literal, Optional, Union
 
 from torch import nn
 
-from .layers import block_list, prune_layers_
-from .transformers import prune_heads_, prune_neurons_
+from ..core.config import Config
+from ..core.deprecation import renamed_args
+from ..core.fraction import check_fraction
+from ..core.registry import Registry
+from ..core.fraction import Sparsity
+from .layers import LayerPruneReport, prune_layers_
+from .transformers import HeadPruneReport, NeuronPruneReport, prune_heads_, prune_neurons_
 
 WHATS = ("heads", "neurons", "layers")
+Importance = Optional[Literal["l1", "l2", "random", "activation"]]
 
 
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+class HeadsConfig(Config):
+    """Settings of :func:`prunekit.structured.prune_heads_` (``importance`` None: ``activation`` when there is
+    calibration, else ``l2``)."""
+
+    what: Literal["heads"] = "heads"
+    sparsity: Sparsity = 0.25
+    importance: Importance = None
+    unit: Literal["auto", "group", "query"] = "auto"
+    seed: int = 0
+    finalize: bool = False
+    reloadable: bool = True
 
 
-def prune_transformer_(model: nn.Module, what: str = "heads", ratio: float = 0.25, calibration: Any = None,
-                       importance: str | None = None, progress: bool = False) -> dict[str, Any]:
-    """Shrink a Hugging Face transformer in place: remove ``ratio`` of its attention heads (whole GQA
-    groups), of its MLP neurons, or of its blocks (``layers``: ShortGPT Block Influence on
-    ``calibration``, which is then required). Heads and neurons are ranked by ``importance``: by
-    default ``activation`` when ``calibration`` is given, else ``l2``. Returns a report: what was
-    removed, and the parameter counts and config sizes before and after."""
-    if what not in WHATS:
-        raise ValueError(f"what must be one of {', '.join(WHATS)}, got {what!r}")
-    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-        raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
-    if what == "layers" and calibration is None:
+class NeuronsConfig(Config):
+    """Settings of :func:`prunekit.structured.prune_neurons_`."""
+
+    what: Literal["neurons"] = "neurons"
+    sparsity: Sparsity = 0.25
+    importance: Importance = None
+    seed: int = 0
+    finalize: bool = False
+
+
+class LayersConfig(Config):
+    """Settings of :func:`prunekit.structured.prune_layers_` (blocks by ShortGPT's Block Influence, or
+    FinerCut's sublayers); ``sparsity`` is the fraction of blocks (sublayers) removed."""
+
+    what: Literal["layers"] = "layers"
+    sparsity: Sparsity = 0.25
+    unit: Literal["block", "sublayer"] = "block"
+
+
+TransformerConfig = Union[HeadsConfig, NeuronsConfig, LayersConfig]
+Report = Union[HeadPruneReport, NeuronPruneReport, LayerPruneReport]
+
+
+def _heads(model: nn.Module, cfg: HeadsConfig, calibration: Any, progress: bool) -> HeadPruneReport:
+    return prune_heads_(model, cfg.sparsity, _importance(cfg.importance, calibration), cfg.seed, calibration,
+                        unit=cfg.unit, finalize=cfg.finalize, reloadable=cfg.reloadable)
+
+
+def _neurons(model: nn.Module, cfg: NeuronsConfig, calibration: Any, progress: bool) -> NeuronPruneReport:
+    return prune_neurons_(model, cfg.sparsity, _importance(cfg.importance, calibration), cfg.seed, calibration,
+                          finalize=cfg.finalize)
+
+
+def _layers(model: nn.Module, cfg: LayersConfig, calibration: Any, progress: bool) -> LayerPruneReport:
+    if calibration is None:
         raise ValueError("what='layers' ranks blocks on data: pass calibration= (a batch of token ids or inputs)")
-    if importance is None:
-        importance = "activation" if calibration is not None else "l2"
-    before = _params(model)
-    report: dict[str, Any] = {"what": what, "ratio": ratio, "params_before": before,
-                              "importance": importance if what != "layers" else "block_influence"}
-    if what == "heads":
-        report.update(prune_heads_(model, ratio, importance, calibration=calibration))
-    elif what == "neurons":
-        report["intermediate_size"] = prune_neurons_(model, ratio, importance, calibration=calibration)
-    else:
-        _, blocks = block_list(model)
-        n = min(len(blocks) - 1, round(ratio * len(blocks)))
-        report["removed_blocks"] = prune_layers_(model, calibration, n=n, unit="block", progress=progress)
-        report["num_hidden_layers"] = len(block_list(model)[1])
-    report["params_after"] = _params(model)
-    return report
+    return prune_layers_(model, calibration, sparsity=cfg.sparsity, unit=cfg.unit, progress=progress)
+
+
+def _importance(importance: str | None, calibration: Any) -> str:
+    return importance or ("activation" if calibration is not None else "l2")
+
+
+TRANSFORMER_UNITS: Registry[Callable[..., Report]] = Registry("transformer unit", key="what")
+TRANSFORMER_UNITS.add("heads", _heads, config=HeadsConfig)
+TRANSFORMER_UNITS.add("neurons", _neurons, config=NeuronsConfig)
+TRANSFORMER_UNITS.add("layers", _layers, config=LayersConfig)
+
+
+@renamed_args(ratio="sparsity")
+def prune_transformer_(model: nn.Module, what: str | TransformerConfig | dict = "heads", sparsity: float | None = None,
+                       calibration: Any = None, importance: str | None = None, progress: bool = False,
+                       **options: Any) -> Report:
+    """Shrink a Hugging Face transformer in place: remove ``sparsity`` of its attention heads (whole GQA
+    groups), of its MLP neurons, or of its blocks (``layers``: ShortGPT Block Influence on ``calibration``,
+    which is then required). ``what`` is a name, a config (:class:`HeadsConfig`, :class:`NeuronsConfig`,
+    :class:`LayersConfig`) or a dict with ``what``; keywords override its fields. Heads and neurons are ranked
+    by ``importance``: by default ``activation`` when ``calibration`` is given, else ``l2``. Returns the
+    report of the kind pruned (each has ``to_dict()`` and counts parameters before and after)."""
+    if isinstance(what, str) and what not in WHATS:
+        raise ValueError(f"what must be one of {', '.join(WHATS)}, got {what!r}")
+    fields = dict(options)
+    if sparsity is not None:
+        fields["sparsity"] = check_fraction(sparsity, "sparsity", "[0, 1)")
+    if importance is not None:
+        fields["importance"] = importance
+    data = {"what": what} if isinstance(what, str) else what
+    cfg = TRANSFORMER_UNITS.parse_config(data, **fields)
+    return TRANSFORMER_UNITS.get(cfg.what)(model, cfg, calibration, progress)

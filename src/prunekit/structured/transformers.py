@@ -1,268 +1,385 @@
 """Hugging Face transformers: remove attention heads and MLP neurons, and update the config.
 
-Heads are removed by whole key/value groups under grouped-query attention (a key/value head and
-the query heads that read it go together), so the query-per-kv ratio is unchanged. The same number
-of heads (neurons) is kept in every layer, chosen per layer by importance, so the model's config
-(``num_attention_heads``, ``num_key_value_heads``, ``head_dim``, ``intermediate_size``) describes
-the smaller model and ``save_pretrained`` + ``from_pretrained`` reload it. Head pruning follows
-Michel et al., 2019 ("Are Sixteen Heads Really Better than One?"); neuron pruning the width
-pruning of LLM-Pruner (Ma et al., 2023) and Minitron (Muralidharan et al., 2024).
+Heads go by whole key/value groups under grouped-query attention (a key/value head and the query heads
+that read it go together), so the query-per-kv ratio is unchanged; a model with a single key/value
+head (multi-query attention: Falcon-7B, Gemma 3 270M) loses query heads instead. Every layer keeps the
+same number of heads (neurons), chosen per layer by importance, so the config describes the smaller
+model; ``head_dim`` is written to the config explicitly, the head count is moved to the nearest one the
+config class accepts when it checks ``hidden_size % num_attention_heads`` (Llama, Gemma 2/3), and the
+report says whether ``from_pretrained`` rebuilds the saved model (GPT-2, GPT-NeoX, OPT, Falcon and BERT
+derive the head size from ``hidden_size / num_attention_heads``, so their pruned heads do not reload;
+save them with ``torch.save``). Head pruning follows Michel et al., 2019 ("Are Sixteen Heads Really
+Better than One?"); neuron pruning the width pruning of LLM-Pruner (Ma et al., 2023) and Minitron
+(Muralidharan et al., 2024). MoE experts lose the same number of neurons each, chosen per expert.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .removal import _slice_param
+from ..calibrate.moe import expert_rows_for_neurons, neuron_of_rows
+from ..calibrate.stats import InputStats, collect_input_stats
+from ..core.deprecation import renamed_args
+from .hf_common import (
+    check_common, config_accepts, finalize_masks_, guard_masks, keep_cols_, keep_count, keep_rows_, matrix,
+    param_count, reload_problem, row_norms, top,
+)
+from .hf_layouts import Q, AttentionParts, ExpertMLPs, MLPParts, attention_layers, groups_by_field, mlp_layers
 
-HEAD_IMPORTANCES = ("l1", "l2", "random", "activation")
+HEAD_UNITS = ("auto", "group", "query")
 
 
 @dataclass
-class AttentionParts:
-    """One attention layer: its holder module, q/k/v/o projections and head layout."""
+class HeadPruneReport:
+    """What :func:`prune_heads_` did."""
 
-    name: str
-    holder: nn.Module
-    q: nn.Linear
-    k: nn.Linear
-    v: nn.Linear
-    o: nn.Linear
+    sparsity: float
+    importance: str
+    unit: str  # "group" (whole key/value groups) or "query" (query heads within each group)
+    layers: int
+    heads_before: int
+    heads_after: int
+    kv_heads_before: int
+    kv_heads_after: int
     head_dim: int
+    params_before: int
+    params_after: int
+    reloadable: bool
+    notes: list[str] = field(default_factory=list)
 
-    @property
-    def heads(self) -> int:
-        return self.q.out_features // self.head_dim
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data (JSON-ready)."""
+        return asdict(self)
 
-    @property
-    def kv_heads(self) -> int:
-        return self.k.out_features // self.head_dim
+    def __str__(self) -> str:
+        text = (f"heads: {self.heads_before} → {self.heads_after} query, {self.kv_heads_before} → "
+                f"{self.kv_heads_after} key/value (head_dim {self.head_dim}) in {self.layers} layers, by "
+                f"{self.importance} ({self.unit}); parameters {self.params_before:,} → {self.params_after:,}")
+        return "; ".join([text, *self.notes])
 
 
 @dataclass
-class MLPParts:
-    """One MLP: the projections into the intermediate width (gate and up, or one) and the one out of it."""
+class NeuronPruneReport:
+    """What :func:`prune_neurons_` did: each width (by its config field) before and after."""
 
-    name: str
-    ins: list[nn.Linear]
-    out: nn.Linear
+    sparsity: float
+    importance: str
+    widths: dict[str, tuple[int, int]]
+    layers: int
+    params_before: int
+    params_after: int
+    reloadable: bool
+    notes: list[str] = field(default_factory=list)
 
+    @property
+    def intermediate_size(self) -> int:
+        """The main MLP width after pruning (the dense MLPs', else the experts')."""
+        return next(iter(self.widths.values()))[1]
 
-def attention_layers(model: nn.Module) -> list[AttentionParts]:
-    """The attention layers of a Llama-, ViT- or BERT-style model (q_proj/k_proj/v_proj/o_proj, or
-    BERT's query/key/value with ``output.dense``)."""
-    mods = dict(model.named_modules())
-    found = []
-    for name, m in mods.items():
-        if all(isinstance(getattr(m, a, None), nn.Linear) for a in ("q_proj", "k_proj", "v_proj", "o_proj")):
-            q, k, v, o = m.q_proj, m.k_proj, m.v_proj, m.o_proj
-        elif all(isinstance(getattr(m, a, None), nn.Linear) for a in ("query", "key", "value")):
-            parent = mods.get(name.rpartition(".")[0])
-            out = getattr(getattr(parent, "output", None), "dense", None)
-            if not isinstance(out, nn.Linear):
-                continue
-            q, k, v, o = m.query, m.key, m.value, out
-        else:
-            continue
-        head_dim = getattr(m, "head_dim", None) or getattr(m, "attention_head_size", None)
-        if not isinstance(head_dim, int):
-            raise ValueError(f"attention module {name!r} has no head_dim or attention_head_size attribute")
-        found.append(AttentionParts(name, m, q, k, v, o, head_dim))
-    return found
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data (JSON-ready)."""
+        return {**asdict(self), "widths": {k: list(v) for k, v in self.widths.items()}}
+
+    def __str__(self) -> str:
+        sizes = ", ".join(f"{k} {a} → {b}" for k, (a, b) in self.widths.items())
+        text = (f"neurons: {sizes} in {self.layers} MLPs, by {self.importance}; parameters "
+                f"{self.params_before:,} → {self.params_after:,}")
+        return "; ".join([text, *self.notes])
 
 
-def mlp_layers(model: nn.Module) -> list[MLPParts]:
-    """The MLPs of a Llama- (gate/up/down), ViT- (fc1/fc2) or BERT-style (intermediate/output) model."""
-    found = []
-    for name, m in model.named_modules():
-        if all(isinstance(getattr(m, a, None), nn.Linear) for a in ("gate_proj", "up_proj", "down_proj")):
-            found.append(MLPParts(name, [m.gate_proj, m.up_proj], m.down_proj))
-        elif all(isinstance(getattr(m, a, None), nn.Linear) for a in ("fc1", "fc2")):
-            found.append(MLPParts(name, [m.fc1], m.fc2))
-        elif isinstance(getattr(getattr(m, "intermediate", None), "dense", None), nn.Linear) and \
-                isinstance(getattr(getattr(m, "output", None), "dense", None), nn.Linear):
-            found.append(MLPParts(name, [m.intermediate.dense], m.output.dense))
-    return found
+# ---------------------------------------------------------------------------------------------- heads
 
-
-def _norm(t: Tensor, importance: str) -> Tensor:
-    t = t.detach().double()
-    return t.abs().sum(1) if importance == "l1" else t.square().sum(1)
-
-
-def _check_ratio(ratio: float, importance: str, calibration: Any) -> None:
-    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-        raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
-    if importance not in HEAD_IMPORTANCES:
-        raise ValueError(f"importance must be one of {', '.join(HEAD_IMPORTANCES)}, got {importance!r}")
-    if importance == "activation" and calibration is None:
-        raise ValueError("importance='activation' measures activations: pass calibration= (token ids or inputs)")
-
-
-@torch.no_grad()
-def input_norms(model: nn.Module, linears: list[nn.Linear], calibration: Any) -> list[Tensor]:
-    """Mean squared value of each input feature of each Linear in ``linears`` over the calibration tokens."""
-    from ..core.calling import call_model
-    from .layers import _batches
-
-    sums = [torch.zeros(lin.in_features, dtype=torch.float64) for lin in linears]
-    counts = [0] * len(linears)
-
-    def hook(i: int):
-        def fn(mod: nn.Module, args: tuple) -> None:
-            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
-            sums[i] += x.square().sum(0)
-            counts[i] += x.shape[0]
-        return fn
-
-    handles = [lin.register_forward_pre_hook(hook(i)) for i, lin in enumerate(linears)]
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in _batches(calibration):
-            call_model(model, batch)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return [s / max(c, 1) for s, c in zip(sums, counts)]
+def unit_scores(part: AttentionParts, unit: str = "group", importance: str = "l2", seed: int = 0,
+                act: Tensor | None = None) -> Tensor:
+    """One score per key/value group (``unit="group"``) or per query head (``"query"``): the weights of its
+    rows in the q/k/v projections and of its columns in the output projection (``l1``/``l2``); with
+    ``activation``, what it writes: Σ over its output-projection inputs of E[x²]·‖column‖² (``act`` holds
+    E[x²] per input, FLAP / Minitron's activation importance); or ``random``."""
+    n = part.kv_heads if unit == "group" else part.heads
+    out_unit = part.out_heads() // (part.rep if unit == "group" else 1)
+    if importance == "random":
+        return torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    cols = row_norms(matrix(part.out).t(), "l2" if importance == "activation" else importance)
+    if importance == "activation":
+        assert act is not None
+        return torch.zeros(n, dtype=torch.float64).index_add_(0, out_unit, act.double().cpu() * cols)
+    score = torch.zeros(n, dtype=torch.float64).index_add_(0, out_unit, cols)
+    for p in part.projections:
+        rows = row_norms(matrix(p.module), importance)
+        units = part.row_groups(p) if unit == "group" else torch.where(p.kind == Q, p.head, -1)
+        chosen = units >= 0
+        score.index_add_(0, units[chosen], rows[chosen])
+    return score
 
 
 def head_scores(part: AttentionParts, importance: str = "l2", seed: int = 0, act: Tensor | None = None) -> Tensor:
-    """One score per key/value group: the weights of its k/v heads, its query heads and their o columns;
-    with ``importance="activation"``, what the group writes: Σ over its o_proj inputs of E[x²]·‖o column‖²
-    (``act`` holds E[x²] per o_proj input, as FLAP / Minitron's activation importance)."""
-    d, kv = part.head_dim, part.kv_heads
-    rep = part.heads // kv
-    if importance == "activation":
-        return (act * _norm(part.o.weight.t(), "l2")).view(kv, rep * d).sum(1)
-    if importance == "random":
-        return torch.rand(kv, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    q = _norm(part.q.weight, importance).view(kv, rep * d).sum(1)
-    k = _norm(part.k.weight, importance).view(kv, d).sum(1)
-    v = _norm(part.v.weight, importance).view(kv, d).sum(1)
-    o = _norm(part.o.weight.t(), importance).view(kv, rep * d).sum(1)
-    return q + k + v + o
+    """One score per key/value group (see :func:`unit_scores`)."""
+    return unit_scores(part, "group", importance, seed, act)
 
 
-def _heads_to_keep(part: AttentionParts, keep_groups: Tensor) -> tuple[Tensor, Tensor]:
-    d, rep = part.head_dim, part.heads // part.kv_heads
-    kv_rows = (keep_groups[:, None] * d + torch.arange(d)).flatten()
-    q_heads = (keep_groups[:, None] * rep + torch.arange(rep)).flatten()
-    q_rows = (q_heads[:, None] * d + torch.arange(d)).flatten()
-    return q_rows, kv_rows
+def _kept_queries(part: AttentionParts, scores: Tensor, per_group: int) -> Tensor:
+    """The query heads kept: the ``per_group`` best of every key/value group."""
+    chosen = [g * part.rep + top(scores[g * part.rep:(g + 1) * part.rep], per_group) for g in range(part.kv_heads)]
+    return torch.cat(chosen)
 
 
-def _keep_count(n: int, ratio: float) -> int:
-    """How many of ``n`` units stay when ``ratio`` of them go (at least one)."""
-    return max(1, n - math.floor(n * ratio + 1e-9))
+def _apply_heads(part: AttentionParts, unit: str, kept: Tensor) -> None:
+    """Keep units ``kept`` (groups or query heads) of one attention layer, in every projection."""
+    out_heads = part.out_heads()
+    if unit == "group":
+        q_heads = (kept[:, None] * part.rep + torch.arange(part.rep)).flatten()
+        for p in part.projections:
+            keep_rows_(p.module, torch.isin(part.row_groups(p), kept).nonzero().reshape(-1))
+    else:
+        q_heads = kept
+        for p in part.projections:
+            alive = (p.kind != Q) | torch.isin(p.head, kept)
+            keep_rows_(p.module, alive.nonzero().reshape(-1))
+    keep_cols_(part.out, torch.isin(out_heads, q_heads).nonzero().reshape(-1))
 
 
-def _top(scores: Tensor, keep: int) -> Tensor:
-    """Indices of the ``keep`` highest scores, in ascending order (ties to the lower index)."""
-    return torch.sort(torch.argsort(scores, descending=True, stable=True)[:keep]).values
+def _holder_sizes_(part: AttentionParts, heads: int, kv: int) -> None:
+    """Update the size attributes the attention module reads in its forward."""
+    h, d = part.holder, part.head_dim
+    values = {"num_heads": heads, "num_attention_heads": heads, "n_heads": heads, "num_key_value_heads": kv,
+              "num_kv_heads": kv, "num_key_value_groups": heads // kv, "all_head_size": heads * d}
+    if part.layout == "fused" and hasattr(h, "split_size"):
+        values["split_size"] = heads * d  # GPT-2 splits c_attn's output at split_size
+    for attr, value in values.items():
+        if isinstance(getattr(h, attr, None), int) and not isinstance(getattr(h, attr), bool):
+            setattr(h, attr, value)
 
 
-def prune_heads_(model: nn.Module, ratio: float = 0.25, importance: str = "l2", seed: int = 0,
-                 calibration: Any = None) -> dict[str, int]:
-    """Remove ``ratio`` of the attention heads of every layer (whole key/value groups under GQA), the
-    lowest-scoring per layer; the same count in every layer, and the config updated. Returns the new
-    head counts. ``importance``: ``l1``/``l2`` (weights), ``random``, or ``activation`` (needs
-    ``calibration``; recommended for pretrained LLMs). Michel et al., 2019."""
-    _check_ratio(ratio, importance, calibration)
+def _settable(config: Any, name: str, declared: bool = True) -> bool:
+    """Whether ``config.<name>`` may be written (a field, not a derived property; ``declared``: already present)."""
+    if isinstance(getattr(type(config), name, None), property):
+        return False
+    return hasattr(config, name) or not declared
+
+
+def _head_config(config: Any, heads: int, kv: int, d: int) -> dict[str, Any]:
+    """The config fields that describe ``heads`` query and ``kv`` key/value heads of size ``d``."""
+    changes: dict[str, Any] = {"num_attention_heads": heads}
+    if getattr(config, "num_key_value_heads", None) is not None and _settable(config, "num_key_value_heads"):
+        changes["num_key_value_heads"] = kv
+    if _settable(config, "num_kv_heads") and (getattr(config, "new_decoder_architecture", False)
+                                              or not getattr(config, "multi_query", False)):
+        changes["num_kv_heads"] = kv  # Falcon; its multi-query layout has one key/value head whatever the field says
+    if _settable(config, "head_dim", declared=False):
+        changes["head_dim"] = d  # explicit, so that a config class reading getattr(config, "head_dim") rebuilds it
+    return changes
+
+
+def _choose_count(config: Any, units: int, wanted: int, sizes: Any) -> tuple[int, str | None]:
+    """The unit count to keep: ``wanted`` when the config class accepts the sizes it gives, else the nearest
+    count it accepts (preferring one that still prunes); returns the count and a note when it moved."""
+    if wanted == units or config_accepts(config, sizes(wanted)) is None:
+        return wanted, None
+    why = config_accepts(config, sizes(wanted))
+    options = [k for k in range(1, units) if config_accepts(config, sizes(k)) is None]
+    if not options:
+        return wanted, None  # nothing reloads; the caller reports it
+    best = min(options, key=lambda k: (abs(k - wanted), -k))
+    return best, f"kept {best} of {units} units instead of {wanted} so that from_pretrained reloads it ({why})"
+
+
+@renamed_args(ratio="sparsity")
+def prune_heads_(model: nn.Module, sparsity: float = 0.25, importance: str = "l2", seed: int = 0,
+                 calibration: Any = None, *, unit: str = "auto", finalize: bool = False,
+                 reloadable: bool = True) -> HeadPruneReport:
+    """Remove ``sparsity`` of the attention heads of every layer, the lowest-scoring per layer, the same
+    count in every layer; the config is updated. ``unit``: ``group`` (whole key/value groups under GQA),
+    ``query`` (query heads, the same number in every group) or ``auto`` (groups, unless there is a single
+    key/value head). ``importance``: ``l1``/``l2`` (weights), ``random``, or ``activation`` (needs
+    ``calibration``; recommended for pretrained LLMs). With ``reloadable`` the count may move to the
+    nearest one the config class accepts (the report says so). A model that holds pruning masks is
+    refused unless ``finalize=True`` bakes them in first. Michel et al., 2019."""
+    s = check_common(sparsity, importance, calibration, "prune_heads_")
+    if unit not in HEAD_UNITS:
+        raise ValueError(f"unit must be one of {', '.join(HEAD_UNITS)}, got {unit!r}")
     parts = attention_layers(model)
     if not parts:
-        raise ValueError(f"found no attention layers (q_proj/k_proj/v_proj/o_proj or query/key/value) in "
-                         f"{type(model).__name__}; prune_heads_ supports Llama-, BERT- and ViT-style models")
-    counts = {(p.heads, p.kv_heads) for p in parts}
+        raise ValueError(f"found no attention layers in {type(model).__name__}: looked for q_proj/k_proj/v_proj "
+                         "(or query/key/value, q_lin/k_lin/v_lin) with an output projection, and for fused "
+                         "qkv_proj / c_attn / query_key_value; prune_heads_ supports Hugging Face transformers")
+    counts = {(p.heads, p.kv_heads, p.head_dim) for p in parts}
     if len(counts) != 1:
-        raise ValueError(f"layers have different head counts {sorted(counts)}; prune_heads_ needs uniform layers")
-    heads, kv = counts.pop()
-    keep = _keep_count(kv, ratio)
-    rep = heads // kv
-    acts = input_norms(model, [p.o for p in parts], calibration) if importance == "activation" and keep != kv \
-        else [None] * len(parts)
-    for i, part in enumerate(parts):
-        if keep == kv:
-            break
-        scores = head_scores(part, importance, seed + i, acts[i])
-        kept = _top(scores, keep)
-        q_rows, kv_rows = _heads_to_keep(part, kept)
-        for lin, rows in ((part.q, q_rows), (part.k, kv_rows), (part.v, kv_rows)):
-            _slice_param(lin, "weight", rows, 0)
-            _slice_param(lin, "bias", rows, 0)
-            lin.out_features = len(rows)
-        _slice_param(part.o, "weight", q_rows, 1)
-        part.o.in_features = len(q_rows)
-        h = part.holder
-        if hasattr(h, "num_attention_heads"):
-            h.num_attention_heads = keep * rep
-        if hasattr(h, "all_head_size"):
-            h.all_head_size = keep * rep * part.head_dim
-        if hasattr(h, "num_key_value_heads"):
-            h.num_key_value_heads = keep
+        raise ValueError(f"layers have different head layouts {sorted(counts)} (query heads, key/value heads, "
+                         "head_dim); prune_heads_ needs uniform layers")
+    heads, kv, d = counts.pop()
     config = getattr(model, "config", None)
-    if keep != kv and not hasattr(parts[0].holder, "head_dim"):
-        warnings.warn(f"{type(model).__name__} derives its head size from hidden_size / num_attention_heads, so "
-                      "from_pretrained cannot rebuild the pruned heads from the config; save it with torch.save "
-                      "(neuron and block pruning do reload)", stacklevel=2)
-    if config is not None and keep != kv:
-        config.head_dim = parts[0].head_dim
-        config.num_attention_heads = keep * rep
-        if getattr(config, "num_key_value_heads", None) is not None:
-            config.num_key_value_heads = keep
-    return {"num_attention_heads": keep * rep, "num_key_value_heads": keep}
+    if getattr(config, "alibi", False):
+        raise ValueError(f"{type(model).__name__} uses ALiBi, whose per-head slopes depend on the head count: "
+                         "removing heads would change every remaining head's bias; prune neurons or layers instead")
+    chosen = ("query" if kv == 1 else "group") if unit == "auto" else unit
+    rep = heads // kv
+    units = kv if chosen == "group" else rep
+    sizes = (lambda k: _head_config(config, k * rep, k, d)) if chosen == "group" else \
+        (lambda k: _head_config(config, kv * k, kv, d))
+    wanted = keep_count(units, s)
+    keep, note = _choose_count(config, units, wanted, sizes) if reloadable else (wanted, None)
+    new_heads, new_kv = (keep * rep, keep) if chosen == "group" else (kv * keep, kv)
+    before = param_count(model)
+    notes = [note] if note else []
+    if keep != units:
+        if guard_masks(model, finalize, "prune_heads_"):
+            finalize_masks_(model)
+        acts: list[Tensor | None] = [None] * len(parts)
+        if importance == "activation":
+            stats = collect_input_stats(model, {str(i): p.out for i, p in enumerate(parts)}, calibration)
+            acts = [stats.mean_squares(str(i)) for i in range(len(parts))]
+        for i, part in enumerate(parts):
+            scores = unit_scores(part, chosen, importance, seed + i, acts[i])
+            kept = top(scores, keep) if chosen == "group" else _kept_queries(part, scores, keep)
+            _apply_heads(part, chosen, kept)
+            _holder_sizes_(part, new_heads, new_kv)
+        if config is not None:
+            for name, value in sizes(keep).items():
+                setattr(config, name, value)
+    problem = reload_problem(model) if keep != units else None
+    if problem:
+        notes.append(f"from_pretrained cannot rebuild it: {problem}; save it with torch.save")
+        warnings.warn(f"prune_heads_: {problem}; from_pretrained cannot rebuild the pruned heads, save the model "
+                      "with torch.save (neuron and block pruning do reload)", stacklevel=3)
+    return HeadPruneReport(s, importance, chosen, len(parts), heads, new_heads, kv, new_kv, d, before,
+                           param_count(model), problem is None, notes)
 
+
+# -------------------------------------------------------------------------------------------- neurons
 
 def neuron_scores(part: MLPParts, importance: str = "l2", seed: int = 0, act: Tensor | None = None) -> Tensor:
     """One score per intermediate neuron: its rows in gate/up (or fc1) and its column in down (fc2); with
     ``importance="activation"``, E[x²]·‖down column‖² of what it writes (``act`` = E[x²] per down input)."""
-    n = part.out.in_features
-    if importance == "activation":
-        return act * _norm(part.out.weight.t(), "l2")
+    n = part.width
     if importance == "random":
         return torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    s = _norm(part.out.weight.t(), importance)
-    for lin in part.ins:
-        s = s + _norm(lin.weight, importance)
+    cols = row_norms(matrix(part.out).t(), "l2" if importance == "activation" else importance)
+    if importance == "activation":
+        assert act is not None
+        return act.double().cpu() * cols
+    s = cols.clone()
+    for lin, gated in part.ins:
+        rows = row_norms(matrix(lin), importance)
+        s = s + (rows[:n] + rows[n:] if gated else rows)
     return s
 
 
-def prune_neurons_(model: nn.Module, ratio: float = 0.25, importance: str = "l2", seed: int = 0,
-                   calibration: Any = None) -> int:
-    """Remove ``ratio`` of the MLP intermediate neurons of every layer (gate, up and down together), the
-    lowest-scoring per layer, the same count in every layer; updates ``config.intermediate_size``.
-    Returns the new intermediate size. ``importance`` as in :func:`prune_heads_` (``activation`` needs
-    ``calibration``). LLM-Pruner (Ma et al., 2023) / Minitron (Muralidharan et al., 2024) width pruning."""
-    _check_ratio(ratio, importance, calibration)
-    parts = mlp_layers(model)
-    if not parts:
-        raise ValueError(f"found no MLP (gate/up/down_proj, fc1/fc2 or intermediate/output) in {type(model).__name__}")
-    sizes = {p.out.in_features for p in parts}
-    if len(sizes) != 1:
-        raise ValueError(f"MLPs have different widths {sorted(sizes)}; prune_neurons_ needs uniform layers")
-    n = sizes.pop()
-    keep = _keep_count(n, ratio)
-    acts = input_norms(model, [p.out for p in parts], calibration) if importance == "activation" and keep != n \
-        else [None] * len(parts)
-    for i, part in enumerate(parts):
-        if keep == n:
-            break
-        scores = neuron_scores(part, importance, seed + i, acts[i])
-        kept = _top(scores, keep)
-        for lin in part.ins:
-            _slice_param(lin, "weight", kept, 0)
-            _slice_param(lin, "bias", kept, 0)
-            lin.out_features = keep
-        _slice_param(part.out, "weight", kept, 1)
-        part.out.in_features = keep
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "intermediate_size"):
-        config.intermediate_size = keep
-    return keep
+def expert_neuron_scores(experts: ExpertMLPs, expert: int, importance: str = "l2", seed: int = 0,
+                         act: Tensor | None = None) -> Tensor:
+    """One score per intermediate neuron of one fused expert (as :func:`neuron_scores`)."""
+    fe, n = experts.fused, experts.width
+    if importance == "random":
+        return torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    down = fe.matrix(fe.down, expert).double()
+    cols = row_norms(down.t(), "l2" if importance == "activation" else importance)
+    if importance == "activation":
+        assert act is not None
+        return act.double().cpu() * cols
+    up = row_norms(fe.matrix(fe.up, expert).double(), importance)
+    return cols.index_add_(0, neuron_of_rows(fe), up)
+
+
+def _apply_neurons(part: MLPParts, kept: Tensor) -> None:
+    n = part.width
+    for lin, gated in part.ins:
+        keep_rows_(lin, torch.cat([kept, kept + n]) if gated else kept)
+    keep_cols_(part.out, kept)
+    if part.holder is not None and isinstance(getattr(part.holder, "intermediate_size", None), int):
+        part.holder.intermediate_size = len(kept)
+
+
+def _apply_expert_neurons(experts: ExpertMLPs, kept: list[Tensor]) -> None:
+    fe = experts.fused
+    m = fe.module
+    up, down = fe.leaf(fe.up).detach(), fe.leaf(fe.down).detach()
+    new_up, new_down = [], []
+    for e, k in enumerate(kept):
+        rows = expert_rows_for_neurons(fe, k)
+        new_up.append(up[e][:, rows] if fe.transposed else up[e][rows])
+        new_down.append(down[e][k] if fe.transposed else down[e][:, k])
+    setattr(m, fe.up, nn.Parameter(torch.stack(new_up).contiguous(), requires_grad=up.requires_grad))
+    setattr(m, fe.down, nn.Parameter(torch.stack(new_down).contiguous(), requires_grad=down.requires_grad))
+    bias = getattr(m, f"{fe.up}_bias", None)
+    if isinstance(bias, Tensor):
+        rows = [expert_rows_for_neurons(fe, k) for k in kept]
+        setattr(m, f"{fe.up}_bias", nn.Parameter(torch.stack([bias[e][r] for e, r in enumerate(rows)]).detach()))
+    for attr in ("intermediate_dim", "intermediate_size", "expert_dim"):
+        if isinstance(getattr(m, attr, None), int):
+            setattr(m, attr, len(kept[0]))
+
+
+@renamed_args(ratio="sparsity")
+def prune_neurons_(model: nn.Module, sparsity: float = 0.25, importance: str = "l2", seed: int = 0,
+                   calibration: Any = None, *, finalize: bool = False) -> NeuronPruneReport:
+    """Remove ``sparsity`` of the intermediate neurons of every MLP (gate, up and down together; every MoE
+    expert, and the shared expert, alike), the lowest-scoring per layer (per expert), the same count in every
+    MLP of one width; updates the config field of each width (``intermediate_size``, ``ffn_dim``,
+    ``n_inner``, ``moe_intermediate_size``, ``shared_expert_intermediate_size`` …). ``importance`` as in
+    :func:`prune_heads_`. A model that holds pruning masks is refused unless ``finalize=True``.
+    LLM-Pruner (Ma et al., 2023) / Minitron (Muralidharan et al., 2024) width pruning."""
+    s = check_common(sparsity, importance, calibration, "prune_neurons_")
+    dense, experts = mlp_layers(model)
+    if not dense and not experts:
+        raise ValueError(f"found no MLP in {type(model).__name__}: looked for gate/up/down_proj, gate_up_proj/"
+                         "down_proj, fc1/fc2, c_fc/c_proj, dense_h_to_4h/dense_4h_to_h, intermediate/output and "
+                         "fused MoE experts")
+    plan: dict[str | None, tuple[list[Any], int, int]] = {}
+    for fieldname, members in groups_by_field([*dense, *experts]).items():
+        widths = {m.width for m in members}
+        if len(widths) != 1:
+            raise ValueError(f"MLPs sized by {fieldname or 'no config field'} have different widths "
+                             f"{sorted(widths)}; prune_neurons_ needs one width per config field")
+        n = widths.pop()
+        plan[fieldname] = (members, n, keep_count(n, s))
+    before = param_count(model)
+    changed = any(keep != n for _, n, keep in plan.values())
+    notes: list[str] = []
+    if changed:
+        if guard_masks(model, finalize, "prune_neurons_"):
+            finalize_masks_(model)
+        stats = _neuron_stats(model, dense, experts, calibration) if importance == "activation" else None
+        uncalibrated = 0
+        for members, n, keep in plan.values():
+            if keep == n:
+                continue
+            for i, member in enumerate(members):
+                if isinstance(member, MLPParts):
+                    act = stats.mean_squares(member.name) if stats is not None else None
+                    _apply_neurons(member, top(neuron_scores(member, importance, seed + i, act), keep))
+                    continue
+                kept = []
+                for e in range(member.fused.num_experts):
+                    key = member.fused.key(member.fused.down, e)
+                    imp = importance
+                    if stats is not None and not stats.seen(key):
+                        imp, uncalibrated = "l2", uncalibrated + 1
+                    act = stats.mean_squares(key) if imp == "activation" else None
+                    kept.append(top(expert_neuron_scores(member, e, imp, seed + i, act), keep))
+                _apply_expert_neurons(member, kept)
+        if uncalibrated:
+            notes.append(f"{uncalibrated} experts received no calibration token and were ranked by weights (l2)")
+        config = getattr(model, "config", None)
+        for fieldname, (_, n, keep) in plan.items():
+            if fieldname is not None and config is not None:
+                setattr(config, fieldname, keep)
+    problem = reload_problem(model) if changed else None
+    if problem:
+        notes.append(f"from_pretrained cannot rebuild it: {problem}")
+        warnings.warn(f"prune_neurons_: {problem}", stacklevel=3)
+    widths = {(f or "unnamed"): (n, keep) for f, (_, n, keep) in plan.items()}
+    return NeuronPruneReport(s, importance, widths, len(dense) + len(experts), before, param_count(model),
+                             problem is None, notes)
+
+
+def _neuron_stats(model: nn.Module, dense: list[MLPParts], experts: list[ExpertMLPs], calibration: Any) -> InputStats:
+    return collect_input_stats(model, {p.name: p.out for p in dense}, calibration,
+                               experts={e.name: e.fused for e in experts})
+
+
+__all__ = ["HeadPruneReport", "NeuronPruneReport", "attention_layers", "expert_neuron_scores", "head_scores",
+           "mlp_layers", "neuron_scores", "prune_heads_", "prune_neurons_", "unit_scores"]

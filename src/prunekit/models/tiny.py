@@ -1,0 +1,96 @@
+"""Tiny randomly initialised Hugging Face models of every family prunekit supports (tests, examples).
+
+``tiny_model("gemma3")`` builds a two-block Gemma 3 with random weights in well under a second, from a
+config small enough for unit tests yet shaped like the real family: grouped-query attention where the
+family has it, explicit ``head_dim`` where the family decouples it from the hidden size, sliding and
+global layers for Gemma 2/3, fused qkv for Phi-3 / GPT-2 / GPT-NeoX / Falcon, routed experts for the
+MoE families. ``overrides`` replace any config field (``tiny_model("falcon", multi_query=True)``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .compat import ensure_torchvision_importable
+
+ENCODERS = ("bert",)
+
+
+def _configs(vocab: int, hidden: int, layers: int) -> dict[str, Callable[..., Any]]:
+    import transformers as tf
+
+    ffn = 2 * hidden
+    gqa = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    # Gemma 2/3 alternate sliding-window and global layers; a window shorter than the test sequences
+    # makes the two kinds of layers see different masks.
+    local_global = ["sliding_attention", "full_attention"] * layers
+    moe = dict(num_experts_per_tok=2, output_router_logits=False)
+    return {
+        "llama": lambda **o: tf.LlamaConfig(**{**gqa, **o}),
+        "mistral": lambda **o: tf.MistralConfig(**{**gqa, "sliding_window": None, **o}),
+        "qwen2": lambda **o: tf.Qwen2Config(**{**gqa, **o}),
+        "qwen3": lambda **o: tf.Qwen3Config(**{**gqa, "head_dim": 24, **o}),
+        "gemma": lambda **o: tf.GemmaConfig(**{**gqa, "head_dim": 24, **o}),
+        "gemma2": lambda **o: tf.Gemma2Config(**{**gqa, "head_dim": 24, "sliding_window": 4,
+                                                 "layer_types": local_global[:layers], **o}),
+        "gemma3": lambda **o: tf.Gemma3TextConfig(**{**gqa, "head_dim": 24, "sliding_window": 4,
+                                                     "layer_types": local_global[:layers], **o}),
+        "phi3": lambda **o: tf.Phi3Config(**{**gqa, "pad_token_id": 0, **o}),
+        "gpt2": lambda **o: tf.GPT2Config(**{"vocab_size": vocab, "n_embd": hidden, "n_layer": layers, "n_head": 4,
+                                             "n_positions": 256, "bos_token_id": 0, "eos_token_id": 0, **o}),
+        "gpt_neox": lambda **o: tf.GPTNeoXConfig(**{"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": ffn,
+                                                    "num_hidden_layers": layers, "num_attention_heads": 4,
+                                                    "max_position_embeddings": 256, **o}),
+        "opt": lambda **o: tf.OPTConfig(**{"vocab_size": vocab, "hidden_size": hidden, "ffn_dim": ffn,
+                                           "num_hidden_layers": layers, "num_attention_heads": 4,
+                                           "word_embed_proj_dim": hidden, "max_position_embeddings": 256,
+                                           "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1, **o}),
+        # Falcon-40B/180B's grouped layout by default; multi_query=True, new_decoder_architecture=False
+        # gives Falcon-7B's, both False Falcon-RW's.
+        "falcon": lambda **o: tf.FalconConfig(**{"vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers,
+                                                 "num_attention_heads": 4, "num_kv_heads": 2,
+                                                 "new_decoder_architecture": True, "ffn_hidden_size": ffn,
+                                                 "bos_token_id": 0, "eos_token_id": 0, **o}),
+        "mixtral": lambda **o: tf.MixtralConfig(**{**gqa, "num_local_experts": 4, "sliding_window": None, **moe, **o}),
+        "qwen2_moe": lambda **o: tf.Qwen2MoeConfig(**{**gqa, "num_experts": 4, "moe_intermediate_size": hidden,
+                                                      "shared_expert_intermediate_size": ffn, **moe, **o}),
+        "qwen3_moe": lambda **o: tf.Qwen3MoeConfig(**{**gqa, "head_dim": 24, "num_experts": 4,
+                                                      "moe_intermediate_size": hidden, "decoder_sparse_step": 1,
+                                                      "mlp_only_layers": [], **moe, **o}),
+        "bert": lambda **o: tf.BertConfig(**{"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": ffn,
+                                             "num_hidden_layers": layers, "num_attention_heads": 4, **o}),
+    }
+
+
+FAMILIES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "gpt2",
+                             "gpt_neox", "opt", "falcon", "mixtral", "qwen2_moe", "qwen3_moe", "bert")
+DECODERS: tuple[str, ...] = tuple(f for f in FAMILIES if f not in ENCODERS)
+MOE: tuple[str, ...] = ("mixtral", "qwen2_moe", "qwen3_moe")
+
+
+def tiny_config(family: str, vocab_size: int = 128, hidden: int = 64, layers: int = 2, **overrides: Any) -> Any:
+    """The config of a tiny model of ``family`` (see :data:`FAMILIES`), with ``overrides`` applied."""
+    ensure_torchvision_importable()
+    configs = _configs(vocab_size, hidden, layers)
+    if family not in configs:
+        raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    return configs[family](**overrides)
+
+
+def tiny_model(family: str, vocab_size: int = 128, hidden: int = 64, layers: int = 2, seed: int = 0,
+               **overrides: Any) -> nn.Module:
+    """A tiny randomly initialised model of ``family`` in eval mode (no download).
+
+    Decoders come with their LM head (``AutoModelForCausalLM``); ``bert`` is a ``BertModel``.
+    ``overrides`` replace config fields.
+    """
+    import transformers as tf
+
+    config = tiny_config(family, vocab_size, hidden, layers, **overrides)
+    torch.manual_seed(seed)
+    model = tf.BertModel(config) if family in ENCODERS else tf.AutoModelForCausalLM.from_config(config)
+    return model.eval()
