@@ -347,6 +347,7 @@ def _match_routing(layer: MoeLayer, candidates: list[Routing], config: Any) -> R
                      "prunekit knows; its experts cannot be pruned safely")
 
 
+@torch.no_grad()
 def routed_output(layer: MoeLayer, x: Tensor, removed: Tensor | None = None,
                   routing: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """The routed experts' weighted output on tokens ``x`` (shared experts not included)."""
