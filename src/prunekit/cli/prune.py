@@ -18,6 +18,7 @@ from typing import Any
 
 from .common import add_common, emit, say
 from .eval import DEFAULT_EVAL_WINDOWS, DEFAULT_SEQLEN, measure_lm, table
+from .prune_experts import add_expert_args, check_expert_args
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_NSAMPLES = 32
@@ -43,6 +44,7 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
                    help="physically remove attention heads (GQA groups), MLP neurons or whole blocks instead of "
                         "masking weights; --ratio says how many")
     p.add_argument("--ratio", type=float, default=0.25, help="with --structured: fraction removed (default 0.25)")
+    add_expert_args(p)
     p.add_argument("--device", default=None, help="e.g. cuda: the model stays on the CPU, each block visits the device")
     p.add_argument("--out", default=None, help="output folder (default pruned-<model name>)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
@@ -65,6 +67,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.structured is not None:
         if not 0 <= args.ratio < 1:
             raise ValueError(f"--ratio must be in [0, 1), got {args.ratio}")
+        return
+    if check_expert_args(args):
         return
     METHODS.get(args.method)
     pattern = parse_pattern(args.pattern)
@@ -129,12 +133,20 @@ def run(args: argparse.Namespace) -> int:
     prune_args = dict(pattern=args.pattern, allocation=args.allocation, calibration=calib, seed=args.seed,
                       progress=progress, **options)
     structured = args.structured is not None
-    if not structured:
+    experts = args.experts is not None
+    if experts:
+        from . import prune_experts
+
+        prune_experts.plan(args, lm.model)  # every check, before any work
+    elif not structured:
         plan_prune(lm.model, args.method, args.sparsity, **prune_args)  # every check, before any work
     say(args, "measuring the dense model ...")
     before = measure_lm(lm.model, lm.tokenizer, windows, causal=lm.causal_lm, progress=progress, speed=structured)
     meta: dict[str, Any] = {"prunekit_version": __version__, "model": str(args.model)}
-    if structured:
+    if experts:
+        headline, fields = prune_experts.run_experts(args, lm.model, calib, progress)
+        meta.update(fields)
+    elif structured:
         from ..structured import prune_transformer_
 
         say(args, f"removing {args.ratio:.0%} of the {args.structured} ...")

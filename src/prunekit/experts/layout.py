@@ -364,18 +364,20 @@ def find_moe_layers(model: nn.Module, prefix: str = "") -> list[MoeLayer]:
     """Every MoE layer in ``model`` (a whole model or one block), in module order."""
     config = getattr(model, "config", None)
     found: list[MoeLayer] = []
+    from torch.nn.utils import parametrize
+
     for name, block in model.named_modules():
         experts = getattr(block, "experts", None)
         if not isinstance(experts, nn.Module) or block is experts:
             continue
+        if parametrize.is_parametrized(experts) or any(parametrize.is_parametrized(m) for m in experts.modules()):
+            raise ValueError(f"the experts of {prefix + '.' if prefix else ''}{name} carry pruning masks; make them "
+                             "permanent first (prunekit.core.mask.finalize_), then prune or merge experts")
         if _legacy_experts(experts):
             layout, n = "modulelist", len(experts)
             hidden = None
         else:
-            try:
-                layout = _fused_layout(experts)
-            except ValueError:
-                raise
+            layout = _fused_layout(experts)
             if layout is None:
                 continue
             gu = experts.gate_up_proj

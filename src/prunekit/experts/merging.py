@@ -53,10 +53,10 @@ def align_to(centre: dict[str, tuple[Tensor, int | None]], member: dict[str, tup
     from scipy.optimize import linear_sum_assignment
 
     fc, fm = _neuron_features(centre), _neuron_features(member)
-    sim = (fc @ fm.T).double().numpy()
+    sim = (fc @ fm.T).double().cpu().numpy()
     rows, cols = linear_sum_assignment(-sim)
     perm = torch.as_tensor(cols[rows.argsort()], dtype=torch.long)
-    return {role: ((t.index_select(axis, perm), axis) if axis is not None else (t, axis))
+    return {role: ((t.index_select(axis, perm.to(t.device)), axis) if axis is not None else (t, axis))
             for role, (t, axis) in member.items()}
 
 
@@ -67,12 +67,12 @@ def merge_layer_(layer: MoeLayer, groups: dict[int, list[int]], frequency: Tenso
         if len(members) == 1:
             continue
         base = layer.get_expert(centre)
-        weights = frequency[members].double()
+        weights = frequency.cpu()[members].double()
         if float(weights.sum()) <= 0:
             weights = torch.ones(len(members), dtype=torch.float64)
         weights = (weights / weights.sum()).float()
-        acc = {role: t * weights[0] for role, (t, _) in base.items()}
-        for w, e in zip(weights[1:], members[1:]):
+        acc = {role: t * float(weights[0]) for role, (t, _) in base.items()}
+        for w, e in zip(weights[1:].tolist(), members[1:]):
             other = layer.get_expert(e)
             if align:
                 other = align_to(base, other)

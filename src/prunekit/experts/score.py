@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .layout import MoeLayer, routed_output
+from .layout import MoeLayer
 
 TOKEN_CHUNK = 4096
 
@@ -47,9 +47,9 @@ def layer_stats(layer: MoeLayer, x: Tensor, reap: bool = True) -> LayerStats:
     for s in range(0, T, TOKEN_CHUNK):
         xs = x[s:s + TOKEN_CHUNK]
         lg = layer.logits(xs)
-        gram += (lg.T.double() @ lg.double())
+        gram += (lg.T.double() @ lg.double()).cpu()
         w, idx = layer.route(xs, logits=lg)
-        count += torch.bincount(idx.reshape(-1), minlength=E).double()
+        count += torch.bincount(idx.reshape(-1), minlength=E).double().cpu()
         if reap:
             for e in torch.unique(idx).tolist():
                 tok, slot = torch.where(idx == e)
@@ -129,15 +129,15 @@ def reconstruction_scores(layer: MoeLayer, x: Tensor, per_group: int) -> tuple[T
     removal (tokens re-routed over the experts left, exactly as the pruned router routes them) moves the
     output least from the full layer's. Returns per-expert scores (the step an expert goes; kept experts score
     highest) and the squared error relative to ‖y‖² after each step."""
-    E, k = layer.num_experts, layer.routing.top_k
+    E = layer.num_experts
     groups = groups_of(layer)
     logits = layer.logits(x)
     w_cur, idx_cur = layer.route(x, logits=logits)
-    f_cur = torch.zeros(*idx_cur.shape, x.shape[1], dtype=torch.float32)
+    f_cur = torch.zeros(*idx_cur.shape, x.shape[1], dtype=torch.float32, device=x.device)
     _slot_outputs(layer, x, idx_cur, torch.ones_like(idx_cur, dtype=torch.bool), f_cur)
     ref = (w_cur.float().unsqueeze(-1) * f_cur).sum(1)
     ref_sq = float(ref.pow(2).sum()) or 1.0
-    removed = torch.zeros(E, dtype=torch.bool)
+    removed = torch.zeros(E, dtype=torch.bool, device=x.device)
     order: list[int] = []
     errors: list[float] = []
     n_remove = sum(len(g) - per_group for g in groups)
