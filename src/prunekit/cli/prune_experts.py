@@ -53,11 +53,11 @@ def run_experts(args: argparse.Namespace, model: Any, calibration: Any, progress
     t0 = time.perf_counter()
     if args.merge_experts:
         report = merge_experts_(model, args.experts, calibration=calibration, renormalize=args.renormalize,
-                                progress=progress)
+                                device=args.device, progress=progress)
         settings = {"sparsity": args.experts, "renormalize": args.renormalize, "align": True}
     else:
         report = prune_experts_(model, args.experts, score=args.expert_score, calibration=calibration,
-                                renormalize=args.renormalize, progress=progress)
+                                renormalize=args.renormalize, device=args.device, progress=progress)
         settings = {"sparsity": args.experts, "score": args.expert_score, "renormalize": args.renormalize}
     meta = {"method": report.method, "settings": settings, "experts": report.to_dict(),
             "prune_seconds": time.perf_counter() - t0}
