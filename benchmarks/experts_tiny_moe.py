@@ -5,7 +5,7 @@ the router's load-balancing loss) are trained for a few CPU minutes on the calib
 Python's docs, so the experts differ. Then 25% and 50% of every layer's experts are removed by router
 frequency, REAP and greedy reconstruction, by random choice (3 seeds, the floor any score must beat),
 or merged (M-SMoE, with and without neuron alignment); perplexity is measured on held-out windows of
-the evaluation split (disjoint files). Calibration: 32 windows of 128 tokens.
+the evaluation split (disjoint files). Calibration: 32 windows of 128 tokens, three independent draws (each score runs on each).
 
     nice -n 10 python benchmarks/experts_tiny_moe.py                  # the README's table
     python benchmarks/experts_tiny_moe.py --steps 20 --eval-windows 4  # smoke run
@@ -103,6 +103,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--nsamples", type=int, default=32)
     ap.add_argument("--eval-windows", type=int, default=64)
+    ap.add_argument("--calib-seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="calibration samples (disjoint draws of the calibration split); scores are run on each")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -128,41 +130,51 @@ def main() -> None:
         done.write_text(json.dumps(info, indent=2))
     print(f"model: {info['params']:,} parameters, trained {info['steps']} steps in {info['wall_s']:.0f} s wall "
           f"({info['cpu_s']:.0f} s CPU), final loss {info['last_loss']:.3f}", flush=True)
-    calib = calibration_windows(tok, "pydocs", args.nsamples, args.seqlen, seed=0)
     evals = eval_windows(tok, "pydocs", args.eval_windows, args.seqlen)
+    calibs = {s: calibration_windows(tok, "pydocs", args.nsamples, args.seqlen, seed=100 + s) for s in args.calib_seeds}
 
     rows = []
 
-    def add(label: str, m, seconds: float | None = None, report=None) -> None:
-        ppl = perplexity(m, evals, batch_size=8, progress=False)
-        params = sum(p.numel() for p in m.parameters())
-        rows.append({"label": label, "ppl": ppl, "params": params, "seconds": seconds,
-                     "kept": [l.kept for l in report.layers] if report else None})
-        print(f"{label:<40} ppl {ppl:8.3f}  params {params:,}" + (f"  {seconds:.1f} s" if seconds else ""), flush=True)
+    def ppl_of(m) -> float:
+        return perplexity(m, evals, batch_size=8, progress=False)
 
-    add("dense (8 experts)", model)
+    def add(label: str, ppls: list[float], params: int | None, seconds: float | None = None, kept=None) -> None:
+        rows.append({"label": label, "ppl": sum(ppls) / len(ppls), "ppl_min": min(ppls), "ppl_max": max(ppls),
+                     "ppls": ppls, "params": params, "cpu_s": seconds, "kept": kept})
+        spread = f" [{min(ppls):.2f}–{max(ppls):.2f}]" if len(ppls) > 1 else ""
+        print(f"{label:<40} ppl {sum(ppls) / len(ppls):8.3f}{spread}" + (f"  params {params:,}" if params else "") +
+              (f"  {seconds:.1f} s CPU" if seconds else ""), flush=True)
+
+    add("dense (8 experts)", [ppl_of(model)], sum(p.numel() for p in model.parameters()))
     for sparsity in (0.25, 0.5):
-        for score in ("frequency", "reap", "reconstruction"):
-            m = copy.deepcopy(model)
-            t0 = time.process_time()
-            r = prune_experts_(m, sparsity, score=score, calibration=calib, progress=False)
-            add(f"remove {sparsity:.0%} by {score}", m, time.process_time() - t0, r)
+        runs = [(f"remove {sparsity:.0%} by {score}", dict(score=score)) for score in ("frequency", "reap", "reconstruction")]
+        runs += [(f"merge {sparsity:.0%} (M-SMoE)", dict(merge=True, align=True)),
+                 (f"merge {sparsity:.0%} (M-SMoE, unaligned)", dict(merge=True, align=False))]
+        for label, opts in runs:
+            ppls, cpu, kept, params = [], 0.0, [], None
+            for s, calib in calibs.items():
+                m = copy.deepcopy(model)
+                t0 = time.process_time()
+                if opts.get("merge"):
+                    r = merge_experts_(m, sparsity, calibration=calib, align=opts["align"], progress=False)
+                else:
+                    r = prune_experts_(m, sparsity, score=opts["score"], calibration=calib, progress=False)
+                cpu += time.process_time() - t0
+                kept.append([l.kept for l in r.layers])
+                params = sum(p.numel() for p in m.parameters())
+                ppls.append(ppl_of(m))
+            add(label, ppls, params, cpu / len(calibs), kept)
         ppls = []
         for seed in range(3):
             m = copy.deepcopy(model)
             random_prune_(m, sparsity, seed)
-            ppls.append(perplexity(m, evals, batch_size=8, progress=False))
-        rows.append({"label": f"remove {sparsity:.0%} at random (3 seeds)", "ppl": sum(ppls) / 3, "ppl_seeds": ppls})
-        print(f"remove {sparsity:.0%} at random: {', '.join(f'{p:.3f}' for p in ppls)}", flush=True)
-        for align in (True, False):
-            m = copy.deepcopy(model)
-            t0 = time.process_time()
-            r = merge_experts_(m, sparsity, calibration=calib, align=align, progress=False)
-            add(f"merge {sparsity:.0%} (M-SMoE{'' if align else ', unaligned'})", m, time.process_time() - t0, r)
-    print(f"\n| model | perplexity | parameters |\n|---|---:|---:|")
+            ppls.append(ppl_of(m))
+        add(f"remove {sparsity:.0%} at random (3 seeds)", ppls, None)
+    print(f"\n| model | perplexity, mean [min–max] over {len(calibs)} calibration samples | parameters |\n|---|---:|---:|")
     for r in rows:
         params = f"{r['params']:,}" if r.get("params") else ""
-        print(f"| {r['label']} | {r['ppl']:.3f} | {params} |")
+        spread = f" [{r['ppl_min']:.1f}–{r['ppl_max']:.1f}]" if len(r["ppls"]) > 1 else ""
+        print(f"| {r['label']} | {r['ppl']:.1f}{spread} | {params} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "train": info, "settings": vars(args)}, indent=2))
 
