@@ -7,7 +7,8 @@
 """
 
 from .config import EXPERT_METHODS, ExpertMergeConfig, ExpertPruneConfig
-from .layout import MoeLayer, Routing, find_moe_layers, routed_output
+from .find import find_moe_layers
+from .layout import MoeLayer, Routing, routed_output
 from .prune import ExpertLayerReport, ExpertPlan, ExpertReport, merge_experts_, plan_experts, prune_experts_
 from .score import LayerStats, layer_stats, reconstruction_scores
 from .tiny import MOE_FAMILIES, tiny_moe, tiny_moe_config

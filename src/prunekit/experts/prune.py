@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from ..core.config import Config
 from ..core.fraction import check_fraction
 from .config import EXPERT_SCORE_NAMES, ExpertMergeConfig, ExpertPruneConfig
-from .layout import NUM_EXPERT_KEYS, MoeLayer, find_moe_layers
+from .find import find_moe_layers
+from .layout import NUM_EXPERT_KEYS, MoeLayer
 from .merging import assign_groups, merge_layer_
 from .score import check_keep, choose_keep, layer_stats, reconstruction_scores
 
