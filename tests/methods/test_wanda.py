@@ -3,7 +3,7 @@ import torch
 
 import prunekit as pk
 from prunekit.core.pattern import Pattern, pattern_holds
-from prunekit.models.hf import TINY_FAMILIES, tiny_model
+from prunekit.models.hf import tiny_model
 
 
 def _calib(n=8, seqlen=16):
@@ -29,20 +29,13 @@ def test_first_block_masks_match_the_paper_formula():
     assert torch.equal(pk.get_mask(model.model.layers[0].self_attn.q_proj), expect)
 
 
-@pytest.mark.filterwarnings("ignore:wanda prunes the transformer blocks only")
-@pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_every_family_half_of_every_row_and_no_embedding_touched(family):
-    model = tiny_model(family)
-    emb = model.get_input_embeddings().weight.detach().clone()
-    report = pk.prune_(model, "wanda", 0.5, calibration=_calib(), progress=False)
-    in_blocks = [n for n in report.layers if not n.startswith("pooler")]
-    assert len(in_blocks) >= 8
-    for name in in_blocks:
-        assert report.layers[name] == pytest.approx(0.5)
-        w = dict(model.named_modules())[name].weight.detach()
-        shares = _rows_zero_share(w.t() if family == "gpt2" else w)
-        assert torch.allclose(shares, torch.full_like(shares, 0.5))
-    assert torch.equal(model.get_input_embeddings().weight.detach(), emb)
+def test_bert_layers_outside_the_blocks_are_reported_left_dense():
+    model = tiny_model("bert")
+    with pytest.warns(UserWarning, match="left dense: pooler.dense"):
+        report = pk.prune_(model, "wanda", 0.5, calibration=_calib(), progress=False)
+    assert list(report.skipped) == ["pooler.dense"] and "outside the transformer blocks" in report.skipped["pooler.dense"]
+    assert report.layers["pooler.dense"] == 0.0 and report.sparsity == pytest.approx(0.4706, abs=1e-4)
+    assert "1 tensors left dense (pooler.dense" in str(report) and report.to_dict()["skipped"] == report.skipped
 
 
 def test_two_four_pattern_holds_and_outputs_stay_finite():

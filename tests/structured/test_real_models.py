@@ -58,12 +58,12 @@ def test_smollm2_heads_neurons_blocks_shrink_and_reload(tmp_path):
     magnitude = copy.deepcopy(model)
     ps.prune_neurons_(magnitude, 0.25, importance="l2")
     rep = ps.prune_transformer_(model, "heads", 1 / 3, calibration=cal)
-    assert rep["num_attention_heads"] == 6 and rep["num_key_value_heads"] == 2 and rep["importance"] == "activation"
+    assert rep.heads_after == 6 and rep.kv_heads_after == 2 and rep.importance == "activation" and rep.reloadable
     heads_loss = _loss(model, ids)  # measured here: 4.15 (weight-magnitude heads: 6.40)
     rep = ps.prune_transformer_(model, "neurons", 0.25, calibration=cal)
-    assert rep["intermediate_size"] == 1152
+    assert rep.intermediate_size == 1152
     rep = ps.prune_transformer_(model, "layers", 0.1, calibration=cal)
-    assert rep["num_hidden_layers"] == 27
+    assert rep.blocks_after == 27
     assert sum(p.numel() for p in model.parameters()) < 0.8 * base_params
     loss = _loss(model, ids)
     assert base_loss < heads_loss < 5 and loss < 8
@@ -97,8 +97,8 @@ def test_minilm_neurons_and_blocks_keep_embeddings_close(tmp_path):
         return torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=-1)
 
     before = embed(model)
-    assert ps.prune_neurons_(model, 0.25) == 1152
-    removed = ps.prune_layers_(model, dict(batch), n=1)
+    assert ps.prune_neurons_(model, 0.25).intermediate_size == 1152
+    removed = ps.prune_layers_(model, dict(batch), n=1).removed
     assert len(removed) == 1 and model.config.num_hidden_layers == 5
     after = embed(model)
     assert float((before * after).sum(-1).min()) > 0.5  # the sentence embeddings stay close

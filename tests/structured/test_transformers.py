@@ -46,8 +46,8 @@ def test_gqa_heads_go_with_their_query_group_and_match_zeroed_heads(tmp_path):
         for layer, part in zip(reference.model.layers, ps.attention_layers(model)):
             g = int(head_scores(part).argmin())
             layer.self_attn.o_proj.weight[:, g * 4 * 4:(g + 1) * 4 * 4] = 0
-    out = ps.prune_heads_(model, ratio=0.5)
-    assert out == {"num_attention_heads": 4, "num_key_value_heads": 1}
+    out = ps.prune_heads_(model, sparsity=0.5)
+    assert (out.heads_after, out.kv_heads_after, out.unit, out.reloadable) == (4, 1, "group", True)
     assert attn.q_proj.out_features == 16 and attn.k_proj.out_features == 4 and attn.o_proj.in_features == 16
     assert model.config.num_attention_heads == 4 and model.config.num_key_value_heads == 1
     assert model.config.head_dim == 4
@@ -65,7 +65,7 @@ def test_neurons_match_zeroed_down_columns_and_reload(tmp_path):
         for layer, part in zip(reference.model.layers, ps.mlp_layers(model)):
             drop = torch.argsort(neuron_scores(part), stable=True)[:24]
             layer.mlp.down_proj.weight[:, drop] = 0
-    assert ps.prune_neurons_(model, ratio=0.5) == 24
+    assert ps.prune_neurons_(model, sparsity=0.5).intermediate_size == 24
     mlp = model.model.layers[1].mlp
     assert mlp.gate_proj.out_features == mlp.up_proj.out_features == mlp.down_proj.in_features == 24
     torch.testing.assert_close(model(IDS).logits, reference(IDS).logits, rtol=1e-5, atol=1e-5)
@@ -85,7 +85,8 @@ def test_ratio_zero_changes_nothing():
 
 def test_at_least_one_key_value_group_remains():
     model = llama()
-    assert ps.prune_heads_(model, 0.99) == {"num_attention_heads": 4, "num_key_value_heads": 1}
+    out = ps.prune_heads_(model, 0.99)
+    assert (out.heads_after, out.kv_heads_after) == (4, 1)
     model(IDS).logits.sum().backward()
 
 
@@ -116,7 +117,7 @@ def test_bert_heads_run_and_neurons_reload(tmp_path):
 
 
 def test_bad_input_is_refused():
-    with pytest.raises(ValueError, match="ratio"):
+    with pytest.raises(ValueError, match=r"sparsity must be a number in \[0, 1\)"):
         ps.prune_heads_(llama(), 1.0)
     with pytest.raises(ValueError, match="importance"):
         ps.prune_neurons_(llama(), 0.5, importance="taylor")
@@ -146,4 +147,4 @@ def test_activation_importance_weighs_what_each_unit_writes():
     ps.prune_neurons_(model, 0.5, importance="activation", calibration=IDS)
     assert model.config.intermediate_size == 24
     rep = ps.prune_transformer_(reference, "heads", 0.5, calibration=[IDS, IDS[:1]])
-    assert rep["importance"] == "activation" and rep["num_key_value_heads"] == 1
+    assert rep.importance == "activation" and rep.kv_heads_after == 1

@@ -42,6 +42,9 @@ def calibration_batches(calibration: Any, batch_size: int | None = None, *, toke
         return [calibration]
     if isinstance(calibration, Tensor) and not tokens and calibration.dim() > 1:
         return [calibration]  # one batch of non-token inputs (pixel values, embeddings)
+    if isinstance(calibration, Tensor):
+        raise ValueError(f"calibration must be integer token ids of shape (nsamples, seqlen); got {calibration.dtype} "
+                         f"{tuple(calibration.shape)} (e.g. prunekit.datasets.text.calibration_windows(...))")
     if isinstance(calibration, (list, tuple)) and calibration:
         if all(isinstance(c, dict) for c in calibration):
             return list(calibration)

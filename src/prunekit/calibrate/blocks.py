@@ -9,27 +9,17 @@ preferred; any model — a custom one too — also works through the fallback: t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator
+from typing import NamedTuple
 
 from torch import nn
 
 
-@dataclass(frozen=True)
-class Blocks:
-    """A model's transformer blocks: the dotted name of their ModuleList and the list itself."""
+class Blocks(NamedTuple):
+    """A model's transformer blocks: the dotted name of their ModuleList and the list itself
+    (``name, blocks = find_blocks(model)`` unpacks it)."""
 
     name: str
     modules: nn.ModuleList
-
-    def __len__(self) -> int:
-        return len(self.modules)
-
-    def __iter__(self) -> Iterator[nn.Module]:
-        return iter(self.modules)
-
-    def __getitem__(self, i: int) -> nn.Module:
-        return self.modules[i]
 
     def block_name(self, i: int) -> str:
         """The dotted name of block ``i`` (``model.layers.3``)."""

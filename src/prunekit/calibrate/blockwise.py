@@ -210,17 +210,23 @@ def walk_blocks_(
     try:
         calls = capture_inputs(model, blocks, batches)
         states = [c[0] for c in calls]
-        home = next(blocks[0].parameters()).device
+        home = next(blocks.modules[0].parameters()).device
         for i, block in enumerate(tqdm(blocks.modules, desc=desc, disable=not progress, leave=False)):
             if device is not None:
                 block.to(device)
             with torch.no_grad():
                 visit(i, blocks.block_name(i), block, states)
-                if propagate and i + 1 < len(blocks):
+                if propagate and i + 1 < len(blocks.modules):
                     states = [BlockInputs(run_block(block, s, device).to(s.hidden.device), c[i + 1].args,
                                           c[i + 1].kwargs) for s, c in zip(states, calls)]
             if device is not None:
                 block.to(home)
     finally:
         model.train(was_training)
-    return len(blocks)
+    return len(blocks.modules)
+
+
+def as_batches(calibration: Any, batch_size: int) -> list[dict[str, Tensor]]:
+    """Token-id calibration as model-input batches (the older name of
+    ``calibration_batches(calibration, batch_size, tokens=True)``, kept for callers of the engine)."""
+    return calibration_batches(calibration, batch_size, tokens=True)

@@ -17,7 +17,7 @@ def add_expert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experts", type=float, default=None, metavar="SPARSITY",
                    help="MoE models: remove this fraction of every MoE layer's routed experts (router rows and "
                         "weights; the config's expert count follows) instead of masking weights")
-    p.add_argument("--expert-score", default="reap", choices=list(EXPERT_SCORE_NAMES),
+    p.add_argument("--expert-score", default=None, choices=list(EXPERT_SCORE_NAMES),
                    help="with --experts: how experts are ranked on the calibration tokens (default reap)")
     p.add_argument("--merge-experts", action="store_true",
                    help="with --experts: merge experts into the most used ones (M-SMoE) instead of removing them")
@@ -30,12 +30,20 @@ def check_expert_args(args: argparse.Namespace) -> bool:
     from ..core.fraction import check_fraction
 
     if args.experts is None:
-        if args.merge_experts or args.renormalize:
-            raise ValueError("--merge-experts and --renormalize go with --experts SPARSITY")
+        if args.merge_experts or args.renormalize or args.expert_score is not None:
+            raise ValueError("--expert-score, --merge-experts and --renormalize go with --experts SPARSITY")
         return False
     check_fraction(args.experts, "--experts", "[0, 1)", hint="the fraction of each MoE layer's experts removed")
     if getattr(args, "structured", None) is not None:
         raise ValueError("--experts and --structured are two different prunings; pick one")
+    given = [f"--{n}" for n in ("method", "sparsity", "pattern", "allocation") if getattr(args, n, None) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to weight pruning (masks) and "
+                         "would be ignored with --experts, which removes whole experts; say how many with --experts")
+    if args.merge_experts and args.expert_score is not None:
+        raise ValueError("--expert-score does not apply with --merge-experts (merging groups experts by routing "
+                         "frequency and router similarity); drop one")
+    args.expert_score = args.expert_score or "reap"
     return True
 
 

@@ -155,12 +155,35 @@ def _tokens(tokenizer: Any, docs: list[Document], needed: int) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def start_token(tokenizer: Any) -> int | None:
+    """The token the tokenizer starts every text with (Gemma's and Llama 2/3's ``<bos>``), or None when it
+    adds none (SmolLM2, GPT-2). Windows cut from a token stream then start with it, as the model saw in
+    training: Gemma 3 270M's perplexity over 4 × 512 Python-docs tokens is 35.4 without it, 12.9 with it."""
+    try:
+        with_special = tokenizer("a")["input_ids"]
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    except Exception:  # a tokenizer-like object without these options
+        return None
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and len(with_special) > len(plain) and with_special[0] == bos:
+        return int(bos)
+    return None
+
+
+def _start(windows: torch.Tensor, tokenizer: Any) -> torch.Tensor:
+    bos = start_token(tokenizer)
+    if bos is not None:
+        windows[:, 0] = bos  # the first token of a window is never predicted, so no scored token is lost
+    return windows
+
+
 def calibration_windows(tokenizer: Any, source: str | Path = "pydocs", nsamples: int = 32, seqlen: int = 512,
                         seed: int = 0, *, default: bool = False, say=print) -> torch.Tensor:
     """``nsamples`` windows of ``seqlen`` tokens from the calibration split: (nsamples, seqlen) token ids.
 
-    The documents are shuffled with ``seed``; the windows are disjoint. Raises a ValueError when the
-    split holds fewer than ``nsamples × seqlen`` tokens.
+    The documents are shuffled with ``seed``; the windows are disjoint and start with the tokenizer's
+    start token when it adds one (:func:`start_token`). Raises a ValueError when the split holds fewer
+    than ``nsamples × seqlen`` tokens.
     """
     _check_sizes(nsamples=nsamples, seqlen=seqlen)
     docs = split_documents(documents(source, default=default, say=say), "calibration")
@@ -175,12 +198,13 @@ def calibration_windows(tokenizer: Any, source: str | Path = "pydocs", nsamples:
         )
     windows = ids[: ids.numel() // seqlen * seqlen].reshape(-1, seqlen)
     pick = torch.randperm(windows.shape[0], generator=gen)[:nsamples].sort().values
-    return windows[pick].clone()
+    return _start(windows[pick].clone(), tokenizer)
 
 
 def eval_windows(tokenizer: Any, source: str | Path = "pydocs", windows: int = 16, seqlen: int = 512, *,
                  default: bool = False, say=print) -> torch.Tensor:
-    """The first ``windows`` non-overlapping windows of ``seqlen`` tokens of the evaluation split, in a fixed order."""
+    """The first ``windows`` non-overlapping windows of ``seqlen`` tokens of the evaluation split, in a fixed order
+    (each starting with the tokenizer's start token when it adds one, :func:`start_token`)."""
     _check_sizes(windows=windows, seqlen=seqlen)
     docs = split_documents(documents(source, default=default, say=say), "evaluation")
     need = windows * seqlen
@@ -190,7 +214,7 @@ def eval_windows(tokenizer: Any, source: str | Path = "pydocs", windows: int = 1
             f"the evaluation text of {str(source)!r} has {ids.numel():,} tokens, fewer than windows × seqlen = "
             f"{windows} × {seqlen} = {need:,}; give more text or lower the number of windows"
         )
-    return ids[:need].reshape(windows, seqlen).clone()
+    return _start(ids[:need].reshape(windows, seqlen).clone(), tokenizer)
 
 
 def _check_sizes(**sizes: int) -> None:

@@ -25,6 +25,8 @@ from ..calibrate import InputStats, calibration_batches, find_blocks, walk_block
 from ..calibrate.blockwise import BlockInputs, run_block
 from ..calibrate.moe import FusedExperts, as_fused_experts
 from ..core.allocate import ALLOCATIONS, allocate
+from ..core.finite import check_finite
+from ..core.inputs import check_token_ids
 from ..core.mask import get_mask, set_mask_, weight_of
 from ..core.pattern import check_pattern
 from ..core.scope import Target, is_transposed
@@ -64,14 +66,16 @@ def block_targets(plan: PrunePlan, block_name: str) -> list[Target]:
     return [t for t in [*plan.targets, *plan.experts] if t.name.startswith(block_name + ".")]
 
 
-def wanda_scores(module: nn.Module, col_norms: Tensor) -> Tensor:
-    """Wanda's importance |W_ij|·‖X_j‖₂ as (out, in); already-pruned entries get -inf."""
-    return wanda_matrix_scores(rows_view(module), col_norms, rows_mask(module))
+def wanda_scores(module: nn.Module, col_norms: Tensor, name: str = "?") -> Tensor:
+    """Wanda's importance |W_ij|·‖X_j‖₂ as (out, in), checked finite; already-pruned entries get -inf."""
+    return wanda_matrix_scores(rows_view(module), col_norms, rows_mask(module), name)
 
 
-def wanda_matrix_scores(w: Tensor, col_norms: Tensor, keep: Tensor | None = None) -> Tensor:
-    """|W_ij|·‖X_j‖₂ of an (out, in) weight; entries outside ``keep`` (already pruned) get -inf."""
+def wanda_matrix_scores(w: Tensor, col_norms: Tensor, keep: Tensor | None = None, name: str = "?") -> Tensor:
+    """|W_ij|·‖X_j‖₂ of an (out, in) weight, checked finite; entries outside ``keep`` (already pruned) get -inf."""
     score = w.abs() * col_norms.to(w.device, w.dtype).reshape(1, -1)
+    check_finite(score, "wanda scores |W|·‖X‖", name,
+                 "the layer's inputs overflow or hold NaN (an earlier layer's outputs are not finite)")
     if keep is not None:
         score = score.masked_fill(~keep.to(score.device), float("-inf"))
     return score
@@ -95,13 +99,24 @@ class BlockwiseMethod:
 
     def validate(self, model: nn.Module, plan: PrunePlan) -> None:
         """Check the blocks, the calibration data, the pattern and the options before anything changes."""
+        if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+            raise ValueError(
+                f"{type(model).__name__} is an encoder-decoder model ({model.config.model_type}); the block-by-block "
+                f"engine of {self.name!r} walks one stack of blocks fed by the model's own forward. Use "
+                "method='magnitude', which needs no calibration")
         find_blocks(model)
         if plan.calibration is None:
             raise ValueError(
                 f"method {self.name!r} needs calibration=: token ids (nsamples, seqlen), e.g. from "
                 "prunekit.datasets.text.calibration_windows(tokenizer, 'pydocs', nsamples=32, seqlen=512)"
             )
-        calibration_batches(plan.calibration, 1, tokens=True)
+        for i, batch in enumerate(calibration_batches(plan.calibration, 1, tokens=True)):
+            if "input_ids" not in batch:
+                raise ValueError(f"calibration batch {i} has no 'input_ids' (keys: {sorted(batch)})")
+            check_token_ids(batch["input_ids"], model, f"calibration batch {i}")
+        for t in [*plan.targets, *plan.experts]:
+            check_finite(getattr(t.module, t.param).detach(), "weights", t.name,
+                         f"the model holds NaN/inf weights before {self.name}; reload it or find where they came from")
         if plan.pattern.kind not in self.patterns:
             raise ValueError(f"method {self.name!r} supports patterns {', '.join(self.patterns)}; got {plan.pattern}")
         if plan.pattern.kind != "nm":
@@ -227,7 +242,7 @@ class BlockwiseMethod:
             stats = self.collect(block, mine, inputs, engine.get("device"), hessian=False)
             for t in mine:
                 if t.param == "weight":
-                    scores[t.name] = wanda_scores(t.module, stats.col_norms(t.name)).cpu()
+                    scores[t.name] = wanda_scores(t.module, stats.col_norms(t.name), t.name).cpu()
                     continue
                 fused, old = _fused_of(t), get_mask(t.module, t.param)
                 per_expert = []
@@ -236,7 +251,7 @@ class BlockwiseMethod:
                     w = fused.matrix(t.param, e)
                     norms = stats.col_norms(key) if stats.seen(key) else torch.ones(w.shape[1])
                     keep = None if old is None else (old[e].t() if fused.transposed else old[e])
-                    per_expert.append(wanda_matrix_scores(w, norms, keep).cpu())
+                    per_expert.append(wanda_matrix_scores(w, norms, keep, key).cpu())
                 scores[t.name] = torch.stack(per_expert)
 
         walk_blocks_(model, plan.calibration, visit, progress=plan.progress, desc=f"{plan.allocation} scores", **engine)

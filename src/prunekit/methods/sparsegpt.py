@@ -16,7 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from ..calibrate import InputStats
+from ..core.finite import check_finite
 from .base import METHODS, PrunePlan
+from .config import SparseGPTConfig
 from .layerwise import BlockwiseMethod
 
 
@@ -125,7 +127,15 @@ class SparseGPT(BlockwiseMethod):
         owner = stats.owner.get(key, key)
         if owner not in self._factors:
             h = stats.gram(key) if stats.seen(key) else torch.eye(w.shape[1], device=w.device)
-            self._factors[owner] = inverse_hessian_factor(h, plan.options.get("percdamp", 0.01))
+            check_finite(h, "sparsegpt's Hessian X·Xᵀ", key,
+                         "the layer's inputs overflow or hold NaN (an earlier layer's outputs are not finite)")
+            percdamp = plan.options.get("percdamp", 0.01)
+            try:
+                self._factors[owner] = inverse_hessian_factor(h, percdamp)
+            except torch.linalg.LinAlgError:
+                raise ValueError(f"sparsegpt: the Hessian of layer {key!r} is not positive definite even with "
+                                 f"percdamp={percdamp}; raise percdamp (e.g. 0.1) or give more calibration "
+                                 "windows") from None
         hinv, dead = self._factors[owner]
         w = w.to(hinv.device)
         keep_old = None if keep_old is None else keep_old.to(w.device)
@@ -137,4 +147,4 @@ class SparseGPT(BlockwiseMethod):
         return keep, new_w
 
 
-METHODS.add("sparsegpt", SparseGPT)
+METHODS.add("sparsegpt", SparseGPT, SparseGPTConfig)

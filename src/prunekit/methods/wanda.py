@@ -15,6 +15,7 @@ from torch import Tensor
 from ..calibrate import InputStats
 from ..core.pattern import Pattern, mask_from_scores
 from .base import METHODS, PrunePlan
+from .config import WandaConfig
 from .layerwise import BlockwiseMethod, wanda_matrix_scores
 
 
@@ -30,10 +31,10 @@ class Wanda(BlockwiseMethod):
         """Mask the lowest |W|·‖X‖ of every output row (or of every M-group, or whole blocks). A matrix that saw
         no calibration token (an expert the router never chose) is ranked by |W| alone."""
         norms = stats.col_norms(key) if stats.seen(key) else torch.ones(w.shape[1], device=w.device)
-        score = wanda_matrix_scores(w, norms, keep_old)
+        score = wanda_matrix_scores(w, norms, keep_old, key)
         # The paper's comparison group for unstructured sparsity is the output row.
         pattern = Pattern("row") if plan.pattern.kind == "unstructured" else plan.pattern
         return mask_from_scores(score, pattern, round(sparsity * score.numel())), None
 
 
-METHODS.add("wanda", Wanda)
+METHODS.add("wanda", Wanda, WandaConfig)

@@ -14,7 +14,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .compat import ensure_torchvision_importable
 
 ENCODERS = ("bert",)
 
@@ -24,7 +23,7 @@ def _configs(vocab: int, hidden: int, layers: int) -> dict[str, Callable[..., An
 
     ffn = 2 * hidden
     gqa = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+               num_attention_heads=4, num_key_value_heads=2)
     # Gemma 2/3 alternate sliding-window and global layers; a window shorter than the test sequences
     # makes the two kinds of layers see different masks.
     local_global = ["sliding_attention", "full_attention"] * layers
@@ -39,7 +38,7 @@ def _configs(vocab: int, hidden: int, layers: int) -> dict[str, Callable[..., An
                                                  "layer_types": local_global[:layers], **o}),
         "gemma3": lambda **o: tf.Gemma3TextConfig(**{**gqa, "head_dim": 24, "sliding_window": 4,
                                                      "layer_types": local_global[:layers], **o}),
-        "phi3": lambda **o: tf.Phi3Config(**{**gqa, "pad_token_id": 0, **o}),
+        "phi3": lambda **o: tf.Phi3Config(**{**gqa, "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0, **o}),
         "gpt2": lambda **o: tf.GPT2Config(**{"vocab_size": vocab, "n_embd": hidden, "n_layer": layers, "n_head": 4,
                                              "n_positions": 256, "bos_token_id": 0, "eos_token_id": 0, **o}),
         "gpt_neox": lambda **o: tf.GPTNeoXConfig(**{"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": ffn,
@@ -74,7 +73,6 @@ MOE: tuple[str, ...] = ("mixtral", "qwen2_moe", "qwen3_moe")
 
 def tiny_config(family: str, vocab_size: int = 128, hidden: int = 64, layers: int = 2, **overrides: Any) -> Any:
     """The config of a tiny model of ``family`` (see :data:`FAMILIES`), with ``overrides`` applied."""
-    ensure_torchvision_importable()
     configs = _configs(vocab_size, hidden, layers)
     if family not in configs:
         raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")

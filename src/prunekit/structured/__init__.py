@@ -8,11 +8,13 @@ from .inference import fold_bn_, for_inference
 from .layers import LayerPruneReport, block_influence, choose_sublayers, prune_layers_
 from .trace import build_graph
 from .transformer_api import TRANSFORMER_UNITS, HeadsConfig, LayersConfig, NeuronsConfig, prune_transformer_
-from .transformers import HeadPruneReport, NeuronPruneReport, attention_layers, mlp_layers, prune_heads_, prune_neurons_
+from .transformers import (
+    HeadPruneReport, NeuronPruneReport, attention_layers, expert_layers, mlp_layers, prune_heads_, prune_neurons_,
+)
 
 __all__ = [
     "IMPORTANCES", "TARGETS", "TRANSFORMER_UNITS", "DependencyGraph", "HeadPruneReport", "HeadsConfig",
     "LayerPruneReport", "LayersConfig", "NeuronPruneReport", "NeuronsConfig", "UnsupportedOperation",
-    "attention_layers", "block_influence", "build_graph", "choose_sublayers", "fold_bn_", "for_inference", "groups",
+    "attention_layers", "block_influence", "expert_layers", "build_graph", "choose_sublayers", "fold_bn_", "for_inference", "groups",
     "mlp_layers", "prune", "prune_", "prune_heads_", "prune_layers_", "prune_neurons_", "prune_transformer_",
 ]

@@ -250,9 +250,20 @@ def _width_field(config: Any, name: str, expert: bool) -> str | None:
     return next((f for f in _DENSE_FIELDS if hasattr(config, f)), None)
 
 
-def mlp_layers(model: nn.Module) -> tuple[list[MLPParts], list[ExpertMLPs]]:
-    """The dense MLPs (gate/up/down, fused gate_up/down, fc1/fc2, c_fc/c_proj, dense_h_to_4h/dense_4h_to_h,
-    BERT's intermediate/output) and the fused MoE experts of a Hugging Face transformer."""
+def mlp_layers(model: nn.Module) -> list[MLPParts]:
+    """The dense MLPs of a Hugging Face transformer: gate/up/down, fused gate_up/down, fc1/fc2, c_fc/c_proj,
+    dense_h_to_4h/dense_4h_to_h, BERT's intermediate/output, and per-expert w1/w3/w2 (see :func:`expert_layers`
+    for fused MoE experts)."""
+    return all_mlps(model)[0]
+
+
+def expert_layers(model: nn.Module) -> list[ExpertMLPs]:
+    """The fused 3-D MoE experts of a Hugging Face transformer, each with the config field of its width."""
+    return all_mlps(model)[1]
+
+
+def all_mlps(model: nn.Module) -> tuple[list[MLPParts], list[ExpertMLPs]]:
+    """Both :func:`mlp_layers` and :func:`expert_layers`, in one walk over the modules."""
     config = getattr(model, "config", None)
     dense, experts = [], []
     for name, m in model.named_modules():

@@ -91,7 +91,7 @@ def _hidden(x: Any) -> Tensor:
 @torch.no_grad()
 def block_influence(model: nn.Module, calibration: Any, progress: bool = False) -> Tensor:
     """ShortGPT's Block Influence of each block: 1 − mean cosine(input, output) over calibration tokens."""
-    blocks = find_blocks(model)
+    blocks = find_blocks(model).modules
     sums = torch.zeros(len(blocks), dtype=torch.float64)
     counts = torch.zeros(len(blocks), dtype=torch.float64)
     inputs: dict[int, Tensor] = {}
@@ -172,7 +172,7 @@ def _silence(mod: nn.Module, extras: dict[int, int]) -> Any:
 def choose_sublayers(model: nn.Module, calibration: Any, n: int, progress: bool = False,
                      extras: dict[int, int] | None = None) -> list[tuple[int, str]]:
     """FinerCut's greedy choice of ``n`` sublayers: (block index, ``attn`` or ``mlp``) in removal order."""
-    blocks = find_blocks(model)
+    blocks = find_blocks(model).modules
     batches = _batches(calibration)
     options = model_call_options(model)
     extras = {} if extras is None else extras
@@ -217,7 +217,8 @@ def prune_layers_(model: nn.Module, calibration: Any, n: int | None = None, *, s
     adds nothing to the residual stream (pre-norm models only). Returns a :class:`LayerPruneReport`."""
     if unit not in UNITS:
         raise ValueError(f"unit must be 'block' or 'sublayer', got {unit!r}")
-    blocks = find_blocks(model)
+    found = find_blocks(model)
+    blocks = found.modules
     total = len(blocks) if unit == "block" else 2 * len(blocks)
     if (n is None) == (sparsity is None):
         raise ValueError("pass either n= (how many to remove) or sparsity= (the fraction to remove), not both"
@@ -239,12 +240,12 @@ def prune_layers_(model: nn.Module, calibration: Any, n: int | None = None, *, s
     if unit == "block":
         bi = block_influence(model, calibration, progress)
         drop = sorted(torch.argsort(bi, stable=True)[:n].tolist())
-        _remove_blocks_(model, blocks.name, blocks.modules, drop)
+        _remove_blocks_(model, found.name, blocks, drop)
         problem = reload_problem(model)
         notes = [] if problem is None else [f"from_pretrained cannot rebuild it: {problem}"]
         if problem:
             warnings.warn(f"prune_layers_: {problem}", stacklevel=2)
-        return LayerPruneReport(unit, drop, count, len(find_blocks(model)), importance, before, param_count(model),
+        return LayerPruneReport(unit, drop, count, len(find_blocks(model).modules), importance, before, param_count(model),
                                 problem is None, notes)
     extras: dict[int, int] = {}
     chosen = choose_sublayers(model, calibration, n, progress, extras)

@@ -29,7 +29,9 @@ from .hf_common import (
     check_common, config_accepts, finalize_masks_, guard_masks, keep_cols_, keep_count, keep_rows_, matrix,
     param_count, reload_problem, row_norms, top,
 )
-from .hf_layouts import Q, AttentionParts, ExpertMLPs, MLPParts, attention_layers, groups_by_field, mlp_layers
+from .hf_layouts import (
+    Q, AttentionParts, ExpertMLPs, MLPParts, all_mlps, attention_layers, expert_layers, groups_by_field, mlp_layers,
+)
 
 HEAD_UNITS = ("auto", "group", "query")
 
@@ -323,7 +325,7 @@ def prune_neurons_(model: nn.Module, sparsity: float = 0.25, importance: str = "
     :func:`prune_heads_`. A model that holds pruning masks is refused unless ``finalize=True``.
     LLM-Pruner (Ma et al., 2023) / Minitron (Muralidharan et al., 2024) width pruning."""
     s = check_common(sparsity, importance, calibration, "prune_neurons_")
-    dense, experts = mlp_layers(model)
+    dense, experts = all_mlps(model)
     if not dense and not experts:
         raise ValueError(f"found no MLP in {type(model).__name__}: looked for gate/up/down_proj, gate_up_proj/"
                          "down_proj, fc1/fc2, c_fc/c_proj, dense_h_to_4h/dense_4h_to_h, intermediate/output and "
@@ -381,5 +383,5 @@ def _neuron_stats(model: nn.Module, dense: list[MLPParts], experts: list[ExpertM
                                experts={e.name: e.fused for e in experts})
 
 
-__all__ = ["HeadPruneReport", "NeuronPruneReport", "attention_layers", "expert_neuron_scores", "head_scores",
-           "mlp_layers", "neuron_scores", "prune_heads_", "prune_neurons_", "unit_scores"]
+__all__ = ["HeadPruneReport", "NeuronPruneReport", "attention_layers", "expert_layers", "expert_neuron_scores",
+           "head_scores", "mlp_layers", "neuron_scores", "prune_heads_", "prune_neurons_", "unit_scores"]
