@@ -152,6 +152,8 @@ def main() -> None:
     ap.add_argument("--densities", type=float, nargs="+", default=[0.5, 0.2, 0.1, 0.05])
     ap.add_argument("--methods", nargs="+", default=METHODS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="merge seeds of the random methods")
+    ap.add_argument("--seed-densities", type=float, nargs="+", default=[0.1],
+                    help="densities at which the random methods run every seed (elsewhere seed 0 only)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write every row here")
     ap.add_argument("--memory", action="store_true",
@@ -214,7 +216,8 @@ def main() -> None:
     add("task arithmetic (sum of deltas)", out, rep)
     for method in args.methods:
         for density in args.densities:
-            for seed in (args.seeds if method in RANDOM else [0]):
+            seeds = args.seeds if method in RANDOM and density in args.seed_densities else args.seeds[:1]
+            for seed in seeds:
                 out, rep = run_merge(work, method, density, seed, [])
                 add(f"{method} d={density:g}" + (f" seed {seed}" if method in RANDOM else ""), out, rep,
                     method=method, density=density, seed=seed)
