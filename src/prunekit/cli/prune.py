@@ -17,6 +17,7 @@ from typing import Any
 from ..core.atomic import check_writable, output_folder
 from .common import add_common, emit, is_quiet, say, warn
 from .eval import DEFAULT_EVAL_WINDOWS, DEFAULT_SEQLEN, measure_lm, table
+from .prune_experts import add_expert_args, check_expert_args
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_NSAMPLES = 32
@@ -65,6 +66,7 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--recover-lr", type=float, default=None, help="learning rate of --recover (default per mode)")
     p.add_argument("--recover-seqlen", type=int, default=None,
                    help="cut the calibration windows into pieces of this many tokens for --recover (default: whole)")
+    add_expert_args(p)
     p.add_argument("--device", default=None,
                    help="wanda/sparsegpt: e.g. cuda: the model stays on the CPU, each block visits the device")
     p.add_argument("--out", default=None, help="output folder (default pruned-<model name>)")
@@ -112,7 +114,8 @@ def _check_args(args: argparse.Namespace) -> None:
         from ..core.fraction import check_fraction
         from ..slicing import SliceConfig
 
-        given = [f"--{n}" for n in ("structured", "sparsity", "method", "pattern", "allocation", "ratio", "device")
+        given = [f"--{n}" for n in ("structured", "experts", "sparsity", "method", "pattern", "allocation", "ratio",
+                                    "device")
                  if getattr(args, n) is not None]
         if given:
             raise ValueError(f"--slice replaces masks and --structured; {', '.join(given)} would be ignored: drop it")
@@ -120,6 +123,8 @@ def _check_args(args: argparse.Namespace) -> None:
         SliceConfig.parse(sparsity=args.slice, head=args.slice_head, rotation=args.slice_rotation, where="--slice")
         if args.calib == "none":
             raise ValueError("--slice needs calibration text for its PCA; --calib none gives none")
+        return
+    if check_expert_args(args):
         return
     if args.structured is not None:
         given = [f"--{n}" for n in ("method", "pattern", "allocation", "device") if getattr(args, n) is not None]
@@ -223,10 +228,15 @@ def _prune_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, A
     prune_args = dict(pattern=args.pattern, allocation=args.allocation, calibration=calib, seed=args.seed,
                       progress=progress, **options)
     structured = args.structured is not None or args.slice is not None
+    experts = args.experts is not None
     if args.slice is not None:
         from ..slicing import plan_slice, slice_
 
         plan_slice(lm.model, args.slice, head=args.slice_head, rotation=args.slice_rotation)  # every check first
+    elif experts:
+        from . import prune_experts
+
+        prune_experts.plan(args, lm.model)  # every check, before any work
     elif not structured:
         plan_prune(lm.model, args.method, args.sparsity, **prune_args)  # every check, before any work
     say(args, "measuring the dense model ...")
@@ -240,6 +250,9 @@ def _prune_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, A
         meta.update(method="slicegpt", settings={"sparsity": args.slice, "head": sliced.head,
                                                  "rotation": args.slice_rotation}, sliced=sliced.to_dict(),
                     prune_seconds=sliced.seconds)
+    elif experts:
+        headline, fields = prune_experts.run_experts(args, lm.model, calib, progress)
+        meta.update(fields)
     elif args.structured is not None:
         from ..structured import prune_transformer_
 
