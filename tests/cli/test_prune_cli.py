@@ -185,3 +185,50 @@ def test_real_gemma3_270m_prunes_from_its_gguf_path_and_its_alias(tmp_path, caps
     assert type(model).__name__ == "Gemma3ForCausalLM"
     w = model.model.layers[5].self_attn.o_proj.weight  # a global-attention layer
     assert float((w == 0).float().mean()) == pytest.approx(0.5)
+
+
+def test_dense_and_pruned_are_timed_interleaved_with_their_spread(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "timed"
+    assert _run(_args(tiny_folder, out, "--structured", "neurons", "--sparsity", "0.5", "--json")) == 0
+    data = json.loads(capsys.readouterr().out)
+    timing = data["timing"]
+    assert timing["interleaved"] and timing["models"] == ["before", "after"] and timing["threads"] >= 1
+    for side in ("before", "after"):
+        lat = data[side]["latency_batch1"]
+        assert lat["runs"] >= 3 and lat["median_ms"] == data[side]["latency_ms_batch1"]
+        assert set(lat) >= {"iqr_ms", "cpu_ms", "noisy", "why"}
+        gen = data[side]["generation"]
+        assert gen["runs"] >= 3 and gen["tokens"] == 32 and "spread" in gen and "noisy" in gen
+    # the runs were paired: as many rounds for the dense as for the pruned model
+    assert data["before"]["latency_batch1"]["runs"] == data["after"]["latency_batch1"]["runs"]
+    for key in ("latency_batch1", "latency_batch8", "generation"):
+        r = timing["ratios"][key]
+        assert r["of"] == "after/before" and r["median"] > 0 and r["iqr"] >= 0
+    assert timing["generation"]["new_tokens"] == 32 and timing["generation"]["greedy"]
+    text = (out / "report.txt").read_text()
+    assert "timed interleaved (before, after alternating, repeated)" in text
+    assert "after/before, paired ratio of times: forward batch 1" in text
+    assert " ms ±" in text  # every latency cell carries its spread
+    assert ("! noisy timings" in text) == timing["noisy"]
+
+
+def test_without_room_for_a_dense_copy_the_two_are_timed_apart_and_it_says_so(tiny_folder, tmp_path, capsys,
+                                                                               monkeypatch):
+    import prunekit.core.machine as machine
+
+    monkeypatch.setattr(machine, "available_memory", lambda: 1000)  # 1 kB free: no room for a copy
+    out = tmp_path / "apart"
+    assert _run(_args(tiny_folder, out, "--method", "magnitude", "--json")) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert not data["timing"]["interleaved"] and "no memory for a dense copy" in data["timing"]["apart"]
+    assert data["timing"]["ratios"] == {}
+    assert data["before"]["tokens_per_s"] > 0 and data["after"]["tokens_per_s"] > 0
+    assert "timed apart, not interleaved (no memory for a dense copy" in (out / "report.txt").read_text()
+
+
+def test_eval_reports_generation_speed_with_its_spread(tiny_folder, capsys):
+    assert _run(["eval", "--model", str(tiny_folder / "model"), "--ppl", str(tiny_folder / "texts"), "--windows", "2",
+                 "--seqlen", "32", "--gen-tokens", "8", "--quiet", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["generation"]["tokens"] == 8 and data["generation"]["runs"] >= 3
+    assert data["timing"]["models"] == ["model"] and not data["timing"]["interleaved"]

@@ -24,65 +24,73 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def measure_lm(model: Any, tokenizer: Any, windows: Any, *, causal: bool = True, gen_tokens: int = 32,
-               progress: bool = True, speed: bool = False) -> dict[str, Any]:
-    """Perplexity over ``windows`` (causal LMs), parameters, non-zeros, dense/sparse size and tokens/s;
-    with ``speed``, also the MACs of a 128-token input and the CPU latency of a forward pass at batch 1
-    and batch 8 (128 tokens each)."""
-    import torch
-
-    from ..core.stats import summary
-    from ..metrics.generation import generation_speed
-    from ..core.latency import latency
-    from ..metrics.perplexity import perplexity
-
-    example = None
-    if speed:
-        vocab = int(getattr(model.config, "vocab_size", 1000))
-        example = {"input_ids": torch.randint(0, vocab, (1, 128), generator=torch.Generator().manual_seed(0))}
-    s = summary(model, example_inputs=example)
-    out: dict[str, Any] = {
-        "params": s.params, "nonzeros": s.nonzeros, "sparsity": s.sparsity,
-        "dense_bytes": s.dense_bytes, "sparse_bytes": s.sparse_bytes,
-        "perplexity": None, "tokens_per_s": None,
-    }
-    if speed:
-        batch8 = {"input_ids": example["input_ids"].repeat(8, 1)}
-        out["macs_128_tokens"] = s.macs
-        out["latency_ms_batch1"] = latency(model, example, runs=5, warmup=1, threads=None).median_ms
-        out["latency_ms_batch8"] = latency(model, batch8, runs=3, warmup=1, threads=None).median_ms
-    if causal:
-        out["perplexity"] = perplexity(model, windows, progress=progress)
-        out["tokens_per_s"] = generation_speed(model, tokenizer, new_tokens=gen_tokens).tokens_per_s
-    return out
-
-
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
+def _timed(value: float | None, unit: str, detail: dict[str, Any] | None, digits: int = 1) -> str:
+    """A timed figure with its spread (half the interquartile range, as a share) and ``!`` when noisy."""
+    if value is None:
+        return "-"
+    if not detail:
+        return f"{value:.{digits}f}{unit}"
+    spread = detail.get("spread")
+    if spread is None:  # a Latency dict: iqr and median in ms
+        spread = detail["iqr_ms"] / detail["median_ms"] if detail.get("median_ms") else 0.0
+    return f"{value:.{digits}f}{unit} ±{spread / 2:.0%}" + (" !" if detail.get("noisy") else "")
+
+
 def table(columns: dict[str, dict[str, Any]], ppl_label: str = "perplexity") -> str:
-    """A text table with one column per measurement (e.g. before / after)."""
-    rows = [
-        (ppl_label, "perplexity", lambda v: "-" if v is None else f"{v:.2f}"),
-        ("parameters", "params", lambda v: f"{v:,}"),
-        ("non-zeros", "nonzeros", lambda v: f"{v:,}"),
-        ("sparsity (all parameters)", "sparsity", lambda v: f"{v:.2%}"),
-        ("size dense (fp32)", "dense_bytes", _mb),
-        ("size sparse (bitmask + values)", "sparse_bytes", _mb),
-        ("generation tokens/s", "tokens_per_s", lambda v: "-" if v is None else f"{v:.1f}"),
-        ("MACs (128 tokens)", "macs_128_tokens", lambda v: f"{v / 1e9:.2f} G"),
-        ("forward latency, batch 1 × 128", "latency_ms_batch1", lambda v: f"{v:.1f} ms"),
-        ("forward latency, batch 8 × 128", "latency_ms_batch8", lambda v: f"{v:.1f} ms"),
+    """A text table with one column per measurement (e.g. before / after); a timed figure shows its
+    spread (±half the interquartile range) and ``!`` when it cannot be trusted."""
+    rows: list[tuple[str, str, Any]] = [
+        (ppl_label, "perplexity", lambda c: "-" if c.get("perplexity") is None else f"{c['perplexity']:.2f}"),
+        ("parameters", "params", lambda c: f"{c['params']:,}"),
+        ("non-zeros", "nonzeros", lambda c: f"{c['nonzeros']:,}"),
+        ("sparsity (all parameters)", "sparsity", lambda c: f"{c['sparsity']:.2%}"),
+        ("size dense (fp32)", "dense_bytes", lambda c: _mb(c["dense_bytes"])),
+        ("size sparse (bitmask + values)", "sparse_bytes", lambda c: _mb(c["sparse_bytes"])),
+        ("generation tokens/s", "tokens_per_s", lambda c: _timed(c.get("tokens_per_s"), "", c.get("generation"))),
+        ("MACs (128 tokens)", "macs_128_tokens", lambda c: f"{c['macs_128_tokens'] / 1e9:.2f} G"),
+        ("forward latency, batch 1 × 128", "latency_ms_batch1",
+         lambda c: _timed(c.get("latency_ms_batch1"), " ms", c.get("latency_batch1"))),
+        ("forward latency, batch 8 × 128", "latency_ms_batch8",
+         lambda c: _timed(c.get("latency_ms_batch8"), " ms", c.get("latency_batch8"))),
     ]
     rows = [r for r in rows if any(col.get(r[1]) is not None or r[1] in ("perplexity", "tokens_per_s")
                                    for col in columns.values())]
     width = max(len(r[0]) for r in rows) + 2
-    head = f"{'':<{width}}" + "".join(f"{name:>16}" for name in columns)
+    head = f"{'':<{width}}" + "".join(f"{name:>20}" for name in columns)
     lines = [head, "-" * len(head)]
     for label, key, fmt in rows:
-        lines.append(f"{label:<{width}}" + "".join(f"{fmt(col[key]):>16}" for col in columns.values()))
+        cells = ["-" if col.get(key) is None and key not in ("perplexity", "tokens_per_s") else fmt(col)
+                 for col in columns.values()]
+        lines.append(f"{label:<{width}}" + "".join(f"{c:>20}" for c in cells))
     return "\n".join(lines)
+
+
+def timing_lines(timed: dict[str, Any]) -> list[str]:
+    """How the speed figures were taken, the paired ratios, and a warning when they cannot be trusted."""
+    t = timed["timing"]
+    if t["threads"] is None:  # nothing was timed
+        return []
+    if t["interleaved"]:
+        how = "timed interleaved (" + ", ".join(t["models"]) + " alternating, repeated)"
+    elif len(t["models"]) == 1:
+        how = "timed repeatedly"
+    else:
+        how = "timed apart, not interleaved" + (f" ({t['apart']})" if t.get("apart") else "")
+    gen = t.get("generation")
+    lines = [f"{how}, {t['threads']} thread(s)"
+             + (f"; generation: {gen['prompt_tokens']}-token prompt + {gen['new_tokens']} new tokens, greedy, "
+                f"{gen['rounds']} rounds" if gen else "")]
+    labels = {"latency_batch1": "forward batch 1", "latency_batch8": "forward batch 8", "generation": "generation time"}
+    parts = [f"{labels[k]} {r['median']:.2f}× ±{r['iqr'] / 2:.2f}" for k, r in timed["ratios"].items()]
+    if parts:
+        lines.append(f"{next(iter(timed['ratios'].values()))['of']}, paired ratio of times: " + ", ".join(parts))
+    if t["noisy"]:
+        lines.append("! noisy timings — " + "; ".join(t["why"]) + ". Rerun on a quiet machine before acting on them")
+    return lines
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -110,6 +118,7 @@ def _check_model(args: argparse.Namespace, lm: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..datasets.text import eval_windows
+    from ..metrics.lm import measure_lm
     from ..models.hf import load_model, read_prunekit_json
 
     _check_args(args)
@@ -126,5 +135,6 @@ def run(args: argparse.Namespace) -> int:
     data = {"model": args.model, "evaluation": {"source": args.ppl, "windows": args.windows, "seqlen": args.seqlen},
             **figures, "pruned_with": read_prunekit_json(args.model) if Path(args.model).is_dir() else None}
     text = table({"model": figures}, f"perplexity ({args.ppl}, {args.windows}×{args.seqlen})")
+    text += "\n\n" + "\n".join(timing_lines({"timing": figures["timing"], "ratios": {}}))
     emit(args, data, text)
     return 0

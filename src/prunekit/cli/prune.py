@@ -16,7 +16,7 @@ from typing import Any
 
 from ..core.atomic import check_writable, output_folder
 from .common import add_common, emit, is_quiet, say, warn
-from .eval import DEFAULT_EVAL_WINDOWS, DEFAULT_SEQLEN, measure_lm, table
+from .eval import DEFAULT_EVAL_WINDOWS, DEFAULT_SEQLEN, table, timing_lines
 from .prune_experts import add_expert_args, check_expert_args
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -198,12 +198,43 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dense_copy(model: Any) -> tuple[Any, str]:
+    """A copy of the dense model to time beside the pruned one, when memory has room for it (under 40%
+    of the memory available); else ``(None, why)``: the two are then timed apart."""
+    import copy
+
+    from ..core.machine import available_memory
+
+    need = sum(p.numel() * p.element_size() for p in model.parameters())
+    free = available_memory()
+    if free is not None and need > 0.4 * free:
+        return None, f"no memory for a dense copy: {need / 1e9:.1f} GB needed, {free / 1e9:.1f} GB available"
+    return copy.deepcopy(model), ""
+
+
+def _time_both(dense: Any, dense_speed: dict[str, Any] | None, apart: str, lm: Any, last: str,
+               forward: bool) -> dict[str, Any]:
+    """The speed of the dense and the pruned model: interleaved when a dense copy was kept, else the
+    dense figures taken before pruning beside the pruned model's taken now."""
+    from ..metrics.lm import lm_speed
+
+    if dense is not None:
+        timed = lm_speed({"before": dense, last: lm.model}, lm.tokenizer, causal=lm.causal_lm, forward=forward)
+        return timed
+    now = lm_speed({last: lm.model}, lm.tokenizer, causal=lm.causal_lm, forward=forward)
+    t = {**now["timing"], "interleaved": False, "models": ["before", last], "apart": apart,
+         "noisy": now["timing"]["noisy"] or dense_speed["timing"]["noisy"],
+         "why": dense_speed["timing"]["why"] + now["timing"]["why"]}
+    return {"models": {**dense_speed["models"], **now["models"]}, "ratios": {}, "timing": t}
+
+
 def _prune_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Any], str]:
     from .. import __version__
     from ..core.inputs import check_token_ids
     from ..core.mask import finalize_
     from ..datasets.text import calibration_windows, eval_windows
     from ..methods import plan_prune, prune_
+    from ..metrics.lm import lm_figures, lm_speed
     from ..models.hf import load_model
 
     progress = not is_quiet(args)
@@ -240,7 +271,11 @@ def _prune_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, A
     elif not structured:
         plan_prune(lm.model, args.method, args.sparsity, **prune_args)  # every check, before any work
     say(args, "measuring the dense model ...")
-    before = measure_lm(lm.model, lm.tokenizer, windows, causal=lm.causal_lm, progress=progress, speed=structured)
+    before = lm_figures(lm.model, windows, causal=lm.causal_lm, macs=structured, progress=progress)
+    dense, apart = _dense_copy(lm.model)  # timed beside the pruned model at the end, interleaved
+    dense_speed = None
+    if dense is None:
+        dense_speed = lm_speed({"before": lm.model}, lm.tokenizer, causal=lm.causal_lm, forward=structured)
     meta: dict[str, Any] = {"prunekit_version": __version__, "model": str(args.model)}
     if args.slice is not None:
         say(args, f"slicing {args.slice:.0%} of the residual stream (SliceGPT) ...")
@@ -277,8 +312,7 @@ def _prune_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, A
         from ..train.recovery_lm import recover_lm_
 
         say(args, "measuring the pruned model ...")
-        columns["pruned"] = measure_lm(lm.model, lm.tokenizer, windows, causal=lm.causal_lm, progress=progress,
-                                       speed=structured)
+        columns["pruned"] = lm_figures(lm.model, windows, causal=lm.causal_lm, macs=structured, progress=progress)
         say(args, f"recovering ({args.recover}, {args.recover_steps} steps on the calibration text) ...")
         rec = recover_lm_(lm.model, calib, recover=args.recover, steps=args.recover_steps, lr=args.recover_lr,
                           seqlen=args.recover_seqlen, progress=progress)  # masks stay in force while training
@@ -286,10 +320,17 @@ def _prune_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, A
         meta.update(recovery=rec.to_dict(), pruned=columns["pruned"])
     finalize_(lm.model)
     say(args, "measuring the result ...")
-    after = measure_lm(lm.model, lm.tokenizer, windows, causal=lm.causal_lm, progress=progress, speed=structured)
-    columns["recovered" if args.recover is not None else "after"] = after
+    after = lm_figures(lm.model, windows, causal=lm.causal_lm, macs=structured, progress=progress)
+    last = "recovered" if args.recover is not None else "after"
+    columns[last] = after
+    say(args, "timing the dense and the pruned model, interleaved ..." if dense is not None else "timing ...")
+    timed = _time_both(dense, dense_speed, apart, lm, last, structured)
+    del dense
+    before.update(timed["models"]["before"])
+    after.update(timed["models"][last])
     ppl_label = f"perplexity ({eval_src}, {args.eval_windows}×{args.seqlen})"
-    text = table(columns, ppl_label)
+    text = table(columns, ppl_label) + "\n\n" + "\n".join(timing_lines(timed))
+    meta["timing"] = {**timed["timing"], "ratios": timed["ratios"]}
     text = (f"prunekit {__version__}: {args.model}, {headline}\n"
             f"calibration: {calib_src}, {args.nsamples}×{args.seqlen} tokens, seed {args.seed}\n\n{text}")
     meta.update(calibration={"source": calib_src, "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed},
