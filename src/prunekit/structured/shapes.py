@@ -1,0 +1,498 @@
+"""Shape operations: views, permutes, splits, concatenation, reductions, padding and pooling.
+
+A shape operation is followed exactly by running it once more on a *probe*: a tensor of the same
+shape whose every element holds the index of the channel (label) it belongs to. Where the indices
+land in the result says where each channel went — along one dimension, repeated (flatten), split
+into (heads, head_dim) or (groups, channels per group), merged back, or sliced. A split unites the
+positions that share their inner index, so after pruning every head / group keeps the same channels
+and the reshape still works; a slice or a reorder of the channel dimension pins it (its positions
+would shift once channels go). Integer attributes of the calling module that equal a reshaped
+width (``self.head_dim``, ``self.hidden_dim``) are recorded, so removal can update them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .graph import AttrFix, PVal, Val
+from .propagate import CARRY, PIN_IF_TRACKED_DIM, REDUCTIONS, elementwise, shifted, tensor_member
+from .record import Recorder
+
+VIEWS = {"view", "reshape", "flatten", "unflatten", "permute", "transpose", "swapaxes", "swapdims", "movedim",
+         "moveaxis", "squeeze", "unsqueeze", "expand", "expand_as", "view_as", "reshape_as", "repeat", "tile",
+         "repeat_interleave", "roll", "flip", "fliplr", "flipud", "rot90", "narrow", "select", "getitem", "t", "T",
+         "mT", "H", "mH", "unfold", "index_select", "gather", "take_along_dim", "tensor_split", "unbind",
+         "diagonal", "broadcast_to", "atleast_1d", "atleast_2d", "atleast_3d", "squeeze_", "unsqueeze_",
+         "transpose_", "t_", "split", "split_with_sizes", "chunk", "ravel", "narrow_copy", "take", "index_select",
+         "movedim", "unsqueeze_copy", "view_copy", "permute_copy", "expand_copy", "masked_select", "flatten_"}
+SHAPE_OPS = VIEWS | {"cat", "concat", "concatenate", "stack", "hstack", "vstack"}
+SIZED = {"view", "reshape", "expand", "unflatten", "broadcast_to"}
+SPATIAL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+           "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+           "adaptive_max_pool3d", "lp_pool1d", "lp_pool2d", "lp_pool3d", "interpolate", "upsample",
+           "upsample_nearest", "upsample_bilinear", "grid_sample", "fractional_max_pool2d", "fractional_max_pool3d",
+           "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
+           "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices", "max_unpool2d", "avg_pool"}
+
+
+# --- probes ----------------------------------------------------------------------------------------
+def make_probe(v: Val, shape: torch.Size) -> Tensor:
+    """A float64 tensor of ``shape`` holding, at each element, the flat index of its label in ``v``."""
+    base = torch.arange(v.labels.size, dtype=torch.float64).reshape(v.labels.shape)
+    order = sorted(range(len(v.dims)), key=lambda a: v.dims[a])
+    base = base.permute(*order) if len(order) > 1 else base
+    view = [1] * len(shape)
+    for a in order:
+        view[v.dims[a]] = shape[v.dims[a]]
+    return base.reshape(view).expand(shape).contiguous()
+
+
+def _along(a: np.ndarray, axis: int) -> np.ndarray:
+    idx = [0] * a.ndim
+    idx[axis] = slice(None)
+    return a[tuple(idx)]
+
+
+def is_regular(idx: np.ndarray, c: int) -> bool:
+    """Whether ``idx`` is arange(c) with each entry repeated a times, the whole tiled b times."""
+    if len(idx) % c:
+        return False
+    for a in range(1, len(idx) // c + 1):
+        if (len(idx) // c) % a:
+            continue
+        b = len(idx) // (c * a)
+        if np.array_equal(idx, np.tile(np.repeat(np.arange(c), a), b)):
+            return True
+    return False
+
+
+def varying_dims(r: Tensor) -> list[int]:
+    return [k for k in range(r.dim()) if r.shape[k] > 1 and not torch.equal(r, r.narrow(k, 0, 1).expand_as(r))]
+
+
+def analyze(rec: Recorder, r: Tensor, v: Val) -> Val | str:
+    """The labels of a shape operation's result ``r`` computed on a probe of ``v``, or why it cannot be followed."""
+    n = v.labels.shape[v.free]
+    if r.dim() == 0 or r.numel() == 0:
+        return "reduces the channels to one element"
+    dims = varying_dims(r)
+    sub = r
+    for k in reversed(range(r.dim())):
+        if k not in dims:
+            sub = sub.select(k, 0)
+    idx = sub.round().long().numpy()
+    if not dims:
+        return "selects a single channel"
+    comps = np.unravel_index(idx, v.labels.shape)
+    cf = comps[v.free]
+    vary = [i for i in range(idx.ndim) if idx.shape[i] > 1 and not (cf == np.take(cf, [0], axis=i)).all()]
+    labels = v.labels.ravel()[idx]
+    if not vary:
+        return "selects a single channel" if n > 1 else "keeps a width-1 channel dimension"
+    if len(vary) == 1:
+        # cf varies only along vary[0], so any line along it holds the sequence
+        seq = np.moveaxis(cf, vary[0], 0).reshape(cf.shape[vary[0]], -1)[:, 0]
+        if not is_regular(seq, n):
+            return "slices or reorders the channels"
+        return Val(labels, tuple(dims), vary[0])
+    strides = {}
+    for i in vary:
+        seq = np.moveaxis(cf, i, 0).reshape(cf.shape[i], -1)[:, 0] - cf.flat[0]
+        st = int(seq[1])
+        if st <= 0 or not np.array_equal(seq, st * np.arange(len(seq))):
+            return "splits the channels irregularly"
+        strides[i] = st
+    order = sorted(vary, key=lambda i: strides[i])
+    expect, size = 1, 1
+    for i in order:
+        if strides[i] != expect:
+            return "splits the channels irregularly"
+        expect *= idx.shape[i]
+    if expect != n or cf.flat[0] != 0:
+        return "splits the channels irregularly"
+    grid = sum(np.arange(idx.shape[i]).reshape([-1 if k == i else 1 for k in range(idx.ndim)]) * strides[i]
+               for i in vary)
+    if not np.array_equal(cf, np.broadcast_to(grid, cf.shape)):
+        return "splits the channels irregularly"
+    inner = order[0]
+    rec.g.unite_along(labels, inner)  # the same channels in every head / group
+    return Val(labels, tuple(dims), inner)
+
+
+def _substitute(args: tuple, kwargs: dict, target: Tensor, probe: Tensor) -> tuple[tuple, dict]:
+    new_args = tuple(probe if a is target else a for a in args)
+    new_kwargs = {k: (probe if a is target else a) for k, a in kwargs.items()}
+    return new_args, new_kwargs
+
+
+def _first_tracked(rec: Recorder, args: tuple, kwargs: dict) -> tuple[Tensor | None, Val | None]:
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, Tensor):
+            info = rec.info(a)
+            if isinstance(info, Val):
+                return a, info
+    return None, None
+
+
+def follow(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+    """A view-like operation: run it on the probe and read where the channels went."""
+    x, v = _first_tracked(rec, args, kwargs)
+    if not name.endswith("_as"):  # view_as / expand_as read only the other tensor's shape
+        others = [rec.info(t) for t in _tensors(args, kwargs) if t is not x]
+        rec.pin([o for o in others if isinstance(o, Val)], f"{name} in {rec.where!r} indexes with channels")
+    if name in ("chunk", "split", "split_with_sizes") and v.flat and _split_dim(name, args, kwargs, x) == v.dim:
+        rec.set_all(result, _equal_pieces(rec, name, args, kwargs, x, v, result))
+        return
+    probe = make_probe(v, x.shape)
+    a, k = _substitute(args, kwargs, x, probe)
+    try:
+        r = func(*a, **k)
+    except Exception as exc:  # an op that cannot run on a float probe
+        rec.pin(v, f"{name} in {rec.where!r} could not be followed ({type(exc).__name__})")
+        rec.set_all(result, None)
+        return
+    outs = r if isinstance(r, (tuple, list)) else [r]
+    infos = []
+    for o in outs:
+        if not isinstance(o, Tensor):
+            infos.append(None)
+            continue
+        got = analyze(rec, o, v)
+        if isinstance(got, str):
+            rec.g.pin(v.labels, f"{name} in {rec.where!r} {got}")
+            infos.append(None)
+        else:
+            infos.append(got)
+    rec.set_all(result, infos if isinstance(result, (tuple, list)) else infos[0])
+    if name in SIZED and isinstance(result, Tensor) and isinstance(infos[0], Val):
+        _record_sizes(rec, name, args, result, infos[0])
+
+
+def _tensors(args: tuple, kwargs: dict) -> list[Tensor]:
+    from .propagate import tensor_args
+
+    return tensor_args(args, kwargs)
+
+
+def _split_dim(name: str, args: tuple, kwargs: dict, x: Tensor) -> int:
+    d = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+    return d + x.dim() if isinstance(d, int) and d < 0 else d
+
+
+def _equal_pieces(rec: Recorder, name: str, args: tuple, kwargs: dict, x: Tensor, v: Val, result: Any) -> list:
+    c = x.shape[v.dim]
+    sizes = [r.shape[v.dim] for r in result]
+    if len(set(sizes)) != 1 or sum(sizes) != c:
+        rec.g.pin(v.labels, f"{name} in {rec.where!r} splits the channels into unequal parts")
+        return [None] * len(result)
+    block = v.labels.reshape(len(sizes), sizes[0])
+    rec.g.unite_along(block, 1)  # position j of every piece goes together
+    size = args[1] if len(args) > 1 else kwargs.get("split_size_or_sections", kwargs.get("split_size"))
+    if name != "chunk" and isinstance(size, int) and size == sizes[0] and rec.stack:
+        for attr, index in size_attrs(rec, [size], 0, size, inner=False):
+            rec.g.attr_fixes.append(AttrFix(rec.stack[-1], attr, block[0].copy(), index=index))
+    return [Val(block[i], v.dims, 0) for i in range(len(sizes))]
+
+
+def _sizes_of(args: tuple) -> list:
+    sizes: list = []
+    for a in args[1:]:
+        if isinstance(a, (tuple, list, torch.Size)):
+            sizes += list(a)
+        else:
+            sizes.append(a)
+    return sizes
+
+
+_COUNT = re.compile(r"(^|_)(num|n)_|heads$|groups|layers|depth|stride|kernel|window|patch|ratio|(^|_)n$")
+
+
+def size_attrs(rec: Recorder, sizes: list, d: int, width: int, inner: bool) -> list[tuple[str, int | None]]:
+    """Attributes of the calling module that hold ``width``, the size at position ``d`` of a reshape's sizes:
+    an int equal to it, or a shape tuple equal to all the sizes. When several ints match, those whose
+    names read as counts (``num_heads``, ``groups``) are left alone."""
+    mod = rec.top_module()
+    if mod is None:
+        return []
+    ints = [k for k, val in vars(mod).items() if type(val) is int and val == width and not k.startswith("_")]
+    tuples = [(k, d) for k, val in vars(mod).items() if isinstance(val, (tuple, list)) and not k.startswith("_")
+              and len(val) == len(sizes) and list(val) == list(sizes)]
+    if len(ints) > 1:  # several names for one width (embed_dim, split_size): update all but counts
+        picked = [k for k in ints if not _COUNT.search(k.lower())]
+        if not picked:
+            rec.g.ambiguous_attrs.add((rec.stack[-1], "/".join(ints)))
+            return tuples
+        ints = picked
+    return [(k, None) for k in ints] + tuples
+
+
+def _record_sizes(rec: Recorder, name: str, args: tuple, result: Tensor, v: Val) -> None:
+    """Remember integer attributes of the calling module that equal a reshaped channel width."""
+    if name == "unflatten":
+        return
+    sizes = _sizes_of(args)
+    d = v.dims[v.free]
+    width = result.shape[d]
+    if len(sizes) != result.dim() or not isinstance(sizes[d], int) or sizes[d] != width or width <= 1:
+        return
+    labels = v.labels if v.labels.ndim == 1 else np.moveaxis(v.labels, v.free, 0).reshape(width, -1)[:, 0]
+    for attr, index in size_attrs(rec, sizes, d, width, inner=len(v.dims) > 1):
+        rec.g.attr_fixes.append(AttrFix(rec.stack[-1], attr, labels.copy(), index=index))
+
+
+def follow_params(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+    """A view-like operation on a parameter (``cls_token.expand``, ``gamma.view(1, -1, 1, 1)``): map the
+    result's dimensions back to the parameter's."""
+    if name in ("cat", "concat", "concatenate", "stack", "hstack", "vstack"):
+        rec.set_all(result, None)
+        return
+    x = next((a for a in args if isinstance(a, Tensor)), None)  # the data; *_as ops' other tensor is a template
+    if x is None or not isinstance(rec.info(x), PVal):
+        rec.set_all(result, None)
+        return
+    info = rec.info(x)
+    outs = result if isinstance(result, (tuple, list)) else [result]
+    maps: list[list[list]] = [[[None] * o.dim() if isinstance(o, Tensor) else [] for o in outs]
+                              for _ in info.sources]
+    for j in range(x.dim()):
+        if x.shape[j] <= 1 or all(dm[j] is None for _, dm in info.sources if j < len(dm)):
+            continue
+        view = [1] * x.dim()
+        view[j] = x.shape[j]
+        probe = torch.arange(x.shape[j], dtype=torch.float64).reshape(view).expand(x.shape).contiguous()
+        a, k = _substitute(args, kwargs, x, probe)
+        try:
+            r = func(*a, **k)
+        except Exception:
+            rec.set_all(result, None)
+            return
+        rs = r if isinstance(r, (tuple, list)) else [r]
+        for oi, o in enumerate(rs):
+            if not isinstance(o, Tensor) or o.dim() == 0:
+                continue
+            vd = varying_dims(o)
+            if len(vd) != 1:
+                continue
+            seq = o.movedim(vd[0], 0).reshape(o.shape[vd[0]], -1)[:, 0].round().long().numpy()
+            if is_regular(seq, x.shape[j]):
+                for si, (_, dm) in enumerate(info.sources):
+                    maps[si][oi][vd[0]] = dm[j] if j < len(dm) else None
+    res = []
+    for oi, o in enumerate(outs):
+        if not isinstance(o, Tensor):
+            res.append(None)
+            continue
+        res.append(PVal(tuple((nm, tuple(maps[si][oi])) for si, (nm, _) in enumerate(info.sources))))
+        if name in SIZED and rec.stack:
+            sizes = _sizes_of(args)
+            for k, entry in enumerate(maps[0][oi] if maps else []):
+                if entry is None or len(sizes) != o.dim() or sizes[k] != o.shape[k] or o.shape[k] <= 1:
+                    continue
+                for attr, index in size_attrs(rec, sizes, k, o.shape[k], inner=False):
+                    rec.g.attr_fixes.append(AttrFix(rec.stack[-1], attr, member=(info.sources[0][0], entry),
+                                                    index=index))
+    rec.set_all(result, res if isinstance(result, (tuple, list)) else res[0])
+
+
+# --- concatenation ---------------------------------------------------------------------------------
+def cat(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+    parts = list(args[0]) if args else list(kwargs.get("tensors", ()))
+    d = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
+    if name in ("hstack", "vstack"):
+        rec.pin([rec.info(t) for t in parts], f"{name} in {rec.where!r}")
+        rec.set(result, None)
+        return
+    infos = [rec.info(t) for t in parts]
+    vals = [i for i in infos if isinstance(i, Val)]
+    nd = result.dim()
+    d = d + nd if d < 0 else d
+    stack = name == "stack"
+    dims = {v.dims for v in vals}
+    td = next(iter(dims))
+    if len(dims) != 1 or (not stack and d in td and not all(v.flat for v in vals)):
+        rec.pin(vals, f"{name} in {rec.where!r} joins channels along different dimensions")
+        rec.set(result, None)
+        return
+    if stack:
+        out = vals[0]
+        for v in vals[1:]:
+            rec.g.union(out.labels, v.labels) if v.labels.shape == out.labels.shape else rec.g.pin(v.labels, name)
+        for t, i in zip(parts, infos):
+            if not isinstance(i, Val):
+                rec.g.pin(out.labels, f"{name} in {rec.where!r} stacks channels with a tensor the graph cannot cut")
+        rec.set(result, Val(out.labels, tuple(x + (1 if d <= x else 0) for x in out.dims), out.free))
+        return
+    if d not in td:  # along tokens / batch: all parts share the channels
+        out = vals[0]
+        for v in vals[1:]:
+            if v.labels.shape != out.labels.shape:
+                rec.pin(vals, f"{name} in {rec.where!r}")
+                rec.set(result, None)
+                return
+            rec.g.union(out.labels, v.labels)
+        for t, i in zip(parts, infos):
+            if isinstance(i, PVal) and out.flat:
+                for pname, dm in i.sources:
+                    pd = dm[out.dim] if out.dim < len(dm) else None
+                    if pd is None:
+                        rec.g.pin(out.labels, f"{pname} joins the channels after a reshape")
+                    else:
+                        tensor_member(rec, pname, pd, out.labels, "param")
+            elif not isinstance(i, Val):
+                rec.g.pin(out.labels, f"{name} in {rec.where!r} joins the channels with a tensor the graph cannot cut")
+        rec.set(result, out)
+        return
+    pieces = []
+    for t, i in zip(parts, infos):
+        if isinstance(i, Val):
+            pieces.append(i.labels)
+        elif isinstance(i, PVal) and len(i.sources) == 1 and i.sources[0][1][d] is not None:
+            pname, dm = i.sources[0]
+            slots = rec.producer((pname, dm[d]), t.shape[d])
+            tensor_member(rec, pname, dm[d], slots, "param")
+            pieces.append(slots)
+        else:
+            pieces.append(rec.g.new_slots(t.shape[d], f"concatenated in {rec.where!r} with a tensor the graph cannot cut"))
+    rec.set(result, Val(np.concatenate(pieces), (d,), 0))
+
+
+# --- reductions, sorting, padding, pooling -------------------------------------------------------
+def _reduced_dims(name: str, args: tuple, kwargs: dict, nd: int) -> list[int] | None:
+    if "dim" in kwargs or "axis" in kwargs:
+        dims = kwargs.get("dim", kwargs.get("axis"))
+    else:
+        pos = 2 if name in ("norm", "vector_norm") else 1
+        dims = args[pos] if len(args) > pos else None
+        if isinstance(dims, bool):
+            dims = None
+    if dims is None:
+        return None
+    if isinstance(dims, int):
+        dims = [dims]
+    if not isinstance(dims, (list, tuple)) or not all(isinstance(x, int) for x in dims):
+        return None
+    return sorted(d + nd if d < 0 else d for d in dims)
+
+
+def reduction(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+    from .propagate import tensor_args
+
+    tensors = tensor_args(args, kwargs)
+    if name in ("max", "min") and len(tensors) > 1:  # torch.max(a, b): elementwise
+        elementwise(rec, func, name, args, kwargs, result)
+        return
+    x = tensors[0]
+    v = rec.info(x)
+    if not isinstance(v, Val):
+        rec.set_all(result, None)
+        return
+    dims = _reduced_dims(name, args, kwargs, x.dim())
+    first = result[0] if isinstance(result, (tuple, list)) else result
+    if dims is None:
+        if isinstance(first, Tensor) and first.dim() == x.dim() and first.shape == x.shape:
+            rec.set_all(result, v)  # e.g. median over the last dim of a 1-D view
+            return
+        rec.set_all(result, None)  # reduced everything: no channels left to follow
+        return
+    keep = isinstance(first, Tensor) and first.dim() == x.dim()
+    tracked = [a for a, d in enumerate(v.dims) if d in dims]
+    if v.free in tracked:
+        rec.set_all(result, None)  # a mean / norm over the channels: shape-safe, nothing to follow
+        return
+    labels = v.labels
+    for a in sorted(tracked, reverse=True):
+        labels = np.take(labels, 0, axis=a)
+    rest = [d for a, d in enumerate(v.dims) if a not in tracked]
+    free = v.free - sum(a < v.free for a in tracked)
+    new_dims = tuple(d if keep else d - sum(r < d for r in dims) for d in rest)
+    rec.set_all(result, Val(labels, new_dims, free))
+
+
+def sorting(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+    x, v = _first_tracked(rec, args, kwargs)
+    d = kwargs.get("dim", args[1] if len(args) > 1 and isinstance(args[1], int) and name not in ("topk",
+                                                                                                  "kthvalue") else -1)
+    if name in ("topk", "kthvalue"):
+        d = kwargs.get("dim", args[2] if len(args) > 2 else -1)
+    d = d + x.dim() if isinstance(d, int) and d < 0 else d
+    if d in v.dims:
+        rec.g.pin(v.labels, f"{name} over the channels in {rec.where!r}")
+        rec.set_all(result, None)
+        return
+    outs = result if isinstance(result, (tuple, list)) else [result]
+    rec.set_all(result, [v if isinstance(o, Tensor) and o.dim() == x.dim() else None for o in outs]
+                if isinstance(result, (tuple, list)) else v)
+
+
+def pad(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+    x, v = _first_tracked(rec, args, kwargs)
+    amounts = args[1] if len(args) > 1 else kwargs.get("pad", ())
+    touched = {x.dim() - 1 - i for i in range(len(amounts) // 2) if amounts[2 * i] or amounts[2 * i + 1]}
+    if touched & set(v.dims):
+        rec.g.pin(v.labels, f"pad of the channels in {rec.where!r}")
+        rec.set(result, None)
+        return
+    rec.set(result, v)
+
+
+def spatial(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+    """Pooling / resizing over the dimensions after (batch, channels)."""
+    x, v = _first_tracked(rec, args, kwargs)
+    outs = result if isinstance(result, (tuple, list)) else [result]
+    if any(d >= 2 for d in v.dims) or any(isinstance(o, Tensor) and o.dim() != x.dim() for o in outs):
+        rec.g.pin(v.labels, f"{name} over the channels in {rec.where!r}")
+        rec.set_all(result, None)
+        return
+    rec.set_all(result, v)
+
+
+def glu(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+    x, v = _first_tracked(rec, args, kwargs)
+    d = args[1] if len(args) > 1 else kwargs.get("dim", -1)
+    d = d + x.dim() if d < 0 else d
+    if not v.flat or d != v.dim:
+        rec.set(result, v if d not in v.dims else None)
+        if d in v.dims:
+            rec.g.pin(v.labels, f"glu over split channels in {rec.where!r}")
+        return
+    half = v.labels.reshape(2, -1)
+    rec.g.unite_along(half, 1)
+    rec.set(result, Val(half[0], v.dims, 0))
+
+
+def channel_shuffle(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+    x, v = _first_tracked(rec, args, kwargs)
+    g = args[1] if len(args) > 1 else kwargs.get("groups")
+    if not v.flat or v.dim != 1 or x.shape[1] % g:
+        rec.g.pin(v.labels, f"channel_shuffle in {rec.where!r}")
+        rec.set(result, None)
+        return
+    block = v.labels.reshape(g, -1)
+    rec.g.unite_along(block, 1)
+    rec.set(result, Val(block.T.ravel(), (1,), 0))
+
+
+def setitem(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+    for t in _tensors(args, kwargs):
+        rec.pin(rec.info(t), f"an in-place write into part of a tensor in {rec.where!r}")
+    if args and isinstance(args[0], Tensor):
+        rec.set(args[0], None)
+
+
+HANDLERS: dict[str, Callable] = {n: follow for n in VIEWS}
+HANDLERS.update({n: cat for n in ("cat", "concat", "concatenate", "stack", "hstack", "vstack")})
+HANDLERS.update({n: reduction for n in REDUCTIONS - {"median", "mode"}})
+HANDLERS.update({n: sorting for n in PIN_IF_TRACKED_DIM})
+HANDLERS.update({n: spatial for n in SPATIAL})
+HANDLERS.update({"pad": pad, "glu": glu, "channel_shuffle": channel_shuffle, "native_channel_shuffle": channel_shuffle,
+                 "setitem": setitem, "index_put": setitem, "index_put_": setitem, "scatter": setitem,
+                 "scatter_": setitem, "index_add": setitem, "index_add_": setitem, "index_copy": setitem,
+                 "index_copy_": setitem, "masked_scatter": setitem, "masked_scatter_": setitem,
+                 "index_fill": setitem, "index_fill_": setitem, "scatter_add": setitem, "scatter_add_": setitem,
+                 "scatter_reduce": setitem})
+assert not (set(HANDLERS) & CARRY - {"normalize"})
