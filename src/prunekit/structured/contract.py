@@ -83,6 +83,13 @@ def contract(rec: Recorder, name: str, operands: list[Operand], out_letters: str
             if a is not None and b is not None:
                 rec.g.union(b, a)
                 continue
+        if fl in block[0] and fl != block[2]:  # its channels run along a fixed axis of the block (heads): keep
+            rec.g.pin(info.labels, f"{name} in {where!r} mixes heads the graph keeps whole")  # the block, pin these
+            continue
+        if block[2] in vl and block[2] != fl:
+            rec.g.pin(block[1], f"{name} in {where!r} mixes heads the graph keeps whole")
+            block = [vl, info.labels, fl]
+            continue
         rec.g.pin(block[1], f"{name} in {where!r} meets channels along different dimensions")
         rec.g.pin(info.labels, f"{name} in {where!r} meets channels along different dimensions")
         for _, _, i in operands:

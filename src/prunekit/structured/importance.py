@@ -178,7 +178,7 @@ def score_taylor(groups: list[Group], config: TaylorConfig, ctx: ScoreContext) -
             loss = loss_fn(call_model(model, batch[0]), batch[1])
         if not isinstance(loss, Tensor) or loss.dim() != 0:
             raise ValueError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}")
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(float(loss.detach())):
             raise ValueError(f"loss_fn returned {float(loss)}: the Taylor importance needs a finite loss")
         gs = torch.autograd.grad(loss, params, allow_unused=True)
         for acc, g in zip(grads, gs):

@@ -195,6 +195,8 @@ def elementwise(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: d
             out = v
         elif v.dims == out.dims and v.labels.shape == out.labels.shape:
             rec.g.union(out.labels, v.labels)
+        elif _flat_meets_block(rec, out, v):
+            out = v if v.flat else out  # a block's fixed axes are united already: the flat labels describe both
         else:
             rec.g.pin(out.labels, f"{name} in {rec.where!r} meets channels along another dimension")
             rec.g.pin(v.labels, f"{name} in {rec.where!r} meets channels along another dimension")
@@ -224,6 +226,26 @@ def elementwise(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: d
                 why = "a parameter along split channels" if isinstance(info, PVal) else "a tensor the graph cannot cut"
                 rec.g.pin(out.labels, f"{name} in {rec.where!r} combines the channels with {why}")
     rec.set(result, out)
+
+
+def line(v: Val) -> np.ndarray:
+    """The labels along a Val's free axis (index 0 along its fixed axes)."""
+    if v.labels.ndim == 1:
+        return v.labels
+    idx: list[Any] = [0] * v.labels.ndim
+    idx[v.free] = slice(None)
+    return v.labels[tuple(idx)]
+
+
+def _flat_meets_block(rec: Recorder, a: Val, b: Val) -> bool:
+    """A flat operand along a block's free dimension (SK-Net's per-path attention on stacked paths):
+    unite it with the block's free-axis labels. True when that applied."""
+    flat, block = (a, b) if a.flat else (b, a)
+    if not flat.flat or block.flat or flat.dim != block.dims[block.free] \
+            or len(flat.labels) != block.labels.shape[block.free]:
+        return False
+    rec.g.union(flat.labels, line(block))
+    return True
 
 
 def shifted(v: Val, shift: int) -> Val:

@@ -187,12 +187,29 @@ def _split_dim(name: str, args: tuple, kwargs: dict, x: Tensor) -> int:
 def _equal_pieces(rec: Recorder, name: str, args: tuple, kwargs: dict, x: Tensor, v: Val, result: Any) -> list:
     c = x.shape[v.dim]
     sizes = [r.shape[v.dim] for r in result]
-    if len(set(sizes)) != 1 or sum(sizes) != c:
+    if sum(sizes) != c:
         rec.g.pin(v.labels, f"{name} in {rec.where!r} splits the channels into unequal parts")
         return [None] * len(result)
+    size = args[1] if len(args) > 1 else kwargs.get("split_size_or_sections", kwargs.get("split_size"))
+    if isinstance(size, (list, tuple)) or len(set(sizes)) != 1:
+        # a list of part sizes (MixConv, q/k/v of different widths): each part keeps its own channels and
+        # the module's stored list of sizes follows them
+        fixes = size_attrs(rec, sizes, 0, sizes[0], inner=False) if rec.stack else []
+        fixes = [(a, i) for a, i in fixes if i is not None]
+        if not fixes and len(set(sizes)) == 1:
+            fixes = None
+        elif not fixes:
+            rec.g.pin(v.labels, f"{name} in {rec.where!r} splits the channels into unequal parts of constant sizes")
+            return [None] * len(result)
+        if fixes is not None:
+            bounds = np.cumsum([0] + sizes)
+            parts = [v.labels[bounds[k]:bounds[k + 1]] for k in range(len(sizes))]
+            for attr, _ in fixes:
+                for k, part in enumerate(parts):
+                    rec.g.attr_fixes.append(AttrFix(rec.stack[-1], attr, part.copy(), index=k))
+            return [Val(part, v.dims, 0) for part in parts]
     block = v.labels.reshape(len(sizes), sizes[0])
     rec.g.unite_along(block, 1)  # position j of every piece goes together
-    size = args[1] if len(args) > 1 else kwargs.get("split_size_or_sections", kwargs.get("split_size"))
     if name != "chunk" and isinstance(size, int) and size == sizes[0] and rec.stack:
         for attr, index in size_attrs(rec, [size], 0, size, inner=False):
             rec.g.attr_fixes.append(AttrFix(rec.stack[-1], attr, block[0].copy(), index=index))

@@ -113,11 +113,14 @@ def build_graph(model: nn.Module, example_inputs: Any, ignore: Iterable[nn.Modul
 
 
 def _fx_module(model: nn.Module, example_inputs: Any, ignore: list[nn.Module]) -> fx.GraphModule:
-    concrete: dict[str, Any] = {}
+    params = inspect.signature(model.forward).parameters
     if isinstance(example_inputs, Mapping):
-        params = inspect.signature(model.forward).parameters
-        concrete = {k: p.default for k, p in params.items() if k not in example_inputs
-                    and p.default is not inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD}
+        given = set(example_inputs)
+    else:
+        n = len(example_inputs) if isinstance(example_inputs, (tuple, list)) else 1
+        given = set(list(params)[:n])
+    concrete = {k: p.default for k, p in params.items() if k not in given
+                and p.default is not inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD}
     return trace(model, [m for m in ignore if not isinstance(m, CONVS + (nn.Linear,))], concrete)
 
 
