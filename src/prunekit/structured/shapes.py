@@ -226,21 +226,25 @@ def _sizes_of(args: tuple) -> list:
     return sizes
 
 
-_COUNT = re.compile(r"(^|_)(num|n)_|heads$|groups|layers|depth|stride|kernel|window|patch|ratio|(^|_)n$")
+_COUNT = re.compile(r"(^|_)(num|n)_|heads$|groups|layers|depth|stride|kernel|window|patch|ratio|(^|_)n$|image|img|"
+                    r"resolution|seq|len|token|pos")
+_WIDTH = re.compile(r"dim|channel|hidden|embed|width|feature|planes|split")
 
 
 def size_attrs(rec: Recorder, sizes: list, d: int, width: int, inner: bool) -> list[tuple[str, int | None]]:
     """Attributes of the calling module that hold ``width``, the size at position ``d`` of a reshape's sizes:
     an int equal to it, or a shape tuple equal to all the sizes. When several ints match, those whose
-    names read as counts (``num_heads``, ``groups``) are left alone."""
+    names read as widths (``hidden_dim``, ``split_size``) are taken, and counts or spatial sizes
+    (``num_heads``, ``image_size``) are left alone."""
     mod = rec.top_module()
     if mod is None:
         return []
-    ints = [k for k, val in vars(mod).items() if type(val) is int and val == width and not k.startswith("_")]
+    ints = [k for k, val in vars(mod).items() if type(val) is int and val == width and not k.startswith("_")
+            and not _COUNT.search(k.lower())]
     tuples = [(k, d) for k, val in vars(mod).items() if isinstance(val, (tuple, list)) and not k.startswith("_")
               and len(val) == len(sizes) and list(val) == list(sizes)]
-    if len(ints) > 1:  # several names for one width (embed_dim, split_size): update all but counts
-        picked = [k for k in ints if not _COUNT.search(k.lower())]
+    if len(ints) > 1:  # several names for one width: the width-like ones (embed_dim, split_size), else
+        picked = [k for k in ints if _WIDTH.search(k.lower())] or ints
         if not picked:
             rec.g.ambiguous_attrs.add((rec.stack[-1], "/".join(ints)))
             return tuples
