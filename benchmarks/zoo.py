@@ -50,7 +50,7 @@ TIMM = [
     "ghostnetv2_100", "mixnet_s", "rexnet_100", "hardcorenas_a", "fbnetc_100", "densenet121", "dpn68", "dla34",
     "cspresnet50", "cspdarknet53", "vovnet39a", "ese_vovnet19b_dw", "hrnet_w18_small", "inception_v3@96",
     "inception_v4@96", "xception41", "repvgg_a0", "mobileone_s0", "gernet_s", "nf_resnet26", "eca_nfnet_l0",
-    "selecsls42b", "tresnet_m", "convnext_atto", "convnextv2_atto", "edgenext_xx_small", "efficientformer_l1",
+    "selecsls42b", "tresnet_m", "convnext_atto", "convnextv2_atto", "edgenext_xx_small", "efficientformer_l1@224",
     "efficientformerv2_s0", "efficientvit_b0", "efficientvit_m0", "fastvit_t8", "mobilevit_xxs", "mobilevitv2_050",
     "levit_128s", "vit_tiny_patch16_224", "deit_tiny_patch16_224", "deit3_small_patch16_224", "cait_xxs24_224",
     "xcit_nano_12_p16_224", "poolformer_s12", "poolformerv2_s12", "convmixer_768_32@32", "mixer_s16_224",
@@ -62,11 +62,17 @@ TIMM = [
 ]
 
 
+# the largest models run last (memory, time)
+LAST = ("regnet_y_128gf", "vit_h_14", "regnet_y_32gf", "vit_l_16", "vit_l_32", "regnet_x_32gf", "convnext_large",
+        "efficientnet_v2_l", "regnet_y_16gf", "regnet_x_16gf", "wide_resnet101_2", "vgg19_bn", "vgg19")
+
+
 def torchvision_names() -> list[str]:
     from prunekit.models.vision import import_torchvision
 
     tv = import_torchvision()
-    return sorted(tv.models.list_models(module=tv.models))
+    names = sorted(tv.models.list_models(module=tv.models))
+    return [n for n in names if n not in LAST] + [n for n in reversed(LAST) if n in names]
 
 
 def hf_models() -> dict[str, Any]:

@@ -44,14 +44,14 @@ class Kept:
     def __init__(self, graph: DependencyGraph, removed: set[int]) -> None:
         self.graph = graph
         self.removed = removed
+        self.gone = np.fromiter(removed, dtype=np.int64, count=len(removed))
         self.cache: dict[Any, int] = {}
 
     def count(self, labels: np.ndarray, key: Any = None) -> int:
         """Kept positions of ``labels``; ``key`` caches the count (an object that lives as long as the array)."""
         if key is not None and key in self.cache:
             return self.cache[key]
-        roots = self.graph.roots(labels)
-        n = int(sum(1 for r in roots.tolist() if r not in self.removed))
+        n = int((~np.isin(self.graph.roots(labels), self.gone)).sum())
         if key is not None:
             self.cache[key] = n
         return n

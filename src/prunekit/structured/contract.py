@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from torch import Tensor, nn
 
-from .graph import PVal, Val
+from .graph import PCat, PVal, Val
 from .propagate import tensor_member
 from .record import Recorder
 
@@ -143,6 +143,12 @@ def add_bias(rec: Recorder, out: Val | None, bias: Tensor | None, result: Tensor
     if bias is None or out is None:
         return
     info = rec.info(bias)
+    if isinstance(info, PCat) and out.flat and bias.dim() == 1 and info.dim == 0:
+        for start, stop, part in info.parts:  # a bias concatenated from pieces: each piece cut with its channels
+            for pname, dmap in part.sources:
+                if dmap[:1] == (0,):
+                    tensor_member(rec, pname, 0, out.labels[start:stop], "out")
+        return
     shift = result.dim() - bias.dim()
     for d in out.dims:
         bd = d - shift

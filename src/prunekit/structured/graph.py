@@ -60,6 +60,15 @@ class PVal:
 
 
 @dataclass
+class PCat:
+    """Parameters concatenated along ``dim`` (BEiT's ``cat(q_bias, zeros, v_bias)``): ``parts`` holds
+    (start, stop, PVal) for each piece, so a bias built this way can still be cut piece by piece."""
+
+    dim: int
+    parts: tuple[tuple[int, int, PVal], ...]
+
+
+@dataclass
 class Member:
     """One dimension ``dim`` of the tensor ``tensor`` (a parameter or buffer name), the module that owns it
     (``name``) and the slot of each of its positions. ``role`` is for people: ``out``, ``in``, ``dw``
@@ -104,6 +113,9 @@ class DependencyGraph:
     refs: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     unknown_ops: dict[str, int] = field(default_factory=dict)
     ops: int = 0
+    version: int = 0
+    _frozen: np.ndarray | None = None
+    _frozen_at: int = -1
     log: list = field(default_factory=list)
     output_shapes: list = field(default_factory=list)
     module_inputs: dict[str, list] = field(default_factory=dict)
@@ -111,6 +123,7 @@ class DependencyGraph:
     def new_slots(self, n: int, pinned: str | None = None) -> np.ndarray:
         start = len(self.parent)
         self.parent.extend(range(start, start + n))
+        self.version += 1
         if pinned:
             for s in range(start, start + n):
                 self.pinned[s] = pinned
@@ -135,6 +148,7 @@ class DependencyGraph:
             rx, ry = self.find(x), self.find(y)
             if rx != ry:
                 self.parent[ry] = rx
+                self.version += 1
 
     def unite_along(self, labels: np.ndarray, keep_axis: int) -> None:
         """Unite the slots of ``labels`` that share their index along ``keep_axis`` (the same channel of
@@ -163,12 +177,27 @@ class DependencyGraph:
         else:
             self.members[key] = Member(tensor, dim, name, role, labels, module)
 
+    def all_roots(self) -> np.ndarray:
+        """The root of every slot (computed once per change of the union-find, by vectorized pointer jumping)."""
+        if self._frozen is None or self._frozen_at != self.version:
+            par = np.asarray(self.parent, dtype=np.int64)
+            while True:
+                nxt = par[par]
+                if np.array_equal(nxt, par):
+                    break
+                par = nxt
+            self._frozen, self._frozen_at = par, self.version
+        return self._frozen
+
     def roots(self, labels: np.ndarray) -> np.ndarray:
-        flat = np.asarray(labels).ravel()
-        return np.fromiter((self.find(int(x)) for x in flat), dtype=np.int64, count=len(flat))
+        flat = np.asarray(labels, dtype=np.int64).ravel()
+        return self.all_roots()[flat] if len(flat) else flat
 
     def pinned_roots(self) -> dict[int, str]:
         out: dict[int, str] = {}
-        for s, why in self.pinned.items():
-            out.setdefault(self.find(s), why)
+        if not self.pinned:
+            return out
+        slots = np.fromiter(self.pinned, dtype=np.int64, count=len(self.pinned))
+        for s, r in zip(slots.tolist(), self.roots(slots).tolist()):
+            out.setdefault(r, self.pinned[s])
         return out

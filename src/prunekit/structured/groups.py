@@ -12,15 +12,37 @@ import torch
 from .graph import DependencyGraph, Member
 
 
-@dataclass
+@dataclass(eq=False)
 class Group:
     """Channels that rise and fall together: ``units`` are the union-find roots (one removable unit
-    each, e.g. channel i of every layer in a residual stage); ``where`` maps each member's key
-    ``(tensor, dim)`` to the positions of each unit in it."""
+    each, e.g. channel i of every layer in a residual stage); ``roots_of`` gives, for each member's key
+    ``(tensor, dim)``, the unit of each of its positions, and :attr:`where` the positions of each unit."""
 
     members: list[Member]
     units: list[int]
-    where: dict[tuple[str, int], dict[int, np.ndarray]] = field(default_factory=dict)
+    roots_of: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    _where: dict | None = field(default=None, repr=False)
+
+    @property
+    def where(self) -> dict[tuple[str, int], dict[int, np.ndarray]]:
+        if self._where is None:
+            units = set(self.units)
+            self._where = {}
+            for key, r in self.roots_of.items():
+                d: dict[int, list[int]] = defaultdict(list)
+                for pos, u in enumerate(r.tolist()):
+                    if u in units:
+                        d[u].append(pos)
+                self._where[key] = {u: np.asarray(p) for u, p in d.items()}
+        return self._where
+
+    def unit_index(self, key: tuple[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        """(positions of member ``key`` that belong to this group, the index of their unit in ``units``)."""
+        r = self.roots_of[key]
+        units = np.asarray(self.units, dtype=np.int64)
+        idx = np.searchsorted(units, r)
+        ok = (idx < len(units)) & (units[np.minimum(idx, len(units) - 1)] == r)
+        return np.nonzero(ok)[0], idx[ok]
 
     @property
     def names(self) -> list[str]:
@@ -46,20 +68,22 @@ class Group:
 
 def find_groups(graph: DependencyGraph) -> list[Group]:
     """The prunable groups: units with the same set of members form one group; pinned units are left out."""
-    pinned = graph.pinned_roots()
-    positions: dict[int, dict[tuple[str, int], list[int]]] = defaultdict(lambda: defaultdict(list))
-    for key, m in graph.members.items():
-        for pos, root in enumerate(graph.roots(m.labels).tolist()):
-            positions[root][key].append(pos)
-    by_signature: dict[tuple, list[int]] = defaultdict(list)
-    for root, where in positions.items():
+    pinned = set(graph.pinned_roots())
+    keys = list(graph.members)
+    per_key = [graph.roots(graph.members[k].labels) for k in keys]
+    owners: dict[int, list[int]] = defaultdict(list)  # root -> indices of the members it appears in
+    for ki, roots in enumerate(per_key):
+        for r in np.unique(roots).tolist():
+            owners[r].append(ki)
+    by_signature: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for root, kis in owners.items():
         if root not in pinned:
-            by_signature[tuple(sorted(where))].append(root)
+            by_signature[tuple(kis)].append(root)
     groups = []
     for signature, roots in by_signature.items():
         roots.sort()
-        g = Group([graph.members[k] for k in signature], roots)
-        g.where = {k: {r: np.asarray(positions[r][k]) for r in roots} for k in signature}
+        g = Group([graph.members[keys[ki]] for ki in signature], roots)
+        g.roots_of = {keys[ki]: per_key[ki] for ki in signature}
         groups.append(g)
     groups.sort(key=lambda g: g.units[0])
     return groups

@@ -92,15 +92,12 @@ def member_tensor(m: Member) -> Tensor:
 def per_unit(group: Group, rows_of: Callable[[Member], Tensor | None]) -> Tensor:
     """Sum, for each unit, the per-position values ``rows_of(member)`` over the member positions it owns."""
     scores = torch.zeros(len(group), dtype=torch.float64)
-    index = {u: i for i, u in enumerate(group.units)}
     for m in group.members:
         rows = rows_of(m)
         if rows is None:
             continue
-        pos = group.where[m.key]
-        unit_idx = np.concatenate([np.full(len(p), index[u]) for u, p in pos.items()])
-        flat = np.concatenate(list(pos.values()))
-        scores.index_add_(0, torch.as_tensor(unit_idx), rows[torch.as_tensor(flat)])
+        pos, idx = group.unit_index(m.key)
+        scores.index_add_(0, torch.as_tensor(idx), rows[torch.as_tensor(pos)])
     return scores
 
 

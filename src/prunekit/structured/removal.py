@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
+
 import torch
 from torch import Tensor, nn
 
@@ -31,7 +33,8 @@ def _slice_param(module: nn.Module, name: str, keep: Tensor, dim: int) -> None:
 def kept_positions(graph: DependencyGraph, labels, removed: set[int]) -> Tensor:
     """Positions of ``labels`` whose unit is not removed."""
     roots = graph.roots(labels)
-    return torch.as_tensor([i for i, r in enumerate(roots.tolist()) if r not in removed], dtype=torch.long)
+    gone = np.fromiter(removed, dtype=np.int64, count=len(removed))
+    return torch.as_tensor(np.nonzero(~np.isin(roots, gone))[0], dtype=torch.long)
 
 
 def plan_removal(graph: DependencyGraph, removed: set[int]) -> dict[str, list[tuple[int, Tensor]]]:

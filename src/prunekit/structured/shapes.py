@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .graph import AttrFix, PVal, Val
+from .graph import AttrFix, PCat, PVal, Val
 from .propagate import CARRY, PIN_IF_TRACKED_DIM, REDUCTIONS, elementwise, shifted, tensor_member
 from .record import Recorder
 
@@ -269,7 +269,18 @@ def _record_sizes(rec: Recorder, name: str, args: tuple, result: Tensor, v: Val)
 def follow_params(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
     """A view-like operation on a parameter (``cls_token.expand``, ``gamma.view(1, -1, 1, 1)``): map the
     result's dimensions back to the parameter's."""
-    if name in ("cat", "concat", "concatenate", "stack", "hstack", "vstack"):
+    if name in ("cat", "concat", "concatenate"):
+        parts = list(args[0]) if args else list(kwargs.get("tensors", ()))
+        d = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        infos = [rec.info(t) for t in parts]
+        if isinstance(result, Tensor) and all(isinstance(i, PVal) for i in infos):
+            d = d + result.dim() if d < 0 else d
+            bounds = np.cumsum([0] + [t.shape[d] for t in parts])
+            rec.set(result, PCat(d, tuple((int(bounds[k]), int(bounds[k + 1]), i) for k, i in enumerate(infos))))
+        else:
+            rec.set(result, None)
+        return
+    if name in ("stack", "hstack", "vstack"):
         rec.set_all(result, None)
         return
     x = next((a for a in args if isinstance(a, Tensor)), None)  # the data; *_as ops' other tensor is a template
