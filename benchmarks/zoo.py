@@ -322,7 +322,8 @@ def worker(jobs: list[tuple[str, str, str]], out: Path, limit: int) -> None:
               f"{row.get('seconds', '-')} s", flush=True)
 
 
-def drive(zoos: list[str], tools: list[str], out: Path, chunk: int, limit: int, only: list[str] | None) -> None:
+def drive(zoos: list[str], tools: list[str], out: Path, chunk: int, limit: int, only: list[str] | None,
+          redo: bool = False) -> None:
     jobs = []
     for zoo in zoos:
         names = torchvision_names() if zoo == "torchvision" else TIMM if zoo == "timm" else list(hf_models())
@@ -330,19 +331,38 @@ def drive(zoos: list[str], tools: list[str], out: Path, chunk: int, limit: int, 
             if only and name not in only:
                 continue
             jobs += [(zoo, name, tool) for tool in tools]
-    todo = [j for j in jobs if j not in done_keys(out)]
+    done = set() if redo else done_keys(out)
+    todo = [j for j in jobs if j not in done]
     print(f"{len(todo)} of {len(jobs)} measurements to do -> {out}", flush=True)
     while todo:
         batch, todo = todo[:chunk], todo[chunk:]
+        seen = _lines(out)
         cmd = [sys.executable, __file__, "--worker", json.dumps(batch), "--out", str(out), "--limit", str(limit)]
         proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-        left = [j for j in batch if j not in done_keys(out)]
+        finished = {(r["zoo"], r["model"], r["tool"]) for r in _rows(out)[seen:]}
+        left = [j for j in batch if j not in finished]
         if proc.returncode != 0 and left:  # the worker died (memory, a crash in C): record it, go on
             cur = out.parent / "zoo.current"
             dead = tuple(json.loads(cur.read_text())) if cur.exists() else left[0]
             append(out, {"zoo": dead[0], "model": dead[1], "tool": dead[2], "status": "crash",
                          "error": f"worker exited with {proc.returncode}"})
             todo = [j for j in left if j != dead] + todo
+
+
+def _rows(out: Path) -> list[dict[str, Any]]:
+    if not out.exists():
+        return []
+    rows = []
+    for line in out.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _lines(out: Path) -> int:
+    return len(_rows(out))
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -440,6 +460,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--chunk", type=int, default=8, help="measurements per worker process")
     p.add_argument("--limit", type=int, default=300, help="seconds per measurement before it counts as a timeout")
+    p.add_argument("--redo", action="store_true", help="measure again even where results exist (the latest counts)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--report", action="store_true", help="print the totals and write docs/zoo.md")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "zoo.md")
@@ -449,7 +470,7 @@ def main() -> None:
     elif args.report:
         report(args.out, args.doc)
     else:
-        drive(args.zoo, args.tool, args.out, args.chunk, args.limit, args.only)
+        drive(args.zoo, args.tool, args.out, args.chunk, args.limit, args.only, args.redo)
 
 
 if __name__ == "__main__":

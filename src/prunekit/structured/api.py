@@ -18,16 +18,13 @@ import time
 import warnings
 from typing import Any, Callable, Iterable
 
-import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..core.calling import call_model
 from ..core.config import ConfigError
 from ..core.deprecation import PrunekitDeprecationWarning, renamed_args
 from ..core.fraction import check_fraction
 from .config import StructuredConfig
-from .graph import DependencyGraph
 from .groups import Group, find_groups
 from .hf import is_hf, prune_units_, rebuild_mismatches, sync_from_config_, update_config_
 from .importance import ScoreContext, score_groups

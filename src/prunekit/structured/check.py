@@ -17,8 +17,7 @@ import itertools
 from typing import Any, Callable
 
 import numpy as np
-import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .graph import DependencyGraph, PVal, Val
@@ -253,6 +252,3 @@ def first_failing(candidates: list[Group], fails: Callable[[list[Group]], bool])
     return candidates[hi - 1]
 
 
-__all__ = ["Mismatch", "ShapeChecker", "blamed_groups", "expected_shape", "first_failing", "groups_in_module",
-           "light_copy", "run_checked", "siblings"]
-_ = (Tensor, torch)

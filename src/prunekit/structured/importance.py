@@ -17,7 +17,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor, nn

@@ -259,10 +259,10 @@ def tensor_member(rec: Recorder, tensor: str, dim: int, labels: np.ndarray, role
 
 
 def _register() -> dict[str, Callable]:
-    from . import contract, layers_ops, shapes
+    from . import contract, joins, layers_ops, shapes
 
     table: dict[str, Callable] = {}
-    for mod in (shapes, contract, layers_ops):
+    for mod in (shapes, joins, contract, layers_ops):
         table.update(mod.HANDLERS)
     return table
 
