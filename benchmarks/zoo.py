@@ -148,6 +148,9 @@ def build(zoo: str, name: str) -> tuple[Any, Any, list, bool]:
     head = model.get_output_embeddings() if kind == "ids" and hasattr(model, "get_output_embeddings") else None
     if head is None:
         head = getattr(model, "classifier", None) or getattr(model, "score", None)
+    if isinstance(head, torch.nn.Module) and not isinstance(head, torch.nn.Linear):  # a head module: its last layer
+        linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+        head = linears[-1] if linears else head
     heads = [head] if isinstance(head, torch.nn.Module) else []
     if isinstance(getattr(model, "distillation_classifier", None), torch.nn.Module):
         heads.append(model.distillation_classifier)

@@ -218,6 +218,23 @@ def addmm(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, r
     rec.set(result, out if out is not None else (ci if isinstance(ci, Val) and c.shape == result.shape else None))
 
 
+def grouped_mm(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+    """``torch._grouped_mm(x (S, K), w (E, K, N), offs)``: each token's expert weight; channels as in
+    ``x @ w[e]`` (the experts' shared input / output widths)."""
+    x, w = args[0], args[1] if len(args) > 1 else kwargs.get("mat2", kwargs.get("weight"))
+    if x.dim() != 2 or w.dim() != 3:
+        rec.pin([rec.info(x), rec.info(w)], f"{name} in {rec.where!r}")
+        rec.set(result, None)
+        return
+    out = contract(rec, name, [("sK", x.shape, rec.info(x)), ("eKN", w.shape, rec.info(w))], "sN", weight=1)
+    rec.set(result, out)
+    step = max(1, 16 // x.element_size())  # the kernel needs rows aligned to 16 bytes
+    for v in (rec.info(x), out):
+        if isinstance(v, Val):
+            for s in v.labels.ravel().tolist():
+                rec.g.multiple_of[s] = step
+
+
 def einsum(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
     eq = args[0]
     ops = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
@@ -330,5 +347,5 @@ def mha(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, res
 HANDLERS: dict[str, Callable] = {
     "linear": linear, "matmul": matmul, "rmatmul": matmul, "mm": matmul, "bmm": matmul, "mv": matmul,
     "addmm": addmm, "baddbmm": addmm, "addmm_": addmm, "baddbmm_": addmm, "einsum": einsum,
-    "scaled_dot_product_attention": sdpa, "multi_head_attention_forward": mha, "_native_multi_head_attention": mha,
+    "scaled_dot_product_attention": sdpa, "_grouped_mm": grouped_mm, "grouped_mm": grouped_mm, "multi_head_attention_forward": mha, "_native_multi_head_attention": mha,
 }

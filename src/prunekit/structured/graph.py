@@ -119,6 +119,7 @@ class DependencyGraph:
     log: list = field(default_factory=list)
     output_shapes: list = field(default_factory=list)
     module_inputs: dict[str, list] = field(default_factory=dict)
+    multiple_of: dict[int, int] = field(default_factory=dict)  # slot -> width granularity a kernel needs
 
     def new_slots(self, n: int, pinned: str | None = None) -> np.ndarray:
         start = len(self.parent)

@@ -57,14 +57,16 @@ def rebuild_mismatches(model: nn.Module) -> list[str]:
 
 
 def update_config_(model: nn.Module, *_: Any) -> dict[str, Any]:
-    """Write the pruned widths into ``model.config``: each integer field equal to a width that a tensor
-    lost (``hidden_size``, ``intermediate_size``, ``n_inner``, ``ffn_dim``, …) is set to the new width
-    when that makes the config describe more of the model (checked by building it on the meta device).
-    ``head_dim`` is written out when the hidden width changes, so attention keeps its own width."""
+    """Write the pruned widths into ``model.config``: each integer field (or entry of a list field, such
+    as ConvNeXt's ``hidden_sizes``) equal to a width a tensor lost — ``hidden_size``,
+    ``intermediate_size``, ``n_inner``, ``ffn_dim``, … — and ratio fields such as ``mlp_ratio`` are set
+    to the new width when that makes the config describe more of the model (checked by building it on
+    the meta device). ``head_dim`` is written out when the hidden width changes, so an attention that
+    reads it keeps its own width. Returns the fields changed."""
     text = _text(model.config)
     changes: dict[str, Any] = {}
     wrong = mismatches(model)
-    for _ in range(6):
+    for _ in range(8):
         if not wrong or wrong[0][1] == ():
             break
         pairs = []
@@ -72,48 +74,61 @@ def update_config_(model: nn.Module, *_: Any) -> dict[str, Any]:
             pairs += [(e, g) for e, g in zip(exp, got) if e != g]
         best = None
         for old, new in dict.fromkeys(pairs):
-            for field_name in _fields_worth(text, old):
-                before = getattr(text, field_name, None)
-                extra = _head_dim_guard(text, field_name, old)
-                setattr(text, field_name, new)
+            for edit in _edits(text, old, new):
+                undo = _apply(text, edit)
                 after = mismatches(model)
-                setattr(text, field_name, before)
-                for k, v in extra.items():
-                    setattr(text, k, v)
+                _apply(text, undo)
                 if (after and after[0][1] == ()) or len(after) >= len(wrong):
                     continue
-                if best is None or len(after) < len(best[3]):
-                    best = (field_name, new, _head_dim_guard(text, field_name, old, dry=True), after)
+                if best is None or (len(after), len(edit)) < (len(best[1]), len(best[0])):
+                    best = (edit, after)
         if best is None:
             break
-        field_name, new, extra, wrong = best
-        for k, v in extra.items():
-            setattr(text, k, v)
-            changes[k] = v
-        setattr(text, field_name, new)
-        changes[field_name] = new
-    return changes
+        edit, wrong = best
+        _apply(text, edit)
+        changes.update(edit)
+    return {k: getattr(text, k) for k in changes}
 
 
-def _fields_worth(text: Any, old: int) -> list[str]:
-    fields = [k for k, v in vars(text).items() if type(v) is int and v == old and not k.startswith("_")
-              and k not in ("vocab_size", "num_labels", "max_position_embeddings")]
+def _edits(text: Any, old: int, new: int) -> list[dict[str, Any]]:
+    """Config changes that could turn width ``old`` into ``new`` (each a dict of fields to set)."""
+    skip = ("vocab_size", "num_labels", "max_position_embeddings", "num_attention_heads", "num_key_value_heads")
+    out: list[dict[str, Any]] = []
     hidden = getattr(text, "hidden_size", None)
-    fields += [k for k in FFN_FIELDS if k in vars(text) and getattr(text, k) is None and hidden and 4 * hidden == old]
-    return fields
-
-
-def _head_dim_guard(text: Any, field_name: str, old: int, dry: bool = False) -> dict[str, Any]:
-    """Changing ``hidden_size`` of a family that reads ``head_dim`` keeps the attention width: write it out."""
-    if field_name != "hidden_size" or "head_dim" not in vars(text) and not hasattr(type(text), "head_dim"):
-        return {}
     heads = getattr(text, "num_attention_heads", None)
-    if getattr(text, "head_dim", None) is not None or not heads:
-        return {}
-    if not dry:
-        text.head_dim = old // heads
-        return {"head_dim": None}
-    return {"head_dim": old // heads}
+    for k, v in vars(text).items():
+        if k.startswith("_") or k in skip:
+            continue
+        if type(v) is int and v == old:
+            out.append({k: new})
+            if k == "hidden_size" and heads and getattr(text, "head_dim", None) is None:
+                out.append({k: new, "head_dim": old // heads})  # an attention that reads head_dim keeps it
+        elif isinstance(v, (list, tuple)) and all(type(x) is int for x in v) and old in v:
+            for i, x in enumerate(v):
+                if x == old:
+                    seq = list(v)
+                    seq[i] = new
+                    out.append({k: type(v)(seq)})
+        elif v is None and k in FFN_FIELDS and hidden and 4 * hidden == old:
+            out.append({k: new})
+        elif type(v) is float and v > 1 and hidden and abs(v * hidden - old) < 0.5 and "ratio" in k:
+            out.append({k: new / hidden})
+    return out
+
+
+_ABSENT = object()
+
+
+def _apply(text: Any, edit: dict[str, Any]) -> dict[str, Any]:
+    """Set the fields of ``edit`` (removing those set to ``_ABSENT``); returns the edit that undoes it."""
+    undo = {k: (getattr(text, k) if k in vars(text) else _ABSENT) for k in edit}
+    for k, v in edit.items():
+        if v is _ABSENT:
+            if k in vars(text):
+                delattr(text, k)
+        else:
+            setattr(text, k, v)
+    return undo
 
 
 def prune_units_(model: nn.Module, what: str, sparsity: float, importance: str, seed: int, data: Any,

@@ -197,13 +197,37 @@ def setitem(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict,
         rec.set(args[0], None)
 
 
+def index_add(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+    """``out.index_add_(dim, index, source)`` along tokens (a mixture of experts gathering its experts'
+    outputs): the source's channels are the target's; along the channels it is an in-place write."""
+    target = args[0] if args else kwargs.get("input")
+    d = args[1] if len(args) > 1 else kwargs.get("dim")
+    source = args[3] if len(args) > 3 else kwargs.get("source", kwargs.get("src"))
+    ti, si = rec.info(target), rec.info(source)
+    d = d + target.dim() if isinstance(d, int) and d < 0 else d
+    ok = isinstance(source, Tensor) and source.dim() == target.dim()
+    for v in (ti, si):
+        if isinstance(v, Val) and d in v.dims:
+            ok = False
+    if not ok or (isinstance(ti, Val) and isinstance(si, Val) and ti.labels.shape != si.labels.shape):
+        setitem(rec, func, name, args, kwargs, result)
+        return
+    if isinstance(ti, Val) and isinstance(si, Val):
+        rec.g.union(ti.labels, si.labels)
+    out = ti if isinstance(ti, Val) else si
+    if isinstance(ti, Val) != isinstance(si, Val):
+        rec.pin(out, f"{name} in {rec.where!r} adds channels to a tensor the graph cannot cut")
+        out = None
+    rec.set(result, out)
+
+
 HANDLERS: dict[str, Callable] = {n: cat for n in ("cat", "concat", "concatenate", "stack", "hstack", "vstack")}
 HANDLERS.update({n: reduction for n in REDUCTIONS - {"median", "mode"}})
 HANDLERS.update({n: sorting for n in PIN_IF_TRACKED_DIM})
 HANDLERS.update({n: spatial for n in SPATIAL})
 HANDLERS.update({"pad": pad, "glu": glu, "channel_shuffle": channel_shuffle, "native_channel_shuffle": channel_shuffle,
                  "setitem": setitem, "index_put": setitem, "index_put_": setitem, "scatter": setitem,
-                 "scatter_": setitem, "index_add": setitem, "index_add_": setitem, "index_copy": setitem,
-                 "index_copy_": setitem, "masked_scatter": setitem, "masked_scatter_": setitem,
-                 "index_fill": setitem, "index_fill_": setitem, "scatter_add": setitem, "scatter_add_": setitem,
+                 "scatter_": setitem, "index_add": index_add, "index_add_": index_add, "index_copy": index_add,
+                 "index_copy_": index_add, "masked_scatter": setitem, "masked_scatter_": setitem,
+                 "index_fill": setitem, "index_fill_": setitem, "scatter_add": index_add, "scatter_add_": index_add,
                  "scatter_reduce": setitem})

@@ -50,8 +50,7 @@ class Planner:
         self.ties = 0
         self.checks = 0
         self.heads = self._heads() if hf else None
-        if hf:
-            tie_derived_heads(model, graph, self.embed_prefix)
+        self.heads_tied = False
         self.regroup()
 
     # --- groups ---------------------------------------------------------------------------------
@@ -61,6 +60,11 @@ class Planner:
         self.active = {i for i, g in enumerate(self.groups) if not (set(g.units) & pinned)}
         self.unit_group = {u: i for i, g in enumerate(self.groups) for u in g.units}
         self.scores = self.score(self.groups) if self.groups else []
+        self.align: dict[int, int] = {}
+        if self.graph.multiple_of:
+            slots = list(self.graph.multiple_of)
+            for s, r in zip(slots, self.graph.roots(slots).tolist()):
+                self.align[r] = max(self.align.get(r, 1), self.graph.multiple_of[s])
         self.round_to = [self._round(g) for g in self.groups]
 
     def _heads(self) -> int | None:
@@ -68,12 +72,15 @@ class Planner:
         return getattr(text, "num_attention_heads", None)
 
     def _round(self, g: Group) -> int | None:
-        """The hidden width of a transformer stays a multiple of its head count (configs check that)."""
-        r = self.cfg.round_to
+        """The hidden width of a transformer stays a multiple of its head count (configs check that), and
+        widths that kernels need aligned (grouped expert matmuls: 16 bytes) stay multiples of it."""
+        r = self.cfg.round_to or 1
         if self.heads and self.embed_prefix is not None and any(
                 m.tensor.startswith(self.embed_prefix + ".") for m in g.members):
-            r = self.heads if r is None else r * self.heads // math.gcd(r, self.heads)
-        return r
+            r = r * self.heads // math.gcd(r, self.heads)
+        for a in {self.align[u] for u in g.units if u in self.align}:
+            r = r * a // math.gcd(r, a)
+        return r if r > 1 else self.cfg.round_to
 
     def pin(self, g: Group, why: str) -> None:
         i = self.groups.index(g)
@@ -127,6 +134,10 @@ class Planner:
             if wrong:
                 names = ", ".join(sorted({n for n, _, _ in wrong})[:3])
                 message = f"the config cannot describe the pruned {names}"
+                if not self.heads_tied and any(".attn" in n or "attention" in n for n, _, _ in wrong):
+                    self.heads_tied = True  # the family derives head_dim from the hidden width
+                    if tie_derived_heads(self.model, self.graph, self.embed_prefix):
+                        return message, [], True
                 if self._tie_config(wrong, removed):
                     return message, [], True
                 keys = set()
@@ -145,6 +156,17 @@ class Planner:
             everything, lambda gs: self._fails(gs, removed))
         return [culprit] if culprit is not None else []
 
+    def _adopt(self, name: str, d: int, size: int, expected: int, kept: Kept) -> bool:
+        """Make an unused tensor's dimension a member of the width the config says it has."""
+        if name not in self.graph.refs:
+            return False
+        for other in self.graph.members.values():
+            if len(other.labels) == size and kept.count(other.labels) == expected:
+                mname, attr = self.graph.refs[name][0]
+                self.graph.add_member(name, d, mname, "param", other.labels, self.model.get_submodule(mname))
+                return True
+        return False
+
     def _tie_config(self, wrong: list, removed: set[int]) -> bool:
         """A tensor the config sizes by another width (BERT's pooler is hidden × hidden): unite its
         positions with that width's, so both shrink together. True when a tie was made."""
@@ -152,15 +174,29 @@ class Planner:
         for name, exp, got in wrong:
             for d, (e, a) in enumerate(zip(exp, got)):
                 mine = self.graph.members.get((name, d))
-                if e == a or mine is None:
+                if e == a:
+                    continue
+                if mine is None:  # a tensor the forward never used (a mask token): give it the width it has
+                    if self._adopt(name, d, a, e, kept):
+                        return True
                     continue
                 same = [m for (t, _), m in self.graph.members.items() if t == name and m.dim != d]
                 others = same + [m for m in self.graph.members.values() if m.tensor != name]
+                n = len(mine.labels)
                 for other in others:
-                    if len(other.labels) == len(mine.labels) and kept.count(other.labels) == e \
-                            and not np.array_equal(self.graph.roots(other.labels), self.graph.roots(mine.labels)):
-                        self.graph.union(other.labels, mine.labels)
-                        return True
+                    k = len(other.labels)
+                    if n % k == 0 and kept.count(other.labels) * (n // k) == e:
+                        big, small = mine.labels, other.labels  # sized r × that width (ConvNeXt's MLP: 4 × dim)
+                    elif k % n == 0 and kept.count(other.labels) // (k // n) == e and k // n > 1:
+                        big, small = other.labels, mine.labels  # sized that width / r (a bottleneck: dim / 4)
+                    else:
+                        continue
+                    block = big.reshape(len(big) // len(small), len(small))
+                    if all(np.array_equal(self.graph.roots(row), self.graph.roots(small)) for row in block):
+                        continue
+                    self.graph.unite_along(block, 1)
+                    self.graph.union(block[0], small)
+                    return True
         return False
 
     def plan(self, sparsity: float) -> set[int]:
@@ -206,19 +242,20 @@ class Planner:
         return {u for g in self.groups for u in g.units if self.graph.find(u) in pinned}
 
 
-def tie_derived_heads(model: nn.Module, graph: DependencyGraph, embed_prefix: str | None) -> None:
+def tie_derived_heads(model: nn.Module, graph: DependencyGraph, embed_prefix: str | None) -> bool:
     """Families whose attention derives ``head_dim = hidden_size / num_attention_heads`` (BERT, GPT-2,
     OPT, ViT, …) can only reload if the attention widths shrink with the hidden width: the hidden
     channels h·d + j of every head-sized chunk and position j of every head in the attention
-    projections are united, so both keep ``heads × d'`` channels."""
+    projections are united, so both keep ``heads × d'`` channels. True when something was tied."""
     text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     heads, hidden = getattr(text, "num_attention_heads", None), getattr(text, "hidden_size", None)
-    if getattr(text, "head_dim", None) is not None or not heads or not hidden or hidden % heads or embed_prefix is None:
-        return
+    if not heads or not hidden or hidden % heads or embed_prefix is None:
+        return False
     d = hidden // heads
     embed = [m for m in graph.members.values() if m.tensor.startswith(embed_prefix + ".") and len(m.labels) == hidden]
     if not embed:
-        return
+        return False
+    tied = False
     residual = embed[0].labels.reshape(heads, d)
     graph.unite_along(residual, 1)
     attn = [name for name, mod in model.named_modules() if type(mod).__name__.endswith("Attention")]
@@ -230,3 +267,5 @@ def tie_derived_heads(model: nn.Module, graph: DependencyGraph, embed_prefix: st
         block = m.labels.reshape(-1, d)
         graph.unite_along(block, 1)
         graph.union(block[0], residual[0])
+        tied = True
+    return tied

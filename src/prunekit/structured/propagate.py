@@ -51,9 +51,9 @@ REDUCTIONS = {"sum", "mean", "amax", "amin", "max", "min", "std", "var", "logsum
 TEMPLATE_ARGS = {"type_as", "to", "new_zeros", "new_ones", "new_empty", "new_full", "zeros_like", "ones_like",
                  "empty_like", "full_like", "rand_like", "randn_like"}
 PRODUCERS = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "embedding",
-             "embedding_bag", "linear", "matmul", "rmatmul", "mm", "bmm", "addmm", "baddbmm", "einsum"}
-WRITES = {"setitem", "index_put_", "scatter_", "index_add_", "index_copy_", "masked_scatter_", "index_fill_",
-          "scatter_add_"}
+             "embedding_bag", "linear", "matmul", "rmatmul", "mm", "bmm", "addmm", "baddbmm", "einsum",
+             "_grouped_mm", "grouped_mm"}
+WRITES = {"setitem", "index_put_", "scatter_", "masked_scatter_", "index_fill_"}
 UNTRACKED = {"new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "arange", "zeros", "ones", "full",
              "empty", "tensor", "as_tensor", "randn", "rand", "randint", "linspace", "eye", "size", "dim", "numel", "item", "tolist", "shape", "stride", "element_size", "is_contiguous",
              "data_ptr", "len", "bool", "nonzero", "argwhere", "get_device", "is_floating_point", "storage_offset",

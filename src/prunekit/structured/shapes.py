@@ -148,6 +148,15 @@ def follow(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, 
     if name in ("chunk", "split", "split_with_sizes") and v.flat and _split_dim(name, args, kwargs, x) == v.dim:
         rec.set_all(result, _equal_pieces(rec, name, args, kwargs, x, v, result))
         return
+    if name in ("chunk", "split") and not v.flat and _split_dim(name, args, kwargs, x) == v.dims[v.free] \
+            and isinstance(result, (tuple, list)) and len({r.shape[v.dims[v.free]] for r in result}) == 1 \
+            and v.labels.shape[v.free] % len(result) == 0:
+        # equal pieces of a split head dim (GPT-NeoX's fused q|k|v per head): position j of every piece together
+        pieces = np.split(v.labels, len(result), axis=v.free)
+        for p in pieces[1:]:
+            rec.g.union(pieces[0], p)
+        rec.set_all(result, [Val(p, v.dims, v.free) for p in pieces])
+        return
     probe = make_probe(v, x.shape)
     a, k = _substitute(args, kwargs, x, probe)
     try:
