@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+import prunekit  # noqa: F401  (installs the torchvision guard before any test imports transformers)
+
 torch.set_num_threads(1)
 
 

@@ -10,8 +10,6 @@ masks and weights back.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -19,6 +17,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import Tensor, nn
 
+from ..core.atomic import remove_scratch, scratch_folder
 from ..core.mask import weight_of
 
 from ..core.pattern import Pattern
@@ -40,6 +39,8 @@ class PrunePlan:
     calibration: Any = None
     progress: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+    config: Any = None  # the PruneConfig this plan was made from
+    skipped: dict[str, str] = field(default_factory=dict)  # tensors in scope left dense, with the reason
     journal: "WeightJournal | None" = None
 
 
@@ -47,7 +48,8 @@ class WeightJournal:
     """Copies of the weights a method changes, taken before the first change, so they can be put back.
 
     The copies go to a temporary folder on disk rather than to memory, so that being able to undo a
-    failed SparseGPT run does not add a second copy of the model to its memory footprint.
+    failed SparseGPT run does not add a second copy of the model to its memory footprint. The folder
+    (``<tmp>/prunekit-journal-<pid>-…``) is removed on close, at exit, or, after a kill, by the next run.
     """
 
     def __init__(self) -> None:
@@ -59,7 +61,7 @@ class WeightJournal:
         if id(module) in self.saved:
             return
         if self._folder is None:
-            self._folder = tempfile.mkdtemp(prefix="prunekit-journal-")
+            self._folder = str(scratch_folder("prunekit-journal"))
         path = Path(self._folder) / f"{len(self.saved)}.pt"
         torch.save(weight_of(module).detach().cpu(), path)
         self.saved[id(module)] = (module, path)
@@ -74,7 +76,7 @@ class WeightJournal:
     def close(self) -> None:
         """Delete the copies."""
         if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
+            remove_scratch(self._folder)
         self._folder = None
         self.saved.clear()
 
@@ -90,9 +92,26 @@ class Method(Protocol):
     def masks(self, model: nn.Module, plan: PrunePlan) -> dict[str, Tensor]: ...
 
 
-METHODS: Registry[Callable[[], Method]] = Registry("method")
+METHODS: Registry[Callable[[], Method]] = Registry("method", key="method")
 
 
-def register_method(name: str):
-    """Decorator registering a method factory under ``name``."""
-    return METHODS.register(name)
+def register_method(name: str, config: type | None = None):
+    """Decorator registering a method factory under ``name`` with its config class (a subclass of
+    :class:`prunekit.methods.config.PruneConfig`; by default one with no options of its own)."""
+
+    def deco(factory):
+        METHODS.add(name, factory, config or _plain_config(name))
+        return factory
+
+    return deco
+
+
+def _plain_config(name: str) -> type:
+    from typing import Literal
+
+    from pydantic import create_model
+
+    from .config import PruneConfig
+
+    return create_model(f"{name.title().replace('_', '')}Config", __base__=PruneConfig,
+                        method=(Literal[name], name))

@@ -14,6 +14,7 @@ from torch import nn
 from ..calibrate import InputStats
 from ..core.pattern import Pattern, mask_from_scores
 from .base import METHODS, PrunePlan
+from .config import WandaConfig
 from ..core.mask import get_mask
 from .layerwise import BlockwiseMethod, is_transposed, wanda_scores, write_rows_
 
@@ -27,7 +28,7 @@ class Wanda(BlockwiseMethod):
 
     def prune_layer(self, name: str, module: nn.Module, stats: InputStats, sparsity: float, plan: PrunePlan) -> None:
         """Mask the lowest |W|·‖X‖ of every output row (or of every M-group, or whole blocks)."""
-        score = wanda_scores(module, stats.col_norms(name))
+        score = wanda_scores(module, stats.col_norms(name), name)
         # The paper's comparison group for unstructured sparsity is the output row.
         pattern = Pattern("row") if plan.pattern.kind == "unstructured" else plan.pattern
         keep = mask_from_scores(score, pattern, round(sparsity * score.numel()))
@@ -37,4 +38,4 @@ class Wanda(BlockwiseMethod):
         write_rows_(module, keep)
 
 
-METHODS.add("wanda", Wanda)
+METHODS.add("wanda", Wanda, WandaConfig)
