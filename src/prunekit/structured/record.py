@@ -209,6 +209,10 @@ class Recorder(TorchFunctionMode):
 
     # --- module context ------------------------------------------------------------------------
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        with torch._C.DisableTorchFunction():  # the hook's own tensor calls are not the model's
+            self._enter(module, args, kwargs)
+
+    def _enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         name = self.module_names.get(id(module), "?")
         self.stack.append(name)
         if not self.opaque and name not in self.g.module_inputs:

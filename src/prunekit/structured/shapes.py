@@ -300,6 +300,7 @@ def follow_params(rec: Recorder, func: Callable, name: str, args: tuple, kwargs:
     outs = result if isinstance(result, (tuple, list)) else [result]
     maps: list[list[list]] = [[[None] * o.dim() if isinstance(o, Tensor) else [] for o in outs]
                               for _ in info.sources]
+    lost = [False] * len(outs)  # a parameter dimension that went somewhere the probe cannot name
     for j in range(x.dim()):
         if x.shape[j] <= 1 or all(dm[j] is None for _, dm in info.sources if j < len(dm)):
             continue
@@ -317,16 +318,20 @@ def follow_params(rec: Recorder, func: Callable, name: str, args: tuple, kwargs:
             if not isinstance(o, Tensor) or o.dim() == 0:
                 continue
             vd = varying_dims(o)
-            if len(vd) != 1:
-                continue
-            seq = o.movedim(vd[0], 0).reshape(o.shape[vd[0]], -1)[:, 0].round().long().numpy()
-            if is_regular(seq, x.shape[j]):
+            seq = o.movedim(vd[0], 0).reshape(o.shape[vd[0]], -1)[:, 0].round().long().numpy() if len(vd) == 1 \
+                else None
+            if seq is not None and is_regular(seq, x.shape[j]):
                 for si, (_, dm) in enumerate(info.sources):
                     maps[si][oi][vd[0]] = dm[j] if j < len(dm) else None
+            elif vd:
+                lost[oi] = True
     res = []
     for oi, o in enumerate(outs):
-        if not isinstance(o, Tensor):
+        if not isinstance(o, Tensor) or lost[oi]:
             res.append(None)
+            if isinstance(o, Tensor):  # a slice or reshuffle of a parameter: its shape is not predicted
+                rec.derived.add(id(o))
+                rec._keep.append(o)
             continue
         res.append(PVal(tuple((nm, tuple(maps[si][oi])) for si, (nm, _) in enumerate(info.sources))))
         if name in SIZED and rec.stack:
