@@ -75,3 +75,32 @@ def test_heads_and_neurons_go_to_the_transformer_functions():
     assert model.config.intermediate_size == 96 and report.what == "neurons" and report.params_after < report.params_before
     with pytest.raises(ValueError, match="what='heads'"):
         ps.prune_(model, IDS, sparsity=0.5, what="heads", importance="bn_scale")
+
+
+def test_a_config_of_stage_widths_and_an_unused_mask_token_follow_the_pruned_model(tmp_path):
+    torch.manual_seed(0)
+    convnext = tr.ConvNextForImageClassification(tr.ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                                                                   num_labels=10)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    report = ps.prune_(convnext, x, sparsity=0.3, ignore=[convnext.classifier])
+    assert convnext.config.hidden_sizes[0] < 16 and report.reloadable  # a list field, entry by entry
+    convnext.save_pretrained(tmp_path / "c")
+    again = type(convnext).from_pretrained(tmp_path / "c").eval()
+    with torch.no_grad():
+        assert torch.allclose(convnext(x).logits, again(x).logits, atol=1e-5)
+    dino = tr.Dinov2ForImageClassification(tr.Dinov2Config(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                                           image_size=32, patch_size=8, num_labels=10)).eval()
+    ps.prune_(dino, x, sparsity=0.3, ignore=[dino.classifier])
+    assert dino.dinov2.embeddings.mask_token.shape[-1] == dino.config.hidden_size < 64  # never used in forward
+
+
+def test_mixture_of_experts_keeps_widths_the_grouped_kernel_can_take():
+    torch.manual_seed(0)
+    cfg = tr.Qwen3MoeConfig(vocab_size=128, hidden_size=64, intermediate_size=128, moe_intermediate_size=64,
+                            num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                            num_experts=4, num_experts_per_tok=2, max_position_embeddings=32)
+    model = tr.Qwen3MoeForCausalLM(cfg).eval()
+    report = ps.prune_(model, IDS, sparsity=0.3, ignore=[model.lm_head])
+    assert model.config.hidden_size % 4 == 0 and model.config.moe_intermediate_size % 4 == 0
+    assert model.config.hidden_size < 64 and report.macs_removed > 0.2 and report.reloadable
+    assert model(IDS).logits.shape == (1, 12, 128)
