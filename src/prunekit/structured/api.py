@@ -168,7 +168,10 @@ def _warn(report: StructuredReport) -> None:
     msgs = []
     if report.what == "channels" and report.sparsity > 0:
         why = "; ".join(f"{n:,} by {r}" for r, n in report.pinned[:3])
-        if report.channels and report.channels_prunable == 0:
+        if not report.channels:
+            msgs.append("the model has no inner channels to remove (every channel a weight makes is an output of the "
+                        "model or in ignore=)")
+        elif report.channels_prunable == 0:
             msgs.append(f"nothing could be pruned: every channel is pinned ({why})")
         elif report.channels and report.channels_removed_fraction < report.sparsity / 2:
             msgs.append(f"removed {report.channels_removed_fraction:.1%} of the channels where {report.sparsity:.0%} "
@@ -179,7 +182,7 @@ def _warn(report: StructuredReport) -> None:
                     "error; ignore=[module] keeps such a module whole)")
     for msg in msgs:
         report.warnings.append(msg)
-        warnings.warn(f"structured pruning: {msg}", StructuredPruningWarning, stacklevel=4)
+        warnings.warn(f"structured pruning: {msg}", StructuredPruningWarning, stacklevel=5)
 
 
 def _keywords(**kw: Any) -> dict[str, Any]:
