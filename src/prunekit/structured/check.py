@@ -43,14 +43,14 @@ class Kept:
     def __init__(self, graph: DependencyGraph, removed: set[int]) -> None:
         self.graph = graph
         self.removed = removed
-        self.gone = np.fromiter(removed, dtype=np.int64, count=len(removed))
+        self.gone = graph.removed_mask(removed)
         self.cache: dict[Any, int] = {}
 
     def count(self, labels: np.ndarray, key: Any = None) -> int:
         """Kept positions of ``labels``; ``key`` caches the count (an object that lives as long as the array)."""
         if key is not None and key in self.cache:
             return self.cache[key]
-        n = int((~np.isin(self.graph.roots(labels), self.gone)).sum())
+        n = int((~self.gone[np.asarray(labels, dtype=np.int64).ravel()]).sum())
         if key is not None:
             self.cache[key] = n
         return n

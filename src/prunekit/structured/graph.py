@@ -190,6 +190,13 @@ class DependencyGraph:
             self._frozen, self._frozen_at = par, self.version
         return self._frozen
 
+    def removed_mask(self, removed: set[int]) -> np.ndarray:
+        """A boolean per slot: whether its unit (root) is in ``removed``."""
+        mask = np.zeros(len(self.parent), dtype=bool)
+        if removed:
+            mask[np.fromiter(removed, dtype=np.int64, count=len(removed))] = True
+        return mask[self.all_roots()]
+
     def roots(self, labels: np.ndarray) -> np.ndarray:
         flat = np.asarray(labels, dtype=np.int64).ravel()
         return self.all_roots()[flat] if len(flat) else flat

@@ -30,18 +30,18 @@ def _slice_param(module: nn.Module, name: str, keep: Tensor, dim: int) -> None:
         module._buffers[name] = new
 
 
-def kept_positions(graph: DependencyGraph, labels, removed: set[int]) -> Tensor:
-    """Positions of ``labels`` whose unit is not removed."""
-    roots = graph.roots(labels)
-    gone = np.fromiter(removed, dtype=np.int64, count=len(removed))
-    return torch.as_tensor(np.nonzero(~np.isin(roots, gone))[0], dtype=torch.long)
+def kept_positions(graph: DependencyGraph, labels, removed: set[int], gone: np.ndarray | None = None) -> Tensor:
+    """Positions of ``labels`` whose unit is not removed (``gone``: ``graph.removed_mask(removed)``, reused)."""
+    gone = graph.removed_mask(removed) if gone is None else gone
+    return torch.as_tensor(np.nonzero(~gone[np.asarray(labels, dtype=np.int64).ravel()])[0], dtype=torch.long)
 
 
 def plan_removal(graph: DependencyGraph, removed: set[int]) -> dict[str, list[tuple[int, Tensor]]]:
     """For each tensor that changes: the (dim, kept positions) cuts, checked before anything changes."""
     cuts: dict[str, list[tuple[int, Tensor]]] = defaultdict(list)
+    gone = graph.removed_mask(removed)
     for (tensor, dim), m in graph.members.items():
-        keep = kept_positions(graph, m.labels, removed)
+        keep = kept_positions(graph, m.labels, removed, gone)
         if len(keep) == len(m.labels):
             continue
         if len(keep) == 0:
@@ -128,13 +128,14 @@ def _fix_attrs(model: nn.Module, graph: DependencyGraph, removed: set[int], mods
     """Set integer attributes that stored a reshaped width (``head_dim``, ``hidden_dim``, entries of a
     shape tuple) to the new width."""
     wanted: dict[tuple[str, str, int | None], set[int]] = defaultdict(set)
+    gone = graph.removed_mask(removed)
     for fix in graph.attr_fixes:
         labels = fix.labels
         if labels is None and fix.member in graph.members:
             labels = graph.members[fix.member].labels
         if labels is None:
             continue
-        wanted[(fix.module, fix.attr, fix.index)].add(len(kept_positions(graph, labels, removed)))
+        wanted[(fix.module, fix.attr, fix.index)].add(len(kept_positions(graph, labels, removed, gone)))
     for (mname, attr, index), values in wanted.items():
         if len(values) != 1 or mname not in mods:
             continue
