@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 # torchvision models that need a particular input size at this scale
-TV_SIZES = {"inception_v3": 96, "googlenet": 64, "maxvit_t": 224}
+TV_SIZES = {"inception_v3": 96, "googlenet": 64, "maxvit_t": 224, "vit_h_14": 56}
 
 
 def import_torchvision() -> types.ModuleType:
