@@ -41,9 +41,9 @@ SPATIAL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
 
 
 # --- probes ----------------------------------------------------------------------------------------
-def make_probe(v: Val, shape: torch.Size) -> Tensor:
+def make_probe(v: Val, shape: torch.Size, device: torch.device | str = "cpu") -> Tensor:
     """A float64 tensor of ``shape`` holding, at each element, the flat index of its label in ``v``."""
-    base = torch.arange(v.labels.size, dtype=torch.float64).reshape(v.labels.shape)
+    base = torch.arange(v.labels.size, dtype=torch.float64, device=device).reshape(v.labels.shape)
     order = sorted(range(len(v.dims)), key=lambda a: v.dims[a])
     base = base.permute(*order) if len(order) > 1 else base
     view = [1] * len(shape)
@@ -85,7 +85,7 @@ def analyze(rec: Recorder, r: Tensor, v: Val) -> Val | str:
     for k in reversed(range(r.dim())):
         if k not in dims:
             sub = sub.select(k, 0)
-    idx = sub.round().long().numpy()
+    idx = sub.round().long().cpu().numpy()
     if not dims:
         return "selects a single channel"
     comps = np.unravel_index(idx, v.labels.shape)
@@ -157,7 +157,7 @@ def follow(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, 
             rec.g.union(pieces[0], p)
         rec.set_all(result, [Val(p, v.dims, v.free) for p in pieces])
         return
-    probe = make_probe(v, x.shape)
+    probe = make_probe(v, x.shape, x.device)
     a, k = _substitute(args, kwargs, x, probe)
     try:
         r = func(*a, **k)
@@ -306,7 +306,7 @@ def follow_params(rec: Recorder, func: Callable, name: str, args: tuple, kwargs:
             continue
         view = [1] * x.dim()
         view[j] = x.shape[j]
-        probe = torch.arange(x.shape[j], dtype=torch.float64).reshape(view).expand(x.shape).contiguous()
+        probe = torch.arange(x.shape[j], dtype=torch.float64, device=x.device).reshape(view).expand(x.shape).contiguous()
         a, k = _substitute(args, kwargs, x, probe)
         try:
             r = func(*a, **k)
@@ -318,7 +318,7 @@ def follow_params(rec: Recorder, func: Callable, name: str, args: tuple, kwargs:
             if not isinstance(o, Tensor) or o.dim() == 0:
                 continue
             vd = varying_dims(o)
-            seq = o.movedim(vd[0], 0).reshape(o.shape[vd[0]], -1)[:, 0].round().long().numpy() if len(vd) == 1 \
+            seq = o.movedim(vd[0], 0).reshape(o.shape[vd[0]], -1)[:, 0].round().long().cpu().numpy() if len(vd) == 1 \
                 else None
             if seq is not None and is_regular(seq, x.shape[j]):
                 for si, (_, dm) in enumerate(info.sources):
