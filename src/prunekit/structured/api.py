@@ -173,9 +173,10 @@ def _warn(report: StructuredReport) -> None:
                         "model or in ignore=)")
         elif report.channels_prunable == 0:
             msgs.append(f"nothing could be pruned: every channel is pinned ({why})")
-        elif report.channels and report.channels_removed_fraction < report.sparsity / 2:
-            msgs.append(f"removed {report.channels_removed_fraction:.1%} of the channels where {report.sparsity:.0%} "
-                        f"was asked: only {report.prunable_fraction:.1%} are prunable (pinned: {why})")
+        elif report.channels_removed_fraction < report.sparsity / 2 or report.macs_removed < report.sparsity / 2:
+            msgs.append(f"removed {report.channels_removed_fraction:.1%} of the channels ({report.macs_removed:.1%} of "
+                        f"the MACs) where {report.sparsity:.0%} of the channels was asked: only "
+                        f"{report.prunable_fraction:.1%} are prunable (pinned: {why})")
     if report.unknown_ops:
         ops = ", ".join(list(report.unknown_ops)[:4])
         msgs.append(f"operations the graph does not know pinned their channels: {ops} (strict=True makes this an "
