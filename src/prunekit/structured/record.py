@@ -196,7 +196,15 @@ class Recorder(TorchFunctionMode):
         from .propagate import dispatch
 
         ins = tuple(self.info(t) for t in _tensors((args, kwargs), depth=4))
-        dispatch(self, func, name, args, kwargs, result)
+        try:
+            dispatch(self, func, name, args, kwargs, result)
+        except UnsupportedOperation:
+            raise
+        except Exception as exc:  # a rule that does not fit this call: keep its channels whole, go on
+            if self.strict:
+                raise UnsupportedOperation(f"cannot follow {name!r} in module {self.where!r}: {exc}") from exc
+            self.pin(list(ins), f"{name} in {self.where!r} could not be followed ({type(exc).__name__})")
+            self.set_all(result, None)
         specs = [(tuple(o.shape), self.spec_of(o)) for o in outs]
         self.log.append(Call(name, self.where, ins, specs, size_args(args) if name in RESHAPES else None))
         return result
