@@ -223,3 +223,23 @@ def test_squeeze_excite_gate_is_cut_with_the_channels_it_scales():
     pruned = ps.prune(model, X, sparsity=0.5)
     assert pruned.conv.out_channels == pruned.fc2.out_features == pruned.head.in_channels == 4
     assert pruned(X).shape == (2, 2, 28, 28)
+
+
+def test_a_rule_that_fails_on_a_call_pins_and_warns(monkeypatch):
+    import prunekit.structured.propagate as propagate
+
+    real = propagate.dispatch
+
+    def flaky(rec, func, name, args, kwargs, result):
+        if name.endswith("diff"):
+            raise IndexError("rule does not fit")
+        return real(rec, func, name, args, kwargs, result)
+
+    monkeypatch.setattr(propagate, "dispatch", flaky)
+    model = Net().eval()
+    with pytest.warns(ps.StructuredPruningWarning, match=r"could not follow.*diff in body \(its rule failed: IndexError"):
+        report = ps.prune_(model, X, sparsity=0.5)
+    assert model.body.conv.out_channels == 4 and model.head.out_channels == 1
+    assert any("could not be followed" in why for why, _ in report.pinned)
+    with pytest.raises(ps.UnsupportedOperation, match=r"cannot follow .*diff.* in module 'body'"):
+        ps.prune(Net().eval(), X, sparsity=0.5, strict=True)

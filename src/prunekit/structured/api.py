@@ -174,13 +174,15 @@ def _warn(report: StructuredReport) -> None:
         elif report.channels_prunable == 0:
             msgs.append(f"nothing could be pruned: every channel is pinned ({why})")
         elif report.channels_removed_fraction < report.sparsity / 2 or report.macs_removed < report.sparsity / 2:
+            because = (f"only {report.prunable_fraction:.1%} are prunable (pinned: {why})" if why else
+                       ("nothing was pinned, but the removed channels carry few of the MACs (the rest sits in kept "
+                        "output / ignore= layers or in work that does not scale with the channels)"))
             msgs.append(f"removed {report.channels_removed_fraction:.1%} of the channels ({report.macs_removed:.1%} of "
-                        f"the MACs) where {report.sparsity:.0%} of the channels was asked: only "
-                        f"{report.prunable_fraction:.1%} are prunable (pinned: {why})")
+                        f"the MACs) where {report.sparsity:.0%} of the channels was asked: {because}")
     if report.unknown_ops:
         ops = ", ".join(list(report.unknown_ops)[:4])
-        msgs.append(f"operations the graph does not know pinned their channels: {ops} (strict=True makes this an "
-                    "error; ignore=[module] keeps such a module whole)")
+        msgs.append(f"operations the graph does not know or could not follow pinned their channels: {ops} "
+                    "(strict=True makes this an error; ignore=[module] keeps such a module whole)")
     for msg in msgs:
         report.warnings.append(msg)
         warnings.warn(f"structured pruning: {msg}", StructuredPruningWarning, stacklevel=5)

@@ -203,6 +203,8 @@ class Recorder(TorchFunctionMode):
         except Exception as exc:  # a rule that does not fit this call: keep its channels whole, go on
             if self.strict:
                 raise UnsupportedOperation(f"cannot follow {name!r} in module {self.where!r}: {exc}") from exc
+            key = f"{name} in {self.where} (its rule failed: {type(exc).__name__})"
+            self.g.unknown_ops[key] = self.g.unknown_ops.get(key, 0) + 1  # reported and warned, never silent
             self.pin(list(ins), f"{name} in {self.where!r} could not be followed ({type(exc).__name__})")
             self.set_all(result, None)
         specs = [(tuple(o.shape), self.spec_of(o)) for o in outs]
