@@ -54,7 +54,8 @@ def parse() -> argparse.Namespace:
 
 def prune_with_prunekit(model: nn.Module, x: torch.Tensor, ratio: float) -> tuple[nn.Module, float]:
     start = time.perf_counter()
-    pruned = ps.prune_(model, x, ratio=ratio, importance="l2", ignore=[model.fc])
+    ps.prune_(model, x, sparsity=ratio, importance="l2", ignore=[model.fc])
+    pruned = model
     return pruned, time.perf_counter() - start
 
 

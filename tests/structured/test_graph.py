@@ -1,4 +1,5 @@
-"""The dependency graph: coupled groups across residuals, concat, flatten, depthwise, norms, and errors."""
+"""The recorded dependency graph: coupled groups across residuals, concat, flatten, depthwise and grouped
+convolutions, norms, attention, control flow, and unknown operations."""
 
 import pytest
 import torch
@@ -46,8 +47,8 @@ def test_concatenation_keeps_each_source_its_own_group():
     layer0_out = next(g for g in groups if ("block.0.body.5", "out") in {(m.name, m.role) for m in g.members})
     assert len(layer0_out) == 8
     # the transition conv reads the concatenation: both sources appear in it, at different positions
-    pos_stem = stem.where[("transition.2", "in")]
-    pos_l0 = layer0_out.where[("transition.2", "in")]
+    pos_stem = stem.positions("transition.2", "in")
+    pos_l0 = layer0_out.positions("transition.2", "in")
     assert sorted(int(p) for u in stem.units for p in pos_stem[u]) == list(range(16))
     assert sorted(int(p) for u in layer0_out.units for p in pos_l0[u]) == list(range(16, 24))
 
@@ -55,51 +56,72 @@ def test_concatenation_keeps_each_source_its_own_group():
 def test_flatten_ties_each_channel_to_its_block_of_linear_inputs():
     groups = ps.groups(VGGStyle().eval(), X)
     last = next(g for g in groups if ("features.8", "out") in {(m.name, m.role) for m in g.members})
-    pos = last.where[("classifier.0", "in")]
+    pos = last.positions("classifier.0", "in")
     assert all(len(pos[u]) == 9 for u in last.units)  # 3×3 feature map per channel
     assert list(pos[last.units[1]]) == list(range(9, 18))
 
 
-def test_groupnorm_removes_whole_groups_and_grouped_conv_is_kept_whole():
+def test_groupnorm_removes_whole_groups_and_grouped_conv_keeps_its_groups():
     model = GroupedStyle().eval()
-    names = {n for g in ps.groups(model, X) for n in g.names}
-    assert "conv1" not in names and "conv2" not in names  # chunk feeds a grouped conv: kept whole
+    groups = ps.groups(model, X)
+    conv2 = next(g for g in groups if ("conv2", "out") in g.roles)  # 16 outputs in 4 groups: 4 units
+    assert len(conv2) == 4 and all(len(conv2.positions("conv2", "out")[u]) == 4 for u in conv2.units)
+    pruned = ps.prune(model, X, sparsity=0.5)
+    assert pruned.conv2.groups == 4 and pruned.conv2.out_channels == 8 and pruned.conv3.in_channels == 8
+    assert pruned(X).shape == (2, 10)
     gn = nn.Sequential(nn.Conv2d(1, 8, 3), nn.GroupNorm(4, 8), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.LazyLinear(3))
     gn(X)
     gn.eval()
     groups = ps.groups(gn, X)
     g = next(g for g in groups if "0" in g.names)
-    assert len(g) == 4 and all(len(g.where[("0", "out")][u]) == 2 for u in g.units)
-    pruned = ps.prune(gn, X, ratio=0.5)
+    assert len(g) == 4 and all(len(g.positions("0", "out")[u]) == 2 for u in g.units)
+    pruned = ps.prune(gn, X, sparsity=0.5)
     assert pruned[1].num_groups == 2 and pruned[1].num_channels == 4 and pruned[0].out_channels == 4
 
 
-class Roll(nn.Module):
+class Diff(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(1, 4, 3)
 
     def forward(self, x):
-        return torch.roll(self.conv(x), 1, dims=1)
+        return torch.diff(self.conv(x), dim=-1)  # an operation the graph has no rule for
 
 
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = Roll()
+        self.body = Diff()
         self.head = nn.Conv2d(4, 2, 1)
+        self.tail = nn.Conv2d(2, 2, 1)
 
     def forward(self, x):
-        return self.head(self.body(x))
+        return self.tail(self.head(self.body(x)))
 
 
-def test_unknown_operation_is_an_error_naming_it_and_its_module():
+def test_unknown_operation_pins_its_channels_and_says_so():
     model = Net().eval()
-    with pytest.raises(ps.UnsupportedOperation, match=r"'roll'.*'body'"):
-        ps.prune(model, X, ratio=0.5)
-    # the escape hatch the message names: keep that module whole
-    pruned = ps.prune(model, X, ratio=0.5, ignore=[model.body])
+    with pytest.warns(ps.StructuredPruningWarning, match=r"'diff' in 'body'"):
+        pruned = ps.prune(model, X, sparsity=0.5)
+    assert pruned.body.conv.out_channels == 4 and pruned.head.out_channels == 1  # the rest still prunes
+    with pytest.raises(ps.UnsupportedOperation, match=r"'diff' in module 'body'.*ignore="):
+        ps.prune(model, X, sparsity=0.5, strict=True)
+    # the escape hatch the message names: keep that module whole, silently
+    pruned = ps.prune(model, X, sparsity=0.5, ignore=[model.body], strict=True)
     assert pruned.body.conv.out_channels == 4
+
+
+def test_roll_along_space_is_followed_and_along_channels_pins():
+    class Rolled(nn.Module):
+        def __init__(self, dims):
+            super().__init__()
+            self.a, self.b, self.dims = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 2, 1), dims
+
+        def forward(self, x):
+            return self.b(torch.roll(self.a(x), (2,) * len(self.dims), dims=self.dims))
+
+    assert ps.prune(Rolled((2, 3)).eval(), X, sparsity=0.5).a.out_channels == 4  # Swin's shifted windows
+    assert ps.prune(Rolled((1,)).eval(), X, sparsity=0.5).a.out_channels == 8
 
 
 class Sliced(nn.Module):
@@ -118,7 +140,7 @@ def test_slices_along_channels_pin_them_so_the_model_stays_correct():
     model = Sliced().eval()
     names = {n for g in ps.groups(model, X) for n in g.names}
     assert "a" not in names and "b" not in names and "c" not in names
-    assert torch.equal(ps.prune(model, X, ratio=0.5)(X), model(X))
+    assert torch.equal(ps.prune(model, X, sparsity=0.5)(X), model(X))
 
 
 class Attn(nn.Module):
@@ -137,17 +159,18 @@ class Attn(nn.Module):
         return self.out(self.norm(self.act(self.mid(h))))
 
 
-def test_multihead_attention_width_is_kept_and_the_rest_prunes():
+def test_multihead_attention_loses_the_same_positions_in_every_head():
     model = Attn().eval()
     x = torch.randn(2, 5, 6)
-    groups = ps.groups(model, x)
-    assert [g.names for g in groups] == [["mid", "norm", "out"]]
-    pruned = ps.prune(model, x, ratio=0.5)
-    assert pruned.mid.out_features == 16 and pruned.norm.normalized_shape == (16,)
+    pruned = ps.prune(model, x, sparsity=0.5)
+    assert pruned.mha.embed_dim == 8 and pruned.mha.head_dim == 2 and pruned.mha.num_heads == 4
+    assert pruned.inp.out_features == 8 and pruned.mid.in_features == 8 and pruned.mid.out_features == 16
     assert pruned(x).shape == (2, 5, 3)
+    with torch.no_grad():  # at sparsity 0 nothing changes
+        assert torch.equal(ps.prune(model, x, sparsity=0.0)(x), model(x))
 
 
-def test_dict_inputs_and_tracing_failures():
+def test_dict_inputs_python_control_flow_and_the_fx_engine():
     class Kw(nn.Module):
         def __init__(self):
             super().__init__()
@@ -158,19 +181,24 @@ def test_dict_inputs_and_tracing_failures():
             return self.b(self.a(x)) if scale is None else self.b(self.a(x)) * scale
 
     model = Kw().eval()
-    pruned = ps.prune(model, {"x": torch.randn(3, 4)}, ratio=0.5)
+    pruned = ps.prune(model, {"x": torch.randn(3, 4)}, sparsity=0.5)
     assert pruned.a.out_features == 4
 
     class Branchy(nn.Module):
         def __init__(self):
             super().__init__()
             self.a = nn.Linear(4, 8)
+            self.b = nn.Linear(8, 2)
 
         def forward(self, x):
-            return self.a(x) if x.sum() > 0 else -self.a(x)
+            h = self.a(x)
+            return self.b(h if h.sum() > 0 else -h)  # control flow on a tensor: fx cannot trace it
 
+    x = torch.randn(3, 4)
+    assert ps.prune(Branchy().eval(), x, sparsity=0.5).a.out_features == 4
     with pytest.raises(ps.UnsupportedOperation, match="torch.fx could not trace"):
-        ps.prune(Branchy(), torch.randn(3, 4), ratio=0.5)
+        ps.prune(Branchy().eval(), x, sparsity=0.5, engine="fx")
+    assert ps.prune(Kw().eval(), torch.randn(3, 4), sparsity=0.5, engine="fx").a.out_features == 4
 
 
 class SqueezeExcite(nn.Module):
@@ -190,9 +218,28 @@ class SqueezeExcite(nn.Module):
 def test_squeeze_excite_gate_is_cut_with_the_channels_it_scales():
     model = SqueezeExcite().eval()
     groups = ps.groups(model, X)
-    roles = {(m.name, m.role) for g in groups for m in g.members if ("conv", "out") in
-             {(k.name, k.role) for k in g.members}}
+    roles = next(g.roles for g in groups if ("conv", "out") in g.roles)
     assert {("conv", "out"), ("fc1", "in"), ("fc2", "out"), ("head", "in")} <= roles
-    pruned = ps.prune(model, X, ratio=0.5)
+    pruned = ps.prune(model, X, sparsity=0.5)
     assert pruned.conv.out_channels == pruned.fc2.out_features == pruned.head.in_channels == 4
     assert pruned(X).shape == (2, 2, 28, 28)
+
+
+def test_a_rule_that_fails_on_a_call_pins_and_warns(monkeypatch):
+    import prunekit.structured.propagate as propagate
+
+    real = propagate.dispatch
+
+    def flaky(rec, func, name, args, kwargs, result):
+        if name.endswith("diff"):
+            raise IndexError("rule does not fit")
+        return real(rec, func, name, args, kwargs, result)
+
+    monkeypatch.setattr(propagate, "dispatch", flaky)
+    model = Net().eval()
+    with pytest.warns(ps.StructuredPruningWarning, match=r"could not follow.*diff in body \(its rule failed: IndexError"):
+        report = ps.prune_(model, X, sparsity=0.5)
+    assert model.body.conv.out_channels == 4 and model.head.out_channels == 1
+    assert any("could not be followed" in why for why, _ in report.pinned)
+    with pytest.raises(ps.UnsupportedOperation, match=r"cannot follow .*diff.* in module 'body'"):
+        ps.prune(Net().eval(), X, sparsity=0.5, strict=True)

@@ -31,7 +31,7 @@ def test_fold_bn_keeps_outputs_and_removes_batchnorm():
 
 def test_for_inference_matches_the_pruned_model_and_leaves_it_alone():
     model = _with_stats(MobileNetV2Style())
-    small = ps.prune(model, X, ratio=0.5)
+    small = ps.prune(model, X, sparsity=0.5)
     fast = ps.for_inference(small, X)
     torch.testing.assert_close(fast(torch.randn(5, 1, 28, 28) * 0 + X[:1]), small(X[:1]).expand(5, -1),
                                rtol=1e-4, atol=1e-4)

@@ -1,11 +1,14 @@
-"""Structured pruning that physically shrinks models: channels of any fx-traceable model (dependency
-graph, coupled groups, removal), attention heads, MLP neurons and layers of Hugging Face transformers."""
+"""Structured pruning that physically shrinks models: channels of any model (a dependency graph recorded
+from one forward pass, coupled groups, removal, a shape check), attention heads, MLP neurons and
+layers of Hugging Face transformers."""
 
-from .api import TARGETS, groups, prune, prune_
+from .api import TARGETS, StructuredPruningWarning, groups, prune, prune_
+from .config import StructuredConfig
 from .graph import DependencyGraph, UnsupportedOperation
 from .importance import IMPORTANCES
 from .inference import fold_bn_, for_inference
 from .layers import LayerPruneReport, block_influence, choose_sublayers, prune_layers_
+from .report import StructuredReport, count_macs
 from .trace import build_graph
 from .transformer_api import TRANSFORMER_UNITS, HeadsConfig, LayersConfig, NeuronsConfig, prune_transformer_
 from .transformers import (
@@ -14,7 +17,9 @@ from .transformers import (
 
 __all__ = [
     "IMPORTANCES", "TARGETS", "TRANSFORMER_UNITS", "DependencyGraph", "HeadPruneReport", "HeadsConfig",
-    "LayerPruneReport", "LayersConfig", "NeuronPruneReport", "NeuronsConfig", "UnsupportedOperation",
-    "attention_layers", "block_influence", "expert_layers", "build_graph", "choose_sublayers", "fold_bn_", "for_inference", "groups",
-    "mlp_layers", "prune", "prune_", "prune_heads_", "prune_layers_", "prune_neurons_", "prune_transformer_",
+    "LayerPruneReport", "LayersConfig", "NeuronPruneReport", "NeuronsConfig", "StructuredConfig",
+    "StructuredPruningWarning", "StructuredReport", "UnsupportedOperation", "attention_layers", "block_influence",
+    "build_graph", "choose_sublayers", "count_macs", "expert_layers", "fold_bn_", "for_inference", "groups",
+    "mlp_layers", "prune", "prune_", "prune_heads_", "prune_layers_", "prune_neurons_",
+    "prune_transformer_",
 ]

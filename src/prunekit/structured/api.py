@@ -1,124 +1,244 @@
-"""Structured pruning of any fx-traceable model: ``prune`` (a new, smaller model) and ``prune_`` (in place).
+"""Structured pruning of any model: ``prune`` (a new, smaller model) and ``prune_`` (in place, returns a
+report).
 
-Channels are grouped by the dependency graph (DepGraph, Fang et al., 2023), scored per group,
-and the least important are physically removed, so the model gets fewer parameters and MACs.
+Channels are grouped by the dependency graph (DepGraph, Fang et al., 2023), scored per group, and the
+least important are physically removed, so the model gets fewer parameters and MACs. The graph is
+recorded from one forward pass on the example inputs (:mod:`.record`), and the pruned copy is run
+under a shape check before anything changes (:mod:`.check`): a group whose removal the model cannot
+take (a constant channel count in a reshape, a width another tensor must match) is kept, the plan is
+made again, and the report lists it. The original is untouched after any failure. On Hugging Face
+models, ``what="heads"|"neurons"`` calls the transformer functions, and ``what="channels"`` also
+writes the new widths into the config so the result reloads with ``from_pretrained``.
 """
 
 from __future__ import annotations
 
 import copy
+import time
+import warnings
 from typing import Any, Callable, Iterable
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.utils import parametrize
 
-from ..core.calling import call_model
-from ..core.stats import summary
-from .graph import DependencyGraph
-from .trace import build_graph
-from .groups import Group, choose_removed, find_groups
-from .importance import IMPORTANCES, score_groups
+from ..core.config import ConfigError
+from ..core.deprecation import PrunekitDeprecationWarning, renamed_args
+from ..core.fraction import check_fraction
+from .config import StructuredConfig
+from .groups import Group, find_groups
+from .hf import is_hf, prune_units_, rebuild_mismatches, sync_from_config_, update_config_
+from .importance import ScoreContext, score_groups
+from .plan import Planner
 from .removal import remove_
+from .report import StructuredReport, channel_counts, count_macs, count_params
+from .trace import build_graph, resolve_ignore
 
 TARGETS = ("channels", "macs")
+_UNSET: Any = object()
 
 
-def _check(model: nn.Module, ratio: float, importance: str, target: str, round_to: int | None) -> None:
-    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-        raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
-    if importance not in IMPORTANCES:
-        raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}, got {importance!r}")
-    if target not in TARGETS:
-        raise ValueError(f"target must be 'channels' or 'macs', got {target!r}")
-    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
-        raise ValueError(f"round_to must be a positive int or None, got {round_to!r}")
+class StructuredPruningWarning(UserWarning):
+    """Structured pruning removed much less than asked, or met operations it could not follow."""
+
+
+def _settings(model: nn.Module, sparsity: Any, given: dict[str, Any], config: Any) -> StructuredConfig:
+    """One StructuredConfig from a config (object, dict or the positional ``sparsity`` slot) and keywords."""
+    if isinstance(sparsity, (StructuredConfig, dict)):
+        config, sparsity = sparsity, _UNSET
+    base = StructuredConfig() if config is None else (
+        config if isinstance(config, StructuredConfig) else StructuredConfig.parse(config))
+    fields = {k: v for k, v in given.items() if v is not _UNSET}
+    if sparsity is not _UNSET:
+        fields["sparsity"] = check_fraction(sparsity, "sparsity", "[0, 1)")
+    if "ignore" in fields:
+        fields["ignore"] = _ignore_names(model, fields["ignore"])
+    if "importance" in fields and not isinstance(fields["importance"], (str, dict)):
+        fields["importance"] = fields["importance"].to_dict()
+    try:
+        return base.replace(**fields) if fields else base
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _ignore_names(model: nn.Module, ignore: Iterable[Any]) -> list[str]:
+    if isinstance(ignore, (nn.Module, str)):
+        ignore = [ignore]
+    names = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for m in resolve_ignore(model, ignore):
+        if id(m) not in names:
+            raise ValueError(f"ignore= holds a {type(m).__name__} that is not a module of {type(model).__name__}")
+        out.append(names[id(m)])
+    return out
+
+
+def _check_model(model: nn.Module) -> None:
     masked = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]
     if masked:
         raise ValueError(f"{masked[0]!r} carries a pruning mask; call prunekit.finalize_(model) before structured pruning")
 
 
-def groups(model: nn.Module, example_inputs: Any, ignore: Iterable[nn.Module] = ()) -> list[Group]:
+def groups(model: nn.Module, example_inputs: Any, ignore: Iterable[nn.Module | str] = (),
+           engine: str = "record") -> list[Group]:
     """The prunable channel groups of ``model`` (for inspection: each lists its layers and units)."""
-    return find_groups(build_graph(model, example_inputs, ignore))
+    return find_groups(build_graph(model, example_inputs, ignore, engine=engine))
 
 
-def _macs(model: nn.Module, example_inputs: Any) -> int:
-    return summary(model, example_inputs).macs
+def _snapshot(model: nn.Module) -> list[tuple[nn.Module, dict, dict, dict]]:
+    return [(m, dict(m._parameters), dict(m._buffers), {k: v for k, v in vars(m).items() if not k.startswith("_")})
+            for m in model.modules()]
 
 
-def _plan(model: nn.Module, example_inputs: Any, ratio: float, importance: str, ignore: Iterable[nn.Module],
-          global_pruning: bool, round_to: int | None, target: str, loss_fn: Callable | None,
-          seed: int) -> tuple[DependencyGraph, set[int]]:
-    graph = build_graph(model, example_inputs, ignore)
-    found = find_groups(graph)
-    scores = score_groups(found, importance, model=model, loss_fn=loss_fn, seed=seed)
-    if target == "channels" or ratio == 0:
-        return graph, choose_removed(found, scores, ratio, global_pruning=global_pruning, round_to=round_to)
-    goal = (1 - ratio) * _macs(model, example_inputs)  # target="macs": search the channel ratio
-    lo, hi = 0.0, 0.99
-    best = choose_removed(found, scores, hi, global_pruning=global_pruning, round_to=round_to)
-    for _ in range(12):
-        mid = (lo + hi) / 2
-        removed = choose_removed(found, scores, mid, global_pruning=global_pruning, round_to=round_to)
-        trial = copy.deepcopy(model)
-        remove_(trial, graph, removed)
-        if _macs(trial, example_inputs) <= goal:
-            hi, best = mid, removed
-        else:
-            lo = mid
-    return graph, best
+def _restore(snap: list[tuple[nn.Module, dict, dict, dict]]) -> None:
+    for m, params, bufs, attrs in snap:
+        m._parameters.clear()
+        m._parameters.update(params)
+        m._buffers.clear()
+        m._buffers.update(bufs)
+        for k, v in attrs.items():
+            setattr(m, k, v)
 
 
-def _apply(model: nn.Module, graph: DependencyGraph, removed: set[int], example_inputs: Any,
-           in_place: bool) -> nn.Module:
-    trial = copy.deepcopy(model)
-    remove_(trial, graph, removed)
-    was_training = trial.training
-    trial.eval()
+def _run(model: nn.Module, example_inputs: Any, cfg: StructuredConfig, loss_fn: Callable | None, data: Any,
+         verbose: bool) -> StructuredReport:
+    start = time.perf_counter()
+    _check_model(model)
+    hf = is_hf(model)
+    imp = cfg.importance.importance
+    params_before, macs_before = count_params(model), count_macs(model, example_inputs)
+    report = StructuredReport(cfg.what, cfg.sparsity, imp, params_before, params_before, macs_before, macs_before)
+    if cfg.what != "channels":
+        if imp not in ("l1", "l2", "random", "activation"):
+            raise ValueError(f"what={cfg.what!r} ranks by l1, l2, random or activation, not {imp!r}")
+        if cfg.target != "channels" or cfg.allocation != "uniform" or cfg.round_to:
+            raise ValueError(f"what={cfg.what!r} keeps the same count in every layer: target, allocation and "
+                             "round_to apply to what='channels' only")
+        snap = _snapshot(model)
+        try:
+            result = prune_units_(model, cfg.what, cfg.sparsity, imp, cfg.seed, data, example_inputs)
+        except Exception:
+            _restore(snap)
+            raise
+        report.details = result if isinstance(result, dict) else (
+            result.to_dict() if hasattr(result, "to_dict") else {"result": result})
+    else:
+        if imp == "activation" and data is None and example_inputs is None:
+            raise ValueError("importance='activation' needs data= (or the example inputs)")
+        _prune_channels(model, example_inputs, cfg, loss_fn, data, hf, report)
+    report.params_after, report.macs_after = count_params(model), count_macs(model, example_inputs)
+    report.seconds = time.perf_counter() - start
+    _warn(report)
+    if verbose:
+        print(report)
+    return report
+
+
+def _prune_channels(model: nn.Module, example_inputs: Any, cfg: StructuredConfig, loss_fn: Callable | None,
+                    data: Any, hf: bool, report: StructuredReport) -> None:
+    graph = build_graph(model, example_inputs, cfg.ignore, strict=cfg.strict, engine=cfg.engine)
+    ctx = ScoreContext(model, loss_fn=loss_fn, data=data, seed=cfg.seed, example_inputs=example_inputs)
+    planner = Planner(model, example_inputs, graph, cfg, lambda gs: score_groups(gs, cfg.importance, ctx), hf)
+    if cfg.sparsity == 0 or not planner.groups:
+        removed: set[int] = set()
+    elif cfg.target == "macs":
+        removed = planner.plan_macs(cfg.sparsity, report.macs_before)
+    else:
+        removed = planner.plan(cfg.sparsity)
+    snap = _snapshot(model)
     try:
-        with torch.no_grad():
-            call_model(trial, example_inputs)
-    except Exception as exc:
-        raise RuntimeError(
-            f"the pruned model no longer runs ({type(exc).__name__}: {exc}); the model likely hard-codes a channel "
-            "count (e.g. x.view(-1, 512)). Compute it from the tensor (x.flatten(1)) or pass the layer that "
-            "consumes it in ignore=[...]. The original model was left unchanged."
-        ) from exc
-    trial.train(was_training)
-    if not in_place:
-        return trial
-    remove_(model, graph, removed)
-    return model
+        remove_(model, graph, removed)
+        changes = update_config_(model) if hf else {}
+    except Exception:
+        _restore(snap)
+        raise
+    total, prunable, gone, reasons = channel_counts(graph, removed, planner.kept_after_check())
+    report.channels, report.channels_prunable, report.channels_removed = total, prunable, gone
+    report.groups, report.pinned, report.repaired = len(planner.active), reasons, planner.repaired
+    report.unknown_ops = dict(graph.unknown_ops)
+    report.config_changes = changes
+    if hf and changes:
+        report.reloadable = not rebuild_mismatches(model)
+        synced = sync_from_config_(model)
+        if synced:
+            report.details["synced_from_config"] = synced
+    report.details = {"ops": graph.ops, "checks": planner.checks, "ties": planner.ties, "engine": cfg.engine}
 
 
-def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importance: str = "l2",
-          ignore: Iterable[nn.Module] = (), global_pruning: bool = False, round_to: int | None = None,
-          target: str = "channels", loss_fn: Callable[[nn.Module], Tensor] | None = None,
-          seed: int = 0) -> nn.Module:
-    """A new model with ``ratio`` of the channels of every coupled group removed (DepGraph, Fang et al., 2023).
+def _warn(report: StructuredReport) -> None:
+    msgs = []
+    if report.what == "channels" and report.sparsity > 0:
+        why = "; ".join(f"{n:,} by {r}" for r, n in report.pinned[:3])
+        if not report.channels:
+            msgs.append("the model has no inner channels to remove (every channel a weight makes is an output of the "
+                        "model or in ignore=)")
+        elif report.channels_prunable == 0:
+            msgs.append(f"nothing could be pruned: every channel is pinned ({why})")
+        elif report.channels_removed_fraction < report.sparsity / 2 or report.macs_removed < report.sparsity / 2:
+            because = (f"only {report.prunable_fraction:.1%} are prunable (pinned: {why})" if why else
+                       ("nothing was pinned, but the removed channels carry few of the MACs (the rest sits in kept "
+                        "output / ignore= layers or in work that does not scale with the channels)"))
+            msgs.append(f"removed {report.channels_removed_fraction:.1%} of the channels ({report.macs_removed:.1%} of "
+                        f"the MACs) where {report.sparsity:.0%} of the channels was asked: {because}")
+    if report.unknown_ops:
+        ops = ", ".join(list(report.unknown_ops)[:4])
+        msgs.append(f"operations the graph does not know or could not follow pinned their channels: {ops} "
+                    "(strict=True makes this an error; ignore=[module] keeps such a module whole)")
+    for msg in msgs:
+        report.warnings.append(msg)
+        warnings.warn(f"structured pruning: {msg}", StructuredPruningWarning, stacklevel=5)
 
-    ``example_inputs`` is a tensor, a tuple of positional inputs or a dict of keyword inputs;
-    ``importance`` is ``l1``, ``l2``, ``bn_scale``, ``taylor`` (needs ``loss_fn(model) -> loss``) or
-    ``random``; ``ignore`` lists modules whose output channels are kept; ``global_pruning`` ranks
-    units across groups; ``round_to`` keeps channel counts multiples of it; ``target="macs"`` makes
-    ``ratio`` the fraction of MACs to remove (found by bisection). The original is left unchanged.
-    """
-    _check(model, ratio, importance, target, round_to)
-    ignore = list(ignore)
-    graph, removed = _plan(model, example_inputs, ratio, importance, ignore, global_pruning, round_to, target,
-                           loss_fn, seed)
-    return _apply(model, graph, removed, example_inputs, in_place=False)
+
+def _keywords(**kw: Any) -> dict[str, Any]:
+    return kw
 
 
-def prune_(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importance: str = "l2",
-           ignore: Iterable[nn.Module] = (), global_pruning: bool = False, round_to: int | None = None,
-           target: str = "channels", loss_fn: Callable[[nn.Module], Tensor] | None = None,
-           seed: int = 0) -> nn.Module:
-    """:func:`prune` in place: the same choice, applied to ``model`` itself (after checking, on a copy,
-    that the pruned model runs). Returns ``model``. Parameters are replaced, so build optimizers after."""
-    _check(model, ratio, importance, target, round_to)
-    ignore = list(ignore)
-    graph, removed = _plan(model, example_inputs, ratio, importance, ignore, global_pruning, round_to, target,
-                           loss_fn, seed)
-    return _apply(model, graph, removed, example_inputs, in_place=True)
+@renamed_args(ratio="sparsity")
+def prune_(model: nn.Module, example_inputs: Any, sparsity: Any = _UNSET, importance: Any = _UNSET, *,
+           what: str = _UNSET, ignore: Iterable[nn.Module | str] = _UNSET, allocation: str = _UNSET,
+           round_to: int | None = _UNSET, target: str = _UNSET, seed: int = _UNSET, strict: bool = _UNSET,
+           engine: str = _UNSET, loss_fn: Callable | None = None, data: Iterable | None = None,
+           config: StructuredConfig | dict | None = None, global_pruning: bool | None = None,
+           verbose: bool = False) -> StructuredReport:
+    """Remove ``sparsity`` of the channels of every coupled group of ``model``, in place, and return a
+    :class:`StructuredReport` (sizes before/after, how much was prunable, what stayed pinned and why).
+
+    ``example_inputs``: a tensor, a tuple of positional inputs or a dict of keyword inputs, run once to
+    record the graph. ``importance``: ``l1``, ``l2`` (group magnitude, DepGraph), ``bn_scale`` (Network
+    Slimming), ``taylor`` (Molchanov et al. 2019: ``loss_fn(outputs, targets)`` on ``data`` batches of
+    ``(inputs, targets)``), ``activation`` (E[x²]·‖W‖² on ``data``) or ``random``; a name, a dict or
+    an importance config. ``what``: ``channels`` (every graph group), or for transformers ``heads``
+    (whole key/value groups) / ``neurons`` (MLP). ``ignore``: modules (or names) whose output channels
+    are kept. ``allocation="global"`` ranks units across groups; ``round_to`` keeps counts multiples of
+    it; ``target="macs"`` makes ``sparsity`` the fraction of MACs removed. ``config``: a
+    :class:`StructuredConfig` (or the third positional argument); keywords override it. Parameters are
+    replaced, so build optimizers after."""
+    if global_pruning is not None:
+        warnings.warn("structured.prune_: global_pruning= is deprecated, use allocation='global'",
+                      PrunekitDeprecationWarning, stacklevel=3)
+        allocation = "global" if global_pruning else "uniform"
+    cfg = _settings(model, sparsity, _keywords(importance=importance, what=what, ignore=ignore, allocation=allocation,
+                                               round_to=round_to, target=target, seed=seed, strict=strict,
+                                               engine=engine), config)
+    return _run(model, example_inputs, cfg, loss_fn, data, verbose)
+
+
+@renamed_args(ratio="sparsity")
+def prune(model: nn.Module, example_inputs: Any, sparsity: Any = _UNSET, importance: Any = _UNSET, *,
+          what: str = _UNSET, ignore: Iterable[nn.Module | str] = _UNSET, allocation: str = _UNSET,
+          round_to: int | None = _UNSET, target: str = _UNSET, seed: int = _UNSET, strict: bool = _UNSET,
+          engine: str = _UNSET, loss_fn: Callable | None = None, data: Iterable | None = None,
+          config: StructuredConfig | dict | None = None, global_pruning: bool | None = None,
+          verbose: bool = False) -> nn.Module:
+    """A new, smaller model: :func:`prune_` applied to a copy (the original is left unchanged). The same
+    arguments; warnings say when much less than ``sparsity`` could be removed."""
+    if global_pruning is not None:
+        warnings.warn("structured.prune: global_pruning= is deprecated, use allocation='global'",
+                      PrunekitDeprecationWarning, stacklevel=3)
+        allocation = "global" if global_pruning else "uniform"
+    cfg = _settings(model, sparsity, _keywords(importance=importance, what=what, ignore=ignore, allocation=allocation,
+                                               round_to=round_to, target=target, seed=seed, strict=strict,
+                                               engine=engine), config)
+    _check_model(model)
+    copy_ = copy.deepcopy(model)
+    _run(copy_, example_inputs, cfg, loss_fn, data, verbose)
+    return copy_

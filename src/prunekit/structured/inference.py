@@ -18,7 +18,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..core.calling import call_model
-from .propagate import CONVS
+from .record import CONVS
 from .trace import trace
 
 

@@ -1,367 +1,277 @@
-"""The interpreter that follows channel labels through every node of a traced model, and the
-tables of operations it knows (see :mod:`prunekit.structured.graph` for the idea)."""
+"""The rules: how each torch operation moves channel labels (see :mod:`prunekit.structured.graph`).
+
+``dispatch`` is called by the recorder after every torch function of the forward pass. Operations
+are sorted into kinds: elementwise (labels carried, operands united, parameters that meet the
+channels become members: layer scales, norm weights, position embeddings), shape operations
+(followed exactly by running the same operation on a probe tensor, :mod:`.shapes`), reductions,
+contractions (Linear, matmul, einsum, attention, :mod:`.contract`), convolutions, norms and
+embeddings (:mod:`.layers_ops`). An operation of no known kind pins the channels it touches and is
+reported by name (``strict=True`` makes it an error).
+"""
 
 from __future__ import annotations
 
-import operator
-from typing import Any, Mapping
+from typing import Any, Callable
 
 import numpy as np
-import torch
-from torch import Tensor, fx, nn
+from torch import Tensor
 
-from .graph import DependencyGraph, UnsupportedOperation, Val
+from .graph import PVal, Val
+from .record import Recorder, pointwise_tag
 
-CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm, nn.PReLU)
-ELEMENTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU,
-    nn.ELU, nn.Softplus, nn.Mish, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
-)
-UNARY = {
-    "relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "tanh", "dropout", "hardswish", "hardsigmoid",
-    "leaky_relu", "elu", "softplus", "mish", "contiguous", "clone", "float", "to", "detach", "neg", "abs",
-    "exp", "sqrt", "rsqrt", "clamp", "clip", "sin", "cos", "sigmoid_", "tanh_", "max_pool1d", "max_pool2d",
-    "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
-    "adaptive_avg_pool3d", "adaptive_max_pool2d", "interpolate", "type_as", "half", "double", "bfloat16",
+CARRY = {  # same shape, values per element (or per channel) only: labels carried
+    "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh", "leaky_relu", "elu",
+    "selu", "celu", "softplus", "softsign", "mish", "logsigmoid", "tanhshrink", "threshold", "rrelu", "glu_",
+    "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "contiguous",
+    "clone", "float", "double", "half", "bfloat16", "to", "type", "type_as", "detach", "cpu", "cuda",
+    "requires_grad", "requires_grad_", "zeros_like", "ones_like", "empty_like", "full_like", "rand_like",
+    "randn_like", "fill", "zero", "normal", "uniform", "softmax", "log_softmax", "softmin", "normalize",
+    "cumsum", "cumprod", "logcumsumexp", "local_response_norm", "nan_to_num", "sign", "sgn", "abs", "neg",
+    "negative", "exp", "exp2", "expm1", "log", "log1p", "log2", "log10", "sqrt", "rsqrt", "square", "reciprocal",
+    "sin", "cos", "tan", "erf", "erfc", "erfinv", "floor", "ceil", "round", "trunc", "frac", "clamp", "clip",
+    "clamp_min", "clamp_max", "isnan", "isinf", "isfinite", "logical_not", "bitwise_not", "data", "real",
+    "silu_", "gelu_", "sigmoid_", "tanh_", "relu_", "hardswish_", "leaky_relu_", "elu_", "hardtanh_",
+    "relu6_", "hardsigmoid_", "mish_", "celu_", "selu_", "threshold_", "pin_memory", "coalesce", "abs_",
+    "neg_", "exp_", "sqrt_", "rsqrt_", "reciprocal_", "clamp_", "clip_", "clamp_min_", "clamp_max_", "floor_",
+    "ceil_", "round_", "erf_", "log_", "nan_to_num_", "dropout_", "contiguous_", "detach_", "float_power",
 }
-BINARY = {"add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "itruediv", "add_", "mul_", "sub_",
-          "div_", "maximum", "minimum", "pow", "floordiv", "rsub"}
-RESHAPES = {"view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "movedim",
-            "expand", "expand_as", "view_as", "reshape_as", "getitem", "narrow", "select", "t", "unflatten",
-            "repeat", "swapaxes", "split", "tensor_split", "unbind"}
-REDUCTIONS = {"mean", "sum", "amax", "amin", "std", "var", "logsumexp", "norm"}
-SOFTMAX = {"softmax", "log_softmax"}
-OPAQUE = {"matmul", "bmm", "mm", "einsum", "linear", "conv1d", "conv2d", "conv3d", "scaled_dot_product_attention",
-          "baddbmm", "addmm", "layer_norm", "group_norm", "batch_norm", "embedding", "cumsum", "sort", "topk",
-          "argmax", "argmin", "masked_fill", "where", "pad"}
+BINARY = {
+    "add", "sub", "mul", "div", "truediv", "floordiv", "radd", "rsub", "rmul", "rtruediv", "rdiv", "rfloordiv",
+    "iadd", "isub", "imul", "itruediv", "idiv", "pow", "rpow", "ipow", "maximum", "minimum", "fmax", "fmin",
+    "where", "masked_fill", "addcmul", "addcdiv", "lerp", "copy_", "atan2", "remainder", "fmod", "eq", "ne", "lt",
+    "le", "gt", "ge", "and", "or", "xor", "rand", "ror", "logical_and", "logical_or", "hypot", "mod", "xlogy",
+    "add_", "sub_", "mul_", "div_", "pow_", "masked_fill_", "addcmul_", "addcdiv_", "lerp_", "maximum_",
+    "true_divide", "multiply", "subtract", "divide", "heaviside", "copysign", "clamp_tensor", "prelu_",
+}
+PIN_IF_TRACKED_DIM = {"sort", "argsort", "topk", "kthvalue", "msort", "cummax", "cummin", "argmax", "argmin",
+                      "unique", "unique_consecutive", "searchsorted", "bucketize", "histc", "mode", "median"}
+REDUCTIONS = {"sum", "mean", "amax", "amin", "max", "min", "std", "var", "logsumexp", "norm", "prod", "all", "any",
+              "nansum", "nanmean", "count_nonzero", "var_mean", "std_mean", "aminmax", "vector_norm", "nanmedian",
+              "median", "mode"}
+TEMPLATE_ARGS = {"type_as", "to", "new_zeros", "new_ones", "new_empty", "new_full", "zeros_like", "ones_like",
+                 "empty_like", "full_like", "rand_like", "randn_like"}
+PRODUCERS = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "embedding",
+             "embedding_bag", "linear", "matmul", "rmatmul", "mm", "bmm", "addmm", "baddbmm", "einsum",
+             "_grouped_mm", "grouped_mm"}
+WRITES = {"setitem", "index_put_", "scatter_", "masked_scatter_", "index_fill_"}
+UNTRACKED = {"new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "arange", "zeros", "ones", "full",
+             "empty", "tensor", "as_tensor", "randn", "rand", "randint", "linspace", "eye", "size", "dim", "numel", "item", "tolist", "shape", "stride", "element_size", "is_contiguous",
+             "data_ptr", "len", "bool", "nonzero", "argwhere", "get_device", "is_floating_point", "storage_offset",
+             "format", "repr", "hash", "index", "int", "nelement", "ndimension", "equal", "allclose",
+             "is_complex", "isclose_"}
 
 
-def _name(node: fx.Node) -> str:
-    t = node.target
-    if isinstance(t, str):
-        return t.rsplit(".", 1)[-1] if node.op == "call_module" else t
-    return getattr(t, "__name__", str(t)).strip("_") if t not in (operator.getitem,) else "getitem"
+def tensor_args(args: tuple, kwargs: dict) -> list[Tensor]:
+    out: list[Tensor] = []
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, Tensor):
+            out.append(a)
+        elif isinstance(a, (list, tuple)):
+            out += [x for x in a if isinstance(x, Tensor)]
+    return out
 
 
-def _where(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    path = list(stack.values())[-1][0] if stack else ""
-    if node.op == "call_module":
-        path = str(node.target)
-    return path or "(top-level forward)"
+def dispatch(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+    """Compute the labels of ``result`` from those of the inputs (and record members / pins)."""
+    tensors = tensor_args(args, kwargs)
+    infos = [rec.info(t) for t in tensors]
+    tracked = [i for i in infos if isinstance(i, Val)]
+    has_param = any(isinstance(i, PVal) for i in infos)
+    if not tracked and not has_param and name not in PRODUCERS:
+        rec.set_all(result, None)
+        return
+    if name in UNTRACKED:
+        _mark_derived(rec, result)
+        return
+    handler = HANDLERS.get(name)
+    if name in WRITES:
+        handler(rec, func, name, args, kwargs, result)
+        return
+    if not _has_tensor(result):
+        return
+    if handler is None:
+        base = base_name(name)
+        handler = HANDLERS.get(base)
+        if handler is None and (name in CARRY or base in CARRY):
+            handler = carry
+        elif handler is None and (name in BINARY or base in BINARY or pointwise_tag(base)):
+            handler = elementwise
+    if not tracked and base_name(name) in PRODUCERS and handler is not None:  # a weight makes new channels
+        handler(rec, func, name, args, kwargs, result)
+        return
+    if not tracked:  # parameters only: follow them through views and elementwise ops, or lose them
+        _params_only(rec, func, name, handler, args, kwargs, result)
+        return
+    if handler is None:
+        rec.unknown(name, tracked)
+        rec.set_all(result, None)
+        return
+    handler(rec, func, name, args, kwargs, result)
 
 
-class ChannelPropagator(fx.Interpreter):
-    """Runs the traced model once and follows channel labels through every node."""
-
-    def __init__(self, gm: fx.GraphModule, graph: DependencyGraph, ignored: set[int]) -> None:
-        super().__init__(gm)
-        self.g = graph
-        self.ignored = ignored
-        self.vals: dict[fx.Node, Any] = {}
-        self.out_slots: dict[str, np.ndarray] = {}
-
-    # --- helpers -------------------------------------------------------------------------------
-    def val(self, a: Any) -> Any:
-        if isinstance(a, fx.Node):
-            return self.vals.get(a, Val())
-        if isinstance(a, (list, tuple)):
-            return [self.val(x) for x in a]
-        return Val()
-
-    def tracked(self, node: fx.Node) -> list[tuple[Tensor, Val]]:
-        out = []
-        for a in node.all_input_nodes:
-            v = self.vals.get(a)
-            if isinstance(v, Val) and v.labels is not None:
-                out.append((self.env[a], v))
-            elif isinstance(v, list):
-                out += [(t, x) for t, x in zip(self.env[a], v) if isinstance(x, Val) and x.labels is not None]
-        return out
-
-    def pin_all(self, node: fx.Node) -> None:
-        for _, v in self.tracked(node):
-            self.g.pin(v.labels)
-
-    def producer(self, name: str, n: int, pinned: bool) -> np.ndarray:
-        if name not in self.out_slots:
-            self.out_slots[name] = self.g.new_slots(n, pinned)
-        return self.out_slots[name]
-
-    # --- the interpreter hook ------------------------------------------------------------------
-    def run_node(self, n: fx.Node) -> Any:
-        result = super().run_node(n)
-        if n.op in ("placeholder", "get_attr"):
-            self.vals[n] = Val()
-        elif n.op == "output":
-            self.pin_all(n)
-        elif n.op == "call_module":
-            self.vals[n] = self.on_module(n, self.fetch_attr(n.target), result)
-        elif not self.tracked(n):
-            self.vals[n] = self.fresh_untracked(result)
-        else:
-            self.vals[n] = self.on_function(n, result)
-        return result
-
-    def fresh_untracked(self, result: Any) -> Any:
-        if isinstance(result, (tuple, list)):
-            return [Val() for _ in result]
-        return Val()
-
-    # --- modules -------------------------------------------------------------------------------
-    def on_module(self, n: fx.Node, m: nn.Module, result: Any) -> Any:
-        name = str(n.target)
-        first = n.args[0] if n.args else next(iter(n.kwargs.values()), None)
-        x_t = self.env.get(first) if isinstance(first, fx.Node) else None
-        x = self.val(first) if isinstance(first, fx.Node) else Val()
-        if not isinstance(x, Val) or not isinstance(x_t, Tensor):
-            x = Val()
-        if isinstance(m, CONVS):
-            return self.on_conv(name, m, x, id(m) in self.ignored)
-        if isinstance(m, nn.Linear):
-            if x.labels is not None and x.dim == x_t.dim() - 1:
-                self.g.add_member(name, m, "in", x.labels)
-            else:
-                self.g.pin(x.labels)
-            slots = self.producer(name, m.out_features, id(m) in self.ignored)
-            self.g.add_member(name, m, "out", slots)
-            return Val(slots, result.dim() - 1)
-        if id(m) in self.ignored or not self.tracked(n):
-            self.pin_all(n)
-            return self.fresh_untracked(result)
-        if isinstance(m, NORMS):
-            return self.on_norm(name, m, x, x_t)
-        if isinstance(m, ELEMENTWISE_MODULES):
-            return x if x.dim is not None and x.dim < result.dim() else self.pinned(x)
-        if isinstance(m, nn.Flatten):
-            return self.follow_shape(n, lambda p: torch.flatten(p, m.start_dim, m.end_dim), x, x_t)
-        if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
-            d = m.dim if m.dim is None or m.dim >= 0 else m.dim + x_t.dim()
-            return self.pinned(x) if d == x.dim else x
-        if isinstance(m, nn.MultiheadAttention):
-            self.pin_all(n)  # its embedding width is shared by q, k, v and out: kept whole
-            return self.fresh_untracked(result)
-        raise UnsupportedOperation(
-            f"cannot follow channels through module {name!r} of type {type(m).__name__}: prunekit does not know "
-            f"how its weights map to input and output channels. Pass it in ignore=[...] to keep its channels whole."
-        )
-
-    def pinned(self, x: Val) -> Val:
-        self.g.pin(x.labels)
-        return Val()
-
-    def on_conv(self, name: str, m: nn.Module, x: Val, ignored: bool) -> Val:
-        if x.labels is not None and x.dim != 1:
-            self.g.pin(x.labels)
-            x = Val()
-        cin, cout, groups = m.in_channels, m.out_channels, m.groups
-        if groups == 1:
-            if x.labels is not None:
-                self.g.add_member(name, m, "in", x.labels)
-            slots = self.producer(name, cout, ignored)
-            self.g.add_member(name, m, "out", slots)
-            return Val(slots, 1)
-        if groups == cin and cout % cin == 0:  # depthwise: output channel o reads input channel o // mult
-            if x.labels is None or ignored:
-                self.g.pin(x.labels)
-                return Val(self.g.new_slots(cout, pinned=True), 1)
-            labels = np.repeat(x.labels, cout // cin)
-            self.g.add_member(name, m, "dw", labels)
-            return Val(labels, 1)
-        # grouped convolution: channels must stay balanced across groups; kept whole
-        self.g.pin(x.labels)
-        return Val(self.g.new_slots(cout, pinned=True), 1)
-
-    def on_norm(self, name: str, m: nn.Module, x: Val, x_t: Tensor) -> Val:
-        if x.labels is None:
-            return x
-        if isinstance(m, nn.LayerNorm):
-            if len(m.normalized_shape) != 1 or x.dim != x_t.dim() - 1 or not m.elementwise_affine:
-                return self.pinned(x)
-        elif isinstance(m, nn.PReLU):
-            if m.num_parameters == 1:
-                return x
-            if x.dim != 1:
-                return self.pinned(x)
-        elif x.dim != 1:
-            return self.pinned(x)
-        if isinstance(m, nn.GroupNorm):  # a group's channels go together: whole groups are removed
-            per = m.num_channels // m.num_groups
-            for g in range(m.num_groups):
-                block = x.labels[g * per:(g + 1) * per]
-                self.g.union(np.repeat(block[:1], len(block)), block)
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and not m.affine and m.running_mean is None:
-            return x
-        self.g.add_member(name, m, "norm", x.labels)
-        return x
-
-    # --- functions and methods -----------------------------------------------------------------
-    def on_function(self, n: fx.Node, result: Any) -> Any:
-        op = _name(n)
-        args, kwargs = self.fetch_args_kwargs_from_env(n)
-        first = n.args[0] if n.args else None
-        x = self.val(first) if isinstance(first, fx.Node) else Val()
-        if op == "getitem" and isinstance(x, list):
-            return x[n.args[1]] if isinstance(n.args[1], int) else self.pin_list(x)
-        if op in UNARY:
-            return x if isinstance(x, Val) else self.pin_list(x)
-        if op in BINARY:
-            return self.on_binary(n, result)
-        if op in ("cat", "concat", "concatenate", "stack"):
-            return self.on_cat(n, op, args, kwargs, result)
-        if op == "chunk":
-            return self.on_chunk(n, args, kwargs, x)
-        if op in RESHAPES and isinstance(x, Val) and x.labels is not None:
-            return self.follow_shape(n, None, x, self.env[first], args, kwargs, result)
-        if op in REDUCTIONS:
-            return self.on_reduction(n, args, kwargs, x)
-        if op in SOFTMAX:
-            d = args[1] if len(args) > 1 else kwargs.get("dim")
-            d = d + args[0].dim() if isinstance(d, int) and d < 0 else d
-            return self.pinned(x) if d == x.dim else x
-        if not isinstance(result, Tensor) and not (isinstance(result, (tuple, list)) and result
-                                                   and all(isinstance(r, Tensor) for r in result)):
-            return Val()  # sizes, shapes, dims: no channels to follow
-        if op in OPAQUE:
-            self.pin_all(n)
-            return self.fresh_untracked(result)
-        raise UnsupportedOperation(
-            f"cannot follow channels through the operation {op!r} (node {n.name}) in module {_where(n)!r}. "
-            f"Pass that module in ignore=[...] so it is traced as one opaque leaf and its channels are kept whole."
-        )
-
-    def pin_list(self, vals: list) -> list:
-        for v in vals:
-            if isinstance(v, Val):
-                self.g.pin(v.labels)
-        return [Val() for _ in vals]
-
-    def on_binary(self, n: fx.Node, result: Tensor) -> Val:
-        if not isinstance(result, Tensor):
-            self.pin_all(n)
-            return Val()
-        out: Val = Val()
-        for a in list(n.args) + list(n.kwargs.values()):
-            if not isinstance(a, fx.Node) or not isinstance(self.env.get(a), Tensor):
-                continue
-            t, v = self.env[a], self.val(a)
-            shift = result.dim() - t.dim()
-            if not isinstance(v, Val) or v.labels is None:
-                # an untracked tensor (input, parameter) that is full-width along the tracked dim pins it
-                continue
-            d = v.dim + shift
-            if out.labels is None:
-                out = Val(v.labels, d)
-            elif out.dim == d:
-                self.g.union(out.labels, v.labels)
-            else:
-                self.g.pin(v.labels)
-        for a in list(n.args) + list(n.kwargs.values()):
-            if isinstance(a, fx.Node) and isinstance(self.env.get(a), Tensor):
-                v = self.val(a)
-                t = self.env[a]
-                d = out.dim - (result.dim() - t.dim())
-                if (not isinstance(v, Val) or v.labels is None) and d >= 0 and t.shape[d] != 1:
-                    self.g.pin(out.labels)
-        return out
-
-    def on_cat(self, n: fx.Node, op: str, args: tuple, kwargs: dict, result: Tensor) -> Val:
-        tensors = args[0]
-        d = args[1] if len(args) > 1 else kwargs.get("dim", 0)
-        vals = self.val(n.args[0])
-        d = d + result.dim() if d < 0 else d
-        tracked = [v for v in vals if v.labels is not None]
-        dims = {v.dim for v in tracked}
-        if len(dims) != 1:
-            for v in tracked:
-                self.g.pin(v.labels)
-            return Val()
-        td = dims.pop()
-        if op == "stack":
-            out = tracked[0]
-            for v in tracked[1:]:
-                self.g.union(out.labels, v.labels)
-            if len(tracked) < len(vals):
-                self.g.pin(out.labels)
-            return Val(out.labels, td + (1 if d <= td else 0))
-        if d == td:
-            parts = [v.labels if v.labels is not None else self.g.new_slots(t.shape[d], pinned=True)
-                     for v, t in zip(vals, tensors)]
-            return Val(np.concatenate(parts), d)
-        out = tracked[0]
-        for v in tracked[1:]:
-            self.g.union(out.labels, v.labels)
-        if len(tracked) < len(vals):
-            self.g.pin(out.labels)
-        return Val(out.labels, td)
-
-    def on_chunk(self, n: fx.Node, args: tuple, kwargs: dict, x: Val) -> list:
-        t, k = args[0], args[1]
-        d = args[2] if len(args) > 2 else kwargs.get("dim", 0)
-        d = d + t.dim() if d < 0 else d
-        if d != x.dim:
-            return [x for _ in range(min(k, t.shape[d]))]
-        c = t.shape[d]
-        if c % k:
-            self.g.pin(x.labels)
-            return [Val() for _ in range(-(-c // k))]
-        pieces = np.split(x.labels, k)
-        for p in pieces[1:]:  # equal chunks stay equal: position j of every chunk goes together
-            self.g.union(pieces[0], p)
-        return [Val(p, d) for p in pieces]
-
-    def on_reduction(self, n: fx.Node, args: tuple, kwargs: dict, x: Val) -> Val:
-        t = args[0]
-        dims = args[1] if len(args) > 1 else kwargs.get("dim")
-        keep = args[2] if len(args) > 2 and isinstance(args[2], bool) else kwargs.get("keepdim", False)
-        if dims is None or not isinstance(x, Val):
-            return self.pinned(x) if isinstance(x, Val) else Val()
-        dims = [dims] if isinstance(dims, int) else list(dims)
-        dims = [d + t.dim() if d < 0 else d for d in dims]
-        if x.dim in dims:
-            return self.pinned(x)
-        return Val(x.labels, x.dim if keep else x.dim - sum(d < x.dim for d in dims))
-
-    def follow_shape(self, n: fx.Node, fn: Any, x: Val, x_t: Tensor, args: tuple = (), kwargs: Mapping = {},
-                     result: Any = None) -> Any:
-        """Run the same shape op on a probe tensor that holds each element's channel index."""
-        c = x_t.shape[x.dim]
-        shape = [1] * x_t.dim()
-        shape[x.dim] = c
-        probe = torch.arange(c).view(shape).expand(x_t.shape).contiguous()
-        if fn is None:
-            target = n.target
-            rest = tuple(args[1:])
-            fn = (lambda p: getattr(p, target)(*rest, **kwargs)) if n.op == "call_method" else \
-                (lambda p: target(p, *rest, **kwargs))
-        out = fn(probe)
-        if isinstance(out, (tuple, list)):
-            return [self.read_probe(o, x, c) for o in out]
-        return self.read_probe(out, x, c)
-
-    def read_probe(self, r: Tensor, x: Val, c: int) -> Val:
-        varying = [k for k in range(r.dim()) if r.shape[k] > 1 and not torch.equal(r, r.narrow(k, 0, 1).expand_as(r))]
-        if len(varying) != 1:
-            return self.pinned(x)
-        k = varying[0]
-        idx = r.movedim(k, 0).reshape(r.shape[k], -1)[:, 0].numpy()
-        if not _is_regular(idx, c):  # a slice or reorder of channels would shift once channels go
-            return self.pinned(x)
-        return Val(x.labels[idx], k)
+def base_name(name: str) -> str:
+    return name[:-1] if name.endswith("_") and not name.endswith("__") else name
 
 
-def _is_regular(idx: np.ndarray, c: int) -> bool:
-    """Whether ``idx`` is arange(c) with each entry repeated a times, the whole tiled b times."""
-    if len(idx) % c:
-        return False
-    for a in range(1, len(idx) // c + 1):
-        if (len(idx) // c) % a:
+def _has_tensor(result: Any) -> bool:
+    if isinstance(result, Tensor):
+        return True
+    return isinstance(result, (tuple, list)) and any(isinstance(r, Tensor) for r in result)
+
+
+def _params_only(rec: Recorder, func: Callable, name: str, handler: Callable | None, args: tuple, kwargs: dict,
+                 result: Any) -> None:
+    from .record import _outputs
+    from .shapes import SHAPE_OPS, follow_params
+
+    if handler is carry and isinstance(result, Tensor):
+        first = next((a for a in args if isinstance(a, Tensor)), None)
+        info = rec.info(first)
+        rec.set(result, info if isinstance(info, PVal) and first.shape == result.shape else None)
+    elif handler is elementwise and isinstance(result, Tensor):
+        rec.set(result, merge_params(rec, args, kwargs, result))
+    elif name in SHAPE_OPS:
+        follow_params(rec, func, name, args, kwargs, result)
+    else:
+        rec.set_all(result, None)
+    _mark_derived(rec, [o for o in _outputs(result) if rec.info(o) is None])
+
+
+def _mark_derived(rec: Recorder, result: Any) -> None:
+    """Results computed from parameters by operations the graph does not follow, and factory tensors:
+    their shapes may change after pruning without harm, so the check does not predict them."""
+    from .record import _outputs
+
+    for o in _outputs(result):
+        rec.derived.add(id(o))
+        rec._keep.append(o)
+
+
+def merge_params(rec: Recorder, args: tuple, kwargs: dict, result: Tensor) -> PVal | None:
+    """The parameter sources of an elementwise result computed from parameters (and constants) only."""
+    sources = []
+    for t in tensor_args(args, kwargs):
+        info = rec.info(t)
+        if info is None:
+            if t.numel() > 1:
+                return None  # computed from something that is not a parameter: not sliceable
             continue
-        b = len(idx) // (c * a)
-        if np.array_equal(idx, np.tile(np.repeat(np.arange(c), a), b)):
-            return True
-    return False
+        shift = result.dim() - t.dim()
+        for name, dmap in info.sources:
+            sources.append((name, (None,) * shift + tuple(d if t.shape[i] > 1 else None for i, d in enumerate(dmap))))
+    return PVal(tuple(sources)) if sources else None
+
+
+def carry(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+    """Same-shape operations: the first tensor's labels carry to the result (and to in-place targets)."""
+    first = next((a for a in args if isinstance(a, Tensor)), None)
+    if first is None:
+        first = next((a for a in kwargs.values() if isinstance(a, Tensor)), None)
+    info = rec.info(first)
+    others = [rec.info(t) for t in tensor_args(args, kwargs) if t is not first]
+    if isinstance(result, Tensor) and first is not None and result.shape == first.shape:
+        rec.set(result, info)
+        if base_name(name) not in TEMPLATE_ARGS:  # type_as / to(other) read only the other's dtype
+            rec.pin([o for o in others if isinstance(o, Val)], f"{name} in {rec.where!r} mixes two tensors")
+        return
+    rec.pin(info, f"{name} in {rec.where!r} changed the shape")
+    rec.set_all(result, None)
+
+
+def elementwise(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+    """Broadcasting elementwise operations: tracked operands are united; parameters along the tracked
+    dimension become members; an untracked full-width operand pins the channels."""
+    if not isinstance(result, Tensor):
+        rec.set_all(result, None)
+        return
+    nd = result.dim()
+    out: Val | None = None
+    operands = [(t, rec.info(t)) for t in tensor_args(args, kwargs)]
+    for t, info in operands:
+        if not isinstance(info, Val):
+            continue
+        v = shifted(info, nd - t.dim())
+        if out is None:
+            out = v
+        elif v.dims == out.dims and v.labels.shape == out.labels.shape:
+            rec.g.union(out.labels, v.labels)
+        elif _flat_meets_block(rec, out, v):
+            out = v if v.flat else out  # a block's fixed axes are united already: the flat labels describe both
+        else:
+            rec.g.pin(out.labels, f"{name} in {rec.where!r} meets channels along another dimension")
+            rec.g.pin(v.labels, f"{name} in {rec.where!r} meets channels along another dimension")
+            out = None
+            break
+    if out is None:
+        for _, info in operands:
+            rec.pin(info, f"{name} in {rec.where!r}")
+        rec.set(result, None)
+        return
+    for t, info in operands:
+        if isinstance(info, Val):
+            continue
+        shift = nd - t.dim()
+        for ax, d in enumerate(out.dims):
+            td = d - shift
+            if td < 0 or t.shape[td] == 1:
+                continue
+            if isinstance(info, PVal) and out.flat:
+                for pname, dmap in info.sources:
+                    pd = dmap[td] if td < len(dmap) else None
+                    if pd is None:
+                        rec.g.pin(out.labels, f"{pname} is combined with the channels after a reshape ({rec.where!r})")
+                    else:
+                        tensor_member(rec, pname, pd, out.labels, "param")
+            else:
+                why = "a parameter along split channels" if isinstance(info, PVal) else "a tensor the graph cannot cut"
+                rec.g.pin(out.labels, f"{name} in {rec.where!r} combines the channels with {why}")
+    rec.set(result, out)
+
+
+def line(v: Val) -> np.ndarray:
+    """The labels along a Val's free axis (index 0 along its fixed axes)."""
+    if v.labels.ndim == 1:
+        return v.labels
+    idx: list[Any] = [0] * v.labels.ndim
+    idx[v.free] = slice(None)
+    return v.labels[tuple(idx)]
+
+
+def _flat_meets_block(rec: Recorder, a: Val, b: Val) -> bool:
+    """A flat operand along a block's free dimension (SK-Net's per-path attention on stacked paths):
+    unite it with the block's free-axis labels. True when that applied."""
+    flat, block = (a, b) if a.flat else (b, a)
+    if not flat.flat or block.flat or flat.dim != block.dims[block.free] \
+            or len(flat.labels) != block.labels.shape[block.free]:
+        return False
+    rec.g.union(flat.labels, line(block))
+    return True
+
+
+def shifted(v: Val, shift: int) -> Val:
+    return v if shift == 0 else Val(v.labels, tuple(d + shift for d in v.dims), v.free)
+
+
+def tensor_member(rec: Recorder, tensor: str, dim: int, labels: np.ndarray, role: str) -> None:
+    """Make dimension ``dim`` of parameter/buffer ``tensor`` a member with ``labels``."""
+    mname, mod, _ = rec.module_of(tensor)
+    rec.g.add_member(tensor, dim, mname, role, labels, mod)
+
+
+def _register() -> dict[str, Callable]:
+    from . import contract, joins, layers_ops, shapes
+
+    table: dict[str, Callable] = {}
+    for mod in (shapes, joins, contract, layers_ops):
+        table.update(mod.HANDLERS)
+    return table
+
+
+class _Lazy(dict):
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        if not self:
+            self.update(_register())
+        return super().get(key, default)
+
+
+HANDLERS: dict[str, Callable] = _Lazy()

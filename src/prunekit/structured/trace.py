@@ -1,15 +1,28 @@
-"""Tracing a model with torch.fx and building its :class:`DependencyGraph` on example inputs."""
+"""Building a model's :class:`DependencyGraph` on example inputs, and the torch.fx trace (kept for
+``fold_bn_`` and as the ``engine="fx"`` alternative).
+
+``engine="record"`` (the default) runs the model's own forward under the recorder
+(:mod:`prunekit.structured.record`), so Python control flow, Hugging Face models and code that fx
+or ``torch.compile`` cannot trace are handled. ``engine="fx"`` first traces the model with
+``torch.fx.symbolic_trace`` and records the traced graph instead: the same rules, but a model fx
+cannot trace is refused. On the zoo benchmark (docs/zoo.md) fx traces fewer models and gives the
+same graph wherever it does trace, so it stays an option for comparison only.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from torch import fx, nn
 
+from ..core.calling import call_model
 from .graph import DependencyGraph, UnsupportedOperation
-from .propagate import CONVS, ChannelPropagator
+from .record import CONVS, record
+
+ENGINES = ("record", "fx")
 
 
 class _Tracer(fx.Tracer):
@@ -30,44 +43,89 @@ def trace(model: nn.Module, leaves: Iterable[nn.Module] = (), concrete_args: dic
         graph = tracer.trace(model, concrete_args=concrete_args or None)
     except Exception as exc:  # fx raises many kinds: control flow on tensors, unsupported Python
         raise UnsupportedOperation(
-            f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}. Pass the submodule "
-            "that holds the untraceable code in ignore=[...] (it is then kept whole), or, for a Hugging Face "
-            "transformer, use prunekit.structured.prune_heads_ / prune_neurons_ / prune_layers_."
+            f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}. Use engine='record' "
+            "(the default), which runs the model instead of tracing it."
         ) from exc
     return fx.GraphModule(tracer.root, graph)
 
 
-def build_graph(model: nn.Module, example_inputs: Any, ignore: Iterable[nn.Module] = ()) -> DependencyGraph:
-    """Trace ``model`` and follow channels on ``example_inputs`` (a tensor, tuple or dict).
-
-    Modules in ``ignore`` keep their output channels (a Conv/Linear still loses the input channels its
-    producer loses); any other ignored module is an opaque leaf whose channels are kept whole.
-    """
-    ignore = list(ignore)
-    concrete: dict[str, Any] = {}
-    if isinstance(example_inputs, Mapping):
-        params = inspect.signature(model.forward).parameters
-        unknown = set(example_inputs) - set(params)
-        if unknown:
-            raise ValueError(f"example_inputs has keys {sorted(unknown)} that {type(model).__name__}.forward() does not take")
-        concrete = {k: p.default for k, p in params.items() if k not in example_inputs
-                    and p.default is not inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD}
-    gm = trace(model, [m for m in ignore if not isinstance(m, CONVS + (nn.Linear,))], concrete)
-    graph = DependencyGraph()
-    prop = ChannelPropagator(gm, graph, {id(m) for m in ignore})
-    placeholders = [p for p in gm.graph.nodes if p.op == "placeholder"]
-    if isinstance(example_inputs, Mapping):
-        args = [example_inputs[p.target] if p.target in example_inputs else concrete.get(p.target)
-                for p in placeholders]
-    elif isinstance(example_inputs, (tuple, list)):
-        args = list(example_inputs)
-    else:
-        args = [example_inputs]
+@contextlib.contextmanager
+def recording_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode, no gradients and (for Hugging Face models) no KV cache while the graph is recorded."""
     was_training = model.training
+    config = getattr(model, "config", None)
+    cache = getattr(config, "use_cache", None)
     model.eval()
+    if cache:
+        config.use_cache = False
     try:
         with torch.no_grad():
-            prop.run(*args)
+            yield
     finally:
         model.train(was_training)
+        if cache:
+            config.use_cache = cache
+
+
+def resolve_ignore(model: nn.Module, ignore: Iterable[nn.Module | str]) -> list[nn.Module]:
+    """Modules from ``ignore`` (modules of ``model`` or their qualified names)."""
+    out = []
+    for m in ignore:
+        if isinstance(m, str):
+            try:
+                m = model.get_submodule(m)
+            except AttributeError:
+                names = [n for n, _ in model.named_modules() if n]
+                raise ValueError(f"ignore names {m!r}, which is not a module of {type(model).__name__} "
+                                 f"(some of its modules: {', '.join(names[:8])}…)") from None
+        elif not isinstance(m, nn.Module):
+            raise TypeError(f"ignore= takes modules or module names, got {type(m).__name__}")
+        out.append(m)
+    return out
+
+
+def build_graph(model: nn.Module, example_inputs: Any, ignore: Iterable[nn.Module | str] = (),
+                strict: bool = False, engine: str = "record") -> DependencyGraph:
+    """Run ``model`` once on ``example_inputs`` (a tensor, tuple or dict) and build its dependency graph.
+
+    Modules in ``ignore`` keep their output channels (a Conv/Linear still loses the input channels its
+    producer loses); any other ignored module is opaque: its channels are kept whole. ``strict=True``
+    makes an operation the graph does not know an error instead of a pin."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    ignore = resolve_ignore(model, ignore)
+    ignored = {id(m) for m in ignore}
+    if isinstance(example_inputs, Mapping):
+        params = inspect.signature(model.forward).parameters
+        takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        unknown = set(example_inputs) - set(params)
+        if unknown and not takes_kwargs:
+            raise ValueError(f"example_inputs has keys {sorted(unknown)} that {type(model).__name__}.forward() "
+                             f"does not take (it takes {', '.join(params)})")
+    graph = DependencyGraph()
+    with recording_mode(model):
+        if engine == "fx":
+            gm = _fx_module(model, example_inputs, ignore)
+            record(model, lambda: _call_fx(gm, example_inputs), graph, ignored, strict)
+        else:
+            record(model, lambda: call_model(model, example_inputs), graph, ignored, strict)
     return graph
+
+
+def _fx_module(model: nn.Module, example_inputs: Any, ignore: list[nn.Module]) -> fx.GraphModule:
+    params = inspect.signature(model.forward).parameters
+    if isinstance(example_inputs, Mapping):
+        given = set(example_inputs)
+    else:
+        n = len(example_inputs) if isinstance(example_inputs, (tuple, list)) else 1
+        given = set(list(params)[:n])
+    concrete = {k: p.default for k, p in params.items() if k not in given
+                and p.default is not inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD}
+    return trace(model, [m for m in ignore if not isinstance(m, CONVS + (nn.Linear,))], concrete)
+
+
+def _call_fx(gm: fx.GraphModule, example_inputs: Any) -> Any:
+    placeholders = [p.target for p in gm.graph.nodes if p.op == "placeholder"]
+    if isinstance(example_inputs, Mapping):
+        return gm(*[example_inputs.get(p) for p in placeholders])
+    return call_model(gm, example_inputs)

@@ -1,0 +1,194 @@
+"""What a structured-pruning call did: sizes before and after, how much of the model could be cut, and
+what held the rest (the reasons channels stayed pinned)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from ..core.calling import call_model
+from .graph import DependencyGraph
+from .record import op_name
+
+INTERFACE = ("model output", "ignore=")  # pins that the model's interface asks for, not limits of the graph
+
+
+class _MacCounter(TorchFunctionMode):
+    """Counts multiply-accumulates of convolutions, linear layers, matrix products, einsums and attention
+    at the torch-function level (so a fused attention or ``F.linear`` is counted once, by formula)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.macs = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        try:
+            self.macs += _macs_of(op_name(func), args, kwargs, out)
+        except Exception:  # an unusual signature: not counted
+            pass
+        return out
+
+
+def _numel(shape: Any) -> int:
+    return math.prod(shape)
+
+
+def _macs_of(name: str, args: tuple, kwargs: dict, out: Any) -> int:
+    if name in ("conv1d", "conv2d", "conv3d"):
+        w = args[1] if len(args) > 1 else kwargs["weight"]
+        return out.numel() * _numel(w.shape[1:])
+    if name in ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):
+        w = args[1] if len(args) > 1 else kwargs["weight"]
+        return args[0].numel() * _numel(w.shape[1:])
+    if name == "linear":
+        w = args[1] if len(args) > 1 else kwargs["weight"]
+        return out.numel() * w.shape[-1]
+    if name in ("matmul", "mm", "bmm", "rmatmul", "mv", "dot"):
+        a = args[0] if name != "rmatmul" else args[1]
+        return (out.numel() if isinstance(out, Tensor) and out.dim() else 1) * a.shape[-1]
+    if name in ("addmm", "baddbmm", "addbmm", "addmv"):
+        return out.numel() * args[1].shape[-1]
+    if name == "einsum":
+        ops = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+        if len(ops) == 1:
+            return 0
+        eq = args[0].replace(" ", "").split("->")[0].split(",")
+        sizes: dict[str, int] = {}
+        for spec, t in zip(eq, ops):
+            spec = spec.replace("...", "")
+            for c, n in zip(spec[::-1], reversed(t.shape)):
+                sizes[c] = max(sizes.get(c, 1), n)
+        batch = _numel(t.shape[: t.dim() - len(eq[-1].replace("...", ""))]) if "..." in eq[-1] else 1
+        return batch * _numel(sizes.values())
+    if name == "scaled_dot_product_attention":
+        q, k, v = args[0], args[1], args[2]
+        return q.numel() * k.shape[-2] + out.numel() * v.shape[-2]
+    if name in ("multi_head_attention_forward", "_native_multi_head_attention"):
+        q, k = args[0], args[1]
+        e = q.shape[-1]
+        return 4 * q.numel() * e + 2 * q.numel() * (k.shape[0] if name != "_native_multi_head_attention" else k.shape[1])
+    return 0
+
+
+def count_macs(model: nn.Module, inputs: Any) -> int:
+    """Multiply-accumulates of one forward pass on ``inputs``: every convolution, linear layer, matrix
+    product and attention (scores and values) counted, whichever module or function runs it."""
+    was = model.training
+    model.eval()
+    counter = _MacCounter()
+    try:
+        with torch.no_grad(), counter:
+            call_model(model, inputs)
+    finally:
+        model.train(was)
+    return int(counter.macs)
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters, each shared tensor counted once."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+@dataclass
+class StructuredReport:
+    """The result of ``structured.prune_``: ``str(report)`` reads as a summary, ``to_dict()`` is data."""
+
+    what: str
+    sparsity: float
+    importance: str
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    channels: int = 0
+    channels_prunable: int = 0
+    channels_removed: int = 0
+    groups: int = 0
+    pinned: list[tuple[str, int]] = field(default_factory=list)
+    repaired: list[tuple[str, str]] = field(default_factory=list)
+    unknown_ops: dict[str, int] = field(default_factory=dict)
+    config_changes: dict[str, Any] = field(default_factory=dict)
+    reloadable: bool | None = None
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def macs_removed(self) -> float:
+        return 1 - self.macs_after / self.macs_before if self.macs_before else 0.0
+
+    @property
+    def params_removed(self) -> float:
+        return 1 - self.params_after / self.params_before if self.params_before else 0.0
+
+    @property
+    def prunable_fraction(self) -> float:
+        """The share of the model's channels that the graph could cut (interface channels aside)."""
+        return self.channels_prunable / self.channels if self.channels else 0.0
+
+    @property
+    def channels_removed_fraction(self) -> float:
+        return self.channels_removed / self.channels if self.channels else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(macs_removed=self.macs_removed, params_removed=self.params_removed,
+                 prunable_fraction=self.prunable_fraction, channels_removed_fraction=self.channels_removed_fraction)
+        return d
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=str)
+
+    def __str__(self) -> str:
+        lines = [
+            f"structured pruning ({self.what}, sparsity {self.sparsity:g}, {self.importance}): "
+            f"params {self.params_before:,} -> {self.params_after:,} (-{self.params_removed:.1%}), "
+            f"MACs {self.macs_before:,} -> {self.macs_after:,} (-{self.macs_removed:.1%}), {self.seconds:.2f} s",
+        ]
+        if self.channels:
+            lines.append(f"channels: {self.prunable_fraction:.1%} of {self.channels:,} prunable in {self.groups} "
+                         f"groups, {self.channels_removed:,} removed ({self.channels_removed_fraction:.1%})")
+        for why, n in self.pinned[:6]:
+            lines.append(f"  pinned {n:,}: {why}")
+        for group, why in self.repaired[:6]:
+            lines.append(f"  kept after the check: {group} ({why})")
+        if len(self.repaired) > 6:
+            lines.append(f"  … and {len(self.repaired) - 6} more groups kept after the check")
+        if self.config_changes:
+            lines.append("config: " + ", ".join(f"{k}={v}" for k, v in self.config_changes.items())
+                         + ("" if self.reloadable is None else
+                            f" (reloads with from_pretrained: {'yes' if self.reloadable else 'no'})"))
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def channel_counts(graph: DependencyGraph, removed: set[int], extra_pinned: set[int] = frozenset()
+                   ) -> tuple[int, int, int, list[tuple[str, int]]]:
+    """(channels, prunable, removed, pin reasons with counts) over the output channels weights produce;
+    channels the interface fixes (model outputs, ``ignore=``) are left out."""
+    pinned = graph.pinned_roots()
+    reasons: Counter[str] = Counter()
+    total = prunable = gone = 0
+    for key, slots in graph.produced.items():
+        for r in graph.roots(slots).tolist():
+            why = pinned.get(r)
+            if why is not None and why.startswith(INTERFACE):
+                continue
+            total += 1
+            if why is not None:
+                reasons[why] += 1
+            elif r in extra_pinned:
+                reasons["kept after the pruned copy failed the check"] += 1
+            else:
+                prunable += 1
+                gone += r in removed
+    return total, prunable, gone, reasons.most_common()
