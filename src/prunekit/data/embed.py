@@ -68,18 +68,23 @@ class TextEncoder:
         self.batch_size, self.max_length = batch_size, max_length
 
     def __call__(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """Embeddings of ``texts``, in their order. Batches are formed from texts of similar length
+        (sorted by character count), so little compute goes to padding."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise ValueError("texts must be a sequence of strings (one per example)")
+        texts = list(texts)
+        order = np.argsort([len(t) for t in texts], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with torch.no_grad():
             for start in tqdm(range(0, len(texts), self.batch_size), desc="embed texts", disable=not progress,
                               leave=False):
-                enc = self.tokenizer(list(texts[start:start + self.batch_size]), padding=True, truncation=True,
+                rows = order[start:start + self.batch_size]
+                enc = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
                                      max_length=self.max_length, return_tensors="pt")
                 hidden = self.model(**enc).last_hidden_state
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-                out[start:start + len(pooled)] = nn.functional.normalize(pooled, dim=-1).numpy()
+                out[rows] = nn.functional.normalize(pooled, dim=-1).numpy()
         return out
 
 

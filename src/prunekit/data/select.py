@@ -31,6 +31,7 @@ class SelectConfig(Config):
     """What every selection holds: the fraction kept and the seed of its random draws."""
 
     needs_labels: ClassVar[bool] = False
+    strategy: str
     keep: Keep
     seed: int = 0
 
@@ -156,8 +157,8 @@ def selection_config(keep: Any, strategy: str | None = None, seed: int | None = 
         return STRATEGIES.parse_config(data, where="select", **fields)  # type: ignore[return-value]
     if keep is None:
         raise TypeError("select needs keep= (the fraction of examples to keep, in (0, 1]) or a selection config")
-    return STRATEGIES.parse_config({"strategy": strategy or "hardest", "keep": keep, **fields},  # type: ignore[return-value]
-                                   where="select")
+    data = {"strategy": strategy or "hardest", "keep": keep, **fields}
+    return STRATEGIES.parse_config(data, where="select")  # type: ignore[return-value]
 
 
 def select(scores: Any, keep: float | SelectConfig | Mapping[str, Any] | None = None,
@@ -177,14 +178,14 @@ def select(scores: Any, keep: float | SelectConfig | Mapping[str, Any] | None = 
     s = as_scores(scores)
     n = len(s)
     if labels is not None:
-        labels = as_labels(labels, n, "labels" if cfg.strategy != "density" else "labels (cluster ids)")  # type: ignore[attr-defined]
+        labels = as_labels(labels, n, "labels" if cfg.strategy != "density" else "labels (cluster ids)")
     elif cfg.needs_labels:
-        what = "class labels" if cfg.strategy == "class_balanced" else "cluster ids (from concept_clusters)"  # type: ignore[attr-defined]
-        raise ValueError(f"strategy {cfg.strategy!r} needs labels=: pass the {what}, one per example")  # type: ignore[attr-defined]
+        what = "class labels" if cfg.strategy == "class_balanced" else "cluster ids (from concept_clusters)"
+        raise ValueError(f"strategy {cfg.strategy!r} needs labels=: pass the {what}, one per example")
     k = budget(cfg.keep, n)
     rng = np.random.default_rng(cfg.seed)
-    chosen = STRATEGIES.get(cfg.strategy)(s, k, labels, rng, cfg)  # type: ignore[attr-defined]
+    chosen = STRATEGIES.get(cfg.strategy)(s, k, labels, rng, cfg)
     out = np.unique(np.asarray(chosen, dtype=np.int64))
     if len(out) != k:
-        raise RuntimeError(f"internal error: strategy {cfg.strategy!r} chose {len(out)} of {k} examples")  # type: ignore[attr-defined]
+        raise RuntimeError(f"internal error: strategy {cfg.strategy!r} chose {len(out)} of {k} examples")
     return out

@@ -37,7 +37,8 @@ def test_float16_parquet_shards_read_back_as_the_same_vectors(tmp_path):
     write_shards(tmp_path / "in", x, [70, 50])
     embed_shards(tmp_path / "in", tmp_path / "emb", embedding_column="emb", file_format="parquet", progress=False)
     table = pq.read_table(tmp_path / "emb/part-00001.parquet")
-    assert table.column_names == ["index", "embedding"] and table.schema.field("embedding").type.value_type == pa.float16()
+    assert table.column_names == ["index", "embedding"]
+    assert table.schema.field("embedding").type.value_type == pa.float16()
     store = EmbeddingStore.open(tmp_path / "emb")
     got = np.concatenate([b for i in range(2) for _, b in store.batches(i, 32)])
     np.testing.assert_allclose(got, x.astype(np.float16).astype(np.float32))

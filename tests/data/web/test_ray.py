@@ -39,7 +39,8 @@ def test_ray_gives_exactly_the_single_process_results(tmp_path, local_ray):
                           progress=False)
     assert (one.n, on_ray.n, on_ray.engine) == (3000, 3000, "ray")
     for i in range(4):
-        assert np.array_equal(np.load(tmp_path / f"emb/part-{i:05d}.npy"), np.load(tmp_path / f"emb-ray/part-{i:05d}.npy"))
+        name = f"part-{i:05d}.npy"
+        assert np.array_equal(np.load(tmp_path / "emb" / name), np.load(tmp_path / "emb-ray" / name))
     settings = {"n_clusters": 10, "sample": 2000, "partition_rows": 700, "seed": 5, "progress": False}
     a = dedup(tmp_path / "emb", eps=0.1, **settings)
     b = dedup(tmp_path / "emb", eps=0.1, engine="ray", **settings)

@@ -16,7 +16,8 @@ from .conftest import planted, write_shards
 ENCODER = """
 import zlib, numpy as np
 def encode(texts):
-    return np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(8) for t in texts]).astype(np.float32)
+    rows = [np.random.default_rng(zlib.crc32(t.encode())).standard_normal(8) for t in texts]
+    return np.stack(rows).astype(np.float32)
 """
 
 
@@ -41,11 +42,11 @@ from prunekit.data import embed_shards
 calls = [0]
 def encode_and_die(texts):  # dies in the middle of the third shard, with its temporary file half-written
     calls[0] += 1
-    if calls[0] == 1 + 2 * 4 + 2:  # the width probe, two shards of 4 batches, 2 batches of the third
+    if calls[0] == 1 + 2 * 2 + 2:  # the width probe, two shards of 2 chunks (80 + 20 rows), 2 chunks of the third
         os.kill(os.getpid(), signal.SIGKILL)
     return encode(texts)
 encode_and_die.__qualname__ = "encode"  # the same encoder, as far as the folder's plan can tell
-embed_shards({str(tmp_path / 'in')!r}, {str(tmp_path / 'emb')!r}, model=encode_and_die, batch_size=25,
+embed_shards({str(tmp_path / 'in')!r}, {str(tmp_path / 'emb')!r}, model=encode_and_die, batch_size=5,
              dtype="float32", progress=False)
 """
     assert _run(script, tmp_path) == -9
@@ -53,10 +54,10 @@ embed_shards({str(tmp_path / 'in')!r}, {str(tmp_path / 'emb')!r}, model=encode_a
     assert done == ["part-00000.npy", "part-00001.npy"]  # two shards complete, the third was cut
     assert any("prunekit-tmp" in p.name for p in (tmp_path / "emb").iterdir())  # its partial temporary
     exec(ENCODER, ns := {})
-    rep = embed_shards(tmp_path / "in", tmp_path / "emb", model=ns["encode"], batch_size=25, dtype="float32",
+    rep = embed_shards(tmp_path / "in", tmp_path / "emb", model=ns["encode"], batch_size=5, dtype="float32",
                        progress=False)
     assert (rep.written, rep.skipped) == (2, 2)  # the first two are not redone
-    embed_shards(tmp_path / "in", tmp_path / "clean", model=ns["encode"], batch_size=25, dtype="float32",
+    embed_shards(tmp_path / "in", tmp_path / "clean", model=ns["encode"], batch_size=5, dtype="float32",
                  progress=False)
     store, clean = EmbeddingStore.open(tmp_path / "emb"), EmbeddingStore.open(tmp_path / "clean")
     for i in range(4):

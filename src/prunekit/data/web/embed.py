@@ -18,10 +18,13 @@ import numpy as np
 
 from ...core.atomic import MARKER, _Lock, atomic_file, check_writable, is_prunekit_folder
 from .engine import get_engine
-from .sources import Source, check_finite_rows, inspect_sources, iter_texts, iter_vectors, resolve_shards, scan_vectors
-from .store import DTYPES, FILE_FORMATS, KIND, read_marker, remove_shard_files, shard_files, shard_name, write_marker
+from .sources import (Source, check_finite_rows, inspect_sources, iter_texts, iter_vectors, resolve_shards,
+                      scan_vectors)
+from .store import (DTYPES, FILE_FORMATS, KIND, read_marker, remove_shard_files, shard_files, shard_name,
+                    write_marker)
 
 Encoder = Callable[[list[str]], np.ndarray]
+CHUNK = 16  # encoder batches read at once from a text shard
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,9 @@ def _batches(task: EmbedTask, encoder: Encoder | None) -> Any:
         return
     assert encoder is not None
     start = 0
-    for texts in iter_texts(task.source, task.column, task.batch_size):
+    # The encoder gets CHUNK batches at a time, so that it can group texts of similar length (memory
+    # stays bounded: CHUNK × batch_size texts and their vectors).
+    for texts in iter_texts(task.source, task.column, task.batch_size * CHUNK):
         yield _encode(encoder, texts, task.source, start)
         start += len(texts)
 

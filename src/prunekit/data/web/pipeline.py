@@ -14,110 +14,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from ...core.atomic import MARKER, atomic_file, check_writable, scratch_folder
+from ...core.atomic import atomic_file, check_writable
+from ..budgets import dbp_budgets
 from ..checks import budget
 from ..io import FORMATS, load_array
-from ..budgets import dbp_budgets
 from .cluster import AssignTask, assign_shard, train_centroids, training_sample
 from .configs import ClusteringConfig, DBPConfig, SemDeDupConfig
 from .dbp import DensityTask, complexity, density_partition
 from .engine import get_engine
+from .reports import DedupReport, DensityReport
 from .semdedup import DedupTask, dedup_partition
 from .store import EmbeddingStore
-
-WORK_KIND = "data-work"
-
-
-# ----------------------------------------------------------------------------------------- reports
-@dataclass
-class DedupReport:
-    """What :func:`dedup` kept and removed, overall and per cluster."""
-
-    n: int
-    kept: int
-    eps: float
-    n_clusters: int
-    prefer: str
-    engine: str
-    seconds: float
-    cluster_sizes: np.ndarray = field(repr=False)
-    cluster_removed: np.ndarray = field(repr=False)
-    out: str | None = None
-    pairs_out: str | None = None
-    indices: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def removed(self) -> int:
-        """Examples removed as near-duplicates."""
-        return self.n - self.kept
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (per-cluster sizes and losses as lists)."""
-        return {"n": self.n, "kept": self.kept, "removed": self.removed, "eps": self.eps,
-                "n_clusters": self.n_clusters, "prefer": self.prefer, "engine": self.engine,
-                "seconds": self.seconds, "out": self.out, "pairs_out": self.pairs_out,
-                "per_cluster": {"size": self.cluster_sizes.tolist(), "removed": self.cluster_removed.tolist()}}
-
-    def __str__(self) -> str:
-        worst = np.argsort(-self.cluster_removed, kind="stable")[:5]
-        top = ", ".join(f"#{c} lost {self.cluster_removed[c]} of {self.cluster_sizes[c]}" for c in worst
-                        if self.cluster_removed[c])
-        where = f"; indices in {self.out}" if self.out else ""
-        return (f"SemDeDup (eps {self.eps:g}, {self.n_clusters} clusters, keep {self.prefer}): kept {self.kept:,} of "
-                f"{self.n:,}, removed {self.removed:,} ({100 * self.removed / max(self.n, 1):.1f}%) in "
-                f"{self.seconds:.1f} s on {self.engine}{where}" + (f"\nmost duplicated clusters: {top}" if top else ""))
-
-
-@dataclass
-class DensityReport:
-    """What :func:`density` kept, and the per-cluster quantities behind the budgets."""
-
-    n: int
-    kept: int
-    keep: float
-    temperature: float
-    n_clusters: int
-    prefer: str
-    engine: str
-    seconds: float
-    cluster_sizes: np.ndarray = field(repr=False)
-    budgets: np.ndarray = field(repr=False)
-    d_intra: np.ndarray = field(repr=False)
-    d_inter: np.ndarray = field(repr=False)
-    out: str | None = None
-    indices: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def complexity(self) -> np.ndarray:
-        """C = d_intra · d_inter per cluster."""
-        return self.d_intra * self.d_inter
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (per-cluster quantities as lists)."""
-        return {"n": self.n, "kept": self.kept, "keep": self.keep, "temperature": self.temperature,
-                "n_clusters": self.n_clusters, "prefer": self.prefer, "engine": self.engine,
-                "seconds": self.seconds, "out": self.out,
-                "per_cluster": {"size": self.cluster_sizes.tolist(), "kept": self.budgets.tolist(),
-                                "d_intra": self.d_intra.tolist(), "d_inter": self.d_inter.tolist()}}
-
-    def __str__(self) -> str:
-        full = self.cluster_sizes > 0
-        rate = np.where(full, self.budgets / np.maximum(self.cluster_sizes, 1), 0)
-        where = f"; indices in {self.out}" if self.out else ""
-        return (f"DBP (keep {self.keep:g}, tau {self.temperature:g}, {self.n_clusters} clusters, keep {self.prefer}): "
-                f"kept {self.kept:,} of {self.n:,} in {self.seconds:.1f} s on {self.engine}{where}\n"
-                f"per-cluster kept fraction: min {rate[full].min():.2f}, median {np.median(rate[full]):.2f}, "
-                f"max {rate[full].max():.2f}")
-
+from .work import Work
 
 # ------------------------------------------------------------------------------------------- checks
 def _check_out(path: str | os.PathLike | None, overwrite: bool, what: str = "--out") -> Path | None:
@@ -159,51 +74,6 @@ def _digest(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-# --------------------------------------------------------------------------------------- work folder
-class _Work:
-    """The resumable scratch folder of one run (see the module docstring)."""
-
-    def __init__(self, work: str | os.PathLike | None, out: Path | None, fingerprint: dict[str, Any]) -> None:
-        if work is None and out is not None:
-            work = out.parent / f"{out.name}.work"
-        self.scratch = work is None
-        self.path = scratch_folder("prunekit-data-work") if work is None else Path(work).absolute()
-        fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as it reads back from the marker
-        self.fingerprint = fingerprint
-        self.created = self.scratch
-        marker = self.path / MARKER
-        if not self.scratch and self.path.exists():
-            try:
-                info = json.loads(marker.read_text())
-            except (OSError, ValueError):
-                info = None
-            if isinstance(info, dict) and info.get("kind") == WORK_KIND:
-                if info.get("fingerprint") != fingerprint:
-                    warnings.warn(f"{self.path} holds the work of a run with other data or settings; starting over",
-                                  stacklevel=3)
-                    shutil.rmtree(self.path)
-            elif any(self.path.iterdir()):
-                raise ValueError(f"work folder {self.path} holds files prunekit did not write; choose another "
-                                 "(work=, --work)")
-        if not self.path.exists():
-            self.path.mkdir(parents=True)
-            self.created = True
-        if not marker.exists():
-            from ... import __version__
-
-            with atomic_file(marker) as tmp:
-                tmp.write_text(json.dumps({"prunekit_version": __version__, "kind": WORK_KIND,
-                                           "fingerprint": fingerprint}))
-
-    def sub(self, name: str) -> Path:
-        p = self.path / name
-        p.mkdir(exist_ok=True)
-        return p
-
-    def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
 # -------------------------------------------------------------------------------------- clustering
 @dataclass
 class _Clusters:
@@ -216,7 +86,7 @@ class _Clusters:
 
 
 def _cluster(store: EmbeddingStore, cfg: ClusteringConfig, subset: list[np.ndarray] | None, runner: Any,
-             work: _Work, with_embeddings: bool, progress: bool, say: Any) -> _Clusters:
+             work: Work, with_embeddings: bool, progress: bool, say: Any) -> _Clusters:
     n = int(sum(len(s) for s in subset)) if subset is not None else store.n
     k = cfg.n_clusters
     partitions = max(1, min(k, -(-n // cfg.partition_rows)))
@@ -307,7 +177,7 @@ def _config(cls: type, config: Any, fields: dict[str, Any]) -> Any:
     return config.replace(**given) if given else config
 
 
-def _run(fn: Any, work: _Work, keep_work: bool) -> Any:
+def _run(fn: Any, work: Work, keep_work: bool) -> Any:
     """Run ``fn(work)``; remove the work folder after success (unless kept) and after a bad-data error."""
     try:
         result = fn(work)
@@ -351,7 +221,7 @@ def dedup(emb: Any, config: SemDeDupConfig | Mapping[str, Any] | None = None, *,
         raise ValueError(f"--pairs-out {pairs_out}: pairs are written as .parquet")
     runner = get_engine(engine, address=address, workers=workers, progress=progress)
 
-    def go(w: _Work) -> DedupReport:
+    def go(w: Work) -> DedupReport:
         clusters = _cluster(store, cfg, parts, runner, w, True, progress, say)
         red = w.sub("dedup-" + _digest({"eps": cfg.eps, "prefer": cfg.prefer, "seed": cfg.seed}))
         tasks = [DedupTask(p, str(clusters.assign_folder), len(store.shards), str(red / f"part-{p:05d}.npz"),
@@ -375,7 +245,7 @@ def dedup(emb: Any, config: SemDeDupConfig | Mapping[str, Any] | None = None, *,
                            None if out_path else np.flatnonzero(kept))
 
     try:
-        return _run(go, _Work(work, out_path, fp), keep_work)
+        return _run(go, Work(work, out_path, fp), keep_work)
     finally:
         runner.close()
 
@@ -405,11 +275,11 @@ def density(emb: Any, config: DBPConfig | Mapping[str, Any] | None = None, *, n_
     n = int(sum(len(s) for s in parts)) if parts is not None else store.n
     total = budget(cfg.keep, n)
     if cfg.min_keep * cfg.n_clusters > total:
-        raise ValueError(f"keep {cfg.keep:g} of {n} examples is {total}, fewer than min_keep={cfg.min_keep} for each of "
-                         f"{cfg.n_clusters} clusters; use fewer clusters, keep more, or min_keep=0")
+        raise ValueError(f"keep {cfg.keep:g} of {n} examples is {total}, fewer than min_keep={cfg.min_keep} for each "
+                         f"of {cfg.n_clusters} clusters; use fewer clusters, keep more, or min_keep=0")
     runner = get_engine(engine, address=address, workers=workers, progress=progress)
 
-    def go(w: _Work) -> DensityReport:
+    def go(w: Work) -> DensityReport:
         clusters = _cluster(store, cfg, parts, runner, w, False, progress, say)
         d_intra, d_inter, c = complexity(clusters.sizes, clusters.dist_sum, clusters.centroids, cfg.neighbors)
         budgets = dbp_budgets(c, clusters.sizes, total, cfg.temperature, cfg.min_keep)
@@ -432,6 +302,6 @@ def density(emb: Any, config: DBPConfig | Mapping[str, Any] | None = None, *, n_
                              str(out_path) if out_path else None, None if out_path else np.flatnonzero(kept))
 
     try:
-        return _run(go, _Work(work, out_path, fp), keep_work)
+        return _run(go, Work(work, out_path, fp), keep_work)
     finally:
         runner.close()

@@ -137,14 +137,15 @@ class EmbeddingStore:
         shard = self.shards[i]
         if self.array is not None:
             return self.array
+        assert self.folder is not None
         if self.file_format == "npy-file":
-            return np.load(self.folder, mmap_mode="r", allow_pickle=False)  # type: ignore[arg-type]
+            return np.load(self.folder, mmap_mode="r", allow_pickle=False)
         if self.file_format == "npy":
-            arr = np.load(self.folder / f"{shard.name}.npy", mmap_mode="r", allow_pickle=False)  # type: ignore[operator]
+            arr = np.load(self.folder / f"{shard.name}.npy", mmap_mode="r", allow_pickle=False)
         else:
             import pyarrow.parquet as pq
 
-            col = pq.read_table(self.folder / f"{shard.name}.parquet", columns=["embedding"]).column(0)  # type: ignore[operator]
+            col = pq.read_table(self.folder / f"{shard.name}.parquet", columns=["embedding"]).column(0)
             arr = col.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(shard.rows, self.dim)
         if arr.shape != (shard.rows, self.dim):
             raise ValueError(f"{self.folder}/{shard.name}: holds {arr.shape} embeddings, the folder's table says "
