@@ -46,7 +46,8 @@ def test_embed_dedup_density_through_the_command_line(tmp_path, capsys):
     (["data", "bench", "--epochs", "0"], "--epochs", "positive integer"),
     (["data", "select", "--scores", "s.npy", "--keep", "0.5", "--out", "k.npy", "--temperature", "-1"],
      "--temperature", "finite number > 0"),
-    (["data", "dedup", "--emb", "e", "--clusters", "0", "--eps", "0.1"], "--clusters", "positive integer"),
+    (["data", "dedup", "--emb", "e", "--clusters", "0", "--eps", "0.1", "--out", "k.npy"], "--clusters",
+     "positive integer"),
     (["data", "embed", "--texts", "a.parquet", "--out", "e", "--batch-size", "x"], "--batch-size", "positive integer"),
 ])
 def test_bad_numbers_are_refused_naming_the_option(capsys, argv, flag, message):
@@ -60,11 +61,14 @@ def test_bad_numbers_are_refused_naming_the_option(capsys, argv, flag, message):
 def test_bad_web_inputs_are_one_clear_error(tmp_path):
     np.save(tmp_path / "emb.npy", planted(n=100, d=4, dups=0)[0])
     with pytest.raises(ValueError, match=r"eps must be a number in \(0, 1\)"):
-        run(["data", "dedup", "--emb", str(tmp_path / "emb.npy"), "--clusters", "4", "--eps", "1.5"])
+        run(["data", "dedup", "--emb", str(tmp_path / "emb.npy"), "--clusters", "4", "--eps", "1.5",
+             "--out", str(tmp_path / "k.npy")])
     with pytest.raises(ValueError, match="100 examples cannot form 200 clusters"):
-        run(["data", "dedup", "--emb", str(tmp_path / "emb.npy"), "--clusters", "200", "--eps", "0.1"])
+        run(["data", "dedup", "--emb", str(tmp_path / "emb.npy"), "--clusters", "200", "--eps", "0.1",
+             "--out", str(tmp_path / "k.npy")])
     with pytest.raises(FileNotFoundError, match="no such embedding folder"):
-        run(["data", "density", "--emb", str(tmp_path / "missing"), "--clusters", "4", "--keep", "0.5"])
+        run(["data", "density", "--emb", str(tmp_path / "missing"), "--clusters", "4", "--keep", "0.5",
+             "--out", str(tmp_path / "k.npy")])
     with pytest.raises(FileNotFoundError, match="no file matches"):
         run(["data", "embed", "--texts", str(tmp_path / "*.parquet"), "--out", str(tmp_path / "e")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy"]

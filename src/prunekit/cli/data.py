@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import Any, Callable
 
 from .common import add_common, emit, say
@@ -90,13 +89,9 @@ def _model_fn(args: argparse.Namespace) -> Callable[[], Any]:
 
 def _check_out(path: str, overwrite: bool = False, flag: str = "--out") -> None:
     """Fail before any work when the output cannot (or may not) be written."""
-    out = Path(path)
-    if out.suffix.lower() not in (".npy", ".parquet"):
-        raise ValueError(f"{flag} {path}: use a .npy or .parquet file")
-    if not out.parent.exists():
-        raise FileNotFoundError(f"{flag} {path}: folder {out.parent} does not exist")
-    if out.exists() and not overwrite:
-        raise ValueError(f"{flag} {path} exists; pass --overwrite to replace it")
+    from ..data.io import check_output_file
+
+    check_output_file(path, overwrite, flag)
 
 
 def _score_input(args: argparse.Namespace) -> Any:
@@ -256,7 +251,7 @@ def _cluster_flags(p: argparse.ArgumentParser) -> None:
                    help="examples per partition of the per-cluster pass (bounds its memory)")
     p.add_argument("--work", help="resumable work folder (default OUT.work)")
     p.add_argument("--keep-work", action="store_true", help="keep the work folder after success")
-    p.add_argument("--out", help="kept indices (.npy or .parquet, column 'index', as `data select` writes)")
+    p.add_argument("--out", required=True, help="kept indices (.npy or .parquet, column 'index', as `data select` writes)")
     _engine_flags(p)
 
 

@@ -295,29 +295,36 @@ def embed_shards(texts: str | os.PathLike | Sequence[str | os.PathLike], out: st
                 dim = _make_encoder(model, 1, max_length).dim  # type: ignore[attr-defined]
     plan = _plan(sources, column, embedding_column, id_column, model_name, dtype, file_format, int(dim),
                  max_length)
-    runner = get_engine(engine, address=address, workers=workers, progress=progress)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with _Lock(out_path):
-        _prepare_folder(out_path, plan, overwrite)
-        shards = [{"name": shard_name(i), "rows": s.rows, "offset": s.offset, "source": s.path}
-                  for i, s in enumerate(sources)]
-        write_marker(out_path, {"kind": KIND, "format_version": 1, "plan": plan, "n": sum(s.rows for s in sources),
-                                "dim": int(dim), "dtype": dtype, "file_format": file_format, "shards": shards,
-                                "complete": False})
-        tasks = [EmbedTask(i, s.path, s.rows, s.offset, embedding_column or column, from_vectors, id_column,
-                           str(out_path), dtype, file_format, batch_size, int(dim)) for i, s in enumerate(sources)]
-        try:
-            if runner.name == "local":
-                results = runner.map(embed_one, tasks, desc="embed shards", extra=(encoder,))
-            else:
-                results = runner.map_actors(_EmbedActor, tasks, desc="embed shards",
-                                            init=(model, batch_size, max_length, not from_vectors))
-        finally:
-            runner.close()
-        write_marker(out_path, {"kind": KIND, "format_version": 1, "plan": plan, "n": sum(s.rows for s in sources),
-                                "dim": int(dim), "dtype": dtype, "file_format": file_format, "shards": shards,
-                                "complete": True})
+    runner = get_engine(engine, address=address, workers=workers, progress=progress)
+    try:
+        results = _embed_all(out_path, plan, overwrite, sources, embedding_column or column, from_vectors, id_column,
+                             dtype, file_format, batch_size, int(dim), runner, encoder, model, max_length)
+    finally:
+        runner.close()
     written = sum(not r["skipped"] for r in results)
     return EmbedReport(str(out_path), sum(s.rows for s in sources), int(dim), len(sources), written,
                        len(sources) - written, time.perf_counter() - t0, runner.name,
                        rows_written=sum(r["rows"] for r in results if not r["skipped"]))
+
+
+def _embed_all(out_path: Path, plan: dict[str, Any], overwrite: bool, sources: list[Source], column: str,
+               from_vectors: bool, id_column: str | None, dtype: str, file_format: str, batch_size: int, dim: int,
+               runner: Any, encoder: Encoder | None, model: Any, max_length: int) -> list[dict[str, Any]]:
+    """Under the folder's lock: prepare it, write the plan, write every missing shard, mark it complete."""
+    with _Lock(out_path):
+        _prepare_folder(out_path, plan, overwrite)
+        shards = [{"name": shard_name(i), "rows": s.rows, "offset": s.offset, "source": s.path}
+                  for i, s in enumerate(sources)]
+        marker = {"kind": KIND, "format_version": 1, "plan": plan, "n": sum(s.rows for s in sources), "dim": dim,
+                  "dtype": dtype, "file_format": file_format, "shards": shards}
+        write_marker(out_path, {**marker, "complete": False})
+        tasks = [EmbedTask(i, s.path, s.rows, s.offset, column, from_vectors, id_column, str(out_path), dtype,
+                           file_format, batch_size, dim) for i, s in enumerate(sources)]
+        if runner.name == "local":
+            results = runner.map(embed_one, tasks, desc="embed shards", extra=(encoder,))
+        else:
+            results = runner.map_actors(_EmbedActor, tasks, desc="embed shards",
+                                        init=(model, batch_size, max_length, not from_vectors))
+        write_marker(out_path, {**marker, "complete": True})
+    return results

@@ -114,6 +114,11 @@ class RayEngine:
         if not ray.is_initialized():
             connect(address, workers)
             self.started = True
+        elif address is not None:
+            import warnings
+
+            warnings.warn(f"Ray is already initialized in this process; using it (address {address!r} is ignored)",
+                          stacklevel=3)
         self.workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         from ray.data import DataContext
 

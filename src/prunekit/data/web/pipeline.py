@@ -21,10 +21,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ...core.atomic import atomic_file, check_writable
+from ...core.atomic import atomic_file
 from ..budgets import dbp_budgets
 from ..checks import budget
-from ..io import FORMATS, load_array
+from ..io import check_output_file, load_array
 from .cluster import AssignTask, assign_shard, train_centroids, training_sample
 from .configs import ClusteringConfig, DBPConfig, SemDeDupConfig
 from .dbp import DensityTask, complexity, density_partition
@@ -36,17 +36,7 @@ from .work import Work
 
 # ------------------------------------------------------------------------------------------- checks
 def _check_out(path: str | os.PathLike | None, overwrite: bool, what: str = "--out") -> Path | None:
-    if path is None:
-        return None
-    out = Path(path).absolute()
-    if out.suffix.lower() not in FORMATS:
-        raise ValueError(f"{what} {path}: use a .npy or .parquet file")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"{what} {path}: folder {out.parent} does not exist")
-    if out.exists() and not overwrite:
-        raise ValueError(f"{what} {path} exists; pass --overwrite (overwrite=True) to replace it")
-    check_writable(out.parent)
-    return out
+    return None if path is None else check_output_file(path, overwrite, what)
 
 
 def _subset(subset: Any, store: EmbeddingStore) -> list[np.ndarray] | None:
