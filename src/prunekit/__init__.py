@@ -22,7 +22,7 @@ from .core.latency import Latency, latency
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("data", "structured", "train")
+_SUBPACKAGES = ("bench", "data", "recipe", "structured", "train")
 
 
 def __getattr__(name: str):

@@ -182,6 +182,28 @@ def test_weight_journal_keeps_copies_on_disk_and_restores_them():
     assert not folder.exists() and journal.saved == {}
 
 
+def test_a_journal_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from prunekit.methods.base import WeightJournal
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"prunekit-journal-{dead.pid}-abcd1234"
+    stale.mkdir()
+    (stale / "0.pt").write_bytes(b"0" * 4096)
+    journal = WeightJournal()
+    journal.record(nn.Linear(4, 3))
+    mine = Path(next(iter(journal.saved.values()))[1]).parent
+    assert not stale.exists() and mine.parent == tmp_path
+    journal.close()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_config_and_keyword_forms_are_the_same_call():
     from prunekit.methods.config import MagnitudeConfig
 
@@ -231,25 +253,3 @@ def test_a_failure_while_building_the_report_rolls_back(monkeypatch):
     with pytest.raises(RuntimeError, match="report failed"):
         pk.prune_(model, "magnitude", 0.5)
     assert list(pk.masked_modules(model)) == [] and _same(before, _state(model))
-
-
-def test_a_journal_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path, monkeypatch):
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
-
-    from prunekit.methods.base import WeightJournal
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    stale = tmp_path / f"prunekit-journal-{dead.pid}-abcd1234"
-    stale.mkdir()
-    (stale / "0.pt").write_bytes(b"0" * 4096)
-    journal = WeightJournal()
-    journal.record(nn.Linear(4, 3))
-    mine = Path(next(iter(journal.saved.values()))[1]).parent
-    assert not stale.exists() and mine.parent == tmp_path
-    journal.close()
-    assert list(tmp_path.iterdir()) == []

@@ -9,28 +9,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from .common import add_common, emit, say
+from ..core.atomic import check_writable, output_folder
+from .common import add_common, emit, is_quiet, say, warn
 from .eval import DEFAULT_EVAL_WINDOWS, DEFAULT_SEQLEN, measure_lm, table
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_NSAMPLES = 32
+CALIBRATED = ("wanda", "sparsegpt")
 
 
 def add_parser(subs: argparse._SubParsersAction) -> None:
     p = subs.add_parser("prune", help="prune a language model with calibration text and save it", description=__doc__)
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="an alias (smollm2-135m, minilm-l6), a Hugging Face folder or a .gguf file (default smollm2-135m)")
-    p.add_argument("--method", default="wanda", help="wanda (default), sparsegpt, magnitude")
+    p.add_argument("--method", default=None, help="wanda (default), sparsegpt, magnitude")
     p.add_argument("--sparsity", type=float, default=None, help="fraction of weights to zero (default 0.5; implied by N:M)")
-    p.add_argument("--pattern", default="unstructured", help="unstructured (default), row, N:M such as 2:4")
-    p.add_argument("--allocation", default="uniform", help="uniform (default), owl, global, erk, lamp")
+    p.add_argument("--pattern", default=None, help="unstructured (default), row, N:M such as 2:4")
+    p.add_argument("--allocation", default=None, help="uniform (default), owl, global, erk, lamp (not with N:M)")
     p.add_argument("--calib", default=None, metavar="TEXT",
                    help="calibration text: pydocs (default), wikitext2, c4, a text file or a folder")
     p.add_argument("--ppl", default=None, metavar="TEXT", help="evaluation text (default: the calibration source)")
@@ -42,90 +41,128 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--structured", choices=["heads", "neurons", "layers"], default=None,
                    help="physically remove attention heads (GQA groups), MLP neurons or whole blocks instead of "
                         "masking weights; --ratio says how many")
-    p.add_argument("--ratio", type=float, default=0.25, help="with --structured: fraction removed (default 0.25)")
-    p.add_argument("--device", default=None, help="e.g. cuda: the model stays on the CPU, each block visits the device")
+    p.add_argument("--ratio", type=float, default=None, help="with --structured: fraction removed (default 0.25)")
+    p.add_argument("--device", default=None,
+                   help="wanda/sparsegpt: e.g. cuda: the model stays on the CPU, each block visits the device")
     p.add_argument("--out", default=None, help="output folder (default pruned-<model name>)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is a folder prunekit wrote (any other folder is never replaced)")
     add_common(p)
     p.set_defaults(func=run)
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
-    out = Path(args.out) if args.out else Path(f"pruned-{Path(str(args.model)).stem.lower()}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise ValueError(f"--out {str(out)!r} exists and is not empty; pass --overwrite to replace it, or pick another folder")
-    return out
+    return Path(args.out) if args.out else Path(f"pruned-{Path(str(args.model)).stem.lower()}")
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    """Every option is checked before any work, and an option that would be ignored is an error."""
     from ..core.allocate import ALLOCATIONS
     from ..core.pattern import parse_pattern
     from ..methods import METHODS
 
-    if args.structured is not None:
-        if not 0 <= args.ratio < 1:
-            raise ValueError(f"--ratio must be in [0, 1), got {args.ratio}")
-        return
-    METHODS.get(args.method)
-    pattern = parse_pattern(args.pattern)
-    if pattern.kind != "nm":
-        ALLOCATIONS.get(args.allocation)
-        if args.sparsity is None:
-            args.sparsity = 0.5
     for name in ("nsamples", "seqlen", "eval_windows"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be 0 or more, got {args.seed}")
+    if args.structured is not None:
+        given = [f"--{n}" for n in ("sparsity", "method", "pattern", "allocation", "device")
+                 if getattr(args, n) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to weight pruning "
+                             f"(masks) and would be ignored with --structured, which removes whole {args.structured} "
+                             "ranked by its own importance; say how much with --ratio")
+        if args.ratio is None:
+            args.ratio = 0.25
+        if not 0 <= args.ratio < 1:
+            raise ValueError(f"--ratio must be in [0, 1), got {args.ratio}")
+        return
+    if args.ratio is not None:
+        raise ValueError("--ratio applies only with --structured; use --sparsity for the fraction of weights to zero")
+    args.method = args.method or "wanda"
+    METHODS.get(args.method)
+    pattern = parse_pattern(args.pattern or "unstructured")
+    args.pattern = args.pattern or "unstructured"
+    if pattern.kind == "nm":
+        if args.allocation is not None:
+            raise ValueError(f"--allocation does not apply to the N:M pattern {args.pattern} (every group of "
+                             f"{pattern.m} keeps {pattern.n}); drop it")
+        args.allocation = "uniform"
+    else:
+        args.allocation = args.allocation or "uniform"
+        ALLOCATIONS.get(args.allocation)
+        if args.sparsity is None:
+            args.sparsity = 0.5
+    if args.device is not None and args.method not in CALIBRATED:
+        raise ValueError(f"--device applies to {' and '.join(CALIBRATED)} (calibrated block by block); "
+                         f"{args.method} runs where the model is, on the CPU. Drop --device")
 
 
-def save_pruned(model: Any, tokenizer: Any, out: Path, meta: dict[str, Any], report_text: str) -> None:
-    """Write model (safetensors), tokenizer, prunekit.json and report.txt to ``out`` atomically:
-    everything goes to a temporary folder beside it, which is then renamed."""
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output folder should not be
-    try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-        (tmp / "prunekit.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        (tmp / "report.txt").write_text(report_text + "\n")
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+def _check_model(args: argparse.Namespace, lm: Any) -> None:
+    """Checks that need the loaded model: the windows fit its context; options it would ignore."""
+    from ..core.inputs import context_length
+
+    ctx = context_length(lm.model)
+    if ctx is not None and args.seqlen > ctx:
+        raise ValueError(f"--seqlen {args.seqlen} is longer than the context of {args.model} ({ctx} tokens, "
+                         f"config.max_position_embeddings); use --seqlen {ctx} or less")
+    if not lm.causal_lm:
+        ignored = [n for n, given in (("--ppl", args.ppl is not None),
+                                      ("--eval-windows", args.eval_windows != DEFAULT_EVAL_WINDOWS)) if given]
+        if ignored:
+            warn(args, f"{args.model} is not a causal LM: perplexity is not measured, so {', '.join(ignored)} "
+                       "is ignored")
+
+
+def save_pruned(model: Any, tokenizer: Any, folder: Path, meta: dict[str, Any], report_text: str) -> None:
+    """Write model (safetensors), tokenizer, prunekit.json and report.txt into ``folder``: the fresh folder
+    :func:`prunekit.core.atomic.output_folder` yields, which becomes ``--out`` once the run succeeds."""
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    (folder / "prunekit.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    (folder / "report.txt").write_text(report_text + "\n")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check everything, then prune and measure with ``--out`` locked and a fresh folder beside it,
+    which replaces ``--out`` only once everything in it is written."""
+    _check_args(args)
+    out = _out_dir(args)
+    started = time.perf_counter()
+    with output_folder(out, overwrite=args.overwrite) as folder:  # checks --out before the model is loaded
+        meta, text = _prune_and_save(args, folder)
+    meta["out"] = str(out)
+    meta["total_seconds"] = time.perf_counter() - started
+    emit(args, meta, f"{text}\n\nsaved to {out}/ in {meta['total_seconds']:.0f} s total")
+    return 0
+
+
+def _prune_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Any], str]:
     from .. import __version__
+    from ..core.inputs import check_token_ids
     from ..core.mask import finalize_
     from ..datasets.text import calibration_windows, eval_windows
     from ..methods import plan_prune, prune_
     from ..models.hf import load_model
 
-    _check_args(args)
-    out = _out_dir(args)
-    progress = not (args.quiet or args.json)
+    progress = not is_quiet(args)
     chatter = lambda t: say(args, t)  # noqa: E731
     calib_src = args.calib or "pydocs"
     eval_src = args.ppl or calib_src
-    started = time.perf_counter()
     say(args, f"loading {args.model} ...")
     lm = load_model(args.model)
+    _check_model(args, lm)
+    check_writable(folder, needed_bytes=sum(p.numel() * p.element_size() for p in lm.model.parameters()))
     calib = calibration_windows(lm.tokenizer, calib_src, args.nsamples, args.seqlen, args.seed,
                                 default=args.calib is None, say=chatter)
+    check_token_ids(calib, lm.model, "calibration windows")
     windows = None
     if lm.causal_lm:
         windows = eval_windows(lm.tokenizer, eval_src, args.eval_windows, args.seqlen,
                                default=args.calib is None and args.ppl is None, say=chatter)
-    options = {"device": args.device} if args.device and args.method in ("wanda", "sparsegpt") else {}
+        check_token_ids(windows, lm.model, "evaluation windows")
+    options = {"device": args.device} if args.device else {}
     prune_args = dict(pattern=args.pattern, allocation=args.allocation, calibration=calib, seed=args.seed,
                       progress=progress, **options)
     structured = args.structured is not None
@@ -161,8 +198,5 @@ def run(args: argparse.Namespace) -> int:
     meta.update(calibration={"source": calib_src, "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed},
                 evaluation={"source": eval_src, "windows": args.eval_windows, "seqlen": args.seqlen},
                 before=before, after=after)
-    save_pruned(lm.model, lm.tokenizer, out, meta, text)
-    meta["out"] = str(out)
-    meta["total_seconds"] = time.perf_counter() - started
-    emit(args, meta, f"{text}\n\nsaved to {out}/ in {meta['total_seconds']:.0f} s total")
-    return 0
+    save_pruned(lm.model, lm.tokenizer, folder, meta, text)
+    return meta, text

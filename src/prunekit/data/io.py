@@ -51,7 +51,7 @@ def save_array(path: str | os.PathLike, array: np.ndarray, column: str = "value"
     target = Path(path)
     if not target.parent.exists():
         raise FileNotFoundError(f"{target.parent}: no such folder to write {target.name} into")
-    with atomic_file(target) as tmp:
+    with atomic_file(target) as tmp:  # unique temporary beside it, umask permissions, renamed into place
         if fmt == ".npy":
             with open(tmp, "wb") as f:
                 np.save(f, arr, allow_pickle=False)
