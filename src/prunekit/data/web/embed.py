@@ -16,7 +16,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ...core.atomic import MARKER, _Lock, atomic_file, check_writable, is_prunekit_folder
+from ...core.atomic import MARKER, atomic_file, check_writable, is_prunekit_folder
+from ...core.fsops import OutputLock
 from .engine import get_engine
 from .sources import (Source, check_finite_rows, inspect_sources, iter_texts, iter_vectors, resolve_shards,
                       scan_vectors)
@@ -312,7 +313,7 @@ def _embed_all(out_path: Path, plan: dict[str, Any], overwrite: bool, sources: l
                from_vectors: bool, id_column: str | None, dtype: str, file_format: str, batch_size: int, dim: int,
                runner: Any, encoder: Encoder | None, model: Any, max_length: int) -> list[dict[str, Any]]:
     """Under the folder's lock: prepare it, write the plan, write every missing shard, mark it complete."""
-    with _Lock(out_path):
+    with OutputLock(out_path):
         _prepare_folder(out_path, plan, overwrite)
         shards = [{"name": shard_name(i), "rows": s.rows, "offset": s.offset, "source": s.path}
                   for i, s in enumerate(sources)]
