@@ -45,8 +45,9 @@ class LocalEngine:
     def __init__(self, progress: bool = True) -> None:
         self.progress = progress
 
-    def map(self, fn: Callable[..., Any], items: Sequence[Any], desc: str = "", extra: tuple = ()) -> list[Any]:
-        """``[fn(item, *extra) for item in items]`` with a progress bar."""
+    def map(self, fn: Callable[..., Any], items: Sequence[Any], desc: str = "", extra: tuple = (),
+            tasks: bool = False) -> list[Any]:
+        """``[fn(item, *extra) for item in items]`` with a progress bar (``tasks`` matters only on Ray)."""
         return [fn(item, *extra) for item in tqdm(items, desc=desc, disable=not self.progress, leave=False)]
 
     def map_actors(self, actor: type, items: Sequence[Any], desc: str = "", init: tuple = ()) -> list[Any]:

@@ -34,6 +34,7 @@ from .semdedup import DedupTask, dedup_partition
 from .store import EmbeddingStore
 from .work import Work
 
+
 # ------------------------------------------------------------------------------------------- checks
 def _check_out(path: str | os.PathLike | None, overwrite: bool, what: str = "--out") -> Path | None:
     return None if path is None else check_output_file(path, overwrite, what)
@@ -76,7 +77,8 @@ class _Clusters:
 
 
 def _cluster(store: EmbeddingStore, cfg: ClusteringConfig, subset: list[np.ndarray] | None, runner: Any,
-             work: Work, with_embeddings: bool, progress: bool, say: Any) -> _Clusters:
+             work: Work, with_embeddings: bool, say: Any) -> _Clusters:
+    """Centroids (trained here, or the killed run's), then assignment over every shard on ``runner``."""
     n = int(sum(len(s) for s in subset)) if subset is not None else store.n
     k = cfg.n_clusters
     partitions = max(1, min(k, -(-n // cfg.partition_rows)))
@@ -102,7 +104,8 @@ def _cluster(store: EmbeddingStore, cfg: ClusteringConfig, subset: list[np.ndarr
 
 
 def _prepare(emb: Any, cfg: ClusteringConfig, out: Any, overwrite: bool, subset: Any, engine: str,
-             work: Any, extra_fp: dict[str, Any], with_embeddings: bool) -> tuple:
+             with_embeddings: bool) -> tuple:
+    """Every check that needs no pass over the data, and the fingerprint of the run's work folder."""
     store = EmbeddingStore.open(emb)
     out_path = _check_out(out, overwrite)
     if engine == "ray" and store.array is not None:
@@ -112,9 +115,9 @@ def _prepare(emb: Any, cfg: ClusteringConfig, out: Any, overwrite: bool, subset:
     if n < cfg.n_clusters:
         raise ValueError(f"{n} examples cannot form {cfg.n_clusters} clusters; use at most {n} clusters "
                          "(a few hundred examples per cluster is typical)")
+    subset_digest = None if parts is None else hashlib.sha1(b"".join(p.tobytes() for p in parts)).hexdigest()
     fingerprint = {"store": store.describe(), "clustering": cfg.model_dump(include=set(ClusteringConfig.model_fields)),
-                   "with_embeddings": with_embeddings,
-                   "subset": None if parts is None else _digest([p.tolist() for p in parts]), **extra_fp}
+                   "with_embeddings": with_embeddings, "subset": subset_digest}
     return store, out_path, parts, fingerprint
 
 
@@ -205,19 +208,18 @@ def dedup(emb: Any, config: SemDeDupConfig | Mapping[str, Any] | None = None, *,
     cfg = _config(SemDeDupConfig, config, {"n_clusters": n_clusters, "eps": eps, "prefer": prefer, "sample": sample,
                                            "niter": niter, "seed": seed, "batch_size": batch_size,
                                            "partition_rows": partition_rows})
-    store, out_path, parts, fp = _prepare(emb, cfg, out, overwrite, subset, engine, work, {}, True)
+    store, out_path, parts, fp = _prepare(emb, cfg, out, overwrite, subset, engine, True)
     pairs_path = _check_out(pairs_out, overwrite, "--pairs-out")
     if pairs_path is not None and pairs_path.suffix.lower() != ".parquet":
         raise ValueError(f"--pairs-out {pairs_out}: pairs are written as .parquet")
     runner = get_engine(engine, address=address, workers=workers, progress=progress)
 
     def go(w: Work) -> DedupReport:
-        clusters = _cluster(store, cfg, parts, runner, w, True, progress, say)
+        clusters = _cluster(store, cfg, parts, runner, w, True, say)
         red = w.sub("dedup-" + _digest({"eps": cfg.eps, "prefer": cfg.prefer, "seed": cfg.seed}))
         tasks = [DedupTask(p, str(clusters.assign_folder), len(store.shards), str(red / f"part-{p:05d}.npz"),
                            cfg.eps, cfg.prefer, cfg.seed) for p in range(clusters.partitions)]
-        results = runner.map(dedup_partition, tasks, desc="SemDeDup partitions", tasks=True) \
-            if runner.name == "ray" else runner.map(dedup_partition, tasks, desc="SemDeDup partitions")
+        results = runner.map(dedup_partition, tasks, desc="SemDeDup partitions", tasks=True)
         kept = np.zeros(store.n, dtype=bool)
         removed = np.zeros(cfg.n_clusters, dtype=np.int64)
         for r in results:
@@ -261,7 +263,7 @@ def density(emb: Any, config: DBPConfig | Mapping[str, Any] | None = None, *, n_
                                       "prefer": prefer, "neighbors": neighbors, "min_keep": min_keep,
                                       "sample": sample, "niter": niter, "seed": seed, "batch_size": batch_size,
                                       "partition_rows": partition_rows})
-    store, out_path, parts, fp = _prepare(emb, cfg, out, overwrite, subset, engine, work, {}, False)
+    store, out_path, parts, fp = _prepare(emb, cfg, out, overwrite, subset, engine, False)
     n = int(sum(len(s) for s in parts)) if parts is not None else store.n
     total = budget(cfg.keep, n)
     if cfg.min_keep * cfg.n_clusters > total:
@@ -270,16 +272,13 @@ def density(emb: Any, config: DBPConfig | Mapping[str, Any] | None = None, *, n_
     runner = get_engine(engine, address=address, workers=workers, progress=progress)
 
     def go(w: Work) -> DensityReport:
-        clusters = _cluster(store, cfg, parts, runner, w, False, progress, say)
+        clusters = _cluster(store, cfg, parts, runner, w, False, say)
         d_intra, d_inter, c = complexity(clusters.sizes, clusters.dist_sum, clusters.centroids, cfg.neighbors)
         budgets = dbp_budgets(c, clusters.sizes, total, cfg.temperature, cfg.min_keep)
         red = w.sub("density-" + _digest({"budgets": budgets.tolist(), "prefer": cfg.prefer, "seed": cfg.seed}))
         tasks = [DensityTask(p, str(clusters.assign_folder), len(store.shards), str(red / f"part-{p:05d}.npz"),
                              cfg.prefer, cfg.seed) for p in range(clusters.partitions)]
-        if runner.name == "ray":
-            results = runner.map(density_partition, tasks, desc="DBP partitions", extra=(budgets,), tasks=True)
-        else:
-            results = runner.map(density_partition, tasks, desc="DBP partitions", extra=(budgets,))
+        results = runner.map(density_partition, tasks, desc="DBP partitions", extra=(budgets,), tasks=True)
         kept = np.zeros(store.n, dtype=bool)
         for r in results:
             with np.load(r["path"]) as z:
