@@ -104,7 +104,8 @@ class Watch(threading.Thread):
 
 
 def measure(argv: list[str]) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    # No OMP_NUM_THREADS: the single process uses every core through BLAS; Ray gives each worker one.
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     proc = subprocess.Popen([sys.executable, __file__, *argv], stdout=subprocess.PIPE, text=True, env=env)
     watch = Watch(proc.pid)
     watch.start()

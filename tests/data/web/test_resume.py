@@ -129,3 +129,13 @@ def test_outputs_are_not_replaced_without_overwrite(tmp_path):
     rep = dedup(tmp_path / "emb.npy", n_clusters=2, eps=0.1, out=tmp_path / "keep.npy", overwrite=True,
                 progress=False)
     assert len(np.load(tmp_path / "keep.npy")) == rep.kept
+
+
+def test_a_second_run_on_the_same_output_fails_at_once(tmp_path):
+    from prunekit.core.fsops import OutputBusyError, OutputLock
+
+    np.save(tmp_path / "emb.npy", planted(n=200, d=4, dups=0)[0])
+    with OutputLock(tmp_path / "keep.npy.work"):  # what a running dedup on keep.npy holds
+        with pytest.raises(OutputBusyError, match="being written by another prunekit run"):
+            dedup(tmp_path / "emb.npy", n_clusters=2, eps=0.1, out=tmp_path / "keep.npy", progress=False)
+    assert not (tmp_path / "keep.npy").exists()

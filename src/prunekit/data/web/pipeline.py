@@ -171,15 +171,17 @@ def _config(cls: type, config: Any, fields: dict[str, Any]) -> Any:
 
 
 def _run(fn: Any, work: Work, keep_work: bool) -> Any:
-    """Run ``fn(work)``; remove the work folder after success (unless kept) and after a bad-data error."""
-    try:
-        result = fn(work)
-    except (ValueError, FileNotFoundError):
-        if work.created:
+    """Run ``fn(work)`` holding the work folder; remove it after success (unless kept) and after a
+    bad-data error of a run that created it."""
+    with work:
+        try:
+            result = fn(work)
+        except (ValueError, FileNotFoundError):
+            if work.created:
+                work.remove()
+            raise
+        if not keep_work:
             work.remove()
-        raise
-    if not keep_work:
-        work.remove()
     return result
 
 
