@@ -133,7 +133,11 @@ def embed_one(task: EmbedTask, encoder: Encoder | None) -> dict[str, Any]:
 def _batches(task: EmbedTask, encoder: Encoder | None) -> Any:
     """float32 ``(rows, dim)`` batches of one input shard: read, or encoded from its texts."""
     if task.from_vectors:
-        yield from iter_vectors(task.source, task.column, task.batch_size)
+        start = 0
+        for vec in iter_vectors(task.source, task.column, task.batch_size):
+            check_finite_rows(vec, task.source, start)  # checked up front too; the file may have changed since
+            yield vec
+            start += len(vec)
         return
     assert encoder is not None
     start = 0
@@ -208,6 +212,19 @@ def _plan(sources: list[Source], column: str, embedding_column: str | None, id_c
             "max_length": None if embedding_column else max_length}
 
 
+def _already_written(out: Path, sources: list[Source], column: str, file_format: str) -> tuple[set[int], int | None]:
+    """Shards of an earlier run on the same inputs that are complete in ``out`` (they were checked when
+    written), and that run's width; nothing when ``out`` holds anything else."""
+    info = read_marker(out) if out.is_dir() else None
+    plan = (info or {}).get("plan") or {}
+    same = plan.get("sources") == [{"path": s.path, "rows": s.rows, "bytes": s.bytes} for s in sources] and \
+        plan.get("column") == column and plan.get("from_vectors") and plan.get("file_format") == file_format
+    if not same:
+        return set(), None
+    done = {i for i in range(len(sources)) if shard_files(out, shard_name(i), file_format)[-1].exists()}
+    return done, plan.get("dim")
+
+
 def _prepare_folder(out: Path, plan: dict[str, Any], overwrite: bool) -> bool:
     """Make ``out`` ready to receive the plan's shards; True when it resumes an earlier run."""
     if out.exists() and not out.is_dir():
@@ -273,8 +290,10 @@ def embed_shards(texts: str | os.PathLike | Sequence[str | os.PathLike], out: st
     encoder: Encoder | None = None
     if from_vectors:
         model_name = None
-        for s in sources:  # widths and finiteness are checked for every shard before anything is written
-            if s.rows:
+        done, done_dim = _already_written(out_path, sources, embedding_column, file_format)  # type: ignore[arg-type]
+        dim = dim if dim is not None else done_dim
+        for i, s in enumerate(sources):  # widths and finiteness of every shard still to write, before writing
+            if s.rows and i not in done:
                 dim = scan_vectors(s, embedding_column, batch_size, dim)  # type: ignore[arg-type]
         if dim is None:
             raise ValueError("the input shards hold no rows")
