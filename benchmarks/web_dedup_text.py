@@ -6,6 +6,7 @@ eps removes (and how many of those are exact copies of the text they duplicate),
 removed pairs.
 
     nice -n 10 python benchmarks/web_dedup_text.py --work /tmp/webtext --threads 1
+    nice -n 10 python benchmarks/web_dedup_text.py --embedded-only   # dedup the shards an interrupted embed wrote
 """
 
 from __future__ import annotations
@@ -47,6 +48,28 @@ def write_shards(texts: list[str], sources: list[str], folder: Path, rows: int =
     return paths
 
 
+def finished_prefix(folder: Path, texts: list[str]) -> tuple[Path, list[str]]:
+    """The leading shards of an unfinished embedding folder, concatenated into one ``.npy`` (their rows
+    are the corpus' first rows), and the texts they hold."""
+    import json
+
+    info = json.loads((folder / "prunekit.json").read_text())
+    parts, n = [], 0
+    for s in info["shards"]:
+        f = folder / f"{s['name']}.npy"
+        if not f.exists() or int(s["offset"]) != n:
+            break
+        idx = np.load(folder / f"{s['name']}.index.npy")
+        assert np.array_equal(idx, np.arange(n, n + int(s["rows"]))), s["name"]
+        parts.append(np.load(f))
+        n += int(s["rows"])
+    if not parts:
+        raise SystemExit(f"{folder}: no finished shard to deduplicate; run without --embedded-only first")
+    out = folder.parent / f"emb-first-{n}.npy"
+    np.save(out, np.concatenate(parts))
+    return out, texts[:n]
+
+
 def short(text: str, n: int = 110) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
@@ -59,6 +82,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--examples", type=int, default=4, help="removed pairs shown per eps")
+    p.add_argument("--embedded-only", action="store_true",
+                   help="skip embedding; deduplicate the leading shards an earlier (interrupted) embed finished")
     args = p.parse_args()
 
     import torch
@@ -73,22 +98,27 @@ def main() -> None:
     n_docs = len(set(sources))
     print(f"{len(texts):,} passages from {n_docs} documents ({sum(s.startswith('stdlib:') for s in set(sources))} "
           f"stdlib modules), {len(shards)} Parquet shards")
-    t0, c0 = time.perf_counter(), time.process_time()
-    rep = embed_shards(shards, work / "emb", column="text", model="minilm-l6", batch_size=64,
-                       max_length=args.max_length, progress=True)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    print(f"embed: {rep} — {rep.rows_written / wall:.1f} passages/s wall, {cpu:.0f} CPU-s, "
-          f"{args.threads} torch thread(s)")
+    if args.embedded_only:
+        emb, texts = finished_prefix(work / "emb", texts)
+        print(f"--embedded-only: the {len(texts):,} passages of the shards already embedded")
+    else:
+        t0, c0 = time.perf_counter(), time.process_time()
+        rep = embed_shards(shards, work / "emb", column="text", model="minilm-l6", batch_size=64,
+                           max_length=args.max_length, progress=True)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        print(f"embed: {rep} — {rep.rows_written / wall:.1f} passages/s wall, {cpu:.0f} CPU-s, "
+              f"{args.threads} torch thread(s)")
+        emb = work / "emb"
 
     exact_groups = len(texts) - len(set(texts))
-    print(f"exact duplicate texts in the corpus: {exact_groups:,} passages repeat an earlier one\n")
+    print(f"exact duplicate texts among these {len(texts):,} passages: {exact_groups:,} repeat an earlier one\n")
     rows = []
     shown: dict[float, list[tuple[float, str, str]]] = {}
     for eps in sorted(args.eps):
         t0, c0 = time.perf_counter(), time.process_time()
         out = work / f"keep-eps{eps:g}.parquet"
         pairs = work / f"pairs-eps{eps:g}.parquet"
-        r = dedup(work / "emb", n_clusters=args.clusters, eps=eps, out=out, pairs_out=pairs, work=work / "dedup-work",
+        r = dedup(emb, n_clusters=args.clusters, eps=eps, out=out, pairs_out=pairs, work=work / "dedup-work",
                   keep_work=True, overwrite=True, progress=False)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         table = pq.read_table(pairs).to_pydict()

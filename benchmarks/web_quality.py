@@ -109,8 +109,9 @@ def main() -> None:
     for b in budgets:
         for method in dict.fromkeys(r["method"] for r in rows if r["budget"] == b):
             accs = [100 * r["accuracy"] for r in rows if r["budget"] == b and r["method"] == method]
-            kept = next(r["kept"] for r in rows if r["budget"] == b)
-            print(f"| {b} | {kept:,} | {method} | " + " | ".join(f"{a:.2f}" for a in accs) +
+            sizes = sorted({r["kept"] for r in rows if r["budget"] == b})
+            kept = f"{sizes[0]:,}" if len(sizes) == 1 else f"{sizes[0]:,}–{sizes[-1]:,}"
+            print(f"| {b} | {kept} | {method} | " + " | ".join(f"{a:.2f}" for a in accs) +
                   f" | {np.mean(accs):.2f} ± {np.std(accs):.2f} |")
     for b in budgets:
         r_ = np.array([r["accuracy"] for r in rows if r["budget"] == b and r["method"] == "random"])

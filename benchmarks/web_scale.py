@@ -10,6 +10,8 @@ summed proportional set size (PSS, shared pages split between processes) of the 
 includes its daemons and workers.
 
     nice -n 10 python benchmarks/web_scale.py --base 500000 --scales 1 2 4 --clusters 1000
+    nice -n 10 python benchmarks/web_scale.py --base 2000000 --scales 1 --engines local --steps dedup   # one cell
+    nice -n 10 python benchmarks/web_scale.py --ray-idle       # what an idle local Ray costs
 """
 
 from __future__ import annotations
@@ -59,6 +61,15 @@ def generate(folder: Path, n: int, concepts: int, seed: int = 0) -> list[Path]:
 
 def one(args: argparse.Namespace) -> None:
     """One measured run in this (fresh) process; prints a JSON line."""
+    if args.one == "ray-idle":  # what a local Ray costs before any work: daemons and 2 idle workers
+        from prunekit.data.web.engine import RayEngine
+
+        t0 = time.perf_counter()
+        engine = RayEngine(workers=2, progress=False)
+        time.sleep(20)
+        engine.close()
+        print(json.dumps({"kept": 0, "n": 0, "seconds": time.perf_counter() - t0}), flush=True)
+        return
     from prunekit.data import dedup, density
 
     settings = {"n_clusters": args.clusters, "engine": args.engine, "progress": False, "overwrite": True,
@@ -128,7 +139,9 @@ def main() -> None:
     p.add_argument("--eps", type=float, default=0.05)
     p.add_argument("--keep", type=float, default=0.3)
     p.add_argument("--engines", nargs="+", default=["local", "ray"])
-    p.add_argument("--one", choices=("dedup", "density"), help=argparse.SUPPRESS)
+    p.add_argument("--steps", nargs="+", choices=("dedup", "density"), default=["dedup", "density"])
+    p.add_argument("--one", choices=("dedup", "density", "ray-idle"), help=argparse.SUPPRESS)
+    p.add_argument("--ray-idle", action="store_true", help="only measure a local Ray started and left idle")
     p.add_argument("--emb", help=argparse.SUPPRESS)
     p.add_argument("--engine", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -136,6 +149,10 @@ def main() -> None:
     if args.one:
         return one(args)
 
+    if args.ray_idle:
+        r = measure(["--one", "ray-idle"])
+        print(f"local Ray (2 CPUs) started and idle for 20 s: peak PSS {r['peak_mb']:.0f} MB, {r['cpu_s']:.1f} CPU-s")
+        return
     from prunekit.data import embed_shards
 
     work = Path(args.work)
@@ -149,7 +166,7 @@ def main() -> None:
         print(f"{n:,} rows: embedding folder in {time.perf_counter() - t0:.0f} s ({rep.written} shards written)",
               flush=True)
         results = {}
-        for step in ("dedup", "density"):
+        for step in args.steps:
             for engine in args.engines:
                 out = work / f"keep-{step}-{engine}-{n}.npy"
                 r = measure(["--one", step, "--emb", str(emb), "--engine", engine, "--out", str(out),
