@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from prunekit.data import BENCH_METHODS, PruningComparison, compare_pruning
+from prunekit.bench.data_pruning import BENCH_METHODS, PruningComparison, compare_pruning
 from prunekit.datasets import load_fashion_mnist
 from prunekit.models import SmallCNN
 
@@ -83,7 +83,7 @@ def time_scores(train, model_fn, args: argparse.Namespace) -> str:
     """Seconds to compute every score of ``prunekit.data.score`` on ``train`` (markdown table).
     Embedding scores use the features of one proxy trained ``--score-epochs`` (its training is timed apart)."""
     from prunekit.data import SCORES, score
-    from prunekit.data.experiment import default_embedder
+    from prunekit.data import feature_extractor as default_embedder
     from prunekit.train import fit
 
     import sklearn.cluster  # noqa: F401 - import time is not scoring time

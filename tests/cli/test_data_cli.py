@@ -43,8 +43,8 @@ def test_density_writes_cluster_ids_that_select_uses(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--keep", "1.5"], "keep must be a fraction"),
-    (["--keep", "0"], "keep must be a fraction"),
+    (["--keep", "1.5"], r"keep must be a number in \(0, 1\]"),
+    (["--keep", "0"], r"keep must be a number in \(0, 1\]"),
     (["--keep", "0.5", "--strategy", "class_balanced"], "needs labels="),
     (["--keep", "0.5", "--labels", "LABELS"], "describe the same examples"),
 ])

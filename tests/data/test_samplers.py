@@ -7,7 +7,7 @@ from prunekit.data import RS2Sampler, SubsetSampler
 
 
 def test_rs2_walks_through_every_example_before_repeating():
-    s = RS2Sampler(100, fraction=0.2, seed=0)
+    s = RS2Sampler(100, keep=0.2, seed=0)
     epochs = []
     for e in range(5):
         s.set_epoch(e)
@@ -19,7 +19,7 @@ def test_rs2_walks_through_every_example_before_repeating():
 
 
 def test_rs2_crosses_rounds_when_the_fraction_does_not_divide_n():
-    s = RS2Sampler(10, fraction=0.3, seed=1)
+    s = RS2Sampler(10, keep=0.3, seed=1)
     seen = [s.subset(e).tolist() for e in range(4)]  # 3 + 3 + 3 + (1 from round 0, 2 from round 1)
     assert sorted(sum(seen[:3], []) + seen[3][:1]) == list(range(10))
     assert all(len(set(ep)) == 3 for ep in seen)
@@ -66,8 +66,10 @@ def test_subset_sampler_reorders_each_epoch_and_feeds_a_loader():
 
 
 def test_bad_sampler_arguments():
-    with pytest.raises(ValueError, match="fraction"):
+    with pytest.raises(ValueError, match=r"keep must be a number in \(0, 1\]"):
         RS2Sampler(10, 0)
+    with pytest.raises(TypeError, match="keep must be a real number"):
+        RS2Sampler(10, True)
     with pytest.raises(ValueError, match="positive integer"):
         RS2Sampler(0, 0.5)
     with pytest.raises(ValueError, match="rank"):
@@ -76,3 +78,18 @@ def test_bad_sampler_arguments():
         SubsetSampler([])
     with pytest.raises(ValueError, match="non-negative"):
         SubsetSampler([-1, 2])
+
+
+def test_subset_sampler_refuses_duplicate_indices():
+    with pytest.raises(ValueError, match=r"2 duplicates \(e.g. \[3, 5\]\)"):
+        SubsetSampler([3, 3, 5, 5, 7])
+
+
+def test_rs2_fraction_is_a_deprecated_alias_of_keep():
+    from prunekit.core.deprecation import PrunekitDeprecationWarning
+
+    with pytest.warns(PrunekitDeprecationWarning, match="fraction= is deprecated, use keep="):
+        old = RS2Sampler(50, fraction=0.2, seed=1)
+    assert list(old) == list(RS2Sampler(50, keep=0.2, seed=1)) and old.keep == 0.2
+    with pytest.raises(TypeError, match="not both"):
+        RS2Sampler(50, keep=0.2, fraction=0.2)

@@ -134,3 +134,29 @@ def test_el2n_on_real_fashion_mnist_stays_in_its_range():
     data = load_fashion_mnist("train", limit=1000)
     s = score(data, "el2n", model_fn=lambda: SmallCNN(widths=(4, 8, 16)), epochs=1, batch_size=64, progress=False)
     assert s.shape == (1000,) and s.min() >= 0 and s.max() <= np.sqrt(2) + 1e-9 and s.std() > 0.01
+
+
+@pytest.mark.parametrize("method", ["el2n", "loss", "grand", "forgetting"])
+def test_nan_inputs_are_an_error_naming_the_method_and_the_examples(method):
+    x = torch.randn(40, 6)
+    x[17, 2] = float("nan")
+    data = TensorDataset(x, torch.randint(0, 3, (40,)))
+    with pytest.raises(ValueError, match=rf"{method}: inputs of 1 examples .* NaN or infinite values \(first at indices \[17\]\)"):
+        score(data, method, model_fn=lambda: MLP(in_features=6, hidden=(8,), classes=3), epochs=1, batch_size=8,
+              progress=False)
+
+
+def test_labels_outside_the_models_classes_are_an_error_before_training():
+    data = TensorDataset(torch.randn(30, 6), torch.tensor([0, 1, 2] * 9 + [0, 1, 5]))
+    with pytest.raises(ValueError, match=r"label 5 of example 29 is outside \[0, 3\)"):
+        score(data, "el2n", model_fn=lambda: MLP(in_features=6, hidden=(8,), classes=3), epochs=1, progress=False)
+    floats = TensorDataset(torch.randn(30, 6), torch.zeros(30))
+    with pytest.raises(ValueError, match="needs integer class labels"):
+        score(floats, "el2n", model_fn=lambda: MLP(in_features=6, hidden=(8,), classes=3), epochs=1, progress=False)
+
+
+def test_a_diverged_proxy_is_an_error_not_nan_scores():
+    data = TensorDataset(torch.randn(64, 6) * 1e3, torch.randint(0, 3, (64,)))
+    with pytest.raises(ValueError, match="el2n scores are NaN or infinite .* lower lr="):
+        score(data, "el2n", model_fn=lambda: MLP(in_features=6, hidden=(8,), classes=3), epochs=2, lr=1e6,
+              batch_size=8, progress=False)

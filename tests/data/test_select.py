@@ -63,10 +63,17 @@ def test_capped_allocation_redistributes_what_full_groups_cannot_take():
     assert capped_allocation(np.array([0.9, 0.1]), np.array([3, 100]), 50).tolist() == [3, 47]
 
 
-@pytest.mark.parametrize("keep", [0, -0.1, 1.5, float("nan"), "half"])
+@pytest.mark.parametrize("keep", [0, -0.1, 1.5, float("nan"), "half", True])
 def test_keep_outside_unit_interval_is_rejected(keep):
-    with pytest.raises(ValueError, match="keep must be a fraction in"):
+    with pytest.raises((ValueError, TypeError), match=r"keep must be a (number in \(0, 1\]|real number)"):
         select(np.ones(10), keep=keep)
+
+
+def test_numpy_and_tensor_keep_are_accepted():
+    import torch
+
+    assert len(select(np.arange(10.0), keep=np.float32(0.5))) == 5
+    assert len(select(np.arange(10.0), keep=torch.tensor(0.3))) == 3
 
 
 def test_bad_inputs_get_clear_errors():
@@ -78,16 +85,22 @@ def test_bad_inputs_get_clear_errors():
         select(np.ones(10), keep=0.5, strategy="density")
     with pytest.raises(ValueError, match="one entry per example"):
         select(np.ones(10), keep=0.5, strategy="class_balanced", labels=np.zeros(9, dtype=int))
-    with pytest.raises(ValueError, match="unknown strategy"):
+    with pytest.raises(ValueError, match="unknown selection strategy 'best'"):
         select(np.ones(10), keep=0.5, strategy="best")
-    with pytest.raises(ValueError, match="takes no option"):
+    with pytest.raises(ValueError, match="unknown option 'beta'; allowed: keep, seed, strategy"):
         select(np.ones(10), keep=0.5, strategy="hardest", beta=0.2)
+    with pytest.raises(ValueError, match="unknown option 'betta' \\(did you mean 'beta'\\?\\)"):
+        select(np.ones(10), keep=0.5, strategy="ccs", betta=0.2)
+    with pytest.raises(ValueError, match="beta must be a number in \\[0, 1\\)"):
+        select(np.ones(10), keep=0.5, strategy="ccs", beta=1.5)
+    with pytest.raises(ValueError, match="temperature.*positive"):
+        select(np.ones(10), keep=0.5, strategy="density", labels=np.zeros(10, int), temperature=0)
     with pytest.raises(ValueError, match="1-D"):
         select(np.ones((3, 3)), keep=0.5)
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 300), keep=st.floats(0.001, 1.0), strategy=st.sampled_from(STRATEGIES),
+@given(n=st.integers(1, 300), keep=st.floats(0.001, 1.0), strategy=st.sampled_from(list(STRATEGIES)),
        seed=st.integers(0, 5))
 def test_every_strategy_returns_sorted_unique_indices_of_the_budget(n, keep, strategy, seed):
     rng = np.random.default_rng(seed)
@@ -96,3 +109,42 @@ def test_every_strategy_returns_sorted_unique_indices_of_the_budget(n, keep, str
     out = select(s, keep=keep, strategy=strategy, labels=labels, seed=seed)
     assert len(out) == max(1, min(n, round(keep * n)))
     assert np.all(np.diff(out) > 0) and out.min() >= 0 and out.max() < n
+
+
+def test_a_config_and_the_keyword_form_are_the_same_call():
+    from prunekit.data import CCSConfig
+
+    s = np.random.default_rng(0).normal(size=500)
+    cfg = CCSConfig(keep=0.2, beta=0.05, bins=10, seed=3)
+    a = select(s, cfg)
+    b = select(s, keep=0.2, strategy="ccs", beta=0.05, bins=10, seed=3)
+    c = select(s, {"strategy": "ccs", "keep": 0.2, "beta": 0.05, "bins": 10, "seed": 3})
+    assert np.array_equal(a, b) and np.array_equal(a, c)
+    assert CCSConfig.from_yaml(cfg.to_yaml()) == cfg
+    assert STRATEGIES.parse_config(cfg.to_dict()) == cfg
+    assert np.array_equal(select(s, cfg, seed=4), select(s, keep=0.2, strategy="ccs", beta=0.05, bins=10, seed=4))
+
+
+def test_every_strategy_has_a_config_that_round_trips():
+    for name in STRATEGIES:
+        cls = STRATEGIES.config(name)
+        cfg = cls(keep=0.5)
+        assert cfg.strategy == name and cls.from_json(cfg.to_json()) == cfg
+
+
+def test_density_budgets_solve_the_papers_quadratic_program():
+    from prunekit.data import dbp_budgets
+
+    # Unconstrained: the budgets are softmax(C/τ)·total, rounded to sum exactly.
+    c = np.array([0.1, 0.2, 0.3])
+    p = np.exp(c / 0.1) / np.exp(c / 0.1).sum()
+    got = dbp_budgets(c, np.array([1000, 1000, 1000]), 300, temperature=0.1, min_keep=0)
+    assert got.sum() == 300 and np.abs(got - p * 300).max() <= 1
+    # A small cluster is capped at its size; the QP shifts the rest equally (x = clip(p·N + λ)), not in proportion.
+    got = dbp_budgets(np.array([1.0, 0.0, 0.0]), np.array([10, 100, 100]), 60, temperature=0.1, min_keep=0)
+    assert got.tolist() == [10, 25, 25]
+    # min_keep gives every cluster at least that many (or all it has).
+    got = dbp_budgets(np.array([5.0, 0.0, 0.0]), np.array([100, 1, 100]), 50, temperature=0.1, min_keep=3)
+    assert got.tolist() == [46, 1, 3]
+    with pytest.raises(ValueError, match="needs 6 examples, more than the 5 kept"):
+        dbp_budgets(np.zeros(3), np.array([10, 10, 10]), 5, min_keep=2)

@@ -1,17 +1,61 @@
-"""``prunekit data``: score a data set's examples, select what to keep, compare strategies.
+"""``prunekit data``: score a data set's examples, select what to keep, compare strategies; at web
+scale, embed Parquet shards and prune them with SemDeDup or DBP, on one process or Ray.
 
-    prunekit data score  --data fashion-mnist --limit 20000 --method el2n --out scores.npy
-    prunekit data select --scores scores.npy --keep 0.1 --strategy ccs --out keep.parquet
-    prunekit data bench  --data digits --fractions 0.5 0.1
+    prunekit data score   --data fashion-mnist --limit 20000 --method el2n --out scores.npy
+    prunekit data select  --scores scores.npy --keep 0.1 --strategy ccs --out keep.parquet
+    prunekit data bench   --data digits --fractions 0.5 0.1
+    prunekit data embed   --texts shards/*.parquet --column text --out emb/
+    prunekit data dedup   --emb emb/ --clusters 1000 --eps 0.05 --out keep-dedup.parquet
+    prunekit data density --emb emb/ --clusters 1000 --keep 0.3 --out keep-dbp.parquet
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import math
 from typing import Any, Callable
 
 from .common import add_common, emit, say
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
 
 BUILTIN = ("digits", "fashion-mnist")
 
@@ -43,13 +87,11 @@ def _model_fn(args: argparse.Namespace) -> Callable[[], Any]:
     return lambda: SmallCNN(widths=widths)
 
 
-def _check_out(path: str) -> None:
-    """Fail before any work when the output cannot be written."""
-    out = Path(path)
-    if out.suffix.lower() not in (".npy", ".parquet"):
-        raise ValueError(f"--out {path}: use a .npy or .parquet file")
-    if not out.parent.exists():
-        raise FileNotFoundError(f"--out {path}: folder {out.parent} does not exist")
+def _check_out(path: str, overwrite: bool = False, flag: str = "--out") -> None:
+    """Fail before any work when the output cannot (or may not) be written."""
+    from ..data.io import check_output_file
+
+    check_output_file(path, overwrite, flag)
 
 
 def _score_input(args: argparse.Namespace) -> Any:
@@ -68,13 +110,12 @@ def _score_input(args: argparse.Namespace) -> Any:
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    from ..data import concept_clusters, embeddings_of, save_array, score
-    from ..data.experiment import default_embedder
+    from ..data import concept_clusters, embeddings_of, feature_extractor, save_array, score
     from ..data.scores import TRAINED
 
-    _check_out(args.out)
+    _check_out(args.out, args.overwrite)
     if args.clusters_out:
-        _check_out(args.clusters_out)
+        _check_out(args.clusters_out, args.overwrite, "--clusters-out")
         if args.method != "density":
             raise ValueError("--clusters-out only goes with --method density")
     data = _score_input(args)
@@ -96,7 +137,7 @@ def _run_score(args: argparse.Namespace) -> int:
             torch.manual_seed(args.seed)
             proxy = _model_fn(args)()
             fit(proxy, data, epochs=max(args.epochs, 0.1), seed=args.seed, progress=progress)
-            embed_fn = default_embedder(proxy)
+            embed_fn = feature_extractor(proxy)
         x = embeddings_of(data, embed_fn, progress=progress)
         if args.method == "density":
             clusters = concept_clusters(x, n_clusters=args.n_clusters, seed=args.seed)
@@ -116,14 +157,14 @@ def _run_score(args: argparse.Namespace) -> int:
 def _run_select(args: argparse.Namespace) -> int:
     from ..data import load_array, save_array, select
 
-    _check_out(args.out)
+    _check_out(args.out, args.overwrite)
     scores = load_array(args.scores, args.column)
     labels = None
     if args.labels:
         labels = load_array(args.labels)
     elif args.data:
         labels = _dataset(args.data, args.limit).tensors[1].numpy()
-    options = {k: getattr(args, k) for k in ("beta", "bins", "temperature") if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in ("beta", "bins", "temperature", "min_keep") if getattr(args, k) is not None}
     if labels is not None and len(labels) != len(scores):
         raise ValueError(f"{len(scores)} scores but {len(labels)} labels; they must describe the same examples")
     keep = select(scores, keep=args.keep, strategy=args.strategy, labels=labels, seed=args.seed, **options)
@@ -134,7 +175,7 @@ def _run_select(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from ..data import compare_pruning
+    from ..bench.data_pruning import compare_pruning
 
     train = _dataset(args.data, args.limit)
     test = _dataset(args.data, args.test_limit, "test")
@@ -148,28 +189,97 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_embed(args: argparse.Namespace) -> int:
+    from ..data import embed_shards
+
+    report = embed_shards(args.texts, args.out, column=args.column, model=args.model,
+                          embedding_column=args.embedding_column, id_column=args.id_column,
+                          batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype,
+                          file_format=args.format, engine=args.engine, address=args.address, workers=args.workers,
+                          overwrite=args.overwrite, progress=not (args.quiet or args.json))
+    emit(args, report.to_dict(), str(report))
+    return 0
+
+
+def _clustering(args: argparse.Namespace) -> dict[str, Any]:
+    return {"n_clusters": args.clusters, "sample": args.sample, "niter": args.niter, "seed": args.seed,
+            "batch_size": args.batch_size, "partition_rows": args.partition_rows, "prefer": args.prefer,
+            "engine": args.engine, "address": args.address, "workers": args.workers, "work": args.work,
+            "keep_work": args.keep_work, "overwrite": args.overwrite, "progress": not (args.quiet or args.json),
+            "say": lambda s: say(args, s)}
+
+
+def _run_dedup(args: argparse.Namespace) -> int:
+    from ..data import dedup
+
+    report = dedup(args.emb, eps=args.eps, out=args.out, pairs_out=args.pairs_out, subset=args.subset,
+                   **_clustering(args))
+    emit(args, report.to_dict(), str(report))
+    return 0
+
+
+def _run_density(args: argparse.Namespace) -> int:
+    from ..data import density
+
+    report = density(args.emb, keep=args.keep, temperature=args.temperature, neighbors=args.neighbors,
+                     min_keep=args.min_keep, out=args.out, subset=args.subset, **_clustering(args))
+    emit(args, report.to_dict(), str(report))
+    return 0
+
+
+def _engine_flags(p: argparse.ArgumentParser) -> None:
+    from ..data.web import ENGINES
+
+    p.add_argument("--engine", choices=ENGINES, default="local", help="run here (local) or on Ray")
+    p.add_argument("--address", help="with --engine ray: a running cluster ('auto', HOST:PORT, ray://HOST:PORT); "
+                                     "without it a local Ray is started")
+    p.add_argument("--workers", type=_positive_int, help="with --engine ray: CPUs of the local Ray / actors")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def _cluster_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--emb", required=True, help="embedding folder (from `prunekit data embed`) or an (N, d) .npy")
+    p.add_argument("--clusters", type=_positive_int, required=True, help="k-means clusters")
+    p.add_argument("--sample", type=_positive_int, help="examples that train k-means (default max(100000, 64·k))")
+    p.add_argument("--niter", type=_positive_int, default=20, help="k-means iterations")
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--prefer", choices=("hard", "easy", "random"), default="hard",
+                   help="which members a cluster keeps first: hard = farthest from the centroid")
+    p.add_argument("--subset", help="consider only these example indices (.npy/.parquet, e.g. dedup's --out)")
+    p.add_argument("--batch-size", type=_positive_int, default=8192, help="rows per assignment batch")
+    p.add_argument("--partition-rows", type=_positive_int, default=100_000,
+                   help="examples per partition of the per-cluster pass (bounds its memory)")
+    p.add_argument("--work", help="resumable work folder (default OUT.work)")
+    p.add_argument("--keep-work", action="store_true", help="keep the work folder after success")
+    p.add_argument("--out", required=True, help="kept indices (.npy or .parquet, column 'index', as `data select` writes)")
+    _engine_flags(p)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``prunekit data`` with its ``score``, ``select`` and ``bench`` subcommands."""
-    from ..data import BENCH_METHODS, SCORES, STRATEGIES
+    """Register ``prunekit data`` with its ``score``, ``select``, ``bench``, ``embed``, ``dedup`` and
+    ``density`` subcommands."""
+    from ..bench.data_pruning import BENCH_METHODS
+    from ..data import SCORES, STRATEGIES
 
     parser = subparsers.add_parser("data", help="data pruning: score examples, select a subset, compare strategies")
     subs = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     def model_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", choices=("mlp", "smallcnn"), help="proxy model (default: mlp for digits, smallcnn otherwise)")
-        p.add_argument("--widths", type=int, nargs=3, default=[16, 32, 64], help="SmallCNN widths")
-        p.add_argument("--n-models", type=int, default=1, help="proxy models to average over")
-        p.add_argument("--n-clusters", type=int, default=50, help="k-means clusters (prototypes, density)")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--widths", type=_positive_int, nargs=3, default=[16, 32, 64], help="SmallCNN widths")
+        p.add_argument("--n-models", type=_positive_int, default=1, help="proxy models to average over")
+        p.add_argument("--n-clusters", type=_positive_int, default=50, help="k-means clusters (prototypes, density)")
+        p.add_argument("--seed", type=_nonnegative_int, default=0)
 
     p = add_common(subs.add_parser("score", help="one score per example, higher = harder"))
     p.add_argument("--data", required=True, help=f"{' | '.join(BUILTIN)} | EMB.npy (N×d) | TEXTS.parquet with --text-column")
     p.add_argument("--text-column", help="column of texts in a .parquet --data (embedded with all-MiniLM-L6-v2)")
-    p.add_argument("--limit", type=int, help="use the first N examples")
+    p.add_argument("--limit", type=_positive_int, help="use the first N examples")
     p.add_argument("--method", choices=SCORES, default="el2n")
-    p.add_argument("--epochs", type=float, default=1.0, help="training epochs of each proxy model")
+    p.add_argument("--epochs", type=_nonnegative_float, default=1.0, help="training epochs of each proxy model")
     p.add_argument("--out", required=True, help="scores file (.npy or .parquet)")
     p.add_argument("--clusters-out", help="with --method density: also write each example's cluster id")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     model_flags(p)
     p.set_defaults(func=_run_score)
 
@@ -177,28 +287,58 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--scores", required=True, help="scores file (.npy or .parquet)")
     p.add_argument("--column", help="column of a multi-column .parquet scores file")
     p.add_argument("--keep", type=float, required=True, help="fraction to keep, in (0, 1]")
-    p.add_argument("--strategy", choices=STRATEGIES, default="hardest")
+    p.add_argument("--strategy", choices=list(STRATEGIES), default="hardest")
     p.add_argument("--labels", help="class (or, for density, cluster) ids file (.npy or .parquet)")
     p.add_argument("--data", choices=BUILTIN, help="take class labels from a built-in data set")
-    p.add_argument("--limit", type=int, help="with --data: the first N examples")
+    p.add_argument("--limit", type=_positive_int, help="with --data: the first N examples")
     p.add_argument("--beta", type=float, help="CCS: hardest fraction cut first (default 0.1)")
-    p.add_argument("--bins", type=int, help="CCS: score strata (default 50)")
-    p.add_argument("--temperature", type=float, help="density: softmax temperature (default 0.1)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bins", type=_positive_int, help="CCS: score strata (default 50)")
+    p.add_argument("--temperature", type=_positive_float, help="density: softmax temperature (default 0.1)")
+    p.add_argument("--min-keep", type=_nonnegative_int, help="density: at least this many per cluster (default 0)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--out", required=True, help="indices file (.npy or .parquet)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_run_select)
 
     p = add_common(subs.add_parser("bench", help="test accuracy per strategy and kept fraction"))
     p.add_argument("--data", choices=BUILTIN, default="digits")
-    p.add_argument("--limit", type=int, help="training examples")
-    p.add_argument("--test-limit", type=int, help="test examples")
+    p.add_argument("--limit", type=_positive_int, help="training examples")
+    p.add_argument("--test-limit", type=_positive_int, help="test examples")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.3, 0.1])
     p.add_argument("--methods", nargs="+", choices=BENCH_METHODS, default=list(BENCH_METHODS))
-    p.add_argument("--epochs", type=int, default=5, help="epochs over each kept subset")
-    p.add_argument("--score-epochs", type=float, default=1.0, help="epochs of each EL2N proxy")
+    p.add_argument("--epochs", type=_positive_int, default=5, help="epochs over each kept subset")
+    p.add_argument("--score-epochs", type=_nonnegative_float, default=1.0, help="epochs of each EL2N proxy")
     p.add_argument("--ccs-beta", type=float, default=0.1, help="CCS: hardest fraction cut first")
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=_positive_float, default=0.05)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
     model_flags(p)
     p.set_defaults(func=_run_bench)
+
+    p = add_common(subs.add_parser("embed", help="embed Parquet text shards into an embedding folder (resumable)"))
+    p.add_argument("--texts", required=True, nargs="+", help="Parquet shards: files, a folder or a glob")
+    p.add_argument("--column", default="text", help="the text column (default: text)")
+    p.add_argument("--embedding-column", help="take precomputed embeddings from this column instead of encoding")
+    p.add_argument("--id-column", help="keep this column of example ids beside the indices")
+    p.add_argument("--model", default="minilm-l6", help="minilm-l6 (all-MiniLM-L6-v2) or a Hugging Face encoder folder")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="texts per encoder batch")
+    p.add_argument("--max-length", type=_positive_int, default=256, help="tokens per text (longer are truncated)")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--format", choices=("npy", "parquet"), default="npy", help="embedding shard files")
+    p.add_argument("--out", required=True, help="embedding folder")
+    _engine_flags(p)
+    p.set_defaults(func=_run_embed)
+
+    p = add_common(subs.add_parser("dedup", help="SemDeDup: remove semantic near-duplicates inside k-means clusters"))
+    _cluster_flags(p)
+    p.add_argument("--eps", type=float, required=True, help="remove when cosine similarity > 1 - eps; in (0, 1)")
+    p.add_argument("--pairs-out", help="a .parquet of the removed examples and the example each duplicates")
+    p.set_defaults(func=_run_dedup)
+
+    p = add_common(subs.add_parser("density", help="DBP: keep a fraction, more of complex concept clusters"))
+    _cluster_flags(p)
+    p.add_argument("--keep", type=float, required=True, help="fraction of the examples to keep, in (0, 1]")
+    p.add_argument("--temperature", type=_positive_float, default=0.1, help="softmax temperature of the budgets")
+    p.add_argument("--neighbors", type=_positive_int, default=20, help="nearest centroids that give d_inter")
+    p.add_argument("--min-keep", type=_nonnegative_int, default=1, help="at least this many per cluster")
+    p.set_defaults(func=_run_density)
     return parser

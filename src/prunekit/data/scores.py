@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..train.loop import fit
 from . import dist
+from .checks import check_finite_scores, check_labelled
 from .clusters import concept_clusters, prototypicality
 from .dynamics import el2n, grad_norms, loss, stream_outputs, train_with_dynamics
 from .embed import embed, embed_texts
@@ -45,11 +46,15 @@ def _trained_scores(dataset: Dataset, method: str, model_fn: Callable[[], nn.Mod
                          f"{type(first).__name__}")
     rank, world_size = dist.world(distributed)
     total = np.zeros(n, dtype=np.float64)
+    checked = False
     for k in range(rank, n_models, world_size):
         torch.manual_seed(seed + k)
         model = model_fn()
         if not isinstance(model, nn.Module):
             raise ValueError(f"model_fn must return a torch.nn.Module, got {type(model).__name__}")
+        if not checked:
+            check_labelled(dataset, model, method)
+            checked = True
         if method in ("forgetting", "aum"):
             forgets, aum = train_with_dynamics(model, dataset, epochs=epochs, lr=lr, batch_size=batch_size,
                                                seed=seed + k, progress=progress)
@@ -119,8 +124,11 @@ def score(dataset: Any, method: str = "el2n", *, model_fn: Callable[[], nn.Modul
             raise ValueError(f"epochs must be >= 0, got {epochs}")
         if method in ("forgetting", "aum") and (int(epochs) != epochs or epochs < 1):
             raise ValueError(f"{method} counts statistics over whole epochs: epochs must be an integer >= 1, got {epochs}")
-        return _trained_scores(dataset, method, model_fn, epochs, int(n_models), lr, batch_size, seed,
-                               distributed, progress)
+        if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr >= 0):
+            raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+        out = _trained_scores(dataset, method, model_fn, epochs, int(n_models), lr, batch_size, seed,
+                              distributed, progress)
+        return check_finite_scores(out, method)
     x = embeddings_of(dataset, embed_fn, distributed, progress)
     if method == "prototypes":
         return prototypicality(x, n_clusters=n_clusters, seed=seed)

@@ -1,6 +1,7 @@
 """One data-pruning comparison: train the same model with the same schedule on subsets kept by
 several strategies, and measure test accuracy and what each score cost. Used by
-``prunekit data bench`` and ``benchmarks/data_pruning.py``."""
+``prunekit data bench`` and ``benchmarks/data_pruning.py`` (benchmark code: it lives in ``bench/``,
+which knows the library and is known by nothing)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..data.distill import fit_distilled
+from ..data.embed import feature_extractor
+from ..data.loop import fit_sampled
+from ..data.samplers import RS2Sampler, SubsetSampler
+from ..data.scores import score
+from ..data.select import select
 from ..metrics.accuracy import accuracy
-from .distill import fit_distilled
-from .loop import fit_sampled
-from .samplers import RS2Sampler, SubsetSampler
-from .scores import score
-from .select import select
 
 BENCH_METHODS = ("random", "el2n", "ccs", "prototypes", "rs2", "ccs+kd")
 
@@ -44,12 +46,6 @@ class PruningComparison:
         if self.full_accuracy == self.full_accuracy:  # not NaN: the baseline was trained
             lines.append(f"| full data (100%) | {100 * self.full_accuracy:.2f} |" + " |" * (len(fractions) - 1))
         return "\n".join(lines)
-
-
-def default_embedder(model: nn.Module) -> nn.Module:
-    """The penultimate features of a reference CNN (``model.features``), else the model's output."""
-    features = getattr(model, "features", None)
-    return nn.Sequential(features, nn.Flatten()) if isinstance(features, nn.Module) else model
 
 
 def compare_pruning(train: Dataset, test: Dataset, model_fn: Callable[[], nn.Module], *,
@@ -99,7 +95,7 @@ def compare_pruning(train: Dataset, test: Dataset, model_fn: Callable[[], nn.Mod
         out.score_seconds["el2n"] = time.perf_counter() - t0
     if "prototypes" in methods:
         t0 = time.perf_counter()
-        scores["prototypes"] = score(train, "prototypes", embed_fn=default_embedder(teacher), n_clusters=n_clusters,
+        scores["prototypes"] = score(train, "prototypes", embed_fn=feature_extractor(teacher), n_clusters=n_clusters,
                                      seed=seed, progress=progress)
         out.score_seconds["prototypes"] = time.perf_counter() - t0
     for name, secs in out.score_seconds.items():

@@ -1,7 +1,7 @@
 import pytest
 from torch.utils.data import TensorDataset
 
-from prunekit.data import BENCH_METHODS, compare_pruning
+from prunekit.bench.data_pruning import BENCH_METHODS, compare_pruning
 from prunekit.datasets import load_digits
 from prunekit.models import MLP
 
