@@ -6,6 +6,7 @@
     pk.finalize_(model)
 """
 
+from . import _compat  # noqa: F401  (first: lets transformers import beside the CPU build of torch)
 from .core.allocate import ALLOCATIONS, allocate
 from .core.mask import Mask, finalize_, get_mask, load_state_dict_, masked_modules, set_mask_, unprune_
 from .core.pattern import Pattern, parse_pattern
