@@ -157,3 +157,25 @@ def test_weight_journal_keeps_copies_on_disk_and_restores_them():
     assert torch.equal(lin.weight, dense)
     journal.close()
     assert not folder.exists() and journal.saved == {}
+
+
+def test_a_journal_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from prunekit.methods.base import WeightJournal
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"prunekit-journal-{dead.pid}-abcd1234"
+    stale.mkdir()
+    (stale / "0.pt").write_bytes(b"0" * 4096)
+    journal = WeightJournal()
+    journal.record(nn.Linear(4, 3))
+    mine = Path(next(iter(journal.saved.values()))[1]).parent
+    assert not stale.exists() and mine.parent == tmp_path
+    journal.close()
+    assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.calling import call_model, output_tensor
+from ..core.finite import NonFiniteError, check_finite
 from ..core.mask import weight_of
 from ..core.registry import Registry
 from ..core.scope import Target
@@ -55,11 +56,51 @@ class ScoreContext:
     options: dict[str, Any] = field(default_factory=dict)
 
     def batches(self) -> Iterable[Any]:
-        """The data's batches, at most ``max_batches`` of them."""
+        """The data's batches, at most ``max_batches`` of them; an empty batch is an error."""
         for i, batch in enumerate(self.data):
             if self.max_batches is not None and i >= self.max_batches:
                 break
+            check_batch(batch, i)
             yield batch
+
+
+def _first_dim(x: Any) -> int | None:
+    if isinstance(x, Tensor):
+        return x.shape[0] if x.dim() else None
+    if isinstance(x, Mapping):
+        x = next((v for v in x.values() if isinstance(v, Tensor)), None)
+        return _first_dim(x) if x is not None else None
+    if isinstance(x, (tuple, list)) and x:
+        return _first_dim(x[0])
+    return None
+
+
+def check_batch(batch: Any, index: int) -> None:
+    """Refuse an empty batch (no examples): it would give zero or NaN scores, not an error."""
+    inputs = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
+    if _first_dim(inputs) == 0:
+        shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else "empty"
+        raise ValueError(f"data batch {index} holds no examples (inputs of shape {shape}); every batch needs at "
+                         "least one: drop empty batches (e.g. DataLoader(..., drop_last=True))")
+
+
+def check_loss(loss: Tensor, index: int) -> None:
+    """Refuse a NaN or infinite loss: its gradients would make every score meaningless."""
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise NonFiniteError(f"data batch {index} gives a loss of {float(loss.detach().float().sum())}: the batch "
+                             "(inputs or targets) or the model's weights hold NaN/inf, or the loss overflows. "
+                             "Nothing was pruned")
+
+
+def score_targets(criterion: Criterion, model: nn.Module, targets: list[Target], ctx: ScoreContext) -> dict[str, Tensor]:
+    """Run ``criterion`` on ``targets`` and check that every score is finite, naming the criterion and the
+    layer when one is not (a NaN or inf would otherwise rank weights by their index)."""
+    scores = criterion.fn(model, targets, ctx)
+    hint = ("check the data batches, the loss and the weights for NaN/inf" if criterion.needs_data
+            else "check the weights (and example inputs) for NaN/inf")
+    for t in targets:
+        check_finite(scores[t.name], f"{criterion.name} scores", t.name, hint)
+    return scores
 
 
 def batch_loss(model: nn.Module, batch: Any, loss_fn: Callable[..., Tensor] | None, temperature: float = 1.0) -> Tensor:
@@ -118,6 +159,7 @@ def accumulate_grads(model: nn.Module, targets: list[Target], ctx: ScoreContext,
     with eval_mode(model), torch.enable_grad():
         for batch in ctx.batches():
             loss = batch_loss(model, batch, ctx.loss_fn, temperature)
+            check_loss(loss, n)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
             each(list(grads), [effective(t) for t in targets])

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.scope import Target
-from .base import ScoreContext, batch_loss, eval_mode, leaves, register_criterion
+from .base import ScoreContext, batch_loss, check_loss, eval_mode, leaves, register_criterion
 
 
 @register_criterion("grasp", needs_data=True)
@@ -23,6 +23,7 @@ def grasp(model: nn.Module, targets: list[Target], ctx: ScoreContext) -> dict[st
         n = 0
         for batch in ctx.batches():
             loss = batch_loss(model, batch, ctx.loss_fn, temperature)
+            check_loss(loss, n)
             for acc, gi in zip(g, torch.autograd.grad(loss, params, allow_unused=True)):
                 if gi is not None:
                     acc += gi.detach()

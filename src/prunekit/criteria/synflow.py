@@ -21,6 +21,8 @@ def _ones_like_inputs(inputs):
     if isinstance(inputs, Tensor):
         if not inputs.is_floating_point():
             raise ValueError("synflow needs floating-point example inputs; models fed token ids are not supported")
+        if inputs.dim() and inputs.shape[0] == 0:
+            raise ValueError(f"synflow needs example_inputs with at least one example; got shape {tuple(inputs.shape)}")
         return torch.ones_like(inputs[:1], dtype=torch.float64)
     if isinstance(inputs, (tuple, list)):
         return type(inputs)(_ones_like_inputs(x) for x in inputs)
@@ -46,5 +48,9 @@ def synflow(model: nn.Module, targets: list[Target], ctx: ScoreContext) -> dict[
     out = {}
     for t, g in zip(targets, grads):
         w = modules[t.name].weight.detach()
-        out[t.name] = (torch.zeros_like(w) if g is None else (g * w).abs()).float().cpu()
-    return out
+        out[t.name] = torch.zeros_like(w) if g is None else (g * w).abs()
+    # Synaptic flow grows with depth and can pass float32's range (3.4e38): then one common scale brings
+    # it back, keeping the ranking and the zeros.
+    top = max((float(s.max()) for s in out.values() if s.numel()), default=0.0)
+    scale = top if 1e30 < top < float("inf") else 1.0
+    return {name: (s / scale).float().cpu() for name, s in out.items()}

@@ -10,8 +10,6 @@ masks and weights back.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -19,6 +17,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import Tensor, nn
 
+from ..core.atomic import remove_scratch, scratch_folder
 from ..core.mask import weight_of
 
 from ..core.pattern import Pattern
@@ -47,7 +46,8 @@ class WeightJournal:
     """Copies of the weights a method changes, taken before the first change, so they can be put back.
 
     The copies go to a temporary folder on disk rather than to memory, so that being able to undo a
-    failed SparseGPT run does not add a second copy of the model to its memory footprint.
+    failed SparseGPT run does not add a second copy of the model to its memory footprint. The folder
+    (``<tmp>/prunekit-journal-<pid>-…``) is removed on close, at exit, or, after a kill, by the next run.
     """
 
     def __init__(self) -> None:
@@ -59,7 +59,7 @@ class WeightJournal:
         if id(module) in self.saved:
             return
         if self._folder is None:
-            self._folder = tempfile.mkdtemp(prefix="prunekit-journal-")
+            self._folder = str(scratch_folder("prunekit-journal"))
         path = Path(self._folder) / f"{len(self.saved)}.pt"
         torch.save(weight_of(module).detach().cpu(), path)
         self.saved[id(module)] = (module, path)
@@ -74,7 +74,7 @@ class WeightJournal:
     def close(self) -> None:
         """Delete the copies."""
         if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
+            remove_scratch(self._folder)
         self._folder = None
         self.saved.clear()
 

@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from ..calibrate import InputStats, family_of, find_blocks, walk_blocks_
 from ..calibrate.blockwise import BlockInputs, as_batches, run_block
 from ..core.allocate import ALLOCATIONS, allocate
+from ..core.finite import check_finite
+from ..core.inputs import check_token_ids
 from ..core.mask import get_mask, set_mask_, weight_of
 from ..core.scope import Target, is_transposed
 from .base import PrunePlan
@@ -49,10 +51,12 @@ def block_targets(plan: PrunePlan, block_name: str) -> list[Target]:
     return [t for t in plan.targets if t.name.startswith(block_name + ".")]
 
 
-def wanda_scores(module: nn.Module, col_norms: Tensor) -> Tensor:
-    """Wanda's importance |W_ij|·‖X_j‖₂ as (out, in); already-pruned entries get -inf."""
+def wanda_scores(module: nn.Module, col_norms: Tensor, name: str = "?") -> Tensor:
+    """Wanda's importance |W_ij|·‖X_j‖₂ as (out, in), checked finite; already-pruned entries get -inf."""
     w = rows_view(module)
     score = w.abs() * col_norms.to(w.device).reshape(1, -1)
+    check_finite(score, "wanda scores |W|·‖X‖", name,
+                 "the layer's inputs overflow or hold NaN (an earlier layer's outputs are not finite)")
     old = get_mask(module)
     if old is not None:
         old = old.t() if is_transposed(module) else old
@@ -78,7 +82,13 @@ class BlockwiseMethod:
                 f"method {self.name!r} needs calibration=: token ids (nsamples, seqlen), e.g. from "
                 "prunekit.datasets.text.calibration_windows(tokenizer, 'pydocs', nsamples=32, seqlen=512)"
             )
-        as_batches(plan.calibration, 1)
+        for i, batch in enumerate(as_batches(plan.calibration, 1)):
+            if "input_ids" not in batch:
+                raise ValueError(f"calibration batch {i} has no 'input_ids' (keys: {sorted(batch)})")
+            check_token_ids(batch["input_ids"], model, f"calibration batch {i}")
+        for t in plan.targets:
+            check_finite(getattr(t.module, t.param).detach(), "weights", t.name,
+                         f"the model holds NaN/inf weights before {self.name}; reload it or find where they came from")
         if plan.pattern.kind not in self.patterns:
             raise ValueError(f"method {self.name!r} supports patterns {', '.join(self.patterns)}; got {plan.pattern}")
         if plan.pattern.kind != "nm":
@@ -153,7 +163,7 @@ class BlockwiseMethod:
                     stats.new_call()
                     run_block(block, s, engine.get("device"))
             for t in mine:
-                scores[t.name] = wanda_scores(t.module, stats.col_norms(t.name)).cpu()
+                scores[t.name] = wanda_scores(t.module, stats.col_norms(t.name), t.name).cpu()
 
         walk_blocks_(model, plan.calibration, visit, progress=plan.progress, desc=f"{plan.allocation} scores", **engine)
         counts = allocate(scores, plan.sparsity, plan.allocation, **plan.allocation_options)

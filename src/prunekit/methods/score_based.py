@@ -8,9 +8,10 @@ import math
 from torch import Tensor, nn
 
 from ..core.allocate import allocate
+from ..core.finite import check_finite
 from ..core.mask import get_mask
 from ..core.pattern import allocation_view, mask_from_scores
-from ..criteria.base import CRITERIA, Criterion
+from ..criteria.base import CRITERIA, Criterion, score_targets
 from .base import METHODS, PrunePlan
 
 
@@ -30,10 +31,14 @@ class ScoreMethod:
             )
         if self.criterion.needs_inputs and ctx.example_inputs is None:
             raise ValueError(f"criterion {self.name!r} needs example_inputs= (one batch of model inputs)")
+        for t in plan.targets:
+            check_finite(getattr(t.module, t.param).detach(), "weights", t.name,
+                         f"the model holds NaN/inf weights before pruning with {self.name}; reload it or find "
+                         "where they came from")
 
     def scores(self, model: nn.Module, plan: PrunePlan) -> dict[str, Tensor]:
-        """Criterion scores with already-pruned entries set to -inf."""
-        scores = self.criterion.fn(model, plan.targets, plan.context)
+        """Criterion scores (checked finite) with already-pruned entries set to -inf."""
+        scores = score_targets(self.criterion, model, plan.targets, plan.context)
         for t in plan.targets:
             old = get_mask(t.module)
             if old is not None:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..calibrate import InputStats
+from ..core.finite import check_finite
 from ..core.mask import get_mask
 from .base import METHODS, PrunePlan
 from .layerwise import BlockwiseMethod, is_transposed, rows_view, write_rows_
@@ -123,7 +124,16 @@ class SparseGPT(BlockwiseMethod):
         """Reconstruct the layer's weight with the mask SparseGPT picks; layers sharing an input share H⁻¹."""
         owner = stats.owner[name]
         if owner not in self._factors:
-            self._factors[owner] = inverse_hessian_factor(stats.gram(name), plan.options.get("percdamp", 0.01))
+            h = stats.gram(name)
+            check_finite(h, "sparsegpt's Hessian X·Xᵀ", name,
+                         "the layer's inputs overflow or hold NaN (an earlier layer's outputs are not finite)")
+            percdamp = plan.options.get("percdamp", 0.01)
+            try:
+                self._factors[owner] = inverse_hessian_factor(h, percdamp)
+            except torch.linalg.LinAlgError:
+                raise ValueError(f"sparsegpt: the Hessian of layer {name!r} is not positive definite even with "
+                                 f"percdamp={percdamp}; raise percdamp (e.g. 0.1) or give more calibration "
+                                 "windows") from None
         hinv, dead = self._factors[owner]
         w = rows_view(module).to(hinv.device)
         old = get_mask(module)

@@ -27,7 +27,7 @@ class Wanda(BlockwiseMethod):
 
     def prune_layer(self, name: str, module: nn.Module, stats: InputStats, sparsity: float, plan: PrunePlan) -> None:
         """Mask the lowest |W|·‖X‖ of every output row (or of every M-group, or whole blocks)."""
-        score = wanda_scores(module, stats.col_norms(name))
+        score = wanda_scores(module, stats.col_norms(name), name)
         # The paper's comparison group for unstructured sparsity is the output row.
         pattern = Pattern("row") if plan.pattern.kind == "unstructured" else plan.pattern
         keep = mask_from_scores(score, pattern, round(sparsity * score.numel()))

@@ -16,8 +16,12 @@ def perplexity(model: nn.Module, windows: Tensor, batch_size: int = 4, progress:
     """
     from tqdm.auto import tqdm
 
-    if windows.dim() != 2 or windows.shape[1] < 2:
-        raise ValueError(f"windows must be token ids of shape (n, seqlen ≥ 2), got {tuple(windows.shape)}")
+    from ..core.inputs import check_token_ids
+
+    if not isinstance(windows, Tensor) or windows.dim() != 2 or windows.shape[1] < 2:
+        shape = tuple(windows.shape) if isinstance(windows, Tensor) else type(windows).__name__
+        raise ValueError(f"windows must be token ids of shape (n, seqlen ≥ 2), got {shape}")
+    check_token_ids(windows, model, "evaluation windows")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
