@@ -114,9 +114,17 @@ def test_out_not_empty_is_refused_before_any_work_and_overwrite_replaces(tiny_fo
     (out / "keep.txt").write_text("mine")
     with pytest.raises(ValueError, match="exists and is not empty; pass --overwrite"):
         _run(_args(tiny_folder, out))
+    # a folder prunekit did not write is never replaced (core.atomic.output_folder), even with --overwrite
+    with pytest.raises(ValueError, match="holds files prunekit did not write"):
+        _run(_args(tiny_folder, out, "--overwrite"))
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert _run(_args(tiny_folder, out, "--overwrite", "--nsamples", "2")) == 0
-    assert (out / "prunekit.json").exists() and not (out / "keep.txt").exists()
+    (out / "keep.txt").unlink()
+    assert _run(_args(tiny_folder, out, "--nsamples", "2")) == 0
+    first = (out / "prunekit.json").read_text()
+    with pytest.raises(ValueError, match="exists and is not empty; pass --overwrite"):
+        _run(_args(tiny_folder, out, "--nsamples", "2"))
+    assert _run(_args(tiny_folder, out, "--overwrite", "--nsamples", "2", "--seed", "1")) == 0
+    assert (out / "prunekit.json").read_text() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 

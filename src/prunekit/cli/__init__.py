@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import data, demo, eval, prune, summary_cmd
+from . import data, demo, eval, export, prune, summary_cmd
 
-SUBCOMMANDS = [prune, eval, summary_cmd, demo, data]
+SUBCOMMANDS = [prune, eval, export, summary_cmd, demo, data]
 
 
 def build_parser() -> argparse.ArgumentParser:

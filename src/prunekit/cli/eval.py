@@ -1,4 +1,9 @@
-"""``prunekit eval``: perplexity, parameters, non-zeros, size and generation speed of a language model."""
+"""``prunekit eval``: perplexity, parameters, non-zeros, size and generation speed of a language model.
+
+The model may be any artifact prunekit writes: a dense or compressed-tensors sparse folder, or a GGUF
+file; the bytes of its weight files on disk and the peak memory of loading it (in a fresh process)
+are measured on the artifact itself.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +19,15 @@ DEFAULT_SEQLEN = 512
 
 def add_parser(subs: argparse._SubParsersAction) -> None:
     p = subs.add_parser("eval", help="perplexity, size and tokens/s of a language model", description=__doc__)
-    p.add_argument("--model", required=True, help="an alias (smollm2-135m, minilm-l6), a Hugging Face folder or a .gguf file")
+    p.add_argument("--model", required=True,
+                   help="an alias (smollm2-135m, minilm-l6), a Hugging Face folder (dense or compressed) or a .gguf file")
     p.add_argument("--ppl", default="pydocs", metavar="TEXT",
                    help="evaluation text: pydocs (default), wikitext2, c4, a text file or a folder")
     p.add_argument("--windows", type=int, default=DEFAULT_EVAL_WINDOWS, help="held-out windows for perplexity")
     p.add_argument("--seqlen", type=int, default=DEFAULT_SEQLEN, help="tokens per window")
     p.add_argument("--gen-tokens", type=int, default=32, help="new tokens of the timed greedy generation")
+    p.add_argument("--no-load-memory", action="store_true",
+                   help="skip measuring the peak memory of loading the model (a second, fresh process)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -70,6 +78,8 @@ def table(columns: dict[str, dict[str, Any]], ppl_label: str = "perplexity") -> 
         ("sparsity (all parameters)", "sparsity", lambda v: f"{v:.2%}"),
         ("size dense (fp32)", "dense_bytes", _mb),
         ("size sparse (bitmask + values)", "sparse_bytes", _mb),
+        ("saved file (bytes on disk)", "file_bytes", _mb),
+        ("peak memory of loading", "load_peak_bytes", _mb),
         ("generation tokens/s", "tokens_per_s", lambda v: "-" if v is None else f"{v:.1f}"),
         ("MACs (128 tokens)", "macs_128_tokens", lambda v: f"{v / 1e9:.2f} G"),
         ("forward latency, batch 1 × 128", "latency_ms_batch1", lambda v: f"{v:.1f} ms"),
@@ -85,11 +95,38 @@ def table(columns: dict[str, dict[str, Any]], ppl_label: str = "perplexity") -> 
     return "\n".join(lines)
 
 
+def artifact_info(spec: str) -> dict[str, Any]:
+    """What the artifact behind ``spec`` is and the bytes of its weight files on disk."""
+    from ..export.compressed import sparsity_config_of
+    from ..metrics.size import weight_bytes
+    from ..models.hf import resolve_model_path
+
+    path = resolve_model_path(spec)
+    info: dict[str, Any] = {"path": str(path), "file_bytes": weight_bytes(path)}
+    if path.is_file():
+        from ..export.gguf import tensor_types
+
+        types: dict[str, int] = {}
+        for t in tensor_types(path).values():
+            types[t] = types.get(t, 0) + 1
+        info["format"] = "gguf (" + ", ".join(f"{n} {t}" for t, n in sorted(types.items(), key=lambda kv: -kv[1])) + ")"
+    else:
+        import json
+
+        sc = sparsity_config_of(path)
+        dtype = json.loads((path / "config.json").read_text()).get("dtype") or "unstated dtype"
+        info["format"] = f"compressed-tensors {sc['format']}, {dtype}" if sc else f"safetensors, {dtype}"
+    return info
+
+
 def run(args: argparse.Namespace) -> int:
     from ..datasets.text import eval_windows
-    from ..models.hf import load_model, read_prunekit_json
+    from ..export.load import load_artifact
+    from ..metrics.memory import peak_load_memory
+    from ..models.hf import read_prunekit_json
 
-    lm = load_model(args.model)
+    info = artifact_info(args.model)
+    lm = load_artifact(args.model)
     progress = not (args.quiet or args.json)
     windows = None
     if lm.causal_lm:
@@ -98,8 +135,19 @@ def run(args: argparse.Namespace) -> int:
     say(args, f"evaluating {args.model} ...")
     figures = measure_lm(lm.model, lm.tokenizer, windows, causal=lm.causal_lm, gen_tokens=args.gen_tokens,
                          progress=progress)
-    data = {"model": args.model, "evaluation": {"source": args.ppl, "windows": args.windows, "seqlen": args.seqlen},
-            **figures, "pruned_with": read_prunekit_json(args.model) if Path(args.model).is_dir() else None}
+    figures["file_bytes"] = info["file_bytes"]
+    memory = None
+    if not args.no_load_memory:
+        say(args, "measuring the peak memory of loading it, in a fresh process ...")
+        memory = peak_load_memory(args.model)
+        figures["load_peak_bytes"] = memory.peak_bytes
+    data = {"model": args.model, "artifact": info, "evaluation": {"source": args.ppl, "windows": args.windows, "seqlen": args.seqlen},
+            **figures, "load_memory": memory.to_dict() if memory else None,
+            "pruned_with": read_prunekit_json(args.model) if Path(args.model).is_dir() else None}
     text = table({"model": figures}, f"perplexity ({args.ppl}, {args.windows}×{args.seqlen})")
+    text += f"\n\n{info['path']}: {info['format']}"
+    if memory:
+        text += (f"\nloading: peak RSS {memory.peak_bytes / 1e6:,.0f} MB in a fresh process, "
+                 f"{memory.added_bytes / 1e6:,.0f} MB above its imports")
     emit(args, data, text)
     return 0

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .common import add_common, emit, say
 from .eval import DEFAULT_EVAL_WINDOWS, DEFAULT_SEQLEN, measure_lm, table
@@ -44,6 +44,11 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
                         "masking weights; --ratio says how many")
     p.add_argument("--ratio", type=float, default=0.25, help="with --structured: fraction removed (default 0.25)")
     p.add_argument("--device", default=None, help="e.g. cuda: the model stays on the CPU, each block visits the device")
+    p.add_argument("--format", default="safetensors", choices=["safetensors", "compressed"],
+                   help="safetensors (default: dense, zeros in place) or compressed (compressed-tensors sparse "
+                        "layout: sparse-bitmask, or sparse-24-bitmask for 2:4); GGUF: prunekit export")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="dtype of the saved weights (default auto: the source's; bfloat16 for a GGUF source)")
     p.add_argument("--out", default=None, help="output folder (default pruned-<model name>)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
     add_common(p)
@@ -65,6 +70,10 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.structured is not None:
         if not 0 <= args.ratio < 1:
             raise ValueError(f"--ratio must be in [0, 1), got {args.ratio}")
+        if args.format == "compressed":
+            raise ValueError("--format compressed stores zeros compactly, and --structured removes weights instead "
+                             "of zeroing them, so there would be nothing to compress: the model itself is smaller. "
+                             "Use --format safetensors (the default)")
         return
     METHODS.get(args.method)
     pattern = parse_pattern(args.pattern)
@@ -72,35 +81,35 @@ def _check_args(args: argparse.Namespace) -> None:
         ALLOCATIONS.get(args.allocation)
         if args.sparsity is None:
             args.sparsity = 0.5
+        if args.format == "compressed" and args.sparsity == 0:
+            raise ValueError("--format compressed with --sparsity 0: no weight would be zero, so the compressed "
+                             "folder would be larger than the dense one. Use --format safetensors")
     for name in ("nsamples", "seqlen", "eval_windows"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
 
 
-def save_pruned(model: Any, tokenizer: Any, out: Path, meta: dict[str, Any], report_text: str) -> None:
-    """Write model (safetensors), tokenizer, prunekit.json and report.txt to ``out`` atomically:
-    everything goes to a temporary folder beside it, which is then renamed."""
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output folder should not be
-    try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-        (tmp / "prunekit.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        (tmp / "report.txt").write_text(report_text + "\n")
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+def save_pruned(model: Any, tokenizer: Any, out: Path, meta: dict[str, Any],
+                report_text: str | Callable[[Any], str], fmt: str = "safetensors", dtype: Any = None,
+                overwrite: bool = True) -> Any:
+    """Write the model (``fmt``: safetensors or compressed, in ``dtype``), tokenizer, prunekit.json and
+    report.txt into ``out`` atomically (``core.atomic.output_folder``); returns what was saved
+    (:class:`prunekit.export.SavedModel`). ``report_text`` may be a function of it (for the saved bytes)."""
+    from ..core.atomic import atomic_file, output_folder
+    from ..export.dtype import SaveDtype
+    from ..export.save import plan_save, save_model
+
+    dtype = dtype or SaveDtype(next(model.parameters()).dtype, "the model's dtype")
+    plan = plan_save(model, fmt, dtype)  # every check (e.g. no sparsity to compress) before writing
+    with output_folder(out, overwrite) as tmp:
+        saved = save_model(model, tokenizer, tmp, fmt, dtype, plan)
+        meta["saved"] = saved.to_dict()
+        text = report_text(saved) if callable(report_text) else report_text
+        with atomic_file(tmp / "prunekit.json") as f:
+            f.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        with atomic_file(tmp / "report.txt") as f:
+            f.write_text(text + "\n")
+    return saved
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,10 +117,15 @@ def run(args: argparse.Namespace) -> int:
     from ..core.mask import finalize_
     from ..datasets.text import calibration_windows, eval_windows
     from ..methods import plan_prune, prune_
-    from ..models.hf import load_model
+    from ..core.atomic import check_output_folder
+    from ..export.dtype import resolve_dtype
+    from ..metrics.size import weight_bytes
+    from ..models.hf import load_model, resolve_model_path
 
     _check_args(args)
     out = _out_dir(args)
+    check_output_folder(out, args.overwrite)
+    save_dtype = resolve_dtype(args.dtype, args.model)
     progress = not (args.quiet or args.json)
     chatter = lambda t: say(args, t)  # noqa: E731
     calib_src = args.calib or "pydocs"
@@ -133,7 +147,9 @@ def run(args: argparse.Namespace) -> int:
         plan_prune(lm.model, args.method, args.sparsity, **prune_args)  # every check, before any work
     say(args, "measuring the dense model ...")
     before = measure_lm(lm.model, lm.tokenizer, windows, causal=lm.causal_lm, progress=progress, speed=structured)
-    meta: dict[str, Any] = {"prunekit_version": __version__, "model": str(args.model)}
+    source_path = resolve_model_path(args.model)
+    before["file_bytes"] = weight_bytes(source_path)
+    meta: dict[str, Any] = {"prunekit_version": __version__, "model": str(args.model), "source_path": str(source_path)}
     if structured:
         from ..structured import prune_transformer_
 
@@ -155,13 +171,19 @@ def run(args: argparse.Namespace) -> int:
     say(args, "measuring the pruned model ...")
     after = measure_lm(lm.model, lm.tokenizer, windows, causal=lm.causal_lm, progress=progress, speed=structured)
     ppl_label = f"perplexity ({eval_src}, {args.eval_windows}×{args.seqlen})"
-    text = table({"before": before, "after": after}, ppl_label)
-    text = (f"prunekit {__version__}: {args.model}, {headline}\n"
-            f"calibration: {calib_src}, {args.nsamples}×{args.seqlen} tokens, seed {args.seed}\n\n{text}")
+    head = (f"prunekit {__version__}: {args.model}, {headline}\n"
+            f"calibration: {calib_src}, {args.nsamples}×{args.seqlen} tokens, seed {args.seed}\n\n")
     meta.update(calibration={"source": calib_src, "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed},
                 evaluation={"source": eval_src, "windows": args.eval_windows, "seqlen": args.seqlen},
                 before=before, after=after)
-    save_pruned(lm.model, lm.tokenizer, out, meta, text)
+
+    def render(saved: Any) -> str:
+        after["file_bytes"] = saved.weight_bytes
+        return (head + table({"before": before, "after": after}, ppl_label)
+                + f"\n\nsaved file: before = the source ({source_path.name}), after = {saved}")
+
+    saved = save_pruned(lm.model, lm.tokenizer, out, meta, render, args.format, save_dtype, overwrite=args.overwrite)
+    text = render(saved)
     meta["out"] = str(out)
     meta["total_seconds"] = time.perf_counter() - started
     emit(args, meta, f"{text}\n\nsaved to {out}/ in {meta['total_seconds']:.0f} s total")

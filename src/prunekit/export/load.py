@@ -1,0 +1,25 @@
+"""Load any artifact prunekit writes or reads: a compressed-tensors sparse folder, a dense Hugging Face
+folder, a GGUF file or a packaged alias (the last three through ``models.hf.load_model``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..models.hf import LoadedModel, load_model
+from .compressed import is_compressed_folder, load_compressed
+
+
+def load_artifact(spec: str | Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """The model and tokenizer behind ``spec``, on the CPU in eval mode, weights in ``dtype``.
+
+    A compressed folder (``sparsity_config`` sparse-bitmask / sparse-24-bitmask) is decompressed here,
+    since current compressed-tensors releases no longer read those layouts; everything else loads
+    with transformers.
+    """
+    path = Path(str(spec)).expanduser()
+    if path.is_dir() and is_compressed_folder(path):
+        model, tokenizer = load_compressed(path, dtype)
+        return LoadedModel(model, tokenizer, str(spec), True)
+    return load_model(spec, dtype=dtype)
