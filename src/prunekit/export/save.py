@@ -146,9 +146,9 @@ def save_model(model: nn.Module, tokenizer: Any, folder: str | Path, fmt: str, d
     from ..core.sparse_io import effective_state_dict
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     if plan is None:
         plan = plan_save(model, fmt, dtype)
+    folder.mkdir(parents=True, exist_ok=True)
     state = cast_state_dict(effective_state_dict(model), dtype.dtype)
     if fmt == "safetensors":
         model.save_pretrained(str(folder), state_dict=state, safe_serialization=True)

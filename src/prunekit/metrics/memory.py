@@ -1,7 +1,10 @@
 """Peak memory of loading a model, measured in a fresh process (so nothing already loaded counts).
 
-The child imports torch, transformers and the loader, records its peak resident set size, calls the
-loader, and records it again: ``added_bytes`` is what loading added to the high-water mark.
+The child imports torch, transformers and the loader, records its resident set size, resets the
+kernel's high-water mark (Linux ``/proc/self/clear_refs``), calls the loader and reads the peak
+resident set size of the load (``VmHWM``): ``added_bytes`` is what loading took above the imports.
+Elsewhere the process's ``ru_maxrss`` before and after is used, which can hide a load smaller than
+the imports' own peak.
 """
 
 from __future__ import annotations
@@ -15,14 +18,34 @@ from dataclasses import asdict, dataclass
 _PROBE = """
 import importlib, json, resource, sys
 import prunekit  # first: its import-time fixes let transformers load
-import torch, transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer
+for name in sys.argv[3].split(","):
+    if name:
+        importlib.import_module(name)
+
+
+def status(field):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+
+
 module, name = sys.argv[1].split(":")
 load = getattr(importlib.import_module(module), name)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = status("VmRSS")
+reset = False
+try:  # Linux: reset the high-water mark to the current RSS, so the peak is that of the load alone
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    reset = True
+except OSError:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 loaded = load(sys.argv[2])
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print("PEAK " + json.dumps([before * 1024, after * 1024]))
+after = status("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print("PEAK " + json.dumps([before, after]))
 """
 
 
@@ -41,10 +64,15 @@ class LoadMemory:
         return {**asdict(self), "added_bytes": self.added_bytes}
 
 
-def peak_load_memory(spec: str, loader: str = "prunekit.export.load:load_artifact", timeout: float = 1800) -> LoadMemory:
-    """Load ``spec`` with ``loader`` (``"module:function"``) in a fresh Python and return its peak memory."""
+DEFAULT_PRELOAD = ("torch", "transformers", "transformers.modeling_utils", "prunekit.export.load")
+
+
+def peak_load_memory(spec: str, loader: str = "prunekit.export.load:load_artifact",
+                     preload: tuple[str, ...] = DEFAULT_PRELOAD, timeout: float = 1800) -> LoadMemory:
+    """Load ``spec`` with ``loader`` (``"module:function"``) in a fresh Python and return its peak memory;
+    the modules in ``preload`` are imported before the baseline is taken (their memory is not the model's)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", _PROBE, loader, str(spec)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", _PROBE, loader, str(spec), ",".join(preload)], capture_output=True, text=True,
                           env=env, timeout=timeout)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("PEAK ")), None)
     if proc.returncode != 0 or line is None:
