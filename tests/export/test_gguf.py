@@ -127,3 +127,16 @@ def test_a_vocabulary_smaller_than_the_embedding_is_padded(tokenizer, tmp_path):
     assert any("padded" in n for n in plan.notes) and plan.vocab.tokens == len(tokenizer) + 20
     with pytest.raises(ValueError, match="only"):
         plan_gguf(make_llama(len(tokenizer) - 10), tokenizer, "f16")
+
+
+def test_zeros_stay_exact_in_symmetric_types_and_a_note_warns_of_offset_ones(tokenizer, tmp_path):
+    import gguf
+
+    model = pruned(make_llama(len(tokenizer)))
+    assert not any("zeros come back" in n for n in plan_gguf(model, tokenizer, "q4_0").notes)
+    assert any("Q4_1 stores each block" in n for n in plan_gguf(model, tokenizer, "q4_1").notes)
+    path = tmp_path / "m.gguf"
+    export(model, tokenizer, path, to="gguf", quant="q4_0")
+    t = next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == "blk.0.ffn_up.weight")
+    w = gguf.quants.dequantize(t.data, gguf.GGMLQuantizationType(int(t.tensor_type)))
+    assert ((w == 0).mean()) == pytest.approx(0.5, abs=0.01)

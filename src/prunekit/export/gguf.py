@@ -209,6 +209,7 @@ def plan_gguf(model: nn.Module, tokenizer: Any, quant: str = "q8_0", source: str
     src_types = _source_types(source)
     general, src_file_type = _source_general(source)
     notes: list[str] = []
+    offset_types: set[str] = set()
     tensors = []
     for key, t in state.items():
         if key == "lm_head.weight" and tied:
@@ -233,8 +234,14 @@ def plan_gguf(model: nn.Module, tokenizer: Any, quant: str = "q8_0", source: str
             notes.append(f"{name}: rows of {t.shape[-1]} do not divide into {qtype.name} blocks of {block}; "
                          "written as F16")
             qtype = Q.F16
+        if qtype in (Q.Q4_1, Q.Q5_1) and t.dim() > 1 and float((t == 0).float().mean()) > 0.1:
+            offset_types.add(qtype.name)
         heads = n_head if ".attn_q." in f".{name}" else n_kv if ".attn_k." in f".{name}" else 0
         tensors.append(TensorPlan(name, key, tuple(t.shape), qtype.name, heads))
+    for name in sorted(offset_types):
+        notes.append(f"{name} stores each block as scale × q + minimum, so a pruned weight's zeros come back as "
+                     "small non-zeros (the sparsity is lost and the error grows); the symmetric types "
+                     "(q4_0, q5_0, q8_0) keep zeros exact")
     if not tied and not any(t.name == "output.weight" for t in tensors):
         raise ValueError("the model has no LM head weight (lm_head.weight) and does not tie it to the embedding")
     if source is not None:
