@@ -26,7 +26,6 @@ from typing import Any, Mapping
 from torch import nn
 
 from ..core.atomic import OutputError, atomic_file, check_output_folder, output_folder
-from ..core.config import Config
 from .config import EXPORTERS, CompressedExport, ExportConfig, GGUFExport, SafetensorsExport
 from .dtype import SaveDtype, resolve_dtype, source_dtype
 from .load import load_artifact
