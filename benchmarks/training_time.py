@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from prunekit import prune_
 from prunekit.datasets import load_fashion_mnist
 from prunekit.metrics.accuracy import accuracy
-from prunekit.train import GraNet, Gradual, find_ticket, fit, sparse_init_, sparse_soup, steps_per_run
+from prunekit.train import GraNet, Gradual, find_ticket_, fit, sparse_init_, sparse_soup, steps_per_run
 from prunekit.train.state import replace_masks_
 
 METHODS = ("one-shot + fine-tune", "gradual", "IMP rewind (3 rounds)", "IMP mask, random re-init",
@@ -154,8 +154,8 @@ def run_method(method: str, s: float, dense: nn.Module, new_model, train_, args,
         if s not in _TICKETS:
             model = new_model(seed)
             steps = steps_per_run(train, epochs=E, batch_size=args.batch_size)
-            ticket = find_ticket(model, lambda m, on_step: train_(m, E, seed, on_step), rounds=3,
-                                 final_sparsity=s, rewind="early:0.02", steps=steps, allocation="global")
+            ticket = find_ticket_(model, lambda m, on_step: train_(m, E, seed, on_step), rounds=3,
+                                 sparsity=s, rewind="early:0.02", steps=steps, allocation="global")
             _TICKETS[s] = (model, ticket)
         model, ticket = _TICKETS[s]
         if method == "IMP mask, random re-init":
@@ -168,7 +168,7 @@ def run_method(method: str, s: float, dense: nn.Module, new_model, train_, args,
         return model, 4 * E, {"rewind_step": ticket.rewind_step}
     if method == "random ERK (static)":
         model = new_model(seed)
-        sparse_init_(model, s, distribution="erk", seed=seed)
+        sparse_init_(model, s, allocation="erk", seed=seed)
         train_(model, E + F, seed)
         return model, E + F, {}
     if method == "GraNet":

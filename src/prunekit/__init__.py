@@ -6,7 +6,10 @@
     pk.finalize_(model)
 """
 
-from . import _compat  # noqa: F401  (first: lets transformers import beside the CPU build of torch)
+from . import _compat
+
+_compat.install()
+
 from .core.allocate import ALLOCATIONS, allocate
 from .core.mask import Mask, finalize_, get_mask, load_state_dict_, masked_modules, set_mask_, unprune_
 from .core.pattern import Pattern, parse_pattern
@@ -19,7 +22,7 @@ from .core.latency import Latency, latency
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("data", "structured", "train")
+_SUBPACKAGES = ("bench", "data", "recipe", "structured", "train")
 
 
 def __getattr__(name: str):

@@ -8,10 +8,6 @@ from prunekit.cli import eval as eval_cli
 from prunekit.cli import prune as prune_cli
 from prunekit.models.hf import tiny_model
 
-TEXT = ("The interpreter reads a line, parses it and runs it. Modules group functions and classes; "
-        "a package groups modules. Exceptions unwind the stack until a handler catches them. ")
-
-
 def _parser():
     parser = argparse.ArgumentParser(prog="prunekit")
     subs = parser.add_subparsers(dest="command")
@@ -23,30 +19,6 @@ def _parser():
 def _run(argv):
     args = _parser().parse_args(argv)
     return args.func(args)
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    """A tiny Llama with a real (byte-level BPE) tokenizer, saved as a Hugging Face folder, and a text folder."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
-    from transformers import PreTrainedTokenizerFast
-
-    root = tmp_path_factory.mktemp("tiny")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([TEXT] * 20, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
-    model = tiny_model("llama", vocab_size=fast.vocab_size)
-    model.save_pretrained(root / "model")
-    fast.save_pretrained(root / "model")
-    texts = root / "texts"
-    texts.mkdir()
-    for i in range(30):
-        (texts / f"page{i:02d}.txt").write_text(f"Page {i}. " + TEXT * 3)
-    return root
 
 
 def _args(root, out, *extra):
@@ -108,24 +80,21 @@ def test_text_table_has_before_and_after(tiny_folder, tmp_path, capsys):
     assert "before" in text and "after" in text and "non-zeros" in text and "tokens/s" in text
 
 
-def test_out_not_empty_is_refused_before_any_work_and_overwrite_replaces(tiny_folder, tmp_path):
+def test_out_not_empty_is_refused_before_any_work_and_overwrite_replaces_only_prunekit_folders(tiny_folder, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(ValueError, match="exists and is not empty; pass --overwrite"):
-        _run(_args(tiny_folder, out))
-    # a folder prunekit did not write is never replaced (core.atomic.output_folder), even with --overwrite
-    with pytest.raises(ValueError, match="holds files prunekit did not write"):
-        _run(_args(tiny_folder, out, "--overwrite"))
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    (out / "keep.txt").unlink()
-    assert _run(_args(tiny_folder, out, "--nsamples", "2")) == 0
-    first = (out / "prunekit.json").read_text()
-    with pytest.raises(ValueError, match="exists and is not empty; pass --overwrite"):
-        _run(_args(tiny_folder, out, "--nsamples", "2"))
-    assert _run(_args(tiny_folder, out, "--overwrite", "--nsamples", "2", "--seed", "1")) == 0
-    assert (out / "prunekit.json").read_text() != first
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    for extra in ([], ["--overwrite"]):  # a folder prunekit did not write is never replaced
+        with pytest.raises(ValueError, match="holds files prunekit did not write .*never replaced, even with --overwrite"):
+            _run(_args(tiny_folder, out, *extra))
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    pruned = tmp_path / "pruned"
+    assert _run(_args(tiny_folder, pruned, "--method", "magnitude")) == 0
+    with pytest.raises(ValueError, match="exists and is not empty .*pass --overwrite"):
+        _run(_args(tiny_folder, pruned, "--method", "magnitude"))
+    assert _run(_args(tiny_folder, pruned, "--overwrite", "--nsamples", "2")) == 0
+    assert json.loads((pruned / "prunekit.json").read_text())["method"] == "wanda"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned", "taken"]
 
 
 @pytest.mark.parametrize("extra, match", [

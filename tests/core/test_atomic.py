@@ -17,7 +17,7 @@ from prunekit.core import atomic
 from prunekit.core.atomic import (OutputBusyError, OutputError, atomic_file, check_output_folder, check_writable,
                                   output_folder, recover, scratch_folder)
 
-ATOMIC_PY = Path(atomic.__file__)
+CORE = Path(atomic.__file__).parent
 
 
 def _marker(folder: Path, version: str = "new") -> None:
@@ -284,10 +284,16 @@ def test_scratch_folders_of_dead_processes_are_removed(tmp_path, monkeypatch):
 # ------------------------------------------------------------------- kill and Ctrl-C in a subprocess
 
 CHILD = r"""
-import importlib.util, json, os, signal, sys, time
-spec = importlib.util.spec_from_file_location("atomic", sys.argv[1])
-atomic = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(atomic)
+import importlib.util, json, os, signal, sys, time, types
+# load core/fsops.py and core/atomic.py alone (no torch): a child starts in a few milliseconds
+for name in ("prunekit", "prunekit.core"):
+    sys.modules[name] = types.ModuleType(name)
+    sys.modules[name].__path__ = []
+for name in ("fsops", "atomic"):
+    spec = importlib.util.spec_from_file_location(f"prunekit.core.{name}", os.path.join(sys.argv[1], f"{name}.py"))
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+atomic = module
 mode, out, step, action, exchange = sys.argv[2:7]
 atomic.USE_EXCHANGE = exchange == "1"
 
@@ -311,7 +317,7 @@ else:
 
 
 def _child(mode, out, step, action="kill", exchange=True):
-    args = [sys.executable, "-c", CHILD, str(ATOMIC_PY), mode, str(out), step, action, "1" if exchange else "0"]
+    args = [sys.executable, "-c", CHILD, str(CORE), mode, str(out), step, action, "1" if exchange else "0"]
     return subprocess.Popen(args, stderr=subprocess.PIPE)
 
 

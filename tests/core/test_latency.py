@@ -1,9 +1,14 @@
-"""The latency helper (prunekit.core.latency)."""
+"""The timing routine (prunekit.core.latency): interleaved, repeated, with spread and a noisy flag."""
+
+import random
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from prunekit.core.latency import latency
+from prunekit.core.latency import compare_latency, latency, time_interleaved
 from prunekit.models import SmallCNN
 
 
@@ -12,6 +17,7 @@ def test_latency_times_and_restores_threads_and_layout():
     threads = torch.get_num_threads()
     result = latency(model, torch.randn(2, 1, 28, 28), runs=3, warmup=1, threads=1, channels_last=True)
     assert result.runs == 3 and result.threads == 1 and 0 < result.min_ms <= result.median_ms
+    assert result.iqr_ms >= 0 and result.cpu_ms > 0
     assert torch.get_num_threads() == threads and model.training
     assert model.features[0].weight.is_contiguous()
 
@@ -21,3 +27,59 @@ def test_latency_rejects_bad_settings():
         latency(SmallCNN(), torch.randn(1, 1, 28, 28), runs=0)
     with pytest.raises(ValueError, match="threads"):
         latency(SmallCNN(), torch.randn(1, 1, 28, 28), threads=0)
+
+
+def _matmuls(times: int):
+    a = torch.randn(192, 192)
+
+    def run():
+        for _ in range(times):
+            a @ a
+
+    return run
+
+
+def test_quiet_workload_gives_the_true_ratio():
+    cmp = time_interleaved({"one": _matmuls(4), "two": _matmuls(8)}, warmup=3, min_rounds=15, max_rounds=200,
+                           budget_s=8, threads=1)
+    ratio = cmp.ratio("two", "one")
+    assert ratio.median == pytest.approx(2.0, rel=0.08)
+    assert cmp.rounds >= 15 and cmp.threads == 1
+    d = cmp.to_dict()
+    assert set(d["timings"]) == {"one", "two"} and "two/one" in d["ratios"]
+
+
+def test_injected_noise_is_reported_as_wide_and_flagged():
+    rng = random.Random(0)
+
+    def jittery():
+        time.sleep(rng.choice([0.001, 0.001, 0.02]))  # wall time the process does not spend computing
+
+    cmp = time_interleaved({"jittery": jittery}, warmup=1, min_rounds=12, max_rounds=12, threads=1)
+    t = cmp.timings["jittery"]
+    assert t.spread > 0.5 and t.noisy and cmp.noisy
+    assert any("machine busy" in w for w in t.reasons())  # sleeping looks like losing the CPU: CPU time << wall time
+    assert "±" in str(t)
+
+
+def test_a_loaded_machine_is_flagged():
+    import os
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<30: pass"])
+            for _ in range(2 * (os.cpu_count() or 2) + 2)]
+    try:
+        time.sleep(0.5)
+        cmp = time_interleaved({"work": _matmuls(20)}, warmup=2, min_rounds=20, max_rounds=20, threads=1)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    t = cmp.timings["work"]
+    assert t.noisy and any("machine busy" in w for w in t.reasons()), (t.cpu_share, t.load)
+
+
+def test_compare_latency_interleaves_models():
+    small, big = SmallCNN(widths=(4, 8, 8)), SmallCNN(widths=(16, 32, 64))
+    cmp = compare_latency({"dense": big, "pruned": small}, torch.randn(8, 1, 28, 28), max_rounds=8, budget_s=3)
+    assert cmp.timings["dense"].runs == cmp.timings["pruned"].runs == cmp.rounds
+    assert cmp.ratio("pruned", "dense").median < 1

@@ -116,3 +116,17 @@ def test_snapshot_restores_masks_exactly():
     after = {n: get_mask(m) for n, m in pk.masked_modules(model)}
     assert before.keys() == after.keys()
     assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_unprune_after_finalize_is_an_error_not_a_silent_no_op():
+    import prunekit as pk
+    from prunekit.models import MLP
+
+    model = MLP()
+    pk.prune_(model, "magnitude", 0.5)
+    report = pk.finalize_(model)
+    assert report.action == "finalized" and len(report.tensors) >= 1 and "finalized:" in str(report)
+    with pytest.raises(ValueError, match="unprune_ cannot restore dense weights: finalize_ baked"):
+        pk.unprune_(model)
+    fresh = MLP()
+    assert pk.unprune_(fresh).tensors == []  # never pruned: nothing to do, no error

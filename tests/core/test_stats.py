@@ -54,9 +54,9 @@ def test_latency_at_several_batch_sizes():
 
     model = SmallCNN(widths=(8, 16, 32))
     s = pk.summary(model, example_inputs=torch.zeros(1, 1, 28, 28), latency_batches=(1, 64))
-    assert set(s.latency_ms) == {1, 64}
-    assert 0 < s.latency_ms[1] < s.latency_ms[64]
-    assert "batch 64" in str(s) and s.to_dict()["totals"]["latency_ms"]["64"] == s.latency_ms[64]
+    assert set(s.latency) == {1, 64}
+    assert 0 < s.latency[1].median_ms < s.latency[64].median_ms and s.latency[1].runs >= 3
+    assert "batch 64" in str(s) and s.to_dict()["totals"]["latency_ms"]["64"] == s.latency[64].median_ms
     with pytest.raises(ValueError, match="needs example_inputs"):
         pk.summary(model, latency_batches=(1,))
     with pytest.raises(ValueError, match="positive integers"):

@@ -137,13 +137,16 @@ def test_nan_weights_before_a_calibrated_method_are_an_error(method):
     assert int(torch.isnan(model.model.layers[1].mlp.up_proj.weight).sum()) == 1  # not spread by SparseGPT
 
 
-@pytest.mark.parametrize("method, what", [("wanda", "wanda scores"), ("sparsegpt", "sparsegpt's Hessian")])
-def test_non_finite_activations_are_an_error_naming_the_layer(method, what):
+@pytest.mark.parametrize("method, allocation, what", [
+    ("wanda", "uniform", "wanda scores"), ("sparsegpt", "uniform", "sparsegpt's Hessian"),
+    ("wanda", "owl", "wanda scores"), ("sparsegpt", "owl", "wanda scores"),  # OWL's dense scoring pass
+])
+def test_non_finite_activations_are_an_error_naming_the_layer(method, allocation, what):
     model = tiny_model("llama")
     with torch.no_grad():  # not a pruning target: the weight check passes, the activations do not
         model.model.layers[0].input_layernorm.weight[0] = math.inf
     with pytest.raises(NonFiniteError, match=f"{what}.* of layer 'model.layers.0.self_attn.(q|k|v)_proj' hold"):
-        pk.prune_(model, method, 0.5, calibration=_calib(), progress=False)
+        pk.prune_(model, method, 0.5, allocation=allocation, calibration=_calib(), progress=False)
     assert _no_masks(model)
 
 

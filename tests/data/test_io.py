@@ -34,3 +34,16 @@ def test_bad_paths_and_arrays_write_nothing(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_array(tmp_path / "absent.npy")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".parquet"])
+def test_saved_arrays_follow_the_umask(tmp_path, suffix):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = save_array(tmp_path / f"s{suffix}", np.ones(3))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # a bare mkstemp leaves 0600

@@ -34,6 +34,13 @@ def _same(a, b):
     (dict(method="synflow", sparsity=0.5), "example_inputs"),
     (dict(method="magnitude", sparsity=0.7, pattern="2:4"), "implies sparsity 0.5"),
     (dict(method="magnitude", sparsity=0.5, iterations=0), "iterations"),
+    (dict(method="magnitude", sparsity=0.5, alocation="global"), "unknown option 'alocation'.*did you mean 'allocation'"),
+    (dict(method="magnitude", sparsity=0.5, percdamp=0.01), "unknown option 'percdamp'"),
+    (dict(method="magnitude", pattern="2:4", allocation="global"), "does not apply to the N:M pattern"),
+    (dict(method="magnitude", sparsity=0.5, floor=0.1), "floor= is an option of allocation='global_floor'"),
+    (dict(method="magnitude", sparsity=0.5, allocation="erk", owl_m=3), "owl_m= is an option of allocation='owl'"),
+    (dict(method="magnitude", sparsity=float("nan")), r"\[0, 1\)"),
+    (dict(method="magnitud", sparsity=0.5), "did you mean 'magnitude'"),
 ])
 def test_bad_input_is_a_clear_error_and_leaves_the_model_untouched(kwargs, match):
     model = MLP()
@@ -44,11 +51,27 @@ def test_bad_input_is_a_clear_error_and_leaves_the_model_untouched(kwargs, match
     assert _same(before, _state(model))
 
 
-def test_nm_on_indivisible_dimension_names_the_layer():
+def test_nm_leaves_layers_it_cannot_shape_dense_and_lists_them():
     model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4), nn.Linear(4, 2))
-    with pytest.raises(ValueError, match="divisible by 4; layer '2'"):
-        pk.prune_(model, "magnitude", pattern="2:4")
+    with pytest.warns(UserWarning, match=r"1 of 2 tensors in scope cannot take it"):
+        report = pk.prune_(model, "magnitude", pattern="2:4")
+    assert set(report.skipped) == {"2"} and "(4, 6)" in report.skipped["2"]
+    assert set(report.layers) == {"0"} and report.sparsity == 0.5
+    assert pk.get_mask(model[2]) is None
+    assert "1 tensors left dense" in str(report)
+
+
+def test_nm_strict_names_the_layer_and_changes_nothing():
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"divisible by 4; layer '2'.*strict=True"):
+        pk.prune_(model, "magnitude", pattern="2:4", strict=True)
     assert list(pk.masked_modules(model)) == []
+
+
+def test_nm_that_fits_no_layer_is_an_error():
+    model = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
+    with pytest.raises(ValueError, match="fits none of the 1 tensors"):
+        pk.prune_(model, "magnitude", pattern="2:4")
 
 
 def test_failure_during_scoring_restores_masks():
@@ -179,3 +202,54 @@ def test_a_journal_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path, mon
     assert not stale.exists() and mine.parent == tmp_path
     journal.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_config_and_keyword_forms_are_the_same_call():
+    from prunekit.methods.config import MagnitudeConfig
+
+    a, b = MLP(), MLP()
+    b.load_state_dict(a.state_dict())
+    cfg = MagnitudeConfig(sparsity=0.6, allocation="global_floor", floor=0.1)
+    ra = pk.prune_(a, cfg)
+    rb = pk.prune_(b, "magnitude", 0.6, allocation="global_floor", floor=0.1)
+    assert ra.config == rb.config == cfg.to_dict()
+    assert ra.layers == rb.layers
+    assert all(torch.equal(pk.get_mask(x), pk.get_mask(y)) for x, y in zip(a.modules(), b.modules())
+               if pk.get_mask(x) is not None)
+    assert MagnitudeConfig.from_yaml(cfg.to_yaml()) == cfg
+
+
+def test_a_config_dict_and_overrides():
+    model = MLP()
+    report = pk.prune_(model, {"method": "magnitude", "sparsity": 0.5}, sparsity=0.7)
+    assert report.target_sparsity == 0.7
+
+
+def test_numpy_sparsity_is_accepted():
+    import numpy as np
+
+    report = pk.prune_(MLP(), "magnitude", np.float32(0.5))
+    assert report.sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+def test_deprecated_names_warn():
+    from prunekit.core.deprecation import PrunekitDeprecationWarning
+
+    with pytest.warns(PrunekitDeprecationWarning, match="amount= is deprecated, use sparsity="):
+        report = pk.prune_(MLP(), "magnitude", amount=0.5)
+    assert report.target_sparsity == 0.5
+
+
+def test_a_failure_while_building_the_report_rolls_back(monkeypatch):
+    from prunekit.methods import prune as prune_module
+
+    model = MLP()
+    before = _state(model)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("report failed")
+
+    monkeypatch.setattr(prune_module, "_report", broken)
+    with pytest.raises(RuntimeError, match="report failed"):
+        pk.prune_(model, "magnitude", 0.5)
+    assert list(pk.masked_modules(model)) == [] and _same(before, _state(model))

@@ -144,6 +144,44 @@ def test_failure_restores_weights_and_masks(monkeypatch):
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 
+def test_ctrl_c_part_way_restores_the_model_and_removes_the_journal(monkeypatch, tmp_path):
+    import tempfile
+
+    from prunekit.methods import sparsegpt
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+    original = sparsegpt.SparseGPT.prune_layer
+
+    def interrupted(self, name, *args):
+        calls.append(name)
+        if len(calls) == 5:
+            assert any(p.name.startswith("prunekit-journal-") for p in tmp_path.iterdir())
+            raise KeyboardInterrupt
+        return original(self, name, *args)
+
+    monkeypatch.setattr(sparsegpt.SparseGPT, "prune_layer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pk.prune_(model, "sparsegpt", 0.5, calibration=torch.randint(0, 128, (4, 16)), progress=False)
+    assert list(tmp_path.iterdir()) == [] and list(pk.masked_modules(model)) == []
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_a_hessian_that_cannot_be_factored_is_a_clear_error(monkeypatch):
+    from prunekit.methods import sparsegpt
+
+    def broken(h, percdamp):
+        raise torch.linalg.LinAlgError("linalg.cholesky: The factorization could not be completed")
+
+    monkeypatch.setattr(sparsegpt, "inverse_hessian_factor", broken)
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="not positive definite even with percdamp=0.01; raise percdamp"):
+        pk.prune_(model, "sparsegpt", 0.5, calibration=torch.randint(0, 128, (2, 8)), progress=False)
+    assert list(pk.masked_modules(model)) == []
+
+
 def test_options_are_checked_first():
     model = tiny_model("llama")
     with pytest.raises(ValueError, match="percdamp"):

@@ -27,3 +27,15 @@ def test_counts_exactly_the_new_tokens():
 def test_new_tokens_must_be_positive():
     with pytest.raises(ValueError, match="new_tokens"):
         generation_speed(tiny_model("llama"), Tok(), new_tokens=0)
+
+
+def test_compare_generation_interleaves_and_reports_spread():
+    from prunekit.metrics.generation import compare_generation
+
+    speeds, cmp = compare_generation({"dense": tiny_model("llama"), "pruned": tiny_model("llama")}, Tok(), "hello",
+                                     new_tokens=4, min_rounds=3, max_rounds=3)
+    assert set(speeds) == {"dense", "pruned"} and cmp.rounds == 3
+    for s in speeds.values():
+        assert s.tokens == 4 and s.prompt_tokens == 5 and s.runs == 3 and s.iqr_s >= 0
+        assert set(s.to_dict()) >= {"tokens_per_s", "spread", "noisy", "why"}
+    assert cmp.ratio("pruned", "dense").median > 0

@@ -46,7 +46,7 @@ def _trainer(model, tmp_path, callback, steps=10):
 def test_trainer_callback_drives_the_schedule(tmp_path):
     torch.manual_seed(0)
     model = TinyClassifier()
-    cb = GradualPruningCallback(final_sparsity=0.75, every=2)
+    cb = GradualPruningCallback(sparsity=0.75, every=2)
     _trainer(model, tmp_path, cb).train()
     assert cb.gradual.end_step == 10 and cb.gradual.step_count == 10
     assert [h["step"] for h in cb.gradual.history] == [2, 4, 6, 8, 10]
@@ -57,4 +57,4 @@ def test_trainer_callback_drives_the_schedule(tmp_path):
 
 def test_callback_on_a_model_with_nothing_to_prune(tmp_path):
     with pytest.raises(ValueError, match="no prunable tensors"):
-        GradualPruningCallback(model=nn.Sequential(nn.ReLU()), final_sparsity=0.5, end_step=10)
+        GradualPruningCallback(model=nn.Sequential(nn.ReLU()), sparsity=0.5, end_step=10)

@@ -40,7 +40,7 @@ def _trainer(cb, **kw):
 def test_lightning_callback_drives_the_schedule():
     torch.manual_seed(0)
     module = TinyModule()
-    cb = LightningGradualPruning(final_sparsity=0.6, every=2)
+    cb = LightningGradualPruning(sparsity=0.6, every=2)
     _trainer(cb).fit(module, _loader())
     assert cb.gradual.end_step == 10 and cb.gradual.step_count == 10
     assert [h["step"] for h in cb.gradual.history] == [2, 4, 6, 8, 10]
@@ -51,7 +51,7 @@ def test_lightning_callback_drives_the_schedule():
 
 def test_lightning_callback_on_a_model_with_nothing_to_prune():
     with pytest.raises(ValueError, match="no prunable tensors"):
-        _trainer(LightningGradualPruning(final_sparsity=0.5)).fit(TinyModule(body=False), _loader())
+        _trainer(LightningGradualPruning(sparsity=0.5)).fit(TinyModule(body=False), _loader())
 
 
 def test_lightning_callback_state_round_trip():
@@ -60,15 +60,15 @@ def test_lightning_callback_state_round_trip():
 
     torch.manual_seed(0)
     a = MLP(hidden=(16, 8))
-    cb = LightningGradualPruning(final_sparsity=0.5, end_step=4, every=1)
-    cb.gradual = Gradual(a, final_sparsity=0.5, end_step=4, every=1)
+    cb = LightningGradualPruning(sparsity=0.5, end_step=4, every=1)
+    cb.gradual = Gradual(a, sparsity=0.5, end_step=4, every=1)
     cb.on_train_batch_end(None, a, None, None, 0)
     cb.on_train_batch_end(None, a, None, None, 1)
     state = cb.state_dict()
     b = MLP(hidden=(16, 8))
-    cb2 = LightningGradualPruning(final_sparsity=0.5, end_step=4, every=1)
+    cb2 = LightningGradualPruning(sparsity=0.5, end_step=4, every=1)
     cb2.load_state_dict(state)          # before fit: kept until the schedule exists
     assert cb2._pending is state
-    cb2.gradual = Gradual(b, final_sparsity=0.5, end_step=4, every=1)
+    cb2.gradual = Gradual(b, sparsity=0.5, end_step=4, every=1)
     cb2.load_state_dict(state)          # once it exists: applied at once
     assert cb2.gradual.step_count == 2 and torch.equal(get_mask(b.body[0]), get_mask(a.body[0]))

@@ -4,7 +4,7 @@ import torch
 from prunekit.core.mask import get_mask, weight_of
 from prunekit.metrics.accuracy import accuracy
 from prunekit.models.reference import MLP
-from prunekit.train import TicketSearch, find_ticket, fit, steps_per_run
+from prunekit.train import TicketSearch, find_ticket_, fit, steps_per_run
 from prunekit.train.ticket import parse_rewind
 
 
@@ -23,7 +23,7 @@ def _train_fn(data):
 def test_imp_rewinds_to_init_and_reaches_the_target(digits_train):
     model = _model()
     init = weight_of(model.body[2]).detach().clone()
-    ticket = find_ticket(model, _train_fn(digits_train), rounds=3, rate=0.5)
+    ticket = find_ticket_(model, _train_fn(digits_train), rounds=3, rate=0.5)
     assert ticket.sparsity == pytest.approx(1 - 0.5 ** 3, abs=1e-3)
     assert ticket.rewind_step == 0 and len(ticket.rounds) == 3
     assert [r["sparsity"] for r in ticket.rounds] == pytest.approx([0.5, 0.75, 0.875], abs=1e-3)
@@ -49,19 +49,19 @@ def test_early_rewind_captures_the_weights_at_that_step(digits_train):
                 captured["w"] = weight_of(m.body[2]).detach().clone()
         fit(m, digits_train, epochs=1, lr=0.1, batch_size=64, progress=False, on_step=hook)
 
-    ticket = find_ticket(model, train, rounds=1, rate=0.5, rewind="early:0.2", steps=steps)
+    ticket = find_ticket_(model, train, rounds=1, rate=0.5, rewind="early:0.2", steps=steps)
     assert ticket.rewind_step == round(0.2 * steps) == 4
     mask = get_mask(model.body[2])
     assert torch.equal(weight_of(model.body[2]).detach()[mask], captured["w"][mask])
 
 
 def test_controls_keep_the_sparsity(digits_train):
-    base = find_ticket(_model(), _train_fn(digits_train), rounds=1, rate=0.6)
+    base = find_ticket_(_model(), _train_fn(digits_train), rounds=1, rate=0.6)
     model = _model()
-    reinit = find_ticket(model, _train_fn(digits_train), rounds=1, rate=0.6, control="reinit", seed=3)
+    reinit = find_ticket_(model, _train_fn(digits_train), rounds=1, rate=0.6, control="reinit", seed=3)
     assert torch.equal(reinit.masks["body.2"], base.masks["body.2"])
     assert not torch.allclose(weight_of(model.body[2]), weight_of(_model().body[2]))
-    rnd = find_ticket(_model(), _train_fn(digits_train), rounds=1, rate=0.6, control="random_mask")
+    rnd = find_ticket_(_model(), _train_fn(digits_train), rounds=1, rate=0.6, control="random_mask")
     assert rnd.sparsity == pytest.approx(base.sparsity, abs=1e-3)
     for name in ("body.0", "body.2"):
         assert int(rnd.masks[name].sum()) == int(base.masks[name].sum())
@@ -71,24 +71,24 @@ def test_controls_keep_the_sparsity(digits_train):
 def test_bad_input(digits_train):
     model = _model()
     with pytest.raises(ValueError, match="past the training length"):
-        find_ticket(model, _train_fn(digits_train), rewind=500, steps=21)
+        find_ticket_(model, _train_fn(digits_train), rewind=500, steps=21)
     with pytest.raises(ValueError, match="needs steps="):
-        find_ticket(model, _train_fn(digits_train), rewind="early:0.02")
+        find_ticket_(model, _train_fn(digits_train), rewind="early:0.02")
     with pytest.raises(ValueError, match="rate must be in"):
-        find_ticket(model, _train_fn(digits_train), rate=1.5)
+        find_ticket_(model, _train_fn(digits_train), rate=1.5)
     with pytest.raises(ValueError, match="control must be"):
-        find_ticket(model, _train_fn(digits_train), control="shuffle")
+        find_ticket_(model, _train_fn(digits_train), control="shuffle")
     assert parse_rewind("early:0.05", 200) == 10
     # a rewind step the training never reaches: clear error, model put back
     before = weight_of(model.body[0]).detach().clone()
     with pytest.raises(ValueError, match="never reached rewind step 999"):
-        find_ticket(model, _train_fn(digits_train), rounds=1, rewind=999)
+        find_ticket_(model, _train_fn(digits_train), rounds=1, rewind=999)
     assert torch.equal(before, weight_of(model.body[0])) and get_mask(model.body[0]) is None
 
 
 def test_search_checkpoint_and_resume_matches_an_uninterrupted_run(digits_train, digits_test):
     full = _model()
-    ticket = find_ticket(full, _train_fn(digits_train), rounds=2, rate=0.5, rewind=3, steps=21)
+    ticket = find_ticket_(full, _train_fn(digits_train), rounds=2, rate=0.5, rewind=3, steps=21)
 
     first = _model()
     search = TicketSearch(first, _train_fn(digits_train), rounds=2, rate=0.5, rewind=3, steps=21)
@@ -103,3 +103,33 @@ def test_search_checkpoint_and_resume_matches_an_uninterrupted_run(digits_train,
         assert torch.equal(t2.masks[name], ticket.masks[name])
     assert accuracy(resumed_model, digits_test) == accuracy(full, digits_test)
     assert len(resumed.mask_history) == 2
+
+
+def test_a_one_argument_train_fn_works_when_rewinding_to_init(digits_train):
+    steps = []
+
+    def train(model):  # the first thing a user writes
+        fit(model, digits_train, epochs=0.2, batch_size=64, lr=0.1, progress=False)
+        steps.append(1)
+
+    ticket = find_ticket_(_model(), train, rounds=2, rate=0.5)
+    assert len(steps) == 2 and ticket.sparsity == pytest.approx(0.75, abs=0.01)
+    assert "2 rounds, sparsity 0.75" in str(ticket) and ticket.to_dict()["rewind_step"] == 0
+
+
+def test_a_one_argument_train_fn_with_step_rewinding_fails_at_once_with_the_signature(digits_train):
+    model = _model()
+    before = weight_of(model.body[0]).detach().clone()
+    with pytest.raises(TypeError, match=r"train_fn must be a train_fn\(model, on_step\)"):
+        find_ticket_(model, lambda m: None, rewind=3, steps=21)
+    with pytest.raises(TypeError, match="takes no model"):
+        find_ticket_(model, lambda: None)
+    assert torch.equal(before, weight_of(model.body[0]))
+
+
+def test_find_ticket_old_name_warns(digits_train):
+    from prunekit.core.deprecation import PrunekitDeprecationWarning
+    from prunekit.train import find_ticket
+
+    with pytest.warns(PrunekitDeprecationWarning, match="find_ticket is deprecated, use find_ticket_"):
+        find_ticket(_model(), _train_fn(digits_train), rounds=1, rate=0.5)

@@ -1,17 +1,26 @@
 """``prunekit`` command line: thin subcommands that parse, call the library and print.
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)``; the parser's
-``func`` attribute runs it.
+``func`` attribute runs it. Every failure ends as one line on stderr and an exit code (see
+:mod:`prunekit.cli.errors`); ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
+import threading
+import traceback
+from typing import Iterator
 
-from . import data, demo, eval, export, prune, summary_cmd
+from . import data, demo, eval, export, prune, report_cmd, results_cmd, run_cmd, summary_cmd
+from .common import is_quiet, quiet_libraries
+from .errors import EXIT_INTERRUPTED, describe
 
-SUBCOMMANDS = [prune, eval, export, summary_cmd, demo, data]
+SUBCOMMANDS = [prune, eval, export, summary_cmd, demo, data, run_cmd, results_cmd, report_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,23 +30,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunekit",
         description="Prune neural networks and data sets, and measure what each method buys.",
+        epilog="Exit codes: 0 success, 1 failure, 2 bad input or usage, 130 interrupted (Ctrl-C).",
     )
     parser.add_argument("--version", action="version", version=f"prunekit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.add_parser(subs)
     return parser
 
 
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit(143), so that cleanup (temporary folders, locks) runs as for Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``prunekit`` command."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Entry point of the ``prunekit`` command: 0 on success, 1 on a failure, 2 on bad input, 130 on Ctrl-C."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("prunekit: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    debug = bool(getattr(args, "debug", False) or os.environ.get("PRUNEKIT_DEBUG"))
+    quiet = quiet_libraries() if is_quiet(args) else contextlib.nullcontext()
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
-        print(f"prunekit {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        with _terminate_as_exit(), quiet:
+            return int(args.func(args) or 0)
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the boundary: every failure becomes one line
+        failure = exc
+    code, message = describe(failure, debug)
+    if debug:
+        traceback.print_exception(failure)
+    print(f"prunekit {args.command}: {message}", file=sys.stderr)
+    return code

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import add_common, emit, say
+from .common import add_common, emit, is_quiet, say, warn
 
 DEFAULT_EVAL_WINDOWS = 16
 DEFAULT_SEQLEN = 512
@@ -119,15 +119,40 @@ def artifact_info(spec: str) -> dict[str, Any]:
     return info
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    for flag, value, low in (("--windows", args.windows, 1), ("--seqlen", args.seqlen, 2),
+                             ("--gen-tokens", args.gen_tokens, 1)):
+        if value < low:
+            raise ValueError(f"{flag} must be an integer of at least {low}, got {value}")
+
+
+def _check_model(args: argparse.Namespace, lm: Any) -> None:
+    from ..core.inputs import context_length
+
+    if not lm.causal_lm:
+        defaults = {"ppl": "pydocs", "windows": DEFAULT_EVAL_WINDOWS, "seqlen": DEFAULT_SEQLEN, "gen_tokens": 32}
+        ignored = [f"--{k.replace('_', '-')}" for k, v in defaults.items() if getattr(args, k) != v]
+        if ignored:
+            warn(args, f"{args.model} is not a causal LM: perplexity and generation are not measured, so "
+                       f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored")
+        return
+    ctx = context_length(lm.model)
+    if ctx is not None and args.seqlen > ctx:
+        raise ValueError(f"--seqlen {args.seqlen} is longer than the context of {args.model} ({ctx} tokens, "
+                         f"config.max_position_embeddings); use --seqlen {ctx} or less")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..datasets.text import eval_windows
     from ..export.load import load_artifact
     from ..metrics.memory import peak_load_memory
     from ..models.hf import read_prunekit_json
 
-    info = artifact_info(args.model)
+    _check_args(args)
     lm = load_artifact(args.model)
-    progress = not (args.quiet or args.json)
+    info = artifact_info(args.model)  # after loading: the loader's errors name bad files
+    _check_model(args, lm)
+    progress = not is_quiet(args)
     windows = None
     if lm.causal_lm:
         windows = eval_windows(lm.tokenizer, args.ppl, args.windows, args.seqlen,

@@ -13,21 +13,23 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .common import add_common, emit, say
+from ..core.atomic import check_writable, output_folder
+from .common import add_common, emit, is_quiet, say, warn
 from .eval import DEFAULT_EVAL_WINDOWS, DEFAULT_SEQLEN, measure_lm, table
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_NSAMPLES = 32
+CALIBRATED = ("wanda", "sparsegpt")
 
 
 def add_parser(subs: argparse._SubParsersAction) -> None:
     p = subs.add_parser("prune", help="prune a language model with calibration text and save it", description=__doc__)
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="an alias (smollm2-135m, minilm-l6), a Hugging Face folder or a .gguf file (default smollm2-135m)")
-    p.add_argument("--method", default="wanda", help="wanda (default), sparsegpt, magnitude")
+    p.add_argument("--method", default=None, help="wanda (default), sparsegpt, magnitude")
     p.add_argument("--sparsity", type=float, default=None, help="fraction of weights to zero (default 0.5; implied by N:M)")
-    p.add_argument("--pattern", default="unstructured", help="unstructured (default), row, N:M such as 2:4")
-    p.add_argument("--allocation", default="uniform", help="uniform (default), owl, global, erk, lamp")
+    p.add_argument("--pattern", default=None, help="unstructured (default), row, N:M such as 2:4")
+    p.add_argument("--allocation", default=None, help="uniform (default), owl, global, erk, lamp (not with N:M)")
     p.add_argument("--calib", default=None, metavar="TEXT",
                    help="calibration text: pydocs (default), wikitext2, c4, a text file or a folder")
     p.add_argument("--ppl", default=None, metavar="TEXT", help="evaluation text (default: the calibration source)")
@@ -39,32 +41,45 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--structured", choices=["heads", "neurons", "layers"], default=None,
                    help="physically remove attention heads (GQA groups), MLP neurons or whole blocks instead of "
                         "masking weights; --ratio says how many")
-    p.add_argument("--ratio", type=float, default=0.25, help="with --structured: fraction removed (default 0.25)")
-    p.add_argument("--device", default=None, help="e.g. cuda: the model stays on the CPU, each block visits the device")
+    p.add_argument("--ratio", type=float, default=None, help="with --structured: fraction removed (default 0.25)")
+    p.add_argument("--device", default=None,
+                   help="wanda/sparsegpt: e.g. cuda: the model stays on the CPU, each block visits the device")
     p.add_argument("--format", default="safetensors", choices=["safetensors", "compressed"],
                    help="safetensors (default: dense, zeros in place) or compressed (compressed-tensors sparse "
                         "layout: sparse-bitmask, or sparse-24-bitmask for 2:4); GGUF: prunekit export")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="dtype of the saved weights (default auto: the source's; bfloat16 for a GGUF source)")
     p.add_argument("--out", default=None, help="output folder (default pruned-<model name>)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is a folder prunekit wrote (any other folder is never replaced)")
     add_common(p)
     p.set_defaults(func=run)
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
-    out = Path(args.out) if args.out else Path(f"pruned-{Path(str(args.model)).stem.lower()}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise ValueError(f"--out {str(out)!r} exists and is not empty; pass --overwrite to replace it, or pick another folder")
-    return out
+    return Path(args.out) if args.out else Path(f"pruned-{Path(str(args.model)).stem.lower()}")
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    """Every option is checked before any work, and an option that would be ignored is an error."""
     from ..core.allocate import ALLOCATIONS
     from ..core.pattern import parse_pattern
     from ..methods import METHODS
 
+    for name in ("nsamples", "seqlen", "eval_windows"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be 0 or more, got {args.seed}")
     if args.structured is not None:
+        given = [f"--{n}" for n in ("sparsity", "method", "pattern", "allocation", "device")
+                 if getattr(args, n) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to weight pruning "
+                             f"(masks) and would be ignored with --structured, which removes whole {args.structured} "
+                             "ranked by its own importance; say how much with --ratio")
+        if args.ratio is None:
+            args.ratio = 0.25
         if not 0 <= args.ratio < 1:
             raise ValueError(f"--ratio must be in [0, 1), got {args.ratio}")
         if args.format == "compressed":
@@ -72,71 +87,108 @@ def _check_args(args: argparse.Namespace) -> None:
                              "of zeroing them, so there would be nothing to compress: the model itself is smaller. "
                              "Use --format safetensors (the default)")
         return
+    if args.ratio is not None:
+        raise ValueError("--ratio applies only with --structured; use --sparsity for the fraction of weights to zero")
+    args.method = args.method or "wanda"
     METHODS.get(args.method)
-    pattern = parse_pattern(args.pattern)
-    if pattern.kind != "nm":
+    pattern = parse_pattern(args.pattern or "unstructured")
+    args.pattern = args.pattern or "unstructured"
+    if pattern.kind == "nm":
+        if args.allocation is not None:
+            raise ValueError(f"--allocation does not apply to the N:M pattern {args.pattern} (every group of "
+                             f"{pattern.m} keeps {pattern.n}); drop it")
+        args.allocation = "uniform"
+    else:
+        args.allocation = args.allocation or "uniform"
         ALLOCATIONS.get(args.allocation)
         if args.sparsity is None:
             args.sparsity = 0.5
         if args.format == "compressed" and args.sparsity == 0:
             raise ValueError("--format compressed with --sparsity 0: no weight would be zero, so the compressed "
                              "folder would be larger than the dense one. Use --format safetensors")
-    for name in ("nsamples", "seqlen", "eval_windows"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.device is not None and args.method not in CALIBRATED:
+        raise ValueError(f"--device applies to {' and '.join(CALIBRATED)} (calibrated block by block); "
+                         f"{args.method} runs where the model is, on the CPU. Drop --device")
 
 
-def save_pruned(model: Any, tokenizer: Any, out: Path, meta: dict[str, Any],
-                report_text: str | Callable[[Any], str], fmt: str = "safetensors", dtype: Any = None,
-                overwrite: bool = True) -> Any:
-    """Write the model (``fmt``: safetensors or compressed, in ``dtype``), tokenizer, prunekit.json and
-    report.txt into ``out`` atomically (``core.atomic.output_folder``); returns what was saved
-    (:class:`prunekit.export.SavedModel`). ``report_text`` may be a function of it (for the saved bytes)."""
-    from ..core.atomic import atomic_file, output_folder
+def _check_model(args: argparse.Namespace, lm: Any) -> None:
+    """Checks that need the loaded model: the windows fit its context; options it would ignore."""
+    from ..core.inputs import context_length
+
+    ctx = context_length(lm.model)
+    if ctx is not None and args.seqlen > ctx:
+        raise ValueError(f"--seqlen {args.seqlen} is longer than the context of {args.model} ({ctx} tokens, "
+                         f"config.max_position_embeddings); use --seqlen {ctx} or less")
+    if not lm.causal_lm:
+        ignored = [n for n, given in (("--ppl", args.ppl is not None),
+                                      ("--eval-windows", args.eval_windows != DEFAULT_EVAL_WINDOWS)) if given]
+        if ignored:
+            warn(args, f"{args.model} is not a causal LM: perplexity is not measured, so {', '.join(ignored)} "
+                       "is ignored")
+
+
+def save_pruned(model: Any, tokenizer: Any, folder: Path, meta: dict[str, Any],
+                report_text: str | Callable[[Any], str], fmt: str = "safetensors", dtype: Any = None) -> Any:
+    """Write the model (``fmt``: safetensors or compressed, floats in ``dtype``), tokenizer, prunekit.json and
+    report.txt into ``folder``: the fresh folder :func:`prunekit.core.atomic.output_folder` yields, which
+    becomes ``--out`` once the run succeeds. ``report_text`` may be a function of what was saved (its
+    bytes on disk go in the table); returns it (:class:`prunekit.export.SavedModel`)."""
     from ..export.dtype import SaveDtype
     from ..export.save import plan_save, save_model
 
     dtype = dtype or SaveDtype(next(model.parameters()).dtype, "the model's dtype")
     plan = plan_save(model, fmt, dtype)  # every check (e.g. no sparsity to compress) before writing
-    with output_folder(out, overwrite) as tmp:
-        saved = save_model(model, tokenizer, tmp, fmt, dtype, plan)
-        meta["saved"] = saved.to_dict()
-        text = report_text(saved) if callable(report_text) else report_text
-        with atomic_file(tmp / "prunekit.json") as f:
-            f.write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        with atomic_file(tmp / "report.txt") as f:
-            f.write_text(text + "\n")
+    saved = save_model(model, tokenizer, folder, fmt, dtype, plan)
+    meta["saved"] = saved.to_dict()
+    text = report_text(saved) if callable(report_text) else report_text
+    (folder / "prunekit.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    (folder / "report.txt").write_text(text + "\n")
     return saved
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check everything, then prune and measure with ``--out`` locked and a fresh folder beside it,
+    which replaces ``--out`` only once everything in it is written."""
+    _check_args(args)
+    out = _out_dir(args)
+    started = time.perf_counter()
+    with output_folder(out, overwrite=args.overwrite) as folder:  # checks --out before the model is loaded
+        meta, text = _prune_and_save(args, folder)
+    meta["out"] = str(out)
+    meta["total_seconds"] = time.perf_counter() - started
+    emit(args, meta, f"{text}\n\nsaved to {out}/ in {meta['total_seconds']:.0f} s total")
+    return 0
+
+
+def _prune_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Any], str]:
     from .. import __version__
+    from ..core.inputs import check_token_ids
     from ..core.mask import finalize_
     from ..datasets.text import calibration_windows, eval_windows
     from ..methods import plan_prune, prune_
-    from ..core.atomic import check_output_folder
     from ..export.dtype import resolve_dtype
     from ..metrics.size import weight_bytes
     from ..models.hf import load_model, resolve_model_path
 
-    _check_args(args)
-    out = _out_dir(args)
-    check_output_folder(out, args.overwrite)
-    save_dtype = resolve_dtype(args.dtype, args.model)
-    progress = not (args.quiet or args.json)
+    progress = not is_quiet(args)
     chatter = lambda t: say(args, t)  # noqa: E731
     calib_src = args.calib or "pydocs"
     eval_src = args.ppl or calib_src
-    started = time.perf_counter()
     say(args, f"loading {args.model} ...")
     lm = load_model(args.model)
+    _check_model(args, lm)
+    save_dtype = resolve_dtype(args.dtype, args.model)  # after loading: the loader's errors name bad files
+    source_path = resolve_model_path(args.model)
+    check_writable(folder, needed_bytes=sum(p.numel() * p.element_size() for p in lm.model.parameters()))
     calib = calibration_windows(lm.tokenizer, calib_src, args.nsamples, args.seqlen, args.seed,
                                 default=args.calib is None, say=chatter)
+    check_token_ids(calib, lm.model, "calibration windows")
     windows = None
     if lm.causal_lm:
         windows = eval_windows(lm.tokenizer, eval_src, args.eval_windows, args.seqlen,
                                default=args.calib is None and args.ppl is None, say=chatter)
-    options = {"device": args.device} if args.device and args.method in ("wanda", "sparsegpt") else {}
+        check_token_ids(windows, lm.model, "evaluation windows")
+    options = {"device": args.device} if args.device else {}
     prune_args = dict(pattern=args.pattern, allocation=args.allocation, calibration=calib, seed=args.seed,
                       progress=progress, **options)
     structured = args.structured is not None
@@ -144,7 +196,6 @@ def run(args: argparse.Namespace) -> int:
         plan_prune(lm.model, args.method, args.sparsity, **prune_args)  # every check, before any work
     say(args, "measuring the dense model ...")
     before = measure_lm(lm.model, lm.tokenizer, windows, causal=lm.causal_lm, progress=progress, speed=structured)
-    source_path = resolve_model_path(args.model)
     before["file_bytes"] = weight_bytes(source_path)
     meta: dict[str, Any] = {"prunekit_version": __version__, "model": str(args.model), "source_path": str(source_path)}
     if structured:
@@ -179,9 +230,5 @@ def run(args: argparse.Namespace) -> int:
         return (head + table({"before": before, "after": after}, ppl_label)
                 + f"\n\nsaved file: before = the source ({source_path.name}), after = {saved}")
 
-    saved = save_pruned(lm.model, lm.tokenizer, out, meta, render, args.format, save_dtype, overwrite=args.overwrite)
-    text = render(saved)
-    meta["out"] = str(out)
-    meta["total_seconds"] = time.perf_counter() - started
-    emit(args, meta, f"{text}\n\nsaved to {out}/ in {meta['total_seconds']:.0f} s total")
-    return 0
+    text = render(save_pruned(lm.model, lm.tokenizer, folder, meta, render, args.format, save_dtype))
+    return meta, text

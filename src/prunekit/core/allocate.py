@@ -20,17 +20,20 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor
 
+from .deprecation import renamed_args
+from .fraction import check_fraction
 from .registry import Registry
 
 Allocation = Callable[..., dict[str, int]]
 ALLOCATIONS: Registry[Allocation] = Registry("allocation")
 
 
-def allocate(scores: Mapping[str, Tensor], sparsity: float, method: str = "uniform", **options) -> dict[str, int]:
-    """Number of weights each layer should prune so that the total sparsity is ``sparsity``."""
-    fn = ALLOCATIONS.get(method)
-    if not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+@renamed_args(method="allocation")
+def allocate(scores: Mapping[str, Tensor], sparsity: float, allocation: str = "uniform", **options) -> dict[str, int]:
+    """Number of weights each layer should prune so that the total sparsity is ``sparsity``, spread by
+    the registered ``allocation`` (``method=`` is its deprecated name)."""
+    fn = ALLOCATIONS.get(allocation)
+    sparsity = check_fraction(sparsity, "sparsity")
     return fn(dict(scores), sparsity, **options)
 
 

@@ -24,15 +24,17 @@ import ctypes
 import errno
 import json
 import os
-import re
 import shutil
-import signal
 import tempfile
-import threading
 import warnings
-import zlib
 from pathlib import Path
 from typing import Callable, Iterator
+
+from .fsops import (OutputBusyError, OutputLock, alive, file_mode, fsync_dir, fsync_file, remove, remove_scratch,
+                    scratch_folder, signals_held, stem, tags, umask)
+
+__all__ = ["MARKER", "OutputBusyError", "OutputError", "atomic_file", "check_output_folder", "check_writable",
+           "is_prunekit_folder", "output_folder", "recover", "remove_scratch", "scratch_folder", "umask"]
 
 MARKER = "prunekit.json"
 
@@ -46,97 +48,9 @@ class OutputError(ValueError):
     """An output path that cannot or may not be written (the message says why and what to do)."""
 
 
-class OutputBusyError(RuntimeError):
-    """Another process is writing the same output folder."""
-
-
 def _step(name: str) -> None:
     if _STEP_HOOK is not None:
         _STEP_HOOK(name)
-
-
-def umask() -> int:
-    """The process's umask, read without changing it where the system allows."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
-def _stem(name: str) -> str:
-    """A file name short enough to carry prunekit's temporary tags (long names are shortened + hashed)."""
-    if len(name.encode()) <= 150:
-        return name
-    return f"{name[:80]}~{zlib.crc32(name.encode()):08x}"
-
-
-_TAG = re.compile(r"(tmp|new|old)-(\d+)-[a-z0-9_]+")
-
-
-def _tags(folder: Path, name: str) -> Iterator[tuple[str, int, Path]]:
-    """(kind, pid, path) of prunekit's temporaries for ``name`` inside ``folder``."""
-    prefix = f".{_stem(name)}.prunekit-"
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for entry in entries:
-        if entry.name.startswith(prefix):
-            m = _TAG.match(entry.name[len(prefix):])
-            if m:
-                yield m.group(1), int(m.group(2)), Path(entry.path)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _file_mode(path: Path, mask: int) -> int:
-    executable = os.stat(path).st_mode & 0o111
-    return (0o666 | executable) & ~mask
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -153,22 +67,22 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         raise FileNotFoundError(f"{parent}: no such folder to write {target.name} into")
     if target.is_dir():
         raise OutputError(f"{target} is a folder; expected a file path")
-    for kind, pid, p in _tags(parent, target.name):
-        if kind == "tmp" and not _alive(pid):
-            _remove(p)
-    fd, name = tempfile.mkstemp(prefix=f".{_stem(target.name)}.prunekit-tmp-{os.getpid()}-",
+    for kind, pid, p in tags(parent, target.name):
+        if kind == "tmp" and not alive(pid):
+            remove(p)
+    fd, name = tempfile.mkstemp(prefix=f".{stem(target.name)}.prunekit-tmp-{os.getpid()}-",
                                 suffix=target.suffix, dir=parent)
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
         _step("file-written")
-        os.chmod(tmp, _file_mode(tmp, umask()))
-        _fsync_file(tmp)
+        os.chmod(tmp, file_mode(tmp, umask()))
+        fsync_file(tmp)
         _step("file-synced")
         os.replace(tmp, target)
         _step("file-replaced")
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -258,69 +172,24 @@ def check_writable(out: str | os.PathLike, needed_bytes: int | None = None) -> N
                               f"{needed_bytes / 1e6:,.0f} MB are needed. Free some space or choose another disk")
 
 
-class _Lock:
-    """An exclusive, non-blocking ``flock`` on ``.<name>.prunekit-lock`` beside ``out``, removed on release."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.path = out.parent / f".{_stem(out.name)}.prunekit-lock"
-        self.fd: int | None = None
-
-    def __enter__(self) -> "_Lock":
-        import fcntl
-
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                raise OutputBusyError(
-                    f"--out {self.out} is being written by another "
-                    f"prunekit run (pid {holder}); wait for it to finish or choose another folder") from None
-            except BaseException:
-                os.close(fd)
-                raise
-            try:  # the file may have been removed by its last holder between our open and our lock
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                os.ftruncate(fd, 0)
-                os.write(fd, str(os.getpid()).encode())
-                self.fd = fd
-                return self
-            os.close(fd)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd is None:
-            return
-        with contextlib.suppress(OSError):
-            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
-                os.unlink(self.path)
-        os.close(self.fd)
-        self.fd = None
-
-
 def recover(out: str | os.PathLike) -> list[str]:
     """Finish what an interrupted save of ``out`` left: put a hidden old folder back when ``out`` is
     missing, and remove the temporaries of dead processes. Returns what was done (for messages)."""
     target = _resolve(out)
     if not target.parent.is_dir():
         return []
-    with _Lock(target):
+    with OutputLock(target):
         return _recover_locked(target)
 
 
 def _recover_locked(out: Path) -> list[str]:
     done: list[str] = []
     olds = []
-    for kind, pid, path in _tags(out.parent, out.name):
+    for kind, pid, path in tags(out.parent, out.name):
         if kind == "old":  # every swap runs under the lock we hold, so any old folder is a leftover
             olds.append(path)
-        elif not _alive(pid):
-            _remove(path)
+        elif not alive(pid):
+            remove(path)
             done.append(f"removed {path.name}, left by a run that was stopped")
     if olds and not os.path.lexists(out):
         newest = max(olds, key=lambda p: p.stat().st_mtime)
@@ -328,7 +197,7 @@ def _recover_locked(out: Path) -> list[str]:
         olds.remove(newest)
         done.append(f"restored {out} from {newest.name}: an earlier save was stopped while replacing it")
     for path in olds:
-        _remove(path)
+        remove(path)
         done.append(f"removed {path.name}, the old version an earlier save had replaced")
     return done
 
@@ -364,9 +233,9 @@ def _finish_tree(folder: Path, mask: int) -> None:
             p = Path(root, f)
             if p.is_symlink():
                 continue
-            os.chmod(p, _file_mode(p, mask))
-            _fsync_file(p)
-        _fsync_dir(Path(root))
+            os.chmod(p, file_mode(p, mask))
+            fsync_file(p)
+        fsync_dir(Path(root))
 
 
 _RENAME_EXCHANGE = 2
@@ -391,20 +260,6 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM for the few system calls of a swap (they arrive right after it)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    held = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def _commit(tmp: Path, out: Path, overwrite: bool) -> None:
     if not is_prunekit_folder(tmp):
         raise OutputError(f"output_folder: nothing was saved to {out}: the new folder has no {MARKER} "
@@ -419,7 +274,7 @@ def _commit(tmp: Path, out: Path, overwrite: bool) -> None:
     except OutputError as exc:
         raise OutputError(f"{exc} (it changed while this run worked; nothing was replaced)") from None
     old: Path | None = None
-    with _signals_held():
+    with signals_held():
         if state in ("missing", "empty"):
             try:
                 os.replace(tmp, out)  # rename(2) replaces an empty folder atomically
@@ -433,7 +288,7 @@ def _commit(tmp: Path, out: Path, overwrite: bool) -> None:
             _step("exchanged")
             old = tmp  # the old version now lives under the temporary's name
         else:
-            old = out.parent / f".{_stem(out.name)}.prunekit-old-{os.getpid()}-{os.urandom(4).hex()}"
+            old = out.parent / f".{stem(out.name)}.prunekit-old-{os.getpid()}-{os.urandom(4).hex()}"
             os.rename(out, old)
             _step("moved-old")
             try:
@@ -442,9 +297,9 @@ def _commit(tmp: Path, out: Path, overwrite: bool) -> None:
                 os.rename(old, out)
                 raise
             _step("moved-new")
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     if old is not None:
-        _remove(old)
+        remove(old)
         _step("removed-old")
 
 
@@ -462,11 +317,11 @@ def output_folder(out: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     check_writable(target)
     created = _make_parents(target.parent)
     try:
-        with _Lock(target):
+        with OutputLock(target):
             for note in _recover_locked(target):
                 warnings.warn(note, stacklevel=3)
             _refuse(target, _state(target), overwrite)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{_stem(target.name)}.prunekit-new-{os.getpid()}-",
+            tmp = Path(tempfile.mkdtemp(prefix=f".{stem(target.name)}.prunekit-new-{os.getpid()}-",
                                         dir=target.parent))
             try:
                 os.chmod(tmp, 0o777 & ~umask())
@@ -476,7 +331,7 @@ def output_folder(out: str | os.PathLike, overwrite: bool = False) -> Iterator[P
                 _commit(tmp, target, overwrite)
             finally:
                 if tmp.exists():
-                    _remove(tmp)
+                    remove(tmp)
     except BaseException:
         for folder in created:
             with contextlib.suppress(OSError):
@@ -484,40 +339,3 @@ def output_folder(out: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         raise
 
 
-# ----------------------------------------------------------------------------------- scratch folders
-
-_SCRATCH: set[Path] = set()
-_SCRATCH_AT_EXIT = False
-
-
-def scratch_folder(prefix: str) -> Path:
-    """A private temporary folder ``<tmp>/<prefix>-<pid>-<random>`` for work files (e.g. weight copies);
-    those left by dead processes are removed first, and any still open are removed at exit."""
-    base = Path(tempfile.gettempdir())
-    pattern = re.compile(re.escape(prefix) + r"-(\d+)-[a-z0-9_]+$")
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(base):
-            m = pattern.match(entry.name)
-            if m and not _alive(int(m.group(1))):
-                _remove(Path(entry.path))
-    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}-{os.getpid()}-", dir=base))
-    global _SCRATCH_AT_EXIT
-    if not _SCRATCH_AT_EXIT:
-        import atexit
-
-        atexit.register(_remove_all_scratch)
-        _SCRATCH_AT_EXIT = True
-    _SCRATCH.add(folder)
-    return folder
-
-
-def remove_scratch(folder: str | os.PathLike) -> None:
-    """Delete a folder made by :func:`scratch_folder`."""
-    path = Path(folder)
-    _SCRATCH.discard(path)
-    _remove(path)
-
-
-def _remove_all_scratch() -> None:
-    for folder in list(_SCRATCH):
-        remove_scratch(folder)

@@ -23,14 +23,22 @@ C = TypeVar("C", bound="Config")
 
 
 class ConfigError(ValueError):
-    """A config (or the keywords that build one) has an unknown field, a wrong type or a bad value."""
+    """A config (or the keywords that build one) has an unknown field, a wrong type or a bad value.
+
+    ``problems`` lists each one as ``(loc, message)``, ``loc`` being the field's path in the input
+    (so a recipe can point at the line of a YAML file)."""
+
+    def __init__(self, message: str, problems: list[tuple[tuple, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
 
 
 def _describe(err: dict[str, Any], cls: type[BaseModel]) -> str:
-    loc = ".".join(str(p) for p in err.get("loc", ())) or "(config)"
     kind = err.get("type", "")
     if kind == "extra_forbidden":
         name = str(err["loc"][-1])
+        if len(err["loc"]) > 1:
+            return f"unknown option {name!r} in {'.'.join(str(p) for p in err['loc'][:-1])}"
         allowed = sorted(cls.model_fields)
         close = difflib.get_close_matches(name, allowed, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -41,7 +49,14 @@ def _describe(err: dict[str, Any], cls: type[BaseModel]) -> str:
             return msg[len(prefix):]
     value = err.get("input")
     shown = "" if isinstance(value, Mapping) else f", got {value!r}"
-    return f"{loc}: {msg}{shown}"
+    return f"{msg}{shown}"
+
+
+def _with_loc(loc: tuple, message: str) -> str:
+    """``message`` prefixed with its field unless the message names it already."""
+    name = ".".join(str(p) for p in loc)
+    return message if not name or message.startswith(name.split(".")[-1]) or message.startswith("unknown option") \
+        else f"{name}: {message}"
 
 
 class Config(BaseModel):
@@ -59,8 +74,9 @@ class Config(BaseModel):
         try:
             return cls.model_validate(merged)
         except ValidationError as exc:
-            problems = "; ".join(_describe(e, cls) for e in exc.errors())
-            raise ConfigError(f"{where + ': ' if where else ''}{cls.__name__}: {problems}") from None
+            problems = [(tuple(e.get("loc", ())), _describe(e, cls)) for e in exc.errors()]
+            text = "; ".join(_with_loc(loc, m) for loc, m in problems)
+            raise ConfigError(f"{where + ': ' if where else ''}{cls.__name__}: {text}", problems) from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data; ``type(self).parse(self.to_dict())`` gives an equal config."""

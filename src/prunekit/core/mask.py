@@ -7,7 +7,8 @@ multiplies the weight, gradients of pruned entries are zero and optimizer steps 
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -78,18 +79,50 @@ def remove_mask_(module: nn.Module, name: str = "weight", bake: bool = True) -> 
     parametrize.remove_parametrizations(module, name, leave_parametrized=bake)
 
 
-def finalize_(model: nn.Module) -> nn.Module:
-    """Bake every mask into its weight and remove the parametrizations; outputs do not change."""
-    for _, module in list(masked_modules(model)):
+_FINALIZED = "_prunekit_finalized"
+
+
+@dataclass
+class MaskReport:
+    """What :func:`finalize_` or :func:`unprune_` did: the action and the tensors it touched."""
+
+    action: str
+    tensors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data."""
+        return {"action": self.action, "tensors": list(self.tensors)}
+
+    def __str__(self) -> str:
+        return f"{self.action}: {len(self.tensors)} masked tensors"
+
+
+def finalize_(model: nn.Module) -> MaskReport:
+    """Bake every mask into its weight and remove the parametrizations; outputs do not change, and the
+    dense weights underneath are gone (so :func:`unprune_` can no longer restore them)."""
+    names = []
+    for name, module in list(masked_modules(model)):
         remove_mask_(module, "weight", bake=True)
-    return model
+        setattr(module, _FINALIZED, True)
+        names.append(name)
+    return MaskReport("finalized", names)
 
 
-def unprune_(model: nn.Module) -> nn.Module:
-    """Remove every mask and give back the dense weights kept underneath."""
-    for _, module in list(masked_modules(model)):
+def unprune_(model: nn.Module) -> MaskReport:
+    """Remove every mask and give back the dense weights kept underneath.
+
+    A model whose masks were baked in by :func:`finalize_` has no dense weights left: that is an
+    error rather than a silent no-op."""
+    masked = list(masked_modules(model))
+    if not masked:
+        baked = [n for n, m in model.named_modules() if getattr(m, _FINALIZED, False)]
+        if baked:
+            raise ValueError(f"unprune_ cannot restore dense weights: finalize_ baked the masks of {len(baked)} "
+                             f"tensors ({', '.join(baked[:3])}{', ...' if len(baked) > 3 else ''}) into the weights and "
+                             "dropped the dense copies; unprune_ before finalize_, or reload the dense model")
+    for _, module in masked:
         remove_mask_(module, "weight", bake=False)
-    return model
+    return MaskReport("unpruned", [n for n, _ in masked])
 
 
 class MaskSnapshot:
@@ -112,7 +145,6 @@ class MaskSnapshot:
                 set_mask_(modules[name], mask)
 
 
-_ORIGINAL = ".parametrizations.weight.original"
 _MASK = ".parametrizations.weight.0.mask"
 
 

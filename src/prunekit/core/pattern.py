@@ -91,13 +91,24 @@ def check_pattern(pattern: Pattern, shape: tuple[int, ...], name: str = "tensor"
 
 
 def _prune_lowest(scores: Tensor, k: int) -> Tensor:
-    """Keep-mask along the last dim that prunes the ``k`` lowest entries of each row."""
+    """Keep-mask along the last dim that prunes the ``k`` lowest entries of each row; among equal
+    scores the lower index goes first (as a stable sort would order them).
+
+    Linear time: the k-th value is found by selection (``kthvalue``), not by sorting every score.
+    """
     keep = torch.ones_like(scores, dtype=torch.bool)
-    if k <= 0:
+    n = scores.shape[-1]
+    if k <= 0 or n == 0:
         return keep
-    order = torch.argsort(scores, dim=-1, stable=True)[..., :k]
-    keep.scatter_(-1, order, False)
-    return keep
+    if k >= n:
+        return ~keep
+    threshold = torch.kthvalue(scores, k, dim=-1, keepdim=True).values
+    below = scores < threshold
+    ties = scores == threshold
+    need = k - below.sum(-1, keepdim=True)  # how many of the tied entries each row must still lose
+    if bool((ties.sum(-1, keepdim=True) <= need).all()):
+        return ~(below | ties)
+    return ~(below | (ties & (ties.cumsum(-1) <= need)))
 
 
 def _nm_view(t: Tensor, m: int) -> Tensor:

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 from torch import nn
 
-from .mask import weight_of
+from .mask import get_mask, weight_of
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -165,3 +165,13 @@ def select_targets(model: nn.Module, scope: Scope | dict | Sequence[str] | str |
             "check the globs against the names in model.named_modules()"
         )
     return targets
+
+
+def targets_sparsity(targets: Sequence[Target]) -> float:
+    """The fraction of the targets' weights their masks prune (0 for tensors without a mask)."""
+    total = zeros = 0
+    for t in targets:
+        mask = get_mask(t.module, t.param)
+        total += t.numel
+        zeros += 0 if mask is None else int(mask.numel() - mask.sum())
+    return zeros / total if total else 0.0

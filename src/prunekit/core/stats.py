@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .calling import call_model
-from .latency import latency
+from .latency import Latency, latency
 from .mask import get_mask
 from .scope import PRUNABLE_TYPES, is_transposed, select_targets
 
@@ -54,7 +54,7 @@ class ModelSummary:
     layers: list[LayerStats] = field(default_factory=list)
     dense_bytes: int = 0
     sparse_bytes: int = 0
-    latency_ms: dict[int, float] = field(default_factory=dict)
+    latency: dict[int, Latency] = field(default_factory=dict)
 
     @property
     def params(self) -> int:
@@ -91,7 +91,8 @@ class ModelSummary:
                 "params": self.params, "nonzeros": self.nonzeros, "sparsity": self.sparsity,
                 "scope_sparsity": self.scope_sparsity, "macs": self.macs, "effective_macs": self.effective_macs,
                 "dense_bytes": self.dense_bytes, "sparse_bytes": self.sparse_bytes,
-                "latency_ms": {str(b): ms for b, ms in self.latency_ms.items()},
+                "latency_ms": {str(b): t.median_ms for b, t in self.latency.items()},
+                "latency": {str(b): t.to_dict() for b, t in self.latency.items()},
             },
         }
 
@@ -117,9 +118,10 @@ class ModelSummary:
             f"sparsity in scope {self.scope_sparsity:.2%}; size dense {_bytes(self.dense_bytes)}, "
             f"stored sparse {_bytes(self.sparse_bytes)} ({self.dense_bytes / max(self.sparse_bytes, 1):.2f}x smaller)"
         )
-        if self.latency_ms:
-            lines.append("CPU latency (median): " + ", ".join(
-                f"batch {b}: {ms:.1f} ms" for b, ms in self.latency_ms.items()))
+        if self.latency:
+            threads = next(iter(self.latency.values())).threads
+            lines.append(f"CPU latency (median ± half the IQR, {threads} thread(s)): " + ", ".join(
+                f"batch {b}: {t}" for b, t in self.latency.items()))
         return "\n".join(lines)
 
 
@@ -252,5 +254,5 @@ def summary(model: nn.Module, example_inputs: Any = None, scope: Any = None,
         result.dense_bytes += dense_b
         result.sparse_bytes += sparse_b
     for b in latency_batches:
-        result.latency_ms[b] = latency(model, _batch_of(example_inputs, b), runs=10, warmup=2, threads=None).median_ms
+        result.latency[b] = latency(model, _batch_of(example_inputs, b), runs=30, warmup=2, threads=None)
     return result

@@ -4,10 +4,11 @@ the file appears complete under its name or not at all."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..core.atomic import atomic_file
 
 FORMATS = (".npy", ".parquet")
 
@@ -49,9 +50,7 @@ def save_array(path: str | os.PathLike, array: np.ndarray, column: str = "value"
     target = Path(path)
     if not target.parent.exists():
         raise FileNotFoundError(f"{target.parent}: no such folder to write {target.name} into")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=fmt, dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_file(target) as tmp:  # unique temporary beside it, umask permissions, renamed into place
         if fmt == ".npy":
             with open(tmp, "wb") as f:
                 np.save(f, arr, allow_pickle=False)
@@ -60,9 +59,4 @@ def save_array(path: str | os.PathLike, array: np.ndarray, column: str = "value"
             import pyarrow.parquet as pq
 
             pq.write_table(pa.table({column: arr}), tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return target

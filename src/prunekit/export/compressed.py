@@ -206,9 +206,15 @@ def sparsity_config_of(folder: str | Path) -> dict[str, Any] | None:
     path = Path(folder) / "config.json"
     if not path.is_file():
         return None
-    qc = json.loads(path.read_text()).get("quantization_config") or {}
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # not readable: the loader's own checks say what is wrong with it
+    qc = (config.get("quantization_config") if isinstance(config, dict) else None) or {}
+    if not isinstance(qc, dict):
+        return None
     sc = qc.get("sparsity_config") or {}
-    if qc.get("quant_method") != "compressed-tensors" or sc.get("format") not in FORMATS:
+    if qc.get("quant_method") != "compressed-tensors" or not isinstance(sc, dict) or sc.get("format") not in FORMATS:
         return None
     return sc
 

@@ -39,6 +39,8 @@ class PrunePlan:
     calibration: Any = None
     progress: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+    config: Any = None  # the PruneConfig this plan was made from
+    skipped: dict[str, str] = field(default_factory=dict)  # tensors in scope left dense, with the reason
     journal: "WeightJournal | None" = None
 
 
@@ -90,9 +92,26 @@ class Method(Protocol):
     def masks(self, model: nn.Module, plan: PrunePlan) -> dict[str, Tensor]: ...
 
 
-METHODS: Registry[Callable[[], Method]] = Registry("method")
+METHODS: Registry[Callable[[], Method]] = Registry("method", key="method")
 
 
-def register_method(name: str):
-    """Decorator registering a method factory under ``name``."""
-    return METHODS.register(name)
+def register_method(name: str, config: type | None = None):
+    """Decorator registering a method factory under ``name`` with its config class (a subclass of
+    :class:`prunekit.methods.config.PruneConfig`; by default one with no options of its own)."""
+
+    def deco(factory):
+        METHODS.add(name, factory, config or _plain_config(name))
+        return factory
+
+    return deco
+
+
+def _plain_config(name: str) -> type:
+    from typing import Literal
+
+    from pydantic import create_model
+
+    from .config import PruneConfig
+
+    return create_model(f"{name.title().replace('_', '')}Config", __base__=PruneConfig,
+                        method=(Literal[name], name))

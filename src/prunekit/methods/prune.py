@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..core.allocate import ALLOCATIONS
+from ..core.deprecation import take_renamed
 from ..core.mask import MaskSnapshot, get_mask, set_mask_
 from ..core.pattern import Pattern, check_pattern, parse_pattern
-from ..core.scope import Scope, select_targets
+from ..core.scope import Target, select_targets
 from ..criteria.base import ScoreContext
 from .base import METHODS, PrunePlan, WeightJournal
+from .config import PruneConfig
 
 
 @dataclass
@@ -31,62 +33,94 @@ class PruneReport:
     zeros_in_scope: int
     layers: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    skipped: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data (JSON-ready)."""
         return asdict(self)
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"{self.method} ({self.pattern}, {self.allocation}): {len(self.layers)} tensors, "
             f"sparsity {self.sparsity:.4f} (target {self.target_sparsity:.4f}) over {self.params_in_scope:,} "
             f"weights in scope, {self.seconds:.2f} s"
         )
+        if self.skipped:
+            text += f"; {len(self.skipped)} tensors left dense (see .skipped)"
+        return text
 
 
-def _resolve_sparsity(sparsity: float | None, pattern: Pattern) -> float:
-    fixed = pattern.fixed_sparsity
-    if sparsity is None:
-        if fixed is None:
-            raise ValueError(f"sparsity is required for pattern {pattern}; pass a number in [0, 1)")
-        return fixed
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-    if fixed is not None and abs(sparsity - fixed) > 1e-9:
-        raise ValueError(f"pattern {pattern} implies sparsity {fixed}; got sparsity={sparsity} (omit it or match it)")
-    return float(sparsity)
+Settings = dict[str, Any]
+_UNSET = object()
+
+
+def method_config(method: "str | PruneConfig" = "magnitude", sparsity: Any = None, **settings: Any) -> PruneConfig:
+    """The typed config of a ``prune_`` call: ``method`` names a registered method (or is a config,
+    which ``settings`` then override); ``settings`` are the config's fields, checked by the config
+    (an unknown one is an error that lists the allowed ones)."""
+    take_renamed(settings, {"amount": "sparsity", "ratio": "sparsity", "distribution": "allocation"}, "prune_", 5)
+    if "sparsity" in settings:
+        if sparsity is not None:
+            raise TypeError("prune_: sparsity given twice")
+        sparsity = settings.pop("sparsity")
+    if sparsity is not None:
+        settings["sparsity"] = sparsity
+    if isinstance(method, PruneConfig):
+        return method.replace(**settings) if settings else method
+    if isinstance(method, dict):
+        return METHODS.parse_config(method, where="prune_", **settings)  # type: ignore[return-value]
+    METHODS.get(method)
+    return METHODS.parse_config({"method": method}, where="prune_", **settings)  # type: ignore[return-value]
+
+
+def _skip_unshapeable(targets: list[Target], pat: Pattern, strict: bool) -> tuple[list[Target], dict[str, str]]:
+    """Split the targets into those ``pat`` can tile and those it cannot (left dense, with the reason);
+    with ``strict`` the first one that cannot be tiled is an error."""
+    kept, skipped = [], {}
+    for t in targets:
+        try:
+            check_pattern(pat, t.matrix_shape, t.name)
+        except ValueError as exc:
+            if strict or pat.kind not in ("nm", "block"):
+                raise ValueError(f"{exc} (strict=True)" if strict else str(exc)) from None
+            skipped[t.name] = f"shape {t.matrix_shape} does not tile into {pat}"
+            continue
+        kept.append(t)
+    if not kept:
+        raise ValueError(f"pattern {pat} fits none of the {len(targets)} tensors in scope "
+                         f"(e.g. {next(iter(skipped))}: {next(iter(skipped.values()))}); pick another pattern or scope")
+    return kept, skipped
 
 
 def plan_prune(
     model: nn.Module,
-    method: str = "magnitude",
+    method: "str | PruneConfig" = "magnitude",
     sparsity: float | None = None,
     *,
-    pattern: str | Pattern = "unstructured",
-    allocation: str = "uniform",
-    scope: Scope | dict | Sequence[str] | str | None = None,
     data: Iterable[Any] | None = None,
     loss_fn: Callable[..., Tensor] | None = None,
     example_inputs: Any = None,
     calibration: Any = None,
-    seed: int = 0,
-    max_batches: int | None = None,
     progress: bool = True,
-    **options: Any,
+    **settings: Any,
 ):
     """Validate the arguments of :func:`prune_` and return the method and its plan; changes nothing."""
-    factory = METHODS.get(method)
-    pat = parse_pattern(pattern)
-    target = _resolve_sparsity(sparsity, pat)
-    if pat.kind != "nm":
-        ALLOCATIONS.get(allocation)
-    targets = select_targets(model, scope)
-    for t in targets:
-        check_pattern(pat, t.matrix_shape, t.name)
-    allocation_options = {k: options.pop(k) for k in ("floor", "power", "owl_m", "owl_lambda") if k in options}
-    ctx = ScoreContext(data=data, loss_fn=loss_fn, example_inputs=example_inputs, seed=seed,
-                       max_batches=max_batches, options={k: options[k] for k in ("temperature",) if k in options})
-    plan = PrunePlan(targets, target, pat, allocation, allocation_options, ctx, calibration, progress, options)
+    cfg = method_config(method, sparsity, **settings)
+    factory = METHODS.get(cfg.method)
+    pat = parse_pattern(cfg.pattern)
+    target = cfg.target_sparsity()
+    targets = select_targets(model, None if cfg.scope is None else cfg.scope.to_scope())
+    targets, skipped = _skip_unshapeable(targets, pat, cfg.strict)
+    if skipped:
+        warnings.warn(f"pattern {pat}: {len(skipped)} of {len(targets) + len(skipped)} tensors in scope cannot take "
+                      f"it and stay dense ({', '.join(list(skipped)[:3])}{', ...' if len(skipped) > 3 else ''}); "
+                      "see PruneReport.skipped, or pass strict=True to make this an error", stacklevel=3)
+    options = cfg.method_options()
+    ctx = ScoreContext(data=data, loss_fn=loss_fn, example_inputs=example_inputs, seed=cfg.seed,
+                       max_batches=cfg.max_batches, options=dict(options))
+    plan = PrunePlan(targets, target, pat, cfg.allocation, cfg.allocation_options(), ctx, calibration, progress,
+                     options, config=cfg, skipped=skipped)
     impl = factory()
     impl.validate(model, plan)
     return impl, plan
@@ -94,49 +128,45 @@ def plan_prune(
 
 def prune_(
     model: nn.Module,
-    method: str = "magnitude",
+    method: "str | PruneConfig" = "magnitude",
     sparsity: float | None = None,
     *,
-    pattern: str | Pattern = "unstructured",
-    allocation: str = "uniform",
-    scope: Scope | dict | Sequence[str] | str | None = None,
     data: Iterable[Any] | None = None,
     loss_fn: Callable[..., Tensor] | None = None,
     example_inputs: Any = None,
     calibration: Any = None,
-    iterations: int = 1,
-    seed: int = 0,
-    max_batches: int | None = None,
     progress: bool = True,
-    **options: Any,
+    **settings: Any,
 ) -> PruneReport:
     """Prune ``model`` in place with masks and return a :class:`PruneReport`.
 
-    ``method`` names a registered method (``prunekit.METHODS.names()``); ``sparsity`` is the fraction
-    of weights in scope to zero (implied by an N:M ``pattern``); ``allocation`` spreads it over layers
-    (uniform, global, global_floor, erk, lamp, owl); ``scope`` picks the tensors. Data-driven criteria take
-    ``data`` (batches of ``(inputs, targets)``) and ``loss_fn``; SynFlow takes ``example_inputs``.
-    Calibrated methods (``wanda``, ``sparsegpt``) take ``calibration=`` token ids (nsamples, seqlen) and
-    prune a transformer block by block (options ``batch_size``, ``device``; SparseGPT's ``blocksize``,
-    ``percdamp``; OWL's ``owl_m``, ``owl_lambda``).
-    ``iterations`` > 1 prunes in rounds on an exponential schedule (as SynFlow and iterative SNIP do).
-    Pruning a pruned model again only adds zeros. Everything is validated before the model changes,
-    and a failure part-way puts the masks back as they were.
+    ``method`` names a registered method (``prunekit.METHODS.names()``) or is its typed config
+    (``prunekit.methods.config``: ``WandaConfig(sparsity=0.5)``); ``prune_(model, cfg)`` and
+    ``prune_(model, "wanda", 0.5, ...)`` are the same call. ``sparsity`` is the fraction of weights in
+    scope to zero (implied by an N:M ``pattern``). ``settings`` are the config's fields: ``pattern``
+    (unstructured, row, N:M, block:RxC; layers an N:M or block pattern cannot tile stay dense and are
+    listed in ``report.skipped``, or raise with ``strict=True``), ``allocation`` (uniform, global,
+    global_floor, erk, lamp, owl) and its options (``floor``, ``power``, ``owl_m``, ``owl_lambda``),
+    ``scope``, ``iterations`` (> 1 prunes in rounds on an exponential schedule, as SynFlow does),
+    ``seed``, ``max_batches``, and the method's own options (Wanda/SparseGPT ``batch_size``,
+    ``device``; SparseGPT ``blocksize``, ``percdamp``; GraSP ``temperature``). An unknown setting is
+    an error that lists the allowed ones.
+    Data-driven criteria take ``data`` (batches of ``(inputs, targets)``) and ``loss_fn(outputs,
+    targets)``; SynFlow takes ``example_inputs``; calibrated methods take ``calibration=`` token ids
+    (nsamples, seqlen) and prune a transformer block by block. Pruning a pruned model again only adds
+    zeros. Everything is validated before the model changes, and a failure part-way (the report
+    included) puts the masks and any rewritten weights back as they were.
     """
-    if not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
     start = time.perf_counter()
-    impl, plan = plan_prune(
-        model, method, sparsity, pattern=pattern, allocation=allocation, scope=scope, data=data,
-        loss_fn=loss_fn, example_inputs=example_inputs, calibration=calibration, seed=seed,
-        max_batches=max_batches, progress=progress, **options,
-    )
+    impl, plan = plan_prune(model, method, sparsity, data=data, loss_fn=loss_fn, example_inputs=example_inputs,
+                            calibration=calibration, progress=progress, **settings)
+    iterations = plan.config.iterations
     snapshot = MaskSnapshot(model)
     plan.journal = WeightJournal()
     target = plan.sparsity
     try:
-        for r in tqdm(range(1, iterations + 1), desc=f"prune ({method})", disable=not progress or iterations == 1,
-                      leave=False):
+        for r in tqdm(range(1, iterations + 1), desc=f"prune ({plan.config.method})",
+                      disable=not progress or iterations == 1, leave=False):
             plan.sparsity = 1 - (1 - target) ** (r / iterations)
             if hasattr(impl, "apply_"):
                 impl.apply_(model, plan)
@@ -145,16 +175,16 @@ def prune_(
             with torch.no_grad():
                 for t in plan.targets:
                     set_mask_(t.module, masks[t.name])
+        return _report(plan, target, time.perf_counter() - start)
     except BaseException:
         plan.journal.restore()
         snapshot.restore()
         raise
     finally:
         plan.journal.close()
-    return _report(method, plan, target, time.perf_counter() - start)
 
 
-def _report(method: str, plan: PrunePlan, target: float, seconds: float) -> PruneReport:
+def _report(plan: PrunePlan, target: float, seconds: float) -> PruneReport:
     layers, total, zeros = {}, 0, 0
     for t in plan.targets:
         mask = get_mask(t.module)
@@ -164,4 +194,5 @@ def _report(method: str, plan: PrunePlan, target: float, seconds: float) -> Prun
         total += n
         zeros += z
     alloc = "n/a" if plan.pattern.kind == "nm" else plan.allocation
-    return PruneReport(method, str(plan.pattern), alloc, target, zeros / total, total, zeros, layers, seconds)
+    return PruneReport(plan.config.method, str(plan.pattern), alloc, target, zeros / total, total, zeros, layers,
+                       seconds, skipped=dict(plan.skipped), config=plan.config.to_dict())

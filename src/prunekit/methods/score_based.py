@@ -13,6 +13,7 @@ from ..core.mask import get_mask
 from ..core.pattern import allocation_view, mask_from_scores
 from ..criteria.base import CRITERIA, Criterion, score_targets
 from .base import METHODS, PrunePlan
+from .config import METHOD_CONFIGS
 
 
 class ScoreMethod:
@@ -65,4 +66,4 @@ class ScoreMethod:
 
 
 for _criterion in ("magnitude", "random", "snip", "grasp", "synflow", "taylor"):
-    METHODS.add(_criterion, (lambda c=_criterion: ScoreMethod(c)))
+    METHODS.add(_criterion, (lambda c=_criterion: ScoreMethod(c)), METHOD_CONFIGS[_criterion])

@@ -19,6 +19,7 @@ from ..calibrate import InputStats
 from ..core.finite import check_finite
 from ..core.mask import get_mask
 from .base import METHODS, PrunePlan
+from .config import SparseGPTConfig
 from .layerwise import BlockwiseMethod, is_transposed, rows_view, write_rows_
 
 
@@ -146,4 +147,4 @@ class SparseGPT(BlockwiseMethod):
         write_rows_(module, keep, new_w)
 
 
-METHODS.add("sparsegpt", SparseGPT)
+METHODS.add("sparsegpt", SparseGPT, SparseGPTConfig)

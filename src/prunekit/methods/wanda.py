@@ -14,6 +14,7 @@ from torch import nn
 from ..calibrate import InputStats
 from ..core.pattern import Pattern, mask_from_scores
 from .base import METHODS, PrunePlan
+from .config import WandaConfig
 from ..core.mask import get_mask
 from .layerwise import BlockwiseMethod, is_transposed, wanda_scores, write_rows_
 
@@ -37,4 +38,4 @@ class Wanda(BlockwiseMethod):
         write_rows_(module, keep)
 
 
-METHODS.add("wanda", Wanda)
+METHODS.add("wanda", Wanda, WandaConfig)

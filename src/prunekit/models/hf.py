@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import translate_load_errors
 from .packaged import PACKAGES, packaged_model_path
 
 ALIASES = tuple(sorted(PACKAGES))
@@ -68,6 +69,7 @@ def _is_causal(config: Any) -> bool:
     return getattr(config, "model_type", "") in ("llama", "mistral", "qwen2", "gpt2", "opt")
 
 
+@translate_load_errors
 def load_model(spec: str | Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load a model and its tokenizer from an alias, a Hugging Face folder or a GGUF file (on the CPU, eval mode)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer

@@ -11,12 +11,12 @@ from .schedule import SCHEDULES, cubic, linear, sparsity_at
 from .shrink import SoftShrink
 from .soup import Soup, average_models, sparse_soup
 from .sparse import SET, DynamicSparse, GraNet, RigL, sparse_init_
-from .ticket import Ticket, TicketSearch, find_ticket
+from .ticket import Ticket, TicketSearch, find_ticket, find_ticket_
 
 __all__ = [
     "SCHEDULES", "SET", "DynamicSparse", "GraNet", "Gradual", "GradualPruningCallback", "LightningGradualPruning",
     "RecoveryReport", "RigL", "SoftShrink", "Soup", "Ticket", "TicketSearch", "add_lora_", "average_models",
-    "bias_and_norm_params", "cubic", "find_ticket", "fit", "kd_loss", "linear", "merge_lora_", "recover_",
+    "bias_and_norm_params", "cubic", "find_ticket", "find_ticket_", "fit", "kd_loss", "linear", "merge_lora_", "recover_",
     "sparse_init_", "sparse_soup", "sparsity_at", "steps_per_run",
 ]
 

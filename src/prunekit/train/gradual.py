@@ -1,6 +1,6 @@
 """Gradual magnitude pruning during training (Zhu & Gupta, "To prune, or not to prune", 2017).
 
-    sched = Gradual(model, final_sparsity=0.9, start_step=1000, end_step=20000, every=100)
+    sched = Gradual(model, sparsity=0.9, start_step=1000, end_step=20000, every=100)
     for batch in loader:
         loss.backward(); opt.step(); sched.step()
 
@@ -15,14 +15,16 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..core.deprecation import renamed_args
 from ..core.mask import get_mask
+from ..core.scope import targets_sparsity
 from ..methods.prune import plan_prune, prune_
 from .schedule import ScheduleSpec, check_sparsity, check_window, resolve_schedule, sparsity_at
 from .state import current_masks, replace_masks_
 
 
 class Gradual:
-    """Prune ``model`` step by step to ``final_sparsity`` on a cubic (or linear, or custom) schedule.
+    """Prune ``model`` step by step to ``sparsity`` (the final value; ``final_sparsity=`` is its deprecated name) on a cubic (or linear, or custom) schedule.
 
     Call :meth:`step` once after every optimizer step. ``method``, ``allocation``, ``pattern`` and
     ``scope`` are those of :func:`prunekit.prune_`; ``prune_options`` go to it as well (e.g. ``data``
@@ -30,14 +32,15 @@ class Gradual:
     ``keep_masks`` the masks of every event are kept too (the mask history).
     """
 
-    def __init__(self, model: nn.Module, final_sparsity: float = 0.9, *, start_step: int = 0, end_step: int = 1000,
+    @renamed_args(final_sparsity="sparsity")
+    def __init__(self, model: nn.Module, sparsity: float = 0.9, *, start_step: int = 0, end_step: int = 1000,
                  every: int = 100, schedule: ScheduleSpec = "cubic", method: str = "magnitude",
                  allocation: str = "uniform", pattern: str = "unstructured", scope: Any = None,
                  initial_sparsity: float = 0.0, keep_masks: bool = False, **prune_options: Any) -> None:
-        self.final_sparsity = check_sparsity(final_sparsity, "final_sparsity")
+        self.final_sparsity = check_sparsity(sparsity, "sparsity")
         self.initial_sparsity = check_sparsity(initial_sparsity, "initial_sparsity")
         if self.initial_sparsity > self.final_sparsity:
-            raise ValueError(f"initial_sparsity ({initial_sparsity}) must not exceed final_sparsity ({final_sparsity})")
+            raise ValueError(f"initial_sparsity ({initial_sparsity}) must not exceed sparsity ({sparsity})")
         check_window(start_step, end_step, every)
         self.schedule_fn = resolve_schedule(schedule)
         self.model = model
@@ -69,12 +72,7 @@ class Gradual:
     @property
     def sparsity(self) -> float:
         """The sparsity of the tensors in scope now."""
-        total = zeros = 0
-        for t in self.targets:
-            mask = get_mask(t.module)
-            total += t.numel
-            zeros += 0 if mask is None else int(mask.numel() - mask.sum())
-        return zeros / total
+        return targets_sparsity(self.targets)
 
     def step(self) -> float:
         """Advance one training step; prune if due. Returns the sparsity in scope after the step."""

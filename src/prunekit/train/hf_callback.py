@@ -1,7 +1,7 @@
 """A Hugging Face ``transformers.TrainerCallback`` that drives :class:`prunekit.train.Gradual`.
 
     trainer = Trainer(model=model, args=args, train_dataset=ds,
-                      callbacks=[GradualPruningCallback(final_sparsity=0.8)])
+                      callbacks=[GradualPruningCallback(sparsity=0.8)])
 
 Needs ``transformers`` (the ``llm`` extra); prunekit's core does not.
 """

@@ -1,6 +1,6 @@
 """A PyTorch Lightning ``Callback`` that drives :class:`prunekit.train.Gradual`.
 
-    trainer = lightning.Trainer(max_epochs=3, callbacks=[LightningGradualPruning(final_sparsity=0.8)])
+    trainer = lightning.Trainer(max_epochs=3, callbacks=[LightningGradualPruning(sparsity=0.8)])
 
 Needs ``lightning`` (or the older ``pytorch_lightning``); prunekit's core does not.
 """

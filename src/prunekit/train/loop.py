@@ -23,7 +23,7 @@ def fit(model: nn.Module, data: Dataset, *, epochs: float = 1.0, lr: float = 0.0
     returns the loss of every step. Deterministic under ``seed``.
 
     Optional: ``on_step(step)`` is called after every optimizer step (step counts from 1; pruning
-    schedules and :func:`prunekit.train.find_ticket` hook in here); ``parameters`` restricts training
+    schedules and :func:`prunekit.train.find_ticket_` hook in here); ``parameters`` restricts training
     to those tensors (parameter-efficient recovery); ``batch_loss(model, x, y)`` replaces
     ``loss_fn(model(x), y)`` (knowledge distillation); ``sampler`` draws the examples of each pass
     instead of a seeded shuffle (its ``set_epoch(pass)`` is called before each, as RS2 needs)."""

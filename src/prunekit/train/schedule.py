@@ -7,6 +7,8 @@ early (when the network has redundancy to spare) and slowly near the end.
 
 from __future__ import annotations
 
+from ..core.fraction import check_fraction
+
 from typing import Callable, Union
 
 ScheduleFn = Callable[[float], float]
@@ -36,10 +38,8 @@ def resolve_schedule(schedule: ScheduleSpec) -> ScheduleFn:
 
 
 def check_sparsity(value: float, name: str) -> float:
-    """``value`` as a float in [0, 1), else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
+    """``value`` as a float in [0, 1), else an error naming ``name`` (:func:`prunekit.core.fraction.check_fraction`)."""
+    return check_fraction(value, name, "[0, 1)")
 
 
 def check_window(start_step: int, end_step: int, every: int) -> None:

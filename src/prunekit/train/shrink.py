@@ -4,7 +4,7 @@ Super-Resolution", ICCV 2023).
 Instead of zeroing the unimportant weights, every ``every`` steps the weights that would be pruned at the
 schedule's current sparsity are multiplied by ``1 - shrink``; they keep receiving gradients, so the sparse
 structure can still change while training. At ``end_step`` the model is pruned for real (masks) to
-``final_sparsity``.
+``sparsity``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import nn
 from ..core.allocate import allocate
 from ..core.mask import get_mask, weight_of
 from ..core.pattern import mask_from_scores, parse_pattern
+from ..core.deprecation import renamed_args
 from ..methods.prune import plan_prune, prune_
 from .schedule import ScheduleSpec, check_sparsity, check_window, resolve_schedule, sparsity_at
 
@@ -28,10 +29,11 @@ class SoftShrink:
     unimportant weight at each update; ``allocation`` spreads the sparsity over layers.
     """
 
-    def __init__(self, model: nn.Module, final_sparsity: float = 0.9, *, start_step: int = 0, end_step: int = 1000,
+    @renamed_args(final_sparsity="sparsity")
+    def __init__(self, model: nn.Module, sparsity: float = 0.9, *, start_step: int = 0, end_step: int = 1000,
                  every: int = 100, shrink: float = 0.1, schedule: ScheduleSpec = "cubic",
                  allocation: str = "uniform", scope: Any = None) -> None:
-        self.final_sparsity = check_sparsity(final_sparsity, "final_sparsity")
+        self.final_sparsity = check_sparsity(sparsity, "sparsity")
         check_window(start_step, end_step, every)
         if not 0 < shrink < 1:
             raise ValueError(f"shrink must be in (0, 1), the fraction taken off unimportant weights; got {shrink}")

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from ..core.calling import call_model, output_tensor
+from ..core.deprecation import renamed_args
+from ..core.scope import targets_sparsity
 from ..core.mask import get_mask, weight_of
 from ..criteria.base import eval_mode
 from ..methods.prune import PruneReport, plan_prune, prune_
@@ -28,11 +30,12 @@ from .schedule import ScheduleSpec, check_sparsity, check_window, resolve_schedu
 from .state import current_masks, replace_masks_, zero_pruned_
 
 
-def sparse_init_(model: nn.Module, sparsity: float, *, distribution: str = "erk", scope: Any = None,
+@renamed_args(distribution="allocation")
+def sparse_init_(model: nn.Module, sparsity: float, *, allocation: str = "erk", scope: Any = None,
                  seed: int = 0) -> PruneReport:
-    """Put static random masks on ``model`` with per-layer densities from ``distribution`` (``"erk"``
+    """Put static random masks on ``model`` with per-layer densities from ``allocation`` (``"erk"``
     by default, or ``"uniform"``), as sparse training from scratch does; the pruned weights are zeroed."""
-    report = prune_(model, "random", sparsity, allocation=distribution, scope=scope, seed=seed, progress=False)
+    report = prune_(model, "random", sparsity, allocation=allocation, scope=scope, seed=seed, progress=False)
     zero_pruned_(model)
     return report
 
@@ -43,13 +46,14 @@ class DynamicSparse:
     ``regrow``: ``"random"`` (SET) or ``"gradient"`` (RigL/GraNet, needs ``data``: an iterable of
     ``(inputs, targets)`` batches, cycled, and ``loss_fn``). ``drop_fraction`` of each layer's active
     weights is swapped at every update, decaying on a cosine to 0 at ``end_step``. A model with no masks
-    in scope is first given random masks at ``initial_sparsity`` (ERK). Pass the ``optimizer`` to have
+    in scope is first given random masks at ``initial_sparsity``, spread by ``init_allocation`` (ERK). Pass the ``optimizer`` to have
     its state (momentum) cleared at regrown weights.
     """
 
+    @renamed_args(distribution="init_allocation")
     def __init__(self, model: nn.Module, sparsity: float = 0.9, *, regrow: str = "random", update_every: int = 100,
                  end_step: int = 1000, drop_fraction: float = 0.3, initial_sparsity: float | None = None,
-                 start_step: int = 0, schedule: ScheduleSpec = "cubic", distribution: str = "erk",
+                 start_step: int = 0, schedule: ScheduleSpec = "cubic", init_allocation: str = "erk",
                  allocation: str = "global", scope: Any = None, data: Iterable[Any] | None = None,
                  loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
                  optimizer: torch.optim.Optimizer | None = None, seed: int = 0) -> None:
@@ -76,15 +80,13 @@ class DynamicSparse:
         self.step_count = 0
         self.history: list[dict[str, float]] = []
         if all(get_mask(t.module) is None for t in self.targets) and self.initial_sparsity > 0:
-            sparse_init_(model, self.initial_sparsity, distribution=distribution, scope=scope, seed=seed)
+            sparse_init_(model, self.initial_sparsity, allocation=init_allocation, scope=scope, seed=seed)
         zero_pruned_(model)
 
     @property
     def sparsity(self) -> float:
         """The sparsity of the tensors in scope now."""
-        total = sum(t.numel for t in self.targets)
-        zeros = sum(0 if get_mask(t.module) is None else int((~get_mask(t.module)).sum()) for t in self.targets)
-        return zeros / total
+        return targets_sparsity(self.targets)
 
     def drop_fraction_at(self, step: int) -> float:
         """The fraction of active weights swapped at ``step`` (cosine decay, as RigL)."""

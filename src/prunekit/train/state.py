@@ -92,15 +92,3 @@ def zero_pruned_(model: nn.Module) -> None:
     with torch.no_grad():
         for _, module in masked_modules(model):
             weight_of(module).mul_(get_mask(module))
-
-
-def sparsity_of(model: nn.Module, names: list[str] | None = None) -> float:
-    """Fraction of zeros in the masks of ``model`` (restricted to ``names`` when given); 0 without masks."""
-    total = zeros = 0
-    for name, module in masked_modules(model):
-        if names is not None and name not in names:
-            continue
-        mask = get_mask(module)
-        total += mask.numel()
-        zeros += int(mask.numel() - mask.sum())
-    return zeros / total if total else 0.0

@@ -7,10 +7,13 @@ rewinds the survivors to their values at the rewind point. ``train_fn(model, on_
 model in place and must call ``on_step(step)`` after every optimizer step (step counts from 1 — pass
 it to :func:`prunekit.train.fit` as ``on_step=``); it may return a number or a dict of metrics, which
 the round records. The weights are captured at the rewind step during the first round's training.
+Rewinding to the initial weights (``rewind="init"``) needs no step callback, so there a plain
+``train_fn(model)`` is accepted too.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -18,6 +21,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..core.deprecation import deprecated_alias, renamed_args
+from ..core.scope import targets_sparsity
 from ..core.mask import get_mask, weight_of
 from ..methods.prune import plan_prune, prune_
 from .schedule import check_sparsity
@@ -36,6 +41,19 @@ class Ticket:
     sparsity: float
     control: str | None
     rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data (masks as per-layer sparsities)."""
+        return {"rewind_step": self.rewind_step, "sparsity": self.sparsity, "control": self.control,
+                "rounds": [dict(r) for r in self.rounds],
+                "layers": {n: float((~m).float().mean()) for n, m in self.masks.items()}}
+
+    def __str__(self) -> str:
+        last = self.rounds[-1] if self.rounds else {}
+        metric = next((f", {k} {v:.4f}" for k, v in last.items() if k not in ("round", "train_steps", "sparsity")
+                       and isinstance(v, float)), "")
+        return (f"ticket: {len(self.rounds)} rounds, sparsity {self.sparsity:.4f}, rewound to step {self.rewind_step}"
+                f"{', control ' + self.control if self.control else ''}{metric}")
 
 
 def parse_rewind(rewind: str | int, steps: int | None) -> int:
@@ -64,29 +82,29 @@ class TicketSearch:
     """Iterative magnitude pruning with rewinding, one round at a time, checkpointable between rounds.
 
     ``rounds`` train-prune-rewind cycles each remove ``rate`` of the surviving weights (or pass
-    ``final_sparsity`` to pick the rate that reaches it). ``control`` tests whether the ticket matters:
+    ``sparsity``, the final sparsity, to pick the rate that reaches it). ``control`` tests whether the ticket matters:
     ``"reinit"`` keeps the mask but re-initializes the weights (seeded), ``"random_mask"`` keeps the
     rewound weights under a random mask of the same per-layer sparsity.
     """
 
+    @renamed_args(final_sparsity="sparsity")
     def __init__(self, model: nn.Module, train_fn: TrainFn, *, rounds: int = 5, rate: float = 0.2,
-                 final_sparsity: float | None = None, rewind: str | int = "init", steps: int | None = None,
+                 sparsity: float | None = None, rewind: str | int = "init", steps: int | None = None,
                  control: str | None = None, method: str = "magnitude", allocation: str = "global",
                  scope: Any = None, eval_fn: Callable[[nn.Module], float] | None = None, seed: int = 0,
                  keep_masks: bool = True) -> None:
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
             raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
-        if final_sparsity is not None:
-            rate = 1 - (1 - check_sparsity(final_sparsity, "final_sparsity")) ** (1 / rounds)
+        if sparsity is not None:
+            rate = 1 - (1 - check_sparsity(sparsity, "sparsity")) ** (1 / rounds)
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
             raise ValueError(f"rate must be in (0, 1), the fraction of surviving weights pruned per round; got {rate!r}")
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         if control not in CONTROLS:
             raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
-        if not callable(train_fn):
-            raise ValueError("train_fn must be a callable train_fn(model, on_step)")
         self.rewind_step = parse_rewind(rewind, steps)
+        train_fn = _adapt_train_fn(train_fn, needs_steps=self.rewind_step > 0)
         self.model, self.train_fn, self.eval_fn = model, train_fn, eval_fn
         self.rounds, self.rate, self.steps, self.control, self.seed = rounds, float(rate), steps, control, seed
         self.options = dict(method=method, allocation=allocation, scope=scope, progress=False)
@@ -138,9 +156,7 @@ class TicketSearch:
         return row
 
     def _sparsity(self) -> float:
-        total = sum(t.numel for t in self.targets)
-        zeros = sum(0 if get_mask(t.module) is None else int((~get_mask(t.module)).sum()) for t in self.targets)
-        return zeros / total
+        return targets_sparsity(self.targets)
 
     def run(self) -> Ticket:
         """Run the remaining rounds, apply the control, and return the :class:`Ticket`."""
@@ -200,17 +216,45 @@ def _reinit_weight_(module: nn.Module, gen: torch.Generator) -> None:
         weight.copy_(fresh)
 
 
-def find_ticket(model: nn.Module, train_fn: TrainFn, rounds: int = 5, rate: float = 0.2, *,
+def _adapt_train_fn(train_fn: Any, needs_steps: bool) -> TrainFn:
+    """``train_fn`` as ``train_fn(model, on_step)``: a one-argument ``train_fn(model)`` is wrapped when the
+    rewind point needs no step callback; otherwise a clear error shows the expected signature."""
+    expected = ("train_fn(model, on_step) that trains the model in place and calls on_step(step) after every "
+                "optimizer step, e.g. lambda model, on_step: prunekit.train.fit(model, data, on_step=on_step)")
+    if not callable(train_fn):
+        raise TypeError(f"train_fn must be callable: {expected}")
+    try:
+        params = list(inspect.signature(train_fn).parameters.values())
+    except (TypeError, ValueError):
+        return train_fn  # a builtin or C function: trust it
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes_two = any(p.kind == p.VAR_POSITIONAL for p in params) or len(positional) >= 2
+    if takes_two:
+        return train_fn
+    if len(positional) == 1:
+        if needs_steps:
+            raise TypeError(f"rewinding to a training step needs the step count, so train_fn must be a {expected}; "
+                            f"{getattr(train_fn, '__name__', 'train_fn')} takes only the model (rewind='init' accepts that)")
+        return lambda model, on_step: train_fn(model)
+    raise TypeError(f"train_fn must be a {expected}; {getattr(train_fn, '__name__', 'train_fn')} takes no model")
+
+
+def find_ticket_(model: nn.Module, train_fn: TrainFn, rounds: int = 5, rate: float = 0.2, *,
                 rewind: str | int = "init", steps: int | None = None, control: str | None = None,
                 **options: Any) -> Ticket:
     """Find a lottery ticket by iterative magnitude pruning with rewinding (Frankle & Carbin 2019;
     Frankle et al. 2019 for rewinding to ``"early:F"``, a fraction of training, or a step number).
 
-    ``train_fn(model, on_step)`` trains in place and calls ``on_step(step)`` after each optimizer step;
+    ``train_fn(model, on_step)`` trains in place and calls ``on_step(step)`` after each optimizer step
+    (with ``rewind="init"`` a plain ``train_fn(model)`` does too);
     ``steps`` is how many steps one call takes (needed for ``"early:F"``; checks a step number). Leaves
     the model holding the ticket (masked, survivors rewound, ready to train) and returns a
-    :class:`Ticket`. Other options (``final_sparsity``, ``method``, ``allocation``, ``scope``,
+    :class:`Ticket`. ``rate`` is the fraction of the surviving weights pruned in each round; other
+    options (``sparsity``, the final sparsity, ``method``, ``allocation``, ``scope``,
     ``eval_fn``, ``seed``) are those of :class:`TicketSearch`.
     """
     return TicketSearch(model, train_fn, rounds=rounds, rate=rate, rewind=rewind, steps=steps, control=control,
                         **options).run()
+
+
+find_ticket = deprecated_alias(find_ticket_, "find_ticket")

@@ -1,0 +1,232 @@
+"""Reports of stored runs: one self-contained HTML page (plots embedded, nothing fetched) or Markdown.
+
+Runs are grouped by their protocol's comparable key: runs measured under different protocols (other
+evaluation windows, sequence length, tokenizer, model file, library versions, thread count) never
+share a table or a plot, and the page says so. Each group shows its protocol card beside its table,
+Pareto plots of quality against sparsity, MACs and latency, and per-layer sparsity.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any, Iterable
+
+from .store import Run
+
+QUALITY = {"lm": ("perplexity", "perplexity", False), "classify": ("accuracy", "accuracy", True)}
+
+
+def _series(run: Run) -> str:
+    """The name of the line a run belongs to: its stages without the swept sparsity."""
+    parts = []
+    for stage in run.config.get("stages", []):
+        kind = stage.get("stage")
+        if kind == "prune":
+            bits = [stage.get("method", "?")]
+            if stage.get("pattern") not in (None, "unstructured"):
+                bits.append(stage["pattern"])
+            if stage.get("allocation") not in (None, "uniform"):
+                bits.append(stage["allocation"])
+            parts.append(" ".join(bits))
+        elif kind not in ("finalize",):
+            parts.append(kind)
+    return " + ".join(parts) or "dense"
+
+
+def group_runs(runs: Iterable[Run]) -> list[list[Run]]:
+    """Runs grouped by comparable protocol, in first-seen order."""
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(f"{r.task}|{r.comparable}", []).append(r)
+    return list(groups.values())
+
+
+def _fmt(v: Any, kind: str) -> str:
+    if v is None:
+        return "–"
+    if kind == "pct":
+        return f"{v:.1%}"
+    if kind == "int":
+        return f"{v:,}"
+    if kind == "M":
+        return f"{v / 1e6:.2f} M"
+    if kind == "MB":
+        return f"{v / 1e6:.1f} MB"
+    if kind == "s":
+        return f"{v:.1f} s"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
+    return str(v)
+
+
+def table_rows(group: list[Run]) -> tuple[list[str], list[list[str]]]:
+    """Column names and formatted rows of a group's table."""
+    task = group[0].task
+    qkey, qname, _ = QUALITY[task]
+    cols = ["run", "seed", "sparsity in scope", qname, "params", "non-zeros", "eff. MACs", "stored sparse",
+            "latency", "vs dense", "prune wall / CPU"]
+    with_gen = any("tokens_per_s" in r.figures for r in group)
+    if with_gen:
+        cols.append("tokens/s")
+    with_mem = any("memory_added_bytes" in r.figures for r in group)
+    if with_mem:
+        cols.append("memory added")
+    rows = []
+    for r in group:
+        f = r.figures
+        lat = "–"
+        if f.get("latency_ms") is not None:
+            lat = f"{f['latency_ms']:.1f} ±{f.get('latency_iqr_ms', 0) / 2:.1f} ms"
+            if f.get("latency_why"):
+                lat += f" ({f['latency_why']})"
+        ratio = "–" if f.get("latency_ratio") is None else f"{f['latency_ratio']:.3f} ±{f['latency_ratio_iqr'] / 2:.3f}"
+        row = [r.label, str(r.config.get("seed")), _fmt(f.get("scope_sparsity"), "pct"), _fmt(f.get(qkey), ""),
+               _fmt(f.get("params"), "int"), _fmt(f.get("nonzeros"), "int"), _fmt(f.get("effective_macs"), "M"),
+               _fmt(f.get("sparse_bytes"), "MB"), lat, ratio,
+               "–" if not r.config.get("stages") else f"{f.get('prune_seconds', 0):.1f} / {f.get('prune_cpu_seconds', 0):.1f} s"]
+        if with_gen:
+            tps = f.get("tokens_per_s")
+            row.append("–" if tps is None else f"{tps:.1f}" + (" (noisy)" if f.get("generation_noisy") else ""))
+        if with_mem:
+            row.append(_fmt(f.get("memory_added_bytes"), "MB"))
+        rows.append(row)
+    return cols, rows
+
+
+def protocol_lines(group: list[Run]) -> list[tuple[str, str]]:
+    """The protocol card of a group as (field, value) pairs."""
+    card = group[0].protocol
+    out = [("task", card.get("task", "?")), ("model", f"{card.get('model')} ({card.get('model_hash') or 'built here'})")]
+    if card.get("task") == "lm":
+        ev, cal = card.get("evaluation", {}), card.get("calibration", {})
+        out += [("evaluation", f"{ev.get('source')}, {ev.get('windows')} × {ev.get('seqlen')} tokens, "
+                               f"tokens {ev.get('tokens_hash')}"),
+                ("calibration", f"{cal.get('source')}, {cal.get('nsamples')} × {cal.get('seqlen')} tokens "
+                                "(per-run seed and token hash in each run)"),
+                ("tokenizer", str(card.get("tokenizer_hash")))]
+    else:
+        data, tr = card.get("data", {}), card.get("training", {})
+        out += [("data", f"{data.get('name')}, train {data.get('train_size') or 'all'}, "
+                         f"test {data.get('test_examples')}"),
+                ("training", ", ".join(f"{k} {v}" for k, v in tr.items() if v is not None))]
+    m, v = card.get("machine", {}), card.get("versions", {})
+    out += [("machine", f"{m.get('threads')} thread(s), {m.get('device')}, {m.get('processor')}, {m.get('cores')} cores"),
+            ("versions", ", ".join(f"{k} {x}" for k, x in v.items())),
+            ("seeds", ", ".join(sorted({str(r.config.get('seed')) for r in group}))),
+            ("comparable key", group[0].comparable)]
+    return out
+
+
+def markdown(runs: Iterable[Run]) -> str:
+    """Markdown tables, one per comparable group, each with its protocol below it."""
+    out = []
+    for group in group_runs(runs):
+        cols, rows = table_rows(group)
+        out.append(f"### {group[0].recipe}: {group[0].model}\n")
+        out.append("| " + " | ".join(cols) + " |")
+        out.append("|" + "---|" * len(cols))
+        out += ["| " + " | ".join(row) + " |" for row in rows]
+        out.append("\n" + "; ".join(f"{k}: {v}" for k, v in protocol_lines(group)) + "\n")
+    return "\n".join(out)
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def pareto(points: list[tuple[float, float]], higher_is_better: bool) -> list[tuple[float, float]]:
+    """The points no other point beats on both axes (x lower is better: cost; y is the quality)."""
+    best = []
+    for x, y in points:
+        dominated = any((x2 <= x and (y2 >= y if higher_is_better else y2 <= y)) and (x2, y2) != (x, y)
+                        for x2, y2 in points)
+        if not dominated:
+            best.append((x, y))
+    return sorted(best)
+
+
+def plots(group: list[Run]) -> list[tuple[str, str]]:
+    """(caption, base64 PNG) of the group's plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    task = group[0].task
+    qkey, qname, higher = QUALITY[task]
+    ok = [r for r in group if r.figures.get(qkey) is not None]
+    out = []
+    axes = [("scope_sparsity", "sparsity in scope", False), ("effective_macs", "effective MACs", True),
+            ("latency_ms", "latency (ms)", True)]
+    for xkey, xname, cost in axes:
+        pts = [(r.figures[xkey], r.figures[qkey], _series(r)) for r in ok if r.figures.get(xkey) is not None]
+        if len(pts) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        for name in sorted({p[2] for p in pts}):
+            mine = sorted((x, y) for x, y, s in pts if s == name)
+            ax.plot([p[0] for p in mine], [p[1] for p in mine], "o-", label=name, ms=4)
+        sign = 1 if cost else -1  # sparsity is a benefit: Pareto on -sparsity
+        front = pareto([(sign * x, y) for x, y, _ in pts], higher)
+        ax.plot([sign * x for x, _ in front], [y for _, y in front], "k--", lw=0.8, label="Pareto front")
+        ax.set_xlabel(xname)
+        ax.set_ylabel(qname)
+        if qkey == "perplexity":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        out.append((f"{qname} vs {xname}", _png(fig)))
+    layered = [r for r in ok if r.figures.get("layers") and r.config.get("stages")][:6]
+    if layered:
+        fig, ax = plt.subplots(figsize=(6.4, 3.4))
+        for r in layered:
+            vals = list(r.figures["layers"].values())
+            ax.plot(range(len(vals)), vals, ".-", label=r.label[:40], ms=3)
+        ax.set_xlabel("layer (model order)")
+        ax.set_ylabel("sparsity")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+        out.append(("per-layer sparsity", _png(fig)))
+    return out
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}.card td{text-align:left}
+.plots img{max-width:48%;margin:4px}.warn{color:#a40}section{margin-bottom:2.5em}"""
+
+
+def html_report(runs: Iterable[Run], title: str = "prunekit report") -> str:
+    """One self-contained HTML page: per-group tables, protocol cards and embedded plots."""
+    runs = list(runs)
+    groups = group_runs(runs)
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+             f"<p>{len(runs)} runs in {len(groups)} comparable group(s).</p>"]
+    if len({(g[0].recipe, g[0].model) for g in groups}) < len(groups):
+        parts.append("<p class='warn'>Some recipes ran under more than one protocol; each protocol has its own "
+                     "table and plots, and runs of different protocols are not compared.</p>")
+    for i, group in enumerate(groups):
+        cols, rows = table_rows(group)
+        parts.append(f"<section id='group-{i}'><h2>{html.escape(group[0].recipe)}: {html.escape(group[0].model)}</h2>")
+        parts.append("<table class='card'><caption>protocol card</caption>" + "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in protocol_lines(group)) + "</table>")
+        parts.append("<table class='results'><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>" +
+                     "".join("<tr class='run'>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                             for row in rows) + "</table>")
+        figs = plots(group)
+        if figs:
+            parts.append("<div class='plots'>" + "".join(
+                f"<img alt='{html.escape(cap)}' title='{html.escape(cap)}' src='data:image/png;base64,{b64}'>"
+                for cap, b64 in figs) + "</div>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,69 @@
+"""The report: Markdown and one self-contained HTML page, checked in headless Chromium."""
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from prunekit.bench.report import group_runs, html_report, markdown, pareto
+from prunekit.bench.store import Run
+
+
+def _runs(comparable="c1"):
+    out = []
+    for i, (method, s, acc) in enumerate([("dense", 0.0, 0.96), ("magnitude", 0.5, 0.95), ("magnitude", 0.9, 0.90),
+                                           ("random", 0.5, 0.90), ("random", 0.9, 0.60)]):
+        stages = [] if method == "dense" else [{"stage": "prune", "method": method, "sparsity": s}]
+        label = "dense" if method == "dense" else f"prune({method}, {s})"
+        figures = {"accuracy": acc, "scope_sparsity": s, "params": 1000, "nonzeros": int(1000 * (1 - s)),
+                   "effective_macs": 1e6 * (1 - s), "sparse_bytes": 4000 * (1 - s), "latency_ms": 2.0 - s,
+                   "latency_iqr_ms": 0.1, "latency_why": "", "prune_seconds": 0.1, "prune_cpu_seconds": 0.1,
+                   "layers": {"a": s, "b": s * 0.9}}
+        if stages:
+            figures.update(latency_ratio=1 - s / 2, latency_ratio_iqr=0.02)
+        out.append(Run(f"k{i}{comparable}", "demo", label, "classify", "mlp", {"stages": stages, "seed": 0}, {},
+                       {"task": "classify", "model": "mlp", "data": {"name": "digits"}, "machine": {"threads": 1},
+                        "versions": {"torch": "x"}}, comparable, figures))
+    return out
+
+
+def test_markdown_has_a_row_per_run_and_the_protocol():
+    text = markdown(_runs())
+    assert text.count("| prune(") == 4 and "| dense |" in text and "comparable key: c1" in text
+
+
+def test_different_protocols_are_kept_apart():
+    runs = _runs("c1") + _runs("c2")
+    assert len(group_runs(runs)) == 2
+    page = html_report(runs)
+    assert page.count("<table class='results'>") == 2 and "not compared" in page
+
+
+def test_pareto_front():
+    assert pareto([(1, 0.5), (2, 0.9), (3, 0.8), (1, 0.4)], higher_is_better=True) == [(1, 0.5), (2, 0.9)]
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def _render(path):
+    proc = subprocess.run([_chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                           "--v=0", "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    return proc.stdout, console
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed (apt-get install chromium)")
+def test_the_page_renders_in_chromium_without_console_errors(tmp_path):
+    page = tmp_path / "report.html"
+    page.write_text(html_report(_runs()))
+    dom, console = _render(page)
+    assert console == []
+    assert len(re.findall(r"<img [^>]*src=\"data:image/png;base64,", dom)) == 4  # 3 Pareto plots + per-layer
+    assert len(re.findall(r"<tr class=\"run\">", dom)) == 5
+    assert "protocol card" in dom and "http" not in page.read_text().replace("http-equiv", "")  # nothing fetched
+    broken = tmp_path / "broken.html"
+    broken.write_text("<html><body><script>undefinedFn()</script></body></html>")
+    assert _render(broken)[1], "the console check must see a page's errors"

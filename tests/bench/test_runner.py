@@ -1,0 +1,77 @@
+"""Running recipes: every run stored, reruns skipped, a killed sweep resumed."""
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+import prunekit as pk
+from prunekit.bench import Store
+from prunekit.recipe import Recipe
+
+RECIPE = """name: tiny
+task: {task: classify, model: mlp, data: digits, epochs: 3, lr: 0.1, batch_size: 64, test_size: 200}
+stages:
+  - {stage: prune, method: magnitude, sparsity: 0.5, allocation: global}
+  - {stage: finetune, epochs: 0.5}
+sweep:
+  prune.sparsity: [0.5, 0.9]
+measure: [accuracy, size, macs, layers]
+"""
+
+
+def test_run_stores_every_run_and_skips_them_the_second_time(tmp_path):
+    db = tmp_path / "r.db"
+    recipe = Recipe.from_yaml(RECIPE)
+    runs = pk.bench.run(recipe, db=str(db), progress=False, say=lambda t: None)
+    assert [r.label for r in runs] == ["dense", "prune(magnitude, 0.5, global) → finetune",
+                                       "prune(magnitude, 0.9, global) → finetune"]
+    assert all(r.status == "ok" for r in runs)
+    dense, half, most = (r.figures for r in runs)
+    assert dense["scope_sparsity"] == 0 and half["scope_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert most["nonzeros"] < half["nonzeros"] < dense["nonzeros"]
+    assert most["effective_macs"] < dense["effective_macs"]
+    assert 0.1 < most["accuracy"] <= 1 and "prune_cpu_seconds" in most and most["layers"]
+    card = runs[1].protocol
+    assert card["data"]["train_indices_hash"] and card["versions"]["torch"] and card["machine"]["threads"] >= 1
+    again = pk.bench.run(recipe, db=str(db), progress=False, say=lambda t: None)
+    assert [(a.key, a.started) for a in again] == [(a.key, a.started) for a in runs]  # skipped, not rerun
+    forced = pk.bench.run(recipe, db=str(db), force=True, progress=False, say=lambda t: None)
+    assert forced[1].started > runs[1].started
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    text = RECIPE.replace("prune.sparsity: [0.5, 0.9]", "prune.method: [magnitude, synflow]")
+    runs = pk.bench.run(Recipe.from_yaml(text.replace("measure:", "seeds: [0]\nmeasure:")), db=str(tmp_path / "r.db"),
+                        progress=False, say=lambda t: None)
+    assert [r.status for r in runs] == ["ok", "ok", "ok"]
+
+
+def test_a_killed_sweep_resumes_where_it_stopped(tmp_path):
+    db, path = tmp_path / "r.db", tmp_path / "tiny.yaml"
+    path.write_text(RECIPE.replace("[0.5, 0.9]", "[0.5, 0.7, 0.8, 0.9]"))
+    cmd = [sys.executable, "-m", "prunekit.cli", "run", str(path), "--db", str(db), "--quiet"]
+    code = "import sys; from prunekit.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, *cmd[3:]])
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if db.exists():
+            try:
+                n = sqlite3.connect(db).execute("SELECT count(*) FROM runs").fetchone()[0]
+            except sqlite3.OperationalError:
+                n = 0
+            if n >= 2:
+                break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with Store(db) as s:
+        done = {r.key: r.started for r in s.runs()}
+    assert 2 <= len(done) < 5
+    runs = pk.bench.run(Recipe.from_yaml(path), db=str(db), progress=False, say=lambda t: None)
+    assert len(runs) == 5 and all(r.status == "ok" for r in runs)
+    assert all(done[r.key] == r.started for r in runs if r.key in done)  # the finished ones were not rerun
+    assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
