@@ -101,3 +101,24 @@ def test_reading_a_folder_that_is_not_compressed_says_so(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="not a compressed-tensors sparse folder"):
         read_compressed(tmp_path)
+
+
+def test_a_folder_whose_weights_do_not_fit_its_config_is_an_error_naming_them(tokenizer, tmp_path):
+    model = pruned(make_llama(len(tokenizer)))
+    save_model(model, tokenizer, tmp_path / "comp", "compressed", BF16)
+    config_path = tmp_path / "comp" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["intermediate_size"] = 96  # the stored MLP weights are 128 wide
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"do not match the model of its config.json.*mlp.*\(128, 64\)"):
+        load_compressed(tmp_path / "comp")
+
+
+def test_load_and_run_returns_the_model_after_one_forward_pass(tokenizer, tmp_path):
+    from prunekit.export.load import load_and_run
+
+    model = pruned(make_llama(len(tokenizer)))
+    save_model(model, tokenizer, tmp_path / "comp", "compressed", BF16)
+    lm = load_and_run(str(tmp_path / "comp"))
+    ids = torch.randint(0, len(tokenizer), (1, 8))
+    assert lm.causal_lm and torch.equal(logits(lm.model, ids), logits(rounded(model), ids))

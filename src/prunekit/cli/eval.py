@@ -79,7 +79,7 @@ def table(columns: dict[str, dict[str, Any]], ppl_label: str = "perplexity") -> 
         ("size dense (fp32)", "dense_bytes", _mb),
         ("size sparse (bitmask + values)", "sparse_bytes", _mb),
         ("saved file (bytes on disk)", "file_bytes", _mb),
-        ("peak memory of loading", "load_peak_bytes", _mb),
+        ("peak memory, load + 1 forward", "load_peak_bytes", _mb),
         ("generation tokens/s", "tokens_per_s", lambda v: "-" if v is None else f"{v:.1f}"),
         ("MACs (128 tokens)", "macs_128_tokens", lambda v: f"{v / 1e9:.2f} G"),
         ("forward latency, batch 1 × 128", "latency_ms_batch1", lambda v: f"{v:.1f} ms"),
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     figures["file_bytes"] = info["file_bytes"]
     memory = None
     if not args.no_load_memory:
-        say(args, "measuring the peak memory of loading it, in a fresh process ...")
+        say(args, "measuring the peak memory of loading it and one forward pass, in a fresh process ...")
         memory = peak_load_memory(args.model)
         figures["load_peak_bytes"] = memory.peak_bytes
     data = {"model": args.model, "artifact": info, "evaluation": {"source": args.ppl, "windows": args.windows, "seqlen": args.seqlen},
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     text = table({"model": figures}, f"perplexity ({args.ppl}, {args.windows}×{args.seqlen})")
     text += f"\n\n{info['path']}: {info['format']}"
     if memory:
-        text += (f"\nloading: peak RSS {memory.peak_bytes / 1e6:,.0f} MB in a fresh process, "
+        text += (f"\nloading + one forward pass: peak RSS {memory.peak_bytes / 1e6:,.0f} MB in a fresh process, "
                  f"{memory.added_bytes / 1e6:,.0f} MB above its imports")
     emit(args, data, text)
     return 0

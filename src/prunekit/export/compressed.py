@@ -27,7 +27,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -229,49 +229,68 @@ def weight_files(folder: str | Path) -> list[Path]:
     return sorted(Path(folder).glob("*.safetensors"))
 
 
-def read_compressed(folder: str | Path) -> dict[str, Tensor]:
-    """A compressed folder's weights as a dense state dict (exactly the values written)."""
-    from safetensors import safe_open
-
+def _format_of(folder: str | Path) -> str:
     config = sparsity_config_of(folder)
     if config is None:
         raise ValueError(f"{folder} is not a compressed-tensors sparse folder (no sparse-bitmask or "
                          "sparse-24-bitmask sparsity_config in its config.json)")
-    fmt = config["format"]
+    return config["format"]
+
+
+def iter_compressed(folder: str | Path) -> Iterator[tuple[str, Tensor]]:
+    """A compressed folder's weights one tensor at a time, ``(state-dict key, dense tensor)``, exactly the
+    values written; only one module's parts are decompressed at once."""
+    from safetensors import safe_open
+
+    fmt = _format_of(folder)
     parts = _PARTS[fmt]
-    raw: dict[str, Tensor] = {}
     for path in weight_files(folder):
         with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                raw[key] = f.get_tensor(key)
-    modules = {key.rpartition(".")[0] for key in raw if key.endswith(".bitmask")}
-    for module in sorted(modules):
-        missing = [p for p in parts if f"{module}.{p}" not in raw]
-        if missing:
-            raise ValueError(f"{folder}: {module} is stored as {fmt} but lacks its {', '.join(missing)}")
-        raw[f"{module}.weight"] = decompress_weight({p: raw.pop(f"{module}.{p}") for p in parts}, fmt)
-    return raw
+            keys = set(f.keys())
+            modules = {k.rpartition(".")[0] for k in keys if k.endswith(".bitmask")}
+            for module in sorted(modules):
+                missing = [p for p in parts if f"{module}.{p}" not in keys]
+                if missing:
+                    raise ValueError(f"{folder}: {module} is stored as {fmt} but lacks its {', '.join(missing)}")
+                yield f"{module}.weight", decompress_weight({p: f.get_tensor(f"{module}.{p}") for p in parts}, fmt)
+            taken = {f"{m}.{p}" for m in modules for p in parts}
+            for key in sorted(keys - taken):
+                yield key, f.get_tensor(key)
+
+
+def read_compressed(folder: str | Path) -> dict[str, Tensor]:
+    """A compressed folder's weights as a dense state dict (exactly the values written)."""
+    return dict(iter_compressed(folder))
 
 
 def load_compressed(folder: str | Path, dtype: torch.dtype | None = torch.float32) -> tuple[nn.Module, Any]:
-    """Build the model of a compressed folder from its config and its decompressed weights; returns
-    ``(model, tokenizer)`` (model in eval mode, in ``dtype``; None keeps the stored dtype)."""
+    """Build the model of a compressed folder from its config and fill it with the decompressed weights,
+    one module at a time; returns ``(model, tokenizer)`` (eval mode, in ``dtype``; None: the stored dtype)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(folder)
-    state = read_compressed(folder)
+    _format_of(folder)
     config = AutoConfig.from_pretrained(str(folder))
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
-    stored = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
+    stored = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
+        str(getattr(config, "dtype", None) or "").removeprefix("torch."), torch.float32)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype or stored)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {k for k in missing if k.endswith("lm_head.weight") and getattr(config, "tie_word_embeddings", False)}
-    missing = [k for k in missing if k not in tied]
+    targets = model.state_dict()
+    unexpected, loaded = [], set()
+    with torch.no_grad():
+        for key, value in iter_compressed(folder):
+            if key not in targets or tuple(targets[key].shape) != tuple(value.shape):
+                unexpected.append(key if key not in targets else f"{key} {tuple(value.shape)}")
+                continue
+            targets[key].copy_(value)
+            loaded.add(key)
+    tie = bool(getattr(config, "tie_word_embeddings", False))
+    missing = [k for k in targets if k not in loaded and not (tie and k.endswith("lm_head.weight"))]
     if missing or unexpected:
         raise ValueError(f"{folder}: the weights do not match the model of its config.json "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    if tied:
+                         f"(missing {missing[:5]}, unexpected or misshapen {unexpected[:5]})")
+    if tie:
         model.tie_weights()
     return model.eval(), AutoTokenizer.from_pretrained(str(folder))
 

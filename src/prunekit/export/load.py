@@ -23,3 +23,15 @@ def load_artifact(spec: str | Path, dtype: torch.dtype = torch.float32) -> Loade
         model, tokenizer = load_compressed(path, dtype)
         return LoadedModel(model, tokenizer, str(spec), True)
     return load_model(spec, dtype=dtype)
+
+
+def load_and_run(spec: str | Path) -> LoadedModel:
+    """:func:`load_artifact`, then one forward pass over 8 tokens, so that every weight is in memory
+    (safetensors are memory-mapped: a weight not yet used may not be resident). What
+    :func:`prunekit.metrics.memory.peak_load_memory` measures by default."""
+    lm = load_artifact(spec)
+    vocab = int(getattr(lm.model.config, "vocab_size", 0) or 0)
+    if lm.causal_lm and vocab:
+        with torch.no_grad():
+            lm.model(torch.arange(8).remainder(vocab).unsqueeze(0))
+    return lm

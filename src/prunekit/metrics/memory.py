@@ -1,4 +1,5 @@
-"""Peak memory of loading a model, measured in a fresh process (so nothing already loaded counts).
+"""Peak memory of loading a model (and, with the default loader, running one forward pass, so that
+memory-mapped weights are resident), measured in a fresh process (so nothing already loaded counts).
 
 The child imports torch, transformers and the loader, records its resident set size, resets the
 kernel's high-water mark (Linux ``/proc/self/clear_refs``), calls the loader and reads the peak
@@ -67,7 +68,7 @@ class LoadMemory:
 DEFAULT_PRELOAD = ("torch", "transformers", "transformers.modeling_utils", "prunekit.export.load")
 
 
-def peak_load_memory(spec: str, loader: str = "prunekit.export.load:load_artifact",
+def peak_load_memory(spec: str, loader: str = "prunekit.export.load:load_and_run",
                      preload: tuple[str, ...] = DEFAULT_PRELOAD, timeout: float = 1800) -> LoadMemory:
     """Load ``spec`` with ``loader`` (``"module:function"``) in a fresh Python and return its peak memory;
     the modules in ``preload`` are imported before the baseline is taken (their memory is not the model's)."""
