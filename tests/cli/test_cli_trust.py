@@ -98,8 +98,8 @@ def test_a_failure_or_ctrl_c_part_way_leaves_no_partial_folder(tiny_folder, tmp_
     before = (out / "model.safetensors").read_bytes()
     real_save = prune_cli.save_pruned
     for error, code in ((KeyboardInterrupt(), 130), (OSError(28, "No space left on device"), 1)):
-        def half_save(model, tokenizer, folder, meta, text, error=error):
-            real_save(model, tokenizer, folder, meta, text)
+        def half_save(*args, error=error):
+            real_save(*args)
             raise error
 
         monkeypatch.setattr(prune_cli, "save_pruned", half_save)

@@ -1,4 +1,9 @@
-"""``prunekit eval``: perplexity, parameters, non-zeros, size and generation speed of a language model."""
+"""``prunekit eval``: perplexity, parameters, non-zeros, size and generation speed of a language model.
+
+The model may be any artifact prunekit writes: a dense or compressed-tensors sparse folder, or a GGUF
+file; the bytes of its weight files on disk and the peak memory of loading it (in a fresh process)
+are measured on the artifact itself.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +19,15 @@ DEFAULT_SEQLEN = 512
 
 def add_parser(subs: argparse._SubParsersAction) -> None:
     p = subs.add_parser("eval", help="perplexity, size and tokens/s of a language model", description=__doc__)
-    p.add_argument("--model", required=True, help="an alias (smollm2-135m, minilm-l6), a Hugging Face folder or a .gguf file")
+    p.add_argument("--model", required=True,
+                   help="an alias (smollm2-135m, minilm-l6), a Hugging Face folder (dense or compressed) or a .gguf file")
     p.add_argument("--ppl", default="pydocs", metavar="TEXT",
                    help="evaluation text: pydocs (default), wikitext2, c4, a text file or a folder")
     p.add_argument("--windows", type=int, default=DEFAULT_EVAL_WINDOWS, help="held-out windows for perplexity")
     p.add_argument("--seqlen", type=int, default=DEFAULT_SEQLEN, help="tokens per window")
     p.add_argument("--gen-tokens", type=int, default=32, help="new tokens of the timed greedy generation")
+    p.add_argument("--no-load-memory", action="store_true",
+                   help="skip measuring the peak memory of loading the model (a second, fresh process)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -50,6 +58,8 @@ def table(columns: dict[str, dict[str, Any]], ppl_label: str = "perplexity") -> 
         ("sparsity (all parameters)", "sparsity", lambda c: f"{c['sparsity']:.2%}"),
         ("size dense (fp32)", "dense_bytes", lambda c: _mb(c["dense_bytes"])),
         ("size sparse (bitmask + values)", "sparse_bytes", lambda c: _mb(c["sparse_bytes"])),
+        ("saved file (bytes on disk)", "file_bytes", lambda c: _mb(c["file_bytes"])),
+        ("peak memory, load + 1 forward", "load_peak_bytes", lambda c: _mb(c["load_peak_bytes"])),
         ("generation tokens/s", "tokens_per_s", lambda c: _timed(c.get("tokens_per_s"), "", c.get("generation"))),
         ("MACs (128 tokens)", "macs_128_tokens", lambda c: f"{c['macs_128_tokens'] / 1e9:.2f} G"),
         ("forward latency, batch 1 × 128", "latency_ms_batch1",
@@ -93,6 +103,30 @@ def timing_lines(timed: dict[str, Any]) -> list[str]:
     return lines
 
 
+def artifact_info(spec: str) -> dict[str, Any]:
+    """What the artifact behind ``spec`` is and the bytes of its weight files on disk."""
+    from ..export.compressed import sparsity_config_of
+    from ..metrics.size import weight_bytes
+    from ..models.hf import resolve_model_path
+
+    path = resolve_model_path(spec)
+    info: dict[str, Any] = {"path": str(path), "file_bytes": weight_bytes(path)}
+    if path.is_file():
+        from ..export.gguf import tensor_types
+
+        types: dict[str, int] = {}
+        for t in tensor_types(path).values():
+            types[t] = types.get(t, 0) + 1
+        info["format"] = "gguf (" + ", ".join(f"{n} {t}" for t, n in sorted(types.items(), key=lambda kv: -kv[1])) + ")"
+    else:
+        import json
+
+        sc = sparsity_config_of(path)
+        dtype = json.loads((path / "config.json").read_text()).get("dtype") or "unstated dtype"
+        info["format"] = f"compressed-tensors {sc['format']}, {dtype}" if sc else f"safetensors, {dtype}"
+    return info
+
+
 def _check_args(args: argparse.Namespace) -> None:
     for flag, value, low in (("--windows", args.windows, 1), ("--seqlen", args.seqlen, 2),
                              ("--gen-tokens", args.gen_tokens, 1)):
@@ -118,11 +152,14 @@ def _check_model(args: argparse.Namespace, lm: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..datasets.text import eval_windows
+    from ..export.load import load_artifact
     from ..metrics.lm import measure_lm
-    from ..models.hf import load_model, read_prunekit_json
+    from ..metrics.memory import peak_load_memory
+    from ..models.hf import read_prunekit_json
 
     _check_args(args)
-    lm = load_model(args.model)
+    lm = load_artifact(args.model)
+    info = artifact_info(args.model)  # after loading: the loader's errors name bad files
     _check_model(args, lm)
     progress = not is_quiet(args)
     windows = None
@@ -132,9 +169,20 @@ def run(args: argparse.Namespace) -> int:
     say(args, f"evaluating {args.model} ...")
     figures = measure_lm(lm.model, lm.tokenizer, windows, causal=lm.causal_lm, gen_tokens=args.gen_tokens,
                          progress=progress)
-    data = {"model": args.model, "evaluation": {"source": args.ppl, "windows": args.windows, "seqlen": args.seqlen},
-            **figures, "pruned_with": read_prunekit_json(args.model) if Path(args.model).is_dir() else None}
+    figures["file_bytes"] = info["file_bytes"]
+    memory = None
+    if not args.no_load_memory:
+        say(args, "measuring the peak memory of loading it and one forward pass, in a fresh process ...")
+        memory = peak_load_memory(args.model)
+        figures["load_peak_bytes"] = memory.peak_bytes
+    data = {"model": args.model, "artifact": info, "evaluation": {"source": args.ppl, "windows": args.windows, "seqlen": args.seqlen},
+            **figures, "load_memory": memory.to_dict() if memory else None,
+            "pruned_with": read_prunekit_json(args.model) if Path(args.model).is_dir() else None}
     text = table({"model": figures}, f"perplexity ({args.ppl}, {args.windows}×{args.seqlen})")
     text += "\n\n" + "\n".join(timing_lines({"timing": figures["timing"], "ratios": {}}))
+    text += f"\n\n{info['path']}: {info['format']}"
+    if memory:
+        text += (f"\nloading + one forward pass: peak RSS {memory.peak_bytes / 1e6:,.0f} MB in a fresh process, "
+                 f"{memory.added_bytes / 1e6:,.0f} MB above its imports")
     emit(args, data, text)
     return 0

@@ -12,7 +12,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..core.atomic import check_writable, output_folder
 from .common import add_common, emit, is_quiet, say, warn
@@ -69,6 +69,11 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     add_expert_args(p)
     p.add_argument("--device", default=None,
                    help="wanda/sparsegpt: e.g. cuda: the model stays on the CPU, each block visits the device")
+    p.add_argument("--format", default="safetensors", choices=["safetensors", "compressed"],
+                   help="safetensors (default: dense, zeros in place) or compressed (compressed-tensors sparse "
+                        "layout: sparse-bitmask, or sparse-24-bitmask for 2:4); GGUF: prunekit export")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="dtype of the saved weights (default auto: the source's; bfloat16 for a GGUF source)")
     p.add_argument("--out", default=None, help="output folder (default pruned-<model name>)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it is a folder prunekit wrote (any other folder is never replaced)")
@@ -110,6 +115,11 @@ def _check_args(args: argparse.Namespace) -> None:
                              "pass --calib pydocs, a text file or a folder")
         RecoveryConfig.parse(recover=args.recover, steps=args.recover_steps, lr=args.recover_lr,
                              seqlen=args.recover_seqlen, where="--recover")
+    if args.format == "compressed" and (args.slice is not None or args.experts is not None):
+        what = "--slice" if args.slice is not None else "--experts"
+        raise ValueError(f"--format compressed stores zeros compactly, and {what} removes weights instead of zeroing "
+                         "them, so there would be nothing to compress: the model itself is smaller. Use --format "
+                         "safetensors (the default)")
     if args.slice is not None:
         from ..core.fraction import check_fraction
         from ..slicing import SliceConfig
@@ -137,6 +147,10 @@ def _check_args(args: argparse.Namespace) -> None:
         if not 0 <= args.sparsity < 1:
             raise ValueError(f"--sparsity must be in [0, 1) with --structured (the fraction of {args.structured} "
                              f"removed), got {args.sparsity}")
+        if args.format == "compressed":
+            raise ValueError("--format compressed stores zeros compactly, and --structured removes weights instead "
+                             "of zeroing them, so there would be nothing to compress: the model itself is smaller. "
+                             "Use --format safetensors (the default)")
         return
     args.method = args.method or "wanda"
     METHODS.get(args.method)
@@ -152,6 +166,9 @@ def _check_args(args: argparse.Namespace) -> None:
         ALLOCATIONS.get(args.allocation)
         if args.sparsity is None:
             args.sparsity = 0.5
+        if args.format == "compressed" and args.sparsity == 0:
+            raise ValueError("--format compressed with --sparsity 0: no weight would be zero, so the compressed "
+                             "folder would be larger than the dense one. Use --format safetensors")
     if args.device is not None and args.method not in CALIBRATED:
         raise ValueError(f"--device applies to {' and '.join(CALIBRATED)} (calibrated block by block); "
                          f"{args.method} runs where the model is, on the CPU. Drop --device")
@@ -173,15 +190,25 @@ def _check_model(args: argparse.Namespace, lm: Any) -> None:
                        "is ignored")
 
 
-def save_pruned(model: Any, tokenizer: Any, folder: Path, meta: dict[str, Any], report_text: str) -> None:
-    """Write model (safetensors), tokenizer, prunekit.json and report.txt into ``folder``: the fresh folder
-    :func:`prunekit.core.atomic.output_folder` yields, which becomes ``--out`` once the run succeeds."""
-    from ..slicing.per_layer import save_sliced
+def save_pruned(model: Any, tokenizer: Any, folder: Path, meta: dict[str, Any],
+                report_text: str | Callable[[Any], str], fmt: str = "safetensors", dtype: Any = None) -> Any:
+    """Write the model (``fmt``: safetensors or compressed, floats in ``dtype``), tokenizer, prunekit.json and
+    report.txt into ``folder``: the fresh folder :func:`prunekit.core.atomic.output_folder` yields, which
+    becomes ``--out`` once the run succeeds. ``report_text`` may be a function of what was saved (its
+    bytes on disk go in the table); returns it (:class:`prunekit.export.SavedModel`)."""
+    from ..export.dtype import SaveDtype
+    from ..export.save import plan_save, save_model
+    from ..slicing.per_layer import mark_sliced
 
-    save_sliced(model, folder, safe_serialization=True)  # save_pretrained; marks folders that need load_sliced
-    tokenizer.save_pretrained(str(folder))
+    dtype = dtype or SaveDtype(next(model.parameters()).dtype, "the model's dtype")
+    plan = plan_save(model, fmt, dtype)  # every check (e.g. no sparsity to compress) before writing
+    saved = save_model(model, tokenizer, folder, fmt, dtype, plan)
+    mark_sliced(folder)  # a per-layer SliceGPT model: only prunekit.slicing.load_sliced reads it
+    meta["saved"] = saved.to_dict()
+    text = report_text(saved) if callable(report_text) else report_text
     (folder / "prunekit.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    (folder / "report.txt").write_text(report_text + "\n")
+    (folder / "report.txt").write_text(text + "\n")
+    return saved
 
 
 def run(args: argparse.Namespace) -> int:
@@ -234,8 +261,10 @@ def _prune_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, A
     from ..core.mask import finalize_
     from ..datasets.text import calibration_windows, eval_windows
     from ..methods import plan_prune, prune_
+    from ..export.dtype import resolve_dtype
     from ..metrics.lm import lm_figures, lm_speed
-    from ..models.hf import load_model
+    from ..metrics.size import weight_bytes
+    from ..models.hf import load_model, resolve_model_path
 
     progress = not is_quiet(args)
     chatter = lambda t: say(args, t)  # noqa: E731
@@ -244,6 +273,8 @@ def _prune_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, A
     say(args, f"loading {args.model} ...")
     lm = load_model(args.model)
     _check_model(args, lm)
+    save_dtype = resolve_dtype(args.dtype, args.model)  # after loading: the loader's errors name bad files
+    source_path = resolve_model_path(args.model)
     check_writable(folder, needed_bytes=sum(p.numel() * p.element_size() for p in lm.model.parameters()))
     calib = None
     if calib_src != "none":  # --calib none: no calibration text (magnitude needs none)
@@ -276,7 +307,8 @@ def _prune_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, A
     dense_speed = None
     if dense is None:
         dense_speed = lm_speed({"before": lm.model}, lm.tokenizer, causal=lm.causal_lm, forward=structured)
-    meta: dict[str, Any] = {"prunekit_version": __version__, "model": str(args.model)}
+    before["file_bytes"] = weight_bytes(source_path)
+    meta: dict[str, Any] = {"prunekit_version": __version__, "model": str(args.model), "source_path": str(source_path)}
     if args.slice is not None:
         say(args, f"slicing {args.slice:.0%} of the residual stream (SliceGPT) ...")
         sliced = slice_(lm.model, sparsity=args.slice, head=args.slice_head, rotation=args.slice_rotation,
@@ -329,12 +361,17 @@ def _prune_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, A
     before.update(timed["models"]["before"])
     after.update(timed["models"][last])
     ppl_label = f"perplexity ({eval_src}, {args.eval_windows}×{args.seqlen})"
-    text = table(columns, ppl_label) + "\n\n" + "\n".join(timing_lines(timed))
     meta["timing"] = {**timed["timing"], "ratios": timed["ratios"]}
-    text = (f"prunekit {__version__}: {args.model}, {headline}\n"
-            f"calibration: {calib_src}, {args.nsamples}×{args.seqlen} tokens, seed {args.seed}\n\n{text}")
+    head = (f"prunekit {__version__}: {args.model}, {headline}\n"
+            f"calibration: {calib_src}, {args.nsamples}×{args.seqlen} tokens, seed {args.seed}\n\n")
     meta.update(calibration={"source": calib_src, "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed},
                 evaluation={"source": eval_src, "windows": args.eval_windows, "seqlen": args.seqlen},
                 before=before, after=after)
-    save_pruned(lm.model, lm.tokenizer, folder, meta, text)
+
+    def render(saved: Any) -> str:
+        after["file_bytes"] = saved.weight_bytes
+        return (head + table(columns, ppl_label) + "\n\n" + "\n".join(timing_lines(timed))
+                + f"\nsaved file: before = the source ({source_path.name}), {last} = {saved}")
+
+    text = render(save_pruned(lm.model, lm.tokenizer, folder, meta, render, args.format, save_dtype))
     return meta, text

@@ -151,6 +151,11 @@ def save_sliced(model: nn.Module, folder: str | Path, **kwargs: Any) -> None:
     """``save_pretrained``, then mark ``config.json`` so only :func:`load_sliced` reads it (stock classes would drop
     the shortcuts silently)."""
     model.save_pretrained(str(folder), **kwargs)
+    mark_sliced(folder)
+
+
+def mark_sliced(folder: str | Path) -> None:
+    """Mark a saved folder's ``config.json`` when it holds per-layer slicing shortcuts (else leave it)."""
     path = Path(folder) / "config.json"
     data = json.loads(path.read_text())
     if "prunekit_slicing" in data:

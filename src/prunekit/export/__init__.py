@@ -1,0 +1,146 @@
+"""Artifacts users deploy: a pruned model saved where they run it, smaller on disk.
+
+- ``safetensors``: a dense Hugging Face folder in the source's dtype (bf16 for a GGUF source);
+- ``compressed``: the sparse Linear weights in a compressed-tensors layout (sparse-bitmask, or
+  sparse-24-bitmask for 2:4), read back by :func:`load_artifact` (and by compressed-tensors ≤ 0.14);
+- ``gguf``: a GGUF file (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, or the source's own types) for
+  llama.cpp-based runtimes; transformers reads it back with ``gguf_file=``.
+
+    from prunekit.export import export
+    export(model, tokenizer, "pruned/", {"to": "compressed"}, source="smollm2-135m")
+    export(model, tokenizer, "pruned.gguf", {"to": "gguf", "quant": "q8_0"}, source="smollm2-135m")
+
+Every check runs before anything is written; a failed export leaves nothing behind (files and folders
+are written through :mod:`prunekit.core.atomic`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from torch import nn
+
+from ..core.atomic import OutputError, atomic_file, check_output_folder, output_folder
+from .config import EXPORTERS, CompressedExport, ExportConfig, GGUFExport, SafetensorsExport
+from .dtype import SaveDtype, resolve_dtype, source_dtype
+from .load import load_artifact
+from .save import SavedModel, plan_save, save_model
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote: target kind, path, bytes of weights on disk, dtype and the details."""
+
+    to: str
+    path: str
+    bytes: int
+    dtype: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        what = self.detail.get("quant") or self.detail.get("layout") or self.dtype or ""
+        head = f"exported {self.to} ({what}) to {self.path}: {self.bytes:,} bytes ({self.bytes / 1e6:,.1f} MB)"
+        if self.dtype and self.detail.get("dtype_reason"):
+            head += f"; dtype {self.dtype}: {self.detail['dtype_reason']}"
+        return "\n".join([head] + [f"  note: {n}" for n in self.notes])
+
+
+def find_source_gguf(spec: str | os.PathLike | None) -> Path | None:
+    """The GGUF file a model came from: ``spec`` itself (or its alias's file), or the source that a
+    pruned folder's ``prunekit.json`` names; None when there is none."""
+    if spec is None:
+        return None
+    from ..models.hf import resolve_model_path
+
+    path = Path(str(spec)).expanduser()
+    if path.is_dir():
+        marker = path / "prunekit.json"
+        if not marker.is_file():
+            return None
+        data = json.loads(marker.read_text())
+        for key in ("source_path", "model"):
+            if data.get(key):
+                found = find_source_gguf(data[key]) if Path(str(data[key])) != path else None
+                if found is not None:
+                    return found
+        return None
+    try:
+        resolved = resolve_model_path(str(spec))
+    except (ValueError, FileNotFoundError):
+        return None
+    return resolved if resolved.is_file() and resolved.suffix == ".gguf" else None
+
+
+def check_file_target(path: str | os.PathLike, overwrite: bool = False, needed_bytes: int | None = None) -> Path:
+    """Raise an :class:`OutputError` now if file ``path`` cannot or may not be written."""
+    target = Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
+    if target.is_dir():
+        raise OutputError(f"--out {target} is a folder; a GGUF export writes one file, e.g. --out pruned.gguf")
+    if target.suffix != ".gguf":
+        raise OutputError(f"--out {target} does not end in .gguf; name the file, e.g. --out pruned.gguf")
+    if target.exists() and not overwrite:
+        raise OutputError(f"--out {target} exists; pass --overwrite (overwrite=True) to replace it, or choose "
+                          "another name")
+    parent = target.parent
+    if not parent.is_dir():
+        raise OutputError(f"--out {target}: the folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"--out {target}: the folder {parent} is not writable; choose a folder you can write")
+    if needed_bytes is not None and shutil.disk_usage(parent).free < needed_bytes:
+        raise OutputError(f"--out {target}: {parent} has {shutil.disk_usage(parent).free / 1e6:,.0f} MB free; "
+                          f"about {needed_bytes / 1e6:,.0f} MB are needed")
+    return target
+
+
+def _gguf_bytes_estimate(model: nn.Module, quant: str) -> int:
+    bits = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q5_0": 5.5, "q5_1": 6, "q4_0": 4.5, "q4_1": 5}.get(quant, 16)
+    return int(sum(p.numel() for p in model.parameters()) * bits / 8 * 1.05)
+
+
+def export(model: nn.Module, tokenizer: Any, out: str | os.PathLike,
+           config: ExportConfig | Mapping[str, Any] | None = None, *, source: str | os.PathLike | None = None,
+           overwrite: bool = False, meta: Mapping[str, Any] | None = None, description: str | None = None,
+           progress: bool = False, **fields: Any) -> ExportReport:
+    """Write ``model`` (and ``tokenizer``) to ``out`` as the config says (``to``: safetensors, compressed
+    or gguf). ``source`` is where the model was loaded from (its dtype is the default; a GGUF source
+    gives the tokenizer and, with ``quant="source"``, the tensor types). ``meta`` goes into the folder's
+    ``prunekit.json``. The model is not changed."""
+    from .. import __version__
+
+    if config is None and "to" not in fields:
+        raise ValueError(f"export needs a target: to= one of {', '.join(EXPORTERS.names())}")
+    cfg = EXPORTERS.parse_config(config if config is not None else {}, **fields)
+    if isinstance(cfg, GGUFExport):
+        from .gguf import plan_gguf, write_gguf
+
+        target = check_file_target(out, overwrite, _gguf_bytes_estimate(model, cfg.quant))
+        plan = plan_gguf(model, tokenizer, cfg.quant, find_source_gguf(source))
+        with atomic_file(target) as tmp:
+            report = write_gguf(model, plan, tmp, description=description, progress=progress)
+        detail = report.to_dict()
+        detail["path"] = str(target)
+        return ExportReport("gguf", str(target), target.stat().st_size, None, detail, list(report.notes))
+    dtype = resolve_dtype(cfg.dtype, source)
+    plan = plan_save(model, cfg.to, dtype)
+    target = check_output_folder(out, overwrite)
+    with output_folder(target, overwrite) as tmp:
+        saved = save_model(model, tokenizer, tmp, cfg.to, dtype, plan)
+        marker = {"prunekit_version": __version__, **dict(meta or {}), "export": cfg.to_dict(),
+                  "saved": saved.to_dict()}
+        with atomic_file(tmp / "prunekit.json") as f:
+            f.write_text(json.dumps(marker, indent=2, default=str) + "\n")
+    return ExportReport(cfg.to, str(target), saved.weight_bytes, saved.dtype, saved.to_dict(), [])
+
+
+__all__ = ["CompressedExport", "EXPORTERS", "ExportConfig", "ExportReport", "GGUFExport", "SafetensorsExport",
+           "SaveDtype", "SavedModel", "check_file_target", "export", "find_source_gguf", "load_artifact",
+           "plan_save", "resolve_dtype", "save_model", "source_dtype"]

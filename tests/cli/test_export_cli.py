@@ -1,0 +1,113 @@
+import json
+
+import pytest
+import torch
+
+from prunekit.cli import main
+
+TEXT = ("The interpreter reads a line, parses it and runs it. Modules group functions and classes; "
+        "a package groups modules. Exceptions unwind the stack until a handler catches them. ")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny Llama (bf16 config) with a byte-level BPE tokenizer, and a folder of text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from prunekit.models.hf import tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([TEXT] * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    model = tiny_model("llama", vocab_size=fast.vocab_size)
+    model.config.tie_word_embeddings = False
+    model.to(torch.bfloat16).save_pretrained(root / "model")
+    fast.save_pretrained(root / "model")
+    texts = root / "texts"
+    texts.mkdir()
+    for i in range(30):
+        (texts / f"page{i:02d}.txt").write_text(f"Page {i}. " + TEXT * 3)
+    return root
+
+
+def _prune(tiny, out, *extra):
+    return main(["prune", "--model", str(tiny / "model"), "--calib", str(tiny / "texts"), "--nsamples", "4",
+                 "--seqlen", "32", "--eval-windows", "2", "--out", str(out), "--quiet", *extra])
+
+
+def test_prune_saves_in_the_source_dtype_and_reports_the_saved_bytes(tiny, tmp_path, capsys):
+    assert _prune(tiny, tmp_path / "dense", "--json") == 0
+    dense = json.loads(capsys.readouterr().out)
+    assert dense["saved"]["dtype"] == "bfloat16" and "config.json says dtype bfloat16" in dense["saved"]["dtype_reason"]
+    assert json.loads((tmp_path / "dense" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert dense["after"]["file_bytes"] == (tmp_path / "dense" / "model.safetensors").stat().st_size
+    assert _prune(tiny, tmp_path / "comp", "--format", "compressed", "--json") == 0
+    comp = json.loads(capsys.readouterr().out)
+    assert comp["saved"]["layout"] == "sparse-bitmask"
+    assert comp["after"]["file_bytes"] < dense["after"]["file_bytes"]
+    report = (tmp_path / "comp" / "report.txt").read_text()
+    assert "saved file (bytes on disk)" in report and "sparse-bitmask" in report
+    assert _prune(tiny, tmp_path / "f32", "--dtype", "float32", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["after"]["file_bytes"] > 1.9 * dense["after"]["file_bytes"]
+
+
+def test_compressed_without_sparsity_is_refused_before_any_work(tiny, tmp_path, capsys):
+    assert _prune(tiny, tmp_path / "x", "--format", "compressed", "--structured", "heads") == 2
+    assert "nothing to compress" in capsys.readouterr().err
+    assert _prune(tiny, tmp_path / "x", "--format", "compressed", "--sparsity", "0") == 2
+    assert not (tmp_path / "x").exists()
+    assert main(["export", str(tiny / "model"), "--to", "compressed", "--out", str(tmp_path / "y"), "--quiet"]) == 2
+    assert "no sparsity to compress" in capsys.readouterr().err and not (tmp_path / "y").exists()
+
+
+def test_export_to_gguf_and_eval_the_artifacts(tiny, tmp_path, capsys):
+    assert _prune(tiny, tmp_path / "pruned", "--format", "compressed") == 0
+    capsys.readouterr()
+    gguf = tmp_path / "pruned.gguf"
+    assert main(["export", str(tmp_path / "pruned"), "--to", "gguf", "--quant", "q8_0", "--out", str(gguf),
+                 "--json", "--quiet"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["bytes"] == gguf.stat().st_size and data["detail"]["types"] == {"F32": 5, "Q8_0": 16}  # 14 projections, embedding, untied head
+    figures = {}
+    for spec in (tmp_path / "pruned", gguf):
+        assert main(["eval", "--model", str(spec), "--ppl", str(tiny / "texts"), "--windows", "2", "--seqlen", "32",
+                     "--gen-tokens", "4", "--no-load-memory", "--json", "--quiet"]) == 0
+        figures[spec.suffix] = json.loads(capsys.readouterr().out)
+    assert figures[""]["artifact"]["format"].startswith("compressed-tensors sparse-bitmask")
+    assert figures[".gguf"]["artifact"]["format"].startswith("gguf (")
+    assert figures[".gguf"]["file_bytes"] == gguf.stat().st_size
+    assert figures[".gguf"]["perplexity"] == pytest.approx(figures[""]["perplexity"], rel=0.02)
+    assert main(["export", str(tmp_path / "pruned"), "--to", "gguf", "--out", str(gguf), "--quiet"]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_measures_the_peak_memory_of_loading(tiny, capsys):
+    assert main(["eval", "--model", str(tiny / "model"), "--ppl", str(tiny / "texts"), "--windows", "2",
+                 "--seqlen", "32", "--gen-tokens", "2", "--json", "--quiet"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["load_memory"]["peak_bytes"] > data["load_memory"]["baseline_bytes"] > 50e6
+    assert data["load_memory"]["added_bytes"] > 0
+    assert data["load_peak_bytes"] == data["load_memory"]["peak_bytes"]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--to", "gguf", "--quant", "q4_k_m"], "cannot be written here"),
+    (["--to", "gguf", "--dtype", "bfloat16"], "--dtype applies to --to compressed"),
+    (["--to", "safetensors", "--quant", "q8_0"], "--quant applies to --to gguf only"),
+    (["--to", "gguf", "--out-of", "x"], None),
+])
+def test_export_bad_arguments_are_errors_before_loading(tiny, tmp_path, capsys, argv, match):
+    out = ["--out", str(tmp_path / "m.gguf")] if "--out-of" not in argv else []
+    if match is None:
+        with pytest.raises(SystemExit):
+            main(["export", str(tiny / "model"), *argv, *out])
+        return
+    assert main(["export", str(tiny / "model"), *argv, *out, "--quiet"]) == 2
+    assert match in capsys.readouterr().err and list(tmp_path.iterdir()) == []
