@@ -5,35 +5,16 @@ import torch
 
 from prunekit.cli import main
 
-TEXT = ("The interpreter reads a line, parses it and runs it. Modules group functions and classes; "
-        "a package groups modules. Exceptions unwind the stack until a handler catches them. ")
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A tiny Llama (bf16 config) with a byte-level BPE tokenizer, and a folder of text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
+    """A tiny Llama (bf16, untied head) with a byte-level BPE tokenizer, and a folder of text."""
     from prunekit.models.hf import tiny_model
+    from prunekit.models.tiny import tiny_tokenizer, write_tiny_folder
 
-    root = tmp_path_factory.mktemp("tiny")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([TEXT] * 20, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    fast = tiny_tokenizer()
     model = tiny_model("llama", vocab_size=fast.vocab_size)
     model.config.tie_word_embeddings = False
-    model.to(torch.bfloat16).save_pretrained(root / "model")
-    fast.save_pretrained(root / "model")
-    texts = root / "texts"
-    texts.mkdir()
-    for i in range(30):
-        (texts / f"page{i:02d}.txt").write_text(f"Page {i}. " + TEXT * 3)
-    return root
+    return write_tiny_folder(tmp_path_factory.mktemp("tiny"), model.to(torch.bfloat16), fast)
 
 
 def _prune(tiny, out, *extra):

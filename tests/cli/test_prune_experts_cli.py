@@ -8,28 +8,12 @@ import pytest
 from prunekit.cli import main
 from prunekit.experts import tiny_moe
 
-TEXT = ("The interpreter reads a line, parses it and runs it. Modules group functions and classes; "
-        "a package groups modules. Exceptions unwind the stack until a handler catches them. ")
-
-
 @pytest.fixture(scope="module")
 def moe_folder(tmp_path_factory):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from prunekit.models.tiny import tiny_tokenizer, write_tiny_folder
 
-    root = tmp_path_factory.mktemp("moe")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([TEXT] * 20, trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
-                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
-    tiny_moe("qwen3_moe", vocab_size=fast.vocab_size).save_pretrained(root / "model")
-    fast.save_pretrained(root / "model")
-    (root / "texts").mkdir()
-    for i in range(30):
-        (root / "texts" / f"p{i:02d}.txt").write_text(f"Page {i}. " + TEXT * 3)
-    return root
+    fast = tiny_tokenizer()
+    return write_tiny_folder(tmp_path_factory.mktemp("moe"), tiny_moe("qwen3_moe", vocab_size=fast.vocab_size), fast)
 
 
 def _argv(root, out, *extra):

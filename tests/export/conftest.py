@@ -13,16 +13,9 @@ TEXT = ("The interpreter reads a line, parses it and runs it. Modules group func
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from prunekit.models.tiny import tiny_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([TEXT] * 20, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", bos_token="<eos>")
+    return tiny_tokenizer(TEXT, bos_token="<eos>")
 
 
 def make_llama(vocab: int, tie: bool = True, seed: int = 0, **overrides):

@@ -92,3 +92,37 @@ def tiny_model(family: str, vocab_size: int = 128, hidden: int = 64, layers: int
     torch.manual_seed(seed)
     model = tf.BertModel(config) if family in ENCODERS else tf.AutoModelForCausalLM.from_config(config)
     return model.eval()
+
+
+TINY_TEXT = ("The interpreter reads a line, parses it and runs it. Modules group functions and classes; "
+             "a package groups modules. Exceptions unwind the stack until a handler catches them. ")
+
+
+def tiny_tokenizer(text: str = TINY_TEXT, vocab_size: int = 300, **special: str) -> Any:
+    """A small byte-level BPE tokenizer trained on ``text`` (a ``PreTrainedTokenizerFast`` whose
+    end-of-sequence token is ``<eos>``; ``special`` adds e.g. ``bos_token="<eos>"``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([text] * 20, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", **special)
+
+
+def write_tiny_folder(root: Any, model: nn.Module, tokenizer: Any, text: str = TINY_TEXT, pages: int = 30) -> Any:
+    """Save ``model`` and ``tokenizer`` as ``root/model`` (a Hugging Face folder) and ``pages`` text files
+    in ``root/texts`` (calibration and evaluation text); returns ``root``."""
+    from pathlib import Path
+
+    root = Path(root)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    texts = root / "texts"
+    texts.mkdir(exist_ok=True)
+    for i in range(pages):
+        (texts / f"page{i:02d}.txt").write_text(f"Page {i}. " + text * 3)
+    return root
