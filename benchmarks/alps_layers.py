@@ -12,13 +12,15 @@ torch.set_num_threads(1)
 from prunekit.models.hf import load_model
 from prunekit.datasets.text import calibration_windows
 from prunekit.calibrate import InputStats, find_blocks
-from prunekit.calibrate.blockwise import as_batches, capture_inputs, run_block
+from prunekit.calibrate import calibration_batches
+from prunekit.calibrate.blockwise import capture_inputs, run_block
 from prunekit.methods.sparsegpt import inverse_hessian_factor, sparsegpt_prune
 from prunekit.methods.alps import alps_prune
 lm = load_model(sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m")  # or a saved HF copy of it
 calib = calibration_windows(lm.tokenizer, "pydocs", 8, 512, seed=0)
-_, blocks = find_blocks(lm.model)
-states = capture_inputs(lm.model, blocks, as_batches(calib, 8))
+blocks = find_blocks(lm.model).modules
+# block 0's inputs; each block's outputs (dense) become the next block's inputs below
+states = [c[0] for c in capture_inputs(lm.model, blocks, calibration_batches(calib, 8, tokens=True))]
 res = []
 with torch.no_grad():
     for i, block in enumerate(blocks):

@@ -13,7 +13,8 @@ from prunekit.core.deprecation import PrunekitDeprecationWarning
 import prunekit.structured as ps
 from prunekit.core.scope import is_transposed
 from prunekit.models.tiny import FAMILIES, tiny_model
-from prunekit.structured.hf_common import keep_count, top
+from prunekit.core.fraction import keep_count
+from prunekit.structured.hf_common import top
 from prunekit.structured.transformers import expert_neuron_scores, neuron_scores, unit_scores
 
 IDS = torch.randint(0, 128, (2, 12))

@@ -224,9 +224,3 @@ def walk_blocks_(
     finally:
         model.train(was_training)
     return len(blocks.modules)
-
-
-def as_batches(calibration: Any, batch_size: int) -> list[dict[str, Tensor]]:
-    """Token-id calibration as model-input batches (the older name of
-    ``calibration_batches(calibration, batch_size, tokens=True)``, kept for callers of the engine)."""
-    return calibration_batches(calibration, batch_size, tokens=True)

@@ -62,3 +62,13 @@ Sparsity = Annotated[float, _validator("sparsity", "[0, 1)")]
 Keep = Annotated[float, _validator("keep", "(0, 1]")]
 Density = Annotated[float, _validator("density", "(0, 1]")]
 UnitInterval = Annotated[float, _validator("value", "[0, 1]")]
+
+
+def keep_count(n: int, sparsity: float, round_to: int | None = None, minimum: int = 1) -> int:
+    """How many of ``n`` units stay when ``sparsity`` of them go (the removed count rounded down),
+    rounded to a multiple of ``round_to`` when given, and never fewer than ``minimum``
+    (or ``round_to``)."""
+    keep = n - math.floor(n * sparsity + 1e-9)
+    if round_to:
+        keep = min(n, max(round_to, int(round(keep / round_to)) * round_to))
+    return max(minimum, keep)

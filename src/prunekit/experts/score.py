@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..core.fraction import keep_count as keep_count_of
 from .layout import MoeLayer
 
 TOKEN_CHUNK = 4096
@@ -73,7 +74,7 @@ def keep_count(layer: MoeLayer, sparsity: float) -> int:
     """How many experts per routing group stay at ``sparsity`` (fraction removed, rounded down per group)."""
     groups = groups_of(layer)
     size = len(groups[0])
-    return size - int(sparsity * size + 1e-9)
+    return keep_count_of(size, sparsity, minimum=0)
 
 
 def check_keep(layer: MoeLayer, sparsity: float) -> tuple[int, int]:

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from ..calibrate import walk_blocks_
-from ..calibrate.blockwise import BlockInputs, as_batches, run_block
+from ..calibrate.batches import calibration_batches
+from ..calibrate.blockwise import BlockInputs, run_block
 from .base import PrunePlan
 from .layerwise import ENGINE_OPTIONS, block_targets
 
@@ -87,7 +88,7 @@ class OnePassStats:
 
 def one_pass_possible(plan: PrunePlan) -> bool:
     """Whether the calibration windows fit one block call (all of the same length)."""
-    batches = as_batches(plan.calibration, 1 << 30)
+    batches = calibration_batches(plan.calibration, 1 << 30, tokens=True)
     return len(batches) == 1
 
 
@@ -108,7 +109,7 @@ def apply_one_pass_(method: Any, model: nn.Module, plan: PrunePlan) -> None:
     engine = {k: plan.options[k] for k in ENGINE_OPTIONS if k in plan.options}
     device = engine.get("device")
     journal = plan.journal
-    n_windows = as_batches(plan.calibration, 1 << 30)[0]["input_ids"].shape[0]
+    n_windows = calibration_batches(plan.calibration, 1 << 30, tokens=True)[0]["input_ids"].shape[0]
 
     def visit(i: int, block_name: str, block: nn.Module, inputs: list[BlockInputs]) -> None:
         targets = block_targets(plan, block_name)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..calibrate.blockwise import as_batches
+from ..calibrate.batches import calibration_batches
 
 
 class _Stop(Exception):
@@ -46,8 +46,8 @@ def norm_input_covariances(model: nn.Module, norms: list[nn.Module], calibration
     model.eval()
     try:
         with torch.no_grad():
-            for batch in tqdm(as_batches(calibration, batch_size), desc="slicegpt: covariances", disable=not progress,
-                              leave=False):
+            batches = calibration_batches(calibration, batch_size, tokens=True)
+            for batch in tqdm(batches, desc="slicegpt: covariances", disable=not progress, leave=False):
                 try:
                     model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
                 except _Stop:

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..calibrate.blockwise import as_batches, capture_inputs, run_block
+from ..calibrate.batches import calibration_batches
+from ..calibrate.blockwise import capture_inputs, run_block
 from .layout import DecoderParts
 from .pca import principal_axes
 
@@ -89,7 +90,7 @@ def rotate_and_slice_per_layer_(model: nn.Module, parts: DecoderParts, calibrati
         return vectors[:, :d2]
 
     with torch.no_grad():
-        states = [c[0] for c in capture_inputs(model, layers, as_batches(calibration, batch_size))]
+        states = [c[0] for c in capture_inputs(model, layers, calibration_batches(calibration, batch_size, tokens=True))]
         g_final = parts.final_norm.weight.detach().double()
         head = parts.head.weight.detach().double()
         q = basis([s.hidden for s in states])

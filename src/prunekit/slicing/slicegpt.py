@@ -31,7 +31,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..calibrate.blockwise import as_batches
+from ..calibrate.batches import calibration_batches
 from ..core.config import Config
 from ..core.fraction import Sparsity, check_fraction
 from .layout import DecoderParts, decoder_parts
@@ -168,7 +168,7 @@ def slice_(model: nn.Module, config: SliceConfig | dict | None = None, *, calibr
     if calibration is None:
         raise ValueError("slicing needs calibration=: token ids (nsamples, seqlen), e.g. from "
                          "prunekit.datasets.text.calibration_windows(tokenizer, 'pydocs', nsamples=32, seqlen=512)")
-    as_batches(calibration, cfg.batch_size)
+    calibration_batches(calibration, cfg.batch_size, tokens=True)
     parts = decoder_parts(model)
     d2 = plan.hidden_after
     if plan.head == "tied":

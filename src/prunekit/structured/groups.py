@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..core.fraction import keep_count
 from .graph import DependencyGraph, Member
 
 
@@ -87,14 +88,6 @@ def find_groups(graph: DependencyGraph) -> list[Group]:
         groups.append(g)
     groups.sort(key=lambda g: g.units[0])
     return groups
-
-
-def keep_count(n: int, sparsity: float, round_to: int | None = None) -> int:
-    """How many of ``n`` units stay when ``sparsity`` of them go: at least one (or ``round_to``)."""
-    keep = n - math.floor(n * sparsity + 1e-9)
-    if round_to:
-        keep = min(n, max(round_to, int(round(keep / round_to)) * round_to))
-    return max(1, keep)
 
 
 def choose_removed(groups: list[Group], scores: list[torch.Tensor], sparsity: float, *, global_pruning: bool = False,

@@ -5,7 +5,6 @@ the pruned model from its config."""
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from typing import Any
 
@@ -48,11 +47,6 @@ def matrix(m: nn.Module) -> Tensor:
 def row_norms(w: Tensor, importance: str) -> Tensor:
     """Per-row Σ|w| (``l1``) or Σw² (``l2``) of an (out, in) matrix."""
     return w.abs().sum(1) if importance == "l1" else w.square().sum(1)
-
-
-def keep_count(n: int, sparsity: float) -> int:
-    """How many of ``n`` units stay when ``sparsity`` of them go (at least one)."""
-    return max(1, n - math.floor(n * sparsity + 1e-9))
 
 
 def top(scores: Tensor, keep: int) -> Tensor:
