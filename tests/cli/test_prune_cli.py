@@ -232,3 +232,15 @@ def test_eval_reports_generation_speed_with_its_spread(tiny_folder, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["generation"]["tokens"] == 8 and data["generation"]["runs"] >= 3
     assert data["timing"]["models"] == ["model"] and not data["timing"]["interleaved"]
+
+
+def test_the_cli_builds_the_same_typed_config_as_python(tiny_folder, tmp_path, capsys):
+    from prunekit.methods import METHODS
+    from prunekit.methods.prune import method_config
+
+    out = tmp_path / "cfg"
+    assert _run(_args(tiny_folder, out, "--method", "sparsegpt", "--sparsity", "0.6", "--seed", "3", "--json")) == 0
+    data = json.loads(capsys.readouterr().out)
+    expected = method_config("sparsegpt", 0.6, pattern="unstructured", allocation="uniform", seed=3)
+    assert data["config"] == expected.to_dict()
+    assert METHODS.parse_config(data["config"]) == expected  # the saved config rebuilds the run's config

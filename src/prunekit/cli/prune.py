@@ -172,6 +172,12 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.device is not None and args.method not in CALIBRATED:
         raise ValueError(f"--device applies to {' and '.join(CALIBRATED)} (calibrated block by block); "
                          f"{args.method} runs where the model is, on the CPU. Drop --device")
+    from ..methods.prune import method_config
+
+    # the same typed config a Python caller or a recipe builds (checked here, before anything is loaded)
+    options = {"device": args.device} if args.device else {}
+    args.config = method_config(args.method, args.sparsity, pattern=args.pattern, allocation=args.allocation,
+                                seed=args.seed, **options)
 
 
 def _check_model(args: argparse.Namespace, lm: Any) -> None:
@@ -286,9 +292,6 @@ def _prune_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, A
         windows = eval_windows(lm.tokenizer, eval_src, args.eval_windows, args.seqlen,
                                default=args.calib is None and args.ppl is None, say=chatter)
         check_token_ids(windows, lm.model, "evaluation windows")
-    options = {"device": args.device} if args.device else {}
-    prune_args = dict(pattern=args.pattern, allocation=args.allocation, calibration=calib, seed=args.seed,
-                      progress=progress, **options)
     structured = args.structured is not None or args.slice is not None
     experts = args.experts is not None
     if args.slice is not None:
@@ -300,7 +303,7 @@ def _prune_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, A
 
         prune_experts.plan(args, lm.model)  # every check, before any work
     elif not structured:
-        plan_prune(lm.model, args.method, args.sparsity, **prune_args)  # every check, before any work
+        plan_prune(lm.model, args.config, calibration=calib, progress=progress)  # every check, before any work
     say(args, "measuring the dense model ...")
     before = lm_figures(lm.model, windows, causal=lm.causal_lm, macs=structured, progress=progress)
     dense, apart = _dense_copy(lm.model)  # timed beside the pruned model at the end, interleaved
@@ -334,9 +337,10 @@ def _prune_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, A
                     structured=removed.to_dict(), prune_seconds=time.perf_counter() - t0)
     else:
         say(args, f"pruning with {args.method} ({args.pattern}, {args.allocation}) ...")
-        report = prune_(lm.model, args.method, args.sparsity, **prune_args)
+        report = prune_(lm.model, args.config, calibration=calib, progress=progress)
         headline = str(report)
-        meta.update(method=args.method, prune_seconds=report.seconds, sparsity_in_scope=report.sparsity,
+        meta.update(method=args.method, config=args.config.to_dict(), prune_seconds=report.seconds,
+                    sparsity_in_scope=report.sparsity,
                     settings={"sparsity": report.target_sparsity, "pattern": report.pattern,
                               "allocation": report.allocation}, layers=report.layers)
     columns = {"before": before}
