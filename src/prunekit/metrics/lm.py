@@ -81,13 +81,33 @@ def lm_speed(models: dict[str, nn.Module], tokenizer: Any, *, causal: bool = Tru
         for n in names[1:]:
             r = cmp.ratio(n, names[0])  # time ratio; speed ratio is its inverse
             ratios["generation"] = {"median": r.median, "iqr": r.iqr, "of": f"{n}/{names[0]}"}
+    timing.pop("_why", None)
     return {"models": per, "ratios": ratios, "timing": timing}
 
 
 def _note(timing: dict[str, Any], what: str, why: list[str]) -> None:
-    if why:
-        timing["noisy"] = True
-        timing["why"].append(f"{what}: {', '.join(why)}")
+    """Add one model's reasons for distrusting the ``what`` figure, merged with the other models' (the
+    widest spread and the smallest CPU share stand for them all)."""
+    if not why:
+        return
+    timing["noisy"] = True
+    seen = timing.setdefault("_why", {}).setdefault(what, [])
+    seen.extend(why)
+    timing["why"] = [f"{w}: {', '.join(r)}" for w, r in
+                     ((w, _merged(rs)) for w, rs in timing["_why"].items())]
+
+
+def _number(text: str) -> float:
+    import re
+
+    found = re.findall(r"\d+(?:\.\d+)?", text)
+    return float(found[0]) if found else 0.0
+
+
+def _merged(reasons: list[str]) -> list[str]:
+    spreads = [w for w in reasons if w.startswith("±")]
+    others = [w for w in reasons if not w.startswith("±")]
+    return ([max(spreads, key=_number)] if spreads else []) + ([min(others, key=_number)] if others else [])
 
 
 def measure_lm(model: nn.Module, tokenizer: Any, windows: Any, *, causal: bool = True, gen_tokens: int = 32,
