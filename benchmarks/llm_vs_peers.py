@@ -1,14 +1,20 @@
-"""SmolLM2-135M at 50% (unstructured and 2:4): prunekit's magnitude, Wanda, SparseGPT and OWL against
-llm-compressor's ``oneshot`` (SparseGPTModifier, WandaPruningModifier), on the same calibration windows,
-all evaluated with the same perplexity code.
+"""SmolLM2-135M pruned by prunekit's methods (magnitude, Wanda, SparseGPT in both layer orders, ALPS, RIA,
+DSnoT, OWL) and by llm-compressor's ``oneshot`` (SparseGPTModifier, WandaPruningModifier), on the same
+calibration windows (their hash is printed), every result evaluated with the same perplexity code.
 
-Reports perplexity over held-out windows of Python's documentation, pruning time, peak resident
-memory during pruning, and Wanda's time over one plain forward pass across the calibration tokens.
+Reports perplexity over held-out windows of Python's documentation, pruning time (wall and CPU),
+peak resident memory during pruning, and each run's CPU time over one plain forward pass across the
+calibration tokens.
 
-    # reduced size (what fits a shared machine)
-    python benchmarks/llm_vs_peers.py --nsamples 16 --eval-windows 16
-    # full size of the issue's anchors (one thread, 64 × 512 calibration, 64 × 512 evaluation)
-    python benchmarks/llm_vs_peers.py --nsamples 64 --eval-windows 64 --threads 1
+    # the README's tables (reduced size: what fits a shared 2-core machine; one process per sparsity)
+    python benchmarks/llm_vs_peers.py --nsamples 8 --eval-windows 8 --threads 1 --sparsity 0.7 \
+        --runs wanda,ria,dsnot,sparsegpt,sparsegpt-seq,llmc-sparsegpt,llmc-wanda,wanda-owl
+    python benchmarks/llm_vs_peers.py --nsamples 8 --eval-windows 8 --threads 1 \
+        --runs wanda-2:4,ria-2:4,dsnot-2:4,sparsegpt-2:4,sparsegpt-seq-2:4,llmc-sparsegpt-2:4,llmc-wanda-2:4
+    # full size of the issue's anchors (one thread, 32 × 512 calibration, 64 × 512 evaluation)
+    python benchmarks/llm_vs_peers.py --nsamples 32 --eval-windows 64 --threads 1 --runs sparsegpt,llmc-sparsegpt
+
+Unstructured runs prune ``--sparsity``; runs ending in ``-2:4`` prune 2 of every 4 (50%).
 
 llm-compressor pins its own transformers: install it in a separate environment and point
 ``--llmc-python`` at it (``python -m venv /work/llmc-venv && /work/llmc-venv/bin/pip install llmcompressor``).
@@ -17,6 +23,7 @@ llm-compressor pins its own transformers: install it in a separate environment a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -42,25 +49,37 @@ PRUNEKIT_RUNS = {
     "wanda": ("wanda", "unstructured", "uniform", {}),
     "wanda-2:4": ("wanda", "2:4", "uniform", {}),
     "wanda-owl": ("wanda", "unstructured", "owl", {}),
-    "sparsegpt": ("sparsegpt", "unstructured", "uniform", {}),
-    "sparsegpt-2:4": ("sparsegpt", "2:4", "uniform", {}),
-    "sparsegpt-owl": ("sparsegpt", "unstructured", "owl", {}),
-    # every layer pruned on the inputs its pruned predecessors give it, one forward per block
+    # the paper's and llm-compressor's order: every layer of a block calibrated on the dense block
+    "sparsegpt": ("sparsegpt", "unstructured", "uniform", {"sequential": "block"}),
+    "sparsegpt-2:4": ("sparsegpt", "2:4", "uniform", {"sequential": "block"}),
+    "sparsegpt-owl": ("sparsegpt", "unstructured", "owl", {"sequential": "block"}),
+    # every layer pruned on the inputs its pruned predecessors give it, one forward per block (the default)
     "sparsegpt-seq": ("sparsegpt", "unstructured", "uniform", {"sequential": "layer"}),
     "sparsegpt-seq-2:4": ("sparsegpt", "2:4", "uniform", {"sequential": "layer"}),
     "sparsegpt-seq-owl": ("sparsegpt", "unstructured", "owl", {"sequential": "layer"}),
     # the same computation with the Hessian summed in another order: how much do rounding-level
     # differences alone move the perplexity (mask decisions are chaotic)?
-    "sparsegpt-b4": ("sparsegpt", "unstructured", "uniform", {"batch_size": 4}),
-    "alps": ("alps", "unstructured", "uniform", {}),
+    "sparsegpt-b4": ("sparsegpt", "unstructured", "uniform", {"batch_size": 4, "sequential": "block"}),
+    "alps": ("alps", "unstructured", "uniform", {"sequential": "block"}),
     "alps-seq": ("alps", "unstructured", "uniform", {"sequential": "layer"}),
-    "alps-2:4": ("alps", "2:4", "uniform", {}),
+    "alps-2:4": ("alps", "2:4", "uniform", {"sequential": "block"}),
     "alps-seq-2:4": ("alps", "2:4", "uniform", {"sequential": "layer"}),
     "alps-seq-60it": ("alps", "unstructured", "uniform", {"sequential": "layer", "max_iter": 60, "switch_iter": 15}),
     "alps-seq-60it-2:4": ("alps", "2:4", "uniform", {"sequential": "layer", "max_iter": 60, "switch_iter": 15}),
     "wanda-owl-l20": ("wanda", "unstructured", "owl", {"owl_lambda": 0.2}),
+    # RIA: relative importance × ‖X‖^0.5 over the whole layer; 2:4 with free channel permutations
+    "ria": ("ria", "unstructured", "uniform", {}),
+    "ria-2:4": ("ria", "2:4", "uniform", {}),
+    "ria-2:4-noperm": ("ria", "2:4", "uniform", {"channel_permutation": False}),
+    # DSnoT on Wanda's mask: attention layers refined (the paper's code skips the MLPs), or every layer
+    "dsnot": ("dsnot", "unstructured", "uniform", {}),
+    "dsnot-all": ("dsnot", "unstructured", "uniform", {"skip": []}),
+    "dsnot-2:4": ("dsnot", "2:4", "uniform", {}),
+    "dsnot-all-2:4": ("dsnot", "2:4", "uniform", {"skip": []}),
+    "dsnot-ria": ("dsnot", "unstructured", "uniform", {"initial": "ria", "skip": []}),
     "sparsegpt-seq-owl-l20": ("sparsegpt", "unstructured", "owl", {"sequential": "layer", "owl_lambda": 0.2}),
 }
+DEFAULT_RUNS = ("wanda", "llmc-wanda", "sparsegpt", "sparsegpt-seq", "llmc-sparsegpt", "ria", "dsnot")
 PEER_RUNS = {
     "llmc-sparsegpt": ("sparsegpt", "0:0"),
     "llmc-sparsegpt-2:4": ("sparsegpt", "2:4"),
@@ -100,8 +119,9 @@ def main() -> int:
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--sparsity", type=float, default=0.5, help="for the unstructured runs (2:4 is 50%%)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (anchors: 1)")
-    p.add_argument("--runs", default=",".join(list(PRUNEKIT_RUNS) + list(PEER_RUNS)),
-                   help=f"comma-separated subset of {', '.join(list(PRUNEKIT_RUNS) + list(PEER_RUNS))}")
+    p.add_argument("--runs", default=",".join(DEFAULT_RUNS),
+                   help=f"comma-separated subset of {', '.join(list(PRUNEKIT_RUNS) + list(PEER_RUNS))} "
+                        f"(default: {','.join(DEFAULT_RUNS)})")
     p.add_argument("--llmc-python", default="/work/llmc-venv/bin/python", help="Python of llm-compressor's venv")
     p.add_argument("--json", help="write the results here as JSON")
     a = p.parse_args()
@@ -116,6 +136,8 @@ def main() -> int:
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
     calib = calibration_windows(tok, "pydocs", a.nsamples, a.seqlen, seed=0)
     evalw = eval_windows(tok, "pydocs", a.eval_windows, a.seqlen)
+    print(f"calibration {tuple(calib.shape)} sha256 {token_hash(calib)}, evaluation {tuple(evalw.shape)} "
+          f"sha256 {token_hash(evalw)} (the same tensors for every run and both tools)", flush=True)
     rows: list[dict] = []
 
     def evaluate(label: str, seconds: float | None, cpu: float | None, peak: int | None, impl: str,
@@ -125,6 +147,8 @@ def main() -> int:
                      "start_rss": start_rss, "impl": impl, "sparsity": pk.summary(model).scope_sparsity})
         print(f"{label:<22} ppl {ppl:9.2f}  time {seconds or 0:7.1f} s  CPU {cpu or 0:7.1f} s  "
               f"peak {(peak or 0) / 1e9:5.2f} GB", flush=True)
+        if a.json:  # after every run, so that a killed benchmark keeps what it measured
+            Path(a.json).write_text(json.dumps({"settings": vars(a), "rows": rows}, indent=2))
 
     evaluate("dense", None, None, None, "-")
     start, cpu = time.perf_counter(), time.process_time()
@@ -155,6 +179,11 @@ def main() -> int:
         Path(a.json).write_text(json.dumps({"settings": vars(a), "forward_s": forward_s, "forward_cpu_s": forward_cpu,
                                             "rows": rows}, indent=2))
     return 0
+
+
+def token_hash(ids: torch.Tensor) -> str:
+    """A short hash of a token tensor (to show that two runs saw the same windows)."""
+    return hashlib.sha256(ids.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:12]
 
 
 def run_peer(a: argparse.Namespace, label: str, model: torch.nn.Module, tok,
