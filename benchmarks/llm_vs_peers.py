@@ -6,11 +6,13 @@ Reports perplexity over held-out windows of Python's documentation, pruning time
 peak resident memory during pruning, and each run's CPU time over one plain forward pass across the
 calibration tokens.
 
-    # the README's tables (reduced size: what fits a shared 2-core machine; one process per sparsity)
-    python benchmarks/llm_vs_peers.py --nsamples 8 --eval-windows 8 --threads 1 --sparsity 0.7 \
-        --runs wanda,ria,dsnot,sparsegpt,sparsegpt-seq,llmc-sparsegpt,llmc-wanda,wanda-owl
-    python benchmarks/llm_vs_peers.py --nsamples 8 --eval-windows 8 --threads 1 \
-        --runs wanda-2:4,ria-2:4,dsnot-2:4,sparsegpt-2:4,sparsegpt-seq-2:4,llmc-sparsegpt-2:4,llmc-wanda-2:4
+    # the README's RIA / DSnoT / OWL table (reduced size: what fits a shared 2-core machine; one process per line)
+    python benchmarks/llm_vs_peers.py --nsamples 8 --eval-windows 8 --threads 1 --no-forward --sparsity 0.5 --runs wanda,ria,dsnot
+    python benchmarks/llm_vs_peers.py --nsamples 8 --eval-windows 8 --threads 1 --no-forward --runs wanda-2:4,ria-2:4,dsnot-2:4
+    python benchmarks/llm_vs_peers.py --nsamples 8 --eval-windows 8 --threads 1 --no-forward --sparsity 0.6 --runs wanda,wanda-owl
+    python benchmarks/llm_vs_peers.py --nsamples 8 --eval-windows 8 --threads 1 --no-forward --sparsity 0.7 --runs wanda,wanda-owl
+    # the SparseGPT table, beside llm-compressor
+    python benchmarks/llm_vs_peers.py --nsamples 8 --eval-windows 8 --threads 1 --runs sparsegpt,sparsegpt-seq,llmc-sparsegpt
     # full size of the issue's anchors (one thread, 32 × 512 calibration, 64 × 512 evaluation)
     python benchmarks/llm_vs_peers.py --nsamples 32 --eval-windows 64 --threads 1 --runs sparsegpt,llmc-sparsegpt
 
@@ -123,6 +125,8 @@ def main() -> int:
                    help=f"comma-separated subset of {', '.join(list(PRUNEKIT_RUNS) + list(PEER_RUNS))} "
                         f"(default: {','.join(DEFAULT_RUNS)})")
     p.add_argument("--llmc-python", default="/work/llmc-venv/bin/python", help="Python of llm-compressor's venv")
+    p.add_argument("--no-forward", action="store_true",
+                   help="skip timing one plain forward over the calibration tokens (saves its time; no CPU/forward column)")
     p.add_argument("--json", help="write the results here as JSON")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -151,12 +155,14 @@ def main() -> int:
             Path(a.json).write_text(json.dumps({"settings": vars(a), "rows": rows}, indent=2))
 
     evaluate("dense", None, None, None, "-")
-    start, cpu = time.perf_counter(), time.process_time()
-    with torch.no_grad():
-        for b in calib.split(8):
-            model(input_ids=b, use_cache=False)
-    forward_s, forward_cpu = time.perf_counter() - start, time.process_time() - cpu
-    print(f"one plain forward over the calibration tokens: {forward_s:.1f} s ({forward_cpu:.1f} s CPU)", flush=True)
+    forward_s = forward_cpu = None
+    if not a.no_forward:
+        start, cpu = time.perf_counter(), time.process_time()
+        with torch.no_grad():
+            for b in calib.split(8):
+                model(input_ids=b, use_cache=False)
+        forward_s, forward_cpu = time.perf_counter() - start, time.process_time() - cpu
+        print(f"one plain forward over the calibration tokens: {forward_s:.1f} s ({forward_cpu:.1f} s CPU)", flush=True)
 
     for label in runs:
         if label in PRUNEKIT_RUNS:
@@ -210,18 +216,19 @@ def run_peer(a: argparse.Namespace, label: str, model: torch.nn.Module, tok,
     return result["seconds"], result["cpu_seconds"], result["peak_rss"], result["start_rss"]
 
 
-def print_table(rows: list[dict], forward_s: float, forward_cpu: float, a: argparse.Namespace) -> None:
+def print_table(rows: list[dict], forward_s: float | None, forward_cpu: float | None, a: argparse.Namespace) -> None:
     """The results as a Markdown table (CPU seconds are the process's, robust to other load on the machine)."""
+    fwd = "not timed" if forward_cpu is None else f"{forward_s:.1f} s wall, {forward_cpu:.1f} s CPU"
     print(f"\nSmolLM2-135M fp32, {a.sparsity:.0%} (2:4 runs 50%): calibration {a.nsamples}×{a.seqlen}, perplexity over {a.eval_windows}×{a.seqlen} "
           f"held-out tokens of Python's docs, {a.threads} thread(s); one plain forward over the calibration "
-          f"tokens {forward_s:.1f} s wall, {forward_cpu:.1f} s CPU\n")
+          f"tokens {fwd}\n")
     print("| run | implementation | sparsity in scope | perplexity | pruning time (wall) | CPU time | "
           "CPU time / forward | peak RSS (added while pruning) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = "–" if r["seconds"] is None else f"{r['seconds']:.1f} s"
         c = "–" if r["cpu_seconds"] is None else f"{r['cpu_seconds']:.1f} s"
-        ratio = "–" if r["cpu_seconds"] is None else f"{r['cpu_seconds'] / forward_cpu:.2f}×"
+        ratio = "–" if r["cpu_seconds"] is None or forward_cpu is None else f"{r['cpu_seconds'] / forward_cpu:.2f}×"
         peak = "–" if r["peak_rss"] is None else \
             f"{r['peak_rss'] / 1e9:.2f} GB (+{(r['peak_rss'] - (r['start_rss'] or r['peak_rss'])) / 1e9:.2f})"
         print(f"| {r['run']} | {r['impl']} | {r['sparsity']:.2%} | {r['perplexity']:.2f} | {t} | {c} | {ratio} | {peak} |")

@@ -19,14 +19,14 @@ from .eval import DEFAULT_EVAL_WINDOWS, DEFAULT_SEQLEN, measure_lm, table
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_NSAMPLES = 32
-CALIBRATED = ("wanda", "sparsegpt")
+CALIBRATED = ("wanda", "sparsegpt", "alps", "ria", "dsnot")
 
 
 def add_parser(subs: argparse._SubParsersAction) -> None:
     p = subs.add_parser("prune", help="prune a language model with calibration text and save it", description=__doc__)
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="an alias (smollm2-135m, minilm-l6), a Hugging Face folder or a .gguf file (default smollm2-135m)")
-    p.add_argument("--method", default=None, help="wanda (default), sparsegpt, magnitude")
+    p.add_argument("--method", default=None, help="wanda (default), sparsegpt, magnitude, alps, ria, dsnot")
     p.add_argument("--sparsity", type=float, default=None, help="fraction of weights to zero (default 0.5; implied by N:M)")
     p.add_argument("--pattern", default=None, help="unstructured (default), row, N:M such as 2:4")
     p.add_argument("--allocation", default=None, help="uniform (default), owl, global, erk, lamp (not with N:M)")
@@ -134,7 +134,7 @@ def _check_args(args: argparse.Namespace) -> None:
         if args.sparsity is None:
             args.sparsity = 0.5
     if args.device is not None and args.method not in CALIBRATED:
-        raise ValueError(f"--device applies to {' and '.join(CALIBRATED)} (calibrated block by block); "
+        raise ValueError(f"--device applies to the calibrated methods ({', '.join(CALIBRATED)}), run block by block; "
                          f"{args.method} runs where the model is, on the CPU. Drop --device")
 
 
