@@ -1,14 +1,22 @@
-"""SmolLM2-135M at 50% (unstructured and 2:4): prunekit's magnitude, Wanda, SparseGPT and OWL against
-llm-compressor's ``oneshot`` (SparseGPTModifier, WandaPruningModifier), on the same calibration windows,
-all evaluated with the same perplexity code.
+"""SmolLM2-135M pruned by prunekit's methods (magnitude, Wanda, SparseGPT in both layer orders, ALPS, RIA,
+DSnoT, OWL) and by llm-compressor's ``oneshot`` (SparseGPTModifier, WandaPruningModifier), on the same
+calibration windows (their hash is printed), every result evaluated with the same perplexity code.
 
-Reports perplexity over held-out windows of Python's documentation, pruning time, peak resident
-memory during pruning, and Wanda's time over one plain forward pass across the calibration tokens.
+Reports perplexity over held-out windows of Python's documentation, pruning time (wall and CPU),
+peak resident memory during pruning, and each run's CPU time over one plain forward pass across the
+calibration tokens.
 
-    # reduced size (what fits a shared machine)
-    python benchmarks/llm_vs_peers.py --nsamples 16 --eval-windows 16
-    # full size of the issue's anchors (one thread, 64 × 512 calibration, 64 × 512 evaluation)
-    python benchmarks/llm_vs_peers.py --nsamples 64 --eval-windows 64 --threads 1
+    # the README's RIA / DSnoT / OWL table (reduced size: what fits a shared 2-core machine; one process per line)
+    python benchmarks/llm_vs_peers.py --nsamples 8 --eval-windows 8 --threads 1 --no-forward --sparsity 0.5 --runs wanda,ria,dsnot
+    python benchmarks/llm_vs_peers.py --nsamples 8 --eval-windows 8 --threads 1 --no-forward --runs wanda-2:4,ria-2:4,dsnot-2:4
+    python benchmarks/llm_vs_peers.py --nsamples 8 --eval-windows 8 --threads 1 --no-forward --sparsity 0.6 --runs wanda,wanda-owl
+    python benchmarks/llm_vs_peers.py --nsamples 8 --eval-windows 8 --threads 1 --no-forward --sparsity 0.7 --runs wanda,wanda-owl
+    # the SparseGPT table, beside llm-compressor
+    python benchmarks/llm_vs_peers.py --nsamples 8 --eval-windows 8 --threads 1 --runs sparsegpt,sparsegpt-seq,llmc-sparsegpt
+    # full size of the issue's anchors (one thread, 32 × 512 calibration, 64 × 512 evaluation)
+    python benchmarks/llm_vs_peers.py --nsamples 32 --eval-windows 64 --threads 1 --runs sparsegpt,llmc-sparsegpt
+
+Unstructured runs prune ``--sparsity``; runs ending in ``-2:4`` prune 2 of every 4 (50%).
 
 llm-compressor pins its own transformers: install it in a separate environment and point
 ``--llmc-python`` at it (``python -m venv /work/llmc-venv && /work/llmc-venv/bin/pip install llmcompressor``).
@@ -17,6 +25,7 @@ llm-compressor pins its own transformers: install it in a separate environment a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -42,25 +51,37 @@ PRUNEKIT_RUNS = {
     "wanda": ("wanda", "unstructured", "uniform", {}),
     "wanda-2:4": ("wanda", "2:4", "uniform", {}),
     "wanda-owl": ("wanda", "unstructured", "owl", {}),
-    "sparsegpt": ("sparsegpt", "unstructured", "uniform", {}),
-    "sparsegpt-2:4": ("sparsegpt", "2:4", "uniform", {}),
-    "sparsegpt-owl": ("sparsegpt", "unstructured", "owl", {}),
-    # every layer pruned on the inputs its pruned predecessors give it, one forward per block
+    # the paper's and llm-compressor's order: every layer of a block calibrated on the dense block
+    "sparsegpt": ("sparsegpt", "unstructured", "uniform", {"sequential": "block"}),
+    "sparsegpt-2:4": ("sparsegpt", "2:4", "uniform", {"sequential": "block"}),
+    "sparsegpt-owl": ("sparsegpt", "unstructured", "owl", {"sequential": "block"}),
+    # every layer pruned on the inputs its pruned predecessors give it, one forward per block (the default)
     "sparsegpt-seq": ("sparsegpt", "unstructured", "uniform", {"sequential": "layer"}),
     "sparsegpt-seq-2:4": ("sparsegpt", "2:4", "uniform", {"sequential": "layer"}),
     "sparsegpt-seq-owl": ("sparsegpt", "unstructured", "owl", {"sequential": "layer"}),
     # the same computation with the Hessian summed in another order: how much do rounding-level
     # differences alone move the perplexity (mask decisions are chaotic)?
-    "sparsegpt-b4": ("sparsegpt", "unstructured", "uniform", {"batch_size": 4}),
-    "alps": ("alps", "unstructured", "uniform", {}),
+    "sparsegpt-b4": ("sparsegpt", "unstructured", "uniform", {"batch_size": 4, "sequential": "block"}),
+    "alps": ("alps", "unstructured", "uniform", {"sequential": "block"}),
     "alps-seq": ("alps", "unstructured", "uniform", {"sequential": "layer"}),
-    "alps-2:4": ("alps", "2:4", "uniform", {}),
+    "alps-2:4": ("alps", "2:4", "uniform", {"sequential": "block"}),
     "alps-seq-2:4": ("alps", "2:4", "uniform", {"sequential": "layer"}),
     "alps-seq-60it": ("alps", "unstructured", "uniform", {"sequential": "layer", "max_iter": 60, "switch_iter": 15}),
     "alps-seq-60it-2:4": ("alps", "2:4", "uniform", {"sequential": "layer", "max_iter": 60, "switch_iter": 15}),
     "wanda-owl-l20": ("wanda", "unstructured", "owl", {"owl_lambda": 0.2}),
+    # RIA: relative importance × ‖X‖^0.5 over the whole layer; 2:4 with free channel permutations
+    "ria": ("ria", "unstructured", "uniform", {}),
+    "ria-2:4": ("ria", "2:4", "uniform", {}),
+    "ria-2:4-noperm": ("ria", "2:4", "uniform", {"channel_permutation": False}),
+    # DSnoT on Wanda's mask: attention layers refined (the paper's code skips the MLPs), or every layer
+    "dsnot": ("dsnot", "unstructured", "uniform", {}),
+    "dsnot-all": ("dsnot", "unstructured", "uniform", {"skip": []}),
+    "dsnot-2:4": ("dsnot", "2:4", "uniform", {}),
+    "dsnot-all-2:4": ("dsnot", "2:4", "uniform", {"skip": []}),
+    "dsnot-ria": ("dsnot", "unstructured", "uniform", {"initial": "ria", "skip": []}),
     "sparsegpt-seq-owl-l20": ("sparsegpt", "unstructured", "owl", {"sequential": "layer", "owl_lambda": 0.2}),
 }
+DEFAULT_RUNS = ("wanda", "llmc-wanda", "sparsegpt", "sparsegpt-seq", "llmc-sparsegpt", "ria", "dsnot")
 PEER_RUNS = {
     "llmc-sparsegpt": ("sparsegpt", "0:0"),
     "llmc-sparsegpt-2:4": ("sparsegpt", "2:4"),
@@ -100,9 +121,12 @@ def main() -> int:
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--sparsity", type=float, default=0.5, help="for the unstructured runs (2:4 is 50%%)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (anchors: 1)")
-    p.add_argument("--runs", default=",".join(list(PRUNEKIT_RUNS) + list(PEER_RUNS)),
-                   help=f"comma-separated subset of {', '.join(list(PRUNEKIT_RUNS) + list(PEER_RUNS))}")
+    p.add_argument("--runs", default=",".join(DEFAULT_RUNS),
+                   help=f"comma-separated subset of {', '.join(list(PRUNEKIT_RUNS) + list(PEER_RUNS))} "
+                        f"(default: {','.join(DEFAULT_RUNS)})")
     p.add_argument("--llmc-python", default="/work/llmc-venv/bin/python", help="Python of llm-compressor's venv")
+    p.add_argument("--no-forward", action="store_true",
+                   help="skip timing one plain forward over the calibration tokens (saves its time; no CPU/forward column)")
     p.add_argument("--json", help="write the results here as JSON")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -116,6 +140,8 @@ def main() -> int:
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
     calib = calibration_windows(tok, "pydocs", a.nsamples, a.seqlen, seed=0)
     evalw = eval_windows(tok, "pydocs", a.eval_windows, a.seqlen)
+    print(f"calibration {tuple(calib.shape)} sha256 {token_hash(calib)}, evaluation {tuple(evalw.shape)} "
+          f"sha256 {token_hash(evalw)} (the same tensors for every run and both tools)", flush=True)
     rows: list[dict] = []
 
     def evaluate(label: str, seconds: float | None, cpu: float | None, peak: int | None, impl: str,
@@ -125,14 +151,18 @@ def main() -> int:
                      "start_rss": start_rss, "impl": impl, "sparsity": pk.summary(model).scope_sparsity})
         print(f"{label:<22} ppl {ppl:9.2f}  time {seconds or 0:7.1f} s  CPU {cpu or 0:7.1f} s  "
               f"peak {(peak or 0) / 1e9:5.2f} GB", flush=True)
+        if a.json:  # after every run, so that a killed benchmark keeps what it measured
+            Path(a.json).write_text(json.dumps({"settings": vars(a), "rows": rows}, indent=2))
 
     evaluate("dense", None, None, None, "-")
-    start, cpu = time.perf_counter(), time.process_time()
-    with torch.no_grad():
-        for b in calib.split(8):
-            model(input_ids=b, use_cache=False)
-    forward_s, forward_cpu = time.perf_counter() - start, time.process_time() - cpu
-    print(f"one plain forward over the calibration tokens: {forward_s:.1f} s ({forward_cpu:.1f} s CPU)", flush=True)
+    forward_s = forward_cpu = None
+    if not a.no_forward:
+        start, cpu = time.perf_counter(), time.process_time()
+        with torch.no_grad():
+            for b in calib.split(8):
+                model(input_ids=b, use_cache=False)
+        forward_s, forward_cpu = time.perf_counter() - start, time.process_time() - cpu
+        print(f"one plain forward over the calibration tokens: {forward_s:.1f} s ({forward_cpu:.1f} s CPU)", flush=True)
 
     for label in runs:
         if label in PRUNEKIT_RUNS:
@@ -155,6 +185,11 @@ def main() -> int:
         Path(a.json).write_text(json.dumps({"settings": vars(a), "forward_s": forward_s, "forward_cpu_s": forward_cpu,
                                             "rows": rows}, indent=2))
     return 0
+
+
+def token_hash(ids: torch.Tensor) -> str:
+    """A short hash of a token tensor (to show that two runs saw the same windows)."""
+    return hashlib.sha256(ids.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:12]
 
 
 def run_peer(a: argparse.Namespace, label: str, model: torch.nn.Module, tok,
@@ -181,18 +216,19 @@ def run_peer(a: argparse.Namespace, label: str, model: torch.nn.Module, tok,
     return result["seconds"], result["cpu_seconds"], result["peak_rss"], result["start_rss"]
 
 
-def print_table(rows: list[dict], forward_s: float, forward_cpu: float, a: argparse.Namespace) -> None:
+def print_table(rows: list[dict], forward_s: float | None, forward_cpu: float | None, a: argparse.Namespace) -> None:
     """The results as a Markdown table (CPU seconds are the process's, robust to other load on the machine)."""
+    fwd = "not timed" if forward_cpu is None else f"{forward_s:.1f} s wall, {forward_cpu:.1f} s CPU"
     print(f"\nSmolLM2-135M fp32, {a.sparsity:.0%} (2:4 runs 50%): calibration {a.nsamples}×{a.seqlen}, perplexity over {a.eval_windows}×{a.seqlen} "
           f"held-out tokens of Python's docs, {a.threads} thread(s); one plain forward over the calibration "
-          f"tokens {forward_s:.1f} s wall, {forward_cpu:.1f} s CPU\n")
+          f"tokens {fwd}\n")
     print("| run | implementation | sparsity in scope | perplexity | pruning time (wall) | CPU time | "
           "CPU time / forward | peak RSS (added while pruning) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = "–" if r["seconds"] is None else f"{r['seconds']:.1f} s"
         c = "–" if r["cpu_seconds"] is None else f"{r['cpu_seconds']:.1f} s"
-        ratio = "–" if r["cpu_seconds"] is None else f"{r['cpu_seconds'] / forward_cpu:.2f}×"
+        ratio = "–" if r["cpu_seconds"] is None or forward_cpu is None else f"{r['cpu_seconds'] / forward_cpu:.2f}×"
         peak = "–" if r["peak_rss"] is None else \
             f"{r['peak_rss'] / 1e9:.2f} GB (+{(r['peak_rss'] - (r['start_rss'] or r['peak_rss'])) / 1e9:.2f})"
         print(f"| {r['run']} | {r['impl']} | {r['sparsity']:.2%} | {r['perplexity']:.2f} | {t} | {c} | {ratio} | {peak} |")

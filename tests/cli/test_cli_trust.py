@@ -206,7 +206,7 @@ def test_permission_errors_are_one_line_with_exit_1(monkeypatch, capsys):
     (["--structured", "neurons", "--allocation", "owl"], "--allocation applies to weight pruning"),
     (["--ratio", "0.3"], "--ratio applies only with --structured"),
     (["--pattern", "2:4", "--allocation", "owl"], "--allocation does not apply to the N:M pattern 2:4"),
-    (["--device", "cuda"], "--device applies to wanda and sparsegpt"),
+    (["--device", "cuda"], "--device applies to the calibrated methods"),
     (["--seqlen", "5000"], r"--seqlen 5000 is longer than the context .*\(2048 tokens"),
     (["--seed", "-1"], "--seed must be 0 or more"),
 ])

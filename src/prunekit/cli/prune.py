@@ -21,7 +21,7 @@ from .prune_experts import add_expert_args, check_expert_args
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_NSAMPLES = 32
-CALIBRATED = ("wanda", "sparsegpt")
+CALIBRATED = ("wanda", "sparsegpt", "alps", "ria", "dsnot")
 DEFAULT_STRUCTURED_SPARSITY = 0.25
 
 
@@ -30,7 +30,7 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="an alias (smollm2-135m, gemma3-270m, minilm-l6), a Hugging Face folder or a .gguf file "
                         "(default smollm2-135m)")
-    p.add_argument("--method", default=None, help="wanda (default), sparsegpt, magnitude")
+    p.add_argument("--method", default=None, help="wanda (default), sparsegpt, magnitude, alps, ria, dsnot")
     p.add_argument("--sparsity", type=float, default=None,
                    help="fraction of weights to zero (default 0.5; implied by N:M); with --structured, the fraction "
                         "of heads, neurons or blocks removed (default 0.25)")
@@ -170,7 +170,7 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError("--format compressed with --sparsity 0: no weight would be zero, so the compressed "
                              "folder would be larger than the dense one. Use --format safetensors")
     if args.device is not None and args.method not in CALIBRATED:
-        raise ValueError(f"--device applies to {' and '.join(CALIBRATED)} (calibrated block by block); "
+        raise ValueError(f"--device applies to the calibrated methods ({', '.join(CALIBRATED)}), run block by block; "
                          f"{args.method} runs where the model is, on the CPU. Drop --device")
     from ..methods.prune import method_config
 

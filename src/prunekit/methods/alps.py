@@ -36,7 +36,8 @@ class ALPSConfig(BlockwiseConfig):
     switch_iter: int = Field(30, ge=0)
     cg_iter: int = Field(10, ge=0)
     percdamp: float = Field(0.01, gt=0, lt=1)
-    sequential: Literal["block", "layer"] = "block"
+    sequential: Literal["block", "layer"] = "layer"  # see SparseGPTConfig.sequential
+    one_pass_max_gb: float | None = Field(None, gt=0)
 
 
 ALPS_OPTIONS = ("rho", "max_iter", "update_iter", "switch_iter", "cg_iter", "percdamp")
@@ -159,16 +160,13 @@ class ALPS(BlockwiseMethod):
 
     def options(self) -> dict[str, Any]:
         """ALPS's own options and their defaults (validated by :class:`ALPSConfig`)."""
-        return {k: ALPSConfig.model_fields[k].default for k in ALPS_OPTIONS + ("sequential",)}
+        return {k: ALPSConfig.model_fields[k].default for k in ALPS_OPTIONS + ("sequential", "one_pass_max_gb")}
 
     def apply_(self, model: nn.Module, plan: PrunePlan) -> None:
         """Prune block by block; with ``sequential="layer"`` in one forward per block (see :mod:`.onepass`)."""
-        from .onepass import apply_one_pass_, one_pass_possible
+        from .onepass import apply_sequential_
 
-        if (plan.options.get("sequential", "block") == "layer" and one_pass_possible(plan)
-                and not getattr(plan, "experts", None)):  # fused MoE experts: the two-pass loop handles them
-            return apply_one_pass_(self, model, plan)
-        return super().apply_(model, plan)
+        return apply_sequential_(self, model, plan, super().apply_)
 
     def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: Any, sparsity: float,
                      plan: PrunePlan) -> tuple[Tensor, Tensor]:

@@ -205,9 +205,11 @@ class SparseGPTConfig(BlockwiseConfig):
     method: Literal["sparsegpt"] = "sparsegpt"
     blocksize: int = Field(128, ge=1)
     percdamp: float = Field(0.01, gt=0, lt=1)
-    # "block": every layer of a block calibrated on the dense block (two passes per block);
-    # "layer": each layer on the inputs its pruned predecessors give it, in one pass (methods/onepass.py)
-    sequential: Literal["block", "layer"] = "block"
+    # "layer" (default): each layer on the inputs its pruned predecessors give it, in one pass per block where
+    # the activations of all windows fit one_pass_max_gb (else in staged passes; methods/onepass.py);
+    # "block": every layer of a block calibrated on the dense block (two passes per block; the paper's order)
+    sequential: Literal["block", "layer"] = "layer"
+    one_pass_max_gb: float | None = Field(None, gt=0)  # None: half of the memory available where blocks run
 
 
 METHOD_CONFIGS: dict[str, type[PruneConfig]] = {

@@ -106,7 +106,8 @@ class SparseGPT(BlockwiseMethod):
     patterns = ("unstructured", "nm")
 
     def options(self) -> dict[str, Any]:
-        return {"blocksize": 128, "percdamp": 0.01, "sequential": "block"}
+        return {k: SparseGPTConfig.model_fields[k].default for k in ("blocksize", "percdamp", "sequential",
+                                                                      "one_pass_max_gb")}
 
     def check_options(self, options: dict[str, Any]) -> None:
         bs = options.get("blocksize", 128)
@@ -117,13 +118,11 @@ class SparseGPT(BlockwiseMethod):
             raise ValueError(f"percdamp must be in (0, 1), got {pd!r}")
 
     def apply_(self, model: nn.Module, plan: PrunePlan) -> None:
-        """Prune block by block; with ``sequential="layer"`` in one forward per block (see :mod:`.onepass`)."""
-        from .onepass import apply_one_pass_, one_pass_possible
+        """Prune block by block; with ``sequential="layer"`` each layer on its pruned predecessors' outputs, in
+        one forward per block where memory allows (see :mod:`.onepass`)."""
+        from .onepass import apply_sequential_
 
-        if (plan.options.get("sequential", "block") == "layer" and one_pass_possible(plan)
-                and not getattr(plan, "experts", None)):  # fused MoE experts: the two-pass loop handles them
-            return apply_one_pass_(self, model, plan)
-        return super().apply_(model, plan)
+        return apply_sequential_(self, model, plan, super().apply_)
 
     def begin_block(self) -> None:
         """Forget the previous block's inverse Hessians."""
