@@ -9,8 +9,9 @@ at the output with the state they had when dropped). For each configuration:
 - cosine similarity of each paragraph's patched embedding with its full embedding;
 - retrieval agreement: the share of paragraphs whose nearest other paragraph (cosine) is the same
   as with full embeddings (queries and corpus both patched), and with full corpus embeddings;
-- throughput in paragraphs/s (wall clock and process CPU time), every configuration timed in turn
-  in each round in one process on a shared machine.
+- throughput in paragraphs/s (wall clock and process CPU time) from
+  ``prunekit.core.latency.time_interleaved``: every configuration (a patched copy of the model) run
+  in turn in each round in one process; median, IQR spread, paired speed-up, noisy flag.
 
     python benchmarks/tokens_minilm.py --paragraphs 512
 """
@@ -18,6 +19,7 @@ at the output with the state they had when dropped). For each configuration:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -28,7 +30,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _tokens_timing import interleaved, markdown_table  # noqa: E402
+from _tokens_timing import conditions, markdown_table, speedup_cell, spread_cell, timed  # noqa: E402
 
 import prunekit.tokens as pt  # noqa: E402
 from prunekit.datasets.text import documents  # noqa: E402
@@ -80,10 +82,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--r", type=int, nargs="+", default=[2, 4, 8, 16])
-    p.add_argument("--keep", type=float, nargs="+", default=[0.7])
+    p.add_argument("--keep", type=float, nargs="+", default=[0.9, 0.7])
+    p.add_argument("--methods", nargs="+", default=["attention", "mean-attention", "random"],
+                   choices=["attention", "mean-attention", "cls-attention", "random"])
     p.add_argument("--time-batches", type=int, default=4, help="batches timed per configuration and round")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--time-budget", type=float, default=90.0, help="seconds of interleaved timing (all configurations)")
+    p.add_argument("--max-rounds", type=int, default=30)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -104,32 +108,29 @@ def main(argv: list[str] | None = None) -> dict:
     configs = {"full": None}
     configs.update({f"ToMe r={r}": {"method": "tome", "r": r} for r in args.r})
     for keep in args.keep:
-        configs[f"attention keep={keep}"] = {"method": "attention", "keep": keep}
-        configs[f"random keep={keep}"] = {"method": "random", "keep": keep}
+        for method in args.methods:
+            configs[f"{method} keep={keep}"] = {"method": method, "keep": keep}
 
-    def patch(cfg):
+    # one model per configuration (a patched copy), so that timing calls only forwards
+    models = {name: model if cfg is None else copy.deepcopy(model) for name, cfg in configs.items()}
+    for name, cfg in configs.items():
         if cfg is not None:
-            pt.apply_(model, cfg)
-
-    def unpatch(cfg):
-        if cfg is not None:
-            pt.unpatch_(model)
+            pt.apply_(models[name], cfg)
 
     results = {}
     full = None
     for name, cfg in configs.items():
-        patch(cfg)
+        net = models[name]
         tokens_last = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # short paragraphs merge fewer tokens: counted below instead
             with torch.no_grad():
                 embs = []
                 for enc in batches:
-                    embs.append(embed(model, [enc]))
+                    embs.append(embed(net, [enc]))
                     if cfg is not None:
-                        tokens_last.append(pt.last_forward(model)["tokens"])
+                        tokens_last.append(pt.last_forward(net)["tokens"])
         emb = torch.cat(embs)[inv]
-        unpatch(cfg)
         if full is None:
             full = emb
         cos = (emb * full).sum(-1)
@@ -147,41 +148,37 @@ def main(argv: list[str] | None = None) -> dict:
 
     # timing: the middle batches (typical lengths), every configuration in turn, per round
     mid = len(batches) // 2
-    timed = batches[max(0, mid - args.time_batches // 2): max(0, mid - args.time_batches // 2) + args.time_batches]
-    count = sum(b["input_ids"].shape[0] for b in timed)
-    timed_tokens = statistics.mean(b["input_ids"].shape[1] for b in timed)
+    timed_batches = batches[max(0, mid - args.time_batches // 2): max(0, mid - args.time_batches // 2) + args.time_batches]
+    count = sum(b["input_ids"].shape[0] for b in timed_batches)
+    timed_tokens = statistics.mean(b["input_ids"].shape[1] for b in timed_batches)
 
-    def setup_for(cfg):
-        def setup():
-            patch(cfg)
+    def run_for(net):
+        def run():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                embed(net, timed_batches)
+        return run
 
-            def run():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    embed(model, timed)
-            return run, (lambda: unpatch(cfg))
-        return setup
-
-    timing = interleaved({n: setup_for(c) for n, c in configs.items()}, count, rounds=args.rounds,
-                         repeats=args.repeats, baseline="full")
+    timing, cmp = timed({n: run_for(models[n]) for n in configs}, count, baseline="full",
+                        budget_s=args.time_budget, max_rounds=args.max_rounds, threads=args.threads)
     rows = []
     for name, r in results.items():
         r.update(timing[name])
         rows.append([name, f"{r['cos_mean']:.4f}", f"{r['cos_p5']:.4f}", f"{100 * r['top1_same']:.1f}",
                      f"{100 * r['top1_same_vs_full_corpus']:.1f}",
                      f"{r['tokens_in']:.0f} → {r['tokens_out']:.0f}",
-                     f"{r['items_per_s_wall']:.1f}", f"{r['items_per_s_cpu']:.1f}", f"{r['speedup_wall']:.2f}×",
-                     f"{r['speedup_cpu']:.2f}×"])
+                     f"{r['items_per_s_wall']:.1f}", f"{r['items_per_s_cpu']:.1f}", spread_cell(r), speedup_cell(r)])
     table = markdown_table(["configuration", "cosine to full (mean)", "cosine (5th pct)", "top-1 neighbour same %",
                             "same vs full corpus %", "tokens per row, layer 0 → after the last (padded width)", "paragraphs/s wall",
-                            "paragraphs/s CPU", "speed-up wall", "speed-up CPU"], rows)
+                            "paragraphs/s CPU", "wall spread (flag)", "speed-up (paired)"], rows)
     print()
     print(f"all-MiniLM-L6-v2, {len(texts)} paragraphs of Python's docs ({statistics.mean(lengths):.0f} word pieces on "
-          f"average), batches of {args.batch} sorted by length; timing: {len(timed)} batches ({count} paragraphs, "
-          f"{timed_tokens:.0f} tokens padded), {args.rounds} rounds, {args.threads} thread(s)")
+          f"average), batches of {args.batch} sorted by length; timing: {len(timed_batches)} batches ({count} paragraphs, "
+          f"{timed_tokens:.0f} tokens padded)")
+    print(f"timing: {conditions(cmp)}")
     print(table)
     out = {"args": vars(args), "paragraphs": len(texts), "mean_tokens": statistics.mean(lengths),
-           "results": results, "table": table}
+           "results": results, "timing": cmp.to_dict(), "table": table}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return out

@@ -10,9 +10,10 @@ tokens, as many as ViT-B/16 at 224 px) is trained from scratch for ``--steps`` s
 - ToMe's own code (facebookresearch/ToMe, ``tome.patch.timm``) at the same r, when ``--tome-src``
   points at a checkout (it is CC-BY-NC and not on PyPI, so it is not a dependency).
 
-Throughput: images/s at batch ``--batch`` by wall clock and by process CPU time, every configuration
-timed in turn in each of ``--rounds`` rounds in one process (the machine is shared: the CPU-time
-figure and the per-round speed-up are the steadier ones).
+Throughput: images/s at batch ``--batch`` by wall clock and by process CPU time, from
+``prunekit.core.latency.time_interleaved`` (every configuration, a patched copy of the model, run in
+turn in each round in one process; median, IQR spread, paired speed-up over the full model per
+round, noisy flag), for at most ``--time-budget`` seconds.
 
     python benchmarks/tokens_vit.py --steps 400 --tome-src /path/to/ToMe
 """
@@ -35,7 +36,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _tokens_timing import interleaved, markdown_table  # noqa: E402
+from _tokens_timing import conditions, markdown_table, speedup_cell, spread_cell, timed  # noqa: E402
 
 import prunekit.tokens as pt  # noqa: E402
 from prunekit.datasets import load_fashion_mnist  # noqa: E402
@@ -126,8 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--checkpoint", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "prunekit-bench", "vit_fmnist.pt"))
     p.add_argument("--test-limit", type=int, default=5000)
     p.add_argument("--batch", type=int, default=64, help="batch size of the throughput measurement")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--time-budget", type=float, default=90.0, help="seconds of interleaved timing (all configurations)")
+    p.add_argument("--max-rounds", type=int, default=30)
     p.add_argument("--r", type=int, nargs="+", default=[4, 8, 16])
     p.add_argument("--keep", type=float, nargs="+", default=[0.7, 0.5])
     p.add_argument("--tome-src", default=None, help="folder holding ToMe's 'tome' package (optional)")
@@ -171,29 +172,30 @@ def main(argv: list[str] | None = None) -> dict:
         for r in args.r:
             configs[f"ToMe (official) r={r}"] = {"kind": "official", "r": r}
 
-    def patch(cfg: dict):
-        if cfg["kind"] == "tome":
-            return pt.merge_(model, r=cfg["r"])
-        if cfg["kind"] == "prune":
-            return pt.prune_(model, keep=cfg["keep"], method=cfg["method"])
-        return None
-
-    def runner(cfg: dict):
-        if cfg["kind"] == "official":
-            theirs.r = cfg["r"]
-            return theirs, lambda: None
-        patch(cfg)
-        return model, (lambda: pt.unpatch_(model)) if cfg["kind"] != "full" else (lambda: None)
+    # one model per configuration (a patched copy), so that timing calls only forwards
+    nets: dict[str, nn.Module] = {}
+    for name, cfg in configs.items():
+        if cfg["kind"] == "full":
+            nets[name] = model
+        elif cfg["kind"] == "official":
+            nets[name] = copy.deepcopy(theirs)
+            nets[name].r = cfg["r"]
+        else:
+            nets[name] = copy.deepcopy(model)
+            if cfg["kind"] == "tome":
+                pt.merge_(nets[name], r=cfg["r"])
+            else:
+                pt.prune_(nets[name], keep=cfg["keep"], method=cfg["method"])
+        nets[name].eval()
 
     print(f"evaluating {len(configs)} configurations on {len(xt)} test images", flush=True)
     results: dict[str, dict] = {}
     base_pred = None
     for name, cfg in configs.items():
-        net, undo = runner(cfg)
-        report = pt.report_of(model) if cfg["kind"] in ("tome", "prune") else None
+        net = nets[name]
+        report = pt.report_of(net) if cfg["kind"] in ("tome", "prune") else None
         w0 = time.perf_counter()
         pred = predict(net, xt)
-        undo()
         if base_pred is None:
             base_pred = pred
         tokens = report.tokens_per_layer + [report.output_tokens] if report else None
@@ -212,17 +214,17 @@ def main(argv: list[str] | None = None) -> dict:
             results[name]["relative_macs"] = results[f"ToMe r={cfg['r']}"]["relative_macs"]
 
     xb = xt[:args.batch]
-    timing_setups = {}
-    for name, cfg in configs.items():
-        def setup(cfg=cfg):
-            net, undo = runner(cfg)
-            def run():
-                with torch.no_grad():
-                    net(xb)
-            return run, undo
-        timing_setups[name] = setup
-    print(f"timing {len(configs)} configurations at batch {args.batch} ({args.rounds} rounds × {args.repeats})", flush=True)
-    timing = interleaved(timing_setups, args.batch, rounds=args.rounds, repeats=args.repeats, baseline="full")
+
+    def fwd(net: nn.Module):
+        def run():
+            with torch.inference_mode():
+                net(xb)
+        return run
+
+    print(f"timing {len(configs)} configurations at batch {args.batch} (interleaved, budget {args.time_budget:.0f} s)",
+          flush=True)
+    timing, cmp = timed({n: fwd(nets[n]) for n in configs}, args.batch, baseline="full", budget_s=args.time_budget,
+                        max_rounds=args.max_rounds, threads=args.threads)
     for name in results:
         results[name].update(timing[name])
 
@@ -232,17 +234,18 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append([name, f"{100 * r['accuracy']:.2f}", f"{100 * (r['accuracy'] - full):+.2f}",
                      f"{100 * r['agreement_with_full']:.1f}", r["tokens"][-1] if r["tokens"] else 197,
                      f"{r['relative_macs']:.2f}" if r["relative_macs"] else "1.00",
-                     f"{r['items_per_s_wall']:.0f}", f"{r['items_per_s_cpu']:.0f}",
-                     f"{r['speedup_wall']:.2f}×", f"{r['speedup_cpu']:.2f}×"])
+                     f"{r['items_per_s_wall']:.0f}", f"{r['items_per_s_cpu']:.0f}", spread_cell(r), speedup_cell(r)])
     table = markdown_table(["configuration", "accuracy %", "Δ pts", "same prediction as full %", "tokens out",
-                            "MACs vs full", "img/s wall", "img/s CPU", "speed-up wall", "speed-up CPU"], rows)
+                            "MACs vs full", "img/s wall", "img/s CPU", "wall spread (flag)", "speed-up (paired)"], rows)
     print()
     print(f"ViT dim {args.dim}, depth {args.depth}, {args.heads} heads, 197 tokens; trained {train_info['steps']} steps × "
           f"{train_info['batch']} ({train_info['images_seen']:,} images, {train_info['train_wall_s'] / 60:.1f} min wall, "
-          f"{train_info['train_cpu_s'] / 60:.1f} min CPU), seed {args.seed}; {len(xt)} test images; batch {args.batch}, "
-          f"{args.rounds} rounds × {args.repeats}, {args.threads} thread(s); ToMe official: {tome_status}")
+          f"{train_info['train_cpu_s'] / 60:.1f} min CPU), seed {args.seed}; {len(xt)} test images; timed batch {args.batch}; "
+          f"ToMe official: {tome_status}")
+    print(f"timing: {conditions(cmp)}")
     print(table)
-    out = {"args": vars(args), "train": train_info, "tome_official": tome_status, "results": results, "table": table}
+    out = {"args": vars(args), "train": train_info, "tome_official": tome_status, "results": results,
+           "timing": cmp.to_dict(), "table": table}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return out
