@@ -67,3 +67,30 @@ def test_the_page_renders_in_chromium_without_console_errors(tmp_path):
     broken = tmp_path / "broken.html"
     broken.write_text("<html><body><script>undefinedFn()</script></body></html>")
     assert _render(broken)[1], "the console check must see a page's errors"
+
+
+def _seeded(seed, accs):
+    runs = _runs(f"s{seed}")
+    for r, acc in zip(runs, accs):
+        r.config["seed"] = seed
+        r.protocol = {**r.protocol, "data": {"name": "digits", "seed": seed, "train_indices_hash": f"h{seed}"}}
+        r.figures["accuracy"] = acc
+    return runs
+
+
+def test_markdown_averages_runs_that_differ_only_by_seed():
+    runs = _seeded(0, [0.96, 0.95, 0.90, 0.90, 0.60]) + _seeded(1, [0.94, 0.93, 0.88, 0.86, 0.50])
+    text = markdown(runs)
+    assert "2 seeds" in text and text.count("| prune(") == 4  # one row per run label, not per seed
+    assert "| prune(random, 0.9) | 0, 1 | 0.5500 ± 0.0707 | 0.5000 – 0.6000 |" in text
+    assert "per-seed protocols: s0, s1" in text
+    per_seed = markdown(runs, by_seed=False)
+    assert per_seed.count("| prune(") == 8  # every run, a table per seed
+
+
+def test_a_different_evaluation_is_never_averaged_with_the_rest():
+    other = _seeded(1, [0.5] * 5)
+    for r in other:
+        r.protocol["data"]["name"] = "other"
+    text = markdown(_seeded(0, [0.9] * 5) + other)
+    assert "seeds" not in text.split("\n")[0] and text.count("### ") == 2

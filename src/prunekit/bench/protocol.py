@@ -89,6 +89,20 @@ def comparable_key(card: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+SEED_FIELDS = {"data": ("seed", "train_indices_hash"), "calibration": ("seed", "tokens_hash")}
+
+
+def seedless_key(card: dict[str, Any]) -> str:
+    """The comparable key of a card with the parts a seed draws left out (the training subset's seed and
+    indices, the calibration sample's): runs that share it differ only by seed, so their figures can be
+    averaged over seeds."""
+    trimmed = dict(card)
+    for part, fields in SEED_FIELDS.items():
+        if isinstance(trimmed.get(part), dict):
+            trimmed[part] = {k: v for k, v in trimmed[part].items() if k not in fields}
+    return comparable_key(trimmed)
+
+
 def card_hash(card: dict[str, Any]) -> str:
     """A hash of the whole card."""
     return hashlib.sha256(json.dumps(card, sort_keys=True, default=str).encode()).hexdigest()[:16]

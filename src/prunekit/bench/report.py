@@ -119,9 +119,71 @@ def protocol_lines(group: list[Run]) -> list[tuple[str, str]]:
     return out
 
 
-def markdown(runs: Iterable[Run]) -> str:
-    """Markdown tables, one per comparable group, each with its protocol below it."""
+def seed_groups(runs: Iterable[Run]) -> list[list[Run]]:
+    """Runs grouped by protocol with the seed-drawn parts left out (see
+    :func:`prunekit.bench.protocol.seedless_key`), in first-seen order."""
+    from .protocol import seedless_key
+
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(f"{r.task}|{seedless_key(r.protocol)}", []).append(r)
+    return list(groups.values())
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    import statistics
+
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def seed_table(group: list[Run]) -> tuple[list[str], list[list[str]]]:
+    """Column names and rows of a group averaged over seeds: one row per run label, with the quality's
+    mean ± standard deviation [min–max] over the seeds that ran it."""
+    task = group[0].task
+    qkey, qname, _ = QUALITY[task]
+    by_label: dict[str, list[Run]] = {}
+    for r in group:
+        by_label.setdefault(r.label, []).append(r)
+    cols = ["run", "seeds", f"{qname} mean ± sd", "min – max", "sparsity in scope", "non-zeros", "eff. MACs",
+            "latency vs dense (median of seeds)", "prune CPU (mean)"]
+    rows = []
+    for label, rs in by_label.items():
+        q = [r.figures[qkey] for r in rs if r.figures.get(qkey) is not None]
+        m, sd = _mean_sd(q) if q else (None, None)
+        ratios = sorted(r.figures["latency_ratio"] for r in rs if r.figures.get("latency_ratio") is not None)
+        cpu = [r.figures.get("prune_cpu_seconds", 0.0) for r in rs]
+        f = rs[0].figures
+        rows.append([label, ", ".join(str(r.config.get("seed")) for r in rs),
+                     "–" if m is None else (f"{m:.4f} ± {sd:.4f}" if abs(m) < 10 else f"{m:.2f} ± {sd:.2f}"),
+                     "–" if not q else f"{_fmt(min(q), '')} – {_fmt(max(q), '')}",
+                     _fmt(f.get("scope_sparsity"), "pct"), _fmt(f.get("nonzeros"), "int"),
+                     _fmt(f.get("effective_macs"), "M"),
+                     "–" if not ratios else f"{ratios[len(ratios) // 2]:.3f}",
+                     "–" if not rs[0].config.get("stages") else f"{sum(cpu) / len(cpu):.1f} s"])
+    return cols, rows
+
+
+def markdown(runs: Iterable[Run], by_seed: bool = True) -> str:
+    """Markdown tables, one per comparable group, each with its protocol below it. With ``by_seed``
+    (the default), groups whose runs differ only by seed are shown once, averaged over the seeds;
+    ``by_seed=False`` gives one table per seed-specific protocol, a row per run."""
+    runs = list(runs)
     out = []
+    if by_seed:
+        for group in seed_groups(runs):
+            seeds = {r.config.get("seed") for r in group}
+            if len(seeds) < 2:
+                continue
+            cols, rows = seed_table(group)
+            out.append(f"### {group[0].recipe}: {group[0].model}, {len(seeds)} seeds\n")
+            out.append("| " + " | ".join(cols) + " |")
+            out.append("|" + "---|" * len(cols))
+            out += ["| " + " | ".join(row) + " |" for row in rows]
+            card = [(k, v) for k, v in protocol_lines(group) if k != "comparable key"]
+            out.append("\n" + "; ".join(f"{k}: {v}" for k, v in card) + "; per-seed protocols: "
+                       + ", ".join(sorted({r.comparable for r in group})) + "\n")
+        averaged = {id(r) for g in seed_groups(runs) if len({x.config.get("seed") for x in g}) > 1 for r in g}
+        runs = [r for r in runs if id(r) not in averaged]
     for group in group_runs(runs):
         cols, rows = table_rows(group)
         out.append(f"### {group[0].recipe}: {group[0].model}\n")

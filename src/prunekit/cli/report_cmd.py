@@ -13,6 +13,8 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--db", default=None, help="results store (default prunekit-results.db)")
     p.add_argument("--out", default="report.html", help="the HTML file to write (default report.html)")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables instead of writing HTML")
+    p.add_argument("--per-seed", action="store_true",
+                   help="with --markdown: one table per seed instead of runs averaged over seeds (mean ± sd)")
     p.add_argument("--where", nargs="*", default=[], metavar="FIELD=VALUE", help="as in prunekit results")
     p.add_argument("--title", default="prunekit report")
     add_common(p)
@@ -34,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     if not runs:
         raise ValueError(f"no stored run in {db} matches; nothing to report")
     if args.markdown:
-        emit(args, {"db": db, "markdown": markdown(runs)}, markdown(runs))
+        text = markdown(runs, by_seed=not args.per_seed)
+        emit(args, {"db": db, "markdown": text}, text)
         return 0
     out = Path(args.out)
     page = html_report(runs, args.title)
