@@ -94,3 +94,11 @@ def test_a_different_evaluation_is_never_averaged_with_the_rest():
         r.protocol["data"]["name"] = "other"
     text = markdown(_seeded(0, [0.9] * 5) + other)
     assert "seeds" not in text.split("\n")[0] and text.count("### ") == 2
+
+
+def test_the_page_shows_runs_averaged_over_seeds_first():
+    runs = _seeded(0, [0.96, 0.95, 0.90, 0.90, 0.60]) + _seeded(1, [0.94, 0.93, 0.88, 0.86, 0.50])
+    page = html_report(runs)
+    assert "averaged over 2 seeds" in page and page.count("<table class='results seeds'>") == 1
+    assert page.count("<table class='results'>") == 2  # and each seed's own table
+    assert "not only other seeds" not in page  # seeds alone are not "another protocol"

@@ -273,9 +273,20 @@ def html_report(runs: Iterable[Run], title: str = "prunekit report") -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>{len(runs)} runs in {len(groups)} comparable group(s).</p>"]
-    if len({(g[0].recipe, g[0].model) for g in groups}) < len(groups):
-        parts.append("<p class='warn'>Some recipes ran under more than one protocol; each protocol has its own "
-                     "table and plots, and runs of different protocols are not compared.</p>")
+    seeded = [g for g in seed_groups(runs) if len({r.config.get("seed") for r in g}) > 1]
+    for i, group in enumerate(seeded):
+        cols, rows = seed_table(group)
+        n = len({r.config.get("seed") for r in group})
+        parts.append(f"<section id='seeds-{i}'><h2>{html.escape(group[0].recipe)}: {html.escape(group[0].model)}, "
+                     f"averaged over {n} seeds</h2><p>The runs below differ only by what the seed draws (training "
+                     "subset, calibration sample); each seed's own table and plots follow.</p>")
+        parts.append("<table class='results seeds'><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) +
+                     "</tr>" + "".join("<tr class='run'>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) +
+                                       "</tr>" for row in rows) + "</table></section>")
+    by_seed_only = sum(len({r.comparable for r in g}) - 1 for g in seeded)  # extra groups that are only seeds
+    if len(groups) > len({(g[0].recipe, g[0].model) for g in groups}) + by_seed_only:
+        parts.append("<p class='warn'>Some recipes ran under more than one protocol (not only other seeds); each "
+                     "protocol has its own table and plots, and runs of different protocols are not compared.</p>")
     for i, group in enumerate(groups):
         cols, rows = table_rows(group)
         parts.append(f"<section id='group-{i}'><h2>{html.escape(group[0].recipe)}: {html.escape(group[0].model)}</h2>")
