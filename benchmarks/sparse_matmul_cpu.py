@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 import types
@@ -30,6 +29,8 @@ sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torc
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from prunekit.core.latency import time_interleaved
 
 SHAPES = {"q_proj/o_proj 576×576": (576, 576), "k_proj/v_proj 192×576": (192, 576),
           "gate/up 1536×576": (1536, 576), "down 576×1536": (576, 1536)}
@@ -93,24 +94,28 @@ def bench(shape: tuple[int, int], tokens: int, pattern: str, rounds: int, seed: 
         tol = 5e-2 if ("bf16" in name or "semi" in name) else 1e-3
         if not torch.allclose(y, target, atol=tol * float(target.abs().max()), rtol=0):
             raise RuntimeError(f"{name} computed a different product")
-    wall: dict[str, list[float]] = {k: [] for k in live}
-    cpu: dict[str, list[float]] = {k: [] for k in live}
     inner = max(1, int(2e7 // (tokens * shape[0] * shape[1])))  # ≥ ~20 MFLOP-pairs per timing
-    for _ in range(rounds):
-        for name, f in live.items():
-            t0, c0 = time.perf_counter(), time.process_time()
+
+    def repeated(f):
+        def run() -> None:
             for _ in range(inner):
                 f()
-            wall[name].append((time.perf_counter() - t0) / inner)
-            cpu[name].append((time.process_time() - c0) / inner)
-    base_w, base_c = statistics.median(wall["dense fp32"]), statistics.median(cpu["dense fp32"])
+        return run
+
+    # prunekit's one timing routine: every path timed in turn in each round, with spread and a noisy flag
+    cmp = time_interleaved({k: repeated(f) for k, f in live.items()}, warmup=1, min_rounds=min(5, rounds),
+                           max_rounds=rounds, budget_s=30.0, threads=None)
+    base = cmp.timings["dense fp32"]
     for name, f in fns.items():
         if not callable(f):
             rows.append({"path": name, "note": f})
             continue
-        mw, mc = statistics.median(wall[name]), statistics.median(cpu[name])
-        rows.append({"path": name, "wall_us": mw * 1e6, "cpu_us": mc * 1e6,
-                     "ratio_wall": base_w / mw, "ratio_cpu": base_c / mc if mc > 0 else float("nan")})
+        t = cmp.timings[name]
+        r = cmp.ratio("dense fp32", name)  # paired: dense time / path time, per round
+        rows.append({"path": name, "wall_us": t.median_ms * 1e3 / inner, "cpu_us": t.cpu_median_ms * 1e3 / inner,
+                     "ratio_wall": r.median, "ratio_iqr": r.iqr,
+                     "ratio_cpu": base.cpu_median_ms / t.cpu_median_ms if t.cpu_median_ms > 0 else float("nan"),
+                     "noisy": t.noisy, "why": ", ".join(t.reasons())})
     return rows
 
 
@@ -139,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                             print(f"  {r['path']:<34} {r['note']}")
                         else:
                             print(f"  {r['path']:<34} {r['wall_us']:>9.1f} µs wall {r['cpu_us']:>9.1f} µs CPU   "
-                                  f"ratio {r['ratio_wall']:5.2f} wall {r['ratio_cpu']:5.2f} CPU")
+                                  f"ratio {r['ratio_wall']:5.2f} ±{r['ratio_iqr'] / 2:.2f} wall {r['ratio_cpu']:5.2f} CPU"
+                                  + (f"  ({r['why']})" if r["noisy"] else ""))
     best = {}
     for res in results:
         for r in res["rows"]:
