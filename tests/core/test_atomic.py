@@ -285,6 +285,8 @@ def test_scratch_folders_of_dead_processes_are_removed(tmp_path, monkeypatch):
 
 CHILD = r"""
 import importlib.util, json, os, signal, sys, time, types
+# Ctrl-C as in a terminal, even when the test runner was started with SIGINT ignored (a background job)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 # load core/fsops.py and core/atomic.py alone (no torch): a child starts in a few milliseconds
 for name in ("prunekit", "prunekit.core"):
     sys.modules[name] = types.ModuleType(name)

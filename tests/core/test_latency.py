@@ -66,10 +66,11 @@ def test_a_loaded_machine_is_flagged():
     import os
 
     hogs = [subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<30: pass"])
-            for _ in range(2 * (os.cpu_count() or 2) + 2)]
+            for _ in range(3 * (os.cpu_count() or 2))]
     try:
-        time.sleep(0.5)
-        cmp = time_interleaved({"work": _matmuls(20)}, warmup=2, min_rounds=20, max_rounds=20, threads=1)
+        time.sleep(1.5)  # the hogs are running, not starting
+        # long enough (about a second of work) that the scheduler has to share the cores with the hogs
+        cmp = time_interleaved({"work": _matmuls(60)}, warmup=2, min_rounds=40, max_rounds=40, threads=1)
     finally:
         for h in hogs:
             h.kill()
