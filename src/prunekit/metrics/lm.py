@@ -46,13 +46,15 @@ def lm_speed(models: dict[str, nn.Module], tokenizer: Any, *, causal: bool = Tru
     """Speed of one or several models, timed interleaved (``{"before": dense, "after": pruned}``):
     greedy generation of ``gen_tokens`` tokens (causal LMs) and, with ``forward``, the forward latency
     at batch 1 and batch 8 × 128 tokens. Returns ``{"models": {name: figures}, "ratios": {...},
-    "timing": {...}}``; each figure carries its spread and ``noisy`` flag, each ratio is paired
-    (the median of per-round ratios of the later models over the first) with its spread."""
+    "timing": {...}}``; each figure carries its spread and ``noisy`` flag; with two or more models each
+    ratio is paired (the median of per-round time ratios of the last model over the first) with its
+    spread."""
     names = list(models)
+    pair = (names[-1], names[0]) if len(names) > 1 else None
     per: dict[str, dict[str, Any]] = {n: {"tokens_per_s": None} for n in names}
     ratios: dict[str, Any] = {}
-    timing: dict[str, Any] = {"interleaved": len(names) > 1, "models": names, "threads": None, "noisy": False,
-                              "why": []}
+    reasons: dict[str, list[str]] = {}  # figure → every model's reasons to distrust it
+    timing: dict[str, Any] = {"interleaved": len(names) > 1, "models": names, "threads": None}
     first = next(iter(models.values()))
     if forward:
         for batch, key in ((1, "batch1"), (8, "batch8")):
@@ -63,10 +65,10 @@ def lm_speed(models: dict[str, nn.Module], tokenizer: Any, *, causal: bool = Tru
                 lat = Latency.from_timing(cmp.timings[n])
                 per[n][f"latency_ms_{key}"] = lat.median_ms
                 per[n][f"latency_{key}"] = lat.to_dict()
-                _note(timing, f"forward {key}", lat.why)
-            for n in names[1:]:
-                r = cmp.ratio(n, names[0])
-                ratios[f"latency_{key}"] = {"median": r.median, "iqr": r.iqr, "of": f"{n}/{names[0]}"}
+                reasons.setdefault(f"forward {key}", []).extend(lat.why)
+            if pair:
+                r = cmp.ratio(*pair)
+                ratios[f"latency_{key}"] = {"median": r.median, "iqr": r.iqr, "of": "/".join(pair)}
     if causal:
         speeds, cmp = compare_generation(models, tokenizer, new_tokens=gen_tokens, budget_s=1.5 * budget_s,
                                          threads=threads)
@@ -75,26 +77,15 @@ def lm_speed(models: dict[str, nn.Module], tokenizer: Any, *, causal: bool = Tru
             g = speeds[n]
             per[n]["tokens_per_s"] = g.tokens_per_s
             per[n]["generation"] = g.to_dict()
-            _note(timing, "generation", g.why)
+            reasons.setdefault("generation", []).extend(g.why)
         timing["generation"] = {"prompt_tokens": speeds[names[0]].prompt_tokens, "new_tokens": gen_tokens,
                                 "greedy": True, "rounds": cmp.rounds}
-        for n in names[1:]:
-            r = cmp.ratio(n, names[0])  # time ratio; speed ratio is its inverse
-            ratios["generation"] = {"median": r.median, "iqr": r.iqr, "of": f"{n}/{names[0]}"}
-    timing.pop("_why", None)
+        if pair:
+            r = cmp.ratio(*pair)  # time ratio; speed ratio is its inverse
+            ratios["generation"] = {"median": r.median, "iqr": r.iqr, "of": "/".join(pair)}
+    timing["why"] = [f"{what}: {', '.join(_merged(why))}" for what, why in reasons.items() if why]
+    timing["noisy"] = bool(timing["why"])
     return {"models": per, "ratios": ratios, "timing": timing}
-
-
-def _note(timing: dict[str, Any], what: str, why: list[str]) -> None:
-    """Add one model's reasons for distrusting the ``what`` figure, merged with the other models' (the
-    widest spread and the smallest CPU share stand for them all)."""
-    if not why:
-        return
-    timing["noisy"] = True
-    seen = timing.setdefault("_why", {}).setdefault(what, [])
-    seen.extend(why)
-    timing["why"] = [f"{w}: {', '.join(r)}" for w, r in
-                     ((w, _merged(rs)) for w, rs in timing["_why"].items())]
 
 
 def _number(text: str) -> float:
@@ -105,6 +96,7 @@ def _number(text: str) -> float:
 
 
 def _merged(reasons: list[str]) -> list[str]:
+    """Several models' reasons for one figure as one: the widest spread and the smallest CPU share."""
     spreads = [w for w in reasons if w.startswith("±")]
     others = [w for w in reasons if not w.startswith("±")]
     return ([max(spreads, key=_number)] if spreads else []) + ([min(others, key=_number)] if others else [])
