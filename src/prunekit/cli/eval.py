@@ -179,7 +179,9 @@ def run(args: argparse.Namespace) -> int:
             **figures, "load_memory": memory.to_dict() if memory else None,
             "pruned_with": read_prunekit_json(args.model) if Path(args.model).is_dir() else None}
     text = table({"model": figures}, f"perplexity ({args.ppl}, {args.windows}×{args.seqlen})")
-    text += "\n\n" + "\n".join(timing_lines({"timing": figures["timing"], "ratios": {}}))
+    how = timing_lines({"timing": figures["timing"], "ratios": {}})
+    if how:
+        text += "\n\n" + "\n".join(how)
     text += f"\n\n{info['path']}: {info['format']}"
     if memory:
         text += (f"\nloading + one forward pass: peak RSS {memory.peak_bytes / 1e6:,.0f} MB in a fresh process, "

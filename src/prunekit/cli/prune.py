@@ -252,8 +252,7 @@ def _time_both(dense: Any, dense_speed: dict[str, Any] | None, apart: str, lm: A
     from ..metrics.lm import lm_speed
 
     if dense is not None:
-        timed = lm_speed({"before": dense, last: lm.model}, lm.tokenizer, causal=lm.causal_lm, forward=forward)
-        return timed
+        return lm_speed({"before": dense, last: lm.model}, lm.tokenizer, causal=lm.causal_lm, forward=forward)
     now = lm_speed({last: lm.model}, lm.tokenizer, causal=lm.causal_lm, forward=forward)
     t = {**now["timing"], "interleaved": False, "models": ["before", last], "apart": apart,
          "noisy": now["timing"]["noisy"] or dense_speed["timing"]["noisy"],
