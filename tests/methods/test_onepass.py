@@ -8,6 +8,7 @@ from prunekit.calibrate import walk_blocks_
 from prunekit.core.mask import get_mask
 from prunekit.methods.base import METHODS
 from prunekit.methods.layerwise import block_targets
+from prunekit.methods.layerwise import Budget
 from prunekit.methods.prune import plan_prune
 from prunekit.models.hf import tiny_model
 
@@ -18,8 +19,9 @@ GROUPS = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"),
 def _reference_true_sequential(model, sparsity, pattern="unstructured"):
     """The slow definition: for each group of a block in order, rerun the whole block (earlier groups
     already pruned) to collect that group's inputs, then prune it."""
-    impl, plan = plan_prune(model, "sparsegpt", sparsity, pattern=pattern, calibration=IDS, progress=False,
-                            batch_size=len(IDS))
+    plan = plan_prune(model, "sparsegpt", sparsity, pattern=pattern, calibration=IDS, progress=False,
+                      batch_size=len(IDS))
+    impl = plan.method
 
     def visit(i, block_name, block, inputs):
         targets = block_targets(plan, block_name)
@@ -27,7 +29,7 @@ def _reference_true_sequential(model, sparsity, pattern="unstructured"):
             mine = [t for t in targets if t.name.rsplit(".", 1)[-1] in group]
             stats = impl.collect(block, mine, inputs, None)
             for t in mine:
-                impl.prune_layer(t.name, t.module, stats, sparsity, plan)
+                impl.prune_layer(t.name, t.module, stats, Budget(sparsity), plan)
 
     walk_blocks_(model, IDS, visit, progress=False, batch_size=len(IDS))
 
@@ -137,8 +139,8 @@ def test_one_pass_memory_estimate_scales_with_the_calibration():
     from prunekit.methods.onepass import one_pass_bytes
 
     model = tiny_model("llama", hidden=64, layers=2)
-    _, small = plan_prune(model, "sparsegpt", 0.5, calibration=IDS[:4], progress=False)
-    _, large = plan_prune(model, "sparsegpt", 0.5, calibration=IDS, progress=False)
+    small = plan_prune(model, "sparsegpt", 0.5, calibration=IDS[:4], progress=False)
+    large = plan_prune(model, "sparsegpt", 0.5, calibration=IDS, progress=False)
     a, b = one_pass_bytes(model, small), one_pass_bytes(model, large)
     assert b == 3 * a
     # per token: 4 × (4·intermediate + 6·hidden + (heads + 2·kv)·head_dim) bytes, plus the attention scores

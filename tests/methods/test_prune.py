@@ -205,7 +205,7 @@ def test_a_journal_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path, mon
 
 
 def test_config_and_keyword_forms_are_the_same_call():
-    from prunekit.methods.config import MagnitudeConfig
+    from prunekit.methods import MagnitudeConfig
 
     a, b = MLP(), MLP()
     b.load_state_dict(a.state_dict())

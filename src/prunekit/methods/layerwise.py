@@ -7,8 +7,10 @@ outputs to the next block. A non-uniform ``allocation`` (``owl``, ``global``, ..
 dense pass to score every layer with |W|·‖X‖ (as OWL's code does) and turns the scores into per-layer
 sparsities.
 
-A subclass implements :meth:`BlockwiseMethod.prune_matrix` (one (out, in) weight and its input
-statistics → keep-mask and, optionally, new weights); the base class applies it to every Linear target
+A round's amount for one target is a :class:`Budget`: the round's sparsity for uniform allocation and
+N:M, or the exact count of entries the allocation gave the target (never turned into a fraction and
+back). A subclass implements :meth:`BlockwiseMethod.prune_matrix` (one (out, in) weight, its input
+statistics and its budget → keep-mask and, optionally, new weights); the base class applies it to every Linear target
 (:meth:`prune_layer`) and to every expert of a fused MoE parameter (:meth:`prune_experts`), each
 expert calibrated on the tokens routed to it. Targets outside the blocks are left dense and reported.
 """
@@ -16,6 +18,7 @@ expert calibrated on the tokens routed to it. Targets outside the blocks are lef
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,9 +33,34 @@ from ..core.inputs import check_token_ids
 from ..core.mask import get_mask, set_mask_, weight_of
 from ..core.pattern import check_pattern
 from ..core.scope import Target, is_transposed
-from .base import PrunePlan
+from .base import PruneLog, PrunePlan
 
-ENGINE_OPTIONS = ("batch_size", "device")
+
+@dataclass(frozen=True)
+class Budget:
+    """How much of one target a round prunes: ``sparsity`` (a fraction), and, where an allocation spread the
+    round over layers, the exact ``count`` of the target's ``numel`` entries it gave this one."""
+
+    sparsity: float
+    count: int | None = None
+    numel: int | None = None
+
+    @classmethod
+    def of_count(cls, count: int, numel: int) -> "Budget":
+        """The budget of a target given ``count`` of its ``numel`` entries."""
+        return cls(count / numel if numel else 0.0, count, numel)
+
+    def prune_count(self, numel: int) -> int:
+        """How many of ``numel`` entries to prune: the allocated count for the whole target, else the fraction
+        of ``numel`` (one expert of a fused parameter, or a uniform round)."""
+        if self.count is not None and numel == self.numel:
+            return self.count
+        return round(self.sparsity * numel)
+
+
+def engine_options(plan: PrunePlan) -> dict[str, Any]:
+    """The block engine's settings from the plan's config (``batch_size``, ``device``)."""
+    return {"batch_size": plan.config.batch_size, "device": plan.config.device}
 
 
 def rows_view(module: nn.Module) -> Tensor:
@@ -92,7 +120,7 @@ class BlockwiseMethod:
     ``hessian`` and :meth:`prune_matrix` (or override :meth:`prune_layer`)."""
 
     name = "blockwise"
-    hessian = False
+    hessian = False  # whether prune_matrix reads the Gram matrix X·Xᵀ (else the column norms only)
     updates_weights = False
     prunes_experts = True
     patterns: tuple[str, ...] = ("unstructured", "row", "nm")
@@ -124,37 +152,23 @@ class BlockwiseMethod:
         for t in plan.experts:
             fused = _fused_of(t)
             check_pattern(plan.pattern, tuple(fused.matrix(t.param, 0).shape), fused.key(t.param, 0))
-        batch_size = plan.options.get("batch_size", 8)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        known = set(ENGINE_OPTIONS) | set(self.options())
-        unknown = set(plan.options) - known
-        if unknown:
-            raise ValueError(f"unknown option(s) {sorted(unknown)} for method {self.name!r}; known: {sorted(known)}")
-        self.check_options(plan.options)
 
-    def options(self) -> dict[str, Any]:
-        """The method's own options and their defaults."""
-        return {}
-
-    def check_options(self, options: dict[str, Any]) -> None:
-        """Validate the method's own options."""
-
-    def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: InputStats, sparsity: float,
+    def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: InputStats, budget: Budget,
                      plan: PrunePlan) -> tuple[Tensor, Tensor | None]:
-        """Prune one (out, in) float32 weight ``w`` whose input statistics are ``stats[key]``; ``keep_old``
-        marks entries still alive. Returns the (out, in) keep-mask and the new weight (None: unchanged)."""
+        """Prune one (out, in) float32 weight ``w`` whose input statistics are ``stats[key]`` by ``budget``;
+        ``keep_old`` marks entries still alive. Returns the (out, in) keep-mask and the new weight (None:
+        unchanged)."""
         raise NotImplementedError
 
-    def prune_layer(self, name: str, module: nn.Module, stats: InputStats, sparsity: float, plan: PrunePlan) -> None:
+    def prune_layer(self, name: str, module: nn.Module, stats: InputStats, budget: Budget, plan: PrunePlan) -> None:
         """Prune one Linear-like layer in place from its input statistics."""
         keep_old = rows_mask(module)
-        keep, new_w = self.prune_matrix(name, rows_view(module), keep_old, stats, sparsity, plan)
+        keep, new_w = self.prune_matrix(name, rows_view(module), keep_old, stats, budget, plan)
         if keep_old is not None:
             keep = keep & keep_old.to(keep.device)
         write_rows_(module, keep, new_w)
 
-    def prune_experts(self, target: Target, stats: InputStats, sparsity: float, plan: PrunePlan) -> None:
+    def prune_experts(self, target: Target, stats: InputStats, budget: Budget, plan: PrunePlan) -> None:
         """Prune every expert of a fused 3-D expert parameter, each from the tokens routed to it."""
         fused = _fused_of(target)
         leaf = weight_of(target.module, target.param)
@@ -165,7 +179,7 @@ class BlockwiseMethod:
             keep_old = None if old is None else (old[e].t() if fused.transposed else old[e])
             if not stats.seen(key):
                 self._uncalibrated.append(key)
-            keep, new_w = self.prune_matrix(key, fused.matrix(target.param, e), keep_old, stats, sparsity, plan)
+            keep, new_w = self.prune_matrix(key, fused.matrix(target.param, e), keep_old, stats, budget, plan)
             if keep_old is not None:
                 keep = keep & keep_old.to(keep.device)
             if new_w is not None:
@@ -174,20 +188,30 @@ class BlockwiseMethod:
             keeps.append(keep.t() if fused.transposed else keep)
         set_mask_(target.module, torch.stack(keeps).contiguous(), name=target.param)
 
-    def apply_(self, model: nn.Module, plan: PrunePlan) -> None:
+    def apply_(self, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
         """Prune the model's blocks one after the other, each with its inputs from the pruned blocks before it."""
+        self.two_pass_(model, plan, sparsity, log)
+
+    def inside_blocks(self, model: nn.Module, plan: PrunePlan, log: PruneLog) -> list[Target]:
+        """The targets inside the transformer blocks; the others are listed in ``log.skipped`` (with a warning)."""
         blocks = find_blocks(model)
         inside = [t for t in [*plan.targets, *plan.experts] if blocks.contains(t.name)]
         names = {t.name for t in inside}
         outside = [t.name for t in [*plan.targets, *plan.experts] if t.name not in names]
         for name in outside:
-            plan.skipped[name] = f"outside the transformer blocks ({blocks.name}.*): {self.name} prunes blocks only"
+            log.skipped[name] = f"outside the transformer blocks ({blocks.name}.*): {self.name} prunes blocks only"
         if outside:
             warnings.warn(f"{self.name} prunes the transformer blocks only; left dense: {', '.join(outside)}",
-                          stacklevel=3)
-        sparsities = self.layer_sparsities(model, plan, inside)
-        engine = {k: plan.options[k] for k in ENGINE_OPTIONS if k in plan.options}
-        journal = plan.journal
+                          stacklevel=4)
+        return inside
+
+    def two_pass_(self, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
+        """The usual loop: per block, one pass to collect every target's input statistics on the block as it
+        is, the targets pruned, and one pass of the pruned block to feed the next."""
+        inside = self.inside_blocks(model, plan, log)
+        names = {t.name for t in inside}
+        budgets = self.layer_budgets(model, plan, inside, sparsity)
+        engine = engine_options(plan)
         self._uncalibrated: list[str] = []
 
         def visit(i: int, block_name: str, block: nn.Module, inputs: list[BlockInputs]) -> None:
@@ -196,20 +220,20 @@ class BlockwiseMethod:
                 return
             stats = self.collect(block, targets, inputs, engine.get("device"))
             for t in targets:
-                if journal is not None and self.updates_weights:
-                    journal.record(t.module, t.param)
+                if self.updates_weights:
+                    log.record(t.module, t.param)
                 if t.param == "weight":
-                    self.prune_layer(t.name, t.module, stats, sparsities[t.name], plan)
+                    self.prune_layer(t.name, t.module, stats, budgets[t.name], plan)
                 else:
-                    self.prune_experts(t, stats, sparsities[t.name], plan)
+                    self.prune_experts(t, stats, budgets[t.name], plan)
 
         walk_blocks_(model, plan.calibration, visit, progress=plan.progress, desc=self.name, **engine)
         if self._uncalibrated:
             note = (f"{len(self._uncalibrated)} expert matrices received no calibration token (the router sent "
                     f"none to them) and were pruned by weight magnitude: {', '.join(self._uncalibrated[:6])}"
                     + (" …" if len(self._uncalibrated) > 6 else ""))
-            plan.notes.append(note)
-            warnings.warn(note, stacklevel=3)
+            log.notes.append(note)
+            warnings.warn(note, stacklevel=4)
 
     def collect(self, block: nn.Module, targets: list[Target], inputs: list[BlockInputs], device: Any,
                 hessian: bool | None = None) -> InputStats:
@@ -227,12 +251,14 @@ class BlockwiseMethod:
                 run_block(block, s, device)
         return stats
 
-    def layer_sparsities(self, model: nn.Module, plan: PrunePlan, targets: list[Target]) -> dict[str, float]:
-        """Per-layer sparsity: the plan's sparsity for uniform / N:M, else the allocation on a dense Wanda pass."""
+    def layer_budgets(self, model: nn.Module, plan: PrunePlan, targets: list[Target],
+                      sparsity: float) -> dict[str, Budget]:
+        """Per-target budget of a round at ``sparsity``: that sparsity everywhere for uniform / N:M, else the
+        counts the plan's allocation gives on a dense Wanda pass."""
         if plan.pattern.kind == "nm" or plan.allocation == "uniform":
-            return {t.name: plan.sparsity for t in targets}
+            return {t.name: Budget(sparsity) for t in targets}
         scores: dict[str, Tensor] = {}
-        engine = {k: plan.options[k] for k in ENGINE_OPTIONS if k in plan.options}
+        engine = engine_options(plan)
         names = {t.name for t in targets}
 
         def visit(i: int, block_name: str, block: nn.Module, inputs: list[BlockInputs]) -> None:
@@ -255,5 +281,5 @@ class BlockwiseMethod:
                 scores[t.name] = torch.stack(per_expert)
 
         walk_blocks_(model, plan.calibration, visit, progress=plan.progress, desc=f"{plan.allocation} scores", **engine)
-        counts = allocate(scores, plan.sparsity, plan.allocation, **plan.allocation_options)
-        return {t.name: counts[t.name] / scores[t.name].numel() for t in targets}
+        counts = allocate(scores, sparsity, plan.allocation, **plan.allocation_options)
+        return {t.name: Budget.of_count(counts[t.name], scores[t.name].numel()) for t in targets}

@@ -31,9 +31,8 @@ from torch import Tensor, nn
 from ..calibrate import walk_blocks_
 from ..calibrate.batches import calibration_batches
 from ..calibrate.blockwise import BlockInputs, run_block
-from ..core.scope import Target
-from .base import PrunePlan
-from .layerwise import ENGINE_OPTIONS, block_targets
+from .base import PruneLog, PrunePlan
+from .layerwise import block_targets, engine_options
 
 
 def symmetric_gram(x: Tensor, pieces: int = 4) -> Tensor:
@@ -167,60 +166,45 @@ def memory_budget(device: Any = None) -> int:
     return psutil.virtual_memory().available // 2
 
 
-def apply_sequential_(method: Any, model: nn.Module, plan: PrunePlan, two_pass: Any) -> None:
-    """Dispatch on ``sequential``: ``"block"`` runs ``two_pass`` (the usual loop, every layer of a block on the
-    dense block); ``"layer"`` runs :func:`apply_layer_sequential_`, except on fused MoE experts, which the
-    usual loop handles (with a warning that the order changed)."""
-    if plan.options.get("sequential", "layer") != "layer":
-        return two_pass(model, plan)
-    if getattr(plan, "experts", None):
+def apply_sequential_(method: Any, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
+    """Dispatch on the config's ``sequential``: ``"block"`` runs ``method.two_pass_`` (the usual loop, every layer
+    of a block on the dense block); ``"layer"`` runs :func:`apply_layer_sequential_`, except on fused MoE experts,
+    which the usual loop handles (with a warning that the order changed)."""
+    if plan.config.sequential != "layer":
+        return method.two_pass_(model, plan, sparsity, log)
+    if plan.experts:
         warnings.warn(f"{method.name} sequential='layer' does not cover fused MoE expert weights yet; this model "
                       "is pruned with sequential='block' (every layer of a block on the dense block's inputs)",
                       stacklevel=4)
-        return two_pass(model, plan)
-    return apply_layer_sequential_(method, model, plan)
+        return method.two_pass_(model, plan, sparsity, log)
+    return apply_layer_sequential_(method, model, plan, sparsity, log)
 
 
-def apply_layer_sequential_(method: Any, model: nn.Module, plan: PrunePlan) -> None:
+def apply_layer_sequential_(method: Any, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
     """Prune every layer on the inputs its pruned predecessors give it: in one pass per block when the
     estimate fits the budget and the windows share one length, else in staged passes (same result)."""
-    device = plan.options.get("device")
-    max_gb = plan.options.get("one_pass_max_gb")
+    device = plan.config.device
+    max_gb = plan.config.one_pass_max_gb
     budget = int(max_gb * 1e9) if max_gb is not None else memory_budget(device)
     need = one_pass_bytes(model, plan)
     if one_pass_possible(plan) and need <= budget:
-        return apply_one_pass_(method, model, plan)
+        return apply_one_pass_(method, model, plan, sparsity, log)
     why = ("the calibration windows differ in length" if not one_pass_possible(plan) else
            f"one pass over all windows needs about {need / 1e9:.1f} GB of activations, over the budget of "
            f"{budget / 1e9:.1f} GB (one_pass_max_gb)")
     warnings.warn(f"{method.name} sequential='layer': {why}; pruning each block in staged passes of "
-                  f"{plan.options.get('batch_size', 8)} windows instead (the same result, about two more "
+                  f"{plan.config.batch_size} windows instead (the same result, about two more "
                   "forwards per block)", stacklevel=4)
-    return apply_staged_(method, model, plan)
+    return apply_staged_(method, model, plan, sparsity, log)
 
 
-def _inside(method: Any, model: nn.Module, plan: PrunePlan) -> list[Target]:
-    from ..calibrate import find_blocks
-
-    blocks = find_blocks(model)
-    inside = [t for t in plan.targets if blocks.contains(t.name)]
-    outside = [t.name for t in plan.targets if t not in inside]
-    for name in outside:
-        plan.skipped[name] = f"outside the transformer blocks ({blocks.name}.*): {method.name} prunes blocks only"
-    if outside:
-        warnings.warn(f"{method.name} prunes the transformer blocks only; left dense: {', '.join(outside)}",
-                      stacklevel=4)
-    return inside
-
-
-def apply_one_pass_(method: Any, model: nn.Module, plan: PrunePlan) -> None:
+def apply_one_pass_(method: Any, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
     """Prune ``model`` block by block with ``method`` (a BlockwiseMethod), one forward per block, each target
     pruned just before it runs on its real (partly pruned) inputs."""
-    inside = _inside(method, model, plan)
-    sparsities = method.layer_sparsities(model, plan, inside)
-    engine = {k: plan.options[k] for k in ENGINE_OPTIONS if k in plan.options}
-    device = engine.get("device")
-    journal = plan.journal
+    inside = method.inside_blocks(model, plan, log)
+    budgets = method.layer_budgets(model, plan, inside, sparsity)
+    engine = engine_options(plan)
+    device = engine["device"]
     n_windows = calibration_batches(plan.calibration, 1 << 30, tokens=True)[0]["input_ids"].shape[0]
 
     def visit(i: int, block_name: str, block: nn.Module, inputs: list[BlockInputs]) -> None:
@@ -238,9 +222,9 @@ def apply_one_pass_(method: Any, model: nn.Module, plan: PrunePlan) -> None:
                         return
                     done.add(t.name)
                     stats.add(t.name, args[0])
-                    if journal is not None and method.updates_weights:
-                        journal.record(module)
-                    method.prune_layer(t.name, module, stats, sparsities[t.name], plan)
+                    if method.updates_weights:
+                        log.record(module)
+                    method.prune_layer(t.name, module, stats, budgets[t.name], plan)
                 return hook
 
             handles = [t.module.register_forward_pre_hook(prune_hook(t)) for t in targets]
@@ -261,15 +245,14 @@ def apply_one_pass_(method: Any, model: nn.Module, plan: PrunePlan) -> None:
                  propagate=False, **{**engine, "batch_size": n_windows})
 
 
-def apply_staged_(method: Any, model: nn.Module, plan: PrunePlan) -> None:
+def apply_staged_(method: Any, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
     """The one-pass computation with memory bounded to ``batch_size`` windows: per block, stage after stage,
     run the block over the batches until the next group of not-yet-pruned layers that read one input has
     seen it (then stop the call), accumulate that group's statistics, prune the group."""
-    inside = _inside(method, model, plan)
-    sparsities = method.layer_sparsities(model, plan, inside)
-    engine = {k: plan.options[k] for k in ENGINE_OPTIONS if k in plan.options}
-    device = engine.get("device")
-    journal = plan.journal
+    inside = method.inside_blocks(model, plan, log)
+    budgets = method.layer_budgets(model, plan, inside, sparsity)
+    engine = engine_options(plan)
+    device = engine["device"]
 
     def visit(i: int, block_name: str, block: nn.Module, inputs: list[BlockInputs]) -> None:
         pending = list(block_targets(plan, block_name))
@@ -309,9 +292,9 @@ def apply_staged_(method: Any, model: nn.Module, plan: PrunePlan) -> None:
                 for h in handles:
                     h.remove()
             for t in [t for t in pending if t.name in group]:
-                if journal is not None and method.updates_weights:
-                    journal.record(t.module)
-                method.prune_layer(t.name, t.module, stats, sparsities[t.name], plan)
+                if method.updates_weights:
+                    log.record(t.module)
+                method.prune_layer(t.name, t.module, stats, budgets[t.name], plan)
             pending = [t for t in pending if t.name not in group]
 
     walk_blocks_(model, plan.calibration, visit, progress=plan.progress, desc=f"{method.name} (staged)", **engine)
