@@ -193,17 +193,42 @@ class BlockwiseMethod:
         self.two_pass_(model, plan, sparsity, log)
 
     def inside_blocks(self, model: nn.Module, plan: PrunePlan, log: PruneLog) -> list[Target]:
-        """The targets inside the transformer blocks; the others are listed in ``log.skipped`` (with a warning)."""
+        """The Linear-like targets (2-D weights) and fused experts inside the transformer blocks; the others
+        (outside the blocks, or convolutions) are listed in ``log.skipped``, with a warning."""
         blocks = find_blocks(model)
-        inside = [t for t in [*plan.targets, *plan.experts] if blocks.contains(t.name)]
-        names = {t.name for t in inside}
-        outside = [t.name for t in [*plan.targets, *plan.experts] if t.name not in names]
-        for name in outside:
-            log.skipped[name] = f"outside the transformer blocks ({blocks.name}.*): {self.name} prunes blocks only"
+        inside, outside, convs = [], [], []
+        for t in [*plan.targets, *plan.experts]:
+            if not blocks.contains(t.name):
+                outside.append(t.name)
+                log.skipped[t.name] = (f"outside the transformer blocks ({blocks.name}.*): {self.name} prunes "
+                                       "blocks only")
+            elif t.param == "weight" and len(t.shape) != 2:
+                convs.append(t.name)
+                log.skipped[t.name] = (f"a convolution ({type(t.module).__name__}): {self.name} prunes Linear "
+                                       "layers (2-D weights) from their input statistics only")
+            else:
+                inside.append(t)
         if outside:
             warnings.warn(f"{self.name} prunes the transformer blocks only; left dense: {', '.join(outside)}",
                           stacklevel=4)
+        if convs:
+            warnings.warn(f"{self.name} prunes Linear layers only; convolutions left dense: {', '.join(convs)}",
+                          stacklevel=4)
         return inside
+
+    def skip_uncalled(self, targets: list[Target], called: Any, log: PruneLog, block_name: str) -> list[Target]:
+        """``targets`` less the Linear layers the block's forward never called as modules (``called(name)``
+        false: their weight is used directly, as Mamba's ``dt_proj``, or no calibration token reached them):
+        those have no activations to be scored by, so they stay dense and are listed in ``log.skipped``."""
+        uncalled = [t for t in targets if t.param == "weight" and not called(t.name)]
+        for t in uncalled:
+            log.skipped[t.name] = (f"{block_name}'s forward never called it as a module on the calibration data "
+                                   f"(its weight is used directly, or no token reached it): {self.name} has no "
+                                   "activations to score it by")
+        if uncalled:
+            warnings.warn(f"{self.name}: {block_name}'s forward never called {', '.join(t.name for t in uncalled)}; "
+                          "left dense (see PruneReport.skipped)", stacklevel=5)
+        return [t for t in targets if t not in uncalled]
 
     def two_pass_(self, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
         """The usual loop: per block, one pass to collect every target's input statistics on the block as it
@@ -218,8 +243,8 @@ class BlockwiseMethod:
             targets = [t for t in block_targets(plan, block_name) if t.name in names]
             if not targets:
                 return
-            stats = self.collect(block, targets, inputs, engine.get("device"))
-            for t in targets:
+            stats = self.collect(block, targets, inputs, engine["device"])
+            for t in self.skip_uncalled(targets, stats.seen, log, block_name):
                 if self.updates_weights:
                     log.record(t.module, t.param)
                 if t.param == "weight":
@@ -265,8 +290,10 @@ class BlockwiseMethod:
             mine = [t for t in block_targets(plan, block_name) if t.name in names]
             if not mine:
                 return
-            stats = self.collect(block, mine, inputs, engine.get("device"), hessian=False)
+            stats = self.collect(block, mine, inputs, engine["device"], hessian=False)
             for t in mine:
+                if t.param == "weight" and not stats.seen(t.name):
+                    continue  # never called: skipped by the pruning pass, so not in the allocation
                 if t.param == "weight":
                     scores[t.name] = wanda_scores(t.module, stats.col_norms(t.name), t.name).cpu()
                     continue
@@ -282,4 +309,4 @@ class BlockwiseMethod:
 
         walk_blocks_(model, plan.calibration, visit, progress=plan.progress, desc=f"{plan.allocation} scores", **engine)
         counts = allocate(scores, sparsity, plan.allocation, **plan.allocation_options)
-        return {t.name: Budget.of_count(counts[t.name], scores[t.name].numel()) for t in targets}
+        return {t.name: Budget.of_count(counts[t.name], scores[t.name].numel()) for t in targets if t.name in scores}

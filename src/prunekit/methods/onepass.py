@@ -202,13 +202,14 @@ def apply_one_pass_(method: Any, model: nn.Module, plan: PrunePlan, sparsity: fl
     """Prune ``model`` block by block with ``method`` (a BlockwiseMethod), one forward per block, each target
     pruned just before it runs on its real (partly pruned) inputs."""
     inside = method.inside_blocks(model, plan, log)
+    names = {t.name for t in inside}
     budgets = method.layer_budgets(model, plan, inside, sparsity)
     engine = engine_options(plan)
     device = engine["device"]
     n_windows = calibration_batches(plan.calibration, 1 << 30, tokens=True)[0]["input_ids"].shape[0]
 
     def visit(i: int, block_name: str, block: nn.Module, inputs: list[BlockInputs]) -> None:
-        targets = block_targets(plan, block_name)
+        targets = [t for t in block_targets(plan, block_name) if t.name in names]
         if targets:
             begin = getattr(method, "begin_block", None)
             if begin is not None:
@@ -233,9 +234,7 @@ def apply_one_pass_(method: Any, model: nn.Module, plan: PrunePlan, sparsity: fl
             finally:
                 for h in handles:
                     h.remove()
-            missing = [t.name for t in targets if t.name not in done]
-            if missing:
-                raise RuntimeError(f"{block_name}: the forward never called {', '.join(missing)}")
+            method.skip_uncalled(targets, done.__contains__, log, block_name)
         else:
             out = [run_block(block, s, device) for s in inputs]
         for s, o in zip(inputs, out):  # the pruned outputs become the next block's inputs
@@ -250,12 +249,13 @@ def apply_staged_(method: Any, model: nn.Module, plan: PrunePlan, sparsity: floa
     run the block over the batches until the next group of not-yet-pruned layers that read one input has
     seen it (then stop the call), accumulate that group's statistics, prune the group."""
     inside = method.inside_blocks(model, plan, log)
+    names = {t.name for t in inside}
     budgets = method.layer_budgets(model, plan, inside, sparsity)
     engine = engine_options(plan)
     device = engine["device"]
 
     def visit(i: int, block_name: str, block: nn.Module, inputs: list[BlockInputs]) -> None:
-        pending = list(block_targets(plan, block_name))
+        pending = [t for t in block_targets(plan, block_name) if t.name in names]
         while pending:
             begin = getattr(method, "begin_block", None)
             if begin is not None:
@@ -286,11 +286,13 @@ def apply_staged_(method: Any, model: nn.Module, plan: PrunePlan, sparsity: floa
                     if not group:
                         group = [t.name for t in pending if t.name in call["seen"]]
                         if not group:
-                            raise RuntimeError(f"{block_name}: the forward never called "
-                                               f"{', '.join(t.name for t in pending)}")
+                            break
             finally:
                 for h in handles:
                     h.remove()
+            if not group:  # the rest are never called: no activations to prune them by
+                method.skip_uncalled(pending, lambda name: False, log, block_name)
+                break
             for t in [t for t in pending if t.name in group]:
                 if method.updates_weights:
                     log.record(t.module)

@@ -25,7 +25,10 @@ from .config import PruneConfig
 
 @dataclass
 class PruneReport:
-    """What a call to :func:`prune_` did: settings, per-layer sparsity, total sparsity and time."""
+    """What a call to :func:`prune_` did: settings, per-layer sparsity, total sparsity and time.
+
+    ``sparsity`` is over the tensors the method pruned (``params_in_scope`` weights); tensors in scope it
+    left dense are listed in ``skipped`` with the reason, and counted in ``params_left_dense`` only."""
 
     method: str
     pattern: str
@@ -39,6 +42,7 @@ class PruneReport:
     skipped: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    params_left_dense: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data (JSON-ready)."""
@@ -52,7 +56,8 @@ class PruneReport:
         )
         if self.skipped:
             shown = ", ".join(list(self.skipped)[:3]) + (", ..." if len(self.skipped) > 3 else "")
-            text += f"; {len(self.skipped)} tensors left dense ({shown}; see .skipped)"
+            text += (f"; {len(self.skipped)} tensors ({self.params_left_dense:,} weights) left dense and not counted "
+                     f"({shown}; see .skipped)")
         return text
 
 
@@ -162,7 +167,7 @@ def apply_plan_(model: nn.Module, plan: PrunePlan, sparsity: float | None = None
         for r in tqdm(range(1, iterations + 1), desc=f"prune ({plan.config.method})",
                       disable=not plan.progress or iterations == 1, leave=False):
             plan.method.apply_(model, plan, 1 - (1 - target) ** (r / iterations), log)
-        return _report(plan, log, target, time.perf_counter() - start)
+        return _report(model, plan, log, target, time.perf_counter() - start)
     except BaseException:
         log.journal.restore()
         snapshot.restore()
@@ -211,18 +216,33 @@ def prune_(
     return report
 
 
-def _report(plan: PrunePlan, log: PruneLog, target: float, seconds: float) -> PruneReport:
+def _numel(model: nn.Module, name: str) -> int:
+    """The size of the tensor a report names: a module's weight, or ``owner.param`` (fused experts)."""
+    modules = dict(model.named_modules())
+    owner, param = (name, "weight") if name in modules else name.rpartition(".")[::2]
+    return Target(name, modules[owner], param).numel
+
+
+def _report(model: nn.Module, plan: PrunePlan, log: PruneLog, target: float, seconds: float) -> PruneReport:
     layers, total, zeros = {}, 0, 0
-    for t in [*plan.targets, *plan.experts]:  # fused experts a method leaves dense count as dense
+    dense = sum(_numel(model, name) for name in log.skipped)  # listed with the reason, not counted in the sparsity
+    for t in [*plan.targets, *plan.experts]:
+        if t.name in log.skipped:
+            continue
         mask = get_mask(t.module, t.param)
         n = t.numel
         z = 0 if mask is None else int(n - mask.sum())
         layers[t.name] = z / n
         total += n
         zeros += z
+    if total == 0:
+        raise ValueError(f"{plan.config.method} pruned none of the tensors in scope (each is listed with the "
+                         f"reason: {'; '.join(f'{k}: {v}' for k, v in list(log.skipped.items())[:3])}); widen "
+                         "the scope or use method='magnitude'")
     alloc = "n/a" if plan.pattern.kind == "nm" else plan.allocation
     config = plan.config.to_dict()
     if plan.config.sparsity is not None:
         config["sparsity"] = target  # the sparsity this application reached for (a schedule's step)
     return PruneReport(plan.config.method, str(plan.pattern), alloc, target, zeros / total, total, zeros, layers,
-                       seconds, skipped=dict(log.skipped), config=config, notes=list(log.notes))
+                       seconds, skipped=dict(log.skipped), config=config, notes=list(log.notes),
+                       params_left_dense=dense)
