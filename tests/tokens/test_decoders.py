@@ -166,3 +166,17 @@ def test_eager_attention_works_too():
         kept = pt.last_forward(model)["kept_positions"]
         ref = reference_logits(model, ids, 2, kept)
     torch.testing.assert_close(out.logits[0], ref[kept], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "gpt2"])
+def test_fastv_options_on_an_unsupported_decoder_name_the_decoders_fastv_supports(family):
+    # issue 20: prune_(keep=0.5, layer=1) on Mixtral/GPT-2 said "unknown option 'layer'" (it fell back to the
+    # encoder method); a decoder LM gets FastV by default, whose check names the decoders it supports
+    from prunekit.models.tiny import tiny_model
+
+    model = tiny_model(family)
+    for kwargs in (dict(keep=0.5, layer=1), dict(keep=0.5)):
+        with pytest.raises(pt.UnsupportedModel, match=r"^FastV supports Llama, Mistral, Qwen2, Qwen3 decoders; "
+                                                      rf"\w+ \({family}\) is not one of them"):
+            pt.prune_(model, **kwargs)
+        assert not pt.is_patched(model) and all("forward" not in m.__dict__ for m in model.modules())
