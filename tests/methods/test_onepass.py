@@ -73,7 +73,7 @@ def test_unequal_windows_fall_back_and_bad_option_is_refused():
 
 
 def test_symmetric_gram_is_exact():
-    from prunekit.methods.onepass import symmetric_gram
+    from prunekit.calibrate.stats import symmetric_gram
 
     x = torch.randn(300, 520, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(symmetric_gram(x), x.t() @ x, atol=1e-3)
@@ -139,9 +139,7 @@ def test_one_pass_memory_estimate_scales_with_the_calibration():
     from prunekit.methods.onepass import one_pass_bytes
 
     model = tiny_model("llama", hidden=64, layers=2)
-    small = plan_prune(model, "sparsegpt", 0.5, calibration=IDS[:4], progress=False)
-    large = plan_prune(model, "sparsegpt", 0.5, calibration=IDS, progress=False)
-    a, b = one_pass_bytes(model, small), one_pass_bytes(model, large)
+    a, b = one_pass_bytes(model, IDS[:4]), one_pass_bytes(model, IDS)
     assert b == 3 * a
     # per token: 4 × (4·intermediate + 6·hidden + (heads + 2·kv)·head_dim) bytes, plus the attention scores
     assert a == 4 * 4 * 24 * (4 * 128 + 6 * 64 + (4 + 2 * 2) * 16) + 8 * 4 * 4 * 24 * 24

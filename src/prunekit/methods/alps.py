@@ -160,10 +160,8 @@ class ALPS(BlockwiseMethod):
     patterns = ("unstructured", "nm")
 
     def apply_(self, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
-        """Prune block by block; with ``sequential="layer"`` in one forward per block (see :mod:`.onepass`)."""
-        from .onepass import apply_sequential_
-
-        return apply_sequential_(self, model, plan, sparsity, log)
+        """Prune block by block; with ``sequential="layer"`` in one forward per block (see :meth:`BlockwiseMethod.sequential_`)."""
+        return self.sequential_(model, plan, sparsity, log)
 
     def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: Any, budget: Budget,
                      plan: PrunePlan) -> tuple[Tensor, Tensor]:

@@ -260,6 +260,56 @@ class BlockwiseMethod:
             log.notes.append(note)
             warnings.warn(note, stacklevel=4)
 
+    def begin_block(self) -> None:
+        """Called before the targets of a new set of statistics are pruned (a method may drop caches)."""
+
+    def sequential_(self, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
+        """Dispatch on the config's ``sequential``: ``"block"`` runs :meth:`two_pass_` (every layer of a block on
+        the dense block); ``"layer"`` prunes every layer on the inputs its pruned predecessors give it, in one
+        pass per block when the estimate fits the budget and the windows share one length, else in staged
+        passes (the same result; :mod:`prunekit.calibrate.onepass`). Fused MoE experts take the usual loop (with
+        a warning that the order changed)."""
+        from .onepass import memory_budget, one_pass_bytes, one_pass_possible, walk_one_pass_, walk_staged_
+
+        cfg = plan.config
+        if cfg.sequential != "layer":
+            return self.two_pass_(model, plan, sparsity, log)
+        if plan.experts:
+            warnings.warn(f"{self.name} sequential='layer' does not cover fused MoE expert weights yet; this model "
+                          "is pruned with sequential='block' (every layer of a block on the dense block's inputs)",
+                          stacklevel=4)
+            return self.two_pass_(model, plan, sparsity, log)
+        inside = self.inside_blocks(model, plan, log)
+        names = {t.name for t in inside}
+        budgets = self.layer_budgets(model, plan, inside, sparsity)
+        current: list[Any] = [None]
+
+        def prune(t: Target, stats: InputStats) -> None:
+            if stats is not current[0]:
+                self.begin_block()
+                current[0] = stats
+            if self.updates_weights:
+                log.record(t.module)
+            self.prune_layer(t.name, t.module, stats, budgets[t.name], plan)
+
+        def uncalled(targets: list[Target], block_name: str) -> None:
+            self.skip_uncalled(targets, lambda name: False, log, block_name)
+
+        walk = dict(targets_of=lambda b: [t for t in block_targets(plan, b) if t.name in names], prune=prune,
+                    uncalled=uncalled, hessian=self.hessian, device=cfg.device, progress=plan.progress)
+        budget = int(cfg.one_pass_max_gb * 1e9) if cfg.one_pass_max_gb is not None else memory_budget(cfg.device)
+        need = one_pass_bytes(model, plan.calibration)
+        possible = one_pass_possible(plan.calibration)
+        if possible and need <= budget:
+            return walk_one_pass_(model, plan.calibration, desc=f"{self.name} (one pass)", **walk)
+        why = ("the calibration windows differ in length" if not possible else
+               f"one pass over all windows needs about {need / 1e9:.1f} GB of activations, over the budget of "
+               f"{budget / 1e9:.1f} GB (one_pass_max_gb)")
+        warnings.warn(f"{self.name} sequential='layer': {why}; pruning each block in staged passes of "
+                      f"{cfg.batch_size} windows instead (the same result, about two more forwards per block)",
+                      stacklevel=4)
+        return walk_staged_(model, plan.calibration, batch_size=cfg.batch_size, desc=f"{self.name} (staged)", **walk)
+
     def collect(self, block: nn.Module, targets: list[Target], inputs: list[BlockInputs], device: Any,
                 hessian: bool | None = None) -> InputStats:
         """Run ``block`` over all calibration batches with hooks on ``targets``; return their input statistics."""

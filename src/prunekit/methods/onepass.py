@@ -1,4 +1,4 @@
-"""One pass per block, every layer pruned on the inputs it really gets ("true sequential").
+"""One pass per block, every layer pruned on the inputs it really gets ("true sequential"): the engines.
 
 The usual block-by-block loop runs each block twice: once dense, to collect every layer's input
 statistics, and once pruned, to feed the next block. Here the block runs **once** over all the
@@ -8,134 +8,51 @@ the attention computed with the already-pruned q/k/v, down_proj sees the pruned 
 The block's output is then the pruned block's output, which feeds the next block. One forward per
 block instead of two, and each layer compensates for the error of the layers before it (GPTQ's
 ``--true-sequential``; SparseGPT's weight updates then reconstruct what the pruned block really sees).
-The Gram matrices XᵀX are computed block-triangularly (:func:`symmetric_gram`, about 2/3 of the work).
+Statistics are :class:`~prunekit.calibrate.stats.InputStats`, fed through ``record`` (the one arithmetic;
+Gram matrices block-triangular, :func:`~prunekit.calibrate.stats.symmetric_gram`).
 
 It needs all windows in one block call: one block's activations over the whole calibration set.
 :func:`one_pass_bytes` estimates that memory before anything runs; when it exceeds the budget
-(``one_pass_max_gb``, by default half of the memory available where the blocks run), or when the
-windows differ in length, the same computation runs in **staged** passes of ``batch_size`` windows
-(:func:`apply_staged_`): for each group of layers that read one input (q/k/v, then o, then gate/up,
-then down), the block runs over the batches up to that group, the group is pruned, and the next
-group is reached on the pruned ones. The result is the one-pass result (up to the order of float
-sums); it costs about two extra forwards per block, but memory stays at ``batch_size`` windows.
+(half of the memory available where the blocks run, by default), or when the windows differ in length,
+the same computation runs in **staged** passes of ``batch_size`` windows (:func:`walk_staged_`): for
+each group of layers that read one input (q/k/v, then o, then gate/up, then down), the block runs over
+the batches up to that group, the group is pruned, and the next group is reached on the pruned ones.
+The result is the one-pass result (up to the order of float sums); it costs about two extra forwards
+per block, but memory stays at ``batch_size`` windows.
+
+The engines know no method: a caller gives, per block, the targets (``targets_of(block_name)``), what
+to do with one target and its statistics (``prune(target, stats)``), and what to do with targets the
+forward never called (``uncalled(targets, block_name)``); ``prunekit.methods.layerwise`` is that caller.
 """
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..calibrate import walk_blocks_
 from ..calibrate.batches import calibration_batches
 from ..calibrate.blockwise import BlockInputs, run_block
-from .base import PruneLog, PrunePlan
-from .layerwise import block_targets, engine_options
+from ..calibrate.stats import InputStats
+from ..core.scope import Target
 
-
-def symmetric_gram(x: Tensor, pieces: int = 4) -> Tensor:
-    """xᵀx for a (tokens, d) matrix, computing only the blocks on and above the diagonal (about 2/3 of the
-    work of one product for 4 pieces) and mirroring the rest; exact."""
-    d = x.shape[1]
-    if d < 256:
-        return x.t() @ x
-    bounds = [round(i * d / pieces) for i in range(pieces + 1)]
-    cols = [x[:, bounds[i]:bounds[i + 1]].contiguous() for i in range(pieces)]
-    out = x.new_empty(d, d)
-    for i in range(pieces):
-        for j in range(i, pieces):
-            blk = cols[i].t() @ cols[j]
-            out[bounds[i]:bounds[i + 1], bounds[j]:bounds[j + 1]] = blk
-            if i != j:
-                out[bounds[j]:bounds[j + 1], bounds[i]:bounds[i + 1]] = blk.t()
-    return out
-
-
-class OnePassStats:
-    """Input statistics of the layers of one block, taken as each layer is called (the same interface the
-    methods read from :class:`prunekit.calibrate.InputStats`): layers fed the very same tensor share them."""
-
-    def __init__(self, hessian: bool) -> None:
-        self.hessian = hessian
-        self.owner: dict[str, str] = {}
-        self.sq_norms: dict[str, Tensor] = {}
-        self.grams: dict[str, Tensor] = {}
-        self.tokens: dict[str, int] = {}
-        self._by_input: dict[int, tuple[Tensor, str]] = {}
-
-    def add(self, name: str, x: Tensor) -> None:
-        """Record the input ``x`` of layer ``name`` (computed once per distinct tensor)."""
-        seen = self._by_input.get(id(x))
-        if seen is not None and seen[0] is x:
-            self.owner[name] = seen[1]
-            return
-        self._by_input[id(x)] = (x, name)
-        self.owner[name] = name
-        flat = x.detach().reshape(-1, x.shape[-1]).float()
-        self.sq_norms[name] = flat.square().sum(0)
-        self.tokens[name] = flat.shape[0]
-        if self.hessian:
-            self.grams[name] = symmetric_gram(flat)
-
-    def seen(self, name: str) -> bool:
-        return name in self.owner
-
-    def col_norms(self, name: str) -> Tensor:
-        return self.sq_norms[self.owner[name]].sqrt()
-
-    def gram(self, name: str) -> Tensor:
-        return self.grams[self.owner[name]]
-
-    def n_tokens(self, name: str) -> int:
-        return self.tokens[self.owner[name]]
-
-
-class StagedStats(OnePassStats):
-    """Input statistics accumulated over several block calls (the staged passes); layers fed the very same
-    tensor in one call share them."""
-
-    def __init__(self, hessian: bool) -> None:
-        super().__init__(hessian)
-        self._last: tuple[Tensor, str] | None = None
-
-    def new_call(self) -> None:
-        """Start a block call: inputs seen before cannot be shared with the next ones."""
-        self._last = None
-
-    def add(self, name: str, x: Tensor) -> None:
-        """Add the input ``x`` of layer ``name`` to its (or its input-sharing owner's) sums."""
-        if self._last is not None and self._last[0] is x:
-            self.owner.setdefault(name, self._last[1])
-            return
-        self._last = (x, name)
-        self.owner.setdefault(name, name)
-        flat = x.detach().reshape(-1, x.shape[-1]).float()
-        sq = flat.square().sum(0)
-        if name in self.sq_norms:
-            self.sq_norms[name] += sq
-            self.tokens[name] += flat.shape[0]
-            if self.hessian:
-                self.grams[name] += symmetric_gram(flat)
-        else:
-            self.sq_norms[name] = sq
-            self.tokens[name] = flat.shape[0]
-            if self.hessian:
-                self.grams[name] = symmetric_gram(flat)
+Prune = Callable[[Target, InputStats], None]
+Uncalled = Callable[[list[Target], str], None]
 
 
 class _StopBlock(Exception):
     """Ends a block call once the layers of the current stage have seen their inputs."""
 
 
-def one_pass_possible(plan: PrunePlan) -> bool:
+def one_pass_possible(calibration: Any) -> bool:
     """Whether the calibration windows fit one block call (all of the same length)."""
-    batches = calibration_batches(plan.calibration, 1 << 30, tokens=True)
+    batches = calibration_batches(calibration, 1 << 30, tokens=True)
     return len(batches) == 1
 
 
-def one_pass_bytes(model: nn.Module, plan: PrunePlan) -> int:
+def one_pass_bytes(model: nn.Module, calibration: Any) -> int:
     """An upper estimate of the activation memory of one block called on every calibration window at once:
     the MLP's and attention's intermediate tensors, the float32 copies the statistics take, and the
     attention scores (float32), over all calibration tokens."""
@@ -148,7 +65,7 @@ def one_pass_bytes(model: nn.Module, plan: PrunePlan) -> int:
     heads = get("num_attention_heads", "n_head", default=1)
     kv = get("num_key_value_heads", default=heads)
     head_dim = get("head_dim", default=hidden // max(heads, 1))
-    batches = calibration_batches(plan.calibration, 1 << 30, tokens=True)
+    batches = calibration_batches(calibration, 1 << 30, tokens=True)
     tokens = sum(int(b["input_ids"].numel()) for b in batches)
     windows = sum(int(b["input_ids"].shape[0]) if b["input_ids"].dim() == 2 else 1 for b in batches)
     seqlen = max(int(b["input_ids"].shape[-1]) for b in batches)
@@ -166,55 +83,18 @@ def memory_budget(device: Any = None) -> int:
     return psutil.virtual_memory().available // 2
 
 
-def apply_sequential_(method: Any, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
-    """Dispatch on the config's ``sequential``: ``"block"`` runs ``method.two_pass_`` (the usual loop, every layer
-    of a block on the dense block); ``"layer"`` runs :func:`apply_layer_sequential_`, except on fused MoE experts,
-    which the usual loop handles (with a warning that the order changed)."""
-    if plan.config.sequential != "layer":
-        return method.two_pass_(model, plan, sparsity, log)
-    if plan.experts:
-        warnings.warn(f"{method.name} sequential='layer' does not cover fused MoE expert weights yet; this model "
-                      "is pruned with sequential='block' (every layer of a block on the dense block's inputs)",
-                      stacklevel=4)
-        return method.two_pass_(model, plan, sparsity, log)
-    return apply_layer_sequential_(method, model, plan, sparsity, log)
-
-
-def apply_layer_sequential_(method: Any, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
-    """Prune every layer on the inputs its pruned predecessors give it: in one pass per block when the
-    estimate fits the budget and the windows share one length, else in staged passes (same result)."""
-    device = plan.config.device
-    max_gb = plan.config.one_pass_max_gb
-    budget = int(max_gb * 1e9) if max_gb is not None else memory_budget(device)
-    need = one_pass_bytes(model, plan)
-    if one_pass_possible(plan) and need <= budget:
-        return apply_one_pass_(method, model, plan, sparsity, log)
-    why = ("the calibration windows differ in length" if not one_pass_possible(plan) else
-           f"one pass over all windows needs about {need / 1e9:.1f} GB of activations, over the budget of "
-           f"{budget / 1e9:.1f} GB (one_pass_max_gb)")
-    warnings.warn(f"{method.name} sequential='layer': {why}; pruning each block in staged passes of "
-                  f"{plan.config.batch_size} windows instead (the same result, about two more "
-                  "forwards per block)", stacklevel=4)
-    return apply_staged_(method, model, plan, sparsity, log)
-
-
-def apply_one_pass_(method: Any, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
-    """Prune ``model`` block by block with ``method`` (a BlockwiseMethod), one forward per block, each target
-    pruned just before it runs on its real (partly pruned) inputs."""
-    inside = method.inside_blocks(model, plan, log)
-    names = {t.name for t in inside}
-    budgets = method.layer_budgets(model, plan, inside, sparsity)
-    engine = engine_options(plan)
-    device = engine["device"]
-    n_windows = calibration_batches(plan.calibration, 1 << 30, tokens=True)[0]["input_ids"].shape[0]
+def walk_one_pass_(model: nn.Module, calibration: Any, targets_of: Callable[[str], list[Target]], prune: Prune,
+                   uncalled: Uncalled, *, hessian: bool, device: Any = None, progress: bool = True,
+                   desc: str = "one pass") -> None:
+    """Walk the blocks, one forward per block over every calibration window at once; each target of
+    ``targets_of(block_name)`` is handed to ``prune(target, stats)`` just before it runs, its statistics
+    taken on its real (partly pruned) inputs. Targets the forward never called go to ``uncalled``."""
+    n_windows = calibration_batches(calibration, 1 << 30, tokens=True)[0]["input_ids"].shape[0]
 
     def visit(i: int, block_name: str, block: nn.Module, inputs: list[BlockInputs]) -> None:
-        targets = [t for t in block_targets(plan, block_name) if t.name in names]
+        targets = targets_of(block_name)
         if targets:
-            begin = getattr(method, "begin_block", None)
-            if begin is not None:
-                begin()
-            stats = OnePassStats(method.hessian)
+            stats = InputStats(hessian=hessian)
             done: set[str] = set()
 
             def prune_hook(t):
@@ -222,10 +102,8 @@ def apply_one_pass_(method: Any, model: nn.Module, plan: PrunePlan, sparsity: fl
                     if t.name in done:  # a module called twice in one forward is pruned once
                         return
                     done.add(t.name)
-                    stats.add(t.name, args[0])
-                    if method.updates_weights:
-                        log.record(module)
-                    method.prune_layer(t.name, module, stats, budgets[t.name], plan)
+                    stats.record(t.name, args[0])
+                    prune(t, stats)
                 return hook
 
             handles = [t.module.register_forward_pre_hook(prune_hook(t)) for t in targets]
@@ -234,33 +112,29 @@ def apply_one_pass_(method: Any, model: nn.Module, plan: PrunePlan, sparsity: fl
             finally:
                 for h in handles:
                     h.remove()
-            method.skip_uncalled(targets, done.__contains__, log, block_name)
+            missing = [t for t in targets if t.name not in done]
+            if missing:
+                uncalled(missing, block_name)
         else:
             out = [run_block(block, s, device) for s in inputs]
         for s, o in zip(inputs, out):  # the pruned outputs become the next block's inputs
             s.hidden = o.to(s.hidden.device)
 
-    walk_blocks_(model, plan.calibration, visit, progress=plan.progress, desc=f"{method.name} (one pass)",
-                 propagate=False, **{**engine, "batch_size": n_windows})
+    walk_blocks_(model, calibration, visit, progress=progress, desc=desc, propagate=False, batch_size=n_windows,
+                 device=device)
 
 
-def apply_staged_(method: Any, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
+def walk_staged_(model: nn.Module, calibration: Any, targets_of: Callable[[str], list[Target]], prune: Prune,
+                 uncalled: Uncalled, *, hessian: bool, batch_size: int = 8, device: Any = None,
+                 progress: bool = True, desc: str = "staged") -> None:
     """The one-pass computation with memory bounded to ``batch_size`` windows: per block, stage after stage,
-    run the block over the batches until the next group of not-yet-pruned layers that read one input has
-    seen it (then stop the call), accumulate that group's statistics, prune the group."""
-    inside = method.inside_blocks(model, plan, log)
-    names = {t.name for t in inside}
-    budgets = method.layer_budgets(model, plan, inside, sparsity)
-    engine = engine_options(plan)
-    device = engine["device"]
+    run the block over the batches until the next group of not-yet-pruned targets that read one input has
+    seen it (then stop the call), accumulate that group's statistics, hand each to ``prune(target, stats)``."""
 
     def visit(i: int, block_name: str, block: nn.Module, inputs: list[BlockInputs]) -> None:
-        pending = [t for t in block_targets(plan, block_name) if t.name in names]
+        pending = list(targets_of(block_name))
         while pending:
-            begin = getattr(method, "begin_block", None)
-            if begin is not None:
-                begin()
-            stats = StagedStats(method.hessian)
+            stats = InputStats(hessian=hessian)
             group: list[str] = []
 
             def stage_hook(t):
@@ -271,7 +145,7 @@ def apply_staged_(method: Any, model: nn.Module, plan: PrunePlan, sparsity: floa
                     elif x is not call["first"] or (group and t.name not in group) or t.name in call["seen"]:
                         raise _StopBlock
                     call["seen"].add(t.name)
-                    stats.add(t.name, x)
+                    stats.record(t.name, x)
                 return hook
 
             handles = [t.module.register_forward_pre_hook(stage_hook(t)) for t in pending]
@@ -291,12 +165,10 @@ def apply_staged_(method: Any, model: nn.Module, plan: PrunePlan, sparsity: floa
                 for h in handles:
                     h.remove()
             if not group:  # the rest are never called: no activations to prune them by
-                method.skip_uncalled(pending, lambda name: False, log, block_name)
+                uncalled(pending, block_name)
                 break
             for t in [t for t in pending if t.name in group]:
-                if method.updates_weights:
-                    log.record(t.module)
-                method.prune_layer(t.name, t.module, stats, budgets[t.name], plan)
+                prune(t, stats)
             pending = [t for t in pending if t.name not in group]
 
-    walk_blocks_(model, plan.calibration, visit, progress=plan.progress, desc=f"{method.name} (staged)", **engine)
+    walk_blocks_(model, calibration, visit, progress=progress, desc=desc, batch_size=batch_size, device=device)

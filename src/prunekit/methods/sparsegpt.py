@@ -111,10 +111,8 @@ class SparseGPT(BlockwiseMethod):
 
     def apply_(self, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
         """Prune block by block; with ``sequential="layer"`` each layer on its pruned predecessors' outputs, in
-        one forward per block where memory allows (see :mod:`.onepass`)."""
-        from .onepass import apply_sequential_
-
-        return apply_sequential_(self, model, plan, sparsity, log)
+        one forward per block where memory allows (see :meth:`BlockwiseMethod.sequential_`)."""
+        return self.sequential_(model, plan, sparsity, log)
 
     def begin_block(self) -> None:
         """Forget the previous block's inverse Hessians."""
