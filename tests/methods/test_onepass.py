@@ -136,7 +136,7 @@ def test_staged_passes_call_each_block_in_batches():
 
 
 def test_one_pass_memory_estimate_scales_with_the_calibration():
-    from prunekit.methods.onepass import one_pass_bytes
+    from prunekit.calibrate.onepass import one_pass_bytes
 
     model = tiny_model("llama", hidden=64, layers=2)
     a, b = one_pass_bytes(model, IDS[:4]), one_pass_bytes(model, IDS)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ..calibrate import InputStats, calibration_batches, find_blocks, walk_blocks_
 from ..calibrate.blockwise import BlockInputs, run_block
 from ..calibrate.moe import FusedExperts, as_fused_experts
+from ..calibrate.onepass import memory_budget, one_pass_bytes, one_pass_possible, walk_one_pass_, walk_staged_
 from ..core.allocate import ALLOCATIONS, allocate
 from ..core.finite import check_finite
 from ..core.inputs import check_token_ids
@@ -269,8 +270,6 @@ class BlockwiseMethod:
         pass per block when the estimate fits the budget and the windows share one length, else in staged
         passes (the same result; :mod:`prunekit.calibrate.onepass`). Fused MoE experts take the usual loop (with
         a warning that the order changed)."""
-        from .onepass import memory_budget, one_pass_bytes, one_pass_possible, walk_one_pass_, walk_staged_
-
         cfg = plan.config
         if cfg.sequential != "layer":
             return self.two_pass_(model, plan, sparsity, log)

@@ -8,8 +8,8 @@ the attention computed with the already-pruned q/k/v, down_proj sees the pruned 
 The block's output is then the pruned block's output, which feeds the next block. One forward per
 block instead of two, and each layer compensates for the error of the layers before it (GPTQ's
 ``--true-sequential``; SparseGPT's weight updates then reconstruct what the pruned block really sees).
-Statistics are :class:`~prunekit.calibrate.stats.InputStats`, fed through ``record`` (the one arithmetic;
-Gram matrices block-triangular, :func:`~prunekit.calibrate.stats.symmetric_gram`).
+Statistics are :class:`~.stats.InputStats`, fed through ``record`` (the one arithmetic; Gram matrices
+block-triangular, :func:`~.stats.symmetric_gram`).
 
 It needs all windows in one block call: one block's activations over the whole calibration set.
 :func:`one_pass_bytes` estimates that memory before anything runs; when it exceeds the budget
@@ -32,11 +32,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..calibrate import walk_blocks_
-from ..calibrate.batches import calibration_batches
-from ..calibrate.blockwise import BlockInputs, run_block
-from ..calibrate.stats import InputStats
 from ..core.scope import Target
+from .batches import calibration_batches
+from .blockwise import BlockInputs, run_block, walk_blocks_
+from .stats import InputStats
 
 Prune = Callable[[Target, InputStats], None]
 Uncalled = Callable[[list[Target], str], None]
