@@ -1,0 +1,35 @@
+"""Float tolerances for tests, written once: they follow from the dtype and the length of the reduction.
+
+Two results of the same K-term sum taken in different orders (another BLAS blocking, another kernel,
+another thread count, a block-by-block loop against one big matmul) each differ from the exact sum by
+at most about K·u·Σ|terms| (u = eps/2, the unit roundoff; Higham, *Accuracy and Stability of Numerical
+Algorithms*, §4.2), so from each other by at most K·eps·Σ|terms|. ``tol(dtype, k)`` gives that worst
+case as ``rtol`` and, for results that cancel toward zero, as ``atol`` at the size ``scale`` of
+Σ|terms|. It holds on any machine, and stays far below what a real bug moves (a wrong index, a
+missing term, a wrong scale change a result by a whole term, not by K·eps of it).
+
+For a chain of reductions (a model forward: L layers of K-term sums) the errors add: pass ``k = L·K``
+or the sum of the chain's reduction lengths. Exact equality is right only where the two sides do the
+same arithmetic in the same order (copies, masks, integer work); say so where it is not obvious.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def eps(dtype: Any) -> float:
+    """Machine epsilon of a torch or NumPy float dtype (float32: 1.19e-7, float16: 9.8e-4, bfloat16: 7.8e-3)."""
+    if isinstance(dtype, torch.dtype):
+        return torch.finfo(dtype).eps
+    return float(np.finfo(dtype).eps)
+
+
+def tol(dtype: Any, k: int = 1, *, scale: float = 1.0) -> dict[str, float]:
+    """``rtol``/``atol`` for two results of ``k``-term sums in ``dtype`` taken in different orders:
+    K·eps (the worst case, see the module docstring); ``atol`` is that at ``scale`` = Σ|terms|."""
+    bound = eps(dtype) * max(int(k), 1)
+    return {"rtol": bound, "atol": bound * scale}
