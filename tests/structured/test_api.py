@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import prunekit.structured as ps
-from prunekit.core.stats import summary
+from prunekit.metrics.summary import summary
 from prunekit.models import ResNetStyle
 from prunekit.models.structured_zoo import DenseNetStyle, GroupedStyle, MobileNetV2Style, VGGStyle
 
