@@ -33,3 +33,15 @@ def tol(dtype: Any, k: int = 1, *, scale: float = 1.0) -> dict[str, float]:
     K·eps (the worst case, see the module docstring); ``atol`` is that at ``scale`` = Σ|terms|."""
     bound = eps(dtype) * max(int(k), 1)
     return {"rtol": bound, "atol": bound * scale}
+
+
+def assert_same_selection(got: torch.Tensor, want: torch.Tensor, scores: torch.Tensor, **close: float) -> None:
+    """Two keep-masks chosen from ``scores`` (the same count kept in each row) agree up to near-ties:
+    computed in another order, two scores within rounding of each other may swap places, so the masks
+    may differ there, but each row keeps the same scores (to ``close``, e.g. ``tol(dtype, k)``).
+    A wrong choice keeps a visibly different score and fails."""
+    assert got.shape == want.shape == scores.shape
+    assert torch.equal(got.sum(-1), want.sum(-1)), "a row keeps another number of entries"
+    inf = torch.tensor(float("inf"), dtype=scores.dtype)
+    torch.testing.assert_close(torch.where(got, scores, inf).sort(-1).values,
+                               torch.where(want, scores, inf).sort(-1).values, **close)
