@@ -8,6 +8,8 @@ import prunekit.structured as ps
 from prunekit.models import ResNetStyle
 from prunekit.models.structured_zoo import MobileNetV2Style
 
+from tests.tolerances import tol
+
 X = torch.randn(2, 1, 28, 28)
 
 
@@ -24,7 +26,8 @@ def test_fold_bn_keeps_outputs_and_removes_batchnorm():
     expected = model(X)
     ps.fold_bn_(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    torch.testing.assert_close(model(X), expected, rtol=1e-4, atol=1e-5)
+    # folding rounds each weight once more and sums in another order: about 9 + 72 + 144 + 288 + 32 terms
+    torch.testing.assert_close(model(X), expected, **tol(torch.float32, k=9 + 72 + 144 + 288 + 32, scale=4))
     with pytest.raises(ValueError, match="eval"):
         ps.fold_bn_(ResNetStyle().train())
 
