@@ -45,3 +45,14 @@ def assert_same_selection(got: torch.Tensor, want: torch.Tensor, scores: torch.T
     inf = torch.tensor(float("inf"), dtype=scores.dtype)
     torch.testing.assert_close(torch.where(got, scores, inf).sort(-1).values,
                                torch.where(want, scores, inf).sort(-1).values, **close)
+
+
+def rows_that_agree(got: torch.Tensor, want: torch.Tensor, swaps: int = 1) -> torch.Tensor:
+    """For two masks chosen from scores computed in different orders (another batching, another stats
+    engine, another blocking): they keep the same number of entries and differ by at most ``swaps``
+    swaps at near-ties (each changes two entries; a wrong choice changes many). Returns the rows where
+    they agree, to compare what each row computed after its mask (rows are independent in SparseGPT and Wanda)."""
+    diff = (got != want).reshape(got.shape[0], -1)
+    assert int(got.sum()) == int(want.sum()), "the masks keep different numbers of entries"
+    assert int(diff.sum()) <= 2 * swaps, f"{int(diff.sum())} entries differ: more than {swaps} swap(s) at a near-tie"
+    return ~diff.any(-1)
