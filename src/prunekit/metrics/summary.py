@@ -172,7 +172,8 @@ def summary(model: nn.Module, example_inputs: Any = None, scope: Any = None,
             latency_batches: tuple[int, ...] = ()) -> ModelSummary:
     """Per-layer parameters, non-zeros, sparsity and (with ``example_inputs``) MACs of ``model``.
 
-    A row's ``scope`` column says ``pruned`` for a masked tensor, ``yes`` for one the scope would
+    MACs are those of :func:`prunekit.metrics.macs.macs_by_module` (convolutions, linear layers, matrix
+    products, attention), each on the row of the module that runs it. A row's ``scope`` column says ``pruned`` for a masked tensor, ``yes`` for one the scope would
     prune, ``-`` otherwise. Tied parameters are counted once. ``latency_batches`` (e.g. ``(1, 256)``)
     also times a forward pass at each batch size (the first example repeated), on the CPU threads
     torch has (median of 10 runs after 2 warm-up runs).
