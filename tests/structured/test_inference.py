@@ -36,9 +36,11 @@ def test_for_inference_matches_the_pruned_model_and_leaves_it_alone():
     model = _with_stats(MobileNetV2Style())
     small = ps.prune(model, X, sparsity=0.5)
     fast = ps.for_inference(small, X)
-    torch.testing.assert_close(fast(torch.randn(5, 1, 28, 28) * 0 + X[:1]), small(X[:1]).expand(5, -1),
-                               rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(fast(X), small(X), rtol=1e-4, atol=1e-4)
+    # fused kernels (BN folded in, another batch) sum in other orders: at most about 900 terms along MobileNetV2's
+    # path (stem 9, five blocks of 1×1 + 3×3 depthwise + 1×1, head 64, pooling 49, fc 128)
+    fused = tol(torch.float32, k=900)
+    torch.testing.assert_close(fast(torch.randn(5, 1, 28, 28) * 0 + X[:1]), small(X[:1]).expand(5, -1), **fused)
+    torch.testing.assert_close(fast(X), small(X), **fused)
     assert any(isinstance(m, nn.BatchNorm2d) for m in small.modules())  # the source keeps its BatchNorms
     assert not fast.training
     with pytest.raises(ValueError, match="dict"):
