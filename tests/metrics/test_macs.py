@@ -126,3 +126,10 @@ def test_the_summary_reads_the_same_counter_and_keeps_attention_dense():
     pk.prune_(block, "magnitude", 0.5)  # qkv and proj lose half their weights; the head stays dense
     s = pk.summary(block, example_inputs=x)
     assert s.effective_macs == b * n * (3 * dim * dim + dim * dim) // 2 + b * n * dim * 10 + products
+
+
+def test_a_torch_encoder_layer_in_eval_is_counted_whole():
+    # in eval without grad torch may take a fused fast path; the counter sees the attention and both MLP layers
+    b, n, e, f = 2, 7, 32, 64
+    layer = nn.TransformerEncoderLayer(e, 4, f, batch_first=True).eval()
+    assert count_macs(layer, torch.randn(b, n, e)) == 4 * b * n * e * e + 2 * b * n * n * e + 2 * b * n * e * f
