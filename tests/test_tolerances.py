@@ -28,3 +28,18 @@ def test_selections_may_swap_near_ties_only():
     assert rows_that_agree(keep, swapped).tolist() == [False]
     with pytest.raises(AssertionError, match="entries differ"):
         rows_that_agree(torch.tensor([[True, True, False, False]]), torch.tensor([[False, False, True, True]]))
+
+
+def test_two_orders_of_unit_vector_similarities_break_the_old_rtol_and_hold_tol():
+    # issue 20 item 1: test_semdedup compared two blockings at rtol=1e-6 and failed on another CPU. The same
+    # 16-term float32 dot products summed one dimension at a time, from the last: near-zero similarities
+    # differ far beyond 1e-6 relative, by less than 16·eps absolute (Σ|terms| ≤ 1 for unit vectors).
+    x = np.random.default_rng(0).standard_normal((257, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    blas = x @ x.T
+    by_dim = np.zeros_like(blas)
+    for d in range(15, -1, -1):
+        by_dim += np.outer(x[:, d], x[:, d])
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(by_dim, blas, rtol=1e-6)
+    np.testing.assert_allclose(by_dim, blas, **tol(np.float32, k=16))
