@@ -4,7 +4,6 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.core.stats import sparse_nbytes
 from prunekit.models import MLP, SmallCNN
 
 
@@ -40,13 +39,6 @@ def test_tied_parameters_are_counted_once():
     head = nn.Linear(4, 10, bias=False)
     head.weight = emb.weight
     assert pk.summary(nn.Sequential(emb, head)).params == 40
-
-
-def test_sparse_size_uses_a_bitmask_when_smaller():
-    t = torch.zeros(1000)
-    t[:100] = 1.0
-    assert sparse_nbytes(t) == 125 + 100 * 4
-    assert sparse_nbytes(torch.ones(1000)) == 4000
 
 
 def test_latency_at_several_batch_sizes():
