@@ -133,3 +133,11 @@ def test_a_torch_encoder_layer_in_eval_is_counted_whole():
     b, n, e, f = 2, 7, 32, 64
     layer = nn.TransformerEncoderLayer(e, 4, f, batch_first=True).eval()
     assert count_macs(layer, torch.randn(b, n, e)) == 4 * b * n * e * e + 2 * b * n * n * e + 2 * b * n * e * f
+
+
+def test_counting_leaves_each_module_in_its_own_mode_and_no_hooks_behind():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.5)).train()
+    model[1].eval()  # a frozen norm inside a model being trained
+    macs_by_module(model, torch.randn(3, 4))
+    assert [m.training for m in model] == [True, False, True] and model.training
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())

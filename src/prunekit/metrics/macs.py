@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
 from ..core.calling import call_model
@@ -148,17 +149,18 @@ def _run(model: nn.Module, inputs: Any, by_module: bool) -> MacCount:
             stack.pop()
 
         for n, m in model.named_modules():
-            if n and ".parametrizations" not in n and not isinstance(m, nn.utils.parametrize.ParametrizationList):
+            if n and ".parametrizations" not in n and not isinstance(m, parametrize.ParametrizationList):
                 handles.append(m.register_forward_pre_hook(enter))
                 handles.append(m.register_forward_hook(leave, always_call=True))
     counter = _Counter((lambda: stack[-1]) if by_module else None)
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each module's own mode comes back afterwards
     try:
         model.eval()
         with torch.no_grad(), counter:
             call_model(model, inputs)
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
         for h in handles:
             h.remove()
     c = counter.count
