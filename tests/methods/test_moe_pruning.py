@@ -10,6 +10,8 @@ import prunekit as pk
 from prunekit.core.mask import get_mask
 from prunekit.models.tiny import tiny_model
 
+from tests.tolerances import assert_same_selection, tol
+
 CALIB = torch.randint(0, 128, (6, 16))
 
 
@@ -35,7 +37,8 @@ def test_wanda_ranks_each_expert_by_its_own_tokens():
         metric = w[e].abs() * x.norm(dim=0)
         expect = torch.ones_like(metric, dtype=torch.bool)
         expect.scatter_(1, torch.sort(metric, dim=1, stable=True)[1][:, :32], False)
-        assert torch.equal(keep[e], expect), e
+        # ‖x‖ summed here in another order than the library's statistics: near-equal scores may swap
+        assert_same_selection(keep[e], expect, metric, **tol(torch.float32, k=len(x) + 1, scale=float(metric.max())))
     everyone = hidden.norm(dim=0)  # calibrating on all tokens would pick other weights for some expert
     assert any(not torch.equal(keep[e], (w[e].abs() * everyone).argsort(dim=1, stable=True).argsort(dim=1) >= 32)
                for e in range(4))
