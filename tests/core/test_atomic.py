@@ -217,6 +217,39 @@ def test_a_second_writer_of_the_same_out_fails_at_once(tmp_path):
     assert _tag(out) == "first" and os.listdir(tmp_path) == ["pruned"]
 
 
+@pytest.mark.parametrize("plant", ["symlink", "hardlink", "user-file", "folder"])
+def test_a_lock_path_prunekit_did_not_make_is_refused_and_left_as_it_is(tmp_path, plant):
+    from prunekit.core.fsops import LockFileError
+
+    victim = tmp_path / "notes.txt"
+    victim.write_text("the user's own file")
+    lock = tmp_path / ".pruned.prunekit-lock"
+    if plant == "symlink":
+        lock.symlink_to(victim)
+    elif plant == "hardlink":
+        os.link(victim, lock)
+    elif plant == "user-file":
+        lock.write_text("the user's own file")
+    else:
+        lock.mkdir()
+    with pytest.raises(LockFileError, match="the lock file .* prunekit did not make it"):
+        with output_folder(tmp_path / "pruned") as tmp:
+            _marker(tmp)
+    assert victim.read_text() == "the user's own file"
+    assert not (tmp_path / "pruned").exists()
+    if plant == "user-file":
+        assert lock.read_text() == "the user's own file"
+
+
+def test_a_stale_lock_left_by_a_killed_run_is_taken_over(tmp_path):
+    for stale in ("prunekit-lock pid 999999\n", "12345", ""):  # this version's, an older version's, just created
+        (tmp_path / ".pruned.prunekit-lock").write_text(stale)
+        with output_folder(tmp_path / "pruned", overwrite=True) as tmp:
+            assert (tmp_path / ".pruned.prunekit-lock").read_text() == f"prunekit-lock pid {os.getpid()}\n"
+            _marker(tmp)
+        assert not (tmp_path / ".pruned.prunekit-lock").exists()
+
+
 def test_out_filled_by_someone_else_meanwhile_is_not_replaced(tmp_path):
     out = tmp_path / "pruned"
     with pytest.raises(OutputError, match="prunekit did not write.*changed while this run worked"):
