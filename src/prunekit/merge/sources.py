@@ -19,8 +19,8 @@ from typing import Any, BinaryIO, Iterable
 import torch
 from torch import Tensor
 
-INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
+from ..core.shards import SAFETENSORS_INDEX as INDEX
+from ..core.shards import SINGLE, index_entries, safetensors_files
 
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -57,17 +57,8 @@ class TensorFolder:
 
         self.folder = Path(folder)
         self.label = label or str(folder)
-        index = self.folder / INDEX
-        if index.is_file():
-            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-            files = sorted(set(weight_map.values()))
-        elif (self.folder / SINGLE).is_file():
-            files = [SINGLE]
-        else:
-            found = sorted(p.name for p in self.folder.glob("*.safetensors"))
-            if not found:
-                raise ValueError(f"{self.label}: no safetensors weights in {self.folder} (expected {SINGLE} or {INDEX})")
-            files = found
+        self.index = index_entries(self.folder)  # the shard map, every file checked to stay in the folder
+        files = safetensors_files(self.folder, self.label)
         self.files = files
         self.infos: dict[str, TensorInfo] = {}
         self.file_metadata: dict[str, dict[str, str]] = {}
