@@ -425,3 +425,25 @@ def test_recover_restores_an_old_folder_hidden_by_a_killed_swap(tmp_path):
     notes = recover(out)
     assert any("restored" in n for n in notes)
     assert _tag(out) == "old" and os.listdir(tmp_path) == ["pruned"]
+
+
+# ------------------------------------------------------------------------------------- check_distinct
+
+
+def test_check_distinct_refuses_shared_outputs_and_outputs_over_inputs(tmp_path, monkeypatch):
+    from prunekit.core.atomic import check_distinct
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "emb").mkdir()
+    (tmp_path / "scores.npy").write_bytes(b"x")
+    os.link(tmp_path / "scores.npy", tmp_path / "hard.npy")
+    check_distinct({"--out": "keep.npy", "--pairs-out": "pairs.parquet", "--work": "w", "--x": None},
+                   {"--emb": "emb", "--subset": ["scores.npy", None]})
+    with pytest.raises(OutputError, match="--out and --pairs-out are the same path"):
+        check_distinct({"--out": "x.parquet", "--pairs-out": str(tmp_path / "x.parquet")})
+    with pytest.raises(OutputError, match="--out and --work are one inside the other"):
+        check_distinct({"--out": "w/keep.npy", "--work": "w"})  # removing the work folder would delete --out
+    with pytest.raises(OutputError, match="--out .* is the input --scores"):
+        check_distinct({"--out": "hard.npy"}, {"--scores": "scores.npy"})  # one file under two names
+    with pytest.raises(OutputError, match="--out .* holds the input --emb"):
+        check_distinct({"--out": "."}, {"--emb": "emb"})
