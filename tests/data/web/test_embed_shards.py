@@ -88,6 +88,20 @@ def test_values_beyond_float16_are_refused_not_written_as_inf(tmp_path, file_for
     assert rep.written == 1 and got[17, 1] == np.float32(7e4)
 
 
+@pytest.mark.parametrize("out", [".", ".."])
+def test_the_current_folder_or_a_parent_is_never_the_output(tmp_path, monkeypatch, out):
+    x = planted(n=10, d=3, dups=0)[0]
+    write_shards(tmp_path / "in", x, [10])
+    here = tmp_path / "a" / "here"
+    here.mkdir(parents=True)
+    for folder in (here, here.parent):  # both look like prunekit's output: --overwrite would have replaced them
+        (folder / "prunekit.json").write_text('{"prunekit_version": "0"}')
+    monkeypatch.chdir(here)
+    with pytest.raises(ValueError, match="is the current folder or holds it"):
+        embed_shards(tmp_path / "in", out, embedding_column="emb", overwrite=True, progress=False)
+    assert _files(here) == ["prunekit.json"] and _files(here.parent) == ["here", "prunekit.json"]
+
+
 def _text_shard(path, **cols):
     pq.write_table(pa.table(cols), path)
     return path

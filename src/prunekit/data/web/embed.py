@@ -289,6 +289,10 @@ def embed_shards(texts: str | os.PathLike | Sequence[str | os.PathLike], out: st
                                    id_column)
     out_path = Path(out).absolute()
     check_writable(out_path)
+    cwd, real = Path(os.path.realpath(os.getcwd())), Path(os.path.realpath(out_path))
+    if real == cwd or real in cwd.parents:
+        raise ValueError(f"--out {out} is the current folder or holds it; prunekit never writes embeddings into "
+                         "(or replaces) it. Choose a new folder such as emb/")
     encoder: Encoder | None = None
     if from_vectors:
         model_name = None
