@@ -128,7 +128,7 @@ class OutputLock:
 
     def _refuse(self, why: str) -> LockFileError:
         return LockFileError(f"--out {self.out}: the lock file {self.path} {why}; prunekit did not make it and "
-                               "leaves it as it is. Remove it if it is not yours, or choose another output")
+                             "leaves it as it is. Remove it if it is not yours, or choose another output")
 
     def _open(self) -> int:
         flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
