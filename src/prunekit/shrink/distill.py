@@ -180,26 +180,29 @@ def _schedule(cfg: DistillConfig) -> Callable[[int], float]:
 
 
 def _save_checkpoint(folder: Path, student: nn.Module, opt: Any, sched: Any, step: int, losses: list[float],
-                     run: dict[str, Any], spent: dict[str, float]) -> None:
+                     run: dict[str, Any], spent: dict[str, float], extra: dict[str, Any] | None = None) -> None:
     from ..core.atomic import output_folder
 
     with output_folder(folder, overwrite=True) as tmp:
         student.save_pretrained(tmp)
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "losses": losses,
                     "spent": spent}, tmp / STATE_FILE)
-        meta = {"kind": CHECKPOINT_KIND, "step": step, "run": run, "fingerprint": fingerprint(student)}
+        meta = {"kind": CHECKPOINT_KIND, "step": step, "run": run, "fingerprint": fingerprint(student),
+                "extra": extra or {}}
         (tmp / "prunekit.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def distill_(student: nn.Module, teacher: nn.Module, windows: Any, config: DistillConfig | dict | None = None, *,
              checkpoint: str | Path | None = None, resume: bool = False, run: dict[str, Any] | None = None,
-             progress: bool = True, on_step: Callable[[int], None] | None = None, **fields: Any) -> DistillReport:
+             progress: bool = True, on_step: Callable[[int], None] | None = None, extra: dict[str, Any] | None = None,
+             **fields: Any) -> DistillReport:
     """Train ``student`` in place to match ``teacher``'s next-token distributions on ``windows`` (an iterable of
     token-id windows, e.g. :func:`text_stream`; or a (n, seqlen) tensor, cycled). ``config`` or its keyword
     ``fields``: steps, batch_size, seqlen, lr, warmup, temperature, checkpoint_every, seed … (see
     :class:`DistillConfig`). With ``checkpoint`` a folder is written every ``checkpoint_every`` steps; with
     ``resume`` the student must be the checkpoint's (:func:`load_student`) and training continues after its
-    step. ``run`` (plain data describing the run) is stored in checkpoints and must match on resume.
+    step. ``run`` (plain data describing the run) is stored in checkpoints and must match on resume; ``extra``
+    (plain data) is stored beside it for the caller (:func:`read_checkpoint` returns both).
     ``on_step(step)`` is called after each step. Checked before anything changes."""
     cfg = config if isinstance(config, DistillConfig) else DistillConfig.parse(config or {}, **fields)
     if isinstance(config, DistillConfig) and fields:
@@ -268,7 +271,7 @@ def distill_(student: nn.Module, teacher: nn.Module, windows: Any, config: Disti
             if folder is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
                 now = {"seconds": spent["seconds"] + time.perf_counter() - start,
                        "cpu_seconds": spent["cpu_seconds"] + time.process_time() - cpu}
-                _save_checkpoint(folder, student, opt, sched, step + 1, losses, run, now)
+                _save_checkpoint(folder, student, opt, sched, step + 1, losses, run, now, extra)
             if on_step is not None:
                 on_step(step + 1)
     finally:
