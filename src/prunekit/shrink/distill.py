@@ -181,13 +181,14 @@ def _schedule(cfg: DistillConfig) -> Callable[[int], float]:
 
 def _save_checkpoint(folder: Path, student: nn.Module, opt: Any, sched: Any, step: int, losses: list[float],
                      run: dict[str, Any], spent: dict[str, float], extra: dict[str, Any] | None = None) -> None:
+    from .. import __version__
     from ..core.atomic import output_folder
 
     with output_folder(folder, overwrite=True) as tmp:
         student.save_pretrained(tmp)
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "losses": losses,
                     "spent": spent}, tmp / STATE_FILE)
-        meta = {"kind": CHECKPOINT_KIND, "step": step, "run": run, "fingerprint": fingerprint(student),
+        meta = {"prunekit_version": __version__, "kind": CHECKPOINT_KIND, "step": step, "run": run, "fingerprint": fingerprint(student),
                 "extra": extra or {}}
         (tmp / "prunekit.json").write_text(json.dumps(meta, indent=2) + "\n")
 
