@@ -71,3 +71,21 @@ def test_unsupported_family_is_refused_before_writing(tmp_path, capsys):
     assert main(_args(root, tmp_path / "never")) == 2
     assert "supports the Hugging Face decoders" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_timing_compares_the_dense_model_with_the_shrunk_one(tiny_folder, tmp_path, capsys, monkeypatch):
+    import prunekit.metrics.generation as generation
+
+    seen = {}
+    real = generation.compare_generation
+
+    def spy(models, tokenizer, **kw):
+        seen.update({n: m.config.hidden_size * m.config.intermediate_size for n, m in models.items()})
+        return real(models, tokenizer, min_rounds=1, max_rounds=1, warmup=0, new_tokens=4, threads=1)
+
+    monkeypatch.setattr(generation, "compare_generation", spy)
+    out = tmp_path / "timed"
+    assert main([a for a in _args(tiny_folder, out, "--json", "--target", "params=0.4") if a != "--no-time"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert seen["dense"] == 64 * 128 and seen["shrunk"] < seen["dense"]  # not the shrunk model timed twice
+    assert data["generation"]["dense"]["tokens"] == 4 and data["generation"]["speedup"] > 0

@@ -153,7 +153,8 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
     else:
         say(args, "measuring the dense model ...")
         ppl = {"dense": perplexity(lm.model, windows, progress=progress)}
-        student = copy.deepcopy(lm.model) if args.kd_steps else lm.model
+        # the unpruned model stays for distillation and the paired timing; else it is cut in place
+        student = copy.deepcopy(lm.model) if args.kd_steps or not args.no_time else lm.model
         say(args, f"shrinking to {args.target_} along {', '.join(args.axes_)} ...")
         report = shrink_(student, args.target_, calib, args.axes_, importance=args.importance,
                          candidates=args.candidates, progress=progress)

@@ -38,6 +38,7 @@ class ScoredShape:
     loss: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The candidate as plain data."""
         return {"shape": self.shape.to_dict(), "kept": self.kept, "loss": self.loss}
 
 
