@@ -17,13 +17,16 @@ def _calib():
     return torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("family,tied", [("llama", True), ("qwen3", False), ("gemma2", True)])
-def test_counter_is_exact_for_every_shape_it_predicts(family, tied):
-    model = tiny_model(family, layers=4, tie_word_embeddings=tied)
+@pytest.mark.parametrize("family,tied,kv", [("llama", True, 2), ("qwen3", False, 2), ("gemma2", True, 2),
+                                             ("gemma3", True, 1)])
+def test_counter_is_exact_for_every_shape_it_predicts(family, tied, kv):
+    # kv=1: multi-query attention (Gemma 3 270M's layout): heads go by query heads, not groups
+    model = tiny_model(family, layers=4, tie_word_embeddings=tied, num_key_value_heads=kv)
     counter = Counter.of(model)
     assert counter.non_embedding(shape_of(model)) == non_embedding_params(model)
     assert counter.total(shape_of(model)) == param_count(model)
-    target = Shape(hidden=48, heads=2, kv_heads=1, head_dim=shape_of(model).head_dim, ffn=96, layers=3)
+    heads = 2 if kv == 2 else 3  # 4 → 2 heads by whole groups; 4 → 3 query heads (48 % 3 == 0)
+    target = Shape(hidden=48, heads=heads, kv_heads=1, head_dim=shape_of(model).head_dim, ffn=96, layers=3)
     apply_shape_(model, target, _calib())
     assert shape_of(model) == target
     assert counter.non_embedding(target) == non_embedding_params(model)

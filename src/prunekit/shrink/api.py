@@ -114,12 +114,17 @@ def apply_shape_(model: nn.Module, shape: Shape, calibration: Any, importance: s
             steps.append(str(prune_heads_(model, (units - keep) / units, imp, 0, calibration, unit=unit,
                                           reloadable=False)))
     if shape.ffn < now.ffn:
-        steps.append(str(prune_neurons_(model, (now.ffn - shape.ffn) / now.ffn, imp, 0, calibration)))
+        with warnings.catch_warnings():  # the same: the final config is checked below
+            warnings.simplefilter("ignore")
+            steps.append(str(prune_neurons_(model, (now.ffn - shape.ffn) / now.ffn, imp, 0, calibration)))
     if shape.hidden < now.hidden:
         steps.append(str(prune_hidden_(model, shape.hidden, importance=importance, calibration=calibration)))
     got = shape_of(model)
     if got != shape:
         raise RuntimeError(f"shrink reached {got}, not the planned {shape}; please report this")
+    why = config_change(model.config)
+    if why:
+        raise RuntimeError(f"the shrunk model's config is refused by its class ({why}); please report this")
     return steps
 
 
