@@ -111,12 +111,13 @@ def apply_shape_(model: nn.Module, shape: Shape, calibration: Any, importance: s
             unit, units, keep = "query", now.heads, shape.heads
         with warnings.catch_warnings():  # the intermediate config (old width, new heads) may not validate
             warnings.simplefilter("ignore")
-            steps.append(str(prune_heads_(model, (units - keep) / units, imp, 0, calibration, unit=unit,
-                                          reloadable=False)))
+            steps.append(str(prune_heads_(model, sparsity=(units - keep) / units, importance=imp, seed=0,
+                                          calibration=calibration, unit=unit, reloadable=False)))
     if shape.ffn < now.ffn:
         with warnings.catch_warnings():  # the same: the final config is checked below
             warnings.simplefilter("ignore")
-            steps.append(str(prune_neurons_(model, (now.ffn - shape.ffn) / now.ffn, imp, 0, calibration)))
+            steps.append(str(prune_neurons_(model, sparsity=(now.ffn - shape.ffn) / now.ffn, importance=imp, seed=0,
+                                            calibration=calibration)))
     if shape.hidden < now.hidden:
         steps.append(str(prune_hidden_(model, shape.hidden, importance=importance, calibration=calibration)))
     got = shape_of(model)
