@@ -4,7 +4,8 @@ next-token distributions, as Minitron does, on text streamed in windows.
 The loss is KL(teacher ‖ student) of the temperature-softened next-token distributions, averaged over
 tokens and multiplied by T² (Hinton et al., 2015). Every parameter of the student trains (AdamW, linear
 warm-up then cosine decay, gradients clipped). Text comes from :class:`WindowStream`: documents shuffled by
-the seed, tokenized one at a time as the windows are needed, so nothing holds the whole corpus.
+the seed and tokenized one at a time as the windows are needed, so the corpus's tokens are never all held
+(its text is: :func:`text_stream` reads the source's documents first).
 
 Checkpoints (``checkpoint=`` a folder, every ``checkpoint_every`` steps and at the end) hold the student
 as a Hugging Face folder (``from_pretrained`` reads it), the optimizer and schedule, the step and the
