@@ -229,7 +229,7 @@ def distill_(student: nn.Module, teacher: nn.Module, windows: Any, config: Disti
         if not math.isclose(meta["fingerprint"], fingerprint(student), rel_tol=1e-9, abs_tol=1e-6):
             raise ValueError(f"the student's weights are not the checkpoint's in {folder}; load them with "
                              "prunekit.shrink.distill.load_student")
-        state = torch.load(folder / STATE_FILE, weights_only=False)
+        state = torch.load(folder / STATE_FILE, weights_only=True)
         done = int(state["step"])
         if done > cfg.steps:
             raise ValueError(f"the checkpoint is at step {done}, beyond the {cfg.steps} steps asked for")
