@@ -4,14 +4,14 @@ layers of Hugging Face transformers."""
 
 from .api import TARGETS, StructuredPruningWarning, groups, prune, prune_
 from .config import StructuredConfig
-from .graph import DependencyGraph, UnsupportedOperation
-from .importance import IMPORTANCES
-from .inference import fold_bn_, for_inference
-from .layers import LayerPruneReport, block_influence, choose_sublayers, prune_layers_
-from .report import StructuredReport, count_macs
-from .trace import build_graph
-from .transformer_api import TRANSFORMER_UNITS, HeadsConfig, LayersConfig, NeuronsConfig, prune_transformer_
-from .transformers import (
+from .graph.depgraph import DependencyGraph, UnsupportedOperation
+from .graph.importance import IMPORTANCES
+from .graph.inference import fold_bn_, for_inference
+from .transformers.blocks import LayerPruneReport, block_influence, choose_sublayers, prune_layers_
+from .graph.report import StructuredReport, count_macs
+from .graph.trace import build_graph
+from .transformers.units import TRANSFORMER_UNITS, HeadsConfig, LayersConfig, NeuronsConfig, prune_transformer_
+from .transformers.heads import (
     HeadPruneReport, NeuronPruneReport, attention_layers, expert_layers, mlp_layers, prune_heads_, prune_neurons_,
 )
 

@@ -3,8 +3,8 @@ report).
 
 Channels are grouped by the dependency graph (DepGraph, Fang et al., 2023), scored per group, and the
 least important are physically removed, so the model gets fewer parameters and MACs. The graph is
-recorded from one forward pass on the example inputs (:mod:`.record`), and the pruned copy is run
-under a shape check before anything changes (:mod:`.check`): a group whose removal the model cannot
+recorded from one forward pass on the example inputs (:mod:`.graph.recorder`), and the pruned copy is run
+under a shape check before anything changes (:mod:`.graph.check`): a group whose removal the model cannot
 take (a constant channel count in a reshape, a width another tensor must match) is kept, the plan is
 made again, and the report lists it. The original is untouched after any failure. On Hugging Face
 models, ``what="heads"|"neurons"`` calls the transformer functions, and ``what="channels"`` also
@@ -25,13 +25,13 @@ from ..core.config import ConfigError
 from ..core.deprecation import PrunekitDeprecationWarning, renamed_args
 from ..core.fraction import check_fraction
 from .config import StructuredConfig
-from .groups import Group, find_groups
-from .hf import is_hf, prune_units_, rebuild_mismatches, sync_from_config_, update_config_
-from .importance import ScoreContext, score_groups
-from .plan import Planner
-from .removal import remove_
-from .report import StructuredReport, channel_counts, count_macs, count_params
-from .trace import build_graph, resolve_ignore
+from .graph.groups import Group, find_groups
+from .transformers.config import is_hf, prune_units_, rebuild_mismatches, sync_from_config_, update_config_
+from .graph.importance import ScoreContext, score_groups
+from .graph.plan import Planner
+from .graph.removal import remove_
+from .graph.report import StructuredReport, channel_counts, count_macs, count_params
+from .graph.trace import build_graph, resolve_ignore
 
 TARGETS = ("channels", "macs")
 _UNSET: Any = object()

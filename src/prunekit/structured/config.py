@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 
 from ..core.config import Config
 from ..core.fraction import Sparsity
-from .importance import ActivationConfig, BNScaleConfig, L1Config, L2Config, RandomConfig, TaylorConfig
+from .graph.importance import ActivationConfig, BNScaleConfig, L1Config, L2Config, RandomConfig, TaylorConfig
 
 ImportanceField = Annotated[L1Config | L2Config | BNScaleConfig | TaylorConfig | RandomConfig | ActivationConfig,
                             Field(discriminator="importance")]

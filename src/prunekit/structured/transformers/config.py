@@ -134,7 +134,7 @@ def _apply(text: Any, edit: dict[str, Any]) -> dict[str, Any]:
 def prune_units_(model: nn.Module, what: str, sparsity: float, importance: str, seed: int, data: Any,
                  example_inputs: Any) -> Any:
     """``what="heads"|"neurons"``: the transformer functions (whole GQA groups of heads; MLP neurons)."""
-    from .transformers import prune_heads_, prune_neurons_
+    from .heads import prune_heads_, prune_neurons_
 
     fn = prune_heads_ if what == "heads" else prune_neurons_
     calibration = None

@@ -7,13 +7,13 @@ from typing import Any, Callable, Literal, Optional, Union
 
 from torch import nn
 
-from ..core.config import Config
-from ..core.deprecation import renamed_args
-from ..core.fraction import check_fraction
-from ..core.registry import Registry
-from ..core.fraction import Sparsity
-from .layers import LayerPruneReport, prune_layers_
-from .transformers import HeadPruneReport, NeuronPruneReport, prune_heads_, prune_neurons_
+from ...core.config import Config
+from ...core.deprecation import renamed_args
+from ...core.fraction import check_fraction
+from ...core.registry import Registry
+from ...core.fraction import Sparsity
+from .blocks import LayerPruneReport, prune_layers_
+from .heads import HeadPruneReport, NeuronPruneReport, prune_heads_, prune_neurons_
 
 WHATS = ("heads", "neurons", "layers")
 Importance = Optional[Literal["l1", "l2", "random", "activation"]]

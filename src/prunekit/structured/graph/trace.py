@@ -2,7 +2,7 @@
 ``fold_bn_`` and as the ``engine="fx"`` alternative).
 
 ``engine="record"`` (the default) runs the model's own forward under the recorder
-(:mod:`prunekit.structured.record`), so Python control flow, Hugging Face models and code that fx
+(:mod:`prunekit.structured.graph.recorder`), so Python control flow, Hugging Face models and code that fx
 or ``torch.compile`` cannot trace are handled. ``engine="fx"`` first traces the model with
 ``torch.fx.symbolic_trace`` and records the traced graph instead: the same rules, but a model fx
 cannot trace is refused. On the zoo benchmark (docs/zoo.md) fx traces fewer models and gives the
@@ -18,9 +18,9 @@ from typing import Any, Iterable, Iterator, Mapping
 import torch
 from torch import fx, nn
 
-from ..core.calling import call_model
-from .graph import DependencyGraph, UnsupportedOperation
-from .record import CONVS, record
+from ...core.calling import call_model
+from .depgraph import DependencyGraph, UnsupportedOperation
+from .recorder import CONVS, record
 
 ENGINES = ("record", "fx")
 

@@ -21,11 +21,11 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from ..core.calling import call_model
-from ..core.config import Config
-from ..core.deprecation import PrunekitDeprecationWarning
-from ..core.registry import Registry
-from .graph import Member
+from ...core.calling import call_model
+from ...core.config import Config
+from ...core.deprecation import PrunekitDeprecationWarning
+from ...core.registry import Registry
+from .depgraph import Member
 from .groups import Group
 
 

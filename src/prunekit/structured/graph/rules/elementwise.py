@@ -5,7 +5,7 @@ are sorted into kinds: elementwise (labels carried, operands united, parameters 
 channels become members: layer scales, norm weights, position embeddings), shape operations
 (followed exactly by running the same operation on a probe tensor, :mod:`.shapes`), reductions,
 contractions (Linear, matmul, einsum, attention, :mod:`.contract`), convolutions, norms and
-embeddings (:mod:`.layers_ops`). An operation of no known kind pins the channels it touches and is
+embeddings (:mod:`.layers`). An operation of no known kind pins the channels it touches and is
 reported by name (``strict=True`` makes it an error).
 """
 
@@ -16,8 +16,8 @@ from typing import Any, Callable
 import numpy as np
 from torch import Tensor
 
-from .graph import PVal, Val
-from .record import Recorder, pointwise_tag
+from ..depgraph import PVal, Val
+from ..recorder import Recorder, pointwise_tag
 
 CARRY = {  # same shape, values per element (or per channel) only: labels carried
     "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh", "leaky_relu", "elu",
@@ -121,7 +121,7 @@ def _has_tensor(result: Any) -> bool:
 
 def _params_only(rec: Recorder, func: Callable, name: str, handler: Callable | None, args: tuple, kwargs: dict,
                  result: Any) -> None:
-    from .record import _outputs
+    from ..recorder import _outputs
     from .shapes import SHAPE_OPS, follow_params
 
     if handler is carry and isinstance(result, Tensor):
@@ -140,7 +140,7 @@ def _params_only(rec: Recorder, func: Callable, name: str, handler: Callable | N
 def _mark_derived(rec: Recorder, result: Any) -> None:
     """Results computed from parameters by operations the graph does not follow, and factory tensors:
     their shapes may change after pruning without harm, so the check does not predict them."""
-    from .record import _outputs
+    from ..recorder import _outputs
 
     for o in _outputs(result):
         rec.derived.add(id(o))
@@ -259,10 +259,10 @@ def tensor_member(rec: Recorder, tensor: str, dim: int, labels: np.ndarray, role
 
 
 def _register() -> dict[str, Callable]:
-    from . import contract, joins, layers_ops, shapes
+    from . import contract, joins, layers, shapes
 
     table: dict[str, Callable] = {}
-    for mod in (shapes, joins, contract, layers_ops):
+    for mod in (shapes, joins, contract, layers):
         table.update(mod.HANDLERS)
     return table
 

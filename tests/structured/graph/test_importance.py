@@ -9,7 +9,7 @@ from torch import nn
 
 import prunekit.structured as ps
 from prunekit.core.config import ConfigError
-from prunekit.structured.importance import ScoreContext, importance_config, score_groups
+from prunekit.structured.graph.importance import ScoreContext, importance_config, score_groups
 
 
 class Two(nn.Module):

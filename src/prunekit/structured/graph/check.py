@@ -1,6 +1,6 @@
 """The check that a pruned model runs as predicted, and which group to blame when it does not.
 
-The recording (:mod:`.record`) logged every torch call of the forward pass with the labels of its
+The recording (:mod:`.recorder`) logged every torch call of the forward pass with the labels of its
 outputs, so the shape of every intermediate tensor of the pruned model is known in advance: along a
 tracked dimension, the number of kept channels; elsewhere, unchanged. The check runs the pruned
 copy under a mode that compares each call's output shapes with that prediction, so a reshape whose
@@ -20,9 +20,9 @@ import numpy as np
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .graph import DependencyGraph, PVal, Val
+from .depgraph import DependencyGraph, PVal, Val
 from .groups import Group
-from .record import SKIP, Call, _outputs, op_name, size_args
+from .recorder import SKIP, Call, _outputs, op_name, size_args
 
 
 class Mismatch(BaseException):
@@ -162,7 +162,7 @@ def light_copy(model: nn.Module) -> nn.Module:
 
 
 def _shapes(out: Any) -> list[tuple[int, ...]]:
-    from .record import _tensors
+    from .recorder import _tensors
 
     return [tuple(t.shape) for t in _tensors(out)]
 

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..calibrate.moe import FusedExperts, as_fused_experts
-from ..core.scope import is_transposed
+from ...calibrate.moe import FusedExperts, as_fused_experts
+from ...core.scope import is_transposed
 
 Q, K, V = 0, 1, 2
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..core.fraction import keep_count
-from .graph import DependencyGraph, Member
+from ...core.fraction import keep_count
+from .depgraph import DependencyGraph, Member
 
 
 @dataclass(eq=False)

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.calling import call_model
+from ...core.calling import call_model
 from .check import Kept, blamed_groups, first_failing, groups_in_module, light_copy, run_checked, siblings, tie_sizes
-from .config import StructuredConfig
-from .graph import DependencyGraph
+from ..config import StructuredConfig
+from .depgraph import DependencyGraph
 from .groups import Group, choose_removed, find_groups
-from .hf import input_embedding_prefix, mismatches, rebuild_mismatches, update_config_
+from ..transformers.config import input_embedding_prefix, mismatches, rebuild_mismatches, update_config_
 from .removal import remove_
 from .report import count_macs
 from .trace import recording_mode

@@ -8,9 +8,9 @@ from typing import Any, Callable
 import numpy as np
 from torch import Tensor
 
-from .graph import PVal, Val
-from .propagate import PIN_IF_TRACKED_DIM, REDUCTIONS, elementwise, tensor_args, tensor_member
-from .record import Recorder
+from ..depgraph import PVal, Val
+from .elementwise import PIN_IF_TRACKED_DIM, REDUCTIONS, elementwise, tensor_args, tensor_member
+from ..recorder import Recorder
 from .shapes import SPATIAL, _first_tracked
 
 

@@ -21,9 +21,9 @@ import numpy as np
 from torch import Tensor
 
 from .contract import weight_info
-from .graph import AttrFix, PVal, Val
-from .propagate import tensor_member
-from .record import Recorder
+from ..depgraph import AttrFix, PVal, Val
+from .elementwise import tensor_member
+from ..recorder import Recorder
 
 
 def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> Any:

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ..core.calling import call_model
-from .graph import DependencyGraph
-from .record import op_name
+from ...core.calling import call_model
+from .depgraph import DependencyGraph
+from .recorder import op_name
 
 INTERFACE = ("model output", "ignore=")  # pins that the model's interface asks for, not limits of the graph
 

@@ -14,8 +14,8 @@ import prunekit.structured as ps
 from prunekit.core.scope import is_transposed
 from prunekit.models.tiny import FAMILIES, tiny_model
 from prunekit.core.fraction import keep_count
-from prunekit.structured.hf_common import top
-from prunekit.structured.transformers import expert_neuron_scores, neuron_scores, unit_scores
+from prunekit.structured.transformers.common import top
+from prunekit.structured.transformers.heads import expert_neuron_scores, neuron_scores, unit_scores
 
 IDS = torch.randint(0, 128, (2, 12))
 VARIANTS = [(f, {}) for f in FAMILIES] + [

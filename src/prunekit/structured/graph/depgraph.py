@@ -1,6 +1,6 @@
 """Dependency graph: which slices of which tensors must be removed together.
 
-The graph is built by running the model once on example inputs (:mod:`prunekit.structured.record`)
+The graph is built by running the model once on example inputs (:mod:`prunekit.structured.graph.recorder`)
 while every activation carries *channel labels*: each channel a Conv / Linear / Embedding produces
 gets a slot id, and the operations in between carry, concatenate, split or merge those ids. Slots
 that meet in a residual add, a gate, a ``chunk``, a norm group or a shared weight are united

@@ -5,7 +5,7 @@ import torch
 import transformers as T
 
 import prunekit.structured as ps
-from prunekit.structured.transformers import head_scores, neuron_scores
+from prunekit.structured.transformers.heads import head_scores, neuron_scores
 
 
 def llama(layers=2):

@@ -12,9 +12,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..core.fraction import check_fraction
-from ..core.scope import is_transposed
-from .removal import _slice_param
+from ...core.fraction import check_fraction
+from ...core.scope import is_transposed
+from ..graph.removal import _slice_param
 
 
 def keep_rows_(m: nn.Module, rows: Tensor) -> None:
@@ -84,7 +84,7 @@ def guard_masks(model: nn.Module, finalize: bool, where: str) -> list[str]:
     names = parametrized(model)
     if not names:
         return []
-    from ..core.mask import masked_tensors
+    from ...core.mask import masked_tensors
 
     masks = {f"{n}.{p}" if n else p for n, _, p in masked_tensors(model)}
     others = [n for n in names if n not in masks]
@@ -102,7 +102,7 @@ def guard_masks(model: nn.Module, finalize: bool, where: str) -> list[str]:
 
 def finalize_masks_(model: nn.Module) -> None:
     """Bake every pruning mask into its weight (what ``finalize=True`` does before slicing)."""
-    from ..core.mask import finalize_
+    from ...core.mask import finalize_
 
     finalize_(model)
 

@@ -16,13 +16,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..calibrate.batches import calibration_batches
-from ..calibrate.blocks import find_blocks
-from ..calibrate.blockwise import model_call_options
-from ..calibrate.moe import fused_experts
-from ..core.calling import call_model, output_tensor
-from ..core.fraction import check_fraction
-from .hf_common import param_count, reload_problem
+from ...calibrate.batches import calibration_batches
+from ...calibrate.blocks import find_blocks
+from ...calibrate.blockwise import model_call_options
+from ...calibrate.moe import fused_experts
+from ...core.calling import call_model, output_tensor
+from ...core.fraction import check_fraction
+from .common import param_count, reload_problem
 
 UNITS = ("block", "sublayer")
 

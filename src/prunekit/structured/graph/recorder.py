@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .graph import DependencyGraph, PVal, UnsupportedOperation, Val
+from .depgraph import DependencyGraph, PVal, UnsupportedOperation, Val
 
 Info = Val | PVal | None
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -193,7 +193,7 @@ class Recorder(TorchFunctionMode):
             self.log.append(Call(name, self.where, (), [(tuple(o.shape), SKIP) for o in outs]))
             return result
         self.g.ops += 1
-        from .propagate import dispatch
+        from .rules.elementwise import dispatch
 
         ins = tuple(self.info(t) for t in _tensors((args, kwargs), depth=4))
         try:

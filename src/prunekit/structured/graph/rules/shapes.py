@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .graph import AttrFix, PCat, PVal, Val
-from .record import Recorder
+from ..depgraph import AttrFix, PCat, PVal, Val
+from ..recorder import Recorder
 
 VIEWS = {"view", "reshape", "flatten", "unflatten", "permute", "transpose", "swapaxes", "swapdims", "movedim",
          "moveaxis", "squeeze", "unsqueeze", "expand", "expand_as", "view_as", "reshape_as", "repeat", "tile",
@@ -183,7 +183,7 @@ def follow(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, 
 
 
 def _tensors(args: tuple, kwargs: dict) -> list[Tensor]:
-    from .propagate import tensor_args
+    from .elementwise import tensor_args
 
     return tensor_args(args, kwargs)
 

@@ -17,9 +17,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from torch import Tensor, nn
 
-from .graph import PCat, PVal, Val
-from .propagate import tensor_member
-from .record import Recorder
+from ..depgraph import PCat, PVal, Val
+from .elementwise import tensor_member
+from ..recorder import Recorder
 
 Operand = tuple[str, Sequence[int], Any]  # letters, shape, info
 

@@ -5,9 +5,9 @@ import torch
 import transformers as T
 
 import prunekit.structured as ps
-from prunekit.structured.layers import block_list
+from prunekit.structured.transformers.blocks import block_list
 
-from .test_transformers import IDS, PIX, bert, llama, vit
+from .test_heads_neurons import IDS, PIX, bert, llama, vit
 
 
 def test_block_influence_is_one_minus_cosine():

@@ -22,15 +22,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..calibrate.moe import expert_rows_for_neurons, neuron_of_rows
-from ..calibrate.stats import InputStats, collect_input_stats
-from ..core.deprecation import renamed_args
-from ..core.fraction import keep_count
-from .hf_common import (
+from ...calibrate.moe import expert_rows_for_neurons, neuron_of_rows
+from ...calibrate.stats import InputStats, collect_input_stats
+from ...core.deprecation import renamed_args
+from ...core.fraction import keep_count
+from .common import (
     check_common, config_accepts, finalize_masks_, guard_masks, keep_cols_, keep_rows_, matrix,
     param_count, reload_problem, row_norms, top,
 )
-from .hf_layouts import (
+from .layouts import (
     Q, AttentionParts, ExpertMLPs, MLPParts, all_mlps, attention_layers, expert_layers, groups_by_field, mlp_layers,
 )
 

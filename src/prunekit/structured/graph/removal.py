@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .graph import DependencyGraph
+from .depgraph import DependencyGraph
 
 try:  # Hugging Face's transposed Linear (GPT-2's c_attn / c_fc)
     from transformers.pytorch_utils import Conv1D as _HFConv1D
