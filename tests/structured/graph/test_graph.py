@@ -226,7 +226,7 @@ def test_squeeze_excite_gate_is_cut_with_the_channels_it_scales():
 
 
 def test_a_rule_that_fails_on_a_call_pins_and_warns(monkeypatch):
-    import prunekit.structured.graph.rules.elementwise as propagate
+    import prunekit.structured.graph.rules as propagate
 
     real = propagate.dispatch
 

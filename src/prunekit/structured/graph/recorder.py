@@ -86,8 +86,10 @@ def _outputs(result: Any) -> list[Tensor]:
 class Recorder(TorchFunctionMode):
     """Follows channel labels through one forward pass of ``model`` into ``graph``."""
 
-    def __init__(self, model: nn.Module, graph: DependencyGraph, ignored: set[int], strict: bool = False) -> None:
+    def __init__(self, model: nn.Module, graph: DependencyGraph, ignored: set[int], strict: bool = False,
+                 rules: Callable[..., None] | None = None) -> None:
         super().__init__()
+        self.rules = rules  # the label rules (``rules.dispatch``), given by whoever records
         self.model = model
         self.g = graph
         self.ignored = ignored
@@ -193,11 +195,9 @@ class Recorder(TorchFunctionMode):
             self.log.append(Call(name, self.where, (), [(tuple(o.shape), SKIP) for o in outs]))
             return result
         self.g.ops += 1
-        from .rules.elementwise import dispatch
-
         ins = tuple(self.info(t) for t in _tensors((args, kwargs), depth=4))
         try:
-            dispatch(self, func, name, args, kwargs, result)
+            self.rules(self, func, name, args, kwargs, result)
         except UnsupportedOperation:
             raise
         except Exception as exc:  # a rule that does not fit this call: keep its channels whole, go on
@@ -267,31 +267,6 @@ def _tensors(obj: Any, depth: int = 0, seen: set[int] | None = None) -> Iterator
         return
     for x in items:
         yield from _tensors(x, depth + 1, seen)
-
-
-def record(model: nn.Module, call: Callable[[], Any], graph: DependencyGraph, ignored: set[int],
-           strict: bool = False) -> Any:
-    """Run ``call()`` (one forward of ``model``) under the recorder; pin whatever reaches the output."""
-    rec = Recorder(model, graph, ignored, strict)
-    handles = []
-    for m in model.modules():
-        handles.append(m.register_forward_pre_hook(rec.pre_hook, with_kwargs=True))
-        handles.append(m.register_forward_hook(rec.post_hook, with_kwargs=True, always_call=True))
-    try:
-        with rec:
-            out = call()
-        graph.output_shapes = [tuple(t.shape) for t in _tensors(out)]
-        for t in _tensors(out):
-            info = rec.info(t)
-            if isinstance(info, Val):
-                graph.pin(info.labels, "model output")
-    finally:
-        for h in handles:
-            h.remove()
-        rec.vals.clear()
-        rec._keep.clear()
-        graph.log = rec.log
-    return out
 
 
 def pointwise_tag(name: str) -> bool:

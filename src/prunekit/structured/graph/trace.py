@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import fx, nn
 
 from ...core.calling import call_model
-from .depgraph import DependencyGraph, UnsupportedOperation
-from .recorder import CONVS, record
+from .depgraph import DependencyGraph, UnsupportedOperation, Val
+from . import rules
+from .recorder import CONVS, Recorder, _tensors
 
 ENGINES = ("record", "fx")
 
@@ -129,3 +130,28 @@ def _call_fx(gm: fx.GraphModule, example_inputs: Any) -> Any:
     if isinstance(example_inputs, Mapping):
         return gm(*[example_inputs.get(p) for p in placeholders])
     return call_model(gm, example_inputs)
+
+
+def record(model: nn.Module, call: Callable[[], Any], graph: DependencyGraph, ignored: set[int],
+           strict: bool = False) -> Any:
+    """Run ``call()`` (one forward of ``model``) under the recorder; pin whatever reaches the output."""
+    rec = Recorder(model, graph, ignored, strict, rules.dispatch)
+    handles = []
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(rec.pre_hook, with_kwargs=True))
+        handles.append(m.register_forward_hook(rec.post_hook, with_kwargs=True, always_call=True))
+    try:
+        with rec:
+            out = call()
+        graph.output_shapes = [tuple(t.shape) for t in _tensors(out)]
+        for t in _tensors(out):
+            info = rec.info(t)
+            if isinstance(info, Val):
+                graph.pin(info.labels, "model output")
+    finally:
+        for h in handles:
+            h.remove()
+        rec.vals.clear()
+        rec._keep.clear()
+        graph.log = rec.log
+    return out

@@ -1,7 +1,6 @@
-"""The rules: how each torch operation moves channel labels (see :mod:`prunekit.structured.graph`).
+"""Elementwise operations, and what every rule shares (tensor arguments, members, the names of each kind).
 
-``dispatch`` is called by the recorder after every torch function of the forward pass. Operations
-are sorted into kinds: elementwise (labels carried, operands united, parameters that meet the
+:func:`prunekit.structured.graph.rules.dispatch` sorts operations into kinds: elementwise (labels carried, operands united, parameters that meet the
 channels become members: layer scales, norm weights, position embeddings), shape operations
 (followed exactly by running the same operation on a probe tensor, :mod:`.shapes`), reductions,
 contractions (Linear, matmul, einsum, attention, :mod:`.contract`), convolutions, norms and
@@ -17,7 +16,7 @@ import numpy as np
 from torch import Tensor
 
 from ..depgraph import PVal, Val
-from ..recorder import Recorder, pointwise_tag
+from ..recorder import Recorder
 
 CARRY = {  # same shape, values per element (or per channel) only: labels carried
     "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh", "leaky_relu", "elu",
@@ -71,44 +70,6 @@ def tensor_args(args: tuple, kwargs: dict) -> list[Tensor]:
     return out
 
 
-def dispatch(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
-    """Compute the labels of ``result`` from those of the inputs (and record members / pins)."""
-    tensors = tensor_args(args, kwargs)
-    infos = [rec.info(t) for t in tensors]
-    tracked = [i for i in infos if isinstance(i, Val)]
-    has_param = any(isinstance(i, PVal) for i in infos)
-    if not tracked and not has_param and name not in PRODUCERS:
-        rec.set_all(result, None)
-        return
-    if name in UNTRACKED:
-        _mark_derived(rec, result)
-        return
-    handler = HANDLERS.get(name)
-    if name in WRITES:
-        handler(rec, func, name, args, kwargs, result)
-        return
-    if not _has_tensor(result):
-        return
-    if handler is None:
-        base = base_name(name)
-        handler = HANDLERS.get(base)
-        if handler is None and (name in CARRY or base in CARRY):
-            handler = carry
-        elif handler is None and (name in BINARY or base in BINARY or pointwise_tag(base)):
-            handler = elementwise
-    if not tracked and base_name(name) in PRODUCERS and handler is not None:  # a weight makes new channels
-        handler(rec, func, name, args, kwargs, result)
-        return
-    if not tracked:  # parameters only: follow them through views and elementwise ops, or lose them
-        _params_only(rec, func, name, handler, args, kwargs, result)
-        return
-    if handler is None:
-        rec.unknown(name, tracked)
-        rec.set_all(result, None)
-        return
-    handler(rec, func, name, args, kwargs, result)
-
-
 def base_name(name: str) -> str:
     return name[:-1] if name.endswith("_") and not name.endswith("__") else name
 
@@ -117,34 +78,6 @@ def _has_tensor(result: Any) -> bool:
     if isinstance(result, Tensor):
         return True
     return isinstance(result, (tuple, list)) and any(isinstance(r, Tensor) for r in result)
-
-
-def _params_only(rec: Recorder, func: Callable, name: str, handler: Callable | None, args: tuple, kwargs: dict,
-                 result: Any) -> None:
-    from ..recorder import _outputs
-    from .shapes import SHAPE_OPS, follow_params
-
-    if handler is carry and isinstance(result, Tensor):
-        first = next((a for a in args if isinstance(a, Tensor)), None)
-        info = rec.info(first)
-        rec.set(result, info if isinstance(info, PVal) and first.shape == result.shape else None)
-    elif handler is elementwise and isinstance(result, Tensor):
-        rec.set(result, merge_params(rec, args, kwargs, result))
-    elif name in SHAPE_OPS:
-        follow_params(rec, func, name, args, kwargs, result)
-    else:
-        rec.set_all(result, None)
-    _mark_derived(rec, [o for o in _outputs(result) if rec.info(o) is None])
-
-
-def _mark_derived(rec: Recorder, result: Any) -> None:
-    """Results computed from parameters by operations the graph does not follow, and factory tensors:
-    their shapes may change after pruning without harm, so the check does not predict them."""
-    from ..recorder import _outputs
-
-    for o in _outputs(result):
-        rec.derived.add(id(o))
-        rec._keep.append(o)
 
 
 def merge_params(rec: Recorder, args: tuple, kwargs: dict, result: Tensor) -> PVal | None:
@@ -256,22 +189,3 @@ def tensor_member(rec: Recorder, tensor: str, dim: int, labels: np.ndarray, role
     """Make dimension ``dim`` of parameter/buffer ``tensor`` a member with ``labels``."""
     mname, mod, _ = rec.module_of(tensor)
     rec.g.add_member(tensor, dim, mname, role, labels, mod)
-
-
-def _register() -> dict[str, Callable]:
-    from . import contract, joins, layers, shapes
-
-    table: dict[str, Callable] = {}
-    for mod in (shapes, joins, contract, layers):
-        table.update(mod.HANDLERS)
-    return table
-
-
-class _Lazy(dict):
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        if not self:
-            self.update(_register())
-        return super().get(key, default)
-
-
-HANDLERS: dict[str, Callable] = _Lazy()

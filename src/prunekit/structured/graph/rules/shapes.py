@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..depgraph import AttrFix, PCat, PVal, Val
 from ..recorder import Recorder
+from .elementwise import tensor_args
 
 VIEWS = {"view", "reshape", "flatten", "unflatten", "permute", "transpose", "swapaxes", "swapdims", "movedim",
          "moveaxis", "squeeze", "unsqueeze", "expand", "expand_as", "view_as", "reshape_as", "repeat", "tile",
@@ -183,8 +184,6 @@ def follow(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, 
 
 
 def _tensors(args: tuple, kwargs: dict) -> list[Tensor]:
-    from .elementwise import tensor_args
-
     return tensor_args(args, kwargs)
 
 
