@@ -104,3 +104,11 @@ def test_relative_and_lazy_imports_are_edges(tmp_path):
 def test_src_prunekit_has_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_structured_graph_engine_knows_no_model_family():
+    graph = import_graph()
+    engine = [n for n in graph if n.startswith("prunekit.structured.graph")]
+    above = [(n, m) for n in engine for m in graph[n]
+             if m.startswith("prunekit.structured") and not m.startswith("prunekit.structured.graph")]
+    assert engine and not above, f"structured/graph imports upwards: {above}"

@@ -26,7 +26,7 @@ from ..core.deprecation import PrunekitDeprecationWarning, renamed_args
 from ..core.fraction import check_fraction
 from .config import StructuredConfig
 from .graph.groups import Group, find_groups
-from .transformers.config import is_hf, prune_units_, rebuild_mismatches, sync_from_config_, update_config_
+from .transformers.config import HFFormat, is_hf, prune_units_, rebuild_mismatches, sync_from_config_, update_config_
 from .graph.importance import ScoreContext, score_groups
 from .graph.plan import Planner
 from .graph.removal import remove_
@@ -137,7 +137,9 @@ def _prune_channels(model: nn.Module, example_inputs: Any, cfg: StructuredConfig
                     data: Any, hf: bool, report: StructuredReport) -> None:
     graph = build_graph(model, example_inputs, cfg.ignore, strict=cfg.strict, engine=cfg.engine)
     ctx = ScoreContext(model, loss_fn=loss_fn, data=data, seed=cfg.seed, example_inputs=example_inputs)
-    planner = Planner(model, example_inputs, graph, cfg, lambda gs: score_groups(gs, cfg.importance, ctx), hf)
+    planner = Planner(model, example_inputs, graph, lambda gs: score_groups(gs, cfg.importance, ctx),
+                      round_to=cfg.round_to, global_ranking=cfg.allocation == "global",
+                      form=HFFormat(model) if hf else None)
     if cfg.sparsity == 0 or not planner.groups:
         removed: set[int] = set()
     elif cfg.target == "macs":

@@ -4,16 +4,17 @@ A failed check ends in one of three ways: the call that diverged was a reshape w
 another tensor's width — the two are *tied* (united position by position) and the groups are read
 again; the check names the groups whose channels flowed into that call — they are pinned (with the
 same groups of every identical block); or nothing can be named — the groups near the failing module
-are bisected. On Hugging Face models the config must also still describe the pruned model
-(``from_pretrained`` builds the same shapes), the hidden width stays a multiple of the number of
-heads, and families that derive ``head_dim = hidden_size / num_attention_heads`` get their
-attention widths tied to the hidden width up front.
+are bisected. A model whose format describes its widths (a Hugging Face config) brings a
+:class:`ModelFormat` (``prunekit.structured.transformers.config.HFFormat``): the description is
+updated on every trial copy, must still describe the pruned model (``from_pretrained`` builds the same
+shapes), may ask for widths that stay multiples of a number (the hidden width of the head count),
+and may tie widths it derives from one another. The graph engine itself knows no model family.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -21,15 +22,30 @@ from torch import nn
 
 from ...core.calling import call_model
 from .check import Kept, blamed_groups, first_failing, groups_in_module, light_copy, run_checked, siblings, tie_sizes
-from ..config import StructuredConfig
 from .depgraph import DependencyGraph
 from .groups import Group, choose_removed, find_groups
-from ..transformers.config import input_embedding_prefix, mismatches, rebuild_mismatches, update_config_
 from .removal import remove_
 from .report import count_macs
 from .trace import recording_mode
 
 MAX_REPAIRS = 200
+Mismatch = tuple[str, tuple[int, ...], tuple[int, ...]]  # (tensor, shape the format builds, shape the model has)
+
+
+class ModelFormat(Protocol):
+    """What a model's own description of its widths (a Hugging Face config) adds to the plan."""
+
+    def multiple(self, group: Group) -> int:
+        """The count that the group's width must stay a multiple of (1: any)."""
+
+    def update_(self, model: nn.Module) -> dict[str, Any]:
+        """Write the pruned widths of ``model`` into its description; returns the fields changed."""
+
+    def mismatches(self, model: nn.Module) -> list[Mismatch]:
+        """Tensors whose shapes the description of ``model`` does not give (empty: it reloads)."""
+
+    def tie(self, graph: DependencyGraph, wrong: list[Mismatch]) -> bool:
+        """Unite widths that the description derives from one another; True when something was tied."""
 
 
 def describe(g: Group) -> str:
@@ -40,17 +56,16 @@ def describe(g: Group) -> str:
 class Planner:
     """Groups, scores and the plan of one structured-pruning call, repaired until the check passes."""
 
-    def __init__(self, model: nn.Module, example_inputs: Any, graph: DependencyGraph, cfg: StructuredConfig,
-                 score: Callable[[list[Group]], list[torch.Tensor]], hf: bool) -> None:
-        self.model, self.inputs, self.graph, self.cfg, self.score, self.hf = model, example_inputs, graph, cfg, score, hf
+    def __init__(self, model: nn.Module, example_inputs: Any, graph: DependencyGraph,
+                 score: Callable[[list[Group]], list[torch.Tensor]], *, round_to: int | None = None,
+                 global_ranking: bool = False, form: ModelFormat | None = None) -> None:
+        self.model, self.inputs, self.graph, self.score = model, example_inputs, graph, score
+        self.round_to_asked, self.global_ranking, self.form = round_to, global_ranking, form
         self.reference = graph.output_shapes
-        self.embed_prefix = input_embedding_prefix(model) if hf else None
         self.pinned_slots: set[int] = set()
         self.repaired: list[tuple[str, str]] = []
         self.ties = 0
         self.checks = 0
-        self.heads = self._heads() if hf else None
-        self.heads_tied = False
         self.regroup()
 
     # --- groups ---------------------------------------------------------------------------------
@@ -67,20 +82,13 @@ class Planner:
                 self.align[r] = max(self.align.get(r, 1), self.graph.multiple_of[s])
         self.round_to = [self._round(g) for g in self.groups]
 
-    def _heads(self) -> int | None:
-        text = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
-        return getattr(text, "num_attention_heads", None)
-
     def _round(self, g: Group) -> int | None:
-        """The hidden width of a transformer stays a multiple of its head count (configs check that), and
-        widths that kernels need aligned (grouped expert matmuls: 16 bytes) stay multiples of it."""
-        r = self.cfg.round_to or 1
-        if self.heads and self.embed_prefix is not None and any(
-                m.tensor.startswith(self.embed_prefix + ".") for m in g.members):
-            r = r * self.heads // math.gcd(r, self.heads)
-        for a in {self.align[u] for u in g.units if u in self.align}:
-            r = r * a // math.gcd(r, a)
-        return r if r > 1 else self.cfg.round_to
+        """``round_to``, the multiple the model's format asks for (a transformer's hidden width stays a multiple
+        of its head count) and the alignment kernels need (grouped expert matmuls: 16 bytes), together."""
+        r = self.round_to_asked or 1
+        for a in {self.align[u] for u in g.units if u in self.align} | {self.form.multiple(g) if self.form else 1}:
+            r = math.lcm(r, a)
+        return r if r > 1 else self.round_to_asked
 
     def pin(self, g: Group, why: str) -> None:
         i = self.groups.index(g)
@@ -98,14 +106,14 @@ class Planner:
             by_round.setdefault(self.round_to[i], []).append(i)
         for r, ids in by_round.items():
             removed |= choose_removed([self.groups[i] for i in ids], [self.scores[i] for i in ids], sparsity,
-                                      global_pruning=self.cfg.allocation == "global", round_to=r)
+                                      global_pruning=self.global_ranking, round_to=r)
         return removed
 
     def trial(self, removed: set[int]) -> nn.Module:
         trial = light_copy(self.model)
         remove_(trial, self.graph, removed)
-        if self.hf:
-            update_config_(trial)
+        if self.form is not None:
+            self.form.update_(trial)
         return trial
 
     def _check(self, removed: set[int]) -> tuple[Any, nn.Module]:
@@ -118,7 +126,7 @@ class Planner:
     def _fails(self, subset: list[Group], removed: set[int]) -> bool:
         units = {u for g in subset for u in g.units} & removed
         m, trial = self._check(units)
-        return m is not None or (self.hf and bool(rebuild_mismatches(trial)))
+        return m is not None or (self.form is not None and bool(self.form.mismatches(trial)))
 
     def problem(self, removed: set[int]) -> tuple[str, list[Group], bool] | None:
         """Why the pruned copy is not acceptable: (message, groups to blame, whether a tie was made)."""
@@ -129,15 +137,13 @@ class Planner:
             bad = [g for g in blamed_groups(self.graph, removed, m.call, self.groups, self.unit_group)
                    if self.groups.index(g) in self.active]
             return m.message, bad or self._bisect(removed, m.call.where if m.call is not None else ""), False
-        if self.hf:
-            wrong = mismatches(trial)
+        if self.form is not None:
+            wrong = self.form.mismatches(trial)
             if wrong:
                 names = ", ".join(sorted({n for n, _, _ in wrong})[:3])
                 message = f"the config cannot describe the pruned {names}"
-                if not self.heads_tied and any(".attn" in n or "attention" in n for n, _, _ in wrong):
-                    self.heads_tied = True  # the family derives head_dim from the hidden width
-                    if tie_derived_heads(self.model, self.graph, self.embed_prefix):
-                        return message, [], True
+                if self.form.tie(self.graph, wrong):
+                    return message, [], True
                 if self._tie_config(wrong, removed):
                     return message, [], True
                 keys = set()
@@ -240,32 +246,3 @@ class Planner:
         """Units pinned by repairs (for the report)."""
         pinned = {self.graph.find(s) for s in self.pinned_slots}
         return {u for g in self.groups for u in g.units if self.graph.find(u) in pinned}
-
-
-def tie_derived_heads(model: nn.Module, graph: DependencyGraph, embed_prefix: str | None) -> bool:
-    """Families whose attention derives ``head_dim = hidden_size / num_attention_heads`` (BERT, GPT-2,
-    OPT, ViT, …) can only reload if the attention widths shrink with the hidden width: the hidden
-    channels h·d + j of every head-sized chunk and position j of every head in the attention
-    projections are united, so both keep ``heads × d'`` channels. True when something was tied."""
-    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    heads, hidden = getattr(text, "num_attention_heads", None), getattr(text, "hidden_size", None)
-    if not heads or not hidden or hidden % heads or embed_prefix is None:
-        return False
-    d = hidden // heads
-    embed = [m for m in graph.members.values() if m.tensor.startswith(embed_prefix + ".") and len(m.labels) == hidden]
-    if not embed:
-        return False
-    tied = False
-    residual = embed[0].labels.reshape(heads, d)
-    graph.unite_along(residual, 1)
-    attn = [name for name, mod in model.named_modules() if type(mod).__name__.endswith("Attention")]
-    for (tensor, dim), m in list(graph.members.items()):
-        if m.role != "out" or not any(tensor.startswith(a + ".") for a in attn) or len(m.labels) % d:
-            continue
-        if np.array_equal(graph.roots(m.labels[:d]), graph.roots(residual[0])):
-            continue  # already the hidden width (an output projection)
-        block = m.labels.reshape(-1, d)
-        graph.unite_along(block, 1)
-        graph.union(block[0], residual[0])
-        tied = True
-    return tied

@@ -6,8 +6,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from ..graph.depgraph import DependencyGraph
+from ..graph.groups import Group
 
 FFN_FIELDS = ("intermediate_size", "ffn_dim", "ffn_hidden_size", "n_inner", "d_ff", "dim_feedforward",
               "hidden_dim", "mlp_dim")
@@ -181,3 +185,64 @@ def sync_from_config_(model: nn.Module) -> list[str]:
                 mod._buffers[b] = fb.to(device=cur.device, dtype=cur.dtype)
                 changed.append(f"{name}.{b}" if name else b)
     return changed
+
+
+class HFFormat:
+    """What a Hugging Face config adds to a channel plan (:class:`prunekit.structured.graph.plan.ModelFormat`):
+    the config is rewritten on every trial copy and must build the pruned shapes, the hidden width stays a
+    multiple of the head count (configs check ``hidden_size % num_attention_heads``), and families that
+    derive ``head_dim = hidden_size / num_attention_heads`` get their attention widths tied to the hidden
+    width the first time the config cannot describe an attention tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.embed_prefix = input_embedding_prefix(model)
+        self.heads = getattr(_text(model.config), "num_attention_heads", None)
+        self.heads_tied = False
+
+    def multiple(self, group: Group) -> int:
+        if self.heads and self.embed_prefix is not None and any(
+                m.tensor.startswith(self.embed_prefix + ".") for m in group.members):
+            return self.heads
+        return 1
+
+    def update_(self, model: nn.Module) -> dict[str, Any]:
+        return update_config_(model)
+
+    def mismatches(self, model: nn.Module) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+        return mismatches(model)
+
+    def tie(self, graph: DependencyGraph, wrong: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> bool:
+        if self.heads_tied or not any(".attn" in n or "attention" in n for n, _, _ in wrong):
+            return False
+        self.heads_tied = True  # the family derives head_dim from the hidden width
+        return tie_derived_heads(self.model, graph, self.embed_prefix)
+
+
+def tie_derived_heads(model: nn.Module, graph: DependencyGraph, embed_prefix: str | None) -> bool:
+    """Families whose attention derives ``head_dim = hidden_size / num_attention_heads`` (BERT, GPT-2,
+    OPT, ViT, …) can only reload if the attention widths shrink with the hidden width: the hidden
+    channels h·d + j of every head-sized chunk and position j of every head in the attention
+    projections are united, so both keep ``heads × d'`` channels. True when something was tied."""
+    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads, hidden = getattr(text, "num_attention_heads", None), getattr(text, "hidden_size", None)
+    if not heads or not hidden or hidden % heads or embed_prefix is None:
+        return False
+    d = hidden // heads
+    embed = [m for m in graph.members.values() if m.tensor.startswith(embed_prefix + ".") and len(m.labels) == hidden]
+    if not embed:
+        return False
+    tied = False
+    residual = embed[0].labels.reshape(heads, d)
+    graph.unite_along(residual, 1)
+    attn = [name for name, mod in model.named_modules() if type(mod).__name__.endswith("Attention")]
+    for (tensor, dim), m in list(graph.members.items()):
+        if m.role != "out" or not any(tensor.startswith(a + ".") for a in attn) or len(m.labels) % d:
+            continue
+        if np.array_equal(graph.roots(m.labels[:d]), graph.roots(residual[0])):
+            continue  # already the hidden width (an output projection)
+        block = m.labels.reshape(-1, d)
+        graph.unite_along(block, 1)
+        graph.union(block[0], residual[0])
+        tied = True
+    return tied
