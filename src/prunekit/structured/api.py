@@ -7,8 +7,9 @@ recorded from one forward pass on the example inputs (:mod:`.graph.recorder`), a
 under a shape check before anything changes (:mod:`.graph.check`): a group whose removal the model cannot
 take (a constant channel count in a reshape, a width another tensor must match) is kept, the plan is
 made again, and the report lists it. The original is untouched after any failure. On Hugging Face
-models, ``what="heads"|"neurons"`` calls the transformer functions, and ``what="channels"`` also
-writes the new widths into the config so the result reloads with ``from_pretrained``.
+models, ``what="heads"|"neurons"|"layers"`` calls :func:`~prunekit.structured.transformers.units.prune_transformer_`
+(one function per unit), and ``what="channels"`` also writes the new widths into the config so the result reloads
+with ``from_pretrained``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 import warnings
 from typing import Any, Callable, Iterable
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -26,7 +28,9 @@ from ..core.deprecation import PrunekitDeprecationWarning, renamed_args
 from ..core.fraction import check_fraction
 from .config import StructuredConfig
 from .graph.groups import Group, find_groups
-from .transformers.config import HFFormat, is_hf, prune_units_, rebuild_mismatches, sync_from_config_, update_config_
+from .transformers.common import UNIT_IMPORTANCES
+from .transformers.config import HFFormat, is_hf, rebuild_mismatches, sync_from_config_, update_config_
+from .transformers.units import prune_transformer_
 from .graph.importance import ScoreContext, score_groups
 from .graph.plan import Planner
 from .graph.removal import remove_
@@ -108,19 +112,7 @@ def _run(model: nn.Module, example_inputs: Any, cfg: StructuredConfig, loss_fn: 
     params_before, macs_before = count_params(model), count_macs(model, example_inputs)
     report = StructuredReport(cfg.what, cfg.sparsity, imp, params_before, params_before, macs_before, macs_before)
     if cfg.what != "channels":
-        if imp not in ("l1", "l2", "random", "activation"):
-            raise ValueError(f"what={cfg.what!r} ranks by l1, l2, random or activation, not {imp!r}")
-        if cfg.target != "channels" or cfg.allocation != "uniform" or cfg.round_to:
-            raise ValueError(f"what={cfg.what!r} keeps the same count in every layer: target, allocation and "
-                             "round_to apply to what='channels' only")
-        snap = _snapshot(model)
-        try:
-            result = prune_units_(model, cfg.what, cfg.sparsity, imp, cfg.seed, data, example_inputs)
-        except Exception:
-            _restore(snap)
-            raise
-        report.details = result if isinstance(result, dict) else (
-            result.to_dict() if hasattr(result, "to_dict") else {"result": result})
+        _prune_unit(model, example_inputs, cfg, data, report)
     else:
         if imp == "activation" and data is None and example_inputs is None:
             raise ValueError("importance='activation' needs data= (or the example inputs)")
@@ -131,6 +123,42 @@ def _run(model: nn.Module, example_inputs: Any, cfg: StructuredConfig, loss_fn: 
     if verbose:
         print(report)
     return report
+
+
+def _prune_unit(model: nn.Module, example_inputs: Any, cfg: StructuredConfig, data: Any,
+                report: StructuredReport) -> None:
+    """Heads, neurons or layers of a transformer: :func:`prune_transformer_` (the example inputs, or the ``data=``
+    batches, are its calibration), restored on failure."""
+    imp = cfg.importance.importance
+    if cfg.what == "layers" and imp != "l2":
+        raise ValueError("what='layers' ranks blocks by Block Influence on the example inputs (or data=); "
+                         f"importance={imp!r} does not apply: leave it out")
+    if cfg.what != "layers" and imp not in UNIT_IMPORTANCES:
+        raise ValueError(f"what={cfg.what!r} ranks by {', '.join(UNIT_IMPORTANCES)}, not {imp!r}")
+    if cfg.target != "channels" or cfg.allocation != "uniform" or cfg.round_to or cfg.ignore or cfg.engine != "record":
+        raise ValueError(f"what={cfg.what!r} keeps the same count in every layer: target, allocation, round_to, ignore "
+                         "and engine apply to what='channels' only")
+    calibration = _calibration(data, example_inputs) if imp == "activation" or cfg.what == "layers" else None
+    options: dict[str, Any] = {} if cfg.what == "layers" else {"importance": imp, "seed": cfg.seed}
+    snap = _snapshot(model)
+    try:
+        result = prune_transformer_(model, cfg.what, sparsity=cfg.sparsity, calibration=calibration, **options)
+    except Exception:
+        _restore(snap)
+        raise
+    report.importance = result.importance
+    report.reloadable = result.reloadable
+    report.details = result.to_dict()
+
+
+def _calibration(data: Any, example_inputs: Any) -> Any:
+    """One calibration batch from ``data=`` batches (``(inputs, targets)`` pairs give their inputs) or the
+    example inputs."""
+    batches = list(data) if data is not None else [example_inputs]
+    inputs = [b[0] if isinstance(b, (tuple, list)) and len(b) == 2 and data is not None else b for b in batches]
+    if len(inputs) == 1:
+        return inputs[0]
+    return torch.cat([x if isinstance(x, torch.Tensor) else x["input_ids"] for x in inputs])
 
 
 def _prune_channels(model: nn.Module, example_inputs: Any, cfg: StructuredConfig, loss_fn: Callable | None,
@@ -158,12 +186,12 @@ def _prune_channels(model: nn.Module, example_inputs: Any, cfg: StructuredConfig
     report.groups, report.pinned, report.repaired = len(planner.active), reasons, planner.repaired
     report.unknown_ops = dict(graph.unknown_ops)
     report.config_changes = changes
+    report.details = {"ops": graph.ops, "checks": planner.checks, "ties": planner.ties, "engine": cfg.engine}
     if hf and changes:
         report.reloadable = not rebuild_mismatches(model)
         synced = sync_from_config_(model)
         if synced:
             report.details["synced_from_config"] = synced
-    report.details = {"ops": graph.ops, "checks": planner.checks, "ties": planner.ties, "engine": cfg.engine}
 
 
 def _warn(report: StructuredReport) -> None:
@@ -209,7 +237,8 @@ def prune_(model: nn.Module, example_inputs: Any, sparsity: Any = _UNSET, import
     Slimming), ``taylor`` (Molchanov et al. 2019: ``loss_fn(outputs, targets)`` on ``data`` batches of
     ``(inputs, targets)``), ``activation`` (E[x²]·‖W‖² on ``data``) or ``random``; a name, a dict or
     an importance config. ``what``: ``channels`` (every graph group), or for transformers ``heads``
-    (whole key/value groups) / ``neurons`` (MLP). ``ignore``: modules (or names) whose output channels
+    (whole key/value groups, or query heads under multi-query attention) / ``neurons`` (MLP) / ``layers``
+    (blocks by Block Influence on the example inputs or ``data=``). ``ignore``: modules (or names) whose output channels
     are kept. ``allocation="global"`` ranks units across groups; ``round_to`` keeps counts multiples of
     it; ``target="macs"`` makes ``sparsity`` the fraction of MACs removed. ``config``: a
     :class:`StructuredConfig` (or the third positional argument); keywords override it. Parameters are

@@ -17,7 +17,7 @@ from .graph.importance import ActivationConfig, BNScaleConfig, L1Config, L2Confi
 
 ImportanceField = Annotated[L1Config | L2Config | BNScaleConfig | TaylorConfig | RandomConfig | ActivationConfig,
                             Field(discriminator="importance")]
-WHATS = ("channels", "heads", "neurons")
+WHATS = ("channels", "heads", "neurons", "layers")  # the units structured pruning removes
 
 
 class StructuredConfig(Config):
@@ -25,7 +25,7 @@ class StructuredConfig(Config):
 
     method: Literal["structured"] = "structured"
     sparsity: Sparsity = 0.5
-    what: Literal["channels", "heads", "neurons"] = "channels"
+    what: Literal[WHATS] = "channels"
     importance: ImportanceField = Field(default_factory=L2Config)
     allocation: Literal["uniform", "global"] = "uniform"
     round_to: int | None = Field(default=None, ge=1)

@@ -15,7 +15,8 @@ from prunekit.core.scope import is_transposed
 from prunekit.models.tiny import FAMILIES, tiny_model
 from prunekit.core.fraction import keep_count
 from prunekit.structured.transformers.common import top
-from prunekit.structured.transformers.heads import expert_neuron_scores, neuron_scores, unit_scores
+from prunekit.structured.transformers.heads import unit_scores
+from prunekit.structured.transformers.neurons import expert_neuron_scores, neuron_scores
 
 IDS = torch.randint(0, 128, (2, 12))
 VARIANTS = [(f, {}) for f in FAMILIES] + [

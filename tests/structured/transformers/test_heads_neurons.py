@@ -5,7 +5,8 @@ import torch
 import transformers as T
 
 import prunekit.structured as ps
-from prunekit.structured.transformers.heads import head_scores, neuron_scores
+from prunekit.structured.transformers.heads import head_scores
+from prunekit.structured.transformers.neurons import neuron_scores
 
 
 def llama(layers=2):

@@ -22,7 +22,8 @@ from ...calibrate.blockwise import model_call_options
 from ...calibrate.moe import fused_experts
 from ...core.calling import call_model, output_tensor
 from ...core.fraction import check_fraction
-from .common import param_count, reload_problem
+from ..graph.report import count_params
+from .common import reload_problem
 
 UNITS = ("block", "sublayer")
 
@@ -233,7 +234,7 @@ def prune_layers_(model: nn.Module, calibration: Any, n: int | None = None, *, s
         raise ValueError("sublayer removal needs a pre-norm model (residual outside the sublayer, as in Llama or ViT); "
                          "BERT-style post-norm blocks normalize inside the sublayer: use unit='block'")
     _batches(calibration)  # refuse bad calibration before any work
-    before, count = param_count(model), len(blocks)
+    before, count = count_params(model), len(blocks)
     importance = "block_influence" if unit == "block" else "finercut"
     if n == 0:
         return LayerPruneReport(unit, [], count, count, importance, before, before, True)
@@ -245,7 +246,7 @@ def prune_layers_(model: nn.Module, calibration: Any, n: int | None = None, *, s
         notes = [] if problem is None else [f"from_pretrained cannot rebuild it: {problem}"]
         if problem:
             warnings.warn(f"prune_layers_: {problem}", stacklevel=2)
-        return LayerPruneReport(unit, drop, count, len(find_blocks(model).modules), importance, before, param_count(model),
+        return LayerPruneReport(unit, drop, count, len(find_blocks(model).modules), importance, before, count_params(model),
                                 problem is None, notes)
     extras: dict[int, int] = {}
     chosen = choose_sublayers(model, calibration, n, progress, extras)
@@ -253,7 +254,7 @@ def prune_layers_(model: nn.Module, calibration: Any, n: int | None = None, *, s
         attr, mod = _sublayer(blocks[i], kind)
         setattr(blocks[i], attr, _ZeroSublayer(extras.get(id(mod), 1 if kind == "attn" else 0)))
     note = "removed sublayers are replaced by modules that add nothing; from_pretrained rebuilds them dense"
-    return LayerPruneReport(unit, chosen, count, count, importance, before, param_count(model), False, [note])
+    return LayerPruneReport(unit, chosen, count, count, importance, before, count_params(model), False, [note])
 
 
 def _has_experts(block: nn.Module) -> bool:

@@ -54,19 +54,14 @@ def top(scores: Tensor, keep: int) -> Tensor:
     return torch.sort(torch.argsort(scores, descending=True, stable=True)[:keep]).values
 
 
-def param_count(model: nn.Module) -> int:
-    """Parameters of ``model``, tied ones counted once."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-IMPORTANCES = ("l1", "l2", "random", "activation")
+UNIT_IMPORTANCES = ("l1", "l2", "random", "activation")  # how heads and neurons are ranked (channels have more)
 
 
 def check_common(sparsity: Any, importance: str, calibration: Any, where: str) -> float:
     """Validate the arguments every structured transformer function shares; returns the sparsity."""
     s = check_fraction(sparsity, "sparsity", "[0, 1)", hint=f"{where} removes that fraction of the units")
-    if importance not in IMPORTANCES:
-        raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}, got {importance!r}")
+    if importance not in UNIT_IMPORTANCES:
+        raise ValueError(f"importance must be one of {', '.join(UNIT_IMPORTANCES)}, got {importance!r}")
     if importance == "activation" and calibration is None:
         raise ValueError("importance='activation' measures activations: pass calibration= (token ids or inputs)")
     return s

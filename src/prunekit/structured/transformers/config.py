@@ -1,5 +1,6 @@
-"""Hugging Face transformers through the one verb: heads and neurons by the transformer functions,
-hidden channels through the graph, and the config kept true so ``from_pretrained`` reloads the result."""
+"""The Hugging Face config kept true after channel pruning, so ``from_pretrained`` reloads the result: widths
+written into the config fields that give them, module numbers derived from the config synced, and what
+the config adds to a channel plan (:class:`HFFormat`)."""
 
 from __future__ import annotations
 
@@ -133,22 +134,6 @@ def _apply(text: Any, edit: dict[str, Any]) -> dict[str, Any]:
         else:
             setattr(text, k, v)
     return undo
-
-
-def prune_units_(model: nn.Module, what: str, sparsity: float, importance: str, seed: int, data: Any,
-                 example_inputs: Any) -> Any:
-    """``what="heads"|"neurons"``: the transformer functions (whole GQA groups of heads; MLP neurons)."""
-    from .heads import prune_heads_, prune_neurons_
-
-    fn = prune_heads_ if what == "heads" else prune_neurons_
-    calibration = None
-    if importance == "activation":
-        batches = list(data) if data is not None else [example_inputs]
-        calibration = [b[0] if isinstance(b, (tuple, list)) and len(b) == 2 and data is not None else b
-                       for b in batches]
-        calibration = calibration[0] if len(calibration) == 1 else torch.cat(
-            [c if isinstance(c, torch.Tensor) else c["input_ids"] for c in calibration])
-    return fn(model, sparsity, importance=importance, seed=seed, calibration=calibration)
 
 
 def sync_from_config_(model: nn.Module) -> list[str]:

@@ -1,5 +1,6 @@
-"""One entry point for transformers: ``prune_transformer_(model, "heads"|"neurons"|"layers", sparsity=…)``,
-and the typed configs (one per kind) that recipes hold, registered in :data:`TRANSFORMER_UNITS`."""
+"""The units of a transformer — heads, neurons, layers — each with its typed config and its one function, in
+:data:`TRANSFORMER_UNITS`; ``prune_transformer_`` runs one of them. ``prunekit.structured.prune_(what=…)``
+(the front door for every unit, channels included) calls it for the transformer units."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ from torch import nn
 
 from ...core.config import Config
 from ...core.deprecation import renamed_args
-from ...core.fraction import check_fraction
+from ...core.fraction import Sparsity, check_fraction
 from ...core.registry import Registry
-from ...core.fraction import Sparsity
 from .blocks import LayerPruneReport, prune_layers_
-from .heads import HeadPruneReport, NeuronPruneReport, prune_heads_, prune_neurons_
+from .common import UNIT_IMPORTANCES
+from .heads import HeadPruneReport, prune_heads_
+from .neurons import NeuronPruneReport, prune_neurons_
 
-WHATS = ("heads", "neurons", "layers")
-Importance = Optional[Literal["l1", "l2", "random", "activation"]]
+Importance = Optional[Literal[UNIT_IMPORTANCES]]
 
 
 class HeadsConfig(Config):
@@ -91,8 +92,9 @@ def prune_transformer_(model: nn.Module, what: str | TransformerConfig | dict = 
     :class:`LayersConfig`) or a dict with ``what``; keywords override its fields. Heads and neurons are ranked
     by ``importance``: by default ``activation`` when ``calibration`` is given, else ``l2``. Returns the
     report of the kind pruned (each has ``to_dict()`` and counts parameters before and after)."""
-    if isinstance(what, str) and what not in WHATS:
-        raise ValueError(f"what must be one of {', '.join(WHATS)}, got {what!r}")
+    if isinstance(what, str) and what not in TRANSFORMER_UNITS.names():
+        hint = " (channels: prunekit.structured.prune_ with example inputs)" if what == "channels" else ""
+        raise ValueError(f"what must be one of {', '.join(TRANSFORMER_UNITS.names())}, got {what!r}{hint}")
     fields = dict(options)
     if sparsity is not None:
         fields["sparsity"] = check_fraction(sparsity, "sparsity", "[0, 1)")
