@@ -79,7 +79,10 @@ def as_fused_experts(name: str, module: nn.Module) -> FusedExperts | None:
     if w_up.shape[0] != w_down.shape[0]:
         return None
     gated = bool(getattr(module, "has_gate", up == "gate_up_proj"))
-    transposed = bool(getattr(module, "is_transposed", False))
+    if hasattr(module, "is_transposed"):
+        transposed = bool(module.is_transposed)
+    else:  # no description (Llama 4's experts): (E, in, out) weights when only that reading chains up into down
+        transposed = w_up.shape[1] == w_down.shape[2] and w_up.shape[2] != w_down.shape[1]
     return FusedExperts(name, module, up, "down_proj", int(w_up.shape[0]), transposed, gated,
                         bool(getattr(module, "is_concatenated", True)))
 

@@ -34,15 +34,11 @@ from .transformers.units import prune_transformer_
 from .graph.importance import ScoreContext, score_groups
 from .graph.plan import Planner
 from .graph.removal import remove_
-from .graph.report import StructuredReport, channel_counts, count_macs, count_params
+from .graph.report import StructuredPruningWarning, StructuredReport, channel_counts, count_macs, count_params
 from .graph.trace import build_graph, resolve_ignore
 
 TARGETS = ("channels", "macs")
 _UNSET: Any = object()
-
-
-class StructuredPruningWarning(UserWarning):
-    """Structured pruning removed much less than asked, or met operations it could not follow."""
 
 
 def _settings(model: nn.Module, sparsity: Any, given: dict[str, Any], config: Any) -> StructuredConfig:
@@ -140,6 +136,8 @@ def _prune_unit(model: nn.Module, example_inputs: Any, cfg: StructuredConfig, da
                          "and engine apply to what='channels' only")
     calibration = _calibration(data, example_inputs) if imp == "activation" or cfg.what == "layers" else None
     options: dict[str, Any] = {} if cfg.what == "layers" else {"importance": imp, "seed": cfg.seed}
+    if cfg.what == "heads":
+        options["strict"] = cfg.strict  # a result far from the asked fraction is an error
     snap = _snapshot(model)
     try:
         result = prune_transformer_(model, cfg.what, sparsity=cfg.sparsity, calibration=calibration, **options)

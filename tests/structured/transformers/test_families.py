@@ -63,9 +63,15 @@ def test_heads_equal_zeroed_output_columns(family, overrides, tmp_path):
                 groups = top(unit_scores(part, "group"), keep_count(part.kv_heads, 0.5))
                 q = (groups[:, None] * part.rep + torch.arange(part.rep)).flatten()
             _zero_inputs_(part.out, ~torch.isin(part.out_heads(), q))
+    derived = family in DERIVED_HEAD_SIZE
+    if derived:  # refused before anything changes: from_pretrained could not rebuild it
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(ValueError, match="from_pretrained could not rebuild.*Nothing was changed"):
+            ps.prune_heads_(model, sparsity=0.5)
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        report = ps.prune_heads_(model, sparsity=0.5)
+        report = ps.prune_heads_(model, sparsity=0.5, reloadable=not derived)
     assert report.heads_after == report.heads_before // 2
     assert model.config.num_attention_heads == report.heads_after
     torch.testing.assert_close(_out(model), _out(reference), rtol=1e-5, atol=1e-5)

@@ -105,8 +105,11 @@ def test_vit_heads_and_neurons_reload(tmp_path):
 
 def test_bert_heads_run_and_neurons_reload(tmp_path):
     model = bert()
+    with pytest.raises(ValueError, match="from_pretrained could not rebuild BertModel"):
+        ps.prune_heads_(model, 0.5)  # BERT derives the head size from hidden_size / heads: refused, unchanged
+    assert model.encoder.layer[0].attention.self.query.out_features == 32
     with pytest.warns(UserWarning, match="torch.save"):
-        ps.prune_heads_(model, 0.5)
+        ps.prune_heads_(model, 0.5, reloadable=False)
     sa = model.encoder.layer[0].attention.self
     assert sa.query.out_features == 16 and sa.num_attention_heads == 2 and sa.all_head_size == 16
     assert model(IDS).last_hidden_state.shape == (2, 7, 32)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -100,6 +100,24 @@ def finalize_masks_(model: nn.Module) -> None:
     from ...core.mask import finalize_
 
     finalize_(model)
+
+
+def meta_twin(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers are empty tensors of the same shapes on the meta device
+    (no memory, no weights copied): a model to try a removal on before the real one changes."""
+    memo: dict[int, Any] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        twin = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(twin, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else twin
+    return copy.deepcopy(model, memo)
+
+
+def reload_problem_after(model: nn.Module, change_: Callable[[nn.Module], None]) -> str | None:
+    """:func:`reload_problem` of the model that ``change_`` would make, found on a :func:`meta_twin` before
+    ``model`` itself changes (``change_`` applies the same removal and config edits to the twin)."""
+    twin = meta_twin(model)
+    change_(twin)
+    return reload_problem(twin)
 
 
 def config_accepts(config: Any, changes: dict[str, Any]) -> str | None:

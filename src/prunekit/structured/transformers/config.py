@@ -5,6 +5,7 @@ the config adds to a channel plan (:class:`HFFormat`)."""
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import numpy as np
@@ -106,7 +107,7 @@ def _edits(text: Any, old: int, new: int) -> list[dict[str, Any]]:
             continue
         if type(v) is int and v == old:
             out.append({k: new})
-            if k == "hidden_size" and heads and getattr(text, "head_dim", None) is None:
+            if k == "hidden_size" and isinstance(heads, int) and heads and getattr(text, "head_dim", None) is None:
                 out.append({k: new, "head_dim": old // heads})  # an attention that reads head_dim keeps it
         elif isinstance(v, (list, tuple)) and all(type(x) is int for x in v) and old in v:
             for i, x in enumerate(v):
@@ -182,7 +183,10 @@ class HFFormat:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.embed_prefix = input_embedding_prefix(model)
-        self.heads = getattr(_text(model.config), "num_attention_heads", None)
+        heads = getattr(_text(model.config), "num_attention_heads", None)
+        if isinstance(heads, (list, tuple)) and heads and all(isinstance(h, int) and h > 0 for h in heads):
+            heads = math.lcm(*heads)  # a head count per stage (Swin): the widths stay divisible by every one
+        self.heads = heads if isinstance(heads, int) and heads > 0 else None
         self.heads_tied = False
 
     def multiple(self, group: Group) -> int:
@@ -211,7 +215,7 @@ def tie_derived_heads(model: nn.Module, graph: DependencyGraph, embed_prefix: st
     projections are united, so both keep ``heads × d'`` channels. True when something was tied."""
     text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     heads, hidden = getattr(text, "num_attention_heads", None), getattr(text, "hidden_size", None)
-    if not heads or not hidden or hidden % heads or embed_prefix is None:
+    if not isinstance(heads, int) or not isinstance(hidden, int) or not heads or hidden % heads or embed_prefix is None:
         return False
     d = hidden // heads
     embed = [m for m in graph.members.values() if m.tensor.startswith(embed_prefix + ".") and len(m.labels) == hidden]

@@ -12,9 +12,10 @@ Heads Really Better than One?").
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -22,10 +23,11 @@ from torch import Tensor, nn
 from ...calibrate.stats import collect_input_stats
 from ...core.deprecation import renamed_args
 from ...core.fraction import keep_count
-from ..graph.report import count_params
+from ..graph.removal import _slice_param
+from ..graph.report import StructuredPruningWarning, count_params
 from .common import (
-    check_common, config_accepts, finalize_masks_, guard_masks, keep_cols_, keep_rows_, matrix, reload_problem,
-    row_norms, top,
+    check_common, config_accepts, finalize_masks_, guard_masks, keep_cols_, keep_rows_, matrix,
+    reload_problem_after, row_norms, top,
 )
 from .layouts import Q, AttentionParts, attention_layers
 
@@ -49,10 +51,16 @@ class HeadPruneReport:
     params_after: int
     reloadable: bool
     notes: list[str] = field(default_factory=list)
+    reachable: list[float] = field(default_factory=list)  # the fractions of heads that ``unit`` can remove
+
+    @property
+    def removed_fraction(self) -> float:
+        """The fraction of the query heads removed."""
+        return 1 - self.heads_after / self.heads_before if self.heads_before else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data (JSON-ready)."""
-        return asdict(self)
+        return {**asdict(self), "removed_fraction": self.removed_fraction}
 
     def __str__(self) -> str:
         text = (f"heads: {self.heads_before} → {self.heads_after} query, {self.kv_heads_before} → "
@@ -108,15 +116,30 @@ def _apply_heads(part: AttentionParts, unit: str, kept: Tensor) -> None:
             alive = (p.kind != Q) | torch.isin(p.head, kept)
             keep_rows_(p.module, alive.nonzero().reshape(-1))
     keep_cols_(part.out, torch.isin(out_heads, q_heads).nonzero().reshape(-1))
+    kv_kept = kept if unit == "group" else torch.arange(part.kv_heads)
+    for norm, kind in part.norms:  # norms over all query (key) heads lose the removed heads' entries
+        heads = q_heads if kind == Q else kv_kept
+        for pname in ("weight", "bias"):
+            w = getattr(norm, pname, None)
+            if isinstance(w, Tensor):
+                per_head = w.shape[0] * part.head_dim == w.numel()  # (heads, head_dim) rather than flat
+                rows = heads if per_head else (heads[:, None] * part.head_dim + torch.arange(part.head_dim)).flatten()
+                _slice_param(norm, pname, rows, 0)
+        shape = getattr(norm, "normalized_shape", None)
+        if isinstance(shape, tuple) and shape:
+            norm.normalized_shape = (norm.weight.shape[0], *shape[1:])
 
 
 def _holder_sizes_(part: AttentionParts, heads: int, kv: int) -> None:
     """Update the size attributes the attention module reads in its forward."""
     h, d = part.holder, part.head_dim
     values = {"num_heads": heads, "num_attention_heads": heads, "n_heads": heads, "num_key_value_heads": kv,
-              "num_kv_heads": kv, "num_key_value_groups": heads // kv, "all_head_size": heads * d}
+              "num_kv_heads": kv, "kv_heads": kv, "kv_dim": kv * d, "num_key_value_groups": heads // kv,
+              "all_head_size": heads * d}
     if part.layout == "fused" and hasattr(h, "split_size"):
         values["split_size"] = heads * d  # GPT-2 splits c_attn's output at split_size
+        if hasattr(h, "kv_dim"):
+            values["embed_dim"] = heads * d  # GPTBigCode splits it at (embed_dim, kv_dim, kv_dim)
     for attr, value in values.items():
         if isinstance(getattr(h, attr, None), int) and not isinstance(getattr(h, attr), bool):
             setattr(h, attr, value)
@@ -155,17 +178,55 @@ def _choose_count(config: Any, units: int, wanted: int, sizes: Any) -> tuple[int
     return best, f"kept {best} of {units} units instead of {wanted} so that from_pretrained reloads it ({why})"
 
 
+FAR = 0.1  # a removed fraction this far from the asked one is reported (warned; strict=True: an error)
+
+
+def reachable(units: int) -> list[float]:
+    """The fractions of ``units`` equal units that can be removed while at least one stays."""
+    return [i / units for i in range(units)]
+
+
+def _layout_words(model: nn.Module, heads: int, kv: int) -> str:
+    if kv == 1:
+        return f"{type(model).__name__} has {heads} query heads sharing one key/value head (multi-query)"
+    if kv == heads:
+        return f"{type(model).__name__} has {heads} heads"
+    return f"{type(model).__name__} has {heads} query heads in {kv} key/value groups"
+
+
+def _choose_unit(unit: str, kv: int) -> str:
+    """``auto``: query heads under multi-query attention (one key/value head), else whole key/value groups."""
+    if unit != "auto":
+        return unit
+    return "query" if kv == 1 else "group"
+
+
+def _uses_alibi(model: nn.Module, parts: list[AttentionParts]) -> bool:
+    """ALiBi: a config flag (Falcon-RW, MPT) or an ``alibi`` argument of the attention's forward (BLOOM)."""
+    if getattr(getattr(model, "config", None), "alibi", False):
+        return True
+    try:
+        return "alibi" in inspect.signature(parts[0].holder.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 @renamed_args(ratio="sparsity")
 def prune_heads_(model: nn.Module, sparsity: float = 0.25, importance: str = "l2", seed: int = 0,
                  calibration: Any = None, *, unit: str = "auto", finalize: bool = False,
-                 reloadable: bool = True) -> HeadPruneReport:
+                 reloadable: bool = True, strict: bool = False) -> HeadPruneReport:
     """Remove ``sparsity`` of the attention heads of every layer, the lowest-scoring per layer, the same
     count in every layer; the config is updated. ``unit``: ``group`` (whole key/value groups under GQA),
     ``query`` (query heads, the same number in every group) or ``auto`` (groups, unless there is a single
-    key/value head). ``importance``: ``l1``/``l2`` (weights), ``random``, or ``activation`` (needs
-    ``calibration``; recommended for pretrained LLMs). With ``reloadable`` the count may move to the
-    nearest one the config class accepts (the report says so). A model that holds pruning masks is
-    refused unless ``finalize=True`` bakes them in first. Michel et al., 2019."""
+    key/value head). Only multiples of 1/groups
+    (groups) or 1/(query heads per group) can be removed: the report lists the reachable fractions, and a
+    result more than 0.1 from ``sparsity`` is warned (``strict=True``: an error, before anything changes).
+    ``importance``: ``l1``/``l2`` (weights), ``random``, or ``activation`` (needs ``calibration``;
+    recommended for pretrained LLMs). With ``reloadable`` (the default) the count may move to the nearest
+    one the config class accepts, and a model that ``from_pretrained`` could not rebuild from its pruned
+    config (GPT-2, BERT, BART, CLIP … derive the head size from the hidden size) is refused before anything
+    changes; ``reloadable=False`` prunes it anyway (save it with ``torch.save``). A model that holds pruning
+    masks is refused unless ``finalize=True`` bakes them in first. Michel et al., 2019."""
     s = check_common(sparsity, importance, calibration, "prune_heads_")
     if unit not in HEAD_UNITS:
         raise ValueError(f"unit must be one of {', '.join(HEAD_UNITS)}, got {unit!r}")
@@ -180,10 +241,10 @@ def prune_heads_(model: nn.Module, sparsity: float = 0.25, importance: str = "l2
                          "head_dim); prune_heads_ needs uniform layers")
     heads, kv, d = counts.pop()
     config = getattr(model, "config", None)
-    if getattr(config, "alibi", False):
+    if _uses_alibi(model, parts):
         raise ValueError(f"{type(model).__name__} uses ALiBi, whose per-head slopes depend on the head count: "
                          "removing heads would change every remaining head's bias; prune neurons or layers instead")
-    chosen = ("query" if kv == 1 else "group") if unit == "auto" else unit
+    chosen = _choose_unit(unit, kv)
     rep = heads // kv
     units = kv if chosen == "group" else rep
     sizes = (lambda k: _head_config(config, k * rep, k, d)) if chosen == "group" else \
@@ -191,30 +252,68 @@ def prune_heads_(model: nn.Module, sparsity: float = 0.25, importance: str = "l2
     wanted = keep_count(units, s)
     keep, note = _choose_count(config, units, wanted, sizes) if reloadable else (wanted, None)
     new_heads, new_kv = (keep * rep, keep) if chosen == "group" else (kv * keep, kv)
-    before = count_params(model)
     notes = [note] if note else []
+    removed = 1 - new_heads / heads
+    steps = reachable(units)
+    if s > 0 and (abs(removed - s) > FAR or removed == 0):
+        ways = (f"heads go by whole groups (unit='group': {_percent(reachable(kv))})" +
+                (f" or by the same number of query heads in every group (unit='query': {_percent(reachable(rep))})"
+                 if rep > 1 and kv > 1 else ""))
+        why = (f"removed {removed:.0%} of the heads where {s:.0%} was asked: {_layout_words(model, heads, kv)}; "
+               + (ways if kv > 1 else f"query heads go (reachable: {_percent(steps)})"))
+        if strict:
+            raise ValueError(f"prune_heads_: {why}. Nothing was changed; ask for a reachable fraction, or pass "
+                             "strict=False to accept the nearest one")
+        notes.append(why)
+        warnings.warn(f"prune_heads_: {why}", StructuredPruningWarning, stacklevel=3)
+    problem = None
     if keep != units:
         if guard_masks(model, finalize, "prune_heads_"):
-            finalize_masks_(model)
+            finalize_masks_(model)  # the masks baked in (the model computes the same), then the twin is tried
+        first = (lambda part, i: torch.arange(keep)) if chosen == "group" else \
+            (lambda part, i: _kept_queries(part, torch.zeros(heads), keep))  # any choice has the same shapes
+        problem = reload_problem_after(model, lambda twin: _remove_heads_(
+            twin, attention_layers(twin), chosen, first, new_heads, new_kv, sizes(keep)))
+        if problem and reloadable:
+            raise ValueError(f"prune_heads_: from_pretrained could not rebuild {type(model).__name__} with "
+                             f"{new_heads} query / {new_kv} key-value heads: {problem}. Nothing was changed; prune "
+                             "neurons or layers (they reload), or pass reloadable=False to remove heads anyway and "
+                             "save the model with torch.save")
+    before = count_params(model)
+    if keep != units:
         acts: list[Tensor | None] = [None] * len(parts)
         if importance == "activation":
             stats = collect_input_stats(model, {str(i): p.out for i, p in enumerate(parts)}, calibration)
             acts = [stats.mean_squares(str(i)) for i in range(len(parts))]
-        for i, part in enumerate(parts):
+
+        def best(part: AttentionParts, i: int) -> Tensor:
             scores = unit_scores(part, chosen, importance, seed + i, acts[i])
-            kept = top(scores, keep) if chosen == "group" else _kept_queries(part, scores, keep)
-            _apply_heads(part, chosen, kept)
-            _holder_sizes_(part, new_heads, new_kv)
-        if config is not None:
-            for name, value in sizes(keep).items():
-                setattr(config, name, value)
-    problem = reload_problem(model) if keep != units else None
+            return top(scores, keep) if chosen == "group" else _kept_queries(part, scores, keep)
+
+        _remove_heads_(model, parts, chosen, best, new_heads, new_kv, sizes(keep))
     if problem:
         notes.append(f"from_pretrained cannot rebuild it: {problem}; save it with torch.save")
         warnings.warn(f"prune_heads_: {problem}; from_pretrained cannot rebuild the pruned heads, save the model "
                       "with torch.save (neuron and block pruning do reload)", stacklevel=3)
     return HeadPruneReport(s, importance, chosen, len(parts), heads, new_heads, kv, new_kv, d, before,
-                           count_params(model), problem is None, notes)
+                           count_params(model), problem is None, notes, steps)
+
+
+def _percent(fractions: list[float]) -> str:
+    return ", ".join(f"{f:.0%}" for f in fractions)
+
+
+def _remove_heads_(model: nn.Module, parts: list[AttentionParts], chosen: str,
+                   pick: Callable[[AttentionParts, int], Tensor], new_heads: int, new_kv: int,
+                   config_fields: dict[str, Any]) -> None:
+    """Keep the units ``pick(part, layer index)`` (groups or query heads) of every layer, and write the config."""
+    for i, part in enumerate(parts):
+        _apply_heads(part, chosen, pick(part, i))
+        _holder_sizes_(part, new_heads, new_kv)
+    config = getattr(model, "config", None)
+    if config is not None:
+        for name, value in config_fields.items():
+            setattr(config, name, value)
 
 
 __all__ = ["HeadPruneReport", "attention_layers", "head_scores", "prune_heads_", "unit_scores"]

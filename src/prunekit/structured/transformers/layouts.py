@@ -16,7 +16,7 @@ read from (``intermediate_size``, OPT's ``ffn_dim``, GPT-2's ``n_inner``, Falcon
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -63,6 +63,7 @@ class AttentionParts:
     kv_heads: int
     head_dim: int
     layout: str
+    norms: list[tuple[nn.Module, int]] = field(default_factory=list)  # per-row q/k norms (OLMo2) and their kind
 
     @property
     def rep(self) -> int:
@@ -165,11 +166,12 @@ def _fused(name: str, m: nn.Module, config: Any) -> AttentionParts | None:
             kv = heads
             kind, head = _qkv_interleaved(heads, d)
             layout = "interleaved"
-    elif qkv_name == "query_key_value":  # GPT-NeoX
-        d = getattr(m, "head_size", None)
-        if not isinstance(d, int) or rows % (3 * d):
+    elif qkv_name == "query_key_value":  # GPT-NeoX, BLOOM
+        d = next((v for v in (getattr(m, a, None) for a in ("head_size", "head_dim")) if isinstance(v, int) and v > 0),
+                 None)
+        if d is None or rows % (3 * d):
             raise ValueError(f"attention module {name!r} ({type(m).__name__}) has a fused query_key_value but no "
-                             "head_size that divides it; cannot tell its heads apart")
+                             "head_size / head_dim that divides it; cannot tell its heads apart")
         heads = kv = rows // (3 * d)
         kind, head = _qkv_interleaved(heads, d)
         layout = "interleaved"
@@ -179,15 +181,43 @@ def _fused(name: str, m: nn.Module, config: Any) -> AttentionParts | None:
             raise ValueError(f"attention module {name!r} ({type(m).__name__}) has no head_dim attribute")
         if getattr(m, "is_cross_attention", False):
             return None
-        kv = getattr(m, "num_key_value_heads", None) or getattr(m, "num_heads", None) or rows // (3 * d)
-        heads = rows // d - 2 * kv
-        kind, head = _qkv_concat(heads, kv, d)
-        layout = "fused"
+        if getattr(m, "multi_query", None) is False:  # GPTBigCode without multi-query: (heads, 3, d) rows
+            heads = kv = rows // (3 * d)
+            kind, head = _qkv_interleaved(heads, d)
+            layout = "interleaved"
+        else:  # the key/value head count under its several names (GPTBigCode's multi-query: kv_heads = 1)
+            kv = next((v for v in (getattr(m, a, None) for a in ("num_key_value_heads", "kv_heads", "num_kv_heads",
+                                                                  "num_heads")) if isinstance(v, int) and v > 0),
+                      rows // (3 * d))
+            heads = rows // d - 2 * kv
+            if heads < kv or heads % kv:
+                raise ValueError(f"attention module {name!r} ({type(m).__name__}): its {qkv_name} has {rows} rows, "
+                                 f"which do not hold [Q | K | V] for {kv} key/value heads of size {d}")
+            kind, head = _qkv_concat(heads, kv, d)
+            layout = "fused"
     if len(kind) != rows or heads * d != in_features(out):
         raise ValueError(f"attention module {name!r} ({type(m).__name__}): its {qkv_name} has {rows} rows and its "
                          f"output projection {in_features(out)} inputs, which do not fit {heads} query and {kv} "
                          f"key/value heads of size {d} ({layout} layout)")
     return AttentionParts(name, m, [Projection(qkv, kind, head)], out, heads, kv, d, layout)
+
+
+_QK_NORMS = (("q_norm", Q), ("k_norm", K), ("q_layernorm", Q), ("k_layernorm", K), ("query_layernorm", Q),
+             ("key_layernorm", K))
+
+
+def _row_norms(part: AttentionParts) -> list[tuple[nn.Module, int]]:
+    """Norms of the holder that span all query (key) heads — a weight of heads·head_dim entries (OLMo2's
+    ``q_norm``) or of shape (heads, head_dim) (Cohere's): they lose the removed heads' entries. A norm over
+    one head_dim (Qwen3, Gemma 3) is shared by every head and stays."""
+    found = []
+    for attr, kind in _QK_NORMS:
+        norm = getattr(part.holder, attr, None)
+        w = getattr(norm, "weight", None)
+        n = part.heads if kind == Q else part.kv_heads
+        if isinstance(w, Tensor) and w.numel() == n * part.head_dim and n > 1 and w.shape[0] in (n, n * part.head_dim):
+            found.append((norm, kind))
+    return found
 
 
 def attention_layers(model: nn.Module) -> list[AttentionParts]:
@@ -198,6 +228,7 @@ def attention_layers(model: nn.Module) -> list[AttentionParts]:
     for name, m in mods.items():
         part = _separate(name, m, mods) or _fused(name, m, config)
         if part is not None:
+            part.norms = _row_norms(part)
             found.append(part)
     return found
 
@@ -235,19 +266,28 @@ class ExpertMLPs:
         return self.fused.intermediate()
 
 
-_DENSE_FIELDS = ("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size", "hidden_dim", "dim_feedforward")
+_DENSE_FIELDS = ("intermediate_size_mlp", "intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size", "hidden_dim",
+                 "dim_feedforward")
 _PAIRS = (("fc1", "fc2"), ("c_fc", "c_proj"), ("dense_h_to_4h", "dense_4h_to_h"), ("lin1", "lin2"))
 
 
-def _width_field(config: Any, name: str, expert: bool) -> str | None:
+def _width_field(config: Any, name: str, expert: bool, width: int) -> str | None:
+    """The config field that gives this MLP's width: among the fields of its kind (a shared expert's, an
+    expert's, or a dense MLP's — ``encoder_ffn_dim`` for a module under ``encoder``, Llama 4's
+    ``intermediate_size_mlp`` …), the first whose value is the width, else one left unset (GPT-2's
+    ``n_inner = None`` means 4 × hidden), else none."""
     if config is None:
         return None
     leaf = name.rpartition(".")[2]
     if leaf.startswith("shared_expert"):
-        return "shared_expert_intermediate_size" if hasattr(config, "shared_expert_intermediate_size") else None
-    if expert and hasattr(config, "moe_intermediate_size"):
-        return "moe_intermediate_size"
-    return next((f for f in _DENSE_FIELDS if hasattr(config, f)), None)
+        fields: tuple[str, ...] = ("shared_expert_intermediate_size", "intermediate_size")
+    elif expert:
+        fields = ("moe_intermediate_size", "intermediate_size")
+    else:
+        fields = tuple(f"{p}_ffn_dim" for p in name.split(".") if p.isidentifier()) + _DENSE_FIELDS
+    present = [f for f in fields if hasattr(config, f) and not isinstance(getattr(type(config), f, None), property)]
+    same = next((f for f in present if getattr(config, f) == width), None)
+    return same or next((f for f in present if getattr(config, f) is None), None)
 
 
 def mlp_layers(model: nn.Module) -> list[MLPParts]:
@@ -271,7 +311,9 @@ def all_mlps(model: nn.Module) -> tuple[list[MLPParts], list[ExpertMLPs]]:
             continue
         fused = as_fused_experts(name, m)
         if fused is not None:
-            experts.append(ExpertMLPs(name, fused, _width_field(config, name, True)))
+            part_e = ExpertMLPs(name, fused, None)
+            part_e.field = _width_field(config, name, True, part_e.width)
+            experts.append(part_e)
             continue
         expert = ".experts." in f".{name}."  # per-expert nn.Linear MLPs of older MoE layouts
         if all(_linear(getattr(m, a, None)) for a in ("gate_proj", "up_proj", "down_proj")):
@@ -287,7 +329,7 @@ def all_mlps(model: nn.Module) -> tuple[list[MLPParts], list[ExpertMLPs]]:
             part = MLPParts(name, [(m.intermediate.dense, False)], m.output.dense, None, m)
         else:
             continue
-        part.field = _width_field(config, name, expert)
+        part.field = _width_field(config, name, expert, part.width)
         dense.append(part)
     return dense, experts
 

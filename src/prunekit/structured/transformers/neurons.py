@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +19,8 @@ from ...core.deprecation import renamed_args
 from ...core.fraction import keep_count
 from ..graph.report import count_params
 from .common import (
-    check_common, finalize_masks_, guard_masks, keep_cols_, keep_rows_, matrix, reload_problem, row_norms, top,
+    check_common, finalize_masks_, guard_masks, keep_cols_, keep_rows_, matrix, reload_problem_after,
+    row_norms, top,
 )
 from .layouts import ExpertMLPs, MLPParts, all_mlps, expert_layers, groups_by_field, mlp_layers
 
@@ -116,13 +117,15 @@ def _apply_expert_neurons(experts: ExpertMLPs, kept: list[Tensor]) -> None:
 
 @renamed_args(ratio="sparsity")
 def prune_neurons_(model: nn.Module, sparsity: float = 0.25, importance: str = "l2", seed: int = 0,
-                   calibration: Any = None, *, finalize: bool = False) -> NeuronPruneReport:
+                   calibration: Any = None, *, finalize: bool = False, reloadable: bool = True) -> NeuronPruneReport:
     """Remove ``sparsity`` of the intermediate neurons of every MLP (gate, up and down together; every MoE
     expert, and the shared expert, alike), the lowest-scoring per layer (per expert), the same count in every
     MLP of one width; updates the config field of each width (``intermediate_size``, ``ffn_dim``,
     ``n_inner``, ``moe_intermediate_size``, ``shared_expert_intermediate_size`` …). ``importance`` as in
-    :func:`~prunekit.structured.transformers.heads.prune_heads_`. A model that holds pruning masks is refused
-    unless ``finalize=True``.
+    :func:`~prunekit.structured.transformers.heads.prune_heads_`. A width no config field gives (BLOOM's
+    4 × hidden) would not reload: with ``reloadable`` (the default) such a model is refused before anything
+    changes, ``reloadable=False`` prunes it anyway. A model that holds pruning masks is refused unless
+    ``finalize=True``.
     LLM-Pruner (Ma et al., 2023) / Minitron (Muralidharan et al., 2024) width pruning."""
     s = check_common(sparsity, importance, calibration, "prune_neurons_")
     dense, experts = all_mlps(model)
@@ -138,44 +141,66 @@ def prune_neurons_(model: nn.Module, sparsity: float = 0.25, importance: str = "
                              f"{sorted(widths)}; prune_neurons_ needs one width per config field")
         n = widths.pop()
         plan[fieldname] = (members, n, keep_count(n, s))
-    before = count_params(model)
     changed = any(keep != n for _, n, keep in plan.values())
+    keeps = {f: keep for f, (_, _, keep) in plan.items()}
     notes: list[str] = []
+    problem = None
     if changed:
         if guard_masks(model, finalize, "prune_neurons_"):
-            finalize_masks_(model)
+            finalize_masks_(model)  # the masks baked in (the model computes the same), then the twin is tried
+        problem = reload_problem_after(model, lambda twin: _remove_neurons_(
+            twin, keeps, lambda member, e, keep: torch.arange(keep)))  # any choice has the same shapes
+        if problem and reloadable:
+            raise ValueError(f"prune_neurons_: from_pretrained could not rebuild the pruned {type(model).__name__}: "
+                             f"{problem}. Nothing was changed; pass reloadable=False to remove the neurons anyway "
+                             "and save the model with torch.save")
+    before = count_params(model)
+    if changed:
         stats = _neuron_stats(model, dense, experts, calibration) if importance == "activation" else None
-        uncalibrated = 0
-        for members, n, keep in plan.values():
-            if keep == n:
-                continue
-            for i, member in enumerate(members):
-                if isinstance(member, MLPParts):
-                    act = stats.mean_squares(member.name) if stats is not None else None
-                    _apply_neurons(member, top(neuron_scores(member, importance, seed + i, act), keep))
-                    continue
-                kept = []
-                for e in range(member.fused.num_experts):
-                    key = member.fused.key(member.fused.down, e)
-                    imp = importance
-                    if stats is not None and not stats.seen(key):
-                        imp, uncalibrated = "l2", uncalibrated + 1
-                    act = stats.mean_squares(key) if imp == "activation" else None
-                    kept.append(top(expert_neuron_scores(member, e, imp, seed + i, act), keep))
-                _apply_expert_neurons(member, kept)
-        if uncalibrated:
-            notes.append(f"{uncalibrated} experts received no calibration token and were ranked by weights (l2)")
-        config = getattr(model, "config", None)
-        for fieldname, (_, n, keep) in plan.items():
-            if fieldname is not None and config is not None:
-                setattr(config, fieldname, keep)
-    problem = reload_problem(model) if changed else None
+        uncalibrated = [0]
+
+        def best(member: Any, e: int | None, keep: int) -> Tensor:
+            if e is None:
+                act = stats.mean_squares(member.name) if stats is not None else None
+                return top(neuron_scores(member, importance, seed + member_index[id(member)], act), keep)
+            key = member.fused.key(member.fused.down, e)
+            imp = importance
+            if stats is not None and not stats.seen(key):
+                imp, uncalibrated[0] = "l2", uncalibrated[0] + 1
+            act = stats.mean_squares(key) if imp == "activation" else None
+            return top(expert_neuron_scores(member, e, imp, seed + member_index[id(member)], act), keep)
+
+        member_index = {id(m): i for members, _, _ in plan.values() for i, m in enumerate(members)}
+        _remove_neurons_(model, keeps, best, {f: members for f, (members, _, _) in plan.items()})
+        if uncalibrated[0]:
+            notes.append(f"{uncalibrated[0]} experts received no calibration token and were ranked by weights (l2)")
     if problem:
-        notes.append(f"from_pretrained cannot rebuild it: {problem}")
+        notes.append(f"from_pretrained cannot rebuild it: {problem}; save it with torch.save")
         warnings.warn(f"prune_neurons_: {problem}", stacklevel=3)
     widths = {(f or "unnamed"): (n, keep) for f, (_, n, keep) in plan.items()}
     return NeuronPruneReport(s, importance, widths, len(dense) + len(experts), before, count_params(model),
                              problem is None, notes)
+
+
+def _remove_neurons_(model: nn.Module, keeps: dict[str | None, int], pick: Callable[[Any, int | None, int], Tensor],
+                     groups: dict[str | None, list[Any]] | None = None) -> None:
+    """Keep ``keeps[field]`` neurons of every MLP sized by that config field (``groups``, found when not given) —
+    ``pick(mlp, expert or None, keep)`` — and write the config fields."""
+    if groups is None:
+        groups = groups_by_field([*sum(all_mlps(model), [])])
+    for fieldname, members in groups.items():
+        keep = keeps[fieldname]
+        for member in members:
+            if member.width == keep:
+                continue
+            if isinstance(member, MLPParts):
+                _apply_neurons(member, pick(member, None, keep))
+            else:
+                _apply_expert_neurons(member, [pick(member, e, keep) for e in range(member.fused.num_experts)])
+    config = getattr(model, "config", None)
+    for fieldname, keep in keeps.items():
+        if fieldname is not None and config is not None:
+            setattr(config, fieldname, keep)
 
 
 def _neuron_stats(model: nn.Module, dense: list[MLPParts], experts: list[ExpertMLPs], calibration: Any) -> InputStats:

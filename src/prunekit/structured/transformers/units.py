@@ -31,6 +31,7 @@ class HeadsConfig(Config):
     seed: int = 0
     finalize: bool = False
     reloadable: bool = True
+    strict: bool = False
 
 
 class NeuronsConfig(Config):
@@ -41,6 +42,7 @@ class NeuronsConfig(Config):
     importance: Importance = None
     seed: int = 0
     finalize: bool = False
+    reloadable: bool = True
 
 
 class LayersConfig(Config):
@@ -58,12 +60,12 @@ Report = Union[HeadPruneReport, NeuronPruneReport, LayerPruneReport]
 
 def _heads(model: nn.Module, cfg: HeadsConfig, calibration: Any, progress: bool) -> HeadPruneReport:
     return prune_heads_(model, cfg.sparsity, _importance(cfg.importance, calibration), cfg.seed, calibration,
-                        unit=cfg.unit, finalize=cfg.finalize, reloadable=cfg.reloadable)
+                        unit=cfg.unit, finalize=cfg.finalize, reloadable=cfg.reloadable, strict=cfg.strict)
 
 
 def _neurons(model: nn.Module, cfg: NeuronsConfig, calibration: Any, progress: bool) -> NeuronPruneReport:
     return prune_neurons_(model, cfg.sparsity, _importance(cfg.importance, calibration), cfg.seed, calibration,
-                          finalize=cfg.finalize)
+                          finalize=cfg.finalize, reloadable=cfg.reloadable)
 
 
 def _layers(model: nn.Module, cfg: LayersConfig, calibration: Any, progress: bool) -> LayerPruneReport:
