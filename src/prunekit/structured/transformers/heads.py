@@ -252,7 +252,7 @@ def prune_heads_(model: nn.Module, sparsity: float = 0.25, importance: str = "l2
     wanted = keep_count(units, s)
     keep, note = _choose_count(config, units, wanted, sizes) if reloadable else (wanted, None)
     new_heads, new_kv = (keep * rep, keep) if chosen == "group" else (kv * keep, kv)
-    notes = [note] if note else []
+    notes: list[str] = []
     removed = 1 - new_heads / heads
     steps = reachable(units)
     if s > 0 and (abs(removed - s) > FAR or removed == 0):
@@ -260,12 +260,15 @@ def prune_heads_(model: nn.Module, sparsity: float = 0.25, importance: str = "l2
                 (f" or by the same number of query heads in every group (unit='query': {_percent(reachable(rep))})"
                  if rep > 1 and kv > 1 else ""))
         why = (f"removed {removed:.0%} of the heads where {s:.0%} was asked: {_layout_words(model, heads, kv)}; "
-               + (ways if kv > 1 else f"query heads go (reachable: {_percent(steps)})"))
+               + (ways if kv > 1 else f"query heads go (reachable: {_percent(steps)})")
+               + (f"; {note}" if note else ""))
         if strict:
             raise ValueError(f"prune_heads_: {why}. Nothing was changed; ask for a reachable fraction, or pass "
                              "strict=False to accept the nearest one")
         notes.append(why)
         warnings.warn(f"prune_heads_: {why}", StructuredPruningWarning, stacklevel=3)
+    elif note:
+        notes.append(note)
     problem = None
     if keep != units:
         if guard_masks(model, finalize, "prune_heads_"):
