@@ -168,3 +168,29 @@ def test_swin_channels_prune_and_reload(tmp_path):
     model.save_pretrained(tmp_path)
     back = type(model).from_pretrained(tmp_path).eval()
     torch.testing.assert_close(back(x).logits, model(x).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ("olmo2", "cohere", "llama4", "gptj", "gpt_bigcode", "bloom", "clip-text"))
+def test_blocks_go_and_reload(family, tmp_path):
+    model = tiny_model(family, layers=3)
+    report = ps.prune_layers_(model, IDS, n=1)
+    assert report.blocks_after == 2 and report.reloadable
+    _reloads(model, tmp_path)
+
+
+def test_a_block_removal_the_config_cannot_describe_is_refused_before_anything_changes():
+    model = tiny_model("bart", layers=3)  # one of two stacks loses a block; the config has a count per stack
+    state, config = _state(model), model.config.to_dict()
+    with pytest.raises(ValueError, match=r"prune_layers_: from_pretrained could not rebuild BartModel without blocks "
+                                         r".*which the pruned model does not have: they would be random"):
+        ps.prune_layers_(model, IDS, n=1)
+    assert _unchanged(model, state, config)
+
+
+def test_jamba_blocks_that_would_shift_the_expert_pattern_are_refused_unchanged():
+    model = tiny_model("jamba", layers=3)  # expert layers sit at a period: removing block 0 shifts the pattern
+    state, config = _state(model), model.config.to_dict()
+    with pytest.raises(ValueError, match=r"without blocks \[0\]: from_pretrained would build "
+                                         r"model.layers.0.feed_forward.gate_proj.weight"):
+        ps.prune_layers_(model, IDS, n=1)
+    assert _unchanged(model, state, config)

@@ -16,7 +16,8 @@ def test_configs_are_registered_and_round_trip():
     cfg = ps.TRANSFORMER_UNITS.parse_config({"what": "heads", "sparsity": 0.5, "unit": "group"})
     assert isinstance(cfg, ps.HeadsConfig) and cfg.sparsity == 0.5
     assert ps.HeadsConfig.from_yaml(cfg.to_yaml()) == cfg
-    assert ps.LayersConfig().to_dict() == {"what": "layers", "sparsity": 0.25, "unit": "block"}
+    assert ps.LayersConfig().to_dict() == {"what": "layers", "sparsity": 0.25, "unit": "block", "reloadable": True}
+    assert ps.HeadsConfig(strict=True).strict and ps.NeuronsConfig().reloadable
     with pytest.raises(ConfigError, match="unknown option 'ratio'"):
         ps.NeuronsConfig.parse({"ratio": 0.5})
     with pytest.raises(ConfigError, match=r"sparsity must be a number in \[0, 1\)"):

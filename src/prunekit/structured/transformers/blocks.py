@@ -23,7 +23,7 @@ from ...calibrate.moe import fused_experts
 from ...core.calling import call_model, output_tensor
 from ...core.fraction import check_fraction
 from ..graph.report import count_params
-from .common import reload_problem
+from .common import reload_problem_after
 
 UNITS = ("block", "sublayer")
 
@@ -207,7 +207,7 @@ def choose_sublayers(model: nn.Module, calibration: Any, n: int, progress: bool 
 
 @torch.no_grad()
 def prune_layers_(model: nn.Module, calibration: Any, n: int | None = None, *, sparsity: float | None = None,
-                  unit: str = "block", progress: bool = False) -> LayerPruneReport:
+                  unit: str = "block", progress: bool = False, reloadable: bool = True) -> LayerPruneReport:
     """Remove ``n`` blocks (``unit="block"``, by ShortGPT's Block Influence) or ``n`` attention/MLP
     sublayers (``unit="sublayer"``, chosen greedily as FinerCut does) from a transformer, in place;
     ``sparsity=`` instead of ``n`` removes that fraction of them (rounded, at least one block kept).
@@ -215,7 +215,9 @@ def prune_layers_(model: nn.Module, calibration: Any, n: int | None = None, *, s
     ``calibration`` is one batch of model inputs (tensor of token ids, dict, tuple) or a list of them.
     Block removal updates the config (``num_hidden_layers``, per-layer lists such as ``layer_types`` and
     ``mlp_only_layers``) so the model saves and reloads; a removed sublayer is replaced by a module that
-    adds nothing to the residual stream (pre-norm models only). Returns a :class:`LayerPruneReport`."""
+    adds nothing to the residual stream (pre-norm models only). A block removal that ``from_pretrained``
+    could not rebuild is refused before anything changes (``reloadable=False``: removed anyway). Returns a
+    :class:`LayerPruneReport`."""
     if unit not in UNITS:
         raise ValueError(f"unit must be 'block' or 'sublayer', got {unit!r}")
     found = find_blocks(model)
@@ -241,8 +243,13 @@ def prune_layers_(model: nn.Module, calibration: Any, n: int | None = None, *, s
     if unit == "block":
         bi = block_influence(model, calibration, progress)
         drop = sorted(torch.argsort(bi, stable=True)[:n].tolist())
+        problem = reload_problem_after(model, lambda twin: _remove_blocks_(
+            twin, found.name, twin.get_submodule(found.name), drop))
+        if problem and reloadable:
+            raise ValueError(f"prune_layers_: from_pretrained could not rebuild {type(model).__name__} without blocks "
+                             f"{drop}: {problem}. Nothing was changed; pass reloadable=False to remove them anyway and "
+                             "save the model with torch.save")
         _remove_blocks_(model, found.name, blocks, drop)
-        problem = reload_problem(model)
         notes = [] if problem is None else [f"from_pretrained cannot rebuild it: {problem}"]
         if problem:
             warnings.warn(f"prune_layers_: {problem}", stacklevel=2)

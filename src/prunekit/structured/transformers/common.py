@@ -150,8 +150,16 @@ def reload_problem(model: nn.Module) -> str | None:
     except Exception as exc:
         return f"{type(model).__name__} cannot be built from the pruned config: {exc}"
     theirs = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
-    for k, v in model.state_dict().items():
+    mine = model.state_dict()
+    for k, v in mine.items():
         if k in theirs and tuple(v.shape) != theirs[k]:
             return (f"from_pretrained would build {k} as {theirs[k]} but the pruned model has {tuple(v.shape)} "
                     f"({type(config).__name__} derives that size from other fields)")
+    missing = [k for k in theirs if k not in mine]
+    if missing:  # the loader would leave them randomly initialised
+        return (f"from_pretrained would build {missing[0]} ({len(missing)} tensors in all), which the pruned model "
+                f"does not have: they would be random")
+    extra = [k for k in mine if k not in theirs]
+    if extra:
+        return f"the pruned model's {extra[0]} ({len(extra)} tensors in all) is not built from its config"
     return None

@@ -52,6 +52,7 @@ class LayersConfig(Config):
     what: Literal["layers"] = "layers"
     sparsity: Sparsity = 0.25
     unit: Literal["block", "sublayer"] = "block"
+    reloadable: bool = True
 
 
 TransformerConfig = Union[HeadsConfig, NeuronsConfig, LayersConfig]
@@ -71,7 +72,8 @@ def _neurons(model: nn.Module, cfg: NeuronsConfig, calibration: Any, progress: b
 def _layers(model: nn.Module, cfg: LayersConfig, calibration: Any, progress: bool) -> LayerPruneReport:
     if calibration is None:
         raise ValueError("what='layers' ranks blocks on data: pass calibration= (a batch of token ids or inputs)")
-    return prune_layers_(model, calibration, sparsity=cfg.sparsity, unit=cfg.unit, progress=progress)
+    return prune_layers_(model, calibration, sparsity=cfg.sparsity, unit=cfg.unit, progress=progress,
+                         reloadable=cfg.reloadable)
 
 
 def _importance(importance: str | None, calibration: Any) -> str:
