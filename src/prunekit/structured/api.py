@@ -238,9 +238,10 @@ def prune_(model: nn.Module, example_inputs: Any, sparsity: Any = _UNSET, import
     (whole key/value groups, or query heads under multi-query attention) / ``neurons`` (MLP) / ``layers``
     (blocks by Block Influence on the example inputs or ``data=``). ``ignore``: modules (or names) whose output channels
     are kept. ``allocation="global"`` ranks units across groups; ``round_to`` keeps counts multiples of
-    it; ``target="macs"`` makes ``sparsity`` the fraction of MACs removed. ``config``: a
-    :class:`StructuredConfig` (or the third positional argument); keywords override it. Parameters are
-    replaced, so build optimizers after."""
+    it; ``target="macs"`` makes ``sparsity`` the fraction of MACs removed. ``strict``: an operation the
+    graph cannot follow is an error (channels), and so is a head count far from ``sparsity`` (heads).
+    ``config``: a :class:`StructuredConfig` (or the third positional argument); keywords override it.
+    Parameters are replaced, so build optimizers after."""
     if global_pruning is not None:
         warnings.warn("structured.prune_: global_pruning= is deprecated, use allocation='global'",
                       PrunekitDeprecationWarning, stacklevel=3)

@@ -17,11 +17,11 @@ from ...core.calling import call_model
 from .depgraph import DependencyGraph
 from .recorder import op_name
 
-INTERFACE = ("model output", "ignore=")
+INTERFACE = ("model output", "ignore=")  # pins that the model's interface asks for, not limits of the graph
 
 
 class StructuredPruningWarning(UserWarning):
-    """Structured pruning removed much less (or more) than asked, or met operations it could not follow."""  # pins that the model's interface asks for, not limits of the graph
+    """Structured pruning removed much less (or more) than asked, or met operations it could not follow."""
 
 
 class _MacCounter(TorchFunctionMode):

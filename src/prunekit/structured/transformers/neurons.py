@@ -208,4 +208,5 @@ def _neuron_stats(model: nn.Module, dense: list[MLPParts], experts: list[ExpertM
                                experts={e.name: e.fused for e in experts})
 
 
-__all__ = ["NeuronPruneReport", "expert_layers", "expert_neuron_scores", "mlp_layers", "neuron_scores", "prune_neurons_"]
+__all__ = ["NeuronPruneReport", "expert_layers", "expert_neuron_scores", "mlp_layers", "neuron_scores",
+           "prune_neurons_"]

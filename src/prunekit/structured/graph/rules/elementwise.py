@@ -1,11 +1,7 @@
-"""Elementwise operations, and what every rule shares (tensor arguments, members, the names of each kind).
-
-:func:`prunekit.structured.graph.rules.dispatch` sorts operations into kinds: elementwise (labels carried, operands united, parameters that meet the
-channels become members: layer scales, norm weights, position embeddings), shape operations
-(followed exactly by running the same operation on a probe tensor, :mod:`.shapes`), reductions,
-contractions (Linear, matmul, einsum, attention, :mod:`.contract`), convolutions, norms and
-embeddings (:mod:`.layers`). An operation of no known kind pins the channels it touches and is
-reported by name (``strict=True`` makes it an error).
+"""Elementwise operations, and what every rule shares: tensor arguments, members, the names of each kind of
+operation (which :func:`prunekit.structured.graph.rules.dispatch` sorts calls by). Elementwise: labels
+carried, operands united, parameters that meet the channels become members (layer scales, norm weights,
+position embeddings); an untracked full-width operand pins the channels.
 """
 
 from __future__ import annotations
