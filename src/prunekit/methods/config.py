@@ -98,6 +98,7 @@ class PruneConfig(Config):
     owl_m: float | None = Field(None, gt=0)
     owl_lambda: float | None = Field(None, ge=0, lt=1)
 
+    needs_calibration: ClassVar[bool] = False  # True: the method reads calibration text (token ids)
     shared_fields: ClassVar[tuple[str, ...]] = (
         "method", "sparsity", "pattern", "allocation", "scope", "iterations", "seed", "max_batches", "strict",
         *ALLOCATION_OPTIONS,
@@ -188,6 +189,8 @@ class SynflowConfig(PruneConfig):
 
 class BlockwiseConfig(PruneConfig):
     """Options of the block-by-block engine that calibrated methods share."""
+
+    needs_calibration: ClassVar[bool] = True
 
     batch_size: int = Field(8, ge=1)
     device: str | None = None
