@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from ..core.atomic import check_output_folder, output_folder, remove_scratch, scratch_folder
+from ..core.meta import write_meta
 from .config import MergeConfig, merge_config
 from .sources import INDEX, SafetensorsWriter, TensorFolder, TensorInfo, check_mergeable
 from .tensors import (MagnitudeHistogram, MergeCounts, Trim, is_merged, merge_tensor, merge_tensor_groups,
@@ -240,8 +241,6 @@ def merge(
                 for i, st in enumerate(stats):
                     if i < len(counts.before):
                         st.kept = counts.after[i] / counts.before[i] if counts.before[i] else 0.0
-            from .. import __version__
-
             report = MergeReport(
                 method=config.method,  # type: ignore[attr-defined]
                 config=config.to_dict(), base=str(base), models=[str(m) for m in models], out=str(out),
@@ -251,8 +250,7 @@ def merge(
             report.config["weights"] = weights
             report.seconds = time.perf_counter() - started
             report.peak_rss_mb = _peak_rss_mb()
-            meta = {"prunekit_version": __version__, "merge": report.to_dict()}
-            (tmp / "prunekit.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+            write_meta(tmp, {"merge": report.to_dict()})
             (tmp / "report.txt").write_text(str(report) + "\n")
         report.seconds = time.perf_counter() - started
         report.peak_rss_mb = _peak_rss_mb()
