@@ -113,6 +113,31 @@ def documents(source: str | Path, *, default: bool = False, say=print) -> list[D
     )
 
 
+def text_fingerprint(source: str | Path) -> str | None:
+    """A hash of the contents of a text source (a file, a folder's text files, or pydocs' files), so that
+    results keyed by it change when the text does; None for a hub set (named by its version on the hub)."""
+    import hashlib
+
+    s = str(source)
+    if s in HUB_SETS:
+        return None
+    path = PYDOCS_DIR if s == "pydocs" else Path(s).expanduser()
+    if s == "pydocs" and not path.is_dir():
+        return "stdlib-docstrings"
+    if path.is_file():
+        files, root = [path], path.parent
+    elif path.is_dir():
+        files, root = _files_of(path), path
+    else:
+        return None  # not a source: reading it gives the error
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        h.update(f.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
 def _hub_documents(name: str) -> list[Document]:
     try:
         import datasets
