@@ -89,11 +89,13 @@ def render_lm_report(ws: Workspace, saved: Any = None) -> str:
     head = f"prunekit {__version__}: {ws.source}, " + "\n".join(ws.headlines) + "\n"
     head += (f"calibration: {calib['source']}, {calib['nsamples']}×{calib['seqlen']} tokens, seed {calib['seed']}\n\n"
              if "nsamples" in calib else "calibration: none\n\n")
-    text = head + table(ws.columns, f"perplexity ({ev.get('source')}, {ev.get('windows')}×{ev.get('seqlen')})")
+    text = head + (table(ws.columns, f"perplexity ({ev.get('source')}, {ev.get('windows')}×{ev.get('seqlen')})")
+                   if ws.columns else "(nothing measured)")
     timed = ws.state.get("timed")
     if timed is not None:
         text += "\n\n" + "\n".join(timing_lines(timed))
     if saved is not None:
-        last = list(ws.columns)[-1]
-        text += f"\nsaved file: before = the source ({ws.source_path.name}), {last} = {saved}"
+        last = list(ws.columns)[-1] if ws.columns else "saved"
+        source = ws.source_path.name if ws.source_path is not None else ws.source
+        text += f"\nsaved file: before = the source ({source}), {last} = {saved}"
     return text
