@@ -75,9 +75,6 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-
-
-
 PRUNING = ("prune", "slice", "experts", "structured")  # one of them runs; "prune" (masks) unless a trigger is given
 
 
@@ -91,9 +88,8 @@ def _flag_names() -> dict[tuple[str, str], str]:
 def _given(args: argparse.Namespace) -> dict[str, Any]:
     """The stage options given on the command line, ``--flag → value`` (``--calib none`` turns calibration
     off: it is no option of a stage)."""
-    flags = {flag for _, flag in _flag_names().items()}
     out = {}
-    for flag in sorted(flags):
+    for flag in sorted(set(_flag_names().values())):
         value = getattr(args, flag[2:].replace("-", "_"), None)
         if value is not None and value is not False and not (flag == "--calib" and value == "none"):
             out[flag] = value
@@ -172,7 +168,7 @@ def _translate(exc: Exception, kind: str) -> ValueError:
     for loc, msg in exc.problems:
         for flag, fld in entry.flags.items():
             if (loc and loc[-1] == fld) or re.match(rf"{fld}\b", msg):
-                new = re.sub(rf"^{fld}(=\S+)?\b", flag, msg)
+                new = re.sub(rf"^{fld}(=\S+)?(?=[\s,;:]|$)", flag, msg)
                 msg = new if new != msg else f"{flag}: {msg}"
                 shared = sum(flag in STAGES.get(k).flags for k in STAGES.names()) > 1
                 if shared and entry.trigger and entry.trigger != flag:  # say which stage it was read for

@@ -195,7 +195,8 @@ def _run_measure(ws: Workspace, cfg: MeasureConfig) -> StageResult:
     from ..metrics.lm import lm_figures, lm_speed
     from ..metrics.size import weight_bytes
 
-    ws.say(f"measuring the model ({cfg.label}) ...")
+    ws.say({"reference": "measuring the dense model ...", "compare": "measuring the result ..."}.get(
+        cfg.timing, f"measuring the {cfg.label} model ..."))
     figures = lm_figures(ws.model, _evaluation(ws, cfg), causal=ws.causal_lm, macs=cfg.macs, progress=ws.progress)
     meta: dict[str, Any] = {}
     if cfg.timing == "reference":
