@@ -38,14 +38,18 @@ def _prune_inputs(ws: Workspace) -> dict[str, Any]:
 def _check_prune(ws: Workspace, cfg: Any) -> None:
     from ..methods import plan_prune
 
-    plan_prune(ws.model, cfg, progress=ws.progress, **_prune_inputs(ws))  # every check, changes nothing
+    # every check, changes nothing; the plan is made once and applied by the run
+    ws.state[("prune plan", id(cfg))] = plan_prune(ws.model, cfg, progress=ws.progress, **_prune_inputs(ws))
 
 
 def _run_prune(ws: Workspace, cfg: Any) -> StageResult:
-    from ..methods import prune_
+    from ..methods import apply_plan_, plan_prune
 
     ws.say(f"pruning with {cfg.method} ({cfg.pattern}, {cfg.allocation}) ...")
-    report = prune_(ws.model, cfg, progress=ws.progress, **_prune_inputs(ws))
+    plan = ws.state.pop(("prune plan", id(cfg)), None)
+    if plan is None:
+        plan = plan_prune(ws.model, cfg, progress=ws.progress, **_prune_inputs(ws))
+    report = apply_plan_(ws.model, plan)
     meta = {"method": cfg.method, "config": cfg.to_dict(), "prune_seconds": report.seconds,
             "sparsity_in_scope": report.sparsity,
             "settings": {"sparsity": report.target_sparsity, "pattern": report.pattern,

@@ -52,6 +52,7 @@ def test_texts_are_encoded_like_embed_texts(tmp_path, tiny_encoder):
                        progress=False)
     assert rep.dim == 32
     texts = pq.read_table(paths[1]).column("text").to_pylist()
+    # the same batches of 8 and 7 texts, the same padding: the same arithmetic, so the default rtol and a tiny atol
     np.testing.assert_allclose(np.load(tmp_path / "emb/part-00001.npy"), embed_texts(texts, tiny_encoder, batch_size=8),
                                atol=1e-6)
     info = json.loads((tmp_path / "emb/prunekit.json").read_text())
