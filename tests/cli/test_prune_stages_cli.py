@@ -69,7 +69,7 @@ def test_recover_with_too_few_windows_names_nsamples_before_pruning(tiny_folder,
     def no_pruning(*a, **k):
         raise AssertionError("pruned before the recovery was checked")
 
-    monkeypatch.setattr("prunekit.methods.prune_", no_pruning)
+    monkeypatch.setattr("prunekit.methods.apply_plan_", no_pruning)
     assert main(_prune(tiny_folder, tmp_path / "out", "--method", "magnitude", "--nsamples", "2", "--recover",
                        "lora")) == 2
     line = _one_error_line(capsys.readouterr().err)
