@@ -172,6 +172,10 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.device is not None and args.method not in CALIBRATED:
         raise ValueError(f"--device applies to the calibrated methods ({', '.join(CALIBRATED)}), run block by block; "
                          f"{args.method} runs where the model is, on the CPU. Drop --device")
+    if args.format == "compressed":  # a folder no reader here reads back is refused before any work
+        from ..export.save import check_compressed_readable
+
+        check_compressed_readable()
     from ..methods.prune import method_config
 
     # the same typed config a Python caller or a recipe builds (checked here, before anything is loaded)

@@ -225,8 +225,9 @@ def plan_save(model: nn.Module, fmt: str, dtype: SaveDtype):
     if fmt == "compressed":
         from .compressed import plan_compression
 
+        plan = plan_compression(model, dtype.dtype)  # "no sparsity to compress" first: true everywhere
         check_compressed_readable()
-        return plan_compression(model, dtype.dtype)
+        return plan
     return None
 
 
