@@ -36,7 +36,7 @@ def _llama(tokenizer, **kw):
 
 def _check(model, loaded, round_) -> None:
     """The loaded model's logits equal the in-memory model's with the same rounded weights, up to float32
-    summation order (readback.tolerance: 2^-24 x hidden width x blocks x logit scale x 64)."""
+    summation order (readback.tolerance: 2^-24 x sqrt(hidden width) x blocks x logit scale x 64)."""
     ids = torch.randint(0, model.config.vocab_size, (1, 48), generator=torch.Generator().manual_seed(1))
     expected = reference_logits(model, ids, round_)
     if next(loaded.parameters()).dtype != torch.float32:
@@ -178,6 +178,28 @@ def test_a_full_disk_during_export_says_no_space_left(tokenizer, tmp_path, monke
     err = capsys.readouterr().err
     assert "no space left on the device" in err and "corrupt" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("works", [True, False])
+def test_where_llama_cpp_is_built_every_gguf_export_is_run_by_it(tokenizer, tmp_path, monkeypatch, works):
+    """The wiring, with a stand-in llama-simple (the real one: the marked test below): its failure leaves no
+    file and names llama.cpp's own message; its success is reported."""
+    bin_ = tmp_path / "llama" / "bin"
+    bin_.mkdir(parents=True)
+    tool = bin_ / "llama-simple"
+    tool.write_text("#!/bin/sh\n" + ('echo "$2 ok"' if works else 'echo "llama_model_load: error loading model: '
+                                                                   'bad tensor type" >&2; exit 1') + "\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PRUNEKIT_LLAMA_CPP", str(tmp_path / "llama"))
+    path = tmp_path / "m.gguf"
+    if works:
+        report = export(_llama(tokenizer), tokenizer, path, to="gguf", quant="q8_0")
+        assert report.detail["read_back"][1]["note"].startswith("loaded and ran with llama.cpp")
+        assert "loaded and ran with llama.cpp" in str(report)
+    else:
+        with pytest.raises(ReadBackError, match=r"could not run .*bad tensor type; nothing was saved at .*m.gguf"):
+            export(_llama(tokenizer), tokenizer, path, to="gguf", quant="q8_0")
+        assert not path.exists() and list(tmp_path.glob("*.gguf")) == []
 
 
 # --- marked: other environments' readers ------------------------------------------------------------------
