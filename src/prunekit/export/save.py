@@ -129,7 +129,8 @@ def _write_safetensors(tensors: dict[str, Tensor], folder: Path) -> list[str]:
 
 @contextlib.contextmanager
 def disk_errors(path: str | Path):
-    """Turn a writer's report of a full disk (safetensors says ``IoError(... code: 28 ...)``) into the
+    """Turn a writer's report of a full disk (safetensors: ``SafetensorError("Error while serializing: I/O
+    error: No space left on device (os error 28)")``) into the
     ``OSError(ENOSPC)`` it is, so the user reads "no space left", not "file truncated or corrupt"."""
     try:
         yield
@@ -137,7 +138,7 @@ def disk_errors(path: str | Path):
         raise
     except Exception as exc:
         text = str(exc)
-        if "code: 28" in text or "No space left" in text or "StorageFull" in text:
+        if "os error 28" in text or "No space left" in text:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
         raise
 
