@@ -78,6 +78,16 @@ def test_per_layer_type_rope_bases_get_their_4x_names():
     assert nested["text_config"]["rope_theta"] == 5e5 and nested["text_config"]["torch_dtype"] == "bfloat16"
 
 
+def test_renamed_layer_types_are_written_with_the_names_4x_reads_and_5x_maps_back():
+    from transformers import AutoConfig
+
+    new = AutoConfig.for_model("granitemoehybrid", num_hidden_layers=2,
+                               layer_types=["linear_attention", "full_attention"]).to_dict()
+    old = reader_keys(new)
+    assert old["layer_types"] == ["mamba", "attention"]
+    assert AutoConfig.for_model(**old).layer_types == ["linear_attention", "full_attention"]
+
+
 def test_read_back_catches_a_reader_that_takes_the_default_rope_base(tokenizer, tmp_path):
     """What transformers 4.53 did with a config that had no rope_theta: the same weights, base 10000."""
     model = _llama(tokenizer)

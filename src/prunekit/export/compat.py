@@ -14,7 +14,9 @@ Fields handled, from transformers 5's own conversion code (``PreTrainedConfig.__
   ModernBERT's ``global_rope_theta`` / ``local_rope_theta``);
 - ``rope_parameters`` of a scaled RoPE (linear, dynamic, yarn, llama3, longrope) ↔ ``rope_scaling``
   (``null`` for the default RoPE, as 4.x wrote it);
-- ``rope_parameters.partial_rotary_factor`` ↔ ``partial_rotary_factor``.
+- ``rope_parameters.partial_rotary_factor`` ↔ ``partial_rotary_factor``;
+- layer types ``linear_attention`` / ``full_attention`` ↔ ``mamba`` / ``attention`` where 4.x configs used
+  the old names (GraniteMoeHybrid, Zamba2).
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ _LAYER_THETAS = {
     "modernbert-decoder": {"full_attention": "global_rope_theta", "sliding_attention": "local_rope_theta"},
 }
 _NOT_SCALING = ("rope_theta", "partial_rotary_factor")
+# Layer-type names 5.x renamed (configuration_utils._LEGACY_LAYER_TYPE_REMAP, old → new), and the model types
+# whose 4.x configs hold the old names (4.x GraniteMoeHybrid raises on the new ones). 5.x maps the old
+# names back to the new ones when it reads a config, so writing the old ones reads the same in both.
+_OLD_LAYER_NAMES = {"linear_attention": "mamba", "full_attention": "attention"}
+_OLD_LAYER_KEYS = {"granitemoehybrid": ("layer_types", "layers_block_type"), "zamba2": ("layers_block_type",)}
 
 
 def _rope_keys(params: Mapping[str, Any], model_type: str) -> dict[str, Any]:
@@ -60,6 +67,9 @@ def reader_keys(config: Mapping[str, Any]) -> dict[str, Any]:
     params = out.get("rope_parameters")
     if isinstance(params, Mapping) and params:
         out.update(_rope_keys(params, str(out.get("model_type", ""))))
+    for key in _OLD_LAYER_KEYS.get(str(out.get("model_type", "")), ()):
+        if isinstance(out.get(key), list):
+            out[key] = [_OLD_LAYER_NAMES.get(t, t) for t in out[key]]
     for key, value in list(out.items()):
         if isinstance(value, Mapping) and "model_type" in value:  # a sub-config (text_config, …)
             out[key] = reader_keys(value)
