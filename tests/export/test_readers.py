@@ -100,6 +100,36 @@ def test_read_back_catches_a_reader_that_takes_the_default_rope_base(tokenizer, 
         read_back_folder(model, tmp_path / "m", torch.bfloat16)
 
 
+def test_a_folder_the_stock_loader_cannot_build_is_not_reported_saved(tokenizer, tmp_path):
+    """A pruned shape the config does not describe (one layer's MLP narrower): from_pretrained fails or
+    mismatches; either way the export is an error and leaves nothing."""
+    import copy
+
+    model = _llama(tokenizer)
+    narrow = copy.deepcopy(model)
+    mlp = narrow.model.layers[0].mlp
+    for name in ("gate_proj", "up_proj"):
+        old = getattr(mlp, name)
+        setattr(mlp, name, torch.nn.Linear(64, 96, bias=False))
+        getattr(mlp, name).weight.data = old.weight.data[:96].clone()
+    mlp.down_proj = torch.nn.Linear(96, 64, bias=False)
+    with pytest.raises(ReadBackError, match=r"(cannot load it|does not read back).*nothing was saved at "):
+        export(narrow, tokenizer, tmp_path / "m", to="safetensors", dtype="float32")
+    assert not (tmp_path / "m").exists()
+
+
+def test_an_encoder_decoder_is_read_back_with_decoder_ids(tmp_path):
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = BartForConditionalGeneration(BartConfig(
+        vocab_size=120, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128)).eval()
+    report = export(model, None, tmp_path / "m", to="safetensors", dtype="float32")
+    rb = report.detail["read_back"]
+    assert rb["tokens"] == 64 and rb["max_abs_diff"] <= rb["tolerance"]
+
+
 # --- every artifact kind x every reader here ---------------------------------------------------------------
 
 FOLDERS = ["float32", "bfloat16", "float16"]
