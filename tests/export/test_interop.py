@@ -1,5 +1,6 @@
 """The compressed folders against the readers that read these layouts (compressed-tensors ≤ 0.14 with
-transformers 4.x). Set PRUNEKIT_CT_PYTHON to such an environment's python (docs/export.md says how to
+transformers 4.x). Set PRUNEKIT_CT_PYTHON to such an environment's python, or PRUNEKIT_TF4_PYTHON, or run
+`make venv-tf4` (docs/export.md says how to
 make one); the current releases (compressed-tensors 0.20, transformers 5) no longer read them."""
 
 import os
@@ -13,9 +14,12 @@ from prunekit.export.save import save_model
 
 from .conftest import logits, make_llama, pruned, rounded
 
-REF = os.environ.get("PRUNEKIT_CT_PYTHON")
+from .test_readers import HAS_TF4, TF4
+
+REF = os.environ.get("PRUNEKIT_CT_PYTHON") or (TF4 if HAS_TF4 else None)  # the 4.x venv has compressed-tensors 0.10
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not REF, reason="set PRUNEKIT_CT_PYTHON to a python with compressed-tensors<=0.14")]
+              pytest.mark.skipif(not REF, reason="set PRUNEKIT_CT_PYTHON (or PRUNEKIT_TF4_PYTHON) to a python with "
+                                                 "compressed-tensors<=0.14, or run 'make venv-tf4'")]
 
 
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
