@@ -17,7 +17,12 @@ from prunekit.core.fraction import keep_count
 from prunekit.structured.hf_common import top
 from prunekit.structured.transformers import expert_neuron_scores, neuron_scores, unit_scores
 
+from tests.tolerances import tol
+
 IDS = torch.randint(0, 128, (2, 12))
+# A physically smaller model against the masked original: the same non-zero terms, summed by narrower kernels
+# in another order; 2 layers of q/k/v (64), scores (head 16), values (12 tokens), o (64), MLP (64 + 128), head (64)
+SMALLER_VS_MASKED = tol(torch.float32, k=2 * (64 + 16 + 12 + 64 + 64 + 128) + 64)
 VARIANTS = [(f, {}) for f in FAMILIES] + [
     ("falcon", {"new_decoder_architecture": False, "multi_query": True}),  # Falcon-7B: one key/value head
     ("falcon", {"new_decoder_architecture": False, "multi_query": False, "num_kv_heads": 4}),  # Falcon-RW
@@ -67,7 +72,7 @@ def test_heads_equal_zeroed_output_columns(family, overrides, tmp_path):
         report = ps.prune_heads_(model, sparsity=0.5)
     assert report.heads_after == report.heads_before // 2
     assert model.config.num_attention_heads == report.heads_after
-    torch.testing.assert_close(_out(model), _out(reference), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_out(model), _out(reference), **SMALLER_VS_MASKED)
     assert report.reloadable == (family not in DERIVED_HEAD_SIZE)
     if report.reloadable:
         _reloads(model, tmp_path)
@@ -90,7 +95,7 @@ def test_neurons_equal_zeroed_down_columns_and_reload(family, tmp_path):
     report = ps.prune_neurons_(model, sparsity=0.5)
     assert all(after == before // 2 for before, after in report.widths.values())
     assert all(getattr(model.config, f) == after for f, (_, after) in report.widths.items())
-    torch.testing.assert_close(_out(model), _out(reference), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_out(model), _out(reference), **SMALLER_VS_MASKED)
     assert report.reloadable
     _reloads(model, tmp_path)
 

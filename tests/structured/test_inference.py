@@ -8,6 +8,8 @@ import prunekit.structured as ps
 from prunekit.models import ResNetStyle
 from prunekit.models.structured_zoo import MobileNetV2Style
 
+from tests.tolerances import tol
+
 X = torch.randn(2, 1, 28, 28)
 
 
@@ -24,7 +26,8 @@ def test_fold_bn_keeps_outputs_and_removes_batchnorm():
     expected = model(X)
     ps.fold_bn_(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    torch.testing.assert_close(model(X), expected, rtol=1e-4, atol=1e-5)
+    # folding rounds each weight once more and sums in another order: about 9 + 72 + 144 + 288 + 32 terms
+    torch.testing.assert_close(model(X), expected, **tol(torch.float32, k=9 + 72 + 144 + 288 + 32, scale=4))
     with pytest.raises(ValueError, match="eval"):
         ps.fold_bn_(ResNetStyle().train())
 
@@ -33,9 +36,11 @@ def test_for_inference_matches_the_pruned_model_and_leaves_it_alone():
     model = _with_stats(MobileNetV2Style())
     small = ps.prune(model, X, sparsity=0.5)
     fast = ps.for_inference(small, X)
-    torch.testing.assert_close(fast(torch.randn(5, 1, 28, 28) * 0 + X[:1]), small(X[:1]).expand(5, -1),
-                               rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(fast(X), small(X), rtol=1e-4, atol=1e-4)
+    # fused kernels (BN folded in, another batch) sum in other orders: at most about 900 terms along MobileNetV2's
+    # path (stem 9, five blocks of 1×1 + 3×3 depthwise + 1×1, head 64, pooling 49, fc 128)
+    fused = tol(torch.float32, k=900)
+    torch.testing.assert_close(fast(torch.randn(5, 1, 28, 28) * 0 + X[:1]), small(X[:1]).expand(5, -1), **fused)
+    torch.testing.assert_close(fast(X), small(X), **fused)
     assert any(isinstance(m, nn.BatchNorm2d) for m in small.modules())  # the source keeps its BatchNorms
     assert not fast.training
     with pytest.raises(ValueError, match="dict"):

@@ -19,7 +19,7 @@ def test_block_influence_is_one_minus_cosine():
         model.model.layers[1].self_attn.o_proj.weight.zero_()
         model.model.layers[1].mlp.down_proj.weight.zero_()
     bi = ps.block_influence(model, [IDS, IDS[:1]])
-    assert abs(float(bi[1])) < 1e-9 and int(bi.argmin()) == 1
+    assert abs(float(bi[1])) < 1e-9 and int(bi.argmin()) == 1  # float64: cos(h, h) is 1 to 32·eps64 ≈ 7e-15
 
 
 def test_removing_the_least_influential_block_reloads(tmp_path):

@@ -4,93 +4,16 @@ what held the rest (the reasons channels stayed pinned)."""
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
-from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
+from torch import nn
 
-from ..core.calling import call_model
+from ..metrics.macs import count_macs  # noqa: F401  (the one MAC counter; structured re-exports it)
 from .graph import DependencyGraph
-from .record import op_name
 
 INTERFACE = ("model output", "ignore=")  # pins that the model's interface asks for, not limits of the graph
-
-
-class _MacCounter(TorchFunctionMode):
-    """Counts multiply-accumulates of convolutions, linear layers, matrix products, einsums and attention
-    at the torch-function level (so a fused attention or ``F.linear`` is counted once, by formula)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.macs = 0
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        try:
-            self.macs += _macs_of(op_name(func), args, kwargs, out)
-        except Exception:  # an unusual signature: not counted
-            pass
-        return out
-
-
-def _numel(shape: Any) -> int:
-    return math.prod(shape)
-
-
-def _macs_of(name: str, args: tuple, kwargs: dict, out: Any) -> int:
-    if name in ("conv1d", "conv2d", "conv3d"):
-        w = args[1] if len(args) > 1 else kwargs["weight"]
-        return out.numel() * _numel(w.shape[1:])
-    if name in ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):
-        w = args[1] if len(args) > 1 else kwargs["weight"]
-        return args[0].numel() * _numel(w.shape[1:])
-    if name == "linear":
-        w = args[1] if len(args) > 1 else kwargs["weight"]
-        return out.numel() * w.shape[-1]
-    if name in ("matmul", "mm", "bmm", "rmatmul", "mv", "dot"):
-        a = args[0] if name != "rmatmul" else args[1]
-        return (out.numel() if isinstance(out, Tensor) and out.dim() else 1) * a.shape[-1]
-    if name in ("addmm", "baddbmm", "addbmm", "addmv"):
-        return out.numel() * args[1].shape[-1]
-    if name == "einsum":
-        ops = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
-        if len(ops) == 1:
-            return 0
-        eq = args[0].replace(" ", "").split("->")[0].split(",")
-        sizes: dict[str, int] = {}
-        for spec, t in zip(eq, ops):
-            spec = spec.replace("...", "")
-            for c, n in zip(spec[::-1], reversed(t.shape)):
-                sizes[c] = max(sizes.get(c, 1), n)
-        batch = _numel(t.shape[: t.dim() - len(eq[-1].replace("...", ""))]) if "..." in eq[-1] else 1
-        return batch * _numel(sizes.values())
-    if name == "scaled_dot_product_attention":
-        q, k, v = args[0], args[1], args[2]
-        return q.numel() * k.shape[-2] + out.numel() * v.shape[-2]
-    if name in ("multi_head_attention_forward", "_native_multi_head_attention"):
-        q, k = args[0], args[1]
-        e = q.shape[-1]
-        return 4 * q.numel() * e + 2 * q.numel() * (k.shape[0] if name != "_native_multi_head_attention" else k.shape[1])
-    return 0
-
-
-def count_macs(model: nn.Module, inputs: Any) -> int:
-    """Multiply-accumulates of one forward pass on ``inputs``: every convolution, linear layer, matrix
-    product and attention (scores and values) counted, whichever module or function runs it."""
-    was = model.training
-    model.eval()
-    counter = _MacCounter()
-    try:
-        with torch.no_grad(), counter:
-            call_model(model, inputs)
-    finally:
-        model.train(was)
-    return int(counter.macs)
 
 
 def count_params(model: nn.Module) -> int:
