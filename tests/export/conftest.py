@@ -57,3 +57,11 @@ def rounded(model, dtype=torch.bfloat16):
 def logits(model, ids):
     with torch.no_grad():
         return model(ids).logits
+
+
+@pytest.fixture
+def old_stack(monkeypatch):
+    """Write compressed folders here as where transformers 4.x + compressed-tensors <= 0.14 read them (this
+    environment's stack does not: save_model refuses). Tests of the layout itself pass read_back=False
+    and read the folder with prunekit's own reader; tests/export/test_readers.py reads them in a 4.x venv."""
+    monkeypatch.setattr("prunekit.export.save.compressed_reader", lambda: "stock")

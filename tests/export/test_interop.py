@@ -1,6 +1,7 @@
 """The compressed folders against the readers that read these layouts (compressed-tensors ≤ 0.14 with
-transformers 4.x). Set PRUNEKIT_CT_PYTHON to such an environment's python (docs/export.md says how to
-make one); the current releases (compressed-tensors 0.20, transformers 5) no longer read them."""
+transformers 4.x). Set PRUNEKIT_CT_PYTHON to such an environment's python, or PRUNEKIT_TF4_PYTHON, or run
+`make venv-tf4` (docs/export.md says how to make one); the current releases (compressed-tensors 0.20,
+transformers 5) no longer read them."""
 
 import os
 
@@ -12,18 +13,20 @@ from prunekit.export.interop import logits_in
 from prunekit.export.save import save_model
 
 from .conftest import logits, make_llama, pruned, rounded
+from .test_readers import HAS_TF4, TF4
 
 from tests.tolerances import tol
 
-REF = os.environ.get("PRUNEKIT_CT_PYTHON")
+REF = os.environ.get("PRUNEKIT_CT_PYTHON") or (TF4 if HAS_TF4 else None)  # the 4.x venv has compressed-tensors 0.10
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not REF, reason="set PRUNEKIT_CT_PYTHON to a python with compressed-tensors<=0.14")]
+              pytest.mark.skipif(not REF, reason="set PRUNEKIT_CT_PYTHON (or PRUNEKIT_TF4_PYTHON) to a python with "
+                                                 "compressed-tensors<=0.14, or run 'make venv-tf4'")]
 
 
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
-def test_compressed_tensors_reads_our_folders_with_identical_logits(tokenizer, tmp_path, pattern):
+def test_compressed_tensors_reads_our_folders_with_identical_logits(tokenizer, tmp_path, pattern, old_stack):
     model = pruned(make_llama(len(tokenizer)), pattern)
-    save_model(model, tokenizer, tmp_path / "m", "compressed", SaveDtype(torch.bfloat16, "test"))
+    save_model(model, tokenizer, tmp_path / "m", "compressed", SaveDtype(torch.bfloat16, "test"), read_back=False)
     ids = torch.randint(0, len(tokenizer), (2, 12))
     theirs, versions = logits_in(REF, tmp_path / "m", ids)
     assert versions["compressed_tensors"] is not None

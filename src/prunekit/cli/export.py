@@ -4,6 +4,12 @@ runtimes, a compressed-tensors sparse folder, or a dense safetensors folder in t
     prunekit export pruned/ --to gguf --quant q8_0 --out pruned.gguf
     prunekit export pruned/ --to gguf --quant source --out pruned-q4_1.gguf   # the source GGUF's own types
     prunekit export pruned/ --to compressed --out pruned-compressed/
+
+Nothing is reported written until it reads back: the folder with this environment's from_pretrained,
+the GGUF file with transformers' GGUF reader (and llama.cpp's llama-simple where 'make llama-cpp' built
+it), logits compared with the model in memory. --to compressed needs a reader of the compressed-tensors
+sparse layouts (transformers 4.x with compressed-tensors <= 0.14): this environment, or the python that
+PRUNEKIT_COMPRESSED_READER names.
 """
 
 from __future__ import annotations

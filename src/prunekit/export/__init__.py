@@ -30,7 +30,9 @@ from ..core.meta import write_meta
 from .config import EXPORTERS, CompressedExport, ExportConfig, GGUFExport, SafetensorsExport
 from .dtype import SaveDtype, resolve_dtype, source_dtype
 from .load import load_artifact
-from .save import SavedModel, plan_save, save_model
+from .readback import ReadBackError, read_back_gguf
+from .llama_cpp import read_back_llama_cpp
+from .save import SavedModel, disk_errors, plan_save, save_model
 
 
 @dataclass
@@ -52,7 +54,16 @@ class ExportReport:
         head = f"exported {self.to} ({what}) to {self.path}: {self.bytes:,} bytes ({self.bytes / 1e6:,.1f} MB)"
         if self.dtype and self.detail.get("dtype_reason"):
             head += f"; dtype {self.dtype}: {self.detail['dtype_reason']}"
-        return "\n".join([head] + [f"  note: {n}" for n in self.notes])
+        checks = self.detail.get("read_back") or []
+        checks = checks if isinstance(checks, list) else [checks]
+        lines = [head]
+        for rb in checks:
+            if rb.get("reader"):
+                lines.append(f"  read back with {rb['reader']}: max |Δ logit| {rb['max_abs_diff']:.1e} over "
+                             f"{rb['tokens']} tokens (tolerance {rb['tolerance']:.1e})")
+            elif rb.get("note"):
+                lines.append(f"  {rb['note']}")
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
 
 def find_source_gguf(spec: str | os.PathLike | None) -> Path | None:
@@ -124,19 +135,24 @@ def export(model: nn.Module, tokenizer: Any, out: str | os.PathLike,
         target = check_file_target(out, overwrite, _gguf_bytes_estimate(model, cfg.quant))
         plan = plan_gguf(model, tokenizer, cfg.quant, find_source_gguf(source))
         with atomic_file(target) as tmp:
-            report = write_gguf(model, plan, tmp, description=description, progress=progress)
-        detail = report.to_dict()
+            with disk_errors(target):
+                report = write_gguf(model, plan, tmp, description=description, progress=progress)
+            detail = report.to_dict()
+            detail["read_back"] = [read_back_gguf(model, tmp, plan, target=target).to_dict()]
+            llama = read_back_llama_cpp(model, tmp, plan, target=target)
+            detail["read_back"].append(llama)
         detail["path"] = str(target)
         return ExportReport("gguf", str(target), target.stat().st_size, None, detail, list(report.notes))
     dtype = resolve_dtype(cfg.dtype, source)
     plan = plan_save(model, cfg.to, dtype)
     target = check_output_folder(out, overwrite)
     with output_folder(target, overwrite) as tmp:
-        saved = save_model(model, tokenizer, tmp, cfg.to, dtype, plan)
+        saved = save_model(model, tokenizer, tmp, cfg.to, dtype, plan, target=target)
         write_meta(tmp, {**dict(meta or {}), "export": cfg.to_dict(), "saved": saved.to_dict()})
     return ExportReport(cfg.to, str(target), saved.weight_bytes, saved.dtype, saved.to_dict(), [])
 
 
-__all__ = ["CompressedExport", "EXPORTERS", "ExportConfig", "ExportReport", "GGUFExport", "SafetensorsExport",
+__all__ = ["CompressedExport", "EXPORTERS", "ExportConfig", "ExportReport", "GGUFExport", "ReadBackError",
+           "SafetensorsExport",
            "SaveDtype", "SavedModel", "check_file_target", "export", "find_source_gguf", "load_artifact",
            "plan_save", "resolve_dtype", "save_model", "source_dtype"]

@@ -238,6 +238,14 @@ def plan_gguf(model: nn.Module, tokenizer: Any, quant: str = "q8_0", source: str
             offset_types.add(qtype.name)
         heads = n_head if ".attn_q." in f".{name}" else n_kv if ".attn_k." in f".{name}" else 0
         tensors.append(TensorPlan(name, key, tuple(t.shape), qtype.name, heads))
+    over = [(t.name, float(state[t.key].detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max()))
+            for t in tensors if t.qtype == "F16"]
+    over = [(n, v) for n, v in over if v > 65504.0]
+    if over:
+        names = ", ".join(f"{n} (|w| up to {v:.3g})" for n, v in over[:5])
+        raise ValueError(f"GGUF type F16: {len(over)} tensor(s) hold values beyond float16's range ±65504, which "
+                         f"would become inf (and the file give NaN logits): {names}"
+                         f"{f' and {len(over) - 5} more' if len(over) > 5 else ''}. Use --quant bf16 or f32")
     for name in sorted(offset_types):
         notes.append(f"{name} stores each block as scale × q + minimum, so a pruned weight's zeros come back as "
                      "small non-zeros (the sparsity is lost and the error grows); the symmetric types "

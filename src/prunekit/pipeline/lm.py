@@ -258,6 +258,9 @@ def _validate_save(cfg: SaveConfig, stages: Sequence[Stage], name_of: Any) -> No
         if getattr(other, "sparsity", None) == 0 and kind == "prune":
             raise ValueError(f"{fmt} with {name_of('prune', 'sparsity')} 0: no weight would be zero, so the compressed "
                              f"folder would be larger than the dense one. Use {name_of('save', 'format')} safetensors")
+    from ..export.save import check_compressed_readable
+
+    check_compressed_readable()  # a folder no reader here reads back is refused before any work
 
 
 @contextlib.contextmanager
