@@ -23,6 +23,7 @@ sums); it costs about two extra forwards per block, but memory stays at ``batch_
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Any
 
 import torch
@@ -54,9 +55,50 @@ def symmetric_gram(x: Tensor, pieces: int = 4) -> Tensor:
     return out
 
 
+STATS_CHUNK_TOKENS = 4096
+
+
+def row_chunks(x: Tensor, tokens: int = STATS_CHUNK_TOKENS):
+    """The rows of ``x`` (…, d) as float32 (n, d) pieces of at most about ``tokens`` rows, in order, without a
+    float copy of the whole of ``x``: a contiguous float32 ``x`` is only viewed, any other is copied one piece
+    at a time (slices along its first dimension)."""
+    x = x.detach()
+    d = x.shape[-1]
+    if x.dim() < 2 or x.is_contiguous():
+        flat = x.reshape(-1, d)
+        for i in range(0, flat.shape[0], tokens):
+            yield flat[i:i + tokens].float()
+        return
+    per = max(1, x[0].numel() // d)  # rows in one slice along the first dimension
+    step = max(1, tokens // per)
+    for i in range(0, x.shape[0], step):
+        yield x[i:i + step].reshape(-1, d).float()
+
+
+def input_sums(x: Tensor, hessian: bool) -> tuple[Tensor, Tensor | None, int]:
+    """(Σ x², Σ x·xᵀ or None, rows) over the rows of ``x`` (…, d), in float32, summed over pieces of
+    :data:`STATS_CHUNK_TOKENS` rows so that no full-size copy or square of ``x`` is ever made."""
+    sq: Tensor | None = None
+    gram: Tensor | None = None
+    rows = 0
+    for c in row_chunks(x):
+        s = c.square().sum(0)
+        sq = s if sq is None else sq.add_(s)
+        if hessian:
+            g = symmetric_gram(c)
+            gram = g if gram is None else gram.add_(g)
+        rows += c.shape[0]
+    if sq is None:  # no rows at all
+        d = x.shape[-1]
+        sq, gram = x.new_zeros(d, dtype=torch.float32), x.new_zeros(d, d, dtype=torch.float32) if hessian else None
+    return sq, gram, rows
+
+
 class OnePassStats:
     """Input statistics of the layers of one block, taken as each layer is called (the same interface the
-    methods read from :class:`prunekit.calibrate.InputStats`): layers fed the very same tensor share them."""
+    methods read from :class:`prunekit.calibrate.InputStats`): layers fed the very same tensor share them.
+    Only weak references to the inputs are kept (to recognise a shared input), so an input is freed as soon
+    as the block's forward is done with it."""
 
     def __init__(self, hessian: bool) -> None:
         self.hessian = hessian
@@ -64,21 +106,21 @@ class OnePassStats:
         self.sq_norms: dict[str, Tensor] = {}
         self.grams: dict[str, Tensor] = {}
         self.tokens: dict[str, int] = {}
-        self._by_input: dict[int, tuple[Tensor, str]] = {}
+        self._by_input: dict[int, tuple[weakref.ref, str]] = {}
 
     def add(self, name: str, x: Tensor) -> None:
         """Record the input ``x`` of layer ``name`` (computed once per distinct tensor)."""
         seen = self._by_input.get(id(x))
-        if seen is not None and seen[0] is x:
+        if seen is not None and seen[0]() is x:
             self.owner[name] = seen[1]
             return
-        self._by_input[id(x)] = (x, name)
+        self._by_input[id(x)] = (weakref.ref(x), name)
         self.owner[name] = name
-        flat = x.detach().reshape(-1, x.shape[-1]).float()
-        self.sq_norms[name] = flat.square().sum(0)
-        self.tokens[name] = flat.shape[0]
-        if self.hessian:
-            self.grams[name] = symmetric_gram(flat)
+        sq, gram, rows = input_sums(x, self.hessian)
+        self.sq_norms[name] = sq
+        self.tokens[name] = rows
+        if gram is not None:
+            self.grams[name] = gram
 
     def seen(self, name: str) -> bool:
         return name in self.owner
@@ -99,7 +141,7 @@ class StagedStats(OnePassStats):
 
     def __init__(self, hessian: bool) -> None:
         super().__init__(hessian)
-        self._last: tuple[Tensor, str] | None = None
+        self._last: tuple[weakref.ref, str] | None = None
 
     def new_call(self) -> None:
         """Start a block call: inputs seen before cannot be shared with the next ones."""
@@ -107,23 +149,22 @@ class StagedStats(OnePassStats):
 
     def add(self, name: str, x: Tensor) -> None:
         """Add the input ``x`` of layer ``name`` to its (or its input-sharing owner's) sums."""
-        if self._last is not None and self._last[0] is x:
+        if self._last is not None and self._last[0]() is x:
             self.owner.setdefault(name, self._last[1])
             return
-        self._last = (x, name)
+        self._last = (weakref.ref(x), name)
         self.owner.setdefault(name, name)
-        flat = x.detach().reshape(-1, x.shape[-1]).float()
-        sq = flat.square().sum(0)
+        sq, gram, rows = input_sums(x, self.hessian)
         if name in self.sq_norms:
             self.sq_norms[name] += sq
-            self.tokens[name] += flat.shape[0]
-            if self.hessian:
-                self.grams[name] += symmetric_gram(flat)
+            self.tokens[name] += rows
+            if gram is not None:
+                self.grams[name] += gram
         else:
             self.sq_norms[name] = sq
-            self.tokens[name] = flat.shape[0]
-            if self.hessian:
-                self.grams[name] = symmetric_gram(flat)
+            self.tokens[name] = rows
+            if gram is not None:
+                self.grams[name] = gram
 
 
 class _StopBlock(Exception):
