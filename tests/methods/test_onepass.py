@@ -154,3 +154,44 @@ def test_sequential_layer_is_the_default_and_block_is_the_papers_order():
     assert r.config["sequential"] == "layer"
     down = lambda m: m.model.layers[1].mlp.down_proj.weight  # noqa: E731
     assert torch.equal(down(default), down(layer)) and not torch.allclose(down(default), down(block))
+
+
+@pytest.mark.parametrize("shape, transpose", [((3, 50, 40), False), ((3, 50, 40), True), ((130, 40), False),
+                                              ((130, 40), True)])
+def test_input_sums_over_pieces_equal_the_whole_sums(shape, transpose, monkeypatch):
+    from prunekit.methods import onepass
+
+    monkeypatch.setattr(onepass, "STATS_CHUNK_TOKENS", 32)  # several pieces, one of them short
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    if transpose:  # a non-contiguous input (as an attention output before its reshape can be)
+        x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+        assert not x.is_contiguous()
+    flat = x.reshape(-1, x.shape[-1])
+    sq, gram, rows = onepass.input_sums(x, hessian=True)
+    assert rows == flat.shape[0] and sq.dtype == torch.float32 and gram.dtype == torch.float32
+    # float32 sums of ≤ 150 products of unit-scale values: relative error a few 1e-7 × sqrt(150), well under 1e-5
+    torch.testing.assert_close(sq, flat.square().sum(0).float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gram, (flat.t() @ flat).float(), rtol=1e-5, atol=1e-4)
+    pieces = list(onepass.row_chunks(x, 32))
+    assert len(pieces) > 1 and all(p.shape[0] <= 50 for p in pieces)
+    assert torch.equal(torch.cat(pieces), flat.float())
+
+
+def test_one_pass_stats_share_an_input_without_keeping_it_alive():
+    import gc
+    import weakref
+
+    from prunekit.methods.onepass import OnePassStats, StagedStats
+
+    for cls in (OnePassStats, StagedStats):
+        stats = cls(hessian=True)
+        x = torch.randn(4, 8, 16)
+        stats.add("q", x)
+        stats.add("k", x)  # the very same tensor: shared, summed once
+        stats.add("o", x.clone())
+        assert stats.owner == {"q": "q", "k": "q", "o": "o"}
+        assert stats.n_tokens("k") == 32 and torch.equal(stats.gram("k"), stats.gram("q"))
+        ref = weakref.ref(x)
+        del x
+        gc.collect()
+        assert ref() is None, cls.__name__  # the statistics hold no reference to a layer's input
