@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 import prunekit.structured as ps
-from prunekit.core.stats import summary
+from prunekit.metrics.summary import summary
 from prunekit.datasets import load_fashion_mnist
 from prunekit.metrics.accuracy import accuracy
 from prunekit.core.latency import latency

@@ -170,7 +170,7 @@ def measure(zoo: str, name: str, tool: str) -> dict[str, Any]:
 
     from prunekit.core.calling import call_model
     from prunekit.structured import count_macs
-    from prunekit.structured.report import count_params
+    from prunekit.structured import count_params
 
     torch.set_num_threads(1)
     row: dict[str, Any] = {"zoo": zoo, "model": name, "tool": tool}

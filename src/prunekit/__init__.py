@@ -15,7 +15,7 @@ from .core.mask import Mask, finalize_, get_mask, load_state_dict_, masked_modul
 from .core.pattern import Pattern, parse_pattern
 from .core.scope import Scope, Target, select_targets
 from .core.sparse_io import effective_state_dict, load_sparse, save_sparse
-from .core.stats import ModelSummary, summary
+from .metrics.summary import ModelSummary, summary
 from .criteria import CRITERIA
 from .methods import METHODS, PruneReport, prune_
 from .core.latency import Latency, latency

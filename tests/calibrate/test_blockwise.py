@@ -7,6 +7,8 @@ from torch import nn
 from prunekit.calibrate import calibration_batches, capture_inputs, find_blocks, run_block, walk_blocks_
 from prunekit.models.tiny import FAMILIES, tiny_model
 
+from tests.tolerances import tol
+
 BLOCK_LISTS = {"gpt2": "transformer.h", "falcon": "transformer.h", "gpt_neox": "gpt_neox.layers",
                "opt": "model.decoder.layers", "bert": "encoder.layer"}
 
@@ -35,8 +37,10 @@ def test_each_block_sees_the_hidden_states_the_full_forward_computes(family):
         seen[i] = torch.cat([s.hidden for s in inputs])
 
     assert walk_blocks_(model, ids, visit, batch_size=4, progress=False) == 3
+    # batches of 4 against one of 6: other kernels, so each of the 3 blocks' sums (hidden 64, MLP 128, 12
+    # tokens, about 350 terms a block) may come in another order
     for i in range(3):
-        torch.testing.assert_close(seen[i], ref[i], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(seen[i], ref[i], **tol(torch.float32, k=3 * 350))
 
 
 @pytest.mark.parametrize("family", ["gemma2", "gemma3"])

@@ -177,7 +177,7 @@ def test_an_internal_error_is_one_line_with_exit_1_and_debug_shows_the_traceback
     def boom(*a, **k):
         raise RuntimeError("something inside broke\nwith a second line")
 
-    monkeypatch.setattr("prunekit.core.stats.summary", boom)
+    monkeypatch.setattr("prunekit.metrics.summary.summary", boom)
     assert main(["summary", "--model", "mlp"]) == 1
     line = _one_error_line(capsys.readouterr().err, "summary")
     assert line == ("prunekit summary: error: RuntimeError: something inside broke with a second line "
@@ -192,7 +192,7 @@ def test_permission_errors_are_one_line_with_exit_1(monkeypatch, capsys):
     def denied(*a, **k):
         raise PermissionError(13, "Permission denied", "/data/w.safetensors")
 
-    monkeypatch.setattr("prunekit.core.stats.summary", denied)
+    monkeypatch.setattr("prunekit.metrics.summary.summary", denied)
     assert main(["summary", "--model", "mlp"]) == 1
     assert "permission denied: /data/w.safetensors" in _one_error_line(capsys.readouterr().err, "summary")
 

@@ -74,3 +74,23 @@ def test_bench_prints_a_table(capsys):
          "--methods", "random", "rs2", "--epochs", "2", "--quiet"])
     out = capsys.readouterr().out
     assert "| random |" in out and "| rs2 |" in out and "full data" in out
+
+
+def test_outputs_that_share_a_path_or_replace_an_input_are_refused(tmp_path):
+    from prunekit.core.atomic import OutputError
+
+    emb = tmp_path / "emb.npy"
+    np.save(emb, np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32))
+    same = tmp_path / "d.npy"
+    with pytest.raises(OutputError, match="--out and --clusters-out are the same path"):
+        run(["data", "score", "--data", str(emb), "--method", "density", "--n-clusters", "4",
+             "--out", str(same), "--clusters-out", str(same), "--quiet"])
+    with pytest.raises(OutputError, match="is the input --data"):
+        run(["data", "score", "--data", str(emb), "--method", "prototypes", "--n-clusters", "4",
+             "--out", str(emb), "--overwrite", "--quiet"])
+    scores = tmp_path / "s.npy"
+    np.save(scores, np.arange(10, dtype=float))
+    with pytest.raises(OutputError, match="is the input --scores"):
+        run(["data", "select", "--scores", str(scores), "--keep", "0.5", "--out", str(scores), "--overwrite"])
+    assert np.array_equal(np.load(scores), np.arange(10, dtype=float))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy", "s.npy"]

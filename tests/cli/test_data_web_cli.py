@@ -72,3 +72,15 @@ def test_bad_web_inputs_are_one_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no file matches"):
         run(["data", "embed", "--texts", str(tmp_path / "*.parquet"), "--out", str(tmp_path / "e")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy"]
+
+
+def test_pairs_out_and_out_on_one_path_is_an_error(tmp_path, capsys):
+    from prunekit.cli import main
+
+    np.save(tmp_path / "emb.npy", planted(n=100, d=4, dups=0)[0])
+    same = tmp_path / "x.parquet"
+    rc = main(["data", "dedup", "--emb", str(tmp_path / "emb.npy"), "--clusters", "4", "--eps", "0.1",
+               "--out", str(same), "--pairs-out", str(same)])
+    assert rc == 2
+    assert "--out and --pairs-out are the same path" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy"]

@@ -40,6 +40,10 @@ def test_merge_cli_json(folders, tmp_path, capsys):
     ([], "--density is required"),
     (["--density", "0.5", "--epsilon", "0.1"], "unknown option 'epsilon'"),
     (["--method", "dare_tie", "--density", "0.5"], "did you mean 'dare_ties'"),
+    (["--method", "linear", "--scale", "nan"], "scale must be a finite number within float32's range"),
+    (["--method", "linear", "--scale", "inf"], "scale must be a finite number within float32's range"),
+    (["--method", "linear", "--scale", "1e39"], "scale must be a finite number within float32's range"),
+    (["--method", "linear", "--weights", "1e39", "1e39"], "weights must be finite numbers within float32's range"),
 ])
 def test_merge_cli_errors(folders, tmp_path, capsys, argv, message):
     out = tmp_path / "never"

@@ -217,6 +217,39 @@ def test_a_second_writer_of_the_same_out_fails_at_once(tmp_path):
     assert _tag(out) == "first" and os.listdir(tmp_path) == ["pruned"]
 
 
+@pytest.mark.parametrize("plant", ["symlink", "hardlink", "user-file", "folder"])
+def test_a_lock_path_prunekit_did_not_make_is_refused_and_left_as_it_is(tmp_path, plant):
+    from prunekit.core.fsops import LockFileError
+
+    victim = tmp_path / "notes.txt"
+    victim.write_text("the user's own file")
+    lock = tmp_path / ".pruned.prunekit-lock"
+    if plant == "symlink":
+        lock.symlink_to(victim)
+    elif plant == "hardlink":
+        os.link(victim, lock)
+    elif plant == "user-file":
+        lock.write_text("the user's own file")
+    else:
+        lock.mkdir()
+    with pytest.raises(LockFileError, match="the lock file .* prunekit did not make it"):
+        with output_folder(tmp_path / "pruned") as tmp:
+            _marker(tmp)
+    assert victim.read_text() == "the user's own file"
+    assert not (tmp_path / "pruned").exists()
+    if plant == "user-file":
+        assert lock.read_text() == "the user's own file"
+
+
+def test_a_stale_lock_left_by_a_killed_run_is_taken_over(tmp_path):
+    for stale in ("prunekit-lock pid 999999\n", "12345", ""):  # this version's, an older version's, just created
+        (tmp_path / ".pruned.prunekit-lock").write_text(stale)
+        with output_folder(tmp_path / "pruned", overwrite=True) as tmp:
+            assert (tmp_path / ".pruned.prunekit-lock").read_text() == f"prunekit-lock pid {os.getpid()}\n"
+            _marker(tmp)
+        assert not (tmp_path / ".pruned.prunekit-lock").exists()
+
+
 def test_out_filled_by_someone_else_meanwhile_is_not_replaced(tmp_path):
     out = tmp_path / "pruned"
     with pytest.raises(OutputError, match="prunekit did not write.*changed while this run worked"):
@@ -392,3 +425,25 @@ def test_recover_restores_an_old_folder_hidden_by_a_killed_swap(tmp_path):
     notes = recover(out)
     assert any("restored" in n for n in notes)
     assert _tag(out) == "old" and os.listdir(tmp_path) == ["pruned"]
+
+
+# ------------------------------------------------------------------------------------- check_distinct
+
+
+def test_check_distinct_refuses_shared_outputs_and_outputs_over_inputs(tmp_path, monkeypatch):
+    from prunekit.core.atomic import check_distinct
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "emb").mkdir()
+    (tmp_path / "scores.npy").write_bytes(b"x")
+    os.link(tmp_path / "scores.npy", tmp_path / "hard.npy")
+    check_distinct({"--out": "keep.npy", "--pairs-out": "pairs.parquet", "--work": "w", "--x": None},
+                   {"--emb": "emb", "--subset": ["scores.npy", None]})
+    with pytest.raises(OutputError, match="--out and --pairs-out are the same path"):
+        check_distinct({"--out": "x.parquet", "--pairs-out": str(tmp_path / "x.parquet")})
+    with pytest.raises(OutputError, match="--out and --work are one inside the other"):
+        check_distinct({"--out": "w/keep.npy", "--work": "w"})  # removing the work folder would delete --out
+    with pytest.raises(OutputError, match="--out .* is the input --scores"):
+        check_distinct({"--out": "hard.npy"}, {"--scores": "scores.npy"})  # one file under two names
+    with pytest.raises(OutputError, match="--out .* holds the input --emb"):
+        check_distinct({"--out": "."}, {"--emb": "emb"})

@@ -48,3 +48,25 @@ def test_hf_lm_head_tied_and_output_are_skipped():
                                                           num_attention_heads=2, intermediate_size=32))
     bnames = [t.name for t in select_targets(bert)]
     assert "encoder.layer.0.output.dense" in bnames and "pooler.dense" in bnames
+
+
+def test_a_conv_inside_a_block_list_is_not_taken_for_the_stem():
+    # Mamba's blocks each hold a conv1d: skipping "the first conv" left block 0's out of scope and block 1's in
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(4, 4, 3, groups=4)
+            self.proj = nn.Linear(4, 4)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv1d(2, 4, 3)
+            self.blocks = nn.ModuleList([Block(), Block()])
+            self.head = nn.Linear(4, 2)
+
+    with_stem = [t.name for t in select_targets(Net())]
+    assert with_stem == ["blocks.0.conv", "blocks.0.proj", "blocks.1.conv", "blocks.1.proj"]
+    net = Net()
+    net.stem = nn.Identity()
+    assert [t.name for t in select_targets(net)] == with_stem

@@ -5,6 +5,7 @@ from torch.nn import functional as F
 
 from prunekit.core.scope import select_targets
 from prunekit.criteria import CRITERIA, ScoreContext
+from prunekit.methods import GraspConfig
 
 
 def _mlp():
@@ -64,12 +65,14 @@ def test_grasp_is_weight_times_hessian_gradient_product():
     model, data = _mlp(), _data(1)
     params = [model[0].weight, model[2].weight]
     x, y = data[0]
-    t = 200.0
+    t = 7.0  # not the default 200: the criterion reads the temperature from its config
     g = torch.autograd.grad(F.cross_entropy(model(x) / t, y), params)
     g2 = torch.autograd.grad(F.cross_entropy(model(x) / t, y), params, create_graph=True)
     z = sum((a * b.detach()).sum() for a, b in zip(g2, g))
     hg = torch.autograd.grad(z, params)
-    got = CRITERIA.get("grasp").fn(model, select_targets(model), ScoreContext(data=data, loss_fn=F.cross_entropy))
+    cfg = GraspConfig(sparsity=0.5, temperature=t)
+    got = CRITERIA.get("grasp").fn(model, select_targets(model), ScoreContext(data=data, loss_fn=F.cross_entropy,
+                                                                              config=cfg))
     assert torch.allclose(got["0"], (params[0] * hg[0]).detach(), rtol=1e-4, atol=1e-12)
     assert bool((got["0"] < 0).any())  # GraSP scores are signed
 

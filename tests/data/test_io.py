@@ -47,3 +47,18 @@ def test_saved_arrays_follow_the_umask(tmp_path, suffix):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # a bare mkstemp leaves 0600
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".parquet"])
+def test_overwrite_replaces_only_an_array_file(tmp_path, suffix):
+    from prunekit.data.io import check_output_file
+
+    mine = tmp_path / f"notes{suffix}"
+    mine.write_text("my notes, not an array")
+    with pytest.raises(ValueError, match="exists; pass --overwrite"):
+        check_output_file(mine)
+    with pytest.raises(ValueError, match=f"is not a {suffix} file .* never replaced, even with --overwrite"):
+        check_output_file(mine, overwrite=True)
+    assert mine.read_text() == "my notes, not an array"
+    arrays = save_array(tmp_path / f"a{suffix}", np.ones(3))
+    assert check_output_file(arrays, overwrite=True) == arrays

@@ -6,7 +6,12 @@ import torch
 
 from prunekit.experts import MOE_FAMILIES, find_moe_layers, routed_output, tiny_moe
 
+from tests.tolerances import tol
+
 GEN = torch.Generator().manual_seed(0)
+# The block's forward and ours compute the same sums, maybe in other orders or kernels: router and gate/up
+# (hidden 32), down (24, the shared expert 48) and the top-2 combination, about 115 terms along the path.
+CLOSE = tol(torch.float32, k=32 + 32 + 48 + 3)
 
 
 @pytest.fixture(scope="module", params=MOE_FAMILIES)
@@ -42,9 +47,9 @@ def test_routed_output_equals_the_block(family):
             expect = torch.sigmoid(layer.block.shared_expert_gate(xs)) * layer.block.shared_expert(xs)
         else:
             expect = layer.block.shared_experts(x).reshape(-1, layer.hidden_size)
-        assert torch.allclose(shared, expect, atol=1e-5)
+        assert torch.allclose(shared, expect, **CLOSE)
     else:
-        assert torch.allclose(out, ours, atol=1e-5)
+        assert torch.allclose(out, ours, **CLOSE)
 
 
 @torch.no_grad()
@@ -61,7 +66,7 @@ def test_masked_routing_is_exactly_the_pruned_router(family):
     assert layer.num_experts == 6
     w_p, idx_p = layer.route(x)
     assert torch.equal(torch.tensor(keep)[idx_p].sort(-1).values, idx_m.sort(-1).values)
-    assert torch.allclose(routed_output(layer, x), before, atol=1e-6)
+    assert torch.allclose(routed_output(layer, x), before, **CLOSE)  # a narrower router: another kernel
     if not isinstance(layer.router, torch.nn.Linear):  # the router's own forward agrees
         _, w_r, idx_r = layer.router(x)
         dense = lambda w, i: torch.zeros(64, 6).scatter_add_(1, i.long(), w.float())  # noqa: E731
@@ -80,4 +85,4 @@ def test_expert_weights_round_trip(family):
     perm = torch.randperm(t3["gate"][0].shape[t3["gate"][1]], generator=GEN)
     permuted = {k: (v.index_select(a, perm) if a is not None else v) for k, (v, a) in t3.items()}
     layer.set_expert(5, permuted)
-    assert torch.allclose(layer.expert_forward(5, x), y3, atol=1e-5)
+    assert torch.allclose(layer.expert_forward(5, x), y3, **CLOSE)  # the down projection sums in another order

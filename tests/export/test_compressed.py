@@ -82,7 +82,7 @@ def test_compressed_folder_loads_back_with_identical_logits_and_is_smaller(token
     assert "model.layers.0.mlp.up_proj.bitmask" in keys and "model.layers.0.mlp.up_proj.weight" not in keys
     assert "lm_head.weight" not in keys  # tied to the embedding, as transformers saves it
     back, tok = load_compressed(tmp_path / "comp")
-    assert torch.equal(logits(back, ids), expected)
+    assert torch.equal(logits(back, ids), expected)  # the same weights and classes here: the same arithmetic
     assert tok("def f").input_ids == tokenizer("def f").input_ids
     state = read_compressed(tmp_path / "comp")
     assert torch.equal(state["model.layers.1.self_attn.q_proj.weight"],

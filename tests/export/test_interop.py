@@ -13,6 +13,8 @@ from prunekit.export.save import save_model
 
 from .conftest import logits, make_llama, pruned, rounded
 
+from tests.tolerances import tol
+
 REF = os.environ.get("PRUNEKIT_CT_PYTHON")
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not REF, reason="set PRUNEKIT_CT_PYTHON to a python with compressed-tensors<=0.14")]
@@ -25,4 +27,7 @@ def test_compressed_tensors_reads_our_folders_with_identical_logits(tokenizer, t
     ids = torch.randint(0, len(tokenizer), (2, 12))
     theirs, versions = logits_in(REF, tmp_path / "m", ids)
     assert versions["compressed_tensors"] is not None
-    assert torch.equal(theirs, logits(rounded(model), ids))
+    # the same weights, but another environment (its torch, its transformers, its threads) may sum in another
+    # order: 2 layers of q/k/v (64), scores (16), values (12 tokens), o (64), MLP (64 + 128), then the head (64)
+    torch.testing.assert_close(theirs, logits(rounded(model), ids),
+                               **tol(torch.float32, k=2 * (64 + 16 + 12 + 64 + 64 + 128) + 64))

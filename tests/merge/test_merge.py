@@ -128,3 +128,79 @@ def test_writer_round_trip_and_order_checks(tmp_path):
     w.write("a", ts["a"])
     with pytest.raises(ValueError, match="never written"):
         w.close()
+
+
+def test_only_config_and_tokenizer_files_are_copied_never_folders_or_links_out(folders, tmp_path):
+    import os
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(folders / "base", base)
+    (base / "tokenizer_config.json").write_text("{}")
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "id_rsa").write_text("PRIVATE")
+    (base / "extras").symlink_to(secrets)  # a link out of the base
+    (base / "special_tokens_map.json").symlink_to(secrets / "id_rsa")  # a listed name, but a link out
+    shutil.copytree(folders / "a", base / "old-merge")  # an earlier output kept inside the base
+    (base / "notes.md").write_text("mine")
+    report = merge(base, [folders / "a"], "linear", out=tmp_path / "o", progress=False)
+    assert sorted(os.listdir(tmp_path / "o")) == ["config.json", "generation_config.json", "model.safetensors",
+                                                 "prunekit.json", "report.txt", "tokenizer_config.json"]
+    assert any("not copied from the base: extras/, notes.md, old-merge/, special_tokens_map.json" in n
+               for n in report.notes)
+
+
+def test_non_finite_inputs_and_results_are_errors_naming_model_and_tensor(folders, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(folders / "a", bad)
+    state = _state(bad)
+    name = "model.layers.0.mlp.up_proj.weight"
+    state[name][3, 5] = float("nan")
+    save_file(state, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=f"tensor '{name}' of {bad} holds 1 NaN"):
+        merge(folders / "base", [folders / "a", bad], "ties", density=0.5, out=out, progress=False)
+    for scale in (float("nan"), float("inf"), 1e39):
+        with pytest.raises(ValueError, match="scale must be a finite number within float32's range"):
+            merge(folders / "base", [folders / "a"], "task_arithmetic", scale=scale, out=out, progress=False)
+    with pytest.raises(ValueError, match="weights must be finite numbers within float32's range"):
+        merge(folders / "base", [folders / "a", folders / "b"], "task_arithmetic", weights=[1e39, 1e39], out=out,
+              progress=False)
+    with pytest.raises(ValueError, match="the merged tensor '.*' holds .* every input is finite: the merge overflows"):
+        merge(folders / "base", [folders / "a", folders / "b"], "task_arithmetic", weights=[3e38, 3e38], scale=1e6,
+              out=out, progress=False)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
+    with pytest.raises(ValueError, match=f"tensor '{name}' of model 1 holds 1 NaN"):
+        merge_state_dicts(_state(folders / "base"), [_state(folders / "a"), state], "linear")
+
+
+def test_a_tensor_of_another_dtype_kind_is_refused(folders, tmp_path):
+    import shutil
+
+    odd = tmp_path / "odd"
+    shutil.copytree(folders / "a", odd)
+    state = _state(odd)
+    name = "model.layers.0.mlp.up_proj.weight"
+    state[name] = state[name].to(torch.int32)
+    save_file(state, str(odd / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=f"dtypes differ in kind .*{name} float32 vs int32"):
+        merge(folders / "base", [odd], "linear", out=tmp_path / "never", progress=False)
+    with pytest.raises(ValueError, match=f"model 0: tensor dtypes differ in kind.*{name}"):
+        merge_state_dicts(_state(folders / "base"), [state], "linear")
+    assert not (tmp_path / "never").exists()
+
+
+def test_out_may_not_be_an_input(folders, tmp_path):
+    import shutil
+
+    merged = tmp_path / "m"
+    merge(folders / "base", [folders / "a"], "linear", out=merged, progress=False)
+    shutil.copy(folders / "base" / "config.json", merged / "config.json")
+    before = (merged / "model.safetensors").read_bytes()
+    for base, models in ((merged, [folders / "a"]), (folders / "base", [merged])):
+        with pytest.raises(ValueError, match="would destroy the input"):
+            merge(base, models, "linear", out=merged, overwrite=True, progress=False)
+    assert (merged / "model.safetensors").read_bytes() == before

@@ -7,6 +7,8 @@ from prunekit.merge import merge_config, merge_state_dicts, merge_tensor, tensor
 from prunekit.merge.sparsify import dare, della, elect_and_merge
 from prunekit.merge.tensors import CHUNK, MagnitudeHistogram, MergeCounts, Trim, merge_tensor_groups, row_groups
 
+from tests.tolerances import tol
+
 
 def test_generator_depends_on_seed_model_and_name_only():
     a = torch.rand(5, generator=tensor_generator(0, 0, "w"))
@@ -30,7 +32,8 @@ def test_dare_keeps_density_and_rescales_exactly():
 def test_dare_l1_rescale_matches_norm():
     delta = torch.randn(50, 40)
     out = dare(delta, 0.3, tensor_generator(0, 0, "x"), rescale="l1")
-    assert out.abs().sum().item() == pytest.approx(delta.abs().sum().item(), rel=1e-5)
+    # two float32 sums of |values| (2,000 and about 600 terms) in different orders
+    assert out.abs().sum().item() == pytest.approx(delta.abs().sum().item(), rel=tol(torch.float32, k=2000)["rtol"])
 
 
 def test_trim_keeps_exactly_k_with_ties_by_position():
@@ -76,7 +79,8 @@ def test_big_tensor_merge_in_row_groups(monkeypatch):
     assert len(tensors.row_groups(base.shape)) == 3
     # mergekit's L1 rescale is over the whole tensor, not each row group
     one = merge_tensor("w", base, fts[:1], merge_config("dare_linear", density=0.3, semantics="mergekit"))
-    assert (one - base).abs().sum().item() == pytest.approx((fts[0] - base).abs().sum().item(), rel=1e-4)
+    assert (one - base).abs().sum().item() == pytest.approx(  # 42,000-term float32 sums in two orders
+        (fts[0] - base).abs().sum().item(), rel=tol(torch.float32, k=300 * 140)["rtol"])
 
 
 def test_histogram_threshold_is_exact_global_kth_value():

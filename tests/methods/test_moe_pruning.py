@@ -10,6 +10,8 @@ import prunekit as pk
 from prunekit.core.mask import get_mask
 from prunekit.models.tiny import tiny_model
 
+from tests.tolerances import assert_same_selection, tol
+
 CALIB = torch.randint(0, 128, (6, 16))
 
 
@@ -35,7 +37,8 @@ def test_wanda_ranks_each_expert_by_its_own_tokens():
         metric = w[e].abs() * x.norm(dim=0)
         expect = torch.ones_like(metric, dtype=torch.bool)
         expect.scatter_(1, torch.sort(metric, dim=1, stable=True)[1][:, :32], False)
-        assert torch.equal(keep[e], expect), e
+        # ‖x‖ summed here in another order than the library's statistics: near-equal scores may swap
+        assert_same_selection(keep[e], expect, metric, **tol(torch.float32, k=len(x) + 1, scale=float(metric.max())))
     everyone = hidden.norm(dim=0)  # calibrating on all tokens would pick other weights for some expert
     assert any(not torch.equal(keep[e], (w[e].abs() * everyone).argsort(dim=1, stable=True).argsort(dim=1) >= 32)
                for e in range(4))
@@ -65,7 +68,10 @@ def test_magnitude_leaves_fused_experts_dense_and_says_so():
         report = pk.prune_(model, "magnitude", 0.5, progress=False)
     assert set(report.skipped) == {f"model.layers.{i}.mlp.experts.{p}" for i in (0, 1)
                                    for p in ("gate_up_proj", "down_proj")}
-    assert report.layers["model.layers.0.mlp.experts.down_proj"] == 0.0 and report.sparsity < 0.3
+    # listed, and not counted: the sparsity is over the tensors magnitude pruned (it said < 0.3 when they counted)
+    assert "model.layers.0.mlp.experts.down_proj" not in report.layers and report.sparsity == pytest.approx(0.5)
+    experts = model.model.layers[0].mlp.experts
+    assert report.params_left_dense == 2 * (experts.gate_up_proj.numel() + experts.down_proj.numel())
 
 
 def test_a_failure_part_way_restores_expert_weights_and_masks(monkeypatch):

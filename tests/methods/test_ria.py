@@ -11,6 +11,8 @@ from prunekit.methods.base import METHODS
 from prunekit.methods.ria import RIAConfig, nm_permutation, nm_retained, ria_scores
 from prunekit.models.hf import tiny_model
 
+from tests.tolerances import tol
+
 
 def test_ria_score_is_relative_importance_times_the_activation_norm_to_the_power_a():
     w = torch.tensor([[1.0, -2.0, 0.0], [3.0, 1.0, -1.0]])
@@ -75,7 +77,9 @@ def test_ria_2_4_permutes_gated_mlp_inputs_exactly_and_keeps_storage_order_n_m()
     # removing every mask gives back the dense model's outputs exactly: the permutation changed no function
     for _, mod in list(masked_modules(perm_model)):
         remove_mask_(mod, bake=False)
-    assert torch.allclose(perm_model(ids).logits, ref, atol=1e-5)
+    # (to rounding: permuted columns make down_proj sum its 128 terms in another order, and the change flows
+    # on through 2 layers of about 350 terms and the head)
+    assert torch.allclose(perm_model(ids).logits, ref, **tol(torch.float32, k=2 * 350 + 64))
 
 
 def test_ria_unstructured_compares_the_whole_layer_and_reaches_the_sparsity():

@@ -5,6 +5,8 @@ import prunekit as pk
 from prunekit.core.pattern import Pattern, pattern_holds
 from prunekit.models.hf import tiny_model
 
+from tests.tolerances import assert_same_selection, rows_that_agree, tol
+
 
 def _calib(n=8, seqlen=16):
     return torch.randint(0, 128, (n, seqlen))
@@ -26,7 +28,10 @@ def test_first_block_masks_match_the_paper_formula():
     expect = torch.ones_like(w, dtype=torch.bool)
     expect.scatter_(1, torch.sort(metric, dim=1, stable=True)[1][:, :32], False)
     pk.prune_(model, "wanda", 0.5, calibration=calib, progress=False)
-    assert torch.equal(pk.get_mask(model.model.layers[0].self_attn.q_proj), expect)
+    # the library sums ‖X‖ over the calibration tokens in another order than x.norm here: equal to rounding, so
+    # two near-equal scores may swap; each row must keep the same scores (tokens-term sums, then |W|·‖X‖)
+    assert_same_selection(pk.get_mask(model.model.layers[0].self_attn.q_proj), expect, metric,
+                          **tol(torch.float32, k=x.shape[0] + 1, scale=float(metric.max())))
 
 
 def test_bert_layers_outside_the_blocks_are_reported_left_dense():
@@ -34,8 +39,12 @@ def test_bert_layers_outside_the_blocks_are_reported_left_dense():
     with pytest.warns(UserWarning, match="left dense: pooler.dense"):
         report = pk.prune_(model, "wanda", 0.5, calibration=_calib(), progress=False)
     assert list(report.skipped) == ["pooler.dense"] and "outside the transformer blocks" in report.skipped["pooler.dense"]
-    assert report.layers["pooler.dense"] == 0.0 and report.sparsity == pytest.approx(0.4706, abs=1e-4)
-    assert "1 tensors left dense (pooler.dense" in str(report) and report.to_dict()["skipped"] == report.skipped
+    # the sparsity is over what was pruned (it said 0.4706 when the dense pooler counted); the pooler is listed
+    assert "pooler.dense" not in report.layers and report.sparsity == 0.5
+    assert report.params_left_dense == 64 * 64 and report.params_in_scope + 64 * 64 == sum(
+        m.weight.numel() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+    assert "1 tensors (4,096 weights) left dense and not counted (pooler.dense" in str(report)
+    assert report.to_dict()["skipped"] == report.skipped
 
 
 def test_two_four_pattern_holds_and_outputs_stay_finite():
@@ -99,5 +108,5 @@ def test_explicit_device_visits_give_the_same_masks():
     calib = _calib()
     pk.prune_(a, "wanda", 0.5, calibration=calib, progress=False)
     pk.prune_(b, "wanda", 0.5, calibration=calib, progress=False, device="cpu", batch_size=3)
-    for (name, m), (_, n) in zip(pk.masked_modules(a), pk.masked_modules(b)):
-        assert torch.equal(pk.get_mask(m), pk.get_mask(n)), name
+    for (name, m), (_, n) in zip(pk.masked_modules(a), pk.masked_modules(b)):  # batches of 3: ‖X‖ in another order
+        rows_that_agree(pk.get_mask(m), pk.get_mask(n))  # asserts: equal but for at most one swap at a near-tie

@@ -3,7 +3,7 @@
 import pytest
 
 from prunekit.core.config import ConfigError
-from prunekit.methods.config import MagnitudeConfig
+from prunekit.methods import MagnitudeConfig
 from prunekit.recipe import Recipe
 
 TEXT = """name: t

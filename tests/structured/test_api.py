@@ -9,9 +9,11 @@ import torch
 from torch import nn
 
 import prunekit.structured as ps
-from prunekit.core.stats import summary
+from prunekit.metrics.summary import summary
 from prunekit.models import ResNetStyle
 from prunekit.models.structured_zoo import DenseNetStyle, GroupedStyle, MobileNetV2Style, VGGStyle
+
+from tests.tolerances import tol
 
 ZOO = [ResNetStyle, MobileNetV2Style, VGGStyle, DenseNetStyle, GroupedStyle]
 X = torch.randn(2, 1, 28, 28)
@@ -104,7 +106,9 @@ def test_removing_all_zero_channels_changes_no_output():
     assert pruned.features[0].out_channels == 12
     kept = [c for c in range(16) if c not in dead]
     assert torch.equal(pruned.features[0].weight, model.features[0].weight[kept])
-    torch.testing.assert_close(pruned(X), expected, rtol=0, atol=1e-6)
+    # 12 channels where there were 16 (four of them zero): the next layers' sums are the same terms, but a
+    # narrower kernel may group them in another order; along the path about 9 + 144 + 288 + 576 + 64 terms
+    torch.testing.assert_close(pruned(X), expected, **tol(torch.float32, k=9 + 144 + 288 + 576 + 64))
 
 
 @pytest.mark.parametrize("cls", ZOO)

@@ -104,3 +104,22 @@ def test_mixture_of_experts_keeps_widths_the_grouped_kernel_can_take():
     assert model.config.hidden_size % 4 == 0 and model.config.moe_intermediate_size % 4 == 0
     assert model.config.hidden_size < 64 and report.macs_removed > 0.2 and report.reloadable
     assert model(IDS).logits.shape == (1, 12, 128)
+
+
+def test_one_front_door_for_every_unit_layers_included():
+    assert ps.WHATS == ("channels", "heads", "neurons", "layers")
+    assert ps.StructuredConfig.from_yaml(ps.StructuredConfig(what="layers").to_yaml()).what == "layers"
+    model = _llama()
+    report = ps.prune_(model, IDS, sparsity=0.5, what="layers")  # the example inputs are the calibration
+    assert len(model.model.layers) == model.config.num_hidden_layers == 1
+    assert report.details["blocks_before"] == 2 and report.importance == "block_influence"
+    assert report.reloadable is True and report.params_after < report.params_before
+    with pytest.raises(ValueError, match="importance='taylor' does not apply"):
+        ps.prune_(_llama(), IDS, sparsity=0.5, what="layers", importance="taylor")
+    with pytest.raises(ValueError, match="ignore and engine apply to what='channels' only"):
+        ps.prune_(_llama(), IDS, sparsity=0.5, what="neurons", ignore=["lm_head"])
+
+
+def test_the_transformer_door_sends_channels_to_the_front_door():
+    with pytest.raises(ValueError, match=r"heads, layers, neurons, got 'channels' \(channels: prunekit.structured.prune_"):
+        ps.prune_transformer_(_llama(), "channels", sparsity=0.5)

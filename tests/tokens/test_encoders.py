@@ -9,6 +9,8 @@ from prunekit.core.config import ConfigError
 
 from .conftest import TEXT, VISION, hf_bert, run, timm_vit
 
+from tests.tolerances import tol
+
 
 def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
@@ -42,7 +44,9 @@ def test_merge_with_r_zero_changes_nothing(family):
     name, model, x = family
     before = run(model, x)
     pt.merge_(model, r=0)
-    torch.testing.assert_close(run(model, x), before, rtol=1e-5, atol=1e-5)
+    # the patched forward re-runs each layer from its submodules (other kernels, other orders): 4 layers of
+    # q/k/v (≤ 48), scores (≤ 16), values (≤ 65 tokens), proj (48), MLP (48 + 192): about 4 · 420 terms
+    torch.testing.assert_close(run(model, x), before, **tol(torch.float32, k=4 * 420))
 
 
 @pytest.mark.parametrize("method", ["attention", "mean-attention", "cls-attention", "random"])

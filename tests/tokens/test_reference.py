@@ -8,6 +8,8 @@ import prunekit.tokens as pt
 
 from .conftest import run, timm_vit
 
+from tests.tolerances import tol
+
 
 def _reference(model, x, layer, keep, score):
     """Blocks run by hand; after ``layer``'s attention the ``keep`` share of the patch tokens with the
@@ -50,6 +52,8 @@ def test_pruning_keeps_the_most_attended_tokens_exactly(method, score):
     got = run(model, x)
     pt.unpatch_(model)
     want = _reference(model, x, 1, 0.5, score)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # the patched forward drops tokens, the reference masks them: the same terms in other kernels; 4 layers of
+    # q/k/v (48), scores (head 16), values (65 tokens), proj (48), MLP (48 + 192), then the head (48)
+    torch.testing.assert_close(got, want, **tol(torch.float32, k=4 * (48 + 16 + 65 + 48 + 48 + 192) + 48))
     inverted = _reference(model, x, 1, 0.5, lambda q, k, s: -score(q, k, s))
     assert not torch.allclose(got, inverted, atol=1e-3)  # the opposite ranking gives another result

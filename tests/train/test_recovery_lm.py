@@ -43,7 +43,7 @@ def test_each_mode_trains_its_share_and_lowers_the_loss(trained):
         r = recover_lm_(m, calib, recover=mode, steps=30, batch_size=8, eval_windows=held,
                         lr={"bias_norm": 1e-2, "lora": 3e-3, "full": 1e-3}[mode], progress=False)
         results[mode] = r
-        assert r.perplexity_before == pytest.approx(base)
+        assert r.perplexity_before == pytest.approx(base)  # before any step: the same weights, the same arithmetic
         assert r.perplexity_after < r.perplexity_before
         assert r.steps == 30 and r.tokens == 30 * 8 * 32 and len(r.losses) == 30
         for n, mod in pk.masked_modules(m):  # masks kept, exactly

@@ -7,6 +7,8 @@ from prunekit.metrics.accuracy import accuracy
 from prunekit.models.reference import MLP
 from prunekit.train import average_models, fit, sparse_soup
 
+from tests.tolerances import tol
+
 
 def test_soup_is_as_sparse_as_its_ingredients_and_is_their_mean(digits_train, digits_test):
     torch.manual_seed(0)
@@ -21,7 +23,8 @@ def test_soup_is_as_sparse_as_its_ingredients_and_is_their_mean(digits_train, di
     soup = sparse_soup(model, train, seeds=(0, 1, 2), eval_fn=lambda m: accuracy(m, digits_test))
     assert torch.equal(model.body[0].weight.detach(), before)  # the input model is untouched
     mean = torch.stack([m.body[0].weight.detach() for m in soup.ingredients]).mean(0)
-    assert torch.allclose(soup.model.body[0].weight.detach(), mean)
+    # a mean of 3 weights, maybe summed in another order (Σ|terms| ≲ 1): 3·eps, and absolute for weights near 0
+    assert torch.allclose(soup.model.body[0].weight.detach(), mean, **tol(torch.float32, k=3))
     assert torch.equal(get_mask(soup.model.body[0]), get_mask(model.body[0]))
     assert float((soup.model.body[0].weight.detach() == 0).float().mean()) >= 0.7 - 1e-3
     assert len(soup.ingredient_scores) == 3 and soup.soup_score == accuracy(soup.model, digits_test)

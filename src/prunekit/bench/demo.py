@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
-from ..core.stats import summary
+from ..metrics.summary import summary
 from ..datasets import fashion_mnist_available, load_digits, load_fashion_mnist
 from ..methods import prune_
 from ..metrics import accuracy

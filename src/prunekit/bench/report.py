@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from pathlib import Path
 from typing import Any, Iterable
 
 from .store import Run
@@ -266,11 +267,28 @@ td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}.card td{tex
 .plots img{max-width:48%;margin:4px}.warn{color:#a40}section{margin-bottom:2.5em}"""
 
 
+# The mark of a page prunekit wrote (as prunekit.json marks a folder): only such a file is ever replaced.
+REPORT_MARK = "<meta name='generator' content='prunekit "
+
+
+def is_prunekit_report(path: str | Path) -> bool:
+    """Whether ``path`` is an HTML report prunekit wrote (its head carries :data:`REPORT_MARK`)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return REPORT_MARK.encode() in head
+
+
 def html_report(runs: Iterable[Run], title: str = "prunekit report") -> str:
     """One self-contained HTML page: per-group tables, protocol cards and embedded plots."""
     runs = list(runs)
     groups = group_runs(runs)
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    from .. import __version__
+
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'>{REPORT_MARK}{html.escape(__version__)}'>"
+             f"<title>{html.escape(title)}</title>"
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>{len(runs)} runs in {len(groups)} comparable group(s).</p>"]
     seeded = [g for g in seed_groups(runs) if len({r.config.get("seed") for r in g}) > 1]

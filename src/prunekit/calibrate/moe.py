@@ -8,10 +8,16 @@ top_k_weights)``. transformers' ``use_experts_implementation`` decorator marks t
 module reads that description, so every family that uses the decorator is handled the same way:
 expert ``e``'s matrices are seen as ordinary (out, in) weights, calibrated on the tokens the router
 sent to expert ``e`` only.
+
+Llama 4's ``Llama4TextExperts`` predates the decorator: it stores (in, out) matrices without saying so
+and is called as ``experts(routed_in)``, every expert on its own slice of ``(experts × tokens, hidden)``
+rows, already scaled by the router (a token the router did not send to an expert arrives as a row of
+zeros). Its layout is read from the shapes, and its routing from those rows (``routed=False``).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -40,6 +46,7 @@ class FusedExperts:
     transposed: bool
     gated: bool
     concatenated: bool
+    routed: bool = True  # called as experts(hidden, top_k_index, ...); False: every expert on its slice of rows
 
     @property
     def params(self) -> tuple[str, str]:
@@ -79,9 +86,22 @@ def as_fused_experts(name: str, module: nn.Module) -> FusedExperts | None:
     if w_up.shape[0] != w_down.shape[0]:
         return None
     gated = bool(getattr(module, "has_gate", up == "gate_up_proj"))
-    transposed = bool(getattr(module, "is_transposed", False))
+    if hasattr(module, "is_transposed"):
+        transposed = bool(module.is_transposed)
+    else:  # no layout marker: (out, in) matrices chain as up (E, I', H) → down (E, H, I); (in, out) as (E, H, I') → (E, I, H)
+        transposed = w_up.shape[1] == w_down.shape[2] and w_up.shape[2] != w_down.shape[1]
     return FusedExperts(name, module, up, "down_proj", int(w_up.shape[0]), transposed, gated,
-                        bool(getattr(module, "is_concatenated", True)))
+                        bool(getattr(module, "is_concatenated", True)), _takes_routing(module))
+
+
+def _takes_routing(module: nn.Module) -> bool:
+    """Whether the experts module is called with the router's choice (``top_k_index``) beside the hidden states."""
+    try:
+        params = [p for p in inspect.signature(module.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return True
+    return len(params) > 1
 
 
 def fused_experts(model: nn.Module, prefix: str = "") -> list[FusedExperts]:
@@ -123,6 +143,9 @@ def _default_gate(m: nn.Module, h: Tensor) -> Tensor:
 def expert_inputs(fused: FusedExperts, args: tuple, kwargs: dict) -> Iterator[tuple[int, str, Tensor]]:
     """For one call of the experts module: ``(expert, param, inputs)`` for each expert that received
     tokens — its up/gate projection's inputs (the routed tokens) and its down projection's inputs."""
+    if not fused.routed:
+        yield from _sliced_inputs(fused, args[0] if args else kwargs["hidden_states"])
+        return
     hidden, index = _routing(fused, args, kwargs)
     hidden = hidden.reshape(-1, hidden.shape[-1])
     index = index.reshape(hidden.shape[0], -1)
@@ -132,6 +155,20 @@ def expert_inputs(fused: FusedExperts, args: tuple, kwargs: dict) -> Iterator[tu
             if rows.numel() == 0:
                 continue
             x = hidden[rows]
+            yield e, fused.up, x
+            yield e, fused.down, expert_activation(fused, e, x)
+
+
+def _sliced_inputs(fused: FusedExperts, hidden: Tensor) -> Iterator[tuple[int, str, Tensor]]:
+    """Llama 4's dispatch: expert ``e`` reads rows ``e·T … (e+1)·T`` of ``hidden`` (scaled by the router);
+    the tokens it was sent are the rows that are not all zeros."""
+    slices = hidden.reshape(fused.num_experts, -1, hidden.shape[-1])
+    with torch.no_grad():
+        for e in range(fused.num_experts):
+            x = slices[e]
+            x = x[(x != 0).any(-1)]
+            if x.shape[0] == 0:
+                continue
             yield e, fused.up, x
             yield e, fused.down, expert_activation(fused, e, x)
 

@@ -1,6 +1,8 @@
 """The one collector of input statistics: per-column squared norms ‖X_j‖² (Wanda, activation
 importances of heads and neurons) and the Gram matrix X·Xᵀ (SparseGPT's Hessian), over calibration
-tokens, for Linear-like modules and for the experts of fused MoE parameters.
+tokens, for Linear-like modules and for the experts of fused MoE parameters. Every engine (the
+two-pass block loop, the one-pass and staged engines of :mod:`.onepass`, whole-model collection)
+accumulates through :meth:`InputStats.record` / :meth:`InputStats.add`, so the arithmetic is one.
 
 Layers that read the very same input tensor (a block's q/k/v projections, the MLP's gate and up)
 share one accumulator, so each distinct input is summed once. Fused experts (transformers 5 stores
@@ -10,12 +12,72 @@ expert, over the tokens the router sent to that expert only.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import weakref
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from .moe import FusedExperts, expert_inputs
+
+
+def symmetric_gram(x: Tensor, pieces: int = 4) -> Tensor:
+    """xᵀx for a (tokens, d) matrix, computing only the blocks on and above the diagonal (about 2/3 of the
+    work of one product for 4 pieces) and mirroring the rest; exact."""
+    d = x.shape[1]
+    if d < 256:
+        return x.t() @ x
+    bounds = [round(i * d / pieces) for i in range(pieces + 1)]
+    cols = [x[:, bounds[i]:bounds[i + 1]].contiguous() for i in range(pieces)]
+    out = x.new_empty(d, d)
+    for i in range(pieces):
+        for j in range(i, pieces):
+            blk = cols[i].t() @ cols[j]
+            out[bounds[i]:bounds[i + 1], bounds[j]:bounds[j + 1]] = blk
+            if i != j:
+                out[bounds[j]:bounds[j + 1], bounds[i]:bounds[i + 1]] = blk.t()
+    return out
+
+
+STATS_CHUNK_TOKENS = 4096
+
+
+def row_chunks(x: Tensor, dtype: torch.dtype = torch.float32, tokens: int | None = None) -> Iterator[Tensor]:
+    """The rows of ``x`` (…, d) as ``dtype`` (n, d) pieces of at most about ``tokens`` rows
+    (:data:`STATS_CHUNK_TOKENS`), in order, without a copy of the whole of ``x``: a contiguous ``x`` is only
+    viewed (and converted piece by piece), any other is copied one slice of its first dimension at a time."""
+    tokens = STATS_CHUNK_TOKENS if tokens is None else tokens
+    x = x.detach()
+    d = x.shape[-1]
+    if x.dim() < 2 or x.is_contiguous():
+        flat = x.reshape(-1, d)
+        for i in range(0, flat.shape[0], tokens):
+            yield flat[i:i + tokens].to(dtype)
+        return
+    per = max(1, x[0].numel() // d)  # rows in one slice along the first dimension
+    step = max(1, tokens // per)
+    for i in range(0, x.shape[0], step):
+        yield x[i:i + step].reshape(-1, d).to(dtype)
+
+
+def input_sums(x: Tensor, hessian: bool, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor | None, int]:
+    """(Σ x², Σ x·xᵀ or None, rows) over the rows of ``x`` (…, d) in ``dtype``, summed over pieces of
+    :data:`STATS_CHUNK_TOKENS` rows so that no full-size copy or square of ``x`` is ever made."""
+    sq: Tensor | None = None
+    gram: Tensor | None = None
+    rows = 0
+    for c in row_chunks(x, dtype):
+        s = c.square().sum(0)
+        sq = s if sq is None else sq.add_(s)
+        if hessian:
+            g = symmetric_gram(c)
+            gram = g if gram is None else gram.add_(g)
+        rows += c.shape[0]
+    if sq is None:  # no rows at all
+        d = x.shape[-1]
+        sq = torch.zeros(d, dtype=dtype, device=x.device)
+        gram = torch.zeros(d, d, dtype=dtype, device=x.device) if hessian else None
+    return sq, gram, rows
 
 
 class InputStats:
@@ -24,12 +86,13 @@ class InputStats:
 
     ``experts`` maps a name to a :class:`~prunekit.calibrate.moe.FusedExperts`; the statistics of its
     expert ``e`` are found under ``f"{name}.gate_up_proj[{e}]"`` and ``f"{name}.down_proj[{e}]"``
-    (see :meth:`FusedExperts.key`).
+    (see :meth:`FusedExperts.key`). Only weak references to the inputs are kept (to recognise a shared
+    input), so an input is freed as soon as the forward is done with it.
     """
 
-    def __init__(self, modules: Mapping[str, nn.Module], hessian: bool = False,
+    def __init__(self, modules: Mapping[str, nn.Module] | None = None, hessian: bool = False,
                  experts: Mapping[str, FusedExperts] | None = None, dtype: torch.dtype = torch.float32) -> None:
-        self.modules = dict(modules)
+        self.modules = dict(modules or {})
         self.experts = dict(experts or {})
         self.hessian = hessian
         self.dtype = dtype
@@ -37,7 +100,7 @@ class InputStats:
         self.grams: dict[str, Tensor] = {}
         self.tokens: dict[str, int] = {}
         self.owner: dict[str, str] = {}  # module name → the module whose accumulator it shares
-        self._seen: list[tuple[Tensor, str]] = []
+        self._seen: list[tuple[weakref.ref, str]] = []
         self._handles: list = []
 
     def __enter__(self) -> "InputStats":
@@ -60,29 +123,33 @@ class InputStats:
 
     def add(self, key: str, x: Tensor) -> None:
         """Add the rows of ``x`` (…, in) to the statistics kept under ``key``."""
-        flat = x.detach().reshape(-1, x.shape[-1]).to(self.dtype)
+        sq, gram, rows = input_sums(x, self.hessian, self.dtype)
         self.owner.setdefault(key, key)
         if key in self.sq_norms:
-            self.sq_norms[key] += flat.square().sum(0)
-            self.tokens[key] += flat.shape[0]
+            self.sq_norms[key] += sq
+            self.tokens[key] += rows
         else:
-            self.sq_norms[key] = flat.square().sum(0)
-            self.tokens[key] = flat.shape[0]
-        if self.hessian:
+            self.sq_norms[key] = sq
+            self.tokens[key] = rows
+        if gram is not None:
             if key in self.grams:
-                self.grams[key].addmm_(flat.t(), flat)
+                self.grams[key] += gram
             else:
-                self.grams[key] = flat.t() @ flat
+                self.grams[key] = gram
+
+    def record(self, name: str, x: Tensor) -> None:
+        """Add the input ``x`` of module ``name`` — or, when a module seen before in this call read the very
+        same tensor (q/k/v, gate/up), let ``name`` share that module's statistics."""
+        if name not in self.owner:
+            same = next((n for t, n in self._seen if t() is x), None)
+            self.owner[name] = same or name
+        self._seen.append((weakref.ref(x), name))
+        if self.owner[name] == name:
+            self.add(name, x)
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:
-            x = args[0]
-            if name not in self.owner:
-                same = next((n for t, n in self._seen if t is x), None)
-                self.owner[name] = same or name
-            self._seen.append((x, name))
-            if self.owner[name] == name:
-                self.add(name, x)
+            self.record(name, args[0])
         return hook
 
     def _expert_hook(self, name: str, fused: FusedExperts):

@@ -93,6 +93,18 @@ def _check_out(path: str, overwrite: bool = False, flag: str = "--out") -> None:
     check_output_file(path, overwrite, flag)
 
 
+def _check_paths(args: argparse.Namespace, outputs: tuple[str, ...], inputs: tuple[str, ...]) -> None:
+    """Fail before any work when two of the outputs share a path or an output would replace an input
+    (``outputs``/``inputs`` name the options, e.g. ``"out"``, ``"pairs_out"``)."""
+    from ..core.atomic import check_distinct
+
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    check_distinct({flag(o): getattr(args, o, None) for o in outputs},
+                   {flag(i): v for i in inputs if (v := getattr(args, i, None)) not in BUILTIN})
+
+
 def _score_input(args: argparse.Namespace) -> Any:
     """The data to score: a built-in set, an (N, d) .npy of embeddings, or a .parquet text column."""
     from ..data import load_array
@@ -112,6 +124,7 @@ def _run_score(args: argparse.Namespace) -> int:
     from ..data import concept_clusters, embeddings_of, feature_extractor, save_array, score
     from ..data.scores import TRAINED
 
+    _check_paths(args, ("out", "clusters_out"), ("data",))
     _check_out(args.out, args.overwrite)
     if args.clusters_out:
         _check_out(args.clusters_out, args.overwrite, "--clusters-out")
@@ -156,6 +169,7 @@ def _run_score(args: argparse.Namespace) -> int:
 def _run_select(args: argparse.Namespace) -> int:
     from ..data import load_array, save_array, select
 
+    _check_paths(args, ("out",), ("scores", "labels"))
     _check_out(args.out, args.overwrite)
     scores = load_array(args.scores, args.column)
     labels = None
@@ -191,6 +205,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 def _run_embed(args: argparse.Namespace) -> int:
     from ..data import embed_shards
 
+    _check_paths(args, ("out",), ("texts",))
     report = embed_shards(args.texts, args.out, column=args.column, model=args.model,
                           embedding_column=args.embedding_column, id_column=args.id_column,
                           batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype,

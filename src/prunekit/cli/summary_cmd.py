@@ -51,7 +51,7 @@ def _read_weights(path: str) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ..core.mask import load_state_dict_
-    from ..core.stats import summary
+    from ..metrics.summary import summary
     from ..models.registry import reference_model
 
     if args.batch < 1:

@@ -33,7 +33,8 @@ from typing import Callable, Iterator
 from .fsops import (OutputBusyError, OutputLock, alive, file_mode, fsync_dir, fsync_file, remove, remove_scratch,
                     scratch_folder, signals_held, stem, tags, umask)
 
-__all__ = ["MARKER", "OutputBusyError", "OutputError", "atomic_file", "check_output_folder", "check_writable",
+__all__ = ["MARKER", "OutputBusyError", "OutputError", "atomic_file", "check_distinct", "check_output_folder",
+           "check_writable",
            "is_prunekit_folder", "output_folder", "recover", "remove_scratch", "scratch_folder", "umask"]
 
 MARKER = "prunekit.json"
@@ -87,6 +88,45 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+# ------------------------------------------------------------------------------------ several paths
+
+def _paths(value: object) -> list[Path]:
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [] if os.fspath(value) == "" else [Path(os.path.realpath(os.path.expanduser(os.fspath(value))))]
+    return [p for v in value for p in _paths(v)]  # type: ignore[attr-defined]
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links, bind mounts
+    except OSError:
+        return False
+
+
+def check_distinct(outputs: dict[str, object], inputs: dict[str, object] | None = None) -> None:
+    """Raise :class:`OutputError` before any work when two outputs are one path (or one holds the other),
+    or an output is an input or holds one (replacing it would lose the input). Keys are the flags the
+    user typed (``"--out"``), values paths, lists of paths or None (not given)."""
+    outs = [(flag, p) for flag, value in outputs.items() for p in _paths(value)]
+    for i, (fa, a) in enumerate(outs):
+        for fb, b in outs[i + 1:]:
+            if _same(a, b) or a in b.parents or b in a.parents:
+                how = "are the same path" if _same(a, b) else "are one inside the other"
+                raise OutputError(f"{fa} and {fb} {how} ({a}{'' if _same(a, b) else f', {b}'}): one output would "
+                                  "replace or delete the other. Give each output its own path")
+    for flag, value in (inputs or {}).items():
+        for i in _paths(value):
+            for fo, o in outs:
+                if _same(o, i) or o in i.parents:
+                    how = "is" if _same(o, i) else "holds"
+                    raise OutputError(f"{fo} {o} {how} the input {flag} {i}: writing it would destroy the input. "
+                                      f"Choose another {fo}")
 
 
 # -------------------------------------------------------------------------------------------- folders

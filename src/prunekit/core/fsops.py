@@ -5,10 +5,12 @@ and scratch folders swept after dead runs."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 import zlib
@@ -18,6 +20,10 @@ from typing import Iterator
 
 class OutputBusyError(RuntimeError):
     """Another process is writing the same output folder."""
+
+
+class LockFileError(ValueError):
+    """The lock path beside an output is something prunekit did not make (a link, a user's file)."""
 
 
 def umask() -> int:
@@ -104,13 +110,51 @@ def file_mode(path: Path, mask: int) -> int:
     return (0o666 | executable) & ~mask
 
 
+_LOCK_TEXT = "prunekit-lock pid "
+_LOCK_FORMAT = re.compile(r"(prunekit-lock pid )?\d*\s*$")  # ours; an older prunekit wrote the bare pid
+
+
 class OutputLock:
-    """An exclusive, non-blocking ``flock`` on ``.<name>.prunekit-lock`` beside ``out``, removed on release."""
+    """An exclusive, non-blocking ``flock`` on ``.<name>.prunekit-lock`` beside ``out``, removed on release.
+
+    The lock file is opened without following links (``O_NOFOLLOW``) and used only when it is a plain file
+    with one name that prunekit made (empty, or ``prunekit-lock pid N``): a planted link, a hard link or a
+    user's file of that name is refused and left as it is, never truncated or written."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
         self.path = out.parent / f".{stem(out.name)}.prunekit-lock"
         self.fd: int | None = None
+
+    def _refuse(self, why: str) -> LockFileError:
+        return LockFileError(f"--out {self.out}: the lock file {self.path} {why}; prunekit did not make it and "
+                             "leaves it as it is. Remove it if it is not yours, or choose another output")
+
+    def _open(self) -> int:
+        flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            return os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o666 & ~umask())
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(self.path, flags)
+        except FileNotFoundError:  # its holder removed it between our two opens: try again
+            return -1
+        except IsADirectoryError:
+            raise self._refuse("is a folder") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP or os.path.islink(self.path):
+                raise self._refuse("is a symbolic link") from None
+            raise
+        st = os.fstat(fd)
+        why = ("is not a plain file" if not stat.S_ISREG(st.st_mode) else
+               "has other names (a hard link)" if st.st_nlink > 1 else
+               "is not a lock prunekit wrote" if st.st_size > 64 or not _LOCK_FORMAT.match(
+                   os.pread(fd, 64, 0).decode(errors="replace")) else None)
+        if why:
+            os.close(fd)
+            raise self._refuse(why)
+        return fd
 
     def __enter__(self) -> "OutputLock":
         try:
@@ -118,11 +162,14 @@ class OutputLock:
         except ImportError:  # no flock (Windows): the re-check before the swap still refuses a filled --out
             return self
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+            fd = self._open()
+            if fd < 0:
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                text = os.read(fd, 64).decode(errors="replace").strip()
+                holder = text.removeprefix(_LOCK_TEXT).strip() or "?"
                 os.close(fd)
                 raise OutputBusyError(
                     f"--out {self.out} is being written by another "
@@ -131,12 +178,12 @@ class OutputLock:
                 os.close(fd)
                 raise
             try:  # the file may have been removed by its last holder between our open and our lock
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                same = os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
                 same = False
             if same:
-                os.ftruncate(fd, 0)
-                os.write(fd, str(os.getpid()).encode())
+                os.ftruncate(fd, 0)  # a file checked above to be an (empty or stale) prunekit lock
+                os.pwrite(fd, f"{_LOCK_TEXT}{os.getpid()}\n".encode(), 0)
                 self.fd = fd
                 return self
             os.close(fd)
@@ -145,7 +192,7 @@ class OutputLock:
         if self.fd is None:
             return
         with contextlib.suppress(OSError):
-            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+            if os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(self.fd).st_ino:
                 os.unlink(self.path)
         os.close(self.fd)
         self.fd = None

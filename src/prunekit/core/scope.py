@@ -62,8 +62,9 @@ class Scope:
 
     ``types``: module classes whose ``weight`` may be pruned. ``include``/``exclude``: globs on
     module names (``"model.layers.*.mlp.*"``); when ``include`` is given, only matching modules are
-    taken. ``skip_first_conv`` and ``skip_output`` leave out the first convolution and the output
-    layer (the model's ``get_output_embeddings()`` when it has one, else its last Linear/Conv).
+    taken. ``skip_first_conv`` and ``skip_output`` leave out the first convolution (the stem; not a
+    convolution inside a block of an ``nn.ModuleList``, which is treated as the same conv of every other
+    block) and the output layer (the model's ``get_output_embeddings()`` when it has one, else its last Linear/Conv).
     """
 
     types: tuple[type[nn.Module], ...] = PRUNABLE_TYPES
@@ -122,6 +123,13 @@ def _tied_weight_ids(model: nn.Module) -> set[int]:
     return {pid for pid, n in owners.items() if n > 1}
 
 
+def _in_repeated_block(model: nn.Module, name: str) -> bool:
+    """Whether module ``name`` lies inside an entry of an ``nn.ModuleList`` (a transformer's or a Mamba's
+    blocks): such a conv is one of many alike, not a network's stem, and is treated as its siblings are."""
+    lists = [n for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and n]
+    return any(name.startswith(n + ".") for n in lists)
+
+
 def select_targets(model: nn.Module, scope: Scope | dict | Sequence[str] | str | None = None) -> list[Target]:
     """Return the tensors of ``model`` that ``scope`` allows to be pruned, in module order.
 
@@ -136,9 +144,9 @@ def select_targets(model: nn.Module, scope: Scope | dict | Sequence[str] | str |
     ]
     skipped: set[int] = set()
     if sc.skip_first_conv:
-        first_conv = next((m for _, m in candidates if isinstance(m, CONV_TYPES)), None)
-        if first_conv is not None:
-            skipped.add(id(first_conv))
+        first = next(((n, m) for n, m in candidates if isinstance(m, CONV_TYPES)), None)
+        if first is not None and not _in_repeated_block(model, first[0]):
+            skipped.add(id(first[1]))
     if sc.skip_output:
         out = _output_module(model, candidates)
         if out is not None:

@@ -6,7 +6,7 @@ important. Entries already pruned are set to ``-inf`` by the caller, so they go 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -46,14 +46,15 @@ def register_criterion(name: str, needs_data: bool = False, needs_inputs: bool =
 
 @dataclass
 class ScoreContext:
-    """What a criterion may use: batches of data, a loss, example inputs, a seed."""
+    """What a criterion may use: batches of data, a loss, example inputs, a seed, and the method's typed
+    config (criteria with settings of their own read them from it: GraSP's ``temperature``)."""
 
     data: Iterable[Any] | None = None
     loss_fn: Callable[..., Tensor] | None = None
     example_inputs: Any = None
     seed: int = 0
     max_batches: int | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    config: Any = None
 
     def batches(self) -> Iterable[Any]:
         """The data's batches, at most ``max_batches`` of them; an empty batch is an error."""

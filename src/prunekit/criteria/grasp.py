@@ -1,7 +1,7 @@
 """GraSP: keep the weights that preserve gradient flow (Wang et al., 2020).
 
 The paper removes the weights with the largest −θ ⊙ Hg; in prunekit's convention (higher = keep)
-the score is θ ⊙ Hg. Logits are divided by a temperature (200, as the paper's code does).
+the score is θ ⊙ Hg. Logits are divided by the config's temperature (``GraspConfig``: 200, as the paper's code does).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from .base import ScoreContext, batch_loss, check_loss, eval_mode, leaves, regis
 @register_criterion("grasp", needs_data=True)
 def grasp(model: nn.Module, targets: list[Target], ctx: ScoreContext) -> dict[str, Tensor]:
     """Score each weight by θ ⊙ Hg, where g is the loss gradient and H the Hessian."""
-    temperature = float(ctx.options.get("temperature", 200.0))
+    if getattr(ctx.config, "temperature", None) is None:
+        raise ValueError("grasp reads its softmax temperature from its config: pass ScoreContext(config=GraspConfig(...))")
+    temperature = float(ctx.config.temperature)
     params = leaves(targets)
     with eval_mode(model), torch.enable_grad():
         g = [torch.zeros_like(p) for p in params]

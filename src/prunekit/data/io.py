@@ -63,6 +63,19 @@ def save_array(path: str | os.PathLike, array: np.ndarray, column: str = "value"
     return target
 
 
+_MAGIC = {".npy": b"\x93NUMPY", ".parquet": b"PAR1"}
+
+
+def _is_array_file(path: Path) -> bool:
+    """Whether ``path`` starts like the .npy/.parquet file its suffix names (what prunekit would have written)."""
+    magic = _MAGIC.get(path.suffix.lower())
+    try:
+        with open(path, "rb") as f:
+            return magic is not None and f.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
 def check_output_file(path: str | os.PathLike, overwrite: bool = False, flag: str = "--out") -> Path:
     """Fail now, before any work, when ``path`` cannot or may not be written: not .npy/.parquet, a
     folder that does not exist or cannot be written, an existing file without ``overwrite``."""
@@ -75,6 +88,9 @@ def check_output_file(path: str | os.PathLike, overwrite: bool = False, flag: st
         raise ValueError(f"{flag} {path} is a folder; name a .npy or .parquet file")
     if out.exists() and not overwrite:
         raise ValueError(f"{flag} {path} exists; pass --overwrite (overwrite=True) to replace it")
+    if out.exists() and not _is_array_file(out):
+        raise ValueError(f"{flag} {path} exists and is not a {out.suffix} file (prunekit writes only .npy/.parquet "
+                         "arrays); it is never replaced, even with --overwrite. Choose another file name")
     try:
         fd, probe = tempfile.mkstemp(prefix=".prunekit-probe-", dir=out.parent)
     except OSError as exc:

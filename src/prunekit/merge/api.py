@@ -1,9 +1,11 @@
 """``merge``: merge fine-tuned models into their base, streaming tensor by tensor from safetensors.
 
-Three passes over the tensors, each holding one tensor per model at a time: (1) the deltas'
-magnitudes are measured (and, for a model-wide trim, counted in a histogram), (2) only for TIES'
-model-wide trim, the values next to the threshold are gathered to make it exact, (3) each tensor is
-merged and streamed into the output's safetensors files, which keep the base's file layout.
+:func:`merge` opens and checks the sources (:func:`_open_all`), then makes three passes over the tensors,
+each holding one row group per model at a time: (1) :func:`_measure_deltas` measures the deltas'
+magnitudes (and, for a model-wide trim, counts them in a histogram) and checks every input is finite,
+(2) :func:`_model_trims`, only for TIES' model-wide trim, gathers the values next to the threshold to make
+it exact, (3) :func:`_write_merged` merges each tensor and streams it into the output's safetensors files,
+which keep the base's file layout; :func:`_copy_side_files` adds the base's config and tokenizer files.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from typing import Any, Sequence
 
 import torch
 
-from ..core.atomic import check_output_folder, output_folder, remove_scratch, scratch_folder
+from ..core.atomic import check_distinct, check_output_folder, output_folder, remove_scratch, scratch_folder
+from ..core.shards import FolderEscapeError, inside
 from .config import MergeConfig, merge_config
 from .sources import INDEX, SafetensorsWriter, TensorFolder, TensorInfo, check_mergeable
-from .tensors import (MagnitudeHistogram, MergeCounts, Trim, is_merged, merge_tensor, merge_tensor_groups,
-                      needs_model_thresholds,
-                      row_groups)
+from .tensors import (MagnitudeHistogram, MergeCounts, Trim, check_finite_input, dtype_kind, is_merged, merge_tensor,
+                      merge_tensor_groups, needs_model_thresholds, row_groups)
 
 # DARE's authors report it works when deltas are small (their SFT models: |δ| within about 0.002–0.005)
 # and fails on large ones; warn above this share of large entries.
@@ -31,6 +33,11 @@ LARGE_DELTA = 0.005
 LARGE_SHARE_WARN = 0.05
 _WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
 _SKIP_FILES = {INDEX, "pytorch_model.bin.index.json", "prunekit.json", "report.txt"}
+# What merge copies from the base besides the weights: its config, generation config and tokenizer files.
+SIDE_FILES = frozenset({
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model",
+    "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json"})
 
 
 @dataclass
@@ -118,14 +125,163 @@ def _open_source(spec: str | Path, label: str, scratch: list[Path], notes: list[
     return TensorFolder(folder, label)
 
 
-def _copy_side_files(src: Path, dst: Path) -> None:
+def _side_files(src: Path) -> tuple[list[str], list[str]]:
+    """The base's files that go into the output (config, generation config, tokenizer files; plain files
+    inside the base, no link out of it), and the names of the other entries, which are left out."""
+    copied, left = [], []
     for p in sorted(src.iterdir()):
         if p.name in _SKIP_FILES or p.name.endswith(_WEIGHT_FILES) or p.name.startswith("."):
             continue
-        if p.is_dir():
-            shutil.copytree(p, dst / p.name)
+        try:
+            inside(src, p.name, "side file")
+            plain = p.is_file()
+        except FolderEscapeError:
+            plain = False
+        if plain and p.name in SIDE_FILES:
+            copied.append(p.name)
         else:
-            shutil.copy2(p, dst / p.name)
+            left.append(p.name + ("/" if p.is_dir() else ""))
+    return copied, left
+
+
+def _copy_side_files(src: Path, dst: Path) -> list[str]:
+    """Copy the base's config, generation config and tokenizer files into ``dst`` (never a folder, never
+    through a link out of the base); returns a note naming what was left out, if anything."""
+    copied, left = _side_files(src)
+    for name in copied:
+        shutil.copyfile(src / name, dst / name)
+    if not left:
+        return []
+    shown = ", ".join(left[:5]) + (", ..." if len(left) > 5 else "")
+    return [f"not copied from the base: {shown} (merge copies only config, generation config and tokenizer "
+            "files; folders and links out of the base never)"]
+
+
+@dataclass
+class _Sources:
+    """The opened base and fine-tunes, and which tensors are merged."""
+
+    base: TensorFolder
+    models: list[TensorFolder]
+    merged_names: list[str]
+
+    @property
+    def names(self) -> list[str]:
+        return self.base.names()
+
+
+def _open_all(base: str | Path, models: Sequence[str | Path], config: MergeConfig, scratch: list[Path],
+              notes: list[str]) -> _Sources:
+    """Open the base and the fine-tunes, check that they can be merged, pick the tensors to merge."""
+    src = _open_source(base, str(base), scratch, notes)
+    fts = [_open_source(m, str(m), scratch, notes) for m in models]
+    notes += check_mergeable(src, fts)
+    merged = [n for n in src.names() if is_merged(n, src.infos[n].dtype, config)]
+    return _Sources(src, fts, merged)
+
+
+def _measure_deltas(s: _Sources, config: MergeConfig, notes: list[str],
+                    progress: bool) -> tuple[list[DeltaStats], list[MagnitudeHistogram]]:
+    """Pass 1: every merged tensor's delta, a row group at a time: its sizes, the magnitude histograms of a
+    model-wide trim, and the check that every input is finite (before anything is written)."""
+    from tqdm.auto import tqdm
+
+    acc = [dict(n=0, changed=0, abs_sum=0.0, sq=0.0, max=0.0, large=0) for _ in s.models]
+    base_sq = 0.0
+    hists = [MagnitudeHistogram() for _ in s.models]
+    for name in tqdm(s.merged_names, desc="measuring deltas", disable=not progress, leave=False):
+        for r0, r1 in row_groups(s.base.infos[name].shape):
+            b = s.base.get(name, r0, r1).float()
+            check_finite_input(b, f"the base ({s.base.label})", name)
+            base_sq += float(b.pow(2).sum())
+            for i, ft in enumerate(s.models):
+                m = ft.get(name, r0, r1).float()
+                check_finite_input(m, ft.label, name)
+                d = m - b
+                del m
+                a = acc[i]
+                a["n"] += d.numel()
+                a["changed"] += int(torch.count_nonzero(d))
+                a["sq"] += float(torch.linalg.vector_norm(d)) ** 2
+                d.abs_()
+                a["abs_sum"] += float(d.sum())
+                a["max"] = max(a["max"], float(d.max()) if d.numel() else 0.0)
+                a["large"] += int((d > LARGE_DELTA).sum())
+                hists[i].add(d)
+                del d
+    stats = []
+    for a, ft, h in zip(acc, s.models, hists):
+        n = max(a["n"], 1)
+        stats.append(DeltaStats(
+            model=ft.label, numel=a["n"], changed=a["changed"] / n, mean_abs=a["abs_sum"] / n,
+            median_abs=h.median(), max_abs=a["max"],
+            relative_norm=(a["sq"] ** 0.5) / max(base_sq ** 0.5, 1e-30), large_share=a["large"] / n))
+        if stats[-1].changed == 0:
+            notes.append(f"{ft.label} equals the base in every merged tensor: its delta is zero")
+    if config.sparsify in ("dare", "della"):
+        for st in stats:
+            if st.large_share > LARGE_SHARE_WARN:
+                notes.append(f"{st.model}: {st.large_share:.1%} of the delta entries exceed {LARGE_DELTA} in magnitude; "
+                             "DARE's authors report random dropping fails when deltas are large (e.g. after "
+                             "continued pre-training); check the merged model, or use ties/magnitude")
+    return stats, hists
+
+
+def _model_trims(s: _Sources, config: MergeConfig, hists: list[MagnitudeHistogram],
+                 progress: bool) -> list[Trim] | None:
+    """Pass 2, only for TIES' model-wide trim: gather the values next to each model's threshold, so that the
+    trim keeps exactly ``density`` of the entries; None for every other method."""
+    from tqdm.auto import tqdm
+
+    if not needs_model_thresholds(config):
+        return None
+    bounds = [h.boundary(config.density) for h in hists]  # type: ignore[attr-defined]
+    if any(b is not None for b in bounds):
+        for name in tqdm(s.merged_names, desc="trim thresholds", disable=not progress, leave=False):
+            for r0, r1 in row_groups(s.base.infos[name].shape):
+                b = s.base.get(name, r0, r1).float()
+                for h, ft in zip(hists, s.models):
+                    h.add_boundary(ft.get(name, r0, r1).float() - b)
+    return [h.trim() for h in hists]
+
+
+def _write_merged(s: _Sources, config: MergeConfig, trims: list[Trim] | None, folder: Path,
+                  progress: bool) -> MergeCounts:
+    """Pass 3: merge each tensor a row group at a time and stream it into ``folder``, keeping the base's file
+    layout (and its shard index); returns the per-model counts of kept delta entries."""
+    from tqdm.auto import tqdm
+
+    counts = MergeCounts()
+    files: dict[str, list[TensorInfo]] = {}
+    for name in s.names:
+        files.setdefault(s.base.infos[name].file, []).append(s.base.infos[name])
+    labels = [ft.label for ft in s.models]
+    bar = tqdm(total=len(s.names), desc="merging", disable=not progress, leave=False)
+    for file, infos in files.items():
+        path = inside(folder, file, "output shard")  # checked in the base already; never a path out of --out
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = SafetensorsWriter(path, infos, {**s.base.file_metadata.get(file, {}), "format": "pt"})
+        for info in infos:
+            parts = merge_tensor_groups(info.name, info.shape, info.dtype, s.base.reader(info.name),
+                                        [ft.reader(info.name) for ft in s.models], config, trims, counts, labels)
+            writer.write(info.name, parts)
+            bar.update(1)
+        writer.close()
+    bar.close()
+    if s.base.index is not None:
+        index = json.loads((s.base.folder / INDEX).read_text())
+        index["weight_map"] = s.base.index  # the map checked when the base was opened
+        (folder / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    return counts
+
+
+def _write_meta(folder: Path, report: MergeReport) -> None:
+    """The output's ``prunekit.json`` (the mark of a folder prunekit wrote) and ``report.txt``."""
+    from .. import __version__
+
+    meta = {"prunekit_version": __version__, "merge": report.to_dict()}
+    (folder / "prunekit.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    (folder / "report.txt").write_text(str(report) + "\n")
 
 
 def merge(
@@ -143,117 +299,36 @@ def merge(
     ``method`` is a name (``dare_ties``, ``dare_linear``, ``ties``, ``della``, ``della_linear``, ``magnitude``,
     ``task_arithmetic``, ``linear``), a dict or a config (:mod:`prunekit.merge.config`); ``fields`` set its
     options (``density=0.1, weights=[1, 1], seed=0, semantics="paper"``...). Every check (the config, the
-    output folder, architectures, vocabularies and tensor shapes) runs before anything is written; the output
-    appears whole or not at all. Memory stays near one tensor per model.
+    output folder, architectures, vocabularies, tensor shapes and dtypes, finite inputs) runs before anything
+    is written; the output appears whole or not at all. Memory stays near one tensor per model.
     """
-    from tqdm.auto import tqdm
-
     started = time.perf_counter()
     config = merge_config(method, **fields)
     if isinstance(models, (str, Path)) or not models:
         raise ValueError("models must be a list of one or more fine-tuned model folders")
     weights = config.weight_list(len(models))
+    check_distinct({"--out": out}, {"--base": base, "--models": list(models)})
     check_output_folder(out, overwrite=overwrite)
     notes: list[str] = []
     scratch: list[Path] = []
     try:
-        src = _open_source(base, str(base), scratch, notes)
-        fts = [_open_source(m, str(m), scratch, notes) for m in models]
-        notes += check_mergeable(src, fts)
-        names = src.names()
-        merged_names = [n for n in names if is_merged(n, src.infos[n].dtype, config)]
-        merged_set = set(merged_names)
-        trim = needs_model_thresholds(config)
-
-        # pass 1: delta sizes (and the magnitude histograms of a model-wide trim), a row group at a time
-        acc = [dict(n=0, changed=0, abs_sum=0.0, sq=0.0, max=0.0, large=0) for _ in fts]
-        base_sq = 0.0
-        hists = [MagnitudeHistogram() for _ in fts]
-        for name in tqdm(merged_names, desc="measuring deltas", disable=not progress, leave=False):
-            for r0, r1 in row_groups(src.infos[name].shape):
-                b = src.get(name, r0, r1).float()
-                base_sq += float(b.pow(2).sum())
-                for i, ft in enumerate(fts):
-                    d = ft.get(name, r0, r1).float() - b
-                    a = acc[i]
-                    a["n"] += d.numel()
-                    a["changed"] += int(torch.count_nonzero(d))
-                    a["sq"] += float(torch.linalg.vector_norm(d)) ** 2
-                    d.abs_()
-                    a["abs_sum"] += float(d.sum())
-                    a["max"] = max(a["max"], float(d.max()) if d.numel() else 0.0)
-                    a["large"] += int((d > LARGE_DELTA).sum())
-                    hists[i].add(d)
-                    del d
-        stats = []
-        for i, ft in enumerate(fts):
-            a = acc[i]
-            n = max(a["n"], 1)
-            stats.append(DeltaStats(
-                model=ft.label, numel=a["n"], changed=a["changed"] / n, mean_abs=a["abs_sum"] / n,
-                median_abs=hists[i].median(), max_abs=a["max"],
-                relative_norm=(a["sq"] ** 0.5) / max(base_sq ** 0.5, 1e-30), large_share=a["large"] / n))
-            if stats[-1].changed == 0:
-                notes.append(f"{ft.label} equals the base in every merged tensor: its delta is zero")
-        if config.sparsify in ("dare", "della"):
-            for s in stats:
-                if s.large_share > LARGE_SHARE_WARN:
-                    notes.append(f"{s.model}: {s.large_share:.1%} of the delta entries exceed {LARGE_DELTA} in magnitude; "
-                                 "DARE's authors report random dropping fails when deltas are large (e.g. after "
-                                 "continued pre-training); check the merged model, or use ties/magnitude")
-
-        # pass 2: exact model-wide thresholds
-        trims: list[Trim] | None = None
-        if trim:
-            density = config.density  # type: ignore[attr-defined]
-            bounds = [h.boundary(density) for h in hists]
-            if any(b is not None for b in bounds):
-                for name in tqdm(merged_names, desc="trim thresholds", disable=not progress, leave=False):
-                    for r0, r1 in row_groups(src.infos[name].shape):
-                        b = src.get(name, r0, r1).float()
-                        for i, ft in enumerate(fts):
-                            hists[i].add_boundary(ft.get(name, r0, r1).float() - b)
-            trims = [h.trim() for h in hists]
-
-        # pass 3: merge and stream out, a row group at a time
-        counts = MergeCounts()
+        s = _open_all(base, models, config, scratch, notes)
+        stats, hists = _measure_deltas(s, config, notes, progress)
+        trims = _model_trims(s, config, hists, progress)
         with output_folder(out, overwrite=overwrite) as tmp:
-            files: dict[str, list[TensorInfo]] = {}
-            for name in names:
-                files.setdefault(src.infos[name].file, []).append(src.infos[name])
-            bar = tqdm(total=len(names), desc="merging", disable=not progress, leave=False)
-            for file, infos in files.items():
-                metadata = {**src.file_metadata.get(file, {}), "format": "pt"}
-                writer = SafetensorsWriter(tmp / file, infos, metadata)
-                for info in infos:
-                    parts = merge_tensor_groups(info.name, info.shape, info.dtype, src.reader(info.name),
-                                                [ft.reader(info.name) for ft in fts], config, trims, counts)
-                    writer.write(info.name, parts)
-                    bar.update(1)
-                writer.close()
-            bar.close()
-            if (src.folder / INDEX).is_file():
-                index = json.loads((src.folder / INDEX).read_text())
-                (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
-            _copy_side_files(src.folder, tmp)
+            counts = _write_merged(s, config, trims, tmp, progress)
+            notes += _copy_side_files(s.base.folder, tmp)
             if config.sparsify is not None:
-                for i, st in enumerate(stats):
-                    if i < len(counts.before):
-                        st.kept = counts.after[i] / counts.before[i] if counts.before[i] else 0.0
-            from .. import __version__
-
+                for before, after, st in zip(counts.before, counts.after, stats):
+                    st.kept = after / before if before else 0.0
             report = MergeReport(
                 method=config.method,  # type: ignore[attr-defined]
-                config=config.to_dict(), base=str(base), models=[str(m) for m in models], out=str(out),
-                tensors_merged=len(merged_names), tensors_copied=len(names) - len(merged_names),
-                params_merged=sum(src.infos[n].numel for n in merged_names), deltas=stats,
-                thresholds=[t.threshold for t in trims] if trims else None, notes=notes)
-            report.config["weights"] = weights
-            report.seconds = time.perf_counter() - started
-            report.peak_rss_mb = _peak_rss_mb()
-            meta = {"prunekit_version": __version__, "merge": report.to_dict()}
-            (tmp / "prunekit.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-            (tmp / "report.txt").write_text(str(report) + "\n")
+                config={**config.to_dict(), "weights": weights}, base=str(base), models=[str(m) for m in models],
+                out=str(out), tensors_merged=len(s.merged_names), tensors_copied=len(s.names) - len(s.merged_names),
+                params_merged=sum(s.base.infos[n].numel for n in s.merged_names), deltas=stats,
+                thresholds=[t.threshold for t in trims] if trims else None, notes=notes,
+                seconds=time.perf_counter() - started, peak_rss_mb=_peak_rss_mb())
+            _write_meta(tmp, report)
         report.seconds = time.perf_counter() - started
         report.peak_rss_mb = _peak_rss_mb()
         return report
@@ -275,7 +350,16 @@ def merge_state_dicts(base: dict[str, torch.Tensor], models: Sequence[dict[str, 
             raise ValueError(f"model {i} does not hold the base's tensors: missing {sorted(set(base) - set(m))[:5]}, "
                              f"extra {sorted(set(m) - set(base))[:5]}")
     names = sorted(base)
+    for i, m in enumerate(models):
+        kinds = [n for n in names if dtype_kind(base[n].dtype) != dtype_kind(m[n].dtype)]
+        if kinds:
+            raise ValueError(f"model {i}: tensor dtypes differ in kind from the base's: " + ", ".join(
+                f"{n} {m[n].dtype} vs {base[n].dtype}" for n in kinds[:5]))
     merged = [n for n in names if is_merged(n, base[n].dtype, config)]
+    for n in merged:
+        check_finite_input(base[n], "the base", n)
+        for i, m in enumerate(models):
+            check_finite_input(m[n], f"model {i}", n)
     trims = None
     if needs_model_thresholds(config):
         hists = [MagnitudeHistogram() for _ in models]

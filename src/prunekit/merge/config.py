@@ -23,6 +23,15 @@ from ..core.registry import Registry
 Semantics = Literal["paper", "mergekit"]
 
 
+_F32_MAX = 3.4028234663852886e38  # merges compute in float32: a coefficient beyond it is inf there
+
+
+def _in_float32(x: float) -> bool:
+    import math
+
+    return math.isfinite(x) and abs(x) <= _F32_MAX
+
+
 class MergeConfig(Config):
     """Settings every merge method shares."""
 
@@ -42,12 +51,17 @@ class MergeConfig(Config):
     @classmethod
     def _finite(cls, v: list[float] | None) -> list[float] | None:
         if v is not None:
-            import math
-
             if not v:
                 raise ValueError("weights must name one number per fine-tuned model, got an empty list")
-            if any(not math.isfinite(w) for w in v):
-                raise ValueError(f"weights must be finite numbers, got {v}")
+            if any(not _in_float32(w) for w in v):
+                raise ValueError(f"weights must be finite numbers within float32's range (|w| ≤ {_F32_MAX:.3g}), got {v}")
+        return v
+
+    @field_validator("scale")
+    @classmethod
+    def _finite_scale(cls, v: float) -> float:
+        if not _in_float32(v):
+            raise ValueError(f"scale must be a finite number within float32's range (|λ| ≤ {_F32_MAX:.3g}), got {v}")
         return v
 
     def weight_list(self, n_models: int) -> list[float]:

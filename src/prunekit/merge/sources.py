@@ -19,8 +19,9 @@ from typing import Any, BinaryIO, Iterable
 import torch
 from torch import Tensor
 
-INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
+from ..core.shards import SAFETENSORS_INDEX as INDEX
+from ..core.shards import SINGLE, index_entries, safetensors_files
+from .tensors import dtype_kind
 
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -57,17 +58,8 @@ class TensorFolder:
 
         self.folder = Path(folder)
         self.label = label or str(folder)
-        index = self.folder / INDEX
-        if index.is_file():
-            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-            files = sorted(set(weight_map.values()))
-        elif (self.folder / SINGLE).is_file():
-            files = [SINGLE]
-        else:
-            found = sorted(p.name for p in self.folder.glob("*.safetensors"))
-            if not found:
-                raise ValueError(f"{self.label}: no safetensors weights in {self.folder} (expected {SINGLE} or {INDEX})")
-            files = found
+        self.index = index_entries(self.folder)  # the shard map, every file checked to stay in the folder
+        files = safetensors_files(self.folder, self.label)
         self.files = files
         self.infos: dict[str, TensorInfo] = {}
         self.file_metadata: dict[str, dict[str, str]] = {}
@@ -181,6 +173,10 @@ def _tokenizer_vocab(folder: Path) -> dict[str, int] | None:
     return None
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def check_mergeable(base: TensorFolder, models: list[TensorFolder]) -> list[str]:
     """Raise a ValueError when the models cannot be merged into the base (architecture, vocabulary, tensor
     names or shapes differ); return notes about what could not be compared."""
@@ -219,6 +215,18 @@ def check_mergeable(base: TensorFolder, models: list[TensorFolder]) -> list[str]
         if bad:
             problems.append(f"tensor shapes differ between the base and {m.label}: " + ", ".join(
                 f"{n} {base.infos[n].shape} vs {m.infos[n].shape}" for n in bad[:5]))
+        kinds = [n for n in sorted(names_b & names_m)
+                 if dtype_kind(base.infos[n].dtype) != dtype_kind(m.infos[n].dtype)]
+        if kinds:
+            problems.append(f"tensor dtypes differ in kind between the base and {m.label}: " + ", ".join(
+                f"{n} {_dtype_name(base.infos[n].dtype)} vs {_dtype_name(m.infos[n].dtype)}" for n in kinds[:5]) +
+                " (a quantized or differently exported model?)")
+        precision = sorted(n for n in names_b & names_m if n not in kinds and base.infos[n].dtype != m.infos[n].dtype)
+        if precision:
+            n = precision[0]
+            notes.append(f"{m.label} stores {len(precision)} tensor(s) in another float precision than the base "
+                         f"(e.g. {n}: {_dtype_name(m.infos[n].dtype)} vs {_dtype_name(base.infos[n].dtype)}); they "
+                         "are merged in float32 and written in the base's dtype")
     if problems:
         raise ValueError("cannot merge: " + "; ".join(dict.fromkeys(problems)) +
                          ". Merging needs models fine-tuned from the same base model, with the same tokenizer")

@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
+from ..core.finite import NonFiniteError
 from .config import DellaConfig, MergeConfig, _Sparse, _Trim
 from .sparsify import dare, della, elect_and_merge, tensor_generator
 
@@ -42,6 +43,38 @@ def row_groups(shape: tuple[int, ...] | torch.Size) -> list[tuple[int, int]]:
     rows, row_len = shape[0], max(1, math.prod(shape[1:]))
     step = max(1, CHUNK // row_len)
     return [(r, min(r + step, rows)) for r in range(0, rows, step)] or [(0, 0)]
+
+
+def dtype_kind(dtype: torch.dtype) -> str:
+    """``floating``, ``complex``, ``bool`` or ``integer``: tensors of two kinds are never merged together."""
+    if dtype.is_floating_point:
+        return "floating"
+    if dtype.is_complex:
+        return "complex"
+    return "bool" if dtype == torch.bool else "integer"
+
+
+def check_finite_input(t: Tensor, who: str, name: str) -> None:
+    """Raise :class:`NonFiniteError` when tensor ``name`` of ``who`` (the base, a model) holds NaN or ±inf."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        nan = int(torch.isnan(t).sum())
+        raise NonFiniteError(f"tensor {name!r} of {who} holds {nan:,} NaN and {int((~torch.isfinite(t)).sum()) - nan:,} "
+                             "infinite value(s); a merge of it would be NaN/inf. Fix or re-export that model "
+                             "(nothing was written)")
+
+
+def _check_merged(name: str, merged: Tensor, base: Tensor, models: list[Tensor], labels: list[str],
+                  config: MergeConfig, weights: list[float]) -> None:
+    """Raise when a merged row group is not finite, naming the input that holds NaN/inf, or else the overflow."""
+    if not merged.is_floating_point() or bool(torch.isfinite(merged).all()):
+        return
+    check_finite_input(base, "the base", name)
+    for m, label in zip(models, labels):
+        check_finite_input(m, label, name)
+    bad = int((~torch.isfinite(merged)).sum())
+    raise NonFiniteError(f"the merged tensor {name!r} holds {bad:,} NaN/infinite value(s) although every input is "
+                         f"finite: the merge overflows {merged.dtype} (scale {config.scale:g}, weights "
+                         f"{', '.join(f'{w:g}' for w in weights)}); use a smaller --scale or --weights")
 
 
 def is_merged(name: str, tensor_dtype: torch.dtype, config: MergeConfig) -> bool:
@@ -178,10 +211,13 @@ def tensor_trims(name: str, shape: tuple[int, ...], readers: list[Reader], base:
 
 def merge_tensor_groups(name: str, shape: tuple[int, ...], dtype: torch.dtype, base: Reader, models: list[Reader],
                         config: MergeConfig, model_trims: list[Trim] | None = None,
-                        counts: MergeCounts | None = None) -> Iterator[Tensor]:
+                        counts: MergeCounts | None = None, labels: list[str] | None = None) -> Iterator[Tensor]:
     """The merged tensor, row group by row group (in the base's dtype). ``base(r0, r1)`` and each of
-    ``models`` read rows ``[r0, r1)``; ``model_trims`` are the model-wide trims of a model-scope TIES."""
+    ``models`` read rows ``[r0, r1)``; ``model_trims`` are the model-wide trims of a model-scope TIES. A row group
+    that comes out NaN/inf is an error naming the tensor and the input (``labels`` name the models) or the
+    overflow."""
     counts = counts if counts is not None else MergeCounts()
+    labels = labels or [f"model {i}" for i in range(len(models))]
     groups = row_groups(shape)
     if not is_merged(name, dtype, config):
         for r0, r1 in groups:
@@ -207,7 +243,9 @@ def merge_tensor_groups(name: str, shape: tuple[int, ...], dtype: torch.dtype, b
         for i, m in enumerate(ms):
             if m.shape != b.shape:
                 raise ValueError(f"tensor {name!r}: model {i} has shape {tuple(m.shape)}, the base {tuple(b.shape)}")
-        yield _merge_group(key, b, ms, config, weights, trims, states, counts, l1)
+        merged = _merge_group(key, b, ms, config, weights, trims, states, counts, l1)
+        _check_merged(name, merged, b, ms, labels, config, weights)
+        yield merged
 
 
 def _l1_factors(name: str, groups: list[tuple[int, int]], base: Reader, models: list[Reader],

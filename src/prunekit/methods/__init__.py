@@ -1,7 +1,17 @@
-"""Pruning methods, registered by name in :data:`METHODS`."""
+"""Pruning methods, registered by name in :data:`METHODS`, each with its typed config beside it."""
 
-from . import alps, dsnot, owl, ria, score_based, sparsegpt, wanda  # noqa: F401  (register the methods and the OWL allocation)
-from .base import METHODS, PrunePlan, register_method
-from .prune import PruneReport, plan_prune, prune_
+from .alps import ALPSConfig
+from .base import METHODS, Method, PruneLog, PrunePlan, register_method
+from .config import BlockwiseConfig, PruneConfig, ScopeConfig
+from .dsnot import DSnoTConfig
+from .owl import owl  # noqa: F401  (registers the OWL allocation)
+from .prune import PruneReport, apply_plan_, plan_prune, prune_
+from .ria import RIAConfig
+from .score_based import GraspConfig, MagnitudeConfig, RandomConfig, SnipConfig, SynflowConfig, TaylorConfig
+from .sparsegpt import SparseGPTConfig
+from .wanda import WandaConfig
 
-__all__ = ["METHODS", "PrunePlan", "PruneReport", "plan_prune", "prune_", "register_method"]
+__all__ = ["ALPSConfig", "BlockwiseConfig", "DSnoTConfig", "GraspConfig", "METHODS", "MagnitudeConfig", "Method",
+           "PruneConfig", "PruneLog", "PrunePlan", "PruneReport", "RIAConfig", "RandomConfig", "ScopeConfig",
+           "SnipConfig", "SparseGPTConfig", "SynflowConfig", "TaylorConfig", "WandaConfig", "apply_plan_",
+           "plan_prune", "prune_", "register_method"]

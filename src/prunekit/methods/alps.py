@@ -21,9 +21,9 @@ from torch import Tensor, nn
 
 from ..calibrate import InputStats
 from ..core.mask import get_mask
-from .base import METHODS, PrunePlan
+from .base import PruneLog, PrunePlan, register_method
 from .config import BlockwiseConfig
-from .layerwise import BlockwiseMethod, is_transposed, rows_view, write_rows_
+from .layerwise import BlockwiseMethod, Budget, is_transposed, rows_view, write_rows_
 
 
 class ALPSConfig(BlockwiseConfig):
@@ -150,6 +150,7 @@ def _refit(h: Tensor, target: Tensor, x: Tensor, support: Tensor, iters: int) ->
     return x
 
 
+@register_method("alps", ALPSConfig)
 class ALPS(BlockwiseMethod):
     """ALPS (Meng et al., 2024): ADMM on each layer's reconstruction with a sparsity constraint, then an exact refit."""
 
@@ -158,31 +159,23 @@ class ALPS(BlockwiseMethod):
     updates_weights = True
     patterns = ("unstructured", "nm")
 
-    def options(self) -> dict[str, Any]:
-        """ALPS's own options and their defaults (validated by :class:`ALPSConfig`)."""
-        return {k: ALPSConfig.model_fields[k].default for k in ALPS_OPTIONS + ("sequential", "one_pass_max_gb")}
+    def apply_(self, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
+        """Prune block by block; with ``sequential="layer"`` in one forward per block (see :meth:`BlockwiseMethod.sequential_`)."""
+        return self.sequential_(model, plan, sparsity, log)
 
-    def apply_(self, model: nn.Module, plan: PrunePlan) -> None:
-        """Prune block by block; with ``sequential="layer"`` in one forward per block (see :mod:`.onepass`)."""
-        from .onepass import apply_sequential_
-
-        return apply_sequential_(self, model, plan, super().apply_)
-
-    def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: Any, sparsity: float,
+    def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: Any, budget: Budget,
                      plan: PrunePlan) -> tuple[Tensor, Tensor]:
         """Prune one (out, in) weight from the Gram matrix of its inputs; returns (keep-mask, new weight)."""
-        opts = {k: plan.options[k] for k in ALPS_OPTIONS if k in plan.options}
+        opts = {k: getattr(plan.config, k) for k in ALPS_OPTIONS}
         n, m = (plan.pattern.n, plan.pattern.m) if plan.pattern.kind == "nm" else (0, 0)
-        new_w, keep = alps_prune(w, stats.gram(key).to(w.device), sparsity, n, m,
+        new_w, keep = alps_prune(w, stats.gram(key).to(w.device), budget.sparsity, n, m,
                                  keep=None if keep_old is None else keep_old.to(w.device), **opts)
         return keep, new_w
 
-    def prune_layer(self, name: str, module: nn.Module, stats: InputStats, sparsity: float, plan: PrunePlan) -> None:
+    def prune_layer(self, name: str, module: nn.Module, stats: InputStats, budget: Budget, plan: PrunePlan) -> None:
         """Prune one layer from the Gram matrix of its inputs."""
         old = get_mask(module)
         keep_old = None if old is None else (old.t() if is_transposed(module) else old)
-        keep, new_w = self.prune_matrix(name, rows_view(module), keep_old, stats, sparsity, plan)
+        keep, new_w = self.prune_matrix(name, rows_view(module), keep_old, stats, budget, plan)
         write_rows_(module, keep, new_w)
 
-
-METHODS.add("alps", ALPS, config=ALPSConfig)

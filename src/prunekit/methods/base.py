@@ -1,49 +1,80 @@
-"""The method registry and the plan every pruning method receives.
+"""The method registry, the plan every pruning method receives, and the one interface methods implement.
 
-A method turns a :class:`PrunePlan` (targets, sparsity, pattern, allocation, data) into one boolean
-keep-mask per target; :func:`prunekit.prune_` validates the plan first and applies the masks only
-once every one of them is computed, so a failure never leaves a half-pruned model. A method that must
-prune as it goes (block by block, updating weights as SparseGPT does) defines ``apply_(model, plan)``
-instead and records every weight it is about to change in ``plan.journal``, so a failure can put
-masks and weights back.
+:func:`prunekit.methods.plan_prune` checks a call and returns a :class:`PrunePlan`: the typed config, the
+method object, the targets, the pattern and the data — computed once, immutable. :func:`apply_plan_`
+applies it at a sparsity given as an argument (so a schedule prunes one plan to a rising sparsity). Every
+method implements :class:`Method`: ``validate(model, plan)`` before anything changes, and
+``apply_(model, plan, sparsity, log)``, which prunes in place and records in ``log`` every weight it is
+about to rewrite (``log.journal``), so a failure can put masks and weights back, and what it left dense.
+
+A method is registered with its config class beside its algorithm, one way::
+
+    @register_method("wanda", WandaConfig)
+    class Wanda(BlockwiseMethod): ...
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..core.atomic import remove_scratch, scratch_folder
 from ..core.mask import weight_of
-
 from ..core.pattern import Pattern
 from ..core.registry import Registry
 from ..core.scope import Target
 from ..criteria.base import ScoreContext
 
+if TYPE_CHECKING:
+    from .config import PruneConfig
 
-@dataclass
+
+@dataclass(frozen=True)
 class PrunePlan:
-    """Everything a method needs to compute masks."""
+    """Everything a method needs, checked and fixed before anything changes (made by ``plan_prune``)."""
 
-    targets: list[Target]
-    sparsity: float
+    method: "Method"  # the registered method's object
+    config: "PruneConfig"  # the typed config: every setting, with its defaults
+    targets: tuple[Target, ...]  # Linear/Conv weights in scope that the pattern can tile
     pattern: Pattern
-    allocation: str
-    allocation_options: dict[str, Any]
-    context: ScoreContext
+    context: ScoreContext  # data, loss, example inputs for criteria
     calibration: Any = None
     progress: bool = True
-    options: dict[str, Any] = field(default_factory=dict)
-    config: Any = None  # the PruneConfig this plan was made from
-    skipped: dict[str, str] = field(default_factory=dict)  # tensors in scope left dense, with the reason
+    experts: tuple[Target, ...] = ()  # fused 3-D expert parameters in scope
+    skipped: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # left dense, with the reason
+
+    @property
+    def sparsity(self) -> float:
+        """The config's target sparsity (given, or implied by an N:M pattern)."""
+        return self.config.target_sparsity()
+
+    @property
+    def allocation(self) -> str:
+        return self.config.allocation
+
+    @property
+    def allocation_options(self) -> dict[str, Any]:
+        return self.config.allocation_options()
+
+
+@dataclass
+class PruneLog:
+    """What one application of a plan records as it goes: the weights it rewrites (so they can be put back),
+    the tensors it left dense (with the reason) and notes for the report."""
+
     journal: "WeightJournal | None" = None
-    experts: list[Target] = field(default_factory=list)  # fused 3-D expert parameters in scope
-    notes: list[str] = field(default_factory=list)  # what the report should say besides the figures
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def record(self, module: nn.Module, name: str = "weight") -> None:
+        """Keep a copy of ``module.<name>`` before a method rewrites it (no-op without a journal)."""
+        if self.journal is not None:
+            self.journal.record(module, name)
 
 
 class WeightJournal:
@@ -83,37 +114,38 @@ class WeightJournal:
         self.saved.clear()
 
 
+@runtime_checkable
 class Method(Protocol):
-    """A pruning method: ``validate`` checks the plan before anything changes, ``masks`` computes them
-    (or, for methods that prune as they go, an ``apply_(model, plan)`` that prunes in place)."""
+    """What every pruning method implements.
+
+    ``name`` is its registry name; ``prunes_experts`` says whether it prunes fused 3-D MoE expert weights
+    (else they are listed as left dense). ``validate`` raises a one-line ``ValueError`` on anything the
+    plan cannot do, before anything changes. ``apply_`` prunes ``model`` in place to ``sparsity`` (the
+    round's target; per-layer amounts follow the plan's allocation), writing masks with
+    :func:`prunekit.core.mask.set_mask_` and calling ``log.record(module)`` before rewriting a weight.
+    """
 
     name: str
+    prunes_experts: bool
 
     def validate(self, model: nn.Module, plan: PrunePlan) -> None: ...
 
-    def masks(self, model: nn.Module, plan: PrunePlan) -> dict[str, Tensor]: ...
+    def apply_(self, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None: ...
 
 
 METHODS: Registry[Callable[[], Method]] = Registry("method", key="method")
 
 
-def register_method(name: str, config: type | None = None):
-    """Decorator registering a method factory under ``name`` with its config class (a subclass of
-    :class:`prunekit.methods.config.PruneConfig`; by default one with no options of its own)."""
+def register_method(name: str, config: type):
+    """Decorator registering a method (a class, or any factory of :class:`Method` objects) under ``name``
+    with its config class (a subclass of :class:`prunekit.methods.config.PruneConfig` whose ``method``
+    field is ``Literal[name]``), the one way methods are registered."""
 
     def deco(factory):
-        METHODS.add(name, factory, config or _plain_config(name))
+        field_ = config.model_fields.get("method")
+        if field_ is None or field_.default != name:
+            raise ValueError(f"method {name!r}: its config {config.__name__} must have method: Literal[{name!r}]")
+        METHODS.add(name, factory, config)
         return factory
 
     return deco
-
-
-def _plain_config(name: str) -> type:
-    from typing import Literal
-
-    from pydantic import create_model
-
-    from .config import PruneConfig
-
-    return create_model(f"{name.title().replace('_', '')}Config", __base__=PruneConfig,
-                        method=(Literal[name], name))

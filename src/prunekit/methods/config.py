@@ -1,8 +1,11 @@
-"""Typed configs of the pruning methods: what ``prune_`` takes, as data.
+"""The shared bases of the methods' typed configs: what ``prune_`` takes, as data.
 
 ``PruneConfig`` holds what every method shares (sparsity, pattern, allocation and its options,
-scope, iterations, seed); each method's subclass adds its own options (SparseGPT's ``blocksize``
-and ``percdamp``, GraSP's ``temperature``, the block engine's ``batch_size`` and ``device``).
+scope, iterations, seed); :class:`BlockwiseConfig` adds the block engine's ``batch_size`` and
+``device``. Each method's own config subclasses one of them beside its algorithm (``WandaConfig`` in
+``methods/wanda.py``, ``SparseGPTConfig`` in ``methods/sparsegpt.py``, ``GraspConfig`` in
+``methods/score_based.py``, …) and holds its options and their only defaults; ``prunekit.methods``
+exports them all.
 ``prune_(model, config)`` and ``prune_(model, "wanda", 0.5, batch_size=4)`` are the same call: the
 keyword form builds the config. A setting a method does not have is an error naming the allowed
 ones; a setting that does not apply (an allocation with an N:M pattern, ``floor`` without
@@ -14,7 +17,7 @@ ones; a setting that does not apply (an allocation with an N:M pattern, ``floor`
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 from torch import nn
@@ -98,11 +101,6 @@ class PruneConfig(Config):
     owl_m: float | None = Field(None, gt=0)
     owl_lambda: float | None = Field(None, ge=0, lt=1)
 
-    shared_fields: ClassVar[tuple[str, ...]] = (
-        "method", "sparsity", "pattern", "allocation", "scope", "iterations", "seed", "max_batches", "strict",
-        *ALLOCATION_OPTIONS,
-    )
-
     @field_validator("scope", mode="before")
     @classmethod
     def _scope(cls, v: Any) -> Any:
@@ -144,76 +142,9 @@ class PruneConfig(Config):
         """The allocation's own options that were set."""
         return {k: getattr(self, k) for k in ALLOCATION_OPTIONS if getattr(self, k) is not None}
 
-    def method_options(self) -> dict[str, Any]:
-        """The method's own options (the fields a subclass adds)."""
-        return {k: getattr(self, k) for k in type(self).model_fields if k not in self.shared_fields}
-
-
-class MagnitudeConfig(PruneConfig):
-    """Magnitude pruning: |W|."""
-
-    method: Literal["magnitude"] = "magnitude"
-
-
-class RandomConfig(PruneConfig):
-    """Random pruning (seeded)."""
-
-    method: Literal["random"] = "random"
-
-
-class SnipConfig(PruneConfig):
-    """SNIP (Lee et al., 2019): |g ⊙ W| on data."""
-
-    method: Literal["snip"] = "snip"
-
-
-class TaylorConfig(PruneConfig):
-    """First-order Taylor importance (Molchanov et al., 2019): (g ⊙ W)² on data."""
-
-    method: Literal["taylor"] = "taylor"
-
-
-class GraspConfig(PruneConfig):
-    """GraSP (Wang et al., 2020): −W ⊙ Hg on data, with a softmax temperature."""
-
-    method: Literal["grasp"] = "grasp"
-    temperature: float = Field(200.0, gt=0)
-
-
-class SynflowConfig(PruneConfig):
-    """SynFlow (Tanaka et al., 2020): data-free synaptic flow; the paper prunes in ``iterations=100`` rounds."""
-
-    method: Literal["synflow"] = "synflow"
-
 
 class BlockwiseConfig(PruneConfig):
     """Options of the block-by-block engine that calibrated methods share."""
 
     batch_size: int = Field(8, ge=1)
     device: str | None = None
-
-
-class WandaConfig(BlockwiseConfig):
-    """Wanda (Sun et al., 2023): |W|·‖X‖₂ per output row, calibrated block by block."""
-
-    method: Literal["wanda"] = "wanda"
-
-
-class SparseGPTConfig(BlockwiseConfig):
-    """SparseGPT (Frantar & Alistarh, 2023): OBS reconstruction with lazy blocks."""
-
-    method: Literal["sparsegpt"] = "sparsegpt"
-    blocksize: int = Field(128, ge=1)
-    percdamp: float = Field(0.01, gt=0, lt=1)
-    # "layer" (default): each layer on the inputs its pruned predecessors give it, in one pass per block where
-    # the activations of all windows fit one_pass_max_gb (else in staged passes; methods/onepass.py);
-    # "block": every layer of a block calibrated on the dense block (two passes per block; the paper's order)
-    sequential: Literal["block", "layer"] = "layer"
-    one_pass_max_gb: float | None = Field(None, gt=0)  # None: half of the memory available where blocks run
-
-
-METHOD_CONFIGS: dict[str, type[PruneConfig]] = {
-    c.model_fields["method"].default: c
-    for c in (MagnitudeConfig, RandomConfig, SnipConfig, TaylorConfig, GraspConfig, SynflowConfig, WandaConfig,
-              SparseGPTConfig)
-}

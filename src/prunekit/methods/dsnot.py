@@ -26,9 +26,9 @@ from torch import Tensor, nn
 from ..core.finite import check_finite
 from ..core.mask import get_mask
 from ..core.pattern import Pattern, mask_from_scores
-from .base import METHODS, PrunePlan
+from .base import PruneLog, PrunePlan, register_method
 from .config import BlockwiseConfig
-from .layerwise import BlockwiseMethod, is_transposed, rows_view, write_rows_
+from .layerwise import BlockwiseMethod, Budget, is_transposed, rows_view, write_rows_
 from .ria import ria_scores
 
 
@@ -44,8 +44,6 @@ class DSnoTConfig(BlockwiseConfig):
     var_power: float = Field(1.0, ge=0)  # revive by W·E[X] / Var[X]^var_power
     skip: list[str] = Field(default_factory=lambda: ["*.mlp.*"])  # name globs that keep the initial mask
 
-
-DSNOT_OPTIONS = ("initial", "max_cycles", "update_threshold", "var_power", "skip")
 
 
 class ColumnSums:
@@ -182,6 +180,7 @@ def dsnot_refine(w: Tensor, keep: Tensor, score: Tensor, mean: Tensor, var: Tens
     return keep, swaps
 
 
+@register_method("dsnot", DSnoTConfig)
 class DSnoT(BlockwiseMethod):
     """DSnoT (Zhang et al., 2024): Wanda's (or another) mask refined by training-free prune-and-grow swaps."""
 
@@ -190,15 +189,11 @@ class DSnoT(BlockwiseMethod):
     prunes_experts = False  # it needs the inputs' means, collected for Linear layers only
     patterns = ("unstructured", "nm")
 
-    def options(self) -> dict[str, Any]:
-        """DSnoT's own options and their defaults (validated by :class:`DSnoTConfig`)."""
-        return {k: DSnoTConfig.model_fields[k].get_default(call_default_factory=True) for k in DSNOT_OPTIONS}
-
-    def apply_(self, model: nn.Module, plan: PrunePlan) -> None:
+    def apply_(self, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
         """Prune block by block, then count the swaps (``self.swaps``)."""
         self.swaps = 0
         self.refined: list[str] = []
-        super().apply_(model, plan)
+        super().apply_(model, plan, sparsity, log)
 
     def collect(self, block: nn.Module, targets: list, inputs: list, device: Any, *args: Any, **kwargs: Any):
         """The base statistics (‖X_j‖) plus the inputs' column sums, for E[X_j] and Var[X_j]."""
@@ -208,40 +203,37 @@ class DSnoT(BlockwiseMethod):
         self._sums = sums
         return stats
 
-    def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: Any, sparsity: float,
+    def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: Any, budget: Budget,
                      plan: PrunePlan) -> tuple[Tensor, None]:
         """The initial mask of one (out, in) weight, refined by DSnoT unless ``key`` matches ``skip``."""
-        o = plan.options
+        o = plan.config
         sums = getattr(self, "_sums", None)
         calibrated = sums is not None and key in sums.sums
         norms = stats.col_norms(key) if calibrated else torch.ones(w.shape[1], device=w.device)
-        score = _initial_scores(o.get("initial", "wanda"), w, norms.to(w.device), keep_old)
+        score = _initial_scores(o.initial, w, norms.to(w.device), keep_old)
         check_finite(score.masked_fill(torch.isinf(score) & (score < 0), 0.0), "dsnot initial scores", key,
                      "the layer's inputs overflow or hold NaN (an earlier layer's outputs are not finite)")
         pattern = Pattern("row") if plan.pattern.kind == "unstructured" else plan.pattern
-        keep = mask_from_scores(score, pattern, round(sparsity * score.numel()))
+        keep = mask_from_scores(score, pattern, budget.prune_count(score.numel()))
         if keep_old is not None:
             keep &= keep_old.to(keep.device)
-        skip = o.get("skip", ["*.mlp.*"])
-        if not calibrated or any(fnmatch(key, g) for g in skip):
+        if not calibrated or any(fnmatch(key, g) for g in o.skip):
             return keep, None
         mean = sums.mean(key).to(w.device)
         var = (stats.col_norms(key).to(w.device).square() / stats.n_tokens(key) - mean.square()).clamp_min(0)
         m = plan.pattern.m if plan.pattern.kind == "nm" else 0
         frozen = None if keep_old is None else ~keep_old.to(keep.device)
-        keep, swaps = dsnot_refine(w, keep, score, mean, var, max_cycles=o.get("max_cycles", 50),
-                                   update_threshold=o.get("update_threshold", 0.1 / 2048),
-                                   var_power=o.get("var_power", 1.0), m=m, frozen=frozen)
+        keep, swaps = dsnot_refine(w, keep, score, mean, var, max_cycles=o.max_cycles,
+                                   update_threshold=o.update_threshold,
+                                   var_power=o.var_power, m=m, frozen=frozen)
         self.swaps = getattr(self, "swaps", 0) + swaps
         getattr(self, "refined", []).append(key)
         return keep, None
 
-    def prune_layer(self, name: str, module: nn.Module, stats: Any, sparsity: float, plan: PrunePlan) -> None:
+    def prune_layer(self, name: str, module: nn.Module, stats: Any, budget: Budget, plan: PrunePlan) -> None:
         """Prune one layer in place from its input statistics."""
         old = get_mask(module)
         keep_old = None if old is None else (old.t() if is_transposed(module) else old)
-        keep, _ = self.prune_matrix(name, rows_view(module), keep_old, stats, sparsity, plan)
+        keep, _ = self.prune_matrix(name, rows_view(module), keep_old, stats, budget, plan)
         write_rows_(module, keep)
 
-
-METHODS.add("dsnot", DSnoT, config=DSnoTConfig)

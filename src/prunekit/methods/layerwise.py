@@ -7,8 +7,10 @@ outputs to the next block. A non-uniform ``allocation`` (``owl``, ``global``, ..
 dense pass to score every layer with |W|·‖X‖ (as OWL's code does) and turns the scores into per-layer
 sparsities.
 
-A subclass implements :meth:`BlockwiseMethod.prune_matrix` (one (out, in) weight and its input
-statistics → keep-mask and, optionally, new weights); the base class applies it to every Linear target
+A round's amount for one target is a :class:`Budget`: the round's sparsity for uniform allocation and
+N:M, or the exact count of entries the allocation gave the target (never turned into a fraction and
+back). A subclass implements :meth:`BlockwiseMethod.prune_matrix` (one (out, in) weight, its input
+statistics and its budget → keep-mask and, optionally, new weights); the base class applies it to every Linear target
 (:meth:`prune_layer`) and to every expert of a fused MoE parameter (:meth:`prune_experts`), each
 expert calibrated on the tokens routed to it. Targets outside the blocks are left dense and reported.
 """
@@ -16,6 +18,7 @@ expert calibrated on the tokens routed to it. Targets outside the blocks are lef
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,15 +27,41 @@ from torch import Tensor, nn
 from ..calibrate import InputStats, calibration_batches, find_blocks, walk_blocks_
 from ..calibrate.blockwise import BlockInputs, run_block
 from ..calibrate.moe import FusedExperts, as_fused_experts
+from ..calibrate.onepass import memory_budget, one_pass_bytes, one_pass_possible, walk_one_pass_, walk_staged_
 from ..core.allocate import ALLOCATIONS, allocate
 from ..core.finite import check_finite
 from ..core.inputs import check_token_ids
 from ..core.mask import get_mask, set_mask_, weight_of
 from ..core.pattern import check_pattern
 from ..core.scope import Target, is_transposed
-from .base import PrunePlan
+from .base import PruneLog, PrunePlan
 
-ENGINE_OPTIONS = ("batch_size", "device")
+
+@dataclass(frozen=True)
+class Budget:
+    """How much of one target a round prunes: ``sparsity`` (a fraction), and, where an allocation spread the
+    round over layers, the exact ``count`` of the target's ``numel`` entries it gave this one."""
+
+    sparsity: float
+    count: int | None = None
+    numel: int | None = None
+
+    @classmethod
+    def of_count(cls, count: int, numel: int) -> "Budget":
+        """The budget of a target given ``count`` of its ``numel`` entries."""
+        return cls(count / numel if numel else 0.0, count, numel)
+
+    def prune_count(self, numel: int) -> int:
+        """How many of ``numel`` entries to prune: the allocated count for the whole target, else the fraction
+        of ``numel`` (one expert of a fused parameter, or a uniform round)."""
+        if self.count is not None and numel == self.numel:
+            return self.count
+        return round(self.sparsity * numel)
+
+
+def engine_options(plan: PrunePlan) -> dict[str, Any]:
+    """The block engine's settings from the plan's config (``batch_size``, ``device``)."""
+    return {"batch_size": plan.config.batch_size, "device": plan.config.device}
 
 
 def rows_view(module: nn.Module) -> Tensor:
@@ -92,7 +121,7 @@ class BlockwiseMethod:
     ``hessian`` and :meth:`prune_matrix` (or override :meth:`prune_layer`)."""
 
     name = "blockwise"
-    hessian = False
+    hessian = False  # whether prune_matrix reads the Gram matrix X·Xᵀ (else the column norms only)
     updates_weights = False
     prunes_experts = True
     patterns: tuple[str, ...] = ("unstructured", "row", "nm")
@@ -124,37 +153,23 @@ class BlockwiseMethod:
         for t in plan.experts:
             fused = _fused_of(t)
             check_pattern(plan.pattern, tuple(fused.matrix(t.param, 0).shape), fused.key(t.param, 0))
-        batch_size = plan.options.get("batch_size", 8)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        known = set(ENGINE_OPTIONS) | set(self.options())
-        unknown = set(plan.options) - known
-        if unknown:
-            raise ValueError(f"unknown option(s) {sorted(unknown)} for method {self.name!r}; known: {sorted(known)}")
-        self.check_options(plan.options)
 
-    def options(self) -> dict[str, Any]:
-        """The method's own options and their defaults."""
-        return {}
-
-    def check_options(self, options: dict[str, Any]) -> None:
-        """Validate the method's own options."""
-
-    def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: InputStats, sparsity: float,
+    def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: InputStats, budget: Budget,
                      plan: PrunePlan) -> tuple[Tensor, Tensor | None]:
-        """Prune one (out, in) float32 weight ``w`` whose input statistics are ``stats[key]``; ``keep_old``
-        marks entries still alive. Returns the (out, in) keep-mask and the new weight (None: unchanged)."""
+        """Prune one (out, in) float32 weight ``w`` whose input statistics are ``stats[key]`` by ``budget``;
+        ``keep_old`` marks entries still alive. Returns the (out, in) keep-mask and the new weight (None:
+        unchanged)."""
         raise NotImplementedError
 
-    def prune_layer(self, name: str, module: nn.Module, stats: InputStats, sparsity: float, plan: PrunePlan) -> None:
+    def prune_layer(self, name: str, module: nn.Module, stats: InputStats, budget: Budget, plan: PrunePlan) -> None:
         """Prune one Linear-like layer in place from its input statistics."""
         keep_old = rows_mask(module)
-        keep, new_w = self.prune_matrix(name, rows_view(module), keep_old, stats, sparsity, plan)
+        keep, new_w = self.prune_matrix(name, rows_view(module), keep_old, stats, budget, plan)
         if keep_old is not None:
             keep = keep & keep_old.to(keep.device)
         write_rows_(module, keep, new_w)
 
-    def prune_experts(self, target: Target, stats: InputStats, sparsity: float, plan: PrunePlan) -> None:
+    def prune_experts(self, target: Target, stats: InputStats, budget: Budget, plan: PrunePlan) -> None:
         """Prune every expert of a fused 3-D expert parameter, each from the tokens routed to it."""
         fused = _fused_of(target)
         leaf = weight_of(target.module, target.param)
@@ -165,7 +180,7 @@ class BlockwiseMethod:
             keep_old = None if old is None else (old[e].t() if fused.transposed else old[e])
             if not stats.seen(key):
                 self._uncalibrated.append(key)
-            keep, new_w = self.prune_matrix(key, fused.matrix(target.param, e), keep_old, stats, sparsity, plan)
+            keep, new_w = self.prune_matrix(key, fused.matrix(target.param, e), keep_old, stats, budget, plan)
             if keep_old is not None:
                 keep = keep & keep_old.to(keep.device)
             if new_w is not None:
@@ -174,42 +189,125 @@ class BlockwiseMethod:
             keeps.append(keep.t() if fused.transposed else keep)
         set_mask_(target.module, torch.stack(keeps).contiguous(), name=target.param)
 
-    def apply_(self, model: nn.Module, plan: PrunePlan) -> None:
+    def apply_(self, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
         """Prune the model's blocks one after the other, each with its inputs from the pruned blocks before it."""
+        self.two_pass_(model, plan, sparsity, log)
+
+    def inside_blocks(self, model: nn.Module, plan: PrunePlan, log: PruneLog) -> list[Target]:
+        """The Linear-like targets (2-D weights) and fused experts inside the transformer blocks; the others
+        (outside the blocks, or convolutions) are listed in ``log.skipped``, with a warning."""
         blocks = find_blocks(model)
-        inside = [t for t in [*plan.targets, *plan.experts] if blocks.contains(t.name)]
-        names = {t.name for t in inside}
-        outside = [t.name for t in [*plan.targets, *plan.experts] if t.name not in names]
-        for name in outside:
-            plan.skipped[name] = f"outside the transformer blocks ({blocks.name}.*): {self.name} prunes blocks only"
+        inside, outside, convs = [], [], []
+        for t in [*plan.targets, *plan.experts]:
+            if not blocks.contains(t.name):
+                outside.append(t.name)
+                log.skipped[t.name] = (f"outside the transformer blocks ({blocks.name}.*): {self.name} prunes "
+                                       "blocks only")
+            elif t.param == "weight" and len(t.shape) != 2:
+                convs.append(t.name)
+                log.skipped[t.name] = (f"a convolution ({type(t.module).__name__}): {self.name} prunes Linear "
+                                       "layers (2-D weights) from their input statistics only")
+            else:
+                inside.append(t)
         if outside:
             warnings.warn(f"{self.name} prunes the transformer blocks only; left dense: {', '.join(outside)}",
-                          stacklevel=3)
-        sparsities = self.layer_sparsities(model, plan, inside)
-        engine = {k: plan.options[k] for k in ENGINE_OPTIONS if k in plan.options}
-        journal = plan.journal
+                          stacklevel=4)
+        if convs:
+            warnings.warn(f"{self.name} prunes Linear layers only; convolutions left dense: {', '.join(convs)}",
+                          stacklevel=4)
+        return inside
+
+    def skip_uncalled(self, targets: list[Target], called: Any, log: PruneLog, block_name: str) -> list[Target]:
+        """``targets`` less the Linear layers the block's forward never called as modules (``called(name)``
+        false: their weight is used directly, as Mamba's ``dt_proj``, or no calibration token reached them):
+        those have no activations to be scored by, so they stay dense and are listed in ``log.skipped``."""
+        uncalled = [t for t in targets if t.param == "weight" and not called(t.name)]
+        for t in uncalled:
+            log.skipped[t.name] = (f"{block_name}'s forward never called it as a module on the calibration data "
+                                   f"(its weight is used directly, or no token reached it): {self.name} has no "
+                                   "activations to score it by")
+        if uncalled:
+            warnings.warn(f"{self.name}: {block_name}'s forward never called {', '.join(t.name for t in uncalled)}; "
+                          "left dense (see PruneReport.skipped)", stacklevel=5)
+        return [t for t in targets if t not in uncalled]
+
+    def two_pass_(self, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
+        """The usual loop: per block, one pass to collect every target's input statistics on the block as it
+        is, the targets pruned, and one pass of the pruned block to feed the next."""
+        inside = self.inside_blocks(model, plan, log)
+        names = {t.name for t in inside}
+        budgets = self.layer_budgets(model, plan, inside, sparsity)
+        engine = engine_options(plan)
         self._uncalibrated: list[str] = []
 
         def visit(i: int, block_name: str, block: nn.Module, inputs: list[BlockInputs]) -> None:
             targets = [t for t in block_targets(plan, block_name) if t.name in names]
             if not targets:
                 return
-            stats = self.collect(block, targets, inputs, engine.get("device"))
-            for t in targets:
-                if journal is not None and self.updates_weights:
-                    journal.record(t.module, t.param)
+            stats = self.collect(block, targets, inputs, engine["device"])
+            for t in self.skip_uncalled(targets, stats.seen, log, block_name):
+                if self.updates_weights:
+                    log.record(t.module, t.param)
                 if t.param == "weight":
-                    self.prune_layer(t.name, t.module, stats, sparsities[t.name], plan)
+                    self.prune_layer(t.name, t.module, stats, budgets[t.name], plan)
                 else:
-                    self.prune_experts(t, stats, sparsities[t.name], plan)
+                    self.prune_experts(t, stats, budgets[t.name], plan)
 
         walk_blocks_(model, plan.calibration, visit, progress=plan.progress, desc=self.name, **engine)
         if self._uncalibrated:
             note = (f"{len(self._uncalibrated)} expert matrices received no calibration token (the router sent "
                     f"none to them) and were pruned by weight magnitude: {', '.join(self._uncalibrated[:6])}"
                     + (" …" if len(self._uncalibrated) > 6 else ""))
-            plan.notes.append(note)
-            warnings.warn(note, stacklevel=3)
+            log.notes.append(note)
+            warnings.warn(note, stacklevel=4)
+
+    def begin_block(self) -> None:
+        """Called before the targets of a new set of statistics are pruned (a method may drop caches)."""
+
+    def sequential_(self, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
+        """Dispatch on the config's ``sequential``: ``"block"`` runs :meth:`two_pass_` (every layer of a block on
+        the dense block); ``"layer"`` prunes every layer on the inputs its pruned predecessors give it, in one
+        pass per block when the estimate fits the budget and the windows share one length, else in staged
+        passes (the same result; :mod:`prunekit.calibrate.onepass`). Fused MoE experts take the usual loop (with
+        a warning that the order changed)."""
+        cfg = plan.config
+        if cfg.sequential != "layer":
+            return self.two_pass_(model, plan, sparsity, log)
+        if plan.experts:
+            warnings.warn(f"{self.name} sequential='layer' does not cover fused MoE expert weights yet; this model "
+                          "is pruned with sequential='block' (every layer of a block on the dense block's inputs)",
+                          stacklevel=4)
+            return self.two_pass_(model, plan, sparsity, log)
+        inside = self.inside_blocks(model, plan, log)
+        names = {t.name for t in inside}
+        budgets = self.layer_budgets(model, plan, inside, sparsity)
+        current: list[Any] = [None]
+
+        def prune(t: Target, stats: InputStats) -> None:
+            if stats is not current[0]:
+                self.begin_block()
+                current[0] = stats
+            if self.updates_weights:
+                log.record(t.module)
+            self.prune_layer(t.name, t.module, stats, budgets[t.name], plan)
+
+        def uncalled(targets: list[Target], block_name: str) -> None:
+            self.skip_uncalled(targets, lambda name: False, log, block_name)
+
+        walk = dict(targets_of=lambda b: [t for t in block_targets(plan, b) if t.name in names], prune=prune,
+                    uncalled=uncalled, hessian=self.hessian, device=cfg.device, progress=plan.progress)
+        budget = int(cfg.one_pass_max_gb * 1e9) if cfg.one_pass_max_gb is not None else memory_budget(cfg.device)
+        need = one_pass_bytes(model, plan.calibration)
+        possible = one_pass_possible(plan.calibration)
+        if possible and need <= budget:
+            return walk_one_pass_(model, plan.calibration, desc=f"{self.name} (one pass)", **walk)
+        why = ("the calibration windows differ in length" if not possible else
+               f"one pass over all windows needs about {need / 1e9:.1f} GB of activations, over the budget of "
+               f"{budget / 1e9:.1f} GB (one_pass_max_gb)")
+        warnings.warn(f"{self.name} sequential='layer': {why}; pruning each block in staged passes of "
+                      f"{cfg.batch_size} windows instead (the same result, about two more forwards per block)",
+                      stacklevel=4)
+        return walk_staged_(model, plan.calibration, batch_size=cfg.batch_size, desc=f"{self.name} (staged)", **walk)
 
     def collect(self, block: nn.Module, targets: list[Target], inputs: list[BlockInputs], device: Any,
                 hessian: bool | None = None) -> InputStats:
@@ -227,20 +325,24 @@ class BlockwiseMethod:
                 run_block(block, s, device)
         return stats
 
-    def layer_sparsities(self, model: nn.Module, plan: PrunePlan, targets: list[Target]) -> dict[str, float]:
-        """Per-layer sparsity: the plan's sparsity for uniform / N:M, else the allocation on a dense Wanda pass."""
+    def layer_budgets(self, model: nn.Module, plan: PrunePlan, targets: list[Target],
+                      sparsity: float) -> dict[str, Budget]:
+        """Per-target budget of a round at ``sparsity``: that sparsity everywhere for uniform / N:M, else the
+        counts the plan's allocation gives on a dense Wanda pass."""
         if plan.pattern.kind == "nm" or plan.allocation == "uniform":
-            return {t.name: plan.sparsity for t in targets}
+            return {t.name: Budget(sparsity) for t in targets}
         scores: dict[str, Tensor] = {}
-        engine = {k: plan.options[k] for k in ENGINE_OPTIONS if k in plan.options}
+        engine = engine_options(plan)
         names = {t.name for t in targets}
 
         def visit(i: int, block_name: str, block: nn.Module, inputs: list[BlockInputs]) -> None:
             mine = [t for t in block_targets(plan, block_name) if t.name in names]
             if not mine:
                 return
-            stats = self.collect(block, mine, inputs, engine.get("device"), hessian=False)
+            stats = self.collect(block, mine, inputs, engine["device"], hessian=False)
             for t in mine:
+                if t.param == "weight" and not stats.seen(t.name):
+                    continue  # never called: skipped by the pruning pass, so not in the allocation
                 if t.param == "weight":
                     scores[t.name] = wanda_scores(t.module, stats.col_norms(t.name), t.name).cpu()
                     continue
@@ -255,5 +357,5 @@ class BlockwiseMethod:
                 scores[t.name] = torch.stack(per_expert)
 
         walk_blocks_(model, plan.calibration, visit, progress=plan.progress, desc=f"{plan.allocation} scores", **engine)
-        counts = allocate(scores, plan.sparsity, plan.allocation, **plan.allocation_options)
-        return {t.name: counts[t.name] / scores[t.name].numel() for t in targets}
+        counts = allocate(scores, sparsity, plan.allocation, **plan.allocation_options)
+        return {t.name: Budget.of_count(counts[t.name], scores[t.name].numel()) for t in targets if t.name in scores}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Iterable
 
 import torch
@@ -12,18 +13,22 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..core.deprecation import take_renamed
+from ..core.fraction import check_fraction
 from ..core.mask import MaskSnapshot, get_mask, set_mask_
 from ..core.pattern import Pattern, check_pattern, parse_pattern
 from ..core.scope import Target, select_targets
 from ..calibrate.moe import expert_targets
 from ..criteria.base import ScoreContext
-from .base import METHODS, PrunePlan, WeightJournal
+from .base import METHODS, PruneLog, PrunePlan, WeightJournal
 from .config import PruneConfig
 
 
 @dataclass
 class PruneReport:
-    """What a call to :func:`prune_` did: settings, per-layer sparsity, total sparsity and time."""
+    """What a call to :func:`prune_` did: settings, per-layer sparsity, total sparsity and time.
+
+    ``sparsity`` is over the tensors the method pruned (``params_in_scope`` weights); tensors in scope it
+    left dense are listed in ``skipped`` with the reason, and counted in ``params_left_dense`` only."""
 
     method: str
     pattern: str
@@ -37,6 +42,7 @@ class PruneReport:
     skipped: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    params_left_dense: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data (JSON-ready)."""
@@ -50,7 +56,8 @@ class PruneReport:
         )
         if self.skipped:
             shown = ", ".join(list(self.skipped)[:3]) + (", ..." if len(self.skipped) > 3 else "")
-            text += f"; {len(self.skipped)} tensors left dense ({shown}; see .skipped)"
+            text += (f"; {len(self.skipped)} tensors ({self.params_left_dense:,} weights) left dense and not counted "
+                     f"({shown}; see .skipped)")
         return text
 
 
@@ -107,12 +114,13 @@ def plan_prune(
     calibration: Any = None,
     progress: bool = True,
     **settings: Any,
-):
-    """Validate the arguments of :func:`prune_` and return the method and its plan; changes nothing."""
+) -> PrunePlan:
+    """Check the arguments of :func:`prune_` and return the immutable :class:`PrunePlan` that
+    :func:`apply_plan_` applies; changes nothing."""
     cfg = method_config(method, sparsity, **settings)
     factory = METHODS.get(cfg.method)
     pat = parse_pattern(cfg.pattern)
-    target = cfg.target_sparsity()
+    cfg.target_sparsity()
     scope = None if cfg.scope is None else cfg.scope.to_scope()
     experts = expert_targets(model, scope)
     try:
@@ -126,21 +134,46 @@ def plan_prune(
         warnings.warn(f"pattern {pat}: {len(skipped)} of {len(targets) + len(skipped)} tensors in scope cannot take "
                       f"it and stay dense ({', '.join(list(skipped)[:3])}{', ...' if len(skipped) > 3 else ''}); "
                       "see PruneReport.skipped, or pass strict=True to make this an error", stacklevel=3)
-    options = cfg.method_options()
-    ctx = ScoreContext(data=data, loss_fn=loss_fn, example_inputs=example_inputs, seed=cfg.seed,
-                       max_batches=cfg.max_batches, options=dict(options))
-    plan = PrunePlan(targets, target, pat, cfg.allocation, cfg.allocation_options(), ctx, calibration, progress,
-                     options, config=cfg, skipped=skipped, experts=experts)
     impl = factory()
-    if experts and not getattr(impl, "prunes_experts", False):
+    if experts and not impl.prunes_experts:
         for t in experts:
-            plan.skipped[t.name] = (f"fused 3-D expert weights: {cfg.method} prunes Linear and Conv weights only "
-                                    "(wanda and sparsegpt prune every expert)")
+            skipped[t.name] = (f"fused 3-D expert weights: {cfg.method} prunes Linear and Conv weights only "
+                               "(wanda and sparsegpt prune every expert)")
         warnings.warn(f"{cfg.method} leaves {len(experts)} tensors in scope dense: the fused 3-D expert weights "
                       f"({experts[0].name}, ...); wanda and sparsegpt prune them. See PruneReport.skipped",
                       stacklevel=3)
+    ctx = ScoreContext(data=data, loss_fn=loss_fn, example_inputs=example_inputs, seed=cfg.seed,
+                       max_batches=cfg.max_batches, config=cfg)
+    plan = PrunePlan(impl, cfg, tuple(targets), pat, ctx, calibration, progress, tuple(experts),
+                     MappingProxyType(skipped))
     impl.validate(model, plan)
-    return impl, plan
+    return plan
+
+
+def apply_plan_(model: nn.Module, plan: PrunePlan, sparsity: float | None = None) -> PruneReport:
+    """Prune ``model`` in place as ``plan`` says, up to ``sparsity`` (default: the plan's target), in the
+    config's ``iterations`` rounds, and return a :class:`PruneReport`. The plan is not changed, so one plan
+    serves a whole schedule (``apply_plan_(model, plan, s)`` for a rising ``s``). A failure part-way (the
+    report included) puts the masks and any rewritten weights back as they were."""
+    start = time.perf_counter()
+    target = plan.sparsity if sparsity is None else check_fraction(sparsity, "sparsity")
+    fixed = plan.pattern.fixed_sparsity
+    if fixed is not None and abs(target - fixed) > 1e-9:
+        raise ValueError(f"pattern {plan.pattern} implies sparsity {fixed}; got sparsity={sparsity}")
+    iterations = plan.config.iterations
+    snapshot = MaskSnapshot(model)
+    log = PruneLog(journal=WeightJournal(), skipped=dict(plan.skipped))
+    try:
+        for r in tqdm(range(1, iterations + 1), desc=f"prune ({plan.config.method})",
+                      disable=not plan.progress or iterations == 1, leave=False):
+            plan.method.apply_(model, plan, 1 - (1 - target) ** (r / iterations), log)
+        return _report(model, plan, log, target, time.perf_counter() - start)
+    except BaseException:
+        log.journal.restore()
+        snapshot.restore()
+        raise
+    finally:
+        log.journal.close()
 
 
 def prune_(
@@ -155,10 +188,11 @@ def prune_(
     progress: bool = True,
     **settings: Any,
 ) -> PruneReport:
-    """Prune ``model`` in place with masks and return a :class:`PruneReport`.
+    """Prune ``model`` in place with masks and return a :class:`PruneReport`: :func:`plan_prune`, then
+    :func:`apply_plan_`.
 
     ``method`` names a registered method (``prunekit.METHODS.names()``) or is its typed config
-    (``prunekit.methods.config``: ``WandaConfig(sparsity=0.5)``); ``prune_(model, cfg)`` and
+    (``prunekit.methods``: ``WandaConfig(sparsity=0.5)``); ``prune_(model, cfg)`` and
     ``prune_(model, "wanda", 0.5, ...)`` are the same call. ``sparsity`` is the fraction of weights in
     scope to zero (implied by an N:M ``pattern``). ``settings`` are the config's fields: ``pattern``
     (unstructured, row, N:M, block:RxC; layers an N:M or block pattern cannot tile stay dense and are
@@ -175,41 +209,40 @@ def prune_(
     included) puts the masks and any rewritten weights back as they were.
     """
     start = time.perf_counter()
-    impl, plan = plan_prune(model, method, sparsity, data=data, loss_fn=loss_fn, example_inputs=example_inputs,
-                            calibration=calibration, progress=progress, **settings)
-    iterations = plan.config.iterations
-    snapshot = MaskSnapshot(model)
-    plan.journal = WeightJournal()
-    target = plan.sparsity
-    try:
-        for r in tqdm(range(1, iterations + 1), desc=f"prune ({plan.config.method})",
-                      disable=not progress or iterations == 1, leave=False):
-            plan.sparsity = 1 - (1 - target) ** (r / iterations)
-            if hasattr(impl, "apply_"):
-                impl.apply_(model, plan)
-                continue
-            masks = impl.masks(model, plan)
-            with torch.no_grad():
-                for t in plan.targets:
-                    set_mask_(t.module, masks[t.name])
-        return _report(plan, target, time.perf_counter() - start)
-    except BaseException:
-        plan.journal.restore()
-        snapshot.restore()
-        raise
-    finally:
-        plan.journal.close()
+    plan = plan_prune(model, method, sparsity, data=data, loss_fn=loss_fn, example_inputs=example_inputs,
+                      calibration=calibration, progress=progress, **settings)
+    report = apply_plan_(model, plan)
+    report.seconds = time.perf_counter() - start
+    return report
 
 
-def _report(plan: PrunePlan, target: float, seconds: float) -> PruneReport:
+def _numel(model: nn.Module, name: str) -> int:
+    """The size of the tensor a report names: a module's weight, or ``owner.param`` (fused experts)."""
+    modules = dict(model.named_modules())
+    owner, param = (name, "weight") if name in modules else name.rpartition(".")[::2]
+    return Target(name, modules[owner], param).numel
+
+
+def _report(model: nn.Module, plan: PrunePlan, log: PruneLog, target: float, seconds: float) -> PruneReport:
     layers, total, zeros = {}, 0, 0
-    for t in [*plan.targets, *plan.experts]:  # fused experts a method leaves dense count as dense
+    dense = sum(_numel(model, name) for name in log.skipped)  # listed with the reason, not counted in the sparsity
+    for t in [*plan.targets, *plan.experts]:
+        if t.name in log.skipped:
+            continue
         mask = get_mask(t.module, t.param)
         n = t.numel
         z = 0 if mask is None else int(n - mask.sum())
         layers[t.name] = z / n
         total += n
         zeros += z
+    if total == 0:
+        raise ValueError(f"{plan.config.method} pruned none of the tensors in scope (each is listed with the "
+                         f"reason: {'; '.join(f'{k}: {v}' for k, v in list(log.skipped.items())[:3])}); widen "
+                         "the scope or use method='magnitude'")
     alloc = "n/a" if plan.pattern.kind == "nm" else plan.allocation
+    config = plan.config.to_dict()
+    if plan.config.sparsity is not None:
+        config["sparsity"] = target  # the sparsity this application reached for (a schedule's step)
     return PruneReport(plan.config.method, str(plan.pattern), alloc, target, zeros / total, total, zeros, layers,
-                       seconds, skipped=dict(plan.skipped), config=plan.config.to_dict(), notes=list(plan.notes))
+                       seconds, skipped=dict(log.skipped), config=config, notes=list(log.notes),
+                       params_left_dense=dense)

@@ -32,9 +32,9 @@ from ..calibrate import InputStats
 from ..core.finite import check_finite
 from ..core.mask import get_mask, weight_of
 from ..core.pattern import Pattern, mask_from_scores
-from .base import METHODS, PrunePlan
+from .base import PruneLog, PrunePlan, register_method
 from .config import BlockwiseConfig
-from .layerwise import BlockwiseMethod, is_transposed, rows_view, write_rows_
+from .layerwise import BlockwiseMethod, Budget, is_transposed, rows_view, write_rows_
 
 
 class RIAConfig(BlockwiseConfig):
@@ -46,8 +46,6 @@ class RIAConfig(BlockwiseConfig):
     channel_permutation: bool = True  # N:M only: permute the inputs of gated-MLP down_proj (free and exact)
     permutation_rounds: int = Field(2, ge=0)  # linear-sum-assignment sweeps over the M positions
 
-
-RIA_OPTIONS = ("activation_power", "compare", "channel_permutation", "permutation_rounds")
 
 
 def ria_scores(w: Tensor, col_norms: Tensor, power: float = 0.5, keep: Tensor | None = None,
@@ -143,6 +141,7 @@ def _permute_rows_(module: nn.Module, perm: Tensor) -> None:
             mask.copy_(mask[perm.to(mask.device)])
 
 
+@register_method("ria", RIAConfig)
 class RIA(BlockwiseMethod):
     """RIA (Zhang et al., 2024): relative importance × ‖X‖^a over the layer; N:M with free channel permutations."""
 
@@ -150,16 +149,13 @@ class RIA(BlockwiseMethod):
     hessian = False
     patterns = ("unstructured", "row", "nm")
 
-    def options(self) -> dict[str, Any]:
-        """RIA's own options and their defaults (validated by :class:`RIAConfig`)."""
-        return {k: RIAConfig.model_fields[k].default for k in RIA_OPTIONS}
-
-    def apply_(self, model: nn.Module, plan: PrunePlan) -> None:
+    def apply_(self, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
         """Prune block by block; remember the modules so that down_proj can find its gate/up siblings."""
         self._parents = {name: module for name, module in model.named_modules()}
         self._permuted: list[str] = []
-        super().apply_(model, plan)
-        wants = plan.pattern.kind == "nm" and plan.options.get("channel_permutation", True)
+        self._log = log
+        super().apply_(model, plan, sparsity, log)
+        wants = plan.pattern.kind == "nm" and plan.config.channel_permutation
         if wants and not self._permuted:
             warnings.warn("ria: channel_permutation found no layer whose inputs can be permuted for free (the "
                           "down_proj of a gated MLP); every layer got the plain N:M mask", stacklevel=3)
@@ -171,34 +167,33 @@ class RIA(BlockwiseMethod):
         seen = getattr(stats, "seen", None)
         calibrated = key in stats.owner if seen is None else seen(key)
         norms = stats.col_norms(key) if calibrated else torch.ones(w.shape[1], device=w.device)
-        return ria_scores(w, norms, plan.options.get("activation_power", 0.5), keep_old, key)
+        return ria_scores(w, norms, plan.config.activation_power, keep_old, key)
 
-    def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: Any, sparsity: float,
+    def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: Any, budget: Budget,
                      plan: PrunePlan) -> tuple[Tensor, None]:
         """The RIA keep-mask of one (out, in) weight (no permutation); weights unchanged."""
         score = self.score(key, w, keep_old, stats, plan)
         pattern = plan.pattern
-        if pattern.kind == "unstructured" and plan.options.get("compare", "layer") == "row":
+        if pattern.kind == "unstructured" and plan.config.compare == "row":
             pattern = Pattern("row")
-        return mask_from_scores(score, pattern, round(sparsity * score.numel())), None
+        return mask_from_scores(score, pattern, budget.prune_count(score.numel())), None
 
-    def prune_layer(self, name: str, module: nn.Module, stats: InputStats, sparsity: float, plan: PrunePlan) -> None:
+    def prune_layer(self, name: str, module: nn.Module, stats: InputStats, budget: Budget, plan: PrunePlan) -> None:
         """Prune one layer; a gated MLP's down_proj under N:M gets its input channels permuted first."""
         old = get_mask(module)
         keep_old = None if old is None else (old.t() if is_transposed(module) else old)
         w = rows_view(module)
         parent_name, _, leaf_name = name.rpartition(".")
         producers = _gated_mlp_producers(getattr(self, "_parents", {}).get(parent_name))
-        if (plan.pattern.kind == "nm" and plan.options.get("channel_permutation", True) and leaf_name == "down_proj"
+        if (plan.pattern.kind == "nm" and plan.config.channel_permutation and leaf_name == "down_proj"
                 and producers is not None and not is_transposed(module)):
             score = self.score(name, w, keep_old, stats, plan)
             n, m = plan.pattern.n, plan.pattern.m
             perm = nm_permutation(score.masked_fill(~torch.isfinite(score), 0.0), n, m,
-                                  plan.options.get("permutation_rounds", 2))
+                                  plan.config.permutation_rounds)
             if not bool((perm == torch.arange(perm.numel())).all()):
-                if plan.journal is not None:
-                    for mod in (module, *producers):
-                        plan.journal.record(mod)
+                for mod in (module, *producers):
+                    self._log.record(mod)
                 for mod in producers:
                     _permute_rows_(mod, perm)
                 leaf = weight_of(module)
@@ -211,10 +206,8 @@ class RIA(BlockwiseMethod):
             keep = mask_from_scores(score, plan.pattern, 0)
             write_rows_(module, keep)
             return
-        keep, _ = self.prune_matrix(name, w, keep_old, stats, sparsity, plan)
+        keep, _ = self.prune_matrix(name, w, keep_old, stats, budget, plan)
         if keep_old is not None:
             keep &= keep_old.to(keep.device)
         write_rows_(module, keep)
 
-
-METHODS.add("ria", RIA, config=RIAConfig)

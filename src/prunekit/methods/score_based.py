@@ -1,23 +1,66 @@
 """Score-based pruning: criterion → allocation → pattern → mask. Magnitude, random, SNIP, GraSP,
-SynFlow and Taylor pruning are this one method with a different criterion."""
+SynFlow and Taylor pruning are this one method with a different criterion; their configs live here."""
 
 from __future__ import annotations
 
 import math
+from functools import partial
+from typing import Literal
 
+import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from ..core.allocate import allocate
 from ..core.finite import check_finite
-from ..core.mask import get_mask
+from ..core.mask import get_mask, set_mask_
 from ..core.pattern import allocation_view, mask_from_scores
 from ..criteria.base import CRITERIA, Criterion, score_targets
-from .base import METHODS, PrunePlan
-from .config import METHOD_CONFIGS
+from .base import PruneLog, PrunePlan, register_method
+from .config import PruneConfig
+
+
+class MagnitudeConfig(PruneConfig):
+    """Magnitude pruning: |W|."""
+
+    method: Literal["magnitude"] = "magnitude"
+
+
+class RandomConfig(PruneConfig):
+    """Random pruning (seeded)."""
+
+    method: Literal["random"] = "random"
+
+
+class SnipConfig(PruneConfig):
+    """SNIP (Lee et al., 2019): |g ⊙ W| on data."""
+
+    method: Literal["snip"] = "snip"
+
+
+class TaylorConfig(PruneConfig):
+    """First-order Taylor importance (Molchanov et al., 2019): (g ⊙ W)² on data."""
+
+    method: Literal["taylor"] = "taylor"
+
+
+class GraspConfig(PruneConfig):
+    """GraSP (Wang et al., 2020): −W ⊙ Hg on data, with a softmax temperature."""
+
+    method: Literal["grasp"] = "grasp"
+    temperature: float = Field(200.0, gt=0)
+
+
+class SynflowConfig(PruneConfig):
+    """SynFlow (Tanaka et al., 2020): data-free synaptic flow; the paper prunes in ``iterations=100`` rounds."""
+
+    method: Literal["synflow"] = "synflow"
 
 
 class ScoreMethod:
     """Prune the lowest-scoring weights under ``criterion``, spread over layers by the plan's allocation."""
+
+    prunes_experts = False
 
     def __init__(self, criterion: str) -> None:
         self.name = criterion
@@ -39,21 +82,22 @@ class ScoreMethod:
 
     def scores(self, model: nn.Module, plan: PrunePlan) -> dict[str, Tensor]:
         """Criterion scores (checked finite) with already-pruned entries set to -inf."""
-        scores = score_targets(self.criterion, model, plan.targets, plan.context)
+        scores = score_targets(self.criterion, model, list(plan.targets), plan.context)
         for t in plan.targets:
             old = get_mask(t.module)
             if old is not None:
                 scores[t.name] = scores[t.name].masked_fill(~old.cpu(), -math.inf)
         return scores
 
-    def masks(self, model: nn.Module, plan: PrunePlan) -> dict[str, Tensor]:
+    def masks(self, model: nn.Module, plan: PrunePlan, sparsity: float) -> dict[str, Tensor]:
+        """The keep-mask of every target at ``sparsity`` (changes nothing)."""
         scores = self.scores(model, plan)
         if plan.pattern.kind == "nm":
             counts = {name: 0 for name in scores}
         else:
             ranked = {t.name: allocation_view(scores[t.name].t() if t.transposed else scores[t.name], plan.pattern)
                       for t in plan.targets}
-            counts = allocate(ranked, plan.sparsity, plan.allocation, **plan.allocation_options)
+            counts = allocate(ranked, sparsity, plan.allocation, **plan.allocation_options)
         out = {}
         for t in plan.targets:
             if t.transposed:  # patterns run on (out, in); Conv1D stores (in, out)
@@ -64,6 +108,14 @@ class ScoreMethod:
             out[t.name] = keep if old is None else keep & old.cpu()
         return out
 
+    def apply_(self, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
+        """Compute every mask first, then put them all on the model."""
+        masks = self.masks(model, plan, sparsity)
+        with torch.no_grad():
+            for t in plan.targets:
+                set_mask_(t.module, masks[t.name])
 
-for _criterion in ("magnitude", "random", "snip", "grasp", "synflow", "taylor"):
-    METHODS.add(_criterion, (lambda c=_criterion: ScoreMethod(c)), METHOD_CONFIGS[_criterion])
+
+for _config in (MagnitudeConfig, RandomConfig, SnipConfig, GraspConfig, SynflowConfig, TaylorConfig):
+    _name = _config.model_fields["method"].default
+    register_method(_name, _config)(partial(ScoreMethod, _name))

@@ -10,16 +10,31 @@ batched per block). Calibration runs block by block with pruned outputs feeding 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from ..calibrate import InputStats
 from ..core.finite import check_finite
-from .base import METHODS, PrunePlan
-from .config import SparseGPTConfig
-from .layerwise import BlockwiseMethod
+from ..core.pattern import Pattern, mask_from_scores
+from .base import PruneLog, PrunePlan, register_method
+from .config import BlockwiseConfig
+from .layerwise import BlockwiseMethod, Budget
+
+
+class SparseGPTConfig(BlockwiseConfig):
+    """SparseGPT (Frantar & Alistarh, 2023): OBS reconstruction with lazy blocks."""
+
+    method: Literal["sparsegpt"] = "sparsegpt"
+    blocksize: int = Field(128, ge=1)
+    percdamp: float = Field(0.01, gt=0, lt=1)
+    # "layer" (default): each layer on the inputs its pruned predecessors give it, in one pass per block where
+    # the activations of all windows fit one_pass_max_gb (else in staged passes; calibrate/onepass.py);
+    # "block": every layer of a block calibrated on the dense block (two passes per block; the paper's order)
+    sequential: Literal["block", "layer"] = "layer"
+    one_pass_max_gb: float | None = Field(None, gt=0)  # None: half of the memory available where blocks run
 
 
 def inverse_hessian_factor(h: Tensor, percdamp: float) -> tuple[Tensor, Tensor]:
@@ -34,19 +49,7 @@ def inverse_hessian_factor(h: Tensor, percdamp: float) -> tuple[Tensor, Tensor]:
     return torch.linalg.cholesky(h, upper=True), dead
 
 
-def lowest_k(scores: Tensor, k: int) -> Tensor:
-    """Boolean mask of the ``k`` lowest entries of a flat tensor, ties going to the lower index
-    (what a stable argsort would pick, found in linear time with kthvalue)."""
-    out = torch.zeros_like(scores, dtype=torch.bool)
-    if k <= 0:
-        return out
-    threshold = scores.kthvalue(k).values
-    out = scores < threshold
-    need = k - int(out.sum())
-    if need > 0:
-        ties = (scores == threshold).nonzero().reshape(-1)[:need]
-        out[ties] = True
-    return out
+_UNSTRUCTURED = Pattern("unstructured")
 
 
 def sparsegpt_prune(w: Tensor, hinv: Tensor, dead: Tensor, sparsity: float, n: int = 0, m: int = 0,
@@ -78,7 +81,7 @@ def sparsegpt_prune(w: Tensor, hinv: Tensor, dead: Tensor, sparsity: float, n: i
             if keep is not None:
                 score = score.masked_fill(~keep[:, i1:i2], -1.0)
             k = int(round(score.numel() * sparsity))
-            mask1t = lowest_k(score.reshape(-1), k).reshape(rows, count).t().contiguous()
+            mask1t = (~mask_from_scores(score, _UNSTRUCTURED, k)).t().contiguous()
         pruned_t = mask1t.float()
         for i in range(count):
             if m and i % m == 0:
@@ -97,6 +100,7 @@ def sparsegpt_prune(w: Tensor, hinv: Tensor, dead: Tensor, sparsity: float, n: i
     return w, ~pruned
 
 
+@register_method("sparsegpt", SparseGPTConfig)
 class SparseGPT(BlockwiseMethod):
     """SparseGPT (Frantar & Alistarh, 2023): OBS reconstruction with lazy block updates, calibrated block by block."""
 
@@ -105,24 +109,10 @@ class SparseGPT(BlockwiseMethod):
     updates_weights = True
     patterns = ("unstructured", "nm")
 
-    def options(self) -> dict[str, Any]:
-        return {k: SparseGPTConfig.model_fields[k].default for k in ("blocksize", "percdamp", "sequential",
-                                                                      "one_pass_max_gb")}
-
-    def check_options(self, options: dict[str, Any]) -> None:
-        bs = options.get("blocksize", 128)
-        if not isinstance(bs, int) or bs < 1:
-            raise ValueError(f"blocksize must be a positive integer, got {bs!r}")
-        pd = options.get("percdamp", 0.01)
-        if not isinstance(pd, (int, float)) or not 0 < pd < 1:
-            raise ValueError(f"percdamp must be in (0, 1), got {pd!r}")
-
-    def apply_(self, model: nn.Module, plan: PrunePlan) -> None:
+    def apply_(self, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
         """Prune block by block; with ``sequential="layer"`` each layer on its pruned predecessors' outputs, in
-        one forward per block where memory allows (see :mod:`.onepass`)."""
-        from .onepass import apply_sequential_
-
-        return apply_sequential_(self, model, plan, super().apply_)
+        one forward per block where memory allows (see :meth:`BlockwiseMethod.sequential_`)."""
+        return self.sequential_(model, plan, sparsity, log)
 
     def begin_block(self) -> None:
         """Forget the previous block's inverse Hessians."""
@@ -132,7 +122,7 @@ class SparseGPT(BlockwiseMethod):
         self.begin_block()
         return super().collect(block, targets, inputs, device, hessian)
 
-    def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: InputStats, sparsity: float,
+    def prune_matrix(self, key: str, w: Tensor, keep_old: Tensor | None, stats: InputStats, budget: Budget,
                      plan: PrunePlan) -> tuple[Tensor, Tensor]:
         """Reconstruct the weight with the mask SparseGPT picks; layers sharing an input share H⁻¹. A matrix
         that saw no calibration token (an expert the router never chose) uses H = I: magnitude pruning."""
@@ -141,7 +131,7 @@ class SparseGPT(BlockwiseMethod):
             h = stats.gram(key) if stats.seen(key) else torch.eye(w.shape[1], device=w.device)
             check_finite(h, "sparsegpt's Hessian X·Xᵀ", key,
                          "the layer's inputs overflow or hold NaN (an earlier layer's outputs are not finite)")
-            percdamp = plan.options.get("percdamp", 0.01)
+            percdamp = plan.config.percdamp
             try:
                 self._factors[owner] = inverse_hessian_factor(h, percdamp)
             except torch.linalg.LinAlgError:
@@ -152,11 +142,9 @@ class SparseGPT(BlockwiseMethod):
         w = w.to(hinv.device)
         keep_old = None if keep_old is None else keep_old.to(w.device)
         n, m = (plan.pattern.n, plan.pattern.m) if plan.pattern.kind == "nm" else (0, 0)
-        new_w, keep = sparsegpt_prune(w, hinv, dead, sparsity, n, m, plan.options.get("blocksize", 128), keep_old)
+        new_w, keep = sparsegpt_prune(w, hinv, dead, budget.sparsity, n, m, plan.config.blocksize, keep_old)
         if keep_old is not None:
             keep &= keep_old
             new_w = new_w * keep
         return keep, new_w
 
-
-METHODS.add("sparsegpt", SparseGPT, SparseGPTConfig)

@@ -1,6 +1,8 @@
-"""Measurements: accuracy, and (as they land) perplexity, latency, size."""
+"""Measurements: accuracy, MACs (``macs.py``, the one counter), and (as they land) perplexity, latency,
+size. The per-layer summary is ``metrics.summary.summary`` (``prunekit.summary``)."""
 
 from .accuracy import accuracy
+from .macs import MacCount, count_macs, macs_by_module
 from ..core.latency import Latency, latency
 
-__all__ = ["Latency", "accuracy", "latency"]
+__all__ = ["Latency", "MacCount", "accuracy", "count_macs", "latency", "macs_by_module"]

@@ -21,7 +21,7 @@ def lm_figures(model: nn.Module, windows: Any, *, causal: bool = True, macs: boo
                progress: bool = True) -> dict[str, Any]:
     """Perplexity over ``windows`` (causal LMs only), parameters, non-zeros, sparsity, dense and sparse
     byte sizes; with ``macs``, the MACs of a forward pass over 128 tokens. No timing."""
-    from ..core.stats import summary
+    from .summary import summary
     from .perplexity import perplexity
 
     s = summary(model, example_inputs=example_ids(model, 1) if macs else None)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 
-ENCODERS = ("bert",)
+ENCODERS = ("bert", "bart", "albert", "electra", "xlm-roberta", "clip-text", "siglip-text")  # built by AutoModel
 
 
 def _configs(vocab: int, hidden: int, layers: int) -> dict[str, Callable[..., Any]]:
@@ -62,12 +62,63 @@ def _configs(vocab: int, hidden: int, layers: int) -> dict[str, Callable[..., An
                                                       "mlp_only_layers": [], **moe, **o}),
         "bert": lambda **o: tf.BertConfig(**{"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": ffn,
                                              "num_hidden_layers": layers, "num_attention_heads": 4, **o}),
+        # more families, for structured pruning's checks (MORE_FAMILIES)
+        "cohere": lambda **o: tf.CohereConfig(**{**gqa, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **o}),
+        "starcoder2": lambda **o: tf.Starcoder2Config(**{**gqa, "bos_token_id": 0, "eos_token_id": 0, **o}),
+        "phi": lambda **o: tf.PhiConfig(**{**gqa, "bos_token_id": 0, "eos_token_id": 0, **o}),
+        "glm": lambda **o: tf.GlmConfig(**{**gqa, "head_dim": 16, "pad_token_id": 0, "eos_token_id": 0, **o}),
+        "exaone4": lambda **o: tf.Exaone4Config(**{**gqa, "bos_token_id": 0, "eos_token_id": 0, **o}),
+        "olmo2": lambda **o: tf.Olmo2Config(**{**gqa, "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0, **o}),
+        "olmoe": lambda **o: tf.OlmoeConfig(**{**gqa, "num_experts": 4, "num_experts_per_tok": 2, "pad_token_id": 0,
+                                               "bos_token_id": 0, "eos_token_id": 0, **o}),
+        "jamba": lambda **o: tf.JambaConfig(**{**gqa, "num_experts": 2, "attn_layer_period": 1, "attn_layer_offset": 0,
+                                               "expert_layer_period": 2, "expert_layer_offset": 1,
+                                               "use_mamba_kernels": False, **o}),
+        "helium": lambda **o: tf.HeliumConfig(**{**gqa, "head_dim": 16, "bos_token_id": 0, "eos_token_id": 0, **o}),
+        "llama4": lambda **o: tf.Llama4TextConfig(**{**gqa, "intermediate_size_mlp": 2 * ffn, "head_dim": 16,
+                                                     "num_local_experts": 2, "interleave_moe_layer_step": 2,
+                                                     "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0, **o}),
+        "gptj": lambda **o: tf.GPTJConfig(**{"vocab_size": vocab, "n_embd": hidden, "n_layer": layers, "n_head": 4,
+                                             "rotary_dim": 8, "n_positions": 256, "bos_token_id": 0,
+                                             "eos_token_id": 0, **o}),
+        "gpt_bigcode": lambda **o: tf.GPTBigCodeConfig(**{"vocab_size": vocab, "n_embd": hidden, "n_layer": layers,
+                                                          "n_head": 4, "multi_query": True, "n_positions": 256,
+                                                          "bos_token_id": 0, "eos_token_id": 0, **o}),
+        "bloom": lambda **o: tf.BloomConfig(**{"vocab_size": vocab, "hidden_size": hidden, "n_layer": layers,
+                                               "n_head": 4, "bos_token_id": 0, "eos_token_id": 0, **o}),
+        "bart": lambda **o: tf.BartConfig(**{"vocab_size": vocab, "d_model": hidden, "encoder_layers": layers,
+                                             "decoder_layers": layers, "encoder_attention_heads": 4,
+                                             "decoder_attention_heads": 4, "encoder_ffn_dim": ffn,
+                                             "decoder_ffn_dim": ffn, "max_position_embeddings": 256, **o}),
+        "albert": lambda **o: tf.AlbertConfig(**{"vocab_size": vocab, "embedding_size": hidden // 2,
+                                                 "hidden_size": hidden, "intermediate_size": ffn,
+                                                 "num_hidden_layers": layers, "num_attention_heads": 4, **o}),
+        "electra": lambda **o: tf.ElectraConfig(**{"vocab_size": vocab, "embedding_size": hidden // 2,
+                                                   "hidden_size": hidden, "intermediate_size": ffn,
+                                                   "num_hidden_layers": layers, "num_attention_heads": 4, **o}),
+        "xlm-roberta": lambda **o: tf.XLMRobertaConfig(**{"vocab_size": vocab, "hidden_size": hidden,
+                                                          "intermediate_size": ffn, "num_hidden_layers": layers,
+                                                          "num_attention_heads": 4, **o}),
+        "clip-text": lambda **o: tf.CLIPTextConfig(**{"vocab_size": vocab, "hidden_size": hidden,
+                                                      "intermediate_size": ffn, "num_hidden_layers": layers,
+                                                      "num_attention_heads": 4,
+                                                      "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, **o}),
+        "siglip-text": lambda **o: tf.SiglipTextConfig(**{"vocab_size": vocab, "hidden_size": hidden,
+                                                          "intermediate_size": ffn, "num_hidden_layers": layers,
+                                                          "num_attention_heads": 4, "bos_token_id": 0,
+                                                          "eos_token_id": 2, "pad_token_id": 1, **o}),
     }
 
 
 FAMILIES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "gpt2",
                              "gpt_neox", "opt", "falcon", "mixtral", "qwen2_moe", "qwen3_moe", "bert")
 DECODERS: tuple[str, ...] = tuple(f for f in FAMILIES if f not in ENCODERS)
+# More families, built the same way, that structured pruning is checked on (heads, neurons, reloading); not part of
+# FAMILIES, which every method's tests run over.
+MORE_FAMILIES: tuple[str, ...] = ("cohere", "starcoder2", "phi", "glm", "exaone4", "olmo2", "olmoe", "jamba", "helium",
+                                  "llama4", "gptj", "gpt_bigcode", "bloom", "bart", "albert", "electra",
+                                  "xlm-roberta", "clip-text", "siglip-text")
+_BARE = {"siglip-text": "SiglipTextModel"}  # configs AutoModel does not map to a model
 MOE: tuple[str, ...] = ("mixtral", "qwen2_moe", "qwen3_moe")
 
 
@@ -75,7 +126,7 @@ def tiny_config(family: str, vocab_size: int = 128, hidden: int = 64, layers: in
     """The config of a tiny model of ``family`` (see :data:`FAMILIES`), with ``overrides`` applied."""
     configs = _configs(vocab_size, hidden, layers)
     if family not in configs:
-        raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+        raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES + MORE_FAMILIES)}")
     return configs[family](**overrides)
 
 
@@ -83,14 +134,18 @@ def tiny_model(family: str, vocab_size: int = 128, hidden: int = 64, layers: int
                **overrides: Any) -> nn.Module:
     """A tiny randomly initialised model of ``family`` in eval mode (no download).
 
-    Decoders come with their LM head (``AutoModelForCausalLM``); ``bert`` is a ``BertModel``.
+    Decoders come with their LM head (``AutoModelForCausalLM``); encoders (``bert``, ``bart`` …) are the bare
+    ``AutoModel`` (``BertModel``, ``BartModel``, ``CLIPTextModel`` …).
     ``overrides`` replace config fields.
     """
     import transformers as tf
 
     config = tiny_config(family, vocab_size, hidden, layers, **overrides)
     torch.manual_seed(seed)
-    model = tf.BertModel(config) if family in ENCODERS else tf.AutoModelForCausalLM.from_config(config)
+    if family in _BARE:
+        model = getattr(tf, _BARE[family])(config)
+    else:
+        model = tf.AutoModel.from_config(config) if family in ENCODERS else tf.AutoModelForCausalLM.from_config(config)
     return model.eval()
 
 

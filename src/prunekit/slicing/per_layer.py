@@ -169,7 +169,10 @@ def load_sliced(folder: str | Path, dtype: torch.dtype = torch.float32) -> nn.Mo
     from safetensors.torch import load_file
     import transformers as tf
 
+    from ..core.shards import check_model_folder, safetensors_files
+
     folder = Path(folder)
+    check_model_folder(folder)  # no shard or index entry that leads out of the folder
     data = json.loads((folder / "config.json").read_text())
     if not str(data.get("model_type", "")).startswith(MARK):
         return tf.AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
@@ -180,8 +183,8 @@ def load_sliced(folder: str | Path, dtype: torch.dtype = torch.float32) -> nn.Mo
     for layer in model.model.layers:
         add_shortcuts_(layer, d2, d2)
     state: dict[str, Tensor] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(str(f)))
+    for f in safetensors_files(folder):  # each checked to stay inside the folder
+        state.update(load_file(str(folder / f)))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:

@@ -3,12 +3,13 @@ report).
 
 Channels are grouped by the dependency graph (DepGraph, Fang et al., 2023), scored per group, and the
 least important are physically removed, so the model gets fewer parameters and MACs. The graph is
-recorded from one forward pass on the example inputs (:mod:`.record`), and the pruned copy is run
-under a shape check before anything changes (:mod:`.check`): a group whose removal the model cannot
+recorded from one forward pass on the example inputs (:mod:`.graph.recorder`), and the pruned copy is run
+under a shape check before anything changes (:mod:`.graph.check`): a group whose removal the model cannot
 take (a constant channel count in a reshape, a width another tensor must match) is kept, the plan is
 made again, and the report lists it. The original is untouched after any failure. On Hugging Face
-models, ``what="heads"|"neurons"`` calls the transformer functions, and ``what="channels"`` also
-writes the new widths into the config so the result reloads with ``from_pretrained``.
+models, ``what="heads"|"neurons"|"layers"`` calls :func:`~prunekit.structured.transformers.units.prune_transformer_`
+(one function per unit), and ``what="channels"`` also writes the new widths into the config so the result reloads
+with ``from_pretrained``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 import warnings
 from typing import Any, Callable, Iterable
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -25,20 +27,18 @@ from ..core.config import ConfigError
 from ..core.deprecation import PrunekitDeprecationWarning, renamed_args
 from ..core.fraction import check_fraction
 from .config import StructuredConfig
-from .groups import Group, find_groups
-from .hf import is_hf, prune_units_, rebuild_mismatches, sync_from_config_, update_config_
-from .importance import ScoreContext, score_groups
-from .plan import Planner
-from .removal import remove_
-from .report import StructuredReport, channel_counts, count_macs, count_params
-from .trace import build_graph, resolve_ignore
+from .graph.groups import Group, find_groups
+from .transformers.common import UNIT_IMPORTANCES
+from .transformers.config import HFFormat, is_hf, rebuild_mismatches, sync_from_config_, update_config_
+from .transformers.units import prune_transformer_
+from .graph.importance import ScoreContext, score_groups
+from .graph.plan import Planner
+from .graph.removal import remove_
+from .graph.report import StructuredPruningWarning, StructuredReport, channel_counts, count_macs, count_params
+from .graph.trace import build_graph, resolve_ignore
 
 TARGETS = ("channels", "macs")
 _UNSET: Any = object()
-
-
-class StructuredPruningWarning(UserWarning):
-    """Structured pruning removed much less than asked, or met operations it could not follow."""
 
 
 def _settings(model: nn.Module, sparsity: Any, given: dict[str, Any], config: Any) -> StructuredConfig:
@@ -108,19 +108,7 @@ def _run(model: nn.Module, example_inputs: Any, cfg: StructuredConfig, loss_fn: 
     params_before, macs_before = count_params(model), count_macs(model, example_inputs)
     report = StructuredReport(cfg.what, cfg.sparsity, imp, params_before, params_before, macs_before, macs_before)
     if cfg.what != "channels":
-        if imp not in ("l1", "l2", "random", "activation"):
-            raise ValueError(f"what={cfg.what!r} ranks by l1, l2, random or activation, not {imp!r}")
-        if cfg.target != "channels" or cfg.allocation != "uniform" or cfg.round_to:
-            raise ValueError(f"what={cfg.what!r} keeps the same count in every layer: target, allocation and "
-                             "round_to apply to what='channels' only")
-        snap = _snapshot(model)
-        try:
-            result = prune_units_(model, cfg.what, cfg.sparsity, imp, cfg.seed, data, example_inputs)
-        except Exception:
-            _restore(snap)
-            raise
-        report.details = result if isinstance(result, dict) else (
-            result.to_dict() if hasattr(result, "to_dict") else {"result": result})
+        _prune_unit(model, example_inputs, cfg, data, report)
     else:
         if imp == "activation" and data is None and example_inputs is None:
             raise ValueError("importance='activation' needs data= (or the example inputs)")
@@ -133,11 +121,51 @@ def _run(model: nn.Module, example_inputs: Any, cfg: StructuredConfig, loss_fn: 
     return report
 
 
+def _prune_unit(model: nn.Module, example_inputs: Any, cfg: StructuredConfig, data: Any,
+                report: StructuredReport) -> None:
+    """Heads, neurons or layers of a transformer: :func:`prune_transformer_` (the example inputs, or the ``data=``
+    batches, are its calibration), restored on failure."""
+    imp = cfg.importance.importance
+    if cfg.what == "layers" and imp != "l2":
+        raise ValueError("what='layers' ranks blocks by Block Influence on the example inputs (or data=); "
+                         f"importance={imp!r} does not apply: leave it out")
+    if cfg.what != "layers" and imp not in UNIT_IMPORTANCES:
+        raise ValueError(f"what={cfg.what!r} ranks by {', '.join(UNIT_IMPORTANCES)}, not {imp!r}")
+    if cfg.target != "channels" or cfg.allocation != "uniform" or cfg.round_to or cfg.ignore or cfg.engine != "record":
+        raise ValueError(f"what={cfg.what!r} keeps the same count in every layer: target, allocation, round_to, ignore "
+                         "and engine apply to what='channels' only")
+    calibration = _calibration(data, example_inputs) if imp == "activation" or cfg.what == "layers" else None
+    options: dict[str, Any] = {} if cfg.what == "layers" else {"importance": imp, "seed": cfg.seed}
+    if cfg.what == "heads":
+        options["strict"] = cfg.strict  # a result far from the asked fraction is an error
+    snap = _snapshot(model)
+    try:
+        result = prune_transformer_(model, cfg.what, sparsity=cfg.sparsity, calibration=calibration, **options)
+    except Exception:
+        _restore(snap)
+        raise
+    report.importance = result.importance
+    report.reloadable = result.reloadable
+    report.details = result.to_dict()
+
+
+def _calibration(data: Any, example_inputs: Any) -> Any:
+    """One calibration batch from ``data=`` batches (``(inputs, targets)`` pairs give their inputs) or the
+    example inputs."""
+    batches = list(data) if data is not None else [example_inputs]
+    inputs = [b[0] if isinstance(b, (tuple, list)) and len(b) == 2 and data is not None else b for b in batches]
+    if len(inputs) == 1:
+        return inputs[0]
+    return torch.cat([x if isinstance(x, torch.Tensor) else x["input_ids"] for x in inputs])
+
+
 def _prune_channels(model: nn.Module, example_inputs: Any, cfg: StructuredConfig, loss_fn: Callable | None,
                     data: Any, hf: bool, report: StructuredReport) -> None:
     graph = build_graph(model, example_inputs, cfg.ignore, strict=cfg.strict, engine=cfg.engine)
     ctx = ScoreContext(model, loss_fn=loss_fn, data=data, seed=cfg.seed, example_inputs=example_inputs)
-    planner = Planner(model, example_inputs, graph, cfg, lambda gs: score_groups(gs, cfg.importance, ctx), hf)
+    planner = Planner(model, example_inputs, graph, lambda gs: score_groups(gs, cfg.importance, ctx),
+                      round_to=cfg.round_to, global_ranking=cfg.allocation == "global",
+                      form=HFFormat(model) if hf else None)
     if cfg.sparsity == 0 or not planner.groups:
         removed: set[int] = set()
     elif cfg.target == "macs":
@@ -156,12 +184,12 @@ def _prune_channels(model: nn.Module, example_inputs: Any, cfg: StructuredConfig
     report.groups, report.pinned, report.repaired = len(planner.active), reasons, planner.repaired
     report.unknown_ops = dict(graph.unknown_ops)
     report.config_changes = changes
+    report.details = {"ops": graph.ops, "checks": planner.checks, "ties": planner.ties, "engine": cfg.engine}
     if hf and changes:
         report.reloadable = not rebuild_mismatches(model)
         synced = sync_from_config_(model)
         if synced:
             report.details["synced_from_config"] = synced
-    report.details = {"ops": graph.ops, "checks": planner.checks, "ties": planner.ties, "engine": cfg.engine}
 
 
 def _warn(report: StructuredReport) -> None:
@@ -207,11 +235,13 @@ def prune_(model: nn.Module, example_inputs: Any, sparsity: Any = _UNSET, import
     Slimming), ``taylor`` (Molchanov et al. 2019: ``loss_fn(outputs, targets)`` on ``data`` batches of
     ``(inputs, targets)``), ``activation`` (E[x²]·‖W‖² on ``data``) or ``random``; a name, a dict or
     an importance config. ``what``: ``channels`` (every graph group), or for transformers ``heads``
-    (whole key/value groups) / ``neurons`` (MLP). ``ignore``: modules (or names) whose output channels
+    (whole key/value groups, or query heads under multi-query attention) / ``neurons`` (MLP) / ``layers``
+    (blocks by Block Influence on the example inputs or ``data=``). ``ignore``: modules (or names) whose output channels
     are kept. ``allocation="global"`` ranks units across groups; ``round_to`` keeps counts multiples of
-    it; ``target="macs"`` makes ``sparsity`` the fraction of MACs removed. ``config``: a
-    :class:`StructuredConfig` (or the third positional argument); keywords override it. Parameters are
-    replaced, so build optimizers after."""
+    it; ``target="macs"`` makes ``sparsity`` the fraction of MACs removed. ``strict``: an operation the
+    graph cannot follow is an error (channels), and so is a head count far from ``sparsity`` (heads).
+    ``config``: a :class:`StructuredConfig` (or the third positional argument); keywords override it.
+    Parameters are replaced, so build optimizers after."""
     if global_pruning is not None:
         warnings.warn("structured.prune_: global_pruning= is deprecated, use allocation='global'",
                       PrunekitDeprecationWarning, stacklevel=3)

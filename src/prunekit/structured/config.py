@@ -13,11 +13,11 @@ from pydantic import Field, field_validator
 
 from ..core.config import Config
 from ..core.fraction import Sparsity
-from .importance import ActivationConfig, BNScaleConfig, L1Config, L2Config, RandomConfig, TaylorConfig
+from .graph.importance import ActivationConfig, BNScaleConfig, L1Config, L2Config, RandomConfig, TaylorConfig
 
 ImportanceField = Annotated[L1Config | L2Config | BNScaleConfig | TaylorConfig | RandomConfig | ActivationConfig,
                             Field(discriminator="importance")]
-WHATS = ("channels", "heads", "neurons")
+WHATS = ("channels", "heads", "neurons", "layers")  # the units structured pruning removes
 
 
 class StructuredConfig(Config):
@@ -25,7 +25,7 @@ class StructuredConfig(Config):
 
     method: Literal["structured"] = "structured"
     sparsity: Sparsity = 0.5
-    what: Literal["channels", "heads", "neurons"] = "channels"
+    what: Literal[WHATS] = "channels"
     importance: ImportanceField = Field(default_factory=L2Config)
     allocation: Literal["uniform", "global"] = "uniform"
     round_to: int | None = Field(default=None, ge=1)

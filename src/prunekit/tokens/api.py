@@ -14,7 +14,7 @@ from ..core.registry import Registry
 from .config import ClsAttentionConfig, FastVConfig, MeanAttentionConfig, RandomPruneConfig, ToMeConfig, ZeroTPruneConfig
 from .decoders import DecoderLayerForward, FastVRuntime, check_decoder, install_fastv, prompt_kept
 from .encoder_patch import Capture, EncoderLayerForward, EncoderRuntime, LayerPlan, planned_tokens
-from .encoders import EncoderSite, UnsupportedModel, find_decoder_layers, find_encoder
+from .encoders import EncoderSite, UnsupportedModel, find_decoder_layers, find_encoder, is_generative
 from .matching import max_merge
 from .patching import Patch, PatchRecord, attach, find_patched
 from .report import TokenReport
@@ -310,8 +310,9 @@ def prune_(model: nn.Module, config: Config | dict[str, Any] | None = None, *, k
             fields["method"] = method
         cfg = TOKEN_METHODS.parse_config(config, **fields)
     else:
-        if method is None:
-            method = "fastv" if find_decoder_layers(model, strict=False) is not None else "attention"
+        if method is None:  # a decoder LM (supported or not) gets FastV, whose check names the decoders it supports
+            decoder = find_decoder_layers(model, strict=False) is not None or is_generative(model)
+            method = "fastv" if decoder else "attention"
         cfg = TOKEN_METHODS.parse_config({"method": method, **fields})
     if cfg.method == "tome":
         raise ConfigError("prune_ drops tokens; for ToMe merging use merge_(model, r=…)")

@@ -25,6 +25,7 @@ from torch import nn
 
 ENCODER_FAMILIES = ("timm-vit", "hf-vit", "hf-deit", "hf-clip-vision", "hf-bert")
 DECODER_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+_DECODER_NAMES = ("Llama", "Mistral", "Qwen2", "Qwen3")  # as a user reads them, in DECODER_FAMILIES' order
 
 
 class UnsupportedModel(ValueError):
@@ -275,5 +276,18 @@ def find_decoder_layers(model: nn.Module, strict: bool = True) -> tuple[str, nn.
         if site is not None:
             raise UnsupportedModel(f"{_cls_name(model)} is an encoder ({site.family}): method='fastv' prunes "
                                    "decoder prompts; use merge_(model, r=…) or prune_(model, method='attention')")
-        raise UnsupportedModel(f"no supported decoder found in {_cls_name(model)}; {_supported_line()}")
+        family = getattr(getattr(model, "config", None), "model_type", None)
+        named = f"{_cls_name(model)} ({family})" if family else _cls_name(model)
+        raise UnsupportedModel(f"FastV supports {', '.join(_DECODER_NAMES)} decoders; {named} is not one of them "
+                               f"(for encoders and vision models: {', '.join(ENCODER_FAMILIES)}, "
+                               "with method='attention' or merge_)")
     return None
+
+
+def is_generative(model: nn.Module) -> bool:
+    """Whether ``model`` is a Hugging Face model that generates text (a decoder LM: Llama, Mixtral, GPT-2, …)."""
+    can_generate = getattr(model, "can_generate", None)
+    try:
+        return bool(callable(can_generate) and can_generate())
+    except Exception:  # a custom model's can_generate that needs more than itself
+        return False

@@ -4,8 +4,9 @@
     for batch in loader:
         loss.backward(); opt.step(); sched.step()
 
-Every ``every`` steps between ``start_step`` and ``end_step`` the model is pruned (with masks, through
-:func:`prunekit.prune_`) up to the schedule's sparsity; masks only gain zeros, so optimizer steps never
+Every ``every`` steps between ``start_step`` and ``end_step`` the model is pruned (with masks) up to the
+schedule's sparsity, by one plan (:func:`prunekit.methods.plan_prune`, made once) applied at each step's
+sparsity (:func:`prunekit.methods.apply_plan_`); masks only gain zeros, so optimizer steps never
 revive a pruned weight. Any registered criterion, allocation and pattern can be used.
 """
 
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from ..core.deprecation import renamed_args
 from ..core.mask import get_mask
 from ..core.scope import targets_sparsity
-from ..methods.prune import plan_prune, prune_
+from ..methods.prune import apply_plan_, plan_prune
 from .schedule import ScheduleSpec, check_sparsity, check_window, resolve_schedule, sparsity_at
 from .state import current_masks, replace_masks_
 
@@ -47,11 +48,12 @@ class Gradual:
         self.start_step, self.end_step, self.every = start_step, end_step, every
         self.options = dict(method=method, allocation=allocation, pattern=pattern, scope=scope, **prune_options)
         self.options.setdefault("progress", False)
-        # Validate everything prune_ would check (scope, pattern, allocation, criterion) before any change.
-        _, plan = plan_prune(model, sparsity=self.final_sparsity, **self.options)
+        # One plan, checked before any change (scope, pattern, allocation, criterion), applied at every step.
+        plan = plan_prune(model, sparsity=self.final_sparsity, **self.options)
         if plan.pattern.fixed_sparsity is not None:
             raise ValueError(f"pattern {pattern} fixes the sparsity by itself; a gradual schedule needs an "
                              "unstructured, row or block pattern")
+        self.plan = plan
         self.targets = plan.targets
         self.keep_masks = keep_masks
         self.step_count = 0
@@ -84,7 +86,7 @@ class Gradual:
     def prune_to_(self, target: float) -> None:
         """Prune now up to ``target`` sparsity (a no-op when the model is already that sparse)."""
         if target > self.sparsity + 1e-12:
-            prune_(self.model, sparsity=target, **self.options)
+            apply_plan_(self.model, self.plan, target)
         self.history.append({"step": self.step_count, "target": target, "sparsity": self.sparsity})
         if self.keep_masks:
             self.mask_history.append(current_masks(self.model))

@@ -18,7 +18,7 @@ from ..core.allocate import allocate
 from ..core.mask import get_mask, weight_of
 from ..core.pattern import mask_from_scores, parse_pattern
 from ..core.deprecation import renamed_args
-from ..methods.prune import plan_prune, prune_
+from ..methods.prune import apply_plan_, plan_prune
 from .schedule import ScheduleSpec, check_sparsity, check_window, resolve_schedule, sparsity_at
 
 
@@ -38,8 +38,9 @@ class SoftShrink:
         if not 0 < shrink < 1:
             raise ValueError(f"shrink must be in (0, 1), the fraction taken off unimportant weights; got {shrink}")
         self.schedule_fn = resolve_schedule(schedule)
-        _, plan = plan_prune(model, sparsity=self.final_sparsity, allocation=allocation, scope=scope, progress=False)
-        self.model, self.targets = model, plan.targets
+        self.plan = plan_prune(model, "magnitude", self.final_sparsity, allocation=allocation, scope=scope,
+                               progress=False)
+        self.model, self.targets = model, self.plan.targets
         self.start_step, self.end_step, self.every, self.shrink = start_step, end_step, every, shrink
         self.allocation, self.scope = allocation, scope
         self.step_count = 0
@@ -50,8 +51,7 @@ class SoftShrink:
         self.step_count += 1
         s = self.step_count
         if s == self.end_step:
-            prune_(self.model, "magnitude", self.final_sparsity, allocation=self.allocation, scope=self.scope,
-                   progress=False)
+            apply_plan_(self.model, self.plan)
             self.history.append({"step": s, "target": self.final_sparsity, "pruned": 1.0})
         elif self.start_step <= s < self.end_step and (s - self.start_step) % self.every == 0:
             self.shrink_(sparsity_at(s, initial=0.0, final=self.final_sparsity, start_step=self.start_step,

@@ -25,7 +25,7 @@ from ..core.deprecation import renamed_args
 from ..core.scope import targets_sparsity
 from ..core.mask import get_mask, weight_of
 from ..criteria.base import eval_mode
-from ..methods.prune import PruneReport, plan_prune, prune_
+from ..methods.prune import PruneReport, apply_plan_, plan_prune, prune_
 from .schedule import ScheduleSpec, check_sparsity, check_window, resolve_schedule, sparsity_at
 from .state import current_masks, replace_masks_, zero_pruned_
 
@@ -70,8 +70,9 @@ class DynamicSparse:
         if not 0 <= drop_fraction < 1:
             raise ValueError(f"drop_fraction must be in [0, 1), got {drop_fraction}")
         self.schedule_fn = resolve_schedule(schedule)
-        _, plan = plan_prune(model, sparsity=self.final_sparsity, allocation=allocation, scope=scope, progress=False)
-        self.model, self.targets = model, plan.targets
+        self.plan = plan_prune(model, "magnitude", self.final_sparsity, allocation=allocation, scope=scope,
+                               progress=False)
+        self.model, self.targets = model, self.plan.targets
         self.regrow, self.update_every, self.start_step, self.end_step = regrow, update_every, start_step, end_step
         self.drop_fraction, self.allocation, self.scope = drop_fraction, allocation, scope
         self.data, self.loss_fn, self.optimizer = data, loss_fn, optimizer
@@ -109,7 +110,7 @@ class DynamicSparse:
                              start_step=self.start_step, end_step=self.end_step, schedule=self.schedule_fn)
         zero_pruned_(self.model)
         if target > self.sparsity + 1e-12:
-            prune_(self.model, "magnitude", target, allocation=self.allocation, scope=self.scope, progress=False)
+            apply_plan_(self.model, self.plan, target)
         frac = self.drop_fraction_at(s)
         grads = self._dense_grads(batch) if self.regrow == "gradient" and frac > 0 else None
         swapped = 0

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..core.deprecation import deprecated_alias, renamed_args
 from ..core.scope import targets_sparsity
 from ..core.mask import get_mask, weight_of
-from ..methods.prune import plan_prune, prune_
+from ..methods.prune import apply_plan_, plan_prune
 from .schedule import check_sparsity
 from .state import current_masks, load_plain_state_, plain_state, replace_masks_
 
@@ -108,8 +108,8 @@ class TicketSearch:
         self.model, self.train_fn, self.eval_fn = model, train_fn, eval_fn
         self.rounds, self.rate, self.steps, self.control, self.seed = rounds, float(rate), steps, control, seed
         self.options = dict(method=method, allocation=allocation, scope=scope, progress=False)
-        _, plan = plan_prune(model, sparsity=self.sparsity_after(rounds), **self.options)
-        self.targets = plan.targets
+        self.plan = plan_prune(model, sparsity=self.sparsity_after(rounds), **self.options)
+        self.targets = self.plan.targets
         self.keep_masks = keep_masks
         self.round = 0
         self.metrics: list[dict[str, Any]] = []
@@ -146,7 +146,7 @@ class TicketSearch:
         if self.eval_fn is not None:
             row["eval_before_prune"] = float(self.eval_fn(self.model))
         self.round += 1
-        prune_(self.model, sparsity=self.sparsity_after(self.round), **self.options)
+        apply_plan_(self.model, self.plan, self.sparsity_after(self.round))
         # Rewind weights and buffers (BatchNorm statistics too); the masks stay.
         load_plain_state_(self.model, self.rewind_state)
         row["sparsity"] = self._sparsity()

@@ -38,6 +38,19 @@ def write_shards(folder, x, sizes, fixed=True, texts=True):
     return paths
 
 
+def assignment(work, n):
+    """The run's own nearest centroid and similarity to it for each of ``n`` rows (``work/assign``, kept
+    with ``keep_work=True``): a reference built on them makes the same discrete choices as the run, where
+    recomputed similarities could tip a near-tie the other way."""
+    labels, sims = np.full(n, -1), np.full(n, np.nan, dtype=np.float32)
+    for f in sorted((work / "assign").glob("*.index.npy")):
+        stem = str(f)[: -len(".index.npy")]
+        idx = np.load(f)
+        labels[idx], sims[idx] = np.load(stem + ".cluster.npy"), np.load(stem + ".sim.npy")
+    assert (labels >= 0).all()
+    return labels, sims
+
+
 @pytest.fixture
 def planted_emb(tmp_path):
     """An embedding folder (float32, 4 shards) of 2000 vectors with 150 planted near-copies."""

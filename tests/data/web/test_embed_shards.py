@@ -52,6 +52,7 @@ def test_texts_are_encoded_like_embed_texts(tmp_path, tiny_encoder):
                        progress=False)
     assert rep.dim == 32
     texts = pq.read_table(paths[1]).column("text").to_pylist()
+    # the same batches of 8 and 7 texts, the same padding: the same arithmetic, so the default rtol and a tiny atol
     np.testing.assert_allclose(np.load(tmp_path / "emb/part-00001.npy"), embed_texts(texts, tiny_encoder, batch_size=8),
                                atol=1e-6)
     info = json.loads((tmp_path / "emb/prunekit.json").read_text())
@@ -67,6 +68,39 @@ def test_a_callable_encoder_works_and_its_output_is_checked(tmp_path):
         embed_shards(tmp_path / "in", tmp_path / "bad", model=lambda t: np.full((len(t), 4), np.nan), progress=False)
     with pytest.raises(ValueError, match="one vector per text"):
         embed_shards(tmp_path / "in", tmp_path / "bad", model=lambda t: np.ones((1, 4)), progress=False)
+
+
+@pytest.mark.parametrize("file_format", ["npy", "parquet"])
+def test_values_beyond_float16_are_refused_not_written_as_inf(tmp_path, file_format):
+    x = planted(n=30, d=3, dups=0)[0]
+    x[17, 1] = 7e4  # finite in float32, inf in float16
+    write_shards(tmp_path / "in", x, [30])
+    # precomputed vectors (refused by the scan before anything is written), and an encoder's output (refused
+    # before the shard's vectors are written: its completion mark)
+    for kwargs in ({"embedding_column": "emb"}, {"model": lambda t: x[:len(t)]}):
+        with pytest.raises(ValueError, match=r"shard-000.parquet: 1 embeddings hold values beyond float16's range "
+                                             r"±65504 \(first at rows \[17\].*--dtype float32"):
+            embed_shards(tmp_path / "in", tmp_path / "emb", file_format=file_format, batch_size=64, progress=False,
+                         **kwargs)
+        assert not (tmp_path / "emb" / f"part-00000.{file_format}").exists()
+    rep = embed_shards(tmp_path / "in", tmp_path / "ok", embedding_column="emb", dtype="float32",
+                       file_format=file_format, progress=False)
+    got = np.concatenate([b for _, b in EmbeddingStore.open(tmp_path / "ok").batches(0, 64)])
+    assert rep.written == 1 and got[17, 1] == np.float32(7e4)
+
+
+@pytest.mark.parametrize("out", [".", ".."])
+def test_the_current_folder_or_a_parent_is_never_the_output(tmp_path, monkeypatch, out):
+    x = planted(n=10, d=3, dups=0)[0]
+    write_shards(tmp_path / "in", x, [10])
+    here = tmp_path / "a" / "here"
+    here.mkdir(parents=True)
+    for folder in (here, here.parent):  # both look like prunekit's output: --overwrite would have replaced them
+        (folder / "prunekit.json").write_text('{"prunekit_version": "0"}')
+    monkeypatch.chdir(here)
+    with pytest.raises(ValueError, match="is the current folder or holds it"):
+        embed_shards(tmp_path / "in", out, embedding_column="emb", overwrite=True, progress=False)
+    assert _files(here) == ["prunekit.json"] and _files(here.parent) == ["here", "prunekit.json"]
 
 
 def _text_shard(path, **cols):

@@ -122,10 +122,10 @@ def test_a_damaged_shard_of_another_width_is_an_error(tmp_path):
 
 def test_outputs_are_not_replaced_without_overwrite(tmp_path):
     np.save(tmp_path / "emb.npy", planted(n=200, d=4, dups=0)[0])
-    (tmp_path / "keep.npy").write_bytes(b"mine")
+    np.save(tmp_path / "keep.npy", np.array([7]))  # an array file: replaced only with overwrite
     with pytest.raises(ValueError, match="exists; pass --overwrite"):
         dedup(tmp_path / "emb.npy", n_clusters=2, eps=0.1, out=tmp_path / "keep.npy")
-    assert (tmp_path / "keep.npy").read_bytes() == b"mine"
+    assert np.load(tmp_path / "keep.npy").tolist() == [7]
     rep = dedup(tmp_path / "emb.npy", n_clusters=2, eps=0.1, out=tmp_path / "keep.npy", overwrite=True,
                 progress=False)
     assert len(np.load(tmp_path / "keep.npy")) == rep.kept

@@ -19,7 +19,7 @@ import numpy as np
 from ...core.atomic import MARKER, atomic_file, check_writable, is_prunekit_folder
 from ...core.fsops import OutputLock
 from .engine import get_engine
-from .sources import (Source, check_finite_rows, inspect_sources, iter_texts, iter_vectors, resolve_shards,
+from .sources import (Source, check_finite_rows, check_fits_dtype, inspect_sources, iter_texts, iter_vectors, resolve_shards,
                       scan_vectors)
 from .store import (DTYPES, FILE_FORMATS, KIND, read_marker, remove_shard_files, shard_files, shard_name,
                     write_marker)
@@ -158,6 +158,7 @@ def _fill(out: np.ndarray, batches: Any, task: EmbedTask) -> int:
     start = 0
     for vec in batches:
         _check_width(vec, task, start)
+        check_fits_dtype(vec, task.dtype, task.source, start)
         if start + len(vec) > task.rows:
             raise ValueError(f"{task.source}: holds more rows than its metadata says ({task.rows})")
         out[start:start + len(vec)] = vec.astype(out.dtype)
@@ -179,6 +180,7 @@ def _write_parquet(path: Path, batches: Any, task: EmbedTask, index: np.ndarray,
         with pq.ParquetWriter(tmp, schema) as writer:
             for vec in batches:
                 _check_width(vec, task, start)
+                check_fits_dtype(vec, task.dtype, task.source, start)
                 stop = start + len(vec)
                 flat = pa.array(vec.astype(task.dtype).reshape(-1), type=value_type)
                 cols = [pa.array(index[start:stop]), pa.FixedSizeListArray.from_arrays(flat, task.dim)]
@@ -287,6 +289,10 @@ def embed_shards(texts: str | os.PathLike | Sequence[str | os.PathLike], out: st
                                    id_column)
     out_path = Path(out).absolute()
     check_writable(out_path)
+    cwd, real = Path(os.path.realpath(os.getcwd())), Path(os.path.realpath(out_path))
+    if real == cwd or real in cwd.parents:
+        raise ValueError(f"--out {out} is the current folder or holds it; prunekit never writes embeddings into "
+                         "(or replaces) it. Choose a new folder such as emb/")
     encoder: Encoder | None = None
     if from_vectors:
         model_name = None
@@ -294,7 +300,7 @@ def embed_shards(texts: str | os.PathLike | Sequence[str | os.PathLike], out: st
         dim = dim if dim is not None else done_dim
         for i, s in enumerate(sources):  # widths and finiteness of every shard still to write, before writing
             if s.rows and i not in done:
-                dim = scan_vectors(s, embedding_column, batch_size, dim)  # type: ignore[arg-type]
+                dim = scan_vectors(s, embedding_column, batch_size, dim, dtype)  # type: ignore[arg-type]
         if dim is None:
             raise ValueError("the input shards hold no rows")
     else:

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ...core.atomic import atomic_file
+from ...core.atomic import atomic_file, check_distinct
 from ..budgets import dbp_budgets
 from ..checks import budget
 from ..io import check_output_file, load_array
@@ -38,6 +38,18 @@ from .work import Work
 # ------------------------------------------------------------------------------------------- checks
 def _check_out(path: str | os.PathLike | None, overwrite: bool, what: str = "--out") -> Path | None:
     return None if path is None else check_output_file(path, overwrite, what)
+
+
+def _check_paths(out: Any, pairs_out: Any, work: Any, emb: Any, subset: Any) -> None:
+    """Two outputs with one path (or one inside the other: removing the work folder would delete an output
+    in it), or an output over an input, are errors before any work."""
+    def path(x: Any) -> Any:
+        return x if isinstance(x, (str, os.PathLike)) else None
+
+    if work is None and path(out) is not None:
+        work = f"{os.fspath(out)}.work"
+    check_distinct({"--out": path(out), "--pairs-out": path(pairs_out), "--work": path(work)},
+                   {"--emb": path(emb), "--subset": path(subset)})
 
 
 def _subset(subset: Any, store: EmbeddingStore) -> list[np.ndarray] | None:
@@ -210,6 +222,7 @@ def dedup(emb: Any, config: SemDeDupConfig | Mapping[str, Any] | None = None, *,
     cfg = _config(SemDeDupConfig, config, {"n_clusters": n_clusters, "eps": eps, "prefer": prefer, "sample": sample,
                                            "niter": niter, "seed": seed, "batch_size": batch_size,
                                            "partition_rows": partition_rows})
+    _check_paths(out, pairs_out, work, emb, subset)
     store, out_path, parts, fp = _prepare(emb, cfg, out, overwrite, subset, engine, True)
     pairs_path = _check_out(pairs_out, overwrite, "--pairs-out")
     if pairs_path is not None and pairs_path.suffix.lower() != ".parquet":
@@ -265,6 +278,7 @@ def density(emb: Any, config: DBPConfig | Mapping[str, Any] | None = None, *, n_
                                       "prefer": prefer, "neighbors": neighbors, "min_keep": min_keep,
                                       "sample": sample, "niter": niter, "seed": seed, "batch_size": batch_size,
                                       "partition_rows": partition_rows})
+    _check_paths(out, None, work, emb, subset)
     store, out_path, parts, fp = _prepare(emb, cfg, out, overwrite, subset, engine, False)
     n = int(sum(len(s) for s in parts)) if parts is not None else store.n
     total = budget(cfg.keep, n)

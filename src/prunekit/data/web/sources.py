@@ -171,9 +171,9 @@ def iter_vectors(path: str, column: str, batch_size: int) -> Iterator[np.ndarray
         start += len(col)
 
 
-def scan_vectors(source: Source, column: str, batch_size: int, dim: int | None) -> int:
+def scan_vectors(source: Source, column: str, batch_size: int, dim: int | None, dtype: str | None = None) -> int:
     """Read one shard's embedding column through once: its width (which must equal ``dim`` when
-    given) and that every value is finite. Returns the width."""
+    given), that every value is finite and (with ``dtype``) that it fits that dtype. Returns the width."""
     width = dim
     start = 0
     for arr in iter_vectors(source.path, column, batch_size):
@@ -183,6 +183,8 @@ def scan_vectors(source: Source, column: str, batch_size: int, dim: int | None) 
             raise ValueError(f"{source.path}: embeddings are {arr.shape[1]}-dimensional but earlier ones are "
                              f"{width}; every shard must come from the same encoder")
         check_finite_rows(arr, f"{source.path}", start)
+        if dtype is not None:
+            check_fits_dtype(arr, dtype, f"{source.path}", start)
         start += len(arr)
     if width is None:
         raise ValueError(f"{source.path}: the shard has no rows to learn the embedding width from")
@@ -196,3 +198,19 @@ def check_finite_rows(arr: np.ndarray, where: str, start: int = 0) -> None:
         bad = (start + np.flatnonzero(~finite)[:5]).tolist()
         raise ValueError(f"{where}: {int((~finite).sum())} embeddings hold NaN or infinite values "
                          f"(first at rows {bad}); fix or drop those examples")
+
+
+FLOAT16_MAX = 65504.0  # the largest finite float16; anything larger is stored as inf
+
+
+def check_fits_dtype(arr: np.ndarray, dtype: str, where: str, start: int = 0) -> None:
+    """Raise when ``dtype`` is float16 and a row of ``arr`` holds a value beyond ±65504 (float16 would store
+    it as inf), naming the shard and the first rows."""
+    if np.dtype(dtype) != np.float16 or not arr.size:
+        return
+    big = (np.abs(arr) > FLOAT16_MAX).any(axis=1)
+    if big.any():
+        rows = (start + np.flatnonzero(big)[:5]).tolist()
+        raise ValueError(f"{where}: {int(big.sum())} embeddings hold values beyond float16's range ±65504 "
+                         f"(first at rows {rows}, largest |x| = {float(np.abs(arr).max()):.4g}); float16 would store "
+                         "them as inf. Write float32 (dtype='float32', --dtype float32), or normalise the embeddings")

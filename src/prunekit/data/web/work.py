@@ -30,12 +30,18 @@ class Work:
         self.path = scratch_folder("prunekit-data-work") if work is None else Path(work).absolute()
         self.fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as it reads back from the marker
         self.created = self.scratch
+        self.made_folder = self.scratch
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "Work":
         if not self.scratch:
             if self.path.exists() and not self.path.is_dir():
                 raise ValueError(f"work folder {self.path} is a file; choose another (work=, --work)")
+            cwd = Path(os.path.realpath(os.getcwd()))
+            real = Path(os.path.realpath(self.path))
+            if real == cwd or real in cwd.parents:
+                raise ValueError(f"work folder {self.path} is the current folder or holds it; prunekit keeps its "
+                                 "work files in a folder of their own. Choose a new one (work=, --work), e.g. OUT.work")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._stack.enter_context(OutputLock(self.path))
         try:
@@ -50,28 +56,31 @@ class Work:
 
     def _prepare(self) -> None:
         marker = self.path / MARKER
+        made = self.created
         if not self.scratch and self.path.exists():
             try:
                 info = json.loads(marker.read_text())
             except (OSError, ValueError):
                 info = None
             if isinstance(info, dict) and info.get("kind") == WORK_KIND:
+                made = bool(info.get("made_folder", False))
                 if info.get("fingerprint") != self.fingerprint:
                     warnings.warn(f"{self.path} holds the work of a run with other data or settings; starting over",
                                   stacklevel=4)
-                    shutil.rmtree(self.path)
+                    self._clear()
             elif any(self.path.iterdir()):
                 raise ValueError(f"work folder {self.path} holds files prunekit did not write; choose another "
                                  "(work=, --work)")
         if not self.path.exists():
             self.path.mkdir(parents=True)
-            self.created = True
+            self.created = made = True
+        self.made_folder = made
         if not marker.exists():
             from ... import __version__
 
             with atomic_file(marker) as tmp:
                 tmp.write_text(json.dumps({"prunekit_version": __version__, "kind": WORK_KIND,
-                                           "fingerprint": self.fingerprint}))
+                                           "fingerprint": self.fingerprint, "made_folder": made}))
 
     def sub(self, name: str) -> Path:
         """A subfolder (created if missing)."""
@@ -79,6 +88,20 @@ class Work:
         p.mkdir(exist_ok=True)
         return p
 
+    def _clear(self) -> None:
+        """Delete everything inside the folder (all of it prunekit's: a work folder holds nothing else)."""
+        for entry in os.scandir(self.path):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
     def remove(self) -> None:
-        """Delete the folder and everything in it."""
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Delete what prunekit made: the folder's contents, and the folder itself if prunekit created it."""
+        if not self.path.is_dir():
+            return
+        self._clear()
+        if self.made_folder:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()

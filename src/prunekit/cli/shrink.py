@@ -1,0 +1,231 @@
+"""``prunekit shrink``: a smaller dense language model under a budget — heads, MLP neurons, residual width and
+depth cut to a uniform shape (Minitron-style), optionally recovered by logit distillation from the unpruned
+model — saved as a folder stock ``from_pretrained`` reads (checked: the folder is read back and its logits
+compared before success is printed).
+
+    prunekit shrink --model smollm2-135m --target params=0.6 --kd-steps 200 --out smollm2-shrunk
+
+``--target params=F`` keeps at most F of the non-embedding parameters (all but the input embedding and the LM
+head); ``memory=F`` at most F of the weights' bytes (every parameter, at the model's dtype). ``speed=`` is not
+built yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import add_common, emit, is_quiet, say
+
+DEFAULT_MODEL = "smollm2-135m"
+RELOAD_ATOL = 1e-4  # float32 logits of the same weights through the same kernels: differences are ~0
+
+
+def add_parser(subs: argparse._SubParsersAction) -> None:
+    p = subs.add_parser("shrink", help="cut a decoder to a smaller dense shape under a budget, distil, save",
+                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="an alias (smollm2-135m, gemma3-270m), a Hugging Face "
+                                                          "folder or a .gguf file (default smollm2-135m)")
+    p.add_argument("--target", default="params=0.6",
+                   help="params=F (non-embedding parameters kept, default 0.6) or memory=F (weight bytes kept)")
+    p.add_argument("--axes", default="heads,neurons,hidden,depth",
+                   help="what may shrink, comma-separated: heads, neurons, hidden, depth (default all four)")
+    p.add_argument("--importance", choices=["activation", "magnitude"], default="activation",
+                   help="how channels, heads and neurons are ranked: activation (Minitron's, default) or magnitude")
+    p.add_argument("--candidates", type=int, default=4,
+                   help="shapes near the budget scored by calibration loss (default 4; 1: no scoring)")
+    p.add_argument("--calib", default="pydocs", metavar="TEXT",
+                   help="calibration text: pydocs (default), a text file or a folder")
+    p.add_argument("--nsamples", type=int, default=16, help="calibration windows (default 16)")
+    p.add_argument("--seqlen", type=int, default=256, help="tokens per calibration / evaluation window (default 256)")
+    p.add_argument("--eval-windows", type=int, default=16, help="held-out windows for perplexity (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration sample and the distillation text")
+    p.add_argument("--kd-steps", type=int, default=0, help="logit-distillation steps after the cut (default 0: none)")
+    p.add_argument("--kd-batch", type=int, default=4, help="windows per distillation step (default 4)")
+    p.add_argument("--kd-seqlen", type=int, default=256, help="tokens per distillation window (default 256)")
+    p.add_argument("--kd-lr", type=float, default=2e-4, help="distillation learning rate (default 2e-4)")
+    p.add_argument("--kd-text", default=None, metavar="TEXT",
+                   help="distillation text (default: --calib's source; its held-out split is never used)")
+    p.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="write a distillation checkpoint into DIR every --checkpoint-every steps")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (default 50)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the distillation from --checkpoint (same command otherwise)")
+    p.add_argument("--no-time", action="store_true", help="skip the paired generation-speed measurement")
+    p.add_argument("--out", default=None, help="output folder (default shrunk-<model name>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is a folder prunekit wrote (any other folder is never replaced)")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every option is checked before any work; an option that would be ignored is an error."""
+    from ..shrink.budget import parse_target
+    from ..shrink.distill import DistillConfig
+    from ..shrink.search import check_axes
+
+    args.target_ = parse_target(args.target)
+    args.axes_ = check_axes([a.strip() for a in args.axes.split(",") if a.strip()])
+    for name in ("nsamples", "seqlen", "eval_windows", "candidates", "kd_batch", "kd_seqlen", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.seed < 0 or args.kd_steps < 0:
+        raise ValueError(f"--seed and --kd-steps must be 0 or more, got {args.seed} and {args.kd_steps}")
+    if args.kd_steps == 0:
+        given = [f"--{n}" for n, v in (("kd-text", args.kd_text), ("checkpoint", args.checkpoint),
+                                       ("resume", args.resume or None)) if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} applies to distillation, which --kd-steps 0 turns off; pass "
+                             "--kd-steps N")
+    if args.resume and args.checkpoint is None:
+        raise ValueError("--resume continues from a checkpoint: pass --checkpoint DIR")
+    args.kd = DistillConfig.parse(steps=max(1, args.kd_steps), batch_size=args.kd_batch, seqlen=args.kd_seqlen,
+                                  lr=args.kd_lr, checkpoint_every=args.checkpoint_every, seed=args.seed, where="--kd")
+    if args.checkpoint is not None and args.out is not None and Path(args.checkpoint).resolve() == Path(args.out).resolve():
+        raise ValueError("--checkpoint and --out must be different folders")
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    return Path(args.out) if args.out else Path(f"shrunk-{Path(str(args.model)).stem.lower()}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check everything, then shrink, distil, save into a fresh folder, read it back and compare, and swap it
+    in as ``--out``."""
+    from ..core.atomic import output_folder
+
+    _check_args(args)
+    out = _out_dir(args)
+    started = time.perf_counter()
+    with output_folder(out, overwrite=args.overwrite) as folder:
+        meta, text = _shrink_and_save(args, folder)
+    meta["out"] = str(out)
+    meta["total_seconds"] = time.perf_counter() - started
+    emit(args, meta, f"{text}\nsaved to {out}/ (read back with from_pretrained, logits checked) in "
+                     f"{meta['total_seconds']:.0f} s total")
+    return 0
+
+
+def _run_identity(args: argparse.Namespace) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed by this command."""
+    return {"model": str(args.model), "target": str(args.target_), "axes": list(args.axes_),
+            "importance": args.importance, "candidates": args.candidates, "calib": args.calib,
+            "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed,
+            "kd": args.kd.to_dict(), "kd_text": args.kd_text or args.calib}
+
+
+def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Any], str]:
+    from .. import __version__
+    from ..datasets.text import calibration_windows, eval_windows
+    from ..metrics.perplexity import perplexity
+    from ..models.hf import load_model
+    from ..shrink import plan_shrink, shrink_
+    from ..shrink.distill import distill_, load_student, read_checkpoint, text_stream
+
+    progress = not is_quiet(args)
+    quiet = lambda t: say(args, t)  # noqa: E731
+    say(args, f"loading {args.model} ...")
+    lm = load_model(args.model)
+    if not lm.causal_lm:
+        raise ValueError(f"{args.model} is not a causal language model; prunekit shrink cuts decoders")
+    calib = calibration_windows(lm.tokenizer, args.calib, args.nsamples, args.seqlen, args.seed, say=quiet)
+    windows = eval_windows(lm.tokenizer, args.calib, args.eval_windows, args.seqlen, say=quiet)
+    _, _, _, _, found = plan_shrink(lm.model, args.target_, calib, args.axes_, args.importance)  # every check
+    run_id = _run_identity(args)
+    meta: dict[str, Any] = {"prunekit_version": __version__, "command": "shrink", "model": str(args.model),
+                            "run": run_id, "candidates_in_band": len(found.shapes)}
+    teacher = lm.model
+    if args.resume:
+        ckpt = read_checkpoint(args.checkpoint)
+        if ckpt.get("run") != run_id:
+            raise ValueError(f"the checkpoint in {args.checkpoint} was written by a different command ({ckpt.get('run')}"
+                             "); resume with the same options")
+        extra = ckpt.get("extra") or {}
+        say(args, f"resuming the distillation after step {ckpt['step']} from {args.checkpoint} ...")
+        student = load_student(args.checkpoint)
+        meta.update(shrink=extra.get("shrink"), perplexity=dict(extra.get("perplexity") or {}))
+        shrink_text = extra.get("shrink_text", "")
+    else:
+        say(args, "measuring the dense model ...")
+        ppl = {"dense": perplexity(lm.model, windows, progress=progress)}
+        # the unpruned model stays for distillation and the paired timing; else it is cut in place
+        student = copy.deepcopy(lm.model) if args.kd_steps or not args.no_time else lm.model
+        say(args, f"shrinking to {args.target_} along {', '.join(args.axes_)} ...")
+        report = shrink_(student, args.target_, calib, args.axes_, importance=args.importance,
+                         candidates=args.candidates, progress=progress)
+        shrink_text = str(report)
+        ppl["shrunk"] = perplexity(student, windows, progress=progress)
+        meta.update(shrink=report.to_dict(), perplexity=ppl)
+    if args.kd_steps:
+        say(args, f"distilling from the unpruned model: {args.kd.steps} steps × {args.kd_batch} × {args.kd_seqlen} "
+                  "tokens ...")
+        stream = text_stream(lm.tokenizer, args.kd_text or args.calib, args.kd_seqlen, args.seed)
+        extra = {"shrink": meta["shrink"], "perplexity": meta["perplexity"], "shrink_text": shrink_text}
+        kd = distill_(student, teacher, stream, args.kd, checkpoint=args.checkpoint, resume=args.resume, run=run_id,
+                      progress=progress, extra=extra)
+        meta["distill"] = kd.to_dict()
+        meta["perplexity"]["distilled"] = perplexity(student, windows, progress=progress)
+    if not args.no_time:
+        from ..metrics.generation import compare_generation
+
+        say(args, "timing generation, dense and shrunk interleaved ...")
+        speeds, cmp = compare_generation({"dense": teacher, "shrunk": student}, lm.tokenizer, threads=1)
+        meta["generation"] = {n: s.to_dict() for n, s in speeds.items()}
+        meta["generation"]["speedup"] = speeds["dense"].seconds / speeds["shrunk"].seconds
+    say(args, f"saving to {folder} and reading it back ...")
+    meta["reload_max_abs_diff"] = save_and_verify(student, lm.tokenizer, folder, windows[:2, :64])
+    meta["perplexity_text"] = {"source": args.calib, "windows": args.eval_windows, "seqlen": args.seqlen}
+    text = _render(args, meta, shrink_text)
+    (folder / "prunekit.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    (folder / "report.txt").write_text(text + "\n")
+    return meta, text
+
+
+def save_and_verify(model: Any, tokenizer: Any, folder: Path, ids: Any) -> float:
+    """Save ``model`` and ``tokenizer`` into ``folder``, read the model back with stock ``from_pretrained`` and
+    compare its logits on ``ids`` with the in-memory model's; returns the largest difference, raises if it
+    is above :data:`RELOAD_ATOL` (the caller's output folder is then discarded)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    back = AutoModelForCausalLM.from_pretrained(str(folder), dtype=next(model.parameters()).dtype).eval()
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        a = model(input_ids=ids, use_cache=False).logits.float()
+        b = back(input_ids=ids, use_cache=False).logits.float()
+    model.train(was_training)
+    diff = float((a - b).abs().max())
+    if not diff <= RELOAD_ATOL:
+        raise RuntimeError(f"the saved folder does not reproduce the shrunk model (logits differ by up to {diff:.3g}); "
+                           "nothing was written to --out. Please report this")
+    return diff
+
+
+def _render(args: argparse.Namespace, meta: dict[str, Any], shrink_text: str) -> str:
+    ppl = meta.get("perplexity") or {}
+    lines = [f"prunekit {meta['prunekit_version']}: {args.model}", shrink_text]
+    if "distill" in meta:
+        d = meta["distill"]
+        lines.append(f"distillation: {d['steps']} steps, {d['tokens']:,} tokens, {d['seconds']:.0f} s wall "
+                     f"({d['cpu_seconds']:.0f} s CPU), {d['tokens_per_s']:,.0f} tokens/s, peak memory "
+                     f"{d['peak_rss_bytes'] / 2**30:.2f} GiB"
+                     + (f", resumed after step {d['resumed_from']}" if d["resumed_from"] else ""))
+    pp = ", ".join(f"{k} {v:.2f}" for k, v in ppl.items())
+    lines.append(f"perplexity ({args.calib} held out, {args.eval_windows}×{args.seqlen}): {pp}")
+    if "generation" in meta:
+        g = meta["generation"]
+        lines.append(f"generation ({g['dense']['tokens']} tokens, 1 thread, interleaved): dense "
+                     f"{g['dense']['tokens_per_s']:.1f} tok/s, shrunk {g['shrunk']['tokens_per_s']:.1f} tok/s "
+                     f"({g['speedup']:.2f}×)" + (" — noisy" if g["dense"]["noisy"] or g["shrunk"]["noisy"] else ""))
+    return "\n".join(lines)

@@ -1,0 +1,305 @@
+"""Recovery by logit distillation: train the shrunk model (student) to match the unpruned model's (teacher)
+next-token distributions, as Minitron does, on text streamed in windows.
+
+The loss is KL(teacher ‖ student) of the temperature-softened next-token distributions, averaged over
+tokens and multiplied by T² (Hinton et al., 2015). Every parameter of the student trains (AdamW, linear
+warm-up then cosine decay, gradients clipped). Text comes from :class:`WindowStream`: documents shuffled by
+the seed and tokenized one at a time as the windows are needed, so the corpus's tokens are never all held
+(its text is: :func:`text_stream` reads the source's documents first).
+
+Checkpoints (``checkpoint=`` a folder, every ``checkpoint_every`` steps and at the end) hold the student
+as a Hugging Face folder (``from_pretrained`` reads it), the optimizer and schedule, the step and the
+losses; each is written as a fresh folder swapped in whole (:func:`prunekit.core.atomic.output_folder`),
+so a process killed at any moment (``kill -9`` included) leaves the previous checkpoint intact.
+``resume=True`` continues after the last one: the stream skips the windows already used, so a resumed run
+takes the same steps on the same text as one never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..core.config import Config
+
+CHECKPOINT_KIND = "shrink-distill-checkpoint"
+STATE_FILE = "training.pt"
+
+
+class DistillConfig(Config):
+    """Settings of logit distillation (see :func:`distill_`)."""
+
+    steps: int = Field(100, ge=1)
+    batch_size: int = Field(4, ge=1)
+    seqlen: int = Field(256, ge=2)
+    lr: float = Field(2e-4, gt=0)
+    warmup: float = Field(0.1, ge=0, lt=1)
+    temperature: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(50, ge=1)
+    seed: int = 0
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the whole run reads."""
+        return self.steps * self.batch_size * self.seqlen
+
+
+@dataclass
+class DistillReport:
+    """What :func:`distill_` trained, how fast, and with how much memory."""
+
+    steps: int
+    tokens: int
+    seconds: float
+    cpu_seconds: float
+    peak_rss_bytes: int
+    lr: float
+    temperature: float
+    resumed_from: int = 0
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Training tokens per wall second (of this process's part of the run)."""
+        return self.tokens / self.seconds if self.seconds > 0 else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data; losses summarised by the means of the first and last tenth of the steps."""
+        d = asdict(self)
+        losses = d.pop("losses")
+        k = max(1, len(losses) // 10)
+        return {**d, "tokens_per_s": self.tokens_per_s,
+                "loss_first": sum(losses[:k]) / k if losses else None,
+                "loss_last": sum(losses[-k:]) / k if losses else None}
+
+    def __str__(self) -> str:
+        d = self.to_dict()
+        loss = f", KL {d['loss_first']:.3f} → {d['loss_last']:.3f}" if self.losses else ""
+        resumed = f", resumed after step {self.resumed_from}" if self.resumed_from else ""
+        return (f"distillation: {self.steps} steps, {self.tokens:,} tokens, {self.seconds:.0f} s wall "
+                f"({self.cpu_seconds:.0f} s CPU), {self.tokens_per_s:,.0f} tokens/s, peak memory "
+                f"{self.peak_rss_bytes / 2**30:.2f} GiB{loss}{resumed}")
+
+
+class WindowStream:
+    """Windows of ``seqlen`` token ids from documents, shuffled by ``seed`` each pass over them, tokenized
+    lazily (one document at a time). Each window starts with ``start`` when given (the BOS token a
+    tokenizer adds), as the calibration and evaluation windows do."""
+
+    def __init__(self, tokenizer: Any, texts: list[str], seqlen: int, seed: int = 0, start: int | None = None) -> None:
+        if not texts:
+            raise ValueError("distillation needs text: the source gave no documents")
+        if seqlen < 2:
+            raise ValueError(f"seqlen must be at least 2, got {seqlen}")
+        self.tokenizer, self.texts, self.seqlen, self.seed, self.start = tokenizer, texts, seqlen, seed, start
+
+    def __iter__(self) -> Iterator[Tensor]:
+        buffer: list[int] = []
+        epoch = 0
+        while True:
+            order = torch.randperm(len(self.texts), generator=torch.Generator().manual_seed(self.seed + epoch))
+            produced = False
+            for i in order.tolist():
+                buffer.extend(self.tokenizer(self.texts[i] + "\n\n", add_special_tokens=False)["input_ids"])
+                while len(buffer) >= self.seqlen:
+                    window = torch.tensor(buffer[:self.seqlen], dtype=torch.long)
+                    del buffer[:self.seqlen]
+                    if self.start is not None:
+                        window[0] = self.start
+                    produced = True
+                    yield window
+            if not produced and epoch > 0:
+                raise ValueError(f"the distillation text holds fewer than {self.seqlen} tokens; give more text")
+            epoch += 1
+
+
+def text_stream(tokenizer: Any, source: str, seqlen: int, seed: int = 0) -> WindowStream:
+    """A :class:`WindowStream` over the calibration split of a text source (``pydocs``, a file, a folder; see
+    :mod:`prunekit.datasets.text`): the evaluation split stays held out."""
+    from ..datasets.text import documents, split_documents, start_token
+
+    docs = split_documents(documents(source), "calibration")
+    return WindowStream(tokenizer, [d.text for d in docs], seqlen, seed, start_token(tokenizer))
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """KL(teacher ‖ student) of the softened next-token distributions, mean over tokens, times T²."""
+    v = student_logits.shape[-1]
+    s = F.log_softmax(student_logits.reshape(-1, v).float() / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits.reshape(-1, v).float() / temperature, dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
+
+
+def fingerprint(model: nn.Module) -> float:
+    """Σ of every parameter (float64): ties a checkpoint's weights to its optimizer state."""
+    return float(sum(p.detach().double().sum() for p in {id(p): p for p in model.parameters()}.values()))
+
+
+def read_checkpoint(folder: str | Path) -> dict[str, Any]:
+    """The metadata of a distillation checkpoint folder (its ``prunekit.json``); a ValueError if it is none."""
+    path = Path(folder) / "prunekit.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise ValueError(f"{folder} holds no distillation checkpoint (no readable prunekit.json); start without "
+                         "--resume") from None
+    if meta.get("kind") != CHECKPOINT_KIND:
+        raise ValueError(f"{folder} is a prunekit folder but not a distillation checkpoint")
+    return meta
+
+
+def load_student(folder: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The student saved in a checkpoint folder, read with stock ``from_pretrained``."""
+    from transformers import AutoModelForCausalLM
+
+    read_checkpoint(folder)
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).train()
+
+
+def _schedule(cfg: DistillConfig) -> Callable[[int], float]:
+    warm = max(1, round(cfg.warmup * cfg.steps))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, cfg.steps - warm)))
+
+    return factor
+
+
+def _save_checkpoint(folder: Path, student: nn.Module, opt: Any, sched: Any, step: int, losses: list[float],
+                     run: dict[str, Any], spent: dict[str, float], extra: dict[str, Any] | None = None) -> None:
+    from .. import __version__
+    from ..core.atomic import output_folder
+
+    with output_folder(folder, overwrite=True) as tmp:
+        student.save_pretrained(tmp)
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "losses": losses,
+                    "spent": spent}, tmp / STATE_FILE)
+        meta = {"prunekit_version": __version__, "kind": CHECKPOINT_KIND, "step": step, "run": run, "fingerprint": fingerprint(student),
+                "extra": extra or {}}
+        (tmp / "prunekit.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def distill_(student: nn.Module, teacher: nn.Module, windows: Any, config: DistillConfig | dict | None = None, *,
+             checkpoint: str | Path | None = None, resume: bool = False, run: dict[str, Any] | None = None,
+             progress: bool = True, on_step: Callable[[int], None] | None = None, extra: dict[str, Any] | None = None,
+             **fields: Any) -> DistillReport:
+    """Train ``student`` in place to match ``teacher``'s next-token distributions on ``windows`` (an iterable of
+    token-id windows, e.g. :func:`text_stream`; or a (n, seqlen) tensor, cycled). ``config`` or its keyword
+    ``fields``: steps, batch_size, seqlen, lr, warmup, temperature, checkpoint_every, seed … (see
+    :class:`DistillConfig`). With ``checkpoint`` a folder is written every ``checkpoint_every`` steps; with
+    ``resume`` the student must be the checkpoint's (:func:`load_student`) and training continues after its
+    step. ``run`` (plain data describing the run) is stored in checkpoints and must match on resume; ``extra``
+    (plain data) is stored beside it for the caller (:func:`read_checkpoint` returns both).
+    ``on_step(step)`` is called after each step. Checked before anything changes."""
+    cfg = config if isinstance(config, DistillConfig) else DistillConfig.parse(config or {}, **fields)
+    if isinstance(config, DistillConfig) and fields:
+        cfg = config.replace(**fields)
+    run = dict(run or {})
+    folder = Path(checkpoint) if checkpoint is not None else None
+    if resume and folder is None:
+        raise ValueError("resume needs the checkpoint folder to continue from (checkpoint=, --checkpoint DIR)")
+    vocab_s = student.get_output_embeddings().weight.shape[0]
+    vocab_t = teacher.get_output_embeddings().weight.shape[0]
+    if vocab_s != vocab_t:
+        raise ValueError(f"student and teacher predict different vocabularies ({vocab_s} and {vocab_t} tokens); "
+                         "logit distillation needs the same one")
+    state = None
+    done = 0
+    if resume:
+        assert folder is not None
+        meta = read_checkpoint(folder)
+        if meta.get("run") != run:
+            raise ValueError(f"the checkpoint in {folder} was written by a different run ({meta.get('run')}); resume "
+                             "with the same settings, or start afresh in another folder")
+        if not math.isclose(meta["fingerprint"], fingerprint(student), rel_tol=1e-9, abs_tol=1e-6):
+            raise ValueError(f"the student's weights are not the checkpoint's in {folder}; load them with "
+                             "prunekit.shrink.distill.load_student")
+        state = torch.load(folder / STATE_FILE, weights_only=True)
+        done = int(state["step"])
+        if done > cfg.steps:
+            raise ValueError(f"the checkpoint is at step {done}, beyond the {cfg.steps} steps asked for")
+    stream = _windows(windows, cfg)
+    for _ in range(done * cfg.batch_size):  # the windows earlier steps used
+        next(stream)
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
+    losses: list[float] = []
+    spent = {"seconds": 0.0, "cpu_seconds": 0.0}
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        losses = list(state["losses"])
+        spent = dict(state["spent"])
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    device = next(student.parameters()).device
+    tokens_per_step = cfg.batch_size * cfg.seqlen
+    start, cpu = time.perf_counter(), time.process_time()
+    bar = tqdm(total=cfg.tokens, initial=done * tokens_per_step, unit="tok", unit_scale=True, desc="distill",
+               disable=not progress, leave=False, smoothing=0.1)
+    student.train()
+    try:
+        for step in range(done, cfg.steps):
+            batch = torch.stack([next(stream) for _ in range(cfg.batch_size)]).to(device)
+            with torch.no_grad():
+                target = teacher(input_ids=batch, use_cache=False).logits
+            loss = kd_loss(student(input_ids=batch, use_cache=False).logits, target, cfg.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            bar.update(tokens_per_step)
+            bar.set_postfix(kl=f"{losses[-1]:.3f}", step=f"{step + 1}/{cfg.steps}")
+            if folder is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+                now = {"seconds": spent["seconds"] + time.perf_counter() - start,
+                       "cpu_seconds": spent["cpu_seconds"] + time.process_time() - cpu}
+                _save_checkpoint(folder, student, opt, sched, step + 1, losses, run, now, extra)
+            if on_step is not None:
+                on_step(step + 1)
+    finally:
+        bar.close()
+        student.eval()
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return DistillReport(cfg.steps - done, (cfg.steps - done) * tokens_per_step, seconds, cpu_seconds, peak, cfg.lr,
+                         cfg.temperature, done, losses)
+
+
+def _windows(windows: Any, cfg: DistillConfig) -> Iterator[Tensor]:
+    """An endless iterator of (seqlen,) windows from a stream or a (n, seqlen) tensor (cycled in order)."""
+    if isinstance(windows, Tensor):
+        if windows.dim() != 2 or windows.shape[0] == 0 or windows.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"windows must be token ids of shape (n, seqlen), got {tuple(windows.shape)}")
+        if windows.shape[1] != cfg.seqlen:
+            raise ValueError(f"windows hold {windows.shape[1]} tokens each but seqlen is {cfg.seqlen}")
+        rows = windows.long()
+
+        def cycle() -> Iterator[Tensor]:
+            while True:
+                yield from rows
+        return cycle()
+    if windows is None:
+        raise ValueError("distillation needs text: pass windows= (a text_stream or token ids)")
+    if isinstance(windows, WindowStream) and windows.seqlen != cfg.seqlen:
+        raise ValueError(f"the stream cuts {windows.seqlen}-token windows but seqlen is {cfg.seqlen}")
+    return iter(windows)

@@ -1,0 +1,91 @@
+"""``prunekit shrink``: a smaller model saved, read back and checked; distillation resumed from a checkpoint;
+bad input refused in one line before anything is loaded or written."""
+
+import json
+
+import pytest
+
+from prunekit.cli import main
+
+
+def _args(root, out, *extra):
+    return ["shrink", "--model", str(root / "model"), "--calib", str(root / "texts"), "--nsamples", "4",
+            "--seqlen", "32", "--eval-windows", "2", "--candidates", "2", "--out", str(out), "--no-time", *extra]
+
+
+def test_shrink_saves_a_smaller_model_that_reloads(tiny_folder, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "small"
+    assert main(_args(tiny_folder, out, "--json", "--kd-steps", "2", "--kd-batch", "2", "--kd-seqlen", "32")) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["shrink"]["non_embedding_kept"] <= 0.6
+    assert set(data["perplexity"]) == {"dense", "shrunk", "distilled"}
+    assert data["distill"]["tokens"] == 2 * 2 * 32 and data["distill"]["peak_rss_bytes"] > 0
+    assert data["reload_max_abs_diff"] <= 1e-4
+    model = AutoModelForCausalLM.from_pretrained(out)
+    after = data["shrink"]["shape_after"]
+    assert model.config.hidden_size == after["hidden"] and model.config.intermediate_size == after["ffn"]
+    saved = json.loads((out / "prunekit.json").read_text())
+    assert saved["perplexity"] == data["perplexity"] and (out / "report.txt").read_text().startswith("prunekit")
+
+
+def test_resume_continues_the_distillation_from_its_checkpoint(tiny_folder, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    common = ("--json", "--kd-steps", "4", "--kd-batch", "2", "--kd-seqlen", "32", "--checkpoint", str(ckpt),
+              "--checkpoint-every", "2")
+    assert main(_args(tiny_folder, tmp_path / "a", *common)) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert json.loads((ckpt / "prunekit.json").read_text())["step"] == 4
+    assert main(_args(tiny_folder, tmp_path / "b", *common, "--resume")) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed["distill"]["resumed_from"] == 4 and resumed["distill"]["steps"] == 0
+    assert resumed["shrink"]["shape_after"] == first["shrink"]["shape_after"]
+    # the same weights, read back from the checkpoint: the same perplexity up to float32 rounding
+    assert resumed["perplexity"]["distilled"] == pytest.approx(first["perplexity"]["distilled"], rel=1e-5)
+    assert main(_args(tiny_folder, tmp_path / "c", *common[:-2], "--checkpoint-every", "3", "--resume")) == 2
+    assert "different command" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--target", "params=0.01"), "cannot be reached"),
+    (("--target", "speed=1.5"), "(speed=) is not built yet"),
+    (("--axes", "heads,width"), "unknown axis 'width'"),
+    (("--resume", "--kd-steps", "2"), "--resume continues from a checkpoint"),
+    (("--checkpoint", "x"), "--checkpoint applies to distillation"),
+    (("--kd-steps", "-1"), "--kd-steps must be 0 or more"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tiny_folder, tmp_path, capsys, extra, message):
+    out = tmp_path / "never"
+    assert main(_args(tiny_folder, out, "--quiet", *extra)) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("prunekit shrink:")]
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists()
+
+
+def test_unsupported_family_is_refused_before_writing(tmp_path, capsys):
+    from prunekit.models.tiny import tiny_model, tiny_tokenizer, write_tiny_folder
+
+    tok = tiny_tokenizer()
+    root = write_tiny_folder(tmp_path / "gpt2", tiny_model("gpt2", vocab_size=tok.vocab_size), tok)
+    assert main(_args(root, tmp_path / "never")) == 2
+    assert "supports the Hugging Face decoders" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+def test_timing_compares_the_dense_model_with_the_shrunk_one(tiny_folder, tmp_path, capsys, monkeypatch):
+    import prunekit.metrics.generation as generation
+
+    seen = {}
+    real = generation.compare_generation
+
+    def spy(models, tokenizer, **kw):
+        seen.update({n: m.config.hidden_size * m.config.intermediate_size for n, m in models.items()})
+        return real(models, tokenizer, min_rounds=1, max_rounds=1, warmup=0, new_tokens=4, threads=1)
+
+    monkeypatch.setattr(generation, "compare_generation", spy)
+    out = tmp_path / "timed"
+    assert main([a for a in _args(tiny_folder, out, "--json", "--target", "params=0.4") if a != "--no-time"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert seen["dense"] == 64 * 128 and seen["shrunk"] < seen["dense"]  # not the shrunk model timed twice
+    assert data["generation"]["dense"]["tokens"] == 4 and data["generation"]["speedup"] > 0

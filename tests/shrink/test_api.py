@@ -1,0 +1,121 @@
+"""shrink_: the budget is met (counted exactly), the shape is the best scored candidate, the result reloads, and
+bad input (unreachable target, unknown axis, no calibration, an unsupported family) changes nothing."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from prunekit.models.tiny import tiny_model
+from prunekit.shrink import (
+    Counter, Shape, apply_shape_, calibration_loss, non_embedding_params, parse_target, shape_of, shrink_,
+)
+from prunekit.shrink.search import candidates, grid
+from prunekit.shrink.width import param_count
+
+
+def _calib():
+    return torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("family,tied,kv", [("llama", True, 2), ("qwen3", False, 2), ("gemma2", True, 2),
+                                             ("gemma3", True, 1)])
+def test_counter_is_exact_for_every_shape_it_predicts(family, tied, kv):
+    # kv=1: multi-query attention (Gemma 3 270M's layout): heads go by query heads, not groups
+    model = tiny_model(family, layers=4, tie_word_embeddings=tied, num_key_value_heads=kv)
+    counter = Counter.of(model)
+    assert counter.non_embedding(shape_of(model)) == non_embedding_params(model)
+    assert counter.total(shape_of(model)) == param_count(model)
+    heads = 2 if kv == 2 else 3  # 4 → 2 heads by whole groups; 4 → 3 query heads (48 % 3 == 0)
+    target = Shape(hidden=48, heads=heads, kv_heads=1, head_dim=shape_of(model).head_dim, ffn=96, layers=3)
+    apply_shape_(model, target, _calib())
+    assert shape_of(model) == target
+    assert counter.non_embedding(target) == non_embedding_params(model)
+    assert counter.total(target) == param_count(model)
+
+
+def test_shrink_meets_the_budget_and_reloads(tmp_path):
+    model = tiny_model("llama", layers=4)
+    report = shrink_(model, "params=0.6", _calib())
+    assert report.non_embedding_after == non_embedding_params(model)
+    assert 0.55 <= report.non_embedding_kept <= 0.6  # within the default 5-point band under the budget
+    scored = [c for c in report.candidates if c.loss is not None]
+    assert len(scored) == 4 and report.shape_after == min(scored, key=lambda c: c.loss).shape
+    model.save_pretrained(tmp_path)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, 128, (2, 10))
+    with torch.no_grad():
+        assert (back(ids).logits - model(ids).logits).abs().max() < 1e-5  # same weights, same kernels
+
+
+def test_the_chosen_shape_scores_what_the_search_measured():
+    model = tiny_model("qwen2", layers=4)
+    calib = _calib()
+    report = shrink_(model, "params=0.7", calib, candidates=3)
+    chosen = next(c for c in report.candidates if c.shape == report.shape_after)
+    # the in-place cut repeats the scored trial exactly (same data, same order): float32 loss, ~1e-6 apart
+    assert calibration_loss(model, calib) == pytest.approx(chosen.loss, abs=1e-5)
+
+
+def test_memory_target_counts_every_weight():
+    model = tiny_model("gemma3", layers=4)
+    report = shrink_(model, "memory=0.5", _calib(), candidates=1)
+    assert report.params_kept <= 0.5 and report.candidates[0].loss is None  # one candidate: not scored
+    assert report.params_after == param_count(model)
+
+
+def test_one_axis_only_moves_that_axis():
+    model = tiny_model("mistral", layers=4)
+    dense = shape_of(model)
+    report = shrink_(model, "params=0.8", _calib(), axes=["hidden"], candidates=1)
+    assert report.shape_after.with_(hidden=dense.hidden) == dense and report.shape_after.hidden < dense.hidden
+
+
+def test_grid_widths_are_ones_the_config_accepts():
+    model = tiny_model("llama", layers=4)  # LlamaConfig: hidden_size % num_attention_heads == 0
+    for s in grid(shape_of(model), ("heads", "hidden"), model.config):
+        assert s.hidden % s.heads == 0
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"target": "params=0.01"}, "cannot be reached"),
+    ({"target": "speed=1.5"}, "not built yet"),
+    ({"target": "params=1.5"}, "must be in \\(0, 1\\]"),
+    ({"target": "flops=0.5"}, "unknown target"),
+    ({"axes": ["width"]}, "unknown axis 'width'"),
+    ({"calibration": None}, "needs calibration token ids"),
+    ({"candidates": 0}, "candidates must be a positive int"),
+])
+def test_bad_input_changes_nothing(kwargs, message):
+    model = tiny_model("llama", layers=4)
+    before = _state(model)
+    args = {"target": "params=0.6", "calibration": _calib(), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        shrink_(model, **args)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and model.config.hidden_size == 64
+
+
+def test_unreachable_names_what_is_reachable():
+    with pytest.raises(ValueError, match=r"keeps \d+\.\d% of the non-embedding parameters; ask for params=0\.\d+"):
+        shrink_(tiny_model("llama", layers=4), "params=0.01", _calib())
+
+
+def test_candidates_are_under_the_budget_balanced_first():
+    model = tiny_model("llama", layers=10, hidden=128)
+    counter = Counter.of(model)
+    found = candidates(shape_of(model), counter, parse_target("params=0.5"), ("heads", "neurons", "hidden", "depth"),
+                       model.config)
+    sizes = [counter.non_embedding(s) for s in found.shapes]
+    assert all(found.budget - 0.05 * found.dense_count <= n <= found.budget for n in sizes)
+    assert found.under_budget < found.grid_size and len(found.shapes) > 4
+
+
+def test_unsupported_family_is_refused_before_any_change():
+    model = tiny_model("gpt2")
+    before = _state(model)
+    with pytest.raises(ValueError, match="supports the Hugging Face decoders"):
+        shrink_(model, "params=0.6", _calib())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -1,0 +1,143 @@
+"""Logit distillation: the loss is the KL it claims to be, training lowers it, the text stream is deterministic,
+and a run killed with SIGKILL resumes from its checkpoint to the same weights as a run never interrupted."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prunekit.models.tiny import tiny_model, tiny_tokenizer
+from prunekit.shrink import prune_hidden_
+from prunekit.shrink.distill import (
+    DistillConfig, WindowStream, distill_, fingerprint, kd_loss, load_student, read_checkpoint,
+)
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def test_kd_loss_is_the_kl_of_the_softened_distributions():
+    s, t = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    assert kd_loss(t, t).item() == pytest.approx(0, abs=1e-6)
+    T = 2.0
+    p = F.softmax(t / T, -1)
+    manual = (p * (F.log_softmax(t / T, -1) - F.log_softmax(s / T, -1))).sum(-1).mean() * T * T
+    # float32 sums over 11 classes and 10 tokens: agreement to ~1e-6
+    assert kd_loss(s, t, T).item() == pytest.approx(manual.item(), rel=1e-5)
+
+
+def _pair():
+    teacher = tiny_model("llama", layers=2, seed=0)
+    student = tiny_model("llama", layers=2, seed=0)
+    prune_hidden_(student, 48, importance="magnitude")
+    return student, teacher
+
+
+def test_distillation_lowers_the_kl_and_reports_its_cost():
+    student, teacher = _pair()
+    windows = torch.randint(0, 128, (8, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = kd_loss(student(windows).logits, teacher(windows).logits).item()
+    report = distill_(student, teacher, windows, steps=30, batch_size=4, seqlen=16, lr=3e-3, progress=False)
+    with torch.no_grad():
+        after = kd_loss(student(windows).logits, teacher(windows).logits).item()
+    assert after < 0.7 * before
+    assert report.tokens == 30 * 4 * 16 and report.tokens_per_s > 0 and report.peak_rss_bytes > 2**20
+    assert report.cpu_seconds > 0 and len(report.losses) == 30
+    assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_window_stream_is_deterministic_and_lazy():
+    tok = tiny_tokenizer()
+    texts = [f"{i}{i} " * 12 for i in range(6)]  # documents with no token in common
+    a = WindowStream(tok, texts, 8, seed=3, start=0)
+    b = WindowStream(tok, texts, 8, seed=3, start=0)
+    wa = [w for w, _ in zip(a, range(40))]  # more windows than one pass holds: it cycles
+    wb = [w for w, _ in zip(b, range(40))]
+    assert all(torch.equal(x, y) for x, y in zip(wa, wb))
+    assert all(w.shape == (8,) and int(w[0]) == 0 for w in wa)
+    c = [w for w, _ in zip(WindowStream(tok, texts, 8, seed=4, start=0), range(40))]
+    assert not all(torch.equal(x, y) for x, y in zip(wa, c))  # another seed, another order
+
+
+def test_bad_distillation_input_is_refused():
+    student, teacher = _pair()
+    with pytest.raises(ValueError, match="seqlen"):
+        distill_(student, teacher, torch.randint(0, 128, (4, 16)), steps=1, seqlen=8, progress=False)
+    with pytest.raises(ValueError, match="needs text"):
+        distill_(student, teacher, None, steps=1, progress=False)
+    with pytest.raises(ValueError, match="checkpoint folder"):
+        distill_(student, teacher, torch.randint(0, 128, (4, 16)), steps=1, seqlen=16, resume=True, progress=False)
+    with pytest.raises(ValueError, match="steps"):
+        DistillConfig.parse(steps=0)
+    other = tiny_model("llama", vocab_size=64)
+    with pytest.raises(ValueError, match="different vocabularies"):
+        distill_(student, other, torch.randint(0, 64, (4, 16)), steps=1, seqlen=16, progress=False)
+
+
+SCRIPT = textwrap.dedent("""
+    import os, signal, sys, torch
+    torch.set_num_threads(1)
+    from prunekit.models.tiny import tiny_model
+    from prunekit.shrink import prune_hidden_
+    from prunekit.shrink.distill import distill_, load_student
+    mode, ckpt, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    teacher = tiny_model("llama", layers=2, seed=0)
+    if mode == "resume":
+        student = load_student(ckpt)
+    else:
+        student = tiny_model("llama", layers=2, seed=0)
+        prune_hidden_(student, 48, importance="magnitude")
+    windows = torch.randint(0, 128, (10, 16), generator=torch.Generator().manual_seed(0))
+    kill = (lambda step: os.kill(os.getpid(), signal.SIGKILL) if step == 7 else None) if mode == "kill" else None
+    report = distill_(student, teacher, windows, steps=12, batch_size=2, seqlen=16, lr=1e-3, checkpoint_every=3,
+                      checkpoint=None if mode == "plain" else ckpt, resume=mode == "resume", run={"test": 1},
+                      progress=False, on_step=kill)
+    torch.save({"state": student.state_dict(), "resumed_from": report.resumed_from}, out)
+""")
+
+
+def _run(tmp_path, *args):
+    env = {**os.environ, "PYTHONPATH": SRC}
+    return subprocess.run([sys.executable, "-c", SCRIPT, *args], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    killed = _run(tmp_path, "kill", str(ckpt), str(tmp_path / "never.pt"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (tmp_path / "never.pt").exists()
+    assert read_checkpoint(ckpt)["step"] == 6  # checkpoints at 3 and 6; killed after step 7
+    resumed = _run(tmp_path, "resume", str(ckpt), str(tmp_path / "resumed.pt"))
+    assert resumed.returncode == 0, resumed.stderr
+    plain = _run(tmp_path, "plain", str(ckpt), str(tmp_path / "plain.pt"))
+    assert plain.returncode == 0, plain.stderr
+    a, b = torch.load(tmp_path / "resumed.pt"), torch.load(tmp_path / "plain.pt")
+    assert a["resumed_from"] == 6 and b["resumed_from"] == 0
+    # the same float32 operations in the same order on one thread: identical up to rounding
+    assert max((a["state"][k] - b["state"][k]).abs().max().item() for k in b["state"]) < 1e-6
+    assert read_checkpoint(ckpt)["step"] == 12
+
+
+def test_resume_refuses_another_run_or_other_weights(tmp_path):
+    student, teacher = _pair()
+    windows = torch.randint(0, 128, (4, 16))
+    distill_(student, teacher, windows, steps=2, batch_size=2, seqlen=16, checkpoint=tmp_path / "c", run={"a": 1},
+             progress=False)
+    again = load_student(tmp_path / "c")
+    assert fingerprint(again) == pytest.approx(fingerprint(student), rel=1e-9)
+    with pytest.raises(ValueError, match="different run"):
+        distill_(again, teacher, windows, steps=4, batch_size=2, seqlen=16, checkpoint=tmp_path / "c", run={"a": 2},
+                 resume=True, progress=False)
+    with pytest.raises(ValueError, match="not the checkpoint's"):
+        distill_(_pair()[0], teacher, windows, steps=4, batch_size=2, seqlen=16, checkpoint=tmp_path / "c",
+                 run={"a": 1}, resume=True, progress=False)
+    with pytest.raises(ValueError, match="no distillation checkpoint"):
+        read_checkpoint(tmp_path)
