@@ -45,6 +45,33 @@ def test_a_foreign_file_is_refused_and_left_untouched(tmp_path):
         Store(other)
 
 
+@pytest.mark.parametrize("tables", ["CREATE TABLE meta (name TEXT, data TEXT)",
+                                    "CREATE TABLE meta (key TEXT, value TEXT); INSERT INTO meta VALUES ('kind', 'x')"])
+def test_another_applications_meta_table_is_not_a_prunekit_store(tmp_path, capsys, tables):
+    from prunekit.cli import main
+
+    other = tmp_path / "app.db"
+    con = sqlite3.connect(other)
+    con.executescript(tables)
+    con.close()
+    before = other.read_bytes()
+    with pytest.raises(StoreError, match="not a prunekit results store"):
+        Store(other)
+    assert main(["results", "--db", str(other)]) == 2
+    assert "not a prunekit results store" in capsys.readouterr().err
+    assert other.read_bytes() == before
+
+
+def test_an_unknown_where_field_is_an_error_naming_the_known_ones(tmp_path):
+    with Store(tmp_path / "r.db") as s:
+        assert s.runs({"methd": "wanda"}) == []  # an empty store: nothing to name
+        s.put(_run("a"))
+        with pytest.raises(ValueError, match=r"no stored run has a field 'methd' \(did you mean 'method'\?\); "
+                                             r"known fields: .*\bmethod\b.*\bsparsity\b"):
+            s.runs({"methd": "wanda"})
+        assert [r.key for r in s.runs({"figures.perplexity": "12.5"})] == ["a"]
+
+
 def test_a_newer_schema_is_refused(tmp_path):
     db = tmp_path / "r.db"
     Store(db).close()

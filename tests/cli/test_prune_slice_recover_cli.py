@@ -68,6 +68,7 @@ def test_bad_slice_or_recover_is_refused_before_anything_is_written(tiny_folder,
     if "--calib" in extra:
         i = argv.index("--calib")
         del argv[i:i + 2]
+        argv.remove("--nsamples"), argv.remove("4")  # no calibration: --nsamples would be an error
     with pytest.raises(ValueError, match=match):
         _run(argv + extra)
     assert not out.exists() and list(tmp_path.iterdir()) == []
@@ -77,6 +78,7 @@ def test_calib_none_works_for_magnitude_and_is_refused_for_wanda(tiny_folder, tm
     argv = _args(tiny_folder, tmp_path / "m", "--method", "magnitude", "--json")
     i = argv.index("--calib")
     argv[i + 1] = "none"
+    argv.remove("--nsamples"), argv.remove("4")  # no calibration: --nsamples would be an error
     argv += ["--ppl", str(tiny_folder / "texts")]
     assert _run(argv) == 0
     assert json.loads(capsys.readouterr().out)["after"]["perplexity"] > 1

@@ -46,3 +46,24 @@ def test_a_bad_recipe_fails_before_anything_runs(tmp_path, capsys):
 def test_results_without_a_store(tmp_path, capsys):
     assert main(["results", "--db", str(tmp_path / "none.db")]) == 2
     assert "no results store" in capsys.readouterr().err
+
+
+def test_a_changed_calibration_or_evaluation_text_changes_the_run_keys(tiny_folder, tmp_path, capsys):
+    calib, ev = tmp_path / "calib.txt", tmp_path / "eval.txt"
+    calib.write_text("one paragraph.\n\nanother one.\n")
+    ev.write_text("held out.\n\nand more.\n")
+    recipe = tmp_path / "lm.yaml"
+    recipe.write_text(f"name: lm\ntask: {{task: lm, model: {tiny_folder / 'model'}, calibration: {{source: {calib}}}, "
+                      f"evaluation: {{source: {ev}}}}}\nstages:\n  - {{stage: prune, method: magnitude, sparsity: 0.5}}\n")
+
+    def keys():
+        assert main(["run", str(recipe), "--db", str(tmp_path / "r.db"), "--dry-run", "--json"]) == 0
+        return [r["key"] for r in json.loads(capsys.readouterr().out)["runs"]]
+
+    first = keys()
+    assert keys() == first  # the same texts: the same keys (stored runs are reused)
+    calib.write_text("one paragraph, edited.\n\nanother one.\n")
+    second = keys()
+    assert not set(second) & set(first)
+    ev.write_text("held out, edited.\n\nand more.\n")
+    assert not set(keys()) & set(second)

@@ -1,9 +1,9 @@
-"""The slicing and LLM-recovery stages: parsed into their typed configs, run by the bench runner."""
+"""The slicing and LLM-recovery stages: parsed into their typed configs, run as the bench runner runs them."""
 
 import pytest
 import torch
 
-from prunekit.bench.runner import STAGE_RUNNERS
+from prunekit.pipeline import STAGES, Workspace, run_stages
 from prunekit.core.config import ConfigError
 from prunekit.models.hf import tiny_model
 from prunekit.recipe import parse_stage
@@ -22,22 +22,19 @@ def test_stages_parse_into_their_configs_and_refuse_bad_fields():
         parse_stage({"stage": "recover", "epochs": 1})
 
 
-class _Ctx:
-    def __init__(self, calibration):
-        self.calibration = calibration
-
-    def stage_inputs(self, seed):
-        return {} if self.calibration is None else {"calibration": self.calibration}
-
-
-def test_runners_slice_then_recover_a_model():
+def test_stages_slice_then_recover_a_model():
     model = tiny_model("llama", hidden=64, layers=2)
     ids = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0))
-    _, s = parse_stage({"stage": "slice", "sparsity": 0.25})
-    out = STAGE_RUNNERS.get("slice")(_Ctx(ids), model, s, 0)
-    assert out["hidden_after"] == 48 and model.config.hidden_size == 48
-    _, r = parse_stage({"stage": "recover", "recover": "bias_norm", "steps": 3, "batch_size": 4})
-    out = STAGE_RUNNERS.get("recover")(_Ctx(ids), model, r, 0)
-    assert out["steps"] == 3 and out["mode"] == "bias_norm"
+    ws = Workspace(model=model, calibration=ids, progress=False)
+    s = parse_stage({"stage": "slice", "sparsity": 0.25})
+    r = parse_stage({"stage": "recover", "recover": "bias_norm", "steps": 3, "batch_size": 4})
+    sliced, recovered = run_stages([s, r], ws).records
+    assert sliced["hidden_after"] == 48 and model.config.hidden_size == 48
+    assert recovered["steps"] == 3 and recovered["mode"] == "bias_norm"
     with pytest.raises(ValueError, match="has none"):
-        STAGE_RUNNERS.get("recover")(_Ctx(None), model, r, 0)
+        run_stages([r], Workspace(model=model, progress=False))
+    before = model.model.layers[0].mlp.up_proj.weight.clone()
+    with pytest.raises(ValueError, match=r"batches of 4 windows, but the 2 calibration windows give 2; calibrate on at "
+                                         r"least 4 \(nsamples 4\)"):
+        run_stages([parse_stage({"stage": "finalize"}), r], Workspace(model=model, calibration=ids[:2], progress=False))
+    assert torch.equal(model.model.layers[0].mlp.up_proj.weight, before)  # checked before any stage ran

@@ -82,3 +82,19 @@ def test_shipped_recipes_parse():
     assert files, "recipes/ ships recipes"
     for f in files:
         assert Recipe.from_yaml(f).runs()
+
+
+@pytest.mark.parametrize("text, line, key", [
+    (TEXT.replace("    sparsity: 0.5\n", "    sparsity: 0.5\n    sparsity: 0.9\n"), 7, "stages.0.sparsity"),
+    (TEXT + "seeds: [3]\n", 14, "seeds"),
+])
+def test_a_duplicated_key_is_an_error_naming_the_file_and_line(tmp_path, text, line, key):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"dup.yaml: line {line}: key '{key}' appears twice \(first on line "):
+        Recipe.from_yaml(path)
+
+
+def test_a_stage_of_the_task_is_refused_in_a_recipe():
+    with pytest.raises(ConfigError, match="stage 'load' is the task's part in a recipe"):
+        Recipe.from_yaml(TEXT.replace("  - stage: finetune\n    epochs: 0.1\n", "  - stage: load\n"))

@@ -17,69 +17,29 @@ import time
 import traceback
 from typing import Any, Callable
 
-from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.config import Config
-from ..core.mask import finalize_
-from ..core.registry import Registry
-from ..methods import prune_
+from ..pipeline import Workspace, run_stages
 from ..recipe.schema import Recipe, RunSpec
 from .memory import PeakMemory
 from .protocol import card_hash, comparable_key
 from .store import DEFAULT_DB, Run, Store
 from .tasks import fresh_copy, make_context
 
-StageRunner = Callable[[Any, nn.Module, Config, int], dict[str, Any]]
-STAGE_RUNNERS: Registry[StageRunner] = Registry("stage runner")
-
-
-def _prune(ctx: Any, model: nn.Module, cfg: Config, seed: int) -> dict[str, Any]:
-    report = prune_(model, cfg, progress=False, **ctx.stage_inputs(seed))
-    return {"sparsity": report.sparsity, "seconds": report.seconds, "skipped": report.skipped}
-
-
-def _finetune(ctx: Any, model: nn.Module, cfg: Config, seed: int) -> dict[str, Any]:
-    from ..train import fit
-
-    if not hasattr(ctx, "train_set"):
-        raise ValueError("stage 'finetune' needs a classification task (for language models use a recovery stage)")
-    losses = fit(model, ctx.train_set(seed), epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed + 1,
-                 progress=False)
-    return {"steps": len(losses), "final_loss": float(losses[-1]) if losses else None}
-
-
-def _finalize(ctx: Any, model: nn.Module, cfg: Config, seed: int) -> dict[str, Any]:
-    return {"tensors": len(finalize_(model).tensors)}
-
-
-def _slice(ctx: Any, model: nn.Module, cfg: Config, seed: int) -> dict[str, Any]:
-    from ..slicing import slice_
-
-    return slice_(model, cfg, progress=False, **ctx.stage_inputs(seed)).to_dict()
-
-
-def _recover(ctx: Any, model: nn.Module, cfg: Config, seed: int) -> dict[str, Any]:
-    from ..train.recovery_lm import recover_lm_
-
-    inputs = ctx.stage_inputs(seed)
-    if "calibration" not in inputs:
-        raise ValueError("stage 'recover' fine-tunes a language model on calibration text; this task has none "
-                         "(for classification tasks use stage 'finetune')")
-    return recover_lm_(model, inputs["calibration"], cfg, progress=False).to_dict()
-
-
-STAGE_RUNNERS.add("prune", _prune)
-STAGE_RUNNERS.add("slice", _slice)
-STAGE_RUNNERS.add("recover", _recover)
-STAGE_RUNNERS.add("finetune", _finetune)
-STAGE_RUNNERS.add("finalize", _finalize)
-
 
 def run_key(spec: RunSpec, identity: dict[str, Any]) -> str:
     """The store key of a run: a hash of its config and its task's identity."""
     blob = json.dumps({"config": spec.config_dict(), "identity": identity}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def workspace(ctx: Any, model: Any, seed: int) -> Workspace:
+    """The workspace a run's stages share: the model copy and what the task gives them (calibration
+    windows for a language model; batches, loss and a training set for a classifier)."""
+    inputs = ctx.stage_inputs(seed)
+    return Workspace(model=model, calibration=inputs.get("calibration"), data=inputs.get("data"), loss_fn=inputs.get("loss_fn"),
+                     example_inputs=inputs.get("example_inputs"), train_set=getattr(ctx, "train_set", None),
+                     seed=seed, progress=False)
 
 
 def execute(ctx: Any, spec: RunSpec, key: str) -> Run:
@@ -90,11 +50,10 @@ def execute(ctx: Any, spec: RunSpec, key: str) -> Run:
     try:
         dense = ctx.dense(spec.seed)
         model = fresh_copy(dense)
-        stages = []
+        ws = workspace(ctx, model, spec.seed)
         with PeakMemory() as mem:
             w0, c0 = time.perf_counter(), time.process_time()
-            for kind, cfg in spec.stages:
-                stages.append({"stage": kind, **STAGE_RUNNERS.get(kind)(ctx, model, cfg, spec.seed)})
+            stages = run_stages(spec.stages, ws).records  # the stages prunekit prune runs, checked first
             wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         figures = ctx.measure(model, spec.seed, spec.measures, baseline=not spec.stages)
         figures.update(prune_seconds=wall, prune_cpu_seconds=cpu, stages=stages)

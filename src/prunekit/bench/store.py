@@ -118,6 +118,11 @@ class Store:
             raise StoreError(f"{self.path} is an SQLite database but not a prunekit results store "
                              f"(tables: {', '.join(sorted(tables))}); pass another --db (it was left untouched)")
         if "meta" in tables:
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(meta)")}
+            if not {"key", "value"} <= columns or "runs" not in tables:
+                raise StoreError(f"{self.path} is an SQLite database but not a prunekit results store (its 'meta' table "
+                                 f"has columns {', '.join(sorted(columns))}; tables: {', '.join(sorted(tables))}); "
+                                 "pass another --db (it was left untouched)")
             meta = dict(self.db.execute("SELECT key, value FROM meta"))
             if meta.get("kind") != KIND:
                 raise StoreError(f"{self.path} is not a prunekit results store (kind {meta.get('kind')!r})")
@@ -184,6 +189,14 @@ class Store:
         rows = self._select("WHERE recipe = ?", (recipe,)) if recipe else self._select()
         if not include_failed:
             rows = [r for r in rows if r.status == "ok"]
+        known = sorted({k for r in rows for k in r.flat()})
+        for k in where or {}:
+            if rows and k not in known:  # a misspelt field would match nothing, silently
+                import difflib
+
+                close = difflib.get_close_matches(k, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"no stored run has a field {k!r}{hint}; known fields: {', '.join(known)}")
         for k, v in (where or {}).items():
             wanted = set(str(v).split("|"))
             rows = [r for r in rows if str(r.flat().get(k)) in wanted]

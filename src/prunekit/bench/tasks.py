@@ -54,16 +54,26 @@ class LMContext:
         self._lm = None
         self._calib: dict[int, torch.Tensor] = {}
         self._eval: torch.Tensor | None = None
+        self._text_hashes: dict[str, str | None] = {}
 
     def identity(self) -> dict[str, Any]:
         """What decides a run's key besides its config (cheap: no model is loaded)."""
         t = self.task
         ev = t.evaluation
+        source = ev.source or t.calibration.source
         return {"task": "lm", "model": t.model, "model_hash": file_fingerprint(self.path),
-                "calibration": t.calibration.to_dict(),
-                "evaluation": {"source": ev.source or t.calibration.source, "windows": ev.windows,
-                               "seqlen": ev.seqlen or t.calibration.seqlen},
+                "calibration": {**t.calibration.to_dict(), "text_hash": self._text_hash(t.calibration.source)},
+                "evaluation": {"source": source, "windows": ev.windows, "seqlen": ev.seqlen or t.calibration.seqlen,
+                               "text_hash": self._text_hash(source)},
                 "versions": versions(), "machine": machine(device=t.device)}
+
+    def _text_hash(self, source: str) -> str | None:
+        """The hash of a text source's contents, read once per context (a changed file changes the run key)."""
+        from ..datasets.text import text_fingerprint
+
+        if source not in self._text_hashes:
+            self._text_hashes[source] = text_fingerprint(source)
+        return self._text_hashes[source]
 
     @property
     def lm(self):

@@ -8,26 +8,21 @@ evaluation on Python's documentation, saved to ``pruned-smollm2-135m/``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ..core.atomic import check_writable, output_folder
 from .common import add_common, emit, is_quiet, say, warn
-from .eval import DEFAULT_EVAL_WINDOWS, DEFAULT_SEQLEN, table, timing_lines
-from .prune_experts import add_expert_args, check_expert_args
+from .prune_experts import add_expert_args
 
-DEFAULT_MODEL = "smollm2-135m"
-DEFAULT_NSAMPLES = 32
-CALIBRATED = ("wanda", "sparsegpt", "alps", "ria", "dsnot")
-DEFAULT_STRUCTURED_SPARSITY = 0.25
+DEFAULT_METHOD = "wanda"  # the method of a plain `prunekit prune`
+DEFAULT_SPARSITY = 0.5  # its sparsity, unless an N:M pattern implies one
 
 
 def add_parser(subs: argparse._SubParsersAction) -> None:
     p = subs.add_parser("prune", help="prune a language model with calibration text and save it", description=__doc__)
-    p.add_argument("--model", default=DEFAULT_MODEL,
+    p.add_argument("--model", default=None,
                    help="an alias (smollm2-135m, gemma3-270m, minilm-l6), a Hugging Face folder or a .gguf file "
                         "(default smollm2-135m)")
     p.add_argument("--method", default=None, help="wanda (default), sparsegpt, magnitude, alps, ria, dsnot")
@@ -39,11 +34,10 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--calib", default=None, metavar="TEXT",
                    help="calibration text: pydocs (default), wikitext2, c4, a text file or a folder")
     p.add_argument("--ppl", default=None, metavar="TEXT", help="evaluation text (default: the calibration source)")
-    p.add_argument("--nsamples", type=int, default=DEFAULT_NSAMPLES, help=f"calibration windows (default {DEFAULT_NSAMPLES})")
-    p.add_argument("--seqlen", type=int, default=DEFAULT_SEQLEN, help=f"tokens per window (default {DEFAULT_SEQLEN})")
-    p.add_argument("--eval-windows", type=int, default=DEFAULT_EVAL_WINDOWS,
-                   help=f"held-out windows for perplexity (default {DEFAULT_EVAL_WINDOWS})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
+    p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default 32)")
+    p.add_argument("--seqlen", type=int, default=None, help="tokens per window (default 512)")
+    p.add_argument("--eval-windows", type=int, default=None, help="held-out windows for perplexity (default 16)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the calibration sample (default 0)")
     p.add_argument("--structured", choices=["heads", "neurons", "layers"], default=None,
                    help="physically remove attention heads (GQA groups), MLP neurons or whole blocks instead of "
                         "masking weights; --sparsity says how many")
@@ -51,28 +45,28 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--slice", type=float, default=None, metavar="FRACTION",
                    help="SliceGPT: delete this fraction of the residual stream's width after a PCA rotation "
                         "(a plain smaller model; instead of masks)")
-    p.add_argument("--slice-head", choices=["auto", "tied", "untie"], default="auto",
+    p.add_argument("--slice-head", choices=["auto", "tied", "untie"], default=None,
                    help="with --slice on a model whose LM head is tied to its embeddings: untie it (auto, the "
                         "default: exact, costs vocab × width parameters) or keep it tied (a fitted final-norm "
                         "gain: smaller, much lossier)")
-    p.add_argument("--slice-rotation", choices=["shared", "per_layer"], default="shared",
+    p.add_argument("--slice-rotation", choices=["shared", "per_layer"], default=None,
                    help="with --slice: one rotation for the whole stream (default; stock transformers classes "
                         "reload the folder) or one per residual connection, as the paper (adds 2 × layers "
                         "width² shortcut parameters; reload with prunekit.slicing.load_sliced)")
     p.add_argument("--recover", choices=["bias_norm", "lora", "full"], default=None,
                    help="after pruning, fine-tune on the calibration text: biases and norms only (PERP), masked "
                         "LoRA merged back, or every parameter; masks are kept")
-    p.add_argument("--recover-steps", type=int, default=100, help="optimizer steps of --recover (default 100)")
+    p.add_argument("--recover-steps", type=int, default=None, help="optimizer steps of --recover (default 100)")
     p.add_argument("--recover-lr", type=float, default=None, help="learning rate of --recover (default per mode)")
     p.add_argument("--recover-seqlen", type=int, default=None,
                    help="cut the calibration windows into pieces of this many tokens for --recover (default: whole)")
     add_expert_args(p)
     p.add_argument("--device", default=None,
                    help="wanda/sparsegpt: e.g. cuda: the model stays on the CPU, each block visits the device")
-    p.add_argument("--format", default="safetensors", choices=["safetensors", "compressed"],
+    p.add_argument("--format", default=None, choices=["safetensors", "compressed"],
                    help="safetensors (default: dense, zeros in place) or compressed (compressed-tensors sparse "
                         "layout: sparse-bitmask, or sparse-24-bitmask for 2:4); GGUF: prunekit export")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
                    help="dtype of the saved weights (default auto: the source's; bfloat16 for a GGUF source)")
     p.add_argument("--out", default=None, help="output folder (default pruned-<model name>)")
     p.add_argument("--overwrite", action="store_true",
@@ -81,300 +75,203 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _out_dir(args: argparse.Namespace) -> Path:
-    return Path(args.out) if args.out else Path(f"pruned-{Path(str(args.model)).stem.lower()}")
+PRUNING = ("prune", "slice", "experts", "structured")  # one of them runs; "prune" (masks) unless a trigger is given
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    """Every option is checked before any work, and an option that would be ignored is an error."""
-    from ..core.allocate import ALLOCATIONS
+def _flag_names() -> dict[tuple[str, str], str]:
+    """``(stage kind, config field) → --flag``: how errors name a field on the command line."""
+    from ..pipeline import STAGES
+
+    return {(kind, fld): flag for kind in STAGES.names() for flag, fld in STAGES.get(kind).flags.items()}
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The stage options given on the command line, ``--flag → value`` (``--calib none`` turns calibration
+    off: it is no option of a stage)."""
+    out = {}
+    for flag in sorted(set(_flag_names().values())):
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is not None and value is not False and not (flag == "--calib" and value == "none"):
+            out[flag] = value
+    return out
+
+
+def _deprecated_ratio(args: argparse.Namespace) -> None:
+    """``--ratio``: the old name of ``--sparsity`` with ``--structured`` (a warning; the next release drops it)."""
+    if args.ratio is None:
+        return
+    if args.structured is None:
+        raise ValueError("--ratio applies only with --structured (and is the deprecated name of --sparsity); "
+                         "use --sparsity for the fraction of weights to zero")
+    if args.sparsity is not None:
+        raise ValueError("pass --sparsity only (--ratio is its deprecated name), not both")
+    from ..core.deprecation import PrunekitDeprecationWarning
+
+    warnings.warn("prunekit prune: --ratio is deprecated, use --sparsity (the old flag goes in the next release)",
+                  PrunekitDeprecationWarning, stacklevel=3)
+    args.sparsity, args.ratio = args.ratio, None
+
+
+def _kinds(args: argparse.Namespace, given: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """The stage kinds the options ask for, in order, and why each other kind does not run."""
+    from ..pipeline import STAGES
+
+    chosen = [k for k in PRUNING if STAGES.get(k).trigger in given]
+    if len(chosen) > 1:
+        a, b = (STAGES.get(k) for k in chosen[:2])
+        raise ValueError(f"{a.trigger} {a.summary} and {b.trigger} {b.summary}: two different prunings; pick one")
+    pruning = chosen[0] if chosen else "prune"
+    calibrated = args.calib != "none"
+    kinds = ["load", *(["calibrate"] if calibrated else []), "measure", pruning,
+             *(["measure", "recover"] if "--recover" in given else []), "finalize", "measure", "save"]
+    why_not = {k: f"go with {STAGES.get(k).trigger}, which is not given" for k in STAGES.names()
+               if STAGES.get(k).trigger and k not in kinds}
+    if not calibrated:
+        why_not["calibrate"] = "go with calibration text, and --calib none gives none"
+    return kinds, why_not
+
+
+def _check_options(given: dict[str, Any], kinds: list[str], why_not: dict[str, str]) -> None:
+    """An option whose stage does not run is an error. Every option belongs to one or more stages
+    (``StageKind.flags``); this is the one place that finds an option no running stage takes."""
+    from ..pipeline import STAGES
+
+    pruning = next(k for k in kinds if k in PRUNING)
+    problems: dict[tuple[str, str], list[str]] = {}
+    for flag in given:
+        owners = [k for k in STAGES.names() if flag in STAGES.get(k).flags]
+        if any(k in kinds for k in owners):
+            continue
+        owner = "prune" if "prune" in owners else owners[0]
+        problems.setdefault((owner, "replaced" if owner == "prune" else why_not[owner]), []).append(flag)
+    for (owner, why), flags in problems.items():
+        shown, one = ", ".join(flags), len(flags) == 1
+        if why == "replaced":  # masking weights was replaced by another pruning
+            chosen = STAGES.get(pruning)
+            raise ValueError(f"{shown} {'applies' if one else 'apply'} to {STAGES.get(owner).noun} and would be "
+                             f"ignored with {chosen.trigger}, which {chosen.summary}; {chosen.hint}")
+        raise ValueError(f"{shown} would be ignored: the options of {STAGES.get(owner).noun} {why}; drop "
+                         f"{'it' if one else 'them'}")
+
+
+def _translate(exc: Exception, kind: str) -> ValueError:
+    """A config's error in the words of the command line: each field named by its flag."""
+    import re
+
+    from ..core.config import ConfigError
+    from ..pipeline import STAGES
+
+    entry = STAGES.get(kind)
+    if not isinstance(exc, ConfigError) or not exc.problems:
+        return ValueError(str(exc))
+    parts = []
+    for loc, msg in exc.problems:
+        for flag, fld in entry.flags.items():
+            if (loc and loc[-1] == fld) or re.match(rf"{fld}\b", msg):
+                new = re.sub(rf"^{fld}(=\S+)?(?=[\s,;:]|$)", flag, msg)
+                msg = new if new != msg else f"{flag}: {msg}"
+                shared = sum(flag in STAGES.get(k).flags for k in STAGES.names()) > 1
+                if shared and entry.trigger and entry.trigger != flag:  # say which stage it was read for
+                    msg += f" (with {entry.trigger})"
+                break
+        parts.append(msg)
+    return ValueError("; ".join(parts))
+
+
+def _variant_fields(kind: str, selector: str, fields: dict[str, Any], given: dict[str, Any],
+                    chosen_by: str) -> None:
+    """Refuse an option the chosen variant of a stage (a method) has no field for, naming the variants that have it."""
+    from ..pipeline import STAGES
+
+    registry = STAGES.get(kind).variants()
+    name = fields[selector]
+    try:
+        own = registry.config(name).model_fields
+    except ValueError:
+        return  # an unknown name: the config's own error says so
+    for flag, fld in STAGES.get(kind).flags.items():
+        if flag in given and fld in fields and fld not in own:
+            owners = [n for n in registry.names() if fld in registry.config(n).model_fields]
+            calibrated = all(getattr(registry.config(n), "needs_calibration", False) for n in owners)
+            group = "calibrated methods" if calibrated else "methods"
+            raise ValueError(f"{flag} applies to the {group} ({', '.join(owners)}), not to {name}, so it does not "
+                             f"apply with {chosen_by}; drop {flag}")
+
+
+def build_stages(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """The stages ``prunekit prune`` runs for these options, every config parsed and every option checked
+    (an option whose stage does not run is an error) before anything is loaded."""
     from ..core.pattern import parse_pattern
-    from ..methods import METHODS
+    from ..pipeline import STAGES, check_stages
 
-    for name in ("nsamples", "seqlen", "eval_windows"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    if args.seed < 0:
-        raise ValueError(f"--seed must be 0 or more, got {args.seed}")
-    if args.ratio is not None:
-        if args.structured is None:
-            raise ValueError("--ratio applies only with --structured (and is the deprecated name of --sparsity); "
-                             "use --sparsity for the fraction of weights to zero")
-        if args.sparsity is not None:
-            raise ValueError("pass --sparsity only (--ratio is its deprecated name), not both")
-        from ..core.deprecation import PrunekitDeprecationWarning
+    _deprecated_ratio(args)
+    given = _given(args)
+    kinds, why_not = _kinds(args, given)
+    names = _flag_names()
 
-        warnings.warn("prunekit prune: --ratio is deprecated, use --sparsity (the old flag goes in the next release)",
-                      PrunekitDeprecationWarning, stacklevel=2)
-        args.sparsity, args.ratio = args.ratio, None
-    if args.recover is not None:
-        from ..train.recovery_lm import RecoveryConfig
+    def fields(kind: str) -> dict[str, Any]:
+        return {fld: given[flag] for flag, fld in STAGES.get(kind).flags.items() if flag in given}
 
-        if args.calib == "none":
-            raise ValueError("--recover fine-tunes on the calibration text, but --calib none gives none; "
-                             "pass --calib pydocs, a text file or a folder")
-        RecoveryConfig.parse(recover=args.recover, steps=args.recover_steps, lr=args.recover_lr,
-                             seqlen=args.recover_seqlen, where="--recover")
-    if args.format == "compressed" and (args.slice is not None or args.experts is not None):
-        what = "--slice" if args.slice is not None else "--experts"
-        raise ValueError(f"--format compressed stores zeros compactly, and {what} removes weights instead of zeroing "
-                         "them, so there would be nothing to compress: the model itself is smaller. Use --format "
-                         "safetensors (the default)")
-    if args.slice is not None:
-        from ..core.fraction import check_fraction
-        from ..slicing import SliceConfig
-
-        given = [f"--{n}" for n in ("structured", "experts", "sparsity", "method", "pattern", "allocation", "ratio",
-                                    "device")
-                 if getattr(args, n) is not None]
-        if given:
-            raise ValueError(f"--slice replaces masks and --structured; {', '.join(given)} would be ignored: drop it")
-        check_fraction(args.slice, "--slice", "[0, 1)", hint="it is the fraction of the residual stream's width to delete")
-        SliceConfig.parse(sparsity=args.slice, head=args.slice_head, rotation=args.slice_rotation, where="--slice")
-        if args.calib == "none":
-            raise ValueError("--slice needs calibration text for its PCA; --calib none gives none")
-        return
-    if check_expert_args(args):
-        return
-    if args.structured is not None:
-        given = [f"--{n}" for n in ("method", "pattern", "allocation", "device") if getattr(args, n) is not None]
-        if given:
-            raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to weight pruning "
-                             f"(masks) and would be ignored with --structured, which removes whole {args.structured} "
-                             "ranked by its own importance; say how much with --sparsity")
-        if args.sparsity is None:
-            args.sparsity = DEFAULT_STRUCTURED_SPARSITY
-        if not 0 <= args.sparsity < 1:
-            raise ValueError(f"--sparsity must be in [0, 1) with --structured (the fraction of {args.structured} "
-                             f"removed), got {args.sparsity}")
-        if args.format == "compressed":
-            raise ValueError("--format compressed stores zeros compactly, and --structured removes weights instead "
-                             "of zeroing them, so there would be nothing to compress: the model itself is smaller. "
-                             "Use --format safetensors (the default)")
-        return
-    args.method = args.method or "wanda"
-    METHODS.get(args.method)
-    pattern = parse_pattern(args.pattern or "unstructured")
-    args.pattern = args.pattern or "unstructured"
-    if pattern.kind == "nm":
-        if args.allocation is not None:
-            raise ValueError(f"--allocation does not apply to the N:M pattern {args.pattern} (every group of "
-                             f"{pattern.m} keeps {pattern.n}); drop it")
-        args.allocation = "uniform"
-    else:
-        args.allocation = args.allocation or "uniform"
-        ALLOCATIONS.get(args.allocation)
-        if args.sparsity is None:
-            args.sparsity = 0.5
-        if args.format == "compressed" and args.sparsity == 0:
-            raise ValueError("--format compressed with --sparsity 0: no weight would be zero, so the compressed "
-                             "folder would be larger than the dense one. Use --format safetensors")
-    if args.device is not None and args.method not in CALIBRATED:
-        raise ValueError(f"--device applies to the calibrated methods ({', '.join(CALIBRATED)}), run block by block; "
-                         f"{args.method} runs where the model is, on the CPU. Drop --device")
-    from ..methods.prune import method_config
-
-    # the same typed config a Python caller or a recipe builds (checked here, before anything is loaded)
-    options = {"device": args.device} if args.device else {}
-    args.config = method_config(args.method, args.sparsity, pattern=args.pattern, allocation=args.allocation,
-                                seed=args.seed, **options)
+    stages = []
+    pruning = next(k for k in kinds if k in PRUNING)
+    removes = STAGES.get(pruning).removes
+    measures = iter([("before", "reference"), *([("pruned", "none")] if "recover" in kinds else []),
+                     ("recovered" if "recover" in kinds else "after", "compare")])
+    for kind in kinds:
+        f = fields(kind)
+        if kind == "measure":
+            label, timing = next(measures)
+            f.update(label=label, key="after" if timing == "compare" else label, timing=timing, macs=removes)
+        elif kind == "prune":
+            f.setdefault("method", DEFAULT_METHOD)
+            if parse_pattern(f.get("pattern", "unstructured")).fixed_sparsity is None:
+                f.setdefault("sparsity", DEFAULT_SPARSITY)
+            if "calibrate" in kinds:
+                f["seed"] = args.seed or 0  # the seed of the calibration sample seeds the method too
+            _variant_fields(kind, "method", f, given, f"--method {f['method']}")
+        elif kind == "experts":
+            f["method"] = "expert_merge" if args.merge_experts else "expert_prune"
+            _variant_fields(kind, "method", f, given, "--merge-experts" if args.merge_experts else "--experts")
+        elif kind == "save":
+            f["out"] = str(_out_dir(args))
+        try:
+            cfg = STAGES.get(kind).parse(f, None)
+        except ValueError as exc:
+            raise _translate(exc, kind) from None
+        stages.append((kind, cfg))
+    needs = [f"{f'--method {cfg.method}' if kind == 'prune' else STAGES.get(kind).trigger} "
+             f"{STAGES.get(kind).uses_calibration}" for kind, cfg in stages if STAGES.get(kind).needs_calibration(cfg)]
+    if needs and "calibrate" not in kinds:  # what reads calibration text has some
+        raise ValueError(f"{' and '.join(needs)}, but --calib none gives none; pass --calib pydocs, a text file or "
+                         "a folder")
+    _check_options(given, kinds, why_not)
+    check_stages(stages, calibrated=False, name_of=lambda kind, fld: names.get((kind, fld), fld))
+    return stages
 
 
-def _check_model(args: argparse.Namespace, lm: Any) -> None:
-    """Checks that need the loaded model: the windows fit its context; options it would ignore."""
-    from ..core.inputs import context_length
+def _out_dir(args: argparse.Namespace) -> Path:
+    from ..pipeline.lm import DEFAULT_MODEL
 
-    ctx = context_length(lm.model)
-    if ctx is not None and args.seqlen > ctx:
-        raise ValueError(f"--seqlen {args.seqlen} is longer than the context of {args.model} ({ctx} tokens, "
-                         f"config.max_position_embeddings); use --seqlen {ctx} or less")
-    if not lm.causal_lm:
-        ignored = [n for n, given in (("--ppl", args.ppl is not None),
-                                      ("--eval-windows", args.eval_windows != DEFAULT_EVAL_WINDOWS)) if given]
-        if ignored:
-            warn(args, f"{args.model} is not a causal LM: perplexity is not measured, so {', '.join(ignored)} "
-                       "is ignored")
-
-
-def save_pruned(model: Any, tokenizer: Any, folder: Path, meta: dict[str, Any],
-                report_text: str | Callable[[Any], str], fmt: str = "safetensors", dtype: Any = None) -> Any:
-    """Write the model (``fmt``: safetensors or compressed, floats in ``dtype``), tokenizer, prunekit.json and
-    report.txt into ``folder``: the fresh folder :func:`prunekit.core.atomic.output_folder` yields, which
-    becomes ``--out`` once the run succeeds. ``report_text`` may be a function of what was saved (its
-    bytes on disk go in the table); returns it (:class:`prunekit.export.SavedModel`)."""
-    from ..export.dtype import SaveDtype
-    from ..export.save import plan_save, save_model
-    from ..slicing.per_layer import mark_sliced
-
-    dtype = dtype or SaveDtype(next(model.parameters()).dtype, "the model's dtype")
-    plan = plan_save(model, fmt, dtype)  # every check (e.g. no sparsity to compress) before writing
-    saved = save_model(model, tokenizer, folder, fmt, dtype, plan)
-    mark_sliced(folder)  # a per-layer SliceGPT model: only prunekit.slicing.load_sliced reads it
-    meta["saved"] = saved.to_dict()
-    text = report_text(saved) if callable(report_text) else report_text
-    (folder / "prunekit.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    (folder / "report.txt").write_text(text + "\n")
-    return saved
+    return Path(args.out) if args.out else Path(f"pruned-{Path(str(args.model or DEFAULT_MODEL)).stem.lower()}")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check everything, then prune and measure with ``--out`` locked and a fresh folder beside it,
-    which replaces ``--out`` only once everything in it is written."""
-    _check_args(args)
-    out = _out_dir(args)
-    started = time.perf_counter()
-    with output_folder(out, overwrite=args.overwrite) as folder:  # checks --out before the model is loaded
-        meta, text = _prune_and_save(args, folder)
-    meta["out"] = str(out)
-    meta["total_seconds"] = time.perf_counter() - started
-    emit(args, meta, f"{text}\n\nsaved to {out}/ in {meta['total_seconds']:.0f} s total")
-    return 0
-
-
-def _dense_copy(model: Any) -> tuple[Any, str]:
-    """A copy of the dense model to time beside the pruned one, when memory has room for it (under 40%
-    of the memory available); else ``(None, why)``: the two are then timed apart."""
-    import copy
-
-    from ..core.machine import available_memory
-
-    need = sum(p.numel() * p.element_size() for p in model.parameters())
-    free = available_memory()
-    if free is not None and need > 0.4 * free:
-        return None, f"no memory for a dense copy: {need / 1e9:.1f} GB needed, {free / 1e9:.1f} GB available"
-    return copy.deepcopy(model), ""
-
-
-def _time_both(dense: Any, dense_speed: dict[str, Any] | None, apart: str, lm: Any, last: str,
-               forward: bool) -> dict[str, Any]:
-    """The speed of the dense and the pruned model: interleaved when a dense copy was kept, else the
-    dense figures taken before pruning beside the pruned model's taken now."""
-    from ..metrics.lm import lm_speed
-
-    if dense is not None:
-        return lm_speed({"before": dense, last: lm.model}, lm.tokenizer, causal=lm.causal_lm, forward=forward)
-    now = lm_speed({last: lm.model}, lm.tokenizer, causal=lm.causal_lm, forward=forward)
-    t = {**now["timing"], "interleaved": False, "models": ["before", last], "apart": apart,
-         "noisy": now["timing"]["noisy"] or dense_speed["timing"]["noisy"],
-         "why": dense_speed["timing"]["why"] + now["timing"]["why"]}
-    return {"models": {**dense_speed["models"], **now["models"]}, "ratios": {}, "timing": t}
-
-
-def _prune_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Any], str]:
+    """Turn the options into stages (every one checked), then run them: ``--out`` is locked and a fresh
+    folder beside it replaces ``--out`` only once everything in it is written."""
     from .. import __version__
-    from ..core.inputs import check_token_ids
-    from ..core.mask import finalize_
-    from ..datasets.text import calibration_windows, eval_windows
-    from ..methods import plan_prune, prune_
-    from ..export.dtype import resolve_dtype
-    from ..metrics.lm import lm_figures, lm_speed
-    from ..metrics.size import weight_bytes
-    from ..models.hf import load_model, resolve_model_path
+    from ..pipeline import Workspace, run_stages
 
-    progress = not is_quiet(args)
-    chatter = lambda t: say(args, t)  # noqa: E731
-    calib_src = args.calib or "pydocs"
-    eval_src = args.ppl or ("pydocs" if calib_src == "none" else calib_src)
-    say(args, f"loading {args.model} ...")
-    lm = load_model(args.model)
-    _check_model(args, lm)
-    save_dtype = resolve_dtype(args.dtype, args.model)  # after loading: the loader's errors name bad files
-    source_path = resolve_model_path(args.model)
-    check_writable(folder, needed_bytes=sum(p.numel() * p.element_size() for p in lm.model.parameters()))
-    calib = None
-    if calib_src != "none":  # --calib none: no calibration text (magnitude needs none)
-        calib = calibration_windows(lm.tokenizer, calib_src, args.nsamples, args.seqlen, args.seed,
-                                    default=args.calib is None, say=chatter)
-        check_token_ids(calib, lm.model, "calibration windows")
-    windows = None
-    if lm.causal_lm:
-        windows = eval_windows(lm.tokenizer, eval_src, args.eval_windows, args.seqlen,
-                               default=args.calib is None and args.ppl is None, say=chatter)
-        check_token_ids(windows, lm.model, "evaluation windows")
-    structured = args.structured is not None or args.slice is not None
-    experts = args.experts is not None
-    if args.slice is not None:
-        from ..slicing import plan_slice, slice_
-
-        plan_slice(lm.model, args.slice, head=args.slice_head, rotation=args.slice_rotation)  # every check first
-    elif experts:
-        from . import prune_experts
-
-        prune_experts.plan(args, lm.model)  # every check, before any work
-    elif not structured:
-        plan_prune(lm.model, args.config, calibration=calib, progress=progress)  # every check, before any work
-    say(args, "measuring the dense model ...")
-    before = lm_figures(lm.model, windows, causal=lm.causal_lm, macs=structured, progress=progress)
-    dense, apart = _dense_copy(lm.model)  # timed beside the pruned model at the end, interleaved
-    dense_speed = None
-    if dense is None:
-        dense_speed = lm_speed({"before": lm.model}, lm.tokenizer, causal=lm.causal_lm, forward=structured)
-    before["file_bytes"] = weight_bytes(source_path)
-    meta: dict[str, Any] = {"prunekit_version": __version__, "model": str(args.model), "source_path": str(source_path)}
-    if args.slice is not None:
-        say(args, f"slicing {args.slice:.0%} of the residual stream (SliceGPT) ...")
-        sliced = slice_(lm.model, sparsity=args.slice, head=args.slice_head, rotation=args.slice_rotation,
-                        calibration=calib, progress=progress)
-        headline = str(sliced)
-        meta.update(method="slicegpt", settings={"sparsity": args.slice, "head": sliced.head,
-                                                 "rotation": args.slice_rotation}, sliced=sliced.to_dict(),
-                    prune_seconds=sliced.seconds)
-    elif experts:
-        headline, fields = prune_experts.run_experts(args, lm.model, calib, progress)
-        meta.update(fields)
-    elif args.structured is not None:
-        from ..structured import prune_transformer_
-
-        say(args, f"removing {args.sparsity:.0%} of the {args.structured} ...")
-        t0 = time.perf_counter()
-        removed = prune_transformer_(lm.model, args.structured, sparsity=args.sparsity, calibration=calib,
-                                     progress=progress)
-        headline = f"structured: {args.sparsity:.0%} of the {args.structured} removed ({removed})"
-        if not removed.reloadable:
-            warn(args, "from_pretrained cannot rebuild this model from its config (see the report's notes)")
-        meta.update(method=f"structured-{args.structured}", settings={"sparsity": args.sparsity},
-                    structured=removed.to_dict(), prune_seconds=time.perf_counter() - t0)
-    else:
-        say(args, f"pruning with {args.method} ({args.pattern}, {args.allocation}) ...")
-        report = prune_(lm.model, args.config, calibration=calib, progress=progress)
-        headline = str(report)
-        meta.update(method=args.method, config=args.config.to_dict(), prune_seconds=report.seconds,
-                    sparsity_in_scope=report.sparsity,
-                    settings={"sparsity": report.target_sparsity, "pattern": report.pattern,
-                              "allocation": report.allocation}, layers=report.layers)
-    columns = {"before": before}
-    if args.recover is not None:
-        from ..train.recovery_lm import recover_lm_
-
-        say(args, "measuring the pruned model ...")
-        columns["pruned"] = lm_figures(lm.model, windows, causal=lm.causal_lm, macs=structured, progress=progress)
-        say(args, f"recovering ({args.recover}, {args.recover_steps} steps on the calibration text) ...")
-        rec = recover_lm_(lm.model, calib, recover=args.recover, steps=args.recover_steps, lr=args.recover_lr,
-                          seqlen=args.recover_seqlen, progress=progress)  # masks stay in force while training
-        headline += f"\n{rec}"
-        meta.update(recovery=rec.to_dict(), pruned=columns["pruned"])
-    finalize_(lm.model)
-    say(args, "measuring the result ...")
-    after = lm_figures(lm.model, windows, causal=lm.causal_lm, macs=structured, progress=progress)
-    last = "recovered" if args.recover is not None else "after"
-    columns[last] = after
-    say(args, "timing the dense and the pruned model, interleaved ..." if dense is not None else "timing ...")
-    timed = _time_both(dense, dense_speed, apart, lm, last, structured)
-    del dense
-    before.update(timed["models"]["before"])
-    after.update(timed["models"][last])
-    ppl_label = f"perplexity ({eval_src}, {args.eval_windows}×{args.seqlen})"
-    meta["timing"] = {**timed["timing"], "ratios": timed["ratios"]}
-    head = (f"prunekit {__version__}: {args.model}, {headline}\n"
-            f"calibration: {calib_src}, {args.nsamples}×{args.seqlen} tokens, seed {args.seed}\n\n")
-    meta.update(calibration={"source": calib_src, "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed},
-                evaluation={"source": eval_src, "windows": args.eval_windows, "seqlen": args.seqlen},
-                before=before, after=after)
-
-    def render(saved: Any) -> str:
-        after["file_bytes"] = saved.weight_bytes
-        return (head + table(columns, ppl_label) + "\n\n" + "\n".join(timing_lines(timed))
-                + f"\nsaved file: before = the source ({source_path.name}), {last} = {saved}")
-
-    text = render(save_pruned(lm.model, lm.tokenizer, folder, meta, render, args.format, save_dtype))
-    return meta, text
+    stages = build_stages(args)
+    names = _flag_names()
+    ws = Workspace(progress=not is_quiet(args), say=lambda t: say(args, t), warn=lambda t: warn(args, t),
+                   name_of=lambda kind, fld: names.get((kind, fld), fld),
+                   meta={"prunekit_version": __version__})
+    if args.calib == "none":
+        ws.meta["calibration"] = {"source": "none"}
+    started = time.perf_counter()
+    run_stages(stages, ws)
+    meta, out = ws.meta, dict(stages)["save"].out
+    meta["out"] = out
+    meta["total_seconds"] = time.perf_counter() - started
+    emit(args, meta, f"{ws.state['report']}\n\nsaved to {out}/ in {meta['total_seconds']:.0f} s total")
+    return 0

@@ -113,6 +113,31 @@ def documents(source: str | Path, *, default: bool = False, say=print) -> list[D
     )
 
 
+def text_fingerprint(source: str | Path) -> str | None:
+    """A hash of the contents of a text source (a file, a folder's text files, or pydocs' files), so that
+    results keyed by it change when the text does; None for a hub set (named by its version on the hub)."""
+    import hashlib
+
+    s = str(source)
+    if s in HUB_SETS:
+        return None
+    path = PYDOCS_DIR if s == "pydocs" else Path(s).expanduser()
+    if s == "pydocs" and not path.is_dir():
+        return "stdlib-docstrings"
+    if path.is_file():
+        files, root = [path], path.parent
+    elif path.is_dir():
+        files, root = _files_of(path), path
+    else:
+        return None  # not a source: reading it gives the error
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        h.update(f.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
 def _hub_documents(name: str) -> list[Document]:
     try:
         import datasets
@@ -186,7 +211,8 @@ def calibration_windows(tokenizer: Any, source: str | Path = "pydocs", nsamples:
     than ``nsamples × seqlen`` tokens.
     """
     _check_sizes(nsamples=nsamples, seqlen=seqlen)
-    docs = split_documents(documents(source, default=default, say=say), "calibration")
+    every = documents(source, default=default, say=say)
+    docs = split_documents(every, "calibration")
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(docs), generator=gen).tolist()
     need = nsamples * seqlen
@@ -194,7 +220,7 @@ def calibration_windows(tokenizer: Any, source: str | Path = "pydocs", nsamples:
     if ids.numel() < need:
         raise ValueError(
             f"the calibration text of {str(source)!r} has {ids.numel():,} tokens, fewer than nsamples × seqlen = "
-            f"{nsamples} × {seqlen} = {need:,}; give more text or lower --nsamples/--seqlen"
+            f"{nsamples} × {seqlen} = {need:,}; give more text or lower --nsamples/--seqlen{_split_note(every, docs)}"
         )
     windows = ids[: ids.numel() // seqlen * seqlen].reshape(-1, seqlen)
     pick = torch.randperm(windows.shape[0], generator=gen)[:nsamples].sort().values
@@ -206,15 +232,26 @@ def eval_windows(tokenizer: Any, source: str | Path = "pydocs", windows: int = 1
     """The first ``windows`` non-overlapping windows of ``seqlen`` tokens of the evaluation split, in a fixed order
     (each starting with the tokenizer's start token when it adds one, :func:`start_token`)."""
     _check_sizes(windows=windows, seqlen=seqlen)
-    docs = split_documents(documents(source, default=default, say=say), "evaluation")
+    every = documents(source, default=default, say=say)
+    docs = split_documents(every, "evaluation")
     need = windows * seqlen
     ids = _tokens(tokenizer, docs, need)
     if ids.numel() < need:
         raise ValueError(
             f"the evaluation text of {str(source)!r} has {ids.numel():,} tokens, fewer than windows × seqlen = "
-            f"{windows} × {seqlen} = {need:,}; give more text or lower the number of windows"
+            f"{windows} × {seqlen} = {need:,}; give more text or lower the number of windows{_split_note(every, docs)}"
         )
     return _start(ids[:need].reshape(windows, seqlen).clone(), tokenizer)
+
+
+def _split_note(every: list[Document], split: list[Document]) -> str:
+    """Why a split holds little: the text is split into calibration and evaluation by whole documents
+    (a file's paragraphs, separated by blank lines; a folder's files)."""
+    if len(every) > 3:
+        return ""
+    return (f" (a text is split into calibration and evaluation by whole documents — a file's paragraphs, "
+            f"separated by blank lines, or a folder's files — and this one holds {len(every)}, {len(split)} of "
+            "them in this split: separate paragraphs with blank lines, or give more files)")
 
 
 def _check_sizes(**sizes: int) -> None:

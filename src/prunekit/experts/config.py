@@ -23,6 +23,7 @@ class ExpertPruneConfig(Config):
                                                            "or reconstruction (greedy, by the layer's output error)")
     renormalize: bool = Field(default=False, description="make the pruned router renormalise its top-k weights "
                                                          "to sum to 1 (norm_topk_prob)")
+    device: str | None = Field(default=None, description="where each layer's experts are scored (e.g. cuda)")
 
 
 class ExpertMergeConfig(Config):
@@ -35,6 +36,7 @@ class ExpertMergeConfig(Config):
     align: bool = Field(default=True, description="permute each member's hidden neurons to match its centre's "
                                                   "before averaging (weight matching)")
     renormalize: bool = False
+    device: str | None = Field(default=None, description="where each layer's experts are scored (e.g. cuda)")
 
 
 EXPERT_METHODS: Registry[type[Config]] = Registry("expert method", key="method")

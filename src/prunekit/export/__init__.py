@@ -26,6 +26,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from ..core.atomic import OutputError, atomic_file, check_output_folder, output_folder
+from ..core.meta import write_meta
 from .config import EXPORTERS, CompressedExport, ExportConfig, GGUFExport, SafetensorsExport
 from .dtype import SaveDtype, resolve_dtype, source_dtype
 from .load import load_artifact
@@ -114,8 +115,6 @@ def export(model: nn.Module, tokenizer: Any, out: str | os.PathLike,
     or gguf). ``source`` is where the model was loaded from (its dtype is the default; a GGUF source
     gives the tokenizer and, with ``quant="source"``, the tensor types). ``meta`` goes into the folder's
     ``prunekit.json``. The model is not changed."""
-    from .. import __version__
-
     if config is None and "to" not in fields:
         raise ValueError(f"export needs a target: to= one of {', '.join(EXPORTERS.names())}")
     cfg = EXPORTERS.parse_config(config if config is not None else {}, **fields)
@@ -134,10 +133,7 @@ def export(model: nn.Module, tokenizer: Any, out: str | os.PathLike,
     target = check_output_folder(out, overwrite)
     with output_folder(target, overwrite) as tmp:
         saved = save_model(model, tokenizer, tmp, cfg.to, dtype, plan)
-        marker = {"prunekit_version": __version__, **dict(meta or {}), "export": cfg.to_dict(),
-                  "saved": saved.to_dict()}
-        with atomic_file(tmp / "prunekit.json") as f:
-            f.write_text(json.dumps(marker, indent=2, default=str) + "\n")
+        write_meta(tmp, {**dict(meta or {}), "export": cfg.to_dict(), "saved": saved.to_dict()})
     return ExportReport(cfg.to, str(target), saved.weight_bytes, saved.dtype, saved.to_dict(), [])
 
 

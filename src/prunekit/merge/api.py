@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 
 from ..core.atomic import check_distinct, check_output_folder, output_folder, remove_scratch, scratch_folder
+from ..core.meta import write_meta
 from ..core.shards import FolderEscapeError, inside
 from .config import MergeConfig, merge_config
 from .sources import INDEX, SafetensorsWriter, TensorFolder, TensorInfo, check_mergeable
@@ -277,10 +278,7 @@ def _write_merged(s: _Sources, config: MergeConfig, trims: list[Trim] | None, fo
 
 def _write_meta(folder: Path, report: MergeReport) -> None:
     """The output's ``prunekit.json`` (the mark of a folder prunekit wrote) and ``report.txt``."""
-    from .. import __version__
-
-    meta = {"prunekit_version": __version__, "merge": report.to_dict()}
-    (folder / "prunekit.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    write_meta(folder, {"merge": report.to_dict()})
     (folder / "report.txt").write_text(str(report) + "\n")
 
 

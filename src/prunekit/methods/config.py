@@ -17,7 +17,7 @@ ones; a setting that does not apply (an allocation with an N:M pattern, ``floor`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 from torch import nn
@@ -101,6 +101,8 @@ class PruneConfig(Config):
     owl_m: float | None = Field(None, gt=0)
     owl_lambda: float | None = Field(None, ge=0, lt=1)
 
+    needs_calibration: ClassVar[bool] = False  # True: the method reads calibration text (token ids)
+
     @field_validator("scope", mode="before")
     @classmethod
     def _scope(cls, v: Any) -> Any:
@@ -145,6 +147,8 @@ class PruneConfig(Config):
 
 class BlockwiseConfig(PruneConfig):
     """Options of the block-by-block engine that calibrated methods share."""
+
+    needs_calibration: ClassVar[bool] = True
 
     batch_size: int = Field(8, ge=1)
     device: str | None = None

@@ -49,10 +49,43 @@ def explain_load_error(exc: BaseException, spec: Any) -> ModelFileError | None:
     if "Unrecognized model" in msg or "model_type" in msg and isinstance(exc, (ValueError, KeyError)):
         return ModelFileError(f"{where}: its config.json names no model type transformers knows (no or unknown "
                               "'model_type'); save it with save_pretrained, or fix the config")
+    if "ignore_mismatched_sizes" in msg:  # transformers logs which tensors differ (silenced by --quiet): say it here
+        found = shape_mismatches(Path(str(spec)).expanduser())
+        detail = "; ".join(f"{n} is {list(w)} in the weights but {list(c)} by config.json" for n, w, c in found[:3])
+        return ModelFileError(f"{where}: config.json disagrees with the weights" + (f" ({detail})" if detail else "")
+                              + "; fix config.json (e.g. vocab_size, hidden_size) or save the model again")
     if "instantiate the backend tokenizer" in msg:
         return ModelFileError(f"{where} has no usable tokenizer (tokenizer.json missing or unreadable); copy the "
                               "tokenizer files into the folder")
     return None
+
+
+def shape_mismatches(folder: Path) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """``(tensor, shape in the weights, shape config.json implies)`` for every tensor of a folder's
+    safetensors files whose shape the config contradicts (the model is built on the meta device: no memory)."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+        cls = AutoModelForCausalLM if type(config) in AutoModelForCausalLM._model_mapping else AutoModel
+        with torch.device("meta"):
+            model = cls.from_config(config)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        out = []
+        for file in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(file), "pt") as f:
+                for name in f.keys():
+                    shape = tuple(f.get_slice(name).get_shape())
+                    for key in (name, name.split(".", 1)[-1], f"model.{name}"):
+                        if key in expected:
+                            if expected[key] != shape:
+                                out.append((name, shape, expected[key]))
+                            break
+        return out
+    except Exception:  # noqa: BLE001 - a best-effort detail of an error already being reported
+        return []
 
 
 def translate_load_errors(fn: F) -> F:

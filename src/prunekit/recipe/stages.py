@@ -1,103 +1,47 @@
-"""Stage kinds a recipe can hold, each parsed into a typed config.
+"""The stages a recipe lists: the stage kinds of :mod:`prunekit.pipeline` that change the model.
 
 A stage is a mapping with ``stage: <kind>`` and the fields of that kind's config:
 
-    - stage: prune            # the rest is a method config (prunekit.methods.config)
-      method: wanda
+    - stage: prune            # the rest is a method config (prunekit.methods.config): masks, any method,
+      method: wanda           # unstructured, per row, N:M (pattern: 2:4), blocks
       sparsity: 0.5
+    - stage: structured       # heads (whole GQA groups), neurons or layers of a transformer
+      what: heads
+      sparsity: 0.25
+    - stage: slice            # SliceGPT (prunekit.slicing.SliceConfig)
+      sparsity: 0.25
+    - stage: experts          # MoE experts removed (method: expert_prune) or merged (expert_merge)
+      sparsity: 0.5
+    - stage: recover          # an LLM fine-tuned on its calibration text (prunekit.train.RecoveryConfig)
+      recover: lora
     - stage: finetune         # a short masked fine-tune (classification tasks)
       epochs: 0.5
+    - stage: finalize         # masks baked into the weights
 
-Packages add their own kinds with :func:`register_stage` (structured pruning, recovery, slicing,
-experts, tokens, export, data selection); the runner (``prunekit.bench``) registers how each runs.
+The task loads the model, takes the calibration and evaluation data and measures; the other stage
+kinds of the registry (load, calibrate, measure, save) are what ``prunekit prune`` adds around these.
+A new kind is one :func:`prunekit.pipeline.register_stage` call, and recipes, the runner and the
+command line all know it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping
-
-from pydantic import Field
+from typing import Any, Mapping
 
 from ..core.config import Config, ConfigError
-from ..core.registry import Registry
-from ..methods import METHODS
-
-
-@dataclass(frozen=True)
-class StageKind:
-    """A stage kind: its name, how a mapping becomes its config, and a line about it."""
-
-    name: str
-    parse: Callable[[Mapping[str, Any], str | None], Config]
-    about: str
-
-
-STAGES: Registry[StageKind] = Registry("stage", key="stage")
-
-
-def register_stage(name: str, parse: Callable[[Mapping[str, Any], str | None], Config], about: str) -> None:
-    """Register a stage kind whose fields ``parse(mapping, where)`` turns into a config."""
-    STAGES.add(name, StageKind(name, parse, about))
+from ..pipeline import STAGES, FinalizeConfig, FinetuneConfig, StageKind, register_stage, stage_dict
+from ..pipeline import parse_stage as _parse_any
 
 
 def parse_stage(data: Mapping[str, Any], where: str | None = None) -> tuple[str, Config]:
-    """``(kind, config)`` for one stage mapping (``{"stage": "prune", "method": ..., ...}``)."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where + ': ' if where else ''}a stage is a mapping with 'stage: <kind>', got "
-                          f"{type(data).__name__}")
-    fields = dict(data)
-    if "stage" not in fields:
-        raise ConfigError(f"{where + ': ' if where else ''}a stage needs 'stage:' (one of {', '.join(STAGES.names())})",
-                          [(("stage",), "missing")])
-    kind = fields.pop("stage")
-    try:
-        entry = STAGES.get(kind)
-    except ValueError as exc:
-        raise ConfigError(f"{where + ': ' if where else ''}{exc}", [(("stage",), str(exc))]) from None
-    return kind, entry.parse(fields, where)
+    """``(kind, config)`` for one stage of a recipe (``{"stage": "prune", "method": ..., ...}``); a kind that
+    does not change the model (load, calibrate, measure, save) belongs to the task, not to the stages."""
+    kind, cfg = _parse_any(data, where)
+    if not STAGES.get(kind).changes_model:
+        allowed = ", ".join(k for k in STAGES.names() if STAGES.get(k).changes_model)
+        msg = f"stage {kind!r} is the task's part in a recipe (task: model, calibration, evaluation); stages: {allowed}"
+        raise ConfigError(f"{where + ': ' if where else ''}{msg}", [(("stage",), msg)])
+    return kind, cfg
 
 
-def stage_dict(kind: str, config: Config) -> dict[str, Any]:
-    """The canonical mapping of a parsed stage (what the store keeps and a recipe can hold again)."""
-    return {"stage": kind, **config.to_dict()}
-
-
-class FinetuneConfig(Config):
-    """A short fine-tune of a classification model, masks kept (``epochs`` of the training set)."""
-
-    stage: Literal["finetune"] = "finetune"
-    epochs: float = Field(0.25, gt=0)
-    lr: float = Field(0.01, gt=0)
-    batch_size: int = Field(128, ge=1)
-
-
-class FinalizeConfig(Config):
-    """Bake the masks into the weights (``prunekit.finalize_``)."""
-
-    stage: Literal["finalize"] = "finalize"
-
-
-register_stage("prune", lambda d, where: METHODS.parse_config(d, where=where),
-               "mask weights with any registered method (prunekit.prune_)")
-register_stage("finetune", lambda d, where: FinetuneConfig.parse({"stage": "finetune", **d}, where=where),
-               "fine-tune a classification model briefly, masks kept")
-register_stage("finalize", lambda d, where: FinalizeConfig.parse({"stage": "finalize", **d}, where=where),
-               "bake masks into the weights")
-
-
-def _slice_config(d: Mapping[str, Any], where: str | None) -> Config:
-    from ..slicing import SliceConfig
-
-    return SliceConfig.parse(d, where=where)
-
-
-def _recover_config(d: Mapping[str, Any], where: str | None) -> Config:
-    from ..train.recovery_lm import RecoveryConfig
-
-    return RecoveryConfig.parse(d, where=where)
-
-
-register_stage("slice", _slice_config, "SliceGPT: delete a share of the residual stream's width (prunekit.slicing)")
-register_stage("recover", _recover_config,
-               "fine-tune a pruned language model on its calibration text: bias_norm, lora or full, masks kept")
+__all__ = ["STAGES", "FinalizeConfig", "FinetuneConfig", "StageKind", "parse_stage", "register_stage", "stage_dict"]

@@ -23,9 +23,16 @@ def load_with_lines(text: str) -> tuple[Any, dict[Path_, int]]:
     def walk(node: yaml.Node, path: Path_) -> None:
         lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
             for key, value in node.value:
                 k = key.value
-                lines[path + (k,)] = key.start_mark.line + 1
+                line = key.start_mark.line + 1
+                if k in seen:  # YAML loaders keep the last value silently; a recipe must say one thing
+                    field = ".".join(str(p) for p in path + (k,))
+                    raise ValueError(f"line {line}: key {field!r} appears twice (first on line {seen[k]}); "
+                                     "keep one")
+                seen[k] = line
+                lines[path + (k,)] = line
                 walk(value, path + (k,))
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):

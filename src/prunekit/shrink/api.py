@@ -117,7 +117,7 @@ def apply_shape_(model: nn.Module, shape: Shape, calibration: Any, importance: s
         with warnings.catch_warnings():  # the same: the final config is checked below
             warnings.simplefilter("ignore")
             steps.append(str(prune_neurons_(model, sparsity=(now.ffn - shape.ffn) / now.ffn, importance=imp, seed=0,
-                                            calibration=calibration)))
+                                            calibration=calibration, reloadable=False)))
     if shape.hidden < now.hidden:
         steps.append(str(prune_hidden_(model, shape.hidden, importance=importance, calibration=calibration)))
     got = shape_of(model)

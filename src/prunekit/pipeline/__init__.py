@@ -1,0 +1,23 @@
+"""One pipeline: the command line, recipes and benchmarks run the same typed stages.
+
+A stage kind (:class:`StageKind`, registered in :data:`STAGES`) holds its typed config, its checks and its
+run: ``load``, ``calibrate``, ``measure``, ``save`` frame a language model's pruning; ``prune`` (masks:
+unstructured, N:M, any registered method), ``structured``, ``slice``, ``experts``, ``recover``,
+``finetune`` and ``finalize`` change the model. :func:`run_stages` runs a list of ``(kind, config)``
+pairs on a :class:`Workspace`, every stage's check before anything is measured or changed.
+
+    from prunekit.pipeline import Workspace, parse_stage, run_stages
+    stages = [parse_stage({"stage": "prune", "method": "magnitude", "sparsity": 0.5}),
+              parse_stage({"stage": "finalize"})]
+    run_stages(stages, Workspace(model=model))
+"""
+
+from . import lm, stages  # noqa: F401  (register the stage kinds)
+from .base import (STAGES, Stage, StageKind, StageResult, Workspace, check_stages, parse_stage, register_stage,
+                   run_stages, stage_dict)
+from .lm import CalibrateConfig, LoadConfig, MeasureConfig, SaveConfig, save_pruned
+from .stages import FinalizeConfig, FinetuneConfig
+
+__all__ = ["STAGES", "CalibrateConfig", "FinalizeConfig", "FinetuneConfig", "LoadConfig", "MeasureConfig",
+           "SaveConfig", "Stage", "StageKind", "StageResult", "Workspace", "check_stages", "parse_stage",
+           "register_stage", "run_stages", "save_pruned", "stage_dict"]

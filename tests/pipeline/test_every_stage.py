@@ -1,0 +1,178 @@
+"""Every registered stage kind and every registered method, as timm tests every registered model: each runs on
+a tiny model, its config round-trips through YAML, and its command-line form builds the same config as its
+Python form. A new stage kind or method without an example here fails the first test."""
+
+import argparse
+
+import pytest
+import torch
+import yaml
+from torch import nn
+from torch.nn import functional as F
+
+from prunekit.cli import build_parser
+from prunekit.cli.prune import build_stages
+from prunekit.core.mask import get_mask
+from prunekit.methods import METHODS
+from prunekit.models.hf import tiny_model
+from prunekit.models.tiny import tiny_tokenizer, write_tiny_folder
+from prunekit.pipeline import STAGES, Workspace, parse_stage, run_stages, stage_dict
+
+# one example per stage kind: its fields, as a recipe or Python would write them
+EXAMPLES = {
+    "load": {},  # the model path is the fixture's
+    "calibrate": {"nsamples": 4, "seqlen": 16, "seed": 1},
+    "measure": {"label": "before", "windows": 2, "seqlen": 16, "macs": True},
+    "prune": {"method": "magnitude", "sparsity": 0.5, "pattern": "2:4"},
+    "structured": {"what": "neurons", "sparsity": 0.5},
+    "slice": {"sparsity": 0.25, "head": "untie"},
+    "experts": {"sparsity": 0.5, "score": "frequency"},
+    "recover": {"recover": "bias_norm", "steps": 2},
+    "finetune": {"epochs": 0.05, "batch_size": 32},
+    "finalize": {},
+    "save": {"format": "safetensors"},  # the output folder is the test's
+}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    fast = tiny_tokenizer()
+    return write_tiny_folder(tmp_path_factory.mktemp("tiny"), tiny_model("llama", vocab_size=fast.vocab_size), fast)
+
+
+def _fields(kind, folder, tmp_path):
+    fields = dict(EXAMPLES[kind])
+    if kind == "load":
+        fields["model"] = str(folder / "model")
+    if kind == "calibrate":
+        fields["source"] = str(folder / "texts")
+    if kind == "save":
+        fields["out"] = str(tmp_path / "saved")
+    return fields
+
+
+def test_every_stage_kind_has_an_example():
+    assert sorted(EXAMPLES) == STAGES.names()
+
+
+def _workspace(kind, folder):
+    """A workspace holding what the stage reads: a tiny language model (an MoE one for experts, a loaded one
+    for the stages that need a tokenizer), calibration windows, or a small classifier with its data."""
+    from prunekit.experts import tiny_moe
+    from prunekit.pipeline import LoadConfig
+    from prunekit.pipeline.lm import _run_load
+
+    ids = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    if kind == "finetune":
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+        data = torch.utils.data.TensorDataset(torch.randn(256, 8), torch.randint(0, 3, (256,)))
+        return Workspace(model=model, train_set=lambda seed: data, progress=False)
+    if kind == "experts":
+        return Workspace(model=tiny_moe("qwen3_moe"), calibration=ids, progress=False)
+    ws = Workspace(progress=False, calibration=ids)
+    if kind != "load":
+        _run_load(ws, LoadConfig(model=str(folder / "model")))
+    if kind in ("finalize", "save"):
+        run_stages([parse_stage({"stage": "prune", "method": "magnitude", "sparsity": 0.5})], ws)
+    return ws
+
+
+@pytest.mark.parametrize("kind", sorted(EXAMPLES))
+def test_a_stage_runs_on_a_tiny_model_and_its_config_round_trips(kind, folder, tmp_path):
+    fields = _fields(kind, folder, tmp_path)
+    parsed = parse_stage({"stage": kind, **fields})
+    again = parse_stage(yaml.safe_load(yaml.safe_dump(stage_dict(*parsed))))
+    assert again == parsed and type(parsed[1]).from_yaml(parsed[1].to_yaml()) == parsed[1]
+    ws = _workspace(kind, folder)
+    params = None if ws.model is None else sum(p.numel() for p in ws.model.parameters())
+    run_stages([parsed], ws)
+    record = ws.records[-1]
+    assert record["stage"] == kind
+    if kind == "load":
+        assert ws.model is not None and ws.tokenizer is not None and record["model"] == fields["model"]
+    elif kind == "calibrate":
+        assert tuple(ws.calibration.shape) == (4, 16) and ws.meta["calibration"]["seed"] == 1
+    elif kind == "measure":
+        assert ws.columns["before"]["perplexity"] > 1 and ws.columns["before"]["macs_128_tokens"] > 0
+    elif kind == "prune":
+        w = ws.model.model.layers[0].mlp.up_proj.weight
+        assert float((w == 0).float().mean()) == 0.5 and record["sparsity"] == pytest.approx(0.5)
+    elif kind in ("structured", "slice", "experts"):
+        assert sum(p.numel() for p in ws.model.parameters()) < params and ws.headlines
+    elif kind == "recover":
+        assert record["steps"] == 2 and record["mode"] == "bias_norm"
+    elif kind == "finetune":
+        assert record["steps"] >= 1 and record["final_loss"] > 0
+    elif kind == "finalize":
+        assert record["tensors"] > 0 and get_mask(ws.model.model.layers[0].mlp.up_proj) is None
+    elif kind == "save":
+        from transformers import AutoModelForCausalLM
+
+        w = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").model.layers[0].mlp.up_proj.weight
+        assert float((w == 0).float().mean()) == 0.5 and (tmp_path / "saved" / "prunekit.json").is_file()
+
+
+def _cli_config(kind, fields, folder, tmp_path):
+    """The config the command line builds for ``kind`` from the options that say ``fields``."""
+    entry = STAGES.get(kind)
+    argv = ["prune", "--model", str(folder / "model"), "--out", str(tmp_path / "cli"), "--quiet"]
+    by_field = {fld: flag for flag, fld in entry.flags.items()}
+    for fld, value in fields.items():
+        if kind == "experts" and fld == "method":
+            argv += ["--merge-experts"] if value == "expert_merge" else []
+        elif fld in by_field and by_field[fld] not in argv:
+            argv += [by_field[fld]] + ([] if value is True else [str(value)])
+    if entry.trigger and entry.trigger not in argv:
+        argv += [entry.trigger, str(fields.get(entry.flags[entry.trigger]))]
+    if kind == "prune":
+        argv += ["--calib", "none"]  # magnitude needs no calibration
+    stages = build_stages(build_parser().parse_args(argv))
+    return next(cfg for k, cfg in stages if k == kind)
+
+
+@pytest.mark.parametrize("kind", [k for k in sorted(EXAMPLES) if STAGES.get(k).flags and k != "measure"])
+def test_the_command_line_builds_the_same_config_as_python(kind, folder, tmp_path):
+    fields = _fields(kind, folder, tmp_path)
+    if kind == "save":
+        fields["out"] = str(tmp_path / "cli")
+    python = parse_stage({"stage": kind, **fields})[1]
+    assert _cli_config(kind, fields, folder, tmp_path) == python
+
+
+def test_the_command_line_measures_as_python_would(folder, tmp_path):
+    argv = ["prune", "--model", str(folder / "model"), "--calib", str(folder / "texts"), "--ppl", str(folder / "texts"),
+            "--eval-windows", "2", "--seqlen", "16", "--out", str(tmp_path / "o"), "--structured", "neurons"]
+    measures = [cfg for k, cfg in build_stages(build_parser().parse_args(argv)) if k == "measure"]
+    expected = [parse_stage({"stage": "measure", "source": str(folder / "texts"), "windows": 2, "seqlen": 16,
+                             "macs": True, "label": label, "key": key, "timing": timing})[1]
+                for label, key, timing in (("before", "before", "reference"), ("after", "after", "compare"))]
+    assert measures == expected
+
+
+# ------------------------------------------------------------------------------------------ every method
+
+
+def _method_workspace(name):
+    """A tiny Llama with calibration windows for the calibrated methods; a small classifier with data, a loss
+    and example inputs for the others (data-driven and data-free criteria)."""
+    if METHODS.config(name).needs_calibration:
+        ids = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+        return Workspace(model=tiny_model("llama", hidden=64, layers=2), calibration=ids, progress=False)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
+    data = [(torch.randn(16, 8), torch.randint(0, 3, (16,))) for _ in range(2)]
+    return Workspace(model=model, data=data, loss_fn=F.cross_entropy, example_inputs=torch.randn(2, 8), progress=False)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_runs_as_a_stage_and_its_cli_form_matches(name, folder, tmp_path):
+    kind, cfg = parse_stage({"stage": "prune", "method": name, "sparsity": 0.5})
+    assert parse_stage(yaml.safe_load(yaml.safe_dump(stage_dict(kind, cfg)))) == (kind, cfg)
+    ws = run_stages([(kind, cfg)], _method_workspace(name))
+    # per-layer counts are exact; over the scope the total is within one weight per layer of the target
+    assert ws.records[0]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    argv = ["prune", "--model", str(folder / "model"), "--method", name, "--sparsity", "0.5", "--out",
+            str(tmp_path / "o"), "--calib", str(folder / "texts")]
+    cli = dict(build_stages(build_parser().parse_args(argv)))["prune"]
+    assert cli == cfg
