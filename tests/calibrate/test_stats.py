@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -58,3 +59,43 @@ def test_whole_model_collection_gives_mean_squares_in_float64():
     torch.testing.assert_close(stats.mean_squares("b"), flat.square().mean(0))
     assert stats.owner["b"] == "a" and stats.sq_norms["a"].dtype == torch.float64
     assert not stats.seen("c") and stats.n_tokens("c") == 0
+
+
+@pytest.mark.parametrize("shape, transpose", [((3, 50, 40), False), ((3, 50, 40), True), ((130, 40), False),
+                                              ((130, 40), True)])
+def test_input_sums_over_pieces_equal_the_whole_sums(shape, transpose, monkeypatch):
+    from prunekit.calibrate import stats as st
+
+    monkeypatch.setattr(st, "STATS_CHUNK_TOKENS", 32)  # several pieces, one of them short
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    if transpose:  # a non-contiguous input (as an attention output before its reshape can be)
+        x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+        assert not x.is_contiguous()
+    flat = x.reshape(-1, x.shape[-1])
+    sq, gram, rows = st.input_sums(x, hessian=True)
+    assert rows == flat.shape[0] and sq.dtype == torch.float32 and gram.dtype == torch.float32
+    # float32 sums of ≤ 150 products of unit-scale values: relative error a few 1e-7 × sqrt(150), well under 1e-5
+    torch.testing.assert_close(sq, flat.square().sum(0).float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gram, (flat.t() @ flat).float(), rtol=1e-5, atol=1e-4)
+    pieces = list(st.row_chunks(x))
+    assert len(pieces) > 1 and all(p.shape[0] <= 50 for p in pieces)
+    assert torch.equal(torch.cat(pieces), flat.float())
+
+
+def test_input_stats_share_an_input_without_keeping_it_alive():
+    import gc
+    import weakref
+
+    from prunekit.calibrate.stats import InputStats
+
+    stats = InputStats(hessian=True)
+    x = torch.randn(4, 8, 16)
+    stats.record("q", x)
+    stats.record("k", x)  # the very same tensor: shared, summed once
+    stats.record("o", x.clone())
+    assert stats.owner == {"q": "q", "k": "q", "o": "o"}
+    assert stats.n_tokens("k") == 32 and torch.equal(stats.gram("k"), stats.gram("q"))
+    ref = weakref.ref(x)
+    del x
+    gc.collect()
+    assert ref() is None  # the statistics hold no reference to a layer's input

@@ -12,7 +12,8 @@ expert, over the tokens the router sent to that expert only.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import weakref
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -38,13 +39,55 @@ def symmetric_gram(x: Tensor, pieces: int = 4) -> Tensor:
     return out
 
 
+STATS_CHUNK_TOKENS = 4096
+
+
+def row_chunks(x: Tensor, dtype: torch.dtype = torch.float32, tokens: int | None = None) -> Iterator[Tensor]:
+    """The rows of ``x`` (…, d) as ``dtype`` (n, d) pieces of at most about ``tokens`` rows
+    (:data:`STATS_CHUNK_TOKENS`), in order, without a copy of the whole of ``x``: a contiguous ``x`` is only
+    viewed (and converted piece by piece), any other is copied one slice of its first dimension at a time."""
+    tokens = STATS_CHUNK_TOKENS if tokens is None else tokens
+    x = x.detach()
+    d = x.shape[-1]
+    if x.dim() < 2 or x.is_contiguous():
+        flat = x.reshape(-1, d)
+        for i in range(0, flat.shape[0], tokens):
+            yield flat[i:i + tokens].to(dtype)
+        return
+    per = max(1, x[0].numel() // d)  # rows in one slice along the first dimension
+    step = max(1, tokens // per)
+    for i in range(0, x.shape[0], step):
+        yield x[i:i + step].reshape(-1, d).to(dtype)
+
+
+def input_sums(x: Tensor, hessian: bool, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor | None, int]:
+    """(Σ x², Σ x·xᵀ or None, rows) over the rows of ``x`` (…, d) in ``dtype``, summed over pieces of
+    :data:`STATS_CHUNK_TOKENS` rows so that no full-size copy or square of ``x`` is ever made."""
+    sq: Tensor | None = None
+    gram: Tensor | None = None
+    rows = 0
+    for c in row_chunks(x, dtype):
+        s = c.square().sum(0)
+        sq = s if sq is None else sq.add_(s)
+        if hessian:
+            g = symmetric_gram(c)
+            gram = g if gram is None else gram.add_(g)
+        rows += c.shape[0]
+    if sq is None:  # no rows at all
+        d = x.shape[-1]
+        sq = torch.zeros(d, dtype=dtype, device=x.device)
+        gram = torch.zeros(d, d, dtype=dtype, device=x.device) if hessian else None
+    return sq, gram, rows
+
+
 class InputStats:
     """Accumulates statistics of the inputs of ``modules`` (and of ``experts``' per-expert matrices)
     while hooks are attached (use as a context manager).
 
     ``experts`` maps a name to a :class:`~prunekit.calibrate.moe.FusedExperts`; the statistics of its
     expert ``e`` are found under ``f"{name}.gate_up_proj[{e}]"`` and ``f"{name}.down_proj[{e}]"``
-    (see :meth:`FusedExperts.key`).
+    (see :meth:`FusedExperts.key`). Only weak references to the inputs are kept (to recognise a shared
+    input), so an input is freed as soon as the forward is done with it.
     """
 
     def __init__(self, modules: Mapping[str, nn.Module] | None = None, hessian: bool = False,
@@ -57,7 +100,7 @@ class InputStats:
         self.grams: dict[str, Tensor] = {}
         self.tokens: dict[str, int] = {}
         self.owner: dict[str, str] = {}  # module name → the module whose accumulator it shares
-        self._seen: list[tuple[Tensor, str]] = []
+        self._seen: list[tuple[weakref.ref, str]] = []
         self._handles: list = []
 
     def __enter__(self) -> "InputStats":
@@ -80,16 +123,15 @@ class InputStats:
 
     def add(self, key: str, x: Tensor) -> None:
         """Add the rows of ``x`` (…, in) to the statistics kept under ``key``."""
-        flat = x.detach().reshape(-1, x.shape[-1]).to(self.dtype)
+        sq, gram, rows = input_sums(x, self.hessian, self.dtype)
         self.owner.setdefault(key, key)
         if key in self.sq_norms:
-            self.sq_norms[key] += flat.square().sum(0)
-            self.tokens[key] += flat.shape[0]
+            self.sq_norms[key] += sq
+            self.tokens[key] += rows
         else:
-            self.sq_norms[key] = flat.square().sum(0)
-            self.tokens[key] = flat.shape[0]
-        if self.hessian:
-            gram = symmetric_gram(flat)
+            self.sq_norms[key] = sq
+            self.tokens[key] = rows
+        if gram is not None:
             if key in self.grams:
                 self.grams[key] += gram
             else:
@@ -99,9 +141,9 @@ class InputStats:
         """Add the input ``x`` of module ``name`` — or, when a module seen before in this call read the very
         same tensor (q/k/v, gate/up), let ``name`` share that module's statistics."""
         if name not in self.owner:
-            same = next((n for t, n in self._seen if t is x), None)
+            same = next((n for t, n in self._seen if t() is x), None)
             self.owner[name] = same or name
-        self._seen.append((x, name))
+        self._seen.append((weakref.ref(x), name))
         if self.owner[name] == name:
             self.add(name, x)
 
