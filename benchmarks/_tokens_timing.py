@@ -1,5 +1,5 @@
 """Timing for the token benchmarks, through prunekit's one timing routine
-(:func:`prunekit.core.latency.time_interleaved`): every configuration runs once per round, in turn
+(:func:`prunekit.infra.latency.time_interleaved`): every configuration runs once per round, in turn
 (the order reversed every other round), in one process, after warm-up, until each median is known
 to 2% or the budget is spent. Per configuration: median wall time and its interquartile spread,
 median CPU time, the paired speed-up over the baseline (median of per-round ratios, with its IQR),
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from prunekit.core.latency import Comparison, time_interleaved
+from prunekit.infra.latency import Comparison, time_interleaved
 
 
 def timed(fns: dict[str, Callable[[], Any]], items: int, *, baseline: str = "full", budget_s: float = 60.0,
           min_rounds: int = 5, max_rounds: int = 40, warmup: int = 1, threads: int | None = 1,
           target_precision: float = 0.02) -> tuple[dict[str, dict[str, Any]], Comparison]:
     """Time ``fns`` (each processes ``items`` items once) interleaved; return per-name figures and
-    the :class:`~prunekit.core.latency.Comparison` they came from."""
+    the :class:`~prunekit.infra.latency.Comparison` they came from."""
     cmp = time_interleaved(fns, warmup=warmup, min_rounds=min_rounds, max_rounds=max_rounds, budget_s=budget_s,
                            target_precision=target_precision, threads=threads)
     out: dict[str, dict[str, Any]] = {}

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import prunekit as pk
-from prunekit.core.latency import latency
+from prunekit.infra.latency import latency
 from prunekit.datasets.text import calibration_windows, eval_windows
 from prunekit.metrics.perplexity import perplexity
 from prunekit.models.hf import load_model

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prunekit.core.latency import time_interleaved
+from prunekit.infra.latency import time_interleaved
 
 SHAPES = {"q_proj/o_proj 576×576": (576, 576), "k_proj/v_proj 192×576": (192, 576),
           "gate/up 1536×576": (1536, 576), "down 576×1536": (576, 1536)}

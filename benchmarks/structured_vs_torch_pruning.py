@@ -29,7 +29,7 @@ import prunekit.structured as ps
 from prunekit.metrics.summary import summary
 from prunekit.datasets import load_fashion_mnist
 from prunekit.metrics.accuracy import accuracy
-from prunekit.core.latency import latency
+from prunekit.infra.latency import latency
 from prunekit.models import ResNetStyle
 from prunekit.train.loop import fit
 

@@ -10,7 +10,7 @@ at the output with the state they had when dropped). For each configuration:
 - retrieval agreement: the share of paragraphs whose nearest other paragraph (cosine) is the same
   as with full embeddings (queries and corpus both patched), and with full corpus embeddings;
 - throughput in paragraphs/s (wall clock and process CPU time) from
-  ``prunekit.core.latency.time_interleaved``: every configuration (a patched copy of the model) run
+  ``prunekit.infra.latency.time_interleaved``: every configuration (a patched copy of the model) run
   in turn in each round in one process; median, IQR spread, paired speed-up, noisy flag.
 
     python benchmarks/tokens_minilm.py --paragraphs 512

@@ -12,7 +12,7 @@ the full model and for ``prunekit.tokens.prune_(model, method="fastv", layer=K, 
   full model's greedy tokens (checked once against ``model.generate`` with the patched model).
 
 Every configuration is a patched copy of the model. Quality is measured on every prompt; prefill
-and decode times come from ``prunekit.core.latency.time_interleaved`` on the first prompt (every
+and decode times come from ``prunekit.infra.latency.time_interleaved`` on the first prompt (every
 configuration in turn in each round, in one process; median, IQR spread, paired speed-up over the
 full model, noisy flag).
 

@@ -11,7 +11,7 @@ tokens, as many as ViT-B/16 at 224 px) is trained from scratch for ``--steps`` s
   points at a checkout (it is CC-BY-NC and not on PyPI, so it is not a dependency).
 
 Throughput: images/s at batch ``--batch`` by wall clock and by process CPU time, from
-``prunekit.core.latency.time_interleaved`` (every configuration, a patched copy of the model, run in
+``prunekit.infra.latency.time_interleaved`` (every configuration, a patched copy of the model, run in
 turn in each round in one process; median, IQR spread, paired speed-up over the full model per
 round, noisy flag), for at most ``--time-budget`` seconds.
 

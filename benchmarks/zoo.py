@@ -159,7 +159,7 @@ def build(zoo: str, name: str) -> tuple[Any, Any, list, bool]:
 
 
 def logits(out: Any) -> Any:
-    from prunekit.core.calling import output_tensor
+    from prunekit.infra.calling import output_tensor
 
     return output_tensor(out)
 
@@ -168,7 +168,7 @@ def logits(out: Any) -> Any:
 def measure(zoo: str, name: str, tool: str) -> dict[str, Any]:
     import torch
 
-    from prunekit.core.calling import call_model
+    from prunekit.infra.calling import call_model
     from prunekit.structured import count_macs
     from prunekit.structured import count_params
 
@@ -221,7 +221,7 @@ def measure(zoo: str, name: str, tool: str) -> dict[str, Any]:
 def reloads(model: Any, x: Any, out: Any) -> bool:
     import torch
 
-    from prunekit.core.calling import call_model
+    from prunekit.infra.calling import call_model
 
     try:
         with tempfile.TemporaryDirectory() as d:
@@ -239,7 +239,7 @@ def trace_kinds(model: Any, x: Any) -> dict[str, Any]:
     from torch.overrides import TorchFunctionMode
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from prunekit.core.calling import call_model
+    from prunekit.infra.calling import call_model
 
     class Count(TorchFunctionMode):
         n = 0

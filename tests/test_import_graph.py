@@ -112,3 +112,12 @@ def test_the_structured_graph_engine_knows_no_model_family():
     above = [(n, m) for n in engine for m in graph[n]
              if m.startswith("prunekit.structured") and not m.startswith("prunekit.structured.graph")]
     assert engine and not above, f"structured/graph imports upwards: {above}"
+
+
+def test_infra_and_core_import_only_downwards():
+    # issue 21: infra (files, locks, timing) knows nothing else of prunekit; core knows infra and no method
+    graph = import_graph()
+    layers = {"prunekit.infra": ("prunekit.infra",), "prunekit.core": ("prunekit.infra", "prunekit.core")}
+    wrong = [(n, m) for low, allowed in layers.items() for n in graph if n.startswith(low + ".")
+             for m in graph[n] if m.startswith("prunekit.") and m != "prunekit" and not m.startswith(allowed)]
+    assert any(n.startswith("prunekit.infra.") for n in graph) and not wrong, f"imports pointing up: {wrong}"

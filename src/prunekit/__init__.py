@@ -18,7 +18,7 @@ from .core.sparse_io import effective_state_dict, load_sparse, save_sparse
 from .metrics.summary import ModelSummary, summary
 from .criteria import CRITERIA
 from .methods import METHODS, PruneReport, prune_
-from .core.latency import Latency, latency
+from .infra.latency import Latency, latency
 
 __version__ = "0.1.0"
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from prunekit.cli import main
-from prunekit.core.atomic import output_folder
+from prunekit.infra.atomic import output_folder
 
 BAR = re.compile(r"\d+%\||\d+/\d+ \[|it/s|s/it|\r")
 

@@ -77,7 +77,7 @@ def test_bench_prints_a_table(capsys):
 
 
 def test_outputs_that_share_a_path_or_replace_an_input_are_refused(tmp_path):
-    from prunekit.core.atomic import OutputError
+    from prunekit.infra.atomic import OutputError
 
     emb = tmp_path / "emb.npy"
     np.save(emb, np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32))

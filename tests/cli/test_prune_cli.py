@@ -214,7 +214,7 @@ def test_dense_and_pruned_are_timed_interleaved_with_their_spread(tiny_folder, t
 
 def test_without_room_for_a_dense_copy_the_two_are_timed_apart_and_it_says_so(tiny_folder, tmp_path, capsys,
                                                                                monkeypatch):
-    import prunekit.core.machine as machine
+    import prunekit.infra.machine as machine
 
     monkeypatch.setattr(machine, "available_memory", lambda: 1000)  # 1 kB free: no room for a copy
     out = tmp_path / "apart"

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
-from ..core.latency import combined_flag, compare_latency, latency
+from ..infra.latency import combined_flag, compare_latency, latency
 from ..metrics.summary import ModelSummary, summary
 from ..recipe.schema import ClassifyTask, LMTask
 from .protocol import file_fingerprint, machine, tensor_hash, tokenizer_hash, versions

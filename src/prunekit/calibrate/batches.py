@@ -26,7 +26,7 @@ def _split_ids(ids: Tensor, batch_size: int | None) -> list[dict[str, Tensor]]:
 
 def calibration_batches(calibration: Any, batch_size: int | None = None, *, tokens: bool = False) -> list[Any]:
     """Calibration data as a list of batches, each a dict of keyword inputs, a tuple of positional inputs
-    or one input tensor (what :func:`prunekit.core.calling.call_model` takes).
+    or one input tensor (what :func:`prunekit.infra.calling.call_model` takes).
 
     Token ids ``(nsamples, seqlen)`` become ``{"input_ids": ...}`` batches of at most ``batch_size``
     rows (all rows in one batch when ``batch_size`` is None); a list of rows of one length is stacked

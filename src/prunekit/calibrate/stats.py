@@ -186,7 +186,7 @@ def collect_input_stats(model: nn.Module, modules: Mapping[str, nn.Module], cali
     """Run the whole model over ``calibration`` (any form :func:`calibration_batches` takes) with hooks on
     ``modules`` (and on fused ``experts``); returns their input statistics. The model is left in the mode
     it was in."""
-    from ..core.calling import call_model
+    from ..infra.calling import call_model
     from .batches import calibration_batches
     from .blockwise import model_call_options
 

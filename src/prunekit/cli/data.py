@@ -96,7 +96,7 @@ def _check_out(path: str, overwrite: bool = False, flag: str = "--out") -> None:
 def _check_paths(args: argparse.Namespace, outputs: tuple[str, ...], inputs: tuple[str, ...]) -> None:
     """Fail before any work when two of the outputs share a path or an output would replace an input
     (``outputs``/``inputs`` name the options, e.g. ``"out"``, ``"pairs_out"``)."""
-    from ..core.atomic import check_distinct
+    from ..infra.atomic import check_distinct
 
     def flag(name: str) -> str:
         return "--" + name.replace("_", "-")

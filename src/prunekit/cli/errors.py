@@ -18,7 +18,7 @@ def _one_line(text: str) -> str:
 
 def describe(exc: BaseException, debug: bool = False) -> tuple[int, str]:
     """(exit code, one-line message) for an exception that reached the command line."""
-    from ..core.atomic import OutputBusyError
+    from ..infra.atomic import OutputBusyError
 
     hint = "" if debug else " (rerun with --debug for the traceback)"
     if isinstance(exc, KeyboardInterrupt):

@@ -59,7 +59,7 @@ def _description(meta: dict[str, Any] | None) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import __version__
-    from ..core.atomic import check_output_folder
+    from ..infra.atomic import check_output_folder
     from ..export import EXPORTERS, check_file_target, export, find_source_gguf
     from ..export.load import load_artifact
     from ..models.hf import read_prunekit_json, resolve_model_path

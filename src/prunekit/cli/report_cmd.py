@@ -28,7 +28,7 @@ def check_report_out(out: Path, db: str, overwrite: bool) -> None:
     """Refuse, before the store is read, an ``--out`` that is an input, a folder, or an existing file that is
     not a report prunekit wrote (and, without ``--overwrite``, any existing file)."""
     from ..bench.report import is_prunekit_report
-    from ..core.atomic import OutputError, check_distinct
+    from ..infra.atomic import OutputError, check_distinct
 
     check_distinct({"--out": out}, {"--db": db})
     if out.is_dir():
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         emit(args, {"db": db, "markdown": text}, text)
         return 0
     page = html_report(runs, args.title)
-    from ..core.atomic import atomic_file
+    from ..infra.atomic import atomic_file
 
     with atomic_file(out) as tmp:  # unique temporary beside it, umask permissions, renamed into place
         tmp.write_text(page)

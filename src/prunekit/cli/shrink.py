@@ -97,7 +97,7 @@ def _out_dir(args: argparse.Namespace) -> Path:
 def run(args: argparse.Namespace) -> int:
     """Check everything, then shrink, distil, save into a fresh folder, read it back and compare, and swap it
     in as ``--out``."""
-    from ..core.atomic import output_folder
+    from ..infra.atomic import output_folder
 
     _check_args(args)
     out = _out_dir(args)

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .atomic import atomic_file
+from ..infra.atomic import atomic_file
 from .stats import sparse_nbytes
 
 _FORMAT = "prunekit-sparse-v1"

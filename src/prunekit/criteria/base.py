@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..core.calling import call_model, output_tensor
+from ..infra.calling import call_model, output_tensor
 from ..core.finite import NonFiniteError, check_finite
 from ..core.mask import weight_of
 from ..core.registry import Registry

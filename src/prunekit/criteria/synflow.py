@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.scope import Target
-from ..core.calling import call_model, output_tensor
+from ..infra.calling import call_model, output_tensor
 from .base import ScoreContext, eval_mode, register_criterion
 
 

@@ -68,7 +68,7 @@ def check_labelled(dataset: Any, model: Any, method: str, batch_size: int = 1024
     import torch
     from torch.utils.data import DataLoader
 
-    from ..core.calling import call_model, output_tensor
+    from ..infra.calling import call_model, output_tensor
 
     classes = None
     start = 0

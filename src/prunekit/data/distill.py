@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..core.calling import call_model, output_tensor
+from ..infra.calling import call_model, output_tensor
 from ..train.loop import fit
 
 

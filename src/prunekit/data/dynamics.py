@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..core.calling import call_model, output_tensor
+from ..infra.calling import call_model, output_tensor
 
 # Each takes (logits, labels) of a batch and returns one float per example.
 OutputScore = Callable[[Tensor, Tensor], Tensor]

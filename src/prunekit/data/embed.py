@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..core.calling import call_model, output_tensor
+from ..infra.calling import call_model, output_tensor
 
 
 def _inputs(batch: Any) -> Any:

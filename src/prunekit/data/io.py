@@ -1,5 +1,5 @@
 """Reading and writing one array per file, as ``.npy`` or ``.parquet`` (one column), atomically:
-the file appears complete under its name or not at all (``core.atomic.atomic_file``)."""
+the file appears complete under its name or not at all (``infra.atomic.atomic_file``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.atomic import atomic_file
+from ..infra.atomic import atomic_file
 
 FORMATS = (".npy", ".parquet")
 

@@ -11,7 +11,7 @@
     export(model, tokenizer, "pruned.gguf", {"to": "gguf", "quant": "q8_0"}, source="smollm2-135m")
 
 Every check runs before anything is written; a failed export leaves nothing behind (files and folders
-are written through :mod:`prunekit.core.atomic`).
+are written through :mod:`prunekit.infra.atomic`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from ..core.atomic import OutputError, atomic_file, check_output_folder, output_folder
-from ..core.meta import write_meta
+from ..infra.atomic import OutputError, atomic_file, check_output_folder, output_folder
+from ..infra.meta import write_meta
 from .config import EXPORTERS, CompressedExport, ExportConfig, GGUFExport, SafetensorsExport
 from .dtype import SaveDtype, resolve_dtype, source_dtype
 from .load import load_artifact

@@ -226,7 +226,7 @@ def is_compressed_folder(folder: str | Path) -> bool:
 
 def weight_files(folder: str | Path) -> list[Path]:
     """The safetensors files of a folder (all shards; each checked to stay inside the folder)."""
-    from ..core.shards import safetensors_files
+    from ..infra.shards import safetensors_files
 
     return [Path(folder) / f for f in safetensors_files(folder)]
 

@@ -2,7 +2,7 @@
 layouts, in the dtype the user expects, with its tokenizer; report the bytes that landed on disk.
 
 These functions write into a folder the caller owns (for the CLI, the temporary folder of
-``core.atomic.output_folder``, which is swapped into place only when everything is written).
+``infra.atomic.output_folder``, which is swapped into place only when everything is written).
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ from typing import Any, Sequence
 
 import torch
 
-from ..core.atomic import check_distinct, check_output_folder, output_folder, remove_scratch, scratch_folder
-from ..core.meta import write_meta
-from ..core.shards import FolderEscapeError, inside
+from ..infra.atomic import check_distinct, check_output_folder, output_folder, remove_scratch, scratch_folder
+from ..infra.meta import write_meta
+from ..infra.shards import FolderEscapeError, inside
 from .config import MergeConfig, merge_config
 from .sources import INDEX, SafetensorsWriter, TensorFolder, TensorInfo, check_mergeable
 from .tensors import (MagnitudeHistogram, MergeCounts, Trim, check_finite_input, dtype_kind, is_merged, merge_tensor,

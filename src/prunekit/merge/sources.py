@@ -19,8 +19,8 @@ from typing import Any, BinaryIO, Iterable
 import torch
 from torch import Tensor
 
-from ..core.shards import SAFETENSORS_INDEX as INDEX
-from ..core.shards import SINGLE, index_entries, safetensors_files
+from ..infra.shards import SAFETENSORS_INDEX as INDEX
+from ..infra.shards import SINGLE, index_entries, safetensors_files
 from .tensors import dtype_kind
 
 _DTYPES = {

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_chec
 import torch
 from torch import nn
 
-from ..core.atomic import remove_scratch, scratch_folder
+from ..infra.atomic import remove_scratch, scratch_folder
 from ..core.mask import weight_of
 from ..core.pattern import Pattern
 from ..core.registry import Registry

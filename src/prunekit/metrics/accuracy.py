@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..core.calling import call_model, output_tensor
+from ..infra.calling import call_model, output_tensor
 
 
 def accuracy(model: nn.Module, data: Dataset | Iterable, batch_size: int = 1024) -> float:

@@ -1,5 +1,5 @@
 """Generation speed: tokens per second of a greedy generation, timed with the interleaved routine of
-:mod:`prunekit.core.latency` (repeated, with its spread and a noisy flag), the prompt and token
+:mod:`prunekit.infra.latency` (repeated, with its spread and a noisy flag), the prompt and token
 counts stated."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.latency import Comparison, time_interleaved
+from ..infra.latency import Comparison, time_interleaved
 
 DEFAULT_PROMPT = "The Python standard library provides"
 

@@ -1,6 +1,6 @@
 """What a language model costs and how well it does: perplexity, parameters, non-zeros, sizes, MACs,
 and its speed — forward latency and greedy generation — timed with the interleaved routine of
-:mod:`prunekit.core.latency` (several models alternating in one process, repeated, with spread and a
+:mod:`prunekit.infra.latency` (several models alternating in one process, repeated, with spread and a
 ``noisy`` flag). Used by ``prunekit prune`` and ``prunekit eval``.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.latency import Latency, compare_latency
+from ..infra.latency import Latency, compare_latency
 from .generation import compare_generation
 
 LATENCY_TOKENS = 128

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
-from ..core.calling import call_model
+from ..infra.calling import call_model
 
 CONV = ("conv1d", "conv2d", "conv3d")
 CONV_T = ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")

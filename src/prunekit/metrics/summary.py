@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..core.latency import Latency, latency
+from ..infra.latency import Latency, latency
 from ..core.mask import get_mask
 from ..core.scope import select_targets
 from ..core.stats import sparse_nbytes

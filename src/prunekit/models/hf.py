@@ -179,7 +179,7 @@ def _load_gguf(path: Path, spec: str, dtype: torch.dtype, cache: bool) -> Loaded
 def _load_folder(path: Path, spec: str, dtype: torch.dtype) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    from ..core.shards import check_model_folder
+    from ..infra.shards import check_model_folder
 
     check_model_folder(path)  # no shard index entry or weight file that leads out of the folder
     config = AutoConfig.from_pretrained(str(path))

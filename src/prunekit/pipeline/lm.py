@@ -166,7 +166,7 @@ def _dense_copy(model: Any) -> tuple[Any, str]:
     of the memory available); else ``(None, why)``: the two are then timed apart."""
     import copy
 
-    from ..core.machine import available_memory
+    from ..infra.machine import available_memory
 
     need = sum(p.numel() * p.element_size() for p in model.parameters())
     free = available_memory()
@@ -265,7 +265,7 @@ def _validate_save(cfg: SaveConfig, stages: Sequence[Stage], name_of: Any) -> No
 
 @contextlib.contextmanager
 def _prepare_save(ws: Workspace, cfg: SaveConfig) -> Iterator[Path]:
-    from ..core.atomic import output_folder
+    from ..infra.atomic import output_folder
 
     with output_folder(Path(cfg.out), overwrite=cfg.overwrite) as folder:  # checks and locks out before any work
         ws.folder = folder
@@ -273,7 +273,7 @@ def _prepare_save(ws: Workspace, cfg: SaveConfig) -> Iterator[Path]:
 
 
 def _check_save(ws: Workspace, cfg: SaveConfig) -> None:
-    from ..core.atomic import check_writable
+    from ..infra.atomic import check_writable
     from ..export.dtype import resolve_dtype
 
     ws.state["save_dtype"] = resolve_dtype(cfg.dtype, ws.source)  # after loading: the loader's errors name bad files
@@ -285,7 +285,7 @@ def save_pruned(model: Any, tokenizer: Any, folder: Path, meta: dict[str, Any], 
     """Write the model (``fmt``: safetensors or compressed, floats in ``dtype``), tokenizer, prunekit.json and
     report.txt into ``folder``. ``report_text`` may be a function of what was saved (its bytes on disk go
     in the table); returns what was saved (:class:`prunekit.export.SavedModel`)."""
-    from ..core.meta import write_meta
+    from ..infra.meta import write_meta
     from ..export.dtype import SaveDtype
     from ..export.save import plan_save, save_model
     from ..slicing.per_layer import mark_sliced

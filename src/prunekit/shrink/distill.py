@@ -9,7 +9,7 @@ the seed and tokenized one at a time as the windows are needed, so the corpus's 
 
 Checkpoints (``checkpoint=`` a folder, every ``checkpoint_every`` steps and at the end) hold the student
 as a Hugging Face folder (``from_pretrained`` reads it), the optimizer and schedule, the step and the
-losses; each is written as a fresh folder swapped in whole (:func:`prunekit.core.atomic.output_folder`),
+losses; each is written as a fresh folder swapped in whole (:func:`prunekit.infra.atomic.output_folder`),
 so a process killed at any moment (``kill -9`` included) leaves the previous checkpoint intact.
 ``resume=True`` continues after the last one: the stream skips the windows already used, so a resumed run
 takes the same steps on the same text as one never interrupted.
@@ -183,7 +183,7 @@ def _schedule(cfg: DistillConfig) -> Callable[[int], float]:
 def _save_checkpoint(folder: Path, student: nn.Module, opt: Any, sched: Any, step: int, losses: list[float],
                      run: dict[str, Any], spent: dict[str, float], extra: dict[str, Any] | None = None) -> None:
     from .. import __version__
-    from ..core.atomic import output_folder
+    from ..infra.atomic import output_folder
 
     with output_folder(folder, overwrite=True) as tmp:
         student.save_pretrained(tmp)

@@ -169,7 +169,7 @@ def load_sliced(folder: str | Path, dtype: torch.dtype = torch.float32) -> nn.Mo
     from safetensors.torch import load_file
     import transformers as tf
 
-    from ..core.shards import check_model_folder, safetensors_files
+    from ..infra.shards import check_model_folder, safetensors_files
 
     folder = Path(folder)
     check_model_folder(folder)  # no shard or index entry that leads out of the folder

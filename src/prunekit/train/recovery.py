@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..core.calling import call_model, output_tensor
+from ..infra.calling import call_model, output_tensor
 from ..core.mask import Mask, get_mask, weight_of
 from ..core.scope import select_targets
 from .loop import fit

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from ..core.calling import call_model, output_tensor
+from ..infra.calling import call_model, output_tensor
 from ..core.deprecation import renamed_args
 from ..core.scope import targets_sparsity
 from ..core.mask import get_mask, weight_of

@@ -73,7 +73,7 @@ def test_dedup_killed_mid_way_resumes_to_the_same_result(tmp_path, kill_at):
     embed_shards(tmp_path / "in", tmp_path / "emb", embedding_column="emb", dtype="float32", progress=False)
     script = f"""
 import os, signal
-import prunekit.core.atomic as atomic
+import prunekit.infra.atomic as atomic
 from prunekit.data import dedup
 seen = [0]
 def hook(step):  # SIGKILL right after the {kill_at}th file of the run is in place
@@ -132,7 +132,7 @@ def test_outputs_are_not_replaced_without_overwrite(tmp_path):
 
 
 def test_a_second_run_on_the_same_output_fails_at_once(tmp_path):
-    from prunekit.core.fsops import OutputBusyError, OutputLock
+    from prunekit.infra.fsops import OutputBusyError, OutputLock
 
     np.save(tmp_path / "emb.npy", planted(n=200, d=4, dups=0)[0])
     with OutputLock(tmp_path / "keep.npy.work"):  # what a running dedup on keep.npy holds

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from prunekit.core.atomic import OutputError
+from prunekit.infra.atomic import OutputError
 from prunekit.data import dedup, density
 
 from .conftest import planted

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ...core.atomic import atomic_file
+from ...infra.atomic import atomic_file
 from .store import EmbeddingStore, normalize
 
 FIELDS = ("index", "cluster", "sim")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ...core.atomic import atomic_file
+from ...infra.atomic import atomic_file
 from .cluster import cluster_members, read_partition, within_cluster_order
 
 

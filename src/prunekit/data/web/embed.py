@@ -16,8 +16,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ...core.atomic import MARKER, atomic_file, check_writable, is_prunekit_folder
-from ...core.fsops import OutputLock
+from ...infra.atomic import MARKER, atomic_file, check_writable, is_prunekit_folder
+from ...infra.fsops import OutputLock
 from .engine import get_engine
 from .sources import (Source, check_finite_rows, check_fits_dtype, inspect_sources, iter_texts, iter_vectors, resolve_shards,
                       scan_vectors)

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ...core.atomic import atomic_file, check_distinct
+from ...infra.atomic import atomic_file, check_distinct
 from ..budgets import dbp_budgets
 from ..checks import budget
 from ..io import check_output_file, load_array

@@ -8,7 +8,7 @@
 
 Example *k* of the data set is row *k* of the input shards taken in order, so the indices a selection
 writes are the ones ``prunekit data select`` writes and the samplers take. Every file is written to a
-temporary name and renamed into place (``core.atomic``), so a shard is either complete or absent.
+temporary name and renamed into place (``infra.atomic``), so a shard is either complete or absent.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ...core.atomic import MARKER, atomic_file
+from ...infra.atomic import MARKER, atomic_file
 
 KIND = "embeddings"
 FORMAT_VERSION = 1

@@ -13,8 +13,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ...core.atomic import MARKER, atomic_file, scratch_folder
-from ...core.fsops import OutputLock
+from ...infra.atomic import MARKER, atomic_file, scratch_folder
+from ...infra.fsops import OutputLock
 
 WORK_KIND = "data-work"
 

@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from ...core.calling import call_model
+from ...infra.calling import call_model
 from ...core.config import Config
 from ...core.deprecation import PrunekitDeprecationWarning
 from ...core.registry import Registry

@@ -17,7 +17,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ...core.calling import call_model
+from ...infra.calling import call_model
 from .recorder import CONVS
 from .trace import trace
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...core.calling import call_model
+from ...infra.calling import call_model
 from .check import Kept, blamed_groups, first_failing, groups_in_module, light_copy, run_checked, siblings, tie_sizes
 from .depgraph import DependencyGraph
 from .groups import Group, choose_removed, find_groups

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import torch
 from torch import fx, nn
 
-from ...core.calling import call_model
+from ...infra.calling import call_model
 from .depgraph import DependencyGraph, UnsupportedOperation, Val
 from . import rules
 from .recorder import CONVS, Recorder, _tensors

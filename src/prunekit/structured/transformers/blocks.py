@@ -20,7 +20,7 @@ from ...calibrate.batches import calibration_batches
 from ...calibrate.blocks import find_blocks
 from ...calibrate.blockwise import model_call_options
 from ...calibrate.moe import fused_experts
-from ...core.calling import call_model, output_tensor
+from ...infra.calling import call_model, output_tensor
 from ...core.fraction import check_fraction
 from ..graph.report import count_params
 from .common import reload_problem_after

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from prunekit.core.shards import FolderEscapeError, check_model_folder, inside, safetensors_files
+from prunekit.infra.shards import FolderEscapeError, check_model_folder, inside, safetensors_files
 from prunekit.models.hf import tiny_model
 
 

@@ -1,4 +1,4 @@
-"""The timing routine (prunekit.core.latency): interleaved, repeated, with spread and a noisy flag."""
+"""The timing routine (prunekit.infra.latency): interleaved, repeated, with spread and a noisy flag."""
 
 import random
 import subprocess
@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from prunekit.core.latency import compare_latency, latency, time_interleaved
+from prunekit.infra.latency import compare_latency, latency, time_interleaved
 from prunekit.models import SmallCNN
 
 

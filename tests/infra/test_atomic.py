@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from prunekit.core import atomic
-from prunekit.core.atomic import (OutputBusyError, OutputError, atomic_file, check_output_folder, check_writable,
+from prunekit.infra import atomic
+from prunekit.infra.atomic import (OutputBusyError, OutputError, atomic_file, check_output_folder, check_writable,
                                   output_folder, recover, scratch_folder)
 
 CORE = Path(atomic.__file__).parent
@@ -219,7 +219,7 @@ def test_a_second_writer_of_the_same_out_fails_at_once(tmp_path):
 
 @pytest.mark.parametrize("plant", ["symlink", "hardlink", "user-file", "folder"])
 def test_a_lock_path_prunekit_did_not_make_is_refused_and_left_as_it_is(tmp_path, plant):
-    from prunekit.core.fsops import LockFileError
+    from prunekit.infra.fsops import LockFileError
 
     victim = tmp_path / "notes.txt"
     victim.write_text("the user's own file")
@@ -320,7 +320,7 @@ CHILD = r"""
 import importlib.util, json, os, signal, sys, time, types
 # Ctrl-C as in a terminal, even when the test runner was started with SIGINT ignored (a background job)
 signal.signal(signal.SIGINT, signal.default_int_handler)
-# load core/fsops.py and core/atomic.py alone (no torch): a child starts in a few milliseconds
+# load infra/fsops.py and infra/atomic.py alone (no torch): a child starts in a few milliseconds
 for name in ("prunekit", "prunekit.core"):
     sys.modules[name] = types.ModuleType(name)
     sys.modules[name].__path__ = []
@@ -431,7 +431,7 @@ def test_recover_restores_an_old_folder_hidden_by_a_killed_swap(tmp_path):
 
 
 def test_check_distinct_refuses_shared_outputs_and_outputs_over_inputs(tmp_path, monkeypatch):
-    from prunekit.core.atomic import check_distinct
+    from prunekit.infra.atomic import check_distinct
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "emb").mkdir()
