@@ -97,3 +97,22 @@ def test_export_bad_arguments_are_errors_before_loading(tiny, tmp_path, capsys, 
         return
     assert main(["export", str(tiny / "model"), *argv, *out, "--quiet"]) == 2
     assert match in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+
+
+def test_an_out_that_is_the_input_model_is_refused_before_any_work(tiny, tmp_path, capsys):
+    # issue 20: --out equal to the model being read (a folder prunekit wrote, so --overwrite could replace it)
+    # would lose the input; prune and export refuse it before loading, and the folder is untouched
+    assert _prune(tiny, tmp_path / "pruned") == 0
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "pruned").iterdir())
+    capsys.readouterr()
+    assert main(["prune", "--model", str(tmp_path / "pruned"), "--calib", str(tiny / "texts"), "--nsamples", "4",
+                 "--seqlen", "32", "--eval-windows", "2", "--out", str(tmp_path / "pruned"), "--overwrite",
+                 "--quiet"]) == 2
+    assert "is the input --model" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "pruned"), "--to", "safetensors", "--out", str(tmp_path / "pruned"),
+                 "--overwrite", "--quiet"]) == 2
+    assert "is the input --model" in capsys.readouterr().err
+    assert main(["prune", "--model", str(tiny / "model"), "--calib", str(tiny / "texts"), "--nsamples", "4",
+                 "--seqlen", "32", "--eval-windows", "2", "--out", str(tiny), "--overwrite", "--quiet"]) == 2
+    assert "holds the input --model" in capsys.readouterr().err
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "pruned").iterdir()) == before

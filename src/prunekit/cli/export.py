@@ -59,13 +59,14 @@ def _description(meta: dict[str, Any] | None) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import __version__
-    from ..infra.atomic import check_output_folder
+    from ..infra.atomic import check_distinct, check_output_folder
     from ..export import EXPORTERS, check_file_target, export, find_source_gguf
     from ..export.load import load_artifact
     from ..models.hf import read_prunekit_json, resolve_model_path
 
     config = EXPORTERS.parse_config(_config(args))
     resolve_model_path(args.model)  # a clear error for a path that is no model, before loading
+    check_distinct({"--out": args.out}, {"--model": args.model})  # replacing the input would lose it
     if args.to == "gguf":  # every check that needs no model, before loading it
         check_file_target(args.out, args.overwrite)
     else:

@@ -255,6 +255,15 @@ def _out_dir(args: argparse.Namespace) -> Path:
     return Path(args.out) if args.out else Path(f"pruned-{Path(str(args.model or DEFAULT_MODEL)).stem.lower()}")
 
 
+def _check_out_is_no_input(args: argparse.Namespace, out: str) -> None:
+    """``--out`` may not be (or hold) the model or a text the run reads: replacing it would lose the input."""
+    from ..infra.atomic import check_distinct
+
+    inputs = {flag: value for flag, value in (("--model", args.model), ("--calib", args.calib), ("--ppl", args.ppl))
+              if value is not None and Path(str(value)).exists()}
+    check_distinct({"--out": out}, inputs)
+
+
 def run(args: argparse.Namespace) -> int:
     """Turn the options into stages (every one checked), then run them: ``--out`` is locked and a fresh
     folder beside it replaces ``--out`` only once everything in it is written."""
@@ -262,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import Workspace, run_stages
 
     stages = build_stages(args)
+    _check_out_is_no_input(args, dict(stages)["save"].out)
     names = _flag_names()
     ws = Workspace(progress=not is_quiet(args), say=lambda t: say(args, t), warn=lambda t: warn(args, t),
                    name_of=lambda kind, fld: names.get((kind, fld), fld),
