@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..core.config import Config
+from ..train.recovery_lm import loss_ends
 
 CHECKPOINT_KIND = "shrink-distill-checkpoint"
 STATE_FILE = "training.pt"
@@ -79,11 +80,7 @@ class DistillReport:
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data; losses summarised by the means of the first and last tenth of the steps."""
         d = asdict(self)
-        losses = d.pop("losses")
-        k = max(1, len(losses) // 10)
-        return {**d, "tokens_per_s": self.tokens_per_s,
-                "loss_first": sum(losses[:k]) / k if losses else None,
-                "loss_last": sum(losses[-k:]) / k if losses else None}
+        return {**d, "tokens_per_s": self.tokens_per_s, **loss_ends(d.pop("losses"))}
 
     def __str__(self) -> str:
         d = self.to_dict()

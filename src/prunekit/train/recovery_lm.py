@@ -48,6 +48,13 @@ class RecoveryConfig(Config):
 RECOVERY: Registry = Registry("recovery", key="recover")
 
 
+def loss_ends(losses: list[float]) -> dict[str, float | None]:
+    """``loss_first`` / ``loss_last``: the means of the first and the last tenth of a run's step losses."""
+    k = max(1, len(losses) // 10)
+    return {"loss_first": sum(losses[:k]) / k if losses else None,
+            "loss_last": sum(losses[-k:]) / k if losses else None}
+
+
 @dataclass
 class LMRecoveryReport:
     """What :func:`recover_lm_` trained and what it bought."""
@@ -72,11 +79,7 @@ class LMRecoveryReport:
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data; losses summarised by the means of the first and last tenth of the steps."""
         d = asdict(self)
-        losses = d.pop("losses")
-        k = max(1, len(losses) // 10)
-        return {**d, "trained_fraction": self.trained_fraction,
-                "loss_first": sum(losses[:k]) / k if losses else None,
-                "loss_last": sum(losses[-k:]) / k if losses else None}
+        return {**d, "trained_fraction": self.trained_fraction, **loss_ends(d.pop("losses"))}
 
     def __str__(self) -> str:
         ppl = ""
