@@ -75,3 +75,29 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path):
     assert len(runs) == 5 and all(r.status == "ok" for r in runs)
     assert all(done[r.key] == r.started for r in runs if r.key in done)  # the finished ones were not rerun
     assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_recipe_exports_each_run_and_a_classifier_export_is_a_failed_run_not_a_crash(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from prunekit.models.hf import tiny_model
+    from prunekit.models.tiny import tiny_tokenizer, write_tiny_folder
+
+    fast = tiny_tokenizer()
+    tiny = write_tiny_folder(tmp_path / "tiny", tiny_model("llama", vocab_size=fast.vocab_size), fast)
+    out = tmp_path / "exported"
+    recipe = Recipe.from_yaml(
+        f"name: exp\ntask: {{task: lm, model: {tiny / 'model'}, calibration: {{source: {tiny / 'texts'}, nsamples: 2, "
+        f"seqlen: 16}}, evaluation: {{windows: 2}}}}\nbaseline: false\nmeasure: [perplexity, size]\nstages:\n"
+        f"  - {{stage: prune, method: magnitude, sparsity: 0.5}}\n  - {{stage: export, to: safetensors, out: {out}}}\n")
+    (run,) = pk.bench.run(recipe, db=str(tmp_path / "r.db"), progress=False, say=lambda t: None)
+    assert run.status == "ok", run.error
+    record = run.figures["stages"][-1]
+    assert record["stage"] == "export" and record["path"] == str(out) and record["bytes"] > 0
+    w = AutoModelForCausalLM.from_pretrained(out).model.layers[0].mlp.up_proj.weight
+    assert float((w == 0).float().mean()) == 0.5
+    cls = Recipe.from_yaml(RECIPE.replace("  - {stage: finetune, epochs: 0.5}\n",
+                                          f"  - {{stage: export, to: safetensors, out: {tmp_path / 'cls'}}}\n")
+                           .replace("  prune.sparsity: [0.5, 0.9]\n", "  prune.sparsity: [0.5]\n"))
+    runs = pk.bench.run(cls, db=str(tmp_path / "c.db"), progress=False, say=lambda t: None)
+    assert runs[-1].status == "failed" and "has none" in runs[-1].error and not (tmp_path / "cls").exists()

@@ -1,8 +1,9 @@
-"""Every registered stage kind and every registered method, as timm tests every registered model: each runs on
-a tiny model, its config round-trips through YAML, and its command-line form builds the same config as its
-Python form. A new stage kind or method without an example here fails the first test."""
+"""Every registered stage kind, method, exporter and structured unit, as timm tests every registered model: each
+runs on a tiny model, its config round-trips through YAML, and its command-line form builds the same config as
+its Python form. A new stage kind or method without an example here fails the first test."""
 
 import argparse
+import pickle
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from torch.nn import functional as F
 from prunekit.cli import build_parser
 from prunekit.cli.prune import build_stages
 from prunekit.core.mask import get_mask
+from prunekit.export import EXPORTERS
 from prunekit.methods import METHODS
 from prunekit.models.hf import tiny_model
 from prunekit.models.tiny import tiny_tokenizer, write_tiny_folder
@@ -31,6 +33,7 @@ EXAMPLES = {
     "finetune": {"epochs": 0.05, "batch_size": 32},
     "finalize": {},
     "save": {"format": "safetensors"},  # the output folder is the test's
+    "export": {"to": "safetensors", "dtype": "bfloat16"},  # every exporter: test_every_exporter_...
 }
 
 
@@ -48,6 +51,8 @@ def _fields(kind, folder, tmp_path):
         fields["source"] = str(folder / "texts")
     if kind == "save":
         fields["out"] = str(tmp_path / "saved")
+    if kind == "export":
+        fields["out"] = str(tmp_path / "exported")
     return fields
 
 
@@ -73,7 +78,7 @@ def _workspace(kind, folder):
     ws = Workspace(progress=False, calibration=ids)
     if kind != "load":
         _run_load(ws, LoadConfig(model=str(folder / "model")))
-    if kind in ("finalize", "save"):
+    if kind in ("finalize", "save", "export"):
         run_stages([parse_stage({"stage": "prune", "method": "magnitude", "sparsity": 0.5})], ws)
     return ws
 
@@ -111,6 +116,13 @@ def test_a_stage_runs_on_a_tiny_model_and_its_config_round_trips(kind, folder, t
 
         w = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").model.layers[0].mlp.up_proj.weight
         assert float((w == 0).float().mean()) == 0.5 and (tmp_path / "saved" / "prunekit.json").is_file()
+    elif kind == "export":
+        from transformers import AutoModelForCausalLM
+
+        back = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
+        w = back.model.layers[0].mlp.up_proj.weight
+        assert w.dtype == torch.bfloat16 and float((w == 0).float().mean()) == 0.5
+        assert record["to"] == "safetensors" and record["bytes"] > 0 and record["dtype"] == "bfloat16"
 
 
 def _cli_config(kind, fields, folder, tmp_path):
@@ -148,6 +160,89 @@ def test_the_command_line_measures_as_python_would(folder, tmp_path):
                              "macs": True, "label": label, "key": key, "timing": timing})[1]
                 for label, key, timing in (("before", "before", "reference"), ("after", "after", "compare"))]
     assert measures == expected
+
+
+# ---------------------------------------------------------------------------------------- every exporter
+
+EXPORT_EXAMPLES = {"safetensors": ({"dtype": "float32"}, "exported"), "compressed": ({}, "exported"),
+                   "gguf": ({"quant": "q8_0"}, "exported.gguf")}
+
+
+def test_every_exporter_has_an_example():
+    assert sorted(EXPORT_EXAMPLES) == EXPORTERS.names()
+
+
+@pytest.mark.parametrize("to", EXPORTERS.names())
+def test_every_exporter_runs_as_a_stage_after_pruning_and_round_trips(to, folder, tmp_path):
+    from prunekit.export import load_artifact
+    from prunekit.export.save import compressed_reader
+
+    fields, name = EXPORT_EXAMPLES[to]
+    out = tmp_path / name
+    stage = parse_stage({"stage": "export", "to": to, "out": str(out), **fields})
+    assert parse_stage(yaml.safe_load(yaml.safe_dump(stage_dict(*stage)))) == stage
+    assert type(stage[1]).from_yaml(stage[1].to_yaml()) == stage[1] == pickle.loads(pickle.dumps(stage[1]))
+    ws = _workspace("load", folder)
+    from prunekit.pipeline import LoadConfig
+    from prunekit.pipeline.lm import _run_load
+
+    _run_load(ws, LoadConfig(model=str(folder / "model")))
+    up = ws.model.model.layers[0].mlp.up_proj
+    dense = up.weight.detach().clone()
+    stages = [parse_stage({"stage": "prune", "method": "magnitude", "sparsity": 0.5, "pattern": "2:4"}), stage]
+    if to == "compressed" and compressed_reader() is None:
+        # nothing here reads the sparse layouts back: refused before the prune stage changes the model
+        with pytest.raises(ValueError, match="compressed-tensors <= 0.14"):
+            run_stages(stages, ws)
+        assert torch.equal(up.weight, dense) and not out.exists() and not ws.records
+        return
+    run_stages(stages, ws)
+    record = ws.records[-1]
+    assert record["stage"] == "export" and record["to"] == to and record["path"] == str(out)
+    assert record["bytes"] == (out.stat().st_size if to == "gguf" else record["bytes"]) > 0
+    back = load_artifact(out).model.model.layers[0].mlp.up_proj.weight.float()
+    # the pruned half stays exactly zero (zero is exact in every format); q8_0 may round further tiny weights
+    # to zero, float32 safetensors keeps every kept weight exactly
+    zeros = float((back == 0).float().mean())
+    assert zeros >= 0.5 if to == "gguf" else zeros == 0.5
+    if to == "safetensors":
+        assert torch.equal(back, get_mask(up).to(back.dtype) * dense)
+
+
+def test_an_export_stage_is_refused_before_any_work_when_its_out_is_the_model(folder, tmp_path):
+    ws = _workspace("load", folder)
+    from prunekit.pipeline import LoadConfig
+    from prunekit.pipeline.lm import _run_load
+
+    _run_load(ws, LoadConfig(model=str(folder / "model")))
+    dense = ws.model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    stages = [parse_stage({"stage": "prune", "method": "magnitude", "sparsity": 0.5}),
+              parse_stage({"stage": "export", "to": "safetensors", "out": str(folder), "overwrite": True})]
+    with pytest.raises(ValueError, match="holds the input the model"):
+        run_stages(stages, ws)
+    assert torch.equal(ws.model.model.layers[0].mlp.up_proj.weight, dense) and (folder / "model").is_dir()
+
+
+def test_a_recipe_lists_an_export_stage_but_not_a_save_stage(tmp_path):
+    from prunekit.core.config import ConfigError
+    from prunekit.recipe import parse_stage as recipe_stage
+
+    kind, cfg = recipe_stage({"stage": "export", "to": "gguf", "quant": "q4_0", "out": str(tmp_path / "m.gguf")})
+    assert kind == "export" and (cfg.to, cfg.quant, cfg.overwrite) == ("gguf", "q4_0", False)
+    with pytest.raises(ConfigError, match="task's part in a recipe.*export"):
+        recipe_stage({"stage": "save", "out": str(tmp_path / "s")})
+
+
+def test_two_outputs_at_one_path_and_compressed_after_removal_are_refused_before_loading(tmp_path):
+    two = [parse_stage({"stage": "export", "to": "gguf", "out": str(tmp_path / "a.gguf")}),
+           parse_stage({"stage": "export", "to": "gguf", "out": str(tmp_path / "a.gguf"), "overwrite": True})]
+    with pytest.raises(ValueError, match="are the same path"):
+        run_stages(two, Workspace(progress=False))
+    removed = [parse_stage({"stage": "structured", "what": "heads", "sparsity": 0.5}),
+               parse_stage({"stage": "export", "to": "compressed", "out": str(tmp_path / "c")})]
+    with pytest.raises(ValueError, match="stage structured removes weights"):
+        run_stages(removed, Workspace(progress=False))
+    assert not any(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------------------ every method

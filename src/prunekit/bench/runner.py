@@ -35,9 +35,13 @@ def run_key(spec: RunSpec, identity: dict[str, Any]) -> str:
 
 def workspace(ctx: Any, model: Any, seed: int) -> Workspace:
     """The workspace a run's stages share: the model copy and what the task gives them (calibration
-    windows for a language model; batches, loss and a training set for a classifier)."""
+    windows, the tokenizer and the source for a language model; batches, loss and a training set for a
+    classifier)."""
     inputs = ctx.stage_inputs(seed)
-    return Workspace(model=model, calibration=inputs.get("calibration"), data=inputs.get("data"), loss_fn=inputs.get("loss_fn"),
+    lm = getattr(ctx, "lm", None)  # a language-model task: the tokenizer and the source an export stage writes
+    return Workspace(model=model, tokenizer=getattr(lm, "tokenizer", None), source=getattr(lm, "source", None),
+                     source_path=getattr(ctx, "path", None), calibration=inputs.get("calibration"),
+                     data=inputs.get("data"), loss_fn=inputs.get("loss_fn"),
                      example_inputs=inputs.get("example_inputs"), train_set=getattr(ctx, "train_set", None),
                      seed=seed, progress=False)
 

@@ -3,7 +3,8 @@
 A stage kind (:class:`StageKind`, registered in :data:`STAGES`) holds its typed config, its checks and its
 run: ``load``, ``calibrate``, ``measure``, ``save`` frame a language model's pruning; ``prune`` (masks:
 unstructured, N:M, any registered method), ``structured``, ``slice``, ``experts``, ``recover``,
-``finetune`` and ``finalize`` change the model. :func:`run_stages` runs a list of ``(kind, config)``
+``finetune`` and ``finalize`` change the model; ``export`` writes it where users run it (GGUF, compressed
+or safetensors). :func:`run_stages` runs a list of ``(kind, config)``
 pairs on a :class:`Workspace`, every stage's check before anything is measured or changed.
 
     from prunekit.pipeline import Workspace, parse_stage, run_stages
@@ -12,7 +13,7 @@ pairs on a :class:`Workspace`, every stage's check before anything is measured o
     run_stages(stages, Workspace(model=model))
 """
 
-from . import lm, stages  # noqa: F401  (register the stage kinds)
+from . import export, lm, stages  # noqa: F401  (register the stage kinds)
 from .base import (STAGES, Stage, StageKind, StageResult, Workspace, check_stages, parse_stage, register_stage,
                    run_stages, stage_dict)
 from .lm import CalibrateConfig, LoadConfig, MeasureConfig, SaveConfig, save_pruned

@@ -77,7 +77,8 @@ class StageKind:
     the model); ``run(ws, cfg)`` does the work. ``prepare(ws, cfg)`` (optional) is a context entered
     before anything runs and left after everything ran (the save stage's output folder).
     ``setup`` marks the stages that only bring the model and its data (load, calibrate): the checks
-    run after them. ``changes_model`` marks the stages a recipe lists (its task loads, calibrates and measures);
+    run after them. ``changes_model`` marks the stages a recipe lists (its task loads, calibrates and measures),
+    ``in_recipes`` one that changes nothing but a recipe lists too (export);
     ``removes`` the ones that make the model smaller instead of zeroing weights; ``needs_calibration(cfg)``
     whether it reads calibration text; ``uses_calibration`` says what for (in errors).
     ``validate(cfg, stages, name_of)`` (optional) checks a stage against the others before anything loads.
@@ -92,6 +93,7 @@ class StageKind:
     check: Callable[[Workspace, Any], None] | None = None
     prepare: Callable[[Workspace, Any], ContextManager[Any]] | None = None
     changes_model: bool = True
+    in_recipes: bool = False
     setup: bool = False
     removes: bool = False
     needs_calibration: Callable[[Any], bool] = lambda cfg: False
@@ -152,9 +154,13 @@ def check_stages(stages: Sequence[Stage], calibrated: bool,
 
 
 def run_stages(stages: Sequence[Stage], ws: Workspace) -> Workspace:
-    """Run ``stages`` in order on ``ws``. Every stage's check runs once the setup stages (load,
-    calibrate) are done, before anything is measured or changed; each stage's result goes into ``ws.records``, ``ws.meta`` and ``ws.headlines``."""
+    """Run ``stages`` in order on ``ws``. Each stage's ``validate`` against the others runs first; every
+    stage's check runs once the setup stages (load, calibrate) are done, before anything is measured or
+    changed; each stage's result goes into ``ws.records``, ``ws.meta`` and ``ws.headlines``."""
     kinds = [STAGES.get(kind) for kind, _ in stages]
+    for entry, (_, cfg) in zip(kinds, stages):  # (the command line ran these in check_stages already)
+        if entry.validate is not None:
+            entry.validate(cfg, stages, ws.name_of)
     with contextlib.ExitStack() as stack:
         for entry, (_, cfg) in zip(kinds, stages):
             if entry.prepare is not None:

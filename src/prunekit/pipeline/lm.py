@@ -242,25 +242,32 @@ class SaveConfig(Config):
     overwrite: bool = False
 
 
-def _validate_save(cfg: SaveConfig, stages: Sequence[Stage], name_of: Any) -> None:
+def refuse_nothing_to_compress(kind: str, field: str, stages: Sequence[Stage], name_of: Any) -> None:
+    """Refuse a compressed output (stage ``kind``'s ``field`` says compressed) among ``stages`` that leave no
+    zeros to compress: a stage that removes weights, or a prune stage at sparsity 0; then check that a
+    reader here reads the compressed folder back. Before anything loads."""
     from .base import STAGES
 
-    if cfg.format != "compressed":
-        return
-    fmt = f"{name_of('save', 'format')} compressed"
-    for kind, other in stages:
-        entry = STAGES.get(kind)
+    flag = name_of(kind, field)
+    fmt = f"{flag} compressed"
+    for other_kind, other in stages:
+        entry = STAGES.get(other_kind)
         if entry.removes:
-            what = entry.trigger if name_of("save", "format").startswith("--") and entry.trigger else f"stage {kind}"
+            what = entry.trigger if flag.startswith("--") and entry.trigger else f"stage {other_kind}"
             raise ValueError(f"{fmt} stores zeros compactly, and {what} removes weights instead of zeroing them, so "
                              "there would be nothing to compress: the model itself is smaller. Use "
-                             f"{name_of('save', 'format')} safetensors (the default)")
-        if getattr(other, "sparsity", None) == 0 and kind == "prune":
+                             f"{flag} safetensors (the default)")
+        if getattr(other, "sparsity", None) == 0 and other_kind == "prune":
             raise ValueError(f"{fmt} with {name_of('prune', 'sparsity')} 0: no weight would be zero, so the compressed "
-                             f"folder would be larger than the dense one. Use {name_of('save', 'format')} safetensors")
+                             f"folder would be larger than the dense one. Use {flag} safetensors")
     from ..export.save import check_compressed_readable
 
     check_compressed_readable()  # a folder no reader here reads back is refused before any work
+
+
+def _validate_save(cfg: SaveConfig, stages: Sequence[Stage], name_of: Any) -> None:
+    if cfg.format == "compressed":
+        refuse_nothing_to_compress("save", "format", stages, name_of)
 
 
 @contextlib.contextmanager

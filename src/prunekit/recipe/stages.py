@@ -17,6 +17,9 @@ A stage is a mapping with ``stage: <kind>`` and the fields of that kind's config
     - stage: finetune         # a short masked fine-tune (classification tasks)
       epochs: 0.5
     - stage: finalize         # masks baked into the weights
+    - stage: export           # written where users run it: to: safetensors | compressed | gguf, out: a path
+      to: gguf
+      out: pruned.gguf
 
 The task loads the model, takes the calibration and evaluation data and measures; the other stage
 kinds of the registry (load, calibrate, measure, save) are what ``prunekit prune`` adds around these.
@@ -35,10 +38,11 @@ from ..pipeline import parse_stage as _parse_any
 
 def parse_stage(data: Mapping[str, Any], where: str | None = None) -> tuple[str, Config]:
     """``(kind, config)`` for one stage of a recipe (``{"stage": "prune", "method": ..., ...}``); a kind that
-    does not change the model (load, calibrate, measure, save) belongs to the task, not to the stages."""
+    does not change the model (load, calibrate, measure, save) belongs to the task, not to the stages; export
+    is listed as a stage."""
     kind, cfg = _parse_any(data, where)
-    if not STAGES.get(kind).changes_model:
-        allowed = ", ".join(k for k in STAGES.names() if STAGES.get(k).changes_model)
+    if not (STAGES.get(kind).changes_model or STAGES.get(kind).in_recipes):
+        allowed = ", ".join(k for k in STAGES.names() if STAGES.get(k).changes_model or STAGES.get(k).in_recipes)
         msg = f"stage {kind!r} is the task's part in a recipe (task: model, calibration, evaluation); stages: {allowed}"
         raise ConfigError(f"{where + ': ' if where else ''}{msg}", [(("stage",), msg)])
     return kind, cfg
