@@ -16,6 +16,7 @@ from prunekit.cli.prune import build_stages
 from prunekit.core.mask import get_mask
 from prunekit.export import EXPORTERS
 from prunekit.methods import METHODS
+from prunekit.structured import TRANSFORMER_UNITS
 from prunekit.models.hf import tiny_model
 from prunekit.models.tiny import tiny_tokenizer, write_tiny_folder
 from prunekit.pipeline import STAGES, Workspace, parse_stage, run_stages, stage_dict
@@ -160,6 +161,52 @@ def test_the_command_line_measures_as_python_would(folder, tmp_path):
                              "macs": True, "label": label, "key": key, "timing": timing})[1]
                 for label, key, timing in (("before", "before", "reference"), ("after", "after", "compare"))]
     assert measures == expected
+
+
+# ------------------------------------------------------------------------------------ every structured unit
+
+# what half of each unit leaves of the tiny Llama (2 blocks, 4 query heads in 2 GQA groups of 16, 128 neurons):
+# (config field, value before, value after)
+UNIT_EXAMPLES = {"heads": [("num_attention_heads", 4, 2), ("num_key_value_heads", 2, 1)],
+                 "neurons": [("intermediate_size", 128, 64)],
+                 "layers": [("num_hidden_layers", 2, 1)]}
+
+
+def test_every_structured_unit_has_an_example():
+    assert sorted(UNIT_EXAMPLES) == TRANSFORMER_UNITS.names()
+
+
+@pytest.mark.parametrize("what", TRANSFORMER_UNITS.names())
+def test_every_structured_unit_runs_as_a_stage_and_the_model_reloads(what, folder, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    fields = {"what": what, "sparsity": 0.5}
+    stage = parse_stage({"stage": "structured", **fields})
+    assert parse_stage(yaml.safe_load(yaml.safe_dump(stage_dict(*stage)))) == stage
+    assert _cli_config("structured", fields, folder, tmp_path) == stage[1]
+    ws = _workspace("structured", folder)
+    config = ws.model.config
+    assert [getattr(config, name) for name, _, _ in UNIT_EXAMPLES[what]] == [b for _, b, _ in UNIT_EXAMPLES[what]]
+    run_stages([stage], ws)
+    record = ws.records[-1]
+    assert [getattr(config, name) for name, _, _ in UNIT_EXAMPLES[what]] == [a for _, _, a in UNIT_EXAMPLES[what]]
+    assert record["params_after"] == sum(p.numel() for p in ws.model.parameters()) < record["params_before"]
+    assert record["reloadable"] and ws.headlines
+    ws.model.save_pretrained(tmp_path / "m")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    ids = ws.calibration[:1]
+    with torch.no_grad():
+        # the same float32 weights and the same kernels in one process: equal up to float32 rounding
+        assert torch.allclose(back(ids).logits, ws.model.eval()(ids).logits, atol=1e-5)
+
+
+def test_structured_layers_without_calibration_is_refused_before_loading():
+    from prunekit.pipeline import check_stages
+
+    stages = [parse_stage({"stage": "structured", "what": "layers", "sparsity": 0.5})]
+    with pytest.raises(ValueError, match="ranks blocks on calibration text"):
+        check_stages(stages, calibrated=False)
+    check_stages(stages, calibrated=True)
 
 
 # ---------------------------------------------------------------------------------------- every exporter
