@@ -242,6 +242,17 @@ def test_where_llama_cpp_is_built_every_gguf_export_is_run_by_it(tokenizer, tmp_
         assert not path.exists() and list(tmp_path.glob("*.gguf")) == []
 
 
+def test_llama_cpp_output_that_is_not_utf8_is_read_not_a_crash(tmp_path, monkeypatch):
+    """A pruned (or random) model's greedy continuation may be any bytes: llama-simple prints them raw."""
+    bin_ = tmp_path / "llama" / "bin"
+    bin_.mkdir(parents=True)
+    tool = bin_ / "llama-simple"
+    tool.write_text("#!/bin/sh\nprintf 'The\\223Yun\\002\\n'\n")  # the bytes a tiny random llama printed
+    tool.chmod(0o755)
+    monkeypatch.setenv("PRUNEKIT_LLAMA_CPP", str(tmp_path / "llama"))
+    assert run_simple(tmp_path / "m.gguf") == "The\ufffdYun\x02\n"
+
+
 # --- marked: other environments' readers ------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -46,7 +46,7 @@ def run_simple(path: str | Path, prompt: str = "The", n_predict: int = 4, timeou
     if tool is None:
         raise FileNotFoundError(f"llama-simple is not built in {llama_cpp_home() / 'bin'}; run 'make llama-cpp'")
     proc = subprocess.run([str(tool), "-m", str(path), "-n", str(n_predict), prompt], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, errors="replace", timeout=timeout)  # a continuation may be any bytes
     if proc.returncode != 0:
         tail = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()][-2:]
         raise RuntimeError(f"llama.cpp ({llama_cpp_version()}) could not run {path}: {' | '.join(tail)}")
