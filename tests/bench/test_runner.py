@@ -101,3 +101,24 @@ def test_a_recipe_exports_each_run_and_a_classifier_export_is_a_failed_run_not_a
                            .replace("  prune.sparsity: [0.5, 0.9]\n", "  prune.sparsity: [0.5]\n"))
     runs = pk.bench.run(cls, db=str(tmp_path / "c.db"), progress=False, say=lambda t: None)
     assert runs[-1].status == "failed" and "has none" in runs[-1].error and not (tmp_path / "cls").exists()
+
+
+def test_a_recipe_measures_a_fastv_token_stage_and_refuses_its_perplexity_before_loading(tmp_path):
+    from prunekit.core.config import ConfigError
+    from prunekit.models.hf import tiny_model
+    from prunekit.models.tiny import tiny_tokenizer, write_tiny_folder
+
+    fast = tiny_tokenizer()
+    tiny = write_tiny_folder(tmp_path / "tiny", tiny_model("llama", vocab_size=fast.vocab_size), fast)
+    text = (f"name: tok\ntask: {{task: lm, model: {tiny / 'model'}, calibration: {{source: {tiny / 'texts'}, "
+            f"nsamples: 2, seqlen: 16}}, evaluation: {{windows: 2}}, gen_tokens: 4}}\nbaseline: false\nMEASURE\n"
+            f"stages:\n  - {{stage: tokens, method: fastv, keep: 0.5, layer: 1}}\n")
+    with pytest.raises(ConfigError, match=r"<recipe>:\d+: measure: perplexity is not defined .* FastV"):
+        Recipe.from_yaml(text.replace("MEASURE\n", ""))  # the default measurements include perplexity
+    recipe = Recipe.from_yaml(text.replace("MEASURE", "measure: [generation, size]"))
+    (run,) = pk.bench.run(recipe, db=str(tmp_path / "r.db"), progress=False, say=lambda t: None)
+    assert run.status == "ok", run.error
+    record = run.figures["stages"][0]
+    # 2 blocks: block 0 caches the whole prompt, block 1 half of it
+    assert record["stage"] == "tokens" and record["kv_cache_fraction"] == 0.75
+    assert run.figures["tokens_per_s"] > 0 and run.figures["params"] == run.figures["nonzeros"]

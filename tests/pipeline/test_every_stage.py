@@ -35,6 +35,7 @@ EXAMPLES = {
     "finalize": {},
     "save": {"format": "safetensors"},  # the output folder is the test's
     "export": {"to": "safetensors", "dtype": "bfloat16"},  # every exporter: test_every_exporter_...
+    "tokens": {"method": "fastv", "keep": 0.5, "layer": 1},  # the tiny Llama has 2 blocks: layer 1 is the only one
 }
 
 
@@ -117,6 +118,18 @@ def test_a_stage_runs_on_a_tiny_model_and_its_config_round_trips(kind, folder, t
 
         w = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").model.layers[0].mlp.up_proj.weight
         assert float((w == 0).float().mean()) == 0.5 and (tmp_path / "saved" / "prunekit.json").is_file()
+    elif kind == "tokens":
+        from prunekit.tokens import is_patched, unpatch_
+
+        ids = ws.calibration[:1]
+        with torch.no_grad():
+            pruned = ws.model(ids).logits
+        # block 0 caches the whole prompt, block 1 half of it (the last token always kept)
+        assert is_patched(ws.model) and record["method"] == "fastv" and record["kv_cache_fraction"] == 0.75
+        assert pruned.shape[1] == 8 and sum(p.numel() for p in ws.model.parameters()) == params
+        unpatch_(ws.model)
+        with torch.no_grad():
+            assert ws.model(ids).logits.shape[1] == 16 and not is_patched(ws.model)
     elif kind == "export":
         from transformers import AutoModelForCausalLM
 
@@ -278,6 +291,21 @@ def test_a_recipe_lists_an_export_stage_but_not_a_save_stage(tmp_path):
     assert kind == "export" and (cfg.to, cfg.quant, cfg.overwrite) == ("gguf", "q4_0", False)
     with pytest.raises(ConfigError, match="task's part in a recipe.*export"):
         recipe_stage({"stage": "save", "out": str(tmp_path / "s")})
+
+
+def test_a_tokens_stage_the_model_cannot_take_is_refused_before_any_work(folder):
+    ws = _workspace("tokens", folder)
+    dense = ws.model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    stages = [parse_stage({"stage": "prune", "method": "magnitude", "sparsity": 0.5}),
+              parse_stage({"stage": "tokens", "method": "fastv", "layer": 2})]  # only 2 blocks: layer 1 at most
+    with pytest.raises(ValueError, match="layer must be in 1 … 1"):
+        run_stages(stages, ws)
+    from prunekit.tokens import is_patched
+
+    assert torch.equal(ws.model.model.layers[0].mlp.up_proj.weight, dense) and not is_patched(ws.model)
+    two = [parse_stage({"stage": "tokens", "method": "fastv", "layer": 1})] * 2
+    with pytest.raises(ValueError, match="one token patch"):
+        run_stages(two, ws)
 
 
 def test_two_outputs_at_one_path_and_compressed_after_removal_are_refused_before_loading(tmp_path):

@@ -3,7 +3,7 @@
 A stage kind (:class:`StageKind`, registered in :data:`STAGES`) holds its typed config, its checks and its
 run: ``load``, ``calibrate``, ``measure``, ``save`` frame a language model's pruning; ``prune`` (masks:
 unstructured, N:M, any registered method), ``structured``, ``slice``, ``experts``, ``recover``,
-``finetune`` and ``finalize`` change the model; ``export`` writes it where users run it (GGUF, compressed
+``finetune``, ``finalize`` and ``tokens`` (a token patch) change the model; ``export`` writes it where users run it (GGUF, compressed
 or safetensors). :func:`run_stages` runs a list of ``(kind, config)``
 pairs on a :class:`Workspace`, every stage's check before anything is measured or changed.
 

@@ -1,6 +1,7 @@
 """The stages that change a model: prune (masks: unstructured, N:M, any registered method), structured
 (heads, neurons, blocks), slice (SliceGPT), experts (MoE experts removed or merged), recover (an LLM
-fine-tuned on its calibration text), finetune (a classifier), finalize (masks baked in).
+fine-tuned on its calibration text), finetune (a classifier), finalize (masks baked in), tokens (token pruning
+or merging at inference: a patch, weights unchanged).
 
 Each is registered in :data:`prunekit.pipeline.STAGES` with its typed config, its check and its run.
 """
@@ -281,3 +282,47 @@ def _run_finalize(ws: Workspace, cfg: FinalizeConfig) -> StageResult:
 register_stage(StageKind(
     "finalize", lambda d, where: FinalizeConfig.parse({"stage": "finalize", **d}, where=where), _run_finalize,
     "bake masks into the weights", noun="finalizing"))
+
+
+# ----------------------------------------------------------------------------------------------- tokens
+
+
+def _token_methods() -> Any:
+    from ..tokens import TOKEN_METHODS
+
+    return TOKEN_METHODS
+
+
+def _parse_tokens(d: Mapping[str, Any], where: str | None) -> Config:
+    from ..tokens import TOKEN_METHODS
+
+    return TOKEN_METHODS.parse_config(d, where=where)
+
+
+def _validate_tokens(cfg: Any, stages: Any, name_of: Any) -> None:
+    if sum(kind == "tokens" for kind, _ in stages) > 1:
+        raise ValueError("a model carries one token patch: list one tokens stage (a second would be refused "
+                         "after the first patched the model)")
+
+
+def _check_tokens(ws: Workspace, cfg: Any) -> None:
+    from ..tokens import apply_, unpatch_
+
+    # the patch's own checks (model family, layers, settings), then undone exactly: nothing changes
+    apply_(ws.model, cfg)
+    unpatch_(ws.model)
+
+
+def _run_tokens(ws: Workspace, cfg: Any) -> StageResult:
+    from ..tokens import apply_
+
+    ws.say(f"patching the model with token {cfg.method} ...")
+    report = apply_(ws.model, cfg)
+    return StageResult(report.to_dict(), {"tokens": report.to_dict()}, str(report).splitlines()[0])
+
+
+register_stage(StageKind(
+    "tokens", _parse_tokens, _run_tokens,
+    "token pruning or merging at inference (prunekit.tokens): ToMe, attention-ranked pruning in encoders, FastV "
+    "in decoders; weights unchanged, prunekit.tokens.unpatch_ undoes it", check=_check_tokens,
+    validate=_validate_tokens, variants=_token_methods, noun="token pruning"))

@@ -200,6 +200,7 @@ class Recipe(Config):
                         at = f" (at {point})" if point else ""
                         raise ConfigError(f"stages[{i}]{at}: {exc}",
                                           [(("stages", i) + loc, msg + at) for loc, msg in exc.problems]) from None
+                _check_measurable(parsed, self.measures())
                 out.append(RunSpec(self.name, self.task, parsed, seed, self.measures(), dict(zip(keys, values))))
         return out
 
@@ -240,6 +241,15 @@ class Recipe(Config):
     def parse_file(cls, path: str | Path) -> "Recipe":
         """Alias of :meth:`from_yaml` for a path."""
         return cls.from_yaml(Path(path))
+
+
+def _check_measurable(stages: list[tuple[str, Any]], measures: list[str]) -> None:
+    """A FastV token patch prunes the prompt at prefill, so the logits cover the kept positions only and a
+    perplexity is not defined: refused with the measurements that are, before any model loads."""
+    if "perplexity" in measures and any(kind == "tokens" and cfg.method == "fastv" for kind, cfg in stages):
+        msg = ("perplexity is not defined for a model with a FastV token patch (its prefill logits cover the kept "
+               "prompt positions only); list the measurements without it, e.g. measure: [generation, size]")
+        raise ConfigError(msg, [(("measure",), msg)])
 
 
 def _located(exc: ConfigError, where: str, lines: dict, fallback: str = "") -> ConfigError:

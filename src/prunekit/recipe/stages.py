@@ -17,6 +17,9 @@ A stage is a mapping with ``stage: <kind>`` and the fields of that kind's config
     - stage: finetune         # a short masked fine-tune (classification tasks)
       epochs: 0.5
     - stage: finalize         # masks baked into the weights
+    - stage: tokens           # a token patch (prunekit.tokens): FastV for decoders, ToMe / attention for encoders
+      method: fastv
+      keep: 0.5
     - stage: export           # written where users run it: to: safetensors | compressed | gguf, out: a path
       to: gguf
       out: pruned.gguf
