@@ -52,6 +52,18 @@ def test_distillation_lowers_the_kl_and_reports_its_cost():
     assert all(not p.requires_grad for p in teacher.parameters())
 
 
+def test_a_non_finite_loss_is_an_error_before_the_weights_change():
+    # a teacher that outputs NaN makes the KL NaN; the step must stop before the student's weights turn to NaN
+    student, teacher = _pair()
+    with torch.no_grad():
+        teacher.lm_head.weight.fill_(float("nan"))
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    windows = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(FloatingPointError, match=r"distillation \(step 1, lr 0.001\) loss became nan"):
+        distill_(student, teacher, windows, steps=3, batch_size=2, seqlen=16, lr=1e-3, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())  # untouched: same tensors
+
+
 def test_window_stream_is_deterministic_and_lazy():
     tok = tiny_tokenizer()
     texts = [f"{i}{i} " * 12 for i in range(6)]  # documents with no token in common

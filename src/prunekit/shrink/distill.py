@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..core.config import Config
-from ..train.recovery_lm import loss_ends
+from ..train.recovery_lm import loss_ends, optimizer_step_
 
 CHECKPOINT_KIND = "shrink-distill-checkpoint"
 STATE_FILE = "training.pt"
@@ -259,12 +259,8 @@ def distill_(student: nn.Module, teacher: nn.Module, windows: Any, config: Disti
             with torch.no_grad():
                 target = teacher(input_ids=batch, use_cache=False).logits
             loss = kd_loss(student(input_ids=batch, use_cache=False).logits, target, cfg.temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
+            losses.append(optimizer_step_(loss, opt, sched, params, cfg.max_grad_norm,
+                                          f"distillation (step {step + 1}, lr {cfg.lr:g})"))
             bar.update(tokens_per_step)
             bar.set_postfix(kl=f"{losses[-1]:.3f}", step=f"{step + 1}/{cfg.steps}")
             if folder is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):

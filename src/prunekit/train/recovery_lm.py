@@ -48,6 +48,21 @@ class RecoveryConfig(Config):
 RECOVERY: Registry = Registry("recovery", key="recover")
 
 
+def optimizer_step_(loss: Tensor, opt: Any, sched: Any, params: list[Tensor], max_grad_norm: float,
+                    what: str = "recovery") -> float:
+    """One clipped optimizer and scheduler step on ``loss``; returns it as a float. A non-finite loss is an
+    error before the weights change (they would turn to NaN and be saved as a broken model)."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{what} loss became {value}; lower the learning rate")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    opt.step()
+    sched.step()
+    return value
+
+
 def loss_ends(losses: list[float]) -> dict[str, float | None]:
     """``loss_first`` / ``loss_last``: the means of the first and the last tenth of a run's step losses."""
     k = max(1, len(losses) // 10)
@@ -195,14 +210,8 @@ def _train(model: nn.Module, params: list[nn.Parameter], ids: Tensor, cfg: Recov
             batch = ids[order[:cfg.batch_size]].to(device)
             del order[:cfg.batch_size]
             loss = model(input_ids=batch, labels=batch, use_cache=False).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            if not math.isfinite(losses[-1]):
-                raise FloatingPointError(f"recovery loss became {losses[-1]} at step {len(losses)}; lower lr (now {lr:g})")
+            losses.append(optimizer_step_(loss, opt, sched, params, cfg.max_grad_norm,
+                                          f"recovery (step {len(losses) + 1}, lr {lr:g})"))
     finally:
         model.train(was_training)
         model.eval()
