@@ -78,3 +78,23 @@ def test_head_size_taken_from_the_key_ties_the_value_to_the_key():
     assert report.details["ties"] >= 1
     assert model.to_q.out_features == model.to_k.out_features == model.to_v.out_features < 32
     assert model(x).shape == (2, 6, 32)
+
+
+def test_taylor_gradients_are_taken_once_although_a_tie_regroups():
+    torch.manual_seed(0)
+    model = KeyWidthAttention().eval()
+    with torch.no_grad():
+        small = [h * 8 + j for h in range(4) for j in range(6)]
+        for lin in (model.to_q, model.to_k):
+            lin.weight[small] *= 0.01
+            lin.bias[small] *= 0.01
+    x = torch.randn(2, 6, 32)
+    calls = []
+
+    def loss_fn(out, target):
+        calls.append(1)
+        return (out - target).pow(2).mean()
+
+    report = ps.prune_(model, x, 0.5, "taylor", allocation="global", loss_fn=loss_fn, data=[(x, x)])
+    assert report.details["ties"] >= 1  # the planner re-scored the groups after the tie
+    assert len(calls) == 1  # before the cache, every re-scoring took the gradients again
