@@ -125,6 +125,25 @@ def _ignored(unet, blocks: tuple[str, ...] | None) -> list[str]:
             and not n.startswith(keep)]
 
 
+MIN_SHARE = 0.8  # a result below this share of the asked MAC reduction is an error, not a quiet shortfall
+
+
+def _snapshot(model: torch.nn.Module) -> list:
+    return [(m, dict(m._parameters), dict(m._buffers), {k: v for k, v in vars(m).items() if not k.startswith("_")})
+            for m in model.modules()]
+
+
+def _restore(snap: list) -> None:
+    """Put every module's tensors and attributes back (removal replaces tensors, never edits them in place)."""
+    for m, params, bufs, attrs in snap:
+        m._parameters.clear()
+        m._parameters.update(params)
+        m._buffers.clear()
+        m._buffers.update(bufs)
+        for k, v in attrs.items():
+            setattr(m, k, v)
+
+
 def _mse(outputs: Any, targets: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.mse_loss(outputs.sample, targets)
 
@@ -155,13 +174,23 @@ def diff_prune_(unet, images: torch.Tensor, labels: torch.Tensor, cfg: DiffPruni
     example = {"sample": x0[:2], "timestep": torch.tensor([0, 500]), "class_labels": y[:2]}
     was_training = unet.training
     unet.eval()
+    snap = _snapshot(unet)
     try:
         report = structured_prune_(unet, example, cfg.macs_sparsity, importance, target="macs",
                                    ignore=_ignored(unet, cfg.blocks), seed=cfg.seed, strict=True,
                                    loss_fn=_mse if data else None, data=data)
+        if cfg.macs_sparsity > 0 and report.macs_removed < MIN_SHARE * cfg.macs_sparsity:
+            why = "; ".join(f"{n:,} channels by {r}" for r, n in report.pinned[:2]) or "too few prunable channels"
+            raise ValueError(f"the dependency graph could remove only {report.macs_removed:.1%} of the MACs where "
+                             f"{cfg.macs_sparsity:.0%} was asked ({why}); this UNet layout (or blocks="
+                             f"{cfg.blocks}) cannot be pruned that far; nothing was pruned")
     except UnsupportedOperation as exc:
+        _restore(snap)
         raise ValueError(f"this UNet's layout cannot be followed by the dependency graph ({exc}); nothing was "
                          f"pruned") from None
+    except BaseException:
+        _restore(snap)
+        raise
     finally:
         unet.zero_grad(set_to_none=True)
         unet.train(was_training)
