@@ -131,8 +131,9 @@ def test_activation_importance_finds_the_dead_channels():
     # the cut model equals one cut at the dead channels by hand: compare with keep= on a fresh copy
     ref = _vit()
     _dead_vit(ref)
-    prune_encoder_width_(ref, keep=kept.tolist(), rescale_norms=False)
+    ref_report = prune_encoder_width_(ref, keep=kept.tolist(), rescale_norms=False)
     assert torch.equal(ref.embeddings.cls_token, model.embeddings.cls_token)
+    assert ref_report.kept == kept.tolist()
 
 
 def test_layernorm_correction_reduces_the_error_where_removed_channels_are_quiet():

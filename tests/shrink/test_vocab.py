@@ -176,3 +176,10 @@ def test_text_loss_counts_the_same_bytes_for_both_tokenizers():
     trimmed = text_loss(model, report.tokenizer, HELD_OUT, seqlen=16)
     assert dense["bytes"] == trimmed["bytes"] == sum(len(t.encode()) for t in HELD_OUT)
     assert trimmed["tokens"] > dense["tokens"] > 0 and dense["bits_per_byte"] > 0
+
+
+def test_a_corpus_that_uses_every_token_says_nothing_was_removed():
+    tok = tiny_tokenizer(TRAIN, vocab_size=300)
+    model = tiny_model("llama", vocab_size=len(tok))
+    report = trim_vocab_(model, tok, [TRAIN * 3])
+    assert report.vocab_after == report.vocab_before == 300 and "nothing removed" in str(report)

@@ -169,6 +169,7 @@ class EncoderWidthReport:
     params_after: int
     rescaled_norms: bool
     notes: list[str] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)  # the residual channels kept (old indices, ascending)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data (JSON-ready)."""
@@ -362,7 +363,7 @@ def prune_encoder_width_(model: nn.Module, hidden_size: int | None = None, *, sp
     before = sum(p.numel() for p in model.parameters())
     if hidden_size == H:
         return EncoderWidthReport(H, H, layout.heads, layout.heads, importance, before, before, False,
-                                  ["nothing removed: the width is unchanged"])
+                                  ["nothing removed: the width is unchanged"], list(range(H)))
     if importance == "activation" and calibration is not None:
         stats = _statistics(model, layout, calibration)
         scores, head_scores = stats["score"], stats["heads"]
@@ -410,7 +411,7 @@ def prune_encoder_width_(model: nn.Module, hidden_size: int | None = None, *, sp
     for k, v in _config_fields(model, layout, hidden_size).items():
         setattr(model.config, k, v)
     return EncoderWidthReport(H, hidden_size, layout.heads, n_heads, importance if given is None else "given", before,
-                              sum(p.numel() for p in model.parameters()), corrections is not None, notes)
+                              sum(p.numel() for p in model.parameters()), corrections is not None, notes, kept.tolist())
 
 
 def _fix_sizes(model: nn.Module, before: int, after: int, layout: EncoderLayout) -> None:

@@ -294,7 +294,8 @@ def _param_count(model: nn.Module) -> int:
 _ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "decoder_start_token_id")
 
 
-def _config_ids(config: Any) -> list[int]:
+def config_token_ids(config: Any) -> list[int]:
+    """The special token ids a model config names (bos, eos, pad, unk, decoder start), for ``plan_vocab(keep_ids=)``."""
     ids: list[int] = []
     for name in _ID_FIELDS:
         v = getattr(config, name, None)
@@ -326,17 +327,20 @@ def trim_vocab_(model: nn.Module, tokenizer: Any, texts: Iterable[str] | None = 
     if not isinstance(emb, nn.Embedding):
         raise ValueError(f"{type(model).__name__} has no token embedding (nn.Embedding) to trim")
     config = model.config
+    rows = emb.weight.shape[0]
+    if head is not None and head.weight.shape[0] != rows:
+        raise ValueError(f"the LM head has {head.weight.shape[0]} rows, the embedding {rows}; cannot trim them alike")
     if plan is None:
         if texts is None:
             raise ValueError("pass texts= (the corpus whose tokens are kept) or a plan= from plan_vocab")
+        if len(tokenizer) > rows:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the embedding only {rows} rows: the "
+                             "tokenizer is not this model's")
         plan = plan_vocab(tokenizer, texts, keep_bytes=keep_bytes, keep_tokens=keep_tokens,
-                          keep_ids=_config_ids(config))
-    rows = emb.weight.shape[0]
+                          keep_ids=config_token_ids(config))
     if int(plan.kept.max()) >= rows:
         raise ValueError(f"the tokenizer has token ids up to {int(plan.kept.max())} but the embedding only {rows} "
                          "rows: the tokenizer is not this model's")
-    if head is not None and head.weight.shape[0] != rows:
-        raise ValueError(f"the LM head has {head.weight.shape[0]} rows, the embedding {rows}; cannot trim them alike")
     tied = head is not None and head.weight is emb.weight
     before = _param_count(model)
     keep = plan.kept.to(emb.weight.device)
@@ -357,6 +361,9 @@ def trim_vocab_(model: nn.Module, tokenizer: Any, texts: Iterable[str] | None = 
             head.out_features = len(keep)
     else:
         notes.append("the model has no LM head; only the embedding was trimmed")
+    if len(keep) == rows:
+        notes.append("nothing removed: the corpus, the tokens they are built from, the bytes and the special tokens "
+                     "cover the whole vocabulary")
     config.vocab_size = len(keep)
     _remap_config_ids(config, plan)
     gen = getattr(model, "generation_config", None)
