@@ -9,7 +9,7 @@ sentence-transformers uses it (mean pooling over real tokens, L2-normalised):
 - forward latency on a batch, paired and interleaved (prunekit.infra.latency, one thread).
 
 Variants: importance activation (pydocs calibration-split sentences) with and without the LayerNorm correction, and
-magnitude; widths 75% and 50%.
+magnitude; every head kept (each cut to hidden/12) or whole heads removed; widths 75% and 50%.
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/encoder_width_minilm.py
 
@@ -107,13 +107,15 @@ def main() -> None:
     result: dict = {"command": "OMP_NUM_THREADS=1 python benchmarks/encoder_width_minilm.py", "threads": 1,
                     "sentences": sum(b["input_ids"].shape[0] for b in test), "calibration_sentences":
                     sum(b["input_ids"].shape[0] for b in calib), "load_before": os.getloadavg(), "runs": {}}
-    variants = [("activation", True, 288), ("activation", False, 288), ("magnitude", True, 288),
-                ("activation", True, 192)]
+    variants = [("activation", True, "head_dim", 288), ("activation", False, "head_dim", 288),
+                ("magnitude", True, "head_dim", 288), ("activation", True, "heads", 288),
+                ("activation", True, "head_dim", 192)]
     models = {"dense": dense}
-    for importance, rescale, width in variants:
-        name = f"{importance}{'+norms' if rescale else ''}@{width}"
+    for importance, rescale, attention, width in variants:
+        name = f"{importance}{'+norms' if rescale else ''} {attention}@{width}"
         model = copy.deepcopy(dense)
-        report = prune_encoder_width_(model, width, importance=importance, calibration=calib, rescale_norms=rescale)
+        report = prune_encoder_width_(model, width, importance=importance, calibration=calib, rescale_norms=rescale,
+                                      attention=attention)
         kept = torch.tensor(report.kept)
         got = embed(model, test)
         result["runs"][name] = {"report": {k: v for k, v in report.to_dict().items() if k != "kept"}, "params_kept": report.params_after / report.params_before,
@@ -121,11 +123,11 @@ def main() -> None:
         models[name] = model
         print(name, json.dumps(result["runs"][name], default=str), flush=True)
     example = test[0]
-    cmp = compare_latency({k: models[k] for k in ("dense", "activation+norms@288", "activation+norms@192")}, example,
-                          budget_s=60.0, threads=1)
+    timed = ("dense", "activation+norms head_dim@288", "activation+norms heads@288", "activation+norms head_dim@192")
+    cmp = compare_latency({k: models[k] for k in timed}, example, budget_s=60.0, threads=1)
     result["latency"] = {n: {"median_ms": t.median_ms, "spread": t.spread, "noisy": t.noisy, "why": t.reasons()}
                          for n, t in cmp.timings.items()}
-    for n in ("activation+norms@288", "activation+norms@192"):
+    for n in timed[1:]:
         result["latency"][n]["speedup"] = cmp.timings["dense"].median_ms / cmp.timings[n].median_ms
     result.update(wall_s=time.perf_counter() - w0, cpu_s=time.process_time() - c0, load_after=os.getloadavg(),
                   batch_shape=list(example["input_ids"].shape))

@@ -104,6 +104,35 @@ def test_bert_dead_channels_and_head_removed_exactly_and_reloads(tmp_path):
         torch.testing.assert_close(back(**x).last_hidden_state, got.last_hidden_state, rtol=0, atol=1e-6)
 
 
+def test_bert_keeping_every_head_cuts_head_dims_exactly_and_reloads(tmp_path):
+    model = tiny_model("bert", layer_norm_eps=1e-12)
+    kept = _dead_bert(model)
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            layer.attention.output.dense.weight[:, 16:32] = torch.randn(64, 16) * 0.1  # head 1 alive again
+            _center_rows_(layer.attention.output.dense.weight, *_split(), 0)
+            att = layer.attention.self
+            for h in range(4):  # in every head: 4 query/key dimensions and 4 value dimensions that carry nothing
+                qk, v = h * 16 + torch.tensor([1, 5, 9, 13]), h * 16 + torch.tensor([0, 3, 6, 15])
+                att.query.weight[qk] = 0
+                att.query.bias[qk] = 0
+                layer.attention.output.dense.weight[:, v] = 0
+    x = _bert_inputs()
+    with torch.no_grad():
+        dense = model(**x)
+    report = prune_encoder_width_(model, 48, calibration=[_bert_inputs(4, 12)], attention="head_dim")
+    assert report.heads_after == 4 and model.encoder.layer[0].attention.self.attention_head_size == 12
+    with torch.no_grad():
+        got = model(**x)
+    close = tol(torch.float32, 400, scale=3.0)  # a chain of ~400-term float32 sums, as above
+    torch.testing.assert_close(got.last_hidden_state, dense.last_hidden_state[..., kept], **close)
+    model.save_pretrained(tmp_path)
+    back = tf.AutoModel.from_pretrained(tmp_path).eval()
+    assert back.config.num_attention_heads == 4
+    with torch.no_grad():
+        torch.testing.assert_close(back(**x).last_hidden_state, got.last_hidden_state, rtol=0, atol=1e-6)
+
+
 def test_vit_dead_channels_removed_exactly_with_every_head_and_reloads(tmp_path):
     model = _vit()
     kept = _dead_vit(model)
@@ -185,6 +214,10 @@ def test_refusals_change_nothing():
         prune_encoder_width_(model, 40, importance="magnitude")
     with pytest.raises(ValueError, match="calibration"):
         prune_encoder_width_(model, 48)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        prune_encoder_width_(model, 42, importance="magnitude", attention="head_dim")
+    with pytest.raises(ValueError, match="BERT-style models only"):
+        prune_encoder_width_(_vit(), 48, importance="magnitude", attention="heads")
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     with pytest.raises(ValueError, match="decoders"):
         encoder_layout(tiny_model("llama"))

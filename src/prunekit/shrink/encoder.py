@@ -208,6 +208,8 @@ def _statistics(model: nn.Module, layout: EncoderLayout, calibration: Any, keep:
     H = layout.hidden
     score = torch.zeros(H, dtype=torch.float64)
     head_score = {o: torch.zeros(layout.heads, dtype=torch.float64) for _, o in layout.attentions}
+    qkv_sq = {f"{a}.{p}": torch.zeros(layout.heads * layout.head_dim, dtype=torch.float64)
+              for a, _ in layout.attentions for p in ("query", "key", "value")}
     moments = {n: torch.zeros(3, dtype=torch.float64) for n in layout.norms}
     count = {"tokens": 0}
     current: dict[str, Tensor | None] = {"mask": None}
@@ -242,7 +244,13 @@ def _statistics(model: nn.Module, layout: EncoderLayout, calibration: Any, keep:
                 head_score[name][h] += (x[:, s] @ w[:, s].T).norm(dim=-1).sum()
         return run
 
+    def sq_hook(name: str):
+        def run(mod: nn.Module, args: tuple, out: Tensor) -> None:
+            qkv_sq[name] += rows(out).square().sum(0)
+        return run
+
     handles = [model.get_submodule(n).register_forward_hook(norm_hook(n)) for n in layout.norms]
+    handles += [model.get_submodule(n).register_forward_hook(sq_hook(n)) for n in qkv_sq]
     for _, o in layout.attentions:
         dense = model.get_submodule(o)
         handles.append(dense.register_forward_hook(head_hook(o, dense.weight)))
@@ -260,6 +268,7 @@ def _statistics(model: nn.Module, layout: EncoderLayout, calibration: Any, keep:
     if not count["tokens"]:
         raise ValueError("the calibration inputs reached no LayerNorm; cannot measure the encoder's channels")
     return {"score": score / n, "heads": {k: v / n for k, v in head_score.items()},
+            "qkv": {k: v / n for k, v in qkv_sq.items()},
             "moments": {k: v / n for k, v in moments.items()}}
 
 
@@ -272,12 +281,14 @@ def _magnitude(model: nn.Module, layout: EncoderLayout) -> tuple[Tensor, dict[st
             continue
         for i in d:
             score += p.square().sum(dim=[j for j in range(p.dim()) if j != i]) if p.dim() > 1 else p.square()
-    heads = {}
-    for _, o in layout.attentions:
+    heads, qkv = {}, {}
+    for a, o in layout.attentions:
+        for proj in ("query", "key", "value"):
+            qkv[f"{a}.{proj}"] = model.get_submodule(f"{a}.{proj}").weight.detach().double().square().sum(1)
         w = model.get_submodule(o).weight.detach().double()
         heads[o] = torch.stack([w[:, h * layout.head_dim:(h + 1) * layout.head_dim].norm()
                                 for h in range(layout.heads)])
-    return score, heads
+    return score, heads, qkv
 
 
 def _cut(p: Tensor, dim: int, keep: Tensor) -> Tensor:
@@ -289,27 +300,40 @@ def _set(model: nn.Module, name: str, value: Tensor, like: nn.Parameter) -> None
     setattr(model.get_submodule(owner) if owner else model, attr, nn.Parameter(value, requires_grad=like.requires_grad))
 
 
-def plan_encoder_width(model: nn.Module, hidden_size: int) -> EncoderLayout:
+ATTENTIONS = ("heads", "head_dim")
+
+
+def plan_encoder_width(model: nn.Module, hidden_size: int, attention: str | None = None) -> EncoderLayout:
     """Every check of :func:`prune_encoder_width_` (layout, width, heads, the config class's validation); changes
     nothing."""
     layout = encoder_layout(model)
     H = layout.hidden
     if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or not 1 <= hidden_size <= H:
         raise ValueError(f"hidden_size must be an int in [1, {H}] (the current width), got {hidden_size!r}")
-    if layout.heads_with_width and hidden_size % layout.head_dim:
+    if attention is not None and attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+    if attention is not None and not layout.heads_with_width:
+        raise ValueError(f"{layout.model_type} keeps its attention whole (head_dim is written to its config); "
+                         "attention= applies to BERT-style models only")
+    if layout.heads_with_width and (attention or "heads") == "heads" and hidden_size % layout.head_dim:
         raise ValueError(f"{layout.model_type} computes its head size as hidden_size / heads, so the width is cut with "
                          f"whole heads of {layout.head_dim}: hidden_size must be a multiple of {layout.head_dim}, got "
-                         f"{hidden_size} (e.g. {max(layout.head_dim, hidden_size // layout.head_dim * layout.head_dim)})")
-    why = config_change(model.config, **_config_fields(model, layout, hidden_size))
+                         f"{hidden_size} (e.g. {max(layout.head_dim, hidden_size // layout.head_dim * layout.head_dim)}"
+                         "), or keep every head with attention='head_dim'")
+    if layout.heads_with_width and attention == "head_dim" and hidden_size % layout.heads:
+        raise ValueError(f"attention='head_dim' keeps all {layout.heads} heads, each hidden_size / {layout.heads} wide: "
+                         f"hidden_size must be a multiple of {layout.heads}, got {hidden_size}")
+    why = config_change(model.config, **_config_fields(model, layout, hidden_size, attention))
     if why:
         raise ValueError(f"hidden_size {hidden_size} gives a config {type(model.config).__name__} refuses ({why})")
     return layout
 
 
-def _config_fields(model: nn.Module, layout: EncoderLayout, hidden: int) -> dict[str, Any]:
+def _config_fields(model: nn.Module, layout: EncoderLayout, hidden: int, attention: str | None) -> dict[str, Any]:
     fields: dict[str, Any] = {"hidden_size": hidden}
     if layout.heads_with_width:
-        fields["num_attention_heads"] = hidden // layout.head_dim
+        if (attention or "heads") == "heads":
+            fields["num_attention_heads"] = hidden // layout.head_dim
     else:
         fields["head_dim"] = layout.head_dim
         if layout.model_type == "vit":
@@ -320,15 +344,19 @@ def _config_fields(model: nn.Module, layout: EncoderLayout, hidden: int) -> dict
 @torch.no_grad()
 def prune_encoder_width_(model: nn.Module, hidden_size: int | None = None, *, sparsity: float | None = None,
                          importance: str = "activation", calibration: Any = None, rescale_norms: bool = True,
-                         keep: Iterable[int] | None = None, keep_heads: dict[int, Iterable[int]] | None = None
-                         ) -> EncoderWidthReport:
+                         keep: Iterable[int] | None = None, keep_heads: dict[int, Iterable[int]] | None = None,
+                         attention: str | None = None) -> EncoderWidthReport:
     """Cut the residual width of a Hugging Face encoder (BERT, RoBERTa, ViT) to ``hidden_size`` channels (or remove
     ``sparsity`` of them), in place: every embedding, LayerNorm, projection, the pooler and a classifier alike, the
     config following, so the model saves and reloads with stock ``from_pretrained``. Channels (and, for BERT-style
     models, whole heads) are ranked by ``importance``: ``activation`` (mean |LayerNorm output| over ``calibration``
     inputs; head contributions' norms) or ``magnitude``; ``keep`` / ``keep_heads`` ({layer: heads}) name them
     instead. ``rescale_norms`` corrects the LayerNorms for the channels removed (needs ``calibration``; see the
-    module docstring). Refused, before any change, for a layout it cannot cut."""
+    module docstring). ``attention`` (BERT-style models, whose head size is hidden_size / heads): ``heads`` (the
+    default) removes whole heads with the width, ``head_dim`` keeps every head and cuts each to hidden_size / heads
+    (the query/key dimensions with the largest √(E[q²]·E[k²]), the value dimensions with the largest
+    √E[v²]·|output column|; queries rescaled for the new 1/√head_size). Refused, before any change, for a layout
+    it cannot cut."""
     layout = encoder_layout(model)
     H = layout.hidden
     if (hidden_size is None) == (sparsity is None) and keep is None:
@@ -338,7 +366,8 @@ def prune_encoder_width_(model: nn.Module, hidden_size: int | None = None, *, sp
             raise ValueError(f"sparsity must be in [0, 1), the fraction of channels removed; got {sparsity}")
         hidden_size = H - math.floor(H * float(sparsity) + 1e-9)
         if layout.heads_with_width:
-            hidden_size = max(layout.head_dim, round(hidden_size / layout.head_dim) * layout.head_dim)
+            step = layout.heads if attention == "head_dim" else layout.head_dim
+            hidden_size = max(step, round(hidden_size / step) * step)
     given = None
     if keep is not None:
         given = torch.tensor(sorted({int(i) for i in keep}), dtype=torch.long)
@@ -348,13 +377,16 @@ def prune_encoder_width_(model: nn.Module, hidden_size: int | None = None, *, sp
             raise ValueError(f"keep names {given.numel()} channels but hidden_size is {hidden_size}")
         hidden_size = given.numel()
     assert hidden_size is not None
-    plan_encoder_width(model, hidden_size)
+    plan_encoder_width(model, hidden_size, attention)
+    by_dim = attention == "head_dim"
     if importance not in IMPORTANCES:
         raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}, got {importance!r}")
     if importance == "activation" and calibration is None and given is None:
         raise ValueError("importance='activation' ranks channels on data: pass calibration= model inputs (or "
                          "importance='magnitude')")
-    n_heads = hidden_size // layout.head_dim if layout.heads_with_width else layout.heads
+    n_heads = hidden_size // layout.head_dim if layout.heads_with_width and not by_dim else layout.heads
+    if keep_heads is not None and by_dim:
+        raise ValueError("keep_heads names whole heads; attention='head_dim' keeps every head")
     if keep_heads is not None:
         bad = [i for i, hs in keep_heads.items() if len(set(hs)) != n_heads or not all(0 <= h < layout.heads for h in hs)]
         if bad or set(keep_heads) != set(range(len(layout.attentions))):
@@ -366,9 +398,9 @@ def prune_encoder_width_(model: nn.Module, hidden_size: int | None = None, *, sp
                                   ["nothing removed: the width is unchanged"], list(range(H)))
     if importance == "activation" and calibration is not None:
         stats = _statistics(model, layout, calibration)
-        scores, head_scores = stats["score"], stats["heads"]
+        scores, head_scores, qkv_scores = stats["score"], stats["heads"], stats["qkv"]
     else:
-        scores, head_scores = _magnitude(model, layout)
+        scores, head_scores, qkv_scores = _magnitude(model, layout)
     kept = given if given is not None else torch.sort(
         torch.argsort(scores, descending=True, stable=True)[:hidden_size]).values
     corrections = None
@@ -378,6 +410,8 @@ def prune_encoder_width_(model: nn.Module, hidden_size: int | None = None, *, sp
     if rescale_norms and calibration is None:
         notes.append("LayerNorms not corrected: no calibration inputs to measure them on")
     # heads (BERT-style): the rows of q/k/v and the columns of the output dense of the heads kept
+    if by_dim:
+        _cut_head_dims_(model, layout, hidden_size // layout.heads, qkv_scores)
     for i, (qkv, o) in enumerate(layout.attentions):
         if not layout.heads_with_width or n_heads == layout.heads:
             break
@@ -407,16 +441,40 @@ def prune_encoder_width_(model: nn.Module, hidden_size: int | None = None, *, sp
             if norm.bias is not None:
                 norm.bias.add_(norm.weight * shift)  # the mean's shift, at the gain it was measured with
             norm.weight.mul_(gain)
-    _fix_sizes(model, H, hidden_size, layout)
-    for k, v in _config_fields(model, layout, hidden_size).items():
+    _fix_sizes(model, H, hidden_size, layout, by_dim)
+    for k, v in _config_fields(model, layout, hidden_size, attention).items():
         setattr(model.config, k, v)
     return EncoderWidthReport(H, hidden_size, layout.heads, n_heads, importance if given is None else "given", before,
                               sum(p.numel() for p in model.parameters()), corrections is not None, notes, kept.tolist())
 
 
-def _fix_sizes(model: nn.Module, before: int, after: int, layout: EncoderLayout) -> None:
+def _cut_head_dims_(model: nn.Module, layout: EncoderLayout, new_dim: int, qkv_scores: dict[str, Tensor]) -> None:
+    """Keep ``new_dim`` of every head's query/key dimensions (the same for both) and of its value dimensions (and
+    the output dense's columns that read them); queries rescaled so that 1/√head_size stays what it was."""
+    d = layout.head_dim
+    for a, o in layout.attentions:
+        dense = model.get_submodule(o)
+        col = dense.weight.detach().double().square().sum(0).sqrt()
+        qk = (qkv_scores[f"{a}.query"] * qkv_scores[f"{a}.key"]).sqrt()
+        v = qkv_scores[f"{a}.value"].sqrt() * col
+        picks = {}
+        for name, score in (("qk", qk), ("v", v)):
+            idx = [h * d + torch.sort(torch.argsort(score[h * d:(h + 1) * d], descending=True, stable=True)[:new_dim]
+                                      ).values for h in range(layout.heads)]
+            picks[name] = torch.cat(idx)
+        for proj, key in (("query", "qk"), ("key", "qk"), ("value", "v")):
+            lin = model.get_submodule(f"{a}.{proj}")
+            scale = math.sqrt(new_dim / d) if proj == "query" else 1.0
+            lin.weight = nn.Parameter(_cut(lin.weight, 0, picks[key]) * scale, requires_grad=lin.weight.requires_grad)
+            if lin.bias is not None:
+                lin.bias = nn.Parameter(_cut(lin.bias, 0, picks[key]) * scale, requires_grad=lin.bias.requires_grad)
+        dense.weight = nn.Parameter(_cut(dense.weight, 1, picks["v"]), requires_grad=dense.weight.requires_grad)
+
+
+def _fix_sizes(model: nn.Module, before: int, after: int, layout: EncoderLayout, by_dim: bool = False) -> None:
     """The size attributes modules keep beside their tensors."""
-    n_heads = after // layout.head_dim if layout.heads_with_width else layout.heads
+    n_heads = after // layout.head_dim if layout.heads_with_width and not by_dim else layout.heads
+    head_size = after // layout.heads if by_dim else layout.head_dim
     for m in model.modules():
         if isinstance(m, nn.Linear):
             m.in_features, m.out_features = m.weight.shape[1], m.weight.shape[0]
@@ -428,6 +486,10 @@ def _fix_sizes(model: nn.Module, before: int, after: int, layout: EncoderLayout)
             m.out_channels = m.weight.shape[0]
         if hasattr(m, "all_head_size") and layout.heads_with_width:
             m.num_attention_heads = n_heads
-            m.all_head_size = n_heads * layout.head_dim
+            m.all_head_size = n_heads * head_size
+            if hasattr(m, "attention_head_size"):
+                m.attention_head_size = head_size
+            if hasattr(m, "scaling"):
+                m.scaling = head_size ** -0.5
         if getattr(m, "hidden_size", None) == before and not isinstance(m.hidden_size, bool):
             m.hidden_size = after
