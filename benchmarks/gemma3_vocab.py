@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -142,12 +143,18 @@ def main() -> None:
 
     clock = Clock()
     out = Path(args.out)
+    figures: dict[str, dict] = {}
     result: dict = {"command": "OMP_NUM_THREADS=1 python benchmarks/gemma3_vocab.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "results")),
-        "threads": 1, "load_before": os.getloadavg(), "cpu": os.cpu_count()}
+        "threads": 1, "load_before": os.getloadavg(), "cpu": os.cpu_count(), "figures": figures}
 
     def write() -> None:
         result["stages"] = clock.stages
+        dense_tokens = figures["dense"]["held_out"]["tokens"] if "held_out" in figures.get("dense", {}) else None
+        for f in figures.values():
+            for key in ("held_out", "held_out_distilled"):
+                if key in f and dense_tokens:
+                    f[key]["perplexity_per_dense_token"] = math.exp(f[key]["nats"] / dense_tokens)
         Path(args.results).write_text(json.dumps(result, indent=2, default=str) + "\n")
 
     with clock("load"):
@@ -156,12 +163,11 @@ def main() -> None:
     source = resolve_model_path("gemma3-270m")
     result["source"] = {"file": source.name, "gguf_bytes": source.stat().st_size}
     held = held_out_text(args.eval_chars)
-    figures: dict[str, dict] = {"dense": {"params": params(dense)}}
+    figures["dense"] = {"params": params(dense)}
     with clock("loss dense"):
         figures["dense"]["held_out"] = text_loss(dense, tok, held, seqlen=512)
     with clock("save dense"):
         figures["dense"]["safetensors_bytes"] = save(dense, tok, out / "dense")
-    result["figures"] = figures
     write()
 
     with clock("vocab"):
@@ -186,6 +192,12 @@ def main() -> None:
     with clock("loss shrink"):
         figures["vocab+shrink"]["held_out"] = text_loss(student, vtok, held, seqlen=512)
     write()
+    # speed does not depend on the weights' values: timed before the distillation, all three interleaved
+    with clock("generation"):
+        result["generation"] = generation({"dense": (dense, tok), "vocab": (vocab_model, vtok),
+                                           "vocab+shrink": (student, vtok)},
+                                          "The Python standard library provides", args.new_tokens, args.timing_budget)
+    write()
     if args.kd_steps:
         with clock("distill"):
             cfg = DistillConfig(steps=args.kd_steps, batch_size=args.kd_batch, seqlen=args.kd_seqlen, lr=args.kd_lr)
@@ -196,17 +208,6 @@ def main() -> None:
     with clock("save shrink"):
         figures["vocab+shrink"]["safetensors_bytes"] = save(student, vtok, out / "vocab-shrink")
     write()
-    dense_tokens = figures["dense"]["held_out"]["tokens"]
-    for f in figures.values():
-        for key in ("held_out", "held_out_distilled"):
-            if key in f:
-                import math
-
-                f[key]["perplexity_per_dense_token"] = math.exp(f[key]["nats"] / dense_tokens)
-    with clock("generation"):
-        result["generation"] = generation({"dense": (dense, tok), "vocab": (vocab_model, vtok),
-                                           "vocab+shrink": (student, vtok)},
-                                          "The Python standard library provides", args.new_tokens, args.timing_budget)
     result["load_after"] = os.getloadavg()
     write()
     print(json.dumps({k: result[k] for k in ("figures", "generation")}, indent=2, default=str))

@@ -183,3 +183,32 @@ def test_a_corpus_that_uses_every_token_says_nothing_was_removed():
     model = tiny_model("llama", vocab_size=len(tok))
     report = trim_vocab_(model, tok, [TRAIN * 3])
     assert report.vocab_after == report.vocab_before == 300 and "nothing removed" in str(report)
+
+
+def _real_tokenizer(alias):
+    """The tokenizer of a packaged model: from prunekit's conversion cache when it is there, else converted."""
+    from prunekit.models.hf import gguf_cache_folder, load_model, resolve_model_path
+
+    folder = gguf_cache_folder(resolve_model_path(alias))
+    if (folder / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(folder)
+    return load_model(alias).tokenizer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alias,kind", [("smollm2-135m", "byte-level"), ("gemma3-270m", "byte-fallback")])
+def test_real_tokenizers_encode_pydocs_identically_and_round_trip_held_out_text(alias, kind):
+    from prunekit.datasets.text import documents, split_documents
+    from prunekit.shrink.vocab import corpus_texts
+
+    tok = _real_tokenizer(alias)
+    plan = plan_vocab(tok, corpus_texts("pydocs")[:300])  # check=True: the corpus encodes identically, or it raises
+    assert plan.fallback == "bytes" and len(plan.kept) < len(tok) / 2
+    held = [d.text for d in split_documents(documents("pydocs"), "evaluation")[:20]]
+    new = plan.tokenizer
+    old_n = new_n = 0
+    for text in held:
+        ids = _ids(new, text)
+        assert new.decode(ids) == text
+        old_n, new_n = old_n + len(_ids(tok, text)), new_n + len(ids)
+    assert old_n <= new_n < 1.05 * old_n  # held-out docs of the same kind: a few more tokens, not many
