@@ -212,3 +212,11 @@ def test_real_tokenizers_encode_pydocs_identically_and_round_trip_held_out_text(
         assert new.decode(ids) == text
         old_n, new_n = old_n + len(_ids(tok, text)), new_n + len(ids)
     assert old_n <= new_n < 1.05 * old_n  # held-out docs of the same kind: a few more tokens, not many
+
+
+def test_text_loss_refuses_text_with_nothing_to_score():
+    tok = tiny_tokenizer(TRAIN, vocab_size=400)
+    with pytest.raises(ValueError, match="nothing to score"):
+        text_loss(tiny_model("llama", vocab_size=len(tok)), tok, ["a"], seqlen=16)
+    with pytest.raises(ValueError, match="seqlen"):
+        text_loss(tiny_model("llama", vocab_size=len(tok)), tok, HELD_OUT, seqlen=1)

@@ -387,10 +387,14 @@ def text_loss(model: nn.Module, tokenizer: Any, texts: Iterable[str], seqlen: in
 
     from ..datasets.text import start_token
 
+    if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 2:
+        raise ValueError(f"seqlen must be an int of at least 2, got {seqlen!r}")
     text = "".join(texts)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     bos = start_token(tokenizer)
     prefix = [bos] if bos is not None else []
+    if len(ids) < (1 if prefix else 2):
+        raise ValueError(f"the text gives {len(ids)} token(s): nothing to score; give more text")
     total, scored = 0.0, 0
     p = 0 if prefix else 1  # the next token to predict
     was_training = model.training
