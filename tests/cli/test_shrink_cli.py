@@ -107,6 +107,11 @@ def test_vocab_trims_the_saved_model_and_tokenizer(tiny_folder, tmp_path, capsys
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     assert model.config.vocab_size == len(tok) == vocab["vocab_after"]
+    from prunekit.export.gguf_vocab import kept_token_ids
+
+    kept = kept_token_ids(out)  # the old ids, for cutting a source GGUF's tokenizer alike
+    assert len(kept) == vocab["vocab_after"] and kept == sorted(kept)
+    assert [before.convert_ids_to_tokens(i) for i in kept] == tok.convert_ids_to_tokens(list(range(len(tok))))
     text = (tiny_folder / "texts" / "page00.txt").read_text()  # held out from the vocabulary: more, smaller pieces
     assert len(tok(text)["input_ids"]) > len(before(text)["input_ids"])
     assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text

@@ -204,6 +204,10 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
     meta["perplexity_text"] = {"source": args.calib, "windows": args.eval_windows, "seqlen": args.seqlen}
     text = _render(args, meta, shrink_text)
     (folder / "prunekit.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    if vocab_plan is not None:  # the source ids kept, for a GGUF export that cuts the source's tokenizer alike
+        from ..export.gguf_vocab import KEPT_FILE
+
+        (folder / KEPT_FILE).write_text(json.dumps({"kept": vocab_plan.kept.tolist()}) + "\n")
     (folder / "report.txt").write_text(text + "\n")
     return meta, text
 
