@@ -50,25 +50,25 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in args.seeds:
         torch.manual_seed(seed)
         dense = SmallCNN(widths)
-        fit(dense, train, epochs=args.epochs, lr=0.05, seed=seed, progress=False)
+        fit(dense, train, epochs=args.epochs, lr=0.05, seed=seed, batch_size=32, progress=False)
         models: dict[str, nn.Module] = {}
         m = copy.deepcopy(dense)
-        fit(m, train, epochs=args.finetune, lr=0.01, seed=seed + 1, progress=False)
+        fit(m, train, epochs=args.finetune, lr=0.01, seed=seed + 1, batch_size=32, progress=False)
         models["dense"] = m
         m = copy.deepcopy(dense)
         prune_(m, "magnitude", args.sparsity, allocation="global", progress=False)
-        fit(m, train, epochs=args.finetune, lr=0.01, seed=seed + 1, progress=False)
+        fit(m, train, epochs=args.finetune, lr=0.01, seed=seed + 1, batch_size=32, progress=False)
         models[f"magnitude {args.sparsity:.2f}"] = m
         torch.manual_seed(seed)
         m = SmallCNN(widths)
         x, y = train.tensors
         prune_(m, "snip", args.sparsity, data=[(x[:512], y[:512])], loss_fn=nn.functional.cross_entropy,
                progress=False)
-        fit(m, train, epochs=args.epochs + args.finetune, lr=0.05, seed=seed, progress=False)
+        fit(m, train, epochs=args.epochs + args.finetune, lr=0.05, seed=seed, batch_size=32, progress=False)
         models[f"SNIP {args.sparsity:.2f}"] = m
         m = copy.deepcopy(dense)
         structured_prune_(m, x[:8], sparsity=args.channels, importance="l1", ignore=[m.fc])
-        fit(m, train, epochs=args.finetune, lr=0.01, seed=seed + 1, progress=False)
+        fit(m, train, epochs=args.finetune, lr=0.01, seed=seed + 1, batch_size=32, progress=False)
         models[f"structured channels {args.channels:.2f}"] = m
         for label, model in models.items():
             t0 = time.perf_counter()

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = SmallCNN(widths, classes=len(SOURCE))
         if pre_idx is not None:
             fit(model, Subset(source, pre_idx.tolist()), epochs=args.pretrain_epochs, lr=0.05, seed=seed,
-                progress=False)
+                batch_size=32, progress=False)
         model.fc = nn.Linear(widths[-1], len(TARGET))
         fit(model, target_train, epochs=args.finetune_epochs, lr=0.02, batch_size=16, seed=seed, progress=False)
         return accuracy(model, target_test)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in args.seeds:
         torch.manual_seed(seed + 1000)
         surrogate = SmallCNN(widths, classes=len(SOURCE))
-        fit(surrogate, source, epochs=1.0, lr=0.05, seed=seed + 1000, progress=False)
+        fit(surrogate, source, epochs=1.0, lr=0.05, seed=seed + 1000, batch_size=32, progress=False)
         target_inputs = TensorDataset(target_train.tensors[0], target_train.tensors[1])
         scores = {"LM": label_mapping_scores(surrogate, target_inputs, len(SOURCE)),
                   "FM": feature_mapping_scores(surrogate, source, src_labels, target_inputs, n_clusters=len(TARGET),
