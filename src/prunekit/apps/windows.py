@@ -7,8 +7,9 @@ windows marked sharp skip every block and come out as they went in.
   random rectangle of each image; the per-window ground truth is whether a window holds blurred pixels;
 - model: :class:`WindowRestorer`: a 3×3 convolution embeds pixels as tokens, ``depth`` blocks of window
   self-attention + MLP (Swin's windows; not shifted, so a skipped window is skipped in every block), a
-  3×3 convolution adds the residual back to the input; a per-token MLP on the embedding, its largest value
-  over the window, gives the window's blur logit;
+  3×3 convolution adds the residual back to the input; a light convolutional predictor on the input, its
+  largest value over the window, gives the window's blur logit (the paper's predictor reads features;
+  this one reads pixels so that it trains apart from the restorer);
 - pruning: ``model(x, prune=True)`` runs the blocks on the windows whose blur probability is above
   ``threshold`` only (gathered, so the MAC counter sees the smaller products) and adds the residual only
   there; :func:`psnr` and :func:`prunekit.metrics.macs.count_macs` measure what it bought.
@@ -104,15 +105,16 @@ class WindowRestorer(nn.Module):
         self.embed = nn.Conv2d(channels, dim, 3, 1, 1)
         self.blocks = nn.ModuleList(WindowBlock(dim, heads) for _ in range(depth))
         self.out = nn.Conv2d(dim, channels, 3, 1, 1)
-        self.predictor = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1))
+        self.predictor = nn.Sequential(nn.Conv2d(channels, 16, (3, 7), 1, (1, 3)), nn.GELU(), nn.Conv2d(16, 16, 1),
+                                       nn.GELU(), nn.Conv2d(16, 1, 1))
+        nn.init.zeros_(self.out.weight)  # starts as the identity: the residual is learnt from there
+        nn.init.zeros_(self.out.bias)
         self.window, self.threshold = window, threshold
 
     def window_logits(self, x: Tensor) -> Tensor:
-        """(B, nH·nW) blur logits of every window: the largest over its tokens of a per-token MLP on the embedding (one blurred token marks the window)."""
-        return self._logits(to_windows(self.embed(x), self.window), x.shape[0])
-
-    def _logits(self, t: Tensor, b: int) -> Tensor:
-        return self.predictor(t).amax(1).view(b, -1)
+        """(B, nH·nW) blur logits of every window: the largest, over the window's pixels, of a light
+        convolutional predictor on the input (3×7 receptive field: motion blur is horizontal here)."""
+        return to_windows(self.predictor(x), self.window).amax(1).view(x.shape[0], -1)
 
     def forward(self, x: Tensor, prune: bool = False, keep: Tensor | None = None) -> Tensor:
         """Restore ``x``; with ``prune`` only the windows predicted blurry (or those ``keep`` marks,
@@ -122,7 +124,7 @@ class WindowRestorer(nn.Module):
         t = to_windows(e, self.window)
         if prune or keep is not None:
             if keep is None:
-                keep = self._logits(t, b).sigmoid() > self.threshold
+                keep = self.window_logits(x).sigmoid() > self.threshold
             rows = torch.nonzero(keep.flatten()).flatten()
             sub = t.index_select(0, rows)
             for blk in self.blocks:
@@ -143,17 +145,20 @@ def psnr(restored: Tensor, sharp: Tensor, peak: float = 1.0) -> float:
 
 
 def train_restorer_(model: WindowRestorer, blurred: Tensor, sharp: Tensor, mask: Tensor, *, epochs: float = 1.0,
-                    lr: float = 2e-3, batch_size: int = 32, seed: int = 0, predictor_weight: float = 1.0) -> list[float]:
+                    lr: float = 2e-3, batch_size: int = 32, seed: int = 0, predictor_weight: float = 1.0,
+                    predictor_lr: float = 1e-2) -> list[float]:
     """Train in place with Adam: L1 restoration loss on every window + ``predictor_weight`` × BCE of the
-    window blur logits against :func:`window_labels` (the predictor sees embeddings detached, so it does
-    not steer the restoration). Returns the loss of every step."""
+    window blur logits against :func:`window_labels` (the predictor shares no weights with the restorer and
+    trains at its own ``predictor_lr``). Returns the loss of every step."""
     if not (len(blurred) == len(sharp) == len(mask)) or len(blurred) < batch_size:
         raise ValueError(f"blurred, sharp and mask must have one length of at least batch_size={batch_size}, "
                          f"got {len(blurred)}, {len(sharp)}, {len(mask)}")
     g = torch.Generator().manual_seed(seed)
     labels = window_labels(mask, model.window).float()
     steps = max(1, round(epochs * (len(blurred) // batch_size)))
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    own = {id(p) for p in model.predictor.parameters()}
+    opt = torch.optim.Adam([{"params": [p for p in model.parameters() if id(p) not in own], "lr": lr},
+                            {"params": list(model.predictor.parameters()), "lr": predictor_lr}])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     losses: list[float] = []
     model.train()
@@ -163,7 +168,7 @@ def train_restorer_(model: WindowRestorer, blurred: Tensor, sharp: Tensor, mask:
             idx = perm[start:start + batch_size]
             x = blurred[idx]
             loss = (model(x) - sharp[idx]).abs().mean()
-            logits = model._logits(to_windows(model.embed(x).detach(), model.window), len(idx))
+            logits = model.window_logits(x)
             loss = loss + predictor_weight * nn.functional.binary_cross_entropy_with_logits(logits, labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -221,13 +226,11 @@ class _Pruned(nn.Module):
 
 
 class _Predict(nn.Module):
-    """The predictor's own cost beyond the shared embedding (its MLP on every token)."""
+    """The predictor's own cost (it runs on every pixel)."""
 
     def __init__(self, model: WindowRestorer) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: Tensor) -> Tensor:
-        b = x.shape[0]
-        return self.model._logits(to_windows(torch.zeros(b, self.model.embed.out_channels, *x.shape[-2:]),
-                                             self.model.window), b)
+        return self.model.window_logits(x)
