@@ -32,10 +32,10 @@ from prunekit.train import fit
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--teacher-train", type=int, default=10000)
+    p.add_argument("--teacher-train", type=int, default=5000)
     p.add_argument("--pool", type=int, default=100, help="images per class in the set being pruned")
     p.add_argument("--keep", type=float, nargs="+", default=[0.1, 0.4])
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=80)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--test", type=int, default=2000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -89,14 +89,22 @@ def main(argv: list[str] | None = None) -> dict:
                 runs.append({"label": label, "seed": seed, "seconds": time.perf_counter() - t0,
                              "figures": {"accuracy": acc, "keep": keep, "images": len(data), "soft": soft}})
                 print(f"seed {seed} {label}: {acc:.4f} ({len(data)} images)", flush=True)
+        _save(args, runs, widths)
+    summary = _save(args, runs, widths, db=args.db)
+    for label, v in summary.items():
+        print(f"{label}: {fmt(v['accuracy'])}")
+    return summary
+
+
+def _save(args, runs: list[dict], widths, db: str | None = None) -> dict:
+    """Write what the seeds so far gave (a run cut short still leaves its results)."""
     summary = {}
     for label in dict.fromkeys(r["label"] for r in runs):
         summary[label] = {"accuracy": spread(r["figures"]["accuracy"] for r in runs if r["label"] == label)}
-        print(f"{label}: {fmt(summary[label]['accuracy'])}")
     settings = {k: v for k, v in vars(args).items() if k not in ("db", "seeds")} | {"widths": widths,
                                                                                    "teacher": (16, 32, 64)}
     write_results("apps_distilled", {"task": "fashion-mnist distilled-set pruning", "model": f"SmallCNN{widths}",
-                                     "settings": settings, "runs": runs, "summary": summary}, db=args.db)
+                                     "settings": settings, "runs": runs, "summary": summary}, db=db)
     return summary
 
 
