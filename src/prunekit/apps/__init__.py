@@ -8,6 +8,7 @@
 - :mod:`.transfer`: source-set pruning for transfer learning (label mapping / feature mapping scores).
 - :mod:`.distilled`: image-level pruning of a soft-labelled (distilled) data set.
 - :mod:`.robustness`: Fashion-MNIST corruptions and the accuracy of pruned models under them.
+- :mod:`.emo`: NSGA-II over per-layer sparsities, (error, density) Pareto fronts.
 
 Applications know the library (structured, methods, data, train, metrics); nothing in the library
 knows them.
