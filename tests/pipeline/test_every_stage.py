@@ -32,6 +32,7 @@ EXAMPLES = {
     "experts": {"sparsity": 0.5, "score": "frequency"},
     "recover": {"recover": "bias_norm", "steps": 2},
     "finetune": {"epochs": 0.05, "batch_size": 32},
+    "data": {"score": "el2n", "epochs": 0, "select": {"strategy": "ccs", "keep": 0.5, "bins": 4}},
     "finalize": {},
     "save": {"format": "safetensors"},  # the output folder is the test's
     "export": {"to": "safetensors", "dtype": "bfloat16"},  # every exporter: test_every_exporter_...
@@ -70,11 +71,14 @@ def _workspace(kind, folder):
     from prunekit.pipeline.lm import _run_load
 
     ids = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
-    if kind == "finetune":
+    if kind in ("finetune", "data"):
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
+        def model_fn():
+            return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
         data = torch.utils.data.TensorDataset(torch.randn(256, 8), torch.randint(0, 3, (256,)))
-        return Workspace(model=model, train_set=lambda seed: data, progress=False)
+        return Workspace(model=model_fn(), train_set=lambda seed: data, model_fn=model_fn, progress=False)
     if kind == "experts":
         return Workspace(model=tiny_moe("qwen3_moe"), calibration=ids, progress=False)
     ws = Workspace(progress=False, calibration=ids)
@@ -111,6 +115,8 @@ def test_a_stage_runs_on_a_tiny_model_and_its_config_round_trips(kind, folder, t
         assert record["steps"] == 2 and record["mode"] == "bias_norm"
     elif kind == "finetune":
         assert record["steps"] >= 1 and record["final_loss"] > 0
+    elif kind == "data":
+        assert (record["kept"], record["of"]) == (128, 256) and len(ws.state["data selection"]["indices"]) == 128
     elif kind == "finalize":
         assert record["tensors"] > 0 and get_mask(ws.model.model.layers[0].mlp.up_proj) is None
     elif kind == "save":

@@ -36,14 +36,14 @@ def run_key(spec: RunSpec, identity: dict[str, Any]) -> str:
 def workspace(ctx: Any, model: Any, seed: int) -> Workspace:
     """The workspace a run's stages share: the model copy and what the task gives them (calibration
     windows, the tokenizer and the source for a language model; batches, loss and a training set for a
-    classifier)."""
+    classifier, with the builder of fresh models a data stage's proxies need)."""
     inputs = ctx.stage_inputs(seed)
     lm = getattr(ctx, "lm", None)  # a language-model task: the tokenizer and the source an export stage writes
     return Workspace(model=model, tokenizer=getattr(lm, "tokenizer", None), source=getattr(lm, "source", None),
                      source_path=getattr(ctx, "path", None), calibration=inputs.get("calibration"),
                      data=inputs.get("data"), loss_fn=inputs.get("loss_fn"),
                      example_inputs=inputs.get("example_inputs"), train_set=getattr(ctx, "train_set", None),
-                     seed=seed, progress=False)
+                     model_fn=getattr(ctx, "build", None), seed=seed, progress=False)
 
 
 def execute(ctx: Any, spec: RunSpec, key: str) -> Run:

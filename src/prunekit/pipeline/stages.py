@@ -247,16 +247,27 @@ class FinetuneConfig(Config):
 
 
 def _check_finetune(ws: Workspace, cfg: FinetuneConfig) -> None:
+    from .data import KEPT, USED
+
     if ws.train_set is None:
         raise ValueError("stage 'finetune' needs a classification task (for language models use a recovery stage)")
+    kept = ws.state.get(KEPT)  # a data stage before this one keeps a subset (its check ran first)
+    if kept is not None:
+        if kept < cfg.batch_size:
+            raise ValueError(f"the data stage keeps {kept} examples, fewer than one finetune batch of "
+                             f"{cfg.batch_size}; keep more or use a batch_size of at most {kept}")
+        ws.state[USED] = True
 
 
 def _run_finetune(ws: Workspace, cfg: FinetuneConfig) -> StageResult:
     from ..train import fit
+    from .data import trained_on_selection
 
+    sampler = trained_on_selection(ws)  # the examples a data stage kept, else the whole training set
     losses = fit(ws.model, ws.train_set(ws.seed), epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                 seed=ws.seed + 1, progress=False)
-    record = {"steps": len(losses), "final_loss": float(losses[-1]) if losses else None}
+                 seed=ws.seed + 1, progress=False, sampler=sampler)
+    record = {"steps": len(losses), "final_loss": float(losses[-1]) if losses else None,
+              "examples": len(sampler) if sampler is not None else len(ws.train_set(ws.seed))}
     return StageResult(record, {}, f"fine-tuned {len(losses)} steps")
 
 
