@@ -221,6 +221,8 @@ def _check_recover(ws: Workspace, cfg: Any) -> None:
 def _run_recover(ws: Workspace, cfg: Any) -> StageResult:
     from ..train.recovery_lm import recover_lm_
 
+    if "seed" not in cfg.model_fields_set:
+        cfg = cfg.replace(seed=ws.seed)  # the run's seed (--seed, a recipe's seeds): LoRA's init and window order
     ws.say(f"recovering ({cfg.recover}, {cfg.steps} steps on the calibration text) ...")
     rec = recover_lm_(ws.model, ws.calibration, cfg, progress=ws.progress)  # masks stay in force while training
     return StageResult(rec.to_dict(), {"recovery": rec.to_dict()}, str(rec))
