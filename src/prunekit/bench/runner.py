@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
+from ..metrics.macs import COUNTER as MACS_COUNTER
 from ..pipeline import Workspace, run_stages
 from ..recipe.schema import Recipe, RunSpec
 from .memory import PeakMemory
@@ -65,6 +66,8 @@ def execute(ctx: Any, spec: RunSpec, key: str) -> Run:
             figures["memory_added_bytes"] = mem.added_bytes
         status, error = "ok", None
         protocol = ctx.protocol(spec.seed)
+        if "macs" in spec.measures:
+            protocol["macs_counter"] = MACS_COUNTER  # which counter counted them: runs of two are not compared
     except Exception as exc:  # recorded in the store; the sweep goes on
         status, error = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"
         protocol = ctx.identity()
