@@ -219,6 +219,27 @@ def test_every_structured_unit_runs_as_a_stage_and_the_model_reloads(what, folde
         assert torch.allclose(back(ids).logits, ws.model.eval()(ids).logits, atol=1e-5)
 
 
+def test_the_structured_stage_removes_any_networks_channels_as_structured_prune_does():
+    import copy
+
+    from prunekit.structured import prune_
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    x = torch.randn(2, 3, 8, 8)
+    stage = parse_stage({"stage": "structured", "what": "channels", "sparsity": 0.5, "ignore": ["7"]})
+    assert parse_stage(yaml.safe_load(yaml.safe_dump(stage_dict(*stage)))) == stage
+    direct = copy.deepcopy(model)
+    prune_(direct, x, sparsity=0.5, ignore=["7"])
+    ws = run_stages([stage], Workspace(model=model, example_inputs=x, progress=False))
+    params = sum(p.numel() for p in model.parameters())
+    assert ws.records[0]["params_after"] == params == sum(p.numel() for p in direct.parameters())
+    assert model[0].out_channels == direct[0].out_channels == 8 and model[7].out_features == 4
+    with pytest.raises(ValueError, match="records the model's graph on example inputs"):
+        run_stages([stage], Workspace(model=model, progress=False))
+
+
 def test_structured_layers_without_calibration_is_refused_before_loading():
     from prunekit.pipeline import check_stages
 
