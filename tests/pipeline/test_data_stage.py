@@ -152,6 +152,13 @@ def test_a_bad_data_stage_is_a_config_error_naming_the_field(fields, match):
         parse_stage({"stage": "data", **fields})
 
 
+def test_the_stage_offers_every_score_of_prunekit_data():
+    from prunekit.data import SCORES
+    from prunekit.pipeline.data import SCORE_NAMES
+
+    assert SCORE_NAMES == (*SCORES, "none")
+
+
 def test_two_data_stages_are_refused():
     stage = parse_stage({"stage": "data", "score": "none", "select": {"strategy": "random", "keep": 0.5}})
     with pytest.raises(ValueError, match="one data stage"):

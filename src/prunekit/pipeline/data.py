@@ -25,6 +25,7 @@ from pydantic import Field, SerializeAsAny, field_validator, model_validator
 from ..core.config import Config
 from .base import StageKind, StageResult, Workspace, register_stage
 
+# prunekit.data.SCORES and "none" (written here so that the pipeline imports no data code until a data stage runs)
 SCORE_NAMES = ("el2n", "grand", "loss", "forgetting", "aum", "prototypes", "density", "none")
 STATE = "data selection"  # where the stage leaves its selection for the training stage after it
 KEPT = "data kept"  # set by the check: how many examples the selection keeps
@@ -44,10 +45,11 @@ class DataConfig(Config):
     ``n_models``, ``lr``, ``batch_size``, ``n_clusters``; ``none`` for random selection), then ``select`` (a
     ``prunekit.data.STRATEGIES`` config: ``{strategy: ccs, keep: 0.3}``). ``sampler``: ``subset`` trains the next
     stage on the kept examples; ``rs2`` (Okanovic et al., ICLR 2024) on a fresh random ``keep`` share each epoch
-    (with ``score: none`` and ``strategy: random``)."""
+    (with ``score: none`` and ``strategy: random``). Seeds: the scores' proxies and k-means draw from the run's
+    seed (``ws.seed``, a recipe's seeds), the selection from ``select.seed``."""
 
     stage: Literal["data"] = "data"
-    score: Literal["el2n", "grand", "loss", "forgetting", "aum", "prototypes", "density", "none"] = "el2n"
+    score: Literal[SCORE_NAMES] = "el2n"
     epochs: float = Field(1.0, ge=0)
     n_models: int = Field(1, ge=1)
     n_clusters: int = Field(100, ge=1)
