@@ -34,6 +34,10 @@ def one_line_warnings(command: str, debug: bool = False) -> Iterator[None]:
 
     with warnings.catch_warnings():  # saves and restores showwarning and the filters
         warnings.showwarning = show
+        # torch says this whenever its weights_only reader meets a pickle protocol other than 2, which is what
+        # it meets when a file holds more than tensors: prunekit refuses those files itself with one line saying
+        # why, so torch's line would be a second, misleading one
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
         yield
 
 
