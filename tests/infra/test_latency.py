@@ -39,7 +39,8 @@ def _matmuls(times: int):
     return run
 
 
-def test_quiet_workload_gives_the_true_ratio():
+def test_quiet_workload_gives_the_true_ratio(monkeypatch):
+    monkeypatch.delenv("PRUNEKIT_TIMING_BUDGET_S", raising=False)  # the suite's cap: this one needs its budget
     cmp = time_interleaved({"one": _matmuls(4), "two": _matmuls(8)}, warmup=3, min_rounds=15, max_rounds=200,
                            budget_s=8, threads=1)
     ratio = cmp.ratio("two", "one")
@@ -84,3 +85,17 @@ def test_compare_latency_interleaves_models():
     cmp = compare_latency({"dense": big, "pruned": small}, torch.randn(8, 1, 28, 28), max_rounds=8, budget_s=3)
     assert cmp.timings["dense"].runs == cmp.timings["pruned"].runs == cmp.rounds
     assert cmp.ratio("pruned", "dense").median < 1
+
+
+def test_the_budget_cap_stops_a_timing_after_its_minimum_rounds(monkeypatch):
+    def slow():
+        time.sleep(0.02) if rng.random() < 0.5 else None  # never precise: only the budget stops it
+
+    rng = random.Random(0)
+    monkeypatch.setenv("PRUNEKIT_TIMING_BUDGET_S", "0.1")
+    cmp = time_interleaved({"slow": slow}, warmup=0, min_rounds=5, max_rounds=500, budget_s=20, threads=1)
+    # rounds take 0-20 ms: the 0.1 s cap stops it after at least the 5 minimum rounds, far before 500
+    assert cmp.stopped == "budget" and 5 <= cmp.rounds < 100
+    monkeypatch.setenv("PRUNEKIT_TIMING_BUDGET_S", "soon")
+    with pytest.raises(ValueError, match="PRUNEKIT_TIMING_BUDGET_S must be a number of seconds > 0, got 'soon'"):
+        time_interleaved({"slow": slow}, threads=1)

@@ -373,38 +373,3 @@ def test_every_method_runs_as_a_stage_and_its_cli_form_matches(name, folder, tmp
             str(tmp_path / "o"), "--calib", str(folder / "texts")]
     cli = dict(build_stages(build_parser().parse_args(argv)))["prune"]
     assert cli == cfg
-
-
-# ------------------------------------------------------------------ the command line's result is Python's
-
-# stages with a command-line form, run both ways on the tiny Llama: (stage fields, the prune options that say them).
-# A prunekit prune run also measures and times the model (tens of seconds on the shared machine): the mask path
-# (magnitude) and the removal path (neurons) run by default, the calibrated one (wanda) with -m slow
-CLI_RUNS = {
-    "magnitude-2:4": ({"stage": "prune", "method": "magnitude", "sparsity": 0.5, "pattern": "2:4"},
-                      ["--method", "magnitude", "--sparsity", "0.5", "--pattern", "2:4"]),
-    "wanda": ({"stage": "prune", "method": "wanda", "sparsity": 0.5}, ["--method", "wanda", "--sparsity", "0.5"]),
-    "neurons": ({"stage": "structured", "what": "neurons", "sparsity": 0.5}, ["--structured", "neurons",
-                                                                              "--sparsity", "0.5"]),
-}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "wanda" else n for n in sorted(CLI_RUNS)])
-def test_the_command_line_gives_the_same_model_as_the_python_stages(name, folder, tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    from prunekit.cli import main
-
-    fields, options = CLI_RUNS[name]
-    calib = {"source": str(folder / "texts"), "nsamples": 4, "seqlen": 16, "seed": 0}
-    assert main(["prune", "--model", str(folder / "model"), "--calib", calib["source"], "--nsamples", "4",
-                 "--seqlen", "16", "--eval-windows", "2", "--out", str(tmp_path / "cli"), "--quiet", *options]) == 0
-    cli = AutoModelForCausalLM.from_pretrained(tmp_path / "cli").state_dict()
-    stages = [parse_stage({"stage": "load", "model": str(folder / "model")}),
-              parse_stage({"stage": "calibrate", **calib}), parse_stage(fields), parse_stage({"stage": "finalize"})]
-    python = run_stages(stages, Workspace(progress=False)).model.state_dict()
-    assert sorted(cli) == sorted(python)
-    assert sum(t.numel() for t in cli.values()) == sum(t.numel() for t in python.values())
-    # the same float32 weights, the same calibration windows and the same kernels in one process: the same masks
-    # (the zeros) and the same kept weights, bit for bit
-    assert all(torch.equal(cli[k], python[k]) for k in cli)
