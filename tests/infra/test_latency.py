@@ -12,6 +12,12 @@ from prunekit.infra.latency import compare_latency, latency, time_interleaved
 from prunekit.models import SmallCNN
 
 
+@pytest.fixture(autouse=True)
+def _real_budgets(monkeypatch):
+    """These tests time things: the suite's cap on timing budgets (tests/conftest.py) is lifted here."""
+    monkeypatch.delenv("PRUNEKIT_TIMING_BUDGET_S", raising=False)
+
+
 def test_latency_times_and_restores_threads_and_layout():
     model = SmallCNN(widths=(4, 8, 8)).train()
     threads = torch.get_num_threads()
@@ -39,8 +45,7 @@ def _matmuls(times: int):
     return run
 
 
-def test_quiet_workload_gives_the_true_ratio(monkeypatch):
-    monkeypatch.delenv("PRUNEKIT_TIMING_BUDGET_S", raising=False)  # the suite's cap: this one needs its budget
+def test_quiet_workload_gives_the_true_ratio():
     cmp = time_interleaved({"one": _matmuls(4), "two": _matmuls(8)}, warmup=3, min_rounds=15, max_rounds=200,
                            budget_s=8, threads=1)
     ratio = cmp.ratio("two", "one")
