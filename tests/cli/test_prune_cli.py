@@ -145,6 +145,8 @@ def test_eval_reads_a_pruned_folder(tiny_folder, tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["pruned_with"]["method"] == "wanda"
     assert 0.3 < data["sparsity"] < 0.5 and data["perplexity"] > 1
+    # the one fast eval test that measures loading in a fresh process (the others pass --no-load-memory)
+    assert data["load_peak_bytes"] == data["load_memory"]["peak_bytes"] > data["load_memory"]["baseline_bytes"] > 0
 
 
 @pytest.mark.slow
@@ -228,7 +230,7 @@ def test_without_room_for_a_dense_copy_the_two_are_timed_apart_and_it_says_so(ti
 
 def test_eval_reports_generation_speed_with_its_spread(tiny_folder, capsys):
     assert _run(["eval", "--model", str(tiny_folder / "model"), "--ppl", str(tiny_folder / "texts"), "--windows", "2",
-                 "--seqlen", "32", "--gen-tokens", "8", "--quiet", "--json"]) == 0
+                 "--seqlen", "32", "--gen-tokens", "8", "--no-load-memory", "--quiet", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["generation"]["tokens"] == 8 and data["generation"]["runs"] >= 3
     assert data["timing"]["models"] == ["model"] and not data["timing"]["interleaved"]
