@@ -101,6 +101,20 @@ def trajectory(unet, x: torch.Tensor, labels: torch.Tensor, sched, *, checkpoint
     return x.clamp(-1, 1)
 
 
+@torch.no_grad()
+def ddim_from(unet, noise: torch.Tensor, labels: torch.Tensor, *, steps: int, batch_size: int = 256) -> torch.Tensor:
+    """Deterministic DDIM (eta 0) from the given initial ``noise``: the scheduler and arithmetic of
+    ``ddpm.ddim_sample``, clipped to [-1, 1]."""
+    sched = ddim_timesteps(unet, steps)
+    was = unet.training
+    unet.eval()
+    try:
+        return torch.cat([trajectory(unet, noise[i:i + batch_size], labels[i:i + batch_size], sched)
+                          for i in range(0, len(labels), batch_size)])
+    finally:
+        unet.train(was)
+
+
 def objective(unet, noise: torch.Tensor, labels: torch.Tensor, sched, target: torch.Tensor,
               logits: list[torch.Tensor], weights: list[torch.Tensor], cfg: EcoDiffConfig):
     """EcoDiff's two loss terms for one batch, under masks already in place: the x₀ MSE of the masked UNet's

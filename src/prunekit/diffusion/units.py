@@ -263,3 +263,43 @@ def keep_lowest_removed(layers: list[UnitLayer], scores: list[torch.Tensor], amo
         keep[i][u] = False
         removed += getattr(layers[i], cost)
     return keep
+
+
+@contextmanager
+def recorded(unet: nn.Module, layers: list[UnitLayer]) -> Iterator[list[torch.Tensor]]:
+    """Within the block, every forward of ``unet`` appends one ``[batch, units]`` tensor (all layers' units,
+    concatenated in ``layers`` order) to the yielded list: each unit's mean absolute output (over its channels
+    and positions), taken where ``masked`` puts its mask."""
+    out: list[torch.Tensor] = []
+    parts: list[torch.Tensor | None] = [None] * len(layers)
+
+    def start(mod, args, kwargs):
+        parts[:] = [None] * len(layers)
+
+    def finish(mod, args, kwargs, result):
+        if all(p is not None for p in parts):
+            out.append(torch.cat(parts, dim=1))
+
+    def grab(i: int, channel_dim: int):
+        def hook(mod, args):
+            x = args[0].detach().abs()
+            if channel_dim == 1:  # [B, C, H, W]
+                per_channel = x.flatten(2).mean(2)
+            else:  # [B, L, inner]
+                per_channel = x.mean(1)
+            parts[i] = per_channel.reshape(x.shape[0], layers[i].units, layers[i].size).mean(2)
+        return hook
+
+    handles = [unet.register_forward_pre_hook(start, with_kwargs=True),
+               unet.register_forward_hook(finish, with_kwargs=True)]
+    for i, layer in enumerate(layers):
+        m = unet.get_submodule(layer.name)
+        if layer.kind == "resnet":
+            handles.append(m.conv2.register_forward_pre_hook(grab(i, 1)))
+        else:
+            handles.append(m.to_out[0].register_forward_pre_hook(grab(i, 2)))
+    try:
+        yield out
+    finally:
+        for h in handles:
+            h.remove()
