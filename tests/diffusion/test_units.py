@@ -107,3 +107,18 @@ def test_lowest_scored_units_go_first_until_the_amount(unet):
     assert all(bool(k.all()) for k in keep[1:])
     everything = keep_lowest_removed(layers, scores, amount=1e12)
     assert all(int(k.sum()) == 1 for k in everything)  # one unit per layer always stays
+
+
+def test_a_pruned_unet_saves_and_loads_with_its_shapes(unet, tmp_path):
+    from prunekit.diffusion.ddpm import load_unet, save_unet
+
+    x, t, y = _inputs()
+    layers = find_unit_layers(unet)
+    remove_units_(unet, layers, _keep(layers))
+    save_unet(unet, tmp_path / "pruned")
+    back = load_unet(tmp_path / "pruned")
+    with torch.no_grad():
+        # the same weights and the same calls: bit-identical
+        torch.testing.assert_close(back(x, t, class_labels=y).sample, unet(x, t, class_labels=y).sample,
+                                   rtol=0, atol=0)
+    assert [m.units for m in find_unit_layers(back)] == [m.units for m in layers]
