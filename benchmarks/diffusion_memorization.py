@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memorized", type=int, nargs="+", default=[1, 5, 8])
     ap.add_argument("--per-memorized", type=int, default=4)
     ap.add_argument("--copies", type=int, default=50)
-    ap.add_argument("--per-other", type=int, default=200)
-    ap.add_argument("--train-steps", type=int, default=1500)
+    ap.add_argument("--per-other", type=int, default=50)
+    ap.add_argument("--train-steps", type=int, default=600)
+    ap.add_argument("--channels", type=int, nargs="+", default=[8, 16, 16], help="the memorizing UNet's widths")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--per-class-samples", type=int, default=30)
     ap.add_argument("--locate-samples", type=int, default=10, help="samples per class for the activations")
@@ -57,15 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     tx, ty, ux, uy = duplicated_subset(x, y, args.memorized, per_memorized=args.per_memorized, copies=args.copies,
                                        per_other=args.per_other, seed=0)
     path = ev.OWN / (f"ddpm-memorize-{'-'.join(map(str, args.memorized))}-{args.per_memorized}x{args.copies}-"
-                     f"{args.per_other}-{args.train_steps}steps.pt")
-    unet = build_unet(ev.SMALL, seed=0)
+                     f"{args.per_other}-{args.train_steps}steps-{'x'.join(map(str, args.channels))}.pt")
+    shape = ev.SMALL.model_copy(update={"block_out_channels": tuple(args.channels)})
+    unet = build_unet(shape, seed=0)
     if path.is_file():
         state = torch.load(path)
         unet.load_state_dict(state["weights"])
         unet.prunekit_schedule = state["schedule"]
         train_desc = f"cached {path}"
     else:
-        rep = train_ddpm_(unet, tx, ty, TrainConfig(steps=args.train_steps, batch_size=64, lr=1e-3, warmup_steps=50,
+        rep = train_ddpm_(unet, tx, ty, TrainConfig(steps=args.train_steps, batch_size=32, lr=2e-3, warmup_steps=50,
                                                     seed=0), progress=False)
         ev.OWN.mkdir(parents=True, exist_ok=True)
         torch.save({"weights": unet.state_dict(), "schedule": unet.prunekit_schedule}, path)
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"seed": seed, "located": joint.to_dict()["selected"], "overlaps": pairs,
                           "before": before, "after": after, "random": random_after}), flush=True)
         runs.append(run)
-    out = {"when": ev.stamp(), "classifier": clf_desc, "classifier_test_accuracy": clf_acc,
+    out = {"when": ev.stamp(), "classifier": clf_desc, "unet": shape.model_dump(mode="json"), "classifier_test_accuracy": clf_acc,
            "memorizing_model": train_desc, "copy_threshold": threshold,
            "threshold_rule": "1% quantile of nearest-training-image distances of real test images (classifier features)",
            "training_set": {"images": len(tx), "unique": len(ux), "memorized_classes": args.memorized},
