@@ -39,7 +39,8 @@ class NoiseSchedule(Config):
 
 class TrainConfig(NoiseSchedule):
     """DDPM training: ``steps`` AdamW steps of ``batch_size`` images, ε-prediction MSE, an optional EMA of
-    the weights (``ema_decay``; the EMA weights are what the model holds at the end)."""
+    the weights (``ema_decay``; the EMA weights are what the model holds at the end). ``max_seconds`` stops
+    early at a wall-clock budget (the report says how many steps ran)."""
 
     steps: int = Field(2000, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -48,6 +49,7 @@ class TrainConfig(NoiseSchedule):
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     ema_decay: float | None = Field(None, gt=0, lt=1)
+    max_seconds: float | None = Field(None, gt=0)
     seed: int = 0
 
     def schedule(self) -> NoiseSchedule:
@@ -157,7 +159,10 @@ def train_ddpm_(unet, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConf
     log_every = max(1, min(50, cfg.steps // 20 or 1))
     t0 = time.perf_counter()
     n = images.shape[0]
+    done = 0
     for step in tqdm(range(cfg.steps), disable=not progress, desc="ddpm", leave=False):
+        if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
+            break
         idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
         x0, y = images[idx], labels[idx]
         t = torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],), generator=gen)
@@ -179,6 +184,7 @@ def train_ddpm_(unet, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConf
             with torch.no_grad():
                 torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - cfg.ema_decay)
         window.append(loss.item())
+        done += 1
         if len(window) == log_every:
             losses.append(sum(window) / len(window))
             window = []
@@ -189,7 +195,7 @@ def train_ddpm_(unet, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConf
             for p, e in zip(params, ema):
                 p.copy_(e)
     unet.eval()
-    return TrainReport(steps=cfg.steps, seconds=time.perf_counter() - t0, images_seen=cfg.steps * min(cfg.batch_size, n),
+    return TrainReport(steps=done, seconds=time.perf_counter() - t0, images_seen=done * min(cfg.batch_size, n),
                        final_loss=losses[-1], losses=losses, log_every=log_every, ema_decay=cfg.ema_decay,
                        schedule=schedule.model_dump())
 
