@@ -1,10 +1,11 @@
 """Shared by benchmarks/diffusion_ecodiff.py, diffusion_aptp.py and diffusion_memorization.py: the base DDPM,
 the FID-FMNIST features, Fréchet distance with its noise floor, and paired sampling times.
 
-FID-FMNIST: the Fréchet distance between Gaussian fits of the penultimate-layer features of a Fashion-MNIST
-classifier trained here (Inception weights cannot be downloaded). ``prunekit.diffusion.metrics`` (the diffusion
-engineer's) had not landed when these were written, so a small CNN is trained here once (two epochs on the
-60k training images, cached under ~/.cache/prunekit/diffusion2/); the result names it and its accuracy. The noise floor is the FID between two disjoint halves of the real test set at the same sample count.
+FID-FMNIST: the Fréchet distance between Gaussian fits of the penultimate-layer features of the Fashion-MNIST
+classifier of ``prunekit.diffusion.metrics`` (trained here; Inception weights cannot be downloaded). The
+memorization run started before that module landed and used the small CNN of :func:`own_classifier` (two
+epochs on the 60k training images, cached under ~/.cache/prunekit/diffusion2/); each result names its
+classifier and its accuracy. The noise floor is the FID between two disjoint halves of the real test set at the same sample count.
 """
 
 from __future__ import annotations
@@ -59,8 +60,26 @@ class SmallCNN(nn.Module):
         return self.head(self.body(x))
 
 
-def classifier():
-    """(features of images in [-1, 1] → [N, d], predicted classes → [N], where it came from, test accuracy)."""
+def classifier(own: bool = False):
+    """(features of images in [-1, 1] → [N, d], predicted classes → [N], where it came from, test accuracy):
+    ``prunekit.diffusion.metrics``' feature classifier (FID-FMNIST), or with ``own`` the small CNN below."""
+    if not own:
+        from prunekit.diffusion import metrics
+
+        net, card = metrics.load_classifier()
+
+        @torch.no_grad()
+        def classes_of(x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([net(x[i:i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
+
+        acc = card.get("test_accuracy")
+        return (lambda x: torch.from_numpy(metrics.features(net, x))), classes_of, \
+            f"prunekit.diffusion.metrics classifier (test accuracy {acc})", acc
+    return own_classifier()
+
+
+def own_classifier():
+    """The small CNN trained here (before the diffusion engineer's metrics landed; the memorization run used it)."""
     path = OWN / "fmnist-cnn.pt"
     net = SmallCNN()
     xt, yt = fashion_mnist("test")
@@ -96,18 +115,10 @@ def classifier():
 
 
 def fid(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussian fits of two feature sets."""
-    from scipy import linalg
+    """Fréchet distance between Gaussian fits of two feature sets (``metrics.frechet_distance``)."""
+    from prunekit.diffusion.metrics import frechet_distance
 
-    a, b = a.double().numpy(), b.double().numpy()
-    mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    if not np.isfinite(covmean).all():
-        off = np.eye(len(s1)) * 1e-6
-        covmean = linalg.sqrtm((s1 + off) @ (s2 + off))
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    return frechet_distance(a.double().numpy(), b.double().numpy())
 
 
 def noise_floor(test_feats: torch.Tensor, n: int, seed: int = 0) -> float:

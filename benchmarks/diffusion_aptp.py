@@ -62,20 +62,37 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     base, base_desc = ev.base_model(args.model, args.train_steps)
-    feats, classes, clf_desc, clf_acc = ev.classifier()
     x, y = fashion_mnist("train", limit=10000)
     xt, yt = fashion_mnist("test")
-    test_feats = feats(xt)
     n = args.per_class * 10
     labels = torch.arange(n) % 10
     noise = torch.randn((n, 1, 32, 32), generator=torch.Generator().manual_seed(99))
+    base_x = ddim_from(base, noise, labels, steps=args.steps)
+    sampled, timed = [], {}
+    for seed in args.seeds:  # train and sample first: no classifier needed yet
+        for kind, k in (("APTP routed", args.codes), ("static (1 code)", 1)):
+            cfg = APTPConfig(num_codes=k, macs=args.macs, iterations=args.iterations, batch_size=args.batch_size,
+                             seed=seed)
+            res = train_aptp(base, x, y, cfg)
+            print(res, flush=True)
+            models = code_models(base, res)
+            ft = finetune(models, res.class_codes, x, y, args.finetune_steps, seed)
+            t0 = time.perf_counter()
+            xs = routed_sample(models, res.class_codes, labels, steps=args.steps, seed=99)  # the noise of base_x
+            sampled.append((f"{kind} seed {seed}", xs, {
+                "seed": seed, "codes": k, "average_macs": res.average_macs, "code_macs": res.code_macs,
+                "class_codes": res.class_codes, "router_seconds": res.seconds, "sample_seconds": time.perf_counter() - t0,
+                "finetune": ft, "final_losses": res.to_dict()["final_losses"]}))
+            if seed == args.seeds[0]:
+                timed[kind] = (models, res.class_codes)
+    feats, classes, clf_desc, clf_acc = ev.classifier()
+    test_feats = feats(xt)
     g = torch.Generator().manual_seed(1234)
     real_by_class = {c: test_feats[yt == c][torch.randperm(int((yt == c).sum()), generator=g)] for c in range(10)}
     real_all = torch.cat([real_by_class[c][:args.per_class] for c in range(10)])
     floors = {"overall": ev.noise_floor(test_feats, n),
               "per_class": {c: ev.fid(real_by_class[c][:args.per_class],
                                       real_by_class[c][args.per_class:2 * args.per_class]) for c in range(10)}}
-    base_x = ddim_from(base, noise, labels, steps=args.steps)
 
     def evaluate(name, xs, extra):
         f = feats(xs)
@@ -90,23 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return row
 
     rows = [evaluate("unpruned", base_x, {"average_macs": 1.0})]
-    timed = {}
-    for seed in args.seeds:
-        for kind, k in (("APTP routed", args.codes), ("static (1 code)", 1)):
-            cfg = APTPConfig(num_codes=k, macs=args.macs, iterations=args.iterations, batch_size=args.batch_size,
-                             seed=seed)
-            res = train_aptp(base, x, y, cfg)
-            print(res, flush=True)
-            models = code_models(base, res)
-            ft = finetune(models, res.class_codes, x, y, args.finetune_steps, seed)
-            t0 = time.perf_counter()
-            xs = routed_sample(models, res.class_codes, labels, steps=args.steps, seed=99)  # the noise of base_x
-            rows.append(evaluate(f"{kind} seed {seed}", xs, {
-                "seed": seed, "codes": k, "average_macs": res.average_macs, "code_macs": res.code_macs,
-                "class_codes": res.class_codes, "router_seconds": res.seconds, "sample_seconds": time.perf_counter() - t0,
-                "finetune": ft, "final_losses": res.to_dict()["final_losses"]}))
-            if seed == args.seeds[0]:
-                timed[kind] = (models, res.class_codes)
+    rows += [evaluate(name, xs, extra) for name, xs, extra in sampled]
     tb = torch.arange(10)
     nb = noise[:10]
 
