@@ -5,7 +5,8 @@ of the training cost, and the sampling speed-up measured (paired, interleaved).
     nice -n 10 python benchmarks/diffusion_prune.py                 # the README table (1 seed by default)
     python benchmarks/diffusion_prune.py --insights                 # + which blocks / importance hurt least
 
-Needs the model of benchmarks/diffusion_train.py (~/.cache/prunekit/diffusion/ddpm-fmnist-v1). FID-FMNIST is
+Needs the model of benchmarks/diffusion_train.py (~/.cache/prunekit/diffusion/ddpm-fmnist-v2: v1 continued with
+the warmed-up EMA). FID-FMNIST is
 computed over a Fashion-MNIST classifier's penultimate features (not Inception), on --n samples against --n real
 test images; the floor is the same metric between two disjoint halves of the real test set of the same size.
 """
@@ -27,7 +28,7 @@ from prunekit.diffusion.diffpruning import DiffPruningConfig, diff_prune_
 from prunekit.diffusion.metrics import (load_classifier, real_reference, sample_quality, sampling_time, save_grid,
                                         unet_cost, write_json)
 
-CACHE = Path.home() / ".cache" / "prunekit" / "diffusion" / "ddpm-fmnist-v1"
+CACHE = Path.home() / ".cache" / "prunekit" / "diffusion" / "ddpm-fmnist-v2"
 OUT = Path(__file__).parent / "results" / "diffusion"
 
 
@@ -49,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     base = load_unet(args.model)
     meta = read_unet_meta(args.model)
-    trained = meta["card"]["train_report"]
+    card = meta["card"]
+    trained = {"seconds": card.get("total_seconds") or card["train_report"]["seconds"],
+               "images_seen": card.get("total_images_seen") or card["train_report"]["images_seen"]}
     x, y = fashion_mnist("train")
     net, ccard = load_classifier()
     ref = real_reference(net, args.n)

@@ -21,7 +21,8 @@ import torch
 
 from prunekit.bench.protocol import machine, tensor_hash, versions
 from prunekit.diffusion import TrainConfig, UNetConfig, build_unet, count_params, fashion_mnist, save_unet, train_ddpm_
-from prunekit.diffusion.ddpm import sha256_file
+from prunekit.diffusion import load_unet
+from prunekit.diffusion.ddpm import read_unet_meta, sha256_file
 from prunekit.infra.atomic import atomic_file
 
 CACHE = Path.home() / ".cache" / "prunekit" / "diffusion"
@@ -40,13 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--init", type=Path, default=None, help="continue from this saved model (its card is kept)")
     ap.add_argument("--out", type=Path, default=CACHE / "ddpm-fmnist-v1")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     x, y = fashion_mnist("train")
-    unet = build_unet(MODEL, seed=args.seed)
+    unet = build_unet(MODEL, seed=args.seed) if args.init is None else load_unet(args.init)
+    before = read_unet_meta(args.init).get("card") if args.init is not None else None
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema,
                       warmup_steps=100, max_seconds=args.minutes * 60, seed=args.seed)
     print(f"training {count_params(unet):,} parameters for at most {args.steps} steps / {args.minutes} min",
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             "train_report": report.to_dict(), "params": count_params(unet),
             "data": {"split": "train", "n": int(x.shape[0]), "images_hash": tensor_hash(x),
                      "labels_hash": tensor_hash(y)},
+            "continued_from": before, "total_seconds": report.seconds + (before or {}).get("total_seconds", (before or {}).get("train_report", {}).get("seconds", 0)),
+            "total_images_seen": report.images_seen + (before or {}).get("total_images_seen", (before or {}).get("train_report", {}).get("images_seen", 0)),
             "threads": args.threads, "machine": machine(args.threads), "versions": versions(),
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     save_unet(unet, args.out, overwrite=args.overwrite, meta={"card": card})

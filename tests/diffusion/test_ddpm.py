@@ -106,3 +106,19 @@ def test_load_refuses_damaged_weights(tiny_ddpm, tmp_path):
         f.write(b"\x00\x01\x02\x03")
     with pytest.raises(ValueError, match="sha256"):
         load_unet(tmp_path / "u")
+
+
+def test_ema_is_warmed_up_so_a_short_run_forgets_the_initial_weights(fmnist_small):
+    from prunekit.diffusion.ddpm import ema_decay_at
+
+    assert ema_decay_at(0.995, 0) == pytest.approx(0.1) and ema_decay_at(0.995, 10_000) == 0.995
+    x, y = fmnist_small
+    init = build_unet(TINY, seed=0)
+    runs = {}
+    for ema in (None, 0.99):
+        u = build_unet(TINY, seed=0)
+        train_ddpm_(u, x, y, TrainConfig(steps=12, batch_size=4, lr=2e-3, warmup_steps=0, ema_decay=ema), progress=False)
+        runs[ema] = torch.cat([(p - q).flatten() for p, q in zip(u.parameters(), init.parameters())]).norm()
+    # a fixed decay of 0.99 would leave 0.99**12 = 89% of the initial weights, moving the EMA only ~11% of the way;
+    # warmed up, the average sits near the recent weights
+    assert runs[0.99] > 0.5 * runs[None]

@@ -101,10 +101,10 @@ def _train(args: argparse.Namespace) -> int:
     from ..diffusion import TrainConfig, UNetConfig, build_unet, count_params, fashion_mnist, save_unet, train_ddpm_
     from ..infra.atomic import check_output_folder
 
-    cfg = UNetConfig(block_out_channels=_channels(args.channels), layers_per_block=args.layers_per_block,
-                     attention=not args.no_attention, norm_num_groups=args.norm_groups)
-    tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema or None,
-                       max_seconds=args.minutes * 60 if args.minutes else None, seed=args.seed)
+    cfg = UNetConfig.parse(block_out_channels=_channels(args.channels), layers_per_block=args.layers_per_block,
+                           attention=not args.no_attention, norm_num_groups=args.norm_groups)
+    tcfg = TrainConfig.parse(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema or None,
+                             max_seconds=args.minutes * 60 if args.minutes else None, seed=args.seed)
     check_output_folder(args.out, args.overwrite)
     x, y = fashion_mnist("train", limit=args.limit)
     torch.manual_seed(args.seed)
@@ -125,8 +125,8 @@ def _prune(args: argparse.Namespace) -> int:
     from ..infra.atomic import check_distinct, check_output_folder
 
     blocks = tuple(b.strip() for b in args.blocks.split(",")) if args.blocks else None
-    cfg = DiffPruningConfig(macs_sparsity=args.macs, importance=args.importance, threshold=args.threshold,
-                            timestep_stride=args.stride, blocks=blocks, seed=args.seed)
+    cfg = DiffPruningConfig.parse(macs_sparsity=args.macs, importance=args.importance, threshold=args.threshold,
+                                  timestep_stride=args.stride, blocks=blocks, seed=args.seed)
     if args.finetune_steps < 0:
         raise ValueError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
     check_distinct({"--out": args.out}, {"--model": args.model})

@@ -39,7 +39,7 @@ class NoiseSchedule(Config):
 
 class TrainConfig(NoiseSchedule):
     """DDPM training: ``steps`` AdamW steps of ``batch_size`` images, ε-prediction MSE, an optional EMA of
-    the weights (``ema_decay``; the EMA weights are what the model holds at the end). ``max_seconds`` stops
+    the weights (``ema_decay``, warmed up: :func:`ema_decay_at`; the EMA weights are what the model holds at the end). ``max_seconds`` stops
     early at a wall-clock budget (the report says how many steps ran)."""
 
     steps: int = Field(2000, ge=1)
@@ -134,6 +134,13 @@ def denoising_loss(unet, x0: torch.Tensor, labels: torch.Tensor, t: torch.Tensor
     return per if reduction == "none" else per.mean()
 
 
+def ema_decay_at(decay: float, step: int) -> float:
+    """The EMA decay used after step ``step`` (0-based): ``min(decay, (1 + step) / (10 + step))``, so the average
+    forgets the initial weights within a few dozen steps (with a fixed 0.995, 19% of the weights after 331
+    steps were still those of the random initialisation)."""
+    return min(decay, (1 + step) / (10 + step))
+
+
 def train_ddpm_(unet, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig | None = None, *,
                 progress: bool = True) -> TrainReport:
     """Train ``unet`` in place as a DDPM (ε-prediction MSE, AdamW, linear warm-up, optional EMA) on
@@ -181,8 +188,9 @@ def train_ddpm_(unet, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConf
         opt.step()
         sched.step()
         if ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - cfg.ema_decay)
+            with torch.no_grad():  # warmed-up decay: a short run's EMA must not keep a share of the initial weights
+                decay = ema_decay_at(cfg.ema_decay, step)
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         window.append(loss.item())
         done += 1
         if len(window) == log_every:
