@@ -16,11 +16,11 @@ import threading
 import traceback
 from typing import Iterator
 
-from . import data, demo, eval, export, merge, prune, report_cmd, results_cmd, run_cmd, shrink, summary_cmd
+from . import data, demo, diffusion, eval, export, merge, prune, report_cmd, results_cmd, run_cmd, shrink, summary_cmd
 from .common import is_quiet, quiet_libraries
 from .errors import EXIT_INTERRUPTED, describe, one_line_warnings
 
-SUBCOMMANDS = [prune, eval, export, merge, summary_cmd, demo, data, run_cmd, results_cmd, report_cmd, shrink]
+SUBCOMMANDS = [prune, eval, export, merge, summary_cmd, demo, data, run_cmd, results_cmd, report_cmd, shrink, diffusion]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal
 
 import torch
@@ -81,6 +81,9 @@ class ScoreContext:
     data: Iterable | None = None
     seed: int = 0
     example_inputs: Any = None
+    # gradients·weights of the Taylor score, computed once per call: the planner re-scores the groups after every
+    # tie, and the weights do not change before removal (trial copies share them)
+    cache: dict = field(default_factory=dict)
 
 
 def member_tensor(m: Member) -> Tensor:
@@ -148,6 +151,14 @@ def _legacy(loss_fn: Callable) -> bool:
 
 
 def score_taylor(groups: list[Group], config: TaylorConfig, ctx: ScoreContext) -> list[Tensor]:
+    if "taylor" not in ctx.cache:
+        ctx.cache["taylor"] = _taylor_products(config, ctx)
+    gw = ctx.cache["taylor"]
+    return [per_unit(g, lambda m: _rows(m, lambda t: t, gw)).square() for g in groups]
+
+
+def _taylor_products(config: TaylorConfig, ctx: ScoreContext) -> dict[int, Tensor]:
+    """g·w for every trainable parameter, g the loss gradient averaged over the batches."""
     model, loss_fn = ctx.model, ctx.loss_fn
     if loss_fn is None:
         raise ValueError("importance='taylor' needs loss_fn=, a function (outputs, targets) -> scalar loss, and "
@@ -180,8 +191,7 @@ def score_taylor(groups: list[Group], config: TaylorConfig, ctx: ScoreContext) -
         for acc, g in zip(grads, gs):
             if g is not None:
                 acc += g.detach()
-    gw = {id(p): (g / len(batches)) * p.detach() for p, g in zip(params, grads)}
-    return [per_unit(g, lambda m: _rows(m, lambda t: t, gw)).square() for g in groups]
+    return {id(p): (g / len(batches)) * p.detach() for p, g in zip(params, grads)}
 
 
 def _input_energy(ctx: ScoreContext, modules: dict[int, nn.Module], batches: int | None) -> dict[int, Tensor]:
