@@ -3,9 +3,9 @@
 One SmallCNN (widths 16/32/64, 23 k parameters) per seed, trained dense for --epochs on --train-size
 images; everything is measured on the first --test-size test images. Parts:
 
-A. one-shot unstructured pruning of the trained model at 80 % and 90 % of the two inner convolutions' weights
+A. one-shot unstructured pruning of the trained model at --sparsities of the two inner convolutions' weights
    (the first convolution and the head stay dense, prunekit's default scope), test accuracy without
-   fine-tuning and after --ft-epochs of masked fine-tuning: magnitude with the uniform, global, ERK, LAMP and
+   fine-tuning (and with --a-ft after --ft-epochs of masked fine-tuning): magnitude with the uniform, global, ERK, LAMP and
    PQ-Index (SAP) allocations; rate-distortion (rd, measured output distortion + dynamic programme); Taylor
    and LRP (Pruning by Explaining) with a global ranking, their data a scarce reference set of
    --ref-per-class images per class. Also the rd paper's additivity: output distortion of two layers pruned
@@ -19,6 +19,11 @@ C. training-time methods at equal budget (--ft-epochs from the trained model): L
    (network slimming) vs the polarizer, then 50 % of the channels removed by |γ| without fine-tuning.
 
     python benchmarks/papers_criteria.py --seeds 0 1 2 --threads 1
+
+The run behind the README table (one process per seed, the shared 2-core CPU at a load of ~25):
+
+    python benchmarks/papers_criteria.py --seeds S --train-size 3000 --test-size 1000 --epochs 2 \
+        --ft-epochs 0.25 --b-steps 0.5 --sparsities 0.5 0.8 --out seedS.jsonl
 
 Writes one JSON line per seed to --out (default benchmarks/results/papers_criteria.jsonl) and prints the
 markdown tables (mean ± standard deviation over the seeds) with --table.
@@ -53,7 +58,6 @@ from prunekit.train.pdp import PDP
 from prunekit.train.polarization import Polarizer
 
 WIDTHS = (16, 32, 64)
-SPARSITIES = (0.8, 0.9)
 PART_A = [("magnitude", "uniform"), ("magnitude", "global"), ("magnitude", "erk"), ("magnitude", "lamp"),
           ("magnitude", "pq"), ("rd", "-"), ("taylor", "global"), ("lrp", "global")]
 
@@ -78,7 +82,7 @@ def part_a(dense: nn.Module, train, test, args, seed: int) -> list[dict]:
     ref = reference_set(train, args.ref_per_class, seed)
     calib = train.tensors[0][:256]
     rows = []
-    for sparsity in SPARSITIES:
+    for sparsity in args.sparsities:
         for method, allocation in PART_A:
             model = copy.deepcopy(dense)
             kwargs = dict(progress=False)
@@ -92,8 +96,10 @@ def part_a(dense: nn.Module, train, test, args, seed: int) -> list[dict]:
             report = pk.prune_(model, method, sparsity, **kwargs)
             secs = time.perf_counter() - t0
             acc0 = accuracy(model, test)
-            fit(model, train, epochs=args.ft_epochs, lr=0.01, seed=seed, progress=False)
-            acc1 = accuracy(model, test)
+            acc1 = None
+            if args.a_ft:
+                fit(model, train, epochs=args.ft_epochs, lr=0.01, seed=seed, progress=False)
+                acc1 = accuracy(model, test)
             rows.append(dict(part="A", seed=seed, method=method, allocation=allocation, sparsity=sparsity,
                              reached=report.sparsity, layers=report.layers, acc_no_ft=acc0, acc_ft=acc1,
                              prune_seconds=secs))
@@ -122,7 +128,7 @@ def part_b(train, test, args, seed: int) -> list[dict]:
     lt = long_tailed(train, args.tail)
     torch.manual_seed(seed)
     dense = SmallCNN(WIDTHS)
-    fit(dense, lt, epochs=args.epochs * len(train) / len(lt), lr=0.05, seed=seed, progress=False)
+    fit(dense, lt, epochs=args.b_steps * args.epochs * len(train) / len(lt), lr=0.05, seed=seed, progress=False)
     rows = [dict(part="B", seed=seed, importance="dense", train_size=len(lt), bal_no_ft=balanced_accuracy(dense, test),
                  bal_ft=None, acc=accuracy(dense, test))]
     x0 = lt.tensors[0][:1]
@@ -133,7 +139,7 @@ def part_b(train, test, args, seed: int) -> list[dict]:
         model = copy.deepcopy(dense)
         structured_prune_(model, x0, 0.5, importance, data=calib, seed=seed, ignore=[model.fc])
         b0 = balanced_accuracy(model, test)
-        fit(model, lt, epochs=args.ft_epochs * len(train) / len(lt), lr=0.01, seed=seed, progress=False)
+        fit(model, lt, epochs=args.b_steps * args.ft_epochs * len(train) / len(lt), lr=0.01, seed=seed, progress=False)
         rows.append(dict(part="B", seed=seed, importance=importance, train_size=len(lt), bal_no_ft=b0,
                          bal_ft=balanced_accuracy(model, test), acc=accuracy(model, test)))
     return rows
@@ -185,6 +191,14 @@ def part_c(dense: nn.Module, train, test, args, seed: int) -> list[dict]:
     return rows
 
 
+def _save(args, rows: list[dict]) -> list[dict]:
+    with open(args.out, "a") as f:
+        for r in rows:
+            f.write(json.dumps({**r, "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                                                if k not in ("out", "table", "merge")}}) + "\n")
+    return rows
+
+
 def run_seed(args, seed: int) -> list[dict]:
     torch.manual_seed(seed)
     train = load_fashion_mnist("train", limit=args.train_size)
@@ -192,13 +206,13 @@ def run_seed(args, seed: int) -> list[dict]:
     dense = SmallCNN(WIDTHS)
     t0 = time.perf_counter()
     fit(dense, train, epochs=args.epochs, lr=0.05, seed=seed, progress=False)
-    rows = [dict(part="dense", seed=seed, acc=accuracy(dense, test), train_seconds=time.perf_counter() - t0)]
+    rows = _save(args, [dict(part="dense", seed=seed, acc=accuracy(dense, test), train_seconds=time.perf_counter() - t0)])
     if "A" in args.parts:
-        rows += part_a(dense, train, test, args, seed)
+        rows += _save(args, part_a(dense, train, test, args, seed))
     if "C" in args.parts:
-        rows += part_c(dense, train, test, args, seed)
+        rows += _save(args, part_c(dense, train, test, args, seed))
     if "B" in args.parts:
-        rows += part_b(train, test, args, seed)
+        rows += _save(args, part_b(train, test, args, seed))
     return rows
 
 
@@ -218,7 +232,7 @@ def tables(rows: list[dict]) -> str:
     a = [r for r in rows if r["part"] == "A"]
     if a:
         out.append("| method | allocation | sparsity | no fine-tuning | + fine-tuning |\n|---|---|---|---|---|")
-        for s in SPARSITIES:
+        for s in sorted({r["sparsity"] for r in a}):
             for method, alloc in PART_A:
                 sel = [r for r in a if r["method"] == method and r["allocation"] == alloc and r["sparsity"] == s]
                 if sel:
@@ -263,6 +277,9 @@ def main() -> None:
     p.add_argument("--tau", type=float, default=1e-4)
     p.add_argument("--lam", type=float, default=0.5)
     p.add_argument("--parts", default="ABC")
+    p.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9])
+    p.add_argument("--a-ft", action="store_true", help="part A: also fine-tune each pruned model (--ft-epochs)")
+    p.add_argument("--b-steps", type=float, default=1.0, help="part B: training steps as a fraction of the dense run's")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/papers_criteria.jsonl"))
     p.add_argument("--table", action="store_true", help="only print the tables of --out")
@@ -271,11 +288,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if not args.table:
         for seed in args.seeds:
-            rows = run_seed(args, seed)
-            with open(args.out, "a") as f:
-                for r in rows:
-                    f.write(json.dumps({**r, "config": {k: v for k, v in vars(args).items()
-                                                        if k not in ("out", "table")}}) + "\n")
+            run_seed(args, seed)
             print(f"seed {seed} done", flush=True)
     rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
     rows += [json.loads(line) for extra in args.merge for line in extra.read_text().splitlines() if line.strip()]

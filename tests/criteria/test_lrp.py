@@ -80,3 +80,15 @@ def test_lrp_refuses_unlabelled_batches_and_a_bad_rule_before_changing_anything(
     with pytest.raises(ValueError, match="rule must be one of"):
         relevance(net, {"0": net[0]}, _BATCH, rule="alpha")
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_a_masked_model_gives_relevance_to_the_kept_weights_only():
+    from prunekit.core.mask import set_mask_
+
+    net = _two_layer()
+    set_mask_(net[0], torch.tensor([[True, False], [True, True]]))  # w[0, 1] = -1 is masked away
+    totals, r_in = relevance(net, {"0": net[0], "2": net[2]}, _BATCH, rule="epsilon", epsilon=1e-9)
+    # hidden (2, 3), logits (5, -1): s = (1, 0) at layer 2, R_h = (2, 3); layer 1: z = (2, 3), s = (1, 1)
+    assert torch.allclose(totals["2"], torch.tensor([[2.0, 3.0], [0.0, 0.0]], dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(totals["0"], torch.tensor([[2.0, 0.0], [2.0, 1.0]], dtype=torch.float64), atol=1e-6)
+    assert float(r_in[0].sum()) == pytest.approx(5.0, abs=1e-6)

@@ -40,12 +40,16 @@ def _stabilize(z: Tensor, eps: float) -> Tensor:
     return z + eps * torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z))
 
 
-def _positive_forward(module: nn.Module) -> Callable[[Tensor], Tensor]:
-    """The module's map with its negative weights set to zero and no bias (the z⁺-rule's z)."""
-    w = module.weight.clamp(min=0)
-    if isinstance(module, nn.Linear):
-        return lambda a: F.linear(a, w)
-    return lambda a: module._conv_forward(a, w, None)
+def _weighted(module: nn.Module, positive: bool) -> Callable[[Tensor, Tensor], Tensor]:
+    """z(a, w) of a Linear/Conv with the weight as an argument (the masked weight forward saw is passed in, so its
+    relevance can be taken); the z⁺-rule keeps only positive weights and drops the bias."""
+    bias = None if positive or module.bias is None else module.bias.detach()
+
+    def z(a: Tensor, w: Tensor) -> Tensor:
+        w = w.clamp(min=0) if positive else w
+        return F.linear(a, w, bias) if isinstance(module, nn.Linear) else module._conv_forward(a, w, bias)
+
+    return z
 
 
 class _Relevance(torch.autograd.Function):
@@ -63,15 +67,20 @@ class _Relevance(torch.autograd.Function):
         (a,) = ctx.saved_tensors
         with torch.enable_grad():
             a_ = a.detach().requires_grad_(True)
-            ctx.quiet["on"] = True  # the module's own forward, re-run here, must not be hooked again
-            try:
-                z = ctx.fn(a_)
-            finally:
-                ctx.quiet["on"] = False
+            if ctx.weight is not None:  # Linear/Conv: z(a, w) with the weight forward saw
+                w_ = ctx.weight.detach().requires_grad_(True)
+                z = ctx.fn(a_, w_)
+                wanted = [a_, w_]
+            else:  # BatchNorm, average pooling: the module itself, not hooked again
+                ctx.quiet["on"] = True
+                try:
+                    z = ctx.fn(a_)
+                finally:
+                    ctx.quiet["on"] = False
+                wanted = [a_]
             s = (relevance / _stabilize(z, ctx.eps)).detach()
-            wanted = [a_] + ([ctx.weight] if ctx.weight is not None else [])
             grads = torch.autograd.grad(z, wanted, s, allow_unused=True)
-        if ctx.weight is not None and grads[1] is not None:
+        if ctx.sink is not None and len(grads) > 1 and grads[1] is not None:
             ctx.sink(ctx.weight.detach() * grads[1].detach())
         return a.detach() * grads[0], None, None, None, None, None, None
 
@@ -100,19 +109,16 @@ def relevance(model: nn.Module, modules: dict[str, nn.Module], batches, rule: st
             return None
         a = args[0]
         name = by_id.get(id(module))
-        weight = None
-        if isinstance(module, _LINEAR) and _rule_of(module, rule) == "zplus":
-            fn = _positive_forward(module)
+        weight, sink = None, None
+        if isinstance(module, _LINEAR):
+            fn = _weighted(module, positive=_rule_of(module, rule) == "zplus")
+            weight = module.weight.detach()  # masked, if the module carries a mask
         else:
             fn = module
         if name is not None:
-            weight = module.weight
-
             def sink(r: Tensor, name: str = name) -> None:
                 r = r.double().cpu()
                 totals[name] = totals[name] + r if name in totals else r
-        else:
-            sink = None
         return _Relevance.apply(a, output, fn, weight, epsilon, sink, quiet)
 
     hooked = [m for m in model.modules() if isinstance(m, _LINEAR + _PASS_BY_EPSILON)]
