@@ -59,7 +59,7 @@ from prunekit.train.polarization import Polarizer
 
 WIDTHS = (16, 32, 64)
 PART_A = [("magnitude", "uniform"), ("magnitude", "global"), ("magnitude", "erk"), ("magnitude", "lamp"),
-          ("magnitude", "pq"), ("rd", "-"), ("taylor", "global"), ("lrp", "global")]
+          ("magnitude", "pq"), ("rd", "-"), ("taylor", "global"), ("lrp", "global"), ("lrp-epsilon", "global")]
 
 
 def balanced_accuracy(model: nn.Module, data: TensorDataset) -> float:
@@ -90,10 +90,12 @@ def part_a(dense: nn.Module, train, test, args, seed: int) -> list[dict]:
                 kwargs["example_inputs"] = calib
             else:
                 kwargs["allocation"] = allocation
-            if method in ("taylor", "lrp"):
+            if method in ("taylor", "lrp", "lrp-epsilon"):
                 kwargs.update(data=ref, loss_fn=F.cross_entropy)
+            if method == "lrp-epsilon":
+                kwargs["rule"] = "epsilon"
             t0 = time.perf_counter()
-            report = pk.prune_(model, method, sparsity, **kwargs)
+            report = pk.prune_(model, method.split("-")[0], sparsity, **kwargs)
             secs = time.perf_counter() - t0
             acc0 = accuracy(model, test)
             acc1 = None
@@ -148,25 +150,26 @@ def part_b(train, test, args, seed: int) -> list[dict]:
 def part_c(dense: nn.Module, train, test, args, seed: int) -> list[dict]:
     rows = []
     ft = dict(epochs=args.ft_epochs, seed=seed, progress=False)
+    lr = args.ft_lr
     # Lottery Jackpots vs magnitude at 90 %
     model = copy.deepcopy(dense)
     pk.prune_(model, "magnitude", 0.9, progress=False)
     rows.append(dict(part="C", seed=seed, what="magnitude 90%, no training", acc=accuracy(model, test)))
-    fit(model, train, lr=0.01, **ft)
+    fit(model, train, lr=lr, **ft)
     rows.append(dict(part="C", seed=seed, what="magnitude 90% + weight fine-tuning", acc=accuracy(model, test)))
     model = copy.deepcopy(dense)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = 0.0  # running statistics untouched too: only the mask moves
     jp = Jackpot(model, 0.9)
-    fit(model, train, lr=0.1, weight_decay=0.0, parameters=jp.parameters(), on_step=lambda s: jp.update_masks_(), **ft)
+    fit(model, train, lr=args.jackpot_lr, weight_decay=0.0, parameters=jp.parameters(), on_step=lambda s: jp.update_masks_(), **ft)
     rep = jp.finalize_()
     rows.append(dict(part="C", seed=seed, what="Lottery Jackpot 90% (mask search, weights frozen)",
                      acc=accuracy(model, test), reached=rep.sparsity, flips=jp.flips))
     # PDP vs magnitude + fine-tuning at 90 %
     model = copy.deepcopy(dense)
     pdp = PDP(model, 0.9, tau=args.tau)
-    fit(model, train, lr=0.01, **ft)
+    fit(model, train, lr=lr, **ft)
     rep = pdp.finalize_()
     rows.append(dict(part="C", seed=seed, what="PDP 90% (soft-mask fine-tuning, then hard)", acc=accuracy(model, test),
                      reached=rep.sparsity))
@@ -175,16 +178,16 @@ def part_c(dense: nn.Module, train, test, args, seed: int) -> list[dict]:
     for name in ("no regularizer", "L1 on every γ (slimming)", "MaskSparsity", "polarizer"):
         model = copy.deepcopy(dense)
         if name == "no regularizer":
-            fit(model, train, lr=0.01, **ft)
+            fit(model, train, lr=lr, **ft)
         elif name == "polarizer":
             pol = Polarizer(model, t=1.2, lam=args.lam, upper=10.0)
-            fit(model, train, lr=0.01, batch_loss=lambda m, x, y: F.cross_entropy(m(x), y) + pol.penalty(),
+            fit(model, train, lr=lr, batch_loss=lambda m, x, y: F.cross_entropy(m(x), y) + pol.penalty(),
                 on_step=lambda s: pol.clamp_(), **ft)
         else:
             reg = MaskSparsity(model, 0.5, lam=args.lam)
             if name.startswith("L1"):
                 reg.masks = {n: torch.ones_like(msk) for n, msk in reg.masks.items()}
-            fit(model, train, lr=0.01, batch_loss=lambda m, x, y: F.cross_entropy(m(x), y) + reg.penalty(), **ft)
+            fit(model, train, lr=lr, batch_loss=lambda m, x, y: F.cross_entropy(m(x), y) + reg.penalty(), **ft)
         before = accuracy(model, test)
         structured_prune_(model, x0, 0.5, "bn_scale", allocation="global", ignore=[model.fc])
         rows.append(dict(part="C-bn", seed=seed, what=name, acc_before_cut=before, acc=accuracy(model, test)))
@@ -275,7 +278,9 @@ def main() -> None:
     p.add_argument("--ref-per-class", type=int, default=10)
     p.add_argument("--tail", type=float, default=0.6)
     p.add_argument("--tau", type=float, default=1e-4)
-    p.add_argument("--lam", type=float, default=0.5)
+    p.add_argument("--lam", type=float, default=1.0)
+    p.add_argument("--ft-lr", type=float, default=0.05, help="part C: learning rate of every fine-tuning")
+    p.add_argument("--jackpot-lr", type=float, default=5.0, help="part C: learning rate of the jackpot scores")
     p.add_argument("--parts", default="ABC")
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9])
     p.add_argument("--a-ft", action="store_true", help="part A: also fine-tune each pruned model (--ft-epochs)")
