@@ -13,6 +13,8 @@ A. one-shot unstructured pruning of the trained model at --sparsities of the two
 B. Beta-Rank on a long-tailed training set (class c keeps --tail^c of its images): 50 % of the channels
    removed with beta_rank, l1, l2 and random importance; balanced (mean per-class) test accuracy without and
    after fine-tuning.
+D. channel (filter) pruning of the trained model without fine-tuning, every score from the same scarce
+   reference set: LRP (the paper's filter relevance, L2-normalised per layer), L1, L2, Taylor, Beta-Rank, random.
 C. training-time methods at equal budget (--ft-epochs from the trained model): Lottery Jackpots (mask search,
    weights frozen) vs magnitude without / with weight fine-tuning at 90 %; PDP soft-mask fine-tuning vs
    magnitude + fine-tuning at 90 %; MaskSparsity (L1 on the selected BN scales) vs L1 on every BN scale
@@ -119,6 +121,21 @@ def part_a(dense: nn.Module, train, test, args, seed: int) -> list[dict]:
     return rows
 
 
+def part_d(dense: nn.Module, train, test, args, seed: int) -> list[dict]:
+    """Channel (filter) pruning without fine-tuning, scores from the scarce reference set: the LRP paper's
+    filter criterion against magnitude, Taylor, Beta-Rank and random."""
+    ref = reference_set(train, args.ref_per_class, seed)
+    x0 = train.tensors[0][:1]
+    rows = []
+    for sparsity in args.channel_sparsities:
+        for importance in ("lrp", "l1", "l2", "taylor", "beta_rank", "random"):
+            model = copy.deepcopy(dense)
+            structured_prune_(model, x0, sparsity, importance, data=ref, loss_fn=F.cross_entropy, seed=seed,
+                              ignore=[model.fc], allocation="global")
+            rows.append(dict(part="D", seed=seed, importance=importance, sparsity=sparsity, acc=accuracy(model, test)))
+    return rows
+
+
 def long_tailed(train: TensorDataset, tail: float) -> TensorDataset:
     x, y = train.tensors
     keep = torch.cat([torch.nonzero(y == c).reshape(-1)[: max(20, round(int((y == c).sum()) * tail ** c))]
@@ -216,6 +233,8 @@ def run_seed(args, seed: int) -> list[dict]:
         rows += _save(args, part_c(dense, train, test, args, seed))
     if "B" in args.parts:
         rows += _save(args, part_b(train, test, args, seed))
+    if "D" in args.parts:
+        rows += _save(args, part_d(dense, train, test, args, seed))
     return rows
 
 
@@ -253,6 +272,14 @@ def tables(rows: list[dict]) -> str:
             sel = [r for r in b if r["importance"] == imp]
             if sel:
                 out.append(f"| {imp} | {_ms([r['bal_no_ft'] for r in sel])} | {_ms([r['bal_ft'] for r in sel])} |")
+    d = [r for r in rows if r["part"] == "D"]
+    if d:
+        out.append("\n| channel importance (global, no fine-tuning, 100 reference images) | "
+                   + " | ".join(f"{s:.0%} of channels" for s in sorted({r['sparsity'] for r in d}))
+                   + " |\n|---|" + "---|" * len({r['sparsity'] for r in d}))
+        for imp in dict.fromkeys(r["importance"] for r in d):
+            out.append(f"| {imp} | " + " | ".join(_ms([r["acc"] for r in d if r["importance"] == imp and r["sparsity"] == s])
+                                                 for s in sorted({r['sparsity'] for r in d})) + " |")
     c = [r for r in rows if r["part"] == "C"]
     if c:
         out.append("\n| training-time method (equal budget) | test accuracy |\n|---|---|")
@@ -283,6 +310,7 @@ def main() -> None:
     p.add_argument("--jackpot-lr", type=float, default=5.0, help="part C: learning rate of the jackpot scores")
     p.add_argument("--parts", default="ABC")
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9])
+    p.add_argument("--channel-sparsities", type=float, nargs="+", default=[0.3, 0.5], help="part D")
     p.add_argument("--a-ft", action="store_true", help="part A: also fine-tune each pruned model (--ft-epochs)")
     p.add_argument("--b-steps", type=float, default=1.0, help="part B: training steps as a fraction of the dense run's")
     p.add_argument("--threads", type=int, default=1)

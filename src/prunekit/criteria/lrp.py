@@ -81,7 +81,7 @@ class _Relevance(torch.autograd.Function):
             s = (relevance / _stabilize(z, ctx.eps)).detach()
             grads = torch.autograd.grad(z, wanted, s, allow_unused=True)
         if ctx.sink is not None and len(grads) > 1 and grads[1] is not None:
-            ctx.sink(ctx.weight.detach() * grads[1].detach())
+            ctx.sink(ctx.weight.detach() * grads[1].detach(), relevance.detach())
         return a.detach() * grads[0], None, None, None, None, None, None
 
 
@@ -92,9 +92,11 @@ def _rule_of(module: nn.Module, rule: str) -> str:
 
 
 def relevance(model: nn.Module, modules: dict[str, nn.Module], batches, rule: str = "composite",
-              epsilon: float = 1e-6) -> tuple[dict[str, Tensor], list[Tensor]]:
+              epsilon: float = 1e-6, units: dict[str, Tensor] | None = None) -> tuple[dict[str, Tensor], list[Tensor]]:
     """LRP weight relevance of ``modules`` (name → Linear/Conv) summed over ``batches`` of (inputs, labels),
-    and each batch's input relevance (for checks of conservation). Changes nothing in the model."""
+    and each batch's input relevance (for checks of conservation). With ``units`` (a dict, filled in place),
+    also each module's output-unit relevance (per output channel / feature, summed over examples and
+    positions): the filter relevance the paper prunes by. Changes nothing in the model."""
     if rule not in RULES:
         raise ValueError(f"lrp rule must be one of {', '.join(RULES)}; got {rule!r}")
     if not epsilon > 0:
@@ -116,9 +118,13 @@ def relevance(model: nn.Module, modules: dict[str, nn.Module], batches, rule: st
         else:
             fn = module
         if name is not None:
-            def sink(r: Tensor, name: str = name) -> None:
+            def sink(r: Tensor, out: Tensor, name: str = name) -> None:
                 r = r.double().cpu()
                 totals[name] = totals[name] + r if name in totals else r
+                if units is not None:
+                    u = out.double().movedim(1, 0).reshape(out.shape[1], -1).sum(1).cpu() if out.dim() > 2 \
+                        else out.double().sum(0).cpu()
+                    units[name] = units[name] + u if name in units else u
         return _Relevance.apply(a, output, fn, weight, epsilon, sink, quiet)
 
     hooked = [m for m in model.modules() if isinstance(m, _LINEAR + _PASS_BY_EPSILON)]

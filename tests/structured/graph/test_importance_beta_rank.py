@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from prunekit.models.reference import SmallCNN
-from prunekit.structured import prune_
+from prunekit.structured import prune, prune_
 from prunekit.structured.config import StructuredConfig
 from prunekit.structured.graph.importance import beta_rank
 
@@ -51,3 +51,19 @@ def test_beta_rank_without_data_or_inputs_is_an_error():
 
     with pytest.raises(ValueError, match="needs data"):
         score_beta_rank([], BetaRankConfig(), ScoreContext(model=nn.Linear(2, 2)))
+
+
+def test_lrp_channel_importance_removes_the_least_relevant_unit_not_the_smallest():
+    from prunekit.structured.graph.importance import LrpConfig
+
+    net = nn.Sequential(nn.Linear(2, 3, bias=False), nn.ReLU(), nn.Linear(3, 2, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, -1.0], [1.0, 1.0], [0.0, 5.0]]))
+        net[2].weight.copy_(torch.tensor([[1.0, 1.0, 0.04], [1.0, -1.0, 3.0]]))
+    x, y = torch.tensor([[2.0, 1.0]]), torch.tensor([0])
+    # hidden (1, 3, 5), true logit 1 + 3 + 0.2: unit relevances (1, 3, 0.2); unit 2 has the largest weights
+    small = prune(net, x, 1 / 3, "l2")
+    assert small[0].weight.shape[0] == 2 and torch.equal(small[0].weight[1], torch.tensor([0.0, 5.0]))
+    report = prune_(net, x, 1 / 3, LrpConfig(rule="epsilon").to_dict(), data=[(x, y)])
+    assert torch.equal(net[0].weight.detach(), torch.tensor([[1.0, -1.0], [1.0, 1.0]]))
+    assert report.params_after == 8

@@ -1,5 +1,5 @@
 """How important each removable unit of a group is: ``l1``, ``l2``, ``bn_scale``, ``taylor``, ``activation``,
-``beta_rank``, ``random``.
+``beta_rank``, ``lrp``, ``random``.
 
 Each importance is registered in :data:`IMPORTANCES` with its typed config (``{"importance": "l2"}``,
 ``{"importance": "taylor", "batches": 4}``), so recipes and the CLI name them as data. Scores sum
@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from ...infra.calling import call_model
 from ...core.config import Config
+from ...criteria.lrp import relevance
 from ...core.deprecation import PrunekitDeprecationWarning
 from ...core.registry import Registry
 from .depgraph import Member
@@ -79,7 +80,17 @@ class BetaRankConfig(Config):
     batches: int | None = Field(default=None, ge=1, description="use at most this many batches of data")
 
 
-ImportanceConfig = L1Config | L2Config | BNScaleConfig | TaylorConfig | ActivationConfig | RandomConfig | BetaRankConfig
+class LrpConfig(Config):
+    """Pruning by Explaining (Yeom et al., 2021): each channel's LRP relevance for the true class, summed over
+    ``data`` batches of (inputs, labels) and L2-normalised per layer, as the authors' filter pruning does."""
+
+    importance: Literal["lrp"] = "lrp"
+    rule: Literal["epsilon", "zplus", "composite"] = "composite"
+    batches: int | None = Field(default=None, ge=1, description="use at most this many batches of data")
+
+
+ImportanceConfig = (L1Config | L2Config | BNScaleConfig | TaylorConfig | ActivationConfig | RandomConfig
+                    | BetaRankConfig | LrpConfig)
 
 
 @dataclass
@@ -302,6 +313,25 @@ def score_beta_rank(groups: list[Group], config: BetaRankConfig, ctx: ScoreConte
     return [per_unit(g, rows) for g in groups]
 
 
+def score_lrp(groups: list[Group], config: LrpConfig, ctx: ScoreContext) -> list[Tensor]:
+    if ctx.data is None:
+        raise ValueError("importance='lrp' needs data=, batches of (inputs, class labels)")
+    writers = {m.name: m.module for g in groups for m in g.members
+               if m.role == "out" and isinstance(m.module, (nn.Linear, nn.modules.conv._ConvNd))
+               and m.tensor.endswith("weight")}
+    batches = list(ctx.data)[: config.batches] if config.batches else list(ctx.data)
+    units: dict[str, Tensor] = {}
+    relevance(ctx.model, writers, batches, config.rule, units=units)
+    norm = {n: u / u.norm().clamp_min(1e-300) for n, u in units.items()}
+
+    def rows(m: Member) -> Tensor | None:
+        if m.role != "out" or m.name not in norm or not m.tensor.endswith("weight"):
+            return None
+        return norm[m.name]
+
+    return [per_unit(g, rows) for g in groups]
+
+
 IMPORTANCES: Registry = Registry("structured importance", key="importance")
 IMPORTANCES.add("l1", score_l1, config=L1Config)
 IMPORTANCES.add("l2", score_l2, config=L2Config)
@@ -310,6 +340,7 @@ IMPORTANCES.add("taylor", score_taylor, config=TaylorConfig)
 IMPORTANCES.add("activation", score_activation, config=ActivationConfig)
 IMPORTANCES.add("random", score_random, config=RandomConfig)
 IMPORTANCES.add("beta_rank", score_beta_rank, config=BetaRankConfig)
+IMPORTANCES.add("lrp", score_lrp, config=LrpConfig)
 
 
 def importance_config(importance: Any) -> Config:
