@@ -168,6 +168,14 @@ def part_c(dense: nn.Module, train, test, args, seed: int) -> list[dict]:
     rows = []
     ft = dict(epochs=args.ft_epochs, seed=seed, progress=False)
     lr = args.ft_lr
+    if not args.c_bn_only:
+        rows += _part_c_masks(dense, train, test, args, seed, ft, lr)
+    rows += _part_c_bn(dense, train, test, args, seed, ft, lr)
+    return rows
+
+
+def _part_c_masks(dense: nn.Module, train, test, args, seed: int, ft: dict, lr: float) -> list[dict]:
+    rows = []
     # Lottery Jackpots vs magnitude at 90 %
     model = copy.deepcopy(dense)
     pk.prune_(model, "magnitude", 0.9, progress=False)
@@ -190,7 +198,12 @@ def part_c(dense: nn.Module, train, test, args, seed: int) -> list[dict]:
     rep = pdp.finalize_()
     rows.append(dict(part="C", seed=seed, what="PDP 90% (soft-mask fine-tuning, then hard)", acc=accuracy(model, test),
                      reached=rep.sparsity))
-    # BN-scale regularizers, then 50 % of the channels removed by |γ|, no fine-tuning
+    return rows
+
+
+def _part_c_bn(dense: nn.Module, train, test, args, seed: int, ft: dict, lr: float) -> list[dict]:
+    """BN-scale regularizers, then 50 % of the channels removed by |γ|, no fine-tuning."""
+    rows = []
     x0 = train.tensors[0][:1]
     for name in ("no regularizer", "L1 on every γ (slimming)", "MaskSparsity", "polarizer"):
         model = copy.deepcopy(dense)
@@ -207,7 +220,8 @@ def part_c(dense: nn.Module, train, test, args, seed: int) -> list[dict]:
             fit(model, train, lr=lr, batch_loss=lambda m, x, y: F.cross_entropy(m(x), y) + reg.penalty(), **ft)
         before = accuracy(model, test)
         structured_prune_(model, x0, 0.5, "bn_scale", allocation="global", ignore=[model.fc])
-        rows.append(dict(part="C-bn", seed=seed, what=name, acc_before_cut=before, acc=accuracy(model, test)))
+        rows.append(dict(part="C-bn", seed=seed, what=name, lam=args.lam, acc_before_cut=before,
+                         acc=accuracy(model, test)))
     return rows
 
 
@@ -306,6 +320,7 @@ def main() -> None:
     p.add_argument("--tail", type=float, default=0.6)
     p.add_argument("--tau", type=float, default=1e-4)
     p.add_argument("--lam", type=float, default=1.0)
+    p.add_argument("--c-bn-only", action="store_true", help="part C: only the BatchNorm regularizers")
     p.add_argument("--ft-lr", type=float, default=0.05, help="part C: learning rate of every fine-tuning")
     p.add_argument("--jackpot-lr", type=float, default=5.0, help="part C: learning rate of the jackpot scores")
     p.add_argument("--parts", default="ABC")
