@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import diffusion_more
 from .common import add_common, emit, is_quiet, say
 
 
 def add_parser(subs: argparse._SubParsersAction) -> None:
     p = subs.add_parser("diffusion", help="train, prune, sample and evaluate the Fashion-MNIST DDPM",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    verbs = p.add_subparsers(dest="verb", metavar="{train,prune,sample,eval}", required=True)
+    verbs = p.add_subparsers(dest="verb", metavar="{train,prune,sample,eval,ecodiff,aptp,forget}", required=True)
 
     t = verbs.add_parser("train", help="train a class-conditional DDPM on Fashion-MNIST and save it")
     t.add_argument("--out", required=True, help="output folder")
@@ -72,6 +73,7 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--time", action="store_true", help="also time sampling, paired and interleaved")
     add_common(e)
+    diffusion_more.add_verbs(verbs)  # ecodiff, aptp, forget
     p.set_defaults(func=run)
 
 
@@ -81,6 +83,8 @@ def _out_flags(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.verb in diffusion_more.VERBS:
+        return diffusion_more.run(args)
     return {"train": _train, "prune": _prune, "sample": _sample, "eval": _eval}[args.verb](args)
 
 
