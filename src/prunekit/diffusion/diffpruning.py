@@ -21,6 +21,7 @@ over the timestep batches; the paper's torch-pruning code sums |g·w| element-wi
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ from ..core.config import Config
 from ..core.fraction import Sparsity
 from ..structured import prune_ as structured_prune_
 from ..structured.graph.depgraph import UnsupportedOperation
+from ..structured.graph.report import StructuredPruningWarning
 from .ddpm import _check_batch, _alphas_cumprod, schedule_of
 from .metrics import macs_per_step, step_inputs
 from .model import count_params
@@ -176,9 +178,11 @@ def diff_prune_(unet, images: torch.Tensor, labels: torch.Tensor, cfg: DiffPruni
     unet.eval()
     snap = _snapshot(unet)
     try:
-        report = structured_prune_(unet, example, cfg.macs_sparsity, importance, target="macs",
-                                   ignore=_ignored(unet, cfg.blocks), seed=cfg.seed, strict=True,
-                                   loss_fn=_mse if data else None, data=data)
+        with warnings.catch_warnings():  # its channel-share warnings stay in report.warnings; the MAC target is
+            warnings.simplefilter("ignore", StructuredPruningWarning)  # what is checked here, one error if missed
+            report = structured_prune_(unet, example, cfg.macs_sparsity, importance, target="macs",
+                                       ignore=_ignored(unet, cfg.blocks), seed=cfg.seed, strict=True,
+                                       loss_fn=_mse if data else None, data=data)
         if cfg.macs_sparsity > 0 and report.macs_removed < MIN_SHARE * cfg.macs_sparsity:
             why = "; ".join(f"{n:,} channels by {r}" for r, n in report.pinned[:2]) or "too few prunable channels"
             raise ValueError(f"the dependency graph could remove only {report.macs_removed:.1%} of the MACs where "
