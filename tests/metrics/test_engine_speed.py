@@ -66,6 +66,11 @@ def test_a_process_that_did_not_get_its_cpu_is_flagged_busy():
 def test_perplexity_is_read_from_the_final_estimate():
     out = "perplexity: calculating ...\n[1]12.5,[2]11.9,\nFinal estimate: PPL = 11.3212 +/- 0.20478\n"
     assert parse_perplexity(out) == (11.3212, 0.20478)
+    cut = "perplexity: calculating perplexity over 2 chunks, n_ctx=64\n[1]161.2536,[2]5909.5842,\n"
+    ppl, err = parse_perplexity(cut)  # the final line lost at exit: the last running estimate is the final one
+    assert ppl == 5909.5842 and err != err
+    with pytest.raises(ValueError, match="no final estimate"):
+        parse_perplexity("perplexity: calculating perplexity over 2 chunks, n_ctx=64\n[1]161.2536,\n")
     with pytest.raises(ValueError, match="no final estimate: .*too few tokens"):
         parse_perplexity("main: you need at least 1024 tokens\nerror: too few tokens")
 

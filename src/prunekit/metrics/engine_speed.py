@@ -15,6 +15,7 @@ spread). CPU time is the tool process's own (its share of wall × threads tells 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import resource
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..infra.latency import Ratio, Timing, _load
+from ..infra.latency import Ratio, Timing, _load, combined_flag
 
 PHASES = ("prefill", "decode")
 
@@ -163,9 +164,9 @@ class EngineSpeed:
                 cells.append(f"{self.tokens_per_s(n, phase):9.1f} ±{t.spread / 2:4.0%}")
             ups = self.speedups.get(n)
             up = ", ".join(f"{ups[p].median:.2f}× ±{ups[p].iqr / 2:.2f}" for p in PHASES) if ups else "(baseline)"
-            flag = sorted({w for p in PHASES for w in self.timings[n][p].reasons()})
+            flag = combined_flag(list(self.timings[n].values()))
             lines.append(f"{n:<18} {self.bytes[n] / 1e6:8.1f} {cells[0]:>16} {cells[1]:>16}  {up}"
-                         + (f"  [{'; '.join(flag)}]" if flag else ""))
+                         + (f"  [{flag}]" if flag else ""))
         lines.append(f"{self.engine}: llama-bench, {self.rounds} interleaved rounds, {self.threads} thread(s), "
                      f"prefill {self.prompt_tokens} / decode {self.gen_tokens} tokens")
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
@@ -249,7 +250,7 @@ def engine_speed(files: Mapping[str, str | os.PathLike], *, rounds: int = 5, pro
                        f"llama.cpp ({llama_cpp_version()})", time.perf_counter() - start)
 
 
-_PPL = re.compile(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)")
+_PPL = re.compile(r"Final estimate: PPL = ([-+0-9.eE]+|[-+]?inf|nan) \+/- ([-+0-9.eE]+|[-+]?inf|nan)", re.IGNORECASE)
 
 
 @dataclass
@@ -267,13 +268,23 @@ class EnginePerplexity:
         return dict(self.__dict__)
 
 
+_CHUNKS = re.compile(r"calculating perplexity over (\d+) chunks")
+_RUNNING = re.compile(r"\[(\d+)\]([-+0-9.eE]+|[-+]?inf|nan),", re.IGNORECASE)
+
+
 def parse_perplexity(text: str) -> tuple[float, float]:
-    """``(ppl, ±)`` from llama-perplexity's output; a ValueError when it printed no final estimate."""
+    """``(ppl, ±)`` from llama-perplexity's output. Its final estimate equals the running estimate after the
+    last chunk, so when the final line is missing (see :func:`llama_perplexity`) but the last chunk's running
+    value is there, that value is returned with ± NaN; a ValueError when neither is there."""
     m = _PPL.search(text)
-    if m is None:
-        tail = [line for line in text.strip().splitlines() if line.strip()][-2:]
-        raise ValueError(f"llama-perplexity printed no final estimate: {' | '.join(tail)}")
-    return float(m.group(1)), float(m.group(2))
+    if m is not None:
+        return float(m.group(1)), float(m.group(2))
+    total = _CHUNKS.search(text)
+    running = {int(i): float(v) for i, v in _RUNNING.findall(text)}
+    if total is not None and int(total.group(1)) in running:
+        return running[int(total.group(1))], math.nan
+    tail = [line for line in text.strip().splitlines() if line.strip()][-2:]
+    raise ValueError(f"llama-perplexity printed no final estimate: {' | '.join(tail)}")
 
 
 def llama_perplexity(path: str | os.PathLike, text_file: str | os.PathLike, *, ctx: int = 512,
@@ -285,17 +296,67 @@ def llama_perplexity(path: str | os.PathLike, text_file: str | os.PathLike, *, c
     _check_files({"model": path})
     if not Path(text_file).is_file():
         raise FileNotFoundError(f"{text_file} is not a file; llama-perplexity reads a text file")
+    import tempfile
+
     cmd = [str(_tool("llama-perplexity")), "-m", str(path), "-f", str(text_file), "-c", str(ctx), "-t", str(threads),
            "-b", str(ctx)]
     if chunks is not None:
         cmd += ["--chunks", str(chunks)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"llama-perplexity could not run {path}: {_tail(proc)}")
-    ppl, err = parse_perplexity(proc.stdout + "\n" + proc.stderr)
+    # llama.cpp logs from a worker thread and can exit before its last lines are written (the final estimate
+    # went missing in about 1 run of 3 here, exit code 0): read the log file and both pipes, fall back to the
+    # last chunk's running estimate, and run again (at most twice more) when even that is missing
+    for attempt in range(3):
+        with tempfile.TemporaryDirectory(prefix="prunekit-llama-log-") as tmp:
+            log = Path(tmp) / "perplexity.log"
+            proc = subprocess.run([*cmd, "--log-file", str(log)], capture_output=True, text=True, errors="replace",
+                                  timeout=timeout)
+            logged = log.read_text(errors="replace") if log.is_file() else ""
+        if proc.returncode != 0:
+            raise RuntimeError(f"llama-perplexity could not run {path}: {_tail(proc)}")
+        try:
+            ppl, err = parse_perplexity(logged + "\n" + proc.stdout + "\n" + proc.stderr)
+            break
+        except ValueError:
+            if attempt == 2:
+                raise
     return EnginePerplexity(ppl, err, ctx, chunks, threads, time.perf_counter() - t0)
 
 
-__all__ = ["BenchRow", "BenchRun", "EnginePerplexity", "EngineSpeed", "engine_speed", "llama_perplexity",
+def heldout_text_file(path: str | os.PathLike, source: str | Path = "pydocs", chars: int = 400_000, *,
+                      default: bool = False) -> Path:
+    """Write the evaluation split of ``source`` (documents prunekit never calibrates or distils on; see
+    :mod:`prunekit.datasets.text`) as plain text to ``path``, at most ``chars`` characters, for llama-perplexity."""
+    from ..datasets.text import documents, split_documents
+
+    docs = split_documents(documents(source, default=default, say=lambda t: None), "evaluation")
+    text = "\n\n".join(d.text for d in docs)[:chars]
+    if not text.strip():
+        raise ValueError(f"the evaluation split of {str(source)!r} holds no text")
+    Path(path).write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def gguf_figures(files: Mapping[str, str | os.PathLike], text_source: str | Path | None = "pydocs", *,
+                 ctx: int = 512, chunks: int | None = 16, rounds: int = 5, prompt_tokens: int = 128,
+                 gen_tokens: int = 32, threads: int = 1, progress: bool = False) -> dict[str, Any]:
+    """Everything llama.cpp says about the GGUF ``files`` (the first is the baseline of the speed-ups): their
+    interleaved speed (:func:`engine_speed`) and, unless ``text_source`` is None, their perplexity on its
+    evaluation split (:func:`llama_perplexity`, ``chunks`` windows of ``ctx`` tokens). The text file lives in
+    a temporary folder removed afterwards. Returns ``{"speed": ..., "perplexity": {name: ...}}``."""
+    import tempfile
+
+    _check_files(files)
+    speed = engine_speed(files, rounds=rounds, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, threads=threads,
+                         progress=progress)
+    ppl: dict[str, Any] = {}
+    if text_source is not None:
+        with tempfile.TemporaryDirectory(prefix="prunekit-ppl-") as tmp:
+            text = heldout_text_file(Path(tmp) / "heldout.txt", text_source, default=text_source == "pydocs")
+            for name, f in files.items():
+                ppl[name] = llama_perplexity(f, text, ctx=ctx, chunks=chunks, threads=threads).to_dict()
+    return {"speed": speed, "perplexity": ppl}
+
+
+__all__ = ["gguf_figures", "heldout_text_file", "BenchRow", "BenchRun", "EnginePerplexity", "EngineSpeed", "engine_speed", "llama_perplexity",
            "pair_rounds", "parse_bench_json", "parse_perplexity", "run_llama_bench"]
