@@ -1,15 +1,23 @@
-"""Write a (pruned or structurally shrunk) Llama-family model to a GGUF file that llama.cpp-based runtimes
-run and transformers reads back (``gguf_file=``), with the ``gguf`` package's writer.
+"""Write a (pruned or structurally shrunk) Llama-family or Gemma 3 model to a GGUF file that llama.cpp-based
+runtimes run and transformers reads back (``gguf_file=``), with the ``gguf`` package's writer.
 
-What goes in: the architecture metadata taken from the model as it is now (``feed_forward_length``,
-head counts and ``key_length`` follow structured pruning), the tokenizer (copied from the source GGUF
-when there is one, else built from the Hugging Face tokenizer), and every tensor in the chosen type:
-1-D tensors (norms) in F32, 2-D ones in ``quant`` (F16 where a row does not divide into the type's
-blocks). Q and K are permuted to llama.cpp's rotary layout, as its own converter does.
+What goes in: the architecture metadata taken from the model as it is now — head counts and feed-forward
+lengths read from each block's weights (never from the config), ``key_length`` from the attention module —,
+the tokenizer (copied from the source GGUF while it still fits the embedding, else built from the model's
+own Hugging Face tokenizer, e.g. a trimmed one), and every tensor in the chosen type: 1-D tensors (norms) in
+F32, 2-D ones in ``quant`` (F16 where a row does not divide into the type's blocks). Q and K are permuted to
+llama.cpp's rotary layout for llama/deci, as its own converter does; Gemma's norms are written as 1 + w.
 
-:func:`plan_gguf` does every check before anything is written: an architecture outside the Llama family,
-a type the writer cannot produce, per-layer widths that GGUF's single width per model cannot describe,
-biases or rotary scalings that the metadata would lose.
+Per-layer (heterogeneous) widths: llama.cpp reads ``head_count``, ``head_count_kv`` and
+``feed_forward_length`` as per-layer arrays for every architecture (``get_key_or_arr`` in
+``llama_model::load_hparams``), but only some loaders and graphs use them: ``deci``'s takes ``n_head(il)``,
+``n_head_kv(il)`` and ``n_ff(il)`` per layer, while ``llama``'s and ``gemma3``'s take layer 0's for every
+layer (``LLAMA_LOAD_LOCALS``), so such a file fails their shape checks. A Llama-family model with per-layer
+widths is therefore written as ``deci`` (same tensor names and rotary layout); a Gemma 3 one is refused.
+
+:func:`plan_gguf` does every check before anything is written: an architecture llama.cpp cannot run from
+this writer, a type the writer cannot produce, per-layer widths the target architecture cannot load,
+inconsistent block shapes, biases, rotary scalings or attention settings the metadata would lose.
 """
 
 from __future__ import annotations
