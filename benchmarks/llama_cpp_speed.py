@@ -43,6 +43,8 @@ def heldout_text(path: Path, chars: int) -> Path:
 
 def build_models(args: argparse.Namespace, log: dict) -> dict:
     """name → (model, tokenizer); the shrunk and masked ones made here."""
+    import torch
+
     import prunekit as pk
     from prunekit.datasets.text import calibration_windows
     from prunekit.models.hf import load_model
@@ -54,19 +56,28 @@ def build_models(args: argparse.Namespace, log: dict) -> dict:
     calib = calibration_windows(tok, "pydocs", nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
                                 default=True, say=lambda t: None)
     models = {"dense": lm.model}
-    t0, c0 = time.perf_counter(), time.process_time()
-    shrunk = copy.deepcopy(lm.model)
-    report = shrink_(shrunk, args.target, calib, candidates=args.candidates, progress=True)
-    log["shrink"] = {"report": report.to_dict(), "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
-    print(report, flush=True)
-    if args.kd_steps:
+    if args.shrunk_gguf:
+        from transformers import AutoModelForCausalLM
+
+        path = Path(args.shrunk_gguf)
+        shrunk = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        log["shrink"] = {"from": str(path), "note": args.build_note}
+        log["kd"] = {"tokens": args.kd_steps * args.kd_batch * args.kd_seqlen, "note": args.build_note}
+    else:
+        t0, c0 = time.perf_counter(), time.process_time()
+        shrunk = copy.deepcopy(lm.model)
+        report = shrink_(shrunk, args.target, calib, candidates=args.candidates, progress=True)
+        log["shrink"] = {"report": report.to_dict(), "wall_s": time.perf_counter() - t0,
+                         "cpu_s": time.process_time() - c0}
+        print(report, flush=True)
+    if not args.shrunk_gguf and args.kd_steps:
         t0, c0 = time.perf_counter(), time.process_time()
         windows = text_stream(tok, "pydocs", args.kd_seqlen, seed=args.seed)
         kd = distill_(shrunk, lm.model, windows, steps=args.kd_steps, batch_size=args.kd_batch, seqlen=args.kd_seqlen,
                       lr=args.kd_lr, seed=args.seed, progress=True)
         log["kd"] = {"report": kd.to_dict(), "tokens": args.kd_steps * args.kd_batch * args.kd_seqlen,
                      "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
-    else:
+    elif not args.shrunk_gguf:
         log["kd"] = {"tokens": 0, "note": "no distillation"}
     shrunk.eval()
     models["shrunk"] = shrunk
@@ -104,6 +115,12 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/llama_cpp_speed", help="folder for the GGUF files (kept)")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--plot-only", action="store_true", help="redraw the Pareto plot from --results and stop")
+    p.add_argument("--shrunk-gguf", help="take the shrunk (+KD) model from this GGUF file (an earlier run's f16 "
+                                         "export) instead of shrinking and distilling again")
+    p.add_argument("--build-note", default="", help="with --shrunk-gguf: how that model was made (stored)")
+    p.add_argument("--reuse", action="store_true", help="keep GGUF files already in --work instead of writing them")
+    p.add_argument("--no-read-back", action="store_true",
+                   help="write the GGUF files without export's read-back (transformers + llama-simple); faster")
     args = p.parse_args()
     args.methods = [m for m in args.methods.split(",") if m]
     results = Path(args.results)
@@ -132,11 +149,17 @@ def main() -> None:
     for name, (model, tok) in models.items():
         for q in quants:
             path = work / f"smollm2-{name.replace(':', '_')}-{q}.gguf"
-            rep = export(model, tok, path, to="gguf", quant=q, source="smollm2-135m", overwrite=True)
             files[q][name] = str(path)
-            exports[f"{name} {q}"] = {"bytes": rep.bytes, "read_back": rep.detail.get("read_back"),
-                                     "architecture": rep.detail.get("architecture"),
-                                     "hparams": rep.detail.get("hparams")}
+            if args.reuse and path.is_file():
+                exports[f"{name} {q}"] = {"bytes": path.stat().st_size, "note": "kept from an earlier run"}
+                continue
+            if args.no_read_back:
+                rep = write_file(model, tok, path, q)
+            else:
+                rep = export(model, tok, path, to="gguf", quant=q, source="smollm2-135m", overwrite=True)
+            detail = rep.to_dict() if args.no_read_back else rep.detail
+            exports[f"{name} {q}"] = {"bytes": rep.bytes, "read_back": detail.get("read_back"),
+                                     "architecture": detail.get("architecture"), "hparams": detail.get("hparams")}
             print(rep, flush=True)
     params = {n: sum(p.numel() for p in m.parameters()) for n, (m, _) in models.items()}
     nonzeros = {n: int(sum(int((p != 0).sum()) for p in m.parameters())) for n, (m, _) in models.items()}
@@ -183,6 +206,19 @@ def main() -> None:
     results.with_suffix(".md").write_text(markdown(record) + "\n")
     write_plot(record, png)
     print(markdown(record))
+
+
+def write_file(model, tok, path: Path, quant: str):
+    """The GGUF file without export's read-back (the same writer and plan; tests cover the read-back)."""
+    from prunekit.export import find_source_gguf
+    from prunekit.export.gguf import plan_gguf, write_gguf
+    from prunekit.infra.atomic import atomic_file
+
+    plan = plan_gguf(model, tok, quant, find_source_gguf("smollm2-135m"))
+    with atomic_file(path) as tmp:
+        report = write_gguf(model, plan, tmp)
+    report.path = str(path)
+    return report
 
 
 def markdown(record: dict) -> str:
