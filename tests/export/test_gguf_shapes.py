@@ -172,3 +172,17 @@ def test_llama_cpp_runs_a_gemma3_270m_export_and_continues_as_transformers_does(
     back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name).eval()  # the file's own weights
     ours, theirs = _greedy_both(back, lm.tokenizer, path, "The Python interpreter", 12)
     assert ours == theirs and len(theirs.split()) >= 4
+
+
+def test_widths_that_do_not_fill_quant_blocks_fall_back_to_f16_with_one_note(tokenizer):
+    """A shrunk residual width of 48 (not a multiple of q8_0's 32-wide blocks): every tensor reading it is F16,
+    and one note names the count and the width that would keep them q8_0 (a shrink to hidden 504 meets this)."""
+    model = make_llama(len(tokenizer), hidden_size=48, num_attention_heads=3, num_key_value_heads=1,
+                       intermediate_size=64)
+    plan = plan_gguf(model, tokenizer, "q8_0")
+    types = {t.name: t.qtype for t in plan.tensors}
+    assert types["blk.0.attn_q.weight"] == "F16" and types["blk.0.ffn_down.weight"] == "Q8_0"  # rows of 48 vs 64
+    notes = [n for n in plan.notes if "do not divide" in n]
+    # rows of 48: q, k, v, o (o reads 3 heads × 16 = 48), gate, up in 2 blocks, and the tied embedding
+    assert len(notes) == 1 and notes[0].startswith("13 tensor(s) with rows of 48")
+    assert "multiples of 32 keep them Q8_0" in notes[0]

@@ -341,6 +341,7 @@ def plan_gguf(model: nn.Module, tokenizer: Any, quant: str = "q8_0", source: str
     general, src_file_type = _source_general(source)
     notes: list[str] = []
     offset_types: set[str] = set()
+    unblocked: dict[tuple[int, str, int], list[str]] = {}  # (row length, type, block) → tensors written as F16
     tensors = []
     for key, t in state.items():
         if key == "lm_head.weight" and tied:
@@ -362,8 +363,7 @@ def plan_gguf(model: nn.Module, tokenizer: Any, quant: str = "q8_0", source: str
             qtype = QUANTS[quant]
         block = gguf.GGML_QUANT_SIZES[qtype][0]
         if t.dim() > 1 and t.shape[-1] % block:
-            notes.append(f"{name}: rows of {t.shape[-1]} do not divide into {qtype.name} blocks of {block}; "
-                         "written as F16")
+            unblocked.setdefault((int(t.shape[-1]), qtype.name, block), []).append(name)
             qtype = Q.F16
         if qtype in (Q.Q4_1, Q.Q5_1) and t.dim() > 1 and float((t == 0).float().mean()) > 0.1:
             offset_types.add(qtype.name)
@@ -373,6 +373,10 @@ def plan_gguf(model: nn.Module, tokenizer: Any, quant: str = "q8_0", source: str
             heads = layer.heads if ".attn_q." in name else layer.kv_heads if ".attn_k." in name else 0
         shift = 1.0 if arch == "gemma3" and key.endswith("norm.weight") else 0.0
         tensors.append(TensorPlan(name, key, tuple(t.shape), qtype.name, heads, shift))
+    for (cols, qname, block), which in unblocked.items():
+        notes.append(f"{len(which)} tensor(s) with rows of {cols} ({', '.join(which[:2])}{', …' if len(which) > 2 else ''}) "
+                     f"do not divide into {qname} blocks of {block}, so they are written as F16 (larger and slower "
+                     f"than {qname}); widths that are multiples of {block} keep them {qname}")
     over = [(t.name, float(state[t.key].detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max()))
             for t in tensors if t.qtype == "F16"]
     over = [(n, v) for n, v in over if v > 65504.0]
