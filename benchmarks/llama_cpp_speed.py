@@ -66,7 +66,8 @@ def build_models(args: argparse.Namespace, log: dict) -> dict:
     else:
         t0, c0 = time.perf_counter(), time.process_time()
         shrunk = copy.deepcopy(lm.model)
-        report = shrink_(shrunk, args.target, calib, candidates=args.candidates, progress=True)
+        report = shrink_(shrunk, args.target, calib, axes=args.shrink_axes.split(","), candidates=args.candidates,
+                         progress=True)
         log["shrink"] = {"report": report.to_dict(), "wall_s": time.perf_counter() - t0,
                          "cpu_s": time.process_time() - c0}
         print(report, flush=True)
@@ -97,6 +98,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="params=0.6")
     p.add_argument("--candidates", type=int, default=1)
+    p.add_argument("--shrink-axes", default="heads,neurons,hidden,depth",
+                   help="axes shrink_ may cut (leave out 'hidden' to keep the residual width a multiple of 32)")
     p.add_argument("--nsamples", type=int, default=8)
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--kd-steps", type=int, default=40)
