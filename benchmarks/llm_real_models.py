@@ -21,17 +21,17 @@ from pathlib import Path
 
 import torch
 
-import prunekit as pk
 from prunekit.datasets.text import calibration_windows, eval_windows
 from prunekit.metrics.perplexity import perplexity
 from prunekit.models.hf import load_model
+from prunekit.pipeline import Workspace, parse_stage, run_stages, stage_dict
 
-RUNS = {  # label: (method, sparsity, pattern)
-    "wanda": ("wanda", 0.5, "unstructured"),
-    "sparsegpt": ("sparsegpt", 0.5, "unstructured"),
-    "wanda-2:4": ("wanda", None, "2:4"),
-    "sparsegpt-2:4": ("sparsegpt", None, "2:4"),
-    "magnitude": ("magnitude", 0.5, "unstructured"),
+RUNS = {  # label: the pipeline's stages (what a recipe lists and prunekit prune runs), masks baked in after
+    "wanda": [{"stage": "prune", "method": "wanda", "sparsity": 0.5}, {"stage": "finalize"}],
+    "sparsegpt": [{"stage": "prune", "method": "sparsegpt", "sparsity": 0.5}, {"stage": "finalize"}],
+    "wanda-2:4": [{"stage": "prune", "method": "wanda", "pattern": "2:4"}, {"stage": "finalize"}],
+    "sparsegpt-2:4": [{"stage": "prune", "method": "sparsegpt", "pattern": "2:4"}, {"stage": "finalize"}],
+    "magnitude": [{"stage": "prune", "method": "magnitude", "sparsity": 0.5}, {"stage": "finalize"}],
 }
 
 
@@ -70,20 +70,23 @@ def main() -> int:
     rows = [{"run": "dense", "perplexity": perplexity(model, evalw, batch_size=a.eval_batch, progress=False)}]
     print(f"dense                ppl {rows[0]['perplexity']:8.2f}", flush=True)
     for label in runs:
-        method, sparsity, pattern = RUNS[label]
+        stages = [parse_stage(s) for s in RUNS[label]]
         del model, lm
         gc.collect()
         lm = load_model(a.model)
         model = lm.model
+        ws = Workspace(model=model, tokenizer=tok, calibration=calib, progress=False)
         t, c = time.perf_counter(), time.process_time()
-        report = pk.prune_(model, method, sparsity, pattern=pattern, calibration=calib, progress=False)
+        run_stages(stages, ws)  # every check first, then prune and bake the masks in (finalize: a few ms)
         seconds, cpu = time.perf_counter() - t, time.process_time() - c
-        pk.finalize_(model)
+        pruned = ws.records[0]
+        layers = ws.meta["layers"]
         ppl = perplexity(model, evalw, batch_size=a.eval_batch, progress=False)
         rows.append({"run": label, "perplexity": ppl, "seconds": seconds, "cpu_seconds": cpu,
-                     "sparsity_in_scope": report.sparsity, "tensors": len(report.layers), "skipped": report.skipped})
+                     "sparsity_in_scope": pruned["sparsity"], "tensors": len(layers), "skipped": pruned["skipped"],
+                     "stages": [stage_dict(*st) for st in stages]})
         print(f"{label:<20} ppl {ppl:8.2f}  prune {seconds:7.1f} s wall {cpu:7.1f} s CPU  "
-              f"({cpu / forward[1]:.2f}× one forward)  sparsity {report.sparsity:.4f} over {len(report.layers)} tensors",
+              f"({cpu / forward[1]:.2f}× one forward)  sparsity {pruned['sparsity']:.4f} over {len(layers)} tensors",
               flush=True)
     print(f"\n{a.model}: calibration pydocs {a.nsamples}×{a.seqlen} (seed 0), perplexity over {a.eval_windows}×{a.seqlen} "
           f"held-out tokens, {a.threads} thread(s)")

@@ -11,7 +11,8 @@ Prunings (``--runs``): Wanda and SparseGPT at 50%, 60%, 70%, magnitude 50% (per 
 MLP neurons removed, SliceGPT 25%. Every mode of one pruning gets the same step budget (steps ×
 batch × tokens) and the same window order (``--seed``). Training text: the calibration windows
 (cut into --train-seqlen pieces); perplexity on held-out windows of disjoint documents.
-"Recovered" is the share of the pruning's loss increase (log-perplexity) that the fine-tune won back. Memory: one model in memory at a time (the pruned
+Pruning and recovery are the pipeline's stages (``prune``/``structured``/``slice``, then ``recover``), run with
+``pipeline.run_stages`` as recipes and ``prunekit prune --recover`` run them. "Recovered" is the share of the pruning's loss increase (log-perplexity) that the fine-tune won back. Memory: one model in memory at a time (the pruned
 model is kept on disk between the modes), and each run waits until --min-free-gb of the machine's
 memory is available (it is shared); the table gives each recovery's peak resident memory.
 """
@@ -29,24 +30,22 @@ from pathlib import Path
 import psutil
 import torch
 
-import prunekit as pk
 from prunekit.bench.memory import PeakMemory
 from prunekit.datasets.text import calibration_windows, eval_windows
 from prunekit.metrics.perplexity import perplexity
 from prunekit.models.hf import load_model
-from prunekit.slicing import slice_
-from prunekit.train import recover_lm_
+from prunekit.pipeline import Workspace, parse_stage, run_stages
 
-PRUNINGS = {
-    "wanda-50": lambda m, c: pk.prune_(m, "wanda", 0.5, calibration=c, progress=False),
-    "sparsegpt-50": lambda m, c: pk.prune_(m, "sparsegpt", 0.5, calibration=c, progress=False),
-    "sparsegpt-60": lambda m, c: pk.prune_(m, "sparsegpt", 0.6, calibration=c, progress=False),
-    "sparsegpt-70": lambda m, c: pk.prune_(m, "sparsegpt", 0.7, calibration=c, progress=False),
-    "wanda-60": lambda m, c: pk.prune_(m, "wanda", 0.6, calibration=c, progress=False),
-    "wanda-70": lambda m, c: pk.prune_(m, "wanda", 0.7, calibration=c, progress=False),
-    "magnitude-50": lambda m, c: pk.prune_(m, "magnitude", 0.5, progress=False),
-    "neurons-25": lambda m, c: pk.structured.prune_neurons_(m, ratio=0.25, importance="activation", calibration=c),
-    "slicegpt-25": lambda m, c: slice_(m, sparsity=0.25, calibration=c, progress=False),
+PRUNINGS = {  # label: the pipeline stage that prunes (what a recipe lists and prunekit prune runs)
+    "wanda-50": {"stage": "prune", "method": "wanda", "sparsity": 0.5},
+    "sparsegpt-50": {"stage": "prune", "method": "sparsegpt", "sparsity": 0.5},
+    "sparsegpt-60": {"stage": "prune", "method": "sparsegpt", "sparsity": 0.6},
+    "sparsegpt-70": {"stage": "prune", "method": "sparsegpt", "sparsity": 0.7},
+    "wanda-60": {"stage": "prune", "method": "wanda", "sparsity": 0.6},
+    "wanda-70": {"stage": "prune", "method": "wanda", "sparsity": 0.7},
+    "magnitude-50": {"stage": "prune", "method": "magnitude", "sparsity": 0.5},
+    "neurons-25": {"stage": "structured", "what": "neurons", "sparsity": 0.25, "importance": "activation"},
+    "slicegpt-25": {"stage": "slice", "sparsity": 0.25},
 }
 
 
@@ -93,7 +92,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="recovery-") as tmp:
         for run in runs:
             model = load_model("smollm2-135m").model
-            PRUNINGS[run](model, calib)
+            run_stages([parse_stage(PRUNINGS[run])], Workspace(model=model, calibration=calib, progress=False))
             before = perplexity(model, evalw, progress=False)
             params = sum(q.numel() for q in model.parameters())
             saved = Path(tmp) / "pruned.pt"
@@ -103,15 +102,16 @@ def main() -> int:
                 if i:
                     model.load_state_dict(torch.load(saved))
                 avail = wait_for_memory(a.min_free_gb)
+                recover = parse_stage({"stage": "recover", "recover": mode, "steps": a.steps, "batch_size": a.batch_size,
+                                       "seqlen": a.train_seqlen, "lr": a.lr, "seed": a.seed})
                 with PeakMemory() as mem:
-                    rep = recover_lm_(model, calib, recover=mode, steps=a.steps, batch_size=a.batch_size,
-                                      seqlen=a.train_seqlen, lr=a.lr, seed=a.seed,
-                                      progress=False)
+                    ws = run_stages([recover], Workspace(model=model, calibration=calib, progress=False))
+                rep = ws.records[-1]  # the recover stage's record: LMRecoveryReport.to_dict()
                 after = perplexity(model, evalw, progress=False)
                 share = (math.log(before) - math.log(after)) / (math.log(before) - math.log(dense_ppl))
                 rows.append({"pruning": run, "mode": mode, "ppl_pruned": before, "ppl_recovered": after,
                              "recovered_share": share, "peak_rss": mem.peak_bytes, "added_rss": mem.added_bytes,
-                             "available_gb_before": avail, **rep.to_dict()})
+                             "available_gb_before": avail, **{k: v for k, v in rep.items() if k != "stage"}})
                 print({k: v for k, v in rows[-1].items() if k != "losses"}, flush=True)
                 if a.json:
                     Path(a.json).write_text(json.dumps({"settings": vars(a), "dense": dense_ppl, "rows": rows},

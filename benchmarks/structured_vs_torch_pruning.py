@@ -1,7 +1,7 @@
 """prunekit.structured vs Torch-Pruning (DepGraph) on a ResNet-style CNN trained on Fashion-MNIST.
 
 Trains prunekit.models.ResNetStyle, prunes ``--ratio`` of the channels of every group with
-prunekit (group L2, fc ignored) and with Torch-Pruning's MetaPruner (GroupMagnitudeImportance p=2,
+prunekit's structured stage (``what: channels``, group L2, fc ignored, through ``pipeline.run_stages``) and with Torch-Pruning's MetaPruner (GroupMagnitudeImportance p=2,
 same ratio, fc ignored), fine-tunes both with the same schedule and reports accuracy, parameters,
 MACs, CPU latency at batch 1 and ``--large-batch`` (plain eager; BatchNorm folded into the
 convolutions + channels-last layout; and ``prunekit.structured.for_inference``: folded, frozen,
@@ -31,6 +31,7 @@ from prunekit.datasets import load_fashion_mnist
 from prunekit.metrics.accuracy import accuracy
 from prunekit.infra.latency import latency
 from prunekit.models import ResNetStyle
+from prunekit.pipeline import Workspace, parse_stage, run_stages
 from prunekit.train.loop import fit
 
 
@@ -53,10 +54,12 @@ def parse() -> argparse.Namespace:
 
 
 def prune_with_prunekit(model: nn.Module, x: torch.Tensor, ratio: float) -> tuple[nn.Module, float]:
+    """prunekit's side runs the pipeline's structured stage (what: channels), the one ``prunekit run`` runs."""
+    stage = parse_stage({"stage": "structured", "what": "channels", "sparsity": ratio, "importance": "l2",
+                         "ignore": ["fc"]})
     start = time.perf_counter()
-    ps.prune_(model, x, sparsity=ratio, importance="l2", ignore=[model.fc])
-    pruned = model
-    return pruned, time.perf_counter() - start
+    run_stages([stage], Workspace(model=model, example_inputs=x, progress=False))
+    return model, time.perf_counter() - start
 
 
 def prune_with_torch_pruning(model: nn.Module, x: torch.Tensor, ratio: float) -> tuple[nn.Module, float]:

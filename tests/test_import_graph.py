@@ -4,6 +4,7 @@ is an edge of the graph (a lazy import hides a cycle from Python, not from the r
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -50,7 +51,9 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     return found
 
 
+@functools.lru_cache(maxsize=1)
 def import_graph() -> dict[str, set[str]]:
+    """The import graph of src/prunekit, parsed once per test process (the tests below only read it)."""
     modules = module_files()
     return {name: imports_of(name, path, modules) for name, path in modules.items()}
 

@@ -50,6 +50,9 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert [r.status for r in runs] == ["ok", "ok", "ok"]
 
 
+@pytest.mark.slow  # a subprocess sweep killed mid-way (tens of seconds): the fast tests cover its two halves, a
+# rerun skipping stored runs (test_run_stores_every_run_and_skips_them_the_second_time) and a killed writer
+# leaving no half row (tests/bench/test_store.py::test_a_killed_writer_leaves_no_half_row)
 def test_a_killed_sweep_resumes_where_it_stopped(tmp_path):
     db, path = tmp_path / "r.db", tmp_path / "tiny.yaml"
     path.write_text(RECIPE.replace("[0.5, 0.9]", "[0.5, 0.7, 0.8, 0.9]"))

@@ -117,3 +117,55 @@ def test_parse_where():
     assert parse_where(["method=wanda", "sparsity = 0.5"]) == {"method": "wanda", "sparsity": "0.5"}
     with pytest.raises(ValueError, match="field=value"):
         parse_where(["wanda"])
+
+
+def _macs_run(key, started, protocol_extra=None, macs=True):
+    figures = {"accuracy": 0.9, "effective_macs": 5e5, "macs": 1e6} if macs else {"accuracy": 0.9}
+    protocol = {"task": "classify", "model": "mlp", "versions": {"torch": "x"}, **(protocol_extra or {})}
+    from prunekit.bench.protocol import comparable_key
+
+    return Run(key, "r", "prune(magnitude, 0.5)", "classify", "mlp", {"stages": [], "seed": 0}, {}, protocol,
+               comparable_key(protocol), figures, started=started)
+
+
+def test_runs_stored_before_the_counter_was_marked_are_marked_and_never_compared_with_newer_ones(tmp_path):
+    from prunekit.bench.report import group_runs, html_report, markdown
+    from prunekit.bench.store import LEGACY_MACS_COUNTER, MACS_COUNTER_SINCE
+    from prunekit.metrics.macs import COUNTER
+
+    with Store(tmp_path / "r.db") as s:
+        s.put(_macs_run("old", MACS_COUNTER_SINCE - 3600))  # before metrics/macs.py: Linear/Conv hooks
+        s.put(_macs_run("between", MACS_COUNTER_SINCE + 3600))  # after it, before runs were marked
+        s.put(_macs_run("new", MACS_COUNTER_SINCE + 7200, {"macs_counter": COUNTER}))  # as the runner stores now
+        s.put(_macs_run("no-macs", MACS_COUNTER_SINCE - 3600, macs=False))
+        runs = {r.key: r for r in s.runs()}
+    assert runs["old"].protocol["macs_counter"] == LEGACY_MACS_COUNTER and runs["old"].protocol["macs_counter_inferred"]
+    assert runs["between"].protocol["macs_counter"] == COUNTER and runs["between"].protocol["macs_counter_inferred"]
+    assert "macs_counter_inferred" not in runs["new"].protocol and "macs_counter" not in runs["no-macs"].protocol
+    # the one counted by the hooks is apart; the same counter, inferred or stored, compares; a run without MACs
+    # keeps the key it always had
+    assert runs["between"].comparable == runs["new"].comparable != runs["old"].comparable
+    assert runs["no-macs"].comparable == _macs_run("x", 0, macs=False).comparable
+    groups = group_runs([runs["old"], runs["between"], runs["new"]])
+    assert sorted(len(g) for g in groups) == [1, 2]
+    text = markdown(list(runs.values()))
+    assert text.startswith("> warning: These runs' MACs were counted by different counters: ")
+    assert f"{LEGACY_MACS_COUNTER} (1 run)" in text and f"{COUNTER} (2 runs)" in text
+    assert "MAC counter: module-hooks/linear-conv (a run stored before counters were marked" in text
+    assert "counted by different counters" in html_report(list(runs.values()))
+    assert "different counters" not in markdown([runs["between"], runs["new"]])
+
+
+def test_the_runner_marks_the_counter_of_every_run_that_measures_macs(tmp_path):
+    import prunekit as pk
+    from prunekit.metrics.macs import COUNTER
+    from prunekit.recipe import Recipe
+
+    recipe = Recipe.from_yaml("""name: m
+task: {task: classify, model: mlp, data: digits, train_size: 200, epochs: 0.2, batch_size: 50, test_size: 50}
+stages: [{stage: prune, method: magnitude, sparsity: 0.5}]
+measure: [accuracy, macs]
+""")
+    runs = pk.bench.run(recipe, db=str(tmp_path / "r.db"), progress=False, say=lambda t: None)
+    assert [r.protocol["macs_counter"] for r in runs] == [COUNTER, COUNTER]
+    assert all("macs_counter_inferred" not in r.protocol for r in runs)

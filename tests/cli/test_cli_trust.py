@@ -269,7 +269,7 @@ def test_eval_options_an_encoder_ignores_are_a_warning(tiny_folder, tmp_path, ca
     tiny_model("bert", vocab_size=300).save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_folder / "model").save_pretrained(folder)
     capsys.readouterr()
-    assert main(["eval", "--model", str(folder), "--windows", "3", "--quiet", "--json"]) == 0
+    assert main(["eval", "--model", str(folder), "--windows", "3", "--no-load-memory", "--quiet", "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["perplexity"] is None
     assert "warning: " in captured.err and "not a causal LM" in captured.err and "--windows is ignored" in captured.err

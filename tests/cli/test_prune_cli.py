@@ -145,6 +145,8 @@ def test_eval_reads_a_pruned_folder(tiny_folder, tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["pruned_with"]["method"] == "wanda"
     assert 0.3 < data["sparsity"] < 0.5 and data["perplexity"] > 1
+    # the one fast eval test that measures loading in a fresh process (the others pass --no-load-memory)
+    assert data["load_peak_bytes"] == data["load_memory"]["peak_bytes"] > data["load_memory"]["baseline_bytes"] > 0
 
 
 @pytest.mark.slow
@@ -228,7 +230,7 @@ def test_without_room_for_a_dense_copy_the_two_are_timed_apart_and_it_says_so(ti
 
 def test_eval_reports_generation_speed_with_its_spread(tiny_folder, capsys):
     assert _run(["eval", "--model", str(tiny_folder / "model"), "--ppl", str(tiny_folder / "texts"), "--windows", "2",
-                 "--seqlen", "32", "--gen-tokens", "8", "--quiet", "--json"]) == 0
+                 "--seqlen", "32", "--gen-tokens", "8", "--no-load-memory", "--quiet", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["generation"]["tokens"] == 8 and data["generation"]["runs"] >= 3
     assert data["timing"]["models"] == ["model"] and not data["timing"]["interleaved"]
@@ -244,3 +246,31 @@ def test_the_cli_builds_the_same_typed_config_as_python(tiny_folder, tmp_path, c
     expected = method_config("sparsegpt", 0.6, pattern="unstructured", allocation="uniform", seed=3)
     assert data["config"] == expected.to_dict()
     assert METHODS.parse_config(data["config"]) == expected  # the saved config rebuilds the run's config
+
+
+def test_a_library_warning_is_one_line_on_the_command_line(tiny_folder, tmp_path, capsys):
+    from prunekit.cli import main
+
+    # the tiny Llama's 4 query heads sit in 2 GQA groups: 25% of the heads is not reachable, a warning says so
+    assert main(_args(tiny_folder, tmp_path / "h", "--structured", "heads", "--sparsity", "0.25")) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "warning" in line.lower()]
+    assert lines and all(line.startswith("prunekit prune: warning: ") for line in lines)
+    assert any("prune_heads_: removed 0% of the heads where 25% was asked" in line for line in lines)
+    assert "StructuredPruningWarning" not in err and "warnings.warn(" not in err  # not Python's two-line format
+
+
+def test_one_line_warnings_shows_any_warning_on_one_line_and_restores_the_display(capsys):
+    import warnings
+
+    from prunekit.cli.errors import one_line_warnings
+
+    before = warnings.showwarning
+    with one_line_warnings("eval"):
+        warnings.warn("first line\n  second line", UserWarning)
+    with one_line_warnings("eval", debug=True):
+        warnings.warn("deprecated", DeprecationWarning)
+    assert warnings.showwarning is before
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "prunekit eval: warning: first line second line"
+    assert err[1].startswith("prunekit eval: warning: deprecated (DeprecationWarning at ") and len(err) == 2

@@ -12,6 +12,12 @@ from prunekit.infra.latency import compare_latency, latency, time_interleaved
 from prunekit.models import SmallCNN
 
 
+@pytest.fixture(autouse=True)
+def _real_budgets(monkeypatch):
+    """These tests time things: the suite's cap on timing budgets (tests/conftest.py) is lifted here."""
+    monkeypatch.delenv("PRUNEKIT_TIMING_BUDGET_S", raising=False)
+
+
 def test_latency_times_and_restores_threads_and_layout():
     model = SmallCNN(widths=(4, 8, 8)).train()
     threads = torch.get_num_threads()
@@ -84,3 +90,17 @@ def test_compare_latency_interleaves_models():
     cmp = compare_latency({"dense": big, "pruned": small}, torch.randn(8, 1, 28, 28), max_rounds=8, budget_s=3)
     assert cmp.timings["dense"].runs == cmp.timings["pruned"].runs == cmp.rounds
     assert cmp.ratio("pruned", "dense").median < 1
+
+
+def test_the_budget_cap_stops_a_timing_after_its_minimum_rounds(monkeypatch):
+    def slow():
+        time.sleep(0.02) if rng.random() < 0.5 else None  # never precise: only the budget stops it
+
+    rng = random.Random(0)
+    monkeypatch.setenv("PRUNEKIT_TIMING_BUDGET_S", "0.1")
+    cmp = time_interleaved({"slow": slow}, warmup=0, min_rounds=5, max_rounds=500, budget_s=20, threads=1)
+    # rounds take 0-20 ms: the 0.1 s cap stops it after at least the 5 minimum rounds, far before 500
+    assert cmp.stopped == "budget" and 5 <= cmp.rounds < 100
+    monkeypatch.setenv("PRUNEKIT_TIMING_BUDGET_S", "soon")
+    with pytest.raises(ValueError, match="PRUNEKIT_TIMING_BUDGET_S must be a number of seconds > 0, got 'soon'"):
+        time_interleaved({"slow": slow}, threads=1)

@@ -32,6 +32,7 @@ EXAMPLES = {
     "experts": {"sparsity": 0.5, "score": "frequency"},
     "recover": {"recover": "bias_norm", "steps": 2},
     "finetune": {"epochs": 0.05, "batch_size": 32},
+    "data": {"score": "el2n", "epochs": 0, "select": {"strategy": "ccs", "keep": 0.5, "bins": 4}},
     "finalize": {},
     "save": {"format": "safetensors"},  # the output folder is the test's
     "export": {"to": "safetensors", "dtype": "bfloat16"},  # every exporter: test_every_exporter_...
@@ -70,11 +71,14 @@ def _workspace(kind, folder):
     from prunekit.pipeline.lm import _run_load
 
     ids = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
-    if kind == "finetune":
+    if kind in ("finetune", "data"):
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
+        def model_fn():
+            return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
         data = torch.utils.data.TensorDataset(torch.randn(256, 8), torch.randint(0, 3, (256,)))
-        return Workspace(model=model, train_set=lambda seed: data, progress=False)
+        return Workspace(model=model_fn(), train_set=lambda seed: data, model_fn=model_fn, progress=False)
     if kind == "experts":
         return Workspace(model=tiny_moe("qwen3_moe"), calibration=ids, progress=False)
     ws = Workspace(progress=False, calibration=ids)
@@ -111,6 +115,8 @@ def test_a_stage_runs_on_a_tiny_model_and_its_config_round_trips(kind, folder, t
         assert record["steps"] == 2 and record["mode"] == "bias_norm"
     elif kind == "finetune":
         assert record["steps"] >= 1 and record["final_loss"] > 0
+    elif kind == "data":
+        assert (record["kept"], record["of"]) == (128, 256) and len(ws.state["data selection"]["indices"]) == 128
     elif kind == "finalize":
         assert record["tensors"] > 0 and get_mask(ws.model.model.layers[0].mlp.up_proj) is None
     elif kind == "save":
@@ -211,6 +217,27 @@ def test_every_structured_unit_runs_as_a_stage_and_the_model_reloads(what, folde
     with torch.no_grad():
         # the same float32 weights and the same kernels in one process: equal up to float32 rounding
         assert torch.allclose(back(ids).logits, ws.model.eval()(ids).logits, atol=1e-5)
+
+
+def test_the_structured_stage_removes_any_networks_channels_as_structured_prune_does():
+    import copy
+
+    from prunekit.structured import prune_
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    x = torch.randn(2, 3, 8, 8)
+    stage = parse_stage({"stage": "structured", "what": "channels", "sparsity": 0.5, "ignore": ["7"]})
+    assert parse_stage(yaml.safe_load(yaml.safe_dump(stage_dict(*stage)))) == stage
+    direct = copy.deepcopy(model)
+    prune_(direct, x, sparsity=0.5, ignore=["7"])
+    ws = run_stages([stage], Workspace(model=model, example_inputs=x, progress=False))
+    params = sum(p.numel() for p in model.parameters())
+    assert ws.records[0]["params_after"] == params == sum(p.numel() for p in direct.parameters())
+    assert model[0].out_channels == direct[0].out_channels == 8 and model[7].out_features == 4
+    with pytest.raises(ValueError, match="records the model's graph on example inputs"):
+        run_stages([stage], Workspace(model=model, progress=False))
 
 
 def test_structured_layers_without_calibration_is_refused_before_loading():

@@ -81,6 +81,8 @@ COMPARABLE = ("task", "model", "model_hash", "tokenizer_hash", "evaluation", "da
 def comparable_key(card: dict[str, Any]) -> str:
     """A hash of the parts of a card that must match for two runs to be compared."""
     part = {k: card.get(k) for k in COMPARABLE}
+    if card.get("macs_counter") is not None:  # MACs counted by different counters do not compare (cards without
+        part["macs_counter"] = card["macs_counter"]  # MACs keep the key they always had)
     versions_ = dict(part.get("versions") or {})
     versions_.pop("python", None)
     part["versions"] = versions_

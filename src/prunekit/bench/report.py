@@ -123,6 +123,10 @@ def protocol_lines(group: list[Run]) -> list[tuple[str, str]]:
         out += [("data", f"{data.get('name')}, train {data.get('train_size') or 'all'}, "
                          f"test {data.get('test_examples')}"),
                 ("training", ", ".join(f"{k} {v}" for k, v in tr.items() if v is not None))]
+    if card.get("macs_counter"):
+        inferred = " (a run stored before counters were marked: inferred from its date)" \
+            if card.get("macs_counter_inferred") else ""
+        out.append(("MAC counter", f"{card['macs_counter']}{inferred}"))
     m, v = card.get("machine", {}), card.get("versions", {})
     out += [("machine", f"{m.get('threads')} thread(s), {m.get('device')}, {m.get('processor')}, {m.get('cores')} cores"),
             ("versions", ", ".join(f"{k} {x}" for k, x in v.items())),
@@ -175,12 +179,27 @@ def seed_table(group: list[Run]) -> tuple[list[str], list[list[str]]]:
     return cols, rows
 
 
+def mixed_counters_note(runs: Iterable[Run]) -> str:
+    """A sentence when ``runs`` hold MACs counted by more than one counter (else empty): such runs are in
+    separate tables and plots, never compared."""
+    from .store import macs_counters
+
+    counters = macs_counters(runs)
+    if len(counters) < 2:
+        return ""
+    which = ", ".join(f"{name} ({n} run{'s' if n > 1 else ''})" for name, n in sorted(counters.items()))
+    return (f"These runs' MACs were counted by different counters: {which}. Their figures differ by what each "
+            "counter counts (the legacy hooks count only Linear and Conv layers), so runs of different counters "
+            "are in separate tables and never compared; rerun the older ones with --force to compare them.")
+
+
 def markdown(runs: Iterable[Run], by_seed: bool = True) -> str:
     """Markdown tables, one per comparable group, each with its protocol below it. With ``by_seed``
     (the default), groups whose runs differ only by seed are shown once, averaged over the seeds;
     ``by_seed=False`` gives one table per seed-specific protocol, a row per run."""
     runs = list(runs)
-    out = []
+    note = mixed_counters_note(runs)
+    out = [f"> warning: {note}\n"] if note else []
     if by_seed:
         for group in seed_groups(runs):
             seeds = {r.config.get("seed") for r in group}
@@ -356,6 +375,9 @@ def html_report(runs: Iterable[Run], title: str = "prunekit report") -> str:
         parts.append("<table class='results seeds'><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) +
                      "</tr>" + "".join("<tr class='run'>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) +
                                        "</tr>" for row in rows) + "</table></section>")
+    note = mixed_counters_note(runs)
+    if note:
+        parts.append(f"<p class='warn'>{html.escape(note)}</p>")
     by_seed_only = sum(len({r.comparable for r in g}) - 1 for g in seeded)  # extra groups that are only seeds
     if len(groups) > len({(g[0].recipe, g[0].model) for g in groups}) + by_seed_only:
         parts.append("<p class='warn'>Some recipes ran under more than one protocol (not only other seeds); each "

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
+from ..metrics.macs import COUNTER as MACS_COUNTER
 from ..pipeline import Workspace, run_stages
 from ..recipe.schema import Recipe, RunSpec
 from .memory import PeakMemory
@@ -36,14 +37,14 @@ def run_key(spec: RunSpec, identity: dict[str, Any]) -> str:
 def workspace(ctx: Any, model: Any, seed: int) -> Workspace:
     """The workspace a run's stages share: the model copy and what the task gives them (calibration
     windows, the tokenizer and the source for a language model; batches, loss and a training set for a
-    classifier)."""
+    classifier, with the builder of fresh models a data stage's proxies need)."""
     inputs = ctx.stage_inputs(seed)
     lm = getattr(ctx, "lm", None)  # a language-model task: the tokenizer and the source an export stage writes
     return Workspace(model=model, tokenizer=getattr(lm, "tokenizer", None), source=getattr(lm, "source", None),
                      source_path=getattr(ctx, "path", None), calibration=inputs.get("calibration"),
                      data=inputs.get("data"), loss_fn=inputs.get("loss_fn"),
                      example_inputs=inputs.get("example_inputs"), train_set=getattr(ctx, "train_set", None),
-                     seed=seed, progress=False)
+                     model_fn=getattr(ctx, "build", None), seed=seed, progress=False)
 
 
 def execute(ctx: Any, spec: RunSpec, key: str) -> Run:
@@ -65,6 +66,8 @@ def execute(ctx: Any, spec: RunSpec, key: str) -> Run:
             figures["memory_added_bytes"] = mem.added_bytes
         status, error = "ok", None
         protocol = ctx.protocol(spec.seed)
+        if "macs" in spec.measures:
+            protocol["macs_counter"] = MACS_COUNTER  # which counter counted them: runs of two are not compared
     except Exception as exc:  # recorded in the store; the sweep goes on
         status, error = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"
         protocol = ctx.identity()

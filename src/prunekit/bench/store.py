@@ -20,6 +20,12 @@ SCHEMA = 1
 KIND = "prunekit-results"
 DEFAULT_DB = "prunekit-results.db"
 
+# Runs stored before the runner marked its MAC counter (protocol["macs_counter"]) are marked when read: those
+# stored before metrics/macs.py landed (2026-12-05 07:50:24 UTC) were counted by core/stats' module hooks, Linear
+# and Conv layers only (attention's products missing); those stored later by metrics/macs.py's first version.
+LEGACY_MACS_COUNTER = "module-hooks/linear-conv"
+MACS_COUNTER_SINCE = 1796457024.0
+
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -178,8 +184,8 @@ class Store:
         cols = "key, recipe, label, task, model, config, settings, protocol, comparable, figures, status, error, started, seconds"
         out = []
         for r in self.db.execute(f"SELECT {cols} FROM runs {where} ORDER BY started", tuple(args)):
-            out.append(Run(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]), json.loads(r[7]), r[8],
-                           json.loads(r[9]), r[10], r[11], r[12], r[13]))
+            out.append(mark_macs_counter(Run(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]),
+                                             json.loads(r[7]), r[8], json.loads(r[9]), r[10], r[11], r[12], r[13])))
         return out
 
     def runs(self, where: dict[str, str] | None = None, *, recipe: str | None = None,
@@ -201,6 +207,31 @@ class Store:
             wanted = set(str(v).split("|"))
             rows = [r for r in rows if str(r.flat().get(k)) in wanted]
         return rows
+
+
+def mark_macs_counter(run: Run) -> Run:
+    """Mark a run that holds MACs but not the counter that counted them (stored before the runner marked it):
+    by the date it started, the legacy Linear/Conv hooks or metrics/macs.py's first version, with
+    ``macs_counter_inferred`` set; its comparable key then includes the counter, as a new run's does."""
+    from ..metrics.macs import COUNTER
+    from .protocol import comparable_key
+
+    if "macs" not in run.figures or run.protocol.get("macs_counter") is not None or run.status != "ok":
+        return run
+    counter = LEGACY_MACS_COUNTER if run.started < MACS_COUNTER_SINCE else COUNTER
+    run.protocol = {**run.protocol, "macs_counter": counter, "macs_counter_inferred": True}
+    run.comparable = comparable_key(run.protocol)
+    return run
+
+
+def macs_counters(runs: Iterable[Run]) -> dict[str, int]:
+    """How many of ``runs`` each MAC counter counted (runs without MACs left out)."""
+    out: dict[str, int] = {}
+    for r in runs:
+        counter = r.protocol.get("macs_counter")
+        if counter is not None:
+            out[counter] = out.get(counter, 0) + 1
+    return out
 
 
 def parse_where(items: Iterable[str]) -> dict[str, str]:

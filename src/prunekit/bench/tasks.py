@@ -188,6 +188,10 @@ class ClassifyContext:
             return ref.build()
         return ref.build(widths=tuple(self.task.widths))
 
+    def build(self) -> nn.Module:
+        """A fresh model of the task's architecture (the data stage's proxy models)."""
+        return self._build()
+
     def dense(self, seed: int) -> nn.Module:
         if seed not in self._dense:
             from ..train import fit

@@ -1,8 +1,8 @@
 """``prunekit`` command line: thin subcommands that parse, call the library and print.
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)``; the parser's
-``func`` attribute runs it. Every failure ends as one line on stderr and an exit code (see
-:mod:`prunekit.cli.errors`); ``--debug`` shows the traceback.
+``func`` attribute runs it. Every failure ends as one line on stderr and an exit code, every warning as one
+line ``prunekit <command>: warning: ...`` (see :mod:`prunekit.cli.errors`); ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import threading
 import traceback
 from typing import Iterator
 
-from . import data, demo, eval, export, merge, prune, report_cmd, results_cmd, run_cmd, shrink, summary_cmd
+from . import data, demo, diffusion, eval, export, merge, prune, report_cmd, results_cmd, run_cmd, shrink, summary_cmd
 from .common import is_quiet, quiet_libraries
-from .errors import EXIT_INTERRUPTED, describe
+from .errors import EXIT_INTERRUPTED, describe, one_line_warnings
 
-SUBCOMMANDS = [prune, eval, export, merge, summary_cmd, demo, data, run_cmd, results_cmd, report_cmd, shrink]
+SUBCOMMANDS = [prune, eval, export, merge, summary_cmd, demo, data, run_cmd, results_cmd, report_cmd, shrink, diffusion]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(getattr(args, "debug", False) or os.environ.get("PRUNEKIT_DEBUG"))
     quiet = quiet_libraries() if is_quiet(args) else contextlib.nullcontext()
     try:
-        with _terminate_as_exit(), quiet:
+        with _terminate_as_exit(), quiet, one_line_warnings(args.command, debug):
             return int(args.func(args) or 0)
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the boundary: every failure becomes one line
         failure = exc

@@ -4,8 +4,12 @@ Ctrl-C. ``--debug`` (or ``PRUNEKIT_DEBUG=1``) adds the traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import pickle
+import sys
+import warnings
+from typing import Any, Iterator
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -14,6 +18,27 @@ EXIT_INTERRUPTED = 130
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
+
+
+@contextlib.contextmanager
+def one_line_warnings(command: str, debug: bool = False) -> Iterator[None]:
+    """Show every warning raised while the block runs (the library's StructuredPruningWarning, deprecations,
+    other libraries' warnings) as one line on stderr, ``prunekit <command>: warning: <message>``, instead of
+    Python's two-line format with a source line; ``debug`` adds the category and where it was raised. The
+    filters (what is shown, once per place) and the previous display are restored afterwards."""
+
+    def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: Any = None) -> None:
+        where = f" ({category.__name__} at {filename}:{lineno})" if debug else ""
+        print(f"prunekit {command}: warning: {_one_line(message)}{where}", file=sys.stderr)
+
+    with warnings.catch_warnings():  # saves and restores showwarning and the filters
+        warnings.showwarning = show
+        # torch says this whenever its weights_only reader meets a pickle protocol other than 2, which is what
+        # it meets when a file holds more than tensors: prunekit refuses those files itself with one line saying
+        # why, so torch's line would be a second, misleading one
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        yield
 
 
 def describe(exc: BaseException, debug: bool = False) -> tuple[int, str]:

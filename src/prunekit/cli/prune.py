@@ -107,7 +107,7 @@ def _deprecated_ratio(args: argparse.Namespace) -> None:
         raise ValueError("pass --sparsity only (--ratio is its deprecated name), not both")
     from ..core.deprecation import PrunekitDeprecationWarning
 
-    warnings.warn("prunekit prune: --ratio is deprecated, use --sparsity (the old flag goes in the next release)",
+    warnings.warn("--ratio is deprecated, use --sparsity (the old flag goes in the next release)",
                   PrunekitDeprecationWarning, stacklevel=3)
     args.sparsity, args.ratio = args.ratio, None
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_common, emit, say
+from .common import add_common, emit, say, warn
 
 
 def add_parser(subs: argparse._SubParsersAction) -> None:
@@ -56,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no results store at {db}; run a recipe first (prunekit run recipes/...)")
     with Store(db) as store:
         runs = store.runs(parse_where(args.where))
+    from ..bench.report import mixed_counters_note
+
+    if note := mixed_counters_note(runs):
+        warn(args, note)  # (the page and the Markdown say it too)
     if not runs:
         raise ValueError(f"no stored run in {db} matches; nothing to report")
     if args.markdown:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common, emit
+from .common import add_common, emit, warn
 
 
 def add_parser(subs: argparse._SubParsersAction) -> None:
@@ -30,6 +30,10 @@ def run(args: argparse.Namespace) -> int:
     where = parse_where(args.where)
     with Store(db) as store:
         runs = store.runs(where, include_failed=args.failed)
+    from ..bench.report import mixed_counters_note
+
+    if note := mixed_counters_note(runs):
+        warn(args, note)
     emit(args, {"db": db, "where": where, "runs": [r.to_dict() for r in runs]},
          markdown(runs) if runs else f"no run in {db} matches {where or 'anything'}")
     return 0

@@ -10,6 +10,9 @@ within one weight per layer.
   (the fix for layer collapse; ``floor`` defaults to 0.02).
 - ``erk``: Erdős–Rényi-kernel densities, ∝ (sum of dims) / (product of dims), as sparse-training papers use.
 - ``lamp``: global ranking on layer-adaptive magnitude scores, u² / Σ_{v ≥ u} v² (Lee et al., 2021).
+- ``pq``: each layer in proportion to its PQ-Index count (SAP, Diao et al., 2023); ``pq_index`` and ``sap_counts``
+  are the index and the adaptive stop. ``rd_solve`` is the rate-distortion dynamic programme (Xu et al., 2023)
+  that ``methods/rd.py`` feeds with measured output distortions.
 """
 
 from __future__ import annotations
@@ -131,3 +134,115 @@ def lamp_scores(score: Tensor) -> Tensor:
 def lamp(scores: Mapping[str, Tensor], sparsity: float) -> dict[str, int]:
     """Global ranking on LAMP scores (layer-adaptive magnitude-based pruning)."""
     return global_({n: lamp_scores(s) for n, s in scores.items()}, sparsity)
+
+
+def pq_index(weights: Tensor, p: float = 0.5, q: float = 1.0) -> float:
+    """PQ Index (Diao et al., 2023, "Pruning Deep Neural Networks from a Sparsity Perspective"):
+    I(w) = 1 − d^(1/q − 1/p) · ‖w‖_p / ‖w‖_q for 0 < p < q; 0 for a flat vector, near 1 for a sparse one."""
+    if not 0 < p < q:
+        raise ValueError(f"the PQ Index needs 0 < p < q; got p={p}, q={q}")
+    w = weights.detach().reshape(-1).double().abs()
+    d = w.numel()
+    if d == 0 or float(w.max()) == 0:
+        raise ValueError("the PQ Index of an empty or all-zero tensor is undefined")
+    w = w / w.max()  # scale-free; keeps w^p in range
+    norm_p = float(w.pow(p).sum()) ** (1 / p)
+    norm_q = float(w.pow(q).sum()) ** (1 / q)
+    return 1 - d ** (1 / q - 1 / p) * norm_p / norm_q
+
+
+def sap_counts(scores: Mapping[str, Tensor], p: float = 0.5, q: float = 1.0, eta: float = 0.0, gamma: float = 1.0,
+               beta: float = 0.9) -> dict[str, int]:
+    """Sparsity-informed Adaptive Pruning's count per layer (Diao et al., 2023): with d the layer's remaining
+    weights and I their PQ Index, keep at least r = d·(1+η)^(−q/(q−p))·(1−I)^(qp/(q−p)) and prune
+    ⌊d·min(γ·(1 − r/d), β)⌋. Zero everywhere means the model is no longer compressible: SAP's stop."""
+    out = {}
+    for name, s in scores.items():
+        flat = s.detach().reshape(-1).double()
+        alive = flat[~torch.isneginf(flat)]
+        if bool((alive < 0).any()):
+            raise ValueError("sap/pq allocation needs non-negative scores (e.g. magnitude)")
+        d = alive.numel()
+        if d == 0 or float(alive.max()) == 0:
+            out[name] = 0
+            continue
+        index = pq_index(alive, p, q)
+        r = d * (1 + eta) ** (-q / (q - p)) * (1 - index) ** (q * p / (q - p))
+        out[name] = math.floor(d * min(gamma * (1 - r / d), beta) + 1e-9)
+    return out
+
+
+@ALLOCATIONS.register("pq")
+def pq(scores: Mapping[str, Tensor], sparsity: float, p: float = 0.5, q: float = 1.0) -> dict[str, int]:
+    """Each layer prunes in proportion to SAP's PQ-Index count (the more compressible a layer, the more it loses),
+    scaled so the total is the target; layers SAP finds incompressible lose nothing unless the target needs it."""
+    k = round(sparsity * _total(scores))
+    sap = sap_counts(scores, p, q, beta=1.0)
+    room = {n: int((~torch.isneginf(s)).sum()) for n, s in scores.items()}
+    done = {n: int(torch.isneginf(s).sum()) for n, s in scores.items()}
+    need = k - sum(done.values())
+    if need <= 0:
+        return dict(done)
+    if sum(sap.values()) == 0:  # no layer is compressible by its PQ Index: nothing to tell them apart
+        return uniform(scores, sparsity)
+    want = {n: sap[n] * need / sum(sap.values()) for n in scores}
+    counts = {n: min(room[n], math.floor(want[n])) for n in scores}
+    for n in sorted(scores, key=lambda n: want[n] - math.floor(want[n]), reverse=True):  # largest remainders
+        if sum(counts.values()) >= need:
+            break
+        if counts[n] < room[n]:
+            counts[n] += 1
+    left = need - sum(counts.values())
+    for n in scores:  # a layer capped at its size hands the rest on
+        take = min(left, room[n] - counts[n])
+        counts[n] += take
+        left -= take
+    return {n: done[n] + counts[n] for n in scores}
+
+
+def rd_solve(curves: Mapping[str, list[tuple[int, float]]], k: int, units: int = 1000) -> dict[str, int]:
+    """Per-layer prune counts minimising the summed distortion Σ D_l(c_l) subject to Σ c_l ≥ ``k``, by dynamic
+    programming over the layers (Xu et al., 2023, "Efficient Joint Optimization of Layer-Adaptive Weight
+    Pruning": output distortion is additive over layers, so the joint choice decomposes). ``curves`` gives each
+    layer's options as (pruned count, distortion), one with count 0; counts are bucketed into ``units`` steps of
+    the total for the table, and a chosen surplus over ``k`` is handed back from the layers with the most pruned."""
+    names = list(curves)
+    for n in names:
+        if not any(c == 0 for c, _ in curves[n]):
+            raise ValueError(f"the distortion curve of {n} needs an option that prunes nothing (count 0)")
+    total = sum(max(c for c, _ in curves[n]) for n in names)
+    if k > total:
+        raise ValueError(f"no choice of the curves' options prunes {k} weights (at most {total}); extend the grid")
+    if k <= 0:
+        return {n: 0 for n in names}
+    step = max(1, math.ceil(total / units))
+    goal = math.ceil(k / step)
+    inf = float("inf")
+    best = [0.0] + [inf] * goal  # best[u]: least distortion reaching ≥ u units with the layers so far
+    choice: list[list[int]] = []
+    for n in names:
+        new = [inf] * (goal + 1)
+        pick = [-1] * (goal + 1)
+        for u in range(goal + 1):
+            if best[u] == inf:
+                continue
+            for i, (c, dist) in enumerate(curves[n]):
+                v = min(goal, u + c // step)
+                if best[u] + dist < new[v]:
+                    new[v], pick[v] = best[u] + dist, i * (goal + 1) + u
+        best = new
+        choice.append(pick)
+    if best[goal] == inf:
+        raise ValueError(f"the curves cannot reach {k} pruned weights at a resolution of {step}; raise units")
+    counts: dict[str, int] = {}
+    u = goal
+    for n, pick in zip(reversed(names), reversed(choice)):
+        i, u = divmod(pick[u], goal + 1)
+        counts[n] = curves[n][i][0]
+    counts = {n: counts[n] for n in names}
+    surplus = sum(counts.values()) - k
+    for n in sorted(names, key=lambda n: -counts[n]):
+        take = min(surplus, counts[n])
+        counts[n] -= take
+        surplus -= take
+    return counts

@@ -11,6 +11,10 @@ well below wall time × threads: other work took the cores) — and the flag say
 table can print ``±35%, machine busy`` instead of a clean-looking number.
 
 :func:`latency` is the one-model form, used by ``summary``, the CLI and the benchmarks.
+
+``PRUNEKIT_TIMING_BUDGET_S`` (seconds) caps every measurement's time budget: the test suite sets it, as
+its tiny models' timings only need to exist, and a user can set it for a quick look; it never lowers
+``min_rounds``.
 """
 
 from __future__ import annotations
@@ -212,13 +216,31 @@ def _load() -> float | None:
         return None
 
 
+BUDGET_ENV = "PRUNEKIT_TIMING_BUDGET_S"
+
+
+def budget_cap() -> float | None:
+    """The cap on every timing budget that ``PRUNEKIT_TIMING_BUDGET_S`` sets, or None when it is unset."""
+    text = os.environ.get(BUDGET_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        cap = float(text)
+    except ValueError:
+        cap = float("nan")
+    if not (math.isfinite(cap) and cap > 0):
+        raise ValueError(f"{BUDGET_ENV} must be a number of seconds > 0, got {text!r}; unset it for no cap")
+    return cap
+
+
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 2, min_rounds: int = 5,
                      max_rounds: int = 200, target_precision: float = 0.02, budget_s: float = 20.0,
                      threads: int | None = 1) -> Comparison:
     """Time every callable in ``fns`` round by round, interleaved, until each median is known to
     ``target_precision`` (relative standard error) after at least ``min_rounds`` rounds, or
     ``budget_s`` seconds or ``max_rounds`` rounds have passed. ``threads`` fixes torch's intra-op
-    threads for the measurement (``None`` keeps the current setting); it is reported."""
+    threads for the measurement (``None`` keeps the current setting); it is reported. ``budget_s`` is capped
+    by ``PRUNEKIT_TIMING_BUDGET_S`` when that is set."""
     if not fns:
         raise ValueError("time_interleaved needs at least one callable")
     if warmup < 0 or min_rounds < 1 or max_rounds < min_rounds:
@@ -228,6 +250,9 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 2, min_
         raise ValueError(f"target_precision must be in (0, 1) and budget_s positive; got {target_precision}, {budget_s}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    cap = budget_cap()
+    if cap is not None:
+        budget_s = min(budget_s, cap)
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

@@ -6,12 +6,13 @@ from .config import BlockwiseConfig, PruneConfig, ScopeConfig
 from .dsnot import DSnoTConfig
 from .owl import owl  # noqa: F401  (registers the OWL allocation)
 from .prune import PruneReport, apply_plan_, plan_prune, prune_
+from .rd import RDConfig
 from .ria import RIAConfig
-from .score_based import GraspConfig, MagnitudeConfig, RandomConfig, SnipConfig, SynflowConfig, TaylorConfig
+from .score_based import GraspConfig, LrpConfig, MagnitudeConfig, RandomConfig, SnipConfig, SynflowConfig, TaylorConfig
 from .sparsegpt import SparseGPTConfig
 from .wanda import WandaConfig
 
-__all__ = ["ALPSConfig", "BlockwiseConfig", "DSnoTConfig", "GraspConfig", "METHODS", "MagnitudeConfig", "Method",
-           "PruneConfig", "PruneLog", "PrunePlan", "PruneReport", "RIAConfig", "RandomConfig", "ScopeConfig",
+__all__ = ["ALPSConfig", "BlockwiseConfig", "DSnoTConfig", "GraspConfig", "LrpConfig", "METHODS", "MagnitudeConfig", "Method",
+           "PruneConfig", "PruneLog", "PrunePlan", "PruneReport", "RDConfig", "RIAConfig", "RandomConfig", "ScopeConfig",
            "SnipConfig", "SparseGPTConfig", "SynflowConfig", "TaylorConfig", "WandaConfig", "apply_plan_",
            "plan_prune", "prune_", "register_method"]

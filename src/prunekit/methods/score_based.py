@@ -1,5 +1,5 @@
 """Score-based pruning: criterion → allocation → pattern → mask. Magnitude, random, SNIP, GraSP,
-SynFlow and Taylor pruning are this one method with a different criterion; their configs live here."""
+SynFlow, Taylor and LRP pruning are this one method with a different criterion; their configs live here."""
 
 from __future__ import annotations
 
@@ -55,6 +55,14 @@ class SynflowConfig(PruneConfig):
     """SynFlow (Tanaka et al., 2020): data-free synaptic flow; the paper prunes in ``iterations=100`` rounds."""
 
     method: Literal["synflow"] = "synflow"
+
+
+class LrpConfig(PruneConfig):
+    """Pruning by Explaining (Yeom et al., 2021): LRP relevance of each weight for the true class, on data."""
+
+    method: Literal["lrp"] = "lrp"
+    rule: Literal["epsilon", "zplus", "composite"] = "composite"
+    epsilon: float = Field(1e-6, gt=0)
 
 
 class ScoreMethod:
@@ -116,6 +124,6 @@ class ScoreMethod:
                 set_mask_(t.module, masks[t.name])
 
 
-for _config in (MagnitudeConfig, RandomConfig, SnipConfig, GraspConfig, SynflowConfig, TaylorConfig):
+for _config in (MagnitudeConfig, RandomConfig, SnipConfig, GraspConfig, SynflowConfig, TaylorConfig, LrpConfig):
     _name = _config.model_fields["method"].default
     register_method(_name, _config)(partial(ScoreMethod, _name))

@@ -33,6 +33,11 @@ from torch.overrides import TorchFunctionMode
 
 from ..infra.calling import call_model
 
+# The version of this counter. Stored results name the counter that counted their MACs (the bench store keeps it
+# in each run's protocol card, and runs counted by different counters are never compared): bump it whenever a
+# formula above changes what a model counts.
+COUNTER = "torch-function/1"
+
 CONV = ("conv1d", "conv2d", "conv3d")
 CONV_T = ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
 PRODUCTS = ("matmul", "mm", "bmm", "rmatmul", "mv", "dot")

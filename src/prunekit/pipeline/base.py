@@ -38,6 +38,7 @@ class Workspace:
     loss_fn: Any = None
     example_inputs: Any = None
     train_set: Callable[[int], Any] | None = None  # a classification task's training set for a seed
+    model_fn: Callable[[], Any] | None = None  # a fresh model of the task's architecture (data scores' proxies)
     seed: int = 0
     progress: bool = True
     say: Callable[[str], None] = _silent  # progress chatter

@@ -1,5 +1,5 @@
 """The stages that change a model: prune (masks: unstructured, N:M, any registered method), structured
-(heads, neurons, blocks), slice (SliceGPT), experts (MoE experts removed or merged), recover (an LLM
+(heads, neurons, blocks; any network's channels), slice (SliceGPT), experts (MoE experts removed or merged), recover (an LLM
 fine-tuned on its calibration text), finetune (a classifier), finalize (masks baked in), tokens (token pruning
 or merging at inference: a patch, weights unchanged).
 
@@ -82,14 +82,35 @@ def _units() -> Any:
 
 
 def _parse_structured(d: Mapping[str, Any], where: str | None) -> Config:
-    from ..structured import TRANSFORMER_UNITS
+    from ..structured import TRANSFORMER_UNITS, StructuredConfig
 
+    if d.get("what") == "channels":  # any network: the dependency graph's coupled channel groups
+        return StructuredConfig.parse(d, where=where)
     return TRANSFORMER_UNITS.parse_config(d, where=where)
+
+
+def _check_structured(ws: Workspace, cfg: Any) -> None:
+    if cfg.what == "channels" and ws.example_inputs is None:
+        raise ValueError("structured channels records the model's graph on example inputs, and this workspace has "
+                         "none (Workspace(example_inputs=...); a classification task gives them)")
+
+
+def _run_channels(ws: Workspace, cfg: Any) -> StageResult:
+    from ..structured import prune_
+
+    ws.say(f"removing {cfg.sparsity:.0%} of the channels of every coupled group ...")
+    report = prune_(ws.model, ws.example_inputs, config=cfg, loss_fn=ws.loss_fn, data=ws.data)
+    meta = {"method": "structured-channels", "config": cfg.to_dict(), "settings": {"sparsity": cfg.sparsity},
+            "structured": report.to_dict(), "prune_seconds": report.seconds}
+    return StageResult(report.to_dict(), meta, f"structured, {cfg.sparsity:.0%} of the channels asked: "
+                       f"{str(report).splitlines()[0]}")
 
 
 def _run_structured(ws: Workspace, cfg: Any) -> StageResult:
     from ..structured import prune_transformer_
 
+    if cfg.what == "channels":
+        return _run_channels(ws, cfg)
     ws.say(f"removing {cfg.sparsity:.0%} of the {cfg.what} ...")
     t0 = time.perf_counter()
     removed = prune_transformer_(ws.model, cfg, calibration=ws.calibration, progress=ws.progress)
@@ -103,8 +124,9 @@ def _run_structured(ws: Workspace, cfg: Any) -> StageResult:
 
 register_stage(StageKind(
     "structured", _parse_structured, _run_structured,
-    "remove attention heads (whole GQA groups), MLP neurons or blocks of a transformer (prunekit.structured)",
-    removes=True, needs_calibration=lambda cfg: cfg.what == "layers",
+    "remove attention heads (whole GQA groups), MLP neurons or blocks of a transformer, or the channels of any "
+    "network's coupled groups (what: channels, on example inputs) (prunekit.structured)",
+    check=_check_structured, removes=True, needs_calibration=lambda cfg: cfg.what == "layers",
     uses_calibration="ranks blocks on calibration text", trigger="--structured",
     variants=_units,
     noun="structured pruning", summary="removes whole heads, neurons or blocks ranked by its own importance",
@@ -221,6 +243,8 @@ def _check_recover(ws: Workspace, cfg: Any) -> None:
 def _run_recover(ws: Workspace, cfg: Any) -> StageResult:
     from ..train.recovery_lm import recover_lm_
 
+    if "seed" not in cfg.model_fields_set:
+        cfg = cfg.replace(seed=ws.seed)  # the run's seed (--seed, a recipe's seeds): LoRA's init and window order
     ws.say(f"recovering ({cfg.recover}, {cfg.steps} steps on the calibration text) ...")
     rec = recover_lm_(ws.model, ws.calibration, cfg, progress=ws.progress)  # masks stay in force while training
     return StageResult(rec.to_dict(), {"recovery": rec.to_dict()}, str(rec))
@@ -247,16 +271,27 @@ class FinetuneConfig(Config):
 
 
 def _check_finetune(ws: Workspace, cfg: FinetuneConfig) -> None:
+    from .data import KEPT, USED
+
     if ws.train_set is None:
         raise ValueError("stage 'finetune' needs a classification task (for language models use a recovery stage)")
+    kept = ws.state.get(KEPT)  # a data stage before this one keeps a subset (its check ran first)
+    if kept is not None:
+        if kept < cfg.batch_size:
+            raise ValueError(f"the data stage keeps {kept} examples, fewer than one finetune batch of "
+                             f"{cfg.batch_size}; keep more or use a batch_size of at most {kept}")
+        ws.state[USED] = True
 
 
 def _run_finetune(ws: Workspace, cfg: FinetuneConfig) -> StageResult:
     from ..train import fit
+    from .data import trained_on_selection
 
+    sampler = trained_on_selection(ws)  # the examples a data stage kept, else the whole training set
     losses = fit(ws.model, ws.train_set(ws.seed), epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                 seed=ws.seed + 1, progress=False)
-    record = {"steps": len(losses), "final_loss": float(losses[-1]) if losses else None}
+                 seed=ws.seed + 1, progress=False, sampler=sampler)
+    record = {"steps": len(losses), "final_loss": float(losses[-1]) if losses else None,
+              "examples": len(sampler) if sampler is not None else len(ws.train_set(ws.seed))}
     return StageResult(record, {}, f"fine-tuned {len(losses)} steps")
 
 

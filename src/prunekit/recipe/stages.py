@@ -14,6 +14,9 @@ A stage is a mapping with ``stage: <kind>`` and the fields of that kind's config
       sparsity: 0.5
     - stage: recover          # an LLM fine-tuned on its calibration text (prunekit.train.RecoveryConfig)
       recover: lora
+    - stage: data             # score → select the training examples (prunekit.data); the finetune after it
+      score: el2n             # trains on the kept ones (sampler: rs2 on a fresh random share each epoch)
+      select: {strategy: ccs, keep: 0.3}
     - stage: finetune         # a short masked fine-tune (classification tasks)
       epochs: 0.5
     - stage: finalize         # masks baked into the weights

@@ -232,7 +232,8 @@ def prune_(model: nn.Module, example_inputs: Any, sparsity: Any = _UNSET, import
 
     ``example_inputs``: a tensor, a tuple of positional inputs or a dict of keyword inputs, run once to
     record the graph. ``importance``: ``l1``, ``l2`` (group magnitude, DepGraph), ``bn_scale`` (Network
-    Slimming), ``taylor`` (Molchanov et al. 2019: ``loss_fn(outputs, targets)`` on ``data`` batches of
+    Slimming), ``beta_rank`` (Beta-Rank: filter |w| times output/input std on ``data``), ``taylor`` (Molchanov
+    et al. 2019: ``loss_fn(outputs, targets)`` on ``data`` batches of
     ``(inputs, targets)``), ``activation`` (E[x²]·‖W‖² on ``data``) or ``random``; a name, a dict or
     an importance config. ``what``: ``channels`` (every graph group), or for transformers ``heads``
     (whole key/value groups, or query heads under multi-query attention) / ``neurons`` (MLP) / ``layers``

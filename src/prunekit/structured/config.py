@@ -13,9 +13,11 @@ from pydantic import Field, field_validator
 
 from ..core.config import Config
 from ..core.fraction import Sparsity
-from .graph.importance import ActivationConfig, BNScaleConfig, L1Config, L2Config, RandomConfig, TaylorConfig
+from .graph.importance import (ActivationConfig, BetaRankConfig, BNScaleConfig, L1Config, L2Config, LrpConfig,
+                               RandomConfig, TaylorConfig)
 
-ImportanceField = Annotated[L1Config | L2Config | BNScaleConfig | TaylorConfig | RandomConfig | ActivationConfig,
+ImportanceField = Annotated[L1Config | L2Config | BNScaleConfig | TaylorConfig | RandomConfig | ActivationConfig
+                            | BetaRankConfig | LrpConfig,
                             Field(discriminator="importance")]
 WHATS = ("channels", "heads", "neurons", "layers")  # the units structured pruning removes
 

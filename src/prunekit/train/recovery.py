@@ -55,11 +55,13 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *, t
 class LoRA(nn.Module):
     """A low-rank update ``B @ A`` added to a weight under its mask, so the sum stays as sparse."""
 
-    def __init__(self, shape: tuple[int, ...], rank: int, mask: Tensor | None, alpha: float = 1.0) -> None:
+    def __init__(self, shape: tuple[int, ...], rank: int, mask: Tensor | None, alpha: float = 1.0,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
         out_f, in_f = shape[0], int(torch.tensor(shape[1:]).prod())
         self.shape = shape
-        self.A = nn.Parameter(torch.randn(rank, in_f) / in_f ** 0.5)
+        # A is drawn from ``generator`` (add_lora_ seeds one per call), never from the global RNG
+        self.A = nn.Parameter(torch.randn(rank, in_f, generator=generator) / in_f ** 0.5)
         self.B = nn.Parameter(torch.zeros(out_f, rank))  # zero: the model starts unchanged
         self.scale = alpha
         self.mask = mask  # the Mask's own buffer, shared, so later mask changes apply here too
@@ -73,15 +75,18 @@ class LoRA(nn.Module):
         return weight + self.delta()
 
 
-def add_lora_(model: nn.Module, rank: int = 4, scope: Any = None) -> list[nn.Parameter]:
-    """Add a masked LoRA adapter to every weight in ``scope``; returns the adapters' parameters."""
+def add_lora_(model: nn.Module, rank: int = 4, scope: Any = None, seed: int = 0) -> list[nn.Parameter]:
+    """Add a masked LoRA adapter to every weight in ``scope``; returns the adapters' parameters. The
+    adapters' random halves are drawn, in the order of the targets, from one generator seeded with
+    ``seed``: the same seed gives the same adapters whatever the global RNG holds."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be a positive integer, got {rank!r}")
     targets = select_targets(model, scope)
+    gen = torch.Generator().manual_seed(seed)
     params: list[nn.Parameter] = []
     for t in targets:
         w = weight_of(t.module)
-        adapter = LoRA(tuple(w.shape), rank, get_mask(t.module)).to(w.device, w.dtype)
+        adapter = LoRA(tuple(w.shape), rank, get_mask(t.module), generator=gen).to(w.device, w.dtype)
         parametrize.register_parametrization(t.module, "weight", adapter)
         params += [adapter.A, adapter.B]
     return params
@@ -124,10 +129,12 @@ def bias_and_norm_params(model: nn.Module) -> list[nn.Parameter]:
     return list(out.values())
 
 
-def trainable_params_(model: nn.Module, mode: str, rank: int = 4, scope: Any = None) -> list[nn.Parameter]:
+def trainable_params_(model: nn.Module, mode: str, rank: int = 4, scope: Any = None,
+                      seed: int = 0) -> list[nn.Parameter]:
     """The tensors a recovery ``mode`` trains: every parameter (``"full"``), biases and norms
     (``"bias_norm"``), or new masked LoRA adapters of ``rank`` on the weights in ``scope`` plus biases
-    and norms (``"lora"``; the adapters are added here). Checks everything before adding anything."""
+    and norms (``"lora"``; the adapters are added here, drawn under ``seed``). Checks everything before
+    adding anything."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "lora":
@@ -140,7 +147,7 @@ def trainable_params_(model: nn.Module, mode: str, rank: int = 4, scope: Any = N
         return list(model.parameters())
     if mode == "bias_norm":
         return bias_and_norm_params(model)
-    return add_lora_(model, rank, scope) + bias_and_norm_params(model)
+    return add_lora_(model, rank, scope, seed=seed) + bias_and_norm_params(model)
 
 
 def recover_(model: nn.Module, data: Any, *, mode: str = "full", teacher: nn.Module | None = None,
@@ -164,7 +171,7 @@ def recover_(model: nn.Module, data: Any, *, mode: str = "full", teacher: nn.Mod
         for p in teacher.parameters():
             p.requires_grad_(False)
     total = sum(p.numel() for p in model.parameters())
-    params = trainable_params_(model, mode, rank, scope)
+    params = trainable_params_(model, mode, rank, scope, seed=fit_options.get("seed", 0))  # fit's seed
     trained = sum(p.numel() for p in params)
     chosen = {id(p) for p in params}
     frozen = [p for p in model.parameters() if id(p) not in chosen and p.requires_grad]

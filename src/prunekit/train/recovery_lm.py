@@ -164,7 +164,7 @@ def recover_lm_(model: nn.Module, calibration: Any, config: RecoveryConfig | dic
     before = perplexity(model, eval_windows, progress=False) if eval_windows is not None else None
     total = sum(p.numel() for p in model.parameters())
     pinned = _pin_zeros_(model) if cfg.keep_zeros and cfg.recover != "bias_norm" else []
-    params = trainable_params_(model, cfg.recover, cfg.rank)
+    params = trainable_params_(model, cfg.recover, cfg.rank, seed=cfg.seed)  # LoRA's adapters drawn under the seed
     chosen = {id(p) for p in params}
     frozen = [p for p in model.parameters() if id(p) not in chosen and p.requires_grad]
     for p in frozen:

@@ -30,7 +30,7 @@ def _model():
 
 
 def test_the_registry_names_every_importance_with_its_config():
-    assert ps.IMPORTANCES.names() == ["activation", "bn_scale", "l1", "l2", "random", "taylor"]
+    assert ps.IMPORTANCES.names() == ["activation", "beta_rank", "bn_scale", "l1", "l2", "lrp", "random", "taylor"]
     assert importance_config("taylor").to_dict() == {"importance": "taylor", "batches": None}
     assert importance_config({"importance": "activation", "batches": 2}).batches == 2
     with pytest.raises(ValueError, match="did you mean 'taylor'"):

@@ -138,7 +138,7 @@ def tie_sizes(graph: DependencyGraph, mismatch: Mismatch, kept: Kept) -> bool:
     line = _line(spec)
     path = call.where
     while True:
-        for src in graph.module_inputs.get(path, []):
+        for src in _widths_in(graph, path, mismatch.index):
             n = len(src.labels)
             if n % old or kept.count(src.labels) // (n // old) != new:
                 continue
@@ -152,6 +152,23 @@ def tie_sizes(graph: DependencyGraph, mismatch: Mismatch, kept: Kept) -> bool:
         if not path or path == "(top-level forward)":
             return False
         path = path.rpartition(".")[0]
+
+
+def _widths_in(graph: DependencyGraph, path: str, before: int) -> list[Val]:
+    """The flat channel labels a reshape in module ``path`` may have taken a size from: the module's inputs,
+    then the tensors made inside it (its submodules included) before the reshape, latest first (diffusers' attention sizes every
+    head by ``key.shape[-1] // heads``, also the value's)."""
+    out = list(graph.module_inputs.get(path, []))
+    seen = {id(v.labels) for v in out}
+    top = not path or path == "(top-level forward)"
+    for call in reversed(graph.log[:before]):
+        if not (top or call.where == path or call.where.startswith(path + ".")):
+            continue
+        for _, spec in call.outputs:
+            if isinstance(spec, Val) and spec.flat and id(spec.labels) not in seen:
+                seen.add(id(spec.labels))
+                out.append(spec)
+    return out
 
 
 def light_copy(model: nn.Module) -> nn.Module:

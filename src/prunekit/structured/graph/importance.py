@@ -1,4 +1,5 @@
-"""How important each removable unit of a group is: ``l1``, ``l2``, ``bn_scale``, ``taylor``, ``random``.
+"""How important each removable unit of a group is: ``l1``, ``l2``, ``bn_scale``, ``taylor``, ``activation``,
+``beta_rank``, ``lrp``, ``random``.
 
 Each importance is registered in :data:`IMPORTANCES` with its typed config (``{"importance": "l2"}``,
 ``{"importance": "taylor", "batches": 4}``), so recipes and the CLI name them as data. Scores sum
@@ -14,15 +15,17 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ...infra.calling import call_model
 from ...core.config import Config
+from ...criteria.lrp import relevance
 from ...core.deprecation import PrunekitDeprecationWarning
 from ...core.registry import Registry
 from .depgraph import Member
@@ -69,7 +72,25 @@ class RandomConfig(Config):
     importance: Literal["random"] = "random"
 
 
-ImportanceConfig = L1Config | L2Config | BNScaleConfig | TaylorConfig | ActivationConfig | RandomConfig
+class BetaRankConfig(Config):
+    """Beta-Rank (Farhad et al., 2023): each filter's mean |weight| times Σ over output positions of
+    std(output) / std(its input window) on calibration ``data``, min-max normalised within its layer."""
+
+    importance: Literal["beta_rank"] = "beta_rank"
+    batches: int | None = Field(default=None, ge=1, description="use at most this many batches of data")
+
+
+class LrpConfig(Config):
+    """Pruning by Explaining (Yeom et al., 2021): each channel's LRP relevance for the true class, summed over
+    ``data`` batches of (inputs, labels) and L2-normalised per layer, as the authors' filter pruning does."""
+
+    importance: Literal["lrp"] = "lrp"
+    rule: Literal["epsilon", "zplus", "composite"] = "composite"
+    batches: int | None = Field(default=None, ge=1, description="use at most this many batches of data")
+
+
+ImportanceConfig = (L1Config | L2Config | BNScaleConfig | TaylorConfig | ActivationConfig | RandomConfig
+                    | BetaRankConfig | LrpConfig)
 
 
 @dataclass
@@ -81,6 +102,9 @@ class ScoreContext:
     data: Iterable | None = None
     seed: int = 0
     example_inputs: Any = None
+    # gradients·weights of the Taylor score, computed once per call: the planner re-scores the groups after every
+    # tie, and the weights do not change before removal (trial copies share them)
+    cache: dict = field(default_factory=dict)
 
 
 def member_tensor(m: Member) -> Tensor:
@@ -148,6 +172,14 @@ def _legacy(loss_fn: Callable) -> bool:
 
 
 def score_taylor(groups: list[Group], config: TaylorConfig, ctx: ScoreContext) -> list[Tensor]:
+    if "taylor" not in ctx.cache:
+        ctx.cache["taylor"] = _taylor_products(config, ctx)
+    gw = ctx.cache["taylor"]
+    return [per_unit(g, lambda m: _rows(m, lambda t: t, gw)).square() for g in groups]
+
+
+def _taylor_products(config: TaylorConfig, ctx: ScoreContext) -> dict[int, Tensor]:
+    """g·w for every trainable parameter, g the loss gradient averaged over the batches."""
     model, loss_fn = ctx.model, ctx.loss_fn
     if loss_fn is None:
         raise ValueError("importance='taylor' needs loss_fn=, a function (outputs, targets) -> scalar loss, and "
@@ -180,8 +212,7 @@ def score_taylor(groups: list[Group], config: TaylorConfig, ctx: ScoreContext) -
         for acc, g in zip(grads, gs):
             if g is not None:
                 acc += g.detach()
-    gw = {id(p): (g / len(batches)) * p.detach() for p, g in zip(params, grads)}
-    return [per_unit(g, lambda m: _rows(m, lambda t: t, gw)).square() for g in groups]
+    return {id(p): (g / len(batches)) * p.detach() for p, g in zip(params, grads)}
 
 
 def _input_energy(ctx: ScoreContext, modules: dict[int, nn.Module], batches: int | None) -> dict[int, Tensor]:
@@ -232,6 +263,85 @@ def score_activation(groups: list[Group], config: ActivationConfig, ctx: ScoreCo
     return [per_unit(g, rows) for g in groups]
 
 
+def beta_rank(weight: Tensor, inputs: Tensor, outputs: Tensor, module: nn.Module) -> Tensor:
+    """Beta-Rank of each output unit of ``module`` (Linear or Conv) from a batch of its ``inputs`` and
+    ``outputs``: mean |filter| · Σ_p σ_out(c, p) / σ_in(p), with σ over the batch for the output at position p
+    and over the batch and the whole input window of p for the input (positions where σ_in is 0 are
+    skipped), min-max normalised to [0, 1] within the layer (all zeros when every filter ties)."""
+    x, y = inputs.double(), outputs.double()
+    if isinstance(module, nn.modules.conv._ConvNd):
+        if x.dim() != 4:
+            raise ValueError("beta_rank supports Conv2d and Linear layers")
+        cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # (N, C·k·k, L)
+        sigma_in = cols.transpose(0, 1).reshape(-1, cols.shape[-1]).std(0, unbiased=False)  # (L,)
+        sigma_out = y.flatten(2).std(0, unbiased=False)  # (C_out, L)
+    else:
+        sigma_in = x.reshape(-1).std(unbiased=False).reshape(1)
+        sigma_out = y.reshape(-1, y.shape[-1]).std(0, unbiased=False).reshape(-1, 1)
+    ok = sigma_in > 0
+    ratio = (sigma_out[:, ok] / sigma_in[ok]).sum(1)
+    score = weight.detach().double().abs().reshape(weight.shape[0], -1).mean(1) * ratio
+    span = score.max() - score.min()
+    return (score - score.min()) / span if span > 0 else torch.zeros_like(score)
+
+
+def score_beta_rank(groups: list[Group], config: BetaRankConfig, ctx: ScoreContext) -> list[Tensor]:
+    writers = {id(m.module): m.module for g in groups for m in g.members
+               if m.role == "out" and isinstance(m.module, (nn.Linear, nn.Conv2d)) and m.tensor.endswith("weight")}
+    if ctx.data is None and ctx.example_inputs is None:
+        raise ValueError("importance='beta_rank' needs data= (batches of inputs) or the example inputs")
+    seen: dict[int, tuple[list[Tensor], list[Tensor]]] = {k: ([], []) for k in writers}
+
+    def hook(mod: nn.Module, args: tuple, out: Tensor) -> None:
+        if args and isinstance(args[0], Tensor) and isinstance(out, Tensor):
+            seen[id(mod)][0].append(args[0].detach())
+            seen[id(mod)][1].append(out.detach())
+
+    data = list(ctx.data) if ctx.data is not None else [ctx.example_inputs]
+    data = data[: config.batches] if config.batches else data
+    handles = [m.register_forward_hook(hook) for m in writers.values()]
+    was = ctx.model.training
+    ctx.model.eval()
+    try:
+        with torch.no_grad():
+            for batch in data:
+                inputs = batch[0] if ctx.data is not None and isinstance(batch, (tuple, list)) and len(batch) == 2 \
+                    else batch
+                call_model(ctx.model, inputs)
+    finally:
+        ctx.model.train(was)
+        for h in handles:
+            h.remove()
+    ranks = {k: beta_rank(writers[k].weight, torch.cat(xs), torch.cat(ys), writers[k]) for k, (xs, ys) in seen.items()
+             if xs}
+
+    def rows(m: Member) -> Tensor | None:
+        if m.role != "out" or id(m.module) not in ranks or not m.tensor.endswith("weight"):
+            return None
+        return ranks[id(m.module)]
+
+    return [per_unit(g, rows) for g in groups]
+
+
+def score_lrp(groups: list[Group], config: LrpConfig, ctx: ScoreContext) -> list[Tensor]:
+    if ctx.data is None:
+        raise ValueError("importance='lrp' needs data=, batches of (inputs, class labels)")
+    writers = {m.name: m.module for g in groups for m in g.members
+               if m.role == "out" and isinstance(m.module, (nn.Linear, nn.modules.conv._ConvNd))
+               and m.tensor.endswith("weight")}
+    batches = list(ctx.data)[: config.batches] if config.batches else list(ctx.data)
+    units: dict[str, Tensor] = {}
+    relevance(ctx.model, writers, batches, config.rule, units=units)
+    norm = {n: u / u.norm().clamp_min(1e-300) for n, u in units.items()}
+
+    def rows(m: Member) -> Tensor | None:
+        if m.role != "out" or m.name not in norm or not m.tensor.endswith("weight"):
+            return None
+        return norm[m.name]
+
+    return [per_unit(g, rows) for g in groups]
+
+
 IMPORTANCES: Registry = Registry("structured importance", key="importance")
 IMPORTANCES.add("l1", score_l1, config=L1Config)
 IMPORTANCES.add("l2", score_l2, config=L2Config)
@@ -239,6 +349,8 @@ IMPORTANCES.add("bn_scale", score_bn_scale, config=BNScaleConfig)
 IMPORTANCES.add("taylor", score_taylor, config=TaylorConfig)
 IMPORTANCES.add("activation", score_activation, config=ActivationConfig)
 IMPORTANCES.add("random", score_random, config=RandomConfig)
+IMPORTANCES.add("beta_rank", score_beta_rank, config=BetaRankConfig)
+IMPORTANCES.add("lrp", score_lrp, config=LrpConfig)
 
 
 def importance_config(importance: Any) -> Config:

@@ -26,6 +26,7 @@ before it is returned (``api``), which catches any size the recording could not 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -33,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .depgraph import DependencyGraph, PVal, UnsupportedOperation, Val
+from .depgraph import AttrFix, DependencyGraph, PVal, UnsupportedOperation, Val
 
 Info = Val | PVal | None
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -65,6 +66,10 @@ class Call:
 
 
 RESHAPES = ("view", "reshape")
+# Integer attributes that name the channel count a module receives (``channels``, ``in_channels``, ``in_features``)
+# or makes (``out_channels``): a block that checks its input against one (diffusers' ``Downsample2D``:
+# ``assert x.shape[1] == self.channels``) must see the pruned count.
+CHANNEL_ATTR = re.compile(r"(^|_)(channels|features)$")
 
 
 def size_args(args: tuple) -> tuple:
@@ -104,6 +109,7 @@ class Recorder(TorchFunctionMode):
         self.log: list[Call] = []
         self.derived: set[int] = set()
         self._keep: list[Tensor] = []
+        self._outputs_seen: set[str] = set()
         self._index(model)
 
     # --- parameters and modules -------------------------------------------------------------
@@ -231,13 +237,33 @@ class Recorder(TorchFunctionMode):
         if not self.opaque and name not in self.g.module_inputs:
             self.g.module_inputs[name] = [i for i in (self.info(t) for t in _tensors((args, kwargs), depth=3))
                                           if isinstance(i, Val) and i.flat]
+            self._channel_attrs(module, name, self.g.module_inputs[name], outgoing=False)
         if id(module) in self.ignored and not isinstance(module, CONVS + (nn.Linear,)):
             if not self.opaque:
                 for t in _tensors((args, kwargs)):
                     self.pin(self.info(t), f"inside ignore=[{name}]")
             self.opaque += 1
 
+    def _channel_attrs(self, module: nn.Module, name: str, vals: list, outgoing: bool) -> None:
+        """Record :class:`AttrFix` es for the module's channel-count attributes equal to the width of its first
+        tracked input (``channels``, ``in_channels``) or output (``out_channels``). torch.nn's own layers are
+        left to removal, which sizes them from their weights."""
+        if not vals or type(module).__module__.startswith("torch.nn"):
+            return
+        v = vals[0]
+        width = len(v.labels)
+        for k, val in vars(module).items():
+            if (type(val) is int and val == width and width > 1 and not k.startswith("_")
+                    and CHANNEL_ATTR.search(k) and k.startswith("out") == outgoing):
+                self.g.attr_fixes.append(AttrFix(name, k, v.labels.copy()))
+
     def post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        name = self.stack[-1] if self.stack else None
+        if name is not None and not self.opaque and name not in self._outputs_seen:
+            self._outputs_seen.add(name)
+            with torch._C.DisableTorchFunction():
+                outs = [i for i in (self.info(t) for t in _tensors(output, depth=2)) if isinstance(i, Val) and i.flat]
+            self._channel_attrs(module, name, outs, outgoing=True)
         if self.stack:
             self.stack.pop()
         if id(module) in self.ignored and not isinstance(module, CONVS + (nn.Linear,)):

@@ -1,0 +1,139 @@
+"""Shared by benchmarks/diffusion_ecodiff.py, diffusion_aptp.py and diffusion_memorization.py: the base DDPM,
+the FID-FMNIST features, Fréchet distance with its noise floor, and paired sampling times.
+
+FID-FMNIST: the Fréchet distance between Gaussian fits of the penultimate-layer features of the Fashion-MNIST
+classifier of ``prunekit.diffusion.metrics`` (trained here; Inception weights cannot be downloaded). The
+memorization run started before that module landed and used the small CNN of :func:`own_classifier` (two
+epochs on the 60k training images, cached under ~/.cache/prunekit/diffusion2/); each result names its
+classifier and its accuracy. The noise floor is the FID between two disjoint halves of the real test set at the same sample count.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.diffusion import TrainConfig, UNetConfig, build_unet, fashion_mnist, load_unet, train_ddpm_
+from prunekit.infra.latency import time_interleaved
+
+CACHE = Path.home() / ".cache" / "prunekit"
+BASE = CACHE / "diffusion" / "ddpm-fmnist-v1"
+OWN = CACHE / "diffusion2"
+SMALL = UNetConfig(block_out_channels=(16, 32, 32), layers_per_block=1, attention=True, attention_head_dim=8,
+                   norm_num_groups=8)
+
+
+def base_model(path: Path | None, train_steps: int, seed: int = 0):
+    """The diffusion engineer's cached DDPM when it exists, else a small one trained here for ``train_steps``
+    (cached). Returns (unet, description)."""
+    path = path or BASE
+    if (path / "prunekit.json").is_file():
+        return load_unet(path), f"{path} (the cached base DDPM)"
+    own = OWN / f"ddpm-small-{train_steps}steps-seed{seed}.pt"
+    unet = build_unet(SMALL, seed=seed)
+    if own.is_file():
+        state = torch.load(own)
+        unet.load_state_dict(state["weights"])
+        unet.prunekit_schedule = state["schedule"]
+        return unet.eval(), f"{own} (small DDPM trained here)"
+    x, y = fashion_mnist("train")
+    rep = train_ddpm_(unet, x, y, TrainConfig(steps=train_steps, batch_size=64, lr=1e-3, ema_decay=0.995, seed=seed), progress=False)
+    OWN.mkdir(parents=True, exist_ok=True)
+    torch.save({"weights": unet.state_dict(), "schedule": unet.prunekit_schedule}, own)
+    return unet.eval(), f"{own} (small DDPM trained here: {rep})"
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Flatten(), nn.Linear(1024, 64), nn.ReLU())
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def classifier(own: bool = False):
+    """(features of images in [-1, 1] → [N, d], predicted classes → [N], where it came from, test accuracy):
+    ``prunekit.diffusion.metrics``' feature classifier (FID-FMNIST), or with ``own`` the small CNN below."""
+    if not own:
+        from prunekit.diffusion import metrics
+
+        net, card = metrics.load_classifier()
+
+        @torch.no_grad()
+        def classes_of(x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([net(x[i:i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
+
+        acc = card.get("test_accuracy")
+        return (lambda x: torch.from_numpy(metrics.features(net, x))), classes_of, \
+            f"prunekit.diffusion.metrics classifier (test accuracy {acc})", acc
+    return own_classifier()
+
+
+def own_classifier():
+    """The small CNN trained here (before the diffusion engineer's metrics landed; the memorization run used it)."""
+    path = OWN / "fmnist-cnn.pt"
+    net = SmallCNN()
+    xt, yt = fashion_mnist("test")
+    if path.is_file():
+        net.load_state_dict(torch.load(path))
+    else:
+        x, y = fashion_mnist("train")
+        g = torch.Generator().manual_seed(0)
+        opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+        for _ in range(2):
+            perm = torch.randperm(len(x), generator=g)
+            for i in range(0, len(x), 256):
+                b = perm[i:i + 256]
+                loss = nn.functional.cross_entropy(net(x[b]), y[b])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        OWN.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), path)
+    net.eval()
+
+    @torch.no_grad()
+    def feats(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([net.body(x[i:i + 512]) for i in range(0, len(x), 512)])
+
+    with torch.no_grad():
+        acc = float(torch.cat([net(xt[i:i + 1000]).argmax(1) for i in range(0, len(xt), 1000)]).eq(yt).float().mean())
+    @torch.no_grad()
+    def classes(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([net(x[i:i + 512]).argmax(1) for i in range(0, len(x), 512)])
+
+    return feats, classes, f"small CNN trained here ({path}), test accuracy {acc:.3f}", acc
+
+
+def fid(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussian fits of two feature sets (``metrics.frechet_distance``)."""
+    from prunekit.diffusion.metrics import frechet_distance
+
+    return frechet_distance(a.double().numpy(), b.double().numpy())
+
+
+def noise_floor(test_feats: torch.Tensor, n: int, seed: int = 0) -> float:
+    """FID between two disjoint random halves of the real test features, ``n`` each."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(test_feats), generator=g)
+    return fid(test_feats[perm[:n]], test_feats[perm[n:2 * n]])
+
+
+def sampling_times(samplers: dict, budget_s: float = 60.0) -> dict:
+    """Paired, interleaved wall times of each sampler (one call each per round), with the spread."""
+    comp = time_interleaved(samplers, warmup=1, min_rounds=5, max_rounds=30, target_precision=0.03,
+                            budget_s=budget_s, threads=1)
+    return comp.to_dict()
+
+
+def stamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

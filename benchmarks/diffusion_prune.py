@@ -1,0 +1,120 @@
+"""Diff-Pruning of prunekit's own Fashion-MNIST DDPM at about half the MACs, against magnitude (l1) and random
+channel pruning at equal MACs; FID-FMNIST before/after with its noise floor, the fine-tune cost as a fraction
+of the training cost, and the sampling speed-up measured (paired, interleaved).
+
+    nice -n 10 python benchmarks/diffusion_prune.py                 # the README table (1 seed by default)
+    python benchmarks/diffusion_prune.py --insights                 # + which blocks / importance hurt least
+
+Needs the model of benchmarks/diffusion_train.py (~/.cache/prunekit/diffusion/ddpm-fmnist-v2: v1 continued with
+the warmed-up EMA). FID-FMNIST is
+computed over a Fashion-MNIST classifier's penultimate features (not Inception), on --n samples against --n real
+test images; the floor is the same metric between two disjoint halves of the real test set of the same size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from prunekit.diffusion import TrainConfig, fashion_mnist, load_unet, train_ddpm_
+from prunekit.diffusion.ddpm import read_unet_meta
+from prunekit.diffusion.diffpruning import DiffPruningConfig, diff_prune_
+from prunekit.diffusion.metrics import (load_classifier, real_reference, sample_quality, sampling_time, save_grid,
+                                        unet_cost, write_json)
+
+CACHE = Path.home() / ".cache" / "prunekit" / "diffusion" / "ddpm-fmnist-v2"
+OUT = Path(__file__).parent / "results" / "diffusion"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=CACHE)
+    ap.add_argument("--macs", type=float, default=0.5)
+    ap.add_argument("--n", type=int, default=200, help="samples per FID (and real images per half)")
+    ap.add_argument("--steps", type=int, default=10, help="DDIM steps for the FID samples")
+    ap.add_argument("--ft-steps", type=int, default=30, help="fine-tune steps after pruning")
+    ap.add_argument("--ft-all", action="store_true", help="fine-tune the l1 and random models too")
+    ap.add_argument("--stride", type=int, default=50, help="Diff-Pruning: every STRIDE-th timestep")
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--insights", action="store_true", help="down/mid/up × importance at equal MACs, no fine-tune")
+    ap.add_argument("--insight-macs", type=float, default=0.08)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    base = load_unet(args.model)
+    meta = read_unet_meta(args.model)
+    card = meta["card"]
+    trained = {"seconds": card.get("total_seconds") or card["train_report"]["seconds"],
+               "images_seen": card.get("total_images_seen") or card["train_report"]["images_seen"]}
+    x, y = fashion_mnist("train")
+    net, ccard = load_classifier()
+    ref = real_reference(net, args.n)
+    results: dict = {"model": str(args.model), "weights_sha256": meta["weights_sha256"], "train": trained,
+                     "classifier": ccard, "n": args.n, "ddim_steps": args.steps, "floors": ref.floors, "runs": []}
+
+    def quality(unet, seed: int) -> dict:
+        t0 = time.perf_counter()
+        q = sample_quality(unet, n=args.n, steps=args.steps, seed=seed, classifier=net, reference=ref)
+        print(f"    {q} [{time.perf_counter() - t0:.0f}s]", flush=True)
+        return q.to_dict()
+
+    base_q = {s: quality(base, s) for s in range(args.seeds)}
+    results["base"] = {**unet_cost(base), "quality": base_q}
+    save_grid(base, args.out / "base.png", per_class=8, steps=args.steps)
+    for seed in range(args.seeds):
+        pruned = {}
+        for imp in ("diff-pruning", "l1", "random"):
+            u = copy.deepcopy(base)
+            rep = diff_prune_(u, x, y, DiffPruningConfig(importance=imp, macs_sparsity=args.macs, batch_size=16,
+                                                          timestep_stride=args.stride, seed=seed))
+            print(f"seed {seed} {rep}", flush=True)
+            row = {"seed": seed, "importance": imp, "prune": rep.to_dict(), **unet_cost(u), "quality": quality(u, seed)}
+            if imp == "diff-pruning" or args.ft_all:
+                cfg = TrainConfig(steps=args.ft_steps, batch_size=64, lr=5e-4, ema_decay=0.9, warmup_steps=5,
+                                  seed=seed, **meta["schedule"])
+                ft = train_ddpm_(u, x, y, cfg, progress=sys.stderr.isatty())
+                print(f"    fine-tune: {ft}", flush=True)
+                row["finetune"] = ft.to_dict()
+                row["finetune_cost"] = {"seconds_fraction": ft.seconds / trained["seconds"],
+                                        "images_fraction": ft.images_seen / trained["images_seen"]}
+                row["quality_finetuned"] = quality(u, seed)
+            results["runs"].append(row)
+            pruned[imp] = u
+            write_json(args.out / "diffusion_prune.json", results)
+        if seed == 0:
+            save_grid(pruned["diff-pruning"], args.out / "diff_pruning_finetuned.png", per_class=8, steps=args.steps)
+            cmp = sampling_time({"dense": base, "diff-pruning": pruned["diff-pruning"]}, n=10, steps=args.steps,
+                                budget_s=90)
+            print(cmp, flush=True)
+            results["sampling_time"] = cmp.to_dict()
+            write_json(args.out / "diffusion_prune.json", results)
+    if args.insights:
+        results["insights"] = []
+        for blocks in (("down",), ("mid",), ("up",)):
+            for imp in ("l1", "diff-pruning", "random"):
+                u = copy.deepcopy(base)
+                try:
+                    rep = diff_prune_(u, x, y, DiffPruningConfig(importance=imp, macs_sparsity=args.insight_macs,
+                                                                  blocks=blocks, batch_size=16,
+                                                                  timestep_stride=args.stride))
+                except ValueError as exc:
+                    results["insights"].append({"blocks": blocks, "importance": imp, "error": str(exc)})
+                    continue
+                print(f"insight {rep}", flush=True)
+                results["insights"].append({"blocks": blocks, "importance": imp, "macs_removed": rep.macs_removed,
+                                            "quality": quality(u, 0)})
+                write_json(args.out / "diffusion_prune.json", results)
+    write_json(args.out / "diffusion_prune.json", results)
+    print(f"wrote {args.out / 'diffusion_prune.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""Federated pruning: the Dirichlet split, the byte counts, FedAvg's average, the server's masks."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from prunekit.apps.federated import (client_update, dirichlet_split, effective_state, federated_prune_,
+                                     payload_nbytes, progressive_schedule)
+from prunekit.core.mask import get_mask
+
+
+def tiny() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+
+
+def _clients(n=3, per=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(3, 16, generator=g) * 2
+    out = []
+    for k in range(n):
+        y = torch.randint(0, 3, (per,), generator=g)
+        out.append(TensorDataset(centres[y] + torch.randn(per, 16, generator=g), y))
+    return out
+
+
+def test_dirichlet_split_is_a_partition_and_skewed():
+    y = np.repeat(np.arange(10), 100)
+    parts = dirichlet_split(y, 5, alpha=0.1, seed=0)
+    allidx = np.concatenate(parts)
+    assert sorted(allidx.tolist()) == list(range(1000))
+    # alpha = 0.1: each client is dominated by few classes; the top class share is far above the IID 0.1
+    top = [np.bincount(y[p], minlength=10).max() / len(p) for p in parts]
+    assert np.mean(top) > 0.4
+    iid = dirichlet_split(y, 5, alpha=1000.0, seed=0)
+    assert max(np.bincount(y[p], minlength=10).max() / len(p) for p in iid) < 0.2
+
+
+def test_dirichlet_split_bad_input():
+    with pytest.raises(ValueError, match="alpha"):
+        dirichlet_split([0, 1], 2, alpha=0)
+    with pytest.raises(ValueError, match="cannot give"):
+        dirichlet_split([0, 1], 3, alpha=1.0)
+
+
+def test_payload_bytes_dense_and_sparse():
+    t = torch.zeros(100, 8)
+    t[:10] = 1.0  # 80 non-zeros of 800
+    state = {"w": t, "b": torch.ones(8)}
+    assert payload_nbytes(state, sparse=False) == 800 * 4 + 8 * 4
+    # sparse: bitmask 100 bytes + 80 values × 4; the 8-entry bias (< 64 entries) stays dense
+    assert payload_nbytes(state, sparse=True) == 100 + 80 * 4 + 8 * 4
+
+
+def test_schedule_warm_up_and_ramp():
+    s = progressive_schedule(0.8, 5, prune_until=0.5)
+    assert s[0] == 0.0 and s[2] == pytest.approx(0.8) and s[-1] == pytest.approx(0.8)
+    assert 0 < s[1] < 0.8
+
+
+def test_fedavg_is_the_size_weighted_mean_of_client_updates():
+    clients = _clients()
+    clients[0] = TensorDataset(*(t[:32] for t in clients[0].tensors))  # unequal sizes: 32, 48, 48
+    model = tiny()
+    start = effective_state(model)
+    updates = [client_update(tiny, start, {}, c.tensors[0], c.tensors[1], 1.0, 0.05, 32, 100003 * 0 + 0 * 1009 + k)
+               for k, c in enumerate(clients)]
+    report = federated_prune_(model, tiny, clients, rounds=1, sparsity=0.0, batch_size=32)
+    w = np.array([32, 48, 48]) / 128
+    expect = sum(float(wi) * u["1.weight"] for wi, u in zip(w, updates))
+    # the mean of three float32 tensors in another order: a few ulps of the weights' scale
+    torch.testing.assert_close(model[1].weight, expect, rtol=1e-6, atol=1e-6)
+    assert report.rounds[0].sparsity == 0.0
+
+
+def test_server_masks_hold_and_bytes_shrink():
+    clients, model = _clients(), tiny()
+    dense_model = tiny()
+    dense = federated_prune_(dense_model, tiny, clients, rounds=4, sparsity=0.0, batch_size=16,
+                             sparse_payload=False, test=clients[0])
+    rep = federated_prune_(model, tiny, clients, rounds=4, sparsity=0.9, prune_until=0.5, batch_size=16,
+                           test=clients[0])
+    mask = get_mask(model[1])
+    assert mask is not None
+    # the default scope leaves the output head dense: 90% of the first Linear's 16·32 = 512 weights go
+    assert get_mask(model[3]) is None
+    assert int(mask.sum()) == round(0.1 * 512)
+    assert int((model[1].weight != 0).sum()) <= int(mask.sum())
+    # last round, per client: first weight as bitmask (512/8) + 51 values, its bias, head weight and bias dense
+    per_client = 512 // 8 + 51 * 4 + 32 * 4 + 96 * 4 + 3 * 4
+    assert rep.rounds[-1].download_bytes == 3 * per_client
+    assert rep.rounds[-1].upload_bytes == 3 * per_client  # clients train under the mask: zeros stay zeros
+    assert dense.rounds[-1].download_bytes == 3 * (512 + 32 + 96 + 3) * 4
+    assert rep.total_bytes < 0.6 * dense.total_bytes
+    assert dense.total_bytes == dense.dense_bytes
+    assert rep.rounds[-1].accuracy is not None and rep.rounds[-1].accuracy > 0.5  # 3 separable clusters
+
+
+def test_bad_input_changes_nothing():
+    model = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="runner"):
+        federated_prune_(model, tiny, _clients(), rounds=2, sparsity=0.5, runner="threads")
+    with pytest.raises(ValueError, match="same parameters"):
+        federated_prune_(model, lambda: nn.Linear(16, 3), _clients(), rounds=2, sparsity=0.5)
+    with pytest.raises(ValueError, match="sparsity"):
+        federated_prune_(model, tiny, _clients(), rounds=2, sparsity=1.5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.slow
+def test_processes_and_ray_give_the_serial_model():
+    clients = _clients()
+    models = {}
+    for runner in ("serial", "processes", "ray"):
+        m = tiny()
+        federated_prune_(m, tiny, clients, rounds=2, sparsity=0.5, prune_until=1.0, batch_size=16, runner=runner)
+        models[runner] = m
+    for runner in ("processes", "ray"):
+        # same pure function on the same inputs in another process: bit-identical float32 results
+        for a, b in zip(models["serial"].state_dict().values(), models[runner].state_dict().values()):
+            assert torch.equal(a, b), runner

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from prunekit.diffusion.metrics import (FeatureNet, balanced_labels, features, frechet_distance, grid_pixels,
+                                        kernel_distance, macs_per_step, precision_recall, real_reference,
+                                        sample_quality, sampling_time, save_grid, unet_cost)
+
+
+def test_frechet_distance_of_a_shift_is_its_squared_length():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 16))
+    shift = np.linspace(-1, 1, 16)
+    # equal covariances: the trace terms cancel, leaving |shift|²; float64 eigen-decompositions of 16×16 matrices
+    # agree to ~1e-10 relative
+    assert frechet_distance(a, a + shift) == pytest.approx(float((shift ** 2).sum()), rel=1e-6)
+    assert abs(frechet_distance(a, a)) < 1e-8
+    b = rng.normal(scale=2.0, size=(400, 16))
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-8)
+    assert frechet_distance(a, b) > 5
+
+
+def test_kid_and_precision_recall_separate_equal_from_different_sets():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(300, 8)), rng.normal(size=(300, 8))
+    far = rng.normal(loc=3.0, size=(300, 8))
+    kid_same, _ = kernel_distance(a, b, subsets=5, subset_size=200)
+    kid_far, _ = kernel_distance(a, far, subsets=5, subset_size=200)
+    assert abs(kid_same) < 0.05 < kid_far
+    assert precision_recall(a, a) == (1.0, 1.0)
+    p, r = precision_recall(a, far)
+    assert p < 0.1 and r < 0.1
+
+
+def test_png_grid_has_one_row_per_class(tmp_path):
+    images = torch.linspace(-1, 1, 20).view(20, 1, 1, 1).expand(20, 1, 4, 4).contiguous()
+    px = grid_pixels(images, rows=10, pad=1)
+    assert px.shape == (10 * 5 + 1, 2 * 5 + 1)
+    assert px[1, 1] == 0 and px[-2, -2] == 255  # first image black (-1), last white (+1)
+    path = save_grid(images, tmp_path / "g.png")
+    from PIL import Image
+
+    with Image.open(path) as im:
+        want = grid_pixels(images, rows=10)  # save_grid's default padding
+        assert im.size == (want.shape[1], want.shape[0]) and im.mode == "L"
+        assert np.array_equal(np.asarray(im), want)
+
+
+def test_cost_and_quality_of_the_tiny_model(tiny_ddpm):
+    unet, _ = tiny_ddpm
+    cost = unet_cost(unet)
+    assert cost["params"] == sum(p.numel() for p in unet.parameters()) and cost["macs_per_step"] > 1e6
+    torch.manual_seed(0)
+    net = FeatureNet().eval()  # untrained features: enough to test the bookkeeping, not the values
+    ref = real_reference(net, 20)
+    q = sample_quality(unet, n=20, steps=2, classifier=net, reference=ref)
+    assert q.n == 20 and q.fid > 0 and q.fid_floor > 0 and 0 <= q.precision <= 1 and 0 <= q.class_accuracy <= 1
+    assert q.fid_floor == ref.floors["fid"]
+    assert balanced_labels(20).tolist() == list(range(10)) * 2
+    with pytest.raises(ValueError, match="n must be in"):
+        real_reference(net, 6000)
+
+
+def test_sampling_time_is_paired(tiny_ddpm):
+    unet, _ = tiny_ddpm
+    cmp = sampling_time({"a": unet, "b": unet}, n=2, steps=1, budget_s=2, min_rounds=3)
+    assert cmp.rounds >= 3 and len(cmp.ratio("b", "a").values) == cmp.rounds
