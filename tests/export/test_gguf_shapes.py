@@ -186,3 +186,27 @@ def test_widths_that_do_not_fill_quant_blocks_fall_back_to_f16_with_one_note(tok
     # rows of 48: q, k, v, o (o reads 3 heads × 16 = 48), gate, up in 2 blocks, and the tied embedding
     assert len(notes) == 1 and notes[0].startswith("13 tensor(s) with rows of 48")
     assert "multiples of 32 keep them Q8_0" in notes[0]
+
+
+def test_a_trimmed_folder_cuts_the_source_gguf_tokenizer_to_the_ids_it_kept(tokenizer, tmp_path):
+    """``prunekit shrink --vocab`` leaves prunekit-vocab.json (the kept source ids) beside the model: the export
+    cuts the source GGUF's own tokenizer fields to them (llama.cpp's pre-tokenizer name and merges kept)."""
+    import json
+
+    source = tmp_path / "source.gguf"
+    export(make_llama(len(tokenizer)), tokenizer, source, to="gguf", quant="f16")
+    keep = list(range(0, len(tokenizer), 2))
+    folder = tmp_path / "trimmed"
+    folder.mkdir()
+    (folder / "prunekit.json").write_text(json.dumps({"model": str(source)}))
+    (folder / "prunekit-vocab.json").write_text(json.dumps({"kept": keep}))
+    model = make_llama(len(keep), seed=3)
+    report = export(model, None, tmp_path / "t.gguf", to="gguf", quant="f16", source=folder)
+    assert report.detail["tokenizer"].endswith(f"cut to the {len(keep)} tokens the trimmed vocabulary kept")
+    reader = gguf.GGUFReader(str(tmp_path / "t.gguf"))
+    field = reader.fields["tokenizer.ggml.tokens"]
+    got = [bytes(field.parts[i]) for i in field.data]
+    src = gguf.GGUFReader(str(source)).fields["tokenizer.ggml.tokens"]
+    assert got == [bytes(src.parts[src.data[i]]) for i in keep]
+    with pytest.raises(ValueError, match="keeps 150 tokens but the model's embedding has 20 rows"):
+        plan_gguf(make_llama(20), None, "f16", source, keep)

@@ -134,7 +134,10 @@ def export(model: nn.Module, tokenizer: Any, out: str | os.PathLike,
         from .gguf import plan_gguf, write_gguf
 
         target = check_file_target(out, overwrite, _gguf_bytes_estimate(model, cfg.quant))
-        plan = plan_gguf(model, tokenizer, cfg.quant, find_source_gguf(source))
+        from .gguf_vocab import kept_token_ids
+
+        keep = kept_token_ids(source) if source is not None and Path(str(source)).is_dir() else None
+        plan = plan_gguf(model, tokenizer, cfg.quant, find_source_gguf(source), keep)
         with atomic_file(target) as tmp:
             with disk_errors(target):
                 report = write_gguf(model, plan, tmp, description=description, progress=progress)

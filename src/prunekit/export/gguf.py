@@ -24,14 +24,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import gguf
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .gguf_vocab import VocabPlan, add_vocab, vocab_from_gguf, vocab_from_tokenizer
+from .gguf_vocab import VocabPlan, add_vocab, subset_vocab, vocab_from_gguf, vocab_from_tokenizer
 
 Q = gguf.GGMLQuantizationType
 QUANTS: dict[str, Q] = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0,
@@ -267,10 +267,19 @@ def _gemma3_hparams(config: Any) -> dict[str, Any]:
     return out
 
 
-def _vocab(tokenizer: Any, source: Path | None, n_vocab: int) -> VocabPlan:
-    """The tokenizer metadata: the source GGUF's own fields when they describe this embedding (same token
-    count, and the given tokenizer, if any, has as many tokens), else built from ``tokenizer`` — the
-    tokenizer of the model being exported, e.g. a trimmed one after vocabulary pruning."""
+def _vocab(tokenizer: Any, source: Path | None, n_vocab: int, keep: Sequence[int] | None = None) -> VocabPlan:
+    """The tokenizer metadata: with ``keep`` (the source ids a trimmed vocabulary kept) the source GGUF's fields
+    cut to them; else the source's own fields when they describe this embedding (same token count, and the
+    given tokenizer, if any, has as many tokens); else built from ``tokenizer`` — the tokenizer of the model
+    being exported."""
+    if keep is not None:
+        if source is None:
+            raise ValueError("a trimmed vocabulary's kept ids were given but no source GGUF to cut the tokenizer from")
+        plan = subset_vocab(vocab_from_gguf(source, None), list(keep))
+        if plan.tokens != n_vocab:
+            raise ValueError(f"the trimmed vocabulary keeps {plan.tokens} tokens but the model's embedding has "
+                             f"{n_vocab} rows; llama.cpp needs them equal")
+        return plan
     if source is not None:
         try:
             plan = vocab_from_gguf(source, n_vocab)
@@ -285,11 +294,13 @@ def _vocab(tokenizer: Any, source: Path | None, n_vocab: int) -> VocabPlan:
     return vocab_from_tokenizer(tokenizer, n_vocab)
 
 
-def plan_gguf(model: nn.Module, tokenizer: Any, quant: str = "q8_0", source: str | Path | None = None) -> GGUFPlan:
+def plan_gguf(model: nn.Module, tokenizer: Any, quant: str = "q8_0", source: str | Path | None = None,
+              keep: Sequence[int] | None = None) -> GGUFPlan:
     """Check that ``model`` can be written to GGUF as ``quant`` and decide every tensor's name and type.
 
     ``source`` is the GGUF file the model came from (its tokenizer is copied when it still fits the
-    embedding and ``tokenizer``; ``quant="source"`` reuses its per-tensor types). Per-layer widths (read
+    embedding and ``tokenizer``, or cut to ``keep``, the source ids a trimmed vocabulary kept; ``quant="source"``
+    reuses its per-tensor types). Per-layer widths (read
     from the weights) are written as arrays under llama.cpp's ``deci`` architecture, the one whose loader and
     graph read a head count, KV head count and feed-forward length per layer. Raises a ValueError naming
     the reason when the model cannot be exported; nothing is written here.
@@ -391,7 +402,7 @@ def plan_gguf(model: nn.Module, tokenizer: Any, quant: str = "q8_0", source: str
                      "(q4_0, q5_0, q8_0) keep zeros exact")
     if not tied and not any(t.name == "output.weight" for t in tensors):
         raise ValueError("the model has no LM head weight (lm_head.weight) and does not tie it to the embedding")
-    vocab = _vocab(tokenizer, source, n_vocab)
+    vocab = _vocab(tokenizer, source, n_vocab, keep)
     notes.extend(vocab.notes)
     if arch != "gemma3" and getattr(config, "sliding_window", None):
         notes.append(f"sliding_window {config.sliding_window} is not part of GGUF's llama metadata; runtimes "
