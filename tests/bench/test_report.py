@@ -102,3 +102,43 @@ def test_the_page_shows_runs_averaged_over_seeds_first():
     assert "averaged over 2 seeds" in page and page.count("<table class='results seeds'>") == 1
     assert page.count("<table class='results'>") == 2  # and each seed's own table
     assert "not only other seeds" not in page  # seeds alone are not "another protocol"
+
+
+def _engine_runs():
+    """An lm group where every run carries its llama.cpp decode speed: dense, a faster shrunk model, and masks that
+    buy no speed (what the engine Pareto plot is for)."""
+    out = []
+    for i, (label, stages, ppl, tps) in enumerate([
+            ("dense f16", [{"stage": "export", "quant": "f16"}], 11.0, 40.0),
+            ("shrunk f16", [{"stage": "shrink", "target": "params=0.6"}, {"stage": "export", "quant": "f16"}], 14.0, 62.0),
+            ("wanda50 f16", [{"stage": "prune", "method": "wanda", "sparsity": 0.5}, {"stage": "export", "quant": "f16"}],
+             16.0, 39.0)]):
+        figures = {"perplexity": ppl, "params": 100, "llama_cpp_decode_tokens_per_s": tps, "llama_cpp_decode_spread": 0.1}
+        out.append(Run(f"e{i}", "engine", label, "lm", "smollm2-135m", {"stages": stages, "seed": 0}, {},
+                       {"task": "lm", "model": "smollm2-135m", "machine": {"threads": 1}, "versions": {}}, "e", figures))
+    return out
+
+
+def test_runs_with_llama_cpp_speed_get_the_engine_pareto_plot_and_a_column():
+    from prunekit.bench.report import plots, table_rows
+
+    runs = _engine_runs()
+    caps = [c for c, _ in plots(runs)]
+    assert caps == ["perplexity vs decode tokens/s measured in llama.cpp"]
+    cols, rows = table_rows(runs)
+    assert cols[-1] == "llama.cpp decode tok/s" and rows[1][-1] == "62.0 ±3.1"
+    assert "perplexity vs decode tokens/s measured in llama.cpp" in html_report(runs)
+    assert not any("llama.cpp" in c for c, _ in plots(_runs()))  # runs without it: no such plot
+
+
+def test_the_engine_pareto_front_is_faster_and_better():
+    from prunekit.bench.report import engine_pareto_figure, engine_pareto_png
+
+    points = [{"label": r.label, "series": r.label.split()[0], "speed": r.figures["llama_cpp_decode_tokens_per_s"],
+               "spread": 0.1, "quality": r.figures["perplexity"]} for r in _engine_runs()]
+    fig = engine_pareto_figure(points)
+    front = [line for line in fig.axes[0].get_lines() if line.get_label() == "Pareto front"][0]
+    assert sorted(front.get_xdata()) == [40.0, 62.0]  # wanda50 is slower and worse than dense: off the front
+    assert engine_pareto_png(points)[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="at least one point"):
+        engine_pareto_figure([])

@@ -3,7 +3,8 @@
 Runs are grouped by their protocol's comparable key: runs measured under different protocols (other
 evaluation windows, sequence length, tokenizer, model file, library versions, thread count) never
 share a table or a plot, and the page says so. Each group shows its protocol card beside its table,
-Pareto plots of quality against sparsity, MACs and latency, and per-layer sparsity.
+Pareto plots of quality against sparsity, MACs and latency (and against decode speed measured in llama.cpp
+where runs carry it: :data:`ENGINE_SPEED`), and per-layer sparsity.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from typing import Any, Iterable
 from .store import Run
 
 QUALITY = {"lm": ("perplexity", "perplexity", False), "classify": ("accuracy", "accuracy", True)}
+# A run's decode speed measured in llama.cpp on its GGUF file (prunekit.metrics.engine_speed) and its spread
+# (IQR / median): the x axis of the engine Pareto plot, where masks on dense kernels show what they buy.
+ENGINE_SPEED = "llama_cpp_decode_tokens_per_s"
+ENGINE_SPREAD = "llama_cpp_decode_spread"
 
 
 def _series(run: Run) -> str:
@@ -74,6 +79,9 @@ def table_rows(group: list[Run]) -> tuple[list[str], list[list[str]]]:
     with_mem = any("memory_added_bytes" in r.figures for r in group)
     if with_mem:
         cols.append("memory added")
+    with_engine = any(ENGINE_SPEED in r.figures for r in group)
+    if with_engine:
+        cols.append("llama.cpp decode tok/s")
     rows = []
     for r in group:
         f = r.figures
@@ -92,6 +100,9 @@ def table_rows(group: list[Run]) -> tuple[list[str], list[list[str]]]:
             row.append("–" if tps is None else f"{tps:.1f}" + (" (noisy)" if f.get("generation_noisy") else ""))
         if with_mem:
             row.append(_fmt(f.get("memory_added_bytes"), "MB"))
+        if with_engine:
+            tps = f.get(ENGINE_SPEED)
+            row.append("–" if tps is None else f"{tps:.1f} ±{tps * (f.get(ENGINE_SPREAD) or 0) / 2:.1f}")
         rows.append(row)
     return cols, rows
 
@@ -234,6 +245,44 @@ def pareto(points: list[tuple[float, float]], higher_is_better: bool) -> list[tu
     return sorted(best)
 
 
+def engine_pareto_figure(points: list[dict[str, Any]], xlabel: str = "decode tokens/s in llama.cpp",
+                         ylabel: str = "perplexity", higher_is_better: bool = False):
+    """Quality against measured engine speed, every point labelled: ``points`` are dicts with ``label``,
+    ``series`` (one colour each), ``speed`` (x, higher is better), ``spread`` (IQR / median of the speed,
+    drawn as ± half of it) and ``quality`` (y). The Pareto front (faster and better) is dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not points:
+        raise ValueError("engine_pareto_figure needs at least one point")
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, name in enumerate(dict.fromkeys(p["series"] for p in points)):
+        mine = [p for p in points if p["series"] == name]
+        ax.errorbar([p["speed"] for p in mine], [p["quality"] for p in mine],
+                    xerr=[p["speed"] * p.get("spread", 0.0) / 2 for p in mine], fmt="o", ms=5, capsize=2,
+                    color=colours[i % len(colours)], label=name)
+        for p in mine:
+            ax.annotate(p["label"], (p["speed"], p["quality"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    front = pareto([(-p["speed"], p["quality"]) for p in points], higher_is_better)
+    ax.plot([-x for x, _ in front], [y for _, y in front], "k--", lw=0.8, label="Pareto front")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if not higher_is_better:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def engine_pareto_png(points: list[dict[str, Any]], xlabel: str = "decode tokens/s in llama.cpp",
+                      ylabel: str = "perplexity", higher_is_better: bool = False) -> bytes:
+    """:func:`engine_pareto_figure` as PNG bytes (for a file beside a benchmark's results)."""
+    return base64.b64decode(_png(engine_pareto_figure(points, xlabel, ylabel, higher_is_better)))
+
+
 def plots(group: list[Run]) -> list[tuple[str, str]]:
     """(caption, base64 PNG) of the group's plots."""
     import matplotlib
@@ -265,6 +314,12 @@ def plots(group: list[Run]) -> list[tuple[str, str]]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         out.append((f"{qname} vs {xname}", _png(fig)))
+    engine = [r for r in ok if r.figures.get(ENGINE_SPEED) is not None]
+    if engine:
+        pts = [{"label": r.label, "series": _series(r), "speed": r.figures[ENGINE_SPEED],
+                "spread": r.figures.get(ENGINE_SPREAD) or 0.0, "quality": r.figures[qkey]} for r in engine]
+        out.append((f"{qname} vs decode tokens/s measured in llama.cpp",
+                    _png(engine_pareto_figure(pts, ylabel=qname, higher_is_better=higher))))
     layered = [r for r in ok if r.figures.get("layers") and r.config.get("stages")][:6]
     if layered:
         fig, ax = plt.subplots(figsize=(6.4, 3.4))

@@ -4,7 +4,8 @@
 - ``compressed``: the sparse Linear weights in a compressed-tensors layout (sparse-bitmask, or
   sparse-24-bitmask for 2:4), read back by :func:`load_artifact` (and by compressed-tensors ≤ 0.14);
 - ``gguf``: a GGUF file (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, or the source's own types) for
-  llama.cpp-based runtimes; transformers reads it back with ``gguf_file=``.
+  llama.cpp-based runtimes (Llama/Mistral, per-layer widths as llama.cpp's ``deci``, Gemma 3); transformers
+  reads it back with ``gguf_file=`` (a ``deci`` file: its tensors are read back with the ``gguf`` package).
 
     from prunekit.export import export
     export(model, tokenizer, "pruned/", {"to": "compressed"}, source="smollm2-135m")
@@ -30,7 +31,7 @@ from ..infra.meta import write_meta
 from .config import EXPORTERS, CompressedExport, ExportConfig, GGUFExport, SafetensorsExport
 from .dtype import SaveDtype, resolve_dtype, source_dtype
 from .load import load_artifact
-from .readback import ReadBackError, read_back_gguf
+from .readback import ReadBackError, read_back_gguf, read_back_gguf_tensors
 from .llama_cpp import read_back_llama_cpp
 from .save import SavedModel, disk_errors, plan_save, save_model
 
@@ -133,12 +134,18 @@ def export(model: nn.Module, tokenizer: Any, out: str | os.PathLike,
         from .gguf import plan_gguf, write_gguf
 
         target = check_file_target(out, overwrite, _gguf_bytes_estimate(model, cfg.quant))
-        plan = plan_gguf(model, tokenizer, cfg.quant, find_source_gguf(source))
+        from .gguf_vocab import kept_token_ids
+
+        keep = kept_token_ids(source) if source is not None and Path(str(source)).is_dir() else None
+        plan = plan_gguf(model, tokenizer, cfg.quant, find_source_gguf(source), keep)
         with atomic_file(target) as tmp:
             with disk_errors(target):
                 report = write_gguf(model, plan, tmp, description=description, progress=progress)
             detail = report.to_dict()
-            detail["read_back"] = [read_back_gguf(model, tmp, plan, target=target).to_dict()]
+            if plan.transformers_reads:
+                detail["read_back"] = [read_back_gguf(model, tmp, plan, target=target).to_dict()]
+            else:
+                detail["read_back"] = [read_back_gguf_tensors(model, tmp, plan, target=target)]
             llama = read_back_llama_cpp(model, tmp, plan, target=target)
             detail["read_back"].append(llama)
         detail["path"] = str(target)

@@ -1,29 +1,37 @@
-"""Write a (pruned or structurally shrunk) Llama-family model to a GGUF file that llama.cpp-based runtimes
-run and transformers reads back (``gguf_file=``), with the ``gguf`` package's writer.
+"""Write a (pruned or structurally shrunk) Llama-family or Gemma 3 model to a GGUF file that llama.cpp-based
+runtimes run and transformers reads back (``gguf_file=``), with the ``gguf`` package's writer.
 
-What goes in: the architecture metadata taken from the model as it is now (``feed_forward_length``,
-head counts and ``key_length`` follow structured pruning), the tokenizer (copied from the source GGUF
-when there is one, else built from the Hugging Face tokenizer), and every tensor in the chosen type:
-1-D tensors (norms) in F32, 2-D ones in ``quant`` (F16 where a row does not divide into the type's
-blocks). Q and K are permuted to llama.cpp's rotary layout, as its own converter does.
+What goes in: the architecture metadata taken from the model as it is now — head counts and feed-forward
+lengths read from each block's weights (never from the config), ``key_length`` from the attention module —,
+the tokenizer (copied from the source GGUF while it still fits the embedding, else built from the model's
+own Hugging Face tokenizer, e.g. a trimmed one), and every tensor in the chosen type: 1-D tensors (norms) in
+F32, 2-D ones in ``quant`` (F16 where a row does not divide into the type's blocks). Q and K are permuted to
+llama.cpp's rotary layout for llama/deci, as its own converter does; Gemma's norms are written as 1 + w.
 
-:func:`plan_gguf` does every check before anything is written: an architecture outside the Llama family,
-a type the writer cannot produce, per-layer widths that GGUF's single width per model cannot describe,
-biases or rotary scalings that the metadata would lose.
+Per-layer (heterogeneous) widths: llama.cpp reads ``head_count``, ``head_count_kv`` and
+``feed_forward_length`` as per-layer arrays for every architecture (``get_key_or_arr`` in
+``llama_model::load_hparams``), but only some loaders and graphs use them: ``deci``'s takes ``n_head(il)``,
+``n_head_kv(il)`` and ``n_ff(il)`` per layer, while ``llama``'s and ``gemma3``'s take layer 0's for every
+layer (``LLAMA_LOAD_LOCALS``), so such a file fails their shape checks. A Llama-family model with per-layer
+widths is therefore written as ``deci`` (same tensor names and rotary layout); a Gemma 3 one is refused.
+
+:func:`plan_gguf` does every check before anything is written: an architecture llama.cpp cannot run from
+this writer, a type the writer cannot produce, per-layer widths the target architecture cannot load,
+inconsistent block shapes, biases, rotary scalings or attention settings the metadata would lose.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import gguf
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .gguf_vocab import VocabPlan, add_vocab, vocab_from_gguf, vocab_from_tokenizer
+from .gguf_vocab import VocabPlan, add_vocab, subset_vocab, vocab_from_gguf, vocab_from_tokenizer
 
 Q = gguf.GGMLQuantizationType
 QUANTS: dict[str, Q] = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0,
@@ -33,7 +41,12 @@ FILE_TYPES = {Q.F32: gguf.LlamaFileType.ALL_F32, Q.F16: gguf.LlamaFileType.MOSTL
               Q.BF16: gguf.LlamaFileType.MOSTLY_BF16, Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
               Q.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0, Q.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1,
               Q.Q5_0: gguf.LlamaFileType.MOSTLY_Q5_0, Q.Q5_1: gguf.LlamaFileType.MOSTLY_Q5_1}
-ARCHITECTURES = {"llama": "llama", "mistral": "llama"}  # HF model_type → GGUF architecture
+ARCHITECTURES = {"llama": "llama", "mistral": "llama", "gemma3_text": "gemma3"}  # HF model_type → GGUF architecture
+# llama.cpp's architectures that hold per-layer widths: its deci loader and graph read head_count, head_count_kv
+# and feed_forward_length per layer (hparams.n_head(il), n_ff(il)); its llama and gemma3 ones read layer 0's for
+# every layer (src/models/llama.cpp, gemma3.cpp: LLAMA_LOAD_LOCALS), so such a file would not load.
+PER_LAYER = {"llama": "deci"}
+ROTATE_HALF_PERMUTED = ("llama", "deci")  # llama.cpp's "normal" rotary: Q/K rows interleaved by its converter
 
 
 def _gguf_version() -> str:
@@ -65,13 +78,15 @@ def parse_quant(name: str) -> str:
 
 @dataclass
 class TensorPlan:
-    """One tensor: its GGUF name, state-dict key, shape (PyTorch order) and type; ``heads`` > 0 permutes it."""
+    """One tensor: its GGUF name, state-dict key, shape (PyTorch order) and type; ``heads`` > 0 permutes it
+    (that layer's own head count), ``shift`` is added to it."""
 
     name: str
     key: str
     shape: tuple[int, ...]
     qtype: str
     heads: int = 0
+    shift: float = 0.0  # added before writing (Gemma's norms: llama.cpp multiplies by w, Gemma by 1 + w)
 
 
 @dataclass
@@ -86,6 +101,7 @@ class GGUFPlan:
     vocab: VocabPlan
     general: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    transformers_reads: bool = True  # whether transformers' GGUF reader builds this model back exactly
 
     def types(self) -> dict[str, int]:
         """How many tensors of each GGUF type."""
@@ -153,70 +169,197 @@ def _state(model: nn.Module) -> dict[str, Tensor]:
     return effective_state_dict(model)
 
 
-def plan_gguf(model: nn.Module, tokenizer: Any, quant: str = "q8_0", source: str | Path | None = None) -> GGUFPlan:
-    """Check that ``model`` can be written to GGUF as ``quant`` and decide every tensor's name and type.
+@dataclass(frozen=True)
+class LayerShape:
+    """One decoder block's widths as its weights hold them: query heads, KV heads, feed-forward length."""
 
-    ``source`` is the GGUF file the model came from (its tokenizer is copied, ``quant="source"`` reuses
-    its per-tensor types). Raises a ValueError naming the reason when the model cannot be exported.
-    """
-    quant = parse_quant(quant)
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", type(model).__name__)
-    if model_type not in ARCHITECTURES:
-        raise ValueError(f"GGUF export supports the Llama family ({', '.join(ARCHITECTURES)}); this model is "
-                         f"{model_type!r}. Save it as safetensors instead (prunekit export --to safetensors)")
-    source = Path(source) if source is not None else None
-    if quant == "source" and source is None:
-        raise ValueError("--quant source needs the GGUF file the model came from, and none is known "
-                         "(the folder's prunekit.json names no GGUF source); pick a type: " + ", ".join(QUANTS))
+    heads: int
+    kv_heads: int
+    ff: int
+
+
+def _head_dim(model: nn.Module, config: Any) -> int:
+    """The per-head width: the attention module's own ``head_dim`` (what its forward uses), else the config's."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    attn = getattr(layers[0], "self_attn", None) if layers is not None and len(layers) else None
+    value = getattr(attn, "head_dim", None) or getattr(config, "head_dim", None)
+    return int(value or int(config.hidden_size) // int(config.num_attention_heads))
+
+
+def layer_shapes(state: Mapping[str, Tensor], n_layer: int, hidden: int, head_dim: int) -> list[LayerShape]:
+    """Every block's widths read from its q/k/v/o and gate/up/down weights (never from the config), checked
+    for consistency (k and v alike, o reads what q writes, whole heads, whole GQA groups)."""
+    out = []
+    for i in range(n_layer):
+        pre = f"model.layers.{i}."
+        parts = {}
+        for part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
+            key = f"{pre}{part}.weight"
+            if key not in state:
+                raise ValueError(f"{key} is missing: not a Llama-layout model")
+            if state[key].dim() != 2:
+                raise ValueError(f"{key} has shape {tuple(state[key].shape)}; a 2-D weight was expected")
+            parts[part] = tuple(int(x) for x in state[key].shape)
+        q, k, v, o = (parts[f"self_attn.{n}_proj"] for n in "qkvo")
+        gate, up, down = parts["mlp.gate_proj"], parts["mlp.up_proj"], parts["mlp.down_proj"]
+        ins = {"q_proj": q[1], "k_proj": k[1], "v_proj": v[1], "gate_proj": gate[1], "up_proj": up[1],
+               "o_proj": o[0], "down_proj": down[0]}
+        bad = {n: w for n, w in ins.items() if w != hidden}
+        if bad:
+            raise ValueError(f"layer {i}: {', '.join(f'{n} meets the residual stream with {w}' for n, w in bad.items())}"
+                             f", but hidden_size is {hidden}: the residual width must be the same in every layer")
+        if q[0] % head_dim or k[0] % head_dim or k != v or o[1] != q[0]:
+            raise ValueError(f"layer {i}: q {q}, k {k}, v {v}, o {o} are not whole heads of {head_dim} with k and v "
+                             "alike and o reading what q writes; not a shape llama.cpp can load")
+        heads, kv = q[0] // head_dim, k[0] // head_dim
+        if kv == 0 or heads == 0 or heads % kv:
+            raise ValueError(f"layer {i}: {heads} query heads over {kv} KV heads is not whole GQA groups")
+        if gate != up or down[1] != gate[0]:
+            raise ValueError(f"layer {i}: gate {gate}, up {up}, down {down} disagree on the feed-forward length")
+        out.append(LayerShape(heads, kv, gate[0]))
+    return out
+
+
+def _check_llama(config: Any) -> None:
     if getattr(config, "hidden_act", "silu") != "silu":
         raise ValueError(f"GGUF's llama architecture computes SiLU MLPs; this model uses {config.hidden_act!r}")
     for flag in ("attention_bias", "mlp_bias"):
         if getattr(config, flag, False):
             raise ValueError(f"config.{flag} is True: GGUF's llama metadata has no key for biases, so "
                              "transformers would drop them when reading the file back")
-    theta, rope_kind, rope_factor = _rope(config)
-    if rope_kind not in ("default", "linear"):
-        raise ValueError(f"rotary scaling {rope_kind!r} is not written by this exporter (default and linear are)")
+
+
+def _gemma3_hparams(config: Any) -> dict[str, Any]:
+    """Gemma 3's own metadata (sliding window and its per-layer pattern, the local rotary base), checked
+    against what llama.cpp's gemma3 graph computes."""
+    act = getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", None)
+    if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+        raise ValueError(f"llama.cpp's gemma3 graph computes tanh-GELU MLPs; this model uses {act!r}")
+    if getattr(config, "attention_bias", False):
+        raise ValueError("config.attention_bias is True: GGUF's gemma3 metadata has no key for biases")
+    if getattr(config, "attn_logit_softcapping", None):
+        raise ValueError("config.attn_logit_softcapping is set: llama.cpp's gemma3 graph does not cap attention logits")
+    head_dim = int(config.head_dim)
+    scalar = getattr(config, "query_pre_attn_scalar", None)
+    if scalar is not None and int(scalar) != head_dim:
+        raise ValueError(f"query_pre_attn_scalar {scalar} differs from head_dim {head_dim}: llama.cpp's gemma3 graph "
+                         "scales attention by 1/sqrt(head_dim), so the file would compute another model")
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    full = params.get("full_attention", params)
+    local = params.get("sliding_attention", {})
+    for kind, p in (("full_attention", full), ("sliding_attention", local)):
+        if (p or {}).get("rope_type", "default") != "default":
+            raise ValueError(f"rotary scaling {p.get('rope_type')!r} on {kind} layers is not written by this exporter "
+                             "for gemma3 (default is)")
+    theta = float(full.get("rope_theta", getattr(config, "rope_theta", 1_000_000.0)))
+    theta_local = float(local.get("rope_theta", getattr(config, "rope_local_base_freq", 10000.0)))
+    out: dict[str, Any] = {"rope_freq_base": theta}
+    types = list(getattr(config, "layer_types", None) or [])
+    window = getattr(config, "sliding_window", None)
+    if window and "sliding_attention" in types:
+        if len(types) != int(config.num_hidden_layers):
+            raise ValueError(f"config.layer_types has {len(types)} entries for {config.num_hidden_layers} layers")
+        out.update(sliding_window=int(window), sliding_window_pattern=[t == "sliding_attention" for t in types],
+                   rope_freq_base_swa=theta_local)
+    if getattr(config, "final_logit_softcapping", None):
+        out["final_logit_softcapping"] = float(config.final_logit_softcapping)
+    return out
+
+
+def _vocab(tokenizer: Any, source: Path | None, n_vocab: int, keep: Sequence[int] | None = None) -> VocabPlan:
+    """The tokenizer metadata: with ``keep`` (the source ids a trimmed vocabulary kept) the source GGUF's fields
+    cut to them; else the source's own fields when they describe this embedding (same token count, and the
+    given tokenizer, if any, has as many tokens); else built from ``tokenizer`` — the tokenizer of the model
+    being exported."""
+    if keep is not None:
+        if source is None:
+            raise ValueError("a trimmed vocabulary's kept ids were given but no source GGUF to cut the tokenizer from")
+        plan = subset_vocab(vocab_from_gguf(source, None), list(keep))
+        if plan.tokens != n_vocab:
+            raise ValueError(f"the trimmed vocabulary keeps {plan.tokens} tokens but the model's embedding has "
+                             f"{n_vocab} rows; llama.cpp needs them equal")
+        return plan
+    if source is not None:
+        try:
+            plan = vocab_from_gguf(source, n_vocab)
+        except ValueError:
+            if tokenizer is None:
+                raise
+        else:
+            if tokenizer is None or len(tokenizer) == plan.tokens:
+                return plan
+    if tokenizer is None:
+        raise ValueError("a GGUF file needs the tokenizer: none was given and no source GGUF is known")
+    return vocab_from_tokenizer(tokenizer, n_vocab)
+
+
+def plan_gguf(model: nn.Module, tokenizer: Any, quant: str = "q8_0", source: str | Path | None = None,
+              keep: Sequence[int] | None = None) -> GGUFPlan:
+    """Check that ``model`` can be written to GGUF as ``quant`` and decide every tensor's name and type.
+
+    ``source`` is the GGUF file the model came from (its tokenizer is copied when it still fits the
+    embedding and ``tokenizer``, or cut to ``keep``, the source ids a trimmed vocabulary kept; ``quant="source"``
+    reuses its per-tensor types). Per-layer widths (read
+    from the weights) are written as arrays under llama.cpp's ``deci`` architecture, the one whose loader and
+    graph read a head count, KV head count and feed-forward length per layer. Raises a ValueError naming
+    the reason when the model cannot be exported; nothing is written here.
+    """
+    quant = parse_quant(quant)
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", type(model).__name__)
+    if model_type not in ARCHITECTURES:
+        raise ValueError(f"GGUF export supports {', '.join(ARCHITECTURES)} (llama.cpp's llama, deci and gemma3 "
+                         f"graphs); this model is {model_type!r}. Save it as safetensors instead "
+                         "(prunekit export --to safetensors)")
+    source = Path(source) if source is not None else None
+    if quant == "source" and source is None:
+        raise ValueError("--quant source needs the GGUF file the model came from, and none is known "
+                         "(the folder's prunekit.json names no GGUF source); pick a type: " + ", ".join(QUANTS))
+    arch = ARCHITECTURES[model_type]
+    if arch == "llama":
+        _check_llama(config)
+        theta, rope_kind, rope_factor = _rope(config)
+        if rope_kind not in ("default", "linear"):
+            raise ValueError(f"rotary scaling {rope_kind!r} is not written by this exporter (default and linear are)")
+        extra: dict[str, Any] = {"rope_freq_base": theta}
+        if rope_kind == "linear":
+            extra["rope_scaling_linear_factor"] = float(rope_factor)
+    else:
+        extra = _gemma3_hparams(config)
     state = _state(model)
     n_layer = int(config.num_hidden_layers)
     hidden = int(config.hidden_size)
-    n_head = int(config.num_attention_heads)
-    n_kv = int(getattr(config, "num_key_value_heads", None) or n_head)
-    head_dim = int(getattr(config, "head_dim", None) or hidden // n_head)
-    ff = int(config.intermediate_size)
+    head_dim = _head_dim(model, config)
     if head_dim % 2:
         raise ValueError(f"head_dim {head_dim} is odd; rotary embeddings need an even head size")
-    expect = {"self_attn.q_proj": (n_head * head_dim, hidden), "self_attn.k_proj": (n_kv * head_dim, hidden),
-              "self_attn.v_proj": (n_kv * head_dim, hidden), "self_attn.o_proj": (hidden, n_head * head_dim),
-              "mlp.gate_proj": (ff, hidden), "mlp.up_proj": (ff, hidden), "mlp.down_proj": (hidden, ff)}
-    for i in range(n_layer):
-        for part, shape in expect.items():
-            key = f"model.layers.{i}.{part}.weight"
-            if key not in state:
-                raise ValueError(f"{key} is missing: not a Llama-layout model")
-            if tuple(state[key].shape) != shape:
-                raise ValueError(
-                    f"layer {i}'s {part} is {tuple(state[key].shape)}, but the config (and layer widths elsewhere) "
-                    f"say {shape}: GGUF's llama metadata holds one width per model (feed_forward_length "
-                    f"{ff}, {n_head} heads, {n_kv} KV heads of {head_dim}), so per-layer widths cannot be exported")
+    shapes = layer_shapes(state, n_layer, hidden, head_dim)
+    per_layer = len(set(shapes)) > 1
+    if per_layer:
+        if arch not in PER_LAYER:
+            widths = ", ".join(f"{s.heads}/{s.kv_heads} heads, ff {s.ff}" for s in shapes[:4])
+            raise ValueError(f"this {model_type} model has per-layer widths ({widths}, ...), but llama.cpp's {arch} "
+                             "loader reads one width per model (only its deci architecture, for Llama-family "
+                             "models, reads them per layer); export a uniform shape")
+        arch = PER_LAYER[arch]
     embed = state.get("model.embed_tokens.weight")
     if embed is None:
         raise ValueError("model.embed_tokens.weight is missing: not a Llama-layout model")
     n_vocab = int(embed.shape[0])
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layer)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], n_layer)
     src_types = _source_types(source)
     general, src_file_type = _source_general(source)
     notes: list[str] = []
     offset_types: set[str] = set()
+    unblocked: dict[tuple[int, str, int], list[str]] = {}  # (row length, type, block) → tensors written as F16
     tensors = []
     for key, t in state.items():
         if key == "lm_head.weight" and tied:
             continue
         name = names.get_name(key, try_suffixes=(".weight", ".bias"))
         if name is None:
-            raise ValueError(f"{key} has no GGUF llama tensor name; the model has parts GGUF cannot hold")
+            raise ValueError(f"{key} has no GGUF {arch} tensor name; the model has parts GGUF cannot hold")
         if not t.is_floating_point():
             raise ValueError(f"{key} is {t.dtype}; GGUF export expects floating-point weights")
         if t.dim() == 1:
@@ -231,20 +374,27 @@ def plan_gguf(model: nn.Module, tokenizer: Any, quant: str = "q8_0", source: str
             qtype = QUANTS[quant]
         block = gguf.GGML_QUANT_SIZES[qtype][0]
         if t.dim() > 1 and t.shape[-1] % block:
-            notes.append(f"{name}: rows of {t.shape[-1]} do not divide into {qtype.name} blocks of {block}; "
-                         "written as F16")
+            unblocked.setdefault((int(t.shape[-1]), qtype.name, block), []).append(name)
             qtype = Q.F16
         if qtype in (Q.Q4_1, Q.Q5_1) and t.dim() > 1 and float((t == 0).float().mean()) > 0.1:
             offset_types.add(qtype.name)
-        heads = n_head if ".attn_q." in f".{name}" else n_kv if ".attn_k." in f".{name}" else 0
-        tensors.append(TensorPlan(name, key, tuple(t.shape), qtype.name, heads))
+        heads = 0
+        if arch in ROTATE_HALF_PERMUTED and name.startswith("blk."):
+            layer = shapes[int(name.split(".")[1])]
+            heads = layer.heads if ".attn_q." in name else layer.kv_heads if ".attn_k." in name else 0
+        shift = 1.0 if arch == "gemma3" and key.endswith("norm.weight") else 0.0
+        tensors.append(TensorPlan(name, key, tuple(t.shape), qtype.name, heads, shift))
+    for (cols, qname, block), which in unblocked.items():
+        notes.append(f"{len(which)} tensor(s) with rows of {cols} ({', '.join(which[:2])}{', …' if len(which) > 2 else ''}) "
+                     f"do not divide into {qname} blocks of {block}, so they are written as F16 (larger and slower "
+                     f"than {qname}); widths that are multiples of {block} keep them {qname}")
     over = [(t.name, float(state[t.key].detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max()))
             for t in tensors if t.qtype == "F16"]
     over = [(n, v) for n, v in over if v > 65504.0]
     if over:
-        names = ", ".join(f"{n} (|w| up to {v:.3g})" for n, v in over[:5])
+        listed = ", ".join(f"{n} (|w| up to {v:.3g})" for n, v in over[:5])
         raise ValueError(f"GGUF type F16: {len(over)} tensor(s) hold values beyond float16's range ±65504, which "
-                         f"would become inf (and the file give NaN logits): {names}"
+                         f"would become inf (and the file give NaN logits): {listed}"
                          f"{f' and {len(over) - 5} more' if len(over) > 5 else ''}. Use --quant bf16 or f32")
     for name in sorted(offset_types):
         notes.append(f"{name} stores each block as scale × q + minimum, so a pruned weight's zeros come back as "
@@ -252,32 +402,74 @@ def plan_gguf(model: nn.Module, tokenizer: Any, quant: str = "q8_0", source: str
                      "(q4_0, q5_0, q8_0) keep zeros exact")
     if not tied and not any(t.name == "output.weight" for t in tensors):
         raise ValueError("the model has no LM head weight (lm_head.weight) and does not tie it to the embedding")
-    if source is not None:
-        vocab = vocab_from_gguf(source, n_vocab)
-    else:
-        if tokenizer is None:
-            raise ValueError("a GGUF file needs the tokenizer: none was given and no source GGUF is known")
-        vocab = vocab_from_tokenizer(tokenizer, n_vocab)
+    vocab = _vocab(tokenizer, source, n_vocab, keep)
     notes.extend(vocab.notes)
-    if getattr(config, "sliding_window", None):
+    if arch != "gemma3" and getattr(config, "sliding_window", None):
         notes.append(f"sliding_window {config.sliding_window} is not part of GGUF's llama metadata; runtimes "
                      "attend over the whole context")
-    hparams = {"block_count": n_layer, "context_length": int(config.max_position_embeddings),
-               "embedding_length": hidden, "feed_forward_length": ff, "head_count": n_head, "head_count_kv": n_kv,
-               "key_length": head_dim, "value_length": head_dim, "rope_dimension_count": head_dim,
-               "rope_freq_base": theta, "layer_norm_rms_epsilon": float(config.rms_norm_eps), "vocab_size": n_vocab}
-    if rope_kind == "linear":
-        hparams["rope_scaling_linear_factor"] = float(rope_factor)
+    if per_layer:
+        notes.append(f"per-layer widths written as GGUF arrays under llama.cpp's 'deci' architecture (llama.cpp "
+                     "reads them; transformers' GGUF reader does not build such a model)")
+    hparams: dict[str, Any] = {
+        "block_count": n_layer, "context_length": int(config.max_position_embeddings), "embedding_length": hidden,
+        "feed_forward_length": [s.ff for s in shapes] if per_layer else shapes[0].ff,
+        "head_count": [s.heads for s in shapes] if per_layer else shapes[0].heads,
+        "head_count_kv": [s.kv_heads for s in shapes] if per_layer else shapes[0].kv_heads,
+        "key_length": head_dim, "value_length": head_dim, "rope_dimension_count": head_dim,
+        "layer_norm_rms_epsilon": float(config.rms_norm_eps), "vocab_size": n_vocab, **extra}
     if quant == "source":
         file_type = src_file_type if src_file_type is not None else int(gguf.LlamaFileType.MOSTLY_F16)
     else:
         file_type = int(FILE_TYPES[QUANTS[quant]])
-    return GGUFPlan(ARCHITECTURES[model_type], quant, file_type, hparams, tensors, vocab, general, notes)
+    readable = _transformers_reads(arch, config, hparams)
+    if arch == "gemma3" and not readable:
+        notes.append("transformers' GGUF reader rebuilds Gemma 3 with query_pre_attn_scalar 256 and every 6th layer "
+                     "global, which this model's config does not match: the file was checked tensor by tensor "
+                     "(llama.cpp reads the per-layer sliding pattern and scales by 1/sqrt(head_dim))")
+    return GGUFPlan(arch, quant, file_type, hparams, tensors, vocab, general, notes, readable)
+
+
+def _transformers_reads(arch: str, config: Any, hparams: Mapping[str, Any]) -> bool:
+    """Whether transformers' GGUF reader builds the same model from the file: not for ``deci`` (no such
+    model class), and for ``gemma3`` only where the config is what its reader assumes (it reads neither
+    query_pre_attn_scalar, taking 256, nor the sliding pattern, taking every 6th layer global)."""
+    if arch == "deci":
+        return False
+    if arch == "gemma3":
+        pattern = hparams.get("sliding_window_pattern")
+        default = [bool((i + 1) % 6) for i in range(int(hparams["block_count"]))]
+        return int(getattr(config, "query_pre_attn_scalar", 256) or 256) == 256 and pattern in (None, default)
+    return True
 
 
 def _permute(w: np.ndarray, heads: int) -> np.ndarray:
     """HF's rotate-half Q/K rows → llama.cpp's interleaved layout (transformers undoes this on reading)."""
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _add_hparams(writer: gguf.GGUFWriter, h: Mapping[str, Any]) -> None:
+    """The ``<arch>.*`` keys; head counts and feed-forward lengths as arrays where they are per layer."""
+    writer.add_block_count(h["block_count"])
+    writer.add_context_length(h["context_length"])
+    writer.add_embedding_length(h["embedding_length"])
+    writer.add_feed_forward_length(h["feed_forward_length"])
+    writer.add_head_count(h["head_count"])
+    writer.add_head_count_kv(h["head_count_kv"])
+    writer.add_key_length(h["key_length"])
+    writer.add_value_length(h["value_length"])
+    writer.add_rope_dimension_count(h["rope_dimension_count"])
+    writer.add_rope_freq_base(h["rope_freq_base"])
+    if "rope_scaling_linear_factor" in h:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(h["rope_scaling_linear_factor"])
+    if "sliding_window" in h:
+        writer.add_sliding_window(h["sliding_window"])
+        writer.add_sliding_window_pattern(h["sliding_window_pattern"])
+        writer.add_rope_freq_base_swa(h["rope_freq_base_swa"])
+    if "final_logit_softcapping" in h:
+        writer.add_final_logit_softcapping(h["final_logit_softcapping"])
+    writer.add_layer_norm_rms_eps(h["layer_norm_rms_epsilon"])
+    writer.add_vocab_size(h["vocab_size"])
 
 
 def _encode(data: np.ndarray, qtype: Q) -> tuple[np.ndarray, Q | None]:
@@ -303,21 +495,7 @@ def write_gguf(model: nn.Module, plan: GGUFPlan, path: str | Path, description: 
                 writer.add_string(key, plan.general[key])
         if description:
             writer.add_description(description)
-        writer.add_block_count(h["block_count"])
-        writer.add_context_length(h["context_length"])
-        writer.add_embedding_length(h["embedding_length"])
-        writer.add_feed_forward_length(h["feed_forward_length"])
-        writer.add_head_count(h["head_count"])
-        writer.add_head_count_kv(h["head_count_kv"])
-        writer.add_key_length(h["key_length"])
-        writer.add_value_length(h["value_length"])
-        writer.add_rope_dimension_count(h["rope_dimension_count"])
-        writer.add_rope_freq_base(h["rope_freq_base"])
-        if "rope_scaling_linear_factor" in h:
-            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-            writer.add_rope_scaling_factor(h["rope_scaling_linear_factor"])
-        writer.add_layer_norm_rms_eps(h["layer_norm_rms_epsilon"])
-        writer.add_vocab_size(h["vocab_size"])
+        _add_hparams(writer, h)
         writer.add_file_type(plan.file_type)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         add_vocab(writer, plan.vocab)
@@ -328,6 +506,8 @@ def write_gguf(model: nn.Module, plan: GGUFPlan, path: str | Path, description: 
             tensors = tqdm(tensors, desc=f"GGUF {plan.quant}", unit="tensor")
         for t in tensors:
             data = state[t.key].detach().to(torch.float32).cpu().numpy()
+            if t.shift:
+                data = data + np.float32(t.shift)
             if t.heads:
                 data = _permute(data, t.heads)
             encoded, raw = _encode(data, Q[t.qtype])
@@ -342,13 +522,17 @@ def write_gguf(model: nn.Module, plan: GGUFPlan, path: str | Path, description: 
 
 
 def read_gguf_hparams(path: str | Path) -> dict[str, Any]:
-    """The ``<arch>.*`` metadata of a GGUF file, without the architecture prefix (for checks and tests)."""
+    """The ``<arch>.*`` metadata of a GGUF file, without the architecture prefix (arrays as lists)."""
     reader = gguf.GGUFReader(str(path))
     arch_field = reader.fields["general.architecture"]
     arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
     out: dict[str, Any] = {}
     for key, f in reader.fields.items():
-        if key.startswith(arch + ".") and f.types and f.types[0] != gguf.GGUFValueType.ARRAY:
+        if not key.startswith(arch + ".") or not f.types:
+            continue
+        if f.types[0] == gguf.GGUFValueType.ARRAY:
+            out[key[len(arch) + 1:]] = [f.parts[i].tolist()[0] for i in f.data]
+        else:
             value = f.parts[f.data[0]]
             out[key[len(arch) + 1:]] = value.tolist()[0] if hasattr(value, "tolist") else value
     return out

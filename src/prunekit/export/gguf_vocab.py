@@ -43,8 +43,9 @@ def _field_value(f: Any) -> Any:
     return f.parts[f.data[0]].tolist()[0]
 
 
-def vocab_from_gguf(path: str | Path, n_vocab: int) -> VocabPlan:
-    """Every ``tokenizer.*`` field of the GGUF file at ``path``."""
+def vocab_from_gguf(path: str | Path, n_vocab: int | None) -> VocabPlan:
+    """Every ``tokenizer.*`` field of the GGUF file at ``path`` (``n_vocab``: the embedding rows it must match;
+    None: no check, for a vocabulary about to be cut)."""
     reader = gguf.GGUFReader(str(path))
     fields = []
     tokens = 0
@@ -58,7 +59,7 @@ def vocab_from_gguf(path: str | Path, n_vocab: int) -> VocabPlan:
             tokens = len(value)
     if not tokens:
         raise ValueError(f"{path} has no tokenizer.ggml.tokens to copy")
-    if tokens != n_vocab:
+    if n_vocab is not None and tokens != n_vocab:
         raise ValueError(f"the source GGUF's tokenizer has {tokens} tokens but the model's embedding has "
                          f"{n_vocab} rows; llama.cpp needs them equal")
     return VocabPlan(f"copied from {Path(path).name}", tokens, fields=fields)

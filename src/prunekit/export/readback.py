@@ -277,3 +277,48 @@ def read_back_gguf(model: nn.Module, path: str | Path, plan: Any, *, target: str
     if not rb.ok:
         raise _fail(f"the GGUF file ({plan.quant})", Path(target or path), rb)
     return rb
+
+
+def read_back_gguf_tensors(model: nn.Module, path: str | Path, plan: Any, *, target: str | Path | None = None) -> dict:
+    """For GGUF architectures transformers cannot build (llama.cpp's ``deci``, per-layer widths): read every
+    tensor back with the ``gguf`` package, undo the writer's permutation and shift, and require it equal to
+    the model's weight as the plan stores it (the same quantize → dequantize, so equal bit for bit), and the
+    file's per-layer metadata equal to the plan's. Raises :class:`ReadBackError` otherwise."""
+    import gguf
+    import numpy as np
+
+    from ..core.sparse_io import effective_state_dict
+    from .gguf import read_gguf_hparams
+
+    where = target or path
+    reader = gguf.GGUFReader(str(path))
+    found = {t.name: t for t in reader.tensors}
+    state = effective_state_dict(model)
+    round_ = gguf_round(plan)
+    worst = 0.0
+    for t in plan.tensors:
+        if t.name not in found:
+            raise ReadBackError(f"the GGUF file ({plan.quant}) was written without {t.name}; nothing was saved at {where}")
+        rt = found[t.name]
+        data = gguf.quants.dequantize(rt.data, gguf.GGMLQuantizationType(int(rt.tensor_type)))
+        data = np.asarray(data, dtype=np.float32).reshape(t.shape)
+        if t.heads:  # the inverse of gguf._permute
+            data = data.reshape(t.heads, data.shape[0] // t.heads // 2, 2, *data.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+        back = torch.from_numpy(data.copy()) - t.shift
+        want = round_(t.key, state[t.key].detach()).to(torch.float32)
+        # (w + shift) - shift in float32 differs from w by at most one rounding of |w + shift|
+        allowed = (t.shift and float(2.0 ** -23 * (want.abs() + abs(t.shift)).max())) or 0.0
+        gap = float((back - want).abs().max()) if want.numel() else 0.0
+        worst = max(worst, gap)
+        if not gap <= allowed:
+            raise ReadBackError(f"the GGUF file ({plan.quant}) was written but its {t.name} reads back {gap:.3g} away "
+                                f"from the weight; nothing was saved at {where}")
+    hp = read_gguf_hparams(path)
+    for key in ("head_count", "head_count_kv", "feed_forward_length"):
+        got = hp.get(key if key == "feed_forward_length" else f"attention.{key}")
+        if got != plan.hparams[key]:
+            raise ReadBackError(f"the GGUF file ({plan.quant}) holds {key} {got}, not {plan.hparams[key]}; nothing was "
+                                f"saved at {where}")
+    return {"note": f"read back with gguf.GGUFReader: {len(plan.tensors)} tensors equal to the weights as stored "
+                    f"(max |Δ| {worst:.1e}) and the per-layer widths as planned (transformers' GGUF reader does "
+                    f"not rebuild this {plan.architecture} file exactly)"}
