@@ -159,11 +159,12 @@ def read_checkpoint(folder: str | Path) -> dict[str, Any]:
 
 
 def load_student(folder: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """The student saved in a checkpoint folder, read with stock ``from_pretrained``."""
-    from transformers import AutoModelForCausalLM
+    """The student saved in a checkpoint folder, read with stock ``from_pretrained`` (per-layer shapes: with
+    :func:`prunekit.shrink.perlayer.load_shrunk`)."""
+    from .perlayer import load_shrunk
 
     read_checkpoint(folder)
-    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).train()
+    return load_shrunk(folder, dtype=dtype).train()
 
 
 def _schedule(cfg: DistillConfig) -> Callable[[int], float]:

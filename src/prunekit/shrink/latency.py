@@ -6,7 +6,8 @@ How it is measured (:func:`measure_table`):
 - The decode step is timed as the model runs it: greedy decoding with the KV cache, one new token at a time
   after a short prompt, batch 1, ``threads`` torch threads (1 by default, as llama.cpp-style CPU deployment
   of a small model often is), in **CPU time of the calling thread** (``time.thread_time``), which other
-  processes on a shared machine do not inflate the way they inflate wall time; the minimum of ``repeats``.
+  processes on a shared machine do not inflate the way they inflate wall time; every model (the dense one
+  and each probe) once per round, ``repeats`` rounds interleaved, the minimum of each kept.
 - The dense model is timed whole: ``dense_s`` per token.
 - For each width a block's attention (key/value groups) or MLP (neurons) may take, a *probe* is built from
   the model's own config class with ``probe_layers`` blocks, every block at that width and the other module
@@ -28,16 +29,17 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-DEFAULT_TOKENS = 24
-DEFAULT_REPEATS = 3
+DEFAULT_TOKENS = 16
+DEFAULT_REPEATS = 5
 DEFAULT_PROBE_LAYERS = 4
 PROBE_VOCAB = 256  # the probes' embedding and head: small, the same in every probe, so they cancel
 
 
 @torch.no_grad()
 def decode_seconds(model: nn.Module, tokens: int = DEFAULT_TOKENS, repeats: int = DEFAULT_REPEATS,
-                   threads: int | None = 1, prompt: int = 8) -> float:
-    """CPU seconds of the calling thread per decoded token (greedy, KV cache, batch 1), the least of ``repeats``."""
+                   threads: int | None = 1, prompt: int = 8, warmup: bool = True) -> float:
+    """CPU seconds of the calling thread per decoded token (greedy, KV cache, batch 1), the least of ``repeats``
+    (after one warm-up run when ``warmup``)."""
     from transformers import DynamicCache
 
     old = torch.get_num_threads()
@@ -50,7 +52,7 @@ def decode_seconds(model: nn.Module, tokens: int = DEFAULT_TOKENS, repeats: int 
     ids = torch.arange(prompt, device=device).remainder(vocab)[None]
     best = float("inf")
     try:
-        for _ in range(repeats + 1):  # the first is a warm-up
+        for _ in range(repeats + int(warmup)):
             cache = DynamicCache(config=model.config)
             nxt = model(input_ids=ids, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
             start = time.thread_time()
@@ -141,19 +143,24 @@ def measure_table(model: nn.Module, kv_widths: Iterable[int], ffn_widths: Iterab
     c = model.config
     dense_kv = int(getattr(c, "num_key_value_heads", None) or c.num_attention_heads)
     dense_ffn = int(c.intermediate_size)
-    dense_s = decode_seconds(model, tokens, repeats, threads)
-
-    def timed(probe: nn.Module) -> float:
-        return decode_seconds(probe.to(dtype), tokens, repeats, threads)
-
-    base = timed(_probe(c, probe_layers))
     half = max(1, probe_layers // 2)
-    block = max(0.0, (base - timed(_probe(c, half))) / (probe_layers - half)) if probe_layers > half else 0.0
-    attention = {dense_kv: 0.0}
+    probes: dict[tuple[str, int], nn.Module] = {("base", probe_layers): _probe(c, probe_layers)}
+    if probe_layers > half:
+        probes[("base", half)] = _probe(c, half)
     for kv in sorted(set(kv_widths) - {dense_kv}, reverse=True):
-        attention[kv] = (timed(_probe(c, probe_layers, kv=kv)) - base) / probe_layers
-    mlp = {dense_ffn: 0.0}
+        probes[("attention", kv)] = _probe(c, probe_layers, kv=kv)
     for f in sorted(set(ffn_widths) - {dense_ffn}, reverse=True):
-        mlp[f] = (timed(_probe(c, probe_layers, ffn=f)) - base) / probe_layers
-    return LatencyTable(dense_s, _monotone(attention), _monotone(mlp), block, dense_kv, dense_ffn, threads, tokens, repeats,
-                        probe_layers, time.perf_counter() - started)
+        probes[("mlp", f)] = _probe(c, probe_layers, ffn=f)
+    models = {("dense", 0): model, **{k: p.to(dtype) for k, p in probes.items()}}
+    for m in models.values():
+        decode_seconds(m, tokens, 0, threads, warmup=True)
+    best = {k: float("inf") for k in models}
+    for _ in range(repeats):  # interleaved rounds: a load change hits every model alike
+        for k, m in models.items():
+            best[k] = min(best[k], decode_seconds(m, tokens, 1, threads, warmup=False))
+    base = best[("base", probe_layers)]
+    block = max(0.0, (base - best[("base", half)]) / (probe_layers - half)) if probe_layers > half else 0.0
+    attention = {dense_kv: 0.0, **{k[1]: (v - base) / probe_layers for k, v in best.items() if k[0] == "attention"}}
+    mlp = {dense_ffn: 0.0, **{k[1]: (v - base) / probe_layers for k, v in best.items() if k[0] == "mlp"}}
+    return LatencyTable(best[("dense", 0)], _monotone(attention), _monotone(mlp), block, dense_kv, dense_ffn, threads,
+                        tokens, repeats, probe_layers, time.perf_counter() - started)

@@ -194,6 +194,41 @@ def _loss(model: nn.Module, batches: list[Tensor]) -> float:
     return total / count
 
 
+@torch.no_grad()
+def _block_outputs(model: nn.Module, batches: list[Tensor]) -> list[list[Any]]:
+    """Every block's output on every batch (``[block][batch]``), for :func:`_loss_from`."""
+    blocks = _blocks(model)
+    outs: list[list[Any]] = [[] for _ in blocks]
+    hooks = [b.register_forward_hook(lambda _m, _a, out, i=i: outs[i].append(out)) for i, b in enumerate(blocks)]
+    try:
+        for batch in batches:
+            model(input_ids=batch, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return outs
+
+
+@torch.no_grad()
+def _loss_from(model: nn.Module, batches: list[Tensor], first: int, cached: list[list[Any]]) -> float:
+    """The next-token loss with blocks before ``first`` replaced by their cached outputs (a change at block
+    ``first`` or later cannot alter them), which saves their compute."""
+    blocks = _blocks(model)
+    total, count = 0.0, 0
+    for bi, batch in enumerate(batches):
+        try:
+            for j in range(first):
+                blocks[j].forward = lambda *_a, _out=cached[j][bi], **_k: _out
+            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+        finally:
+            for j in range(first):
+                if "forward" in vars(blocks[j]):
+                    del blocks[j].forward
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"))
+        count += batch[:, 1:].numel()
+    return total / count
+
+
 @dataclass
 class LayerTable:
     """Every block's options per module kind with their loss increase (``options[kind][block]`` = [(width, Δloss)],
@@ -234,6 +269,7 @@ def score_options(model: nn.Module, calibration: Any, ranking: Ranking, axes: tu
     model.eval()
     try:
         base = _loss(model, batches)
+        cached = _block_outputs(model, batches)
         table: dict[str, list[list[tuple[int, float]]]] = {"attention": [], "mlp": []}
         trials: list[tuple[str, int, int]] = []
         for i, b in enumerate(blocks):
@@ -255,7 +291,7 @@ def score_options(model: nn.Module, calibration: Any, ranking: Ranking, axes: tu
                 rows = _query_rows(ranking.groups[i][:width], shapes.queries_per_group, shapes.head_dim)
                 z = _Zeroing(b.self_attn.o_proj, rows, b.self_attn.o_proj.in_features)
             try:
-                delta = _loss(model, batches) - base
+                delta = _loss_from(model, batches, i, cached) - base
             finally:
                 z.remove()
             if kind == "drop":

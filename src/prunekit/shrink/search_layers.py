@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from torch import nn
 
@@ -130,36 +130,41 @@ def _measure(model: nn.Module, t: Target) -> int:
     return non_embedding_params(model) if t.kind == "params" else param_count(model)
 
 
-def shrink_layers_(model: nn.Module, target: str | Target, calibration: Any,
-                   axes: Iterable[str] = DEFAULT_PER_LAYER_AXES, *, optimizer: str = "milp",
-                   reference: int | None = None, latency: LatencyTable | None = None, threads: int | None = 1,
-                   progress: bool = False) -> LayerShrinkReport:
-    """Cut ``model`` in place to per-block shapes under ``target`` (see the module docstring) along ``axes``
-    (``heads``: key/value groups, ``neurons``: MLP width, ``depth``: whole blocks may go), chosen by
-    ``optimizer`` (``milp``: exact; ``greedy``). ``latency``: a table measured before (else measured here, with
-    ``threads``, for ``speed=``). Returns a :class:`LayerShrinkReport`."""
-    start = time.perf_counter()
+@dataclass
+class LayerBudget:
+    """A checked per-layer search: the target, axes, budget, what the model may still change by, and the costs."""
+
+    target: Target
+    axes: tuple[str, ...]
+    budget: float
+    allowance: float
+    cost: Callable[[int, int, int], float]
+    drop_cost: Callable[[int], float]
+    latency: LatencyTable | None = None
+
+
+def check_layers(model: nn.Module, target: str | Target, axes: Iterable[str] = DEFAULT_PER_LAYER_AXES, *,
+                 optimizer: str = "milp", reference: int | None = None, latency: LatencyTable | None = None,
+                 threads: int | None = 1) -> LayerBudget:
+    """Every check of :func:`shrink_layers_` but the calibration's, the latency table measured for ``speed=`` (when
+    not given), and the budget; one ValueError naming what the search can reach when it is out of reach.
+    Changes nothing."""
     width_layout(model)
     t = parse_target(target)
     chosen = check_per_layer_axes(axes)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-    check_calibration(model, calibration)
     if reference is not None and (isinstance(reference, bool) or not isinstance(reference, int) or reference < 1):
         raise ValueError(f"reference must be a positive parameter count, got {reference!r}")
     if reference is not None and t.kind == "speed":
         raise ValueError("reference= is a parameter count; speed= is measured against the model as it is")
     shapes = layer_shapes_of(model)
-    notes: list[str] = []
-    if "heads" in chosen and shapes.kv_heads and max(shapes.kv_heads) == 1:
-        notes.append("one key/value group (multi-query attention): heads are kept")
-    lat_info = None
     if t.kind == "speed":
         if latency is None:
             widths = {k for kv in shapes.kv_heads for k in kv_options(kv)}
             ffns = {f for w in shapes.ffn for f in ffn_options(w)}
             latency = measure_table(model, widths | set(shapes.kv_heads), ffns | set(shapes.ffn), threads=threads)
-        budget = latency.dense_s / t.fraction
+        budget: float = latency.dense_s / t.fraction
         allowance = budget - latency.dense_s
     else:
         ref = reference if reference is not None else _measure(model, t)
@@ -170,8 +175,32 @@ def shrink_layers_(model: nn.Module, target: str | Target, calibration: Any,
     cheapest = sum(min(o.cost for o in g) for g in blank.groups)
     if cheapest > allowance:
         raise ValueError(_unreachable(model, t, chosen, latency, cheapest, allowance))
+    return LayerBudget(t, chosen, budget, allowance, cost, drop_cost, latency)
+
+
+def shrink_layers_(model: nn.Module, target: str | Target, calibration: Any,
+                   axes: Iterable[str] = DEFAULT_PER_LAYER_AXES, *, optimizer: str = "milp",
+                   reference: int | None = None, latency: LatencyTable | None = None, threads: int | None = 1,
+                   score_on: Any = None, progress: bool = False) -> LayerShrinkReport:
+    """Cut ``model`` in place to per-block shapes under ``target`` (see the module docstring) along ``axes``
+    (``heads``: key/value groups, ``neurons``: MLP width, ``depth``: whole blocks may go), chosen by
+    ``optimizer`` (``milp``: exact; ``greedy``). ``latency``: a table measured before (else measured here, with
+    ``threads``, for ``speed=``). ``score_on``: the windows options are scored on (default ``calibration``, which
+    always ranks the units). Returns a :class:`LayerShrinkReport`."""
+    start = time.perf_counter()
+    check_calibration(model, calibration)
+    if score_on is not None:
+        check_calibration(model, score_on)
+    b = check_layers(model, target, axes, optimizer=optimizer, reference=reference, latency=latency, threads=threads)
+    t, chosen, latency, budget, allowance, cost, drop_cost = (b.target, b.axes, b.latency, b.budget, b.allowance,
+                                                              b.cost, b.drop_cost)
+    shapes = layer_shapes_of(model)
+    notes: list[str] = []
+    if "heads" in chosen and max(shapes.kv_heads) == 1:
+        notes.append("one key/value group (multi-query attention): heads are kept")
+    lat_info = None
     ranking = rank_units(model, calibration)
-    table = score_options(model, calibration, ranking, chosen, progress)
+    table = score_options(model, calibration if score_on is None else score_on, ranking, chosen, progress)
     choices: Choices = block_choices(model, table, cost, drop_cost)
     plan = plan_layers(model, choices, allowance, optimizer)
     picks = [choices.pairs[i].index((k, f)) for i, (k, f) in enumerate(zip(plan.kv_heads, plan.ffn))]
