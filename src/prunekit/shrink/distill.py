@@ -277,7 +277,7 @@ def distill_(student: nn.Module, teacher: nn.Module | None, windows: Any, config
         done = int(state["step"])
         if done > cfg.steps:
             raise ValueError(f"the checkpoint is at step {done}, beyond the {cfg.steps} steps asked for")
-    stream = _windows(windows, cfg)
+    stream = window_iter(windows, cfg)
     for _ in range(done * cfg.batch_size):  # the windows earlier steps used
         next(stream)
 
@@ -354,7 +354,7 @@ def _loss(student: nn.Module, teacher: nn.Module | None, batch: Tensor, cfg: Dis
     return loss
 
 
-def _windows(windows: Any, cfg: DistillConfig) -> Iterator[Tensor]:
+def window_iter(windows: Any, cfg: DistillConfig) -> Iterator[Tensor]:
     """An endless iterator of (seqlen,) windows from a stream or a (n, seqlen) tensor (cycled in order)."""
     if isinstance(windows, Tensor):
         if windows.dim() != 2 or windows.shape[0] == 0 or windows.dtype not in (torch.int64, torch.int32):
