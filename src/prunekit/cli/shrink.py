@@ -222,7 +222,11 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
     if args.dtype == "bf16":
         import torch
 
-        student = student.to(torch.bfloat16)
+        # the parameters only: buffers such as the rotary frequencies stay float32, as from_pretrained(dtype=
+        # bfloat16) builds them, so the model in memory is the one a user reads back
+        for p in student.parameters():
+            p.data = p.data.to(torch.bfloat16)
+        student.config.dtype = torch.bfloat16
     say(args, f"saving to {folder} ({args.dtype}) and reading it back ...")
     meta["dtype"] = args.dtype
     meta["reload_max_abs_diff"] = save_and_verify(student, lm.tokenizer, folder, windows[:2, :64])
