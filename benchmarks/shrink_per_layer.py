@@ -11,7 +11,10 @@ For each seed (the calibration sample and the distillation text order), from the
   MLP width, or its removal, scored alone on the first ``--score-tokens`` tokens of ``--score-windows``
   calibration windows, the blocks before the one tried replayed from cache; chosen by the exact MILP);
 
-then both are distilled from the dense model with the same settings (``--kd-steps`` × ``--kd-batch`` ×
+- **adapt**: Adapt-Pruner's schedule — ``--rounds`` rounds of a per-layer cut (scores measured anew) and
+  distillation, the same total steps and text;
+
+then uniform and per-layer are distilled from the dense model with the same settings (``--kd-steps`` × ``--kd-batch`` ×
 ``--kd-seqlen`` tokens of the Python docs' calibration split) and scored by perplexity on held-out windows
 (``--eval-windows`` × ``--seqlen`` of the evaluation split). One torch thread; wall and CPU time per phase.
 Results: ``benchmarks/results/shrink_per_layer.json`` (rewritten after every run, so a partial result is kept).
@@ -54,7 +57,8 @@ def main() -> None:
     p.add_argument("--kd-batch", type=int, default=1)
     p.add_argument("--kd-seqlen", type=int, default=128)
     p.add_argument("--kd-lr", type=float, default=2e-4)
-    p.add_argument("--variants", default="uniform,per-layer")
+    p.add_argument("--variants", default="uniform,per-layer,adapt")
+    p.add_argument("--rounds", type=int, default=2, help="Adapt-Pruner rounds (variant adapt)")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "shrink_per_layer.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -63,7 +67,8 @@ def main() -> None:
     from prunekit.metrics.perplexity import perplexity
     from prunekit.models.hf import load_model
     from prunekit.shrink import shrink_, shrink_layers_
-    from prunekit.shrink.distill import distill_, text_stream
+    from prunekit.shrink.distill import DistillConfig, distill_, text_stream
+    from prunekit.shrink.schedule import AdaptConfig, adapt_shrink_
     from prunekit.shrink.perlayer import layer_shapes_of
 
     axes = tuple(a for a in args.axes.split(",") if a)
@@ -85,6 +90,22 @@ def main() -> None:
             run: dict = {"seed": seed, "variant": variant, "load_before": os.getloadavg()}
             student = copy.deepcopy(dense)
             t = _clock()
+            if variant == "adapt":  # cut and distillation interleaved: its own loop, reported at the end
+                stream = text_stream(lm.tokenizer, "pydocs", args.kd_seqlen, seed)
+                ad = adapt_shrink_(student, dense, args.target, calib, stream,
+                                   AdaptConfig(rounds=args.rounds, axes=axes, score_windows=args.score_windows,
+                                               score_tokens=args.score_tokens),
+                                   DistillConfig(steps=args.kd_steps, batch_size=args.kd_batch, seqlen=args.kd_seqlen,
+                                                 lr=args.kd_lr, seed=seed))
+                run.update(shape=str(layer_shapes_of(student)), time=_since(t), report=ad.to_dict(),
+                           layer_shapes=layer_shapes_of(student).to_dict(),
+                           non_embedding_kept=ad.rounds[-1]["shrink"]["non_embedding_kept"],
+                           perplexity_kd=perplexity(student, windows, progress=False), load_after=os.getloadavg())
+                record["runs"].append(run)
+                save()
+                print(f"seed {seed} adapt ({args.rounds} rounds): {run['shape']}; kept {run['non_embedding_kept']:.1%}; "
+                      f"perplexity after {ad.tokens:,} KD tokens {run['perplexity_kd']:.2f}; {run['time']}", flush=True)
+                continue
             if variant == "uniform":
                 rep = shrink_(student, args.target, calib, axes, candidates=args.candidates)
                 run["shape"] = str(rep.shape_after)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from pydantic import Field
 from torch import nn
 
@@ -36,6 +37,7 @@ class AdaptConfig(Config):
     axes: tuple[str, ...] = DEFAULT_PER_LAYER_AXES
     optimizer: str = "milp"
     score_windows: int = Field(4, ge=1)
+    score_tokens: int | None = Field(None, ge=2)
 
 
 @dataclass
@@ -96,13 +98,18 @@ def adapt_shrink_(model: nn.Module, teacher: nn.Module | None, target: str, cali
     check_calibration(model, calibration)
     if isinstance(windows, WindowStream) and windows.seqlen != train.seqlen:
         raise ValueError(f"the stream cuts {windows.seqlen}-token windows but seqlen is {train.seqlen}")
+    score_on = calibration[:cfg.score_windows]
+    if cfg.score_tokens is not None:
+        if not isinstance(score_on, torch.Tensor):
+            raise ValueError("score_tokens needs the calibration as one (n, seqlen) tensor of token ids")
+        score_on = score_on[:, :cfg.score_tokens]
     stream = window_iter(windows, train)  # one iterator: each round reads on where the last one stopped
     start = time.perf_counter()
     report = AdaptReport(str(t))
     for r, (keep, n) in enumerate(zip(round_targets(t.fraction, cfg.rounds), steps)):
         cut: LayerShrinkReport = shrink_layers_(model, f"{t.kind}={keep:.6f}", calibration, cfg.axes,
                                                 optimizer=cfg.optimizer, reference=reference,
-                                                score_on=calibration[:cfg.score_windows], progress=progress)
+                                                score_on=score_on, progress=progress)
         trained: DistillReport = distill_(model, teacher, stream, train.replace(steps=n), progress=progress)
         report.rounds.append({"target": f"{t.kind}={keep:.4f}",
                               "shrink": {**cut.to_dict(), "non_embedding_kept": non_embedding_params(model) / ne_dense},
