@@ -103,7 +103,7 @@ def main() -> None:
     if args.pruned_from and Path(args.pruned_from).is_file():
         for run in json.loads(Path(args.pruned_from).read_text())["runs"]:
             same = (run["variant"] == "uniform" and run["seed"] == args.seed and run["shape"] == record["shape"]
-                    and run["distill"]["tokens"] == args.kd_steps * args.kd_batch * args.kd_seqlen
+                    and "distill" in run and run["distill"]["tokens"] == args.kd_steps * args.kd_batch * args.kd_seqlen
                     and run["distill"]["lr"] == args.kd_lr)
             if same:
                 reused = run
