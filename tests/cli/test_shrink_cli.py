@@ -114,3 +114,35 @@ def test_timing_compares_the_dense_model_with_the_shrunk_one(tiny_folder, tmp_pa
     data = json.loads(capsys.readouterr().out)
     assert seen["dense"] == 64 * 128 and seen["shrunk"] < seen["dense"]  # not the shrunk model timed twice
     assert data["generation"]["dense"]["tokens"] == 4 and data["generation"]["speedup"] > 0
+
+
+def test_vocab_trims_the_saved_model_and_tokenizer(tiny_folder, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, texts = tmp_path / "trimmed", tmp_path / "few-words"
+    texts.mkdir()
+    for i in range(10):  # a text of few words: most of the tokenizer's merged tokens go
+        (texts / f"p{i}.txt").write_text("Modules group functions and classes. " * 5)
+    assert main(_args(tiny_folder, out, "--json", "--vocab", str(texts))) == 0
+    data = json.loads(capsys.readouterr().out)
+    before = AutoTokenizer.from_pretrained(tiny_folder / "model")
+    vocab = data["vocab"]
+    assert vocab["vocab_before"] == len(before) and vocab["vocab_after"] < vocab["vocab_before"]
+    assert vocab["fallback"] == "bytes" and "vocab" in data["perplexity"]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.vocab_size == len(tok) == vocab["vocab_after"]
+    from prunekit.export.gguf_vocab import kept_token_ids
+
+    kept = kept_token_ids(out)  # the old ids, for cutting a source GGUF's tokenizer alike
+    assert len(kept) == vocab["vocab_after"] and kept == sorted(kept)
+    assert [before.convert_ids_to_tokens(i) for i in kept] == tok.convert_ids_to_tokens(list(range(len(tok))))
+    text = (tiny_folder / "texts" / "page00.txt").read_text()  # held out from the vocabulary: more, smaller pieces
+    assert len(tok(text)["input_ids"]) > len(before(text)["input_ids"])
+    assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def test_vocab_of_a_missing_text_is_refused_before_writing(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(_args(tiny_folder, out, "--quiet", "--vocab", str(tmp_path / "nope"))) == 2
+    assert "unknown text source" in capsys.readouterr().err and not out.exists()

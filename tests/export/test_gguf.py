@@ -140,3 +140,29 @@ def test_zeros_stay_exact_in_symmetric_types_and_a_note_warns_of_offset_ones(tok
     t = next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == "blk.0.ffn_up.weight")
     w = gguf.quants.dequantize(t.data, gguf.GGMLQuantizationType(int(t.tensor_type)))
     assert ((w == 0).mean()) == pytest.approx(0.5, abs=0.01)
+
+
+def test_subset_vocab_cuts_the_source_tokenizer_to_the_kept_ids():
+    import gguf
+
+    from prunekit.export.gguf_vocab import VocabPlan, subset_vocab
+
+    T = gguf.GGUFValueType
+    tokens = [b"<s>", b"a", b"b", b"ab", b"c", b"abc", b"bc"]
+    plan = VocabPlan("copied", len(tokens), fields=[
+        ("tokenizer.ggml.model", "gpt2", T.STRING, None),
+        ("tokenizer.ggml.tokens", tokens, T.ARRAY, T.STRING),
+        ("tokenizer.ggml.token_type", [3, 1, 1, 1, 1, 1, 1], T.ARRAY, T.INT32),
+        ("tokenizer.ggml.merges", [b"a b", b"ab c", b"b c"], T.ARRAY, T.STRING),
+        ("tokenizer.ggml.bos_token_id", 0, T.UINT32, None),
+        ("tokenizer.ggml.eos_token_id", 6, T.UINT32, None),
+    ])
+    cut = subset_vocab(plan, [0, 1, 2, 3, 4, 5])  # "bc" (6) goes
+    got = {k: v for k, v, *_ in cut.fields}
+    assert cut.tokens == 6 and got["tokenizer.ggml.tokens"] == tokens[:6]
+    assert got["tokenizer.ggml.token_type"] == [3, 1, 1, 1, 1, 1]
+    assert got["tokenizer.ggml.merges"] == [b"a b", b"ab c"]  # "b c" builds a token no longer kept
+    assert got["tokenizer.ggml.bos_token_id"] == 0 and "tokenizer.ggml.eos_token_id" not in got
+    assert any("eos_token_id" in n for n in cut.notes)
+    with pytest.raises(ValueError, match="ascending"):
+        subset_vocab(plan, [3, 1])

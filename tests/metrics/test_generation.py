@@ -39,3 +39,19 @@ def test_compare_generation_interleaves_and_reports_spread():
         assert s.tokens == 4 and s.prompt_tokens == 5 and s.runs == 3 and s.iqr_s >= 0
         assert set(s.to_dict()) >= {"tokens_per_s", "spread", "noisy", "why"}
     assert cmp.ratio("pruned", "dense").median > 0
+
+
+def test_compare_generation_gives_each_model_its_own_tokenizer():
+    from prunekit.metrics.generation import compare_generation
+
+    class Short(Tok):  # another vocabulary: the same prompt in fewer ids
+        def __call__(self, text, return_tensors=None):
+            out = super().__call__(text)
+            out.input_ids = out.input_ids[:, :2]
+            return out
+
+    speeds, _ = compare_generation({"dense": tiny_model("llama"), "trimmed": tiny_model("llama")},
+                                   {"dense": Tok(), "trimmed": Short()}, "hello", new_tokens=3, min_rounds=1,
+                                   max_rounds=1)
+    assert speeds["dense"].prompt_tokens == 5 and speeds["trimmed"].prompt_tokens == 2
+    assert speeds["dense"].tokens == speeds["trimmed"].tokens == 3

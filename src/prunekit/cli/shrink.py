@@ -68,6 +68,10 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (default 50)")
     p.add_argument("--resume", action="store_true",
                    help="continue the distillation from --checkpoint (same command otherwise)")
+    p.add_argument("--vocab", default=None, metavar="TEXT",
+                   help="also trim the vocabulary to the tokens TEXT's calibration split uses (pydocs, a text file or "
+                        "a folder), plus byte and special tokens; the saved tokenizer encodes that text identically "
+                        "and other text with more, smaller pieces (prunekit.shrink.vocab)")
     p.add_argument("--no-time", action="store_true", help="skip the paired generation-speed measurement")
     p.add_argument("--out", default=None, help="output folder (default shrunk-<model name>)")
     p.add_argument("--overwrite", action="store_true",
@@ -144,7 +148,7 @@ def _run_identity(args: argparse.Namespace) -> dict[str, Any]:
             "optimizer": args.optimizer, "score_windows": args.score_windows,
             "importance": args.importance, "candidates": args.candidates, "calib": args.calib,
             "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed,
-            "kd": args.kd.to_dict(), "kd_text": args.kd_text or args.calib}
+            "kd": args.kd.to_dict(), "kd_text": args.kd_text or args.calib, "vocab": args.vocab}
 
 
 def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Any], str]:
@@ -165,6 +169,12 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
         raise ValueError(f"{args.model} is not a causal language model; prunekit shrink cuts decoders")
     calib = calibration_windows(lm.tokenizer, args.calib, args.nsamples, args.seqlen, args.seed, say=quiet)
     windows = eval_windows(lm.tokenizer, args.calib, args.eval_windows, args.seqlen, say=quiet)
+    vocab_plan = None
+    if args.vocab is not None:  # planned (and its tokenizer checked on the text) before anything changes
+        from ..shrink.vocab import config_token_ids, corpus_texts, plan_vocab
+
+        say(args, f"planning the vocabulary of {args.vocab} ...")
+        vocab_plan = plan_vocab(lm.tokenizer, corpus_texts(args.vocab), keep_ids=config_token_ids(lm.model.config))
     run_id = _run_identity(args)
     meta: dict[str, Any] = {"prunekit_version": __version__, "command": "shrink", "model": str(args.model),
                             "run": run_id}
@@ -212,11 +222,23 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
                       progress=progress, extra=extra)
         meta["distill"] = kd.to_dict()
         meta["perplexity"]["distilled"] = perplexity(student, windows, progress=progress)
+    tokenizer, check_ids = lm.tokenizer, windows[:2, :64]
+    if vocab_plan is not None:
+        from ..shrink.vocab import trim_vocab_
+
+        vocab = trim_vocab_(student, lm.tokenizer, plan=vocab_plan)
+        tokenizer = vocab.tokenizer
+        meta["vocab"] = vocab.to_dict()
+        vwindows = eval_windows(tokenizer, args.calib, args.eval_windows, args.seqlen, say=quiet)
+        meta["perplexity"]["vocab"] = perplexity(student, vwindows, progress=progress)
+        check_ids = vwindows[:2, :64]
+        shrink_text += f"\n{vocab}"
     if not args.no_time:
         from ..metrics.generation import compare_generation
 
         say(args, "timing generation, dense and shrunk interleaved ...")
-        speeds, cmp = compare_generation({"dense": teacher, "shrunk": student}, lm.tokenizer, threads=1)
+        speeds, cmp = compare_generation({"dense": teacher, "shrunk": student},
+                                         {"dense": lm.tokenizer, "shrunk": tokenizer}, threads=1)
         meta["generation"] = {n: s.to_dict() for n, s in speeds.items()}
         meta["generation"]["speedup"] = speeds["dense"].seconds / speeds["shrunk"].seconds
     if args.dtype == "bf16":
@@ -229,12 +251,17 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
         student.config.dtype = torch.bfloat16
     say(args, f"saving to {folder} ({args.dtype}) and reading it back ...")
     meta["dtype"] = args.dtype
-    meta["reload_max_abs_diff"] = save_and_verify(student, lm.tokenizer, folder, windows[:2, :64])
+    meta["reload_max_abs_diff"] = save_and_verify(student, tokenizer, folder, check_ids)
     if args.dtype == "bf16":
-        meta["perplexity"]["saved_bf16"] = perplexity(student, windows, progress=progress)
+        meta["perplexity"]["saved_bf16"] = perplexity(student, vwindows if vocab_plan is not None else windows,
+                                                      progress=progress)
     meta["perplexity_text"] = {"source": args.calib, "windows": args.eval_windows, "seqlen": args.seqlen}
     text = _render(args, meta, shrink_text)
     (folder / "prunekit.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    if vocab_plan is not None:  # the source ids kept, for a GGUF export that cuts the source's tokenizer alike
+        from ..export.gguf_vocab import KEPT_FILE
+
+        (folder / KEPT_FILE).write_text(json.dumps({"kept": vocab_plan.kept.tolist()}) + "\n")
     (folder / "report.txt").write_text(text + "\n")
     return meta, text
 
@@ -277,7 +304,8 @@ def _render(args: argparse.Namespace, meta: dict[str, Any], shrink_text: str) ->
                      f"{d['peak_rss_bytes'] / 2**30:.2f} GiB"
                      + (f", resumed after step {d['resumed_from']}" if d["resumed_from"] else ""))
     pp = ", ".join(f"{k} {v:.2f}" for k, v in ppl.items())
-    lines.append(f"perplexity ({args.calib} held out, {args.eval_windows}×{args.seqlen}): {pp}")
+    lines.append(f"perplexity ({args.calib} held out, {args.eval_windows}×{args.seqlen}): {pp}"
+                 + (" (vocab: over the trimmed tokenizer's tokens of the same text)" if "vocab" in ppl else ""))
     if "generation" in meta:
         g = meta["generation"]
         lines.append(f"generation ({g['dense']['tokens']} tokens, 1 thread, interleaved): dense "

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ..infra.machine import release_freed_memory
+
 
 class Mask(nn.Module):
     """Parametrization that multiplies a tensor by a fixed boolean mask (True = kept)."""
@@ -63,6 +65,46 @@ def set_mask_(module: nn.Module, mask: Tensor, name: str = "weight") -> None:
         existing.mask.logical_and_(mask)
     else:
         parametrize.register_parametrization(module, name, Mask(mask))
+
+
+class PackedMasks:
+    """Keep-masks held one bit per entry until :meth:`apply_` puts them on their modules.
+
+    A method that writes its zeros into the weights themselves (SparseGPT, ALPS) needs no mask for the
+    rest of its walk; holding the masks packed (1/8 of a bool tensor) and registering them at the end keeps
+    a model's worth of boolean masks out of the walk's peak memory. The masks are exactly the ones
+    :func:`set_mask_` would have been given.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[nn.Module, str, Tensor, tuple[int, ...]]] = []
+
+    def add(self, module: nn.Module, keep: Tensor, name: str = "weight") -> None:
+        """Hold ``keep`` (True = kept, the shape of ``module.<name>``) for ``module``."""
+        import numpy as np
+
+        shape = tuple(weight_of(module, name).shape)
+        if tuple(keep.shape) != shape:
+            raise ValueError(f"mask shape {tuple(keep.shape)} does not match {name} shape {shape}")
+        bits = np.packbits(keep.detach().to("cpu", torch.bool).contiguous().numpy().reshape(-1))
+        self.pending.append((module, name, torch.from_numpy(bits), shape))
+
+    def apply_(self) -> None:
+        """Put every held mask on its module (as :func:`set_mask_`), in the order they were added."""
+        import numpy as np
+
+        pending, self.pending = self.pending, []
+        for module, name, bits, shape in pending:
+            n = 1
+            for d in shape:
+                n *= d
+            keep = torch.from_numpy(np.unpackbits(bits.numpy(), count=n).view(bool)).reshape(shape)
+            set_mask_(module, keep.to(weight_of(module, name).device), name)
+            del keep
+            release_freed_memory()
+
+    def __len__(self) -> int:
+        return len(self.pending)
 
 
 def masked_modules(model: nn.Module, name: str = "weight") -> Iterator[tuple[str, nn.Module]]:

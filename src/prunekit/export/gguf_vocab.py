@@ -129,3 +129,47 @@ def add_vocab(writer: gguf.GGUFWriter, plan: VocabPlan) -> None:
             if kind is not None:
                 value = [kind(v).item() for v in value]
         writer.add_key_value(key, value, vtype, sub_type=sub)
+
+
+KEPT_FILE = "prunekit-vocab.json"  # written by ``prunekit shrink --vocab`` beside the model: the old ids it kept
+
+
+def kept_token_ids(folder: str | Path) -> list[int] | None:
+    """The source-vocabulary ids a vocabulary-trimmed folder kept (``prunekit shrink --vocab``), or None."""
+    path = Path(folder) / KEPT_FILE
+    if not path.is_file():
+        return None
+    return [int(i) for i in json.loads(path.read_text())["kept"]]
+
+
+def _raw(value: Any) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def subset_vocab(plan: VocabPlan, keep: list[int]) -> VocabPlan:
+    """The source GGUF's tokenizer fields cut to the token ids ``keep`` (ascending; new id i = old id keep[i]), for a
+    model whose vocabulary was trimmed: per-token arrays indexed, merges kept where both parts and the result are
+    kept, special token ids renumbered (one not kept is dropped, with a note)."""
+    if not keep or sorted(set(keep)) != list(keep) or keep[0] < 0 or keep[-1] >= plan.tokens:
+        raise ValueError(f"keep must be ascending, distinct token ids below {plan.tokens}")
+    new_of = {old: new for new, old in enumerate(keep)}
+    tokens = next((v for k, v, *_ in plan.fields if k == "tokenizer.ggml.tokens"), None)
+    if tokens is None:
+        raise ValueError("the tokenizer fields hold no tokenizer.ggml.tokens to cut")
+    kept_tokens = {_raw(tokens[i]) for i in keep}
+    notes = list(plan.notes)
+    fields = []
+    for key, value, vtype, sub in plan.fields:
+        if vtype == gguf.GGUFValueType.ARRAY and isinstance(value, list) and len(value) == plan.tokens:
+            value = [value[i] for i in keep]
+        elif key == "tokenizer.ggml.merges":
+            value = [m for m in value if (parts := _raw(m).split(b" ", 1)) and len(parts) == 2
+                     and parts[0] in kept_tokens and parts[1] in kept_tokens and parts[0] + parts[1] in kept_tokens]
+        elif key.endswith("_token_id") and vtype != gguf.GGUFValueType.ARRAY:
+            if int(value) not in new_of:
+                notes.append(f"{key} {value} is not among the kept tokens; left out")
+                continue
+            value = new_of[int(value)]
+        fields.append((key, value, vtype, sub))
+    return VocabPlan(f"{plan.source}, cut to the {len(keep)} tokens the trimmed vocabulary kept", len(keep), notes,
+                     fields)

@@ -14,3 +14,27 @@ def available_memory() -> int | None:
         return int(psutil.virtual_memory().available)
     except (OSError, RuntimeError):  # pragma: no cover - exotic platforms
         return None
+
+
+_LIBC: list = []
+
+
+def release_freed_memory() -> bool:
+    """Hand the C heap's free pages back to the operating system (glibc's ``malloc_trim(0)``); returns whether
+    it could. Large tensors freed between layers stay in the heap as fragments otherwise, and a walk that
+    frees a layer's temporaries and allocates the next one's grows its resident memory by hundreds of MB.
+    A no-op (False) where the C library has no ``malloc_trim`` (macOS, Windows, musl)."""
+    if not _LIBC:
+        try:
+            import ctypes
+            import ctypes.util
+
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.append(libc.malloc_trim if hasattr(libc, "malloc_trim") else None)
+        except (OSError, AttributeError):
+            _LIBC.append(None)
+    trim = _LIBC[0]
+    if trim is None:
+        return False
+    trim(0)
+    return True

@@ -23,7 +23,7 @@ from ..calibrate import InputStats
 from ..core.mask import get_mask
 from .base import PruneLog, PrunePlan, register_method
 from .config import BlockwiseConfig
-from .layerwise import BlockwiseMethod, Budget, is_transposed, rows_view, write_rows_
+from .layerwise import BlockwiseMethod, Budget, is_transposed, rows_view
 
 
 class ALPSConfig(BlockwiseConfig):
@@ -177,5 +177,5 @@ class ALPS(BlockwiseMethod):
         old = get_mask(module)
         keep_old = None if old is None else (old.t() if is_transposed(module) else old)
         keep, new_w = self.prune_matrix(name, rows_view(module), keep_old, stats, budget, plan)
-        write_rows_(module, keep, new_w)
+        self.write_layer_(module, keep, new_w, old is None)
 

@@ -17,9 +17,10 @@ expert calibrated on the tokens routed to it. Targets outside the blocks are lef
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -31,9 +32,10 @@ from ..calibrate.onepass import memory_budget, one_pass_bytes, one_pass_possible
 from ..core.allocate import ALLOCATIONS, allocate
 from ..core.finite import check_finite
 from ..core.inputs import check_token_ids
-from ..core.mask import get_mask, set_mask_, weight_of
+from ..core.mask import PackedMasks, get_mask, set_mask_, weight_of
 from ..core.pattern import check_pattern
 from ..core.scope import Target, is_transposed
+from ..infra.machine import release_freed_memory
 from .base import PruneLog, PrunePlan
 
 
@@ -76,6 +78,13 @@ def rows_mask(module: nn.Module) -> Tensor | None:
     if old is None:
         return None
     return old.t() if is_transposed(module) else old
+
+
+def write_rows_weight_(module: nn.Module, new_weight: Tensor) -> None:
+    """Copy a new (out, in) weight into the module's (dense, leaf) weight, mask untouched."""
+    leaf = weight_of(module)
+    with torch.no_grad():
+        leaf.copy_((new_weight.t() if is_transposed(module) else new_weight).to(leaf.dtype))
 
 
 def write_rows_(module: nn.Module, keep: Tensor, new_weight: Tensor | None = None) -> None:
@@ -167,7 +176,35 @@ class BlockwiseMethod:
         keep, new_w = self.prune_matrix(name, rows_view(module), keep_old, stats, budget, plan)
         if keep_old is not None:
             keep = keep & keep_old.to(keep.device)
-        write_rows_(module, keep, new_w)
+        self.write_layer_(module, keep, new_w, keep_old is None)
+
+    def write_layer_(self, module: nn.Module, keep: Tensor, new_w: Tensor | None, fresh: bool) -> None:
+        """Write a layer's new weight and keep-mask. A method that rewrites its weights writes the zeros into
+        them and, for a layer with no mask yet (``fresh``), holds the mask packed until the walk ends
+        (:meth:`flush_masks_`): the rest of the walk sees the same weights, and the masks stay out of its
+        peak memory."""
+        pending = getattr(self, "_packed", None)
+        if pending is None or not fresh or new_w is None:
+            write_rows_(module, keep, new_w)
+            return
+        write_rows_weight_(module, new_w.masked_fill_(~keep.to(new_w.device), 0.0))
+        pending.add(module, keep.t() if is_transposed(module) else keep)
+
+    @contextlib.contextmanager
+    def packed_masks(self) -> Iterator[None]:
+        """While a walk runs, hold the masks of a weight-rewriting method packed (see :meth:`write_layer_`);
+        put them on their layers when it ends, drop them when it fails (the journal puts the weights back).
+        Re-entrant: an inner walk leaves the masks to the outer one."""
+        if getattr(self, "_packed", None) is not None or not self.updates_weights:
+            yield
+            return
+        self._packed = PackedMasks()
+        try:
+            yield
+            pending = self._packed
+        finally:
+            self._packed = None
+        pending.apply_()
 
     def prune_experts(self, target: Target, stats: InputStats, budget: Budget, plan: PrunePlan) -> None:
         """Prune every expert of a fused 3-D expert parameter, each from the tokens routed to it."""
@@ -234,6 +271,10 @@ class BlockwiseMethod:
     def two_pass_(self, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
         """The usual loop: per block, one pass to collect every target's input statistics on the block as it
         is, the targets pruned, and one pass of the pruned block to feed the next."""
+        with self.packed_masks():
+            return self._two_pass_body(model, plan, sparsity, log)
+
+    def _two_pass_body(self, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
         inside = self.inside_blocks(model, plan, log)
         names = {t.name for t in inside}
         budgets = self.layer_budgets(model, plan, inside, sparsity)
@@ -252,6 +293,7 @@ class BlockwiseMethod:
                     self.prune_layer(t.name, t.module, stats, budgets[t.name], plan)
                 else:
                     self.prune_experts(t, stats, budgets[t.name], plan)
+                release_freed_memory()  # the layer's temporaries: the next layer's would not reuse them all
 
         walk_blocks_(model, plan.calibration, visit, progress=plan.progress, desc=self.name, **engine)
         if self._uncalibrated:
@@ -270,6 +312,10 @@ class BlockwiseMethod:
         pass per block when the estimate fits the budget and the windows share one length, else in staged
         passes (the same result; :mod:`prunekit.calibrate.onepass`). Fused MoE experts take the usual loop (with
         a warning that the order changed)."""
+        with self.packed_masks():
+            return self._sequential_body(model, plan, sparsity, log)
+
+    def _sequential_body(self, model: nn.Module, plan: PrunePlan, sparsity: float, log: PruneLog) -> None:
         cfg = plan.config
         if cfg.sequential != "layer":
             return self.two_pass_(model, plan, sparsity, log)
@@ -290,6 +336,7 @@ class BlockwiseMethod:
             if self.updates_weights:
                 log.record(t.module)
             self.prune_layer(t.name, t.module, stats, budgets[t.name], plan)
+            release_freed_memory()  # the layer's temporaries: the next layer's would not reuse them all
 
         def uncalled(targets: list[Target], block_name: str) -> None:
             self.skip_uncalled(targets, lambda name: False, log, block_name)

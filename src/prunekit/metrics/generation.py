@@ -59,17 +59,20 @@ def compare_generation(models: dict[str, nn.Module], tokenizer: Any, prompt: str
                        budget_s: float = 30.0, threads: int | None = None) -> tuple[dict[str, GenerationSpeed], Comparison]:
     """Greedy generation speed of several models on the same prompt, timed interleaved (A B, B A, …)
     so that load changes hit all of them; returns each model's speed and the comparison (whose
-    ``ratio("pruned", "dense")`` is the paired time ratio)."""
+    ``ratio("pruned", "dense")`` is the paired time ratio). ``tokenizer`` may be a dict of one tokenizer per
+    model (models with different vocabularies, each given the prompt in its own ids)."""
     if not isinstance(new_tokens, int) or isinstance(new_tokens, bool) or new_tokens < 1:
         raise ValueError(f"new_tokens must be a positive integer, got {new_tokens!r}")
     if not models:
         raise ValueError("compare_generation needs at least one model")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    toks = tokenizer if isinstance(tokenizer, dict) else {n: tokenizer for n in models}
     outs: dict[str, list] = {n: [] for n in models}
-    fns, modes = {}, {}
+    fns, modes, prompts = {}, {}, {}
     for name, model in models.items():
+        tok = toks[name]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         device = next(model.parameters()).device
-        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+        ids = prompts[name] = tok(prompt, return_tensors="pt").input_ids.to(device)
         fns[name] = _generate_fn(model, ids, new_tokens, pad, outs[name])
         modes[name] = model.training
         model.eval()
@@ -83,8 +86,9 @@ def compare_generation(models: dict[str, nn.Module], tokenizer: Any, prompt: str
     for name in models:
         t = cmp.timings[name]
         out = outs[name][0][0]
+        ids = prompts[name]
         new = out[ids.shape[1]:]
-        result[name] = GenerationSpeed(int(new.numel()), t.median_ms / 1e3, tokenizer.decode(new, skip_special_tokens=True),
+        result[name] = GenerationSpeed(int(new.numel()), t.median_ms / 1e3, toks[name].decode(new, skip_special_tokens=True),
                                        int(ids.shape[1]), t.runs, t.iqr_ms / 1e3, t.noisy, t.reasons())
     return result, cmp
 
