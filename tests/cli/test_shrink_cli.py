@@ -30,6 +30,28 @@ def test_shrink_saves_a_smaller_model_that_reloads(tiny_folder, tmp_path, capsys
     assert saved["perplexity"] == data["perplexity"] and (out / "report.txt").read_text().startswith("prunekit")
 
 
+def test_per_layer_search_saves_bf16_that_load_shrunk_reads_back(tiny_folder, tmp_path, capsys):
+    import torch
+    from safetensors import safe_open
+
+    from prunekit.shrink import layer_shapes_of, load_shrunk
+
+    out = tmp_path / "layers"
+    assert main(_args(tiny_folder, out, "--json", "--search", "per-layer", "--axes", "heads,neurons,depth",
+                      "--optimizer", "greedy", "--score-windows", "2", "--kd-steps", "2", "--kd-batch", "2",
+                      "--kd-seqlen", "32", "--dtype", "bf16")) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["shrink"]["search"] == "per-layer" and data["shrink"]["non_embedding_kept"] <= 0.6
+    assert data["dtype"] == "bf16" and data["reload_max_abs_diff"] <= 1e-4  # bf16 both sides, same kernels
+    assert set(data["perplexity"]) == {"dense", "shrunk", "distilled", "saved_bf16"}
+    model = load_shrunk(out)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    after = data["shrink"]["after"]
+    assert list(layer_shapes_of(model).ffn) == after["intermediate_size"]
+
+
 def test_resume_continues_the_distillation_from_its_checkpoint(tiny_folder, tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     common = ("--json", "--kd-steps", "4", "--kd-batch", "2", "--kd-seqlen", "32", "--checkpoint", str(ckpt),
@@ -49,7 +71,10 @@ def test_resume_continues_the_distillation_from_its_checkpoint(tiny_folder, tmp_
 
 @pytest.mark.parametrize("extra,message", [
     (("--target", "params=0.01"), "cannot be reached"),
-    (("--target", "speed=1.5"), "(speed=) is not built yet"),
+    (("--target", "speed=100"), "cannot be reached with axes heads, neurons: the fastest per-layer shape"),
+    (("--target", "speed=1.5", "--search", "uniform"), "searched per layer: use --search per-layer"),
+    (("--optimizer", "greedy"), "--optimizer applies to --search per-layer"),
+    (("--search", "per-layer", "--axes", "hidden"), "cut the residual width with the uniform search first"),
     (("--axes", "heads,width"), "unknown axis 'width'"),
     (("--resume", "--kd-steps", "2"), "--resume continues from a checkpoint"),
     (("--checkpoint", "x"), "--checkpoint applies to distillation"),

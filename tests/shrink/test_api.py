@@ -82,7 +82,7 @@ def _state(model):
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"target": "params=0.01"}, "cannot be reached"),
-    ({"target": "speed=1.5"}, "not built yet"),
+    ({"target": "speed=1.5"}, "searched per layer: use prunekit.shrink.shrink_layers_"),
     ({"target": "params=1.5"}, "must be in \\(0, 1\\]"),
     ({"target": "flops=0.5"}, "unknown target"),
     ({"axes": ["width"]}, "unknown axis 'width'"),

@@ -153,3 +153,94 @@ def test_resume_refuses_another_run_or_other_weights(tmp_path):
                  run={"a": 1}, resume=True, progress=False)
     with pytest.raises(ValueError, match="no distillation checkpoint"):
         read_checkpoint(tmp_path)
+
+
+def _per_layer_pair():
+    # a student of the teacher's width (per-layer cut: fewer MLP neurons, one block fewer), so hidden states compare
+    from prunekit.shrink import LayerShapes, apply_layer_shapes_, layer_shapes_of
+
+    teacher = tiny_model("llama", layers=4, seed=0)
+    student = tiny_model("llama", layers=4, seed=0)
+    s = layer_shapes_of(student)
+    apply_layer_shapes_(student, LayerShapes((2, 1, 0, 2), (64, 96, 0, 32), s.queries_per_group, s.head_dim),
+                        calibration=torch.randint(0, 128, (2, 16)))
+    return student, teacher
+
+
+def test_hidden_state_loss_pairs_blocks_and_is_zero_for_the_same_model():
+    from prunekit.shrink.distill import hidden_loss, teacher_layer
+
+    assert [teacher_layer(j, 3, 4) for j in range(3)] == [0, 2, 3]  # round(4/3)=1, round(8/3)=3, 4 → 0-based
+    assert [teacher_layer(j, 2, 2) for j in range(2)] == [0, 1]
+    teacher = tiny_model("llama", layers=2, seed=0)
+    ids = torch.randint(0, 128, (2, 8))
+    with torch.no_grad():
+        h = teacher(ids, output_hidden_states=True).hidden_states
+    assert hidden_loss(h, h).item() == 0.0
+    noisy = tuple(x + 0.1 * x.std() * torch.randn_like(x) for x in h)
+    assert 0 < hidden_loss(noisy, h).item() < 0.1  # ~0.01 relative squared error per block
+
+
+def test_hidden_state_distillation_lowers_both_losses():
+    from prunekit.shrink.distill import hidden_loss
+
+    student, teacher = _per_layer_pair()
+    windows = torch.randint(0, 128, (8, 16), generator=torch.Generator().manual_seed(0))
+
+    def losses():
+        with torch.no_grad():
+            s, t = student(windows, output_hidden_states=True), teacher(windows, output_hidden_states=True)
+        return kd_loss(s.logits, t.logits).item(), hidden_loss(s.hidden_states, t.hidden_states).item()
+
+    kl0, h0 = losses()
+    cfg = DistillConfig(steps=30, batch_size=4, seqlen=16, lr=3e-3, hidden_weight=1.0)
+    report = distill_(student, teacher, windows, cfg, progress=False)
+    kl1, h1 = losses()
+    assert kl1 < 0.7 * kl0 and h1 < h0 and len(report.losses) == 30
+
+
+def test_hidden_state_loss_refuses_a_student_of_another_width_before_training():
+    student, teacher = _pair()  # hidden 64 → 48
+    before = fingerprint(student)
+    with pytest.raises(ValueError, match="student's width is 48 and the teacher's 64"):
+        distill_(student, teacher, torch.randint(0, 128, (4, 16)), steps=2, batch_size=2, seqlen=16, hidden_weight=1.0,
+                 progress=False)
+    assert fingerprint(student) == before
+
+
+def test_lora_recovery_trains_adapters_and_merges_them_into_plain_weights():
+    from torch.nn.utils import parametrize
+
+    student, teacher = _per_layer_pair()
+    windows = torch.randint(0, 128, (8, 16), generator=torch.Generator().manual_seed(0))
+    embed = student.model.embed_tokens.weight.clone()
+    q = student.model.layers[0].self_attn.q_proj.weight.clone()
+    with torch.no_grad():
+        kl0 = kd_loss(student(windows).logits, teacher(windows).logits).item()
+    distill_(student, teacher, windows, steps=30, batch_size=4, seqlen=16, lr=3e-3, train="lora", lora_rank=4,
+             progress=False)
+    with torch.no_grad():
+        kl1 = kd_loss(student(windows).logits, teacher(windows).logits).item()
+    assert kl1 < kl0
+    assert not any(parametrize.is_parametrized(m) for m in student.modules())  # merged: a plain model again
+    assert torch.equal(student.model.embed_tokens.weight, embed)  # only the blocks' projections had adapters
+    assert not torch.equal(student.model.layers[0].self_attn.q_proj.weight, q)
+    with pytest.raises(ValueError, match="LoRA recovery .* runs without checkpoint="):
+        distill_(student, teacher, windows, steps=2, batch_size=2, seqlen=16, train="lora", checkpoint="/nonexistent",
+                 progress=False)
+
+
+def test_next_token_fine_tuning_needs_no_teacher_and_lowers_the_text_loss():
+    student, _ = _per_layer_pair()
+    windows = torch.randint(0, 16, (8, 16), generator=torch.Generator().manual_seed(0))  # 16 ids: learnable
+
+    def ce():
+        with torch.no_grad():
+            logits = student(windows).logits[:, :-1]
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)).item()
+
+    before = ce()
+    distill_(student, None, windows, steps=30, batch_size=4, seqlen=16, lr=3e-3, objective="next_token", progress=False)
+    assert ce() < 0.8 * before
+    with pytest.raises(ValueError, match="reads a teacher"):
+        distill_(student, None, windows, steps=2, batch_size=2, seqlen=16, progress=False)

@@ -6,8 +6,10 @@ compared before success is printed).
     prunekit shrink --model smollm2-135m --target params=0.6 --kd-steps 200 --out smollm2-shrunk
 
 ``--target params=F`` keeps at most F of the non-embedding parameters (all but the input embedding and the LM
-head); ``memory=F`` at most F of the weights' bytes (every parameter, at the model's dtype). ``speed=`` is not
-built yet.
+head); ``memory=F`` at most F of the weights' bytes (every parameter, at the model's dtype); ``speed=S`` a decode
+S times the dense model's, measured on this machine (1 thread). ``--search per-layer`` gives every block its own
+key/value groups and MLP width (and may remove blocks with ``--axes heads,neurons,depth``), chosen by an exact
+MILP (``--optimizer greedy``: greedily); such a folder is read back with ``prunekit.shrink.load_shrunk``.
 """
 
 from __future__ import annotations
@@ -32,8 +34,19 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
                                                           "folder or a .gguf file (default smollm2-135m)")
     p.add_argument("--target", default="params=0.6",
                    help="params=F (non-embedding parameters kept, default 0.6) or memory=F (weight bytes kept)")
-    p.add_argument("--axes", default="heads,neurons,hidden,depth",
-                   help="what may shrink, comma-separated: heads, neurons, hidden, depth (default all four)")
+    p.add_argument("--search", choices=["auto", "uniform", "per-layer"], default="auto",
+                   help="uniform: one shape for every block (a grid scored on calibration loss); per-layer: each "
+                        "block its own widths (scored per block, chosen by --optimizer); auto (default): per-layer "
+                        "for speed=, uniform otherwise")
+    p.add_argument("--optimizer", choices=["milp", "greedy"], default="milp",
+                   help="per-layer search: exact MILP (default) or greedy")
+    p.add_argument("--score-windows", type=int, default=4,
+                   help="per-layer search: calibration windows each option is scored on (default 4)")
+    p.add_argument("--axes", default=None,
+                   help="what may shrink, comma-separated: heads, neurons, hidden, depth (default: all four for the "
+                        "uniform search, heads,neurons per layer)")
+    p.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
+                   help="dtype of the saved model (default f32; bf16 halves the folder, read back and compared)")
     p.add_argument("--importance", choices=["activation", "magnitude"], default="activation",
                    help="how channels, heads and neurons are ranked: activation (Minitron's, default) or magnitude")
     p.add_argument("--candidates", type=int, default=4,
@@ -71,11 +84,24 @@ def _check_args(args: argparse.Namespace) -> None:
     """Every option is checked before any work; an option that would be ignored is an error."""
     from ..shrink.budget import parse_target
     from ..shrink.distill import DistillConfig
+    from ..shrink.perlayer import check_per_layer_axes
     from ..shrink.search import check_axes
+    from ..shrink.search_layers import DEFAULT_PER_LAYER_AXES
 
     args.target_ = parse_target(args.target)
-    args.axes_ = check_axes([a.strip() for a in args.axes.split(",") if a.strip()])
-    for name in ("nsamples", "seqlen", "eval_windows", "candidates", "kd_batch", "kd_seqlen", "checkpoint_every"):
+    if args.search == "auto":
+        args.search = "per-layer" if args.target_.kind == "speed" else "uniform"
+    if args.search == "uniform" and args.target_.kind == "speed":
+        raise ValueError("--target speed= is a measured latency, searched per layer: use --search per-layer (or auto)")
+    axes = [a.strip() for a in args.axes.split(",") if a.strip()] if args.axes is not None else None
+    if args.search == "per-layer":
+        args.axes_ = check_per_layer_axes(axes if axes is not None else DEFAULT_PER_LAYER_AXES)
+    else:
+        args.axes_ = check_axes(axes if axes is not None else ["heads", "neurons", "hidden", "depth"])
+        if args.optimizer != "milp":
+            raise ValueError("--optimizer applies to --search per-layer")
+    for name in ("nsamples", "seqlen", "eval_windows", "candidates", "kd_batch", "kd_seqlen", "checkpoint_every",
+                 "score_windows"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.seed < 0 or args.kd_steps < 0:
@@ -110,14 +136,16 @@ def run(args: argparse.Namespace) -> int:
         meta, text = _shrink_and_save(args, folder)
     meta["out"] = str(out)
     meta["total_seconds"] = time.perf_counter() - started
-    emit(args, meta, f"{text}\nsaved to {out}/ (read back with from_pretrained, logits checked) in "
+    reader = "from_pretrained" if args.search == "uniform" else "prunekit.shrink.load_shrunk"
+    emit(args, meta, f"{text}\nsaved to {out}/ ({args.dtype}; read back with {reader}, logits checked) in "
                      f"{meta['total_seconds']:.0f} s total")
     return 0
 
 
 def _run_identity(args: argparse.Namespace) -> dict[str, Any]:
     """What a checkpoint must match to be resumed by this command."""
-    return {"model": str(args.model), "target": str(args.target_), "axes": list(args.axes_),
+    return {"model": str(args.model), "target": str(args.target_), "search": args.search, "axes": list(args.axes_),
+            "optimizer": args.optimizer, "score_windows": args.score_windows,
             "importance": args.importance, "candidates": args.candidates, "calib": args.calib,
             "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed,
             "kd": args.kd.to_dict(), "kd_text": args.kd_text or args.calib, "vocab": args.vocab}
@@ -128,7 +156,9 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
     from ..datasets.text import calibration_windows, eval_windows
     from ..metrics.perplexity import perplexity
     from ..models.hf import load_model
-    from ..shrink import plan_shrink, shrink_
+    from ..shrink import plan_shrink, shrink_, shrink_layers_
+    from ..shrink.api import check_calibration
+    from ..shrink.search_layers import check_layers
     from ..shrink.distill import distill_, load_student, read_checkpoint, text_stream
 
     progress = not is_quiet(args)
@@ -139,7 +169,6 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
         raise ValueError(f"{args.model} is not a causal language model; prunekit shrink cuts decoders")
     calib = calibration_windows(lm.tokenizer, args.calib, args.nsamples, args.seqlen, args.seed, say=quiet)
     windows = eval_windows(lm.tokenizer, args.calib, args.eval_windows, args.seqlen, say=quiet)
-    _, _, _, _, found = plan_shrink(lm.model, args.target_, calib, args.axes_, args.importance)  # every check
     vocab_plan = None
     if args.vocab is not None:  # planned (and its tokenizer checked on the text) before anything changes
         from ..shrink.vocab import config_token_ids, corpus_texts, plan_vocab
@@ -148,7 +177,15 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
         vocab_plan = plan_vocab(lm.tokenizer, corpus_texts(args.vocab), keep_ids=config_token_ids(lm.model.config))
     run_id = _run_identity(args)
     meta: dict[str, Any] = {"prunekit_version": __version__, "command": "shrink", "model": str(args.model),
-                            "run": run_id, "candidates_in_band": len(found.shapes)}
+                            "run": run_id}
+    if args.search == "uniform":
+        _, _, _, _, found = plan_shrink(lm.model, args.target_, calib, args.axes_, args.importance)  # every check
+        meta["candidates_in_band"] = len(found.shapes)
+    else:  # every check, and for speed= the latency table, before the dense model is measured
+        check_calibration(lm.model, calib)
+        if args.target_.kind == "speed":
+            say(args, "timing the dense model and each block width (1 thread, CPU time) ...")
+        layer_budget = check_layers(lm.model, args.target_, args.axes_, optimizer=args.optimizer)
     teacher = lm.model
     if args.resume:
         ckpt = read_checkpoint(args.checkpoint)
@@ -166,8 +203,13 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
         # the unpruned model stays for distillation and the paired timing; else it is cut in place
         student = copy.deepcopy(lm.model) if args.kd_steps or not args.no_time else lm.model
         say(args, f"shrinking to {args.target_} along {', '.join(args.axes_)} ...")
-        report = shrink_(student, args.target_, calib, args.axes_, importance=args.importance,
-                         candidates=args.candidates, progress=progress)
+        if args.search == "uniform":
+            report = shrink_(student, args.target_, calib, args.axes_, importance=args.importance,
+                             candidates=args.candidates, progress=progress)
+        else:
+            report = shrink_layers_(student, args.target_, calib, args.axes_, optimizer=args.optimizer,
+                                    latency=layer_budget.latency, score_on=calib[:args.score_windows],
+                                    progress=progress)
         shrink_text = str(report)
         ppl["shrunk"] = perplexity(student, windows, progress=progress)
         meta.update(shrink=report.to_dict(), perplexity=ppl)
@@ -199,8 +241,20 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
                                          {"dense": lm.tokenizer, "shrunk": tokenizer}, threads=1)
         meta["generation"] = {n: s.to_dict() for n, s in speeds.items()}
         meta["generation"]["speedup"] = speeds["dense"].seconds / speeds["shrunk"].seconds
-    say(args, f"saving to {folder} and reading it back ...")
+    if args.dtype == "bf16":
+        import torch
+
+        # the parameters only: buffers such as the rotary frequencies stay float32, as from_pretrained(dtype=
+        # bfloat16) builds them, so the model in memory is the one a user reads back
+        for p in student.parameters():
+            p.data = p.data.to(torch.bfloat16)
+        student.config.dtype = torch.bfloat16
+    say(args, f"saving to {folder} ({args.dtype}) and reading it back ...")
+    meta["dtype"] = args.dtype
     meta["reload_max_abs_diff"] = save_and_verify(student, tokenizer, folder, check_ids)
+    if args.dtype == "bf16":
+        meta["perplexity"]["saved_bf16"] = perplexity(student, vwindows if vocab_plan is not None else windows,
+                                                      progress=progress)
     meta["perplexity_text"] = {"source": args.calib, "windows": args.eval_windows, "seqlen": args.seqlen}
     text = _render(args, meta, shrink_text)
     (folder / "prunekit.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
@@ -213,18 +267,20 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
 
 
 def save_and_verify(model: Any, tokenizer: Any, folder: Path, ids: Any) -> float:
-    """Save ``model`` and ``tokenizer`` into ``folder``, read the model back with stock ``from_pretrained`` and
-    compare its logits on ``ids`` with the in-memory model's; returns the largest difference, raises if it
-    is above :data:`RELOAD_ATOL` (the caller's output folder is then discarded)."""
+    """Save ``model`` and ``tokenizer`` into ``folder``, read the model back (stock ``from_pretrained`` for a uniform
+    shape, :func:`prunekit.shrink.load_shrunk` for per-layer shapes) and compare its logits on ``ids`` with the
+    in-memory model's; returns the largest difference, raises if it is above :data:`RELOAD_ATOL` (the caller's
+    output folder is then discarded). Both run at the model's dtype through the same kernels."""
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from ..shrink.perlayer import load_shrunk
 
     config = model.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
     model.save_pretrained(str(folder), safe_serialization=True)
     tokenizer.save_pretrained(str(folder))
-    back = AutoModelForCausalLM.from_pretrained(str(folder), dtype=next(model.parameters()).dtype).eval()
+    back = load_shrunk(folder, dtype=next(model.parameters()).dtype)
     was_training = model.training
     model.eval()
     with torch.no_grad():

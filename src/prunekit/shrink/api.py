@@ -146,14 +146,8 @@ def calibration_loss(model: nn.Module, calibration: Any) -> float:
     return total / count
 
 
-def plan_shrink(model: nn.Module, target: str | Target, calibration: Any, axes: Iterable[str] = AXES,
-                importance: str = "activation", slack: float = DEFAULT_SLACK):
-    """Every check of :func:`shrink_` and the candidate shapes, best-first; changes nothing."""
-    width_layout(model)  # the family and its layout first
-    t = parse_target(target)
-    chosen_axes = check_axes(axes)
-    if importance not in IMPORTANCES:
-        raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}, got {importance!r}")
+def check_calibration(model: nn.Module, calibration: Any) -> None:
+    """Calibration token ids the model can read, or one clear ValueError."""
     if calibration is None:
         raise ValueError("shrink_ needs calibration token ids (importance, Block Influence and the search's scores "
                          "run on them), e.g. prunekit.datasets.text.calibration_windows(tokenizer)")
@@ -161,6 +155,20 @@ def plan_shrink(model: nn.Module, target: str | Target, calibration: Any, axes: 
     vocab = int(model.config.vocab_size)
     if any(int(b.max()) >= vocab or int(b.min()) < 0 for b in batches):
         raise ValueError(f"calibration holds token ids outside the model's vocabulary of {vocab}")
+
+
+def plan_shrink(model: nn.Module, target: str | Target, calibration: Any, axes: Iterable[str] = AXES,
+                importance: str = "activation", slack: float = DEFAULT_SLACK):
+    """Every check of :func:`shrink_` and the candidate shapes, best-first; changes nothing."""
+    width_layout(model)  # the family and its layout first
+    t = parse_target(target)
+    if t.kind == "speed":
+        raise ValueError(f"target {t} is a measured latency, searched per layer: use prunekit.shrink.shrink_layers_ "
+                         "(--search per-layer)")
+    chosen_axes = check_axes(axes)
+    if importance not in IMPORTANCES:
+        raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}, got {importance!r}")
+    check_calibration(model, calibration)
     if not 0 <= slack < 1:
         raise ValueError(f"slack must be in [0, 1), the share of the dense count below the budget still searched; "
                          f"got {slack}")

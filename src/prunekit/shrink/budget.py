@@ -12,6 +12,9 @@ Budgets (:class:`Target`):
 - ``memory=F``: the bytes of all the weights (embedding and head included, a tied tensor once, at the
   model's dtype) are at most ``F`` times the dense model's. This is the memory the weights take when
   loaded and on disk before any quantization; it leaves out the KV cache and activations.
+- ``speed=S`` (S ≥ 1): the decode time per token, *measured* on this machine (:mod:`.latency`), is at most
+  the dense model's divided by S — ``speed=1.5`` is 1.5× the dense model's decode speed. Searched per
+  layer only (:mod:`.search_layers`).
 """
 
 from __future__ import annotations
@@ -22,8 +25,7 @@ from torch import nn
 
 from .layout import head_dim_of, width_layout
 
-KINDS = ("params", "memory")
-LATER = {"speed": "a measured-latency budget (speed=) is not built yet; use params= or memory= for now"}
+KINDS = ("params", "memory", "speed")
 
 
 @dataclass(frozen=True)
@@ -38,22 +40,26 @@ class Target:
 
 
 def parse_target(text: str | Target) -> Target:
-    """``"params=0.6"`` / ``"memory=0.5"`` → :class:`Target`; one clear error for anything else."""
+    """``"params=0.6"`` / ``"memory=0.5"`` / ``"speed=1.5"`` → :class:`Target`; one clear error for anything else."""
     if isinstance(text, Target):
         return text
     m = re.fullmatch(r"\s*([a-z]+)\s*=\s*([0-9.eE+-]+)\s*", str(text))
     if not m:
-        raise ValueError(f"target must look like params=0.6 or memory=0.5 (the fraction of the dense model kept), "
-                         f"got {text!r}")
+        raise ValueError(f"target must look like params=0.6 or memory=0.5 (the fraction of the dense model kept) or "
+                         f"speed=1.5 (times the dense model's measured decode speed), got {text!r}")
     kind, value = m.group(1), m.group(2)
-    if kind in LATER:
-        raise ValueError(LATER[kind])
     if kind not in KINDS:
-        raise ValueError(f"unknown target {kind!r}: use params= (non-embedding parameters) or memory= (weight bytes)")
+        raise ValueError(f"unknown target {kind!r}: use params= (non-embedding parameters), memory= (weight bytes) "
+                         "or speed= (measured decode speed)")
     try:
         f = float(value)
     except ValueError:
-        raise ValueError(f"target {kind}= needs a number in (0, 1], got {value!r}") from None
+        raise ValueError(f"target {kind}= needs a number, got {value!r}") from None
+    if kind == "speed":
+        if not (f >= 1 and f < float("inf")):
+            raise ValueError(f"target speed={value} must be a finite number ≥ 1: the speed-up over the dense model's "
+                             "measured decode speed")
+        return Target(kind, f)
     if not 0 < f <= 1:
         raise ValueError(f"target {kind}={value} must be in (0, 1]: the fraction of the dense model kept")
     return Target(kind, f)

@@ -1,9 +1,15 @@
 """Recovery by logit distillation: train the shrunk model (student) to match the unpruned model's (teacher)
-next-token distributions, as Minitron does, on text streamed in windows.
+next-token distributions, as Minitron does, on text streamed in windows — or, as alternatives, with
+hidden-state losses added, with LoRA adapters only, or by plain next-token fine-tuning with no teacher.
 
-The loss is KL(teacher ‖ student) of the temperature-softened next-token distributions, averaged over
-tokens and multiplied by T² (Hinton et al., 2015). Every parameter of the student trains (AdamW, linear
-warm-up then cosine decay, gradients clipped). Text comes from :class:`WindowStream`: documents shuffled by
+The loss (``objective="kd"``) is KL(teacher ‖ student) of the temperature-softened next-token distributions,
+averaged over tokens and multiplied by T² (Hinton et al., 2015); ``objective="next_token"`` is the
+cross-entropy of the text's next tokens (no teacher needed). ``hidden_weight`` > 0 adds Minitron's
+intermediate-state loss: for every student block j (of Ls) the normalised squared error between its output
+and the output of teacher block round(j·Lt/Ls) (the last blocks always paired), mean over blocks — the two
+must share the residual width. ``train="full"``: every parameter trains; ``train="lora"``: rank-``lora_rank``
+adapters on every projection of the blocks (plus biases and norms, as PERP does), merged into the weights
+at the end. AdamW, linear warm-up then cosine decay, gradients clipped. Text comes from :class:`WindowStream`: documents shuffled by
 the seed and tokenized one at a time as the windows are needed, so the corpus's tokens are never all held
 (its text is: :func:`text_stream` reads the source's documents first).
 
@@ -23,7 +29,7 @@ import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +57,15 @@ class DistillConfig(Config):
     max_grad_norm: float = Field(1.0, gt=0)
     checkpoint_every: int = Field(50, ge=1)
     seed: int = 0
+    objective: Literal["kd", "next_token"] = "kd"
+    hidden_weight: float = Field(0.0, ge=0)
+    train: Literal["full", "lora"] = "full"
+    lora_rank: int = Field(8, ge=1)
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether the loss reads a teacher's outputs."""
+        return self.objective == "kd" or self.hidden_weight > 0
 
     @property
     def tokens(self) -> int:
@@ -140,6 +155,24 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
 
 
+def teacher_layer(j: int, student_layers: int, teacher_layers: int) -> int:
+    """The teacher block whose output student block ``j`` (0-based) is compared with: round((j+1)·Lt/Ls) − 1."""
+    return max(0, round((j + 1) * teacher_layers / student_layers) - 1)
+
+
+def hidden_loss(student_hidden: tuple[Tensor, ...], teacher_hidden: tuple[Tensor, ...]) -> Tensor:
+    """Mean over student blocks of ‖h_s − h_t‖² / ‖h_t‖² (per token, then averaged), each student block's output
+    against its teacher block's (:func:`teacher_layer`); ``*_hidden`` as ``output_hidden_states`` gives them
+    (the embedding output first, which is skipped)."""
+    ls, lt = len(student_hidden) - 1, len(teacher_hidden) - 1
+    losses = []
+    for j in range(ls):
+        s = student_hidden[j + 1].float()
+        t = teacher_hidden[teacher_layer(j, ls, lt) + 1].float()
+        losses.append(((s - t).pow(2).sum(-1) / t.pow(2).sum(-1).clamp_min(1e-12)).mean())
+    return torch.stack(losses).mean()
+
+
 def fingerprint(model: nn.Module) -> float:
     """Σ of every parameter (float64): ties a checkpoint's weights to its optimizer state."""
     return float(sum(p.detach().double().sum() for p in {id(p): p for p in model.parameters()}.values()))
@@ -159,11 +192,12 @@ def read_checkpoint(folder: str | Path) -> dict[str, Any]:
 
 
 def load_student(folder: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """The student saved in a checkpoint folder, read with stock ``from_pretrained``."""
-    from transformers import AutoModelForCausalLM
+    """The student saved in a checkpoint folder, read with stock ``from_pretrained`` (per-layer shapes: with
+    :func:`prunekit.shrink.perlayer.load_shrunk`)."""
+    from .perlayer import load_shrunk
 
     read_checkpoint(folder)
-    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).train()
+    return load_shrunk(folder, dtype=dtype).train()
 
 
 def _schedule(cfg: DistillConfig) -> Callable[[int], float]:
@@ -191,7 +225,7 @@ def _save_checkpoint(folder: Path, student: nn.Module, opt: Any, sched: Any, ste
         (tmp / "prunekit.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def distill_(student: nn.Module, teacher: nn.Module, windows: Any, config: DistillConfig | dict | None = None, *,
+def distill_(student: nn.Module, teacher: nn.Module | None, windows: Any, config: DistillConfig | dict | None = None, *,
              checkpoint: str | Path | None = None, resume: bool = False, run: dict[str, Any] | None = None,
              progress: bool = True, on_step: Callable[[int], None] | None = None, extra: dict[str, Any] | None = None,
              **fields: Any) -> DistillReport:
@@ -202,7 +236,8 @@ def distill_(student: nn.Module, teacher: nn.Module, windows: Any, config: Disti
     ``resume`` the student must be the checkpoint's (:func:`load_student`) and training continues after its
     step. ``run`` (plain data describing the run) is stored in checkpoints and must match on resume; ``extra``
     (plain data) is stored beside it for the caller (:func:`read_checkpoint` returns both).
-    ``on_step(step)`` is called after each step. Checked before anything changes."""
+    ``on_step(step)`` is called after each step. ``teacher`` may be None for ``objective="next_token"`` without
+    hidden-state loss. Checked before anything changes."""
     cfg = config if isinstance(config, DistillConfig) else DistillConfig.parse(config or {}, **fields)
     if isinstance(config, DistillConfig) and fields:
         cfg = config.replace(**fields)
@@ -210,11 +245,23 @@ def distill_(student: nn.Module, teacher: nn.Module, windows: Any, config: Disti
     folder = Path(checkpoint) if checkpoint is not None else None
     if resume and folder is None:
         raise ValueError("resume needs the checkpoint folder to continue from (checkpoint=, --checkpoint DIR)")
-    vocab_s = student.get_output_embeddings().weight.shape[0]
-    vocab_t = teacher.get_output_embeddings().weight.shape[0]
-    if vocab_s != vocab_t:
-        raise ValueError(f"student and teacher predict different vocabularies ({vocab_s} and {vocab_t} tokens); "
-                         "logit distillation needs the same one")
+    if cfg.needs_teacher and teacher is None:
+        raise ValueError("this recovery reads a teacher (objective 'kd' or hidden_weight > 0); pass the unpruned model "
+                         "as teacher, or use objective='next_token' with hidden_weight=0")
+    if cfg.train == "lora" and folder is not None:
+        raise ValueError("checkpoints hold fully trained students; LoRA recovery (train='lora') runs without "
+                         "checkpoint=")
+    if teacher is not None and cfg.objective == "kd":
+        vocab_s = student.get_output_embeddings().weight.shape[0]
+        vocab_t = teacher.get_output_embeddings().weight.shape[0]
+        if vocab_s != vocab_t:
+            raise ValueError(f"student and teacher predict different vocabularies ({vocab_s} and {vocab_t} tokens); "
+                             "logit distillation needs the same one")
+    if cfg.hidden_weight > 0:
+        h_s, h_t = int(student.config.hidden_size), int(teacher.config.hidden_size)  # type: ignore[union-attr]
+        if h_s != h_t:
+            raise ValueError(f"hidden-state distillation compares residual streams, but the student's width is {h_s} "
+                             f"and the teacher's {h_t}; use hidden_weight=0 for a model whose hidden width was cut")
     state = None
     done = 0
     if resume:
@@ -230,11 +277,16 @@ def distill_(student: nn.Module, teacher: nn.Module, windows: Any, config: Disti
         done = int(state["step"])
         if done > cfg.steps:
             raise ValueError(f"the checkpoint is at step {done}, beyond the {cfg.steps} steps asked for")
-    stream = _windows(windows, cfg)
+    stream = window_iter(windows, cfg)
     for _ in range(done * cfg.batch_size):  # the windows earlier steps used
         next(stream)
 
-    params = [p for p in student.parameters() if p.requires_grad]
+    if cfg.train == "lora":
+        from ..train.recovery import trainable_params_
+
+        params = trainable_params_(student, "lora", cfg.lora_rank, {"include": ["model.layers.*"]})
+    else:
+        params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
     losses: list[float] = []
@@ -244,9 +296,10 @@ def distill_(student: nn.Module, teacher: nn.Module, windows: Any, config: Disti
         sched.load_state_dict(state["scheduler"])
         losses = list(state["losses"])
         spent = dict(state["spent"])
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    if teacher is not None:
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
     device = next(student.parameters()).device
     tokens_per_step = cfg.batch_size * cfg.seqlen
     start, cpu = time.perf_counter(), time.process_time()
@@ -256,9 +309,7 @@ def distill_(student: nn.Module, teacher: nn.Module, windows: Any, config: Disti
     try:
         for step in range(done, cfg.steps):
             batch = torch.stack([next(stream) for _ in range(cfg.batch_size)]).to(device)
-            with torch.no_grad():
-                target = teacher(input_ids=batch, use_cache=False).logits
-            loss = kd_loss(student(input_ids=batch, use_cache=False).logits, target, cfg.temperature)
+            loss = _loss(student, teacher, batch, cfg)
             losses.append(optimizer_step_(loss, opt, sched, params, cfg.max_grad_norm,
                                           f"distillation (step {step + 1}, lr {cfg.lr:g})"))
             bar.update(tokens_per_step)
@@ -272,13 +323,38 @@ def distill_(student: nn.Module, teacher: nn.Module, windows: Any, config: Disti
     finally:
         bar.close()
         student.eval()
+        if cfg.train == "lora":
+            from ..train.recovery import merge_lora_
+
+            merge_lora_(student)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return DistillReport(cfg.steps - done, (cfg.steps - done) * tokens_per_step, seconds, cpu_seconds, peak, cfg.lr,
                          cfg.temperature, done, losses)
 
 
-def _windows(windows: Any, cfg: DistillConfig) -> Iterator[Tensor]:
+def _loss(student: nn.Module, teacher: nn.Module | None, batch: Tensor, cfg: DistillConfig) -> Tensor:
+    """The training loss of one batch (see the module docstring)."""
+    hidden = cfg.hidden_weight > 0
+    out = student(input_ids=batch, use_cache=False, output_hidden_states=hidden)
+    ref = None
+    if cfg.needs_teacher:
+        assert teacher is not None
+        with torch.no_grad():
+            ref = teacher(input_ids=batch, use_cache=False, output_hidden_states=hidden)
+    if cfg.objective == "kd":
+        assert ref is not None
+        loss = kd_loss(out.logits, ref.logits, cfg.temperature)
+    else:
+        logits = out.logits[:, :-1].float()
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+    if hidden:
+        assert ref is not None
+        loss = loss + cfg.hidden_weight * hidden_loss(out.hidden_states, ref.hidden_states)
+    return loss
+
+
+def window_iter(windows: Any, cfg: DistillConfig) -> Iterator[Tensor]:
     """An endless iterator of (seqlen,) windows from a stream or a (n, seqlen) tensor (cycled in order)."""
     if isinstance(windows, Tensor):
         if windows.dim() != 2 or windows.shape[0] == 0 or windows.dtype not in (torch.int64, torch.int32):

@@ -1,0 +1,166 @@
+"""A measured latency table for the ``speed=`` target: how much one block's attention or MLP at a given width
+adds to the time of decoding one token, timed on this machine (not derived from MACs).
+
+How it is measured (:func:`measure_table`):
+
+- The decode step is timed as the model runs it: greedy decoding with the KV cache, one new token at a time
+  after a short prompt, batch 1, ``threads`` torch threads (1 by default, as llama.cpp-style CPU deployment
+  of a small model often is), in **CPU time of the calling thread** (``time.thread_time``), which other
+  processes on a shared machine do not inflate the way they inflate wall time; every model (the dense one
+  and each probe) once per round, ``repeats`` rounds interleaved, the minimum of each kept.
+- The dense model is timed whole: ``dense_s`` per token.
+- For each width a block's attention (key/value groups) or MLP (neurons) may take, a *probe* is built from
+  the model's own config class with ``probe_layers`` blocks, every block at that width and the other module
+  dense, random weights (speed does not depend on their values); the per-block effect is (probe time −
+  the all-dense probe's time) / ``probe_layers``. Effects are made monotone (a narrower module is never
+  counted slower than a wider one).
+- A per-layer shape's predicted time per token is ``dense_s`` + the sum of its blocks' effects;
+  ``speed=S`` asks for a predicted time ≤ ``dense_s`` / S. The report of a shrink gives the prediction and
+  the CLI measures the result against the dense model, paired (:mod:`prunekit.metrics.generation`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+DEFAULT_TOKENS = 16
+DEFAULT_REPEATS = 5
+DEFAULT_PROBE_LAYERS = 4
+PROBE_VOCAB = 256  # the probes' embedding and head: small, the same in every probe, so they cancel
+
+
+@torch.no_grad()
+def decode_seconds(model: nn.Module, tokens: int = DEFAULT_TOKENS, repeats: int = DEFAULT_REPEATS,
+                   threads: int | None = 1, prompt: int = 8, warmup: bool = True) -> float:
+    """CPU seconds of the calling thread per decoded token (greedy, KV cache, batch 1), the least of ``repeats``
+    (after one warm-up run when ``warmup``)."""
+    from transformers import DynamicCache
+
+    old = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    was_training = model.training
+    model.eval()
+    vocab = int(model.config.vocab_size)
+    device = next(model.parameters()).device
+    ids = torch.arange(prompt, device=device).remainder(vocab)[None]
+    best = float("inf")
+    try:
+        for _ in range(repeats + int(warmup)):
+            cache = DynamicCache(config=model.config)
+            nxt = model(input_ids=ids, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            start = time.thread_time()
+            for _ in range(tokens):
+                nxt = model(input_ids=nxt, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            best = min(best, (time.thread_time() - start) / tokens)
+    finally:
+        torch.set_num_threads(old)
+        model.train(was_training)
+    return best
+
+
+@dataclass
+class LatencyTable:
+    """Per-token decode time of the dense model and each module width's effect per block (seconds)."""
+
+    dense_s: float
+    attention: dict[int, float]   # key/value groups → seconds added per block (≤ 0 for a cut)
+    mlp: dict[int, float]         # neurons → seconds added per block
+    block: float                  # seconds a dense block adds (its removal saves this much)
+    dense_kv: int
+    dense_ffn: int
+    threads: int | None
+    tokens: int
+    repeats: int
+    probe_layers: int
+    measure_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def effect(self, kind: str, width: int) -> float:
+        """Seconds per token one block adds at ``width`` (relative to the dense block)."""
+        table = self.attention if kind == "attention" else self.mlp
+        if width not in table:
+            raise KeyError(f"the latency table has no {kind} width {width}; measure it first")
+        return table[width]
+
+    def fastest_s(self, layers: int, depth: bool = False) -> float:
+        """Predicted time per token with every block at its fastest measured widths (``depth``: all but one
+        block removed, the last one at its fastest widths)."""
+        narrow = min(self.attention.values()) + min(self.mlp.values())
+        if depth:
+            return self.dense_s - (layers - 1) * self.block + narrow
+        return self.dense_s + layers * narrow
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        return {"dense_s": self.dense_s, "attention": {str(k): v for k, v in self.attention.items()},
+                "mlp": {str(k): v for k, v in self.mlp.items()}, "block": self.block, "threads": self.threads, "tokens": self.tokens,
+                "repeats": self.repeats, "probe_layers": self.probe_layers, "measure_seconds": self.measure_seconds,
+                "notes": list(self.notes)}
+
+
+def _probe(config: Any, layers: int, kv: int | None = None, ffn: int | None = None) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    c = copy.deepcopy(config)
+    c.num_hidden_layers = layers
+    c.vocab_size = PROBE_VOCAB
+    for name in ("layer_types",):  # per-layer lists sized to the old depth
+        if isinstance(getattr(c, name, None), list):
+            setattr(c, name, getattr(c, name)[:layers])
+    if hasattr(c, "prunekit_layer_shapes"):
+        delattr(c, "prunekit_layer_shapes")
+    if kv is not None:
+        rep = c.num_attention_heads // c.num_key_value_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        c.head_dim, c.num_key_value_heads, c.num_attention_heads = head_dim, kv, kv * rep
+    if ffn is not None:
+        c.intermediate_size = ffn
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(c, dtype=torch.float32).eval()
+
+
+def _monotone(effects: dict[int, float]) -> dict[int, float]:
+    out, low = {}, float("inf")
+    for w in sorted(effects, reverse=True):
+        low = min(low, effects[w])
+        out[w] = low
+    return out
+
+
+def measure_table(model: nn.Module, kv_widths: Iterable[int], ffn_widths: Iterable[int], *, threads: int | None = 1,
+                  tokens: int = DEFAULT_TOKENS, repeats: int = DEFAULT_REPEATS,
+                  probe_layers: int = DEFAULT_PROBE_LAYERS) -> LatencyTable:
+    """Time the dense model and a probe per width (see the module docstring); changes nothing."""
+    started = time.perf_counter()
+    dtype = next(model.parameters()).dtype
+    c = model.config
+    dense_kv = int(getattr(c, "num_key_value_heads", None) or c.num_attention_heads)
+    dense_ffn = int(c.intermediate_size)
+    half = max(1, probe_layers // 2)
+    probes: dict[tuple[str, int], nn.Module] = {("base", probe_layers): _probe(c, probe_layers)}
+    if probe_layers > half:
+        probes[("base", half)] = _probe(c, half)
+    for kv in sorted(set(kv_widths) - {dense_kv}, reverse=True):
+        probes[("attention", kv)] = _probe(c, probe_layers, kv=kv)
+    for f in sorted(set(ffn_widths) - {dense_ffn}, reverse=True):
+        probes[("mlp", f)] = _probe(c, probe_layers, ffn=f)
+    models = {("dense", 0): model, **{k: p.to(dtype) for k, p in probes.items()}}
+    for m in models.values():
+        decode_seconds(m, tokens, 0, threads, warmup=True)
+    best = {k: float("inf") for k in models}
+    for _ in range(repeats):  # interleaved rounds: a load change hits every model alike
+        for k, m in models.items():
+            best[k] = min(best[k], decode_seconds(m, tokens, 1, threads, warmup=False))
+    base = best[("base", probe_layers)]
+    block = max(0.0, (base - best[("base", half)]) / (probe_layers - half)) if probe_layers > half else 0.0
+    attention = {dense_kv: 0.0, **{k[1]: (v - base) / probe_layers for k, v in best.items() if k[0] == "attention"}}
+    mlp = {dense_ffn: 0.0, **{k[1]: (v - base) / probe_layers for k, v in best.items() if k[0] == "mlp"}}
+    return LatencyTable(best[("dense", 0)], _monotone(attention), _monotone(mlp), block, dense_kv, dense_ffn, threads,
+                        tokens, repeats, probe_layers, time.perf_counter() - started)
