@@ -4,8 +4,8 @@ chosen under a budget, as Puzzletron does with its MIP over per-block alternativ
 1. **Rank** (one pass over the calibration tokens): each MLP neuron by Minitron's activation importance (the
    mean |input| of ``down_proj`` for that neuron), each key/value group by the summed mean L2 norm of its
    query heads' outputs (the input of ``o_proj``).
-2. **Options**: each block's MLP at 100, 87.5, … 25% of its current neurons (multiples of 8 where the width is
-   one), each block's attention at every whole number of key/value groups (the query heads per group stay as
+2. **Options**: each block's MLP at 100, 87.5, … 25% of its current neurons (multiples of 32 or 8 as
+   :func:`~.search.round_width` rounds), each block's attention at every whole number of key/value groups (the query heads per group stay as
    they are, so ``num_key_value_groups`` is unchanged); multi-query attention (one group) keeps its heads.
 3. **Score**: every option of every block is tried alone on the calibration windows — the dropped neurons'
    or heads' outputs are zeroed at the input of ``down_proj`` / ``o_proj``, which is exactly what removing
@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .layout import head_dim_of, width_layout
 from .optimize import Option, choose
+from .search import round_width
 from .width import token_batches
 
 CONFIG_KEY = "prunekit_layer_shapes"
@@ -97,9 +98,7 @@ def check_per_layer_axes(axes: Iterable[str]) -> tuple[str, ...]:
 
 def ffn_options(width: int) -> list[int]:
     """MLP widths offered to a block of ``width`` neurons (largest first)."""
-    def r8(n: int) -> int:
-        return max(8, n // 8 * 8) if width % 8 == 0 and n >= 8 else max(1, n)
-    return sorted({width if f == 1 else r8(int(width * f)) for f in FFN_GRID}, reverse=True)
+    return sorted({width if f == 1 else round_width(int(width * f), width) for f in FFN_GRID}, reverse=True)
 
 
 def kv_options(kv: int) -> list[int]:
