@@ -244,3 +244,19 @@ def test_next_token_fine_tuning_needs_no_teacher_and_lowers_the_text_loss():
     assert ce() < 0.8 * before
     with pytest.raises(ValueError, match="reads a teacher"):
         distill_(student, None, windows, steps=2, batch_size=2, seqlen=16, progress=False)
+
+
+def test_ce_weight_adds_the_texts_cross_entropy_to_the_kl():
+    from prunekit.shrink.distill import _loss
+
+    student, teacher = _pair()
+    batch = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        s, t = student(batch).logits, teacher(batch).logits
+        kl = kd_loss(s, t).item()
+        ce = F.cross_entropy(s[:, :-1].reshape(-1, s.shape[-1]), batch[:, 1:].reshape(-1)).item()
+        mixed = _loss(student, teacher, batch, DistillConfig(ce_weight=0.5)).item()
+        plain = _loss(student, teacher, batch, DistillConfig()).item()
+    # float32 sums over 128 classes and 32 tokens: agreement to ~1e-5
+    assert plain == pytest.approx(kl, rel=1e-5)
+    assert mixed == pytest.approx(kl + 0.5 * ce, rel=1e-5)

@@ -7,7 +7,9 @@ averaged over tokens and multiplied by T² (Hinton et al., 2015); ``objective="n
 cross-entropy of the text's next tokens (no teacher needed). ``hidden_weight`` > 0 adds Minitron's
 intermediate-state loss: for every student block j (of Ls) the normalised squared error between its output
 and the output of teacher block round(j·Lt/Ls) (the last blocks always paired), mean over blocks — the two
-must share the residual width. ``train="full"``: every parameter trains; ``train="lora"``: rank-``lora_rank``
+must share the residual width. ``ce_weight`` > 0 adds the text's next-token cross-entropy to the KD loss
+(the mix DistilBERT trains with: the student learns the data as well as the teacher's distribution, and can
+then beat the teacher on the training text's domain). ``train="full"``: every parameter trains; ``train="lora"``: rank-``lora_rank``
 adapters on every projection of the blocks (plus biases and norms, as PERP does), merged into the weights
 at the end. AdamW, linear warm-up then cosine decay, gradients clipped. Text comes from :class:`WindowStream`: documents shuffled by
 the seed and tokenized one at a time as the windows are needed, so the corpus's tokens are never all held
@@ -59,6 +61,7 @@ class DistillConfig(Config):
     seed: int = 0
     objective: Literal["kd", "next_token"] = "kd"
     hidden_weight: float = Field(0.0, ge=0)
+    ce_weight: float = Field(0.0, ge=0)
     train: Literal["full", "lora"] = "full"
     lora_rank: int = Field(8, ge=1)
 
@@ -348,6 +351,9 @@ def _loss(student: nn.Module, teacher: nn.Module | None, batch: Tensor, cfg: Dis
     else:
         logits = out.logits[:, :-1].float()
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+    if cfg.objective == "kd" and cfg.ce_weight > 0:
+        logits = out.logits[:, :-1].float()
+        loss = loss + cfg.ce_weight * F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
     if hidden:
         assert ref is not None
         loss = loss + cfg.hidden_weight * hidden_loss(out.hidden_states, ref.hidden_states)

@@ -1,0 +1,142 @@
+"""How much distillation the shrunk SmolLM2-135M needs: shrink to ``--target`` (the width-keeping shape of the
+llama.cpp speed table by default: heads, MLP neurons and depth cut, the residual width kept), then distil from
+the unpruned model on the calibration split of Python's docs for ``--steps`` × ``--batch`` × ``--seqlen``
+tokens, with perplexity on held-out documents (the evaluation split, never distilled on) measured every
+``--eval-every`` steps. The curve, the budget, wall and CPU time and peak memory go to ``--results``; the final
+student is written as a Hugging Face folder and an f16 GGUF under ``--work`` for
+``benchmarks/llama_cpp_speed.py --shrunk-gguf`` to time in llama.cpp.
+
+The run is resumable: it checkpoints every ``--checkpoint-every`` steps (``prunekit.shrink.distill``), and
+``--resume`` continues a killed run from its last checkpoint on the same text; the curve is kept in the
+results file as it grows.
+
+    nice -n 5 python benchmarks/shrink_kd_budget.py --steps 260 --ce-weight 0.5      # the stored run
+    python benchmarks/shrink_kd_budget.py ... --resume                                  # after a kill
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+RESULTS = ROOT / "benchmarks" / "results" / "shrink_kd_budget.json"
+
+
+def write_json(path: Path, record: dict) -> None:
+    """Write ``record`` whole or not at all (a kill mid-write keeps the previous file)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", default="params=0.6")
+    p.add_argument("--axes", default="heads,neurons,depth", help="the shrink axes (hidden kept by default)")
+    p.add_argument("--nsamples", type=int, default=8, help="calibration windows for the shrink's importance")
+    p.add_argument("--steps", type=int, default=260)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--ce-weight", type=float, default=0.0, help="add the text's cross-entropy × this to the KL")
+    p.add_argument("--eval-every", type=int, default=26)
+    p.add_argument("--eval-windows", type=int, default=8, help="held-out windows of --seqlen tokens per evaluation")
+    p.add_argument("--checkpoint-every", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", default="/tmp/shrink_kd_budget")
+    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--resume", action="store_true")
+    args = p.parse_args()
+
+    import torch
+
+    from prunekit.datasets.text import calibration_windows, eval_windows
+    from prunekit.export import export
+    from prunekit.metrics.perplexity import perplexity
+    from prunekit.models.hf import load_model
+    from prunekit.shrink import shrink_
+    from prunekit.shrink.distill import DistillConfig, distill_, load_student, text_stream
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    work, results = Path(args.work), Path(args.results)
+    work.mkdir(parents=True, exist_ok=True)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = work / "checkpoint"
+    lm = load_model("smollm2-135m")
+    tok, teacher = lm.tokenizer, lm.model.eval()
+    heldout = eval_windows(tok, "pydocs", args.eval_windows, args.seqlen, default=True, say=lambda t: None)
+    cfg = DistillConfig(steps=args.steps, batch_size=args.batch, seqlen=args.seqlen, lr=args.lr, seed=args.seed,
+                        checkpoint_every=args.checkpoint_every, ce_weight=args.ce_weight)
+    run = {"target": args.target, "axes": args.axes, "seed": args.seed, "config": cfg.model_dump()}
+    if args.resume:
+        record = json.loads(results.read_text())
+        student = load_student(ckpt)
+    else:
+        t0, c0 = time.perf_counter(), time.process_time()
+        calib = calibration_windows(tok, "pydocs", nsamples=args.nsamples, seqlen=256, seed=args.seed, default=True,
+                                    say=lambda t: None)
+        import copy
+
+        student = copy.deepcopy(teacher)
+        report = shrink_(student, args.target, calib, axes=args.axes.split(","), progress=True)
+        print(report, flush=True)
+        record = {"command": " ".join(["python", *sys.argv]), "args": vars(args), "config": cfg.model_dump(),
+                  "shrink": {"report": report.to_dict(), "wall_s": time.perf_counter() - t0,
+                             "cpu_s": time.process_time() - c0},
+                  "dense_perplexity": perplexity(teacher, heldout, progress=False),
+                  "curve": [], "machine": {"cpus": os.cpu_count(), "threads": args.threads}}
+        record["curve"].append({"step": 0, "tokens": 0, "perplexity": perplexity(student, heldout, progress=False),
+                                "wall_s": 0.0, "cpu_s": 0.0})
+        write_json(results, record)
+        print(f"dense {record['dense_perplexity']:.2f}, shrunk before KD {record['curve'][0]['perplexity']:.2f}",
+              flush=True)
+    start, cpu = time.perf_counter(), time.process_time()
+    base = dict(record.get("spent", {"wall_s": 0.0, "cpu_s": 0.0}))
+
+    def on_step(step: int) -> None:
+        if step % args.eval_every and step != args.steps:
+            return
+        student.eval()
+        ppl = perplexity(student, heldout, progress=False)
+        student.train()
+        record["curve"].append({"step": step, "tokens": step * args.batch * args.seqlen, "perplexity": ppl,
+                                "wall_s": base["wall_s"] + time.perf_counter() - start,
+                                "cpu_s": base["cpu_s"] + time.process_time() - cpu,
+                                "load": os.getloadavg()[0]})
+        record["spent"] = {"wall_s": record["curve"][-1]["wall_s"], "cpu_s": record["curve"][-1]["cpu_s"]}
+        write_json(results, record)
+        print(f"step {step}: held-out perplexity {ppl:.2f} (dense {record['dense_perplexity']:.2f})", flush=True)
+
+    windows = text_stream(tok, "pydocs", args.seqlen, seed=args.seed)
+    kd = distill_(student, teacher, windows, cfg, checkpoint=ckpt, resume=args.resume, run=run, on_step=on_step)
+    record.setdefault("kd_reports", []).append(kd.to_dict() | {"losses": kd.losses[-20:]})
+    record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    student.eval()
+    folder = work / "student"
+    student.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    gguf = work / "smollm2-shrunk-kd-f16.gguf"
+    rep = export(student, tok, gguf, to="gguf", quant="f16", source="smollm2-135m", overwrite=True)
+    record["gguf"] = {"path": str(gguf), "bytes": rep.bytes}
+    final = record["curve"][-1]["perplexity"]
+    record["final"] = {"perplexity": final, "dense": record["dense_perplexity"],
+                       "ratio": final / record["dense_perplexity"],
+                       "within_15_percent": bool(final <= 1.15 * record["dense_perplexity"]),
+                       "tokens": args.steps * args.batch * args.seqlen}
+    write_json(results, record)
+    print(json.dumps(record["final"], indent=1))
+    assert math.isfinite(final)
+
+
+if __name__ == "__main__":
+    main()
