@@ -41,6 +41,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="params=0.6")
     p.add_argument("--axes", default="heads,neurons,depth", help="the shrink axes (hidden kept by default)")
+    p.add_argument("--candidates", type=int, default=1,
+                   help="shapes scored on calibration loss (1: the first under budget, the shape the llama.cpp table timed)")
     p.add_argument("--nsamples", type=int, default=8, help="calibration windows for the shrink's importance")
     p.add_argument("--steps", type=int, default=260)
     p.add_argument("--batch", type=int, default=4)
@@ -88,7 +90,8 @@ def main() -> None:
         import copy
 
         student = copy.deepcopy(teacher)
-        report = shrink_(student, args.target, calib, axes=args.axes.split(","), progress=True)
+        report = shrink_(student, args.target, calib, axes=args.axes.split(","), candidates=args.candidates,
+                         progress=True)
         print(report, flush=True)
         record = {"command": " ".join(["python", *sys.argv]), "args": vars(args), "config": cfg.model_dump(),
                   "shrink": {"report": report.to_dict(), "wall_s": time.perf_counter() - t0,
