@@ -166,7 +166,7 @@ def test_bad_input_is_one_clear_error():
     with pytest.raises(ConfigError, match="unknown option 'targte'"):
         tas(ChainCNN([[4]]), data, targte=0.5)
     with pytest.raises(ConfigError, match="target"):
-        TASConfig(target=1.5)
+        TASConfig.parse(target=1.5)
     with pytest.raises(ValueError, match="fewer than one batch"):
         search_widths(ChainCNN([[4]]), data, batch_size=64)
     with pytest.raises(ValueError, match="choices must be fractions"):
