@@ -153,10 +153,12 @@ class TASSearch(nn.Module):
         self.generator = generator
         # candidate channel counts of every layer: round(f · full width), at least 1, distinct and ascending
         self.candidates = [[sorted({max(1, round(f * c)) for f in self.choices}) for c in stage] for stage in net.widths]
-        self.width_logits = nn.ParameterList([nn.Parameter(torch.zeros(len(cands)))
-                                              for stage in self.candidates for cands in stage])
-        self.depth_logits = nn.ParameterList([nn.Parameter(torch.zeros(len(stage) if search_depth else 1))
-                                              for stage in net.widths])
+        # logits start near uniform, N(0, 0.01²) as in the paper's code (the argmax starts anywhere)
+        def init(n: int) -> nn.Parameter:
+            return nn.Parameter(torch.randn(n, generator=generator) * 0.01)
+
+        self.width_logits = nn.ParameterList([init(len(cands)) for stage in self.candidates for cands in stage])
+        self.depth_logits = nn.ParameterList([init(len(stage) if search_depth else 1) for stage in net.widths])
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.width_logits) + list(self.depth_logits)
