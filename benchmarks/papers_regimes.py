@@ -2,22 +2,28 @@
 pruned (magnitude, uniform per layer, fixed sparsity) and retrained twice, the loss landscape between the two
 retrained solutions measured, every point put in a regime, and the paper's prediction tested on held-out seeds.
 
-Temperature-like: the number of epochs the dense SmallCNN trained (constant learning rate --lr, batch 64) before it
-was stopped and pruned — fewer epochs leave more SGD noise in the solution (the paper's early-stopping axis; higher
-temperature = fewer epochs). Load-like: the density of the pruned model (the paper's axis). Per seed one dense
-run gives every temperature (snapshots at --epochs), and each snapshot is pruned to every --sparsities (the two
-inner convolutions; the stem and head stay dense, prunekit's default scope) and retrained from its masks for
---retrain-epochs with two data orders. Recorded per point: the retrained accuracy (mean of the two), the
-linear-path loss barrier between the two retrained solutions (BatchNorm re-estimated at every point of the path),
-the CKA of their logits, and the dense snapshot's sharpness (loss rise under 5 % random weight perturbations).
+Temperature-like (--temperature): ``lr`` (default), the dense SmallCNN's constant learning rate (one run of
+--dense-epochs per rate in --lrs, batch 64; a larger rate leaves more SGD noise: hotter), or ``epochs``, the epochs
+one constant-rate run trained before it was stopped (snapshots at --epochs; fewer = hotter: the paper's
+early-stopping axis). Load-like: the density of the pruned model (the paper's axis). Each dense model is pruned to
+every --sparsities (the two inner convolutions; the stem and head stay dense, prunekit's default scope) and
+retrained from its masks for --retrain-epochs with two data orders. Recorded per point: the retrained accuracy
+(mean of the two), the linear-path loss barrier between the two retrained solutions (BatchNorm re-estimated at
+every point of the path), the CKA of their logits, and the dense model's sharpness (loss rise under 5 % random
+weight perturbations).
 
-Test of the paper's prediction: for each load and each step up in temperature (one fewer-epochs snapshot), the
-regime at the lower temperature predicts the sign of the accuracy change (regime I: raising the temperature helps;
-regime II: it hurts). The barrier threshold that splits regime I from II is fitted on the first seed's grid and the
-predictions are scored on the other seeds' grids (held out), beside a baseline that always predicts the first
-seed's most common sign. Held when the regime rule beats that baseline on the held-out points.
+Test of the paper's prediction: for each load and each step up in temperature, the regime at the lower
+temperature predicts the sign of the accuracy change (regime I: raising the temperature helps; regime II: it
+hurts). The barrier threshold that splits regime I from II is fitted on the first seed's grid and the predictions
+are scored on the other seeds' grids (held out), beside a baseline that always predicts the first seed's most
+common sign. Held when the regime rule beats that baseline on the held-out points; not tested when every held-out
+point falls in one regime (the rule is then a fixed guess).
 
     nice -n 10 python benchmarks/papers_regimes.py --seeds 0 1 2 --threads 1
+
+The README's run (one process per seed S): --seeds S --temperature lr --lrs 0.005 0.02 0.08 0.32 --dense-epochs 4
+--widths 8 16 32 --sparsities 0.5 0.8 0.95 0.98 --retrain-epochs 2 --retrain-lr 0.1; the epochs grid
+(results/papers_regimes_epochs.jsonl): --temperature epochs --widths 8 16 32.
 
 Writes one JSON line per grid point to --out (default benchmarks/results/papers_regimes.jsonl); --table prints the
 grid and the verdict from --out.
