@@ -60,7 +60,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--per-memorized", type=int, default=1, help="distinct images per memorized class (1)")
     ap.add_argument("--copies", type=int, default=20, help="repeats of each memorized image (20)")
     ap.add_argument("--per-other", type=int, default=6, help="distinct images per other class (6)")
-    ap.add_argument("--channels", type=int, nargs="+", default=[16, 32, 32], help="the UNet's widths (16 32 32)")
+    ap.add_argument("--channels", type=int, nargs="+", default=[8, 16, 16], help="the UNet's widths (8 16 16)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--round-steps", type=int, default=250, help="training steps between copy checks (250)")
@@ -300,25 +300,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def store_runs(args, out: dict) -> None:
-    """One store row per (model, seed), with its grid."""
-    from prunekit.bench.diffusion import DiffusionRun, store_diffusion_runs
+    """One store row per (model, seed), with its grid (benchmarks/diffusion_store.py reads the JSON just written)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from diffusion_store import store
 
-    base = args.out.parent
-    rows = []
-    for r in out["runs"]:
-        for label, part, grid in (("trained on duplicates", "before", "before"),
-                                  ("located units deleted", "after_forget", "forget"),
-                                  ("random units deleted", "after_random_units", "random")):
-            figures = {k: v for k, v in r[part].items() if isinstance(v, (int, float)) or v is None}
-            rows.append(DiffusionRun(label=label, seed=r["seed"], figures=figures,
-                                     grids={f"{label}, seed {r['seed']}": (base / r["grids"][grid]).read_bytes()}))
-    protocol = {"model": out["memorizing_model"]["key"], "data": out["training_set"],
-                "threshold_rule": out["threshold_rule"], "copy_threshold": out["copy_threshold"],
-                "classifier_test_accuracy": out["classifier_test_accuracy"], "ddim_steps": args.steps,
-                "samples_per_class": args.per_class_samples}
-    n = store_diffusion_runs(args.db, "diffusion_memorization", f"memorizing DDPM {out['memorizing_model']['key']}",
-                             protocol, rows, settings=_settings(args))
-    print(f"stored {n} runs in {args.db}")
+    print(f"stored {store(args.db, 'memorization', args.out)} runs in {args.db}")
 
 
 if __name__ == "__main__":

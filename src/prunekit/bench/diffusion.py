@@ -53,16 +53,17 @@ def _check(runs: list[DiffusionRun]) -> None:
 
 
 def store_diffusion_runs(db: str | Path, benchmark: str, model: str, protocol: dict[str, Any],
-                         runs: Iterable[DiffusionRun], *, settings: dict[str, Any] | None = None) -> int:
+                         runs: Iterable[DiffusionRun], *, settings: dict[str, Any] | None = None,
+                         threads: int | None = None) -> int:
     """Store each of ``runs`` as one row of task ``"diffusion"`` in the results store ``db`` (created if missing),
     keyed by the benchmark, the protocol card, the label and the seed (a rerun replaces its rows). ``protocol``
     holds what decides whether two runs compare (the model's hash, the data, the evaluation's settings); the
-    software versions and the machine are added. Every run is checked before the store is opened. Returns the
-    number of rows written."""
+    software versions and the machine are added (``threads``: the thread count the runs were measured with, when
+    not this process's). Every run is checked before the store is opened. Returns the number of rows written."""
     runs = list(runs)
     _check(runs)
     card = {"task": TASK, "benchmark": benchmark, "model": model, "evaluation": protocol,
-            "versions": versions(), "machine": machine()}
+            "versions": versions(), "machine": machine(threads)}
     card["card_hash"] = card_hash(card)
     comparable = comparable_key(card)
     with Store(db) as store:

@@ -244,7 +244,7 @@ def markdown(runs: Iterable[Run], by_seed: bool = True) -> str:
     out = [f"> warning: {note}\n"] if note else []
     if by_seed:
         for group in seed_groups(runs):
-            seeds = {r.config.get("seed") for r in group}
+            seeds = {r.config.get("seed") for r in group} - {None}  # (a run measured once, with no seed)
             if len(seeds) < 2:
                 continue
             cols, rows = seed_table(group)
@@ -255,7 +255,7 @@ def markdown(runs: Iterable[Run], by_seed: bool = True) -> str:
             card = [(k, v) for k, v in protocol_lines(group) if k != "comparable key"]
             out.append("\n" + "; ".join(f"{k}: {v}" for k, v in card) + "; per-seed protocols: "
                        + ", ".join(sorted({r.comparable for r in group})) + "\n")
-        averaged = {id(r) for g in seed_groups(runs) if len({x.config.get("seed") for x in g}) > 1 for r in g}
+        averaged = {id(r) for g in seed_groups(runs) if len({x.config.get("seed") for x in g} - {None}) > 1 for r in g}
         runs = [r for r in runs if id(r) not in averaged]
     for group in group_runs(runs):
         cols, rows = table_rows(group)
@@ -411,10 +411,10 @@ def html_report(runs: Iterable[Run], title: str = "prunekit report") -> str:
              f"<title>{html.escape(title)}</title>"
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>{len(runs)} runs in {len(groups)} comparable group(s).</p>"]
-    seeded = [g for g in seed_groups(runs) if len({r.config.get("seed") for r in g}) > 1]
+    seeded = [g for g in seed_groups(runs) if len({r.config.get("seed") for r in g} - {None}) > 1]
     for i, group in enumerate(seeded):
         cols, rows = seed_table(group)
-        n = len({r.config.get("seed") for r in group})
+        n = len({r.config.get("seed") for r in group} - {None})
         parts.append(f"<section id='seeds-{i}'><h2>{html.escape(group[0].recipe)}: {html.escape(group[0].model)}, "
                      f"averaged over {n} seeds</h2><p>The runs below differ only by what the seed draws (training "
                      "subset, calibration sample); each seed's own table and plots follow.</p>")
