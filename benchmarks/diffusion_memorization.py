@@ -7,7 +7,8 @@ memorized classes copy their training images (copy rate >= ``--target``) or a bu
 ``--max-cpu-minutes`` of this process's CPU time, one thread; ``--max-wall-minutes``), and cached
 (``~/.cache/prunekit/diffusion/memorize-<hash>``, a ``save_unet`` folder whose ``prunekit.json`` holds the card:
 settings, data hash, rounds, CPU and wall time, the weights' sha256). Each round is saved as it ends
-(``memorize-<hash>.partial``), so a killed run resumes where it stopped.
+(``memorize-<hash>.partial``), so a killed run resumes where it stopped; a cached model that stopped short of the
+target is trained on when a later run gives a larger budget (the budgets count from its first step).
 
 A sample is a **copy** when its nearest training image, in the penultimate features of the Fashion-MNIST
 classifier of ``prunekit.diffusion.metrics``, is closer than the copy threshold: the ``--quantile`` quantile of
@@ -98,7 +99,12 @@ def memorizing_model(args, tx, ty, ux, copies_of):
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
     folder, partial = CACHE / f"memorize-{key}", CACHE / f"memorize-{key}.partial"
     if (folder / "prunekit.json").is_file():
-        return load_unet(folder), {**read_unet_meta(folder)["card"], "cached": str(folder)}
+        card = read_unet_meta(folder)["card"]
+        left = (card["steps"] < args.max_steps and card["cpu_seconds"] < args.max_cpu_minutes * 60
+                and card["seconds"] < args.max_wall_minutes * 60)
+        if card["reached_target"] or not left:
+            return load_unet(folder), {**card, "cached": str(folder)}
+        partial = folder  # it stopped short of the target and the budget now given is larger: train on
     folder.parent.mkdir(parents=True, exist_ok=True)
     if (partial / "prunekit.json").is_file():
         unet, state = load_unet(partial), read_unet_meta(partial)["card"]
@@ -132,9 +138,10 @@ def memorizing_model(args, tx, ty, ux, copies_of):
                        "max_wall_minutes": args.max_wall_minutes},
             "training_images": len(tx), "unique_images": len(ux), "threads": torch.get_num_threads()}
     save_unet(unet, folder, overwrite=True, meta={"card": card})
-    import shutil
+    if partial != folder:
+        import shutil
 
-    shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
     card["weights_sha256"] = read_unet_meta(folder)["weights_sha256"]
     return unet, {**card, "cached": str(folder), "trained_now": True}
 
