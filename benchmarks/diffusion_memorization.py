@@ -102,7 +102,7 @@ def memorizing_model(args, tx, ty, ux, copies_of):
         card = read_unet_meta(folder)["card"]
         left = (card["steps"] < args.max_steps and card["cpu_seconds"] < args.max_cpu_minutes * 60
                 and card["seconds"] < args.max_wall_minutes * 60)
-        if card["reached_target"] or not left:
+        if card.get("reached_target") or not left:
             return load_unet(folder), {**card, "cached": str(folder)}
         partial = folder  # it stopped short of the target and the budget now given is larger: train on
     folder.parent.mkdir(parents=True, exist_ok=True)
