@@ -96,6 +96,8 @@ def aptp_runs(path: Path) -> tuple[str, dict, list[DiffusionRun]]:
 def memorization_runs(path: Path) -> tuple[str, dict, list[DiffusionRun]]:
     """diffusion_memorization.py: the memorizing model, located units deleted, random units deleted, per seed."""
     d = json.loads(path.read_text())
+    if not isinstance(d.get("memorizing_model"), dict):
+        raise ValueError(f"{path} was written by an older diffusion_memorization.py (no model card); re-run it")
     runs = []
     for r in d["runs"]:
         for label, part, grid in (("trained on duplicates", "before", "before"),
@@ -133,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         raise SystemExit(f"no result file for {missing}: run benchmarks/diffusion_{missing[0]}.py first")
     for name in names:
-        print(f"{name}: stored {store(args.db, name)} runs from {FILES[name]} in {args.db}")
+        try:
+            print(f"{name}: stored {store(args.db, name)} runs from {FILES[name]} in {args.db}")
+        except ValueError as exc:
+            if args.only:
+                raise
+            print(f"{name}: skipped: {exc}")
     return 0
 
 
