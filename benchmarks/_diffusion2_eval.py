@@ -10,6 +10,7 @@ classifier and its accuracy. The noise floor is the FID between two disjoint hal
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -133,6 +134,19 @@ def sampling_times(samplers: dict, budget_s: float = 60.0) -> dict:
     comp = time_interleaved(samplers, warmup=1, min_rounds=5, max_rounds=30, target_precision=0.03,
                             budget_s=budget_s, threads=1)
     return comp.to_dict()
+
+
+def save_class_grid(images: torch.Tensor, labels: torch.Tensor, out: Path, name: str) -> str:
+    """A PNG grid of ``images``, one row per class, beside the results file ``out`` (in a folder named after it);
+    returns its path relative to ``out``'s folder (what benchmarks/diffusion_store.py reads)."""
+    from prunekit.diffusion.metrics import _png, grid_pixels
+
+    order = torch.argsort(labels, stable=True)
+    folder = out.parent / out.stem
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".png")
+    path.write_bytes(_png(grid_pixels(images[order], int(labels.unique().numel()))))
+    return str(path.relative_to(out.parent))
 
 
 def stamp() -> str:

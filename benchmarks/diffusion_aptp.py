@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-class", type=int, default=10, help="samples per class")
     ap.add_argument("--steps", type=int, default=10, help="DDIM steps for evaluation samples")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "diffusion_aptp.json")
+    ap.add_argument("--db", default=None, help="also store the runs (and grids) in this results store")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     t_start = time.perf_counter()
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         row = {"variant": name, "fid": ev.fid(f, real_all), "fid_per_class": per,
                "class_accuracy": float(hit.mean()),
                "class_accuracy_per_class": {c: float(hit[labels == c].mean()) for c in range(10)},
-               "paired_mse_to_base": float((xs - base_x).pow(2).mean()), **extra}
+               "paired_mse_to_base": float((xs - base_x).pow(2).mean()), **extra,
+               "grid": ev.save_class_grid(xs, labels, args.out, name)}
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                           if k not in ("fid_per_class", "class_accuracy_per_class")}), flush=True)
         return row
@@ -123,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     print(f"noise floor {floors['overall']:.2f}; timing {timing['ratios']}; wrote {args.out}")
+    if args.db:
+        from diffusion_store import store
+
+        print(f"stored {store(args.db, 'aptp', args.out)} runs in {args.db}")
     return 0
 
 

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--steps", type=int, default=10, help="DDIM steps for evaluation samples")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "diffusion_ecodiff.json")
+    ap.add_argument("--db", default=None, help="also store the runs (and grids) in this results store")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     t_start = time.perf_counter()
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                "fid": ev.fid(f, real), "class_accuracy": float(classes(x).eq(labels).float().mean()),
                "sample_seconds": time.perf_counter() - t0, **(extra or {})}
         row["paired_mse_to_base"] = float((x - base_x).pow(2).mean()) if name != "unpruned" else 0.0
+        row["grid"] = ev.save_class_grid(x, labels, args.out, name)
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
         return row, x
 
@@ -128,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     print(f"noise floor {floor:.2f}; timing {timing['ratios']}; wrote {args.out}")
+    if args.db:
+        from diffusion_store import store
+
+        print(f"stored {store(args.db, 'ecodiff', args.out)} runs in {args.db}")
     return 0
 
 

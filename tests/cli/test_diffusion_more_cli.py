@@ -60,3 +60,16 @@ def test_forget_saves_and_says_what_it_deleted(tiny, tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert code == 0 and data["removed"] >= 1
     assert count_params(load_unet(out)) == data["params_after"] < data["params_before"]
+
+
+@pytest.mark.parametrize("verb, flags", [
+    ("forget", ["--memorized", "1", "--samples", "1", "--steps"]),
+    ("ecodiff", ["--iterations", "1", "--batch-size", "1", "--traj-steps"]),
+])
+@pytest.mark.parametrize("steps, says", [("1001", "more than the 1000 timesteps"), ("0", "")])
+def test_a_step_count_the_model_was_not_trained_for_writes_nothing(tiny, tmp_path, capsys, verb, flags, steps, says):
+    out = tmp_path / "o"
+    code = main(["diffusion", verb, "--model", str(tiny), "--out", str(out), *flags, steps])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and says in err[0] and ("steps" in err[0])
+    assert not out.exists()

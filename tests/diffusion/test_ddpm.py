@@ -122,3 +122,51 @@ def test_ema_is_warmed_up_so_a_short_run_forgets_the_initial_weights(fmnist_smal
     # a fixed decay of 0.99 would leave 0.99**12 = 89% of the initial weights, moving the EMA only ~11% of the way;
     # warmed up, the average sits near the recent weights
     assert runs[0.99] > 0.5 * runs[None]
+
+
+def _small_unet(seed=0, channels=(8, 16)):
+    return build_unet(UNetConfig(sample_size=8, block_out_channels=channels, norm_num_groups=4, attention_head_dim=4),
+                      seed=seed).eval()
+
+
+def test_step_counts_the_model_was_not_trained_for_are_one_line_each():
+    from prunekit.diffusion.ecodiff import ddim_from, ddim_timesteps
+    from prunekit.diffusion.memorization import unit_activations
+
+    unet = _small_unet()
+    x, y = torch.rand(4, 1, 8, 8) * 2 - 1, torch.arange(4)
+    train_ddpm_(unet, x, y, TrainConfig(steps=1, batch_size=4, num_train_timesteps=50), progress=False)
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    samplers = {"ddim_sample": lambda s: ddim_sample(unet, [0], steps=s),
+                "ddim_timesteps": lambda s: ddim_timesteps(unet, s),
+                "ddim_from": lambda s: ddim_from(unet, torch.randn(1, 1, 8, 8), torch.tensor([0]), steps=s),
+                "unit_activations": lambda s: unit_activations(unet, torch.tensor([0]), steps=s)}
+    for name, sample in samplers.items():
+        with pytest.raises(ValueError, match="more than the 50 timesteps this model was trained with") as e:
+            sample(51)  # trained with 50 timesteps: 51 DDIM steps do not exist
+        assert "\n" not in str(e.value)
+        for bad in (0, -3, 2.5):  # 0 used to be a ZeroDivisionError deep in diffusers
+            with pytest.raises(ValueError, match="steps must be a positive int"):
+                sample(bad)
+    assert all(torch.equal(v, unet.state_dict()[k]) for k, v in before.items())
+
+
+def test_load_refuses_a_checkpoint_of_another_shape(tmp_path):
+    import json as _json
+
+    from prunekit.diffusion.ddpm import sha256_file
+
+    save_unet(_small_unet(), tmp_path / "a")
+    save_unet(_small_unet(channels=(16, 32)), tmp_path / "b")
+    # the weights of a wider UNet under the first one's prunekit.json (its sha256 updated, so only the shapes
+    # tell): used to load, then fail at the first forward with a matmul error
+    (tmp_path / "a" / "model.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())
+    meta = _json.loads((tmp_path / "a" / "prunekit.json").read_text())
+    meta["weights_sha256"] = sha256_file(tmp_path / "a" / "model.safetensors")
+    (tmp_path / "a" / "prunekit.json").write_text(_json.dumps(meta))
+    files = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+    with pytest.raises(ValueError, match=r"does not fit its recorded UNet layout: .* the shape \[10, 64\] where the "
+                                         r"recorded layout has \[10, 32\] \(a checkpoint of another shape\)") as e:
+        load_unet(tmp_path / "a")
+    assert "\n" not in str(e.value)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == files

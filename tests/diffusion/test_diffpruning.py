@@ -61,3 +61,20 @@ def test_blocks_limit_the_pruning(tiny_ddpm, fmnist_small):
     assert unet.down_blocks[0].resnets[0].conv1.out_channels == 8  # outside the up blocks: untouched
     assert any(m.out_channels < 8 for n, m in unet.named_modules()
                if n.startswith("up_blocks.") and isinstance(m, torch.nn.Conv2d) and n.endswith("conv1"))
+
+
+def test_a_layout_the_graph_cannot_follow_is_one_error_and_changes_nothing(tiny_ddpm, fmnist_small):
+    class Spectral(torch.nn.Module):  # an operation across the channels with no rule in the graph
+        def forward(self, x):
+            return torch.fft.fft(x, dim=1).real
+
+    unet = copy.deepcopy(tiny_ddpm[0])
+    unet.mid_block.resnets[0].nonlinearity = Spectral()
+    x, y = fmnist_small
+    state = {k: v.clone() for k, v in unet.state_dict().items()}
+    with pytest.raises(ValueError, match=r"layout cannot be followed by the dependency graph .*'fft_fft' in module "
+                                         r"'mid_block.resnets.0.nonlinearity'.*nothing was pruned") as e:
+        diff_prune_(unet, x, y, DiffPruningConfig(importance="l1", macs_sparsity=0.3))
+    assert "\n" not in str(e.value)
+    assert unet.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in unet.state_dict().items())

@@ -59,3 +59,12 @@ def test_prune_then_sample_json(saved, tmp_path, capsys):
     rc = main(["diffusion", "sample", "--model", str(tmp_path / "o"), "--out", str(tmp_path / "g.png"),
                "--per-class", "1", "--steps", "2", "--json"])
     assert rc == 0 and (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_refuses_a_model_of_another_image_shape(tmp_path, capsys):
+    from prunekit.diffusion import UNetConfig, build_unet
+
+    save_unet(build_unet(UNetConfig(sample_size=16, block_out_channels=(8, 16), norm_num_groups=4,
+                                    attention_head_dim=4), seed=0), tmp_path / "m16")
+    rc = main(["diffusion", "eval", "--model", str(tmp_path / "m16"), "--n", "20", "--steps", "1", "--quiet"])
+    assert rc == 2 and "this UNet makes 1-channel 16-pixel images" in _err(capsys)

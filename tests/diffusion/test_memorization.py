@@ -63,3 +63,9 @@ def test_activations_and_forget(tmp_path):
     assert [m.units for m in find_unit_layers(unet)][:2] == [1, 3]
     with pytest.raises(ValueError, match="another layout"):
         forget_(unet, Located(layers, torch.zeros(len(selected)), selected, 0.0))
+
+
+def test_activations_refuse_labels_the_unet_has_no_embedding_for():
+    unet = build_unet(TINY, seed=0).eval()
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 10\) for this UNet, got \[3, 12\]"):
+        unit_activations(unet, torch.tensor([3, 12]), steps=1)  # used to be an IndexError inside the embedding

@@ -67,3 +67,14 @@ def test_sampling_time_is_paired(tiny_ddpm):
     unet, _ = tiny_ddpm
     cmp = sampling_time({"a": unet, "b": unet}, n=2, steps=1, budget_s=2, min_rounds=3)
     assert cmp.rounds >= 3 and len(cmp.ratio("b", "a").values) == cmp.rounds
+
+
+@pytest.mark.parametrize("shape", [dict(sample_size=16), dict(num_classes=3)])
+def test_fid_fmnist_refuses_a_unet_of_another_image_shape(shape):
+    from prunekit.diffusion import UNetConfig, build_unet
+    from prunekit.diffusion.metrics import sample_quality
+
+    unet = build_unet(UNetConfig(block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=4, **shape), seed=0)
+    # used to measure 16-pixel (or 3-class) samples against the 32-pixel, 10-class test set without a word
+    with pytest.raises(ValueError, match="FID-FMNIST compares 1x32x32 samples of the 10 Fashion-MNIST classes"):
+        sample_quality(unet, n=20, steps=1, classifier=object())

@@ -122,3 +122,15 @@ def test_a_pruned_unet_saves_and_loads_with_its_shapes(unet, tmp_path):
         torch.testing.assert_close(back(x, t, class_labels=y).sample, unet(x, t, class_labels=y).sample,
                                    rtol=0, atol=0)
     assert [m.units for m in find_unit_layers(back)] == [m.units for m in layers]
+
+
+def test_a_layout_the_units_cannot_follow_is_one_line():
+    from diffusers import UNet2DConditionModel
+
+    cross = UNet2DConditionModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=4,
+                                 cross_attention_dim=8, attention_head_dim=4)
+    with pytest.raises(ValueError, match=r"attn2: only plain self-attention heads can be pruned") as e:
+        find_unit_layers(cross)
+    assert "\n" not in str(e.value)

@@ -4,7 +4,9 @@ Runs are grouped by their protocol's comparable key: runs measured under differe
 evaluation windows, sequence length, tokenizer, model file, library versions, thread count) never
 share a table or a plot, and the page says so. Each group shows its protocol card beside its table,
 Pareto plots of quality against sparsity, MACs and latency (and against decode speed measured in llama.cpp
-where runs carry it: :data:`ENGINE_SPEED`), and per-layer sparsity.
+where runs carry it: :data:`ENGINE_SPEED`), and per-layer sparsity. Runs of a task without one quality figure
+(the diffusion benchmarks' and the applications') get a table of every scalar figure they hold, averaged over
+seeds where several ran, and their PNG image grids (``figures["grids"]``: caption → base64 PNG) are embedded.
 """
 
 from __future__ import annotations
@@ -67,9 +69,33 @@ def _fmt(v: Any, kind: str) -> str:
     return str(v)
 
 
+def _scalar_keys(group: list[Run]) -> list[str]:
+    """The scalar figures of a group's runs, in first-seen order (image grids and nested records left out)."""
+    keys: dict[str, None] = {}
+    for r in group:
+        for k, v in r.figures.items():
+            if v is None or isinstance(v, (bool, int, float, str)):
+                keys.setdefault(k)
+    return list(keys)
+
+
+def figure_rows(group: list[Run]) -> tuple[list[str], list[list[str]]]:
+    """Column names and rows of a group whose task has no single quality figure: every scalar figure."""
+    keys = _scalar_keys(group)
+    return (["run", "seed", *keys],
+            [[r.label, str(r.config.get("seed")), *(_fmt(r.figures.get(k), "") for k in keys)] for r in group])
+
+
+def grids(group: list[Run]) -> list[tuple[str, str]]:
+    """(caption, base64 PNG) of every image grid the group's runs carry, in run order."""
+    return [(cap, b64) for r in group for cap, b64 in (r.figures.get("grids") or {}).items()]
+
+
 def table_rows(group: list[Run]) -> tuple[list[str], list[list[str]]]:
     """Column names and formatted rows of a group's table."""
     task = group[0].task
+    if task not in QUALITY:
+        return figure_rows(group)
     qkey, qname, _ = QUALITY[task]
     cols = ["run", "seed", "sparsity in scope", qname, "params", "non-zeros", "eff. MACs", "stored sparse",
             "latency", "vs dense", "prune wall / CPU"]
@@ -111,7 +137,10 @@ def protocol_lines(group: list[Run]) -> list[tuple[str, str]]:
     """The protocol card of a group as (field, value) pairs."""
     card = group[0].protocol
     out = [("task", card.get("task", "?")), ("model", f"{card.get('model')} ({card.get('model_hash') or 'built here'})")]
-    if card.get("task") == "lm":
+    if group[0].task not in QUALITY:
+        out += [(k, str(v)) for k, v in card.items()
+                if k not in ("task", "model", "model_hash", "machine", "versions", "card_hash", "macs_counter")]
+    elif card.get("task") == "lm":
         ev, cal = card.get("evaluation", {}), card.get("calibration", {})
         out += [("evaluation", f"{ev.get('source')}, {ev.get('windows')} × {ev.get('seqlen')} tokens, "
                                f"tokens {ev.get('tokens_hash')}"),
@@ -154,12 +183,25 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 def seed_table(group: list[Run]) -> tuple[list[str], list[list[str]]]:
     """Column names and rows of a group averaged over seeds: one row per run label, with the quality's
-    mean ± standard deviation [min–max] over the seeds that ran it."""
+    mean ± standard deviation [min–max] over the seeds that ran it (every numeric figure's mean ± sd for a
+    task without one quality figure)."""
     task = group[0].task
-    qkey, qname, _ = QUALITY[task]
     by_label: dict[str, list[Run]] = {}
     for r in group:
         by_label.setdefault(r.label, []).append(r)
+    if task not in QUALITY:
+        keys = [k for k in _scalar_keys(group)
+                if all(isinstance(r.figures.get(k), (int, float, type(None))) for r in group)]
+        rows = []
+        for label, rs in by_label.items():
+            row = [label, ", ".join(str(r.config.get("seed")) for r in rs)]
+            for k in keys:
+                vals = [float(r.figures[k]) for r in rs if r.figures.get(k) is not None]
+                m, sd = _mean_sd(vals) if vals else (None, None)
+                row.append("–" if m is None else f"{_fmt(m, '')} ± {_fmt(sd, '')}")
+            rows.append(row)
+        return ["run", "seeds", *(f"{k} mean ± sd" for k in keys)], rows
+    qkey, qname, _ = QUALITY[task]
     cols = ["run", "seeds", f"{qname} mean ± sd", "min – max", "sparsity in scope", "non-zeros", "eff. MACs",
             "latency vs dense (median of seeds)", "prune CPU (mean)"]
     rows = []
@@ -202,7 +244,7 @@ def markdown(runs: Iterable[Run], by_seed: bool = True) -> str:
     out = [f"> warning: {note}\n"] if note else []
     if by_seed:
         for group in seed_groups(runs):
-            seeds = {r.config.get("seed") for r in group}
+            seeds = {r.config.get("seed") for r in group} - {None}  # (a run measured once, with no seed)
             if len(seeds) < 2:
                 continue
             cols, rows = seed_table(group)
@@ -213,7 +255,7 @@ def markdown(runs: Iterable[Run], by_seed: bool = True) -> str:
             card = [(k, v) for k, v in protocol_lines(group) if k != "comparable key"]
             out.append("\n" + "; ".join(f"{k}: {v}" for k, v in card) + "; per-seed protocols: "
                        + ", ".join(sorted({r.comparable for r in group})) + "\n")
-        averaged = {id(r) for g in seed_groups(runs) if len({x.config.get("seed") for x in g}) > 1 for r in g}
+        averaged = {id(r) for g in seed_groups(runs) if len({x.config.get("seed") for x in g} - {None}) > 1 for r in g}
         runs = [r for r in runs if id(r) not in averaged]
     for group in group_runs(runs):
         cols, rows = table_rows(group)
@@ -291,6 +333,8 @@ def plots(group: list[Run]) -> list[tuple[str, str]]:
     import matplotlib.pyplot as plt
 
     task = group[0].task
+    if task not in QUALITY:
+        return []  # (their image grids: :func:`grids`)
     qkey, qname, higher = QUALITY[task]
     ok = [r for r in group if r.figures.get(qkey) is not None]
     out = []
@@ -338,7 +382,9 @@ def plots(group: list[Run]) -> list[tuple[str, str]]:
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}.card td{text-align:left}
-.plots img{max-width:48%;margin:4px}.warn{color:#a40}section{margin-bottom:2.5em}"""
+.plots img{max-width:48%;margin:4px}.warn{color:#a40}section{margin-bottom:2.5em}
+.grids figure{display:inline-block;margin:4px 8px}.grids img{image-rendering:pixelated;width:300px}
+.grids figcaption{font-size:12px}"""
 
 
 # The mark of a page prunekit wrote (as prunekit.json marks a folder): only such a file is ever replaced.
@@ -365,10 +411,10 @@ def html_report(runs: Iterable[Run], title: str = "prunekit report") -> str:
              f"<title>{html.escape(title)}</title>"
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>{len(runs)} runs in {len(groups)} comparable group(s).</p>"]
-    seeded = [g for g in seed_groups(runs) if len({r.config.get("seed") for r in g}) > 1]
+    seeded = [g for g in seed_groups(runs) if len({r.config.get("seed") for r in g} - {None}) > 1]
     for i, group in enumerate(seeded):
         cols, rows = seed_table(group)
-        n = len({r.config.get("seed") for r in group})
+        n = len({r.config.get("seed") for r in group} - {None})
         parts.append(f"<section id='seeds-{i}'><h2>{html.escape(group[0].recipe)}: {html.escape(group[0].model)}, "
                      f"averaged over {n} seeds</h2><p>The runs below differ only by what the seed draws (training "
                      "subset, calibration sample); each seed's own table and plots follow.</p>")
@@ -395,6 +441,11 @@ def html_report(runs: Iterable[Run], title: str = "prunekit report") -> str:
             parts.append("<div class='plots'>" + "".join(
                 f"<img alt='{html.escape(cap)}' title='{html.escape(cap)}' src='data:image/png;base64,{b64}'>"
                 for cap, b64 in figs) + "</div>")
+        samples = grids(group)
+        if samples:
+            parts.append("<div class='grids'>" + "".join(
+                f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{b64}'>"
+                f"<figcaption>{html.escape(cap)}</figcaption></figure>" for cap, b64 in samples) + "</div>")
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -179,7 +179,8 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from ..diffusion import load_unet, schedule_of
-    from ..diffusion.metrics import load_classifier, real_reference, sample_quality, sampling_time, unet_cost
+    from ..diffusion.metrics import (check_fmnist_unet, load_classifier, real_reference, sample_quality,
+                                     sampling_time, unet_cost)
 
     if not 2 <= args.n <= 5000:
         raise ValueError(f"--n must be in [2, 5000] (the noise floor needs two disjoint halves of the 10,000 test "
@@ -189,6 +190,7 @@ def _eval(args: argparse.Namespace) -> int:
         if args.steps > schedule_of(u).num_train_timesteps or args.steps < 1:
             raise ValueError(f"--steps {args.steps} is outside 1..{schedule_of(u).num_train_timesteps}, the "
                              f"timesteps {m} was trained with")
+        check_fmnist_unet(u)  # before the classifier is trained or any sample drawn
     net, card = load_classifier(progress=not is_quiet(args))
     ref = real_reference(net, args.n)
     rows: dict[str, Any] = {}

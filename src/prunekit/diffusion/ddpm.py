@@ -211,6 +211,30 @@ def train_ddpm_(unet, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConf
 # ------------------------------------------------------------------------------------------ sampling
 
 
+def check_steps(unet, steps: Any) -> None:
+    """Raise (one line) unless ``steps`` is a sampler step count this UNet was trained for: a positive int no
+    larger than the timesteps of the schedule it was trained with."""
+    schedule = schedule_of(unet)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if steps > schedule.num_train_timesteps:
+        raise ValueError(f"steps={steps} is more than the {schedule.num_train_timesteps} timesteps this model was "
+                         f"trained with; use steps <= {schedule.num_train_timesteps}")
+
+
+def check_labels(unet, labels: torch.Tensor) -> None:
+    """Raise (one line) unless ``labels`` are class ids this UNet has an embedding for."""
+    n_cls = unet.config.num_class_embeds
+    if labels.dim() != 1:
+        raise ValueError(f"labels must be one class id per image ([N]), got shape {list(labels.shape)}")
+    if n_cls is None:
+        raise ValueError("this UNet has no class embedding (num_class_embeds is None); prunekit's DDPM is "
+                         "class-conditional: build it with UNetConfig(num_classes=...)")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_cls):
+        raise ValueError(f"labels must be in [0, {n_cls}) for this UNet, got [{int(labels.min())}, "
+                         f"{int(labels.max())}]")
+
+
 @torch.no_grad()
 def ddim_sample(unet, labels: torch.Tensor | list[int], *, steps: int = 50, seed: int = 0, eta: float = 0.0,
                 batch_size: int = 256, progress: bool = False) -> torch.Tensor:
@@ -222,20 +246,14 @@ def ddim_sample(unet, labels: torch.Tensor | list[int], *, steps: int = 50, seed
 
     schedule = schedule_of(unet)
     labels = torch.as_tensor(labels, dtype=torch.long)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if steps > schedule.num_train_timesteps:
-        raise ValueError(f"steps={steps} is more than the {schedule.num_train_timesteps} timesteps this model was "
-                         f"trained with; use steps <= {schedule.num_train_timesteps}")
+    check_steps(unet, steps)
+    check_labels(unet, labels)
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     cfg = unet.config
     size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)[0]
-    if cfg.num_class_embeds is not None and labels.numel() and (int(labels.min()) < 0
-                                                                 or int(labels.max()) >= cfg.num_class_embeds):
-        raise ValueError(f"labels must be in [0, {cfg.num_class_embeds}) for this UNet")
     sched = DDIMScheduler(num_train_timesteps=schedule.num_train_timesteps, beta_schedule=schedule.beta_schedule,
                           beta_start=schedule.beta_start, beta_end=schedule.beta_end, clip_sample=True,
                           set_alpha_to_one=False)
@@ -328,6 +346,22 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _expected_shape(m: torch.nn.Module, leaf: str) -> tuple[int, ...] | None:
+    """The shape a layer's own size attributes give its parameter ``leaf`` (None for a module not checked)."""
+    nn = torch.nn
+    if isinstance(m, nn.Linear):
+        return (m.out_features, m.in_features) if leaf == "weight" else (m.out_features,)
+    if isinstance(m, nn.Conv2d):
+        return (m.out_channels, m.in_channels // m.groups, *m.kernel_size) if leaf == "weight" else (m.out_channels,)
+    if isinstance(m, nn.GroupNorm):
+        return (m.num_channels,)
+    if isinstance(m, nn.LayerNorm):
+        return tuple(m.normalized_shape)
+    if isinstance(m, nn.Embedding):
+        return (m.num_embeddings, m.embedding_dim)
+    return None
+
+
 def _reshape_to_(unet, layout: dict[str, dict[str, Any]], state: dict[str, torch.Tensor]) -> None:
     modules = dict(unet.named_modules())
     for name, attrs in layout.items():
@@ -341,6 +375,10 @@ def _reshape_to_(unet, layout: dict[str, dict[str, Any]], state: dict[str, torch
         m = modules.get(owner)
         if m is None or not (leaf in m._parameters or leaf in m._buffers):
             raise ValueError(f"its weights hold {key!r}, which this UNet layout does not have")
+        want = _expected_shape(m, leaf) if leaf in m._parameters else None
+        if want is not None and tuple(tensor.shape) != want:
+            raise ValueError(f"its weights give {key} the shape {list(tensor.shape)} where the recorded layout has "
+                             f"{list(want)} (a checkpoint of another shape)")
         if leaf in m._parameters:
             m._parameters[leaf] = torch.nn.Parameter(torch.empty_like(tensor, device="cpu"),
                                                      requires_grad=m._parameters[leaf].requires_grad)

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..core.config import Config
 from ..core.fraction import Sparsity
-from .ddpm import schedule_of
+from .ddpm import check_steps, schedule_of
 from .units import UnitLayer, find_unit_layers, keep_lowest_removed, masked, remove_units_
 
 # hard-concrete stretch (Louizos et al. 2018): gates on (GAMMA, ZETA), clipped to [0, 1]
@@ -75,10 +75,8 @@ def ddim_timesteps(unet, steps: int):
     """The DDIM scheduler ``ddpm.ddim_sample`` uses (the UNet's own schedule, x₀ clipped), set to ``steps``."""
     from diffusers import DDIMScheduler
 
+    check_steps(unet, steps)
     s = schedule_of(unet)
-    if steps > s.num_train_timesteps:
-        raise ValueError(f"steps={steps} is more than the {s.num_train_timesteps} timesteps this model was trained "
-                         f"with; use steps <= {s.num_train_timesteps}")
     sched = DDIMScheduler(num_train_timesteps=s.num_train_timesteps, beta_schedule=s.beta_schedule,
                           beta_start=s.beta_start, beta_end=s.beta_end, clip_sample=True, set_alpha_to_one=False)
     sched.set_timesteps(steps)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .ddpm import check_labels
 from .ecodiff import ddim_timesteps, trajectory
 from .units import RemovalReport, UnitLayer, find_unit_layers, recorded, remove_units_
 
@@ -54,12 +55,13 @@ def unit_activations(unet: nn.Module, labels: torch.Tensor, *, steps: int = 10, 
                      batch_size: int = 128, layers: list[UnitLayer] | None = None) -> torch.Tensor:
     """``[N, units]``: each unit's mean absolute output over the ``steps``-step DDIM trajectory of each label's
     sample (initial noise from ``seed``, as ``ddpm.ddim_sample``)."""
-    layers = layers or find_unit_layers(unet)
     labels = torch.as_tensor(labels, dtype=torch.long)
+    check_labels(unet, labels)
+    sched = ddim_timesteps(unet, steps)  # refuses a step count the model was not trained for
+    layers = layers or find_unit_layers(unet)
     cfg = unet.config
     size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)[0]
     noise = torch.randn((len(labels), cfg.in_channels, size, size), generator=torch.Generator().manual_seed(seed))
-    sched = ddim_timesteps(unet, steps)
     was = unet.training
     unet.eval()
     out = []

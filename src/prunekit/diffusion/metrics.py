@@ -239,6 +239,17 @@ def real_reference(net: FeatureNet, n: int, seed: int = 0) -> RealReference:
     return RealReference(fa, fb, {"fid": frechet_distance(fa, fb), "kid": kid, "precision": p, "recall": r})
 
 
+def check_fmnist_unet(unet) -> None:
+    """Raise (one line) unless ``unet`` makes what FID-FMNIST compares with the real test set: one grey channel,
+    32×32 pixels, the 10 Fashion-MNIST classes."""
+    cfg = unet.config
+    size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
+    if cfg.in_channels != 1 or size not in (32, (32, 32)) or cfg.num_class_embeds != 10:
+        raise ValueError(f"FID-FMNIST compares 1x32x32 samples of the 10 Fashion-MNIST classes with the real test "
+                         f"set; this UNet makes {cfg.in_channels}-channel {size}-pixel images of "
+                         f"{cfg.num_class_embeds} classes")
+
+
 def balanced_labels(n: int, classes: int = 10) -> torch.Tensor:
     """``n`` labels cycling through the classes (as even as ``n`` allows)."""
     return torch.arange(n) % classes
@@ -251,6 +262,7 @@ def sample_quality(unet, *, n: int = 1000, steps: int = 20, seed: int = 0, class
     metric beside its noise floor. ``samples`` skips the sampling (they must be ``n`` images of the balanced
     labels)."""
     t0 = time.perf_counter()
+    check_fmnist_unet(unet)
     net = classifier if classifier is not None else load_classifier()[0]
     ref = reference if reference is not None and len(reference.a) == n else real_reference(net, n, seed=0)
     labels = balanced_labels(n, unet.config.num_class_embeds or 10)

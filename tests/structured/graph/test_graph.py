@@ -124,6 +124,27 @@ def test_roll_along_space_is_followed_and_along_channels_pins():
     assert ps.prune(Rolled((1,)).eval(), X, sparsity=0.5).a.out_channels == 8
 
 
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "cumsum", "cumprod", "logcumsumexp", "normalize"])
+def test_ops_along_space_are_followed_and_along_the_channels_pin(op):
+    class Along(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.a, self.b, self.dim = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 2, 1), dim
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(F.normalize(y, dim=self.dim) if op == "normalize" else getattr(torch, op)(y, dim=self.dim))
+
+    from torch.nn import functional as F
+
+    assert ps.prune(Along(-1).eval(), X, sparsity=0.5).a.out_channels == 4  # along the width: channels apart
+    # along the channels every output depends on every channel: removing some would change the kept ones
+    model = Along(1).eval()
+    pruned = ps.prune(model, X, sparsity=0.5)
+    assert pruned.a.out_channels == 8
+    torch.testing.assert_close(pruned(X), model(X))
+
+
 class Sliced(nn.Module):
     def __init__(self):
         super().__init__()

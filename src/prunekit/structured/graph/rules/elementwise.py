@@ -91,12 +91,41 @@ def merge_params(rec: Recorder, args: tuple, kwargs: dict, result: Tensor) -> PV
     return PVal(tuple(sources)) if sources else None
 
 
+# Same-shape operations whose every output value depends on the whole input along one dimension: along the
+# channels they mix them (removing one changes the others), so there the channels are pinned.
+ALONG_DIM = {"softmax", "log_softmax", "softmin", "cumsum", "cumprod", "logcumsumexp", "normalize",
+             "local_response_norm"}
+
+
+def _along(name: str, args: tuple, kwargs: dict, nd: int) -> int | None:
+    """The dimension an :data:`ALONG_DIM` operation runs along (non-negative), None when it cannot be read."""
+    base = base_name(name)
+    if base == "local_response_norm":
+        return 1  # across the channels, always
+    if base == "normalize":
+        d = kwargs.get("dim", args[2] if len(args) > 2 else 1)
+    else:
+        d = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        if d is None and base in ("softmax", "log_softmax", "softmin"):
+            d = 0 if nd in (0, 1, 3) else 1  # torch's implicit choice
+    if not isinstance(d, int) or isinstance(d, bool):
+        return None
+    return d + nd if d < 0 else d
+
+
 def carry(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, result: Any) -> None:
-    """Same-shape operations: the first tensor's labels carry to the result (and to in-place targets)."""
+    """Same-shape operations: the first tensor's labels carry to the result (and to in-place targets); one that
+    runs along the channels (softmax, cumsum, normalize, ... over them: :data:`ALONG_DIM`) pins them."""
     first = next((a for a in args if isinstance(a, Tensor)), None)
     if first is None:
         first = next((a for a in kwargs.values() if isinstance(a, Tensor)), None)
     info = rec.info(first)
+    if isinstance(info, Val) and base_name(name) in ALONG_DIM:
+        d = _along(name, args, kwargs, first.dim())
+        if d is None or d in info.dims:
+            rec.pin(info, f"{name} along the channels in {rec.where!r} mixes them")
+            rec.set_all(result, None)
+            return
     others = [rec.info(t) for t in tensor_args(args, kwargs) if t is not first]
     if isinstance(result, Tensor) and first is not None and result.shape == first.shape:
         rec.set(result, info)
