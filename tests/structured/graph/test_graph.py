@@ -145,6 +145,25 @@ def test_ops_along_space_are_followed_and_along_the_channels_pin(op):
     torch.testing.assert_close(pruned(X), model(X))
 
 
+def test_softmax_over_stacked_paths_keeps_each_channel_apart():
+    # SK-Net's attention: one conv gives paths × channels, viewed (b, paths, c, h, w), softmax over the paths;
+    # channel c's weights depend only on channel c of every path, so the channels stay prunable
+    class Paths(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.sel, self.b = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 16, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            w = torch.softmax(self.sel(y).view(x.shape[0], 2, -1, *y.shape[2:]), dim=1)
+            return self.b((w * torch.stack([y, 2 * y], 1)).sum(1))
+
+    model = Paths().eval()
+    pruned = ps.prune(model, X, sparsity=0.5)
+    assert pruned.a.out_channels == 4 and pruned.sel.out_channels == 8
+    assert pruned(X).shape == model(X).shape
+
+
 class Sliced(nn.Module):
     def __init__(self):
         super().__init__()

@@ -122,8 +122,8 @@ def carry(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, r
     info = rec.info(first)
     if isinstance(info, Val) and base_name(name) in ALONG_DIM:
         d = _along(name, args, kwargs, first.dim())
-        if d is None or d in info.dims:
-            rec.pin(info, f"{name} along the channels in {rec.where!r} mixes them")
+        if d is None or d == info.dims[info.free]:  # along a block's fixed axis (SK-Net's paths, heads kept whole)
+            rec.pin(info, f"{name} along the channels in {rec.where!r} mixes them")  # each channel stays apart
             rec.set_all(result, None)
             return
     others = [rec.info(t) for t in tensor_args(args, kwargs) if t is not first]
