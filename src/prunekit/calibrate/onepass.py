@@ -1,9 +1,9 @@
 """One pass per block, every layer pruned on the inputs it really gets ("true sequential"): the engines.
 
 The usual block-by-block loop runs each block twice: once dense, to collect every layer's input
-statistics, and once pruned, to feed the next block. Here the block runs **once** over all the
-calibration windows in a single call, and each target layer is pruned inside its own forward
-pre-hook, from the inputs it receives in that very call: q/k/v see the block's input, o_proj sees
+statistics, and once pruned, to feed the next block. Here the block runs **once** over the
+calibration windows, and each target layer is pruned inside its own forward pre-hook, from the inputs
+it receives in that very pass: q/k/v see the block's input, o_proj sees
 the attention computed with the already-pruned q/k/v, down_proj sees the pruned gate/up, and so on.
 The block's output is then the pruned block's output, which feeds the next block. One forward per
 block instead of two, and each layer compensates for the error of the layers before it (GPTQ's
@@ -11,10 +11,17 @@ block instead of two, and each layer compensates for the error of the layers bef
 Statistics are :class:`~.stats.InputStats`, fed through ``record`` (the one arithmetic; Gram matrices
 block-triangular, :func:`~.stats.symmetric_gram`).
 
-It needs all windows in one block call: one block's activations over the whole calibration set.
-:func:`one_pass_bytes` estimates that memory before anything runs; when it exceeds the budget
-(half of the memory available where the blocks run, by default), or when the windows differ in length,
-the same computation runs in **staged** passes of ``batch_size`` windows (:func:`walk_staged_`): for
+The pass calls the block on one batch of ``batch_size`` windows at a time, the calls in lockstep
+(:class:`~.lockstep.Lockstep`): each batch's call pauses at a target's pre-hook until every batch has
+reached it (its statistics then cover all windows) and it is pruned, then all go on. The tensors alive at
+a pause (a few per window, e.g. down_proj's input) add up over the batches; the block's transient ones
+(attention, the MLP's other intermediates) exist for one batch at a time. During the pass, allocations of
+1 MB or more are memory maps of their own (:func:`~prunekit.infra.machine.large_allocations_mapped`):
+batch-sized tensors freed in another order than taken would otherwise stay in the C heap as holes.
+
+:func:`one_pass_bytes` estimates the pass's activation memory before anything runs (as if all windows ran
+in one call: an upper bound); when it exceeds the budget (half of the memory available where the blocks
+run, by default), or when the windows differ in length, the same computation runs in **staged** passes of ``batch_size`` windows (:func:`walk_staged_`): for
 each group of layers that read one input (q/k/v, then o, then gate/up, then down), the block runs over
 the batches up to that group, the group is pruned, and the next group is reached on the pruned ones.
 The result is the one-pass result (up to the order of float sums); it costs about two extra forwards
