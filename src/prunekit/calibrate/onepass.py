@@ -1,9 +1,9 @@
 """One pass per block, every layer pruned on the inputs it really gets ("true sequential"): the engines.
 
 The usual block-by-block loop runs each block twice: once dense, to collect every layer's input
-statistics, and once pruned, to feed the next block. Here the block runs **once** over all the
-calibration windows in a single call, and each target layer is pruned inside its own forward
-pre-hook, from the inputs it receives in that very call: q/k/v see the block's input, o_proj sees
+statistics, and once pruned, to feed the next block. Here the block runs **once** over the
+calibration windows, and each target layer is pruned inside its own forward pre-hook, from the inputs
+it receives in that very pass: q/k/v see the block's input, o_proj sees
 the attention computed with the already-pruned q/k/v, down_proj sees the pruned gate/up, and so on.
 The block's output is then the pruned block's output, which feeds the next block. One forward per
 block instead of two, and each layer compensates for the error of the layers before it (GPTQ's
@@ -11,10 +11,17 @@ block instead of two, and each layer compensates for the error of the layers bef
 Statistics are :class:`~.stats.InputStats`, fed through ``record`` (the one arithmetic; Gram matrices
 block-triangular, :func:`~.stats.symmetric_gram`).
 
-It needs all windows in one block call: one block's activations over the whole calibration set.
-:func:`one_pass_bytes` estimates that memory before anything runs; when it exceeds the budget
-(half of the memory available where the blocks run, by default), or when the windows differ in length,
-the same computation runs in **staged** passes of ``batch_size`` windows (:func:`walk_staged_`): for
+The pass calls the block on one batch of ``batch_size`` windows at a time, the calls in lockstep
+(:class:`~.lockstep.Lockstep`): each batch's call pauses at a target's pre-hook until every batch has
+reached it (its statistics then cover all windows) and it is pruned, then all go on. The tensors alive at
+a pause (a few per window, e.g. down_proj's input) add up over the batches; the block's transient ones
+(attention, the MLP's other intermediates) exist for one batch at a time. During the pass, allocations of
+1 MB or more are memory maps of their own (:func:`~prunekit.infra.machine.large_allocations_mapped`):
+batch-sized tensors freed in another order than taken would otherwise stay in the C heap as holes.
+
+:func:`one_pass_bytes` estimates the pass's activation memory before anything runs (as if all windows ran
+in one call: an upper bound); when it exceeds the budget (half of the memory available where the blocks
+run, by default), or when the windows differ in length, the same computation runs in **staged** passes of ``batch_size`` windows (:func:`walk_staged_`): for
 each group of layers that read one input (q/k/v, then o, then gate/up, then down), the block runs over
 the batches up to that group, the group is pruned, and the next group is reached on the pruned ones.
 The result is the one-pass result (up to the order of float sums); it costs about two extra forwards
@@ -33,8 +40,10 @@ import torch
 from torch import nn
 
 from ..core.scope import Target
+from ..infra.machine import large_allocations_mapped
 from .batches import calibration_batches
 from .blockwise import BlockInputs, run_block, walk_blocks_
+from .lockstep import Lockstep
 from .stats import InputStats
 
 Prune = Callable[[Target, InputStats], None]
@@ -83,44 +92,54 @@ def memory_budget(device: Any = None) -> int:
 
 
 def walk_one_pass_(model: nn.Module, calibration: Any, targets_of: Callable[[str], list[Target]], prune: Prune,
-                   uncalled: Uncalled, *, hessian: bool, device: Any = None, progress: bool = True,
-                   desc: str = "one pass") -> None:
-    """Walk the blocks, one forward per block over every calibration window at once; each target of
+                   uncalled: Uncalled, *, hessian: bool, batch_size: int | None = None, device: Any = None,
+                   progress: bool = True, desc: str = "one pass") -> None:
+    """Walk the blocks, one forward per block over every calibration window; each target of
     ``targets_of(block_name)`` is handed to ``prune(target, stats)`` just before it runs, its statistics
-    taken on its real (partly pruned) inputs. Targets the forward never called go to ``uncalled``."""
-    n_windows = calibration_batches(calibration, 1 << 30, tokens=True)[0]["input_ids"].shape[0]
+    taken on its real (partly pruned) inputs over all windows. Targets the forward never called go to
+    ``uncalled``.
+
+    With ``batch_size`` (windows per block call) the block is called on one batch at a time, the calls
+    in lockstep (:class:`~.lockstep.Lockstep`): every batch's call pauses at a target until all batches
+    have reached it and it is pruned. The same computation (up to the order of float sums inside each
+    product), with the block's transient activations held for one batch instead of all windows."""
+    n_windows = sum(b["input_ids"].shape[0] for b in calibration_batches(calibration, 1 << 30, tokens=True))
+    batch_size = n_windows if batch_size is None else min(batch_size, n_windows)
+    step = Lockstep()
 
     def visit(i: int, block_name: str, block: nn.Module, inputs: list[BlockInputs]) -> None:
         targets = targets_of(block_name)
-        if targets:
-            stats = InputStats(hessian=hessian)
-            done: set[str] = set()
+        stats = InputStats(hessian=hessian)
+        done: set[str] = set()
+        by_name = {t.name: t for t in targets}
 
-            def prune_hook(t):
-                def hook(module: nn.Module, args: tuple) -> None:
-                    if t.name in done:  # a module called twice in one forward is pruned once
-                        return
-                    done.add(t.name)
-                    stats.record(t.name, args[0])
-                    prune(t, stats)
-                return hook
+        def pause_hook(t):
+            def hook(module: nn.Module, args: tuple) -> None:
+                if t.name in done:  # a module called twice in one forward is pruned once, on its first input
+                    return
+                stats.record(t.name, args[0])
+                step.pause(t.name)
+            return hook
 
-            handles = [t.module.register_forward_pre_hook(prune_hook(t)) for t in targets]
-            try:
-                out = [run_block(block, s, device) for s in inputs]
-            finally:
-                for h in handles:
-                    h.remove()
-            missing = [t for t in targets if t.name not in done]
-            if missing:
-                uncalled(missing, block_name)
-        else:
-            out = [run_block(block, s, device) for s in inputs]
+        def act(name: str) -> None:
+            done.add(name)
+            prune(by_name[name], stats)
+
+        handles = [t.module.register_forward_pre_hook(pause_hook(t)) for t in targets]
+        try:
+            out = step.run([lambda s=s: run_block(block, s, device) for s in inputs], act)
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [t for t in targets if t.name not in done]
+        if missing:
+            uncalled(missing, block_name)
         for s, o in zip(inputs, out):  # the pruned outputs become the next block's inputs
             s.hidden = o.to(s.hidden.device)
 
-    walk_blocks_(model, calibration, visit, progress=progress, desc=desc, propagate=False, batch_size=n_windows,
-                 device=device)
+    with large_allocations_mapped():  # the batches' tensors, freed in another order than taken, leave no holes
+        walk_blocks_(model, calibration, visit, progress=progress, desc=desc, propagate=False, batch_size=batch_size,
+                     device=device)
 
 
 def walk_staged_(model: nn.Module, calibration: Any, targets_of: Callable[[str], list[Target]], prune: Prune,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any, Iterator
+
 
 def available_memory() -> int | None:
     """Bytes of memory available to new allocations without swapping (psutil's ``available``), or
@@ -19,22 +22,52 @@ def available_memory() -> int | None:
 _LIBC: list = []
 
 
-def release_freed_memory() -> bool:
-    """Hand the C heap's free pages back to the operating system (glibc's ``malloc_trim(0)``); returns whether
-    it could. Large tensors freed between layers stay in the heap as fragments otherwise, and a walk that
-    frees a layer's temporaries and allocates the next one's grows its resident memory by hundreds of MB.
-    A no-op (False) where the C library has no ``malloc_trim`` (macOS, Windows, musl)."""
+def _libc() -> Any:
+    """The C library (ctypes), or None where it cannot be loaded."""
     if not _LIBC:
         try:
             import ctypes
             import ctypes.util
 
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC.append(libc.malloc_trim if hasattr(libc, "malloc_trim") else None)
-        except (OSError, AttributeError):
+            _LIBC.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"))
+        except OSError:
             _LIBC.append(None)
-    trim = _LIBC[0]
+    return _LIBC[0]
+
+
+def release_freed_memory() -> bool:
+    """Hand the C heap's free pages back to the operating system (glibc's ``malloc_trim(0)``); returns whether
+    it could. Large tensors freed between layers stay in the heap as fragments otherwise, and a walk that
+    frees a layer's temporaries and allocates the next one's grows its resident memory by hundreds of MB.
+    A no-op (False) where the C library has no ``malloc_trim`` (macOS, Windows, musl)."""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
     if trim is None:
         return False
     trim(0)
     return True
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+MMAP_THRESHOLD_AFTER = 32 << 20  # glibc's ceiling for its own (dynamic) threshold on 64-bit systems
+
+
+@contextlib.contextmanager
+def large_allocations_mapped(threshold: int = 1 << 20) -> Iterator[bool]:
+    """While inside, the C heap serves every allocation of ``threshold`` bytes or more with a memory map of its
+    own (glibc's ``mallopt(M_MMAP_THRESHOLD)``), so a freed tensor's pages go back to the system at once instead
+    of staying in the heap as a hole that the next, differently sized tensors cannot fill. Yields whether it
+    could (False where the C library has no ``mallopt``: nothing changes).
+
+    glibc's default raises its threshold by itself (up to 32 MB) after large frees; setting it turns that off
+    for the rest of the process, so on leaving the threshold is set to that 32 MB ceiling (what a process that
+    freed a large tensor has anyway) rather than back to the 128 kB start value."""
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None) if libc is not None else None
+    if mallopt is None or not mallopt(_M_MMAP_THRESHOLD, int(threshold)):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_AFTER)

@@ -347,7 +347,8 @@ class BlockwiseMethod:
         need = one_pass_bytes(model, plan.calibration)
         possible = one_pass_possible(plan.calibration)
         if possible and need <= budget:
-            return walk_one_pass_(model, plan.calibration, desc=f"{self.name} (one pass)", **walk)
+            return walk_one_pass_(model, plan.calibration, batch_size=cfg.batch_size, desc=f"{self.name} (one pass)",
+                                  **walk)
         why = ("the calibration windows differ in length" if not possible else
                f"one pass over all windows needs about {need / 1e9:.1f} GB of activations, over the budget of "
                f"{budget / 1e9:.1f} GB (one_pass_max_gb)")

@@ -30,8 +30,9 @@ class SparseGPTConfig(BlockwiseConfig):
     method: Literal["sparsegpt"] = "sparsegpt"
     blocksize: int = Field(128, ge=1)
     percdamp: float = Field(0.01, gt=0, lt=1)
-    # "layer" (default): each layer on the inputs its pruned predecessors give it, in one pass per block where
-    # the activations of all windows fit one_pass_max_gb (else in staged passes; calibrate/onepass.py);
+    # "layer" (default): each layer on the inputs its pruned predecessors give it, in one pass per block (the
+    # block called per batch_size windows, the calls in lockstep) where the activations of all windows fit
+    # one_pass_max_gb (else in staged passes; calibrate/onepass.py);
     # "block": every layer of a block calibrated on the dense block (two passes per block; the paper's order)
     sequential: Literal["block", "layer"] = "layer"
     one_pass_max_gb: float | None = Field(None, gt=0)  # None: half of the memory available where blocks run
