@@ -118,6 +118,22 @@ def _check_args(args: argparse.Namespace) -> None:
                                   lr=args.kd_lr, checkpoint_every=args.checkpoint_every, seed=args.seed, where="--kd")
     if args.checkpoint is not None and args.out is not None and Path(args.checkpoint).resolve() == Path(args.out).resolve():
         raise ValueError("--checkpoint and --out must be different folders")
+    args.stage_ = stage_config(args)
+
+
+def stage_config(args: argparse.Namespace) -> Any:
+    """The recipe stage (:class:`prunekit.pipeline.ShrinkConfig`) that does what these options do to the model
+    (after a calibrate stage of ``--calib``, ``--nsamples``, ``--seqlen``, ``--seed``): the same shrink and, with
+    ``--kd-steps``, the same distillation."""
+    from ..pipeline.shrink import ShrinkConfig
+
+    distill = None
+    if args.kd_steps:
+        distill = {"steps": args.kd_steps, "batch_size": args.kd_batch, "seqlen": args.kd_seqlen, "lr": args.kd_lr,
+                   "seed": args.seed, "text": args.kd_text or args.calib}
+    return ShrinkConfig.parse(target=str(args.target_), search=args.search, axes=list(args.axes_),
+                              importance=args.importance, candidates=args.candidates, optimizer=args.optimizer,
+                              score_windows=args.score_windows, distill=distill, where="prunekit shrink")
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
