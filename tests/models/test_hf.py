@@ -191,10 +191,8 @@ def test_load_model_reads_a_per_layer_shrunk_folder_and_eval_gives_its_perplexit
     from prunekit.cli import main
     from prunekit.datasets.text import eval_windows
     from prunekit.metrics.perplexity import perplexity
-    from prunekit.models import hf
-    from prunekit.shrink.perlayer import CONFIG_KEY, layer_shapes_of
+    from prunekit.shrink.perlayer import layer_shapes_of
 
-    assert hf._LAYER_SHAPES == CONFIG_KEY
     root, model = _per_layer_folder(tmp_path)
     lm = load_model(root / "model")
     assert lm.causal_lm and layer_shapes_of(lm.model).ffn == (128, 48, 96)

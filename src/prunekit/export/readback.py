@@ -20,6 +20,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..models.shrunk import CONFIG_KEY, load_shrunk
+
 PROBE_TOKENS = 64
 _PARAM_OF_MASK = re.compile(r"parametrizations\.(\w+)\.original\d*$")
 
@@ -204,16 +206,14 @@ def _fail(what: str, path: Path, rb: ReadBack, hint: str = "") -> ReadBackError:
 def read_back_folder(model: nn.Module, folder: str | Path, dtype: torch.dtype, *, target: str | Path | None = None,
                      hint: str = "") -> ReadBack:
     """Load ``folder`` with this environment's stock ``from_pretrained`` (float32; a per-layer shrunk model with
-    :func:`prunekit.shrink.perlayer.load_shrunk`, which no stock reader replaces) and compare its logits
+    :func:`prunekit.models.shrunk.load_shrunk`, which no stock reader replaces) and compare its logits
     with ``model``'s (weights rounded to ``dtype``); raises :class:`ReadBackError` when a weight is
     missing or the logits differ beyond :func:`tolerance`. ``target`` is the path named in the error."""
     folder = Path(folder)
     cls, name = _stock_class(model)
     reader = f"{name}.from_pretrained ({versions()})"
-    if getattr(getattr(model, "config", None), "prunekit_layer_shapes", None) is not None:
+    if getattr(getattr(model, "config", None), CONFIG_KEY, None) is not None:
         # per-layer shapes (prunekit.shrink): no stock reader builds them; prunekit's loader, strict on every tensor
-        from ..shrink.perlayer import load_shrunk
-
         cls, reader = None, f"prunekit.shrink.load_shrunk ({versions()})"
     try:
         if cls is None:

