@@ -88,6 +88,8 @@ def test_a_family_the_shrink_cannot_follow_is_refused_before_any_change(tmp_path
     ([{"stage": "shrink", "axes": ["hidden"], "distill": {"hidden_weight": 1.0, "text": "pydocs"}}],
      "hidden axis cuts"),
     ([{"stage": "shrink", "search": "per-layer", "axes": ["hidden"]}], "per-layer search cuts heads, neurons, depth"),
+    ([{"stage": "shrink", "speed_engine": "llama.cpp"}], "target params=0.6 counts parameters"),
+    ([{"stage": "shrink", "target": "speed=1.5", "speed_quant": "f16"}], "set speed_engine llama.cpp"),
 ])
 def test_a_stage_list_that_cannot_run_is_refused_before_loading(stages, match):
     parsed = [parse_stage(s) for s in stages]

@@ -50,7 +50,8 @@ class ShrinkConfig(Config):
     for every block, the best of ``candidates`` grid shapes by calibration loss; ``per-layer``: each block its
     own widths, chosen by ``optimizer``, options scored on ``score_windows`` calibration windows; ``auto``:
     per-layer for speed=, else uniform) along ``axes`` (default: heads, neurons, hidden, depth for uniform;
-    heads, neurons per layer), units ranked by ``importance``; then ``distill`` (None: no recovery)."""
+    heads, neurons per layer), units ranked by ``importance``; speed= is timed in ``speed_engine`` (transformers,
+    or llama.cpp at GGUF type ``speed_quant``, q8_0 by default); then ``distill`` (None: no recovery)."""
 
     stage: Literal["shrink"] = "shrink"
     target: str = "params=0.6"
@@ -60,6 +61,8 @@ class ShrinkConfig(Config):
     candidates: int = Field(4, ge=1)
     optimizer: Literal["milp", "greedy"] = "milp"
     score_windows: int = Field(4, ge=1)
+    speed_engine: Literal["transformers", "llama.cpp"] = "transformers"
+    speed_quant: str | None = None
     distill: ShrinkDistillConfig | None = None
 
 
@@ -73,6 +76,11 @@ def resolved(cfg: ShrinkConfig) -> tuple[Any, str, tuple[str, ...]]:
 
     target = parse_target(cfg.target)
     search = cfg.search if cfg.search != "auto" else ("per-layer" if target.kind == "speed" else "uniform")
+    if target.kind != "speed" and (cfg.speed_engine != "transformers" or cfg.speed_quant is not None):
+        raise ValueError(f"shrink's speed_engine and speed_quant time the speed= target; target {target} counts "
+                         "parameters")
+    if cfg.speed_quant is not None and cfg.speed_engine != "llama.cpp":
+        raise ValueError("shrink's speed_quant is the GGUF type timed in llama.cpp: set speed_engine llama.cpp")
     if search == "uniform" and target.kind == "speed":
         raise ValueError("shrink target speed= is a measured latency, searched per layer: use search per-layer "
                          "(or auto)")
@@ -91,6 +99,10 @@ def _validate(cfg: ShrinkConfig, stages: Sequence[Any], name_of: Any) -> None:
     from .base import STAGES
 
     resolved(cfg)
+    if cfg.speed_engine == "llama.cpp":
+        from ..shrink.latency import check_engine
+
+        check_engine("llama.cpp", cfg.speed_quant)  # llama-bench built, the GGUF type known: before anything loads
     d = cfg.distill
     if d is not None and d.hidden_weight > 0 and "hidden" in resolved(cfg)[2]:
         raise ValueError("shrink's distill.hidden_weight compares residual streams, which the hidden axis cuts: "
@@ -144,8 +156,9 @@ def _check(ws: Workspace, cfg: ShrinkConfig) -> None:
         ws.state[PLAN] = None
     else:
         if target.kind == "speed":
-            ws.say("timing the dense model and each block width (1 thread, CPU time) ...")
-        ws.state[PLAN] = check_layers(ws.model, target, axes, optimizer=cfg.optimizer)
+            ws.say(f"timing the dense model and each block width in {cfg.speed_engine} (1 thread) ...")
+        ws.state[PLAN] = check_layers(ws.model, target, axes, optimizer=cfg.optimizer, speed_engine=cfg.speed_engine,
+                                      speed_quant=cfg.speed_quant)
     if cfg.distill is not None:
         if ws.tokenizer is None:
             raise ValueError("the shrink stage's distillation streams text through the model's tokenizer, and this "
