@@ -55,7 +55,8 @@ def summary(pruned: dict[str, Any], shrunk: dict[str, Any], engine: dict[str, An
          "q8_0"),
     ]
     head = f"{'':34} {'perplexity':>10} {'llama.cpp':>10}  {'speed vs dense':<56} {'on disk':>9}"
-    lines = ["", f"make demo: SmolLM2-135M, held-out {where} — what each buys", head, "-" * len(head)]
+    lines = ["", f"make demo: {_get(pruned, 'model') or 'the model'}, held-out {where} — what each buys", head,
+             "-" * len(head)]
     for name, ppl, lppl, speed, size, kind in rows:
         mb = f"{size / 1e6:.1f} MB" if isinstance(size, (int, float)) else "–"
         lines.append(f"{name:34} {_num(ppl, '10.2f'):>10} {_num(lppl, '10.2f'):>10}  {speed:<56} {mb:>9} {kind}")
