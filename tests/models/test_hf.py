@@ -169,3 +169,57 @@ def test_a_damaged_cache_entry_is_converted_again(tmp_path, monkeypatch):
         lm = load_model(gguf)
     assert len(calls) == 2 and lm.causal_lm
     assert load_model(gguf).causal_lm and len(calls) == 2  # the fresh entry is used again
+
+
+def _per_layer_folder(root):
+    """A tiny Llama shrunk to per-layer shapes (blocks of 2, 1, 1 kv groups and 128, 48, 96 neurons), saved with a
+    tokenizer and text; returns (root, the in-memory model)."""
+    from prunekit.models.tiny import tiny_tokenizer, write_tiny_folder
+    from prunekit.shrink import LayerShapes, apply_layer_shapes_, layer_shapes_of
+
+    fast = tiny_tokenizer()
+    model = tiny_model("llama", layers=3, vocab_size=fast.vocab_size)
+    s = layer_shapes_of(model)
+    apply_layer_shapes_(model, LayerShapes((2, 1, 1), (128, 48, 96), s.queries_per_group, s.head_dim),
+                        calibration=torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0)))
+    return write_tiny_folder(root, model, fast), model.eval()
+
+
+def test_load_model_reads_a_per_layer_shrunk_folder_and_eval_gives_its_perplexity(tmp_path, capsys):
+    import json
+
+    from prunekit.cli import main
+    from prunekit.datasets.text import eval_windows
+    from prunekit.metrics.perplexity import perplexity
+    from prunekit.shrink.perlayer import layer_shapes_of
+
+    root, model = _per_layer_folder(tmp_path)
+    lm = load_model(root / "model")
+    assert lm.causal_lm and layer_shapes_of(lm.model).ffn == (128, 48, 96)
+    windows = eval_windows(lm.tokenizer, str(root / "texts"), 2, 16)
+    expected = perplexity(model, windows, progress=False)
+    assert main(["eval", "--model", str(root / "model"), "--ppl", str(root / "texts"), "--windows", "2", "--seqlen",
+                 "16", "--gen-tokens", "2", "--no-load-memory", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["perplexity"]
+    # the same float32 weights through the same kernels: only the summation order of a few hundred-term means could
+    # differ, so exp(mean NLL) agrees to float32 rounding (relative 1e-5 leaves 10x room over ~10 eps)
+    assert got == pytest.approx(expected, rel=1e-5) and expected > 1
+
+
+def test_prune_and_export_write_per_layer_shrunk_folders_read_back_by_prunekits_loader(tmp_path, capsys):
+    from prunekit.cli import main
+    from prunekit.shrink.perlayer import layer_shapes_of
+
+    root, model = _per_layer_folder(tmp_path / "in")
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", str(root / "model"), "--method", "magnitude", "--sparsity", "0.5", "--calib",
+                 "none", "--ppl", str(root / "texts"), "--eval-windows", "2", "--seqlen", "16", "--out", str(out),
+                 "--quiet"]) == 0
+    assert "read back with prunekit.shrink.load_shrunk" in (out / "report.txt").read_text()
+    back = load_model(out).model
+    w = back.model.layers[1].mlp.up_proj.weight
+    assert layer_shapes_of(back).ffn == (128, 48, 96) and float((w == 0).float().mean()) == 0.5
+    assert main(["export", str(root / "model"), "--to", "safetensors", "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    ids = torch.randint(0, 128, (1, 8), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():  # float32 written and read: the same weights, the same kernels
+        torch.testing.assert_close(load_model(tmp_path / "s").model(ids).logits, model(ids).logits)

@@ -37,6 +37,7 @@ EXAMPLES = {
     "save": {"format": "safetensors"},  # the output folder is the test's
     "export": {"to": "safetensors", "dtype": "bfloat16"},  # every exporter: test_every_exporter_...
     "tokens": {"method": "fastv", "keep": 0.5, "layer": 1},  # the tiny Llama has 2 blocks: layer 1 is the only one
+    "shrink": {"target": "params=0.6", "candidates": 2, "distill": {"steps": 2, "batch_size": 2, "seqlen": 16}},
 }
 
 
@@ -56,6 +57,8 @@ def _fields(kind, folder, tmp_path):
         fields["out"] = str(tmp_path / "saved")
     if kind == "export":
         fields["out"] = str(tmp_path / "exported")
+    if kind == "shrink":
+        fields["distill"] = {**fields["distill"], "text": str(folder / "texts")}
     return fields
 
 
@@ -136,6 +139,14 @@ def test_a_stage_runs_on_a_tiny_model_and_its_config_round_trips(kind, folder, t
         unpatch_(ws.model)
         with torch.no_grad():
             assert ws.model(ids).logits.shape[1] == 16 and not is_patched(ws.model)
+    elif kind == "shrink":
+        from prunekit.shrink.budget import non_embedding_params
+
+        shrunk = record["shrink"]
+        assert shrunk["non_embedding_after"] == non_embedding_params(ws.model) <= 0.6 * shrunk["non_embedding_before"]
+        assert len(shrunk["candidates"]) == 2 and all(c["loss"] > 0 for c in shrunk["candidates"])
+        assert record["distill"]["steps"] == 2 and record["distill"]["tokens"] == 2 * 2 * 16
+        assert record["distill"]["text"] == fields["distill"]["text"] and ws.meta["method"] == "shrink"
     elif kind == "export":
         from transformers import AutoModelForCausalLM
 

