@@ -65,16 +65,17 @@ def _block_view(t: Tensor, pattern: Pattern) -> Tensor:
     return t.reshape(o // r, r, i // c, c, k).permute(0, 2, 1, 3, 4).reshape(o // r, i // c, r * c * k)
 
 
+def block_dots(weight: Tensor, grad: Tensor, pattern: Pattern) -> Tensor:
+    """g_b · w_b for every R×C block of ``weight`` (out, in, *kernel), shape (out/R, in/C), in float64."""
+    return (_block_view(grad.detach().double(), pattern) * _block_view(weight.detach().double(), pattern)).sum(-1)
+
+
 def block_scores(weight: Tensor, grads: list[Tensor], pattern: Pattern) -> Tensor:
     """LPViT's block importance of ``weight`` (out, in, *kernel): ½ · mean over ``grads`` of (g_b · w_b)², one
     score per R×C block, shape (out/R, in/C)."""
     if not grads:
         raise ValueError("block_scores needs at least one gradient")
-    w = _block_view(weight.detach().double(), pattern)
-    total = torch.zeros(w.shape[:2], dtype=torch.float64)
-    for g in grads:
-        total += (_block_view(g.detach().double(), pattern) * w).sum(-1).square()
-    return 0.5 * total / len(grads)
+    return 0.5 * sum(block_dots(weight, g, pattern).square() for g in grads) / len(grads)
 
 
 def hardware_allocation(scores: Mapping[str, Tensor], costs: Mapping[str, float], budget: float) -> dict[str, int]:
@@ -170,18 +171,18 @@ class LPViTMethod:
     def masks(self, model: nn.Module, plan: PrunePlan, sparsity: float) -> tuple[dict[str, Tensor], list[str]]:
         """The keep-mask of every target at ``sparsity`` of the cost, and notes for the report (changes nothing)."""
         targets, pattern = list(plan.targets), plan.pattern
-        grads: dict[str, list[Tensor]] = {t.name: [] for t in targets}
+        squares = {t.name: torch.zeros(1, dtype=torch.float64) for t in targets}  # Σ_batches (g_b · w_b)²
 
-        def each(gs: list[Tensor], _ws: list[Tensor]) -> None:
-            for t, g in zip(targets, gs):
-                grads[t.name].append(_matrix(t, g.detach().float().cpu()))
+        def each(gs: list[Tensor], ws: list[Tensor]) -> None:
+            for t, g, w in zip(targets, gs, ws):
+                squares[t.name] = squares[t.name] + block_dots(_matrix(t, w.float().cpu()),
+                                                               _matrix(t, g.float().cpu()), pattern).square()
 
         with RowCounter(targets) as counter:  # the gradient passes also count each layer's rows (for MACs)
-            accumulate_grads(model, targets, plan.context, each)
+            batches = accumulate_grads(model, targets, plan.context, each)
         scores, old_blocks = {}, {}
         for t in targets:
-            w = _matrix(t, getattr(t.module, t.param).detach().float().cpu())
-            s = block_scores(w, grads[t.name], pattern)
+            s = 0.5 * squares[t.name] / batches
             check_finite(s, "lpvit block scores", t.name, "check the data batches, the loss and the weights for NaN/inf")
             old = get_mask(t.module, t.param)
             alive = torch.ones(s.shape, dtype=torch.bool)
