@@ -16,12 +16,14 @@ A. ViT, the pruned layers every block's qkv / proj / fc1 / fc2 (prunekit's defau
    Time: the pruned layers' products at the model's shape (64 images × 50 tokens = 3,200 rows) on one thread:
    dense ``F.linear`` vs ``torch.sparse`` BSR (the LPViT mask's blocks) vs CSR (the unstructured mask), every
    layer of the seed-0 model, through ``prunekit.infra.latency.time_interleaved``; and one DeiT-S-sized layer
-   (1536×384, 197 tokens) with a random block mask at the same sparsity, to see where block sparsity pays on CPU.
+   (1536×384, 197 tokens) with a random block mask at the same sparsity; ``--deit-sweep`` times that layer alone
+   at more sparsities and block sizes, to see where, if anywhere, block sparsity pays on this CPU.
 B. Swin, every Linear but the head (the patch merging's reduction included), at --swin-sparsities: ``dimap``
    (module-aware, per stage and role, ranked globally) vs global magnitude; with uniform magnitude and
    ``dimap`` with one module per layer (= LAMP) as the two ablations (no module grouping / per-layer groups).
 
     python benchmarks/papers_vit.py --seeds 0 1 2 --threads 1
+    python benchmarks/papers_vit.py --deit-sweep --time-budget 10
 
 Writes one JSON line per seed to --out (default benchmarks/results/papers_vit.jsonl), the timing to
 --timing-out, and prints the markdown tables (mean ± standard deviation over the seeds) with --table.
@@ -222,6 +224,21 @@ def timing(dense: nn.Module, kept: dict, args) -> list[dict]:
     return rows
 
 
+def deit_sweep(args) -> list[dict]:
+    """A DeiT-S-sized fc1 (1536×384, 197 tokens) with random block masks at --deit-sparsities and --deit-blocks:
+    where, if anywhere, does block sparsity beat the dense product on this CPU?"""
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(1536, 384, generator=g)
+    rows = []
+    for b in args.deit_blocks:
+        for s in args.deit_sparsities:
+            keep = (torch.rand(1536 // b, 384 // b, generator=g) >= s).repeat_interleave(b, 0).repeat_interleave(b, 1)
+            unstructured = torch.rand(1536, 384, generator=g) >= s
+            rows += [dict(r, block=b, sparsity=s) for r in _timed_layers(
+                {f"DeiT-S fc1, {b}×{b} blocks, {s:.0%}": (w * keep, w * unstructured)}, 197, b, args.time_budget)]
+    return rows
+
+
 def run_seed(args, seed: int, train_xy, test_xy) -> list[dict]:
     torch.manual_seed(seed)
     rows: list[dict] = []
@@ -270,7 +287,9 @@ def tables(rows: list[dict]) -> str:
     for r in rows:
         if r["part"] != "time":
             continue
-        out += [f"### Time of the pruned layers (seed {r['seed']}, {r['sparsity']:.0%}, one thread; speed-up over dense, median of paired rounds)",
+        head = ("a DeiT-S layer with random masks" if r["seed"] < 0 else
+                f"the pruned layers (seed {r['seed']}, {r['sparsity']:.0%})")
+        out += [f"### Time of {head}, one thread; speed-up over dense, median of paired rounds",
                 "", "| layer | shape | rows | dense ms | BSR (block) | CSR (unstructured) |", "|---|---|---|---|---|---|"]
         for t in r["layers"]:
             b, c = t["BSR (block mask)"], t["CSR (unstructured mask)"]
@@ -299,12 +318,23 @@ def main() -> None:
     p.add_argument("--swin-sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.8])
     p.add_argument("--time-sparsity", type=float, default=0.5)
     p.add_argument("--time-budget", type=float, default=10.0, help="seconds per timed layer; 0 skips the timing")
+    p.add_argument("--deit-sweep", action="store_true", help="only time a DeiT-S layer at --deit-sparsities × --deit-blocks")
+    p.add_argument("--deit-sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.9])
+    p.add_argument("--deit-blocks", type=int, nargs="+", default=[4, 16, 32])
     p.add_argument("--cache", type=Path, default=Path("/tmp/prunekit_papers_vit"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/papers_vit.jsonl"))
     p.add_argument("--table", action="store_true", help="only print the tables of --out")
     args = p.parse_args()
     if args.table:
         print(tables([json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]))
+        return
+    if args.deit_sweep:
+        torch.set_num_threads(args.threads)
+        row = {"part": "time", "seed": -1, "sparsity": -1, "layers": deit_sweep(args)}
+        with args.out.open("a") as f:
+            f.write(json.dumps({**row, "config": {k: str(v) if isinstance(v, Path) else v
+                                                  for k, v in vars(args).items()}}) + "\n")
+        print(tables([row]))
         return
     if args.time_budget > 0 and args.time_sparsity not in args.sparsities:
         p.error(f"--time-sparsity {args.time_sparsity} must be one of --sparsities {args.sparsities}")
