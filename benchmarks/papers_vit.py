@@ -11,7 +11,8 @@ A. ViT, the pruned layers every block's qkv / proj / fc1 / fc2 (prunekit's defau
    - ``lpvit``: 4×4 blocks (--block), Fisher block scores on --calib-batches batches of 32 training images, each
      layer's block sparsity from the MACs-ranked allocation (here every layer sees the same 50 tokens, so the
      MAC budget is the weight budget: equal sparsity);
-   - uniform block magnitude (the same blocks, |W| summed per block, every layer at the sparsity);
+   - uniform block magnitude (the same blocks, |W| summed per block, every layer at the sparsity), and the same
+     ranked globally (which separates LPViT's score from its across-layer allocation);
    - unstructured magnitude (uniform per layer), the accuracy ceiling of masks of this size.
    Time: the pruned layers' products at the model's shape (64 images × 50 tokens = 3,200 rows) on one thread:
    dense ``F.linear`` vs ``torch.sparse`` BSR (the LPViT mask's blocks) vs CSR (the unstructured mask), every
@@ -136,6 +137,7 @@ def part_a(dense: nn.Module, train_xy, test_xy, args, seed: int) -> tuple[list[d
     block = f"block:{args.block}x{args.block}"
     runs = {"lpvit": dict(method="lpvit", pattern=block, data=calib, loss_fn=F.cross_entropy),
             "block magnitude": dict(method="magnitude", pattern=block),
+            "block magnitude, global": dict(method="magnitude", pattern=block, allocation="global"),
             "unstructured magnitude": dict(method="magnitude")}
     rows, kept = [], {}
     base = accuracy(dense, *test_xy)
