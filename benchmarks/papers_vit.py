@@ -244,15 +244,17 @@ def deit_sweep(args) -> list[dict]:
 def run_seed(args, seed: int, train_xy, test_xy) -> list[dict]:
     torch.manual_seed(seed)
     rows: list[dict] = []
-    vit, rec = trained("vit", lambda: build_vit(args.vit_dim, args.vit_depth), args, *train_xy, seed)
-    rows.append({"part": "train", "model": "vit", "seed": seed, **rec})
-    a_rows, kept = part_a(vit, train_xy, test_xy, args, seed)
-    rows += a_rows
-    if seed == args.seeds[0] and args.time_budget > 0:
-        rows.append({"part": "time", "seed": seed, "sparsity": args.time_sparsity, "layers": timing(vit, kept, args)})
-    swin, rec = trained("swin", lambda: build_swin(args.swin_dim), args, *train_xy, seed)
-    rows.append({"part": "train", "model": "swin", "seed": seed, **rec})
-    rows += part_b(swin, test_xy, args, seed)
+    if "A" in args.parts:
+        vit, rec = trained("vit", lambda: build_vit(args.vit_dim, args.vit_depth), args, *train_xy, seed)
+        rows.append({"part": "train", "model": "vit", "seed": seed, **rec})
+        a_rows, kept = part_a(vit, train_xy, test_xy, args, seed)
+        rows += a_rows
+        if seed == args.seeds[0] and args.time_budget > 0:
+            rows.append({"part": "time", "seed": seed, "sparsity": args.time_sparsity, "layers": timing(vit, kept, args)})
+    if "B" in args.parts:
+        swin, rec = trained("swin", lambda: build_swin(args.swin_dim), args, *train_xy, seed)
+        rows.append({"part": "train", "model": "swin", "seed": seed, **rec})
+        rows += part_b(swin, test_xy, args, seed)
     return rows
 
 
@@ -310,6 +312,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--parts", default="AB", help="A (the ViT, LPViT), B (the Swin, DIMAP) or both")
     p.add_argument("--train-size", type=int, default=10000)
     p.add_argument("--test-size", type=int, default=2000)
     p.add_argument("--steps", type=int, default=600)
