@@ -10,7 +10,7 @@ The run is resumable: it checkpoints every ``--checkpoint-every`` steps (``prune
 ``--resume`` continues a killed run from its last checkpoint on the same text; the curve is kept in the
 results file as it grows.
 
-    nice -n 5 python benchmarks/shrink_kd_budget.py --steps 260 --ce-weight 0.5      # the stored run
+    nice -n 5 python benchmarks/shrink_kd_budget.py --steps 160 --ce-weight 0.5 --eval-every 20   # the stored run
     python benchmarks/shrink_kd_budget.py ... --resume                                  # after a kill
 """
 

@@ -26,20 +26,11 @@ import argparse
 import copy
 import json
 import os
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _clock():
-    return time.perf_counter(), time.process_time()
-
-
-def _since(t):
-    return {"wall_s": time.perf_counter() - t[0], "cpu_s": time.process_time() - t[1]}
 
 
 def main() -> None:
@@ -64,6 +55,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from prunekit.datasets.text import calibration_windows, eval_windows
+    from prunekit.infra.latency import stopwatch
     from prunekit.metrics.perplexity import perplexity
     from prunekit.models.hf import load_model
     from prunekit.shrink import shrink_, shrink_layers_
@@ -76,9 +68,9 @@ def main() -> None:
     dense = lm.model.eval()
     windows = eval_windows(lm.tokenizer, "pydocs", args.eval_windows, args.seqlen)
     record = {"settings": vars(args), "threads": 1, "cores": os.cpu_count(), "runs": []}
-    t = _clock()
+    t = stopwatch()
     record["dense_perplexity"] = perplexity(dense, windows, progress=False)
-    record["dense_eval"] = _since(t)
+    record["dense_eval"] = t()
     out = Path(args.results)
 
     def save() -> None:
@@ -89,7 +81,7 @@ def main() -> None:
         for variant in args.variants.split(","):
             run: dict = {"seed": seed, "variant": variant, "load_before": os.getloadavg()}
             student = copy.deepcopy(dense)
-            t = _clock()
+            t = stopwatch()
             if variant == "adapt":  # cut and distillation interleaved: its own loop, reported at the end
                 stream = text_stream(lm.tokenizer, "pydocs", args.kd_seqlen, seed)
                 ad = adapt_shrink_(student, dense, args.target, calib, stream,
@@ -97,7 +89,7 @@ def main() -> None:
                                                score_tokens=args.score_tokens),
                                    DistillConfig(steps=args.kd_steps, batch_size=args.kd_batch, seqlen=args.kd_seqlen,
                                                  lr=args.kd_lr, seed=seed))
-                run.update(shape=str(layer_shapes_of(student)), time=_since(t), report=ad.to_dict(),
+                run.update(shape=str(layer_shapes_of(student)), time=t(), report=ad.to_dict(),
                            layer_shapes=layer_shapes_of(student).to_dict(),
                            non_embedding_kept=ad.rounds[-1]["shrink"]["non_embedding_kept"],
                            perplexity_kd=perplexity(student, windows, progress=False), load_after=os.getloadavg())
@@ -113,7 +105,7 @@ def main() -> None:
                 rep = shrink_layers_(student, args.target, calib, axes, score_on=calib[:args.score_windows, :args.score_tokens])
                 run["shape"] = str(rep.after)
                 run["dropped_blocks"] = rep.dropped_blocks
-            run["search"] = _since(t)
+            run["search"] = t()
             run["report"] = rep.to_dict()
             run["non_embedding_kept"] = rep.non_embedding_kept
             run["layer_shapes"] = layer_shapes_of(student).to_dict()

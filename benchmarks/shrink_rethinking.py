@@ -24,20 +24,11 @@ import argparse
 import copy
 import json
 import os
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _clock():
-    return time.perf_counter(), time.process_time()
-
-
-def _since(t):
-    return {"wall_s": time.perf_counter() - t[0], "cpu_s": time.process_time() - t[1]}
 
 
 def main() -> None:
@@ -62,6 +53,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from prunekit.datasets.text import calibration_windows, eval_windows
+    from prunekit.infra.latency import stopwatch
     from prunekit.metrics.perplexity import perplexity
     from prunekit.models.hf import load_model
     from prunekit.shrink import shrink_
@@ -81,19 +73,19 @@ def main() -> None:
     kd = dict(steps=args.kd_steps, batch_size=args.kd_batch, seqlen=args.kd_seqlen, seed=args.seed, progress=False)
     record["dense_perplexity"] = perplexity(dense, windows, progress=False)
     pruned = copy.deepcopy(dense)
-    t = _clock()
+    t = stopwatch()
     rep = shrink_(pruned, args.target, calib, axes, candidates=args.candidates)
     record["shape"] = str(rep.shape_after)
     record["non_embedding_kept"] = rep.non_embedding_kept
-    record["search"] = _since(t)
+    record["search"] = t()
     torch.manual_seed(args.seed)
     scratch = AutoModelForCausalLM.from_config(copy.deepcopy(pruned.config), dtype=torch.float32)
     assert sum(p.numel() for p in scratch.parameters()) == sum(p.numel() for p in pruned.parameters())
     arm = {"perplexity_init": perplexity(scratch, windows, progress=False)}
-    t = _clock()
+    t = stopwatch()
     arm["distill"] = distill_(scratch, dense, text_stream(lm.tokenizer, "pydocs", args.kd_seqlen, args.seed),
                               lr=args.scratch_lr, **kd).to_dict()
-    arm["time"] = _since(t)
+    arm["time"] = t()
     arm["perplexity_kd"] = perplexity(scratch, windows, progress=False)
     record["scratch"] = arm
     save()
@@ -112,10 +104,10 @@ def main() -> None:
                             "distill": reused["distill"], "from": args.pruned_from}
     else:
         arm = {"perplexity_cut": perplexity(pruned, windows, progress=False)}
-        t = _clock()
+        t = stopwatch()
         arm["distill"] = distill_(pruned, dense, text_stream(lm.tokenizer, "pydocs", args.kd_seqlen, args.seed),
                                   lr=args.kd_lr, **kd).to_dict()
-        arm["time"] = _since(t)
+        arm["time"] = t()
         arm["perplexity_kd"] = perplexity(pruned, windows, progress=False)
         record["pruned"] = arm
     save()

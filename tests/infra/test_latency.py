@@ -104,3 +104,19 @@ def test_the_budget_cap_stops_a_timing_after_its_minimum_rounds(monkeypatch):
     monkeypatch.setenv("PRUNEKIT_TIMING_BUDGET_S", "soon")
     with pytest.raises(ValueError, match="PRUNEKIT_TIMING_BUDGET_S must be a number of seconds > 0, got 'soon'"):
         time_interleaved({"slow": slow}, threads=1)
+
+
+def test_stopwatch_gives_wall_and_this_processs_cpu_time_since_it_started():
+    import time
+
+    from prunekit.infra.latency import stopwatch
+
+    spent = stopwatch()
+    time.sleep(0.05)  # wall passes, CPU does not
+    first = spent()
+    end = time.process_time() + 0.05
+    while time.process_time() < end:  # CPU passes
+        pass
+    second = spent()
+    assert first["wall_s"] >= 0.05 and first["cpu_s"] < 0.04
+    assert second["cpu_s"] >= 0.05 and second["wall_s"] >= second["cpu_s"] - 1e-3

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .batches import minibatches, steps_of
+
 Target = dict[str, Tensor]  # {"boxes": (k, 4) xyxy, "labels": (k,)}
 
 
@@ -219,8 +221,7 @@ def train_detector_(model: TinyFCOS, images: Tensor, targets: list[Target], *, e
                          f"got {len(images)} images and {len(targets)} targets")
     if distill > 0 and teacher is None:
         raise ValueError("distill > 0 needs teacher=, the unpruned detector")
-    g = torch.Generator().manual_seed(seed)
-    steps = max(1, round(epochs * (len(images) // batch_size)))
+    steps = steps_of(len(images), batch_size, epochs)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -228,25 +229,20 @@ def train_detector_(model: TinyFCOS, images: Tensor, targets: list[Target], *, e
         teacher.eval()
     losses: list[float] = []
     model.train()
-    while len(losses) < steps:
-        perm = torch.randperm(len(images), generator=g)
-        for start in range(0, len(perm) - batch_size + 1, batch_size):
-            idx = perm[start:start + batch_size]
-            x = images[idx]
-            loss = detection_loss(model, model(x), [targets[i] for i in idx.tolist()])
-            if bn_l1 > 0:
-                loss = loss + bn_l1 * sum(m.weight.abs().sum() for m in bns)
-            if teacher is not None and distill > 0:
-                with torch.no_grad():
-                    t_feats = teacher.features(x)
-                loss = loss + distill * attention_distillation_loss(model.features(x), t_feats)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            if len(losses) >= steps:
-                break
+    for idx in minibatches(len(images), batch_size, epochs, seed):
+        x = images[idx]
+        loss = detection_loss(model, model(x), [targets[i] for i in idx.tolist()])
+        if bn_l1 > 0:
+            loss = loss + bn_l1 * sum(m.weight.abs().sum() for m in bns)
+        if teacher is not None and distill > 0:
+            with torch.no_grad():
+                t_feats = teacher.features(x)
+            loss = loss + distill * attention_distillation_loss(model.features(x), t_feats)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
     model.eval()
     return losses
 

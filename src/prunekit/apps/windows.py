@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .batches import minibatches, steps_of
+
 
 def motion_blur(x: Tensor, length: int) -> Tensor:
     """Horizontal box blur of (N, C, H, W) images over ``length`` pixels (odd), borders replicated."""
@@ -154,30 +156,24 @@ def train_restorer_(model: WindowRestorer, blurred: Tensor, sharp: Tensor, mask:
     if not (len(blurred) == len(sharp) == len(mask)) or len(blurred) < batch_size:
         raise ValueError(f"blurred, sharp and mask must have one length of at least batch_size={batch_size}, "
                          f"got {len(blurred)}, {len(sharp)}, {len(mask)}")
-    g = torch.Generator().manual_seed(seed)
     labels = window_labels(mask, model.window).float()
-    steps = max(1, round(epochs * (len(blurred) // batch_size)))
+    steps = steps_of(len(blurred), batch_size, epochs)
     own = {id(p) for p in model.predictor.parameters()}
     opt = torch.optim.Adam([{"params": [p for p in model.parameters() if id(p) not in own], "lr": lr},
                             {"params": list(model.predictor.parameters()), "lr": predictor_lr}])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     losses: list[float] = []
     model.train()
-    while len(losses) < steps:
-        perm = torch.randperm(len(blurred), generator=g)
-        for start in range(0, len(perm) - batch_size + 1, batch_size):
-            idx = perm[start:start + batch_size]
-            x = blurred[idx]
-            loss = ((model(x) - sharp[idx]) ** 2).mean()
-            logits = model.window_logits(x)
-            loss = loss + predictor_weight * nn.functional.binary_cross_entropy_with_logits(logits, labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            if len(losses) >= steps:
-                break
+    for idx in minibatches(len(blurred), batch_size, epochs, seed):
+        x = blurred[idx]
+        loss = ((model(x) - sharp[idx]) ** 2).mean()
+        logits = model.window_logits(x)
+        loss = loss + predictor_weight * nn.functional.binary_cross_entropy_with_logits(logits, labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
     model.eval()
     return losses
 

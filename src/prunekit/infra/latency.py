@@ -202,6 +202,12 @@ class Comparison:
         return "\n".join(lines)
 
 
+def stopwatch() -> Callable[[], dict[str, float]]:
+    """Start a clock; the function returned gives ``{"wall_s", "cpu_s"}`` spent since (CPU: this process's)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    return lambda: {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

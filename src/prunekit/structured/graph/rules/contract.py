@@ -18,7 +18,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from ..depgraph import PCat, PVal, Val
-from .elementwise import tensor_member
+from .elementwise import param_members, tensor_member
 from ..recorder import Recorder
 
 Operand = tuple[str, Sequence[int], Any]  # letters, shape, info
@@ -155,12 +155,7 @@ def add_bias(rec: Recorder, out: Val | None, bias: Tensor | None, result: Tensor
         if bd < 0 or bias.shape[bd] == 1:
             continue
         if isinstance(info, PVal) and out.flat:
-            for pname, dmap in info.sources:
-                pd = dmap[bd] if bd < len(dmap) else None
-                if pd is None:
-                    rec.g.pin(out.labels, f"{pname} is added after a reshape")
-                else:
-                    tensor_member(rec, pname, pd, out.labels, "out")
+            param_members(rec, info, bd, out.labels, "out", "is added after a reshape")
         elif isinstance(info, Val):
             rec.g.union(out.labels, info.labels) if info.labels.shape == out.labels.shape else \
                 rec.g.pin(out.labels, "bias")

@@ -145,12 +145,8 @@ def elementwise(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: d
             if td < 0 or t.shape[td] == 1:
                 continue
             if isinstance(info, PVal) and out.flat:
-                for pname, dmap in info.sources:
-                    pd = dmap[td] if td < len(dmap) else None
-                    if pd is None:
-                        rec.g.pin(out.labels, f"{pname} is combined with the channels after a reshape ({rec.where!r})")
-                    else:
-                        tensor_member(rec, pname, pd, out.labels, "param")
+                param_members(rec, info, td, out.labels, "param", f"is combined with the channels after a reshape "
+                                                                      f"({rec.where!r})")
             else:
                 why = "a parameter along split channels" if isinstance(info, PVal) else "a tensor the graph cannot cut"
                 rec.g.pin(out.labels, f"{name} in {rec.where!r} combines the channels with {why}")
@@ -179,6 +175,18 @@ def _flat_meets_block(rec: Recorder, a: Val, b: Val) -> bool:
 
 def shifted(v: Val, shift: int) -> Val:
     return v if shift == 0 else Val(v.labels, tuple(d + shift for d in v.dims), v.free)
+
+
+def param_members(rec: Recorder, info: PVal, dim: int, labels: np.ndarray, role: str, after_reshape: str) -> None:
+    """Every parameter behind ``info`` whose dimension ``dim`` (of the tensor as used) runs along the channels
+    ``labels`` becomes a member there; one that reaches it only through a reshape pins the channels
+    ("<name> <after_reshape>")."""
+    for pname, dmap in info.sources:
+        pd = dmap[dim] if dim < len(dmap) else None
+        if pd is None:
+            rec.g.pin(labels, f"{pname} {after_reshape}")
+        else:
+            tensor_member(rec, pname, pd, labels, role)
 
 
 def tensor_member(rec: Recorder, tensor: str, dim: int, labels: np.ndarray, role: str) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 from torch import Tensor
 
 from ..depgraph import PVal, Val
-from .elementwise import PIN_IF_TRACKED_DIM, REDUCTIONS, elementwise, tensor_args, tensor_member
+from .elementwise import PIN_IF_TRACKED_DIM, REDUCTIONS, elementwise, param_members, tensor_args, tensor_member
 from ..recorder import Recorder
 from .shapes import SPATIAL, _first_tracked
 
@@ -52,12 +52,7 @@ def cat(rec: Recorder, func: Callable, name: str, args: tuple, kwargs: dict, res
             rec.g.union(out.labels, v.labels)
         for t, i in zip(parts, infos):
             if isinstance(i, PVal) and out.flat:
-                for pname, dm in i.sources:
-                    pd = dm[out.dim] if out.dim < len(dm) else None
-                    if pd is None:
-                        rec.g.pin(out.labels, f"{pname} joins the channels after a reshape")
-                    else:
-                        tensor_member(rec, pname, pd, out.labels, "param")
+                param_members(rec, i, out.dim, out.labels, "param", "joins the channels after a reshape")
             elif not isinstance(i, Val):
                 rec.g.pin(out.labels, f"{name} in {rec.where!r} joins the channels with a tensor the graph cannot cut")
         rec.set(result, out)
