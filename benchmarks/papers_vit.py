@@ -96,7 +96,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, batch:
             print(f"    step {step + 1}/{steps} loss {loss.item():.3f} {time.perf_counter() - w0:.0f} s", flush=True)
     model.eval()
     return {"steps": steps, "batch": batch, "lr": lr, "train_wall_s": time.perf_counter() - w0,
-            "train_cpu_s": time.process_time() - c0, "final_loss": float(loss)}
+            "train_cpu_s": time.process_time() - c0, "final_loss": loss.item()}
 
 
 @torch.no_grad()
