@@ -1,28 +1,63 @@
-"""Held-out perplexity of dense and the distilled student in transformers, two ways: every token of 32 windows of
-512 (prunekit's eval), and only the second half of each window (what llama-perplexity scores)."""
-import json, math, sys, torch
-sys.path.insert(0, "/work/main/src")
-import torch.nn.functional as F
-from prunekit.datasets.text import eval_windows
-from prunekit.models.hf import load_model
-from prunekit.shrink.distill import load_student
-torch.set_num_threads(2)
-lm = load_model("smollm2-135m")
-from transformers import AutoModelForCausalLM
-student = AutoModelForCausalLM.from_pretrained("/work/runs/kd/work/student", dtype=torch.float32).eval()
-w = eval_windows(lm.tokenizer, "pydocs", 32, 512, default=True, say=lambda t: None)
-out = {}
-for name, m in (("dense", lm.model.eval()), ("student", student)):
-    nll_all = nll_half = 0.0; n_all = n_half = 0
-    with torch.no_grad():
-        for i in range(0, len(w), 4):
-            b = w[i:i + 4]
-            logits = m(input_ids=b).logits[:, :-1].float()
-            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b[:, 1:].reshape(-1), reduction="none").view(b.shape[0], -1)
-            nll_all += nll.sum().item(); n_all += nll.numel()
-            nll_half += nll[:, 255:].sum().item(); n_half += nll[:, 255:].numel()
-    out[name] = {"all_tokens": math.exp(nll_all / n_all), "second_half": math.exp(nll_half / n_half)}
-for k in ("all_tokens", "second_half"):
-    out[f"ratio_{k}"] = out["student"][k] / out["dense"][k]
-print(json.dumps(out, indent=1))
-json.dump(out, open("/work/runs/kd/evalcheck.json", "w"), indent=1)
+"""Held-out perplexity of the dense SmolLM2-135M and a distilled student folder in transformers, scored two ways
+over the same ``--windows`` × 512 tokens of the evaluation split of Python's docs: every token of each window
+(prunekit's eval), and only the second half of each window — the tokens with at least 256 tokens of context,
+which is what ``llama-perplexity`` scores. The two ratios say whether a gap seen in llama.cpp comes from the
+scoring or from the conversion.
+
+    python benchmarks/shrink_kd_eval_halves.py /tmp/shrink_kd_budget/student      # after shrink_kd_budget.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("student", help="the distilled student's Hugging Face folder")
+    p.add_argument("--windows", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "shrink_kd_eval_halves.json"))
+    args = p.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from prunekit.datasets.text import eval_windows
+    from prunekit.models.hf import load_model
+
+    torch.set_num_threads(args.threads)
+    lm = load_model("smollm2-135m")
+    student = AutoModelForCausalLM.from_pretrained(args.student, dtype=torch.float32).eval()
+    windows = eval_windows(lm.tokenizer, "pydocs", args.windows, args.seqlen, default=True, say=lambda t: None)
+    half = args.seqlen // 2 - 1  # predictions of tokens seqlen/2 … seqlen-1
+    out: dict = {"windows": args.windows, "seqlen": args.seqlen, "student": args.student}
+    for name, model in (("dense", lm.model.eval()), ("student", student)):
+        total = {"all_tokens": [0.0, 0], "second_half": [0.0, 0]}
+        with torch.no_grad():
+            for i in range(0, len(windows), 4):
+                batch = windows[i:i + 4]
+                logits = model(input_ids=batch).logits[:, :-1].float()
+                nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
+                                      reduction="none").view(batch.shape[0], -1)
+                for key, part in (("all_tokens", nll), ("second_half", nll[:, half:])):
+                    total[key][0] += part.sum().item()
+                    total[key][1] += part.numel()
+        out[name] = {k: math.exp(s / n) for k, (s, n) in total.items()}
+    for key in ("all_tokens", "second_half"):
+        out[f"ratio_{key}"] = out["student"][key] / out["dense"][key]
+    Path(args.results).write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
