@@ -53,3 +53,14 @@ def write_results(name: str, payload: dict[str, Any], db: str | None = None) -> 
                               protocol=protocol, comparable=comparable, figures=r["figures"],
                               seconds=float(r.get("seconds", 0.0))))
     return path
+
+
+def append_rows(path: Path, rows: Iterable[dict[str, Any]], config: dict[str, Any], leave_out: Iterable[str] = ()) -> None:
+    """Append ``rows`` to the JSON-lines file ``path``, each with the run's settings (``config`` — a script's
+    ``vars(args)`` — less ``leave_out``; paths as strings) under ``"config"``."""
+    skip = set(leave_out)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in config.items() if k not in skip}
+    with open(path, "a") as f:
+        for r in rows:
+            f.write(json.dumps({**r, "config": settings}) + "\n")
+

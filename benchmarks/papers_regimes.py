@@ -42,6 +42,8 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from _apps_common import append_rows
+
 import prunekit as pk
 from prunekit.analysis.regimes import (RegimeConfig, Transition, classify, fit_barrier_threshold, linear_cka,
                                        linear_path, prediction_accuracy, sharpness)
@@ -250,11 +252,7 @@ def main() -> None:
     if not args.table:
         for seed in args.seeds:
             rows = run_seed(args, seed)
-            with open(args.out, "a") as f:
-                for r in rows:
-                    f.write(json.dumps({**r, "config": {k: str(v) if isinstance(v, Path) else v
-                                                        for k, v in vars(args).items()
-                                                        if k not in ("out", "table", "merge")}}) + "\n")
+            append_rows(args.out, rows, vars(args), ("out", "table", "merge"))
     rows = [json.loads(line) for path in [args.out, *args.merge] for line in path.read_text().splitlines() if line.strip()]
     print(table(rows, cfg))
 

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from _apps_common import append_rows
+
 from prunekit.datasets import load_fashion_mnist
 from prunekit.metrics.accuracy import accuracy
 from prunekit.metrics.macs import count_macs
@@ -147,11 +149,7 @@ def main() -> None:
     if not args.table:
         for seed in args.seeds:
             rows = run_seed(args, seed)
-            with open(args.out, "a") as f:
-                for r in rows:
-                    f.write(json.dumps({**r, "config": {k: str(v) if isinstance(v, Path) else v
-                                                        for k, v in vars(args).items() if k not in ("out", "table")}})
-                            + "\n")
+            append_rows(args.out, rows, vars(args), ("out", "table"))
             print(f"seed {seed} done: " + ", ".join(f"{r['arm']} {r['acc']:.3f}" for r in rows), flush=True)
     rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
     print(table(rows))
