@@ -134,3 +134,18 @@ def test_a_layout_the_units_cannot_follow_is_one_line():
     with pytest.raises(ValueError, match=r"attn2: only plain self-attention heads can be pruned") as e:
         find_unit_layers(cross)
     assert "\n" not in str(e.value)
+
+
+def test_frozen_stops_the_weights_training_and_restores_them_however_the_block_ends():
+    import pytest
+    from torch import nn
+
+    from prunekit.diffusion.units import frozen
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1)).train()
+    net[0].bias.requires_grad_(False)  # a flag of the caller's own, kept as it was
+    with pytest.raises(RuntimeError, match="boom"):
+        with frozen(net):
+            assert not net.training and not any(p.requires_grad for p in net.parameters())
+            raise RuntimeError("boom")
+    assert net.training and net[0].weight.requires_grad and not net[0].bias.requires_grad

@@ -39,7 +39,7 @@ from ..core.fraction import Keep
 from ..metrics.macs import count_macs
 from .ddpm import _alphas_cumprod, schedule_of
 from .ecodiff import ddim_from
-from .units import UnitLayer, find_unit_layers, keep_lowest_removed, masked, remove_units_, unit_costs
+from .units import UnitLayer, find_unit_layers, frozen, keep_lowest_removed, masked, remove_units_, unit_costs
 
 
 class APTPConfig(Config):
@@ -189,57 +189,47 @@ def train_aptp(unet, images: torch.Tensor, labels: torch.Tensor, cfg: APTPConfig
     opt = torch.optim.Adam([{"params": router.parameters(), "lr": cfg.router_lr}, {"params": [codes], "lr": cfg.lr}])
     ac = _alphas_cumprod(schedule_of(unet))
     T = len(ac)
-    flags = [(p, p.requires_grad) for p in unet.parameters()]
-    was_training = unet.training
     losses: dict[str, list[float]] = {k: [] for k in ("denoise", "distill", "resource", "contrastive", "commit", "macs")}
     current: list[torch.Tensor] = []
     t0 = time.perf_counter()
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        unet.eval()
-        with masked(unet, layers, lambda: current):
-            for _ in tqdm(range(cfg.iterations), disable=not progress, desc="aptp", leave=False):
-                idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)
-                x0, y = images[idx], labels[idx]
-                t = torch.randint(0, T, (cfg.batch_size,), generator=gen)
-                noise = torch.randn(x0.shape, generator=gen)
-                a = ac[t].view(-1, 1, 1, 1)
-                xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-                r = router(prompts[y])
-                rp = torch.sigmoid(r)
-                cp = torch.sigmoid(codes)
-                with torch.no_grad():
-                    plan = sinkhorn(_assign(rp, cp, scale), cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations)
-                    code = plan.argmax(dim=1)
-                u = torch.rand((cfg.batch_size, len(unit_macs)), generator=gen).clamp(1e-6, 1 - 1e-6)
-                soft = torch.sigmoid((codes[code] + u.log() - (1 - u).log()) / cfg.temperature)
-                gates = (soft > 0.5).float() + soft - soft.detach()  # straight-through binary gates
-                with torch.no_grad():
-                    current[:] = [torch.ones(layer.units) for layer in layers]
-                    teacher = unet(xt, t, class_labels=y).sample
-                current[:] = _split(gates, layers)
-                eps = unet(xt, t, class_labels=y).sample
-                denoise = F.mse_loss(eps, noise)
-                distill = F.mse_loss(eps, teacher)
-                ratio = ((fixed + gates @ unit_macs) / total).mean()
-                resource = torch.log(ratio / cfg.macs).abs()
-                contrast = contrastive_loss(prompts[y], rp)
-                commit = F.mse_loss(rp, cp[code].detach())
-                loss = (denoise + cfg.distill_weight * distill + cfg.resource_weight * resource
-                        + cfg.contrastive_weight * contrast + cfg.commit_weight * commit)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"APTP's loss became {loss.item()}; lower lr (now {cfg.lr})")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                for k, v in (("denoise", denoise), ("distill", distill), ("resource", resource),
-                             ("contrastive", contrast), ("commit", commit), ("macs", ratio)):
-                    losses[k].append(v.item())
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        unet.train(was_training)
+    with frozen(unet), masked(unet, layers, lambda: current):
+        for _ in tqdm(range(cfg.iterations), disable=not progress, desc="aptp", leave=False):
+            idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)
+            x0, y = images[idx], labels[idx]
+            t = torch.randint(0, T, (cfg.batch_size,), generator=gen)
+            noise = torch.randn(x0.shape, generator=gen)
+            a = ac[t].view(-1, 1, 1, 1)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            r = router(prompts[y])
+            rp = torch.sigmoid(r)
+            cp = torch.sigmoid(codes)
+            with torch.no_grad():
+                plan = sinkhorn(_assign(rp, cp, scale), cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations)
+                code = plan.argmax(dim=1)
+            u = torch.rand((cfg.batch_size, len(unit_macs)), generator=gen).clamp(1e-6, 1 - 1e-6)
+            soft = torch.sigmoid((codes[code] + u.log() - (1 - u).log()) / cfg.temperature)
+            gates = (soft > 0.5).float() + soft - soft.detach()  # straight-through binary gates
+            with torch.no_grad():
+                current[:] = [torch.ones(layer.units) for layer in layers]
+                teacher = unet(xt, t, class_labels=y).sample
+            current[:] = _split(gates, layers)
+            eps = unet(xt, t, class_labels=y).sample
+            denoise = F.mse_loss(eps, noise)
+            distill = F.mse_loss(eps, teacher)
+            ratio = ((fixed + gates @ unit_macs) / total).mean()
+            resource = torch.log(ratio / cfg.macs).abs()
+            contrast = contrastive_loss(prompts[y], rp)
+            commit = F.mse_loss(rp, cp[code].detach())
+            loss = (denoise + cfg.distill_weight * distill + cfg.resource_weight * resource
+                    + cfg.contrastive_weight * contrast + cfg.commit_weight * commit)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"APTP's loss became {loss.item()}; lower lr (now {cfg.lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in (("denoise", denoise), ("distill", distill), ("resource", resource),
+                         ("contrastive", contrast), ("commit", commit), ("macs", ratio)):
+                losses[k].append(v.item())
     with torch.no_grad():
         rp = torch.sigmoid(router(prompts))
         class_codes = _assign(rp, torch.sigmoid(codes), scale).argmax(dim=1).tolist()

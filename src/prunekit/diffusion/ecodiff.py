@@ -27,7 +27,7 @@ from torch import nn
 from ..core.config import Config
 from ..core.fraction import Sparsity
 from .ddpm import check_steps, schedule_of
-from .units import UnitLayer, find_unit_layers, keep_lowest_removed, masked, remove_units_
+from .units import UnitLayer, find_unit_layers, frozen, keep_lowest_removed, masked, remove_units_
 
 # hard-concrete stretch (Louizos et al. 2018): gates on (GAMMA, ZETA), clipped to [0, 1]
 BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1
@@ -170,36 +170,26 @@ def learn_masks(unet, cfg: EcoDiffConfig | None = None, *, progress: bool = Fals
     gen = torch.Generator().manual_seed(cfg.seed)
     n_cls = int(unet.config.num_class_embeds)
     size = unet.config.sample_size if isinstance(unet.config.sample_size, int) else unet.config.sample_size[0]
-    flags = [(p, p.requires_grad) for p in unet.parameters()]
-    was_training = unet.training
     out = EcoDiffMasks(layers, [])
     current: list[torch.Tensor] = []
     t0 = time.perf_counter()
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        unet.eval()
-        with masked(unet, layers, lambda: current):
-            for _ in tqdm(range(cfg.iterations), disable=not progress, desc="ecodiff", leave=False):
-                labels = torch.randint(0, n_cls, (cfg.batch_size,), generator=gen)
-                noise = torch.randn((cfg.batch_size, unet.config.in_channels, size, size), generator=gen)
-                with torch.no_grad():
-                    current[:] = [torch.ones(layer.units) for layer in layers]
-                    target = trajectory(unet, noise, labels, sched)
-                current[:] = [gate(lg, cfg.mask, sample=True, generator=gen) for lg in logits]
-                mse, l0 = objective(unet, noise, labels, sched, target, logits, weights, cfg)
-                loss = mse + cfg.beta * l0
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"EcoDiff's loss became {loss.item()}; lower lr (now {cfg.lr})")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                out.mse.append(mse.item())
-                out.l0.append(l0.item())
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        unet.train(was_training)
+    with frozen(unet), masked(unet, layers, lambda: current):
+        for _ in tqdm(range(cfg.iterations), disable=not progress, desc="ecodiff", leave=False):
+            labels = torch.randint(0, n_cls, (cfg.batch_size,), generator=gen)
+            noise = torch.randn((cfg.batch_size, unet.config.in_channels, size, size), generator=gen)
+            with torch.no_grad():
+                current[:] = [torch.ones(layer.units) for layer in layers]
+                target = trajectory(unet, noise, labels, sched)
+            current[:] = [gate(lg, cfg.mask, sample=True, generator=gen) for lg in logits]
+            mse, l0 = objective(unet, noise, labels, sched, target, logits, weights, cfg)
+            loss = mse + cfg.beta * l0
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"EcoDiff's loss became {loss.item()}; lower lr (now {cfg.lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            out.mse.append(mse.item())
+            out.l0.append(l0.item())
     out.logits = [lg.detach().clone() for lg in logits]
     out.seconds = time.perf_counter() - t0
     return out

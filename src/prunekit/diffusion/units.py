@@ -118,6 +118,23 @@ def unit_costs(unet: nn.Module, layers: list[UnitLayer], sample: torch.Tensor, l
 
 
 @contextmanager
+def frozen(unet: nn.Module) -> Iterator[None]:
+    """Within the block the UNet's weights do not train (no gradients) and it runs in eval mode; both are
+    restored on exit, however the block ends (masks, routers and gates train around a fixed UNet)."""
+    flags = [(p, p.requires_grad) for p in unet.parameters()]
+    was_training = unet.training
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        unet.eval()
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        unet.train(was_training)
+
+
+@contextmanager
 def masked(unet: nn.Module, layers: list[UnitLayer], masks: Callable[[], list[torch.Tensor]]) -> Iterator[None]:
     """Within the block, every unit's output is multiplied by its mask: ``masks()`` is called once per forward
     of ``unet`` and returns one tensor per layer, ``[units]`` or ``[batch, units]``. Hooks are removed on exit."""
