@@ -279,12 +279,12 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
     from ..datasets.text import calibration_windows, eval_windows
     from ..metrics.perplexity import perplexity
     from ..models.hf import load_model
-    from ..shrink import plan_shrink, shrink_, shrink_layers_
     from ..models.shrunk import stored_layer_shapes
+    from ..pipeline.shrink import describe_recovery
+    from ..shrink import plan_shrink, shrink_, shrink_layers_
     from ..shrink.api import check_calibration
     from ..shrink.search_layers import check_layers
     from ..shrink.distill import distill_, load_student, read_checkpoint, text_stream
-    from ..pipeline.shrink import describe_recovery
 
     progress = not is_quiet(args)
     quiet = lambda t: say(args, t)  # noqa: E731
@@ -448,8 +448,8 @@ def _render(args: argparse.Namespace, meta: dict[str, Any], shrink_text: str) ->
         how = {"kd": "distillation", "next-token": "next-token fine-tuning", "lora": "LoRA distillation"}
         rounds = f" over {d['rounds']} rounds" if d.get("rounds") else ""
         lines.append(f"{how[args.recover or 'kd']}{rounds}: {d['steps']} steps, {d['tokens']:,} tokens, "
-                     f"{d['seconds']:.0f} s wall ({d['cpu_seconds']:.0f} s CPU), {d['tokens_per_s']:,.0f} tokens/s, peak memory "
-                     f"{d['peak_rss_bytes'] / 2**30:.2f} GiB"
+                     f"{d['seconds']:.0f} s wall ({d['cpu_seconds']:.0f} s CPU), {d['tokens_per_s']:,.0f} tokens/s, "
+                     f"peak memory {d['peak_rss_bytes'] / 2**30:.2f} GiB"
                      + (f", resumed after step {d['resumed_from']}" if d["resumed_from"] else ""))
     pp = ", ".join(f"{k} {v:.2f}" for k, v in ppl.items())
     lines.append(f"perplexity ({args.calib} held out, {args.eval_windows}×{args.seqlen}): {pp}"
