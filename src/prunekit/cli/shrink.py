@@ -59,7 +59,7 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--search", choices=["auto", "uniform", "per-layer"], default="auto",
                    help="uniform: one shape for every block (a grid scored on calibration loss); per-layer: each "
                         "block its own widths (scored per block, chosen by --optimizer); auto (default): per-layer "
-                        "for speed=, uniform otherwise")
+                        "for speed= and --schedule adapt, uniform otherwise")
     p.add_argument("--speed-engine", choices=["transformers", "llama.cpp"], default="transformers",
                    help="where speed= is timed: transformers (default, this process, CPU time) or llama.cpp (the dense "
                         "model and per-width probes written as GGUF files to a temporary folder and timed with "
@@ -85,7 +85,7 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--seqlen", type=int, default=256, help="tokens per calibration / evaluation window (default 256)")
     p.add_argument("--eval-windows", type=int, default=16, help="held-out windows for perplexity (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration sample and the distillation text")
-    p.add_argument("--kd-steps", type=int, default=0, help="logit-distillation steps after the cut (default 0: none)")
+    p.add_argument("--kd-steps", type=int, default=0, help="recovery steps after the cut (default 0: none; --recover says how)")
     p.add_argument("--kd-batch", type=int, default=4, help="windows per distillation step (default 4)")
     p.add_argument("--kd-seqlen", type=int, default=256, help="tokens per distillation window (default 256)")
     p.add_argument("--kd-lr", type=float, default=2e-4, help="distillation learning rate (default 2e-4)")
