@@ -130,7 +130,11 @@ def test_the_cli_stages_are_the_python_stages(tiny_folder, tmp_path, capsys, ext
 
 @pytest.mark.parametrize("extra", [["--target", "params=0.6", "--kd-steps", "2", "--kd-batch", "2", "--kd-seqlen", "16"],
                                    ["--target", "params=0.7", "--search", "per-layer", "--axes", "heads,neurons,depth",
-                                    "--score-windows", "2"]])
+                                    "--score-windows", "2"],
+                                   ["--target", "params=0.6", "--kd-steps", "2", "--kd-batch", "2", "--kd-seqlen", "16",
+                                    "--recover", "lora", "--lora-rank", "2", "--kd-ce-weight", "0.5"],
+                                   ["--target", "params=0.6", "--schedule", "adapt", "--rounds", "2", "--score-windows",
+                                    "2", "--kd-steps", "2", "--kd-batch", "2", "--kd-seqlen", "16"]])
 def test_prunekit_shrink_is_the_shrink_stage(tiny_folder, tmp_path, capsys, extra):
     """``prunekit shrink``'s options name a shrink stage (after load and calibrate); run from Python, the stages
     give the model the command line saved."""
@@ -152,6 +156,10 @@ def test_prunekit_shrink_is_the_shrink_stage(tiny_folder, tmp_path, capsys, extr
               parse_stage(stage_dict("shrink", args.stage_)),
               parse_stage({"stage": "save", "out": str(tmp_path / "py")})]
     ws = run_stages(stages, Workspace(progress=False))
-    assert ws.records[2]["search"] == ("per-layer" if "per-layer" in extra else "uniform")
+    assert ws.records[2]["search"] == ("per-layer" if "per-layer" in extra or "adapt" in extra else "uniform")
+    assert ws.records[2]["schedule"] == ("adapt" if "adapt" in extra else "one-shot")
+    if "lora" in extra:  # the non-default recovery reached the stage's distillation
+        assert args.stage_.distill.train == "lora" and args.stage_.distill.lora_rank == 2
+        assert args.stage_.distill.ce_weight == 0.5
     a, b = load_model(tmp_path / "cli").model.state_dict(), load_model(tmp_path / "py").model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same stages, same data: same bits

@@ -79,6 +79,22 @@ def test_resume_continues_the_distillation_from_its_checkpoint(tiny_folder, tmp_
     (("--resume", "--kd-steps", "2"), "--resume continues from a checkpoint"),
     (("--checkpoint", "x"), "--checkpoint applies to distillation"),
     (("--kd-steps", "-1"), "--kd-steps must be 0 or more"),
+    (("--recover", "lora", "--lora-rank", "0", "--kd-steps", "2"), "--lora-rank must be a positive integer, got 0"),
+    (("--lora-rank", "4", "--kd-steps", "2"), "--lora-rank is the rank of --recover lora's adapters"),
+    (("--recover", "next-token"), "--recover applies to distillation, which --kd-steps 0 turns off"),
+    (("--kd-hidden-weight", "1", "--kd-steps", "2"),  # the uniform search's default axes cut the residual width
+     "--kd-hidden-weight compares residual streams, which --axes hidden cuts"),
+    (("--kd-hidden-weight", "-1", "--kd-steps", "2"), "--kd-hidden-weight must be 0 or more"),
+    (("--recover", "next-token", "--kd-ce-weight", "0.5", "--kd-steps", "2"),
+     "--recover next-token trains on that cross-entropy alone"),
+    (("--recover", "lora", "--kd-steps", "2", "--checkpoint", "x"), "--recover lora trains adapters that checkpoints"),
+    (("--rounds", "2"), "--rounds counts the cuts of --schedule adapt"),
+    (("--schedule", "adapt", "--search", "uniform", "--kd-steps", "4"), "--schedule adapt cuts per layer"),
+    (("--schedule", "adapt", "--target", "speed=1.5", "--kd-steps", "4"), "--schedule adapt cuts to params= or memory="),
+    (("--schedule", "adapt", "--rounds", "3", "--kd-steps", "2"), "--kd-steps (2) must be at least --rounds (3)"),
+    (("--schedule", "adapt", "--kd-steps", "1"), "--kd-steps (1) must be at least --rounds (4)"),  # AdaptConfig's 4
+    (("--schedule", "adapt", "--rounds", "2", "--kd-steps", "2", "--checkpoint", "x"),
+     "--checkpoint applies to --schedule one-shot's distillation"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tiny_folder, tmp_path, capsys, extra, message):
     out = tmp_path / "never"
@@ -86,6 +102,88 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_folder, tmp_path, capsys,
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("prunekit shrink:")]
     assert len(err) == 1 and message in err[0]
     assert not out.exists()
+
+
+def test_bad_recovery_input_is_refused_before_the_model_is_loaded(tiny_folder, tmp_path, capsys, monkeypatch):
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr("prunekit.models.hf.load_model", no_loading)
+    for extra in (("--recover", "lora", "--lora-rank", "0", "--kd-steps", "2"),
+                  ("--schedule", "adapt", "--rounds", "3", "--kd-steps", "2")):
+        assert main(_args(tiny_folder, tmp_path / "never", "--quiet", *extra)) == 2
+        assert "prunekit shrink:" in capsys.readouterr().err
+
+
+def test_next_token_recovery_with_no_text_is_refused_before_the_cut(tiny_folder, tmp_path, capsys, monkeypatch):
+    def no_cut(*a, **k):
+        raise AssertionError("the model was cut before the recovery's text was read")
+
+    monkeypatch.setattr("prunekit.shrink.shrink_", no_cut)
+    out = tmp_path / "never"
+    assert main(_args(tiny_folder, out, "--quiet", "--recover", "next-token", "--kd-steps", "2",
+                      "--kd-text", str(tmp_path / "no-such-text"))) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("prunekit shrink:")]
+    assert len(err) == 1 and "unknown text source" in err[0] and not out.exists()
+
+
+@pytest.mark.parametrize("extra, fields, label", [
+    (("--recover", "next-token"), {"objective": "next_token", "train": "full", "ce_weight": 0.0},
+     "next-token fine-tuning"),
+    (("--recover", "lora", "--lora-rank", "2", "--kd-ce-weight", "0.5"),
+     {"objective": "kd", "train": "lora", "lora_rank": 2, "ce_weight": 0.5}, "LoRA distillation"),
+    (("--kd-hidden-weight", "0.5", "--axes", "heads,neurons,depth"), {"objective": "kd", "hidden_weight": 0.5},
+     "distillation"),
+])
+def test_recovery_alternatives_save_a_model_that_reloads(tiny_folder, tmp_path, capsys, extra, fields, label):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "recovered"
+    assert main(_args(tiny_folder, out, "--json", "--kd-steps", "2", "--kd-batch", "2", "--kd-seqlen", "32",
+                      *extra)) == 0
+    data = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "prunekit.json").read_text())
+    assert {k: saved["run"]["kd"][k] for k in fields} == fields  # the recovery that ran is the one asked for
+    assert data["distill"]["steps"] == 2 and data["distill"]["tokens"] == 2 * 2 * 32
+    assert set(data["perplexity"]) == {"dense", "shrunk", "distilled"}
+    assert data["reload_max_abs_diff"] <= 1e-4 and data["read_back_with"] == "from_pretrained"
+    model = AutoModelForCausalLM.from_pretrained(out)  # LoRA merged: plain weights, no adapter left behind
+    dense = AutoModelForCausalLM.from_pretrained(tiny_folder / "model")
+    assert model.state_dict().keys() == dense.state_dict().keys()
+    assert model.config.intermediate_size == data["shrink"]["shape_after"]["ffn"]
+    assert (out / "report.txt").read_text().splitlines()[2].startswith(f"{label}: 2 steps")
+
+
+def test_adapt_schedule_reaches_the_one_shot_target_in_rounds(tiny_folder, tmp_path, capsys):
+    import math
+
+    from prunekit.shrink import load_shrunk
+    from prunekit.shrink.budget import non_embedding_params
+
+    common = ("--json", "--search", "per-layer", "--score-windows", "2", "--kd-steps", "2", "--kd-batch", "2",
+              "--kd-seqlen", "32")
+    assert main(_args(tiny_folder, tmp_path / "one", *common)) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert main(_args(tiny_folder, tmp_path / "adapt", *common, "--schedule", "adapt", "--rounds", "2")) == 0
+    adapt = json.loads(capsys.readouterr().out)
+    dense = one["shrink"]["non_embedding_before"]
+    assert adapt["schedule"] == "adapt" and adapt["shrink"]["target"] == one["shrink"]["target"] == "params=0.6"
+    assert adapt["shrink"]["non_embedding_before"] == dense
+    for run in (one, adapt):  # both end within the budget, counted against the dense model
+        assert run["shrink"]["non_embedding_after"] <= math.floor(0.6 * dense)
+    rounds = adapt["shrink"]["rounds"]
+    assert [r["target"] for r in rounds] == ["params=0.8000", "params=0.6000"]
+    assert [r["distill"]["tokens"] for r in rounds] == [2 * 32, 2 * 32]  # one step each: the one-shot's 2 in all
+    assert adapt["distill"]["tokens"] == one["distill"]["tokens"] == 2 * 2 * 32 and adapt["distill"]["rounds"] == 2
+    assert set(adapt["perplexity"]) == {"dense", "distilled"}  # no model is only cut, never trained
+    saved = json.loads((tmp_path / "adapt" / "prunekit.json").read_text())
+    assert saved["shrink"] == adapt["shrink"] and saved["distill"] == adapt["distill"]
+    report = (tmp_path / "adapt" / "report.txt").read_text()
+    assert "round 1: params=0.8000" in report and "round 2: params=0.6000" in report
+    assert "over 2 rounds: 2 steps" in report
+    back = load_shrunk(tmp_path / "adapt")
+    assert non_embedding_params(back) == adapt["shrink"]["non_embedding_after"]
+    assert adapt["reload_max_abs_diff"] <= 1e-4
 
 
 def test_unsupported_family_is_refused_before_writing(tmp_path, capsys):

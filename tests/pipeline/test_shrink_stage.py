@@ -58,6 +58,8 @@ def test_a_recipe_shrinks_distils_on_the_calibration_source_and_exports_gguf(fol
     ({"target": "params=0.01", "search": "per-layer"}, "cannot be reached"),
     ({"distill": {"steps": 2}}, "distillation needs text and none is given: set distill.text"),
     ({"distill": {"steps": 2, "seqlen": 1_000_000, "text": "TEXTS"}}, "fewer than 1000000 tokens"),
+    ({"distill": {"steps": 2, "objective": "next_token"}}, "distillation needs text and none is given"),
+    ({"schedule": "adapt", "rounds": 2, "distill": {"steps": 2}}, "distillation needs text and none is given"),
 ])
 def test_bad_input_is_refused_before_any_stage_changes_the_model(folder, tmp_path, fields, match):
     ws = _loaded(folder, calibrate=False)  # no calibrate stage: no calibration source for distillation to read
@@ -90,11 +92,58 @@ def test_a_family_the_shrink_cannot_follow_is_refused_before_any_change(tmp_path
     ([{"stage": "shrink", "search": "per-layer", "axes": ["hidden"]}], "per-layer search cuts heads, neurons, depth"),
     ([{"stage": "shrink", "speed_engine": "llama.cpp"}], "target params=0.6 counts parameters"),
     ([{"stage": "shrink", "target": "speed=1.5", "speed_quant": "f16"}], "set speed_engine llama.cpp"),
+    ([{"stage": "shrink", "distill": {"objective": "next_token", "ce_weight": 0.5, "text": "pydocs"}}],
+     "objective next_token trains on that cross-entropy alone"),
+    ([{"stage": "shrink", "rounds": 2}], "rounds count the cuts of schedule adapt"),
+    ([{"stage": "shrink", "schedule": "adapt", "search": "uniform", "distill": {"steps": 4}}],
+     "schedule adapt cuts per layer in every round"),
+    ([{"stage": "shrink", "schedule": "adapt", "target": "speed=1.5", "distill": {"steps": 4}}],
+     "speed= is measured on the model as it is"),
+    ([{"stage": "shrink", "schedule": "adapt"}], "there is no distill block"),
+    ([{"stage": "shrink", "schedule": "adapt", "rounds": 3, "distill": {"steps": 2}}],
+     "there is distill.steps 2: give a distill block with at least 3 steps"),
 ])
 def test_a_stage_list_that_cannot_run_is_refused_before_loading(stages, match):
     parsed = [parse_stage(s) for s in stages]
     with pytest.raises(ValueError, match=match):
         check_stages(parsed, calibrated=True)
+
+
+def test_a_lora_rank_of_zero_is_refused_when_parsed():
+    from prunekit.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="lora_rank"):
+        parse_stage({"stage": "shrink", "distill": {"train": "lora", "lora_rank": 0}})
+
+
+def test_adapt_schedule_with_next_token_training_cuts_in_rounds_without_a_teacher(folder, monkeypatch):
+    import math
+
+    import prunekit.pipeline.shrink as stage
+    from prunekit.shrink.budget import non_embedding_params
+
+    ws = _loaded(folder)
+    dense = non_embedding_params(ws.model)
+
+    real = stage.copy.deepcopy
+
+    def no_model_copy(x, *a, **k):
+        if isinstance(x, torch.nn.Module):
+            raise AssertionError("plain next-token training copied the model as a teacher it never reads")
+        return real(x, *a, **k)
+
+    monkeypatch.setattr(stage.copy, "deepcopy", no_model_copy)
+    run_stages([parse_stage({"stage": "shrink", "schedule": "adapt", "rounds": 2, "score_windows": 2,
+                             "distill": {"steps": 3, "batch_size": 2, "seqlen": 16, "objective": "next_token"}})], ws)
+    record = ws.records[-1]
+    assert record["search"] == "per-layer" and record["schedule"] == "adapt"  # search auto: per layer for adapt
+    rounds = record["shrink"]["rounds"]
+    assert [r["target"] for r in rounds] == ["params=0.8000", "params=0.6000"]
+    assert [r["distill"]["steps"] for r in rounds] == [2, 1]  # 3 steps split over 2 rounds, the first gets the extra
+    assert record["distill"]["tokens"] == 3 * 2 * 16 and record["distill"]["text"] == str(folder / "texts")
+    assert record["shrink"]["non_embedding_before"] == dense
+    assert non_embedding_params(ws.model) == record["shrink"]["non_embedding_after"] <= math.floor(0.6 * dense)
+    assert ws.meta["shrink"] == record["shrink"]
 
 
 def test_shrink_needs_calibration_text():

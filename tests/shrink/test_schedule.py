@@ -33,6 +33,14 @@ def test_the_schedule_cuts_in_rounds_to_the_budget_with_the_same_tokens():
         assert r["shrink"]["non_embedding_after"] <= math.floor(share * dense + 1)  # each round meets its own budget
     assert non_embedding_params(model) <= math.floor(0.6 * dense)
     assert report.tokens == kd.tokens == 6 * 2 * 16  # the same tokens as one cut + one run of kd.steps
+    # the whole run, first round's before to last round's after, and its training as one run
+    assert report.non_embedding_before == dense and report.non_embedding_after == non_embedding_params(model)
+    assert report.non_embedding_kept == report.non_embedding_after / dense == pytest.approx(kept[-1])
+    assert report.after["intermediate_size"] == [layer.mlp.up_proj.out_features for layer in model.model.layers]
+    trained = report.distill()
+    assert trained["steps"] == 6 and trained["tokens"] == 6 * 2 * 16 and trained["rounds"] == 3
+    assert trained["seconds"] == pytest.approx(sum(r["distill"]["seconds"] for r in report.rounds))
+    assert "non-embedding parameters" in str(report) and report.to_dict()["schedule"] == "adapt"
 
 
 def test_bad_schedules_change_nothing():

@@ -11,6 +11,13 @@ S times the dense model's, measured on this machine (1 thread; in transformers, 
 in llama.cpp: GGUF files of ``--speed-quant``, q8_0 by default, timed with llama-bench). ``--search per-layer`` gives every block its own
 key/value groups and MLP width (and may remove blocks with ``--axes heads,neurons,depth``), chosen by an exact
 MILP (``--optimizer greedy``: greedily); such a folder is read back with ``prunekit.shrink.load_shrunk``.
+
+Recovery (``--kd-steps N``): ``--recover kd`` (default) distils the unpruned model's next-token distributions
+into every weight; ``--recover next-token`` fine-tunes on the text's next tokens, no teacher; ``--recover lora``
+distils into rank ``--lora-rank`` LoRA adapters (plus biases and norms) merged into the weights at the end.
+``--kd-ce-weight W`` adds the text's cross-entropy to the KD loss, ``--kd-hidden-weight W`` Minitron's
+hidden-state loss (not with the residual width cut). ``--schedule adapt --rounds N`` runs Adapt-Pruner's
+schedule instead of one cut then one recovery: N per-layer cuts, each followed by its share of the steps.
 """
 
 from __future__ import annotations
@@ -25,10 +32,24 @@ from typing import Any
 from .common import add_common, emit, is_quiet, say
 
 DEFAULT_MODEL = "smollm2-135m"
+# --recover's choices as DistillConfig fields (every other field: DistillConfig's default or its own flag)
+RECOVERIES = {"kd": {"objective": "kd", "train": "full"}, "next-token": {"objective": "next_token", "train": "full"},
+              "lora": {"objective": "kd", "train": "lora"}}
+SCHEDULES = ("one-shot", "adapt")
+# how check_recovery words its refusals on this command line
+CLI_NAMES = {"hidden_weight": "--kd-hidden-weight", "hidden": "--axes hidden",
+             "fix_hidden": "pass --axes without hidden (e.g. heads,neurons,depth) or drop --kd-hidden-weight",
+             "ce_weight": "--kd-ce-weight", "next_token": "--recover next-token",
+             "fix_ce": "drop --kd-ce-weight or use --recover kd"}
 RELOAD_ATOL = 1e-4  # float32 logits of the same weights through the same kernels: differences are ~0
 
 
 def add_parser(subs: argparse._SubParsersAction) -> None:
+    from ..shrink.distill import DistillConfig
+    from ..shrink.schedule import AdaptConfig
+
+    default = {**{n: f.default for n, f in DistillConfig.model_fields.items()},
+               "rounds": AdaptConfig.model_fields["rounds"].default}  # shown in the help, set only in the configs
     p = subs.add_parser("shrink", help="cut a decoder to a smaller dense shape under a budget, distil, save",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help="an alias (smollm2-135m, gemma3-270m), a Hugging Face "
@@ -38,7 +59,7 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--search", choices=["auto", "uniform", "per-layer"], default="auto",
                    help="uniform: one shape for every block (a grid scored on calibration loss); per-layer: each "
                         "block its own widths (scored per block, chosen by --optimizer); auto (default): per-layer "
-                        "for speed=, uniform otherwise")
+                        "for speed= and --schedule adapt, uniform otherwise")
     p.add_argument("--speed-engine", choices=["transformers", "llama.cpp"], default="transformers",
                    help="where speed= is timed: transformers (default, this process, CPU time) or llama.cpp (the dense "
                         "model and per-width probes written as GGUF files to a temporary folder and timed with "
@@ -64,12 +85,29 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--seqlen", type=int, default=256, help="tokens per calibration / evaluation window (default 256)")
     p.add_argument("--eval-windows", type=int, default=16, help="held-out windows for perplexity (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration sample and the distillation text")
-    p.add_argument("--kd-steps", type=int, default=0, help="logit-distillation steps after the cut (default 0: none)")
+    p.add_argument("--kd-steps", type=int, default=0, help="recovery steps after the cut (default 0: none; --recover says how)")
     p.add_argument("--kd-batch", type=int, default=4, help="windows per distillation step (default 4)")
     p.add_argument("--kd-seqlen", type=int, default=256, help="tokens per distillation window (default 256)")
     p.add_argument("--kd-lr", type=float, default=2e-4, help="distillation learning rate (default 2e-4)")
     p.add_argument("--kd-text", default=None, metavar="TEXT",
                    help="distillation text (default: --calib's source; its held-out split is never used)")
+    p.add_argument("--recover", choices=sorted(RECOVERIES), default=None,
+                   help="how --kd-steps recover the model: kd (default: logit distillation from the unpruned model, "
+                        "every weight trained), next-token (fine-tuning on the text's next tokens, no teacher), lora "
+                        "(logit distillation into LoRA adapters merged into the weights at the end)")
+    p.add_argument("--lora-rank", type=int, default=None, metavar="R",
+                   help=f"--recover lora: the adapters' rank (default {default['lora_rank']})")
+    p.add_argument("--kd-ce-weight", type=float, default=None, metavar="W",
+                   help=f"add W × the text's next-token cross-entropy to the KD loss (default "
+                        f"{default['ce_weight']:g})")
+    p.add_argument("--kd-hidden-weight", type=float, default=None, metavar="W",
+                   help="add W × Minitron's hidden-state loss (each block's output against the teacher's; needs the "
+                        f"residual width kept: --axes without hidden; default {default['hidden_weight']:g})")
+    p.add_argument("--schedule", choices=list(SCHEDULES), default="one-shot",
+                   help="one-shot (default): one cut, then --kd-steps of recovery; adapt: Adapt-Pruner's schedule, "
+                        "--rounds per-layer cuts each followed by its share of --kd-steps")
+    p.add_argument("--rounds", type=int, default=None, metavar="N",
+                   help=f"--schedule adapt: the number of cut-and-train rounds (default {default['rounds']})")
     p.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="write a distillation checkpoint into DIR every --checkpoint-every steps")
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (default 50)")
@@ -96,8 +134,16 @@ def _check_args(args: argparse.Namespace) -> None:
     from ..shrink.search_layers import DEFAULT_PER_LAYER_AXES
 
     args.target_ = parse_target(args.target)
+    adapt = args.schedule == "adapt"
     if args.search == "auto":
-        args.search = "per-layer" if args.target_.kind == "speed" else "uniform"
+        args.search = "per-layer" if args.target_.kind == "speed" or adapt else "uniform"
+    if args.rounds is not None and not adapt:
+        raise ValueError("--rounds counts the cuts of --schedule adapt; add --schedule adapt or drop --rounds")
+    if adapt and args.target_.kind == "speed":
+        raise ValueError("--schedule adapt cuts to params= or memory= (a count fixed against the original model); "
+                         "speed= is measured on the model as it is: use --schedule one-shot")
+    if adapt and args.search != "per-layer":
+        raise ValueError("--schedule adapt cuts per layer in every round: use --search per-layer (or auto)")
     if args.search == "uniform" and args.target_.kind == "speed":
         raise ValueError("--target speed= is a measured latency, searched per layer: use --search per-layer (or auto)")
     if args.target_.kind != "speed" and (args.speed_engine != "transformers" or args.speed_quant is not None):
@@ -122,35 +168,79 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.seed < 0 or args.kd_steps < 0:
         raise ValueError(f"--seed and --kd-steps must be 0 or more, got {args.seed} and {args.kd_steps}")
+    if args.lora_rank is not None and args.lora_rank < 1:
+        raise ValueError(f"--lora-rank must be a positive integer, got {args.lora_rank}")
+    for name in ("kd_ce_weight", "kd_hidden_weight"):
+        if getattr(args, name) is not None and not getattr(args, name) >= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    if adapt:
+        from ..pipeline.shrink import adapt_config
+
+        args.adapt_ = adapt_config(_shrink_fields(args), args.axes_)
+        if args.kd_steps < args.adapt_.rounds:
+            raise ValueError(f"--schedule adapt trains after each of its {args.adapt_.rounds} cuts: --kd-steps "
+                             f"({args.kd_steps}) must be at least --rounds ({args.adapt_.rounds}), one step per round")
+        given = [n for n, v in (("--checkpoint", args.checkpoint), ("--resume", args.resume or None)) if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} applies to --schedule one-shot's distillation; adapt's rounds "
+                             "train without checkpoints")
     if args.kd_steps == 0:
         given = [f"--{n}" for n, v in (("kd-text", args.kd_text), ("checkpoint", args.checkpoint),
-                                       ("resume", args.resume or None)) if v is not None]
+                                       ("resume", args.resume or None), ("recover", args.recover),
+                                       ("lora-rank", args.lora_rank), ("kd-ce-weight", args.kd_ce_weight),
+                                       ("kd-hidden-weight", args.kd_hidden_weight)) if v is not None]
         if given:
             raise ValueError(f"{', '.join(given)} applies to distillation, which --kd-steps 0 turns off; pass "
                              "--kd-steps N")
     if args.resume and args.checkpoint is None:
         raise ValueError("--resume continues from a checkpoint: pass --checkpoint DIR")
+    if args.lora_rank is not None and args.recover != "lora":
+        raise ValueError("--lora-rank is the rank of --recover lora's adapters; add --recover lora or drop --lora-rank")
+    if args.recover == "lora" and args.checkpoint is not None:
+        raise ValueError("--recover lora trains adapters that checkpoints do not hold; drop --checkpoint (and "
+                         "--resume) or use --recover kd")
+    args.recovery_ = _recovery_fields(args)
     args.kd = DistillConfig.parse(steps=max(1, args.kd_steps), batch_size=args.kd_batch, seqlen=args.kd_seqlen,
-                                  lr=args.kd_lr, checkpoint_every=args.checkpoint_every, seed=args.seed, where="--kd")
+                                  lr=args.kd_lr, checkpoint_every=args.checkpoint_every, seed=args.seed,
+                                  **args.recovery_, where="--kd")
+    if args.kd_steps:
+        from ..pipeline.shrink import check_recovery
+
+        check_recovery(args.kd, args.axes_, CLI_NAMES)
     if args.checkpoint is not None and args.out is not None and Path(args.checkpoint).resolve() == Path(args.out).resolve():
         raise ValueError("--checkpoint and --out must be different folders")
     args.stage_ = stage_config(args)
 
 
-def stage_config(args: argparse.Namespace) -> Any:
-    """The recipe stage (:class:`prunekit.pipeline.ShrinkConfig`) that does what these options do to the model
-    (after a calibrate stage of ``--calib``, ``--nsamples``, ``--seqlen``, ``--seed``): the same shrink and, with
-    ``--kd-steps``, the same distillation."""
+def _recovery_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The DistillConfig fields the recovery options set (only those given: the defaults are DistillConfig's)."""
+    fields: dict[str, Any] = dict(RECOVERIES[args.recover]) if args.recover is not None else {}
+    for name, value in (("lora_rank", args.lora_rank), ("ce_weight", args.kd_ce_weight),
+                        ("hidden_weight", args.kd_hidden_weight)):
+        if value is not None:
+            fields[name] = value
+    return fields
+
+
+def _shrink_fields(args: argparse.Namespace, distill: dict[str, Any] | None = None) -> Any:
     from ..pipeline.shrink import ShrinkConfig
 
-    distill = None
-    if args.kd_steps:
-        distill = {"steps": args.kd_steps, "batch_size": args.kd_batch, "seqlen": args.kd_seqlen, "lr": args.kd_lr,
-                   "seed": args.seed, "text": args.kd_text or args.calib}
     return ShrinkConfig.parse(target=str(args.target_), search=args.search, axes=list(args.axes_),
                               importance=args.importance, candidates=args.candidates, optimizer=args.optimizer,
                               score_windows=args.score_windows, speed_engine=args.speed_engine,
-                              speed_quant=args.speed_quant, distill=distill, where="prunekit shrink")
+                              speed_quant=args.speed_quant, distill=distill, schedule=args.schedule,
+                              rounds=args.rounds, where="prunekit shrink")
+
+
+def stage_config(args: argparse.Namespace) -> Any:
+    """The recipe stage (:class:`prunekit.pipeline.ShrinkConfig`) that does what these options do to the model
+    (after a calibrate stage of ``--calib``, ``--nsamples``, ``--seqlen``, ``--seed``): the same shrink (or
+    Adapt-Pruner's schedule) and, with ``--kd-steps``, the same recovery."""
+    distill = None
+    if args.kd_steps:
+        distill = {"steps": args.kd_steps, "batch_size": args.kd_batch, "seqlen": args.kd_seqlen, "lr": args.kd_lr,
+                   "seed": args.seed, "text": args.kd_text or args.calib, **args.recovery_}
+    return _shrink_fields(args, distill)
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -169,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
         meta, text = _shrink_and_save(args, folder)
     meta["out"] = str(out)
     meta["total_seconds"] = time.perf_counter() - started
-    reader = "from_pretrained" if args.search == "uniform" else "prunekit.shrink.load_shrunk"
+    reader = meta["read_back_with"]
     emit(args, meta, f"{text}\nsaved to {out}/ ({args.dtype}; read back with {reader}, logits checked) in "
                      f"{meta['total_seconds']:.0f} s total")
     return 0
@@ -189,6 +279,8 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
     from ..datasets.text import calibration_windows, eval_windows
     from ..metrics.perplexity import perplexity
     from ..models.hf import load_model
+    from ..models.shrunk import stored_layer_shapes
+    from ..pipeline.shrink import describe_recovery
     from ..shrink import plan_shrink, shrink_, shrink_layers_
     from ..shrink.api import check_calibration
     from ..shrink.search_layers import check_layers
@@ -208,9 +300,13 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
 
         say(args, f"planning the vocabulary of {args.vocab} ...")
         vocab_plan = plan_vocab(lm.tokenizer, corpus_texts(args.vocab), keep_ids=config_token_ids(lm.model.config))
+    stream = None
+    if args.kd_steps:  # the recovery's text is there and holds a window, before anything changes
+        stream = text_stream(lm.tokenizer, args.kd_text or args.calib, args.kd_seqlen, args.seed)
+        next(iter(stream))
     run_id = _run_identity(args)
     meta: dict[str, Any] = {"prunekit_version": __version__, "command": "shrink", "model": str(args.model),
-                            "run": run_id}
+                            "run": run_id, "schedule": args.schedule}
     if args.search == "uniform":
         _, _, _, _, found = plan_shrink(lm.model, args.target_, calib, args.axes_, args.importance)  # every check
         meta["candidates_in_band"] = len(found.shapes)
@@ -222,7 +318,8 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
                 "(1 thread, CPU time) ..."))
         layer_budget = check_layers(lm.model, args.target_, args.axes_, optimizer=args.optimizer,
                                     speed_engine=args.speed_engine, speed_quant=args.speed_quant)
-    teacher = lm.model
+    dense = lm.model  # the unpruned model: the teacher, and the dense side of the paired timing
+    teaches = args.kd_steps and args.kd.needs_teacher
     if args.resume:
         ckpt = read_checkpoint(args.checkpoint)
         if ckpt.get("run") != run_id:
@@ -236,26 +333,37 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
     else:
         say(args, "measuring the dense model ...")
         ppl = {"dense": perplexity(lm.model, windows, progress=progress)}
-        # the unpruned model stays for distillation and the paired timing; else it is cut in place
-        student = copy.deepcopy(lm.model) if args.kd_steps or not args.no_time else lm.model
-        say(args, f"shrinking to {args.target_} along {', '.join(args.axes_)} ...")
-        if args.search == "uniform":
-            report = shrink_(student, args.target_, calib, args.axes_, importance=args.importance,
-                             candidates=args.candidates, progress=progress)
+        # the unpruned model stays for the teacher and the paired timing; else it is cut in place
+        keep_dense = teaches or not args.no_time
+        student = copy.deepcopy(lm.model) if keep_dense else lm.model
+        if args.schedule == "adapt":  # cut and recovery in rounds: no shrunk-only model to measure
+            from ..shrink.schedule import adapt_shrink_
+
+            say(args, f"shrinking to {args.target_} along {', '.join(args.axes_)} in {args.adapt_.rounds} rounds "
+                      f"(Adapt-Pruner), {describe_recovery(args.kd)} after each: {args.kd.steps} steps in all × "
+                      f"{args.kd_batch} × {args.kd_seqlen} tokens ...")
+            report = adapt_shrink_(student, dense if teaches else None, str(args.target_), calib, stream, args.adapt_,
+                                   args.kd, progress=progress)
+            ppl["distilled"] = perplexity(student, windows, progress=progress)
+            meta.update(shrink=report.to_dict(), distill=report.distill(), perplexity=ppl)
         else:
-            report = shrink_layers_(student, args.target_, calib, args.axes_, optimizer=args.optimizer,
-                                    latency=layer_budget.latency, score_on=calib[:args.score_windows],
-                                    progress=progress)
+            say(args, f"shrinking to {args.target_} along {', '.join(args.axes_)} ...")
+            if args.search == "uniform":
+                report = shrink_(student, args.target_, calib, args.axes_, importance=args.importance,
+                                 candidates=args.candidates, progress=progress)
+            else:
+                report = shrink_layers_(student, args.target_, calib, args.axes_, optimizer=args.optimizer,
+                                        latency=layer_budget.latency, score_on=calib[:args.score_windows],
+                                        progress=progress)
+            ppl["shrunk"] = perplexity(student, windows, progress=progress)
+            meta.update(shrink=report.to_dict(), perplexity=ppl)
         shrink_text = str(report)
-        ppl["shrunk"] = perplexity(student, windows, progress=progress)
-        meta.update(shrink=report.to_dict(), perplexity=ppl)
-    if args.kd_steps:
-        say(args, f"distilling from the unpruned model: {args.kd.steps} steps × {args.kd_batch} × {args.kd_seqlen} "
+    if args.kd_steps and args.schedule == "one-shot":
+        say(args, f"{describe_recovery(args.kd)}: {args.kd.steps} steps × {args.kd_batch} × {args.kd_seqlen} "
                   "tokens ...")
-        stream = text_stream(lm.tokenizer, args.kd_text or args.calib, args.kd_seqlen, args.seed)
         extra = {"shrink": meta["shrink"], "perplexity": meta["perplexity"], "shrink_text": shrink_text}
-        kd = distill_(student, teacher, stream, args.kd, checkpoint=args.checkpoint, resume=args.resume, run=run_id,
-                      progress=progress, extra=extra)
+        kd = distill_(student, dense if teaches else None, stream, args.kd, checkpoint=args.checkpoint,
+                      resume=args.resume, run=run_id, progress=progress, extra=extra)
         meta["distill"] = kd.to_dict()
         meta["perplexity"]["distilled"] = perplexity(student, windows, progress=progress)
     tokenizer, check_ids = lm.tokenizer, windows[:2, :64]
@@ -273,7 +381,7 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
         from ..metrics.generation import compare_generation
 
         say(args, "timing generation, dense and shrunk interleaved ...")
-        speeds, cmp = compare_generation({"dense": teacher, "shrunk": student},
+        speeds, cmp = compare_generation({"dense": dense, "shrunk": student},
                                          {"dense": lm.tokenizer, "shrunk": tokenizer}, threads=1)
         meta["generation"] = {n: s.to_dict() for n, s in speeds.items()}
         meta["generation"]["speedup"] = speeds["dense"].seconds / speeds["shrunk"].seconds
@@ -288,6 +396,8 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
     say(args, f"saving to {folder} ({args.dtype}) and reading it back ...")
     meta["dtype"] = args.dtype
     meta["reload_max_abs_diff"] = save_and_verify(student, tokenizer, folder, check_ids)
+    meta["read_back_with"] = "from_pretrained" if stored_layer_shapes(student.config) is None else \
+        "prunekit.shrink.load_shrunk"
     if args.dtype == "bf16":
         meta["perplexity"]["saved_bf16"] = perplexity(student, vwindows if vocab_plan is not None else windows,
                                                       progress=progress)
@@ -335,9 +445,11 @@ def _render(args: argparse.Namespace, meta: dict[str, Any], shrink_text: str) ->
     lines = [f"prunekit {meta['prunekit_version']}: {args.model}", shrink_text]
     if "distill" in meta:
         d = meta["distill"]
-        lines.append(f"distillation: {d['steps']} steps, {d['tokens']:,} tokens, {d['seconds']:.0f} s wall "
-                     f"({d['cpu_seconds']:.0f} s CPU), {d['tokens_per_s']:,.0f} tokens/s, peak memory "
-                     f"{d['peak_rss_bytes'] / 2**30:.2f} GiB"
+        how = {"kd": "distillation", "next-token": "next-token fine-tuning", "lora": "LoRA distillation"}
+        rounds = f" over {d['rounds']} rounds" if d.get("rounds") else ""
+        lines.append(f"{how[args.recover or 'kd']}{rounds}: {d['steps']} steps, {d['tokens']:,} tokens, "
+                     f"{d['seconds']:.0f} s wall ({d['cpu_seconds']:.0f} s CPU), {d['tokens_per_s']:,.0f} tokens/s, "
+                     f"peak memory {d['peak_rss_bytes'] / 2**30:.2f} GiB"
                      + (f", resumed after step {d['resumed_from']}" if d["resumed_from"] else ""))
     pp = ", ".join(f"{k} {v:.2f}" for k, v in ppl.items())
     lines.append(f"perplexity ({args.calib} held out, {args.eval_windows}×{args.seqlen}): {pp}"

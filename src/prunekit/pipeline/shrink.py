@@ -12,10 +12,17 @@ before an export:
       quant: q8_0
       out: shrunk-q8_0.gguf
 
+The distillation block takes :class:`prunekit.shrink.distill.DistillConfig`'s recovery fields: ``objective``
+(``kd``: logit distillation; ``next_token``: plain fine-tuning on the text, no teacher), ``train`` (``full``, or
+``lora`` with ``lora_rank``: adapters merged at the end), ``ce_weight`` and ``hidden_weight``. ``schedule: adapt``
+with ``rounds: N`` runs Adapt-Pruner's cut-train-repeat schedule (:func:`prunekit.shrink.schedule.adapt_shrink_`:
+per-layer cuts, the distillation's steps split over the rounds) instead of one cut then one distillation.
+
 Checked before any stage changes the model: the family and its layout, the target (an unreachable one names
 the most the search reaches), the axes, the calibration windows, and for distillation that text is there
-(``distill.text``, else the calibration source of a calibrate stage) with a tokenizer to read it, and that a
-hidden-state loss is not asked of a model whose residual width is cut. The shape is planned on the model as
+(``distill.text``, else the calibration source of a calibrate stage) with a tokenizer to read it, that a
+hidden-state loss is not asked of a model whose residual width is cut, and that Adapt-Pruner's schedule has a
+per-layer search, a params=/memory= target and a training step per round. The shape is planned on the model as
 loaded, so the stage must come before any other stage that changes the model.
 """
 
@@ -32,6 +39,7 @@ from ..shrink.distill import DistillConfig
 from .base import StageKind, StageResult, Workspace, register_stage
 
 SEARCHES = ("auto", "uniform", "per-layer")
+SCHEDULES = ("one-shot", "adapt")
 PLAN = "shrink plan"  # ws.state: what the check found (the per-layer budget with its latency table)
 
 
@@ -49,9 +57,12 @@ class ShrinkConfig(Config):
     """Shrink to ``target`` (``params=F``, ``memory=F``, ``speed=S``) with ``search`` (``uniform``: one shape
     for every block, the best of ``candidates`` grid shapes by calibration loss; ``per-layer``: each block its
     own widths, chosen by ``optimizer``, options scored on ``score_windows`` calibration windows; ``auto``:
-    per-layer for speed=, else uniform) along ``axes`` (default: heads, neurons, hidden, depth for uniform;
-    heads, neurons per layer), units ranked by ``importance``; speed= is timed in ``speed_engine`` (transformers,
-    or llama.cpp at GGUF type ``speed_quant``, q8_0 by default); then ``distill`` (None: no recovery)."""
+    per-layer for speed= and for the adapt schedule, else uniform) along ``axes`` (default: heads, neurons, hidden,
+    depth for uniform; heads, neurons per layer), units ranked by ``importance``; speed= is timed in
+    ``speed_engine`` (transformers, or llama.cpp at GGUF type ``speed_quant``, q8_0 by default); then ``distill``
+    (None: no recovery). ``schedule``: ``one-shot`` (one cut, then the distillation) or ``adapt`` (Adapt-Pruner:
+    ``rounds`` per-layer cuts, each followed by its share of the distillation's steps; ``rounds`` None: the
+    default of :class:`prunekit.shrink.schedule.AdaptConfig`)."""
 
     stage: Literal["shrink"] = "shrink"
     target: str = "params=0.6"
@@ -64,6 +75,8 @@ class ShrinkConfig(Config):
     speed_engine: Literal["transformers", "llama.cpp"] = "transformers"
     speed_quant: str | None = None
     distill: ShrinkDistillConfig | None = None
+    schedule: Literal[SCHEDULES] = "one-shot"
+    rounds: int | None = Field(None, ge=1)
 
 
 def resolved(cfg: ShrinkConfig) -> tuple[Any, str, tuple[str, ...]]:
@@ -75,7 +88,21 @@ def resolved(cfg: ShrinkConfig) -> tuple[Any, str, tuple[str, ...]]:
     from ..shrink.search_layers import DEFAULT_PER_LAYER_AXES
 
     target = parse_target(cfg.target)
-    search = cfg.search if cfg.search != "auto" else ("per-layer" if target.kind == "speed" else "uniform")
+    adapt = cfg.schedule == "adapt"
+    search = cfg.search if cfg.search != "auto" else ("per-layer" if target.kind == "speed" or adapt else "uniform")
+    if cfg.rounds is not None and not adapt:
+        raise ValueError("shrink's rounds count the cuts of schedule adapt; set schedule adapt or drop rounds")
+    if adapt:
+        if target.kind == "speed":
+            raise ValueError("shrink's schedule adapt cuts to params= or memory= (a count fixed against the original "
+                             "model); speed= is measured on the model as it is: use schedule one-shot")
+        if search != "per-layer":
+            raise ValueError("shrink's schedule adapt cuts per layer in every round: use search per-layer (or auto)")
+        rounds = adapt_config(cfg, ()).rounds
+        if cfg.distill is None or cfg.distill.steps < rounds:
+            steps = "no distill block" if cfg.distill is None else f"distill.steps {cfg.distill.steps}"
+            raise ValueError(f"shrink's schedule adapt trains after each of its {rounds} cuts, and there is {steps}: "
+                             f"give a distill block with at least {rounds} steps (one per round), or fewer rounds")
     if target.kind != "speed" and (cfg.speed_engine != "transformers" or cfg.speed_quant is not None):
         raise ValueError(f"shrink's speed_engine and speed_quant time the speed= target; target {target} counts "
                          "parameters")
@@ -91,6 +118,35 @@ def resolved(cfg: ShrinkConfig) -> tuple[Any, str, tuple[str, ...]]:
     return target, search, axes
 
 
+def adapt_config(cfg: ShrinkConfig, axes: tuple[str, ...]) -> Any:
+    """Adapt-Pruner's settings (:class:`prunekit.shrink.schedule.AdaptConfig`) for this stage: its rounds (the
+    AdaptConfig default when None), per-layer ``axes``, optimizer and scoring windows."""
+    from ..shrink.schedule import AdaptConfig
+
+    fields: dict[str, Any] = {"axes": list(axes), "optimizer": cfg.optimizer, "score_windows": cfg.score_windows}
+    if cfg.rounds is not None:
+        fields["rounds"] = cfg.rounds
+    return AdaptConfig.parse(fields)
+
+
+def check_recovery(d: DistillConfig, axes: tuple[str, ...], names: Mapping[str, str]) -> None:
+    """Refuse recovery settings that cannot run or would be ignored, before anything changes: a hidden-state loss
+    where the residual width is cut, a cross-entropy weight added to plain next-token training. ``names``
+    words the fields (``distill.hidden_weight`` in a recipe, ``--kd-hidden-weight`` on the command line)."""
+    if d.hidden_weight > 0 and "hidden" in axes:
+        raise ValueError(f"{names['hidden_weight']} compares residual streams, which {names['hidden']} cuts: "
+                         f"{names['fix_hidden']}")
+    if d.ce_weight > 0 and d.objective == "next_token":
+        raise ValueError(f"{names['ce_weight']} adds the text's cross-entropy to the KD loss, and "
+                         f"{names['next_token']} trains on that cross-entropy alone: {names['fix_ce']}")
+
+
+RECIPE_NAMES = {"hidden_weight": "shrink's distill.hidden_weight", "hidden": "the hidden axis",
+                "fix_hidden": "drop hidden from axes or set hidden_weight 0",
+                "ce_weight": "shrink's distill.ce_weight", "next_token": "objective next_token",
+                "fix_ce": "set ce_weight 0 or objective kd"}
+
+
 def _parse(d: Mapping[str, Any], where: str | None) -> ShrinkConfig:
     return ShrinkConfig.parse({"stage": "shrink", **d}, where=where)
 
@@ -98,15 +154,13 @@ def _parse(d: Mapping[str, Any], where: str | None) -> ShrinkConfig:
 def _validate(cfg: ShrinkConfig, stages: Sequence[Any], name_of: Any) -> None:
     from .base import STAGES
 
-    resolved(cfg)
+    _, _, axes = resolved(cfg)
     if cfg.speed_engine == "llama.cpp":
         from ..shrink.latency import check_engine
 
         check_engine("llama.cpp", cfg.speed_quant)  # llama-bench built, the GGUF type known: before anything loads
-    d = cfg.distill
-    if d is not None and d.hidden_weight > 0 and "hidden" in resolved(cfg)[2]:
-        raise ValueError("shrink's distill.hidden_weight compares residual streams, which the hidden axis cuts: "
-                         "drop hidden from axes or set hidden_weight 0")
+    if cfg.distill is not None:
+        check_recovery(cfg.distill, axes, RECIPE_NAMES)
     for kind, other in stages:
         if other is cfg:
             break
@@ -172,7 +226,11 @@ def _run(ws: Workspace, cfg: ShrinkConfig) -> StageResult:
 
     target, search, axes = resolved(cfg)
     budget = ws.state.pop(PLAN, None)
-    teacher = copy.deepcopy(ws.model) if cfg.distill is not None else None  # the unpruned model teaches
+    kd = _distill_config(ws, cfg) if cfg.distill is not None else None
+    # the unpruned model teaches (a copy only where the loss reads one: not for plain next-token training)
+    teacher = copy.deepcopy(ws.model) if kd is not None and kd.needs_teacher else None
+    if cfg.schedule == "adapt":
+        return _run_adapt(ws, cfg, target, axes, kd, teacher)
     ws.say(f"shrinking to {target} along {', '.join(axes)} ({search}) ...")
     t0 = time.perf_counter()
     if search == "uniform":
@@ -182,19 +240,45 @@ def _run(ws: Workspace, cfg: ShrinkConfig) -> StageResult:
         report = shrink_layers_(ws.model, target, ws.calibration, axes, optimizer=cfg.optimizer,
                                 latency=budget.latency if budget is not None else None,
                                 score_on=ws.calibration[:cfg.score_windows], progress=ws.progress)
-    record: dict[str, Any] = {"search": search, "shrink": report.to_dict()}
+    record: dict[str, Any] = {"search": search, "schedule": cfg.schedule, "shrink": report.to_dict()}
     meta: dict[str, Any] = {"method": "shrink", "config": cfg.to_dict(), "shrink": report.to_dict(),
                             "prune_seconds": time.perf_counter() - t0}
     headline = str(report)
-    if cfg.distill is not None:
-        kd = _distill_config(ws, cfg)
-        ws.say(f"distilling from the unpruned model: {kd.steps} steps × {kd.batch_size} × {kd.seqlen} tokens ...")
+    if kd is not None:
+        ws.say(f"{describe_recovery(kd)}: {kd.steps} steps × {kd.batch_size} × {kd.seqlen} tokens ...")
         done = distill_(ws.model, teacher, _stream(ws, cfg), kd, progress=ws.progress)
         record["distill"] = meta["distill"] = done.to_dict()
         record["distill"]["text"] = meta["distill"]["text"] = _text_source(ws, cfg)
         headline += f"\n{done}"
     del teacher
     return StageResult(record, meta, headline)
+
+
+def describe_recovery(kd: DistillConfig) -> str:
+    """How the model is recovered, in words (the progress line)."""
+    how = "distilling from the unpruned model" if kd.objective == "kd" else "fine-tuning on the text's next tokens"
+    return how + (f" into rank-{kd.lora_rank} LoRA adapters" if kd.train == "lora" else "")
+
+
+def _run_adapt(ws: Workspace, cfg: ShrinkConfig, target: Any, axes: tuple[str, ...], kd: DistillConfig | None,
+               teacher: Any) -> StageResult:
+    """Adapt-Pruner's schedule: per-layer cuts in rounds, each followed by its share of the training."""
+    from ..shrink.schedule import adapt_shrink_
+
+    assert kd is not None  # resolved() refuses schedule adapt without a distill block
+    adapt = adapt_config(cfg, axes)
+    ws.say(f"shrinking to {target} along {', '.join(axes)} in {adapt.rounds} rounds (Adapt-Pruner), "
+           f"{describe_recovery(kd)} after each: {kd.steps} steps in all × {kd.batch_size} × {kd.seqlen} tokens ...")
+    t0 = time.perf_counter()
+    report = adapt_shrink_(ws.model, teacher, str(target), ws.calibration, _stream(ws, cfg), adapt, kd,
+                           progress=ws.progress)
+    del teacher
+    trained = {**report.distill(), "text": _text_source(ws, cfg)}
+    record: dict[str, Any] = {"search": "per-layer", "schedule": "adapt", "shrink": report.to_dict(),
+                              "distill": trained}
+    meta: dict[str, Any] = {"method": "shrink", "config": cfg.to_dict(), "shrink": report.to_dict(),
+                            "distill": dict(trained), "prune_seconds": time.perf_counter() - t0}
+    return StageResult(record, meta, str(report))
 
 
 register_stage(StageKind(

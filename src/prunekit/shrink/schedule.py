@@ -25,6 +25,7 @@ from torch import nn
 from ..core.config import Config
 from .budget import non_embedding_params, parse_target
 from .distill import DistillConfig, DistillReport, WindowStream, window_iter, distill_
+from .perlayer import layer_shapes_of
 from .search_layers import DEFAULT_PER_LAYER_AXES, LayerShrinkReport, check_layers, shrink_layers_
 from .width import param_count
 
@@ -42,25 +43,65 @@ class AdaptConfig(Config):
 
 @dataclass
 class AdaptReport:
-    """Every round's cut and training."""
+    """Every round's cut and training, and the whole run's shapes and counts (first round's before, last
+    round's after)."""
 
     target: str
     rounds: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    before: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, Any] = field(default_factory=dict)
+    non_embedding_before: int = 0
+    non_embedding_after: int = 0
+    params_before: int = 0
+    params_after: int = 0
 
     @property
     def tokens(self) -> int:
         """Training tokens over all rounds."""
         return sum(r["distill"]["tokens"] for r in self.rounds)
 
+    @property
+    def non_embedding_kept(self) -> float:
+        """Share of the original model's non-embedding parameters kept after the last round."""
+        return self.non_embedding_after / self.non_embedding_before if self.non_embedding_before else 1.0
+
+    @property
+    def params_kept(self) -> float:
+        """Share of the original model's parameters kept after the last round."""
+        return self.params_after / self.params_before if self.params_before else 1.0
+
+    def distill(self) -> dict[str, Any]:
+        """The rounds' training as one run, in :class:`.distill.DistillReport`'s keys: steps, tokens, wall and CPU
+        seconds summed, peak memory the largest, losses from the first round's start and the last round's end."""
+        runs = [r["distill"] for r in self.rounds]
+        seconds = sum(d["seconds"] for d in runs)
+        tokens = sum(d["tokens"] for d in runs)
+        return {"steps": sum(d["steps"] for d in runs), "tokens": tokens, "seconds": seconds,
+                "cpu_seconds": sum(d["cpu_seconds"] for d in runs),
+                "peak_rss_bytes": max((d["peak_rss_bytes"] for d in runs), default=0),
+                "lr": runs[0]["lr"] if runs else None, "temperature": runs[0]["temperature"] if runs else None,
+                "resumed_from": 0, "tokens_per_s": tokens / seconds if seconds > 0 else float("inf"),
+                "loss_first": runs[0].get("loss_first") if runs else None,
+                "loss_last": runs[-1].get("loss_last") if runs else None, "rounds": len(runs)}
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
-        return {"target": self.target, "rounds": self.rounds, "tokens": self.tokens, "seconds": self.seconds}
+        return {"search": "per-layer", "schedule": "adapt", "target": self.target, "rounds": self.rounds,
+                "tokens": self.tokens, "seconds": self.seconds, "before": self.before, "after": self.after,
+                "non_embedding_before": self.non_embedding_before, "non_embedding_after": self.non_embedding_after,
+                "non_embedding_kept": self.non_embedding_kept, "params_before": self.params_before,
+                "params_after": self.params_after, "params_kept": self.params_kept}
 
     def __str__(self) -> str:
         parts = [f"round {i + 1}: {r['target']}, non-embedding kept {r['shrink']['non_embedding_kept']:.1%}, "
                  f"{r['distill']['tokens']:,} tokens" for i, r in enumerate(self.rounds)]
-        return f"Adapt-Pruner schedule to {self.target} in {len(self.rounds)} rounds ({'; '.join(parts)})"
+        whole = ""
+        if self.non_embedding_before:
+            whole = (f"; non-embedding parameters {self.non_embedding_before:,} → {self.non_embedding_after:,} "
+                     f"({self.non_embedding_kept:.1%}), all parameters {self.params_before:,} → "
+                     f"{self.params_after:,} ({self.params_kept:.1%})")
+        return f"Adapt-Pruner schedule to {self.target} in {len(self.rounds)} rounds ({'; '.join(parts)}){whole}"
 
 
 def round_targets(fraction: float, rounds: int) -> list[float]:
@@ -105,7 +146,8 @@ def adapt_shrink_(model: nn.Module, teacher: nn.Module | None, target: str, cali
         score_on = score_on[:, :cfg.score_tokens]
     stream = window_iter(windows, train)  # one iterator: each round reads on where the last one stopped
     start = time.perf_counter()
-    report = AdaptReport(str(t))
+    report = AdaptReport(str(t), before=layer_shapes_of(model).to_dict(), non_embedding_before=ne_dense,
+                         params_before=param_count(model))
     for r, (keep, n) in enumerate(zip(round_targets(t.fraction, cfg.rounds), steps)):
         cut: LayerShrinkReport = shrink_layers_(model, f"{t.kind}={keep:.6f}", calibration, cfg.axes,
                                                 optimizer=cfg.optimizer, reference=reference,
@@ -115,4 +157,6 @@ def adapt_shrink_(model: nn.Module, teacher: nn.Module | None, target: str, cali
                               "shrink": {**cut.to_dict(), "non_embedding_kept": non_embedding_params(model) / ne_dense},
                               "distill": trained.to_dict()})
     report.seconds = time.perf_counter() - start
+    report.after = layer_shapes_of(model).to_dict()
+    report.non_embedding_after, report.params_after = non_embedding_params(model), param_count(model)
     return report
