@@ -54,3 +54,50 @@ def test_an_impossible_budget_is_one_clear_error():
         choose(groups, -6)
     with pytest.raises(ValueError, match="optimizer must be one of"):
         choose(groups, 0, "annealing")
+
+
+def _brute_capped(groups, budget, marked, k):
+    best = None
+    for picks in itertools.product(*[range(len(g)) for g in groups]):
+        if sum(1 for g, i in enumerate(picks) if marked[g] == i) > k:
+            continue
+        c, v = total(groups, picks)
+        if c <= budget and (best is None or v < best):
+            best = v
+    return best
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_capped_option_is_chosen_at_most_k_times_by_both_optimizers(seed):
+    """Per-layer shapes cap block removal at all blocks but one: a plan removing every block left nothing to run
+    (adapt's second round on a 2-block model chose it, because dropping a random block lowered the loss)."""
+    groups = _instance(seed)
+    marked = [len(g) - 1 for g in groups]
+    for g in groups:  # the marked option is the cheapest and loses nothing: without the cap every group takes it
+        g[-1] = Option(-100, 0.0)
+    k = len(groups) - 1
+    budget = random.Random(seed).randint(-100 * k - 50, -100 * k + 50)
+    expected = _brute_capped(groups, budget, marked, k)
+    if expected is None:
+        with pytest.raises(ValueError, match="cannot be met"):
+            choose(groups, budget, "milp", (marked, k))
+        return
+    for method in ("milp", "greedy"):
+        try:
+            picks = choose(groups, budget, method, (marked, k))
+        except ValueError as e:  # greedy cannot undo a step: under a cap it may stop short, and says so
+            assert method == "greedy" and "use optimizer='milp'" in str(e)
+            continue
+        assert sum(1 for g, i in enumerate(picks) if marked[g] == i) <= k
+        assert total(groups, picks)[0] <= budget
+    # values are sums of at most 4 floats in [0, 1]: the solver's optimum equals the enumeration's to 1e-9
+    assert total(groups, choose(groups, budget, "milp", (marked, k)))[1] == pytest.approx(expected, abs=1e-9)
+    assert choose(groups, -400, "milp") == marked  # uncapped, every group takes its marked option
+
+
+def test_a_cap_the_budget_cannot_meet_is_one_clear_error():
+    groups = [[Option(0, 0.0), Option(-10, 0.0)], [Option(0, 0.0), Option(-10, 0.0)]]
+    with pytest.raises(ValueError, match="at most 1 of the capped options"):
+        choose(groups, -15, "milp", ([1, 1], 1))
+    with pytest.raises(ValueError, match="one marked option"):
+        choose(groups, -5, "milp", ([1], 1))

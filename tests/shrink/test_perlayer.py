@@ -131,3 +131,21 @@ def test_speed_target_meets_the_predicted_time_and_refuses_the_unreachable():
     report = shrink_layers_(model, "speed=1.5", _calib(), ("heads", "neurons", "depth"), latency=_table())
     assert report.latency["predicted_s"] <= 0.010 / 1.5 + 1e-12
     assert report.latency["predicted_speedup"] >= 1.5
+
+
+@pytest.mark.parametrize("optimizer", ["milp", "greedy"])
+def test_a_plan_keeps_at_least_one_block_even_when_removing_every_block_looks_free(optimizer):
+    """Adapt's second round on a 2-block model planned to remove both blocks (a random block's removal lowered
+    the loss): the knapsack now caps block removal at all blocks but one."""
+    from prunekit.shrink.optimize import Option
+    from prunekit.shrink.perlayer import DROP, Choices, plan_layers
+
+    model = tiny_model("llama", layers=2)
+    now = layer_shapes_of(model)
+    full = (now.kv_heads[0], now.ffn[0])
+    half = (now.kv_heads[0], now.ffn[0] // 2)
+    # per block: keep (0 saved, 0 loss), halve the MLP (-30, 0.5), drop (-100, 0.0): the drop is free and cheapest
+    choices = Choices([[full, half, DROP]] * 2, [[Option(0, 0.0), Option(-30, 0.5), Option(-100, 0.0)]] * 2)
+    shapes = plan_layers(model, choices, -110, optimizer)
+    kept = [i for i in range(2) if (shapes.kv_heads[i], shapes.ffn[i]) != DROP]
+    assert len(kept) == 1 and shapes.ffn[kept[0]] == now.ffn[0] // 2  # one block dropped, the other halved: -130

@@ -347,7 +347,9 @@ def param_cost(model: nn.Module) -> tuple[Callable[[int, int, int], float], Call
 def plan_layers(model: nn.Module, choices: Choices, allowance: float, optimizer: str = "milp") -> LayerShapes:
     """The per-block shapes (a dropped block as 0 groups and 0 neurons) that change the budgeted count by at most
     ``allowance`` (negative: what must be saved) with the smallest summed loss increase."""
-    picks = choose(choices.groups, allowance, optimizer)
+    drops = [p.index(DROP) if DROP in p else None for p in choices.pairs]
+    cap = (drops, len(drops) - 1) if any(d is not None for d in drops) else None  # at least one block stays
+    picks = choose(choices.groups, allowance, optimizer, cap)
     now = layer_shapes_of(model)
     chosen = [choices.pairs[i][p] for i, p in enumerate(picks)]
     return LayerShapes(tuple(c[0] for c in chosen), tuple(c[1] for c in chosen), now.queries_per_group, now.head_dim)
