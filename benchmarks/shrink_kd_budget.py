@@ -93,48 +93,42 @@ def main() -> None:
                         checkpoint_every=args.checkpoint_every, ce_weight=args.ce_weight)
     run = {"target": args.target, "axes": args.axes, "seed": args.seed, "config": cfg.model_dump()}
     skip = 0
-    if args.continue_from and not args.resume:
-        first = json.loads(Path(args.first_results).read_text())
-        fc = first["config"]
-        skip = args.skip_windows if args.skip_windows is not None else fc["steps"] * fc["batch_size"]
-        if fc["seqlen"] != args.seqlen:
-            raise SystemExit(f"--seqlen {args.seqlen} differs from the first run's {fc['seqlen']}: the skipped windows would not line up")
-        student = load_model(args.continue_from).model  # a folder from_pretrained reads (the first run saved it)
-        record = {"command": " ".join(["python", *sys.argv]), "args": vars(args), "config": cfg.model_dump(),
-                  "continued_from": {"student": args.continue_from, "results": args.first_results,
-                                     "tokens": fc["steps"] * fc["batch_size"] * fc["seqlen"],
-                                     "spent": first.get("spent"), "final": first.get("final"),
-                                     "skipped_windows": skip},
-                  "dense_perplexity": perplexity(teacher, heldout, progress=False),
-                  "curve": [], "machine": {"cpus": os.cpu_count(), "threads": args.threads}}
-        record["curve"].append({"step": 0, "tokens": 0, "perplexity": perplexity(student, heldout, progress=False),
-                                "wall_s": 0.0, "cpu_s": 0.0})
-        write_json(results, record)
-        print(f"dense {record['dense_perplexity']:.2f}, student at the start {record['curve'][0]['perplexity']:.2f}",
-              flush=True)
-    elif args.resume:
+    if args.resume:
         record = json.loads(results.read_text())
         skip = record.get("continued_from", {}).get("skipped_windows", 0)
         student = load_student(ckpt)
     else:
-        t0, c0 = time.perf_counter(), time.process_time()
-        calib = calibration_windows(tok, "pydocs", nsamples=args.nsamples, seqlen=256, seed=args.seed, default=True,
-                                    say=lambda t: None)
-        import copy
+        if args.continue_from:
+            first = json.loads(Path(args.first_results).read_text())
+            fc = first["config"]
+            skip = args.skip_windows if args.skip_windows is not None else fc["steps"] * fc["batch_size"]
+            if fc["seqlen"] != args.seqlen:
+                raise SystemExit(f"--seqlen {args.seqlen} differs from the first run's {fc['seqlen']}: the skipped "
+                                 "windows would not line up")
+            student = load_model(args.continue_from).model  # a folder from_pretrained reads (the first run saved it)
+            origin = {"continued_from": {"student": args.continue_from, "results": args.first_results,
+                                         "tokens": fc["steps"] * fc["batch_size"] * fc["seqlen"],
+                                         "spent": first.get("spent"), "final": first.get("final"),
+                                         "skipped_windows": skip}}
+        else:
+            t0, c0 = time.perf_counter(), time.process_time()
+            calib = calibration_windows(tok, "pydocs", nsamples=args.nsamples, seqlen=256, seed=args.seed,
+                                        default=True, say=lambda t: None)
+            import copy
 
-        student = copy.deepcopy(teacher)
-        report = shrink_(student, args.target, calib, axes=args.axes.split(","), candidates=args.candidates,
-                         progress=True)
-        print(report, flush=True)
+            student = copy.deepcopy(teacher)
+            report = shrink_(student, args.target, calib, axes=args.axes.split(","), candidates=args.candidates,
+                             progress=True)
+            print(report, flush=True)
+            origin = {"shrink": {"report": report.to_dict(), "wall_s": time.perf_counter() - t0,
+                                 "cpu_s": time.process_time() - c0}}
         record = {"command": " ".join(["python", *sys.argv]), "args": vars(args), "config": cfg.model_dump(),
-                  "shrink": {"report": report.to_dict(), "wall_s": time.perf_counter() - t0,
-                             "cpu_s": time.process_time() - c0},
-                  "dense_perplexity": perplexity(teacher, heldout, progress=False),
+                  **origin, "dense_perplexity": perplexity(teacher, heldout, progress=False),
                   "curve": [], "machine": {"cpus": os.cpu_count(), "threads": args.threads}}
         record["curve"].append({"step": 0, "tokens": 0, "perplexity": perplexity(student, heldout, progress=False),
                                 "wall_s": 0.0, "cpu_s": 0.0})
         write_json(results, record)
-        print(f"dense {record['dense_perplexity']:.2f}, shrunk before KD {record['curve'][0]['perplexity']:.2f}",
+        print(f"dense {record['dense_perplexity']:.2f}, student before KD {record['curve'][0]['perplexity']:.2f}",
               flush=True)
     start, cpu = time.perf_counter(), time.process_time()
     base = dict(record.get("spent", {"wall_s": 0.0, "cpu_s": 0.0}))
