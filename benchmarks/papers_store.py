@@ -1,4 +1,5 @@
-"""The papers benchmarks' measured rows in prunekit's results store, without re-running anything, so
+"""The papers benchmarks' measured rows (and the apps benchmarks', with the claims they test: apps_papers.py) in
+prunekit's results store, without re-running anything, so
 ``prunekit report`` shows its "papers" group: per paper, its claim, the table of its rows (mean ± sd over seeds) and
 whether the claim held.
 
@@ -19,6 +20,7 @@ import importlib
 import sys
 from pathlib import Path
 
+import apps_papers
 from _apps_common import RESULTS, papers_from_files
 
 from prunekit.bench.papers import store_paper_results
@@ -27,11 +29,21 @@ from prunekit.bench.papers import store_paper_results
 FILES = {"tas": [["papers_tas.jsonl"]],
          "regimes": [["papers_regimes.jsonl"], ["papers_regimes_epochs.jsonl"]],
          "vit": [["papers_vit.jsonl"], ["papers_vit_deit_time.jsonl"]],
-         "criteria": [["papers_criteria.jsonl", "papers_criteria_bn_lam0.1.jsonl"]]}
+         "criteria": [["papers_criteria.jsonl", "papers_criteria_bn_lam0.1.jsonl"]],
+         **{name: [[f"{name}.json"]] for name in apps_papers.CLAIMS}}
+
+
+def benchmark(name: str) -> str:
+    """The benchmark script's name (the recipe its rows are stored under)."""
+    return name if name in apps_papers.CLAIMS else f"papers_{name}"
 
 
 def load(name: str, paths: list[Path]) -> tuple[str, list]:
-    """The model and the tested claims of ``paths`` (files benchmarks/papers_<name>.py wrote), checked."""
+    """The model and the tested claims of ``paths`` (files benchmarks/papers_<name>.py or <name>.py wrote), checked."""
+    if name in apps_papers.CLAIMS:
+        if len(paths) != 1:
+            raise ValueError(f"{name} writes one JSON file; pass one --file")
+        return apps_papers.load(name, paths[0])
     module = importlib.import_module(f"papers_{name}")
     kind = {"tas": "arm", "regimes": "kind"}.get(name, "part")
     return module.MODEL, papers_from_files(paths, f"papers_{name}", module.SHAPES, kind, module.paper_results)
@@ -55,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {exc}") from None
     for name, paths, model, results in loaded:
         source = ", ".join(p.name for p in paths)
-        n = store_paper_results(args.db, f"papers_{name}", model, results, source=source)
-        print(f"papers_{name}: stored {n} rows ({len(results)} tested claims) of {source} in {args.db}")
+        n = store_paper_results(args.db, benchmark(name), model, results, source=source)
+        print(f"{benchmark(name)}: stored {n} rows ({len(results)} tested claims) of {source} in {args.db}")
     return 0
 
 

@@ -87,3 +87,32 @@ def test_the_committed_results_files_all_import(papers_store):
         for files in groups:
             model, results = papers_store.load(name, [papers_store.RESULTS / f for f in files])
             assert model and results, (name, files)
+
+
+@pytest.mark.parametrize("source, message", [
+    ("apps_federated.json", r"holds the results of 'apps_federated', not of apps_emo; pass the JSON file "
+                            r"benchmarks/apps_emo.py wrote \(benchmarks/results/apps_emo.json\); nothing was stored"),
+    ("papers_tas.jsonl", r"papers_tas.jsonl is not one JSON document \(JSON lines\?\)"),
+])
+def test_an_apps_file_of_another_benchmark_is_refused(tmp_path, papers_store, source, message):
+    db = tmp_path / "r.db"
+    with pytest.raises(SystemExit, match=message):
+        papers_store.main(["--db", str(db), "--only", "apps_emo", "--file", str(papers_store.RESULTS / source)])
+    assert not db.exists()
+
+
+def test_an_apps_benchmark_goes_into_the_papers_group(tmp_path, papers_store):
+    db = tmp_path / "r.db"
+    payload = {"benchmark": "apps_emo", "model": "MLP", "settings": {"population": 24}, "runs": [
+        {"label": arm, "seed": s, "figures": {"hypervolume": hv[s], "points": [[0.1, 0.2]]}}
+        for arm, hv in {"EMO": [0.94, 0.95, 0.96], "global": [0.92, 0.92, 0.93], "uniform": [0.90, 0.90, 0.90]}.items()
+        for s in range(3)]}
+    (tmp_path / "e.json").write_text(json.dumps(payload))
+    assert papers_store.main(["--db", str(db), "--only", "apps_emo", "--file", str(tmp_path / "e.json")]) == 0
+    with Store(db) as store:
+        runs = store.runs()
+    assert len(runs) == 9 and runs[0].recipe == "apps_emo" and "points" not in runs[0].figures  # (scalars only)
+    page = html_report(runs)
+    # EMO − global: 0.02, 0.03, 0.03 → +0.03 (2 decimals) ± 0.01, held; EMO − uniform: 0.04, 0.05, 0.06, held
+    assert "<b>held</b>" in page and "EMO − uniform +0.05 ± 0.01 (ahead on 3/3 seeds): held" in page
+    assert "<tr class='run'><td>EMO</td><td>0.9500 ± 0.0100 (3)</td></tr>" in page
