@@ -12,6 +12,15 @@ results file as it grows.
 
     nice -n 5 python benchmarks/shrink_kd_budget.py --steps 160 --ce-weight 0.5 --eval-every 20   # the stored run
     python benchmarks/shrink_kd_budget.py ... --resume                                  # after a kill
+
+``--continue-from DIR`` starts from a student a finished run saved (its ``work/student`` folder) instead of a
+fresh cut: a second distillation with its own warm-up and cosine decay, on the windows after the ones the
+first run read (``--skip-windows``, by default the first run's steps × batch from its results file,
+``--first-results``), so no window is seen twice; the record keeps the first run's tokens and time beside
+this one's.
+
+    python benchmarks/shrink_kd_budget.py --continue-from /tmp/shrink_kd_budget/student --steps 80 --lr 1.5e-4 \
+        --ce-weight 0.5 --eval-every 20 --work /tmp/shrink_kd_continued --results benchmarks/results/shrink_kd_continued.json
 """
 
 from __future__ import annotations
@@ -57,6 +66,9 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/shrink_kd_budget")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--continue-from", default=None, metavar="DIR", help="a saved student folder to distil further")
+    p.add_argument("--first-results", default=str(RESULTS), help="the results file of the run that saved it")
+    p.add_argument("--skip-windows", type=int, default=None, help="windows of the stream to skip (default: the first run's)")
     args = p.parse_args()
 
     import torch
@@ -80,8 +92,29 @@ def main() -> None:
     cfg = DistillConfig(steps=args.steps, batch_size=args.batch, seqlen=args.seqlen, lr=args.lr, seed=args.seed,
                         checkpoint_every=args.checkpoint_every, ce_weight=args.ce_weight)
     run = {"target": args.target, "axes": args.axes, "seed": args.seed, "config": cfg.model_dump()}
-    if args.resume:
+    skip = 0
+    if args.continue_from and not args.resume:
+        first = json.loads(Path(args.first_results).read_text())
+        fc = first["config"]
+        skip = args.skip_windows if args.skip_windows is not None else fc["steps"] * fc["batch_size"]
+        if fc["seqlen"] != args.seqlen:
+            raise SystemExit(f"--seqlen {args.seqlen} differs from the first run's {fc['seqlen']}: the skipped windows would not line up")
+        student = load_model(args.continue_from).model  # a folder from_pretrained reads (the first run saved it)
+        record = {"command": " ".join(["python", *sys.argv]), "args": vars(args), "config": cfg.model_dump(),
+                  "continued_from": {"student": args.continue_from, "results": args.first_results,
+                                     "tokens": fc["steps"] * fc["batch_size"] * fc["seqlen"],
+                                     "spent": first.get("spent"), "final": first.get("final"),
+                                     "skipped_windows": skip},
+                  "dense_perplexity": perplexity(teacher, heldout, progress=False),
+                  "curve": [], "machine": {"cpus": os.cpu_count(), "threads": args.threads}}
+        record["curve"].append({"step": 0, "tokens": 0, "perplexity": perplexity(student, heldout, progress=False),
+                                "wall_s": 0.0, "cpu_s": 0.0})
+        write_json(results, record)
+        print(f"dense {record['dense_perplexity']:.2f}, student at the start {record['curve'][0]['perplexity']:.2f}",
+              flush=True)
+    elif args.resume:
         record = json.loads(results.read_text())
+        skip = record.get("continued_from", {}).get("skipped_windows", 0)
         student = load_student(ckpt)
     else:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -121,6 +154,11 @@ def main() -> None:
         print(f"step {step}: held-out perplexity {ppl:.2f} (dense {record['dense_perplexity']:.2f})", flush=True)
 
     windows = text_stream(tok, "pydocs", args.seqlen, seed=args.seed)
+    if skip:
+        import itertools
+
+        stream = windows
+        windows = type("Skipped", (), {"__iter__": lambda self: itertools.islice(iter(stream), skip, None)})()
     kd = distill_(student, teacher, windows, cfg, checkpoint=ckpt, resume=args.resume, run=run, on_step=on_step)
     record.setdefault("kd_reports", []).append(kd.to_dict() | {"losses": kd.losses[-20:]})
     record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -136,6 +174,11 @@ def main() -> None:
                        "ratio": final / record["dense_perplexity"],
                        "within_15_percent": bool(final <= 1.15 * record["dense_perplexity"]),
                        "tokens": args.steps * args.batch * args.seqlen}
+    if "continued_from" in record:
+        first_spent = record["continued_from"].get("spent") or {}
+        record["final"]["tokens_total"] = record["final"]["tokens"] + record["continued_from"]["tokens"]
+        record["final"]["wall_s_total"] = record["spent"]["wall_s"] + first_spent.get("wall_s", 0.0)
+        record["final"]["cpu_s_total"] = record["spent"]["cpu_s"] + first_spent.get("cpu_s", 0.0)
     write_json(results, record)
     print(json.dumps(record["final"], indent=1))
     assert math.isfinite(final)

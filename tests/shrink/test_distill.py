@@ -49,7 +49,36 @@ def test_distillation_lowers_the_kl_and_reports_its_cost():
     assert after < 0.7 * before
     assert report.tokens == 30 * 4 * 16 and report.tokens_per_s > 0 and report.peak_rss_bytes > 2**20
     assert report.cpu_seconds > 0 and len(report.losses) == 30
-    assert all(not p.requires_grad for p in teacher.parameters())
+    # the teacher is read under no_grad: its flags and mode are the caller's and stay as they were
+    assert all(p.requires_grad for p in teacher.parameters())
+
+
+def test_the_teacher_is_left_as_it_was_and_a_copy_of_it_can_be_trained_next():
+    """A benchmark distilled two students from one dense model in one process: the first run froze the teacher's
+    parameters, so the second student (a copy of the dense model) had nothing to train."""
+    import copy
+
+    student, teacher = _pair()
+    teacher.train()
+    weights = {k: v.clone() for k, v in teacher.state_dict().items()}
+    windows = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    distill_(student, teacher, windows, steps=2, batch_size=2, seqlen=16, lr=1e-3, progress=False)
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(weights[k], v) for k, v in teacher.state_dict().items())
+    second = copy.deepcopy(teacher)
+    prune_hidden_(second, 48, importance="magnitude")
+    report = distill_(second, teacher, windows, steps=2, batch_size=2, seqlen=16, lr=1e-3, progress=False)
+    assert report.steps == 2 and all(torch.isfinite(torch.tensor(report.losses)))
+
+
+def test_a_student_with_nothing_to_train_is_refused_before_it_changes():
+    student, teacher = _pair()
+    student.requires_grad_(False)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    windows = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        distill_(student, teacher, windows, steps=2, batch_size=2, seqlen=16, lr=1e-3, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
 
 
 def test_a_non_finite_loss_is_an_error_before_the_weights_change():

@@ -290,6 +290,9 @@ def distill_(student: nn.Module, teacher: nn.Module | None, windows: Any, config
         params = trainable_params_(student, "lora", cfg.lora_rank, {"include": ["model.layers.*"]})
     else:
         params = [p for p in student.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the student has no trainable parameter (every requires_grad is False); unfreeze it "
+                             "(model.requires_grad_(True)) or train LoRA adapters (train='lora')")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
     losses: list[float] = []
@@ -299,10 +302,9 @@ def distill_(student: nn.Module, teacher: nn.Module | None, windows: Any, config
         sched.load_state_dict(state["scheduler"])
         losses = list(state["losses"])
         spent = dict(state["spent"])
+    teacher_was_training = teacher is not None and teacher.training
     if teacher is not None:
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        teacher.eval()  # its forward runs under no_grad; its parameters' flags are the caller's and stay as they are
     device = next(student.parameters()).device
     tokens_per_step = cfg.batch_size * cfg.seqlen
     start, cpu = time.perf_counter(), time.process_time()
@@ -326,6 +328,8 @@ def distill_(student: nn.Module, teacher: nn.Module | None, windows: Any, config
     finally:
         bar.close()
         student.eval()
+        if teacher_was_training:
+            teacher.train()
         if cfg.train == "lora":
             from ..train.recovery import merge_lora_
 
