@@ -108,6 +108,7 @@ def compare(rows: list[Measured], metric: str, arm: str, baselines: Iterable[str
     seeds the arm was ahead, and that comparison's :func:`paired_verdict` (with ``margin``: the arm must beat the
     baseline by more than it; a negative margin tolerates a loss that small)."""
     settings = list(dict.fromkeys(r.setting for r in rows)) if settings is None else list(settings)
+    baselines = list(baselines)
     scale, unit, digits = (100.0, " points", 1) if percent else (1.0, "", 2)
     verdicts, parts = [], []
     for setting in settings:
@@ -126,7 +127,7 @@ def compare(rows: list[Measured], metric: str, arm: str, baselines: Iterable[str
             parts.append(f"{where}{arm} − {base} {scale * m:+.{digits}f}{spread}{unit} "
                          f"({ahead} on {sum(x > margin for x in d)}/{len(d)} seeds): {note}")
     if not verdicts:
-        raise ValueError(f"no seed has both {arm!r} and any of {list(baselines)} measured on {metric!r}; "
+        raise ValueError(f"no seed has both {arm!r} and any of {baselines} measured on {metric!r}; "
                          "nothing to compare")
     rule = "" if margin == 0 else f" (by more than {scale * margin:+.{digits}f}{unit})"
     return combine(verdicts), f"paired over seeds, held when the mean is above twice its standard error{rule}; " \
