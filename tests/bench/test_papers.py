@@ -36,6 +36,8 @@ def test_compare_combines_settings_and_says_why():
     assert "50%: new − old +3.0 ± 1.0 points (ahead on 3/3 seeds): held" in why
     assert "80%: new − old +1.0 ± 3.0 points (ahead on 2/3 seeds): within noise" in why
     assert compare(_rows(), "acc", "new", ["old"], ["50%"])[0] == "held"
+    # baselines given as a generator are read once for every setting (both settings judged: partly, not held)
+    assert compare(_rows(), "acc", "new", (b for b in ["old"]))[0] == "partly"
     assert combine(["held", "held"]) == "held" and combine(["not held", "not tested"]) == "not held"
     assert combine(["not tested"]) == "not tested"
     with pytest.raises(ValueError, match="no seed has both 'new' and any of \\['missing'\\]"):
