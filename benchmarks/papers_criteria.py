@@ -28,7 +28,9 @@ The run behind the README table (one process per seed, the shared 2-core CPU at 
         --ft-epochs 0.25 --b-steps 0.5 --sparsities 0.5 0.8 --out seedS.jsonl
 
 Writes one JSON line per seed to --out (default benchmarks/results/papers_criteria.jsonl) and prints the
-markdown tables (mean ± standard deviation over the seeds) with --table.
+markdown tables (mean ± standard deviation over the seeds) with --table. With --db FILE the rows of --out (and
+--merge) also go into the results store, beside each paper's claim and verdict (``prunekit report`` shows them in
+its papers group); ``--table --db FILE`` stores them without running.
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Subset, TensorDataset
 
+from _apps_common import budget_of, store_papers
+
 import prunekit as pk
+from prunekit.bench.papers import Measured, PaperResult, compare
 from prunekit.core.mask import get_mask, weight_of
 from prunekit.core.scope import select_targets
 from prunekit.datasets import load_fashion_mnist
@@ -309,6 +314,102 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+# The results store: the shape of every row this script writes (by "part"), and the claims it tests.
+MODEL = f"SmallCNN{WIDTHS} on Fashion-MNIST"
+SHAPES = {"dense": {"seed", "acc"}, "A": {"seed", "method", "allocation", "sparsity", "acc_no_ft"},
+          "A-additivity": {"seed", "ratio"}, "B": {"seed", "importance", "bal_no_ft", "bal_ft"},
+          "C": {"seed", "what", "acc"}, "C-bn": {"seed", "what", "acc", "acc_before_cut"},
+          "D": {"seed", "importance", "sparsity", "acc"}}
+ALLOCATIONS = ["magnitude, uniform", "magnitude, global", "magnitude, erk", "magnitude, lamp"]
+JACKPOT, MAG, MAG_FT = ("Lottery Jackpot 90% (mask search, weights frozen)", "magnitude 90%, no training",
+                        "magnitude 90% + weight fine-tuning")
+
+
+def _arm(r: dict) -> str:
+    return r["method"] if r["allocation"] == "-" else f"{r['method']}, {r['allocation']}"
+
+
+def paper_results(rows: list[dict]) -> list[PaperResult]:
+    """Every claim the rows hold a test of: part A's allocations and criteria (rd, PQ Index, global magnitude, LRP's
+    weights), B (Beta-Rank), D (LRP's filters), C (Lottery Jackpots, PDP) and C-bn (MaskSparsity, the polarizer)."""
+    out = []
+
+    def add(paper, claim, rows_, arm, baselines, metrics, test="", margin=0.0, percent=None):
+        verdict, why = compare(rows_, metrics[0], arm, baselines, margin=margin)
+        out.append(PaperResult(paper, claim, verdict, why, metrics, rows_, budget_of(part), test,
+                               percent or metrics))
+
+    part = [r for r in rows if r["part"] == "A"]
+    if part:
+        a = [Measured(_arm(r), f"{r['sparsity']:.0%}", r["seed"], {"acc_no_ft": r["acc_no_ft"]}) for r in part]
+        add("Efficient Joint Optimization of Layer-Adaptive Weight Pruning in Deep Neural Networks",
+            "per-layer sparsities from the measured output distortion and a dynamic programme (rd) beat other "
+            "layer-adaptive allocations at equal sparsity (one-shot, no fine-tuning)",
+            a, "rd", ALLOCATIONS, ("acc_no_ft",))
+        add("Pruning Deep Neural Networks from a Sparsity Perspective",
+            "allocating the sparsity by the PQ Index (pq) beats uniform and other layer-adaptive allocations at equal "
+            "sparsity (one-shot, no fine-tuning; SAP's adaptive amount is not what this tests)",
+            a, "magnitude, pq", ALLOCATIONS, ("acc_no_ft",))
+        add("Is Complexity Required for Neural Network Pruning? A Case Study on Global Magnitude Pruning",
+            "global magnitude pruning matches more complex allocations (rd, LAMP, ERK): held when it loses less than "
+            "1 point to each, by more than twice the standard error", a, "magnitude, global",
+            ["rd", "magnitude, lamp", "magnitude, erk"], ("acc_no_ft",), margin=-0.01)
+        add("Pruning by Explaining: A Novel Criterion for Deep Neural Network Pruning",
+            "LRP relevance as the pruning criterion beats magnitude and Taylor without fine-tuning when the "
+            "reference data are scarce (10 images per class)", a, "lrp, global",
+            ["magnitude, global", "taylor, global"], ("acc_no_ft",), test="weights (part A)")
+    part = [r for r in rows if r["part"] == "D"]
+    if part:
+        d = [Measured(r["importance"], f"{r['sparsity']:.0%} of channels", r["seed"], {"acc": r["acc"]}) for r in part]
+        add("Pruning by Explaining: A Novel Criterion for Deep Neural Network Pruning",
+            "the LRP filter relevance beats magnitude (L1, L2), Taylor and random filter ranks without fine-tuning "
+            "when the reference data are scarce", d, "lrp", ["l1", "l2", "taylor", "random"], ("acc",),
+            test="filters (part D)")
+    part = [r for r in rows if r["part"] == "B"]
+    if part:
+        b = [Measured(r["importance"], "50% of channels", r["seed"], {"bal_ft": r["bal_ft"], "bal_no_ft": r["bal_no_ft"]})
+             for r in part]
+        add("Beta-Rank: A Robust Convolutional Filter Pruning Method For Imbalanced Medical Image Analysis",
+            "ranking filters by Beta-Rank (their input/output statistics with their values) keeps the balanced accuracy "
+            "on imbalanced data better than value-only ranks (L1, L2), after fine-tuning", b, "beta_rank",
+            ["l1", "l2"], ("bal_ft", "bal_no_ft"))
+    part = [r for r in rows if r["part"] == "C"]
+    if part:
+        c = [Measured(r["what"], "90%", r["seed"], {"acc": r["acc"]}) for r in part]
+        add("Lottery Jackpots Exist in Pre-trained Models",
+            "searching only a mask on the trained weights (weights frozen) finds a sparse network as accurate as "
+            "magnitude pruning with weight fine-tuning at the same budget, and better than magnitude alone",
+            c, JACKPOT, [MAG, MAG_FT], ("acc",))
+        add("PDP: Parameter-free Differentiable Pruning is All You Need",
+            "PDP's soft masks while fine-tuning beat magnitude pruning + fine-tuning at equal sparsity and budget",
+            c, "PDP 90% (soft-mask fine-tuning, then hard)", [MAG_FT], ("acc",))
+    part = [r for r in rows if r["part"] in ("C-bn", "dense")]
+    if any(r["part"] == "C-bn" for r in part):
+        lam = {json.dumps(r.get("config", {}), sort_keys=True): r.get("lam", r.get("config", {}).get("lam"))
+               for r in part if r["part"] == "C-bn"}
+        bn, seen = [], set()
+        for r in part:
+            key = r.get("lam", r.get("config", {}).get("lam"))
+            if r["part"] == "dense":  # the trained model before any regularizer, once per seed and strength
+                if json.dumps(r.get("config", {}), sort_keys=True) not in lam or (key, r["seed"]) in seen:
+                    continue
+                seen.add((key, r["seed"]))
+                bn.append(Measured("trained model (no regularizer, no cut)", f"λ {key}", r["seed"], {"acc": r["acc"]}))
+            else:
+                bn.append(Measured(r["what"], f"λ {key}", r["seed"], {"acc": r["acc"],
+                                                                      "acc_before_cut": r["acc_before_cut"]}))
+        part = [r for r in part if r["part"] == "C-bn"]
+        add("Pruning-aware Sparse Regularization for Network Pruning",
+            "L1 only on the BN scales selected for pruning (MaskSparsity) leaves a better network after the channel "
+            "cut than L1 on every scale (network slimming), without fine-tuning", bn, "MaskSparsity",
+            ["L1 on every γ (slimming)"], ("acc", "acc_before_cut"))
+        add("Learning a Consensus Sub-Network with Polarization Regularization and One Pass Training",
+            "one pass of training with the polarizer gives a sub-network that needs no fine-tuning: the 50 % channel "
+            "cut loses less than 1 point against the trained model", bn, "polarizer",
+            ["trained model (no regularizer, no cut)"], ("acc", "acc_before_cut"), margin=-0.01)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -332,6 +433,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/papers_criteria.jsonl"))
     p.add_argument("--table", action="store_true", help="only print the tables of --out")
     p.add_argument("--merge", type=Path, nargs="*", default=[], help="more result files to tabulate with --out")
+    p.add_argument("--db", default=None, help="also store the rows of --out (and --merge), with each claim's verdict, "
+                                              "in this results store")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if not args.table:
@@ -341,6 +444,12 @@ def main() -> None:
     rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
     rows += [json.loads(line) for extra in args.merge for line in extra.read_text().splitlines() if line.strip()]
     print(tables(rows))
+    if args.db:
+        try:
+            n = store_papers(args.db, "papers_criteria", MODEL, [args.out, *args.merge], SHAPES, "part", paper_results)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        print(f"stored {n} rows of {args.out} in {args.db}")
 
 
 if __name__ == "__main__":

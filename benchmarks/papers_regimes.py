@@ -26,7 +26,9 @@ The README's run (one process per seed S): --seeds S --temperature lr --lrs 0.00
 (results/papers_regimes_epochs.jsonl): --temperature epochs --widths 8 16 32.
 
 Writes one JSON line per grid point to --out (default benchmarks/results/papers_regimes.jsonl); --table prints the
-grid and the verdict from --out.
+grid and the verdict from --out. With --db FILE the rows of --out (and --merge) also go into the results store,
+one tested claim per temperature axis, beside its verdict (``prunekit report`` shows them in its papers group);
+``--table --db FILE`` stores them without running.
 """
 
 from __future__ import annotations
@@ -42,11 +44,12 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from _apps_common import append_rows
+from _apps_common import append_rows, budget_of, store_papers
 
 import prunekit as pk
 from prunekit.analysis.regimes import (RegimeConfig, Transition, classify, fit_barrier_threshold, linear_cka,
                                        linear_path, prediction_accuracy, sharpness)
+from prunekit.bench.papers import Measured, PaperResult
 from prunekit.datasets import load_fashion_mnist
 from prunekit.metrics.accuracy import accuracy
 from prunekit.models import SmallCNN
@@ -163,7 +166,8 @@ def transitions(points: list[dict]) -> list[Transition]:
     return out
 
 
-def verdict(points: list[dict], cfg: RegimeConfig) -> list[str]:
+def held_out_test(points: list[dict], cfg: RegimeConfig) -> tuple[str, list[str]]:
+    """The verdict on held-out seeds (held / not held / not tested) and the sentences behind it."""
     seeds = sorted({p["seed"] for p in points})
     fit_on = [p for p in points if p["seed"] == seeds[0]]
     held = [p for p in points if p["seed"] != seeds[0]]
@@ -173,21 +177,52 @@ def verdict(points: list[dict], cfg: RegimeConfig) -> list[str]:
     acc_fit, n_fit = prediction_accuracy(tr_fit, fitted)
     out.append(f"Barrier threshold fitted on seed {seeds[0]}: {fitted.barrier_threshold:.4f} "
                f"({acc_fit:.0%} of its {n_fit} temperature steps predicted).")
-    if tr_held:
-        acc, n = prediction_accuracy(tr_held, fitted)
-        ups = sum(1 for t in tr_fit if t.gain > 0)
-        majority = 1 if ups > len(tr_fit) - ups else -1
-        base = sum(1 for t in tr_held if majority * t.gain > 0) / len(tr_held)
-        a_priori, _ = prediction_accuracy(tr_held, cfg)
-        regimes = {classify(t.barrier, t.cka, fitted) for t in tr_held}
-        if len(regimes) == 1:
-            claim = (f"**not tested**: every held-out point is in regime {regimes.pop()}, so the rule is one fixed "
-                     "guess")
-        else:
-            claim = "**held**" if acc > base else "**not held**"
-        out.append(f"Held-out seeds {seeds[1:]}: the regime rule predicts {acc:.0%} of {n} steps "
-                   f"(a priori threshold {cfg.barrier_threshold}: {a_priori:.0%}); always '{'+' if majority > 0 else '−'}' "
-                   f"(seed {seeds[0]}'s majority): {base:.0%} — claim {claim}.")
+    if not tr_held:
+        return "not tested", out + ["One seed: no held-out points to test the prediction on."]
+    acc, n = prediction_accuracy(tr_held, fitted)
+    ups = sum(1 for t in tr_fit if t.gain > 0)
+    majority = 1 if ups > len(tr_fit) - ups else -1
+    base = sum(1 for t in tr_held if majority * t.gain > 0) / len(tr_held)
+    a_priori, _ = prediction_accuracy(tr_held, cfg)
+    regimes = {classify(t.barrier, t.cka, fitted) for t in tr_held}
+    if len(regimes) == 1:
+        claim, why = "not tested", f": every held-out point is in regime {regimes.pop()}, so the rule is one fixed guess"
+    else:
+        claim, why = ("held" if acc > base else "not held"), ""
+    out.append(f"Held-out seeds {seeds[1:]}: the regime rule predicts {acc:.0%} of {n} steps "
+               f"(a priori threshold {cfg.barrier_threshold}: {a_priori:.0%}); always '{'+' if majority > 0 else '−'}' "
+               f"(seed {seeds[0]}'s majority): {base:.0%} — claim **{claim}**{why}.")
+    return claim, out
+
+
+def verdict(points: list[dict], cfg: RegimeConfig) -> list[str]:
+    return held_out_test(points, cfg)[1]
+
+
+# The results store: the shape of every row this script writes (by "kind"), and the claim it tests.
+MODEL = "SmallCNN on Fashion-MNIST"
+SHAPES = {"dense": {"seed", "acc"}, "point": {"seed", "sparsity", "acc", "barrier", "cka"}}
+PAPER = "A Three-regime Model of Network Pruning"
+CLAIM = ("the regime a pruned model's retrained solutions sit in (a loss barrier between them: regime I; none: "
+         "regime II) predicts whether raising the temperature-like hyperparameter raises its accuracy (I) or "
+         "lowers it (II); tested on held-out seeds against always predicting the first seed's majority direction")
+
+
+def paper_results(rows: list[dict]) -> list[PaperResult]:
+    """One tested claim per temperature axis in ``rows`` (the learning-rate grid, the dense-epochs grid)."""
+    out = []
+    for axis in dict.fromkeys(r.get("temperature", "epochs") for r in rows):
+        mine = [r for r in rows if r.get("temperature", "epochs") == axis]
+        name = "dense lr" if axis == "lr" else "dense epochs"
+        measured = [Measured(f"{name} {tv(r)}", "dense" if r["kind"] == "dense" else f"density {1 - r['sparsity']:.0%}",
+                             r["seed"], {"acc": r["acc"]} if r["kind"] == "dense" else
+                             {"acc": r["acc"], "barrier": r["barrier"], "cka": r["cka"]}) for r in mine]
+        cfg = mine[0].get("config", {})
+        regime_cfg = RegimeConfig(points=cfg.get("points", 7), barrier_threshold=cfg.get("barrier_threshold", 0.05),
+                                  cka_threshold=cfg.get("cka_threshold", 0.9))
+        claim, why = held_out_test([r for r in mine if r["kind"] == "point"], regime_cfg)
+        out.append(PaperResult(PAPER, CLAIM, claim, " ".join(why).replace("**", ""), ("acc", "barrier"), measured,
+                               budget_of(mine), test=f"temperature: {name}", percent=("acc",)))
     return out
 
 
@@ -246,6 +281,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/papers_regimes.jsonl"))
     p.add_argument("--table", action="store_true", help="only print the table of --out")
     p.add_argument("--merge", type=Path, nargs="*", default=[], help="more result files to tabulate with --out")
+    p.add_argument("--db", default=None, help="also store the rows of --out (and --merge), with the claim's verdict, "
+                                              "in this results store")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = RegimeConfig(points=args.points, barrier_threshold=args.barrier_threshold, cka_threshold=args.cka_threshold)
@@ -254,7 +291,14 @@ def main() -> None:
             rows = run_seed(args, seed)
             append_rows(args.out, rows, vars(args), ("out", "table", "merge"))
     rows = [json.loads(line) for path in [args.out, *args.merge] for line in path.read_text().splitlines() if line.strip()]
-    print(table(rows, cfg))
+    for axis in dict.fromkeys(r.get("temperature", "epochs") for r in rows):  # one grid per temperature axis
+        print(table([r for r in rows if r.get("temperature", "epochs") == axis], cfg))
+    if args.db:
+        try:
+            n = store_papers(args.db, "papers_regimes", MODEL, [args.out, *args.merge], SHAPES, "kind", paper_results)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        print(f"stored {n} rows of {args.out} in {args.db}")
 
 
 if __name__ == "__main__":

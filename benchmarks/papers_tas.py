@@ -19,7 +19,8 @@ difference over seeds is positive by more than twice its standard error.
     nice -n 10 python benchmarks/papers_tas.py --seeds 0 1 2 --threads 1
 
 Writes one JSON line per arm and seed to --out (default benchmarks/results/papers_tas.jsonl); --table prints the
-markdown table of --out.
+markdown table of --out. With --db FILE the rows of --out also go into the results store, beside the claim and its
+verdict (``prunekit report`` shows them in its papers group); ``--table --db FILE`` stores them without running.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from pathlib import Path
 
 import torch
 
-from _apps_common import append_rows
+from _apps_common import append_rows, budget_of, store_papers
 
+from prunekit.bench.papers import Measured, PaperResult, compare
 from prunekit.datasets import load_fashion_mnist
 from prunekit.metrics.accuracy import accuracy
 from prunekit.metrics.macs import count_macs
@@ -44,6 +46,12 @@ from prunekit.structured.tas import ChainCNN, TASConfig, chain_macs, distill_, s
 from prunekit.train import fit
 
 ARMS = ("tas", "uniform", "magnitude", "uniform+")
+# The results store: the shape of every row this script writes (by "arm"), and the claim it tests.
+MODEL = "ChainCNN on Fashion-MNIST"
+SHAPES = {arm: {"seed", "acc", "macs"} for arm in ("unpruned", *ARMS)}
+PAPER = "Network Pruning via Transformable Architecture Search"
+CLAIM = ("searching each layer's width and each stage's depth, then distilling the searched network, beats a fixed "
+         "(uniformly scaled) shape and inherited-weight channel pruning at equal MACs and equal distillation")
 
 
 def run_seed(args, seed: int) -> list[dict]:
@@ -129,6 +137,16 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def paper_results(rows: list[dict]) -> list[PaperResult]:
+    """The TAS claim as the rows tested it: TAS against each other arm at the same MACs, paired by seed."""
+    full = {r["seed"]: r["macs"] for r in rows if r["arm"] == "unpruned"}
+    measured = [Measured(r["arm"], "", r["seed"], {"acc": r["acc"], "macs_fraction": r["macs"] / full[r["seed"]]
+                                                   if r["seed"] in full else None}) for r in rows]
+    verdict, why = compare(measured, "acc", "tas", [a for a in ARMS if a != "tas"])
+    return [PaperResult(PAPER, CLAIM, verdict, why, ("acc", "macs_fraction"), measured, budget_of(rows),
+                        percent=("acc", "macs_fraction"))]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -144,6 +162,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/papers_tas.jsonl"))
     p.add_argument("--table", action="store_true", help="only print the table of --out")
+    p.add_argument("--db", default=None, help="also store the rows of --out, with the claim's verdict, in this results store")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if not args.table:
@@ -153,6 +172,12 @@ def main() -> None:
             print(f"seed {seed} done: " + ", ".join(f"{r['arm']} {r['acc']:.3f}" for r in rows), flush=True)
     rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
     print(table(rows))
+    if args.db:
+        try:
+            n = store_papers(args.db, "papers_tas", MODEL, [args.out], SHAPES, "arm", paper_results)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        print(f"stored {n} rows of {args.out} in {args.db}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ B. Swin, every Linear but the head (the patch merging's reduction included), at 
     python benchmarks/papers_vit.py --deit-sweep --time-budget 10
 
 Writes one JSON line per seed to --out (default benchmarks/results/papers_vit.jsonl), the timing to
---timing-out, and prints the markdown tables (mean ± standard deviation over the seeds) with --table.
+--timing-out, and prints the markdown tables (mean ± standard deviation over the seeds) with --table. With --db
+FILE the rows of --out also go into the results store, beside each claim's verdict (``prunekit report`` shows them
+in its papers group); ``--table --db FILE`` stores them without running.
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
+from _apps_common import budget_of, store_papers  # noqa: E402
+
 import prunekit as pk  # noqa: E402
+from prunekit.bench.papers import Measured, PaperResult, compare  # noqa: E402
 from prunekit.core.mask import get_mask  # noqa: E402
 from prunekit.criteria.dimap import module_of  # noqa: E402
 from prunekit.datasets import load_fashion_mnist  # noqa: E402
@@ -308,6 +313,68 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+# The results store: the shape of every row this script writes (by "part"), and the claims it tests.
+MODEL = "timm ViT / Swin (tiny) on Fashion-MNIST"
+SHAPES = {"train": {"seed"}, "A": {"seed", "method", "sparsity", "acc"}, "B": {"seed", "method", "sparsity", "acc"},
+          "time": {"seed", "sparsity", "layers"}}
+LPVIT = "LPViT: Low-Power Semi-structured Pruning for Vision Transformers"
+DIMAP = "Data-independent Module-aware Pruning for Hierarchical Vision Transformers"
+CLAIMS = {
+    "accuracy": "block-structured pruning with LPViT's second-order (Fisher) block score and its MAC-budget allocation "
+                "keeps a ViT's accuracy better than block magnitude pruning at equal sparsity (no fine-tuning)",
+    "speed": "block-sparse weights make the pruned layers' products faster than the dense ones "
+             "(torch BSR vs dense F.linear, process CPU time; CSR of an unstructured mask beside)",
+    "dimap": "comparing weights within per-stage modules by their share of the module's distortion prunes a Swin "
+             "with less accuracy loss than global magnitude at equal sparsity (no data, no fine-tuning)"}
+
+
+def _accuracy_rows(rows: list[dict], part: str) -> list[Measured]:
+    """A part's accuracy rows, the dense model's repeated under every sparsity (the table's columns)."""
+    sel = [r for r in rows if r["part"] == part]
+    sps = sorted({r["sparsity"] for r in sel if r["sparsity"] > 0})
+    out = []
+    for r in sel:
+        for s in sps if r["method"] == "dense" else [r["sparsity"]]:
+            out.append(Measured(r["method"], f"{s:.0%}", r["seed"], {"acc": r["acc"]}))
+    return out
+
+
+def _speed_rows(rows: list[dict]) -> list[Measured]:
+    """Each timed layer's speed-up over dense F.linear by process CPU time (the wall ratio stored beside)."""
+    out = []
+    for r in rows:
+        if r["part"] != "time":
+            continue
+        for t in r["layers"]:
+            setting = t["layer"] if "%" in t["layer"] else f"{t['layer']}, {r['sparsity']:.0%}"
+            seed = r["seed"] if r["seed"] >= 0 else None
+            for arm, key in (("dense F.linear", "dense"), ("BSR (block mask)", "BSR (block mask)"),
+                             ("CSR (unstructured mask)", "CSR (unstructured mask)")):
+                out.append(Measured(arm, setting, seed, {"cpu_speedup": t["dense"]["cpu_ms"] / t[key]["cpu_ms"],
+                                                         "wall_speedup": t[key]["speedup_vs_dense"]}))
+    return out
+
+
+def paper_results(rows: list[dict]) -> list[PaperResult]:
+    """LPViT's accuracy (part A) and speed (the timing rows), DIMAP's accuracy (part B), each where the rows hold it."""
+    out = []
+    budget = budget_of(rows)
+    if any(r["part"] == "A" for r in rows):
+        m = _accuracy_rows(rows, "A")
+        verdict, why = compare(m, "acc", "lpvit", ["block magnitude"])
+        out.append(PaperResult(LPVIT, CLAIMS["accuracy"], verdict, why, ("acc",), m, budget, "accuracy", ("acc",)))
+    if any(r["part"] == "time" for r in rows):
+        m = _speed_rows(rows)
+        verdict, why = compare(m, "cpu_speedup", "BSR (block mask)", ["dense F.linear"], percent=False)
+        test = "speed" if any(r.seed is not None for r in m) else "speed, DeiT-S layer sweep (one measurement each)"
+        out.append(PaperResult(LPVIT, CLAIMS["speed"], verdict, why, ("cpu_speedup",), m, budget, test))
+    if any(r["part"] == "B" for r in rows):
+        m = _accuracy_rows(rows, "B")
+        verdict, why = compare(m, "acc", "dimap", ["global magnitude"])
+        out.append(PaperResult(DIMAP, CLAIMS["dimap"], verdict, why, ("acc",), m, budget, "", ("acc",)))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -333,9 +400,12 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=Path("/tmp/prunekit_papers_vit"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/papers_vit.jsonl"))
     p.add_argument("--table", action="store_true", help="only print the tables of --out")
+    p.add_argument("--db", default=None, help="also store the rows of --out, with each claim's verdict, in this "
+                                              "results store")
     args = p.parse_args()
     if args.table:
         print(tables([json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]))
+        _store(args)
         return
     if args.deit_sweep:
         torch.set_num_threads(args.threads)
@@ -344,6 +414,7 @@ def main() -> None:
             f.write(json.dumps({**row, "config": {k: str(v) if isinstance(v, Path) else v
                                                   for k, v in vars(args).items()}}) + "\n")
         print(tables([row]))
+        _store(args)
         return
     if args.time_budget > 0 and args.time_sparsity not in args.sparsities:
         p.error(f"--time-sparsity {args.time_sparsity} must be one of --sparsities {args.sparsities}")
@@ -360,6 +431,16 @@ def main() -> None:
                     f.write(json.dumps({**r, "config": {k: str(v) if isinstance(v, Path) else v
                                                         for k, v in vars(args).items()}}) + "\n")
     print(tables(rows))
+    _store(args)
+
+
+def _store(args) -> None:
+    if args.db:
+        try:
+            n = store_papers(args.db, "papers_vit", MODEL, [args.out], SHAPES, "part", paper_results)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        print(f"stored {n} rows of {args.out} in {args.db}")
 
 
 if __name__ == "__main__":

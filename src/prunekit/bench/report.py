@@ -7,6 +7,8 @@ Pareto plots of quality against sparsity, MACs and latency (and against decode s
 where runs carry it: :data:`ENGINE_SPEED`), and per-layer sparsity. Runs of a task without one quality figure
 (the diffusion benchmarks' and the applications') get a table of every scalar figure they hold, averaged over
 seeds where several ran, and their PNG image grids (``figures["grids"]``: caption → base64 PNG) are embedded.
+The papers benchmarks' runs (task ``"papers"``) form one "papers" group instead: per paper, its claim, its verdict
+and its table (:mod:`prunekit.bench.papers`).
 """
 
 from __future__ import annotations
@@ -239,9 +241,15 @@ def markdown(runs: Iterable[Run], by_seed: bool = True) -> str:
     """Markdown tables, one per comparable group, each with its protocol below it. With ``by_seed``
     (the default), groups whose runs differ only by seed are shown once, averaged over the seeds;
     ``by_seed=False`` gives one table per seed-specific protocol, a row per run."""
+    from .papers import TASK as PAPERS, markdown_section
+
     runs = list(runs)
+    papers = markdown_section(runs)
+    runs = [r for r in runs if r.task != PAPERS]
     note = mixed_counters_note(runs)
     out = [f"> warning: {note}\n"] if note else []
+    if papers:
+        out.append("## papers\n\n" + papers)
     if by_seed:
         for group in seed_groups(runs):
             seeds = {r.config.get("seed") for r in group} - {None}  # (a run measured once, with no seed)
@@ -403,14 +411,22 @@ def is_prunekit_report(path: str | Path) -> bool:
 
 def html_report(runs: Iterable[Run], title: str = "prunekit report") -> str:
     """One self-contained HTML page: per-group tables, protocol cards and embedded plots."""
+    from .papers import TASK as PAPERS, html_section
+
     runs = list(runs)
+    papers = html_section(runs)
+    n_papers = sum(r.task == PAPERS for r in runs)
+    runs = [r for r in runs if r.task != PAPERS]
     groups = group_runs(runs)
     from .. import __version__
 
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'>{REPORT_MARK}{html.escape(__version__)}'>"
              f"<title>{html.escape(title)}</title>"
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<p>{len(runs)} runs in {len(groups)} comparable group(s).</p>"]
+             f"<p>{len(runs)} runs in {len(groups)} comparable group(s)"
+             + (f"; {n_papers} rows of the papers' benchmarks in the papers group" if n_papers else "") + ".</p>"]
+    if papers:
+        parts.append(papers)
     seeded = [g for g in seed_groups(runs) if len({r.config.get("seed") for r in g} - {None}) > 1]
     for i, group in enumerate(seeded):
         cols, rows = seed_table(group)
