@@ -153,6 +153,7 @@ def test_vocab_of_a_missing_text_is_refused_before_writing(tiny_folder, tmp_path
     (("--speed-engine", "llama.cpp"), "--speed-engine applies to --target speed=, and the target is params=0.6"),
     (("--target", "speed=1.5", "--speed-quant", "f16"), "--speed-quant is the GGUF type timed in llama.cpp"),
     (("--target", "speed=1.5", "--speed-engine", "llama.cpp", "--speed-quant", "q9"), "q9"),
+    (("--width-multiple", "0"), "the width multiple must be a positive integer"),
 ])
 def test_speed_in_llama_cpp_refuses_bad_input_before_loading(tiny_folder, tmp_path, capsys, monkeypatch, extra,
                                                                message):

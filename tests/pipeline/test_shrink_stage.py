@@ -90,6 +90,7 @@ def test_a_family_the_shrink_cannot_follow_is_refused_before_any_change(tmp_path
     ([{"stage": "shrink", "search": "per-layer", "axes": ["hidden"]}], "per-layer search cuts heads, neurons, depth"),
     ([{"stage": "shrink", "speed_engine": "llama.cpp"}], "target params=0.6 counts parameters"),
     ([{"stage": "shrink", "target": "speed=1.5", "speed_quant": "f16"}], "set speed_engine llama.cpp"),
+    ([{"stage": "shrink", "width_multiple": -256}], "width multiple must be a positive integer"),
 ])
 def test_a_stage_list_that_cannot_run_is_refused_before_loading(stages, match):
     parsed = [parse_stage(s) for s in stages]
