@@ -121,7 +121,7 @@ def test_without_llama_cpp_or_with_a_bad_baseline_the_stage_is_refused_before_lo
 @pytest.mark.slow
 @pytest.mark.skipif(not BUILT, reason="llama.cpp is not built: run 'make llama-cpp'")
 def test_a_recipe_measures_a_tiny_model_in_llama_cpp_for_real(tiny, tmp_path):
-    recipe = _recipe(tiny, tmp_path, f"rounds: 2, prompt_tokens: 8, gen_tokens: 4, text: {tiny / 'texts'}, ctx: 16, "
+    recipe = _recipe(tiny, tmp_path, f"rounds: 2, prompt_tokens: 8, gen_tokens: 4, text: {tiny / 'texts'}, ctx: 32, "
                                      "chunks: 2")
     (run,) = pk.bench.run(recipe, db=str(tmp_path / "r.db"), progress=False, say=lambda t: None)
     assert run.status == "ok", run.error

@@ -55,6 +55,19 @@ def run_simple(path: str | Path, prompt: str = "The", n_predict: int = 4, timeou
     return proc.stdout
 
 
+# llama-quantize's K-quant types (its own names; "Q4_K" is its alias of Q4_K_M): what the gguf package cannot write
+K_QUANT_TYPES = ("Q2_K", "Q2_K_S", "Q3_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K", "Q4_K_S", "Q4_K_M", "Q5_K", "Q5_K_S",
+                 "Q5_K_M", "Q6_K")
+
+
+def k_quant_type(name: str) -> str:
+    """``name`` as llama-quantize spells the K-quant (``q4_k_m`` → ``Q4_K_M``); one clear error for another name."""
+    key = str(name).strip().upper()
+    if key not in K_QUANT_TYPES:
+        raise ValueError(f"unknown K-quant {name!r}; llama-quantize's are {', '.join(K_QUANT_TYPES)}")
+    return key
+
+
 @dataclass
 class Quantized:
     """What ``llama-quantize`` did: the file written, its type, and the tensors it wrote in another type than asked

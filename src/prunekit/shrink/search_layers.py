@@ -27,7 +27,7 @@ from .budget import Target, non_embedding_params, parse_target
 from .latency import LatencyTable, check_engine, measure_table
 from .layout import width_layout
 from .optimize import OPTIMIZERS, total
-from .search import DEFAULT_WIDTH_MULTIPLE, check_width_multiple
+from .search import DEFAULT_WIDTH_MULTIPLE, resolve_width_multiple
 from .perlayer import (
     DROP, Choices, LayerShapes, LayerTable, apply_layer_shapes_, block_choices, check_per_layer_axes, ffn_options,
     kv_options, layer_shapes_of, param_cost, plan_layers, rank_units, score_options,
@@ -150,7 +150,7 @@ class LayerBudget:
 def check_layers(model: nn.Module, target: str | Target, axes: Iterable[str] = DEFAULT_PER_LAYER_AXES, *,
                  optimizer: str = "milp", reference: int | None = None, latency: LatencyTable | None = None,
                  threads: int | None = 1, speed_engine: str = "transformers",
-                 speed_quant: str | None = None, width_multiple: int = DEFAULT_WIDTH_MULTIPLE) -> LayerBudget:
+                 speed_quant: str | None = None, width_multiple: int | None = None) -> LayerBudget:
     """Every check of :func:`shrink_layers_` but the calibration's, the latency table measured for ``speed=`` (when
     not given; in ``speed_engine``, at GGUF type ``speed_quant`` for llama.cpp), and the budget; one ValueError
     naming what the search can reach when it is out of reach. Changes nothing."""
@@ -162,7 +162,7 @@ def check_layers(model: nn.Module, target: str | Target, axes: Iterable[str] = D
         if latency is None:
             check_engine(speed_engine, speed_quant)  # llama.cpp built, the type known: before any probe is built
     chosen = check_per_layer_axes(axes)
-    check_width_multiple(width_multiple)
+    width_multiple = resolve_width_multiple(width_multiple, [speed_quant])
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     if reference is not None and (isinstance(reference, bool) or not isinstance(reference, int) or reference < 1):
@@ -195,15 +195,15 @@ def shrink_layers_(model: nn.Module, target: str | Target, calibration: Any,
                    axes: Iterable[str] = DEFAULT_PER_LAYER_AXES, *, optimizer: str = "milp",
                    reference: int | None = None, latency: LatencyTable | None = None, threads: int | None = 1,
                    score_on: Any = None, progress: bool = False, speed_engine: str = "transformers",
-                   speed_quant: str | None = None, width_multiple: int = DEFAULT_WIDTH_MULTIPLE) -> LayerShrinkReport:
+                   speed_quant: str | None = None, width_multiple: int | None = None) -> LayerShrinkReport:
     """Cut ``model`` in place to per-block shapes under ``target`` (see the module docstring) along ``axes``
     (``heads``: key/value groups, ``neurons``: MLP width, ``depth``: whole blocks may go), chosen by
     ``optimizer`` (``milp``: exact; ``greedy``). ``latency``: a table measured before (else measured here, with
     ``threads``, for ``speed=``, in ``speed_engine``: ``transformers`` or ``llama.cpp``, whose GGUF type is
     ``speed_quant``, q8_0 by default). ``score_on``: the windows options are scored on (default ``calibration``, which
-    always ranks the units). ``width_multiple``: MLP widths (and ``o_proj`` rows) offered are multiples of it (32, the
-    default, as :func:`~.search.round_width` rounds; 256, strict, for llama.cpp's K-quants). Returns a
-    :class:`LayerShrinkReport`."""
+    always ranks the units). ``width_multiple``: MLP widths (and ``o_proj`` rows) offered are multiples of it (32 as
+    :func:`~.search.round_width` rounds; 256, strict, for llama.cpp's K-quants; None: 256 when ``speed_quant`` is a
+    K-quant, else 32). Returns a :class:`LayerShrinkReport`."""
     start = time.perf_counter()
     check_calibration(model, calibration)
     if score_on is not None:
@@ -212,6 +212,7 @@ def shrink_layers_(model: nn.Module, target: str | Target, calibration: Any,
                      speed_engine=speed_engine, speed_quant=speed_quant, width_multiple=width_multiple)
     t, chosen, latency, budget, allowance, cost, drop_cost = (b.target, b.axes, b.latency, b.budget, b.allowance,
                                                               b.cost, b.drop_cost)
+    width_multiple = b.width_multiple
     shapes = layer_shapes_of(model)
     notes: list[str] = []
     if "heads" in chosen and max(shapes.kv_heads) == 1:
