@@ -123,7 +123,8 @@ def test_llama_bench_measures_two_tiny_ggufs_interleaved(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text(TEXT * 40)
     ppl = llama_perplexity(files["narrow"], text, ctx=32, chunks=2)
-    assert ppl.perplexity > 1 and ppl.stderr >= 0
+    # ± is NaN when llama.cpp lost its last lines and the running estimate stood in (a tiny model's run, always)
+    assert ppl.perplexity > 1 and (ppl.stderr >= 0 or ppl.stderr != ppl.stderr)
 
 
 def test_a_lost_last_chunk_is_read_from_a_run_one_chunk_longer(tmp_path, monkeypatch):
