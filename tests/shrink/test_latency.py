@@ -177,3 +177,15 @@ def test_a_k_quant_needs_llama_quantize_and_a_known_name_and_makes_the_width_mul
         check_layers(model, "speed=1.5", speed_engine="llama.cpp", speed_quant="q4_k_m", latency=table)
     assert check_layers(model, "speed=1.0", speed_engine="llama.cpp", speed_quant="q4_k_m",
                         latency=table).width_multiple == 256
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("prunekit.export.llama_cpp", fromlist=["x"]).llama_cpp_tool("llama-quantize") is None,
+                    reason="llama.cpp's llama-quantize is not built: run 'make llama-cpp'")
+def test_the_table_timed_in_llama_cpp_at_a_k_quant_on_a_tiny_model():
+    # 64 wide: no row fills a 256-wide super-block, so llama-quantize writes every 2-D tensor in a fallback type
+    model = tiny_model("llama", layers=2, vocab_size=320)
+    table = measure_table(model, [2], [128, 64], tokens=4, repeats=2, probe_layers=2, engine="llama.cpp",
+                          quant="q4_K_M")
+    assert table.quant == "Q4_K_M" and set(table.mlp) == {128, 64} and table.mlp[64] <= 0.0 and table.dense_s > 0
+    assert "fallback type" in table.notes[1] and "15 tensor(s) of the dense model" in table.notes[1]
