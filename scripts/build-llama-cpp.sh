@@ -14,9 +14,11 @@ VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 CACHE="${PRUNEKIT_LLAMA_CPP:-${XDG_CACHE_HOME:-$HOME/.cache}/prunekit/llama.cpp}"
 JOBS="${JOBS:-1}"
 PIP="${PIP:-python3 -m pip}"
-TOOLS="llama-perplexity llama-simple llama-completion llama-tokenize llama-bench"
+TOOLS="llama-perplexity llama-simple llama-completion llama-tokenize llama-bench llama-quantize"
 
-if [ -x "$CACHE/bin/llama-perplexity" ] && [ -x "$CACHE/bin/llama-simple" ]; then
+BUILT=yes
+for tool in $TOOLS; do [ -x "$CACHE/bin/$tool" ] || BUILT=; done
+if [ -n "$BUILT" ]; then
   echo "llama.cpp: already built in $CACHE/bin"
   exit 0
 fi

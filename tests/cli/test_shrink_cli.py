@@ -251,6 +251,7 @@ def test_vocab_of_a_missing_text_is_refused_before_writing(tiny_folder, tmp_path
     (("--speed-engine", "llama.cpp"), "--speed-engine applies to --target speed=, and the target is params=0.6"),
     (("--target", "speed=1.5", "--speed-quant", "f16"), "--speed-quant is the GGUF type timed in llama.cpp"),
     (("--target", "speed=1.5", "--speed-engine", "llama.cpp", "--speed-quant", "q9"), "q9"),
+    (("--width-multiple", "0"), "the width multiple must be a positive integer"),
 ])
 def test_speed_in_llama_cpp_refuses_bad_input_before_loading(tiny_folder, tmp_path, capsys, monkeypatch, extra,
                                                                message):
@@ -264,4 +265,19 @@ def test_speed_in_llama_cpp_refuses_bad_input_before_loading(tiny_folder, tmp_pa
     assert main(_args(tiny_folder, out, "--quiet", *extra)) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("prunekit shrink:")]
     assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_a_k_quant_speed_quant_refuses_a_width_multiple_that_leaves_rows_unfilled(tiny_folder, tmp_path, capsys,
+                                                                                  monkeypatch):
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr("prunekit.models.hf.load_model", no_loading)
+    monkeypatch.setattr("prunekit.export.llama_cpp.llama_cpp_tool", lambda name: "/bin/true")
+    out = tmp_path / "never"
+    assert main(_args(tiny_folder, out, "--quiet", "--target", "speed=1.5", "--speed-engine", "llama.cpp",
+                      "--speed-quant", "q4_K_M", "--width-multiple", "32")) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("prunekit shrink:")]
+    assert len(err) == 1 and "--width-multiple 32 leaves rows that q4_K_M's 256-wide super-blocks" in err[0], err
     assert not out.exists()

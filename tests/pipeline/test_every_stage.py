@@ -38,6 +38,7 @@ EXAMPLES = {
     "export": {"to": "safetensors", "dtype": "bfloat16"},  # every exporter: test_every_exporter_...
     "tokens": {"method": "fastv", "keep": 0.5, "layer": 1},  # the tiny Llama has 2 blocks: layer 1 is the only one
     "shrink": {"target": "params=0.6", "candidates": 2, "distill": {"steps": 2, "batch_size": 2, "seqlen": 16}},
+    "engine": {"rounds": 2, "threads": 1, "prompt_tokens": 8, "gen_tokens": 4, "text": None},  # after a GGUF export
 }
 
 
@@ -93,14 +94,22 @@ def _workspace(kind, folder):
 
 
 @pytest.mark.parametrize("kind", sorted(EXAMPLES))
-def test_a_stage_runs_on_a_tiny_model_and_its_config_round_trips(kind, folder, tmp_path):
+def test_a_stage_runs_on_a_tiny_model_and_its_config_round_trips(kind, folder, tmp_path, monkeypatch):
     fields = _fields(kind, folder, tmp_path)
     parsed = parse_stage({"stage": kind, **fields})
     again = parse_stage(yaml.safe_load(yaml.safe_dump(stage_dict(*parsed))))
     assert again == parsed and type(parsed[1]).from_yaml(parsed[1].to_yaml()) == parsed[1]
     ws = _workspace(kind, folder)
     params = None if ws.model is None else sum(p.numel() for p in ws.model.parameters())
-    run_stages([parsed], ws)
+    before = []
+    if kind == "engine":  # it measures a GGUF export in llama.cpp: here llama-bench's figures are made up
+        from prunekit.metrics.engine_speed import BenchRun
+
+        monkeypatch.setattr("prunekit.export.llama_cpp.llama_cpp_tool", lambda name: "/bin/true")
+        monkeypatch.setattr("prunekit.metrics.engine_speed.run_llama_bench",
+                            lambda path, **kw: BenchRun({"prefill": 400.0, "decode": 40.0}, 1.0, 1.0, 1))
+        before = [parse_stage({"stage": "export", "to": "gguf", "quant": "f16", "out": str(tmp_path / "m.gguf")})]
+    run_stages([*before, parsed], ws)
     record = ws.records[-1]
     assert record["stage"] == kind
     if kind == "load":
@@ -154,6 +163,9 @@ def test_a_stage_runs_on_a_tiny_model_and_its_config_round_trips(kind, folder, t
         w = back.model.layers[0].mlp.up_proj.weight
         assert w.dtype == torch.bfloat16 and float((w == 0).float().mean()) == 0.5
         assert record["to"] == "safetensors" and record["bytes"] > 0 and record["dtype"] == "bfloat16"
+    elif kind == "engine":
+        assert record["figures"]["llama_cpp_decode_tokens_per_s"] == pytest.approx(40.0)
+        assert record["file"] == str(tmp_path / "m.gguf") and ws.meta["engine"]["figures"]["llama_cpp_quant"] == "f16"
 
 
 def _cli_config(kind, fields, folder, tmp_path):

@@ -102,6 +102,7 @@ def test_a_family_the_shrink_cannot_follow_is_refused_before_any_change(tmp_path
     ([{"stage": "shrink", "schedule": "adapt"}], "there is no distill block"),
     ([{"stage": "shrink", "schedule": "adapt", "rounds": 3, "distill": {"steps": 2}}],
      "there is distill.steps 2: give a distill block with at least 3 steps"),
+    ([{"stage": "shrink", "width_multiple": -256}], "width multiple must be a positive integer"),
 ])
 def test_a_stage_list_that_cannot_run_is_refused_before_loading(stages, match):
     parsed = [parse_stage(s) for s in stages]
@@ -158,3 +159,15 @@ def test_the_distillation_seed_is_the_runs_unless_set():
     assert cfg.distill.seed is None and _distill_config(Workspace(seed=7), cfg).seed == 7
     cfg = parse_stage({"stage": "shrink", "distill": {"steps": 3, "seed": 2}})[1]
     assert _distill_config(Workspace(seed=7), cfg).seed == 2
+
+
+def test_the_width_multiple_follows_a_k_quant_speed_quant_unless_set():
+    from prunekit.pipeline.shrink import width_multiple
+
+    def cfg(**fields):
+        return parse_stage({"stage": "shrink", "target": "speed=1.5", "speed_engine": "llama.cpp", **fields})[1]
+
+    assert width_multiple(cfg()) == 32 and width_multiple(cfg(speed_quant="q4_K_M")) == 256
+    assert width_multiple(cfg(speed_quant="q6_k", width_multiple=512)) == 512
+    with pytest.raises(ValueError, match="shrink's width_multiple 64 leaves rows"):
+        width_multiple(cfg(speed_quant="q6_k", width_multiple=64))

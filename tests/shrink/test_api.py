@@ -119,3 +119,72 @@ def test_unsupported_family_is_refused_before_any_change():
     with pytest.raises(ValueError, match="supports the Hugging Face decoders"):
         shrink_(model, "params=0.6", _calib())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _k_quant_model():
+    # every width a multiple of 256 with room for one cut on each axis: hidden 512, 8 heads × 64 in 4 groups, MLP 1024
+    return tiny_model("llama", hidden=512, layers=2, intermediate_size=1024, num_attention_heads=8,
+                      num_key_value_heads=4, head_dim=64)
+
+
+def _rows(model):
+    """Every row length llama.cpp's blocks must divide: each Linear's input width and the embedding's."""
+    rows = {n: m.in_features for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    return {**rows, "embed": model.get_input_embeddings().weight.shape[1]}
+
+
+def test_a_k_quant_shrink_keeps_every_row_a_multiple_of_256_and_reaches_the_target_within_a_step():
+    model = _k_quant_model()
+    counter, dense = Counter.of(model), shape_of(model)
+    report = shrink_(model, "params=0.6", _calib(), width_multiple=256, candidates=2)
+    assert all(n % 256 == 0 for n in _rows(model).values()), _rows(model)
+    assert report.width_multiple == 256 and report.to_dict()["width_multiple"] == 256 and not report.notes
+    # within the grid's step: no shape on the multiple-of-256 grid lies between the result and the budget
+    target = parse_target("params=0.6")
+    budget = int(0.6 * counter.non_embedding(dense))
+    best = max(counter.measure(s, target) for s in grid(dense, ("heads", "neurons", "hidden", "depth"),
+                                                          model.config, 256) if counter.measure(s, target) <= budget)
+    assert report.non_embedding_after == best <= budget
+    # the 32-multiple grid of the same model gets closer (its steps are finer): the multiple is what cost it
+    fine = shrink_(_k_quant_model(), "params=0.6", _calib(), candidates=1)
+    assert report.non_embedding_kept < fine.non_embedding_kept <= 0.6
+
+
+def test_a_strict_multiple_the_model_cannot_meet_is_said_in_the_report():
+    model = tiny_model("llama", layers=2)  # hidden 64: no width of the strict grid is a multiple of 256
+    with pytest.raises(ValueError, match="cannot be reached .* keeps 100.0%"):
+        shrink_(model, "params=0.6", _calib(), ("neurons", "hidden"), width_multiple=256)
+    with pytest.raises(ValueError, match="width multiple must be a positive integer"):
+        shrink_(model, "params=0.6", _calib(), width_multiple=0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("prunekit.export.llama_cpp", fromlist=["x"]).llama_cpp_tool("llama-quantize") is None,
+                    reason="llama.cpp's llama-quantize is not built: run 'make llama-cpp'")
+def test_llama_quantize_keeps_every_tensor_of_a_256_multiple_shrink_in_k_quants(tmp_path):
+    import gguf
+
+    from prunekit.export import export
+    from prunekit.export.llama_cpp import quantize_gguf
+    from prunekit.models.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer(bos_token="<eos>")
+    k_types = {"Q4_K", "Q5_K", "Q6_K"}  # what q4_K_M mixes; a fallback would be Q5_0, Q5_1, Q8_0 or F16
+
+    def quantized(model, name):
+        export(model, tok, tmp_path / f"{name}-f16.gguf", to="gguf", quant="f16")
+        q = quantize_gguf(tmp_path / f"{name}-f16.gguf", tmp_path / f"{name}-q4_k_m.gguf", "Q4_K_M")
+        types = {t.name: gguf.GGMLQuantizationType(int(t.tensor_type)).name
+                 for t in gguf.GGUFReader(str(tmp_path / f"{name}-q4_k_m.gguf")).tensors if len(t.shape) > 1}
+        return q, types
+
+    model = tiny_model("llama", vocab_size=len(tok), hidden=512, layers=2, intermediate_size=1024,
+                       num_attention_heads=8, num_key_value_heads=4, head_dim=64, bos_token_id=0, eos_token_id=0)
+    shrink_(model, "params=0.6", _calib(), width_multiple=256, candidates=1)
+    q, types = quantized(model, "shrunk")
+    assert q.fallbacks == [] and set(types.values()) <= k_types and len(types) == (1 if model.config.tie_word_embeddings else 2) + 7 * model.config.num_hidden_layers
+    # the check can fail: an MLP of 1152 (no multiple of 256) leaves ffn_down's rows unfilled, and it falls back
+    odd = tiny_model("llama", vocab_size=len(tok), hidden=512, layers=1, intermediate_size=1152,
+                     num_attention_heads=8, num_key_value_heads=4, head_dim=64, bos_token_id=0, eos_token_id=0)
+    q, types = quantized(odd, "odd")
+    assert types["blk.0.ffn_down.weight"] not in k_types and len(q.fallbacks) == 1 and "1152" in q.fallbacks[0]

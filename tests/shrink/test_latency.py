@@ -130,3 +130,62 @@ def test_the_table_timed_in_llama_cpp_on_a_tiny_model():
     assert table.mlp[64] <= table.mlp[96] <= 0.0 and table.attention[1] <= 0.0  # monotone, cuts never slower
     assert table.engine == "llama.cpp" and table.quant == "q8_0"
     assert set(glob.glob(f"{tempfile.gettempdir()}/prunekit-latency-*")) == before  # nothing left behind
+
+
+def test_a_k_quant_table_writes_f16_and_converts_each_file_with_llama_quantize(monkeypatch):
+    import shutil
+
+    from prunekit.export.llama_cpp import Quantized
+
+    seen, quantized = {}, []
+    _fake_llama_bench(monkeypatch, seen)
+
+    def fake_quantize(src, dst, type_, threads=1):  # llama-quantize stubbed: the f16 file copied, two fallbacks said
+        quantized.append((src.name, dst.name, type_))
+        shutil.copyfile(src, dst)
+        return Quantized(str(dst), type_, ["a", "b"], 0.0)
+
+    monkeypatch.setattr("prunekit.export.llama_cpp.quantize_gguf", fake_quantize)
+    model = tiny_model("llama", layers=3, vocab_size=320)
+    table = measure_table(model, [2, 1], [128, 64], tokens=3, repeats=2, probe_layers=4, engine="llama.cpp",
+                          quant="q4_k_m")
+    assert sorted(quantized) == sorted((f"{n}-f16.gguf", f"{n}.gguf", "Q4_K_M") for n in seen)
+    assert (table.quant, len(seen)) == ("Q4_K_M", 5) and "GGUF Q4_K_M" in table.notes[0]
+    assert "2 tensor(s) of the dense model" in table.notes[1] and "(10 in all)" in table.notes[1]
+
+
+def test_a_k_quant_needs_llama_quantize_and_a_known_name_and_makes_the_width_multiple_256(monkeypatch):
+    from prunekit.shrink.latency import check_engine
+    from prunekit.shrink.search_layers import check_layers
+
+    monkeypatch.setattr("prunekit.export.llama_cpp.llama_cpp_tool", lambda name: None if name == "llama-quantize"
+                        else "/bin/true")
+    with pytest.raises(FileNotFoundError, match="Q4_K_M needs llama.cpp's llama-quantize .* run 'make llama-cpp'"):
+        check_engine("llama.cpp", "q4_K_M")
+    monkeypatch.setattr("prunekit.export.llama_cpp.llama_cpp_tool", lambda name: "/bin/true")
+    assert check_engine("llama.cpp", "q6_k") == "Q6_K" and check_engine("llama.cpp", "q8_0") == "q8_0"
+    with pytest.raises(ValueError, match="unknown K-quant 'q4_k_x'"):
+        check_engine("llama.cpp", "q4_k_x")
+    model = tiny_model("llama", layers=2, vocab_size=320)
+    with pytest.raises(ValueError, match="width_multiple 32 leaves rows that Q4_K_M's 256-wide super-blocks"):
+        check_layers(model, "speed=1.5", speed_engine="llama.cpp", speed_quant="Q4_K_M", width_multiple=32)
+    # a given table: nothing timed; the default multiple follows the K-quant (this 64-wide model offers no cut)
+    from prunekit.shrink.latency import LatencyTable
+
+    table = LatencyTable(0.01, {2: 0.0}, {128: 0.0}, 1e-3, 2, 128, 1, 4, 2, 2, engine="llama.cpp", quant="Q4_K_M")
+    with pytest.raises(ValueError, match="cannot be reached"):
+        check_layers(model, "speed=1.5", speed_engine="llama.cpp", speed_quant="q4_k_m", latency=table)
+    assert check_layers(model, "speed=1.0", speed_engine="llama.cpp", speed_quant="q4_k_m",
+                        latency=table).width_multiple == 256
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("prunekit.export.llama_cpp", fromlist=["x"]).llama_cpp_tool("llama-quantize") is None,
+                    reason="llama.cpp's llama-quantize is not built: run 'make llama-cpp'")
+def test_the_table_timed_in_llama_cpp_at_a_k_quant_on_a_tiny_model():
+    # 64 wide: no row fills a 256-wide super-block, so llama-quantize writes every 2-D tensor in a fallback type
+    model = tiny_model("llama", layers=2, vocab_size=320)
+    table = measure_table(model, [2], [128, 64], tokens=4, repeats=2, probe_layers=2, engine="llama.cpp",
+                          quant="q4_K_M")
+    assert table.quant == "Q4_K_M" and set(table.mlp) == {128, 64} and table.mlp[64] <= 0.0 and table.dense_s > 0
+    assert "fallback type" in table.notes[1] and "15 tensor(s) of the dense model" in table.notes[1]

@@ -149,3 +149,27 @@ def test_a_plan_keeps_at_least_one_block_even_when_removing_every_block_looks_fr
     shapes = plan_layers(model, choices, -110, optimizer)
     kept = [i for i in range(2) if (shapes.kv_heads[i], shapes.ffn[i]) != DROP]
     assert len(kept) == 1 and shapes.ffn[kept[0]] == now.ffn[0] // 2  # one block dropped, the other halved: -130
+
+
+def test_a_k_quant_per_layer_cut_keeps_mlp_and_o_proj_rows_multiples_of_256():
+    # hidden 512, 8 heads × 64 in 4 groups (o_proj reads 128 per group), MLP 1024: 1 or 3 groups would leave
+    # o_proj rows of 128 or 384, which no 256-wide super-block fills
+    model = tiny_model("llama", hidden=512, layers=2, intermediate_size=1024, num_attention_heads=8,
+                       num_key_value_heads=4, head_dim=64)
+    dense = non_embedding_params(model)
+    report = shrink_layers_(model, "params=0.6", _calib(), width_multiple=256)
+    for b in model.model.layers:
+        assert b.mlp.down_proj.in_features % 256 == 0 and b.self_attn.o_proj.in_features % 256 == 0
+    assert report.to_dict()["width_multiple"] == 256 and not report.notes
+    # within one option's step of the budget: the smallest cut the grid offers is 256 neurons of one block
+    step = 3 * 512 * 256
+    assert math.floor(0.6 * dense) - step < non_embedding_params(model) <= math.floor(0.6 * dense)
+
+
+def test_a_per_layer_cut_whose_hidden_is_no_multiple_says_so():
+    model = tiny_model("llama", hidden=320, layers=2, intermediate_size=1024, num_attention_heads=5,
+                       num_key_value_heads=5, head_dim=64)
+    report = shrink_layers_(model, "params=0.8", _calib(), ("neurons",), width_multiple=256)
+    assert all(b.mlp.down_proj.in_features % 256 == 0 for b in model.model.layers)
+    assert any(n.startswith("hidden 320 is not a multiple of 256") for n in report.notes)
+    assert any("o_proj" in n for n in report.notes)  # 5 heads × 64 = 320 too

@@ -62,6 +62,8 @@ def execute(ctx: Any, spec: RunSpec, key: str) -> Run:
             wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         figures = ctx.measure(model, spec.seed, spec.measures, baseline=not spec.stages)
         figures.update(prune_seconds=wall, prune_cpu_seconds=cpu, stages=stages)
+        for record in stages:  # figures a stage measured itself (the engine stage's llama_cpp_*)
+            figures.update(record.get("figures") or {})
         if "memory" in spec.measures:
             figures["memory_added_bytes"] = mem.added_bytes
         status, error = "ok", None

@@ -66,6 +66,10 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
                         "llama-bench; 'make llama-cpp' builds it)")
     p.add_argument("--speed-quant", default=None, metavar="TYPE",
                    help="--speed-engine llama.cpp: the GGUF type timed (default q8_0; f16, q4_0 …)")
+    p.add_argument("--width-multiple", type=int, default=None, metavar="N",
+                   help="cut widths (MLP, residual, heads × head_dim) are multiples of N: 32 (default; llama.cpp's "
+                        "q8_0/q4_0 blocks) or 256 (its K-quants' super-blocks; the default when --speed-quant names a "
+                        "K-quant such as q4_K_M)")
     p.add_argument("--optimizer", choices=["milp", "greedy"], default="milp",
                    help="per-layer search: exact MILP (default) or greedy")
     p.add_argument("--score-windows", type=int, default=4,
@@ -155,6 +159,9 @@ def _check_args(args: argparse.Namespace) -> None:
         from ..shrink.latency import check_engine
 
         check_engine("llama.cpp", args.speed_quant)  # built, and the type known: before anything loads
+    from ..shrink.search import resolve_width_multiple
+
+    args.width_multiple_ = resolve_width_multiple(args.width_multiple, [args.speed_quant], "--width-multiple")
     axes = [a.strip() for a in args.axes.split(",") if a.strip()] if args.axes is not None else None
     if args.search == "per-layer":
         args.axes_ = check_per_layer_axes(axes if axes is not None else DEFAULT_PER_LAYER_AXES)
@@ -228,7 +235,8 @@ def _shrink_fields(args: argparse.Namespace, distill: dict[str, Any] | None = No
     return ShrinkConfig.parse(target=str(args.target_), search=args.search, axes=list(args.axes_),
                               importance=args.importance, candidates=args.candidates, optimizer=args.optimizer,
                               score_windows=args.score_windows, speed_engine=args.speed_engine,
-                              speed_quant=args.speed_quant, distill=distill, schedule=args.schedule,
+                              speed_quant=args.speed_quant, width_multiple=args.width_multiple, distill=distill,
+                              schedule=args.schedule,
                               rounds=args.rounds, where="prunekit shrink")
 
 
@@ -271,7 +279,9 @@ def _run_identity(args: argparse.Namespace) -> dict[str, Any]:
             "optimizer": args.optimizer, "score_windows": args.score_windows,
             "importance": args.importance, "candidates": args.candidates, "calib": args.calib,
             "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed,
-            "kd": args.kd.to_dict(), "kd_text": args.kd_text or args.calib, "vocab": args.vocab}
+            "kd": args.kd.to_dict(), "kd_text": args.kd_text or args.calib, "vocab": args.vocab,
+            # (only when not the default, so a checkpoint written before the option existed still resumes)
+            **({"width_multiple": args.width_multiple_} if args.width_multiple_ != 32 else {})}
 
 
 def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Any], str]:
@@ -308,7 +318,8 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
     meta: dict[str, Any] = {"prunekit_version": __version__, "command": "shrink", "model": str(args.model),
                             "run": run_id, "schedule": args.schedule}
     if args.search == "uniform":
-        _, _, _, _, found = plan_shrink(lm.model, args.target_, calib, args.axes_, args.importance)  # every check
+        _, _, _, _, found = plan_shrink(lm.model, args.target_, calib, args.axes_, args.importance,  # every check
+                                        width_multiple=args.width_multiple_)
         meta["candidates_in_band"] = len(found.shapes)
     else:  # every check, and for speed= the latency table, before the dense model is measured
         check_calibration(lm.model, calib)
@@ -317,7 +328,8 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
                 "in llama.cpp (GGUF files, llama-bench, 1 thread) ..." if args.speed_engine == "llama.cpp" else
                 "(1 thread, CPU time) ..."))
         layer_budget = check_layers(lm.model, args.target_, args.axes_, optimizer=args.optimizer,
-                                    speed_engine=args.speed_engine, speed_quant=args.speed_quant)
+                                    speed_engine=args.speed_engine, speed_quant=args.speed_quant,
+                                    width_multiple=args.width_multiple_)
     dense = lm.model  # the unpruned model: the teacher, and the dense side of the paired timing
     teaches = args.kd_steps and args.kd.needs_teacher
     if args.resume:
@@ -350,11 +362,11 @@ def _shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, 
             say(args, f"shrinking to {args.target_} along {', '.join(args.axes_)} ...")
             if args.search == "uniform":
                 report = shrink_(student, args.target_, calib, args.axes_, importance=args.importance,
-                                 candidates=args.candidates, progress=progress)
+                                 candidates=args.candidates, progress=progress, width_multiple=args.width_multiple_)
             else:
                 report = shrink_layers_(student, args.target_, calib, args.axes_, optimizer=args.optimizer,
                                         latency=layer_budget.latency, score_on=calib[:args.score_windows],
-                                        progress=progress)
+                                        progress=progress, width_multiple=args.width_multiple_)
             ppl["shrunk"] = perplexity(student, windows, progress=progress)
             meta.update(shrink=report.to_dict(), perplexity=ppl)
         shrink_text = str(report)

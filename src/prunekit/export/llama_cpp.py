@@ -9,7 +9,9 @@ The tools are looked for in ``$PRUNEKIT_LLAMA_CPP/bin`` (default ``~/.cache/prun
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,58 @@ def run_simple(path: str | Path, prompt: str = "The", n_predict: int = 4, timeou
         tail = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()][-2:]
         raise RuntimeError(f"llama.cpp ({llama_cpp_version()}) could not run {path}: {' | '.join(tail)}")
     return proc.stdout
+
+
+# llama-quantize's K-quant types (its own names; "Q4_K" is its alias of Q4_K_M): what the gguf package cannot write
+K_QUANT_TYPES = ("Q2_K", "Q2_K_S", "Q3_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K", "Q4_K_S", "Q4_K_M", "Q5_K", "Q5_K_S",
+                 "Q5_K_M", "Q6_K")
+
+
+def k_quant_type(name: str) -> str:
+    """``name`` as llama-quantize spells the K-quant (``q4_k_m`` → ``Q4_K_M``); one clear error for another name."""
+    key = str(name).strip().upper()
+    if key not in K_QUANT_TYPES:
+        raise ValueError(f"unknown K-quant {name!r}; llama-quantize's are {', '.join(K_QUANT_TYPES)}")
+    return key
+
+
+@dataclass
+class Quantized:
+    """What ``llama-quantize`` did: the file written, its type, and the tensors it wrote in another type than asked
+    (``fallbacks``: its warnings, one per tensor whose rows the type's blocks do not divide)."""
+
+    path: str
+    type: str
+    fallbacks: list[str]
+    seconds: float
+
+
+_FALLBACK = re.compile(r"warning: (\S+)\s+- ncols\s+(\d+) not divisible by\s*(\d+) \(required for type\s*(\S+)\).*?"
+                       r"falling back to\s*(\S+)")
+
+
+def quantize_gguf(src: str | Path, dst: str | Path, type_: str, threads: int = 1, timeout: float = 3600) -> Quantized:
+    """``llama-quantize SRC DST TYPE THREADS``: llama.cpp's own quantizer, for the types the ``gguf`` package cannot
+    write (the K-quants: q4_K_M, q5_K_S, q6_K, …). ``dst`` must not exist. Raises a RuntimeError with llama.cpp's
+    last lines when it fails; the fallbacks it warned about are returned (rows that 256 does not divide go into a
+    32-block type: see :mod:`prunekit.shrink.search`)."""
+    import time
+
+    tool = llama_cpp_tool("llama-quantize")
+    if tool is None:
+        raise FileNotFoundError(f"llama-quantize is not built in {llama_cpp_home() / 'bin'}; run 'make llama-cpp'")
+    if Path(dst).exists():
+        raise FileExistsError(f"{dst} exists; llama-quantize writes a new file")
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(tool), str(src), str(dst), str(type_), str(threads)], capture_output=True, text=True,
+                          errors="replace", timeout=timeout)
+    if proc.returncode != 0:
+        Path(dst).unlink(missing_ok=True)
+        tail = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()][-2:]
+        raise RuntimeError(f"llama-quantize ({llama_cpp_version()}) could not write {type_}: {' | '.join(tail)}")
+    log = proc.stdout + "\n" + proc.stderr
+    fallbacks = [f"{m.group(1)}: {m.group(2)} columns, {m.group(4)} → {m.group(5)}" for m in _FALLBACK.finditer(log)]
+    return Quantized(str(dst), str(type_), fallbacks, time.perf_counter() - t0)
 
 
 def read_back_llama_cpp(model: nn.Module, path: str | Path, plan: Any, *, target: str | Path | None = None) -> dict:

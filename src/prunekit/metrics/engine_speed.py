@@ -272,10 +272,17 @@ _CHUNKS = re.compile(r"calculating perplexity over (\d+) chunks")
 _RUNNING = re.compile(r"\[(\d+)\]([-+0-9.eE]+|[-+]?inf|nan),", re.IGNORECASE)
 
 
-def parse_perplexity(text: str) -> tuple[float, float]:
+def parse_perplexity(text: str, after: int | None = None) -> tuple[float, float]:
     """``(ppl, ±)`` from llama-perplexity's output. Its final estimate equals the running estimate after the
     last chunk, so when the final line is missing (see :func:`llama_perplexity`) but the last chunk's running
-    value is there, that value is returned with ± NaN; a ValueError when neither is there."""
+    value is there, that value is returned with ± NaN; a ValueError when neither is there. ``after``: the running
+    estimate after that many chunks instead (± NaN), what a run of exactly ``after`` chunks would report."""
+    if after is not None:
+        running = {int(i): float(v) for i, v in _RUNNING.findall(text)}
+        if after in running:
+            return running[after], math.nan
+        tail = [line for line in text.strip().splitlines() if line.strip()][-2:]
+        raise ValueError(f"llama-perplexity printed no running estimate after chunk {after}: {' | '.join(tail)}")
     m = _PPL.search(text)
     if m is not None:
         return float(m.group(1)), float(m.group(2))
@@ -304,18 +311,23 @@ def llama_perplexity(path: str | os.PathLike, text_file: str | os.PathLike, *, c
         cmd += ["--chunks", str(chunks)]
     t0 = time.perf_counter()
     # llama.cpp logs from a worker thread and can exit before its last lines are written (the final estimate
-    # went missing in about 1 run of 3 here, exit code 0): read the log file and both pipes, fall back to the
-    # last chunk's running estimate, and run again (at most twice more) when even that is missing
+    # went missing in about 1 run of 3 here, exit code 0; with a tiny model, whose run ends at once, the last
+    # chunk's running estimate went missing every time): read the log file and both pipes, fall back to the last
+    # chunk's running estimate, and run again (at most twice more) when even that is missing — asking, with
+    # ``chunks`` set, for one chunk more and reading the running estimate after ``chunks`` (the same figure)
     for attempt in range(3):
+        extra = chunks is not None and attempt > 0
+        run = [*cmd[:-1], str(chunks + 1)] if extra else cmd
         with tempfile.TemporaryDirectory(prefix="prunekit-llama-log-") as tmp:
             log = Path(tmp) / "perplexity.log"
-            proc = subprocess.run([*cmd, "--log-file", str(log)], capture_output=True, text=True, errors="replace",
+            proc = subprocess.run([*run, "--log-file", str(log)], capture_output=True, text=True, errors="replace",
                                   timeout=timeout)
             logged = log.read_text(errors="replace") if log.is_file() else ""
         if proc.returncode != 0:
             raise RuntimeError(f"llama-perplexity could not run {path}: {_tail(proc)}")
         try:
-            ppl, err = parse_perplexity(logged + "\n" + proc.stdout + "\n" + proc.stderr)
+            ppl, err = parse_perplexity(logged + "\n" + proc.stdout + "\n" + proc.stderr,
+                                        after=chunks if extra else None)
             break
         except ValueError:
             if attempt == 2:

@@ -59,7 +59,9 @@ class ShrinkConfig(Config):
     own widths, chosen by ``optimizer``, options scored on ``score_windows`` calibration windows; ``auto``:
     per-layer for speed= and for the adapt schedule, else uniform) along ``axes`` (default: heads, neurons, hidden,
     depth for uniform; heads, neurons per layer), units ranked by ``importance``; speed= is timed in
-    ``speed_engine`` (transformers, or llama.cpp at GGUF type ``speed_quant``, q8_0 by default); then ``distill``
+    ``speed_engine`` (transformers, or llama.cpp at GGUF type ``speed_quant``, q8_0 by default); cut widths are
+    multiples of ``width_multiple`` (None: 256 when ``speed_quant`` is a K-quant, else 32;
+    :func:`prunekit.shrink.search.resolve_width_multiple`); then ``distill``
     (None: no recovery). ``schedule``: ``one-shot`` (one cut, then the distillation) or ``adapt`` (Adapt-Pruner:
     ``rounds`` per-layer cuts, each followed by its share of the distillation's steps; ``rounds`` None: the
     default of :class:`prunekit.shrink.schedule.AdaptConfig`)."""
@@ -74,6 +76,7 @@ class ShrinkConfig(Config):
     score_windows: int = Field(4, ge=1)
     speed_engine: Literal["transformers", "llama.cpp"] = "transformers"
     speed_quant: str | None = None
+    width_multiple: int | None = None
     distill: ShrinkDistillConfig | None = None
     schedule: Literal[SCHEDULES] = "one-shot"
     rounds: int | None = Field(None, ge=1)
@@ -118,12 +121,20 @@ def resolved(cfg: ShrinkConfig) -> tuple[Any, str, tuple[str, ...]]:
     return target, search, axes
 
 
+def width_multiple(cfg: ShrinkConfig) -> int:
+    """The width multiple the search uses (``width_multiple``, else 256 for a K-quant ``speed_quant``, else 32)."""
+    from ..shrink.search import resolve_width_multiple
+
+    return resolve_width_multiple(cfg.width_multiple, [cfg.speed_quant], "shrink's width_multiple")
+
+
 def adapt_config(cfg: ShrinkConfig, axes: tuple[str, ...]) -> Any:
     """Adapt-Pruner's settings (:class:`prunekit.shrink.schedule.AdaptConfig`) for this stage: its rounds (the
-    AdaptConfig default when None), per-layer ``axes``, optimizer and scoring windows."""
+    AdaptConfig default when None), per-layer ``axes``, optimizer, scoring windows and width multiple."""
     from ..shrink.schedule import AdaptConfig
 
-    fields: dict[str, Any] = {"axes": list(axes), "optimizer": cfg.optimizer, "score_windows": cfg.score_windows}
+    fields: dict[str, Any] = {"axes": list(axes), "optimizer": cfg.optimizer, "score_windows": cfg.score_windows,
+                              "width_multiple": width_multiple(cfg)}
     if cfg.rounds is not None:
         fields["rounds"] = cfg.rounds
     return AdaptConfig.parse(fields)
@@ -155,6 +166,7 @@ def _validate(cfg: ShrinkConfig, stages: Sequence[Any], name_of: Any) -> None:
     from .base import STAGES
 
     _, _, axes = resolved(cfg)
+    width_multiple(cfg)
     if cfg.speed_engine == "llama.cpp":
         from ..shrink.latency import check_engine
 
@@ -206,13 +218,14 @@ def _check(ws: Workspace, cfg: ShrinkConfig) -> None:
         raise ValueError("stage shrink cuts a causal language model (a Hugging Face decoder); this task's model is not one")
     check_calibration(ws.model, ws.calibration)
     if search == "uniform":
-        plan_shrink(ws.model, target, ws.calibration, axes, cfg.importance)  # family, target, axes: changes nothing
+        plan_shrink(ws.model, target, ws.calibration, axes, cfg.importance,  # family, target, axes: changes nothing
+                    width_multiple=width_multiple(cfg))
         ws.state[PLAN] = None
     else:
         if target.kind == "speed":
             ws.say(f"timing the dense model and each block width in {cfg.speed_engine} (1 thread) ...")
         ws.state[PLAN] = check_layers(ws.model, target, axes, optimizer=cfg.optimizer, speed_engine=cfg.speed_engine,
-                                      speed_quant=cfg.speed_quant)
+                                      speed_quant=cfg.speed_quant, width_multiple=width_multiple(cfg))
     if cfg.distill is not None:
         if ws.tokenizer is None:
             raise ValueError("the shrink stage's distillation streams text through the model's tokenizer, and this "
@@ -235,11 +248,12 @@ def _run(ws: Workspace, cfg: ShrinkConfig) -> StageResult:
     t0 = time.perf_counter()
     if search == "uniform":
         report: Any = shrink_(ws.model, target, ws.calibration, axes, importance=cfg.importance,
-                              candidates=cfg.candidates, progress=ws.progress)
+                              candidates=cfg.candidates, progress=ws.progress, width_multiple=width_multiple(cfg))
     else:
         report = shrink_layers_(ws.model, target, ws.calibration, axes, optimizer=cfg.optimizer,
                                 latency=budget.latency if budget is not None else None,
-                                score_on=ws.calibration[:cfg.score_windows], progress=ws.progress)
+                                score_on=ws.calibration[:cfg.score_windows], progress=ws.progress,
+                                width_multiple=width_multiple(cfg))
     record: dict[str, Any] = {"search": search, "schedule": cfg.schedule, "shrink": report.to_dict()}
     meta: dict[str, Any] = {"method": "shrink", "config": cfg.to_dict(), "shrink": report.to_dict(),
                             "prune_seconds": time.perf_counter() - t0}

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from .budget import Counter, Shape, Target, non_embedding_params, parse_target, shape_of
 from .layout import config_change, width_layout
-from .search import AXES, DEFAULT_SLACK, candidates as search_candidates, check_axes
+from .search import AXES, DEFAULT_SLACK, DEFAULT_WIDTH_MULTIPLE, candidates as search_candidates, check_axes, \
+    check_width_multiple, unaligned
 from .width import IMPORTANCES, param_count, prune_hidden_, token_batches
 
 DEFAULT_CANDIDATES = 4
@@ -60,6 +61,8 @@ class ShrinkReport:
     under_budget: int
     seconds: float
     steps: list[str] = field(default_factory=list)
+    width_multiple: int = DEFAULT_WIDTH_MULTIPLE
+    notes: list[str] = field(default_factory=list)
 
     @property
     def non_embedding_kept(self) -> float:
@@ -86,7 +89,9 @@ class ShrinkReport:
         return (f"shrink to {self.target} along {', '.join(self.axes)}: {self.shape_before} → {self.shape_after} "
                 f"({search}); non-embedding parameters {self.non_embedding_before:,} → {self.non_embedding_after:,} "
                 f"({self.non_embedding_kept:.1%}), all parameters {self.params_before:,} → {self.params_after:,} "
-                f"({self.params_kept:.1%}); {self.seconds:.0f} s")
+                f"({self.params_kept:.1%}); {self.seconds:.0f} s"
+                + (f"; widths in multiples of {self.width_multiple}" if self.width_multiple != DEFAULT_WIDTH_MULTIPLE
+                   else "") + "".join(f"; note: {n}" for n in self.notes))
 
 
 def _structured_importance(importance: str) -> str:
@@ -158,9 +163,11 @@ def check_calibration(model: nn.Module, calibration: Any) -> None:
 
 
 def plan_shrink(model: nn.Module, target: str | Target, calibration: Any, axes: Iterable[str] = AXES,
-                importance: str = "activation", slack: float = DEFAULT_SLACK):
+                importance: str = "activation", slack: float = DEFAULT_SLACK,
+                width_multiple: int = DEFAULT_WIDTH_MULTIPLE):
     """Every check of :func:`shrink_` and the candidate shapes, best-first; changes nothing."""
     width_layout(model)  # the family and its layout first
+    check_width_multiple(width_multiple)
     t = parse_target(target)
     if t.kind == "speed":
         raise ValueError(f"target {t} is a measured latency, searched per layer: use prunekit.shrink.shrink_layers_ "
@@ -176,22 +183,27 @@ def plan_shrink(model: nn.Module, target: str | Target, calibration: Any, axes: 
     dense = shape_of(model)
     if config_change(model.config, head_dim=dense.head_dim) is not None:
         raise ValueError(f"{type(model.config).__name__} refuses an explicit head_dim; cannot shrink it")
-    return t, chosen_axes, counter, dense, search_candidates(dense, counter, t, chosen_axes, model.config, slack)
+    return t, chosen_axes, counter, dense, search_candidates(dense, counter, t, chosen_axes, model.config, slack,
+                                                             width_multiple)
 
 
 def shrink_(model: nn.Module, target: str | Target = "params=0.6", calibration: Any = None,
             axes: Iterable[str] = AXES, *, importance: str = "activation", candidates: int = DEFAULT_CANDIDATES,
-            slack: float = DEFAULT_SLACK, progress: bool = False) -> ShrinkReport:
+            slack: float = DEFAULT_SLACK, progress: bool = False,
+            width_multiple: int = DEFAULT_WIDTH_MULTIPLE) -> ShrinkReport:
     """Shrink a Hugging Face decoder in place to a uniform shape under ``target`` (``"params=0.6"``: at most
     60% of the non-embedding parameters; ``"memory=0.5"``: at most half the weight bytes), cutting along
     ``axes`` (``heads``, ``neurons``, ``hidden``, ``depth``). The shape is the best of ``candidates`` grid
     shapes near the budget by next-token loss on ``calibration`` (token ids); see :mod:`prunekit.shrink.search`.
-    ``importance``: ``activation`` (Minitron's) or ``magnitude``. Checked before anything changes: the
-    family, the target (an unreachable one is an error), the axes and the calibration."""
+    ``importance``: ``activation`` (Minitron's) or ``magnitude``. ``width_multiple``: cut widths are multiples of
+    it (32, the default: llama.cpp's q8_0/q4_0 blocks where the dense size allows; 256 for K-quants, strict; see
+    :mod:`prunekit.shrink.search`). Checked before anything changes: the family, the target (an unreachable one is
+    an error), the axes and the calibration."""
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
         raise ValueError(f"candidates must be a positive int (shapes scored on calibration), got {candidates!r}")
     start = time.perf_counter()
-    t, chosen_axes, counter, dense, found = plan_shrink(model, target, calibration, axes, importance, slack)
+    t, chosen_axes, counter, dense, found = plan_shrink(model, target, calibration, axes, importance, slack,
+                                                        width_multiple)
     scored = [ScoredShape(s, found.fraction(counter, s, t)) for s in found.shapes[:candidates]]
     if len(scored) > 1:
         for c in tqdm(scored, desc="shrink: scoring shapes", disable=not progress, leave=False):
@@ -206,4 +218,5 @@ def shrink_(model: nn.Module, target: str | Target = "params=0.6", calibration: 
     steps = apply_shape_(model, best.shape, calibration, importance, progress)
     return ShrinkReport(str(t), list(chosen_axes), importance, dense, best.shape, ne_before,
                         non_embedding_params(model), p_before, param_count(model), scored, found.grid_size,
-                        found.under_budget, time.perf_counter() - start, steps)
+                        found.under_budget, time.perf_counter() - start, steps, width_multiple,
+                        unaligned(best.shape, width_multiple))

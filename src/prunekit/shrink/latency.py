@@ -16,7 +16,9 @@ How it is measured (:func:`measure_table`):
   counted slower than a wider one).
 - ``engine="llama.cpp"``: the same table timed where small models run. The dense model and every probe are
   written as GGUF files of type ``quant`` (q8_0 by default; the probes with a 300-token vocabulary, so they are a
-  few MB) into a temporary folder that is removed afterwards, and each is timed with ``llama-bench``
+  few MB; a K-quant such as q4_K_M is written f16 and converted by llama.cpp's ``llama-quantize``, whose
+  fallbacks for rows 256 does not divide the table's notes count) into a temporary folder that is removed
+  afterwards, and each is timed with ``llama-bench``
   (:mod:`prunekit.metrics.engine_speed`: decode of ``tokens`` tokens after a short prompt, ``threads`` threads,
   the files interleaved round by round, ``repeats`` rounds, the least per-token time of each kept) — so
   ``speed=1.5`` asks for 1.5× the dense model's decode speed in llama.cpp at that type. llama.cpp must be built
@@ -160,9 +162,17 @@ def check_engine(engine: str, quant: str | None = None) -> str | None:
             raise ValueError("a GGUF type applies to the llama.cpp engine; transformers times the model's own dtype")
         return None
     from ..export.gguf import parse_quant
-    from ..export.llama_cpp import llama_cpp_home, llama_cpp_tool
+    from ..export.llama_cpp import k_quant_type, llama_cpp_home, llama_cpp_tool
+    from .search import is_k_quant
 
-    quant = parse_quant(quant or DEFAULT_ENGINE_QUANT)
+    if is_k_quant(quant):
+        quant = k_quant_type(str(quant))
+        if llama_cpp_tool("llama-quantize") is None:
+            raise FileNotFoundError(f"speed= timed in llama.cpp at {quant} needs llama.cpp's llama-quantize (the gguf "
+                                    f"package writes no K-quants), which is not built in {llama_cpp_home() / 'bin'}: "
+                                    "run 'make llama-cpp'")
+    else:
+        quant = parse_quant(quant or DEFAULT_ENGINE_QUANT)
     if quant == "source":
         raise ValueError("the llama.cpp latency table times one GGUF type for every file: name it (f16, q8_0, q4_0 …)")
     if llama_cpp_tool("llama-bench") is None:
@@ -219,29 +229,48 @@ def _measure_llama_cpp(model: nn.Module, kv_widths: Iterable[int], ffn_widths: I
     from pathlib import Path
 
     from ..export.gguf import plan_gguf, write_gguf
+    from ..export.llama_cpp import quantize_gguf
     from ..models.tiny import tiny_tokenizer
+    from .search import is_k_quant
 
     started = time.perf_counter()
+    k_quant = is_k_quant(quant)
+    fallbacks: dict[str, int] = {}
+
+    def write(m: nn.Module, plan: Any, path: Path) -> None:
+        if not k_quant:
+            write_gguf(m, plan, path)
+            return
+        f16 = path.with_name(path.stem + "-f16.gguf")  # llama-quantize converts the f16 file to the K-quant
+        write_gguf(m, plan, f16)
+        fallbacks[path.stem] = len(quantize_gguf(f16, path, quant, threads=1).fallbacks)
+        f16.unlink()
+
     threads = 1 if threads is None else threads
     tok = tiny_tokenizer(bos_token="<eos>")  # llama-bench feeds token ids, never text: any tokenizer will do
     vocab = int(model.get_input_embeddings().weight.shape[0])
     if vocab < len(tok):
         raise ValueError(f"timing in llama.cpp writes the model with a stand-in byte-level tokenizer of {len(tok)} "
                          f"tokens, and this model's vocabulary has only {vocab}; time it in transformers")
-    dense_plan = plan_gguf(model, tok, quant)  # a family GGUF cannot hold is refused here, before any file
+    write_type = "f16" if k_quant else quant
+    dense_plan = plan_gguf(model, tok, write_type)  # a family GGUF cannot hold is refused here, before any file
     probes = _probes(model.config, kv_widths, ffn_widths, probe_layers, vocab=len(tok))
     with tempfile.TemporaryDirectory(prefix="prunekit-latency-") as tmp:
         files: dict[str, Path] = {"dense-0": Path(tmp) / "dense-0.gguf"}
-        write_gguf(model, dense_plan, files["dense-0"])
+        write(model, dense_plan, files["dense-0"])
         for (kind, width), probe in probes.items():
             files[f"{kind}-{width}"] = Path(tmp) / f"{kind}-{width}.gguf"
-            write_gguf(probe, plan_gguf(probe, tok, quant), files[f"{kind}-{width}"])
+            write(probe, plan_gguf(probe, tok, write_type), files[f"{kind}-{width}"])
         seconds = time_gguf({n: str(f) for n, f in files.items()}, tokens=tokens, repeats=repeats, threads=threads)
     best = {(n.rsplit("-", 1)[0], int(n.rsplit("-", 1)[1])): s for n, s in seconds.items()}
     from ..export.llama_cpp import llama_cpp_version
 
+    notes = [f"timed in {llama_cpp_version()} (llama-bench), GGUF {quant}, {threads} thread(s)"]
+    if any(fallbacks.values()):
+        notes.append(f"llama-quantize wrote {fallbacks.get('dense-0', 0)} tensor(s) of the dense model and some of the "
+                     f"probes' ({sum(fallbacks.values())} in all) in a fallback type: rows 256 does not divide")
     return _table(model, best, threads, tokens, repeats, probe_layers, started, engine="llama.cpp", quant=quant,
-                  notes=[f"timed in {llama_cpp_version()} (llama-bench), GGUF {quant}, {threads} thread(s)"])
+                  notes=notes)
 
 
 def measure_table(model: nn.Module, kv_widths: Iterable[int], ffn_widths: Iterable[int], *, threads: int | None = 1,

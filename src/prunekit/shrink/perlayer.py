@@ -6,7 +6,9 @@ chosen under a budget, as Puzzletron does with its MIP over per-block alternativ
    query heads' outputs (the input of ``o_proj``).
 2. **Options**: each block's MLP at 100, 87.5, … 25% of its current neurons (multiples of 32 or 8 as
    :func:`~.search.round_width` rounds), each block's attention at every whole number of key/value groups (the query heads per group stay as
-   they are, so ``num_key_value_groups`` is unchanged); multi-query attention (one group) keeps its heads.
+   they are, so ``num_key_value_groups`` is unchanged); multi-query attention (one group) keeps its heads. A
+   strict width multiple (256 for llama.cpp's K-quants) keeps only MLP widths that are multiples of it and group
+   counts whose ``o_proj`` row (query heads × head_dim) is one (:func:`~.search.width_options`).
 3. **Score**: every option of every block is tried alone on the calibration windows — the dropped neurons'
    or heads' outputs are zeroed at the input of ``down_proj`` / ``o_proj``, which is exactly what removing
    them does — and scored by the increase of the next-token loss over the unpruned model's.
@@ -33,7 +35,7 @@ from tqdm.auto import tqdm
 from ..models.shrunk import CONFIG_KEY, LayerShapes, load_shrunk, stored_layer_shapes  # noqa: F401 (re-exported)
 from .layout import head_dim_of, width_layout
 from .optimize import Option, choose
-from .search import round_width
+from .search import DEFAULT_WIDTH_MULTIPLE, width_options
 from .width import token_batches
 
 PER_LAYER_AXES = ("heads", "neurons", "depth")
@@ -67,14 +69,19 @@ def check_per_layer_axes(axes: Iterable[str]) -> tuple[str, ...]:
     return tuple(a for a in PER_LAYER_AXES if a in given)
 
 
-def ffn_options(width: int) -> list[int]:
-    """MLP widths offered to a block of ``width`` neurons (largest first)."""
-    return sorted({width if f == 1 else round_width(int(width * f), width) for f in FFN_GRID}, reverse=True)
+def ffn_options(width: int, multiple: int = DEFAULT_WIDTH_MULTIPLE) -> list[int]:
+    """MLP widths offered to a block of ``width`` neurons (largest first; see :func:`~.search.width_options`)."""
+    return width_options(width, multiple, FFN_GRID)
 
 
-def kv_options(kv: int) -> list[int]:
-    """Key/value group counts offered to a block with ``kv`` groups (all of them down to one)."""
-    return list(range(kv, 0, -1)) if kv > 1 else [kv]
+def kv_options(kv: int, multiple: int = DEFAULT_WIDTH_MULTIPLE, row: int = 1) -> list[int]:
+    """Key/value group counts offered to a block with ``kv`` groups (all of them down to one); with a strict
+    ``multiple``, only the counts whose ``o_proj`` row (``row`` = query heads per group × head_dim per group) it
+    divides, besides ``kv`` itself."""
+    out = list(range(kv, 0, -1)) if kv > 1 else [kv]
+    if multiple == DEFAULT_WIDTH_MULTIPLE:
+        return out
+    return [k for k in out if k == kv or k * row % multiple == 0]
 
 
 @dataclass
@@ -230,7 +237,7 @@ class _Skipping:
 
 @torch.no_grad()
 def score_options(model: nn.Module, calibration: Any, ranking: Ranking, axes: tuple[str, ...] = PER_LAYER_AXES,
-                  progress: bool = False) -> LayerTable:
+                  progress: bool = False, multiple: int = DEFAULT_WIDTH_MULTIPLE) -> LayerTable:
     """Step 3 of the module docstring: the loss increase of every option of every block, tried alone."""
     shapes = layer_shapes_of(model)
     blocks = _blocks(model)
@@ -243,8 +250,9 @@ def score_options(model: nn.Module, calibration: Any, ranking: Ranking, axes: tu
         table: dict[str, list[list[tuple[int, float]]]] = {"attention": [], "mlp": []}
         trials: list[tuple[str, int, int]] = []
         for i, b in enumerate(blocks):
-            kvs = kv_options(shapes.kv_heads[i]) if "heads" in axes else [shapes.kv_heads[i]]
-            ffns = ffn_options(shapes.ffn[i]) if "neurons" in axes else [shapes.ffn[i]]
+            row = shapes.queries_per_group * shapes.head_dim  # o_proj's row per key/value group
+            kvs = kv_options(shapes.kv_heads[i], multiple, row) if "heads" in axes else [shapes.kv_heads[i]]
+            ffns = ffn_options(shapes.ffn[i], multiple) if "neurons" in axes else [shapes.ffn[i]]
             table["attention"].append([(kvs[0], 0.0)])
             table["mlp"].append([(ffns[0], 0.0)])
             trials += [("attention", i, k) for k in kvs[1:]] + [("mlp", i, f) for f in ffns[1:]]

@@ -39,6 +39,7 @@ class AdaptConfig(Config):
     optimizer: str = "milp"
     score_windows: int = Field(4, ge=1)
     score_tokens: int | None = Field(None, ge=2)
+    width_multiple: int | None = Field(None, ge=1)  # None: the searches' default (see shrink.search)
 
 
 @dataclass
@@ -130,7 +131,7 @@ def adapt_shrink_(model: nn.Module, teacher: nn.Module | None, target: str, cali
                          "model); speed= is measured on the model as it is")
     ne_dense = non_embedding_params(model)
     reference = ne_dense if t.kind == "params" else param_count(model)
-    check_layers(model, t, cfg.axes, optimizer=cfg.optimizer)  # reachable from the original model, in one go
+    check_layers(model, t, cfg.axes, optimizer=cfg.optimizer, width_multiple=cfg.width_multiple)  # reachable from the original model, in one go
     steps = round_steps(train.steps, cfg.rounds)
     if train.needs_teacher and teacher is None:
         raise ValueError("the training reads a teacher (objective 'kd' or hidden_weight > 0); pass the unpruned model")
@@ -151,7 +152,8 @@ def adapt_shrink_(model: nn.Module, teacher: nn.Module | None, target: str, cali
     for r, (keep, n) in enumerate(zip(round_targets(t.fraction, cfg.rounds), steps)):
         cut: LayerShrinkReport = shrink_layers_(model, f"{t.kind}={keep:.6f}", calibration, cfg.axes,
                                                 optimizer=cfg.optimizer, reference=reference,
-                                                score_on=score_on, progress=progress)
+                                                score_on=score_on, progress=progress,
+                                                width_multiple=cfg.width_multiple)
         trained: DistillReport = distill_(model, teacher, stream, train.replace(steps=n), progress=progress)
         report.rounds.append({"target": f"{t.kind}={keep:.4f}",
                               "shrink": {**cut.to_dict(), "non_embedding_kept": non_embedding_params(model) / ne_dense},

@@ -27,6 +27,7 @@ from .budget import Target, non_embedding_params, parse_target
 from .latency import LatencyTable, check_engine, measure_table
 from .layout import width_layout
 from .optimize import OPTIMIZERS, total
+from .search import DEFAULT_WIDTH_MULTIPLE, resolve_width_multiple
 from .perlayer import (
     DROP, Choices, LayerShapes, LayerTable, apply_layer_shapes_, block_choices, check_per_layer_axes, ffn_options,
     kv_options, layer_shapes_of, param_cost, plan_layers, rank_units, score_options,
@@ -56,6 +57,7 @@ class LayerShrinkReport:
     seconds: float
     latency: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    width_multiple: int = DEFAULT_WIDTH_MULTIPLE
 
     @property
     def non_embedding_kept(self) -> float:
@@ -81,7 +83,7 @@ class LayerShrinkReport:
                 "params_before": self.params_before, "params_after": self.params_after,
                 "params_kept": self.params_kept, "budget": self.budget, "base_loss": self.base_loss,
                 "predicted_loss_increase": self.predicted_loss_increase, "seconds": self.seconds,
-                "latency": self.latency, "notes": list(self.notes)}
+                "latency": self.latency, "notes": list(self.notes), "width_multiple": self.width_multiple}
 
     def __str__(self) -> str:
         drop = f"; blocks removed: {self.dropped_blocks}" if self.dropped_blocks else ""
@@ -96,11 +98,12 @@ class LayerShrinkReport:
                 f"{self.predicted_loss_increase:.3f}{lat}; {self.seconds:.0f} s")
 
 
-def _blank_table(model: nn.Module, axes: tuple[str, ...]) -> LayerTable:
+def _blank_table(model: nn.Module, axes: tuple[str, ...], multiple: int = DEFAULT_WIDTH_MULTIPLE) -> LayerTable:
     """The options of every block with no scores: enough to find the cheapest choice before scoring."""
     s = layer_shapes_of(model)
-    kvs = [kv_options(k) if "heads" in axes else [k] for k in s.kv_heads]
-    ffns = [ffn_options(f) if "neurons" in axes else [f] for f in s.ffn]
+    row = s.queries_per_group * s.head_dim
+    kvs = [kv_options(k, multiple, row) if "heads" in axes else [k] for k in s.kv_heads]
+    ffns = [ffn_options(f, multiple) if "neurons" in axes else [f] for f in s.ffn]
     return LayerTable(0.0, {"attention": [[(k, 0.0) for k in ks] for ks in kvs],
                             "mlp": [[(f, 0.0) for f in fs] for fs in ffns]},
                       [0.0] * len(s.ffn) if "depth" in axes else None)
@@ -141,12 +144,13 @@ class LayerBudget:
     cost: Callable[[int, int, int], float]
     drop_cost: Callable[[int], float]
     latency: LatencyTable | None = None
+    width_multiple: int = DEFAULT_WIDTH_MULTIPLE
 
 
 def check_layers(model: nn.Module, target: str | Target, axes: Iterable[str] = DEFAULT_PER_LAYER_AXES, *,
                  optimizer: str = "milp", reference: int | None = None, latency: LatencyTable | None = None,
                  threads: int | None = 1, speed_engine: str = "transformers",
-                 speed_quant: str | None = None) -> LayerBudget:
+                 speed_quant: str | None = None, width_multiple: int | None = None) -> LayerBudget:
     """Every check of :func:`shrink_layers_` but the calibration's, the latency table measured for ``speed=`` (when
     not given; in ``speed_engine``, at GGUF type ``speed_quant`` for llama.cpp), and the budget; one ValueError
     naming what the search can reach when it is out of reach. Changes nothing."""
@@ -158,6 +162,7 @@ def check_layers(model: nn.Module, target: str | Target, axes: Iterable[str] = D
         if latency is None:
             check_engine(speed_engine, speed_quant)  # llama.cpp built, the type known: before any probe is built
     chosen = check_per_layer_axes(axes)
+    width_multiple = resolve_width_multiple(width_multiple, [speed_quant])
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     if reference is not None and (isinstance(reference, bool) or not isinstance(reference, int) or reference < 1):
@@ -167,8 +172,9 @@ def check_layers(model: nn.Module, target: str | Target, axes: Iterable[str] = D
     shapes = layer_shapes_of(model)
     if t.kind == "speed":
         if latency is None:
-            widths = {k for kv in shapes.kv_heads for k in kv_options(kv)}
-            ffns = {f for w in shapes.ffn for f in ffn_options(w)}
+            row = shapes.queries_per_group * shapes.head_dim
+            widths = {k for kv in shapes.kv_heads for k in kv_options(kv, width_multiple, row)}
+            ffns = {f for w in shapes.ffn for f in ffn_options(w, width_multiple)}
             latency = measure_table(model, widths | set(shapes.kv_heads), ffns | set(shapes.ffn), threads=threads,
                                     engine=speed_engine, quant=speed_quant)
         budget: float = latency.dense_s / t.fraction
@@ -178,39 +184,43 @@ def check_layers(model: nn.Module, target: str | Target, axes: Iterable[str] = D
         budget = math.floor(t.fraction * ref)
         allowance = budget - _measure(model, t)
     cost, drop_cost = _costs(model, t, latency)
-    blank = block_choices(model, _blank_table(model, chosen), cost, drop_cost)
+    blank = block_choices(model, _blank_table(model, chosen, width_multiple), cost, drop_cost)
     cheapest = sum(min(o.cost for o in g) for g in blank.groups)
     if cheapest > allowance:
         raise ValueError(_unreachable(model, t, chosen, latency, cheapest, allowance))
-    return LayerBudget(t, chosen, budget, allowance, cost, drop_cost, latency)
+    return LayerBudget(t, chosen, budget, allowance, cost, drop_cost, latency, width_multiple)
 
 
 def shrink_layers_(model: nn.Module, target: str | Target, calibration: Any,
                    axes: Iterable[str] = DEFAULT_PER_LAYER_AXES, *, optimizer: str = "milp",
                    reference: int | None = None, latency: LatencyTable | None = None, threads: int | None = 1,
                    score_on: Any = None, progress: bool = False, speed_engine: str = "transformers",
-                   speed_quant: str | None = None) -> LayerShrinkReport:
+                   speed_quant: str | None = None, width_multiple: int | None = None) -> LayerShrinkReport:
     """Cut ``model`` in place to per-block shapes under ``target`` (see the module docstring) along ``axes``
     (``heads``: key/value groups, ``neurons``: MLP width, ``depth``: whole blocks may go), chosen by
     ``optimizer`` (``milp``: exact; ``greedy``). ``latency``: a table measured before (else measured here, with
     ``threads``, for ``speed=``, in ``speed_engine``: ``transformers`` or ``llama.cpp``, whose GGUF type is
     ``speed_quant``, q8_0 by default). ``score_on``: the windows options are scored on (default ``calibration``, which
-    always ranks the units). Returns a :class:`LayerShrinkReport`."""
+    always ranks the units). ``width_multiple``: MLP widths (and ``o_proj`` rows) offered are multiples of it (32 as
+    :func:`~.search.round_width` rounds; 256, strict, for llama.cpp's K-quants; None: 256 when ``speed_quant`` is a
+    K-quant, else 32). Returns a :class:`LayerShrinkReport`."""
     start = time.perf_counter()
     check_calibration(model, calibration)
     if score_on is not None:
         check_calibration(model, score_on)
     b = check_layers(model, target, axes, optimizer=optimizer, reference=reference, latency=latency, threads=threads,
-                     speed_engine=speed_engine, speed_quant=speed_quant)
+                     speed_engine=speed_engine, speed_quant=speed_quant, width_multiple=width_multiple)
     t, chosen, latency, budget, allowance, cost, drop_cost = (b.target, b.axes, b.latency, b.budget, b.allowance,
                                                               b.cost, b.drop_cost)
+    width_multiple = b.width_multiple
     shapes = layer_shapes_of(model)
     notes: list[str] = []
     if "heads" in chosen and max(shapes.kv_heads) == 1:
         notes.append("one key/value group (multi-query attention): heads are kept")
     lat_info = None
     ranking = rank_units(model, calibration)
-    table = score_options(model, calibration if score_on is None else score_on, ranking, chosen, progress)
+    table = score_options(model, calibration if score_on is None else score_on, ranking, chosen, progress,
+                          width_multiple)
     choices: Choices = block_choices(model, table, cost, drop_cost)
     plan = plan_layers(model, choices, allowance, optimizer)
     picks = [choices.pairs[i].index((k, f)) for i, (k, f) in enumerate(zip(plan.kv_heads, plan.ffn))]
@@ -220,12 +230,28 @@ def shrink_layers_(model: nn.Module, target: str | Target, calibration: Any,
     if t.kind != "speed" and _measure(model, t) > budget:
         raise RuntimeError(f"the per-layer cut kept {_measure(model, t):,} where the budget is {budget:,}; please "
                            "report this")
+    notes += _unaligned_rows(model, width_multiple)
     if latency is not None:
         predicted_s = latency.dense_s + spent
         lat_info = {**latency.to_dict(), "predicted_s": predicted_s, "predicted_speedup": latency.dense_s / predicted_s}
     return LayerShrinkReport(str(t), list(chosen), optimizer, shapes, plan, layer_shapes_of(model), ne_before,
                              non_embedding_params(model), p_before, param_count(model), float(budget),
-                             table.base_loss, predicted, time.perf_counter() - start, lat_info, notes)
+                             table.base_loss, predicted, time.perf_counter() - start, lat_info, notes, width_multiple)
+
+
+def _unaligned_rows(model: nn.Module, multiple: int) -> list[str]:
+    """What a strict width multiple could not make a multiple of it (the widths the search keeps), in words."""
+    from .budget import Shape
+    from .search import unaligned
+
+    if multiple == DEFAULT_WIDTH_MULTIPLE:
+        return []
+    s = layer_shapes_of(model)
+    hidden = int(model.config.hidden_size)
+    out = set()
+    for kv, f in zip(s.kv_heads, s.ffn):
+        out.update(unaligned(Shape(hidden, kv * s.queries_per_group, kv, s.head_dim, f, 1), multiple))
+    return sorted(out)
 
 
 def _unreachable(model: nn.Module, t: Target, axes: tuple[str, ...], latency: LatencyTable | None, cheapest: float,
