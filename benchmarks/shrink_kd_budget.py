@@ -59,7 +59,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--ce-weight", type=float, default=0.0, help="add the text's cross-entropy × this to the KL")
     p.add_argument("--eval-every", type=int, default=26)
-    p.add_argument("--eval-windows", type=int, default=8, help="held-out windows of --seqlen tokens per evaluation")
+    p.add_argument("--eval-windows", type=int, default=64,
+                   help="held-out windows of --seqlen tokens per evaluation (the split's first ones: 8 × 512 is "
+                        "mostly one document, too narrow a sample — the stored runs used 8)")
     p.add_argument("--checkpoint-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
