@@ -171,6 +171,28 @@ def test_a_damaged_cache_entry_is_converted_again(tmp_path, monkeypatch):
     assert load_model(gguf).causal_lm and len(calls) == 2  # the fresh entry is used again
 
 
+def test_a_load_that_fails_for_another_reason_keeps_the_cache_entry(tmp_path, monkeypatch):
+    """A failure that is not the entry's (here an import error raised while loading) is raised as it is, and the
+    cached conversion stays: it was once deleted whenever anything went wrong."""
+    import prunekit.models.hf as hf
+
+    gguf, calls = _fake_gguf(tmp_path, monkeypatch)
+    load_model(gguf)
+    folder = hf.gguf_cache_folder(gguf)
+    files = sorted(p.name for p in folder.iterdir())
+
+    def broken(*args, **kwargs):
+        raise ImportError("cannot import name 'run' from 'profile'")
+
+    monkeypatch.setattr(hf, "_load_folder", broken)
+    with pytest.raises(ImportError, match="profile"):
+        load_model(gguf)
+    assert sorted(p.name for p in folder.iterdir()) == files and len(calls) == 1
+    assert hf._cache_damaged(folder) is False
+    (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:-100])  # truncated
+    assert hf._cache_damaged(folder) is True
+
+
 def _per_layer_folder(root):
     """A tiny Llama shrunk to per-layer shapes (blocks of 2, 1, 1 kv groups and 128, 48, 96 neurons), saved with a
     tokenizer and text; returns (root, the in-memory model)."""

@@ -163,13 +163,35 @@ def _write_cache(folder: Path, model: nn.Module, tokenizer: Any, source: Path) -
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _cache_damaged(folder: Path) -> bool:
+    """Whether a cached conversion's own files are unreadable (its config, a weight file's header and length),
+    read without loading a tensor: only then is deleting it and converting again the right answer to a failed
+    load. (A profiling script named profile.py once made the load fail with an import error, and the whole
+    cache entry was deleted.)"""
+    from safetensors import safe_open
+
+    try:
+        json.loads((folder / "config.json").read_text())
+        weights = sorted(folder.glob("*.safetensors"))
+        if not weights:
+            return True
+        for f in weights:
+            with safe_open(str(f), framework="pt") as handle:  # checks the header against the file's length
+                handle.keys()
+    except Exception:
+        return True
+    return False
+
+
 def _load_gguf(path: Path, spec: str, dtype: torch.dtype, cache: bool) -> LoadedModel:
     folder = gguf_cache_folder(path)
     if cache and (folder / _CACHE_MARK).is_file():
         try:
             lm = _load_folder(folder, spec, dtype)
             return LoadedModel(lm.model, lm.tokenizer, spec, True)
-        except Exception as exc:  # a damaged cache entry: convert again rather than fail
+        except Exception as exc:
+            if not _cache_damaged(folder):
+                raise  # the entry reads: the failure is elsewhere (an import, memory), and the cache stays
             warnings.warn(f"the cached conversion of {path.name} ({folder}) is unreadable ({exc}); converting "
                           "the GGUF file again", stacklevel=3)
             shutil.rmtree(folder, ignore_errors=True)
