@@ -9,7 +9,7 @@ The block's output is then the pruned block's output, which feeds the next block
 block instead of two, and each layer compensates for the error of the layers before it (GPTQ's
 ``--true-sequential``; SparseGPT's weight updates then reconstruct what the pruned block really sees).
 Statistics are :class:`~.stats.InputStats`, fed through ``record`` (the one arithmetic; Gram matrices
-block-triangular, :func:`~.stats.symmetric_gram`).
+block-triangular, :func:`~.stats.add_upper_gram_`).
 
 The pass calls the block on one batch of ``batch_size`` windows at a time, the calls in lockstep
 (:class:`~.lockstep.Lockstep`): each batch's call pauses at a target's pre-hook until every batch has
