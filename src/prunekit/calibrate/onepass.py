@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..core.scope import Target
-from ..infra.machine import large_allocations_mapped
+from ..infra.machine import large_allocations_mapped, release_freed_memory
 from .batches import calibration_batches
 from .blockwise import BlockInputs, run_block, walk_blocks_
 from .lockstep import Lockstep
@@ -137,6 +137,9 @@ def walk_one_pass_(model: nn.Module, calibration: Any, targets_of: Callable[[str
         for s, o in zip(inputs, out):  # the pruned outputs become the next block's inputs
             s.hidden = o.to(s.hidden.device)
 
+    # what the process freed before the walk (loading's buffers: ~40 MB for SmolLM2) goes back to the system
+    # rather than sitting under the walk's peak
+    release_freed_memory()
     with large_allocations_mapped():  # the batches' tensors, freed in another order than taken, leave no holes
         walk_blocks_(model, calibration, visit, progress=progress, desc=desc, propagate=False, batch_size=batch_size,
                      device=device)
