@@ -138,4 +138,19 @@ def test_hessian_statistics_read_the_squared_norms_off_the_grams_diagonal():
     # 30 tokens accumulated call by call against one reduction: 30-term float32 sums in another order
     torch.testing.assert_close(stats.col_norms("a"), flat.norm(dim=0), **tol(torch.float32, k=30))
     torch.testing.assert_close(stats.gram("a"), flat.t() @ flat, **tol(torch.float32, k=30, scale=30))
-    assert stats.n_tokens("a") == 30 and stats.gram("a").data_ptr() != acc.data_ptr()  # a copy, never the sum itself
+    assert stats.n_tokens("a") == 30
+
+
+def test_reading_a_gram_mirrors_it_in_place_and_more_rows_still_add_up():
+    from prunekit.calibrate.stats import add_upper_gram_, mirror_upper_, symmetrized
+
+    x = torch.randn(90, 300, generator=torch.Generator().manual_seed(4))
+    acc = add_upper_gram_(torch.zeros(300, 300), x[:50])
+    want = symmetrized(acc)
+    assert mirror_upper_(acc) is acc and torch.equal(acc, want)  # the same values as the copy, no matrix-sized copy
+    assert torch.equal(mirror_upper_(acc), want)  # idempotent
+    add_upper_gram_(acc, x[50:])  # rows added after a read: the upper blocks stay the running sum
+    g = mirror_upper_(acc)
+    assert torch.equal(g, g.t())
+    # 90-term float32 sums, in pieces, against one product: K·eps relative at scale Σ|x_i x_j|
+    torch.testing.assert_close(g, x.t() @ x, **tol(torch.float32, k=90, scale=180))

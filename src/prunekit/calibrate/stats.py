@@ -44,9 +44,25 @@ def add_upper_gram_(acc: Tensor, x: Tensor, pieces: int = 4) -> Tensor:
 
 def symmetrized(acc: Tensor) -> Tensor:
     """The symmetric matrix whose upper triangle (diagonal included) is ``acc``'s: what an accumulator of
-    :func:`add_upper_gram_` sums to."""
+    :func:`add_upper_gram_` sums to (a new matrix)."""
     upper = acc.triu()
     return upper + upper.triu(1).t()
+
+
+def mirror_upper_(acc: Tensor, pieces: int = 4) -> Tensor:
+    """Make ``acc`` symmetric in place, its lower triangle copied from its upper one (the same values as
+    :func:`symmetrized`, with no matrix-sized temporary: one block at a time); returns ``acc``. Idempotent, and
+    an accumulator of :func:`add_upper_gram_` may take more rows afterwards (its upper blocks stay the sum)."""
+    bounds = gram_bounds(acc.shape[0], pieces)
+    n = len(bounds) - 1
+    for i in range(n):
+        rows = slice(bounds[i], bounds[i + 1])
+        diag = acc[rows, rows]
+        diag.copy_(diag.triu() + diag.triu(1).t())
+        for j in range(i + 1, n):
+            cols = slice(bounds[j], bounds[j + 1])
+            acc[cols, rows].copy_(acc[rows, cols].t())
+    return acc
 
 
 def symmetric_gram(x: Tensor, pieces: int = 4) -> Tensor:
@@ -194,8 +210,9 @@ class InputStats:
         return self.sq_norms[self.owner[name]] / max(self.n_tokens(name), 1)
 
     def gram(self, name: str) -> Tensor:
-        """X·Xᵀ summed over calibration tokens (in × in) for module ``name`` (a new, exactly symmetric matrix)."""
-        return symmetrized(self.grams[self.owner[name]])
+        """X·Xᵀ summed over calibration tokens (in × in) for module ``name``: the accumulator itself, made exactly
+        symmetric in place (:func:`mirror_upper_`; no copy of it at the walk's peak). Read-only for callers."""
+        return mirror_upper_(self.grams[self.owner[name]])
 
     def n_tokens(self, name: str) -> int:
         """How many tokens module ``name``'s statistics were collected over (0 when it saw none)."""
