@@ -99,3 +99,58 @@ def test_input_stats_share_an_input_without_keeping_it_alive():
     del x
     gc.collect()
     assert ref() is None  # the statistics hold no reference to a layer's input
+
+
+@pytest.mark.parametrize("d", [40, 300])  # one block (below 256 columns), and 4 × 4 blocks of 75
+def test_gram_accumulates_its_upper_blocks_in_place_and_reads_back_symmetric(d):
+    from prunekit.calibrate.stats import add_upper_gram_, gram_bounds, symmetrized
+
+    x = torch.randn(200, d, generator=torch.Generator().manual_seed(3))
+    acc = torch.zeros(d, d)
+    assert add_upper_gram_(acc, x[:120]) is acc
+    add_upper_gram_(acc, x[120:])
+    full = x.t() @ x
+    b = gram_bounds(d)
+    for i in range(len(b) - 1):
+        for j in range(len(b) - 1):
+            blk = acc[b[i]:b[i + 1], b[j]:b[j + 1]]
+            if j < i:  # below the block diagonal: never computed (a third of the work saved at 4 blocks)
+                assert torch.count_nonzero(blk) == 0
+            else:  # 200-term float32 sums (two pieces added) against one product: K·eps relative, at scale Σ|x_i x_j|
+                torch.testing.assert_close(blk, full[b[i]:b[i + 1], b[j]:b[j + 1]], **tol(torch.float32, k=200, scale=400))
+    g = symmetrized(acc)
+    assert torch.equal(g, g.t())  # mirrored, so exactly symmetric
+    torch.testing.assert_close(g, full, **tol(torch.float32, k=200, scale=400))
+
+
+def test_hessian_statistics_read_the_squared_norms_off_the_grams_diagonal():
+    model = Shared()
+    stats = InputStats({"a": model.a, "c": model.c}, hessian=True)
+    xs = [torch.randn(4, 5, 3), torch.randn(2, 5, 3)]
+    with stats, torch.no_grad():
+        for x in xs:
+            stats.new_call()
+            model(x)
+    acc = stats.grams["a"]
+    # Σ x² is a view of the Gram accumulator's diagonal: no second pass over the inputs, no second sum
+    assert stats.sq_norms["a"].untyped_storage().data_ptr() == acc.untyped_storage().data_ptr()
+    flat = torch.cat([x.reshape(-1, 3) for x in xs])
+    # 30 tokens accumulated call by call against one reduction: 30-term float32 sums in another order
+    torch.testing.assert_close(stats.col_norms("a"), flat.norm(dim=0), **tol(torch.float32, k=30))
+    torch.testing.assert_close(stats.gram("a"), flat.t() @ flat, **tol(torch.float32, k=30, scale=30))
+    assert stats.n_tokens("a") == 30
+
+
+def test_reading_a_gram_mirrors_it_in_place_and_more_rows_still_add_up():
+    from prunekit.calibrate.stats import add_upper_gram_, mirror_upper_, symmetrized
+
+    x = torch.randn(90, 300, generator=torch.Generator().manual_seed(4))
+    acc = add_upper_gram_(torch.zeros(300, 300), x[:50])
+    want = symmetrized(acc)
+    assert mirror_upper_(acc) is acc and torch.equal(acc, want)  # the same values as the copy, no matrix-sized copy
+    assert torch.equal(mirror_upper_(acc), want)  # idempotent
+    add_upper_gram_(acc, x[50:])  # rows added after a read: the upper blocks stay the running sum
+    g = mirror_upper_(acc)
+    assert torch.equal(g, g.t())
+    # 90-term float32 sums, in pieces, against one product: K·eps relative at scale Σ|x_i x_j|
+    torch.testing.assert_close(g, x.t() @ x, **tol(torch.float32, k=90, scale=180))

@@ -185,3 +185,16 @@ def test_sequential_layer_is_the_default_and_block_is_the_papers_order():
     assert r.config["sequential"] == "layer"
     down = lambda m: m.model.layers[1].mlp.down_proj.weight  # noqa: E731
     assert torch.equal(down(default), down(layer)) and not torch.allclose(down(default), down(block))
+
+
+def test_one_pass_hands_memory_freed_before_it_back_before_the_first_block_runs(monkeypatch):
+    from prunekit.calibrate import onepass
+
+    events = []
+    monkeypatch.setattr(onepass, "release_freed_memory", lambda: events.append("trim") or True)
+    m = tiny_model("llama", hidden=64, layers=2)
+    for layer in m.model.layers:
+        layer.register_forward_pre_hook(lambda *a: events.append("block"))
+    pk.prune_(m, "sparsegpt", 0.5, calibration=IDS, sequential="layer", batch_size=6, progress=False)
+    # loading's freed buffers are trimmed before the walk's first block call (capture included), not after it
+    assert events[0] == "trim" and events.count("trim") == 1 and "block" in events

@@ -9,7 +9,7 @@ The block's output is then the pruned block's output, which feeds the next block
 block instead of two, and each layer compensates for the error of the layers before it (GPTQ's
 ``--true-sequential``; SparseGPT's weight updates then reconstruct what the pruned block really sees).
 Statistics are :class:`~.stats.InputStats`, fed through ``record`` (the one arithmetic; Gram matrices
-block-triangular, :func:`~.stats.symmetric_gram`).
+block-triangular, :func:`~.stats.add_upper_gram_`).
 
 The pass calls the block on one batch of ``batch_size`` windows at a time, the calls in lockstep
 (:class:`~.lockstep.Lockstep`): each batch's call pauses at a target's pre-hook until every batch has
@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..core.scope import Target
-from ..infra.machine import large_allocations_mapped
+from ..infra.machine import large_allocations_mapped, release_freed_memory
 from .batches import calibration_batches
 from .blockwise import BlockInputs, run_block, walk_blocks_
 from .lockstep import Lockstep
@@ -137,6 +137,9 @@ def walk_one_pass_(model: nn.Module, calibration: Any, targets_of: Callable[[str
         for s, o in zip(inputs, out):  # the pruned outputs become the next block's inputs
             s.hidden = o.to(s.hidden.device)
 
+    # what the process freed before the walk (loading's buffers: ~40 MB for SmolLM2) goes back to the system
+    # rather than sitting under the walk's peak
+    release_freed_memory()
     with large_allocations_mapped():  # the batches' tensors, freed in another order than taken, leave no holes
         walk_blocks_(model, calibration, visit, progress=progress, desc=desc, propagate=False, batch_size=batch_size,
                      device=device)

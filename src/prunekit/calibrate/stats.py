@@ -21,22 +21,54 @@ from torch import Tensor, nn
 from .moe import FusedExperts, expert_inputs
 
 
+def gram_bounds(d: int, pieces: int = 4) -> list[int]:
+    """Where the column blocks of a ``d``-wide Gram matrix start and end (one block below 256 columns)."""
+    pieces = 1 if d < 256 else pieces
+    return [round(i * d / pieces) for i in range(pieces + 1)]
+
+
+def add_upper_gram_(acc: Tensor, x: Tensor, pieces: int = 4) -> Tensor:
+    """``acc`` += the blocks of xᵀx on and above the block diagonal, for a (tokens, d) ``x``; returns ``acc``.
+
+    About 2/3 of the work of one product for 4 pieces, each block one product added into ``acc`` in place,
+    on column slices of ``x`` (views: nothing is copied). The blocks below the diagonal of ``acc`` are not
+    touched: read the sum through :func:`symmetrized`."""
+    bounds = gram_bounds(x.shape[1], pieces)
+    n = len(bounds) - 1
+    for i in range(n):
+        xi = x[:, bounds[i]:bounds[i + 1]].t()
+        for j in range(i, n):
+            acc[bounds[i]:bounds[i + 1], bounds[j]:bounds[j + 1]].addmm_(xi, x[:, bounds[j]:bounds[j + 1]])
+    return acc
+
+
+def symmetrized(acc: Tensor) -> Tensor:
+    """The symmetric matrix whose upper triangle (diagonal included) is ``acc``'s: what an accumulator of
+    :func:`add_upper_gram_` sums to (a new matrix)."""
+    upper = acc.triu()
+    return upper + upper.triu(1).t()
+
+
+def mirror_upper_(acc: Tensor, pieces: int = 4) -> Tensor:
+    """Make ``acc`` symmetric in place, its lower triangle copied from its upper one (the same values as
+    :func:`symmetrized`, with no matrix-sized temporary: one block at a time); returns ``acc``. Idempotent, and
+    an accumulator of :func:`add_upper_gram_` may take more rows afterwards (its upper blocks stay the sum)."""
+    bounds = gram_bounds(acc.shape[0], pieces)
+    n = len(bounds) - 1
+    for i in range(n):
+        rows = slice(bounds[i], bounds[i + 1])
+        diag = acc[rows, rows]
+        diag.copy_(diag.triu() + diag.triu(1).t())
+        for j in range(i + 1, n):
+            cols = slice(bounds[j], bounds[j + 1])
+            acc[cols, rows].copy_(acc[rows, cols].t())
+    return acc
+
+
 def symmetric_gram(x: Tensor, pieces: int = 4) -> Tensor:
-    """xᵀx for a (tokens, d) matrix, computing only the blocks on and above the diagonal (about 2/3 of the
-    work of one product for 4 pieces) and mirroring the rest; exact."""
-    d = x.shape[1]
-    if d < 256:
-        return x.t() @ x
-    bounds = [round(i * d / pieces) for i in range(pieces + 1)]
-    cols = [x[:, bounds[i]:bounds[i + 1]].contiguous() for i in range(pieces)]
-    out = x.new_empty(d, d)
-    for i in range(pieces):
-        for j in range(i, pieces):
-            blk = cols[i].t() @ cols[j]
-            out[bounds[i]:bounds[i + 1], bounds[j]:bounds[j + 1]] = blk
-            if i != j:
-                out[bounds[j]:bounds[j + 1], bounds[i]:bounds[i + 1]] = blk.t()
-    return out
+    """xᵀx for a (tokens, d) matrix, computing only the blocks on and above the diagonal and mirroring the
+    rest; exactly symmetric."""
+    return symmetrized(add_upper_gram_(x.new_zeros(x.shape[1], x.shape[1]), x, pieces))
 
 
 STATS_CHUNK_TOKENS = 4096
@@ -62,22 +94,30 @@ def row_chunks(x: Tensor, dtype: torch.dtype = torch.float32, tokens: int | None
 
 def input_sums(x: Tensor, hessian: bool, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor | None, int]:
     """(Σ x², Σ x·xᵀ or None, rows) over the rows of ``x`` (…, d) in ``dtype``, summed over pieces of
-    :data:`STATS_CHUNK_TOKENS` rows so that no full-size copy or square of ``x`` is ever made."""
-    sq: Tensor | None = None
-    gram: Tensor | None = None
+    :data:`STATS_CHUNK_TOKENS` rows so that no full-size copy or square of ``x`` is ever made. With ``hessian``
+    Σ x² is the Gram matrix's diagonal (no second pass over ``x``)."""
+    d = x.shape[-1]
+    if hessian:
+        acc = torch.zeros(d, d, dtype=dtype, device=x.device)
+        rows = add_rows_(acc, x, hessian=True)
+        gram = symmetrized(acc)
+        return gram.diagonal().clone(), gram, rows
+    sq = torch.zeros(d, dtype=dtype, device=x.device)
+    return sq, None, add_rows_(sq, x, hessian=False)
+
+
+def add_rows_(acc: Tensor, x: Tensor, hessian: bool) -> int:
+    """Add the rows of ``x`` (…, d) into ``acc``: the upper blocks of Σ x·xᵀ (``hessian``, see
+    :func:`add_upper_gram_`) or Σ x²; in pieces of :data:`STATS_CHUNK_TOKENS` rows in ``acc``'s dtype.
+    Returns the number of rows."""
     rows = 0
-    for c in row_chunks(x, dtype):
-        s = c.square().sum(0)
-        sq = s if sq is None else sq.add_(s)
+    for c in row_chunks(x, acc.dtype):
         if hessian:
-            g = symmetric_gram(c)
-            gram = g if gram is None else gram.add_(g)
+            add_upper_gram_(acc, c)
+        else:
+            acc.add_(c.square().sum(0))
         rows += c.shape[0]
-    if sq is None:  # no rows at all
-        d = x.shape[-1]
-        sq = torch.zeros(d, dtype=dtype, device=x.device)
-        gram = torch.zeros(d, d, dtype=dtype, device=x.device) if hessian else None
-    return sq, gram, rows
+    return rows
 
 
 class InputStats:
@@ -122,20 +162,19 @@ class InputStats:
         self._seen.clear()
 
     def add(self, key: str, x: Tensor) -> None:
-        """Add the rows of ``x`` (…, in) to the statistics kept under ``key``."""
-        sq, gram, rows = input_sums(x, self.hessian, self.dtype)
+        """Add the rows of ``x`` (…, in) to the statistics kept under ``key``. With ``hessian`` the Gram matrix
+        is accumulated (its upper blocks, :func:`add_upper_gram_`) and Σ x² is a view of its diagonal."""
         self.owner.setdefault(key, key)
-        if key in self.sq_norms:
-            self.sq_norms[key] += sq
-            self.tokens[key] += rows
-        else:
-            self.sq_norms[key] = sq
-            self.tokens[key] = rows
-        if gram is not None:
-            if key in self.grams:
-                self.grams[key] += gram
+        if key not in self.sq_norms:
+            d = x.shape[-1]
+            if self.hessian:
+                self.grams[key] = torch.zeros(d, d, dtype=self.dtype, device=x.device)
+                self.sq_norms[key] = self.grams[key].diagonal()
             else:
-                self.grams[key] = gram
+                self.sq_norms[key] = torch.zeros(d, dtype=self.dtype, device=x.device)
+            self.tokens[key] = 0
+        acc = self.grams[key] if self.hessian else self.sq_norms[key]
+        self.tokens[key] += add_rows_(acc, x, self.hessian)
 
     def record(self, name: str, x: Tensor) -> None:
         """Add the input ``x`` of module ``name`` — or, when a module seen before in this call read the very
@@ -171,8 +210,9 @@ class InputStats:
         return self.sq_norms[self.owner[name]] / max(self.n_tokens(name), 1)
 
     def gram(self, name: str) -> Tensor:
-        """X·Xᵀ summed over calibration tokens (in × in) for module ``name``."""
-        return self.grams[self.owner[name]]
+        """X·Xᵀ summed over calibration tokens (in × in) for module ``name``: the accumulator itself, made exactly
+        symmetric in place (:func:`mirror_upper_`; no copy of it at the walk's peak). Read-only for callers."""
+        return mirror_upper_(self.grams[self.owner[name]])
 
     def n_tokens(self, name: str) -> int:
         """How many tokens module ``name``'s statistics were collected over (0 when it saw none)."""
