@@ -142,3 +142,15 @@ def store_papers(db: str, benchmark: str, model: str, paths: Iterable[Path], sha
     paths = [Path(p) for p in paths]
     results = papers_from_files(paths, benchmark, shapes, kind, convert)
     return store_paper_results(db, benchmark, model, results, source=", ".join(p.name for p in paths))
+
+
+def store_papers_or_exit(db: str | None, benchmark: str, model: str, paths: Iterable[Path],
+                         shapes: dict[str, set[str]], kind: str | None, convert) -> None:
+    """A papers benchmark's ``--db``: :func:`store_papers` when given, bad input as one ``error:`` line and exit."""
+    if not db:
+        return
+    try:
+        n = store_papers(db, benchmark, model, paths, shapes, kind, convert)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"stored {n} rows of {', '.join(str(p) for p in paths)} in {db}")

@@ -47,7 +47,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Subset, TensorDataset
 
-from _apps_common import budget_of, store_papers
+from _apps_common import budget_of, store_papers_or_exit
 
 import prunekit as pk
 from prunekit.bench.papers import Measured, PaperResult, compare
@@ -444,12 +444,7 @@ def main() -> None:
     rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
     rows += [json.loads(line) for extra in args.merge for line in extra.read_text().splitlines() if line.strip()]
     print(tables(rows))
-    if args.db:
-        try:
-            n = store_papers(args.db, "papers_criteria", MODEL, [args.out, *args.merge], SHAPES, "part", paper_results)
-        except ValueError as exc:
-            raise SystemExit(f"error: {exc}") from None
-        print(f"stored {n} rows of {args.out} in {args.db}")
+    store_papers_or_exit(args.db, "papers_criteria", MODEL, [args.out, *args.merge], SHAPES, "part", paper_results)
 
 
 if __name__ == "__main__":

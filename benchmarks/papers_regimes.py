@@ -44,7 +44,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from _apps_common import append_rows, budget_of, store_papers
+from _apps_common import append_rows, budget_of, store_papers_or_exit
 
 import prunekit as pk
 from prunekit.analysis.regimes import (RegimeConfig, Transition, classify, fit_barrier_threshold, linear_cka,
@@ -293,12 +293,7 @@ def main() -> None:
     rows = [json.loads(line) for path in [args.out, *args.merge] for line in path.read_text().splitlines() if line.strip()]
     for axis in dict.fromkeys(r.get("temperature", "epochs") for r in rows):  # one grid per temperature axis
         print(table([r for r in rows if r.get("temperature", "epochs") == axis], cfg))
-    if args.db:
-        try:
-            n = store_papers(args.db, "papers_regimes", MODEL, [args.out, *args.merge], SHAPES, "kind", paper_results)
-        except ValueError as exc:
-            raise SystemExit(f"error: {exc}") from None
-        print(f"stored {n} rows of {args.out} in {args.db}")
+    store_papers_or_exit(args.db, "papers_regimes", MODEL, [args.out, *args.merge], SHAPES, "kind", paper_results)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from _apps_common import append_rows, budget_of, store_papers
+from _apps_common import append_rows, budget_of, store_papers_or_exit
 
 from prunekit.bench.papers import Measured, PaperResult, compare
 from prunekit.datasets import load_fashion_mnist
@@ -172,12 +172,7 @@ def main() -> None:
             print(f"seed {seed} done: " + ", ".join(f"{r['arm']} {r['acc']:.3f}" for r in rows), flush=True)
     rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
     print(table(rows))
-    if args.db:
-        try:
-            n = store_papers(args.db, "papers_tas", MODEL, [args.out], SHAPES, "arm", paper_results)
-        except ValueError as exc:
-            raise SystemExit(f"error: {exc}") from None
-        print(f"stored {n} rows of {args.out} in {args.db}")
+    store_papers_or_exit(args.db, "papers_tas", MODEL, [args.out], SHAPES, "arm", paper_results)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from _apps_common import budget_of, store_papers  # noqa: E402
+from _apps_common import budget_of, store_papers_or_exit  # noqa: E402
 
 import prunekit as pk  # noqa: E402
 from prunekit.bench.papers import Measured, PaperResult, compare  # noqa: E402
@@ -435,12 +435,7 @@ def main() -> None:
 
 
 def _store(args) -> None:
-    if args.db:
-        try:
-            n = store_papers(args.db, "papers_vit", MODEL, [args.out], SHAPES, "part", paper_results)
-        except ValueError as exc:
-            raise SystemExit(f"error: {exc}") from None
-        print(f"stored {n} rows of {args.out} in {args.db}")
+    store_papers_or_exit(args.db, "papers_vit", MODEL, [args.out], SHAPES, "part", paper_results)
 
 
 if __name__ == "__main__":
