@@ -22,7 +22,7 @@ from prunekit.diffusion import TrainConfig, UNetConfig, build_unet, fashion_mnis
 from prunekit.infra.latency import time_interleaved
 
 CACHE = Path.home() / ".cache" / "prunekit"
-BASE = CACHE / "diffusion" / "ddpm-fmnist-v1"
+BASE = CACHE / "diffusion" / "ddpm-fmnist-v3"
 OWN = CACHE / "diffusion2"
 SMALL = UNetConfig(block_out_channels=(16, 32, 32), layers_per_block=1, attention=True, attention_head_dim=8,
                    norm_num_groups=8)

@@ -64,6 +64,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--channels", type=int, nargs="+", default=[8, 16, 16], help="the UNet's widths (8 16 16)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights sampled from (0.999; without it "
+                    "the raw weights at this lr leave grey noise in the background and no sample counts as a copy)")
     ap.add_argument("--round-steps", type=int, default=250, help="training steps between copy checks (250)")
     ap.add_argument("--max-steps", type=int, default=6000)
     ap.add_argument("--max-cpu-minutes", type=float, default=15.0, help="training budget in CPU minutes (15)")
@@ -86,8 +88,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    return {k: getattr(args, k) for k in ("memorized", "per_memorized", "copies", "per_other", "channels",
-                                          "batch_size", "lr", "round_steps", "target", "quantile", "steps")}
+    keys = ("memorized", "per_memorized", "copies", "per_other", "channels", "batch_size", "lr", "round_steps",
+            "target", "quantile", "steps")
+    return {k: getattr(args, k) for k in keys} | ({"ema": args.ema} if args.ema else {})
 
 
 def memorizing_model(args, tx, ty, ux, copies_of):
@@ -118,6 +121,7 @@ def memorizing_model(args, tx, ty, ux, copies_of):
         if rounds and rounds[-1]["copy_rate_memorized"] >= args.target:
             break
         cfg = TrainConfig(steps=min(args.round_steps, args.max_steps - done), batch_size=args.batch_size, lr=args.lr,
+                          ema_decay=args.ema or None,
                           warmup_steps=50 if done == 0 else 0, seed=len(rounds))
         rep = train_ddpm_(unet, tx, ty, cfg, progress=False)
         done += rep.steps

@@ -5,8 +5,9 @@ of the training cost, and the sampling speed-up measured (paired, interleaved).
     nice -n 10 python benchmarks/diffusion_prune.py                 # the README table (1 seed by default)
     python benchmarks/diffusion_prune.py --insights                 # + which blocks / importance hurt least
 
-Needs the model of benchmarks/diffusion_train.py (~/.cache/prunekit/diffusion/ddpm-fmnist-v2: v1 continued with
-the warmed-up EMA). FID-FMNIST is
+Needs the model of benchmarks/diffusion_train.py (~/.cache/prunekit/diffusion/ddpm-fmnist-v3). Seeds can run in
+separate processes (``--seeds 0 --out-name diffusion_prune_s0.json``) and are read together by the README
+table's script. FID-FMNIST is
 computed over a Fashion-MNIST classifier's penultimate features (not Inception), on --n samples against --n real
 test images; the floor is the same metric between two disjoint halves of the real test set of the same size.
 """
@@ -28,7 +29,7 @@ from prunekit.diffusion.diffpruning import DiffPruningConfig, diff_prune_
 from prunekit.diffusion.metrics import (load_classifier, real_reference, sample_quality, sampling_time, save_grid,
                                         unet_cost, write_json)
 
-CACHE = Path.home() / ".cache" / "prunekit" / "diffusion" / "ddpm-fmnist-v2"
+CACHE = Path.home() / ".cache" / "prunekit" / "diffusion" / "ddpm-fmnist-v3"
 OUT = Path(__file__).parent / "results" / "diffusion"
 
 
@@ -39,9 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=200, help="samples per FID (and real images per half)")
     ap.add_argument("--steps", type=int, default=10, help="DDIM steps for the FID samples")
     ap.add_argument("--ft-steps", type=int, default=30, help="fine-tune steps after pruning")
+    ap.add_argument("--ft-ema", type=float, default=0.99, help="EMA decay of the fine-tune (warmed up)")
+    ap.add_argument("--skip-before", action="store_true",
+                    help="measure fine-tuned models only after their fine-tune (saves one sampling each)")
     ap.add_argument("--ft-all", action="store_true", help="fine-tune the l1 and random models too")
     ap.add_argument("--stride", type=int, default=50, help="Diff-Pruning: every STRIDE-th timestep")
-    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0], help="seeds to run (0); none with --insights for the insights alone")
+    ap.add_argument("--out-name", default="diffusion_prune.json", help="results file name under --out")
     ap.add_argument("--insights", action="store_true", help="down/mid/up × importance at equal MACs, no fine-tune")
     ap.add_argument("--insight-macs", type=float, default=0.08)
     ap.add_argument("--out", type=Path, default=OUT)
@@ -65,19 +70,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {q} [{time.perf_counter() - t0:.0f}s]", flush=True)
         return q.to_dict()
 
-    base_q = {s: quality(base, s) for s in range(args.seeds)}
+    base_q = {s: quality(base, s) for s in args.seeds}
     results["base"] = {**unet_cost(base), "quality": base_q}
     save_grid(base, args.out / "base.png", per_class=8, steps=args.steps)
-    for seed in range(args.seeds):
+    results["started_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for seed in args.seeds:
         pruned = {}
         for imp in ("diff-pruning", "l1", "random"):
             u = copy.deepcopy(base)
             rep = diff_prune_(u, x, y, DiffPruningConfig(importance=imp, macs_sparsity=args.macs, batch_size=16,
                                                           timestep_stride=args.stride, seed=seed))
             print(f"seed {seed} {rep}", flush=True)
-            row = {"seed": seed, "importance": imp, "prune": rep.to_dict(), **unet_cost(u), "quality": quality(u, seed)}
-            if imp == "diff-pruning" or args.ft_all:
-                cfg = TrainConfig(steps=args.ft_steps, batch_size=64, lr=5e-4, ema_decay=0.9, warmup_steps=5,
+            tuned = imp == "diff-pruning" or args.ft_all
+            row = {"seed": seed, "importance": imp, "prune": rep.to_dict(), **unet_cost(u)}
+            if not tuned or not args.skip_before:
+                row["quality"] = quality(u, seed)
+            if tuned:
+                cfg = TrainConfig(steps=args.ft_steps, batch_size=64, lr=5e-4, ema_decay=args.ft_ema, warmup_steps=5,
                                   seed=seed, **meta["schedule"])
                 ft = train_ddpm_(u, x, y, cfg, progress=sys.stderr.isatty())
                 print(f"    fine-tune: {ft}", flush=True)
@@ -87,14 +96,14 @@ def main(argv: list[str] | None = None) -> int:
                 row["quality_finetuned"] = quality(u, seed)
             results["runs"].append(row)
             pruned[imp] = u
-            write_json(args.out / "diffusion_prune.json", results)
-        if seed == 0:
-            save_grid(pruned["diff-pruning"], args.out / "diff_pruning_finetuned.png", per_class=8, steps=args.steps)
+            write_json(args.out / args.out_name, results)
+        if seed == args.seeds[0]:
+            save_grid(pruned["diff-pruning"], args.out / f"diff_pruning_finetuned_s{seed}.png", per_class=8, steps=args.steps)
             cmp = sampling_time({"dense": base, "diff-pruning": pruned["diff-pruning"]}, n=10, steps=args.steps,
                                 budget_s=90)
             print(cmp, flush=True)
             results["sampling_time"] = cmp.to_dict()
-            write_json(args.out / "diffusion_prune.json", results)
+            write_json(args.out / args.out_name, results)
     if args.insights:
         results["insights"] = []
         for blocks in (("down",), ("mid",), ("up",)):
@@ -110,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"insight {rep}", flush=True)
                 results["insights"].append({"blocks": blocks, "importance": imp, "macs_removed": rep.macs_removed,
                                             "quality": quality(u, 0)})
-                write_json(args.out / "diffusion_prune.json", results)
-    write_json(args.out / "diffusion_prune.json", results)
+                write_json(args.out / args.out_name, results)
+    write_json(args.out / args.out_name, results)
     print(f"wrote {args.out / 'diffusion_prune.json'}")
     return 0
 

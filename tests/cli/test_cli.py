@@ -56,3 +56,32 @@ def test_summary_with_latency(capsys):
     assert set(data["totals"]["latency_ms"]) == {"1", "32"}
     assert main(["summary", "--model", "mlp", "--latency", "one"]) == 2
     assert "comma-separated batch sizes" in capsys.readouterr().err
+
+
+def test_threads_flag_sets_torch_threads_for_the_command_and_restores_them(monkeypatch):
+    import argparse
+
+    import pytest
+    import torch
+
+    from prunekit import cli
+
+    seen = []
+    before = torch.get_num_threads()
+    parser = cli.build_parser()
+    args = parser.parse_args(["--threads", "1", "summary", "--model", "x"])
+    assert args.torch_threads == 1
+    assert parser.parse_args(["summary", "--model", "x"]).torch_threads is None  # auto
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["--threads", "0", "summary", "--model", "x"])
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", lambda self, argv=None: args)
+    args.func = lambda a: seen.append(torch.get_num_threads()) or 0
+    assert cli.main([]) == 0
+    assert seen == [1] and torch.get_num_threads() == before
+    assert cli.thread_count(3) == 3
+    monkeypatch.setenv("PRUNEKIT_THREADS", "2")
+    assert cli.thread_count(None) == 2
+    monkeypatch.setenv("PRUNEKIT_THREADS", "zero")
+    with pytest.raises(ValueError, match="PRUNEKIT_THREADS"):
+        cli.thread_count(None)

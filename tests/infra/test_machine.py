@@ -47,3 +47,14 @@ def test_large_allocations_mapped_hands_a_freed_tensor_back_at_once():
     last = out.stdout.split()[-1]
     assert last == "skipped" or int(last) > 12e6
     assert MMAP_THRESHOLD_AFTER == 32 << 20
+
+
+def test_free_cores_subtracts_the_busy_cores_and_keeps_one():
+    from prunekit.infra.machine import free_cores
+
+    assert free_cores(cores=2, load=0.0) == 2
+    assert free_cores(cores=2, load=0.4) == 2  # rounding: a core 40% busy still counts as free
+    assert free_cores(cores=2, load=1.1) == 1  # another process holds a core
+    assert free_cores(cores=2, load=7.0) == 1  # at least one
+    assert free_cores(cores=16, load=3.6) == 12
+    assert 1 <= free_cores() <= max(1, __import__("os").cpu_count())

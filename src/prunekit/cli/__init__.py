@@ -34,10 +34,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"prunekit {__version__}")
     parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
+    parser.add_argument("--threads", dest="torch_threads", default="auto", type=_threads_arg, metavar="N|auto",
+                        help="CPU threads for torch (default auto: one per core not busy with other processes, "
+                             "from the load average; PRUNEKIT_THREADS sets the default)")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.add_parser(subs)
     return parser
+
+
+def _threads_arg(text: str) -> int | None:
+    """``--threads``: a positive int, or ``auto`` (None)."""
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--threads takes a positive integer or 'auto', got {text!r}")
+    return value
+
+
+def thread_count(requested: int | None) -> int:
+    """torch's intra-op threads for a command: ``requested``, else ``PRUNEKIT_THREADS``, else one per free core
+    (:func:`prunekit.infra.machine.free_cores`)."""
+    from ..infra.machine import free_cores
+
+    if requested is None and os.environ.get("PRUNEKIT_THREADS", "auto") != "auto":
+        try:
+            requested = _threads_arg(os.environ["PRUNEKIT_THREADS"])
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"PRUNEKIT_THREADS: {exc}".replace("--threads takes", "takes")) from None
+    return requested if requested is not None else free_cores()
+
+
+@contextlib.contextmanager
+def torch_threads(requested: int | None) -> Iterator[int]:
+    """Run a command with :func:`thread_count` torch threads; the previous count is restored after it."""
+    import torch
+
+    old = torch.get_num_threads()
+    count = thread_count(requested)
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(old)
 
 
 @contextlib.contextmanager
@@ -71,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(getattr(args, "debug", False) or os.environ.get("PRUNEKIT_DEBUG"))
     quiet = quiet_libraries() if is_quiet(args) else contextlib.nullcontext()
     try:
-        with _terminate_as_exit(), quiet, one_line_warnings(args.command, debug):
+        with _terminate_as_exit(), quiet, one_line_warnings(args.command, debug), \
+                torch_threads(getattr(args, "torch_threads", None)):
             return int(args.func(args) or 0)
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the boundary: every failure becomes one line
         failure = exc

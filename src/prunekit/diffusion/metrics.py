@@ -69,10 +69,11 @@ def classifier_accuracy(net: FeatureNet, images: torch.Tensor, labels: torch.Ten
     return hits / max(len(images), 1)
 
 
-def train_classifier(*, epochs: int = 1, limit: int | None = 30000, batch_size: int = 128, lr: float = 3e-3,
+def train_classifier(*, epochs: int = 3, limit: int | None = None, batch_size: int = 128, lr: float = 3e-3,
                      seed: int = 0, progress: bool = False) -> tuple[FeatureNet, dict[str, Any]]:
     """Train :class:`FeatureNet` on (the first ``limit`` images of) the Fashion-MNIST train split; returns it and
-    its card (test accuracy on the 10,000 test images). The defaults fit a shared CPU in minutes."""
+    its card (test accuracy on the 10,000 test images). The defaults (3 epochs of the 60,000 images) take about
+    two minutes on one idle CPU thread (test accuracy 0.889)."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
@@ -106,11 +107,11 @@ def train_classifier(*, epochs: int = 1, limit: int | None = 30000, batch_size: 
 
 def load_classifier(folder: str | Path | None = None, *, train_if_missing: bool = True,
                     progress: bool = False) -> tuple[FeatureNet, dict[str, Any]]:
-    """The feature classifier cached in ``folder`` (default ``~/.cache/prunekit/diffusion/fmnist-classifier-v2``),
-    trained and cached on first use (about a minute on one idle CPU thread). Returns it (eval mode) and its card."""
+    """The feature classifier cached in ``folder`` (default ``~/.cache/prunekit/diffusion/fmnist-classifier-v3``),
+    trained and cached on first use (about two minutes on one idle CPU thread). Returns it (eval mode) and its card."""
     from safetensors.torch import load_file, save_file
 
-    folder = Path(folder) if folder else CACHE / "fmnist-classifier-v2"
+    folder = Path(folder) if folder else CACHE / "fmnist-classifier-v3"
     meta = read_meta(folder) if folder.is_dir() else None
     if meta is None or meta.get("kind") != CLASSIFIER_KIND:
         if not train_if_missing:
