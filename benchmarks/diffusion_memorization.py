@@ -62,6 +62,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--copies", type=int, default=20, help="repeats of each memorized image (20)")
     ap.add_argument("--per-other", type=int, default=6, help="distinct images per other class (6)")
     ap.add_argument("--channels", type=int, nargs="+", default=[8, 16, 16], help="the UNet's widths (8 16 16)")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from this saved UNet (e.g. the base DDPM of diffusion_train.py) instead of a fresh one "
+                         "of --channels: a model that already draws clean images and then trains on the duplicated "
+                         "subset, as a fine-tune on a few repeated images memorizes them")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights sampled from (0.999; without it "
@@ -88,16 +92,19 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    keys = ("memorized", "per_memorized", "copies", "per_other", "channels", "batch_size", "lr", "round_steps",
+    keys = ("memorized", "per_memorized", "copies", "per_other", "batch_size", "lr", "round_steps",
             "target", "quantile", "steps")
-    return {k: getattr(args, k) for k in keys} | ({"ema": args.ema} if args.ema else {})
+    return ({k: getattr(args, k) for k in keys} | ({"ema": args.ema} if args.ema else {})
+            | ({} if args.init is not None else {"channels": args.channels}))
 
 
 def memorizing_model(args, tx, ty, ux, copies_of):
     """The cached memorizing UNet for these settings and data, trained (in rounds, until it copies) when missing,
     resumed from its last finished round when a run was killed. Returns (unet, card)."""
     shape = UNetConfig(block_out_channels=tuple(args.channels), attention_head_dim=8, norm_num_groups=8)
-    ident = {"settings": _settings(args), "unet": shape.model_dump(mode="json"), "data": tensor_hash(tx),
+    init = read_unet_meta(args.init) if args.init is not None else None
+    unet_id = {"init": str(args.init), "init_sha256": init["weights_sha256"]} if init else shape.model_dump(mode="json")
+    ident = {"settings": _settings(args), "unet": unet_id, "data": tensor_hash(tx),
              "labels": tensor_hash(ty), "v": 2}
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
     folder, partial = CACHE / f"memorize-{key}", CACHE / f"memorize-{key}.partial"
@@ -113,7 +120,8 @@ def memorizing_model(args, tx, ty, ux, copies_of):
         unet, state = load_unet(partial), read_unet_meta(partial)["card"]
         print(f"  resuming after round {len(state['rounds'])} ({state['steps']} steps)", flush=True)
     else:
-        unet, state = build_unet(shape, seed=0), {"steps": 0, "cpu_seconds": 0.0, "seconds": 0.0, "rounds": []}
+        unet = load_unet(args.init) if args.init is not None else build_unet(shape, seed=0)
+        state = {"steps": 0, "cpu_seconds": 0.0, "seconds": 0.0, "rounds": []}
     rounds, done = state["rounds"], state["steps"]
     cpu0, wall0 = time.process_time() - state["cpu_seconds"], time.perf_counter() - state["seconds"]
     while (done < args.max_steps and time.process_time() - cpu0 < args.max_cpu_minutes * 60

@@ -33,6 +33,27 @@ CACHE = Path.home() / ".cache" / "prunekit" / "diffusion" / "ddpm-fmnist-v3"
 OUT = Path(__file__).parent / "results" / "diffusion"
 
 
+def merge(folder: Path, names: list[str], out_name: str) -> int:
+    """One result file from per-seed ones run in separate processes (same model, samples and DDIM steps)."""
+    parts = [json.loads((folder / n).read_text()) for n in names]
+    first = parts[0]
+    for p in parts[1:]:
+        same = all(p[k] == first[k] for k in ("weights_sha256", "n", "ddim_steps"))
+        if not same:
+            raise SystemExit(f"cannot merge: {names} were run on different models, sample counts or DDIM steps")
+    merged = {**first, "runs": [r for p in parts for r in p["runs"]], "merged_from": names,
+              "base": {**first["base"], "quality": {k: v for p in parts for k, v in p["base"]["quality"].items()}}}
+    timed = [p["sampling_time"] for p in parts if "sampling_time" in p]
+    if timed:
+        merged["sampling_time"] = timed[0]
+    insights = [i for p in parts for i in p.get("insights", [])]
+    if insights:
+        merged["insights"] = insights
+    write_json(folder / out_name, merged)
+    print(f"wrote {folder / out_name} ({len(merged['runs'])} runs, seeds {sorted(merged['base']['quality'])})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=CACHE)
@@ -50,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--insights", action="store_true", help="down/mid/up × importance at equal MACs, no fine-tune")
     ap.add_argument("--insight-macs", type=float, default=0.08)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--merge", nargs="+", default=None, metavar="FILE",
+                    help="only merge these per-seed result files (names under --out) into --out-name, then stop")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.out, args.merge, args.out_name)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     base = load_unet(args.model)

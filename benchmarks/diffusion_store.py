@@ -41,6 +41,16 @@ def _split_seed(variant: str) -> tuple[str, int | None]:
     return (m.group(1), int(m.group(2))) if m else (variant, None)
 
 
+def _finetuned_grid(base: Path, row: dict) -> str | None:
+    """The PNG grid of a fine-tuned Diff-Pruning model, where the benchmark saved one for its seed."""
+    if row["importance"] != "diff-pruning":
+        return None
+    for name in (f"diff_pruning_finetuned_s{row['seed']}.png", "diff_pruning_finetuned.png"):
+        if (base / name).is_file():
+            return name
+    return None
+
+
 def prune_runs(path: Path) -> tuple[str, dict, list[DiffusionRun]]:
     """diffusion_prune.py: the base and each importance at its MAC target (Diff-Pruning also after its fine-tune)."""
     d = json.loads(path.read_text())
@@ -51,14 +61,15 @@ def prune_runs(path: Path) -> tuple[str, dict, list[DiffusionRun]]:
     for r in d["runs"]:
         removed = r["prune"]["macs_removed"]
         cost = {"params": r["params"], "macs_per_step": r["macs_per_step"], "macs_removed": removed}
-        runs.append(DiffusionRun(f"{r['importance']}, -{removed:.1%} MACs, no fine-tune", r["seed"],
-                                 {**cost, **_scalars(r["quality"], ("note", "seed"))}))
+        if "quality" in r:  # measured before the fine-tune too (diffusion_prune.py without --skip-before)
+            runs.append(DiffusionRun(f"{r['importance']}, -{removed:.1%} MACs, no fine-tune", r["seed"],
+                                     {**cost, **_scalars(r["quality"], ("note", "seed"))}))
         if "quality_finetuned" in r:
             label = f"{r['importance']}, -{removed:.1%} MACs, + {r['finetune']['steps']} fine-tune steps"
             runs.append(DiffusionRun(label, r["seed"], {**cost, **_scalars(r["quality_finetuned"], ("note", "seed")),
                                                         "finetune_seconds_fraction": r["finetune_cost"]["seconds_fraction"],
                                                         "finetune_images_fraction": r["finetune_cost"]["images_fraction"]},
-                                     _grid(base, "diff_pruning_finetuned.png", label)))
+                                     _grid(base, _finetuned_grid(base, r), label)))
     protocol = {"weights_sha256": d["weights_sha256"], "samples": d["n"], "ddim_steps": d["ddim_steps"],
                 "classifier_test_accuracy": d["classifier"]["test_accuracy"], "floors": d["floors"]}
     return d["model"], protocol, runs

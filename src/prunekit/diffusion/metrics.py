@@ -167,14 +167,28 @@ def kernel_distance(a: np.ndarray, b: np.ndarray, *, subsets: int = 10, subset_s
     return float(np.mean(vals)), float(np.std(vals))
 
 
-def _knn_radius(x: np.ndarray, k: int) -> np.ndarray:
-    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    return np.sqrt(np.sort(d, axis=1)[:, k])  # column 0 is the point itself
+def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between the rows of ``a`` and ``b`` ([len(a), len(b)], float64), without the
+    [len(a), len(b), dim] difference tensor (23.8 GiB at 5,000 × 5,000 × 128)."""
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.maximum(d, 0.0)
 
 
-def _inside(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
-    d = np.sqrt(((points[:, None, :] - centres[None, :, :]) ** 2).sum(-1))
-    return (d <= radii[None, :]).any(1)
+def _knn_radius(x: np.ndarray, k: int, chunk: int = 1000) -> np.ndarray:
+    """Distance from each row of ``x`` to its ``k``-th nearest other row."""
+    out = []
+    for i in range(0, len(x), chunk):
+        d = _sq_distances(x[i:i + chunk], x)
+        d[np.arange(len(d)), np.arange(i, i + len(d))] = 0.0  # the point itself, exactly
+        out.append(np.sqrt(np.partition(d, k, axis=1)[:, k]))  # column 0 is the point itself
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _inside(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, chunk: int = 1000) -> np.ndarray:
+    """Whether each of ``points`` lies in at least one ball (``centres``, ``radii``)."""
+    out = [(_sq_distances(points[i:i + chunk], centres) <= (radii ** 2)[None, :]).any(1)
+           for i in range(0, len(points), chunk)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=bool)
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
