@@ -48,7 +48,7 @@ from prunekit.diffusion import TrainConfig, UNetConfig, build_unet, ddim_sample,
     train_ddpm_
 from prunekit.diffusion.ddpm import read_unet_meta
 from prunekit.diffusion.memorization import Located, copy_threshold, duplicated_subset, forget_, locate, nearest, \
-    overlap, unit_activations
+    overlap, standardized_pixels, unit_activations
 from prunekit.diffusion.metrics import CACHE, features, frechet_distance, grid_pixels, load_classifier, unet_cost
 from prunekit.diffusion.units import find_unit_layers
 
@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     train_feats, test_feats = feats(ux), feats(xt)
     threshold = copy_threshold(test_feats, train_feats, quantile=args.quantile)
     real_d, _ = nearest(test_feats, train_feats)
+    train_pix = standardized_pixels(ux)  # the second criterion: pixel correlation (blind to brightness/contrast)
+    pixel_threshold = copy_threshold(standardized_pixels(xt), train_pix, quantile=args.quantile)
     memorized = torch.tensor(args.memorized)
     others = torch.tensor([c for c in range(10) if c not in args.memorized])
     print(f"training set: {len(tx)} images, {len(ux)} distinct; copy threshold {threshold:.3f} "
@@ -234,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         d, idx = nearest(f, train_feats)
         cp = d < threshold
         own = (uy[idx] == labels)
+        dp, _ = nearest(standardized_pixels(xs), train_pix)
+        cpp = dp < pixel_threshold
         out = {"copy_rate_memorized": float(cp[is_mem].float().mean()),
+               "pixel_copy_rate_memorized": float(cpp[is_mem].float().mean()),
+               "pixel_copy_rate_other": float(cpp[~is_mem].float().mean()),
                "copy_rate_other": float(cp[~is_mem].float().mean()),
                "copies_of_own_class_image": float(own[cp].float().mean()) if bool(cp.any()) else None,
                "median_nn_distance_memorized": float(d[is_mem].median()),
@@ -248,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             out["paired_mse_memorized"] = float((xs[is_mem] - reference[is_mem]).pow(2).mean())
         return out, xs
 
-    grid_dir = args.out.parent / "diffusion_memorization"
+    grid_dir = args.out.parent / args.out.stem  # beside the results file, named after it
     grid_dir.mkdir(parents=True, exist_ok=True)
     grid_rows = min(n, 8)
     pick = torch.cat([torch.arange(c * n, c * n + grid_rows) for c in range(10)])
@@ -299,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     out = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "benchmark": "diffusion_memorization",
            "classifier": f"prunekit.diffusion.metrics FeatureNet (test accuracy {clf_card.get('test_accuracy')})",
            "classifier_test_accuracy": clf_card.get("test_accuracy"), "memorizing_model": card,
-           "copy_threshold": threshold,
+           "copy_threshold": threshold, "pixel_copy_threshold": pixel_threshold,
+           "pixel_threshold_rule": f"{args.quantile} quantile of the same distance in standardized pixels "
+                                   "(sqrt(2(1 - r)), r the pixel correlation)",
            "threshold_rule": f"{args.quantile} quantile of the nearest-training-image distance of the 10,000 real "
                              "test images (classifier features)",
            "real_test_nn_distance": {"q0.001": float(torch.quantile(real_d.double(), 0.001)),

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "quality": quality(u, 0)})
                 write_json(args.out / args.out_name, results)
     write_json(args.out / args.out_name, results)
-    print(f"wrote {args.out / 'diffusion_prune.json'}")
+    print(f"wrote {args.out / args.out_name}")
     return 0
 
 

@@ -69,3 +69,15 @@ def test_activations_refuse_labels_the_unet_has_no_embedding_for():
     unet = build_unet(TINY, seed=0).eval()
     with pytest.raises(ValueError, match=r"labels must be in \[0, 10\) for this UNet, got \[3, 12\]"):
         unit_activations(unet, torch.tensor([3, 12]), steps=1)  # used to be an IndexError inside the embedding
+
+
+def test_standardized_pixels_distance_is_sqrt_two_one_minus_correlation():
+    from prunekit.diffusion.memorization import nearest, standardized_pixels
+
+    a = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    b = torch.tensor([[[[1.0, 3.0], [2.0, 4.0]]]])
+    # hand: centred a = (-1.5, -0.5, 0.5, 1.5), b = (-1.5, 0.5, -0.5, 1.5); r = (2.25 - 0.25 - 0.25 + 2.25) / 5 = 0.8
+    d, idx = nearest(standardized_pixels(b), standardized_pixels(a))
+    assert abs(float(d[0]) - (2 * (1 - 0.8)) ** 0.5) < 1e-6 and int(idx[0]) == 0
+    same, _ = nearest(standardized_pixels(0.5 * a - 0.3), standardized_pixels(a))  # brightness and contrast
+    assert float(same[0]) < 1e-6
