@@ -142,9 +142,8 @@ def save_class_grid(images: torch.Tensor, labels: torch.Tensor, out: Path, name:
     benchmarks/diffusion_store.py reads). (All 2,000 samples made 2 MB grids and a 25 MB report.)"""
     from prunekit.diffusion.metrics import _png, grid_pixels
 
-    order = torch.argsort(labels, stable=True)
-    first = torch.cat([order[labels[order] == c][:per_class] for c in labels.unique()])
-    order = first
+    by_class = torch.argsort(labels, stable=True)
+    order = torch.cat([by_class[labels[by_class] == c][:per_class] for c in labels.unique()])
     folder = out.parent / out.stem
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".png")

@@ -2,12 +2,12 @@
 channel pruning at equal MACs; FID-FMNIST before/after with its noise floor, the fine-tune cost as a fraction
 of the training cost, and the sampling speed-up measured (paired, interleaved).
 
-    nice -n 10 python benchmarks/diffusion_prune.py                 # the README table (1 seed by default)
+    python benchmarks/diffusion_prune.py --n 5000 --ft-steps 300 --ft-all --skip-before --seeds 0   # one seed of the README table
     python benchmarks/diffusion_prune.py --insights                 # + which blocks / importance hurt least
 
 Needs the model of benchmarks/diffusion_train.py (~/.cache/prunekit/diffusion/ddpm-fmnist-v3). Seeds can run in
-separate processes (``--seeds 0 --out-name diffusion_prune_s0.json``) and are read together by the README
-table's script. FID-FMNIST is
+separate processes (``--seeds 0 --out-name diffusion_prune_s0.json``) and are joined by ``--merge
+diffusion_prune_s0.json diffusion_prune_s1.json …`` into diffusion_prune.json. FID-FMNIST is
 computed over a Fashion-MNIST classifier's penultimate features (not Inception), on --n samples against --n real
 test images; the floor is the same metric between two disjoint halves of the real test set of the same size.
 """
