@@ -52,7 +52,7 @@ def _threads_arg(text: str) -> int | None:
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"--threads takes a positive integer or 'auto', got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
     return value
 
 
@@ -65,7 +65,7 @@ def thread_count(requested: int | None) -> int:
         try:
             requested = _threads_arg(os.environ["PRUNEKIT_THREADS"])
         except argparse.ArgumentTypeError as exc:
-            raise ValueError(f"PRUNEKIT_THREADS: {exc}".replace("--threads takes", "takes")) from None
+            raise ValueError(f"PRUNEKIT_THREADS: {exc}; set it to a thread count or unset it") from None
     return requested if requested is not None else free_cores()
 
 
