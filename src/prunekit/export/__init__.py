@@ -3,8 +3,8 @@
 - ``safetensors``: a dense Hugging Face folder in the source's dtype (bf16 for a GGUF source);
 - ``compressed``: the sparse Linear weights in a compressed-tensors layout (sparse-bitmask, or
   sparse-24-bitmask for 2:4), read back by :func:`load_artifact` (and by compressed-tensors ≤ 0.14);
-- ``gguf``: a GGUF file (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, or the source's own types) for
-  llama.cpp-based runtimes (Llama/Mistral, per-layer widths as llama.cpp's ``deci``, Gemma 3); transformers
+- ``gguf``: a GGUF file (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, the source's own types, or a
+  K-quant such as q4_K_M through llama.cpp's llama-quantize: :mod:`.kquant`) for llama.cpp-based runtimes (Llama/Mistral, per-layer widths as llama.cpp's ``deci``, Gemma 3); transformers
   reads it back with ``gguf_file=`` (a ``deci`` file: its tensors are read back with the ``gguf`` package).
 
     from prunekit.export import export
@@ -32,6 +32,7 @@ from .config import EXPORTERS, CompressedExport, ExportConfig, GGUFExport, Safet
 from .dtype import SaveDtype, resolve_dtype, source_dtype
 from .load import load_artifact
 from .readback import ReadBackError, read_back_gguf, read_back_gguf_tensors
+from .kquant import check_quantizer, is_k_quant, write_k_quant
 from .llama_cpp import read_back_llama_cpp
 from .save import SavedModel, disk_errors, plan_save, save_model
 
@@ -115,7 +116,8 @@ def check_file_target(path: str | os.PathLike, overwrite: bool = False, needed_b
 
 
 def _gguf_bytes_estimate(model: nn.Module, quant: str) -> int:
-    bits = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q5_0": 5.5, "q5_1": 6, "q4_0": 4.5, "q4_1": 5}.get(quant, 16)
+    # a K-quant needs its f16 intermediate beside it too
+    bits = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q5_0": 5.5, "q5_1": 6, "q4_0": 4.5, "q4_1": 5}.get(quant, 16 + 8)
     return int(sum(p.numel() for p in model.parameters()) * bits / 8 * 1.05)
 
 
@@ -137,6 +139,13 @@ def export(model: nn.Module, tokenizer: Any, out: str | os.PathLike,
         from .gguf_vocab import kept_token_ids
 
         keep = kept_token_ids(source) if source is not None and Path(str(source)).is_dir() else None
+        if is_k_quant(cfg.quant):  # prunekit writes f16, llama.cpp's llama-quantize converts it
+            check_quantizer()
+            plan = plan_gguf(model, tokenizer, "f16", find_source_gguf(source), keep)
+            with atomic_file(target) as tmp:
+                detail = write_k_quant(model, plan, tmp, cfg.quant, target=target, description=description,
+                                       progress=progress)
+            return ExportReport("gguf", str(target), target.stat().st_size, None, detail, detail["notes"])
         plan = plan_gguf(model, tokenizer, cfg.quant, find_source_gguf(source), keep)
         with atomic_file(target) as tmp:
             with disk_errors(target):

@@ -61,19 +61,22 @@ def _gguf_version() -> str:
 def _unwritable(name: str) -> ValueError:
     return ValueError(
         f"GGUF type {name!r} cannot be written here: the gguf package ({_gguf_version()}) can write {', '.join(QUANTS)} (and 'source' = the source GGUF's own "
-        "types where they are among these). For K-quants write f16 and run llama.cpp's "
-        f"'llama-quantize model-f16.gguf model-{name.lower()}.gguf {name.upper()}'")
+        "types where they are among these), and the K-quants (q4_K_M, q6_K, …) through llama.cpp's llama-quantize")
 
 
 def parse_quant(name: str) -> str:
-    """A GGUF output type name, checked: one of :data:`QUANT_CHOICES` (case-insensitive)."""
+    """A GGUF output type name, checked: one of :data:`QUANT_CHOICES`, or a K-quant that llama.cpp's
+    llama-quantize writes (:mod:`prunekit.export.kquant`), case-insensitive."""
+    from .kquant import K_QUANTS
+
     key = str(name).strip().lower()
-    if key in QUANT_CHOICES:
+    if key in QUANT_CHOICES or key in K_QUANTS:
         return key
     known = {t.name.lower() for t in Q} | {t.name.removeprefix("MOSTLY_").lower() for t in gguf.LlamaFileType}
     if key in known:
         raise _unwritable(str(name))
-    raise ValueError(f"unknown GGUF type {name!r}; expected one of {', '.join(QUANT_CHOICES)}")
+    raise ValueError(f"unknown GGUF type {name!r}; expected one of {', '.join(QUANT_CHOICES)} or a K-quant "
+                     f"({', '.join(K_QUANTS)})")
 
 
 @dataclass
