@@ -3,6 +3,7 @@ runtimes, a compressed-tensors sparse folder, or a dense safetensors folder in t
 
     prunekit export pruned/ --to gguf --quant q8_0 --out pruned.gguf
     prunekit export pruned/ --to gguf --quant source --out pruned-q4_1.gguf   # the source GGUF's own types
+    prunekit export pruned/ --to gguf --quant q4_K_M --out pruned-q4_k_m.gguf # via llama.cpp's llama-quantize
     prunekit export pruned/ --to compressed --out pruned-compressed/
 
 Nothing is reported written until it reads back: the folder with this environment's from_pretrained,
@@ -30,7 +31,8 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="a pruned folder, a Hugging Face folder, a .gguf file or an alias")
     p.add_argument("--to", required=True, choices=["gguf", "compressed", "safetensors"], help="what to write")
     p.add_argument("--quant", default=None, metavar="TYPE",
-                   help=f"with --to gguf: {', '.join(QUANT_CHOICES)} (default q8_0)")
+                   help=f"with --to gguf: {', '.join(QUANT_CHOICES)} (default q8_0), or a K-quant (q4_K_M, q5_K_M, "
+                        "q6_K, …) written through llama.cpp's llama-quantize ('make llama-cpp' builds it)")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="with --to compressed/safetensors: auto (default: the source's dtype, bf16 for GGUF)")
     p.add_argument("--out", required=True, help="the .gguf file, or the folder, to write")
