@@ -129,6 +129,23 @@ def noise_floor(test_feats: torch.Tensor, n: int, seed: int = 0) -> float:
     return fid(test_feats[perm[:n]], test_feats[perm[n:2 * n]])
 
 
+def precision_recall(real: torch.Tensor, fake: torch.Tensor) -> dict:
+    """Improved precision / recall (k = 3) of ``fake`` against ``real`` features (``metrics.precision_recall``)."""
+    from prunekit.diffusion.metrics import precision_recall as pr
+
+    p, r = pr(real.float().numpy(), fake.float().numpy())
+    return {"precision": p, "recall": r}
+
+
+def floors(test_feats: torch.Tensor, n: int, seed: int = 0) -> dict:
+    """FID, precision and recall between two disjoint random halves of the real test features, ``n`` each: what
+    the metrics give real images against real images at this sample count."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(test_feats), generator=g)
+    a, b = test_feats[perm[:n]], test_feats[perm[n:2 * n]]
+    return {"fid": fid(a, b), **precision_recall(a, b)}
+
+
 def sampling_times(samplers: dict, budget_s: float = 60.0) -> dict:
     """Paired, interleaved wall times of each sampler (one call each per round), with the spread."""
     comp = time_interleaved(samplers, warmup=1, min_rounds=5, max_rounds=30, target_precision=0.03,

@@ -1,6 +1,7 @@
 """APTP prompt-routed pruning against one static pruned UNet at equal average MACs (the static model is APTP
-with a single code, trained with the same objectives and budget): FID-FMNIST overall and per class (with
-noise floors), class accuracy of the samples, the paired difference to the unpruned model's samples, and
+with a single code, trained with the same objectives and budget): FID-FMNIST overall (against real test
+images) and per class (against real training images of the class), precision / recall, each with its
+noise floor, class accuracy of the samples, the paired difference to the unpruned model's samples, and
 measured sampling time. No fine-tuning unless --finetune-steps (then the same total steps for both: the
 routed code models split them by their share of the classes).
 
@@ -89,17 +90,24 @@ def main(argv: list[str] | None = None) -> int:
     feats, classes, clf_desc, clf_acc = ev.classifier()
     test_feats = feats(xt)
     g = torch.Generator().manual_seed(1234)
-    real_by_class = {c: test_feats[yt == c][torch.randperm(int((yt == c).sum()), generator=g)] for c in range(10)}
-    real_all = torch.cat([real_by_class[c][:args.per_class] for c in range(10)])
-    floors = {"overall": ev.noise_floor(test_feats, n),
-              "per_class": {c: ev.fid(real_by_class[c][:args.per_class],
-                                      real_by_class[c][args.per_class:2 * args.per_class]) for c in range(10)}}
+    test_by_class = {c: test_feats[yt == c][torch.randperm(int((yt == c).sum()), generator=g)] for c in range(10)}
+    real_all = torch.cat([test_by_class[c][:args.per_class] for c in range(10)])
+    # per-class references: real *training* images of the class (the test set has 1,000 a class, too few for a
+    # reference and a floor pair at 500 samples a class); the per-class floor pairs test halves of up to 500
+    train_feats = feats(x)
+    ref_by_class = {c: train_feats[y == c][torch.randperm(int((y == c).sum()), generator=g)][:args.per_class]
+                    for c in range(10)}
+    half = min(args.per_class, 500)
+    real_floors = ev.floors(test_feats, n)
+    floors = {"overall": real_floors["fid"],
+              "precision_recall": {k: real_floors[k] for k in ("precision", "recall")},
+              "per_class": {c: ev.fid(test_by_class[c][:half], test_by_class[c][half:2 * half]) for c in range(10)}}
 
     def evaluate(name, xs, extra):
         f = feats(xs)
-        per = {c: ev.fid(f[labels == c], real_by_class[c][2 * args.per_class:3 * args.per_class]) for c in range(10)}
+        per = {c: ev.fid(f[labels == c], ref_by_class[c]) for c in range(10)}
         hit = classes(xs).eq(labels).float()
-        row = {"variant": name, "fid": ev.fid(f, real_all), "fid_per_class": per,
+        row = {"variant": name, "fid": ev.fid(f, real_all), **ev.precision_recall(real_all, f), "fid_per_class": per,
                "class_accuracy": float(hit.mean()),
                "class_accuracy_per_class": {c: float(hit[labels == c].mean()) for c in range(10)},
                "paired_mse_to_base": float((xs - base_x).pow(2).mean()), **extra,

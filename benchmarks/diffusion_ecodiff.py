@@ -1,6 +1,6 @@
 """EcoDiff at 20% of the UNet's parameters, no retraining, against unit pruning by weight magnitude and at
 random at the same parameter count: FID-FMNIST (with its noise floor), the paired difference to the unpruned
-model's samples from the same noise, the class accuracy of the samples, and measured sampling time.
+model's samples from the same noise, precision / recall (with their floor), the class accuracy of the samples, and measured sampling time.
 
     nice -n 10 python benchmarks/diffusion_ecodiff.py                      # seeds 0 1 2
     python benchmarks/diffusion_ecodiff.py --seeds 0 --samples 64 --iterations 3   # smoke
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {"variant": name, "params": sum(p.numel() for p in m.parameters()),
                "params_removed": 1 - sum(p.numel() for p in m.parameters()) / base_params,
                "macs_per_step": count_macs(m, inputs), "macs_kept": count_macs(m, inputs) / base_macs,
-               "fid": ev.fid(f, real), "class_accuracy": float(classes(x).eq(labels).float().mean()),
+               "fid": ev.fid(f, real), **ev.precision_recall(real, f), "class_accuracy": float(classes(x).eq(labels).float().mean()),
                "sample_seconds": time.perf_counter() - t0, **(extra or {})}
         row["paired_mse_to_base"] = float((x - base_x).pow(2).mean()) if name != "unpruned" else 0.0
         row["grid"] = ev.save_class_grid(x, labels, args.out, name)
@@ -122,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     nb, lb = noise[:tb], labels[:tb]
     timing = ev.sampling_times({"unpruned": lambda: ddim_from(base, nb, lb, steps=args.steps),
                                 "ecodiff": lambda: ddim_from(first, nb, lb, steps=args.steps)})
-    floor = ev.noise_floor(test_feats, args.samples)
+    real_floors = ev.floors(test_feats, args.samples)
+    floor = real_floors["fid"]
     out = {"when": ev.stamp(), "base": base_desc, "classifier": clf_desc, "classifier_test_accuracy": clf_acc,
-           "fid_noise_floor": floor, "samples": args.samples, "eval_ddim_steps": args.steps, "args": vars(args) | {
+           "fid_noise_floor": floor, "precision_recall_floor": {k: real_floors[k] for k in ("precision", "recall")}, "samples": args.samples, "eval_ddim_steps": args.steps, "args": vars(args) | {
                "model": str(args.model), "out": str(args.out)}, "rows": rows,
            "sampling_time_8_images": timing, "seconds": time.perf_counter() - t_start}
     args.out.parent.mkdir(parents=True, exist_ok=True)

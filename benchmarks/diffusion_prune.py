@@ -54,6 +54,19 @@ def merge(folder: Path, names: list[str], out_name: str) -> int:
     return 0
 
 
+def reused_base_quality(path: Path, results: dict, seeds: list[int]) -> dict[int, dict]:
+    """The unpruned model's quality for ``seeds`` from an earlier result file, refused unless it was measured on
+    the same weights, sample count and DDIM steps (sampling is seeded, so it would give the same figures)."""
+    old = json.loads(path.read_text())
+    for k in ("weights_sha256", "n", "ddim_steps"):
+        if old.get(k) != results[k]:
+            raise SystemExit(f"--reuse-base {path}: its {k} is {old.get(k)!r}, this run's is {results[k]!r}; "
+                             "reuse only a file of the same model, --n and --steps")
+    found = {int(s): q for s, q in old["base"]["quality"].items() if int(s) in seeds}
+    print(f"unpruned quality for seeds {sorted(found)} reused from {path}", flush=True)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=CACHE)
@@ -68,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stride", type=int, default=50, help="Diff-Pruning: every STRIDE-th timestep")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0], help="seeds to run (0); none with --insights for the insights alone")
     ap.add_argument("--out-name", default="diffusion_prune.json", help="results file name under --out")
+    ap.add_argument("--importances", nargs="+", default=["diff-pruning", "l1", "random"],
+                    choices=["diff-pruning", "l1", "random"], help="the importances to prune with (all three)")
+    ap.add_argument("--reuse-base", type=Path, default=None, metavar="FILE",
+                    help="take the unpruned model's quality per seed from this earlier result file (same model, "
+                         "--n and --steps: checked) instead of sampling it again")
     ap.add_argument("--insights", action="store_true", help="down/mid/up × importance at equal MACs, no fine-tune")
     ap.add_argument("--insight-macs", type=float, default=0.08)
     ap.add_argument("--out", type=Path, default=OUT)
@@ -95,13 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {q} [{time.perf_counter() - t0:.0f}s]", flush=True)
         return q.to_dict()
 
-    base_q = {s: quality(base, s) for s in args.seeds}
+    base_q = reused_base_quality(args.reuse_base, results, args.seeds) if args.reuse_base else {}
+    base_q |= {s: quality(base, s) for s in args.seeds if s not in base_q}
     results["base"] = {**unet_cost(base), "quality": base_q}
-    save_grid(base, args.out / "base.png", per_class=8, steps=args.steps)
+    if not args.reuse_base:
+        save_grid(base, args.out / "base.png", per_class=8, steps=args.steps)
     results["started_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for seed in args.seeds:
         pruned = {}
-        for imp in ("diff-pruning", "l1", "random"):
+        for imp in args.importances:
             u = copy.deepcopy(base)
             rep = diff_prune_(u, x, y, DiffPruningConfig(importance=imp, macs_sparsity=args.macs, batch_size=16,
                                                           timestep_stride=args.stride, seed=seed))
@@ -122,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             results["runs"].append(row)
             pruned[imp] = u
             write_json(args.out / args.out_name, results)
-        if seed == args.seeds[0]:
-            save_grid(pruned["diff-pruning"], args.out / f"diff_pruning_finetuned_s{seed}.png", per_class=8, steps=args.steps)
+        if seed == args.seeds[0] and "diff-pruning" in pruned:
+            save_grid(pruned["diff-pruning"], args.out / f"diff_pruning_ft{args.ft_steps}_s{seed}.png", per_class=8, steps=args.steps)
             cmp = sampling_time({"dense": base, "diff-pruning": pruned["diff-pruning"]}, n=10, steps=args.steps,
                                 budget_s=90)
             print(cmp, flush=True)

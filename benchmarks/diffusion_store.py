@@ -45,7 +45,7 @@ def _finetuned_grid(base: Path, row: dict) -> str | None:
     """The PNG grid of a fine-tuned Diff-Pruning model, where the benchmark saved one for its seed."""
     if row["importance"] != "diff-pruning":
         return None
-    for name in (f"diff_pruning_finetuned_s{row['seed']}.png", "diff_pruning_finetuned.png"):
+    for name in (f"diff_pruning_ft{row['finetune']['steps']}_s{row['seed']}.png",):
         if (base / name).is_file():
             return name
     return None
