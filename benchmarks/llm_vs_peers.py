@@ -70,6 +70,8 @@ PRUNEKIT_RUNS = {
     "sparsegpt-seq": ("sparsegpt", "unstructured", "uniform", {"sequential": "layer"}),
     "sparsegpt-seq-2:4": ("sparsegpt", "2:4", "uniform", {"sequential": "layer"}),
     "sparsegpt-seq-owl": ("sparsegpt", "unstructured", "owl", {"sequential": "layer"}),
+    # the default with each layer's columns visited in decreasing input energy (GPTQ's act-order)
+    "sparsegpt-energy": ("sparsegpt", "unstructured", "uniform", {"sequential": "layer", "column_order": "energy"}),
     # the same computation with the Hessian summed in another order: how much do rounding-level
     # differences alone move the perplexity (mask decisions are chaotic)?
     "sparsegpt-b4": ("sparsegpt", "unstructured", "uniform", {"batch_size": 4, "sequential": "block"}),

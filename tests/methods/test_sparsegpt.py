@@ -229,3 +229,64 @@ def test_the_column_loop_on_row_views_does_the_same_arithmetic_bit_for_bit():
     ref_w, ref_keep = _indexed_column_loop(w, hinv, dead, 0.5, blocksize=128)
     # the same float32 operations in the same order (a product, a quotient, a rank-1 update per column): equal bits
     assert torch.equal(keep, ref_keep) and torch.equal(new_w, ref_w)
+
+
+def test_energy_order_is_the_natural_loop_on_columns_sorted_by_input_energy():
+    """column_order="energy" (GPTQ's act-order): the paper's loop on the columns sorted by diag(H), descending,
+    each result put back in its own column — checked against _paper_loop on the hand-permuted problem."""
+    torch.manual_seed(0)
+    w, x = _problem(rows=12, cols=160)
+    h = x.t() @ x
+    order = torch.argsort(torch.diag(h), descending=True, stable=True)
+    hinv, _ = inverse_hessian_factor(h[order][:, order], 0.01)
+    ref_p, keep_p = _paper_loop(w[:, order], hinv, 0.5)
+    ref, ref_keep = torch.empty_like(ref_p), torch.empty_like(keep_p)
+    ref[:, order], ref_keep[:, order] = ref_p, keep_p
+
+    from prunekit.methods.layerwise import Budget
+    from prunekit.methods.sparsegpt import SparseGPT, SparseGPTConfig
+
+    class Stats:  # what prune_matrix reads of the block's input statistics
+        owner: dict = {}
+
+        def gram(self, key):
+            return h
+
+        def seen(self, key):
+            return True
+
+    method = SparseGPT()
+    method.begin_block()
+    stats = Stats()
+    plan = type("Plan", (), {"config": SparseGPTConfig(sparsity=0.5, column_order="energy"),
+                             "pattern": Pattern("unstructured")})()
+    keep, new_w = method.prune_matrix("0", w, None, stats, Budget(sparsity=0.5), plan)
+    same = rows_that_agree(keep, ref_keep)
+    assert same.float().mean() > 0.9
+    torch.testing.assert_close(new_w[same], ref[same], rtol=1e-4, atol=1e-4)
+    assert float((~keep).float().mean()) == pytest.approx(0.5)
+
+
+def test_energy_order_reconstructs_a_layer_with_uneven_inputs_at_least_as_well():
+    # inputs whose energy falls from right to left: left to right visits the least important columns first
+    torch.manual_seed(1)
+    errors = {"natural": [], "energy": []}
+    for trial in range(4):
+        x = torch.randn(800, 192) * torch.linspace(3.0, 0.1, 192).flip(0)
+        x[:, -16:] += 2 * torch.randn(800, 1)
+        w = torch.randn(16, 192)
+        h = x.t() @ x
+        for name in errors:
+            order = torch.arange(192) if name == "natural" else torch.argsort(torch.diag(h), descending=True)
+            hinv, dead = inverse_hessian_factor(h[order][:, order], 0.01)
+            new_p, _ = sparsegpt_prune(w[:, order], hinv, dead, 0.5)
+            new_w = torch.empty_like(new_p)
+            new_w[:, order] = new_p
+            errors[name].append(_error(w, new_w, x))
+    assert sum(errors["energy"]) < 0.97 * sum(errors["natural"])
+
+
+def test_energy_order_is_refused_with_n_m():
+    with pytest.raises(ValueError, match="column_order='energy' reorders the columns.*N:M"):
+        pk.prune_(tiny_model("llama"), "sparsegpt", pattern="2:4", column_order="energy",
+                  calibration=torch.randint(0, 128, (2, 8)), progress=False)

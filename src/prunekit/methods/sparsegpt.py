@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from ..calibrate import InputStats
 from ..core.finite import check_finite
-from ..core.pattern import Pattern, mask_from_scores
+from ..core.pattern import Pattern, mask_from_scores, parse_pattern
 from .base import PruneLog, PrunePlan, register_method
 from .config import BlockwiseConfig
 from .layerwise import BlockwiseMethod, Budget
@@ -36,6 +36,17 @@ class SparseGPTConfig(BlockwiseConfig):
     # "block": every layer of a block calibrated on the dense block (two passes per block; the paper's order)
     sequential: Literal["block", "layer"] = "layer"
     one_pass_max_gb: float | None = Field(None, gt=0)  # None: half of the memory available where blocks run
+    # "natural": columns left to right (the paper); "energy": in decreasing order of their input energy diag(H)
+    # (GPTQ's act-order), so the columns that matter most are decided first and every later column can absorb
+    # their error; the result is put back in the natural order. Unstructured only (N:M groups are positional).
+    column_order: Literal["natural", "energy"] = "natural"
+
+    @model_validator(mode="after")
+    def _order_needs_unstructured(self) -> "SparseGPTConfig":
+        if self.column_order != "natural" and parse_pattern(self.pattern).kind == "nm":
+            raise ValueError(f"column_order={self.column_order!r} reorders the columns, which an N:M pattern "
+                             f"({self.pattern}) groups by position; use column_order='natural' with N:M")
+        return self
 
 
 def inverse_hessian_factor(h: Tensor, percdamp: float) -> tuple[Tensor, Tensor]:
@@ -121,7 +132,7 @@ class SparseGPT(BlockwiseMethod):
 
     def begin_block(self) -> None:
         """Forget the previous block's inverse Hessians."""
-        self._factors: dict[str, tuple[Tensor, Tensor]] = {}
+        self._factors: dict[str, tuple[Tensor, Tensor, Tensor | None]] = {}
 
     def collect(self, block: nn.Module, targets, inputs, device, hessian: bool | None = None) -> InputStats:
         self.begin_block()
@@ -137,17 +148,27 @@ class SparseGPT(BlockwiseMethod):
             check_finite(h, "sparsegpt's Hessian X·Xᵀ", key,
                          "the layer's inputs overflow or hold NaN (an earlier layer's outputs are not finite)")
             percdamp = plan.config.percdamp
+            order = None
+            if plan.config.column_order == "energy":
+                order = torch.argsort(torch.diag(h), descending=True, stable=True)
+                h = h[order][:, order]
             try:
-                self._factors[owner] = inverse_hessian_factor(h, percdamp)
+                self._factors[owner] = (*inverse_hessian_factor(h, percdamp), order)
             except torch.linalg.LinAlgError:
                 raise ValueError(f"sparsegpt: the Hessian of layer {key!r} is not positive definite even with "
                                  f"percdamp={percdamp}; raise percdamp (e.g. 0.1) or give more calibration "
                                  "windows") from None
-        hinv, dead = self._factors[owner]
+        hinv, dead, order = self._factors[owner]
         w = w.to(hinv.device)
         keep_old = None if keep_old is None else keep_old.to(w.device)
         n, m = (plan.pattern.n, plan.pattern.m) if plan.pattern.kind == "nm" else (0, 0)
-        new_w, keep = sparsegpt_prune(w, hinv, dead, budget.sparsity, n, m, plan.config.blocksize, keep_old)
+        if order is None:
+            new_w, keep = sparsegpt_prune(w, hinv, dead, budget.sparsity, n, m, plan.config.blocksize, keep_old)
+        else:  # columns visited in ``order``; the results put back where they belong
+            new_p, keep_p = sparsegpt_prune(w[:, order], hinv, dead, budget.sparsity, n, m, plan.config.blocksize,
+                                            None if keep_old is None else keep_old[:, order])
+            new_w, keep = torch.empty_like(new_p), torch.empty_like(keep_p)
+            new_w[:, order], keep[:, order] = new_p, keep_p
         if keep_old is not None:
             keep &= keep_old
             new_w = new_w * keep
