@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                          "--n and --steps: checked) instead of sampling it again")
     ap.add_argument("--insights", action="store_true", help="down/mid/up × importance at equal MACs, no fine-tune")
     ap.add_argument("--insight-macs", type=float, default=0.08)
+    ap.add_argument("--insight-seeds", type=int, nargs="+", default=[0],
+                    help="--insights: the seeds (gradient batch, random importance, samples' noise)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--merge", nargs="+", default=None, metavar="FILE",
                     help="only merge these per-seed result files (names under --out) into --out-name, then stop")
@@ -151,20 +153,22 @@ def main(argv: list[str] | None = None) -> int:
             write_json(args.out / args.out_name, results)
     if args.insights:
         results["insights"] = []
-        for blocks in (("down",), ("mid",), ("up",)):
-            for imp in ("l1", "diff-pruning", "random"):
-                u = copy.deepcopy(base)
-                try:
-                    rep = diff_prune_(u, x, y, DiffPruningConfig(importance=imp, macs_sparsity=args.insight_macs,
-                                                                  blocks=blocks, batch_size=16,
-                                                                  timestep_stride=args.stride))
-                except ValueError as exc:
-                    results["insights"].append({"blocks": blocks, "importance": imp, "error": str(exc)})
-                    continue
-                print(f"insight {rep}", flush=True)
-                results["insights"].append({"blocks": blocks, "importance": imp, "macs_removed": rep.macs_removed,
-                                            "quality": quality(u, 0)})
-                write_json(args.out / args.out_name, results)
+        for seed in args.insight_seeds:
+            for blocks in (("down",), ("mid",), ("up",)):
+                for imp in ("l1", "diff-pruning", "random"):
+                    u = copy.deepcopy(base)
+                    try:
+                        rep = diff_prune_(u, x, y, DiffPruningConfig(importance=imp, macs_sparsity=args.insight_macs,
+                                                                      blocks=blocks, batch_size=16, seed=seed,
+                                                                      timestep_stride=args.stride))
+                    except ValueError as exc:
+                        results["insights"].append({"blocks": blocks, "importance": imp, "seed": seed,
+                                                    "error": str(exc)})
+                        continue
+                    print(f"insight seed {seed} {rep}", flush=True)
+                    results["insights"].append({"blocks": blocks, "importance": imp, "seed": seed,
+                                                "macs_removed": rep.macs_removed, "quality": quality(u, seed)})
+                    write_json(args.out / args.out_name, results)
     write_json(args.out / args.out_name, results)
     print(f"wrote {args.out / args.out_name}")
     return 0
