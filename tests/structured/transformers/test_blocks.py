@@ -49,6 +49,23 @@ def test_finercut_picks_a_silent_sublayer_first():
     assert model(IDS).logits.shape == before.shape
 
 
+def test_a_prefix_of_the_greedy_order_is_the_smaller_choice():
+    """FinerCut is greedy, so its first k choices of n are its choice of k: removing a prefix of
+    choose_sublayers' order with remove_sublayers_ gives prune_layers_(n=k)'s model."""
+    import copy
+
+    from prunekit.structured.transformers.blocks import choose_sublayers, remove_sublayers_
+
+    model = llama(layers=3)
+    order = choose_sublayers(model, IDS, 4)
+    assert len(set(order)) == 4
+    small, prefix = copy.deepcopy(model), copy.deepcopy(model)
+    assert ps.prune_layers_(small, IDS, n=2, unit="sublayer").removed == order[:2]
+    remove_sublayers_(prefix, order[:2])
+    torch.testing.assert_close(prefix(IDS).logits, small(IDS).logits, rtol=0, atol=0)
+    assert not torch.equal(prefix(IDS).logits, model(IDS).logits)
+
+
 def test_vit_sublayers_and_bert_blocks():
     model = vit()
     chosen = ps.prune_layers_(model, PIX, n=1, unit="sublayer").removed

@@ -257,11 +257,21 @@ def prune_layers_(model: nn.Module, calibration: Any, n: int | None = None, *, s
                                 problem is None, notes)
     extras: dict[int, int] = {}
     chosen = choose_sublayers(model, calibration, n, progress, extras)
+    remove_sublayers_(model, chosen, extras)
+    note = "removed sublayers are replaced by modules that add nothing; from_pretrained rebuilds them dense"
+    return LayerPruneReport(unit, chosen, count, count, importance, before, count_params(model), False, [note])
+
+
+def remove_sublayers_(model: nn.Module, chosen: Iterable[tuple[int, str]], extras: dict[int, int] | None = None) -> None:
+    """Replace the (block index, ``attn`` | ``mlp``) sublayers ``chosen`` (e.g. a prefix of
+    :func:`choose_sublayers`' greedy order: the first k of its choice of n are its choice of k) by modules that
+    add nothing to the residual stream. ``extras``: what :func:`choose_sublayers` recorded of each sublayer's extra
+    outputs (default: attention returns one more item, its weights)."""
+    blocks = find_blocks(model).modules
+    extras = {} if extras is None else extras
     for i, kind in chosen:
         attr, mod = _sublayer(blocks[i], kind)
         setattr(blocks[i], attr, _ZeroSublayer(extras.get(id(mod), 1 if kind == "attn" else 0)))
-    note = "removed sublayers are replaced by modules that add nothing; from_pretrained rebuilds them dense"
-    return LayerPruneReport(unit, chosen, count, count, importance, before, count_params(model), False, [note])
 
 
 def _has_experts(block: nn.Module) -> bool:
