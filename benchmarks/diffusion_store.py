@@ -22,7 +22,8 @@ from typing import Any
 from prunekit.bench.diffusion import DiffusionRun, store_diffusion_runs
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FILES = {"prune": RESULTS / "diffusion" / "diffusion_prune.json", "ecodiff": RESULTS / "diffusion_ecodiff.json",
+FILES = {"prune": RESULTS / "diffusion" / "diffusion_prune.json",
+         "prune-long": RESULTS / "diffusion" / "diffusion_prune_ft600.json", "ecodiff": RESULTS / "diffusion_ecodiff.json",
          "aptp": RESULTS / "diffusion_aptp.json", "memorization": RESULTS / "diffusion_memorization.json"}
 
 
@@ -127,7 +128,14 @@ def memorization_runs(path: Path) -> tuple[str, dict, list[DiffusionRun]]:
     return f"memorizing DDPM {card['key']}", protocol, runs
 
 
-READERS = {"prune": prune_runs, "ecodiff": ecodiff_runs, "aptp": aptp_runs, "memorization": memorization_runs}
+def prune_long_runs(path: Path) -> tuple[str, dict, list[DiffusionRun]]:
+    """diffusion_prune.py --reuse-base (Diff-Pruning with a longer fine-tune): its pruned rows only (the unpruned
+    model's figures were taken from diffusion_prune.json, whose rows hold them)."""
+    model, protocol, runs = prune_runs(path)
+    return model, protocol, [r for r in runs if r.label != "dense"]
+
+
+READERS = {"prune": prune_runs, "prune-long": prune_long_runs, "ecodiff": ecodiff_runs, "aptp": aptp_runs, "memorization": memorization_runs}
 
 
 def store(db: str, name: str, path: Path | None = None) -> int:
