@@ -22,7 +22,6 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -52,33 +51,15 @@ def check_quantizer() -> Path:
     return tool
 
 
-def _file_tensors(path: Path, plan: Any) -> dict[str, tuple[str, Tensor]]:
-    """state-dict key → (stored type, the tensor as the file stores it, in the model's layout)."""
-    import gguf
-
-    found = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
-    out = {}
-    for t in plan.tensors:
-        if t.name not in found:
-            raise KeyError(t.name)
-        rt = found[t.name]
-        qtype = gguf.GGMLQuantizationType(int(rt.tensor_type))
-        data = np.asarray(gguf.quants.dequantize(rt.data, qtype), dtype=np.float32).reshape(t.shape)
-        if t.heads:  # the inverse of the writer's rotary permutation
-            data = data.reshape(t.heads, data.shape[0] // t.heads // 2, 2, *data.shape[1:]).swapaxes(1, 2).reshape(t.shape)
-        out[t.key] = (qtype.name, torch.from_numpy(data.copy()) - t.shift)
-    return out
-
-
 def check_tensors(model: nn.Module, path: Path, plan: Any, where: Path) -> tuple[dict[str, int], float, dict]:
     """Every tensor of the K-quant file within its type's bound of the model's weight, and the per-layer widths
     the plan's. Returns (tensors per type, the worst relative RMS error, key → stored tensor)."""
     from ..core.sparse_io import effective_state_dict
     from .gguf import read_gguf_hparams
-    from .readback import ReadBackError
+    from .readback import ReadBackError, file_tensors
 
     try:
-        stored = _file_tensors(path, plan)
+        stored = file_tensors(path, plan)
     except KeyError as exc:
         raise ReadBackError(f"the GGUF file ({plan.quant}) was written without {exc.args[0]}; nothing was saved at "
                             f"{where}") from exc
@@ -119,7 +100,7 @@ def write_k_quant(model: nn.Module, plan: Any, tmp: Path, quant: str, *, target:
     :class:`prunekit.export.readback.ReadBackError` (or llama-quantize's RuntimeError) with nothing left."""
     from .gguf import write_gguf
     from .llama_cpp import read_back_llama_cpp
-    from .readback import ReadBackError, _compare, dtype_kwarg, probe_ids, versions
+    from .readback import read_back_gguf
     from .save import disk_errors
 
     kind = quant.upper()
@@ -138,20 +119,7 @@ def write_k_quant(model: nn.Module, plan: Any, tmp: Path, quant: str, *, target:
                                              f"type's error bound (worst relative RMS error {worst:.3f}) and the "
                                              "per-layer widths as planned"}]
     if plan.transformers_reads:
-        from transformers import AutoModelForCausalLM
-
-        reader = f"AutoModelForCausalLM.from_pretrained(gguf_file=) ({versions()})"
-        try:
-            loaded = AutoModelForCausalLM.from_pretrained(str(tmp.parent), gguf_file=tmp.name,
-                                                          **dtype_kwarg(torch.float32))
-        except Exception as exc:  # noqa: BLE001 - whatever the reader says, the file does not load
-            raise ReadBackError(f"the GGUF file ({quant}) was written but {reader} cannot load it: "
-                                f"{' '.join(str(exc).split())[:400]}; nothing was saved at {target}") from exc
-        rb = _compare(model, loaded, probe_ids(model), _as_stored(stored), reader, [])
-        del loaded
-        if not rb.ok:
-            raise ReadBackError(f"the GGUF file ({quant}) was written but {rb}; nothing was saved at {target}")
-        checks.append(rb.to_dict())
+        checks.append(read_back_gguf(model, tmp, plan_k, target=target, round_=_as_stored(stored)).to_dict())
     checks.append(read_back_llama_cpp(model, tmp, plan_k, target=target))
     notes = list(report.notes)
     if q.fallbacks:

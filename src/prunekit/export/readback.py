@@ -268,9 +268,11 @@ def gguf_round(plan: Any) -> Callable[[str, Tensor], Tensor]:
     return round_
 
 
-def read_back_gguf(model: nn.Module, path: str | Path, plan: Any, *, target: str | Path | None = None) -> ReadBack:
+def read_back_gguf(model: nn.Module, path: str | Path, plan: Any, *, target: str | Path | None = None,
+                   round_: Callable[[str, Tensor], Tensor] | None = None) -> ReadBack:
     """Load the GGUF file ``path`` with transformers' GGUF reader (float32) and compare its logits with
-    ``model``'s (weights through ``plan``'s block types); raises :class:`ReadBackError` when they differ."""
+    ``model``'s (weights through ``plan``'s block types, or ``round_(key, weight)`` where given: the weights as
+    the file stores them); raises :class:`ReadBackError` when they differ."""
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
@@ -281,11 +283,31 @@ def read_back_gguf(model: nn.Module, path: str | Path, plan: Any, *, target: str
     except Exception as exc:  # noqa: BLE001 - whatever the reader says, the file does not load
         raise ReadBackError(f"the GGUF file ({plan.quant}) was written but {reader} cannot load it: "
                             f"{' '.join(str(exc).split())[:400]}; nothing was saved at {target or path}") from exc
-    rb = _compare(model, loaded, probe_ids(model), gguf_round(plan), reader, [])
+    rb = _compare(model, loaded, probe_ids(model), round_ or gguf_round(plan), reader, [])
     del loaded
     if not rb.ok:
         raise _fail(f"the GGUF file ({plan.quant})", Path(target or path), rb)
     return rb
+
+
+def file_tensors(path: str | Path, plan: Any) -> dict[str, tuple[str, Tensor]]:
+    """Every tensor of ``plan`` as the GGUF file ``path`` stores it, in the model's layout: state-dict key →
+    (stored type name, the tensor dequantized with the ``gguf`` package, the writer's rotary permutation undone
+    and its shift taken off). Raises KeyError(name) for a tensor the file lacks."""
+    import gguf
+    import numpy as np
+
+    found = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+    out = {}
+    for t in plan.tensors:
+        if t.name not in found:
+            raise KeyError(t.name)
+        qtype = gguf.GGMLQuantizationType(int(found[t.name].tensor_type))
+        data = np.asarray(gguf.quants.dequantize(found[t.name].data, qtype), dtype=np.float32).reshape(t.shape)
+        if t.heads:  # the inverse of gguf._permute
+            data = data.reshape(t.heads, data.shape[0] // t.heads // 2, 2, *data.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+        out[t.key] = (qtype.name, torch.from_numpy(data.copy()) - t.shift)
+    return out
 
 
 def read_back_gguf_tensors(model: nn.Module, path: str | Path, plan: Any, *, target: str | Path | None = None) -> dict:
@@ -293,27 +315,20 @@ def read_back_gguf_tensors(model: nn.Module, path: str | Path, plan: Any, *, tar
     tensor back with the ``gguf`` package, undo the writer's permutation and shift, and require it equal to
     the model's weight as the plan stores it (the same quantize → dequantize, so equal bit for bit), and the
     file's per-layer metadata equal to the plan's. Raises :class:`ReadBackError` otherwise."""
-    import gguf
-    import numpy as np
-
     from ..core.sparse_io import effective_state_dict
     from .gguf import read_gguf_hparams
 
     where = target or path
-    reader = gguf.GGUFReader(str(path))
-    found = {t.name: t for t in reader.tensors}
+    try:
+        stored = file_tensors(path, plan)
+    except KeyError as exc:
+        raise ReadBackError(f"the GGUF file ({plan.quant}) was written without {exc.args[0]}; nothing was saved at "
+                            f"{where}") from exc
     state = effective_state_dict(model)
     round_ = gguf_round(plan)
     worst = 0.0
     for t in plan.tensors:
-        if t.name not in found:
-            raise ReadBackError(f"the GGUF file ({plan.quant}) was written without {t.name}; nothing was saved at {where}")
-        rt = found[t.name]
-        data = gguf.quants.dequantize(rt.data, gguf.GGMLQuantizationType(int(rt.tensor_type)))
-        data = np.asarray(data, dtype=np.float32).reshape(t.shape)
-        if t.heads:  # the inverse of gguf._permute
-            data = data.reshape(t.heads, data.shape[0] // t.heads // 2, 2, *data.shape[1:]).swapaxes(1, 2).reshape(t.shape)
-        back = torch.from_numpy(data.copy()) - t.shift
+        back = stored[t.key][1]
         want = round_(t.key, state[t.key].detach()).to(torch.float32)
         # (w + shift) - shift in float32 differs from w by at most one rounding of |w + shift|
         allowed = (t.shift and float(2.0 ** -23 * (want.abs() + abs(t.shift)).max())) or 0.0
