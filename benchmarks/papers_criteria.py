@@ -384,12 +384,18 @@ def paper_results(rows: list[dict]) -> list[PaperResult]:
             "PDP's soft masks while fine-tuning beat magnitude pruning + fine-tuning at equal sparsity and budget",
             c, "PDP 90% (soft-mask fine-tuning, then hard)", [MAG_FT], ("acc",))
     part = [r for r in rows if r["part"] in ("C-bn", "dense")]
+
+    def strength(r: dict) -> str:  # the setting: λ, and the fine-tune's length where it is not the first runs' 0.6
+        cfg = r.get("config", {})
+        lam_ = r.get("lam", cfg.get("lam"))
+        ft = cfg.get("ft_epochs", 0.6)
+        return f"{lam_}" if ft == 0.6 else f"{lam_}, {ft} epochs"
+
     if any(r["part"] == "C-bn" for r in part):
-        lam = {json.dumps(r.get("config", {}), sort_keys=True): r.get("lam", r.get("config", {}).get("lam"))
-               for r in part if r["part"] == "C-bn"}
+        lam = {json.dumps(r.get("config", {}), sort_keys=True): strength(r) for r in part if r["part"] == "C-bn"}
         bn, seen = [], set()
         for r in part:
-            key = r.get("lam", r.get("config", {}).get("lam"))
+            key = strength(r)
             if r["part"] == "dense":  # the trained model before any regularizer, once per seed and strength
                 if json.dumps(r.get("config", {}), sort_keys=True) not in lam or (key, r["seed"]) in seen:
                     continue
