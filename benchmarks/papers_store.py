@@ -29,7 +29,10 @@ from prunekit.bench.papers import store_paper_results
 FILES = {"tas": [["papers_tas.jsonl"]],
          "regimes": [["papers_regimes.jsonl"], ["papers_regimes_epochs.jsonl"]],
          "vit": [["papers_vit.jsonl"], ["papers_vit_deit_time.jsonl"]],
-         "criteria": [["papers_criteria.jsonl", "papers_criteria_bn_lam0.1.jsonl"]],
+         "criteria": [["papers_criteria.jsonl", "papers_criteria_bn_lam0.1.jsonl", "papers_criteria_bn_lam0.01.jsonl",
+                       "papers_criteria_bn_lam0.001.jsonl"]],
+         "init": [["papers_init.jsonl"]],
+         "lapp": [["papers_lapp.jsonl"]],
          **{name: [[f"{name}.json"]] for name in apps_papers.CLAIMS}}
 
 
@@ -45,7 +48,7 @@ def load(name: str, paths: list[Path]) -> tuple[str, list]:
             raise ValueError(f"{name} writes one JSON file; pass one --file")
         return apps_papers.load(name, paths[0])
     module = importlib.import_module(f"papers_{name}")
-    kind = {"tas": "arm", "regimes": "kind"}.get(name, "part")
+    kind = {"tas": "arm", "regimes": "kind", "lapp": "arm", "finercut": "arm"}.get(name, "part")
     return module.MODEL, papers_from_files(paths, f"papers_{name}", module.SHAPES, kind, module.paper_results)
 
 
