@@ -84,7 +84,7 @@ def test_eval_measures_the_peak_memory_of_loading(tiny, capsys):
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["--to", "gguf", "--quant", "q4_k_m"], "cannot be written here"),
+    (["--to", "gguf", "--quant", "iq2_xxs"], "cannot be written here"),
     (["--to", "gguf", "--dtype", "bfloat16"], "--dtype applies to --to compressed"),
     (["--to", "safetensors", "--quant", "q8_0"], "--quant applies to --to gguf only"),
     (["--to", "gguf", "--out-of", "x"], None),

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .gguf_vocab import VocabPlan, add_vocab, subset_vocab, vocab_from_gguf, vocab_from_tokenizer
+from .quant_names import K_QUANTS
 
 Q = gguf.GGMLQuantizationType
 QUANTS: dict[str, Q] = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0,
@@ -67,8 +68,6 @@ def _unwritable(name: str) -> ValueError:
 def parse_quant(name: str) -> str:
     """A GGUF output type name, checked: one of :data:`QUANT_CHOICES`, or a K-quant that llama.cpp's
     llama-quantize writes (:mod:`prunekit.export.kquant`), case-insensitive."""
-    from .kquant import K_QUANTS
-
     key = str(name).strip().lower()
     if key in QUANT_CHOICES or key in K_QUANTS:
         return key

@@ -17,6 +17,8 @@ from typing import Any
 
 from torch import nn
 
+from .quant_names import K_QUANT_TYPES  # llama-quantize's K-quant types: what the gguf package cannot write
+
 ENV = "PRUNEKIT_LLAMA_CPP"
 
 
@@ -55,9 +57,6 @@ def run_simple(path: str | Path, prompt: str = "The", n_predict: int = 4, timeou
     return proc.stdout
 
 
-# llama-quantize's K-quant types (its own names; "Q4_K" is its alias of Q4_K_M): what the gguf package cannot write
-K_QUANT_TYPES = ("Q2_K", "Q2_K_S", "Q3_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K", "Q4_K_S", "Q4_K_M", "Q5_K", "Q5_K_S",
-                 "Q5_K_M", "Q6_K")
 
 
 def k_quant_type(name: str) -> str:
