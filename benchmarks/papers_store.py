@@ -33,6 +33,7 @@ FILES = {"tas": [["papers_tas.jsonl"]],
                        "papers_criteria_bn_lam0.001.jsonl"]],
          "init": [["papers_init.jsonl"]],
          "lapp": [["papers_lapp.jsonl"]],
+         "finercut": [["papers_finercut.jsonl"]],
          **{name: [[f"{name}.json"]] for name in apps_papers.CLAIMS}}
 
 
