@@ -54,14 +54,9 @@ def check_tensors(model: nn.Module, path: Path, plan: Any, where: Path) -> tuple
     """Every tensor of the K-quant file within its type's bound of the model's weight, and the per-layer widths
     the plan's. Returns (tensors per type, the worst relative RMS error, key → stored tensor)."""
     from ..core.sparse_io import effective_state_dict
-    from .gguf import read_gguf_hparams
-    from .readback import ReadBackError, file_tensors
+    from .readback import ReadBackError, check_widths, file_tensors
 
-    try:
-        stored = file_tensors(path, plan)
-    except KeyError as exc:
-        raise ReadBackError(f"the GGUF file ({plan.quant}) was written without {exc.args[0]}; nothing was saved at "
-                            f"{where}") from exc
+    stored = file_tensors(path, plan, where)
     state = effective_state_dict(model)
     types: dict[str, int] = {}
     worst = 0.0
@@ -76,12 +71,7 @@ def check_tensors(model: nn.Module, path: Path, plan: Any, where: Path) -> tuple
                                 f"relative error of {err:.3g} (a {qtype} tensor stays within {bound}); nothing was "
                                 f"saved at {where}")
         worst = max(worst, err)
-    hp = read_gguf_hparams(path)
-    for key in ("head_count", "head_count_kv", "feed_forward_length"):
-        got = hp.get(key if key == "feed_forward_length" else f"attention.{key}")
-        if got != plan.hparams[key]:
-            raise ReadBackError(f"the GGUF file ({plan.quant}) holds {key} {got}, not {plan.hparams[key]}; nothing "
-                                f"was saved at {where}")
+    check_widths(path, plan, where)
     return types, worst, {k: t for k, (_, t) in stored.items()}
 
 

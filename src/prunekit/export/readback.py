@@ -290,10 +290,10 @@ def read_back_gguf(model: nn.Module, path: str | Path, plan: Any, *, target: str
     return rb
 
 
-def file_tensors(path: str | Path, plan: Any) -> dict[str, tuple[str, Tensor]]:
+def file_tensors(path: str | Path, plan: Any, where: str | Path | None = None) -> dict[str, tuple[str, Tensor]]:
     """Every tensor of ``plan`` as the GGUF file ``path`` stores it, in the model's layout: state-dict key →
     (stored type name, the tensor dequantized with the ``gguf`` package, the writer's rotary permutation undone
-    and its shift taken off). Raises KeyError(name) for a tensor the file lacks."""
+    and its shift taken off). A tensor the file lacks is a :class:`ReadBackError` naming ``where`` (the target)."""
     import gguf
     import numpy as np
 
@@ -301,7 +301,8 @@ def file_tensors(path: str | Path, plan: Any) -> dict[str, tuple[str, Tensor]]:
     out = {}
     for t in plan.tensors:
         if t.name not in found:
-            raise KeyError(t.name)
+            raise ReadBackError(f"the GGUF file ({plan.quant}) was written without {t.name}; nothing was saved at "
+                                f"{where or path}")
         qtype = gguf.GGMLQuantizationType(int(found[t.name].tensor_type))
         data = np.asarray(gguf.quants.dequantize(found[t.name].data, qtype), dtype=np.float32).reshape(t.shape)
         if t.heads:  # the inverse of gguf._permute
@@ -310,20 +311,28 @@ def file_tensors(path: str | Path, plan: Any) -> dict[str, tuple[str, Tensor]]:
     return out
 
 
+def check_widths(path: str | Path, plan: Any, where: str | Path) -> None:
+    """The GGUF file's head counts and feed-forward lengths (per layer, or one for all) equal to the plan's; a
+    :class:`ReadBackError` naming ``where`` otherwise."""
+    from .gguf import read_gguf_hparams
+
+    hp = read_gguf_hparams(path)
+    for key in ("head_count", "head_count_kv", "feed_forward_length"):
+        got = hp.get(key if key == "feed_forward_length" else f"attention.{key}")
+        if got != plan.hparams[key]:
+            raise ReadBackError(f"the GGUF file ({plan.quant}) holds {key} {got}, not {plan.hparams[key]}; nothing was "
+                                f"saved at {where}")
+
+
 def read_back_gguf_tensors(model: nn.Module, path: str | Path, plan: Any, *, target: str | Path | None = None) -> dict:
     """For GGUF architectures transformers cannot build (llama.cpp's ``deci``, per-layer widths): read every
     tensor back with the ``gguf`` package, undo the writer's permutation and shift, and require it equal to
     the model's weight as the plan stores it (the same quantize → dequantize, so equal bit for bit), and the
     file's per-layer metadata equal to the plan's. Raises :class:`ReadBackError` otherwise."""
     from ..core.sparse_io import effective_state_dict
-    from .gguf import read_gguf_hparams
 
     where = target or path
-    try:
-        stored = file_tensors(path, plan)
-    except KeyError as exc:
-        raise ReadBackError(f"the GGUF file ({plan.quant}) was written without {exc.args[0]}; nothing was saved at "
-                            f"{where}") from exc
+    stored = file_tensors(path, plan, where)
     state = effective_state_dict(model)
     round_ = gguf_round(plan)
     worst = 0.0
@@ -337,12 +346,7 @@ def read_back_gguf_tensors(model: nn.Module, path: str | Path, plan: Any, *, tar
         if not gap <= allowed:
             raise ReadBackError(f"the GGUF file ({plan.quant}) was written but its {t.name} reads back {gap:.3g} away "
                                 f"from the weight; nothing was saved at {where}")
-    hp = read_gguf_hparams(path)
-    for key in ("head_count", "head_count_kv", "feed_forward_length"):
-        got = hp.get(key if key == "feed_forward_length" else f"attention.{key}")
-        if got != plan.hparams[key]:
-            raise ReadBackError(f"the GGUF file ({plan.quant}) holds {key} {got}, not {plan.hparams[key]}; nothing was "
-                                f"saved at {where}")
+    check_widths(path, plan, where)
     return {"note": f"read back with gguf.GGUFReader: {len(plan.tensors)} tensors equal to the weights as stored "
                     f"(max |Δ| {worst:.1e}) and the per-layer widths as planned (transformers' GGUF reader does "
                     f"not rebuild this {plan.architecture} file exactly)"}
