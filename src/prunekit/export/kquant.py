@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .llama_cpp import llama_cpp_home, llama_cpp_tool, quantize_gguf
 from .quant_names import K_QUANTS
+
 # The largest relative RMS error (‖dequant(q(w)) − w‖ / ‖w‖) a tensor stored in each type may show against the
 # f16 weight. Block quantization of Gaussian weights gives about 0.005 (Q8_0), 0.02 (Q6_K), 0.04 (5-bit),
 # 0.08–0.1 (4-bit), 0.17 (Q3_K) and 0.35 (Q2_K); SmolLM2-135M through llama-quantize measured at most 0.0065
