@@ -85,12 +85,18 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                                                                  "nearest-training-image distance (0.01)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--per-class-samples", type=int, default=20)
+    ap.add_argument("--fid-samples", type=int, default=0,
+                    help="FID-FMNIST (and precision/recall) of the non-memorized classes on this many samples of "
+                         "their own (balanced; real references: two disjoint draws of their training images); "
+                         "0: on the per-class samples against test images (the earlier protocol)")
     ap.add_argument("--locate-samples", type=int, default=10, help="trajectories per class for the activations")
     ap.add_argument("--fraction", type=float, default=0.05, help="at most this share of units is located")
     ap.add_argument("--min-z", type=float, default=2.0)
     ap.add_argument("--steps", type=int, default=10, help="DDIM steps of every sample and trajectory (10)")
     ap.add_argument("--db", default=None, help="also store the runs (and grids) in this results store")
     ap.add_argument("--out", type=Path, default=RESULTS / "diffusion_memorization.json")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="FILE",
+                    help="write --out from these per-seed results files (same model and settings) and stop")
     return ap.parse_args(argv)
 
 
@@ -181,8 +187,41 @@ def png_bytes(images: torch.Tensor, rows: int) -> bytes:
     return _png(grid_pixels(images, rows))
 
 
+def summarize(runs: list[dict]) -> dict:
+    """Mean, spread and range over the seeds' runs of every number of each row."""
+    rows = {}
+    for name, part in (("trained on duplicates", "before"), ("located units deleted", "after_forget"),
+                       ("random units deleted", "after_random_units")):
+        keys = [k for k, v in runs[0][part].items() if isinstance(v, (int, float)) or v is None]
+        rows[name] = {k: spread(r[part][k] for r in runs) for k in keys}
+    return rows
+
+
+def merge(out: Path, parts: list[Path]) -> int:
+    """One results file from per-seed runs of the same memorizing model and settings (one process per seed)."""
+    data = [json.loads(Path(p).read_text()) for p in parts]
+    same = ("memorizing_model", "copy_threshold", "training_set")
+    for d, p in zip(data[1:], parts[1:]):
+        ignore = {"seeds", "out", "db", "merge"}
+        if any(d[k] != data[0][k] for k in same) or \
+                {k: v for k, v in d["args"].items() if k not in ignore} != \
+                {k: v for k, v in data[0]["args"].items() if k not in ignore}:
+            raise SystemExit(f"{p}: another memorizing model or other settings than {parts[0]}; not merged")
+    runs = sorted((r for d in data for r in d["runs"]), key=lambda r: r["seed"])
+    if len({r["seed"] for r in runs}) != len(runs):
+        raise SystemExit("the files hold the same seed twice; not merged")
+    merged = {**data[0], "runs": runs, "summary": summarize(runs), "merged_from": [str(p) for p in parts],
+              "seconds": sum(d["seconds"] for d in data)}
+    merged["args"] = {**data[0]["args"], "seeds": [r["seed"] for r in runs], "out": str(out)}
+    out.write_text(json.dumps(merged, indent=1, default=str))
+    print(f"wrote {out} ({len(runs)} seeds)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
+    if args.merge:
+        return merge(args.out, args.merge)
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     net, clf_card = load_classifier()
@@ -235,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     k_other = int((~is_mem).sum())
     real_a, real_b = test_feats[pool[:k_other]], test_feats[pool[k_other:2 * k_other]]
     fid_floor = frechet_distance(real_a.double().numpy(), real_b.double().numpy())
+    fid_labels, fid_ref = None, None
+    if args.fid_samples:
+        fid_labels, fid_ref = _fid_reference(args.fid_samples, others, x, y, feats)
+        print(f"FID of the non-memorized classes on {len(fid_labels)} samples; floors {fid_ref['floors']}",
+              flush=True)
 
     def measure(m, seed: int, reference: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
         xs = ddim_sample(m, labels, steps=args.steps, seed=1000 + seed)
@@ -255,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                "fid_other_floor": fid_floor,
                "class_accuracy_memorized": float(classes(xs[is_mem]).eq(labels[is_mem]).float().mean()),
                "class_accuracy_other": float(classes(xs[~is_mem]).eq(labels[~is_mem]).float().mean())}
+        if fid_labels is not None:
+            out.update(_fid_large(m, fid_labels, fid_ref, feats, steps=args.steps, seed=2000 + seed))
         if reference is not None:
             out["paired_mse_other"] = float((xs[~is_mem] - reference[~is_mem]).pow(2).mean())
             out["paired_mse_memorized"] = float((xs[is_mem] - reference[is_mem]).pow(2).mean())
@@ -303,11 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                           "random": random_after}), flush=True)
         runs.append(run)
     (grid_dir / "training-images.png").write_bytes(png_bytes(ux, 10 if len(ux) % 10 == 0 else 1))
-    rows = {}
-    for name, part in (("trained on duplicates", "before"), ("located units deleted", "after_forget"),
-                       ("random units deleted", "after_random_units")):
-        keys = [k for k, v in runs[0][part].items() if isinstance(v, (int, float)) or v is None]
-        rows[name] = {k: spread(r[part][k] for r in runs) for k in keys}
+    rows = summarize(runs)
     out = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "benchmark": "diffusion_memorization",
            "classifier": f"prunekit.diffusion.metrics FeatureNet (test accuracy {clf_card.get('test_accuracy')})",
            "classifier_test_accuracy": clf_card.get("test_accuracy"), "memorizing_model": card,
@@ -330,6 +372,42 @@ def main(argv: list[str] | None = None) -> int:
     if args.db:
         store_runs(args, out)
     return 0
+
+
+def _fid_reference(n: int, others: torch.Tensor, x: torch.Tensor, y: torch.Tensor, feats) -> tuple:
+    """Balanced labels of the non-memorized classes (``n`` rounded up to a multiple of their count) and two
+    disjoint random draws of as many of their *training* images (the test set holds 1,000 per class: too few
+    for two disjoint draws of 5,000), with the FID and precision/recall floors between the draws."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _diffusion2_eval import fid, precision_recall
+
+    per = -(-n // len(others))
+    labels = others.repeat(per)
+    pool = torch.isin(y, others).nonzero().flatten()
+    pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(1))]
+    if len(pool) < 2 * len(labels):
+        raise ValueError(f"--fid-samples {n}: the non-memorized classes hold {len(pool)} training images, fewer "
+                         f"than two disjoint draws of {len(labels)}")
+    a, b = feats(x[pool[:len(labels)]]), feats(x[pool[len(labels):2 * len(labels)]])
+    pr = precision_recall(a, b)
+    floors = {"fid": fid(a, b), "precision": pr["precision"], "recall": pr["recall"]}
+    return labels, {"a": a, "floors": floors, "n": len(labels), "reference": "training images of the classes"}
+
+
+def _fid_large(m, labels: torch.Tensor, ref: dict, feats, *, steps: int, seed: int) -> dict:
+    """FID-FMNIST and precision/recall of ``len(labels)`` samples of ``m`` against ``ref``, beside their floors."""
+    from _diffusion2_eval import fid, precision_recall
+
+    t0 = time.perf_counter()
+    f = feats(ddim_sample(m, labels, steps=steps, seed=seed, batch_size=250))
+    pr = precision_recall(ref["a"], f)
+    out = {"fid_other_large": fid(f, ref["a"]), "fid_other_large_floor": ref["floors"]["fid"],
+           "precision_other_large": pr["precision"], "recall_other_large": pr["recall"],
+           "precision_other_large_floor": ref["floors"]["precision"],
+           "recall_other_large_floor": ref["floors"]["recall"], "fid_other_large_n": ref["n"]}
+    print(f"    FID on {ref['n']} samples {out['fid_other_large']:.2f} (floor {ref['floors']['fid']:.2f}), "
+          f"P/R {pr['precision']:.3f}/{pr['recall']:.3f} [{time.perf_counter() - t0:.0f}s]", flush=True)
+    return out
 
 
 def store_runs(args, out: dict) -> None:

@@ -24,7 +24,8 @@ from prunekit.bench.diffusion import DiffusionRun, store_diffusion_runs
 RESULTS = Path(__file__).resolve().parent / "results"
 FILES = {"prune": RESULTS / "diffusion" / "diffusion_prune.json",
          "prune-long": RESULTS / "diffusion" / "diffusion_prune_ft600.json", "ecodiff": RESULTS / "diffusion_ecodiff.json",
-         "aptp": RESULTS / "diffusion_aptp.json", "memorization": RESULTS / "diffusion_memorization.json"}
+         "aptp": RESULTS / "diffusion_aptp.json", "memorization": RESULTS / "diffusion_memorization_fid5k.json",
+         "sparsity-sweep": RESULTS / "diffusion" / "diffusion_sparsity_sweep.json"}
 
 
 def _scalars(d: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -135,7 +136,19 @@ def prune_long_runs(path: Path) -> tuple[str, dict, list[DiffusionRun]]:
     return model, protocol, [r for r in runs if r.label != "dense"]
 
 
-READERS = {"prune": prune_runs, "prune-long": prune_long_runs, "ecodiff": ecodiff_runs, "aptp": aptp_runs, "memorization": memorization_runs}
+def sweep_runs(path: Path) -> tuple[str, dict, list[DiffusionRun]]:
+    """diffusion_sparsity_sweep.py: the unpruned UNet and each (score, sparsity), per seed; no fine-tune."""
+    d = json.loads(path.read_text())
+    runs = [DiffusionRun("dense", int(seed), _scalars(q, ("note", "seed"))) for seed, q in d["dense"].items()]
+    runs += [DiffusionRun(f"{r['method']} {r['sparsity']:.0%} unstructured", r["seed"],
+                          {"sparsity": r["achieved"], **_scalars(r["quality"], ("note", "seed"))}) for r in d["runs"]]
+    protocol = {"n": d["n"], "ddim_steps": d["ddim_steps"], "floors": d["floors"], "verdicts": d.get("verdicts"),
+                "args": {k: v for k, v in d["args"].items() if k != "out"}}
+    return f"DDPM {d['weights_sha256'][:12]}", protocol, runs
+
+
+READERS = {"prune": prune_runs, "prune-long": prune_long_runs, "ecodiff": ecodiff_runs, "aptp": aptp_runs,
+           "memorization": memorization_runs, "sparsity-sweep": sweep_runs}
 
 
 def store(db: str, name: str, path: Path | None = None) -> int:
