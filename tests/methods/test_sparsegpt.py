@@ -290,3 +290,21 @@ def test_energy_order_is_refused_with_n_m():
     with pytest.raises(ValueError, match="column_order='energy' reorders the columns.*N:M"):
         pk.prune_(tiny_model("llama"), "sparsegpt", pattern="2:4", column_order="energy",
                   calibration=torch.randint(0, 128, (2, 8)), progress=False)
+
+
+def test_the_inverse_hessian_factor_is_the_papers_and_leaves_its_input_alone():
+    # written over one buffer, the factor is the paper's chol(inv(H + λI))ᵀ bit for bit; H itself is not touched
+    _, x = _problem(rows=4, cols=96)
+    h = x.t() @ x
+    h[:, 5] = 0
+    h[5, :] = 0  # a dead input column
+    before = h.clone()
+    hinv, dead = inverse_hessian_factor(h, 0.01)
+    ref = h.clone()
+    ref[5, 5] = 1
+    ref += 0.01 * torch.mean(torch.diag(ref)) * torch.eye(96)
+    expected = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(ref)), upper=True)
+    assert torch.equal(h, before)
+    assert dead.nonzero().flatten().tolist() == [5]
+    torch.testing.assert_close(hinv, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(hinv.t() @ hinv, torch.linalg.inv(ref), rtol=1e-3, atol=1e-5)

@@ -56,10 +56,13 @@ def inverse_hessian_factor(h: Tensor, percdamp: float) -> tuple[Tensor, Tensor]:
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
     damp = percdamp * torch.mean(torch.diag(h))
-    idx = torch.arange(h.shape[0], device=h.device)
-    h[idx, idx] += damp
-    h = torch.cholesky_inverse(torch.linalg.cholesky(h))
-    return torch.linalg.cholesky(h, upper=True), dead
+    h.diagonal().add_(damp)
+    # each factorisation written over its input (the same numbers, bit for bit): one matrix-sized buffer fewer
+    # at the peak, which for a 1,536-wide input comes while the whole block's activations are held
+    torch.linalg.cholesky(h, out=h)
+    torch.cholesky_inverse(h, out=h)
+    torch.linalg.cholesky(h, upper=True, out=h)
+    return h, dead
 
 
 _UNSTRUCTURED = Pattern("unstructured")
