@@ -76,13 +76,15 @@ def paired(a: list[float], b: list[float]) -> dict:
 
 def verdicts(results: dict, free: float) -> dict:
     """The three rules of the module docstring, from the rows in ``results``."""
-    seeds = sorted(results["dense"])
-    dense = [results["dense"][s]["fid"] for s in seeds]
+    by_seed = {int(k): v for k, v in results["dense"].items()}  # int keys in the run, str once read from JSON
+    seeds = sorted(by_seed)
+    dense = [by_seed[s]["fid"] for s in seeds]
     out: dict = {}
     levels = sorted({r["sparsity"] for r in results["runs"]})
 
     def fids(method: str, s: float) -> list[float] | None:
-        rows = {r["seed"]: r["quality"]["fid"] for r in results["runs"] if r["method"] == method and r["sparsity"] == s}
+        rows = {int(r["seed"]): r["quality"]["fid"] for r in results["runs"]
+                if r["method"] == method and r["sparsity"] == s}
         return [rows[k] for k in seeds] if all(k in rows for k in seeds) else None
 
     for method in sorted({r["method"] for r in results["runs"]}):
@@ -119,6 +121,30 @@ def verdicts(results: dict, free: float) -> dict:
     return out
 
 
+def merge(out: Path, parts: list[Path], free: float) -> int:
+    """One results file from runs of other seeds (one process per seed), the verdicts recomputed over all of them.
+    A seed's rows are taken only where its file holds every (method, sparsity) of the first file."""
+    data = [json.loads(Path(p).read_text()) for p in parts]
+    keys = ("weights_sha256", "n", "ddim_steps", "floors")
+    for d, p in zip(data[1:], parts[1:]):
+        if any(d[k] != data[0][k] for k in keys):
+            raise SystemExit(f"{p}: another model or protocol than {parts[0]}; not merged")
+    grid = {(r["method"], r["sparsity"]) for r in data[0]["runs"]}
+    merged = {**data[0], "dense": {}, "runs": [], "merged_from": [str(p) for p in parts]}
+    for d in data:
+        for seed in d["dense"]:
+            rows = [r for r in d["runs"] if str(r["seed"]) == str(seed)]
+            if {(r["method"], r["sparsity"]) for r in rows} != grid or seed in merged["dense"]:
+                continue  # an unfinished seed, or one already taken
+            merged["dense"][seed] = d["dense"][seed]
+            merged["runs"] += rows
+    merged["verdicts"] = verdicts(merged, free)
+    merged["args"] = {**data[0]["args"], "seeds": sorted(int(s) for s in merged["dense"]), "out": str(out)}
+    write_json(out, merged)
+    print(f"wrote {out} (seeds {merged['args']['seeds']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=CACHE / "ddpm-fmnist-v3")
@@ -130,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--free", type=float, default=0.10, help="'quality kept': FID within this share of the unpruned")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="FILE",
+                    help="write --out from these results files (same model and settings, other seeds) and stop")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.out, args.merge, args.free)
     if not all(0.0 < s < 1.0 for s in args.sparsities):
         raise SystemExit(f"--sparsities must lie in (0, 1); got {args.sparsities}")
     torch.set_num_threads(1)

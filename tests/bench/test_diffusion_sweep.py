@@ -57,3 +57,29 @@ def test_magnitude_beats_taylor_only_when_ahead_by_the_rule_and_never_behind(swe
     behind = {0.1: [25.0, 26.5, 27.0], 0.2: [20.0, 21.5, 22.0]}  # ahead at 0.1, behind by the rule at 0.2
     v = sweep.verdicts(_results({"magnitude": mag, "taylor": behind}, dense), free=0.10)["magnitude_vs_taylor"]
     assert (v["magnitude_ahead"], v["taylor_ahead"], v["held"]) == (1, 1, False)
+
+
+def test_per_seed_files_merge_into_one_with_the_verdicts_over_every_finished_seed(sweep, tmp_path):
+    import json
+
+    curves = {"magnitude": {0.1: [20.5, 21.5, 22.5], 0.2: [21.0, 22.0, 23.0], 0.3: [30.0, 32.5, 33.0]}}
+    full = _results(curves, [20.0, 21.0, 22.0])
+    common = {"weights_sha256": "abc", "n": 10, "ddim_steps": 2, "floors": {"fid": 1.0}, "args": {"seeds": [0, 1, 2]}}
+    first = {**common, "dense": {k: v for k, v in full["dense"].items() if k < 2},
+             "runs": [r for r in full["runs"] if r["seed"] < 2]}
+    first["dense"][2] = full["dense"][2]  # seed 2 started in this file but did not finish: not taken from it
+    first["runs"] += [r for r in full["runs"] if r["seed"] == 2 and r["sparsity"] == 0.1]
+    second = {**common, "dense": {2: full["dense"][2]}, "runs": [r for r in full["runs"] if r["seed"] == 2]}
+    paths = []
+    for i, d in enumerate((first, second)):
+        paths.append(tmp_path / f"p{i}.json")
+        paths[-1].write_text(json.dumps(d))
+    out = tmp_path / "m.json"
+    assert sweep.main(["--merge", *map(str, paths), "--out", str(out)]) == 0
+    merged = json.loads(out.read_text())
+    assert merged["args"]["seeds"] == [0, 1, 2] and len(merged["runs"]) == 9
+    assert merged["verdicts"] == json.loads(json.dumps(sweep.verdicts(full, 0.10)))
+    other = {**second, "n": 20}
+    paths[1].write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="another model or protocol"):
+        sweep.main(["--merge", *map(str, paths), "--out", str(out)])
