@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.diffusion import TrainConfig, UNetConfig, build_unet, fashion_mnist, load_unet, train_ddpm_
+from prunekit.diffusion import TrainConfig, UNetConfig, build_unet, ddim_sample, fashion_mnist, load_unet, train_ddpm_
 from prunekit.infra.latency import time_interleaved
 
 CACHE = Path.home() / ".cache" / "prunekit"
@@ -170,3 +170,37 @@ def save_class_grid(images: torch.Tensor, labels: torch.Tensor, out: Path, name:
 
 def stamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def class_reference(n: int, classes: torch.Tensor, x: torch.Tensor, y: torch.Tensor, feats) -> tuple:
+    """FID over some classes only (diffusion_memorization.py: the non-memorized ones): balanced labels of
+    ``classes`` (``n`` rounded up to a multiple of their count) and two disjoint random draws of as many of their
+    *training* images ``x``, ``y`` (the test set holds 1,000 per class: too few for two disjoint draws of 5,000),
+    with the FID and precision/recall floors between the draws. ``feats`` maps images to classifier features."""
+    per = -(-n // len(classes))
+    labels = classes.repeat(per)
+    pool = torch.isin(y, classes).nonzero().flatten()
+    pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(1))]
+    if len(pool) < 2 * len(labels):
+        raise ValueError(f"{n} samples: classes {classes.tolist()} hold {len(pool)} training images, fewer "
+                         f"than two disjoint draws of {len(labels)}")
+    a, b = feats(x[pool[:len(labels)]]), feats(x[pool[len(labels):2 * len(labels)]])
+    pr = precision_recall(a, b)
+    floors = {"fid": fid(a, b), "precision": pr["precision"], "recall": pr["recall"]}
+    return labels, {"a": a, "floors": floors, "n": len(labels), "reference": "training images of the classes"}
+
+
+def class_fid(m, labels: torch.Tensor, ref: dict, feats, *, steps: int, seed: int) -> dict:
+    """FID-FMNIST and precision/recall of ``len(labels)`` samples of ``m`` (DDIM ``steps``, noise ``seed``) against
+    the reference of :func:`class_reference`, beside their floors (keys ``*_other_large``: the classes are the
+    memorization run's other classes)."""
+    t0 = time.perf_counter()
+    f = feats(ddim_sample(m, labels, steps=steps, seed=seed, batch_size=250))
+    pr = precision_recall(ref["a"], f)
+    out = {"fid_other_large": fid(f, ref["a"]), "fid_other_large_floor": ref["floors"]["fid"],
+           "precision_other_large": pr["precision"], "recall_other_large": pr["recall"],
+           "precision_other_large_floor": ref["floors"]["precision"],
+           "recall_other_large_floor": ref["floors"]["recall"], "fid_other_large_n": ref["n"]}
+    print(f"    FID on {ref['n']} samples {out['fid_other_large']:.2f} (floor {ref['floors']['fid']:.2f}), "
+          f"P/R {pr['precision']:.3f}/{pr['recall']:.3f} [{time.perf_counter() - t0:.0f}s]", flush=True)
+    return out

@@ -58,6 +58,9 @@ from prunekit.diffusion.memorization import Located, copy_threshold, duplicated_
 from prunekit.diffusion.metrics import CACHE, features, frechet_distance, grid_pixels, load_classifier, unet_cost
 from prunekit.diffusion.units import find_unit_layers
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _diffusion2_eval import class_fid, class_reference  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -276,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     fid_floor = frechet_distance(real_a.double().numpy(), real_b.double().numpy())
     fid_labels, fid_ref = None, None
     if args.fid_samples:
-        fid_labels, fid_ref = _fid_reference(args.fid_samples, others, x, y, feats)
+        fid_labels, fid_ref = class_reference(args.fid_samples, others, x, y, feats)
         print(f"FID of the non-memorized classes on {len(fid_labels)} samples; floors {fid_ref['floors']}",
               flush=True)
 
@@ -300,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                "class_accuracy_memorized": float(classes(xs[is_mem]).eq(labels[is_mem]).float().mean()),
                "class_accuracy_other": float(classes(xs[~is_mem]).eq(labels[~is_mem]).float().mean())}
         if fid_labels is not None:
-            out.update(_fid_large(m, fid_labels, fid_ref, feats, steps=args.steps, seed=2000 + seed))
+            out.update(class_fid(m, fid_labels, fid_ref, feats, steps=args.steps, seed=2000 + seed))
         if reference is not None:
             out["paired_mse_other"] = float((xs[~is_mem] - reference[~is_mem]).pow(2).mean())
             out["paired_mse_memorized"] = float((xs[is_mem] - reference[is_mem]).pow(2).mean())
@@ -372,42 +375,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.db:
         store_runs(args, out)
     return 0
-
-
-def _fid_reference(n: int, others: torch.Tensor, x: torch.Tensor, y: torch.Tensor, feats) -> tuple:
-    """Balanced labels of the non-memorized classes (``n`` rounded up to a multiple of their count) and two
-    disjoint random draws of as many of their *training* images (the test set holds 1,000 per class: too few
-    for two disjoint draws of 5,000), with the FID and precision/recall floors between the draws."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _diffusion2_eval import fid, precision_recall
-
-    per = -(-n // len(others))
-    labels = others.repeat(per)
-    pool = torch.isin(y, others).nonzero().flatten()
-    pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(1))]
-    if len(pool) < 2 * len(labels):
-        raise ValueError(f"--fid-samples {n}: the non-memorized classes hold {len(pool)} training images, fewer "
-                         f"than two disjoint draws of {len(labels)}")
-    a, b = feats(x[pool[:len(labels)]]), feats(x[pool[len(labels):2 * len(labels)]])
-    pr = precision_recall(a, b)
-    floors = {"fid": fid(a, b), "precision": pr["precision"], "recall": pr["recall"]}
-    return labels, {"a": a, "floors": floors, "n": len(labels), "reference": "training images of the classes"}
-
-
-def _fid_large(m, labels: torch.Tensor, ref: dict, feats, *, steps: int, seed: int) -> dict:
-    """FID-FMNIST and precision/recall of ``len(labels)`` samples of ``m`` against ``ref``, beside their floors."""
-    from _diffusion2_eval import fid, precision_recall
-
-    t0 = time.perf_counter()
-    f = feats(ddim_sample(m, labels, steps=steps, seed=seed, batch_size=250))
-    pr = precision_recall(ref["a"], f)
-    out = {"fid_other_large": fid(f, ref["a"]), "fid_other_large_floor": ref["floors"]["fid"],
-           "precision_other_large": pr["precision"], "recall_other_large": pr["recall"],
-           "precision_other_large_floor": ref["floors"]["precision"],
-           "recall_other_large_floor": ref["floors"]["recall"], "fid_other_large_n": ref["n"]}
-    print(f"    FID on {ref['n']} samples {out['fid_other_large']:.2f} (floor {ref['floors']['fid']:.2f}), "
-          f"P/R {pr['precision']:.3f}/{pr['recall']:.3f} [{time.perf_counter() - t0:.0f}s]", flush=True)
-    return out
 
 
 def store_runs(args, out: dict) -> None:
