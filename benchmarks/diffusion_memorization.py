@@ -202,6 +202,9 @@ def summarize(runs: list[dict]) -> dict:
 
 def merge(out: Path, parts: list[Path]) -> int:
     """One results file from per-seed runs of the same memorizing model and settings (one process per seed)."""
+    missing = [str(p) for p in parts if not Path(p).is_file()]
+    if missing:
+        raise SystemExit(f"--merge: no results file {', '.join(missing)}; run each seed first")
     data = [json.loads(Path(p).read_text()) for p in parts]
     same = ("memorizing_model", "copy_threshold", "training_set")
     for d, p in zip(data[1:], parts[1:]):

@@ -124,6 +124,9 @@ def verdicts(results: dict, free: float) -> dict:
 def merge(out: Path, parts: list[Path], free: float) -> int:
     """One results file from runs of other seeds (one process per seed), the verdicts recomputed over all of them.
     A seed's rows are taken only where its file holds every (method, sparsity) of the first file."""
+    missing = [str(p) for p in parts if not Path(p).is_file()]
+    if missing:
+        raise SystemExit(f"--merge: no results file {', '.join(missing)}; run each seed first")
     data = [json.loads(Path(p).read_text()) for p in parts]
     keys = ("weights_sha256", "n", "ddim_steps", "floors")
     for d, p in zip(data[1:], parts[1:]):

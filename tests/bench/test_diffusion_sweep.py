@@ -83,3 +83,9 @@ def test_per_seed_files_merge_into_one_with_the_verdicts_over_every_finished_see
     paths[1].write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="another model or protocol"):
         sweep.main(["--merge", *map(str, paths), "--out", str(out)])
+
+
+def test_merging_a_file_that_does_not_exist_is_one_line(sweep, tmp_path):
+    with pytest.raises(SystemExit, match="no results file .*missing.json; run each seed first"):
+        sweep.main(["--merge", str(tmp_path / "missing.json"), "--out", str(tmp_path / "m.json")])
+    assert not (tmp_path / "m.json").exists()
