@@ -23,18 +23,53 @@ from pathlib import Path
 
 import torch
 
+from prunekit.bench.papers import combine, paired_verdict
 from prunekit.diffusion import TrainConfig, fashion_mnist, load_unet, train_ddpm_
 from prunekit.diffusion.ddpm import read_unet_meta
 from prunekit.diffusion.diffpruning import DiffPruningConfig, diff_prune_
 from prunekit.diffusion.metrics import (load_classifier, real_reference, sample_quality, sampling_time, save_grid,
                                         unet_cost, write_json)
 
+PARTS = ("down", "mid", "up")
+INSIGHT_IMPORTANCES = ("l1", "diff-pruning", "random")
 CACHE = Path.home() / ".cache" / "prunekit" / "diffusion" / "ddpm-fmnist-v3"
 OUT = Path(__file__).parent / "results" / "diffusion"
 
 
+def insight_verdicts(insights: list[dict]) -> dict:
+    """The insights' two claims, paired over the seeds both sides of a comparison measured (a difference is
+    ``held`` when its mean is above 2 standard errors, :func:`prunekit.bench.papers.paired_verdict`):
+    *the middle block costs least, whatever the importance* (down − middle and up − middle FID-FMNIST, for every
+    importance), and per part *which importance hurts least* (each pair's FID difference; ``ahead`` names the
+    importance whose FID is below both others', held on both, else None)."""
+    fid: dict[tuple[str, str], dict[int, float]] = {}
+    for r in insights:
+        if "quality" in r:
+            fid.setdefault(("+".join(r["blocks"]), r["importance"]), {})[int(r["seed"])] = r["quality"]["fid"]
+
+    def pair(a: tuple[str, str], b: tuple[str, str]) -> dict:
+        seeds = sorted(set(fid.get(a, {})) & set(fid.get(b, {})))
+        diffs = [fid[a][s] - fid[b][s] for s in seeds]
+        return {"seeds": seeds, "diffs": diffs, "verdict": paired_verdict(diffs)}
+
+    middle = {f"{part} - mid, {imp}": pair((part, imp), ("mid", imp))
+              for imp in INSIGHT_IMPORTANCES for part in ("down", "up")}
+    least = {}
+    for part in PARTS:
+        pairs = {f"{b} - {a}": pair((part, b), (part, a)) for a in INSIGHT_IMPORTANCES for b in INSIGHT_IMPORTANCES
+                 if a != b}
+        ahead = [a for a in INSIGHT_IMPORTANCES
+                 if all(pairs[f"{b} - {a}"]["verdict"] == "held" for b in INSIGHT_IMPORTANCES if b != a)]
+        least[part] = {"ahead": ahead[0] if ahead else None, "pairs": pairs}
+    return {"middle_costs_least": {"verdict": combine(v["verdict"] for v in middle.values()), "pairs": middle},
+            "least_harmful_importance": least}
+
+
 def merge(folder: Path, names: list[str], out_name: str) -> int:
     """One result file from per-seed ones run in separate processes (same model, samples and DDIM steps)."""
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise SystemExit(f"cannot merge: {', '.join(missing)} not found in {folder} (give the per-seed files' names)")
     parts = [json.loads((folder / n).read_text()) for n in names]
     first = parts[0]
     for p in parts[1:]:
@@ -49,6 +84,7 @@ def merge(folder: Path, names: list[str], out_name: str) -> int:
     insights = [i for p in parts for i in p.get("insights", [])]
     if insights:
         merged["insights"] = insights
+        merged["insight_verdicts"] = insight_verdicts(insights)
     write_json(folder / out_name, merged)
     print(f"wrote {folder / out_name} ({len(merged['runs'])} runs, seeds {sorted(merged['base']['quality'])})")
     return 0
@@ -169,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                     results["insights"].append({"blocks": blocks, "importance": imp, "seed": seed,
                                                 "macs_removed": rep.macs_removed, "quality": quality(u, seed)})
                     write_json(args.out / args.out_name, results)
+        results["insight_verdicts"] = insight_verdicts(results["insights"])
     write_json(args.out / args.out_name, results)
     print(f"wrote {args.out / args.out_name}")
     return 0

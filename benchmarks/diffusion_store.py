@@ -25,7 +25,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 FILES = {"prune": RESULTS / "diffusion" / "diffusion_prune.json",
          "prune-long": RESULTS / "diffusion" / "diffusion_prune_ft600.json", "ecodiff": RESULTS / "diffusion_ecodiff.json",
          "aptp": RESULTS / "diffusion_aptp.json", "memorization": RESULTS / "diffusion_memorization_fid5k.json",
-         "sparsity-sweep": RESULTS / "diffusion" / "diffusion_sparsity_sweep.json"}
+         "sparsity-sweep": RESULTS / "diffusion" / "diffusion_sparsity_sweep.json",
+         "insights": RESULTS / "diffusion" / "diffusion_prune_insights5k.json"}
 
 
 def _scalars(d: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -147,8 +148,21 @@ def sweep_runs(path: Path) -> tuple[str, dict, list[DiffusionRun]]:
     return f"DDPM {d['weights_sha256'][:12]}", protocol, runs
 
 
+def insight_runs(path: Path) -> tuple[str, dict, list[DiffusionRun]]:
+    """diffusion_prune.py --insights: each (part of the UNet, importance) at equal MACs, per seed; no fine-tune."""
+    d = json.loads(path.read_text())
+    if "insight_verdicts" not in d:
+        raise ValueError(f"{path} holds no insight verdicts: merge its per-seed files with diffusion_prune.py --merge")
+    runs = [DiffusionRun(f"{r['importance']} in {'+'.join(r['blocks'])}", r["seed"],
+                         {"macs_removed": r["macs_removed"], **_scalars(r["quality"], ("note", "seed"))})
+            for r in d["insights"] if "quality" in r]
+    protocol = {"weights_sha256": d["weights_sha256"], "samples": d["n"], "ddim_steps": d["ddim_steps"],
+                "floors": d["floors"], "verdicts": d["insight_verdicts"]}
+    return f"DDPM {d['weights_sha256'][:12]}", protocol, runs
+
+
 READERS = {"prune": prune_runs, "prune-long": prune_long_runs, "ecodiff": ecodiff_runs, "aptp": aptp_runs,
-           "memorization": memorization_runs, "sparsity-sweep": sweep_runs}
+           "memorization": memorization_runs, "sparsity-sweep": sweep_runs, "insights": insight_runs}
 
 
 def store(db: str, name: str, path: Path | None = None) -> int:

@@ -46,12 +46,40 @@ def write_json(path: Path, record: dict) -> None:
     os.replace(tmp, path)
 
 
+def _spent_total(first: dict) -> dict | None:
+    """Wall and CPU seconds of a finished run and every run it continued (its ``final`` totals when chained)."""
+    final = first.get("final") or {}
+    if "wall_s_total" in final:
+        return {"wall_s": final["wall_s_total"], "cpu_s": final["cpu_s_total"]}
+    return first.get("spent")
+
+
+def _cut_to_grid_shape(model, target: str, calib, axes: list[str], index: int) -> dict:
+    """Cut ``model`` in place to the ``index``-th shape of the uniform search's grid under ``target``."""
+    from prunekit.shrink.api import apply_shape_, plan_shrink
+    from prunekit.shrink.budget import non_embedding_params
+
+    t, _, counter, dense, found = plan_shrink(model, target, calib, axes)
+    if not 0 <= index < len(found.shapes):
+        raise SystemExit(f"--grid-index {index}: the grid under {target} along {','.join(axes)} has "
+                         f"{len(found.shapes)} shapes (0..{len(found.shapes) - 1})")
+    shape = found.shapes[index]
+    before = non_embedding_params(model)
+    apply_shape_(model, shape, calib)
+    return {"grid_index": index, "shape_before": str(dense), "shape_after": str(shape),
+            "non_embedding_kept": non_embedding_params(model) / before,
+            "grid": [str(s) for s in found.shapes]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="params=0.6")
     p.add_argument("--axes", default="heads,neurons,depth", help="the shrink axes (hidden kept by default)")
     p.add_argument("--candidates", type=int, default=1,
                    help="shapes scored on calibration loss (1: the first under budget, the shape the llama.cpp table timed)")
+    p.add_argument("--grid-index", type=int, default=None, metavar="K",
+                   help="cut to the K-th shape (0-based) of the search's grid under the target instead of shrink_'s "
+                        "pick (e.g. --axes neurons,depth --grid-index 2: MLP 768, 27 blocks), to compare shapes")
     p.add_argument("--nsamples", type=int, default=8, help="calibration windows for the shrink's importance")
     p.add_argument("--steps", type=int, default=260)
     p.add_argument("--batch", type=int, default=4)
@@ -103,14 +131,18 @@ def main() -> None:
         if args.continue_from:
             first = json.loads(Path(args.first_results).read_text())
             fc = first["config"]
-            skip = args.skip_windows if args.skip_windows is not None else fc["steps"] * fc["batch_size"]
+            # a chain of continuations: the first run's own skipped windows and tokens come before its steps
+            prior = first.get("continued_from", {})
+            read = prior.get("skipped_windows", 0) + fc["steps"] * fc["batch_size"]
+            skip = args.skip_windows if args.skip_windows is not None else read
             if fc["seqlen"] != args.seqlen:
                 raise SystemExit(f"--seqlen {args.seqlen} differs from the first run's {fc['seqlen']}: the skipped "
                                  "windows would not line up")
             student = load_model(args.continue_from).model  # a folder from_pretrained reads (the first run saved it)
             origin = {"continued_from": {"student": args.continue_from, "results": args.first_results,
-                                         "tokens": fc["steps"] * fc["batch_size"] * fc["seqlen"],
-                                         "spent": first.get("spent"), "final": first.get("final"),
+                                         "tokens": (first.get("final") or {}).get(
+                                             "tokens_total", fc["steps"] * fc["batch_size"] * fc["seqlen"]),
+                                         "spent": _spent_total(first), "final": first.get("final"),
                                          "skipped_windows": skip}}
         else:
             t0, c0 = time.perf_counter(), time.process_time()
@@ -119,11 +151,15 @@ def main() -> None:
             import copy
 
             student = copy.deepcopy(teacher)
-            report = shrink_(student, args.target, calib, axes=args.axes.split(","), candidates=args.candidates,
-                             progress=True)
-            print(report, flush=True)
-            origin = {"shrink": {"report": report.to_dict(), "wall_s": time.perf_counter() - t0,
-                                 "cpu_s": time.process_time() - c0}}
+            if args.grid_index is None:
+                report = shrink_(student, args.target, calib, axes=args.axes.split(","),
+                                 candidates=args.candidates, progress=True)
+                print(report, flush=True)
+                done = {"report": report.to_dict()}
+            else:
+                done = _cut_to_grid_shape(student, args.target, calib, args.axes.split(","), args.grid_index)
+                print(done, flush=True)
+            origin = {"shrink": {**done, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}}
         record = {"command": " ".join(["python", *sys.argv]), "args": vars(args), "config": cfg.model_dump(),
                   **origin, "dense_perplexity": perplexity(teacher, heldout, progress=False),
                   "curve": [], "machine": {"cpus": os.cpu_count(), "threads": args.threads}}
