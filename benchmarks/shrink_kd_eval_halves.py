@@ -26,7 +26,16 @@ def main() -> None:
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "shrink_kd_eval_halves.json"))
+    p.add_argument("--dense-from", default=None, metavar="FILE",
+                   help="take the dense model's figures from an earlier results file of the same windows and seqlen "
+                        "(the dense forward is the same every time) instead of scoring it again")
     args = p.parse_args()
+    reused = None
+    if args.dense_from:
+        reused = json.loads(Path(args.dense_from).read_text())
+        if (reused.get("windows"), reused.get("seqlen")) != (args.windows, args.seqlen):
+            raise SystemExit(f"--dense-from {args.dense_from} scored {reused.get('windows')} × {reused.get('seqlen')} "
+                             f"tokens, not {args.windows} × {args.seqlen}")
 
     import torch
     import torch.nn.functional as F
@@ -41,7 +50,11 @@ def main() -> None:
     windows = eval_windows(lm.tokenizer, "pydocs", args.windows, args.seqlen, default=True, say=lambda t: None)
     half = args.seqlen // 2 - 1  # predictions of tokens seqlen/2 … seqlen-1
     out: dict = {"windows": args.windows, "seqlen": args.seqlen, "student": args.student}
+    if reused is not None:
+        out["dense"], out["dense_from"] = reused["dense"], args.dense_from
     for name, model in (("dense", lm.model.eval()), ("student", student)):
+        if name == "dense" and reused is not None:
+            continue
         total = {"all_tokens": [0.0, 0], "second_half": [0.0, 0]}
         with torch.no_grad():
             for i in range(0, len(windows), 4):
