@@ -49,7 +49,7 @@ def main() -> None:
     student = AutoModelForCausalLM.from_pretrained(args.student, dtype=torch.float32).eval()
     windows = eval_windows(lm.tokenizer, "pydocs", args.windows, args.seqlen, default=True, say=lambda t: None)
     half = args.seqlen // 2 - 1  # predictions of tokens seqlen/2 … seqlen-1
-    out: dict = {"windows": args.windows, "seqlen": args.seqlen, "student": args.student}
+    out: dict = {"windows": args.windows, "seqlen": args.seqlen, "student_folder": args.student}
     if reused is not None:
         out["dense"], out["dense_from"] = reused["dense"], args.dense_from
     for name, model in (("dense", lm.model.eval()), ("student", student)):

@@ -3,8 +3,9 @@ of the uniform search's grid at ``--target`` (depth against width: fewer blocks 
 with a narrow one), each written to GGUF (``--quants``, the ``gguf`` package's types) and timed in llama.cpp beside
 the dense model — prefill and decode tokens/s with ``llama-bench``, the files of one type interleaved in
 ``--rounds`` rounds, each speed-up paired per round against dense (``prunekit.metrics.engine_speed``). No
-distillation: speed does not depend on the weights' values, only on the shape. Results: ``--results`` (.json and
-a .md table).
+distillation: speed does not depend on the weights' values, only on the shape. The files are written without
+export's read-back (``llama_cpp_speed.write_file``, the same writer; llama-bench loading each file is the check
+here, and the export tests cover the read-back). Results: ``--results`` (.json and a .md table).
 
     python benchmarks/shrink_shapes_speed.py --shapes "heads,neurons,depth:0;neurons,depth:2;neurons:0" --rounds 8
 
