@@ -51,6 +51,7 @@ import torch
 
 import prunekit as pk
 from prunekit.datasets.text import PYDOCS_DIR, calibration_windows, eval_windows, start_token
+from prunekit.infra.machine import enable_huge_pages
 from prunekit.metrics.perplexity import perplexity
 from prunekit.models.hf import load_model
 
@@ -72,6 +73,12 @@ PRUNEKIT_RUNS = {
     "sparsegpt-seq-owl": ("sparsegpt", "unstructured", "owl", {"sequential": "layer"}),
     # the default with each layer's columns visited in decreasing input energy (GPTQ's act-order)
     "sparsegpt-energy": ("sparsegpt", "unstructured", "uniform", {"sequential": "layer", "column_order": "energy"}),
+    # the kept weights refit on their support by conjugate gradients after the column loop (the default: 2 steps)
+    "sparsegpt-norefit": ("sparsegpt", "unstructured", "uniform", {"sequential": "layer", "refit_iters": 0}),
+    "sparsegpt-refit1": ("sparsegpt", "unstructured", "uniform", {"sequential": "layer", "refit_iters": 1}),
+    "sparsegpt-refit2": ("sparsegpt", "unstructured", "uniform", {"sequential": "layer", "refit_iters": 2}),
+    "sparsegpt-refit3": ("sparsegpt", "unstructured", "uniform", {"sequential": "layer", "refit_iters": 3}),
+    "sparsegpt-refit10": ("sparsegpt", "unstructured", "uniform", {"sequential": "layer", "refit_iters": 10}),
     # the same computation with the Hessian summed in another order: how much do rounding-level
     # differences alone move the perplexity (mask decisions are chaotic)?
     "sparsegpt-b4": ("sparsegpt", "unstructured", "uniform", {"batch_size": 4, "sequential": "block"}),
@@ -162,6 +169,9 @@ def main() -> int:
     p.add_argument("--split", choices=["hash", "tenth"], default="hash",
                    help="held-out documents: the library's hash split, or every tenth file sorted by path")
     p.add_argument("--seeds", default="0", help="comma-separated calibration seeds (each run once per seed)")
+    p.add_argument("--no-huge-pages", action="store_true",
+                   help="prunekit's pruning process without transparent huge pages (the prunekit command turns "
+                        "them on, infra.machine.enable_huge_pages; llm-compressor's process never has them)")
     p.add_argument("--isolate", action="store_true",
                    help="prune with prunekit in a fresh process too (as llm-compressor always is): peak RSS of "
                         "a process that loads the model and prunes it, the same measure for both tools")
@@ -309,6 +319,8 @@ def child_main(a: argparse.Namespace) -> int:
     """Load the model in this fresh process, prune it with one prunekit run, save its weights, print one JSON line
     (the same measures ``_llmc_peer.py`` takes for llm-compressor)."""
     method, pattern, allocation, options = PRUNEKIT_RUNS[a.child]
+    if not a.no_huge_pages:  # as the ``prunekit`` command does before any tensor exists
+        enable_huge_pages()
     model = load_model("smollm2-135m").model
     calib = torch.load(a.child_calib)
     sparsity = None if ":" in pattern else a.sparsity
@@ -332,6 +344,7 @@ def run_isolated(a: argparse.Namespace, label: str, model: torch.nn.Module,
         out = Path(tmp) / "pruned.pt"
         cmd = [sys.executable, __file__, "--child", label, "--child-calib", str(Path(tmp) / "calib.pt"),
                "--child-out", str(out), "--threads", str(a.threads), "--sparsity", str(a.sparsity)]
+        cmd += ["--no-huge-pages"] if a.no_huge_pages else []
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr[-4000:])

@@ -58,3 +58,53 @@ def test_free_cores_subtracts_the_busy_cores_and_keeps_one():
     assert free_cores(cores=2, load=7.0) == 1  # at least one
     assert free_cores(cores=16, load=3.6) == 12
     assert 1 <= free_cores() <= max(1, __import__("os").cpu_count())
+
+
+def _fresh(code: str, **env: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
+                         env={**environ, **env})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()[-1]
+
+
+def test_enable_huge_pages_turns_torchs_huge_pages_on_before_the_first_tensor_and_leaves_no_variable():
+    if platform.system() != "Linux":
+        return
+    code = """
+        import os, torch
+        from prunekit.infra.machine import enable_huge_pages
+        on = enable_huge_pages()
+        x = torch.empty(1 << 22)  # 16 MB
+        print(f"{on},{x.data_ptr() % 4096 == 0},{'THP_MEM_ALLOC_ENABLE' in os.environ}")
+    """
+    assert _fresh(code) == "True,True,False"  # on, page-aligned as torch aligns huge-page tensors, nothing inherited
+    assert _fresh(code, THP_MEM_ALLOC_ENABLE="0") == "False,False,True"  # the user's explicit 0 is kept
+
+
+def test_enable_huge_pages_after_a_tensor_exists_changes_nothing_and_says_so():
+    if platform.system() != "Linux":
+        return
+    code = """
+        import torch
+        from prunekit.infra.machine import enable_huge_pages
+        first = torch.empty(1 << 20)
+        print(enable_huge_pages())
+    """
+    assert _fresh(code) == "False"
+
+
+def test_the_prunekit_command_turns_huge_pages_on_first():
+    if platform.system() != "Linux":
+        return
+    code = """
+        import torch, prunekit.cli as cli
+        cli.build_parser = lambda: (_ for _ in ()).throw(KeyboardInterrupt)  # stop right after the first step
+        cli.main([])
+        print(torch.empty(1 << 20).data_ptr() % 4096 == 0)
+    """
+    assert _fresh(code) == "True"

@@ -19,6 +19,7 @@ from typing import Iterator
 from . import data, demo, diffusion, eval, export, merge, prune, report_cmd, results_cmd, run_cmd, shrink, summary_cmd
 from .common import is_quiet, quiet_libraries
 from .errors import EXIT_INTERRUPTED, describe, one_line_warnings
+from ..infra.machine import enable_huge_pages
 
 SUBCOMMANDS = [prune, eval, export, merge, summary_cmd, demo, data, run_cmd, results_cmd, report_cmd, shrink, diffusion]
 
@@ -102,6 +103,7 @@ def _terminate_as_exit() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``prunekit`` command: 0 on success, 1 on a failure, 2 on bad input, 130 on Ctrl-C."""
+    enable_huge_pages()  # before any tensor exists: torch reads the setting once (THP_MEM_ALLOC_ENABLE=0 opts out)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -73,6 +73,35 @@ def large_allocations_mapped(threshold: int = 1 << 20) -> Iterator[bool]:
         mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_AFTER)
 
 
+THP_ENV = "THP_MEM_ALLOC_ENABLE"
+
+
+def enable_huge_pages() -> bool:
+    """Ask torch to back its CPU tensors of 2 MB and more with transparent huge pages (torch's
+    ``THP_MEM_ALLOC_ENABLE``: page-aligned, ``madvise(MADV_HUGEPAGE)``); returns whether they are on.
+
+    Why: a walk over calibration windows takes and frees gigabytes of fresh activation pages (each a memory map
+    of its own, :func:`large_allocations_mapped`), and with 4 kB pages the kernel's page faults took 18 % of a
+    SparseGPT run's CPU time; 2 MB pages fault 512 times less often. torch reads the setting once, at the
+    process's first tensor allocation: call this before any tensor exists (the ``prunekit`` command does, first
+    thing); later it changes nothing and says whether they were on. An explicit ``THP_MEM_ALLOC_ENABLE`` in the
+    environment (``0`` turns them off) is left as it is; the variable is not left behind for child processes."""
+    import os
+
+    import torch
+
+    set_here = THP_ENV not in os.environ
+    if set_here:
+        os.environ[THP_ENV] = "1"
+    try:
+        # 4 MB each: page-aligned when THP is on, else 64 bytes past a page (glibc's header, torch's alignment)
+        probes = [torch.empty(1 << 20) for _ in range(3)]
+        return all(p.data_ptr() % 4096 == 0 for p in probes)
+    finally:
+        if set_here:
+            os.environ.pop(THP_ENV, None)
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the platform has one, else ``os.cpu_count``)."""
     import os

@@ -24,6 +24,7 @@ from ..core.mask import get_mask
 from .base import PruneLog, PrunePlan, register_method
 from .config import BlockwiseConfig
 from .layerwise import BlockwiseMethod, Budget, is_transposed, rows_view
+from .refit import cg_refit
 
 
 class ALPSConfig(BlockwiseConfig):
@@ -122,32 +123,11 @@ def alps_prune(w: Tensor, h: Tensor, sparsity: float, n: int = 0, m: int = 0, *,
         if it >= switch_iter and change < 3e-4:
             break
     support = _project(b, k_keep, n, m, allowed)
-    b = _refit(hn, target, b * support, support, cg_iter)
+    b = cg_refit(hn, target, b * support, support, cg_iter)
     new_w = (b.t() / scale.float().reshape(1, -1))
     keep_out = support.t().contiguous()
     new_w[:, dead] = 0
     return new_w * keep_out, keep_out
-
-
-def _refit(h: Tensor, target: Tensor, x: Tensor, support: Tensor, iters: int) -> Tensor:
-    """Conjugate gradients on min tr(XᵀHX)/2 − tr(Xᵀtarget) over X supported on ``support``, every output
-    column its own system (h has a unit diagonal, so no further preconditioning)."""
-    s = support.float()
-    r = (target - h @ x) * s
-    p = r.clone()
-    rr = (r * r).sum(0)
-    for _ in range(iters):
-        hp = h @ p
-        denom = (p * hp).sum(0)
-        alpha = rr / denom.where(denom != 0, torch.ones_like(denom))
-        x = x + alpha * p
-        r = (r - alpha * hp) * s
-        rr_new = (r * r).sum(0)
-        if float(rr_new.max()) <= 1e-12 * float(rr.max().clamp_min(1e-30)):
-            break
-        p = r + (rr_new / rr.where(rr != 0, torch.ones_like(rr))) * p
-        rr = rr_new
-    return x
 
 
 @register_method("alps", ALPSConfig)
