@@ -12,49 +12,70 @@ import torch
 from torch import Tensor
 
 
-def cg_refit(h: Tensor, target: Tensor | None, x: Tensor, support: Tensor, iters: int,
-             residual: Tensor | None = None) -> Tensor:
+def cg_refit(h: Tensor, target: Tensor, x: Tensor, support: Tensor, iters: int) -> Tensor:
     """Conjugate gradients on min tr(XᵀHX)/2 − tr(Xᵀtarget) over X supported on ``support``, every column of X
     its own system; ``h`` (in × in) should have a unit diagonal (so no further preconditioning), X and ``target``
-    are (in, out). ``residual`` (target − h·x, when the caller has it cheaper) replaces ``target``. Returns the
-    new X (zero off the support where the start ``x`` is); ``x`` and ``residual`` are overwritten (the steps run
-    in place: one product and no other matrix-sized allocation per step)."""
+    are (in, out). Returns the new X (zero off the support where the start ``x`` is)."""
     s = support.float()
-    r = (target - h @ x if residual is None else residual).mul_(s)
+    r = (target - h @ x) * s
     p = r.clone()
-    rr = torch.einsum("ij,ij->j", r, r)
+    rr = (r * r).sum(0)
     for _ in range(iters):
         hp = h @ p
-        denom = torch.einsum("ij,ij->j", p, hp)
+        denom = (p * hp).sum(0)
         alpha = rr / denom.where(denom != 0, torch.ones_like(denom))
-        x.addcmul_(p, alpha)
-        r.sub_(hp.mul_(alpha)).mul_(s)
-        rr_new = torch.einsum("ij,ij->j", r, r)
+        x = x + alpha * p
+        r = (r - alpha * hp) * s
+        rr_new = (r * r).sum(0)
         if float(rr_new.max()) <= 1e-12 * float(rr.max().clamp_min(1e-30)):
             break
-        p.mul_(rr_new / rr.where(rr != 0, torch.ones_like(rr))).add_(r)
+        p = r + (rr_new / rr.where(rr != 0, torch.ones_like(rr))) * p
         rr = rr_new
     return x
 
 
+def _dot_rows(a: Tensor, b: Tensor) -> Tensor:
+    return torch.einsum("ij,ij->i", a, b)
+
+
 def refit_rows(w0: Tensor, w: Tensor, keep: Tensor, h: Tensor, iters: int, percdamp: float = 0.0) -> Tensor:
     """The (out, in) weight ``w`` (pruned to ``keep``) moved towards the least-squares fit of the dense ``w0`` on
-    its support, by ``iters`` conjugate-gradient steps on H = ``h`` + ``percdamp`` × its mean diagonal (in × in,
-    the inputs' X·Xᵀ; dead inputs, never active, count 1 in that mean as in SparseGPT's dampening, and their
-    weights in ``w0`` are ignored). Jacobi-scaled: the steps run on the inputs normalised to unit energy. ``h``
-    is not changed; one in × in matrix is made."""
+    its support, by ``iters`` steps of conjugate gradients on H = ``h`` + ``percdamp`` × its mean diagonal (in × in,
+    the inputs' X·Xᵀ; dead inputs, never active, count 1 in that mean and on the diagonal as in SparseGPT's
+    dampening, and their weights in ``w0`` are ignored), preconditioned by H's diagonal (the same iterates as
+    plain CG on the inputs normalised to unit energy). Each row is its own system; all rows step together, one
+    (out × in)·(in × in) product per step. ``h`` is not changed and no in × in matrix is made."""
     if iters <= 0:
         return w
     diag = torch.diagonal(h).float()
     dead = diag == 0
     damp = percdamp * float(diag.masked_fill(dead, 1.0).mean())
-    scale = (diag + damp).masked_fill(dead, 1.0 + damp).sqrt()
-    inv = 1.0 / scale
-    hn = torch.mul(h.float(), inv.reshape(-1, 1)).mul_(inv.reshape(1, -1))  # unit diagonal after the dampening
-    hn.diagonal().fill_(1.0)
-    support = keep.t()
-    x = (w.float() * scale).t() * support
-    # the starting residual H(W₀ − W)ᵀ in one product (not H·W₀ᵀ − H·Wᵀ in two)
-    diff = (w0.float().masked_fill(dead.reshape(1, -1), 0.0) * scale).t().sub_(x)
-    x = cg_refit(hn, None, x, support, iters, residual=hn @ diff)
-    return (x.t() / scale) * keep
+    m = (diag + damp).masked_fill(dead, 1.0 + damp)  # the dampened diagonal: the preconditioner
+    has_dead = bool(dead.any())
+    h = h.float()
+    s = keep.float()
+    x = w.float() * s
+    diff = w0.float().masked_fill(dead.reshape(1, -1), 0.0).sub_(x)
+
+    def times_h(v: Tensor, out: Tensor) -> Tensor:  # out = v·(H + damp·I), dead inputs' diagonal 1 + damp
+        torch.mm(v, h, out=out)
+        if has_dead:
+            out[:, dead] += v[:, dead]
+        return out.add_(v, alpha=damp)
+
+    r = times_h(diff, torch.empty_like(x)).mul_(s)  # minus the gradient, on the support
+    z = r / m
+    p = z.clone()
+    rz = _dot_rows(r, z)
+    hp = diff  # a buffer from here on
+    for _ in range(iters):
+        times_h(p, hp)
+        denom = _dot_rows(p, hp)
+        alpha = (rz / denom.where(denom != 0, torch.ones_like(denom))).reshape(-1, 1)
+        x.addcmul_(p, alpha)
+        r.sub_(hp.mul_(alpha)).mul_(s)
+        torch.div(r, m, out=z)
+        rz_new = _dot_rows(r, z)
+        p.mul_((rz_new / rz.where(rz != 0, torch.ones_like(rz))).reshape(-1, 1)).add_(z)
+        rz = rz_new
+    return x
