@@ -90,3 +90,15 @@ def test_refit_dampens_h_as_sparsegpt_does_and_ignores_dead_inputs():
     exact = _exact(w0_live, keep, hd)
     assert torch.allclose(ours, exact, atol=1e-3 * float(exact.abs().max()))
     assert not ours[:, 5].any()
+
+
+def test_refit_in_row_pieces_is_the_refit_of_all_rows(monkeypatch):
+    import prunekit.methods.refit as refit
+
+    w0, h = _problem(rows=20, seed=3)
+    hd, dead = dampened_hessian(h, 0.01)
+    w1, keep = sparsegpt_prune(w0, inverse_hessian_factor(h, 0.01)[0], dead, 0.5, blocksize=16)
+    whole = refit_rows(w0, w1, keep, h, iters=3, percdamp=0.01)
+    monkeypatch.setattr(refit, "REFIT_CHUNK_BYTES", 4 * 48 * 7)  # 7 rows at a time: pieces of 7, 7 and 6
+    pieces = refit.refit_rows(w0, w1, keep, h, iters=3, percdamp=0.01)
+    assert torch.allclose(pieces, whole, rtol=1e-5, atol=1e-6 * float(whole.abs().max()))

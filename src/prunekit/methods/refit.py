@@ -34,6 +34,9 @@ def cg_refit(h: Tensor, target: Tensor, x: Tensor, support: Tensor, iters: int) 
     return x
 
 
+REFIT_CHUNK_BYTES = 64 << 20  # rows refit at once: each of the step's five (rows × in) float32 buffers at most this
+
+
 def _dot_rows(a: Tensor, b: Tensor) -> Tensor:
     return torch.einsum("ij,ij->i", a, b)
 
@@ -43,10 +46,15 @@ def refit_rows(w0: Tensor, w: Tensor, keep: Tensor, h: Tensor, iters: int, percd
     its support, by ``iters`` steps of conjugate gradients on H = ``h`` + ``percdamp`` × its mean diagonal (in × in,
     the inputs' X·Xᵀ; dead inputs, never active, count 1 in that mean and on the diagonal as in SparseGPT's
     dampening, and their weights in ``w0`` are ignored), preconditioned by H's diagonal (the same iterates as
-    plain CG on the inputs normalised to unit energy). Each row is its own system; all rows step together, one
-    (out × in)·(in × in) product per step. ``h`` is not changed and no in × in matrix is made."""
+    plain CG on the inputs normalised to unit energy). Each row is its own system; the rows step together (in
+    pieces of :data:`REFIT_CHUNK_BYTES` per buffer), one (rows × in)·(in × in) product per step. ``h`` is not
+    changed and no in × in matrix is made."""
     if iters <= 0:
         return w
+    rows = max(1, REFIT_CHUNK_BYTES // (4 * max(1, w.shape[1])))
+    if w.shape[0] > rows:  # rows are independent systems: in pieces, the buffers stay bounded on big layers
+        return torch.cat([refit_rows(w0[i:i + rows], w[i:i + rows], keep[i:i + rows], h, iters, percdamp)
+                          for i in range(0, w.shape[0], rows)])
     diag = torch.diagonal(h).float()
     dead = diag == 0
     damp = percdamp * float(diag.masked_fill(dead, 1.0).mean())
