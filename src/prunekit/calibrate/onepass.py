@@ -17,7 +17,9 @@ reached it (its statistics then cover all windows) and it is pruned, then all go
 a pause (a few per window, e.g. down_proj's input) add up over the batches; the block's transient ones
 (attention, the MLP's other intermediates) exist for one batch at a time. During the pass, allocations of
 1 MB or more are memory maps of their own (:func:`~prunekit.infra.machine.large_allocations_mapped`):
-batch-sized tensors freed in another order than taken would otherwise stay in the C heap as holes.
+batch-sized tensors freed in another order than taken would otherwise stay in the C heap as holes. Fresh
+maps cost page faults, so Llama-style MLPs run with their activation and product in place during the pass
+(:mod:`.inplace_mlp`: the same numbers, two fresh tensors per call instead of four).
 
 :func:`one_pass_bytes` estimates the pass's activation memory before anything runs (as if all windows ran
 in one call: an upper bound); when it exceeds the budget (half of the memory available where the blocks
@@ -43,6 +45,7 @@ from ..core.scope import Target
 from ..infra.machine import large_allocations_mapped, release_freed_memory
 from .batches import calibration_batches
 from .blockwise import BlockInputs, run_block, walk_blocks_
+from .inplace_mlp import inplace_gated_mlps
 from .lockstep import Lockstep
 from .stats import InputStats
 
@@ -127,7 +130,8 @@ def walk_one_pass_(model: nn.Module, calibration: Any, targets_of: Callable[[str
 
         handles = [t.module.register_forward_pre_hook(pause_hook(t)) for t in targets]
         try:
-            out = step.run([lambda s=s: run_block(block, s, device) for s in inputs], act)
+            with inplace_gated_mlps(block):  # two fresh MLP tensors per batch instead of four, the same numbers
+                out = step.run([lambda s=s: run_block(block, s, device) for s in inputs], act)
         finally:
             for h in handles:
                 h.remove()

@@ -16,8 +16,10 @@ def check_finite(values: Tensor, what: str, layer: str, hint: str = "") -> None:
     scores") and the ``layer``; ``hint`` says where they may come from."""
     if not values.is_floating_point() and not values.is_complex():
         return
+    if bool(torch.isfinite(values.sum())):  # one reduction: a NaN or ±inf anywhere makes the sum non-finite
+        return
     finite = torch.isfinite(values)
-    if bool(finite.all()):
+    if bool(finite.all()):  # the sum overflowed on finite values
         return
     nan = int(torch.isnan(values).sum())
     inf = int((~finite).sum()) - nan
