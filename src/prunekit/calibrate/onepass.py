@@ -18,8 +18,9 @@ a pause (a few per window, e.g. down_proj's input) add up over the batches; the 
 (attention, the MLP's other intermediates) exist for one batch at a time. During the pass, allocations of
 1 MB or more are memory maps of their own (:func:`~prunekit.infra.machine.large_allocations_mapped`):
 batch-sized tensors freed in another order than taken would otherwise stay in the C heap as holes. Fresh
-maps cost page faults, so Llama-style MLPs run with their activation and product in place during the pass
-(:mod:`.inplace_mlp`: the same numbers, two fresh tensors per call instead of four).
+maps cost page faults and what a call holds at a pause is held for every window, so Llama-style blocks run
+leaner during the pass (:mod:`.lean_blocks`: the MLP's activation and product in place, the layer's input
+and its MLP's input freed once read for the last time; the same numbers).
 
 :func:`one_pass_bytes` estimates the pass's activation memory before anything runs (as if all windows ran
 in one call: an upper bound); when it exceeds the budget (half of the memory available where the blocks
@@ -45,7 +46,7 @@ from ..core.scope import Target
 from ..infra.machine import large_allocations_mapped, release_freed_memory
 from .batches import calibration_batches
 from .blockwise import BlockInputs, run_block, walk_blocks_
-from .inplace_mlp import inplace_gated_mlps
+from .lean_blocks import lean_blocks
 from .lockstep import Lockstep
 from .stats import InputStats
 
@@ -130,7 +131,7 @@ def walk_one_pass_(model: nn.Module, calibration: Any, targets_of: Callable[[str
 
         handles = [t.module.register_forward_pre_hook(pause_hook(t)) for t in targets]
         try:
-            with inplace_gated_mlps(block):  # two fresh MLP tensors per batch instead of four, the same numbers
+            with lean_blocks(block):  # Llama-style: MLP in place, dead inputs freed; the same numbers
                 out = step.run([lambda s=s: run_block(block, s, device) for s in inputs], act)
         finally:
             for h in handles:

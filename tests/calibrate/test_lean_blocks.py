@@ -1,0 +1,100 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+import prunekit.calibrate.onepass as onepass
+from prunekit.calibrate.lean_blocks import is_llama_style_layer, is_llama_style_mlp, lean_blocks
+from prunekit.models.hf import tiny_model
+
+IDS = torch.randint(0, 128, (8, 16), generator=torch.Generator().manual_seed(0))
+
+
+class _OtherOrder(nn.Module):
+    """The same parts as LlamaMLP, another computation: must keep its own forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = nn.Linear(4, 6), nn.Linear(4, 6), nn.Linear(6, 4)
+        self.act_fn = nn.SiLU()
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.up_proj(x)) * self.gate_proj(x))
+
+
+def _layer_call(model, layer, x):
+    cos_sin = model.model.rotary_emb(x, torch.arange(x.shape[1])[None])
+    return layer(x, position_embeddings=cos_sin)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma"])
+def test_llama_style_blocks_are_recognised_and_give_the_same_numbers(family):
+    model = tiny_model(family, hidden=64, layers=1)
+    layer = model.model.layers[0]
+    assert is_llama_style_layer(layer) and is_llama_style_mlp(layer.mlp)
+    x = torch.randn(3, 5, 64)
+    with torch.no_grad():
+        want = _layer_call(model, layer, x.clone())
+        with lean_blocks(layer) as touched:
+            assert touched == (1, 1) and "forward" in vars(layer.mlp)
+            given = x.clone()
+            got = _layer_call(model, layer, given)
+    assert torch.equal(got, want)  # the same operations on the same values
+    assert given.numel() == 0  # the layer's input was freed once dead
+    assert "forward" not in vars(layer.mlp) and not layer._forward_pre_hooks
+    assert not layer.post_attention_layernorm._forward_pre_hooks
+
+
+def test_the_mlp_input_is_freed_only_inside_a_llama_style_layer():
+    mlp = tiny_model("llama", hidden=64, layers=1).model.layers[0].mlp
+    x = torch.randn(2, 3, 64)
+    with torch.no_grad(), lean_blocks(mlp) as touched:
+        mlp(x)
+    assert touched == (1, 0) and x.numel() == 6 * 64  # a lone MLP: who reads x next is unknown, so it stays
+
+
+def test_other_modules_keep_their_forward_and_tensors():
+    other = _OtherOrder()
+    assert not is_llama_style_mlp(other)
+    gpt2 = tiny_model("gpt2", hidden=64, layers=1)
+    with lean_blocks(gpt2) as n, lean_blocks(other) as m:
+        assert n == (0, 0) and m == (0, 0)
+
+
+def test_with_gradients_the_class_forward_runs_and_nothing_is_freed():
+    model = tiny_model("llama", hidden=64, layers=1)
+    layer = model.model.layers[0]
+    x = torch.randn(2, 3, 64, requires_grad=True)
+    with lean_blocks(layer):
+        _layer_call(model, layer, x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.numel() == 6 * 64
+
+
+def test_everything_is_restored_after_an_error():
+    model = tiny_model("llama", hidden=64, layers=2)
+    with pytest.raises(RuntimeError, match="boom"):
+        with lean_blocks(model):
+            raise RuntimeError("boom")
+    for layer in model.model.layers:
+        assert "forward" not in vars(layer.mlp) and not layer._forward_pre_hooks
+        assert not layer.post_attention_layernorm._forward_pre_hooks
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_one_pass_sparsegpt_gives_the_same_weights_with_and_without_it(monkeypatch, family):
+    base = tiny_model(family, hidden=64, layers=2)
+    lean, plain = copy.deepcopy(base), copy.deepcopy(base)
+    pk.prune_(lean, "sparsegpt", 0.5, calibration=IDS, sequential="layer", batch_size=4, progress=False)
+    used = []
+
+    def none(block):
+        used.append(block)
+        return lean_blocks(nn.Module())  # touches nothing
+
+    monkeypatch.setattr(onepass, "lean_blocks", none)
+    pk.prune_(plain, "sparsegpt", 0.5, calibration=IDS, sequential="layer", batch_size=4, progress=False)
+    assert len(used) == 2
+    for (name, a), (_, b) in zip(pk.masked_modules(lean), pk.masked_modules(plain)):
+        assert torch.equal(a.weight, b.weight), name
