@@ -1,9 +1,10 @@
-"""Every shape of the uniform search's band scored: SmolLM2-135M cut to each grid shape under ``--target`` along
+"""Every shape of the uniform search's band scored: SmolLM2-135M (or ``--model``) cut to each grid shape under ``--target`` along
 each set of ``--axes`` (the search's band: at most the budget, at least ``slack`` below it), scored by the search's
 own criterion — next-token loss on the calibration windows right after the cut, no distillation — in the search's
 order, with the rank the default ``candidates`` (4) would have scored up to. Results: ``--results`` (.json).
 
     python benchmarks/shrink_band_scores.py --axes "heads,neurons,depth;neurons,depth"
+    python benchmarks/shrink_band_scores.py --model gemma3-270m --axes "heads,neurons,depth" --results …
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m", help="a built-in model name or a path (gemma3-270m, ...)")
     p.add_argument("--target", default="params=0.6")
     p.add_argument("--axes", default="heads,neurons,depth;neurons,depth")
     p.add_argument("--nsamples", type=int, default=8)
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from prunekit.shrink.api import DEFAULT_CANDIDATES
 
     torch.set_num_threads(args.threads)
-    lm = load_model("smollm2-135m")
+    lm = load_model(args.model)
     calib = calibration_windows(lm.tokenizer, "pydocs", nsamples=args.nsamples, seqlen=256, seed=args.seed,
                                 default=True, say=lambda t: None)
     record = {"command": " ".join(["python", *sys.argv]), "args": vars(args), "default_candidates": DEFAULT_CANDIDATES,

@@ -86,6 +86,8 @@ def main() -> None:
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--ce-weight", type=float, default=0.0, help="add the text's cross-entropy × this to the KL")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="the distillation's products: fp32 or bf16 autocast (DistillConfig.precision)")
     p.add_argument("--eval-every", type=int, default=26)
     p.add_argument("--eval-windows", type=int, default=64,
                    help="held-out windows of --seqlen tokens per evaluation (the split's first ones: 8 × 512 is "
@@ -120,7 +122,7 @@ def main() -> None:
     tok, teacher = lm.tokenizer, lm.model.eval()
     heldout = eval_windows(tok, "pydocs", args.eval_windows, args.seqlen, default=True, say=lambda t: None)
     cfg = DistillConfig(steps=args.steps, batch_size=args.batch, seqlen=args.seqlen, lr=args.lr, seed=args.seed,
-                        checkpoint_every=args.checkpoint_every, ce_weight=args.ce_weight)
+                        checkpoint_every=args.checkpoint_every, ce_weight=args.ce_weight, precision=args.precision)
     run = {"target": args.target, "axes": args.axes, "seed": args.seed, "config": cfg.model_dump()}
     skip = 0
     if args.resume:

@@ -134,6 +134,7 @@ def test_next_token_recovery_with_no_text_is_refused_before_the_cut(tiny_folder,
      {"objective": "kd", "train": "lora", "lora_rank": 2, "ce_weight": 0.5}, "LoRA distillation"),
     (("--kd-hidden-weight", "0.5", "--axes", "heads,neurons,depth"), {"objective": "kd", "hidden_weight": 0.5},
      "distillation"),
+    (("--kd-precision", "bf16",), {"objective": "kd", "precision": "bf16"}, "distillation"),
 ])
 def test_recovery_alternatives_save_a_model_that_reloads(tiny_folder, tmp_path, capsys, extra, fields, label):
     from transformers import AutoModelForCausalLM

@@ -9,7 +9,7 @@ from prunekit.models.tiny import tiny_model
 from prunekit.shrink import (
     Counter, Shape, apply_shape_, calibration_loss, non_embedding_params, parse_target, shape_of, shrink_,
 )
-from prunekit.shrink.search import candidates, grid
+from prunekit.shrink.search import DEFAULT_CANDIDATES, candidates, grid
 from prunekit.shrink.width import param_count
 
 
@@ -39,7 +39,8 @@ def test_shrink_meets_the_budget_and_reloads(tmp_path):
     assert report.non_embedding_after == non_embedding_params(model)
     assert 0.55 <= report.non_embedding_kept <= 0.6  # within the default 5-point band under the budget
     scored = [c for c in report.candidates if c.loss is not None]
-    assert len(scored) == 4 and report.shape_after == min(scored, key=lambda c: c.loss).shape
+    assert len(scored) == min(len(report.candidates), DEFAULT_CANDIDATES) >= 2
+    assert report.shape_after == min(scored, key=lambda c: c.loss).shape
     model.save_pretrained(tmp_path)
     back = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     ids = torch.randint(0, 128, (2, 10))

@@ -1,6 +1,7 @@
 """Logit distillation: the loss is the KL it claims to be, training lowers it, the text stream is deterministic,
 and a run killed with SIGKILL resumes from its checkpoint to the same weights as a run never interrupted."""
 
+import math
 import os
 import signal
 import subprocess
@@ -289,3 +290,26 @@ def test_ce_weight_adds_the_texts_cross_entropy_to_the_kl():
     # float32 sums over 128 classes and 32 tokens: agreement to ~1e-5
     assert plain == pytest.approx(kl, rel=1e-5)
     assert mixed == pytest.approx(kl + 0.5 * ce, rel=1e-5)
+
+
+def test_bf16_precision_runs_the_products_in_bf16_and_keeps_float32_weights():
+    student, teacher = _per_layer_pair()
+    windows = torch.randint(0, 128, (8, 16), generator=torch.Generator().manual_seed(0))
+    seen = []
+    hook = student.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    with torch.no_grad():
+        kl0 = kd_loss(student(windows).logits, teacher(windows).logits).item()
+    seen.clear()
+    report = distill_(student, teacher, windows, DistillConfig(steps=30, batch_size=4, seqlen=16, lr=3e-3,
+                                                               precision="bf16"), progress=False)
+    hook.remove()
+    with torch.no_grad():
+        kl1 = kd_loss(student(windows).logits, teacher(windows).logits).item()
+    assert set(seen) == {torch.bfloat16} and len(seen) == 30  # every step's products in bf16
+    assert all(p.dtype == torch.float32 for p in student.parameters())
+    assert kl1 < 0.7 * kl0 and len(report.losses) == 30 and all(math.isfinite(x) for x in report.losses)
+
+
+def test_precision_is_checked_before_training():
+    with pytest.raises(ValueError, match="precision"):
+        DistillConfig(precision="fp16")

@@ -16,7 +16,8 @@ Recovery (``--kd-steps N``): ``--recover kd`` (default) distils the unpruned mod
 into every weight; ``--recover next-token`` fine-tunes on the text's next tokens, no teacher; ``--recover lora``
 distils into rank ``--lora-rank`` LoRA adapters (plus biases and norms) merged into the weights at the end.
 ``--kd-ce-weight W`` adds the text's cross-entropy to the KD loss, ``--kd-hidden-weight W`` Minitron's
-hidden-state loss (not with the residual width cut). ``--schedule adapt --rounds N`` runs Adapt-Pruner's
+hidden-state loss (not with the residual width cut), ``--kd-precision bf16`` runs the recovery's products in bf16
+autocast. ``--schedule adapt --rounds N`` runs Adapt-Pruner's
 schedule instead of one cut then one recovery: N per-layer cuts, each followed by its share of the steps.
 """
 
@@ -47,6 +48,7 @@ RELOAD_ATOL = 1e-4  # float32 logits of the same weights through the same kernel
 def add_parser(subs: argparse._SubParsersAction) -> None:
     from ..shrink.distill import DistillConfig
     from ..shrink.schedule import AdaptConfig
+    from ..shrink.search import DEFAULT_CANDIDATES
 
     default = {**{n: f.default for n, f in DistillConfig.model_fields.items()},
                "rounds": AdaptConfig.model_fields["rounds"].default}  # shown in the help, set only in the configs
@@ -81,8 +83,8 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
                    help="dtype of the saved model (default f32; bf16 halves the folder, read back and compared)")
     p.add_argument("--importance", choices=["activation", "magnitude"], default="activation",
                    help="how channels, heads and neurons are ranked: activation (Minitron's, default) or magnitude")
-    p.add_argument("--candidates", type=int, default=4,
-                   help="shapes near the budget scored by calibration loss (default 4; 1: no scoring)")
+    p.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES,
+                   help=f"shapes near the budget scored by calibration loss (default {DEFAULT_CANDIDATES}; 1: no scoring)")
     p.add_argument("--calib", default="pydocs", metavar="TEXT",
                    help="calibration text: pydocs (default), a text file or a folder")
     p.add_argument("--nsamples", type=int, default=16, help="calibration windows (default 16)")
@@ -107,6 +109,9 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--kd-hidden-weight", type=float, default=None, metavar="W",
                    help="add W × Minitron's hidden-state loss (each block's output against the teacher's; needs the "
                         f"residual width kept: --axes without hidden; default {default['hidden_weight']:g})")
+    p.add_argument("--kd-precision", choices=["fp32", "bf16"], default=None,
+                   help="the recovery's forward and backward products: fp32 (default) or bf16 autocast (weights and "
+                        "optimizer in fp32; 1.6-1.9x faster on CPUs with native bf16, slower without)")
     p.add_argument("--schedule", choices=list(SCHEDULES), default="one-shot",
                    help="one-shot (default): one cut, then --kd-steps of recovery; adapt: Adapt-Pruner's schedule, "
                         "--rounds per-layer cuts each followed by its share of --kd-steps")
@@ -195,7 +200,8 @@ def _check_args(args: argparse.Namespace) -> None:
         given = [f"--{n}" for n, v in (("kd-text", args.kd_text), ("checkpoint", args.checkpoint),
                                        ("resume", args.resume or None), ("recover", args.recover),
                                        ("lora-rank", args.lora_rank), ("kd-ce-weight", args.kd_ce_weight),
-                                       ("kd-hidden-weight", args.kd_hidden_weight)) if v is not None]
+                                       ("kd-hidden-weight", args.kd_hidden_weight),
+                                       ("kd-precision", args.kd_precision)) if v is not None]
         if given:
             raise ValueError(f"{', '.join(given)} applies to distillation, which --kd-steps 0 turns off; pass "
                              "--kd-steps N")
@@ -223,7 +229,7 @@ def _recovery_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The DistillConfig fields the recovery options set (only those given: the defaults are DistillConfig's)."""
     fields: dict[str, Any] = dict(RECOVERIES[args.recover]) if args.recover is not None else {}
     for name, value in (("lora_rank", args.lora_rank), ("ce_weight", args.kd_ce_weight),
-                        ("hidden_weight", args.kd_hidden_weight)):
+                        ("hidden_weight", args.kd_hidden_weight), ("precision", args.kd_precision)):
         if value is not None:
             fields[name] = value
     return fields

@@ -36,6 +36,7 @@ from pydantic import Field
 
 from ..core.config import Config
 from ..shrink.distill import DistillConfig
+from ..shrink.search import DEFAULT_CANDIDATES
 from .base import StageKind, StageResult, Workspace, register_stage
 
 SEARCHES = ("auto", "uniform", "per-layer")
@@ -71,7 +72,7 @@ class ShrinkConfig(Config):
     search: Literal[SEARCHES] = "auto"
     axes: tuple[str, ...] | None = None
     importance: Literal["activation", "magnitude"] = "activation"
-    candidates: int = Field(4, ge=1)
+    candidates: int = Field(DEFAULT_CANDIDATES, ge=1)
     optimizer: Literal["milp", "greedy"] = "milp"
     score_windows: int = Field(4, ge=1)
     speed_engine: Literal["transformers", "llama.cpp"] = "transformers"
