@@ -98,3 +98,30 @@ def test_one_pass_sparsegpt_gives_the_same_weights_with_and_without_it(monkeypat
     assert len(used) == 2
     for (name, a), (_, b) in zip(pk.masked_modules(lean), pk.masked_modules(plain)):
         assert torch.equal(a.weight, b.weight), name
+
+
+
+class _KeepsItsOutput(nn.Module):
+    """A projection that keeps its product and returns a view of it (as a fused or caching kernel may)."""
+
+    def __init__(self, inner: nn.Linear) -> None:
+        super().__init__()
+        self.inner, self.kept = inner, None
+
+    def forward(self, x):
+        self.kept = self.inner(x)
+        return self.kept[..., :]
+
+
+def test_views_of_a_kept_product_are_not_changed_in_place():
+    model = tiny_model("llama", hidden=64, layers=1)
+    mlp = model.model.layers[0].mlp
+    mlp.gate_proj, mlp.up_proj = _KeepsItsOutput(mlp.gate_proj), _KeepsItsOutput(mlp.up_proj)
+    x = torch.randn(2, 3, 64)
+    with torch.no_grad():
+        want = mlp(x)
+        with lean_blocks(model) as touched:
+            got = mlp(x)
+        assert torch.equal(mlp.gate_proj.kept, mlp.gate_proj.inner(x))  # the kept product is untouched
+        assert torch.equal(mlp.up_proj.kept, mlp.up_proj.inner(x))
+    assert touched[0] == 1 and torch.equal(got, want)

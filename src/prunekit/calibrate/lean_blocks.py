@@ -84,17 +84,18 @@ def _release(x: Any) -> None:
         x.set_()
 
 
-def _mlp_forward(release_input: bool) -> Callable[[nn.Module, Tensor], Tensor]:
+def _mlp_forward(release_input: Callable[[], bool]) -> Callable[[nn.Module, Tensor], Tensor]:
     def forward(self: nn.Module, x: Tensor) -> Tensor:
         if torch.is_grad_enabled():
             return type(self).forward(self, x)
         h = self.gate_proj(x)
-        h = F.silu(h, inplace=True) if type(self.act_fn) in _silu_types() else self.act_fn(h)
+        own = h._base is None  # a fresh tensor, not a view of a buffer a fused projection shares
+        h = F.silu(h, inplace=True) if own and type(self.act_fn) in _silu_types() else self.act_fn(h)
         up = self.up_proj(x)
-        if release_input:  # the layer reads its MLP's input no more (is_llama_style_layer)
+        if release_input():  # called by its Llama-style layer, which reads the MLP's input no more
             _release(x)
-        same = h.shape == up.shape and h.dtype == torch.promote_types(h.dtype, up.dtype)
-        h = h.mul_(up) if same else h * up
+        fits = h.shape == up.shape and h.dtype == torch.promote_types(h.dtype, up.dtype)
+        h = h.mul_(up) if fits and h._base is None and up._base is None else h * up
         del up
         return self.down_proj(h)
     return forward
@@ -106,25 +107,39 @@ def lean_blocks(block: nn.Module) -> Iterator[tuple[int, int]]:
     layer's input and its MLP's input are freed once read for the last time (see the module's text); yields
     (MLPs, layers) touched. Everything is back on leaving, also after an error."""
     layers = [m for m in block.modules() if is_llama_style_layer(m)]
-    lean_mlps = {id(layer.mlp) for layer in layers}
+    owner = {id(layer.mlp): id(layer) for layer in layers}
     mlps = [m for m in block.modules() if is_llama_style_mlp(m)]
     local = threading.local()  # each batch's call runs on a thread of its own (lockstep)
     handles = []
 
-    def keep_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        local.inputs = getattr(local, "inputs", {})
-        local.inputs[id(module)] = args[0] if args else kwargs.get("hidden_states")
+    def inputs() -> dict[int, Any]:  # layer id → its input, for the layers this thread is inside of
+        if not hasattr(local, "inputs"):
+            local.inputs = {}
+        return local.inputs
+
+    def enter(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        inputs()[id(module)] = args[0] if args else kwargs.get("hidden_states")
+
+    def leave(module: nn.Module, args: tuple, output: Any) -> None:
+        inputs().pop(id(module), None)
 
     def drop_input(layer: nn.Module):
         def hook(module: nn.Module, args: tuple) -> None:  # after the attention's residual sum
-            _release(getattr(local, "inputs", {}).pop(id(layer), None))
+            held = inputs()
+            if id(layer) in held:
+                _release(held[id(layer)])
+                held[id(layer)] = None  # still inside the layer's call
         return hook
+
+    def inside(mlp: nn.Module) -> Callable[[], bool]:
+        return lambda: owner.get(id(mlp)) in inputs()
 
     try:
         for m in mlps:
-            m.forward = types.MethodType(_mlp_forward(id(m) in lean_mlps), m)
+            m.forward = types.MethodType(_mlp_forward(inside(m)), m)
         for layer in layers:
-            handles.append(layer.register_forward_pre_hook(keep_input, with_kwargs=True))
+            handles.append(layer.register_forward_pre_hook(enter, with_kwargs=True))
+            handles.append(layer.register_forward_hook(leave, always_call=True))
             handles.append(layer.post_attention_layernorm.register_forward_pre_hook(drop_input(layer)))
         yield len(mlps), len(layers)
     finally:
