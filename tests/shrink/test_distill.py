@@ -313,3 +313,14 @@ def test_bf16_precision_runs_the_products_in_bf16_and_keeps_float32_weights():
 def test_precision_is_checked_before_training():
     with pytest.raises(ValueError, match="precision"):
         DistillConfig(precision="fp16")
+
+
+@pytest.mark.parametrize("fields", [{"train": "lora", "lora_rank": 2}, {"hidden_weight": 1.0, "ce_weight": 0.5},
+                                    {"objective": "next_token"}])
+def test_bf16_precision_works_with_every_recovery(fields):
+    student, teacher = _per_layer_pair()
+    windows = torch.randint(0, 128, (8, 16), generator=torch.Generator().manual_seed(0))
+    cfg = DistillConfig(steps=3, batch_size=2, seqlen=16, lr=1e-3, precision="bf16", **fields)
+    report = distill_(student, None if cfg.objective == "next_token" else teacher, windows, cfg, progress=False)
+    assert len(report.losses) == 3 and all(math.isfinite(x) for x in report.losses)
+    assert all(p.dtype == torch.float32 for p in student.parameters())
