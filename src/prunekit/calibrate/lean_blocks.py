@@ -24,6 +24,7 @@ runs its own code and keeps its tensors.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import threading
 import types
@@ -43,6 +44,7 @@ def _same_code(a: types.CodeType | None, b: types.CodeType | None) -> bool:
         (a.co_code, a.co_names, a.co_consts, a.co_argcount) == (b.co_code, b.co_names, b.co_consts, b.co_argcount)
 
 
+@functools.cache
 def _reference(name: str) -> types.CodeType | None:
     try:
         from transformers.models.llama import modeling_llama
@@ -51,6 +53,7 @@ def _reference(name: str) -> types.CodeType | None:
     return _code(getattr(modeling_llama, name).forward)
 
 
+@functools.cache
 def _silu_types() -> tuple[type, ...]:
     try:
         from transformers.activations import SiLUActivation

@@ -24,10 +24,8 @@ from tqdm.auto import tqdm
 from .budget import Counter, Shape, Target, non_embedding_params, parse_target, shape_of
 from .layout import config_change, width_layout
 from .search import AXES, DEFAULT_CANDIDATES, DEFAULT_SLACK, DEFAULT_WIDTH_MULTIPLE, check_axes, \
-    candidates as search_candidates, \
-    check_width_multiple, unaligned
+    check_width_multiple, unaligned, candidates as search_candidates
 from .width import IMPORTANCES, param_count, prune_hidden_, token_batches
-
 
 
 @dataclass
