@@ -88,35 +88,40 @@ def sparsegpt_prune(w: Tensor, hinv: Tensor, dead: Tensor, sparsity: float, n: i
 
     ``n``:``m`` > 0 asks for N:M (keep ``n`` of every ``m`` inputs); else ``sparsity`` of each block of
     ``blocksize`` columns is pruned. ``keep`` (optional) marks entries that are still alive: the others
-    are pruned first. This is the paper's column loop, run on the transposed block so that each step is
-    two contiguous vector operations.
+    are pruned first. This is the paper's column loop, operation for operation, run on the transposed
+    weight (made once) so that each column is a contiguous row, each block a contiguous slab and each step
+    two vector operations on views taken once per block.
     """
-    w = w.float().contiguous().clone()
-    w[:, dead] = 0
-    rows, cols = w.shape
-    pruned = torch.zeros_like(w, dtype=torch.bool)
+    wt = w.float().t().contiguous()  # (in, out): column j of the weight is row j here
+    wt[dead] = 0
+    cols, rows = wt.shape
+    pruned_t = torch.zeros_like(wt, dtype=torch.bool)
+    keep_t = None if keep is None else keep.t()
     prune_per_group = m - n if m else 0
+    err_buf = wt.new_empty(min(blocksize, cols), rows)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
-        w1t = w[:, i1:i2].t().contiguous()  # (count, rows): column i of the block is row i here
-        err1t = torch.zeros_like(w1t)
+        w1t = wt[i1:i2]  # the block's columns, as rows: updated in place
+        err1t = err_buf[:count]
         hinv1 = hinv[i1:i2, i1:i2]
         d = torch.diag(hinv1).reshape(-1, 1)
-        keep1t = None if keep is None else keep[:, i1:i2].t()
+        keep1t = None if keep_t is None else keep_t[i1:i2]
+        mask1t = pruned_t[i1:i2]  # True = pruned; written in place
         if m:
-            mask1t = torch.zeros_like(w1t, dtype=torch.bool)  # True = pruned
+            div_t = w1t.new_full(w1t.shape, float("inf"))  # d / pruned: inf where kept (e = w / inf = 0)
         else:
-            score = w[:, i1:i2].square() / d.reshape(1, -1).square()  # ranked in (out, in) order, as the paper
-            if keep is not None:
-                score = score.masked_fill(~keep[:, i1:i2], -1.0)
+            score = w1t.t().square() / d.reshape(1, -1).square()  # ranked in (out, in) order, as the paper
+            if keep1t is not None:
+                score = score.masked_fill(~keep1t.t(), -1.0)
             k = int(round(score.numel() * sparsity))
-            mask1t = (~mask_from_scores(score, _UNSTRUCTURED, k)).t().contiguous()
-        pruned_t = mask1t.float()
-        # the rows of the block's tensors as views taken once (indexing them per column costs more than the
-        # column's arithmetic on this size); the arithmetic is the same, operation for operation
-        w_rows, p_rows, e_rows, h_rows = w1t.unbind(0), pruned_t.unbind(0), err1t.unbind(0), hinv1.unbind(0)
-        diag = hinv1.diagonal().unbind(0)
+            mask1t.copy_(~mask_from_scores(score, _UNSTRUCTURED, k).t())
+            div_t = d / mask1t.float()  # e = w·p / d = w / (d / p): the same number, one operation
+        # the rows of the block's tensors and their tails as views taken once per block (indexing them per
+        # column costs more than the column's arithmetic on this size)
+        w_rows, v_rows, e_rows = w1t.unbind(0), div_t.unbind(0), err1t.unbind(0)
+        w_tails = [w1t[i:] for i in range(count)]
+        h_tails = [h[i:] for i, h in enumerate(hinv1.unbind(0))]
         for i in range(count):
             if m and i % m == 0:
                 group = w1t[i:i + m].square() / d[i:i + m].square()
@@ -124,14 +129,13 @@ def sparsegpt_prune(w: Tensor, hinv: Tensor, dead: Tensor, sparsity: float, n: i
                     group = group.masked_fill(~keep1t[i:i + m], -1.0)
                 lowest = torch.argsort(group, dim=0, stable=True)[:prune_per_group]
                 mask1t[i:i + m].scatter_(0, lowest, True)
-                pruned_t[i:i + m] = mask1t[i:i + m].float()
+                torch.div(d[i:i + m], mask1t[i:i + m].float(), out=div_t[i:i + m])
             # e = (w − q) / [H⁻¹]_ii, q = w with the pruned entries zeroed
-            e = torch.mul(w_rows[i], p_rows[i], out=e_rows[i]).div_(diag[i])
-            w1t[i:].addr_(h_rows[i][i:], e, alpha=-1)
-        w[:, i1:i2] = w1t.masked_fill(mask1t, 0.0).t()
-        pruned[:, i1:i2] = mask1t.t()
-        w[:, i2:].addmm_(err1t.t(), hinv[i1:i2, i2:], alpha=-1)
-    return w, ~pruned
+            torch.div(w_rows[i], v_rows[i], out=e_rows[i])
+            w_tails[i].addr_(h_tails[i], e_rows[i], alpha=-1)
+        w1t.masked_fill_(mask1t, 0.0)
+        wt[i2:].addmm_(hinv[i1:i2, i2:].t(), err1t, alpha=-1)
+    return wt.t().contiguous(), ~pruned_t.t().contiguous()
 
 
 @register_method("sparsegpt", SparseGPTConfig)
