@@ -9,6 +9,12 @@ Two things make that cheaper, with the same numbers:
   place and up's output multiplied into it, two fresh tensors, two alive. Fresh tensors cost page faults and
   zeroing there (each large tensor is a memory map of its own,
   :func:`~prunekit.infra.machine.large_allocations_mapped`).
+- **Norms and rotary embeddings in place.** A Llama-style RMSNorm makes three fresh tensors of the input's
+  size (the square, the normalised input, the product with its weight); here the square's buffer takes the
+  normalised input and the weight multiplies into it: one. Llama-style attention's rotary embedding
+  (``q·cos + rotate_half(q)·sin``) makes five fresh tensors per projection (the product, the negated half, the
+  concatenation, its product, the sum); here two: the rotated half is written into one buffer, multiplied by
+  ``sin`` and added into ``q·cos`` in place.
 - **Dead inputs freed.** In a Llama-style decoder layer the block's input is read last by the residual sum
   after attention, and the MLP's (normed) input last by ``up_proj``; yet the call's arguments and the
   layer's locals keep both alive while ``down_proj`` pauses. Their storage is released at those points
@@ -16,9 +22,12 @@ Two things make that cheaper, with the same numbers:
   ``tokens × hidden``-or-wider tensors per window it held before.
 
 Only modules whose ``forward`` is, byte for byte, transformers' ``LlamaMLP.forward`` /
-``LlamaDecoderLayer.forward`` (the same bytecode, names and constants: Llama, Mistral, Qwen2/3, Gemma and the
-other families "copied from Llama") are touched, and only while no gradient is recorded; every other module
-runs its own code and keeps its tensors.
+``LlamaDecoderLayer.forward`` / ``LlamaRMSNorm.forward`` / ``LlamaAttention.forward`` (the same bytecode, names
+and constants: Llama, Mistral, Qwen2/3, Gemma and the other families "copied from Llama"; for attention, its
+module's ``apply_rotary_pos_emb`` and ``rotate_half`` too) are touched, and only while no gradient is recorded;
+norms and rotary embeddings only on float32 tensors, attention only without a KV cache. Every other module runs
+its own code and keeps its tensors. Every product and sum is the one transformers computes, on the same values
+in the same order (a·b = b·a exactly), so the outputs are the same bit for bit.
 """
 
 from __future__ import annotations
@@ -46,11 +55,13 @@ def _same_code(a: types.CodeType | None, b: types.CodeType | None) -> bool:
 
 @functools.cache
 def _reference(name: str) -> types.CodeType | None:
+    """The code of transformers' Llama ``name``: a class's ``forward``, or a function's own."""
     try:
         from transformers.models.llama import modeling_llama
     except ImportError:  # pragma: no cover - transformers is a dependency
         return None
-    return _code(getattr(modeling_llama, name).forward)
+    obj = getattr(modeling_llama, name, None)
+    return _code(getattr(obj, "forward", None) if isinstance(obj, type) else _plain_function(obj))
 
 
 @functools.cache
@@ -81,6 +92,96 @@ def is_llama_style_layer(module: nn.Module) -> bool:
         is_llama_style_mlp(getattr(module, "mlp", None) or nn.Module())
 
 
+def is_llama_style_norm(module: nn.Module) -> bool:
+    """Whether ``module.forward`` is LlamaRMSNorm's (``weight · x / rms(x)``, in float32) and it has a weight."""
+    return "forward" not in vars(module) and isinstance(getattr(module, "weight", None), Tensor) and \
+        _same_code(_code(getattr(type(module), "forward", None)), _reference("LlamaRMSNorm"))
+
+
+def _globals_of_forward(module: nn.Module) -> dict[str, Any]:
+    return getattr(inspect.unwrap(type(module).forward), "__globals__", {})
+
+
+def _plain_function(fn: Any) -> Any:
+    """``fn`` itself when it is a function; the function a ``kernels`` hub wrapper (the module transformers puts
+    around ``apply_rotary_pos_emb`` when that package is installed) calls when no hub kernel is active for it;
+    else None."""
+    if inspect.isfunction(fn):
+        return fn
+    if not isinstance(fn, nn.Module) or "forward" in vars(fn):
+        return None
+    forward = getattr(type(fn).forward, "__code__", None)
+    if forward is None or "func" not in forward.co_freevars:
+        return None
+    inner = type(fn).forward.__closure__[forward.co_freevars.index("func")].cell_contents
+    active = type(fn).forward.__globals__.get("_ACTIVE_KERNEL_FUNCS")
+    kernels = active.get() if active is not None else None
+    return inner if inspect.isfunction(inner) and (not kernels or id(fn) not in kernels) else None
+
+
+def is_llama_style_attention(module: nn.Module) -> bool:
+    """Whether ``module.forward`` is LlamaAttention's, its module's ``apply_rotary_pos_emb`` and
+    ``rotate_half`` are Llama's, and it has the four projections."""
+    if "forward" in vars(module) or \
+            not _same_code(_code(getattr(type(module), "forward", None)), _reference("LlamaAttention")):
+        return False
+    rotary = _plain_function(_globals_of_forward(module).get("apply_rotary_pos_emb"))
+    half = _plain_function(getattr(rotary, "__globals__", {}).get("rotate_half"))
+    return _same_code(_code(rotary), _reference("apply_rotary_pos_emb")) and \
+        _same_code(_code(half), _reference("rotate_half")) and \
+        all(isinstance(getattr(module, n, None), nn.Module) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+
+
+def _norm_forward(self: nn.Module, x: Tensor) -> Tensor:
+    w = self.weight
+    if torch.is_grad_enabled() or x.dtype != torch.float32 or w.dtype != torch.float32 or \
+            tuple(w.shape) != (x.shape[-1],):
+        return type(self).forward(self, x)
+    out = x.pow(2)
+    variance = out.mean(-1, keepdim=True)
+    torch.mul(x, torch.rsqrt(variance + self.variance_epsilon), out=out)  # the square's buffer, reused
+    return out.mul_(w)  # weight · x, element by element: the same product
+
+
+def _rotated(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """``x·cos + rotate_half(x)·sin`` (transformers' order and operations) with two fresh tensors."""
+    out = x * cos
+    half = x.shape[-1] // 2
+    rest = x.shape[-1] - half
+    r = torch.empty_like(out)
+    torch.neg(x[..., half:], out=r[..., :rest])  # rotate_half: cat(−x₂, x₁)
+    r[..., rest:].copy_(x[..., :half])
+    return out.add_(r.mul_(sin))
+
+
+def _attention_forward(self: nn.Module, hidden_states: Tensor, position_embeddings: Any = None,
+                       attention_mask: Tensor | None = None, cache: Any = None, **kwargs: Any) -> Any:
+    if torch.is_grad_enabled() or cache is not None or position_embeddings is None or \
+            "past_key_values" in kwargs or hidden_states.dtype != torch.float32:
+        return type(self).forward(self, hidden_states, position_embeddings=position_embeddings,
+                                  attention_mask=attention_mask, cache=cache, **kwargs)
+    input_shape = hidden_states.shape[:-1]
+    hidden_shape = (*input_shape, -1, self.head_dim)
+    query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    cos, sin = position_embeddings
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    if all(t.dtype == torch.float32 for t in (query_states, key_states, cos, sin)):
+        query_states, key_states = _rotated(query_states, cos, sin), _rotated(key_states, cos, sin)
+    else:
+        rotary = _globals_of_forward(self)["apply_rotary_pos_emb"]
+        query_states, key_states = rotary(query_states, key_states, cos.squeeze(1), sin.squeeze(1))
+    g = _globals_of_forward(self)
+    attention_interface = g["ALL_ATTENTION_FUNCTIONS"].get_interface(self.config._attn_implementation,
+                                                                    g["eager_attention_forward"])
+    attn_output, attn_weights = attention_interface(
+        self, query_states, key_states, value_states, attention_mask,
+        dropout=0.0 if not self.training else self.attention_dropout, scaling=self.scaling, **kwargs)
+    attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+    return self.o_proj(attn_output), attn_weights
+
+
 def _release(x: Any) -> None:
     """Free a dead tensor's storage (the object stays, empty); leaves anything else alone."""
     if isinstance(x, Tensor) and not x.requires_grad and not torch.is_grad_enabled():
@@ -106,12 +207,15 @@ def _mlp_forward(release_input: Callable[[], bool]) -> Callable[[nn.Module, Tens
 
 @contextlib.contextmanager
 def lean_blocks(block: nn.Module) -> Iterator[tuple[int, int]]:
-    """While inside, the Llama-style MLPs of ``block`` run in place and, in its Llama-style decoder layers, the
-    layer's input and its MLP's input are freed once read for the last time (see the module's text); yields
-    (MLPs, layers) touched. Everything is back on leaving, also after an error."""
+    """While inside, the Llama-style MLPs, norms and attentions' rotary embeddings of ``block`` run in place and,
+    in its Llama-style decoder layers, the layer's input and its MLP's input are freed once read for the last
+    time (see the module's text); yields (MLPs, layers, norms, attentions) touched. Everything is back on
+    leaving, also after an error."""
     layers = [m for m in block.modules() if is_llama_style_layer(m)]
     owner = {id(layer.mlp): id(layer) for layer in layers}
     mlps = [m for m in block.modules() if is_llama_style_mlp(m)]
+    norms = [m for m in block.modules() if is_llama_style_norm(m)]
+    attentions = [m for m in block.modules() if is_llama_style_attention(m)]
     local = threading.local()  # each batch's call runs on a thread of its own (lockstep)
     handles = []
 
@@ -140,13 +244,17 @@ def lean_blocks(block: nn.Module) -> Iterator[tuple[int, int]]:
     try:
         for m in mlps:
             m.forward = types.MethodType(_mlp_forward(inside(m)), m)
+        for m in norms:
+            m.forward = types.MethodType(_norm_forward, m)
+        for m in attentions:
+            m.forward = types.MethodType(_attention_forward, m)
         for layer in layers:
             handles.append(layer.register_forward_pre_hook(enter, with_kwargs=True))
             handles.append(layer.register_forward_hook(leave, always_call=True))
             handles.append(layer.post_attention_layernorm.register_forward_pre_hook(drop_input(layer)))
-        yield len(mlps), len(layers)
+        yield len(mlps), len(layers), len(norms), len(attentions)
     finally:
         for h in handles:
             h.remove()
-        for m in mlps:
+        for m in mlps + norms + attentions:
             vars(m).pop("forward", None)
