@@ -159,6 +159,17 @@ def test_a_strict_multiple_the_model_cannot_meet_is_said_in_the_report():
         shrink_(model, "params=0.6", _calib(), width_multiple=0)
 
 
+def test_a_target_the_dense_shape_meets_cuts_nothing_and_says_so():
+    model = tiny_model("llama", layers=2)
+    before = _state(model)
+    report = shrink_(model, "params=1", _calib(), candidates=1)
+    assert report.shape_after == report.shape_before and report.non_embedding_kept == 1.0
+    assert "nothing cut: the dense shape already meets params=1" in str(report)
+    assert all(torch.equal(before[k], v) for k, v in _state(model).items())
+    cut = shrink_(tiny_model("llama", layers=2), "params=0.6", _calib(), candidates=1)
+    assert "nothing cut" not in str(cut)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(__import__("prunekit.export.llama_cpp", fromlist=["x"]).llama_cpp_tool("llama-quantize") is None,
                     reason="llama.cpp's llama-quantize is not built: run 'make llama-cpp'")

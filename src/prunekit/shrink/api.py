@@ -84,6 +84,8 @@ class ShrinkReport:
         scored = [c for c in self.candidates if c.loss is not None]
         search = (f"best of {len(scored)} scored candidates ({self.under_budget} of {self.grid_size} grid shapes under "
                   "the budget)" if scored else f"first of {len(self.candidates)} in the band, unscored")
+        if self.shape_after == self.shape_before:
+            search += f"; nothing cut: the dense shape already meets {self.target}"
         return (f"shrink to {self.target} along {', '.join(self.axes)}: {self.shape_before} → {self.shape_after} "
                 f"({search}); non-embedding parameters {self.non_embedding_before:,} → {self.non_embedding_after:,} "
                 f"({self.non_embedding_kept:.1%}), all parameters {self.params_before:,} → {self.params_after:,} "
