@@ -222,13 +222,83 @@ def _indexed_column_loop(w, hinv, dead, sparsity, blocksize=128):
     return w, ~pruned
 
 
-def test_the_column_loop_on_row_views_does_the_same_arithmetic_bit_for_bit():
+def test_the_column_loop_on_row_views_does_the_same_arithmetic():
     w, x = _problem(rows=24, cols=300)
     hinv, dead = inverse_hessian_factor(x.t() @ x, 0.01)
     new_w, keep = sparsegpt_prune(w, hinv, dead, 0.5, blocksize=128)
     ref_w, ref_keep = _indexed_column_loop(w, hinv, dead, 0.5, blocksize=128)
-    # the same float32 operations in the same order (a product, a quotient, a rank-1 update per column): equal bits
-    assert torch.equal(keep, ref_keep) and torch.equal(new_w, ref_w)
+    # the same float32 operations per column (a quotient, a rank-1 update); the lazy block updates are one product
+    # taken transposed (round 9), which the BLAS may sum in another order: float32 rounding of ≤ 128-term sums
+    same = rows_that_agree(keep, ref_keep)
+    assert same.float().mean() >= 0.9
+    torch.testing.assert_close(new_w[same], ref_w[same], rtol=1e-5, atol=1e-5)
+
+
+def _untransposed_column_loop(w, hinv, dead, sparsity, n=0, m=0, blocksize=128, keep=None):
+    """The column loop as round 8 of issue 26 wrote it: on the (out, in) weight, each block transposed and back."""
+    from prunekit.core.pattern import Pattern, mask_from_scores
+
+    unstructured = Pattern("unstructured")
+    w = w.float().contiguous().clone()
+    w[:, dead] = 0
+    rows, cols = w.shape
+    pruned = torch.zeros_like(w, dtype=torch.bool)
+    prune_per_group = m - n if m else 0
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        w1t = w[:, i1:i2].t().contiguous()  # (count, rows): column i of the block is row i here
+        err1t = torch.zeros_like(w1t)
+        hinv1 = hinv[i1:i2, i1:i2]
+        d = torch.diag(hinv1).reshape(-1, 1)
+        keep1t = None if keep is None else keep[:, i1:i2].t()
+        if m:
+            mask1t = torch.zeros_like(w1t, dtype=torch.bool)  # True = pruned
+        else:
+            score = w[:, i1:i2].square() / d.reshape(1, -1).square()  # ranked in (out, in) order, as the paper
+            if keep is not None:
+                score = score.masked_fill(~keep[:, i1:i2], -1.0)
+            k = int(round(score.numel() * sparsity))
+            mask1t = (~mask_from_scores(score, unstructured, k)).t().contiguous()
+        pruned_t = mask1t.float()
+        # the rows of the block's tensors as views taken once (indexing them per column costs more than the
+        # column's arithmetic on this size); the arithmetic is the same, operation for operation
+        w_rows, p_rows, e_rows, h_rows = w1t.unbind(0), pruned_t.unbind(0), err1t.unbind(0), hinv1.unbind(0)
+        diag = hinv1.diagonal().unbind(0)
+        for i in range(count):
+            if m and i % m == 0:
+                group = w1t[i:i + m].square() / d[i:i + m].square()
+                if keep1t is not None:
+                    group = group.masked_fill(~keep1t[i:i + m], -1.0)
+                lowest = torch.argsort(group, dim=0, stable=True)[:prune_per_group]
+                mask1t[i:i + m].scatter_(0, lowest, True)
+                pruned_t[i:i + m] = mask1t[i:i + m].float()
+            # e = (w − q) / [H⁻¹]_ii, q = w with the pruned entries zeroed
+            e = torch.mul(w_rows[i], p_rows[i], out=e_rows[i]).div_(diag[i])
+            w1t[i:].addr_(h_rows[i][i:], e, alpha=-1)
+        w[:, i1:i2] = w1t.masked_fill(mask1t, 0.0).t()
+        pruned[:, i1:i2] = mask1t.t()
+        w[:, i2:].addmm_(err1t.t(), hinv[i1:i2, i2:], alpha=-1)
+    return w, ~pruned
+
+
+@pytest.mark.parametrize("sparsity, n, m, blocksize, with_keep", [(0.5, 0, 0, 128, False), (0.6, 0, 0, 32, True),
+                                                                  (0.0, 2, 4, 128, False), (0.0, 1, 4, 64, True)])
+def test_the_column_loop_on_the_transposed_weight_is_round_8s(sparsity, n, m, blocksize, with_keep):
+    w, x = _problem(rows=40, cols=200)
+    x[:, 7] = 0  # a dead input
+    hinv, dead = inverse_hessian_factor(x.t() @ x, 0.01)
+    keep = torch.rand(w.shape, generator=torch.Generator().manual_seed(1)) > 0.3 if with_keep else None
+    new_w, new_keep = sparsegpt_prune(w, hinv, dead, sparsity, n, m, blocksize, keep)
+    ref_w, ref_keep = _untransposed_column_loop(w, hinv, dead, sparsity, n, m, blocksize, keep)
+    assert bool(dead[7]) and new_w.is_contiguous() and new_keep.is_contiguous()
+    # the column steps are the same operations; the lazy block updates are the same product taken transposed, whose
+    # sums (≤ blocksize terms) the BLAS may order otherwise: equal up to float32 rounding, so two near-equal scores
+    # may swap; rows are independent in OBS, so every row whose mask agrees must agree
+    same = rows_that_agree(new_keep, ref_keep)
+    assert same.float().mean() >= 0.9
+    torch.testing.assert_close(new_w[same], ref_w[same], rtol=1e-5, atol=1e-5)
+    assert torch.equal(new_w[same] == 0, ref_w[same] == 0)
 
 
 def test_energy_order_is_the_natural_loop_on_columns_sorted_by_input_energy():
