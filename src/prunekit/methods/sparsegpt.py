@@ -82,6 +82,16 @@ def inverse_hessian_factor(h: Tensor, percdamp: float) -> tuple[Tensor, Tensor]:
 _UNSTRUCTURED = Pattern("unstructured")
 
 
+def choose_in_group_(mask_t: Tensor, w_t: Tensor, d: Tensor, keep_t: Tensor | None, count: int) -> None:
+    """Mark pruned (True in ``mask_t``) the ``count`` entries of every row of one N:M group with the lowest
+    w²/[H⁻¹]²_jj; entries no longer alive (``keep_t`` False) first. The group is M columns of the weight, as M
+    rows of its transpose (``w_t``, ``mask_t``, ``keep_t``: M × rows; ``d``: M × 1)."""
+    group = w_t.square() / d.square()
+    if keep_t is not None:
+        group = group.masked_fill(~keep_t, -1.0)
+    mask_t.scatter_(0, torch.argsort(group, dim=0, stable=True)[:count], True)
+
+
 def sparsegpt_prune(w: Tensor, hinv: Tensor, dead: Tensor, sparsity: float, n: int = 0, m: int = 0,
                     blocksize: int = 128, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Prune an (out, in) weight with OBS reconstruction; returns (new weight, keep-mask).
@@ -124,11 +134,8 @@ def sparsegpt_prune(w: Tensor, hinv: Tensor, dead: Tensor, sparsity: float, n: i
         h_tails = [h[i:] for i, h in enumerate(hinv1.unbind(0))]
         for i in range(count):
             if m and i % m == 0:
-                group = w1t[i:i + m].square() / d[i:i + m].square()
-                if keep1t is not None:
-                    group = group.masked_fill(~keep1t[i:i + m], -1.0)
-                lowest = torch.argsort(group, dim=0, stable=True)[:prune_per_group]
-                mask1t[i:i + m].scatter_(0, lowest, True)
+                choose_in_group_(mask1t[i:i + m], w1t[i:i + m], d[i:i + m],
+                                 None if keep1t is None else keep1t[i:i + m], prune_per_group)
                 torch.div(d[i:i + m], mask1t[i:i + m].float(), out=div_t[i:i + m])
             # e = (w − q) / [H⁻¹]_ii, q = w with the pruned entries zeroed
             torch.div(w_rows[i], v_rows[i], out=e_rows[i])
