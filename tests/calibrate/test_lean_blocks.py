@@ -191,6 +191,8 @@ def test_attention_falls_back_to_its_own_forward_with_a_cache_or_gradients():
             cache = DynamicCache(config=model.config)
             assert torch.equal(attn(x, position_embeddings=pos, cache=cache)[0], want)
             assert cache.get_seq_length() == 5  # the cache was filled: transformers' own forward ran
+            half = tuple(t.bfloat16() for t in pos)  # rotary tables in another dtype: transformers' forward
+            assert torch.equal(attn(x, position_embeddings=half)[0], type(attn).forward(attn, x, half)[0])
     with lean_blocks(model):
         out = attn(x.requires_grad_(), position_embeddings=pos)[0]
     assert out.requires_grad and torch.allclose(out.detach(), want)

@@ -157,7 +157,8 @@ def _rotated(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 def _attention_forward(self: nn.Module, hidden_states: Tensor, position_embeddings: Any = None,
                        attention_mask: Tensor | None = None, cache: Any = None, **kwargs: Any) -> Any:
     if torch.is_grad_enabled() or cache is not None or position_embeddings is None or \
-            "past_key_values" in kwargs or hidden_states.dtype != torch.float32:
+            "past_key_values" in kwargs or \
+            any(t.dtype != torch.float32 for t in (hidden_states, *position_embeddings)):
         return type(self).forward(self, hidden_states, position_embeddings=position_embeddings,
                                   attention_mask=attention_mask, cache=cache, **kwargs)
     input_shape = hidden_states.shape[:-1]
@@ -165,14 +166,9 @@ def _attention_forward(self: nn.Module, hidden_states: Tensor, position_embeddin
     query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
     key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
     value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-    cos, sin = position_embeddings
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    if all(t.dtype == torch.float32 for t in (query_states, key_states, cos, sin)):
-        query_states, key_states = _rotated(query_states, cos, sin), _rotated(key_states, cos, sin)
-    else:
-        rotary = _globals_of_forward(self)["apply_rotary_pos_emb"]
-        query_states, key_states = rotary(query_states, key_states, cos.squeeze(1), sin.squeeze(1))
-    g = _globals_of_forward(self)
+    cos, sin = (t.unsqueeze(1) for t in position_embeddings)
+    query_states, key_states = _rotated(query_states, cos, sin), _rotated(key_states, cos, sin)
+    g = _globals_of_forward(self)  # the names LlamaAttention.forward reads, from its own module
     attention_interface = g["ALL_ATTENTION_FUNCTIONS"].get_interface(self.config._attn_implementation,
                                                                     g["eager_attention_forward"])
     attn_output, attn_weights = attention_interface(
@@ -206,7 +202,7 @@ def _mlp_forward(release_input: Callable[[], bool]) -> Callable[[nn.Module, Tens
 
 
 @contextlib.contextmanager
-def lean_blocks(block: nn.Module) -> Iterator[tuple[int, int]]:
+def lean_blocks(block: nn.Module) -> Iterator[tuple[int, int, int, int]]:
     """While inside, the Llama-style MLPs, norms and attentions' rotary embeddings of ``block`` run in place and,
     in its Llama-style decoder layers, the layer's input and its MLP's input are freed once read for the last
     time (see the module's text); yields (MLPs, layers, norms, attentions) touched. Everything is back on
