@@ -1,7 +1,8 @@
-"""Every shape of the uniform search's band scored: SmolLM2-135M (or ``--model``) cut to each grid shape under ``--target`` along
-each set of ``--axes`` (the search's band: at most the budget, at least ``slack`` below it), scored by the search's
-own criterion — next-token loss on the calibration windows right after the cut, no distillation — in the search's
-order, with the rank the default ``candidates`` (4) would have scored up to. Results: ``--results`` (.json).
+"""Every shape of the uniform search's band scored: SmolLM2-135M (or ``--model``) cut to each grid shape under
+``--target`` along each set of ``--axes`` (the search's band: at most the budget, at least ``slack`` below it),
+scored by the search's own criterion — next-token loss on the calibration windows right after the cut, no
+distillation — in the search's order, with the rank the default ``candidates``
+(``shrink.search.DEFAULT_CANDIDATES``) would have scored up to. Results: ``--results`` (.json).
 
     python benchmarks/shrink_band_scores.py --axes "heads,neurons,depth;neurons,depth"
     python benchmarks/shrink_band_scores.py --model gemma3-270m --axes "heads,neurons,depth" --results …

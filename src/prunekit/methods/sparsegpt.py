@@ -98,9 +98,10 @@ def sparsegpt_prune(w: Tensor, hinv: Tensor, dead: Tensor, sparsity: float, n: i
 
     ``n``:``m`` > 0 asks for N:M (keep ``n`` of every ``m`` inputs); else ``sparsity`` of each block of
     ``blocksize`` columns is pruned. ``keep`` (optional) marks entries that are still alive: the others
-    are pruned first. This is the paper's column loop, operation for operation, run on the transposed
-    weight (made once) so that each column is a contiguous row, each block a contiguous slab and each step
-    two vector operations on views taken once per block.
+    are pruned first. This is the paper's column loop, run on the transposed weight (made once) so that each
+    column is a contiguous row, each block a contiguous slab and each step two vector operations on views taken
+    once per block: the column steps are the paper's operations; the lazy block updates are its product taken
+    transposed (equal up to float32 rounding: the BLAS may sum it in another order).
     """
     wt = w.float().t().contiguous()  # (in, out): column j of the weight is row j here
     wt[dead] = 0
