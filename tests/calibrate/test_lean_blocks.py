@@ -55,6 +55,55 @@ def test_llama_style_blocks_are_recognised_and_give_the_same_numbers(family):
     assert all("forward" not in vars(m) for m in layer.modules())
 
 
+class _Fresh(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the fresh tensors of ``shape`` an operation makes (not written into one of its arguments)."""
+
+    def __init__(self, shape) -> None:
+        super().__init__()
+        self.shape, self.made = tuple(shape), []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        given = {a.untyped_storage().data_ptr() for a in [*args, *(kwargs or {}).values()]
+                 if isinstance(a, torch.Tensor)}
+        if isinstance(out, torch.Tensor) and tuple(out.shape) == self.shape and out.numel() and \
+                out.untyped_storage().data_ptr() not in given:
+            self.made.append(func.__name__)
+        return out
+
+
+def test_the_residual_sums_are_written_into_the_outputs_they_add():
+    model = tiny_model("llama", hidden=64, layers=1)
+    layer = model.model.layers[0]
+    x = torch.randn(3, 5, 64)
+    with torch.no_grad():
+        with _Fresh(x.shape) as plain:
+            want = _layer_call(model, layer, x.clone())
+        with lean_blocks(layer), _Fresh(x.shape) as lean:
+            got = _layer_call(model, layer, x.clone())
+    assert torch.equal(got, want)
+    assert plain.made.count("add.Tensor") == 2 and "add.Tensor" not in lean.made  # both sums in place
+    # the input's copy and one square per norm are all that is left (the norms' two other tensors each in place)
+    assert lean.made == ["clone.default", "pow.Tensor_Scalar", "pow.Tensor_Scalar"] and len(plain.made) == 9
+
+
+def test_an_output_a_hook_sees_is_not_summed_into():
+    model = tiny_model("llama", hidden=64, layers=1)
+    layer = model.model.layers[0]
+    seen = {}
+    for name in ("o_proj", "down_proj"):
+        part = getattr(layer.self_attn if name == "o_proj" else layer.mlp, name)
+        part.register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, (out, out.clone())))
+    x = torch.randn(2, 4, 64)
+    with torch.no_grad():
+        want = _layer_call(model, layer, x.clone())
+        with lean_blocks(layer):
+            got = _layer_call(model, layer, x.clone())
+    assert torch.equal(got, want)
+    for name, (kept, copy_) in seen.items():  # what the hooks kept is still the projection's output
+        assert torch.equal(kept, copy_), name
+
+
 def test_the_mlp_input_is_freed_only_inside_a_llama_style_layer():
     mlp = tiny_model("llama", hidden=64, layers=1).model.layers[0].mlp
     x = torch.randn(2, 3, 64)

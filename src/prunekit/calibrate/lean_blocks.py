@@ -15,6 +15,10 @@ Two things make that cheaper, with the same numbers:
   (``q·cos + rotate_half(q)·sin``) makes five fresh tensors per projection (the product, the negated half, the
   concatenation, its product, the sum); here two: the rotated half is written into one buffer, multiplied by
   ``sin`` and added into ``q·cos`` in place.
+- **Residual sums in place.** A Llama-style decoder layer adds its input to the attention's output, and that
+  sum to the MLP's output, each into a fresh ``tokens × hidden`` tensor. Here each sum is written into the
+  output it adds (a + b = b + a exactly) when that output is a plain ``nn.Linear``'s (``o_proj``, ``down_proj``)
+  that no forward hook sees: two fresh tensors fewer per layer call.
 - **Dead inputs freed.** In a Llama-style decoder layer the block's input is read last by the residual sum
   after attention, and the MLP's (normed) input last by ``up_proj``; yet the call's arguments and the
   layer's locals keep both alive while ``down_proj`` pauses. Their storage is released at those points
@@ -201,56 +205,89 @@ def _mlp_forward(release_input: Callable[[], bool]) -> Callable[[nn.Module, Tens
     return forward
 
 
+def _hookless(*modules: nn.Module) -> bool:
+    """Whether no forward hook (the modules' own or a global one) could see the modules' outputs."""
+    from torch.nn.modules import module as torch_module
+
+    return not torch_module._global_forward_hooks and not any(m._forward_hooks for m in modules)
+
+
+def _plain_linear(module: Any) -> bool:
+    """Whether ``module`` computes ``nn.Linear``'s forward (its output a fresh tensor nobody else holds)."""
+    return isinstance(module, nn.Linear) and "forward" not in vars(module) and \
+        _same_code(_code(type(module).forward), _code(nn.Linear.forward))
+
+
+def _sum_into(fresh: Tensor, residual: Tensor, own: bool) -> Tensor:
+    """``residual + fresh``, written into ``fresh`` when ``own`` (nobody else holds it) and the sum fits it: the
+    same numbers (a + b = b + a exactly), one fresh tensor fewer."""
+    if own and fresh._base is None and fresh.shape == residual.shape and not fresh.requires_grad and \
+            fresh.dtype == torch.promote_types(fresh.dtype, residual.dtype):
+        return fresh.add_(residual)
+    return residual + fresh
+
+
+def _layer_forward(lean_attention: bool, mlp_inside: Callable[[bool], None]) -> Callable[..., Tensor]:
+    """LlamaDecoderLayer's forward, the two residual sums written into the attention's and the MLP's outputs
+    where those are fresh, the layer's input freed once the first sum has read it, the MLP told it may free its
+    own input. Transformers' forward runs whole with gradients or a KV cache."""
+
+    def forward(self: nn.Module, hidden_states: Tensor, attention_mask: Tensor | None = None,
+                position_ids: Tensor | None = None, cache: Any = None, use_cache: bool | None = False,
+                position_embeddings: Any = None, **kwargs: Any) -> Tensor:
+        if torch.is_grad_enabled() or cache is not None or "past_key_values" in kwargs:
+            return type(self).forward(self, hidden_states, attention_mask=attention_mask, position_ids=position_ids,
+                                      cache=cache, use_cache=use_cache, position_embeddings=position_embeddings,
+                                      **kwargs)
+        attn = self.self_attn
+        h, _ = attn(hidden_states=self.input_layernorm(hidden_states), attention_mask=attention_mask,
+                    position_ids=position_ids, cache=cache, use_cache=use_cache,
+                    position_embeddings=position_embeddings, **kwargs)
+        h = _sum_into(h, hidden_states, lean_attention and _plain_linear(attn.o_proj) and _hookless(attn, attn.o_proj))
+        _release(hidden_states)  # the layer's input: read for the last time by the sum
+        mlp = self.mlp
+        mlp_inside(True)
+        try:
+            out = mlp(self.post_attention_layernorm(h))
+        finally:
+            mlp_inside(False)
+        return _sum_into(out, h, _plain_linear(mlp.down_proj) and _hookless(mlp, mlp.down_proj))
+    return forward
+
+
 @contextlib.contextmanager
 def lean_blocks(block: nn.Module) -> Iterator[tuple[int, int, int, int]]:
-    """While inside, the Llama-style MLPs, norms and attentions' rotary embeddings of ``block`` run in place and,
-    in its Llama-style decoder layers, the layer's input and its MLP's input are freed once read for the last
-    time (see the module's text); yields (MLPs, layers, norms, attentions) touched. Everything is back on
-    leaving, also after an error."""
+    """While inside, the Llama-style MLPs, norms and attentions' rotary embeddings of ``block`` run in place and
+    its Llama-style decoder layers sum their residuals into fresh outputs and free the layer's input and its
+    MLP's input once read for the last time (see the module's text); yields (MLPs, layers, norms, attentions)
+    touched. Everything is back on leaving, also after an error."""
     layers = [m for m in block.modules() if is_llama_style_layer(m)]
-    owner = {id(layer.mlp): id(layer) for layer in layers}
     mlps = [m for m in block.modules() if is_llama_style_mlp(m)]
     norms = [m for m in block.modules() if is_llama_style_norm(m)]
     attentions = [m for m in block.modules() if is_llama_style_attention(m)]
+    lean_attention = {id(m) for m in attentions}
     local = threading.local()  # each batch's call runs on a thread of its own (lockstep)
-    handles = []
 
-    def inputs() -> dict[int, Any]:  # layer id → its input, for the layers this thread is inside of
-        if not hasattr(local, "inputs"):
-            local.inputs = {}
-        return local.inputs
+    def called_by_layer(mlp: nn.Module) -> Callable[[], bool]:  # whether its layer's lean forward called it
+        return lambda: id(mlp) in getattr(local, "inside", ())
 
-    def enter(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        inputs()[id(module)] = args[0] if args else kwargs.get("hidden_states")
-
-    def leave(module: nn.Module, args: tuple, output: Any) -> None:
-        inputs().pop(id(module), None)
-
-    def drop_input(layer: nn.Module):
-        def hook(module: nn.Module, args: tuple) -> None:  # after the attention's residual sum
-            held = inputs()
-            if id(layer) in held:
-                _release(held[id(layer)])
-                held[id(layer)] = None  # still inside the layer's call
-        return hook
-
-    def inside(mlp: nn.Module) -> Callable[[], bool]:
-        return lambda: owner.get(id(mlp)) in inputs()
+    def inside(mlp: nn.Module) -> Callable[[bool], None]:
+        def mark(entering: bool) -> None:
+            held = local.__dict__.setdefault("inside", set())
+            (held.add if entering else held.discard)(id(mlp))
+        return mark
 
     try:
         for m in mlps:
-            m.forward = types.MethodType(_mlp_forward(inside(m)), m)
+            m.forward = types.MethodType(_mlp_forward(called_by_layer(m)), m)
         for m in norms:
             m.forward = types.MethodType(_norm_forward, m)
         for m in attentions:
             m.forward = types.MethodType(_attention_forward, m)
         for layer in layers:
-            handles.append(layer.register_forward_pre_hook(enter, with_kwargs=True))
-            handles.append(layer.register_forward_hook(leave, always_call=True))
-            handles.append(layer.post_attention_layernorm.register_forward_pre_hook(drop_input(layer)))
+            layer.forward = types.MethodType(_layer_forward(id(layer.self_attn) in lean_attention, inside(layer.mlp)),
+                                             layer)
         yield len(mlps), len(layers), len(norms), len(attentions)
     finally:
-        for h in handles:
-            h.remove()
-        for m in mlps + norms + attentions:
+        for m in mlps + norms + attentions + layers:
             vars(m).pop("forward", None)

@@ -21,24 +21,25 @@ from torch import Tensor, nn
 from .moe import FusedExperts, expert_inputs
 
 
-def gram_bounds(d: int, pieces: int = 4) -> list[int]:
+GRAM_PIECES = 8  # row strips of a Gram accumulator: 36/64 of one product's work (README, issue 26 round 10)
+
+
+def gram_bounds(d: int, pieces: int = GRAM_PIECES) -> list[int]:
     """Where the column blocks of a ``d``-wide Gram matrix start and end (one block below 256 columns)."""
     pieces = 1 if d < 256 else pieces
     return [round(i * d / pieces) for i in range(pieces + 1)]
 
 
-def add_upper_gram_(acc: Tensor, x: Tensor, pieces: int = 4) -> Tensor:
+def add_upper_gram_(acc: Tensor, x: Tensor, pieces: int = GRAM_PIECES) -> Tensor:
     """``acc`` += the blocks of xᵀx on and above the block diagonal, for a (tokens, d) ``x``; returns ``acc``.
 
-    About 2/3 of the work of one product for 4 pieces, each block one product added into ``acc`` in place,
-    on column slices of ``x`` (views: nothing is copied). The blocks below the diagonal of ``acc`` are not
-    touched: read the sum through :func:`symmetrized`."""
+    One product per strip of rows (the strip's diagonal block and everything right of it), added into ``acc`` in
+    place, on column slices of ``x`` (views: nothing is copied): (pieces + 1) / (2 · pieces) of the work of one
+    product, 9/16 for 8 pieces. The blocks below the diagonal of ``acc`` are not touched: read the sum through
+    :func:`symmetrized`."""
     bounds = gram_bounds(x.shape[1], pieces)
-    n = len(bounds) - 1
-    for i in range(n):
-        xi = x[:, bounds[i]:bounds[i + 1]].t()
-        for j in range(i, n):
-            acc[bounds[i]:bounds[i + 1], bounds[j]:bounds[j + 1]].addmm_(xi, x[:, bounds[j]:bounds[j + 1]])
+    for lo, hi in zip(bounds, bounds[1:]):
+        acc[lo:hi, lo:].addmm_(x[:, lo:hi].t(), x[:, lo:])
     return acc
 
 
@@ -49,7 +50,7 @@ def symmetrized(acc: Tensor) -> Tensor:
     return upper + upper.triu(1).t()
 
 
-def mirror_upper_(acc: Tensor, pieces: int = 4) -> Tensor:
+def mirror_upper_(acc: Tensor, pieces: int = GRAM_PIECES) -> Tensor:
     """Make ``acc`` symmetric in place, its lower triangle copied from its upper one (the same values as
     :func:`symmetrized`, with no matrix-sized temporary: one block at a time); returns ``acc``. Idempotent, and
     an accumulator of :func:`add_upper_gram_` may take more rows afterwards (its upper blocks stay the sum)."""
@@ -65,7 +66,7 @@ def mirror_upper_(acc: Tensor, pieces: int = 4) -> Tensor:
     return acc
 
 
-def symmetric_gram(x: Tensor, pieces: int = 4) -> Tensor:
+def symmetric_gram(x: Tensor, pieces: int = GRAM_PIECES) -> Tensor:
     """xᵀx for a (tokens, d) matrix, computing only the blocks on and above the diagonal and mirroring the
     rest; exactly symmetric."""
     return symmetrized(add_upper_gram_(x.new_zeros(x.shape[1], x.shape[1]), x, pieces))
