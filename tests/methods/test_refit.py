@@ -120,6 +120,7 @@ def test_the_loops_errors_give_the_refits_first_residual(n, m):
     assert not errors.isnan().any() and not errors[7].any()  # every column's error written; the dead one's is 0
     want = (w0.masked_fill(dead, 0.0) - w1).double() @ hd.double()
     got = start_residual(errors, hinv)
+    assert got.is_contiguous()  # row-major, as the refit's row-wise steps want it
     # W₀ − W = E·U up to the loop's float32 rounding, then one triangular solve: relative 2e-6 at the product's
     # scale (measured 1.5e-7)
     scale = float(((w0 - w1).abs().double() @ hd.abs().double()).max())
