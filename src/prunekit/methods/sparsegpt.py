@@ -143,7 +143,8 @@ def sparsegpt_prune(w: Tensor, hinv: Tensor, dead: Tensor, sparsity: float, n: i
     dead columns zeroed (:func:`start_residual` uses that).
     """
     wt = w.float().t().contiguous()  # (in, out): column j of the weight is row j here
-    wt[dead] = 0
+    if bool(dead.any()):  # (a boolean index costs a scan even when it selects nothing)
+        wt[dead] = 0
     cols, rows = wt.shape
     pruned_t = torch.zeros_like(wt, dtype=torch.bool)
     keep_t = None if keep is None else keep.t()
@@ -187,7 +188,8 @@ def sparsegpt_prune(w: Tensor, hinv: Tensor, dead: Tensor, sparsity: float, n: i
                 # e = (w − q) / [H⁻¹]_ii, q = w with the pruned entries zeroed
                 torch.div(w_rows[i], v_rows[i], out=e_rows[i])
                 w_tails[i].addr_(h_tails[i], e_rows[i], alpha=-1)
-            ws.masked_fill_(mask1t[j1:j2], 0.0)
+            # the pruned entries to exactly +0 (w·0 = ±0, and ±0 + 0 = +0): masked_fill_'s bool path costs 30× more
+            ws.mul_(mask1t[j1:j2].logical_not().float()).add_(0.0)
             wt[i1 + j2:].addmm_(hinv[i1 + j1:i1 + j2, i1 + j2:].t(), es, alpha=-1)
     return wt.t().contiguous(), ~pruned_t.t().contiguous()
 
