@@ -88,7 +88,6 @@ def main() -> int:
     for owner, name, tag in [(mp, "plan_prune", "validate"), (bw, "capture_inputs", "capture"),
                              (st, "add_rows_", "hessian"), (sg, "inverse_hessian_factor", "cholesky_inverse"),
                              (sg, "sparsegpt_prune", "column_loop"), (sg, "refit_rows", "refit"),
-                             (sg, "start_residual", "refit"),
                              (mb.WeightJournal, "record", "journal"),
                              (lw.BlockwiseMethod, "write_layer_", "write_weights"),
                              (lw, "release_freed_memory", "malloc_trim"), (op, "release_freed_memory", "malloc_trim"),

@@ -41,23 +41,19 @@ def _dot_rows(a: Tensor, b: Tensor) -> Tensor:
     return torch.einsum("ij,ij->i", a, b)
 
 
-def refit_rows(w0: Tensor, w: Tensor, keep: Tensor, h: Tensor, iters: int, percdamp: float = 0.0,
-               residual: Tensor | None = None) -> Tensor:
+def refit_rows(w0: Tensor, w: Tensor, keep: Tensor, h: Tensor, iters: int, percdamp: float = 0.0) -> Tensor:
     """The (out, in) weight ``w`` (pruned to ``keep``) moved towards the least-squares fit of the dense ``w0`` on
     its support, by ``iters`` steps of conjugate gradients on H = ``h`` + ``percdamp`` × its mean diagonal (in × in,
     the inputs' X·Xᵀ; dead inputs, never active, count 1 in that mean and on the diagonal as in SparseGPT's
     dampening, and their weights in ``w0`` are ignored), preconditioned by H's diagonal (the same iterates as
     plain CG on the inputs normalised to unit energy). Each row is its own system; the rows step together (in
     pieces of :data:`REFIT_CHUNK_BYTES` per buffer), one (rows × in)·(in × in) product per step. ``h`` is not
-    changed and no in × in matrix is made. ``residual`` (optional, (out, in), taken over): (``w0`` − ``w``)·H
-    already known (SparseGPT's loop gives it for a triangular solve, :func:`.sparsegpt.start_residual`), which
-    saves the first product."""
+    changed and no in × in matrix is made."""
     if iters <= 0:
         return w
     rows = max(1, REFIT_CHUNK_BYTES // (4 * max(1, w.shape[1])))
     if w.shape[0] > rows:  # rows are independent systems: in pieces, the buffers stay bounded on big layers
-        return torch.cat([refit_rows(w0[i:i + rows], w[i:i + rows], keep[i:i + rows], h, iters, percdamp,
-                                     None if residual is None else residual[i:i + rows])
+        return torch.cat([refit_rows(w0[i:i + rows], w[i:i + rows], keep[i:i + rows], h, iters, percdamp)
                           for i in range(0, w.shape[0], rows)])
     diag = torch.diagonal(h).float()
     dead = diag == 0
@@ -67,6 +63,7 @@ def refit_rows(w0: Tensor, w: Tensor, keep: Tensor, h: Tensor, iters: int, percd
     h = h.float()
     s = keep.float()
     x = w.float() * s
+    diff = w0.float().masked_fill(dead.reshape(1, -1), 0.0).sub_(x)
 
     def times_h(v: Tensor, out: Tensor) -> Tensor:  # out = v·(H + damp·I), dead inputs' diagonal 1 + damp
         torch.mm(v, h, out=out)
@@ -74,15 +71,11 @@ def refit_rows(w0: Tensor, w: Tensor, keep: Tensor, h: Tensor, iters: int, percd
             out[:, dead] += v[:, dead]
         return out.add_(v, alpha=damp)
 
-    if residual is None:
-        hp = w0.float().masked_fill(dead.reshape(1, -1), 0.0).sub_(x)  # W₀ − W, then a buffer
-        r = times_h(hp, torch.empty_like(x))
-    else:
-        r, hp = residual.float(), torch.empty_like(x)
-    r.mul_(s)  # minus the gradient, on the support
+    r = times_h(diff, torch.empty_like(x)).mul_(s)  # minus the gradient, on the support
     z = r / m
     p = z.clone()
     rz = _dot_rows(r, z)
+    hp = diff  # a buffer from here on
     for _ in range(iters):
         times_h(p, hp)
         denom = _dot_rows(p, hp)

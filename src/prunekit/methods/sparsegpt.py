@@ -127,20 +127,15 @@ def choose_in_group_(mask_t: Tensor, w_t: Tensor, d: Tensor, keep_t: Tensor | No
 
 
 def sparsegpt_prune(w: Tensor, hinv: Tensor, dead: Tensor, sparsity: float, n: int = 0, m: int = 0,
-                    blocksize: int = 128, keep: Tensor | None = None,
-                    errors: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                    blocksize: int = 128, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Prune an (out, in) weight with OBS reconstruction; returns (new weight, keep-mask).
 
     ``n``:``m`` > 0 asks for N:M (keep ``n`` of every ``m`` inputs); else ``sparsity`` of each block of
     ``blocksize`` columns is pruned. ``keep`` (optional) marks entries that are still alive: the others
     are pruned first. This is the paper's column loop, run on the transposed weight (made once) so that each
     column is a contiguous row, each block a contiguous slab and each step two vector operations on views taken
-    once per block: the column steps are the paper's operations; the lazy block updates are its product taken
-    transposed (equal up to float32 rounding: the BLAS may sum it in another order).
-
-    ``errors`` (optional, an (in, out) float32 buffer) receives every column's OBS error e, transposed: the loop
-    moves the weight by exactly E·U (U = ``hinv``), so W₀ − W = E·U up to rounding, with W₀ the weight with its
-    dead columns zeroed (:func:`start_residual` uses that).
+    once per strip: the column steps are the paper's operations; its lazy block update is made per strip of
+    :data:`UPDATE_STRIP` columns, taken transposed (the same sums, grouped otherwise: equal up to float32 rounding).
     """
     wt = w.float().t().contiguous()  # (in, out): column j of the weight is row j here
     if bool(dead.any()):  # (a boolean index costs a scan even when it selects nothing)
@@ -149,12 +144,12 @@ def sparsegpt_prune(w: Tensor, hinv: Tensor, dead: Tensor, sparsity: float, n: i
     pruned_t = torch.zeros_like(wt, dtype=torch.bool)
     keep_t = None if keep is None else keep.t()
     prune_per_group = m - n if m else 0
-    err_buf = wt.new_empty(min(blocksize, cols), rows) if errors is None else errors
+    err_buf = wt.new_empty(min(blocksize, cols), rows)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
         w1t = wt[i1:i2]  # the block's columns, as rows: updated in place
-        err1t = err_buf[:count] if errors is None else errors[i1:i2]
+        err1t = err_buf[:count]
         hinv1 = hinv[i1:i2, i1:i2]
         d = torch.diag(hinv1).reshape(-1, 1)
         keep1t = None if keep_t is None else keep_t[i1:i2]
@@ -192,15 +187,6 @@ def sparsegpt_prune(w: Tensor, hinv: Tensor, dead: Tensor, sparsity: float, n: i
             ws.mul_(mask1t[j1:j2].logical_not().float()).add_(0.0)
             wt[i1 + j2:].addmm_(hinv[i1 + j1:i1 + j2, i1 + j2:].t(), es, alpha=-1)
     return wt.t().contiguous(), ~pruned_t.t().contiguous()
-
-
-def start_residual(errors: Tensor, hinv: Tensor) -> Tensor:
-    """(W₀ − W)·H for the weight :func:`sparsegpt_prune` made, from the ``errors`` it recorded ((in, out)) and
-    the factor it used (``hinv`` = U, H⁻¹ = UᵀU, H the dampened Hessian): W₀ − W = E·U and H = U⁻¹U⁻ᵀ, so the
-    product is E·U⁻ᵀ, one triangular solve (0.6-0.85 of the CPU of the product by H it replaces, measured on
-    this machine). An (out, in) tensor: refit's first residual (:func:`.refit.refit_rows`)."""
-    # solved from the right on the errors as they lie; LAPACK's answer is column-major: made row-major for the refit
-    return torch.linalg.solve_triangular(hinv.t(), errors.t(), upper=False, left=False).contiguous()
 
 
 @register_method("sparsegpt", SparseGPTConfig)
@@ -249,12 +235,8 @@ class SparseGPT(BlockwiseMethod):
         w = w.to(hinv.device)
         keep_old = None if keep_old is None else keep_old.to(w.device)
         n, m = (plan.pattern.n, plan.pattern.m) if plan.pattern.kind == "nm" else (0, 0)
-        refit = bool(plan.config.refit_iters) and stats.seen(key)  # H = I (no token seen): already optimal
-        # the refit's first residual from the loop's own errors, where the weight is exactly the loop's
-        errors = hinv.new_empty(w.shape[1], w.shape[0]) if refit and order is None and keep_old is None else None
         if order is None:
-            new_w, keep = sparsegpt_prune(w, hinv, dead, budget.sparsity, n, m, plan.config.blocksize, keep_old,
-                                          errors)
+            new_w, keep = sparsegpt_prune(w, hinv, dead, budget.sparsity, n, m, plan.config.blocksize, keep_old)
         else:  # columns visited in ``order``; the results put back where they belong
             new_p, keep_p = sparsegpt_prune(w[:, order], hinv, dead, budget.sparsity, n, m, plan.config.blocksize,
                                             None if keep_old is None else keep_old[:, order])
@@ -263,10 +245,7 @@ class SparseGPT(BlockwiseMethod):
         if keep_old is not None:
             keep &= keep_old
             new_w = new_w * keep
-        if refit:
-            residual = None if errors is None else start_residual(errors, hinv)
-            del errors
-            new_w = refit_rows(w, new_w, keep, stats.gram(key), plan.config.refit_iters, plan.config.percdamp,
-                               residual)
+        if plan.config.refit_iters and stats.seen(key):  # H = I (no token seen): the weights are already optimal
+            new_w = refit_rows(w, new_w, keep, stats.gram(key), plan.config.refit_iters, plan.config.percdamp)
         return keep, new_w
 
