@@ -44,7 +44,13 @@ def main() -> int:
     p.add_argument("--blocks", type=int, default=None, help="keep only the first N blocks (quicker)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--sample-ms", type=float, default=5.0)
+    p.add_argument("--no-huge-pages", action="store_true", help="without transparent huge pages (the benchmark's "
+                   "child and the prunekit command turn them on)")
     a = p.parse_args()
+    if not a.no_huge_pages:  # as llm_vs_peers.py's child does, before any tensor exists
+        from prunekit.infra.machine import enable_huge_pages
+
+        enable_huge_pages()
     proc = psutil.Process()
     rss_bare = proc.memory_info().rss
     torch.set_num_threads(1)
