@@ -64,7 +64,9 @@ def set_mask_(module: nn.Module, mask: Tensor, name: str = "weight") -> None:
     if existing is not None:
         existing.mask.logical_and_(mask)
     else:
-        parametrize.register_parametrization(module, name, Mask(mask))
+        # unsafe=True skips torch's trial evaluation of weight·mask (1.4 of 1.7 ms on a 1536 × 576 weight): the
+        # shapes were checked above and the product keeps the weight's dtype
+        parametrize.register_parametrization(module, name, Mask(mask), unsafe=True)
 
 
 class PackedMasks:
