@@ -227,8 +227,8 @@ def test_the_column_loop_on_row_views_does_the_same_arithmetic():
     hinv, dead = inverse_hessian_factor(x.t() @ x, 0.01)
     new_w, keep = sparsegpt_prune(w, hinv, dead, 0.5, blocksize=128)
     ref_w, ref_keep = _indexed_column_loop(w, hinv, dead, 0.5, blocksize=128)
-    # the same float32 operations per column (a quotient, a rank-1 update); the lazy block updates are one product
-    # taken transposed (round 9), which the BLAS may sum in another order: float32 rounding of ≤ 128-term sums
+    # the same float32 operations per column (a quotient, a rank-1 update); the lazy updates are products taken
+    # transposed, per strip of 32 columns (rounds 9-10), summed in another grouping: float32 rounding
     same = rows_that_agree(keep, ref_keep)
     assert same.float().mean() >= 0.9
     torch.testing.assert_close(new_w[same], ref_w[same], rtol=1e-5, atol=1e-5)
@@ -289,8 +289,8 @@ def test_the_column_loop_on_the_transposed_weight_is_round_8s(sparsity, n, m, bl
     new_w, new_keep = sparsegpt_prune(w, hinv, dead, sparsity, n, m, blocksize, keep)
     ref_w, ref_keep = _untransposed_column_loop(w, hinv, dead, sparsity, n, m, blocksize, keep)
     assert bool(dead[7]) and new_w.is_contiguous() and new_keep.is_contiguous()
-    # the column steps are the same operations; the lazy block updates are the same product taken transposed, whose
-    # sums (≤ blocksize terms) the BLAS may order otherwise: equal up to float32 rounding, so two near-equal scores
+    # the column steps are the same operations; the lazy block updates are the same sums taken transposed and
+    # grouped per strip of 32 columns (round 10): equal up to float32 rounding, so two near-equal scores
     # may swap; rows are independent in OBS, so every row whose mask agrees must agree
     same = rows_that_agree(new_keep, ref_keep)
     assert same.float().mean() >= 0.9

@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.modules import module as torch_module
 
 
 def _code(fn: Any) -> types.CodeType | None:
@@ -207,8 +208,6 @@ def _mlp_forward(release_input: Callable[[], bool]) -> Callable[[nn.Module, Tens
 
 def _hookless(*modules: nn.Module) -> bool:
     """Whether no forward hook (the modules' own or a global one) could see the modules' outputs."""
-    from torch.nn.modules import module as torch_module
-
     return not torch_module._global_forward_hooks and not any(m._forward_hooks for m in modules)
 
 

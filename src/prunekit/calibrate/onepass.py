@@ -19,8 +19,9 @@ a pause (a few per window, e.g. down_proj's input) add up over the batches; the 
 1 MB or more are memory maps of their own (:func:`~prunekit.infra.machine.large_allocations_mapped`):
 batch-sized tensors freed in another order than taken would otherwise stay in the C heap as holes. Fresh
 maps cost page faults and what a call holds at a pause is held for every window, so Llama-style blocks run
-leaner during the pass (:mod:`.lean_blocks`: the MLP's activation and product, the norms and the rotary
-embedding in place, the layer's input and its MLP's input freed once read for the last time; the same numbers).
+leaner during the pass (:mod:`.lean_blocks`: the MLP's activation and product, the norms, the rotary embedding
+and the residual sums in place, the layer's input and its MLP's input freed once read for the last time; the same
+numbers).
 
 :func:`one_pass_bytes` estimates the pass's activation memory before anything runs (as if all windows ran
 in one call: an upper bound); when it exceeds the budget (half of the memory available where the blocks
