@@ -1,4 +1,5 @@
-"""The claims the apps_*.py benchmarks test, read from their committed JSON (benchmarks/results/apps_*.json) for the
+"""The claims the apps_*.py benchmarks (and darex_smollm2.py, loraprune_smollm2.py) test, read from their committed
+JSON (benchmarks/results/apps_*.json, darex_smollm2.json, loraprune_smollm2.json) for the
 results store's papers group (through benchmarks/papers_store.py), nothing re-run.
 
 Each apps benchmark writes one JSON document: ``benchmark``, ``model``, ``settings`` (the budget) and ``runs`` (one
@@ -160,8 +161,40 @@ def emo(d: dict) -> list[PaperResult]:
                     d)]
 
 
+def _at(label: str) -> tuple[str, str]:
+    arm, _, setting = label.partition(" @ ")
+    return arm, setting
+
+
+def darex(d: dict) -> list[PaperResult]:
+    rows = _rows(d, _at)
+    extreme = [s for s in dict.fromkeys(r.setting for r in rows) if float(s.rsplit("=", 1)[1]) <= 0.02]
+    return [_result("DARE the Extreme: Revisiting Delta-Parameter Pruning For Fine-Tuned Models",
+                    "at extreme drop rates (density 0.02 and 0.01) DAREx-q's rescaling (q searched on unlabelled "
+                    "calibration text) beats DARE's 1/density: lower perplexity of the pruned fine-tune on its own "
+                    "held-out text", compare(rows, "neg_log_ppl", "DAREx-q", ["DARE"], extreme, percent=False),
+                    ("ppl", "neg_log_ppl", "q"), rows, d)]
+
+
+def loraprune(d: dict) -> list[PaperResult]:
+    rows = _rows(d)
+    paper = "LoRAPrune: Pruning Meets Low-Rank Parameter-Efficient Fine-Tuning"
+    lora, grad, oneshot = "LoRAPrune (LoRA-guided)", "LoRAPrune (true gradients)", "one-shot activations + LoRA"
+    return [_result(paper, "removing MLP neurons during LoRA fine-tuning by the LoRA-guided criterion beats one-shot "
+                    "structured pruning (Minitron's activations) followed by the same LoRA fine-tune",
+                    compare(rows, "neg_log_ppl", lora, [oneshot], percent=False), ("ppl", "neg_log_ppl", "peak_rss_mb"),
+                    rows, d, "against one-shot pruning"),
+            _result(paper, "the LoRA-guided criterion is as good as the weights' true gradients (perplexity at most 5 % "
+                    "higher)", compare(rows, "neg_log_ppl", lora, [grad], margin=-0.05, percent=False),
+                    ("ppl", "neg_log_ppl", "peak_rss_mb"), rows, d, "against the true gradients"),
+            _result(paper, "the LoRA-guided criterion needs less memory than the weights' true gradients",
+                    compare(rows, "neg_peak_rss_mb", lora, [grad], percent=False), ("peak_rss_mb", "ppl"), rows, d,
+                    "memory")]
+
+
 CLAIMS = {"apps_robustness": robustness, "apps_federated": federated, "apps_transfer": transfer,
-          "apps_windows": windows, "apps_distilled": distilled, "apps_detection": detection, "apps_emo": emo}
+          "apps_windows": windows, "apps_distilled": distilled, "apps_detection": detection, "apps_emo": emo,
+          "darex_smollm2": darex, "loraprune_smollm2": loraprune}
 
 
 def load(name: str, path: Path) -> tuple[str, list[PaperResult]]:

@@ -140,6 +140,36 @@ def memory(work: Path, methods: list[str]) -> None:
     shutil.rmtree(work / "merged", ignore_errors=True)
 
 
+def prepare(work: Path, steps: int = 40, batch: int = 4, seqlen: int = 128, lr: float = 1e-4):
+    """The base (``work/base``) and the two fine-tunes (``work/ft-A``, ``work/ft-B``), made once and remade only
+    when their settings change; returns the base's tokenizer."""
+    from transformers import AutoTokenizer
+
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "base" / "model.safetensors").is_file():
+        from prunekit.models.hf import load_model
+
+        lm = load_model("smollm2-135m")
+        lm.model.save_pretrained(str(work / "base"))
+        lm.tokenizer.save_pretrained(str(work / "base"))
+        del lm
+    tok = AutoTokenizer.from_pretrained(str(work / "base"))
+    settings = {"steps": steps, "batch": batch, "seqlen": seqlen, "lr": lr}
+    for k, d in sources().items():
+        ft = work / f"ft-{k}"
+        done = ft / "finetune.json"
+        if done.is_file() and all(json.loads(done.read_text()).get(s) == v for s, v in settings.items()):
+            continue
+        if ft.exists():
+            shutil.rmtree(ft)
+        train = windows(tok, split_documents(d, "calibration"), steps * batch, seqlen, seed=0)
+        info = finetune(work / "base", ft, train, steps, batch, lr, seed=0)
+        tok.save_pretrained(str(ft))
+        print(f"fine-tuned on {k}: loss {info['first_loss']:.3f} → {info['last_loss']:.3f}, "
+              f"{info['wall_s']:.0f} s wall, {info['cpu_s']:.0f} s CPU", flush=True)
+    return tok
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/prunekit-bench-merge", help="cache of the base and the fine-tunes")
@@ -164,34 +194,10 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-
-    from transformers import AutoTokenizer
-
-    if not (work / "base" / "model.safetensors").is_file():
-        from prunekit.models.hf import load_model
-
-        lm = load_model("smollm2-135m")
-        lm.model.save_pretrained(str(work / "base"))
-        lm.tokenizer.save_pretrained(str(work / "base"))
-        del lm
-    tok = AutoTokenizer.from_pretrained(str(work / "base"))
+    tok = prepare(work, args.steps, args.batch, args.seqlen, args.lr)
     src = sources()
     evals = {k: windows(tok, split_documents(d, "evaluation"), args.eval_windows, args.eval_seqlen, None)
              for k, d in src.items()}
-    settings = {k: getattr(args, k) for k in ("steps", "batch", "seqlen", "lr")}
-    for k, d in src.items():
-        ft = work / f"ft-{k}"
-        done = ft / "finetune.json"
-        if done.is_file() and all(json.loads(done.read_text()).get(s) == v for s, v in settings.items()):
-            continue
-        if ft.exists():
-            shutil.rmtree(ft)
-        train = windows(tok, split_documents(d, "calibration"), args.steps * args.batch, args.seqlen, seed=0)
-        info = finetune(work / "base", ft, train, args.steps, args.batch, args.lr, seed=0)
-        tok.save_pretrained(str(ft))
-        print(f"fine-tuned on {k}: loss {info['first_loss']:.3f} → {info['last_loss']:.3f}, "
-              f"{info['wall_s']:.0f} s wall, {info['cpu_s']:.0f} s CPU", flush=True)
 
     rows: list[dict] = []
 

@@ -16,6 +16,10 @@ chose, trained from random initialisation with the same tokens, against the prun
 Perplexity on held-out Python docs (``--eval-windows`` × ``--seqlen``). The claim **holds** at this budget if
 scratch + KD is at least as good as pruned + KD. One torch thread; wall and CPU time per arm. Results:
 ``benchmarks/results/shrink_rethinking.json``.
+
+``--combine FILE ... --results OUT`` joins runs of several seeds (one file each) into one file with, per token
+budget, the paired difference scratch − pruned over the seeds (mean ± standard error; held when scratch is not
+worse by more than 2 standard errors): ``benchmarks/results/shrink_rethinking_seeds.json``.
 """
 
 from __future__ import annotations
@@ -47,7 +51,11 @@ def main() -> None:
     p.add_argument("--scratch-lr", type=float, default=1e-3)
     p.add_argument("--pruned-from", default=None, help="a shrink_per_layer.py result to read the pruned + KD arm from")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "shrink_rethinking.json"))
+    p.add_argument("--combine", nargs="+", default=None, metavar="FILE", help="join these runs' results (see above)")
     args = p.parse_args()
+    if args.combine:
+        combine([Path(f) for f in args.combine], Path(args.results))
+        return
     torch.set_num_threads(1)
 
     from transformers import AutoModelForCausalLM
@@ -121,6 +129,38 @@ def main() -> None:
     record["load_after"] = os.getloadavg()
     save()
     print(record["verdict"], flush=True)
+
+
+def combine(files: list[Path], out: Path) -> None:
+    """One file of the runs in ``files`` and, per token budget, the paired scratch − pruned perplexity over seeds."""
+    import math
+    import statistics
+
+    runs = [json.loads(f.read_text()) for f in files]
+    for f, r in zip(files, runs):
+        if "pruned" not in r or "scratch" not in r:
+            raise SystemExit(f"{f}: not a finished shrink_rethinking.py result (both arms are needed)")
+    budgets: dict[int, list[dict]] = {}
+    for r in runs:
+        budgets.setdefault(r["scratch"]["distill"]["tokens"], []).append(r)
+    summary = []
+    for tokens, rs in sorted(budgets.items()):
+        seeds = sorted(r["settings"]["seed"] for r in rs)
+        if len(set(seeds)) != len(seeds):
+            raise SystemExit(f"two runs of seed {seeds} at {tokens:,} tokens: pass one file per seed")
+        diffs = [r["scratch"]["perplexity_kd"] - r["pruned"]["perplexity_kd"] for r in rs]
+        mean = statistics.fmean(diffs)
+        se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("inf")
+        summary.append({"tokens": tokens, "seeds": seeds, "shape": sorted({r["shape"] for r in rs}),
+                        "scratch_kd": [r["scratch"]["perplexity_kd"] for r in rs],
+                        "pruned_kd": [r["pruned"]["perplexity_kd"] for r in rs],
+                        "dense": rs[0]["dense_perplexity"], "scratch_minus_pruned": mean, "se": se,
+                        "verdict": "held" if mean <= 2 * se else "not held"})
+    out.write_text(json.dumps({"files": [str(f) for f in files], "budgets": summary, "runs": runs}, indent=2,
+                              default=str) + "\n")
+    for b in summary:
+        print(f"{b['tokens']:,} tokens, seeds {b['seeds']}: scratch − pruned {b['scratch_minus_pruned']:+.1f} ± "
+              f"{b['se']:.1f} → {b['verdict']}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ EXAMPLES = {
     "structured": {"what": "neurons", "sparsity": 0.5},
     "slice": {"sparsity": 0.25, "head": "untie"},
     "experts": {"sparsity": 0.5, "score": "frequency"},
+    "loraprune": {"sparsity": 0.5, "steps": 3, "criterion": "gradient"},
     "recover": {"recover": "bias_norm", "steps": 2},
     "finetune": {"epochs": 0.05, "batch_size": 32},
     "data": {"score": "el2n", "epochs": 0, "select": {"strategy": "ccs", "keep": 0.5, "bins": 4}},
@@ -121,7 +122,7 @@ def test_a_stage_runs_on_a_tiny_model_and_its_config_round_trips(kind, folder, t
     elif kind == "prune":
         w = ws.model.model.layers[0].mlp.up_proj.weight
         assert float((w == 0).float().mean()) == 0.5 and record["sparsity"] == pytest.approx(0.5)
-    elif kind in ("structured", "slice", "experts"):
+    elif kind in ("structured", "slice", "experts", "loraprune"):
         assert sum(p.numel() for p in ws.model.parameters()) < params and ws.headlines
     elif kind == "recover":
         assert record["steps"] == 2 and record["mode"] == "bias_norm"

@@ -30,6 +30,12 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
                    help="ties/magnitude: rank magnitudes over the whole model (paper) or per tensor (mergekit)")
     p.add_argument("--epsilon", type=float, default=None, help="della: spread of the drop probabilities")
     p.add_argument("--no-rescale", action="store_true", help="dare/della: do not rescale the kept entries")
+    p.add_argument("--q", default=None, metavar="Q|search",
+                   help="dare: DAREx-q, multiply the kept entries by 1/Q instead of 1/density; 'search' picks, per "
+                        "fine-tune, the Q that changes its outputs on calibration text least")
+    p.add_argument("--calib", default=None, metavar="TEXT", help="--q search: calibration text (default pydocs)")
+    p.add_argument("--nsamples", type=int, default=None, help="--q search: calibration windows (default 4)")
+    p.add_argument("--seqlen", type=int, default=None, help="--q search: tokens per window (default 256)")
     p.add_argument("--skip", nargs="+", default=None, metavar="GLOB", help="tensors copied from the base unchanged")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace --out if prunekit wrote it")
@@ -42,13 +48,22 @@ def config_fields(args: argparse.Namespace) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for flag, key in (("density", "density"), ("weights", "weights"), ("scale", "scale"), ("seed", "seed"),
                       ("semantics", "semantics"), ("trim_scope", "trim_scope"), ("epsilon", "epsilon"),
-                      ("skip", "skip")):
+                      ("skip", "skip"), ("calib", "calib"), ("nsamples", "nsamples"), ("seqlen", "seqlen")):
         value = getattr(args, flag)
         if value is not None:
             fields[key] = value
     if args.no_rescale:
         fields["rescale"] = False
+    if args.q is not None:
+        fields["q"] = args.q if args.q == "search" else _number(args.q, "--q")
     return fields
+
+
+def _number(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{flag} takes a number in (0, 1] or 'search', got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -53,6 +53,12 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
                    help="with --slice: one rotation for the whole stream (default; stock transformers classes "
                         "reload the folder) or one per residual connection, as the paper (adds 2 × layers "
                         "width² shortcut parameters; reload with prunekit.slicing.load_sliced)")
+    p.add_argument("--loraprune", type=float, default=None, metavar="FRACTION",
+                   help="LoRAPrune: remove this fraction of every MLP's neurons while LoRA fine-tunes on the "
+                        "calibration text, ranked by LoRA's weights and gradients (a plain smaller model)")
+    p.add_argument("--loraprune-criterion", choices=["lora", "gradient", "magnitude"], default=None,
+                   help="with --loraprune: LoRA-guided (default), the weights' true gradients, or magnitudes")
+    p.add_argument("--loraprune-steps", type=int, default=None, help="with --loraprune: LoRA steps (default 100)")
     p.add_argument("--recover", choices=["bias_norm", "lora", "full"], default=None,
                    help="after pruning, fine-tune on the calibration text: biases and norms only (PERP), masked "
                         "LoRA merged back, or every parameter; masks are kept")
@@ -75,7 +81,7 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-PRUNING = ("prune", "slice", "experts", "structured")  # one of them runs; "prune" (masks) unless a trigger is given
+PRUNING = ("prune", "slice", "experts", "structured", "loraprune")  # one of them runs; "prune" (masks) unless a trigger is given
 
 
 def _flag_names() -> dict[tuple[str, str], str]:

@@ -4,8 +4,10 @@
 each holding one row group per model at a time: (1) :func:`_measure_deltas` measures the deltas'
 magnitudes (and, for a model-wide trim, counts them in a histogram) and checks every input is finite,
 (2) :func:`_model_trims`, only for TIES' model-wide trim, gathers the values next to the threshold to make
-it exact, (3) :func:`_write_merged` merges each tensor and streams it into the output's safetensors files,
-which keep the base's file layout; :func:`_copy_side_files` adds the base's config and tokenizer files.
+it exact, (2b) :func:`_search_q`, only for DAREx-q's ``q="search"``, searches each fine-tune's rescaling
+on calibration text (:mod:`prunekit.merge.darex`), (3) :func:`_write_merged` merges each tensor and
+streams it into the output's safetensors files, which keep the base's file layout; :func:`_copy_side_files`
+adds the base's config and tokenizer files.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from ..infra.atomic import check_distinct, check_output_folder, output_folder, remove_scratch, scratch_folder
 from ..infra.meta import write_meta
 from ..infra.shards import FolderEscapeError, inside
-from .config import MergeConfig, merge_config
+from .config import DareConfig, MergeConfig, merge_config
 from .sources import INDEX, SafetensorsWriter, TensorFolder, TensorInfo, check_mergeable
 from .tensors import (MagnitudeHistogram, MergeCounts, Trim, check_finite_input, dtype_kind, is_merged, merge_tensor,
                       merge_tensor_groups, needs_model_thresholds, row_groups)
@@ -70,6 +72,7 @@ class MergeReport:
     params_merged: int
     deltas: list[DeltaStats] = field(default_factory=list)
     thresholds: list[float | None] | None = None
+    q_search: list[dict[str, Any]] | None = None  # DAREx-q's search, per model
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
@@ -91,6 +94,11 @@ class MergeReport:
             kept = f"{d.kept:.3f}" if d.kept is not None else "-"
             rows.append(f"{d.model[-28:]:<28} {d.changed:>8.3f} {d.mean_abs:>10.2e} {d.median_abs:>10.2e} "
                         f"{d.max_abs:>9.2e} {d.relative_norm:>9.2e} {d.large_share:>10.2%} {kept:>7}")
+        for f in self.q_search or []:
+            rows.append(f"DAREx-q for {f['model'][-28:]}: q = {f['q']:.4g} (survivors × {f['factor']:.3g}; DARE's "
+                        f"× {f['dare_factor']:.3g}); relative change of the last hidden states {f['error']:.3g} "
+                        f"(DARE's {f['error_dare']:.3g}, unscaled {f['error_no_rescale']:.3g}), "
+                        f"{len(f['tried'])} q's tried")
         return "\n".join([head, *rows, *(f"note: {n}" for n in self.notes)])
 
 
@@ -246,8 +254,51 @@ def _model_trims(s: _Sources, config: MergeConfig, hists: list[MagnitudeHistogra
     return [h.trim() for h in hists]
 
 
+def _calibration(s: _Sources, config: MergeConfig) -> torch.Tensor:
+    """The calibration windows of DAREx-q's search: ``config.nsamples`` × ``config.seqlen`` tokens of ``config.calib``,
+    tokenized by the base's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from ..datasets.text import calibration_windows
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(s.base.folder))
+    except Exception as err:  # noqa: BLE001 - any failure means the base has no usable tokenizer
+        raise ValueError(f"q='search' needs calibration text, but the base {s.base.label} has no tokenizer "
+                         f"transformers can load ({type(err).__name__}); add its tokenizer files or pass "
+                         "calibration= token ids") from err
+    return calibration_windows(tokenizer, config.calib, config.nsamples, config.seqlen,  # type: ignore[attr-defined]
+                               config.seed, say=lambda *_: None)
+
+
+def _search_q(s: _Sources, config: MergeConfig, calibration: torch.Tensor | None,
+              progress: bool) -> tuple[list[float] | None, list[dict[str, Any]] | None]:
+    """Pass 2b, only for DAREx-q with ``q="search"``: each fine-tune's q, searched on calibration text
+    (:func:`prunekit.merge.darex.search_q`), and the searches' summaries; (None, None) for every other method."""
+    from tqdm.auto import tqdm
+
+    from .darex import search_q
+
+    if not (isinstance(config, DareConfig) and config.searches_q()):
+        return None, None
+    windows = calibration if calibration is not None else _calibration(s, config)
+    if windows.dim() != 2 or windows.dtype not in (torch.int64, torch.int32) or windows.numel() == 0:
+        raise ValueError(f"calibration must be token ids of shape (windows, tokens), got {tuple(windows.shape)} "
+                         f"{windows.dtype}")
+    vocab = s.base.config.get("vocab_size") or s.base.config.get("text_config", {}).get("vocab_size")
+    if isinstance(vocab, int) and (int(windows.max()) >= vocab or int(windows.min()) < 0):
+        raise ValueError(f"calibration holds token id {int(windows.max())}, outside the base's vocabulary of {vocab}; "
+                         "tokenize the calibration text with the base's tokenizer")
+    qs, summaries = [], []
+    for i, ft in enumerate(tqdm(s.models, desc="searching DAREx-q's q", disable=not progress, leave=False)):
+        q, summary = search_q(s.base, ft, config, i, windows.long(), s.merged_names)
+        qs.append(q)
+        summaries.append(summary)
+    return qs, summaries
+
+
 def _write_merged(s: _Sources, config: MergeConfig, trims: list[Trim] | None, folder: Path,
-                  progress: bool) -> MergeCounts:
+                  progress: bool, searched: list[float] | None = None) -> MergeCounts:
     """Pass 3: merge each tensor a row group at a time and stream it into ``folder``, keeping the base's file
     layout (and its shard index); returns the per-model counts of kept delta entries."""
     from tqdm.auto import tqdm
@@ -264,7 +315,8 @@ def _write_merged(s: _Sources, config: MergeConfig, trims: list[Trim] | None, fo
         writer = SafetensorsWriter(path, infos, {**s.base.file_metadata.get(file, {}), "format": "pt"})
         for info in infos:
             parts = merge_tensor_groups(info.name, info.shape, info.dtype, s.base.reader(info.name),
-                                        [ft.reader(info.name) for ft in s.models], config, trims, counts, labels)
+                                        [ft.reader(info.name) for ft in s.models], config, trims, counts, labels,
+                                        searched)
             writer.write(info.name, parts)
             bar.update(1)
         writer.close()
@@ -290,6 +342,7 @@ def merge(
     out: str | Path,
     overwrite: bool = False,
     progress: bool = True,
+    calibration: torch.Tensor | None = None,
     **fields: Any,
 ) -> MergeReport:
     """Merge the fine-tuned ``models`` into ``base`` with ``method`` and write a Hugging Face folder to ``out``.
@@ -298,7 +351,9 @@ def merge(
     ``task_arithmetic``, ``linear``), a dict or a config (:mod:`prunekit.merge.config`); ``fields`` set its
     options (``density=0.1, weights=[1, 1], seed=0, semantics="paper"``...). Every check (the config, the
     output folder, architectures, vocabularies, tensor shapes and dtypes, finite inputs) runs before anything
-    is written; the output appears whole or not at all. Memory stays near one tensor per model.
+    is written; the output appears whole or not at all. Memory stays near one tensor per model, except with
+    DAREx-q's ``q="search"``, which runs each fine-tune whole on calibration text (``calibration`` token ids,
+    or the config's ``calib``/``nsamples``/``seqlen`` through the base's tokenizer) to search its q.
     """
     started = time.perf_counter()
     config = merge_config(method, **fields)
@@ -313,8 +368,9 @@ def merge(
         s = _open_all(base, models, config, scratch, notes)
         stats, hists = _measure_deltas(s, config, notes, progress)
         trims = _model_trims(s, config, hists, progress)
+        searched, searches = _search_q(s, config, calibration, progress)
         with output_folder(out, overwrite=overwrite) as tmp:
-            counts = _write_merged(s, config, trims, tmp, progress)
+            counts = _write_merged(s, config, trims, tmp, progress, searched)
             notes += _copy_side_files(s.base.folder, tmp)
             if config.sparsify is not None:
                 for before, after, st in zip(counts.before, counts.after, stats):
@@ -324,7 +380,8 @@ def merge(
                 config={**config.to_dict(), "weights": weights}, base=str(base), models=[str(m) for m in models],
                 out=str(out), tensors_merged=len(s.merged_names), tensors_copied=len(s.names) - len(s.merged_names),
                 params_merged=sum(s.base.infos[n].numel for n in s.merged_names), deltas=stats,
-                thresholds=[t.threshold for t in trims] if trims else None, notes=notes,
+                thresholds=[t.threshold for t in trims] if trims else None, q_search=searches,
+                notes=notes,
                 seconds=time.perf_counter() - started, peak_rss_mb=_peak_rss_mb())
             _write_meta(tmp, report)
         report.seconds = time.perf_counter() - started
@@ -336,9 +393,11 @@ def merge(
 
 
 def merge_state_dicts(base: dict[str, torch.Tensor], models: Sequence[dict[str, torch.Tensor]],
-                      method: str | MergeConfig | dict = "dare_ties", **fields: Any) -> dict[str, torch.Tensor]:
+                      method: str | MergeConfig | dict = "dare_ties", *,
+                      searched: list[float] | None = None, **fields: Any) -> dict[str, torch.Tensor]:
     """The same merge on in-memory state dicts (same names and shapes); returns a new state dict equal, tensor
-    for tensor, to what :func:`merge` writes."""
+    for tensor, to what :func:`merge` writes. DAREx-q with ``q="search"`` takes each model's q as ``searched``
+    (:attr:`MergeReport.q_search` holds those :func:`merge` found)."""
     config = merge_config(method, **fields)
     if not models:
         raise ValueError("models must hold one or more fine-tuned state dicts")
@@ -370,4 +429,4 @@ def merge_state_dicts(base: dict[str, torch.Tensor], models: Sequence[dict[str, 
                 for i, m in enumerate(models):
                     hists[i].add_boundary(m[n].float() - base[n].float())
         trims = [h.trim() for h in hists]
-    return {n: merge_tensor(n, base[n], [m[n] for m in models], config, trims) for n in names}
+    return {n: merge_tensor(n, base[n], [m[n] for m in models], config, trims, searched) for n in names}

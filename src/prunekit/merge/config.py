@@ -110,7 +110,33 @@ class DareConfig(_Sparse):
 
     method: Literal["dare_linear"] = "dare_linear"
     rescale: bool = Field(default=True, description="rescale the kept entries (paper: ×1/density; mergekit: match the L1 norm)")
+    q: float | Literal["search"] | None = Field(
+        default=None,
+        description="DAREx-q (Deng et al., 2024): the kept entries are multiplied by 1/q instead of 1/density; a "
+                    "number in (0, 1], or \"search\": per fine-tune, the q that changes its outputs on calibration "
+                    "text least (prunekit.merge.darex); None is DARE's 1/density")
+    calib: str = Field(default="pydocs", description="q=\"search\": calibration text (a name, a file or a folder)")
+    nsamples: int = Field(default=4, ge=1, description="q=\"search\": calibration windows")
+    seqlen: int = Field(default=256, ge=2, description="q=\"search\": tokens per calibration window")
     sparsify: ClassVar[str | None] = "dare"
+
+    @field_validator("q")
+    @classmethod
+    def _q_range(cls, v: float | str | None) -> float | str | None:
+        if isinstance(v, (int, float)) and not 0 < v <= 1:
+            raise ValueError(f"q must be in (0, 1] (the kept entries are multiplied by 1/q) or \"search\", got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _q_alone(self) -> "DareConfig":
+        if self.q is not None and (not self.rescale or self.semantics != "paper"):
+            raise ValueError("q replaces DARE's rescaling by 1/density: it cannot be combined with rescale=False "
+                             "(--no-rescale) or semantics=\"mergekit\" (the L1 rescale); drop one of them")
+        return self
+
+    def searches_q(self) -> bool:
+        """Whether the merge searches DAREx-q's q on calibration text (``q="search"``)."""
+        return self.q == "search" and self.density < 1
 
 
 class DareTiesConfig(DareConfig):

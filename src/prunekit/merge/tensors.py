@@ -162,7 +162,7 @@ class MergeCounts:
 
 def _merge_group(key: str, base: Tensor, models: list[Tensor], config: MergeConfig, weights: list[float],
                  trims: list[Trim | None], trim_states: list[list[int]], counts: MergeCounts,
-                 l1: list[float] | None = None) -> Tensor:
+                 factors: list[float] | None = None) -> Tensor:
     b = base.float()
     if config.average:
         total = sum(weights)
@@ -172,10 +172,10 @@ def _merge_group(key: str, base: Tensor, models: list[Tensor], config: MergeConf
     for i, m in enumerate(models):
         d = m.float() - b
         nz = int(torch.count_nonzero(d))
-        if l1 is None:
+        if factors is None:
             d = sparsify_delta(d, config, i, key, trims[i], trim_states[i])
-        else:  # mergekit's L1 rescale, by the whole tensor's factor
-            d = sparsify_delta(d, config, i, key, trims[i], trim_states[i], rescale=None) * l1[i]
+        else:  # the whole tensor's factor: mergekit's L1 rescale or DAREx-q's 1/q
+            d = sparsify_delta(d, config, i, key, trims[i], trim_states[i], rescale=None) * factors[i]
         counts.add(i, nz, int(torch.count_nonzero(d)) if config.sparsify else nz)
         deltas.append(d)
     mergekit = config.semantics == "mergekit"
@@ -211,11 +211,13 @@ def tensor_trims(name: str, shape: tuple[int, ...], readers: list[Reader], base:
 
 def merge_tensor_groups(name: str, shape: tuple[int, ...], dtype: torch.dtype, base: Reader, models: list[Reader],
                         config: MergeConfig, model_trims: list[Trim] | None = None,
-                        counts: MergeCounts | None = None, labels: list[str] | None = None) -> Iterator[Tensor]:
+                        counts: MergeCounts | None = None, labels: list[str] | None = None,
+                        searched: list[float] | None = None) -> Iterator[Tensor]:
     """The merged tensor, row group by row group (in the base's dtype). ``base(r0, r1)`` and each of
-    ``models`` read rows ``[r0, r1)``; ``model_trims`` are the model-wide trims of a model-scope TIES. A row group
-    that comes out NaN/inf is an error naming the tensor and the input (``labels`` name the models) or the
-    overflow."""
+    ``models`` read rows ``[r0, r1)``; ``model_trims`` are the model-wide trims of a model-scope TIES; ``searched``
+    are DAREx-q's q per model (``q="search"``, :func:`prunekit.merge.darex.search_q`).
+    A row group that comes out NaN/inf is an error naming the tensor and the input (``labels`` name the models)
+    or the overflow."""
     counts = counts if counts is not None else MergeCounts()
     labels = labels or [f"model {i}" for i in range(len(models))]
     groups = row_groups(shape)
@@ -234,7 +236,7 @@ def merge_tensor_groups(name: str, shape: tuple[int, ...], dtype: torch.dtype, b
         trims = list(model_trims)
     else:
         trims = [None] * len(models)
-    l1 = _l1_factors(name, groups, base, models, config) if _rescale_mode(config) == "l1" and config.sparsify in ("dare", "della") else None
+    factors = _tensor_factors(name, groups, base, models, config, searched)
     states = [[0] for _ in models]
     for r0, r1 in groups:
         key = name if len(groups) == 1 else f"{name}@{r0}"
@@ -243,9 +245,29 @@ def merge_tensor_groups(name: str, shape: tuple[int, ...], dtype: torch.dtype, b
         for i, m in enumerate(ms):
             if m.shape != b.shape:
                 raise ValueError(f"tensor {name!r}: model {i} has shape {tuple(m.shape)}, the base {tuple(b.shape)}")
-        merged = _merge_group(key, b, ms, config, weights, trims, states, counts, l1)
+        merged = _merge_group(key, b, ms, config, weights, trims, states, counts, factors)
         _check_merged(name, merged, b, ms, labels, config, weights)
         yield merged
+
+
+def _tensor_factors(name: str, groups: list[tuple[int, int]], base: Reader, models: list[Reader],
+                    config: MergeConfig, searched: list[float] | None) -> list[float] | None:
+    """Per model, the one factor this tensor's unscaled survivors are multiplied by (mergekit's L1 rescale or
+    DAREx-q's 1/q, given or searched), or None when the sparsifier rescales entry by entry itself (DARE's
+    1/density, DELLA's 1/pᵢ)."""
+    if config.sparsify not in ("dare", "della") or getattr(config, "density", 1.0) >= 1:
+        return None
+    if _rescale_mode(config) == "l1":
+        return _l1_factors(name, groups, base, models, config)
+    q = getattr(config, "q", None)
+    if isinstance(q, (int, float)):
+        return [1.0 / q] * len(models)
+    if q == "search":
+        if searched is None or len(searched) != len(models):
+            raise ValueError("q='search' needs one searched q per model (prunekit.merge.darex.search_q): merge() "
+                             "searches them, merge_state_dicts and merge_tensor take them as searched=[q, ...]")
+        return [1.0 / s for s in searched]
+    return None
 
 
 def _l1_factors(name: str, groups: list[tuple[int, int]], base: Reader, models: list[Reader],
@@ -268,14 +290,15 @@ def _rows(t: Tensor) -> Reader:
 
 
 def merge_tensor(name: str, base: Tensor, models: list[Tensor], config: MergeConfig,
-                 model_trims: list[Trim] | None = None) -> Tensor:
+                 model_trims: list[Trim] | None = None, searched: list[float] | None = None) -> Tensor:
     """Merge one in-memory tensor of the fine-tuned ``models`` into ``base`` by ``config`` (computed in float32,
-    returned in the base's dtype). A model-scope TIES trim needs ``model_trims``."""
+    returned in the base's dtype). A model-scope TIES trim needs ``model_trims``; DAREx-q with ``q="search"``
+    the ``searched`` q of each model."""
     for i, m in enumerate(models):
         if m.shape != base.shape:
             raise ValueError(f"tensor {name!r}: model {i} has shape {tuple(m.shape)}, the base {tuple(base.shape)}")
     parts = list(merge_tensor_groups(name, tuple(base.shape), base.dtype, _rows(base), [_rows(m) for m in models],
-                                     config, model_trims))
+                                     config, model_trims, searched=searched))
     return parts[0] if base.dim() <= 1 else torch.cat(parts)
 
 

@@ -2,7 +2,8 @@
 
 A stage kind (:class:`StageKind`, registered in :data:`STAGES`) holds its typed config, its checks and its
 run: ``load``, ``calibrate``, ``measure``, ``save`` frame a language model's pruning; ``prune`` (masks:
-unstructured, N:M, any registered method), ``structured``, ``slice``, ``experts``, ``recover``,
+unstructured, N:M, any registered method), ``structured``, ``slice``, ``experts``, ``loraprune`` (MLP neurons
+removed while LoRA trains), ``recover``,
 ``finetune``, ``finalize``, ``tokens`` (a token patch) and ``shrink`` (a smaller dense shape under a budget,
 optionally distilled) change the model; ``data`` scores and selects
 training examples (the finetune after it trains on them); ``export`` writes it where users run it (GGUF, compressed
@@ -16,7 +17,7 @@ pairs on a :class:`Workspace`, every stage's check before anything is measured o
     run_stages(stages, Workspace(model=model))
 """
 
-from . import data, engine, export, lm, shrink, stages  # noqa: F401  (register the stage kinds)
+from . import data, engine, export, lm, loraprune, shrink, stages  # noqa: F401  (register the stage kinds)
 from .base import (STAGES, Stage, StageKind, StageResult, Workspace, check_stages, parse_stage, register_stage,
                    run_stages, stage_dict)
 from .lm import CalibrateConfig, LoadConfig, MeasureConfig, SaveConfig, save_pruned

@@ -6,6 +6,7 @@ The trainer callbacks load their framework only when asked for:
 
 from .gradual import Gradual
 from .loop import fit, steps_per_run
+from .loraprune import LoRAPruneConfig, LoRAPruneReport, loraprune_
 from .recovery import RecoveryReport, add_lora_, bias_and_norm_params, kd_loss, merge_lora_, recover_, trainable_params_
 from .recovery_lm import RECOVERY, LMRecoveryReport, RecoveryConfig, recover_lm_
 from .schedule import SCHEDULES, cubic, linear, sparsity_at
@@ -15,7 +16,8 @@ from .sparse import SET, DynamicSparse, GraNet, RigL, sparse_init_
 from .ticket import Ticket, TicketSearch, find_ticket, find_ticket_
 
 __all__ = [
-    "LMRecoveryReport", "RECOVERY", "RecoveryConfig", "recover_lm_", "trainable_params_",
+    "LMRecoveryReport", "LoRAPruneConfig", "LoRAPruneReport", "RECOVERY", "RecoveryConfig", "loraprune_", "recover_lm_",
+    "trainable_params_",
     "SCHEDULES", "SET", "DynamicSparse", "GraNet", "Gradual", "GradualPruningCallback", "LightningGradualPruning",
     "RecoveryReport", "RigL", "SoftShrink", "Soup", "Ticket", "TicketSearch", "add_lora_", "average_models",
     "bias_and_norm_params", "cubic", "find_ticket", "find_ticket_", "fit", "kd_loss", "linear", "merge_lora_", "recover_",
