@@ -156,7 +156,7 @@ def combine(files: list[Path], out: Path) -> None:
                         "pruned_kd": [r["pruned"]["perplexity_kd"] for r in rs],
                         "dense": rs[0]["dense_perplexity"], "scratch_minus_pruned": mean, "se": se,
                         "verdict": "held" if mean <= 2 * se else "not held"})
-    out.write_text(json.dumps({"files": [str(f) for f in files], "budgets": summary, "runs": runs}, indent=2,
+    out.write_text(json.dumps({"files": [f.name for f in files], "budgets": summary, "runs": runs}, indent=2,
                               default=str) + "\n")
     for b in summary:
         print(f"{b['tokens']:,} tokens, seeds {b['seeds']}: scratch − pruned {b['scratch_minus_pruned']:+.1f} ± "
