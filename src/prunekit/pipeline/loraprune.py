@@ -28,15 +28,9 @@ def _parse(d: Mapping[str, Any], where: str | None) -> Config:
 
 def _check(ws: Workspace, cfg: Any) -> None:
     from ..train.loraprune import plan_loraprune
-    from ..train.recovery_lm import training_windows
+    from .stages import check_training_windows
 
-    if ws.calibration is None:
-        raise ValueError("stage 'loraprune' fine-tunes a language model on calibration text while it prunes; this "
-                         "task has none")
-    rows = training_windows(ws.calibration, cfg.seqlen).shape[0]
-    if rows < cfg.batch_size:
-        raise ValueError(f"LoRAPrune trains on batches of {cfg.batch_size} windows, but the calibration gives {rows}; "
-                         f"calibrate on more windows ({ws.name_of('calibrate', 'nsamples')})")
+    check_training_windows(ws, cfg, "loraprune", "fine-tunes a language model while it prunes")
     plan_loraprune(ws.model, cfg)
 
 

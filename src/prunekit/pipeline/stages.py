@@ -225,19 +225,25 @@ def _parse_recover(d: Mapping[str, Any], where: str | None) -> Config:
     return RecoveryConfig.parse(d, where=where)
 
 
-def _check_recover(ws: Workspace, cfg: Any) -> None:
+def check_training_windows(ws: Workspace, cfg: Any, stage: str, what: str) -> None:
+    """A stage that trains a language model on its calibration text (``cfg.seqlen``, ``cfg.batch_size``): the text
+    is there and fills one batch; else one line naming the stage (``what`` it does) and the fix."""
     from ..train.recovery_lm import training_windows
 
     if ws.calibration is None:
-        raise ValueError("stage 'recover' fine-tunes a language model on calibration text; this task has none "
+        raise ValueError(f"stage {stage!r} {what} on calibration text; this task has none "
                          "(for classification tasks use stage 'finetune')")
     rows = training_windows(ws.calibration, cfg.seqlen).shape[0]
     if rows < cfg.batch_size:
         nsamples = ws.calibration.shape[0]
         need = -(-cfg.batch_size * nsamples // rows)
-        raise ValueError(f"recovery trains on batches of {cfg.batch_size} windows, but the {nsamples} calibration "
-                         f"windows give {rows}; calibrate on at least {need} "
+        raise ValueError(f"stage {stage!r} trains on batches of {cfg.batch_size} windows, but the {nsamples} "
+                         f"calibration windows give {rows}; calibrate on at least {need} "
                          f"({ws.name_of('calibrate', 'nsamples')} {need})")
+
+
+def _check_recover(ws: Workspace, cfg: Any) -> None:
+    check_training_windows(ws, cfg, "recover", "fine-tunes a language model")
 
 
 def _run_recover(ws: Workspace, cfg: Any) -> StageResult:

@@ -36,7 +36,7 @@ from ..core.fraction import Sparsity, keep_count
 from ..core.mask import Mask, remove_mask_, set_mask_
 from ..core.scope import is_transposed
 from .recovery import LoRA, merge_lora_, trainable_params_
-from .recovery_lm import DEFAULT_LR, loss_ends, training_windows
+from .recovery_lm import DEFAULT_LR, checked_windows, loss_ends
 from .schedule import cubic, sparsity_at
 
 
@@ -214,13 +214,7 @@ def loraprune_(model: nn.Module, calibration: Any, config: LoRAPruneConfig | dic
         cfg = config.replace(**fields)
     if calibration is None:
         raise ValueError("LoRAPrune fine-tunes while it prunes: pass calibration= token ids of shape (windows, tokens)")
-    ids = training_windows(calibration, cfg.seqlen)
-    if ids.shape[0] < cfg.batch_size:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {ids.shape[0]} training windows; "
-                         "pass a smaller batch_size or more calibration text")
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if vocab is not None and int(ids.max()) >= vocab:
-        raise ValueError(f"calibration holds token id {int(ids.max())}, outside the model's vocabulary of {vocab}")
+    ids = checked_windows(model, calibration, cfg.seqlen, cfg.batch_size)
     dense, groups, keeps = plan_loraprune(model, cfg)
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR["lora"]
     before_ppl = perplexity(model, eval_windows, progress=False) if eval_windows is not None else None

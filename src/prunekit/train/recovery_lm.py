@@ -123,6 +123,19 @@ def training_windows(calibration: Any, seqlen: int | None = None) -> Tensor:
     return ids
 
 
+def checked_windows(model: nn.Module, calibration: Any, seqlen: int | None, batch_size: int) -> Tensor:
+    """:func:`training_windows` of ``calibration``, checked to fill one batch of ``batch_size`` and to hold only
+    token ids inside ``model``'s vocabulary."""
+    ids = training_windows(calibration, seqlen)
+    if ids.shape[0] < batch_size:
+        raise ValueError(f"batch_size {batch_size} is larger than the {ids.shape[0]} training windows; "
+                         "pass a smaller batch_size or more calibration text")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None and int(ids.max()) >= vocab:
+        raise ValueError(f"calibration holds token id {int(ids.max())}, outside the model's vocabulary of {vocab}")
+    return ids
+
+
 def _pin_zeros_(model: nn.Module) -> list[nn.Module]:
     """Mask the exact zeros of every in-scope weight that has no mask yet; returns the modules masked here."""
     pinned = []
@@ -153,13 +166,7 @@ def recover_lm_(model: nn.Module, calibration: Any, config: RecoveryConfig | dic
     if calibration is None:
         raise ValueError("recovery needs calibration text (token ids); pass calibration= windows, or on the command "
                          "line --calib TEXT")
-    ids = training_windows(calibration, cfg.seqlen)
-    if ids.shape[0] < cfg.batch_size:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {ids.shape[0]} training windows; "
-                         "pass a smaller batch_size or more calibration text")
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if vocab is not None and int(ids.max()) >= vocab:
-        raise ValueError(f"calibration holds token id {int(ids.max())}, outside the model's vocabulary of {vocab}")
+    ids = checked_windows(model, calibration, cfg.seqlen, cfg.batch_size)
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.recover]
     before = perplexity(model, eval_windows, progress=False) if eval_windows is not None else None
     total = sum(p.numel() for p in model.parameters())
