@@ -6,11 +6,16 @@ The fine-tunes are ``merge_smollm2.py``'s (each 40 AdamW steps × 4 × 128 token
 Python's docs; made once into ``--work``). Each pruned delta is put back on the base and scored by perplexity
 on held-out windows of its fine-tune's own source (other files than the training and calibration text).
 DAREx-q's q is searched on ``--nsamples`` × ``--seqlen`` tokens of the pydocs calibration split (the merge seed
-picks the windows): the q whose pruned delta changes the fine-tune's last hidden states least. Every cell runs the merge seeds ``--seeds`` (the drop masks); a claim is decided
+picks the windows): the q whose pruned delta changes the fine-tune's last hidden states least.
+
+``--merged``: the two fine-tunes merged into the base by ``dare_ties`` (DARE's drops, then TIES' sign election and
+disjoint mean) with DARE's rescaling or DAREx-q's (each fine-tune's own q searched, as ``prunekit merge --q search``
+does), scored on both halves' held-out text (the geometric mean of the two perplexities decides). Every cell runs the merge seeds ``--seeds`` (the drop masks); a claim is decided
 per (fine-tune, density) by the paired difference over seeds: held when DAREx-q is lower by more than 2 standard
 errors. One torch thread.
 
     nice -n 10 python benchmarks/darex_smollm2.py                       # the README's table
+    nice -n 10 python benchmarks/darex_smollm2.py --merged --densities 0.01 --json benchmarks/results/darex_merged.json
     python benchmarks/darex_smollm2.py --densities 0.05 --seeds 0 --eval-windows 2   # smoke run
 """
 
@@ -45,6 +50,7 @@ def main() -> None:
     ap.add_argument("--eval-seqlen", type=int, default=256)
     ap.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "darex_smollm2.json"))
     ap.add_argument("--table", action="store_true", help="only rewrite --json's verdicts and runs and print its table")
+    ap.add_argument("--merged", action="store_true", help="merge both fine-tunes with dare_ties instead (see above)")
     args = ap.parse_args()
     if args.table:
         record = payload(json.loads(Path(args.json).read_text()))
@@ -77,6 +83,9 @@ def main() -> None:
 
     record: dict = {"settings": vars(args), "threads": 1, "base": {}, "finetuned": {}, "rows": []}
     out = Path(args.json)
+    if args.merged:
+        merged_runs(args, record, out, base_sd, base_folder, tok, ppl, work)
+        return
     for key in args.finetunes:
         record["base"][key] = ppl(base_sd, key)
         ft_sd = load_file(str(work / f"ft-{key}" / "model.safetensors"))
@@ -109,6 +118,47 @@ def main() -> None:
     record = payload(record)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print_table(record)
+
+
+def merged_runs(args: argparse.Namespace, record: dict, out: Path, base_sd: dict, base_folder, tok, ppl, work: Path) -> None:
+    """``--merged``: both fine-tunes merged by dare_ties, DARE's rescaling against DAREx-q's searched q."""
+    from safetensors.torch import load_file
+
+    from prunekit.datasets.text import calibration_windows
+    from prunekit.merge import TensorFolder, merge_config, merge_state_dicts
+    from prunekit.merge.darex import search_q
+
+    fts = [load_file(str(work / f"ft-{k}" / "model.safetensors")) for k in ("A", "B")]
+    folders = [TensorFolder(work / f"ft-{k}") for k in ("A", "B")]
+    names = [n for n in base_sd if base_sd[n].is_floating_point()]
+    for density in args.densities:
+        for seed in args.seeds:
+            for variant in ("dare", "darex"):
+                config = merge_config("dare_ties", density=density, seed=seed, **VARIANTS[variant])
+                t0 = time.process_time()
+                searched = None
+                if variant == "darex":
+                    windows = calibration_windows(tok, "pydocs", args.nsamples, args.seqlen, seed, say=lambda *_: None)
+                    searched = [search_q(base_folder, f, config, i, windows, names)[0] for i, f in enumerate(folders)]
+                merged = merge_state_dicts(base_sd, fts, config, searched=searched)
+                row = {"density": density, "seed": seed, "variant": variant, "q": searched,
+                       "merge_cpu_s": time.process_time() - t0, "ppl_A": ppl(merged, "A"), "ppl_B": ppl(merged, "B")}
+                row["geo"] = math.sqrt(row["ppl_A"] * row["ppl_B"])
+                record["rows"].append(row)
+                print(f"dare_ties d={density:g} seed {seed} {variant:<6} A {row['ppl_A']:.3f} B {row['ppl_B']:.3f} "
+                      f"geo {row['geo']:.3f}" + (f" (q {searched[0]:.4f}, {searched[1]:.4f})" if searched else ""),
+                      flush=True)
+                out.write_text(json.dumps(record, indent=2) + "\n")
+    for density in args.densities:
+        cell = {(r["variant"], r["seed"]): r["geo"] for r in record["rows"] if r["density"] == density}
+        diffs = [cell[("dare", s)] - cell[("darex", s)] for s in args.seeds]
+        se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("inf")
+        mean = statistics.fmean(diffs)
+        record.setdefault("verdicts", []).append(
+            {"density": density, "dare_minus_darex_geo": mean, "se": se,
+             "verdict": "held" if mean > 2 * se else ("reversed" if mean < -2 * se else "within noise")})
+        print(f"density {density:g}: DARE − DAREx-q (geometric mean) {mean:+.3f} ± {se:.3f}")
+    out.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def payload(record: dict) -> dict:
