@@ -127,3 +127,22 @@ def test_cli_takes_q(folders, tmp_path):
     assert main(["merge", "--base", str(root / "base"), "--models", str(root / "a"), "--method", "dare_linear",
                  "--density", "0.1", "--q", "half", "--out", str(tmp_path / "n"), "--quiet"]) != 0
     assert not (tmp_path / "n").exists()
+
+
+def test_a_search_that_cannot_move_every_tensor_says_so(tmp_path):
+    # Qwen2-MoE's experts are stored per expert but loaded fused: the search cannot move them by name
+    from prunekit.models.hf import tiny_model
+
+    base = tiny_model("qwen2_moe", seed=0)
+    base.save_pretrained(tmp_path / "base")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(1e-3 * torch.randn(p.shape, generator=gen))
+    base.save_pretrained(tmp_path / "a")
+    ids = torch.randint(0, base.config.vocab_size, (4, 16), generator=gen)
+    report = merge(tmp_path / "base", [tmp_path / "a"], "dare_linear", density=0.05, q="search", out=tmp_path / "m",
+                   progress=False, calibration=ids)
+    moved = report.q_search[0]["tensors"]
+    assert 0 < moved < report.tensors_merged
+    assert any(f"moved {moved} of the {report.tensors_merged}" in n for n in report.notes)

@@ -144,3 +144,28 @@ def test_moe_and_masked_models_are_refused(windows):
     with pytest.raises(ValueError, match="calibration"):
         loraprune_(tiny_model("llama", seed=0), None, progress=False)
     assert LoRAPruneConfig().criterion == "lora"
+
+
+@pytest.mark.parametrize("family", ["qwen2", "phi3", "gpt2", "opt", "gpt_neox"])
+def test_other_families_shrink_and_reload(family, tmp_path):
+    # phi3 fuses gate and up into one projection; gpt2's Conv1D stores its weights as (in, out)
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model(family, seed=0)
+    ids = torch.randint(0, model.config.vocab_size, (8, 16), generator=torch.Generator().manual_seed(0))
+    report = loraprune_(model, ids, sparsity=0.5, steps=4, prune_every=2, progress=False)
+    ((before, after),) = report.widths.values()
+    assert after == before // 2 and report.params_after < report.params_before
+    model.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.allclose(again(ids[:1]).logits, model.eval()(ids[:1]).logits, atol=1e-5)
+
+
+def test_a_width_from_pretrained_cannot_rebuild_is_refused():
+    model = tiny_model("bloom", seed=0)  # BLOOM's MLP is 4 × hidden, no config field
+    ids = torch.randint(0, model.config.vocab_size, (8, 16), generator=torch.Generator().manual_seed(0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="could not rebuild"):
+        loraprune_(model, ids, steps=2, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

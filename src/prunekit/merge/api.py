@@ -271,10 +271,11 @@ def _calibration(s: _Sources, config: MergeConfig) -> torch.Tensor:
                                config.seed, say=lambda *_: None)
 
 
-def _search_q(s: _Sources, config: MergeConfig, calibration: torch.Tensor | None,
-              progress: bool) -> tuple[list[float] | None, list[dict[str, Any]] | None]:
+def _search_q(s: _Sources, config: MergeConfig, calibration: torch.Tensor | None, progress: bool,
+              notes: list[str]) -> tuple[list[float] | None, list[dict[str, Any]] | None]:
     """Pass 2b, only for DAREx-q with ``q="search"``: each fine-tune's q, searched on calibration text
-    (:func:`prunekit.merge.darex.search_q`), and the searches' summaries; (None, None) for every other method."""
+    (:func:`prunekit.merge.darex.search_q`), and the searches' summaries; (None, None) for every other method.
+    A note names the merged tensors a search could not move (not parameters of the loaded model by name)."""
     from tqdm.auto import tqdm
 
     from .darex import search_q
@@ -292,6 +293,11 @@ def _search_q(s: _Sources, config: MergeConfig, calibration: torch.Tensor | None
     qs, summaries = [], []
     for i, ft in enumerate(tqdm(s.models, desc="searching DAREx-q's q", disable=not progress, leave=False)):
         q, summary = search_q(s.base, ft, config, i, windows.long(), s.merged_names)
+        if summary["tensors"] < len(s.merged_names):
+            notes.append(f"DAREx-q's search for {ft.label} moved {summary['tensors']} of the {len(s.merged_names)} "
+                         "merged tensors: the others are not the loaded model's parameters by name (e.g. MoE "
+                         "experts stored per expert), so q was searched with them at the fine-tune's values; "
+                         "the merge applies q to all of them")
         qs.append(q)
         summaries.append(summary)
     return qs, summaries
@@ -368,7 +374,7 @@ def merge(
         s = _open_all(base, models, config, scratch, notes)
         stats, hists = _measure_deltas(s, config, notes, progress)
         trims = _model_trims(s, config, hists, progress)
-        searched, searches = _search_q(s, config, calibration, progress)
+        searched, searches = _search_q(s, config, calibration, progress, notes)
         with output_folder(out, overwrite=overwrite) as tmp:
             counts = _write_merged(s, config, trims, tmp, progress, searched)
             notes += _copy_side_files(s.base.folder, tmp)
