@@ -146,3 +146,23 @@ def test_a_search_that_cannot_move_every_tensor_says_so(tmp_path):
     moved = report.q_search[0]["tensors"]
     assert 0 < moved < report.tensors_merged
     assert any(f"moved {moved} of the {report.tensors_merged}" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "opt", "phi3"])
+def test_search_runs_on_other_families(family, tmp_path):
+    # GPT-2 stores Conv1D weights as (in, out) and ties its head; OPT has biases and learned positions; Phi-3 fuses
+    from prunekit.models.hf import tiny_model
+
+    base = tiny_model(family, seed=0)
+    base.save_pretrained(tmp_path / "base")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(1e-3 * torch.randn(p.shape, generator=gen))
+    base.save_pretrained(tmp_path / "a")
+    ids = torch.randint(0, base.config.vocab_size, (4, 16), generator=gen)
+    report = merge(tmp_path / "base", [tmp_path / "a"], "dare_ties", density=0.05, q="search", out=tmp_path / "m",
+                   progress=False, calibration=ids)
+    (found,) = report.q_search
+    assert found["tensors"] == report.tensors_merged and 0.025 <= found["q"] <= 1.0
+    assert found["error"] <= found["error_dare"] and not any("moved" in n for n in report.notes)
