@@ -129,18 +129,23 @@ def test_cli_takes_q(folders, tmp_path):
     assert not (tmp_path / "n").exists()
 
 
-def test_a_search_that_cannot_move_every_tensor_says_so(tmp_path):
-    # Qwen2-MoE's experts are stored per expert but loaded fused: the search cannot move them by name
+def _base_and_fine_tune(family, tmp_path):
+    """A tiny ``family`` model saved as ``base/`` and, nudged by 1e-3 noise, as ``a/``; calibration token ids."""
     from prunekit.models.hf import tiny_model
 
-    base = tiny_model("qwen2_moe", seed=0)
+    base = tiny_model(family, seed=0)
     base.save_pretrained(tmp_path / "base")
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in base.parameters():
             p.add_(1e-3 * torch.randn(p.shape, generator=gen))
     base.save_pretrained(tmp_path / "a")
-    ids = torch.randint(0, base.config.vocab_size, (4, 16), generator=gen)
+    return torch.randint(0, base.config.vocab_size, (4, 16), generator=gen)
+
+
+def test_a_search_that_cannot_move_every_tensor_says_so(tmp_path):
+    # Qwen2-MoE's experts are stored per expert but loaded fused: the search cannot move them by name
+    ids = _base_and_fine_tune("qwen2_moe", tmp_path)
     report = merge(tmp_path / "base", [tmp_path / "a"], "dare_linear", density=0.05, q="search", out=tmp_path / "m",
                    progress=False, calibration=ids)
     moved = report.q_search[0]["tensors"]
@@ -151,16 +156,7 @@ def test_a_search_that_cannot_move_every_tensor_says_so(tmp_path):
 @pytest.mark.parametrize("family", ["gpt2", "opt", "phi3"])
 def test_search_runs_on_other_families(family, tmp_path):
     # GPT-2 stores Conv1D weights as (in, out) and ties its head; OPT has biases and learned positions; Phi-3 fuses
-    from prunekit.models.hf import tiny_model
-
-    base = tiny_model(family, seed=0)
-    base.save_pretrained(tmp_path / "base")
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in base.parameters():
-            p.add_(1e-3 * torch.randn(p.shape, generator=gen))
-    base.save_pretrained(tmp_path / "a")
-    ids = torch.randint(0, base.config.vocab_size, (4, 16), generator=gen)
+    ids = _base_and_fine_tune(family, tmp_path)
     report = merge(tmp_path / "base", [tmp_path / "a"], "dare_ties", density=0.05, q="search", out=tmp_path / "m",
                    progress=False, calibration=ids)
     (found,) = report.q_search
