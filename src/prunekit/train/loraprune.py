@@ -56,6 +56,7 @@ class LoRAPruneConfig(Config):
     batch_size: int = Field(4, ge=1)
     seqlen: int | None = Field(None, ge=2)
     max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.01, ge=0, description="AdamW's decoupled weight decay (torch's default)")
     seed: int = 0
 
 
@@ -266,7 +267,7 @@ def _train(model: nn.Module, params: list[nn.Parameter], ids: Tensor, cfg: LoRAP
            events: list[tuple[int, float]], originals: list[Tensor]) -> list[float]:
     """The fine-tune: AdamW, warm-up then cosine, clipped; after each backward the neuron scores are updated,
     and every ``prune_every`` steps (and at the last) the MLPs are masked up to the scheduled sparsity."""
-    opt = torch.optim.AdamW(params, lr=lr)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     warm = max(1, cfg.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
                                               0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, cfg.steps - warm))))
