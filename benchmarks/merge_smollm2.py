@@ -55,7 +55,11 @@ def windows(tokenizer, docs: list[Document], n: int, seqlen: int, seed: int | No
     return torch.tensor(ids[: n * seqlen]).reshape(n, seqlen)
 
 
-def finetune(base: Path, out: Path, train: torch.Tensor, steps: int, batch: int, lr: float, seed: int) -> dict:
+def finetune(base: Path, out: Path, train: torch.Tensor, steps: int, batch: int, lr: float, seed: int,
+             optimizer=None, warmup: int = 0) -> dict:
+    """``steps`` full fine-tuning steps of the base (embeddings frozen) on ``train``'s windows, saved to ``out``;
+    ``optimizer(params, lr)`` builds the optimizer (default AdamW without weight decay); the learning rate rises
+    linearly over the first ``warmup`` steps, then stays."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -64,20 +68,24 @@ def finetune(base: Path, out: Path, train: torch.Tensor, steps: int, batch: int,
     for name, p in model.named_parameters():
         p.requires_grad_("embed" not in name)  # the tied embeddings (and so the LM head) stay as they are
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=False)  # no stacked temporaries: less memory
+    opt = (optimizer(params, lr) if optimizer is not None else
+           torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=False))  # no stacked temporaries: less memory
     t0, c0 = time.perf_counter(), time.process_time()
     losses = []
     for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / warmup) if warmup else lr
         idx = torch.arange(step * batch, (step + 1) * batch) % train.shape[0]
         x = train[idx]
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     model.save_pretrained(str(out))
-    info = {"steps": steps, "batch": batch, "seqlen": train.shape[1], "lr": lr, "first_loss": losses[0],
+    info = {"steps": steps, "batch": batch, "seqlen": train.shape[1], "lr": lr, **({"warmup": warmup} if warmup else {}),
+            "first_loss": losses[0],
             "last_loss": sum(losses[-5:]) / len(losses[-5:]), "wall_s": time.perf_counter() - t0,
             "cpu_s": time.process_time() - c0,
             "trainable": sum(p.numel() for p in params)}

@@ -4,6 +4,7 @@ The trainer callbacks load their framework only when asked for:
 ``prunekit.train.GradualPruningCallback`` (transformers) and ``prunekit.train.LightningGradualPruning``.
 """
 
+from .adamr import AdamR, AdamRConfig
 from .gradual import Gradual
 from .loop import fit, steps_per_run
 from .loraprune import LoRAPruneConfig, LoRAPruneReport, loraprune_
@@ -16,7 +17,7 @@ from .sparse import SET, DynamicSparse, GraNet, RigL, sparse_init_
 from .ticket import Ticket, TicketSearch, find_ticket, find_ticket_
 
 __all__ = [
-    "LMRecoveryReport", "LoRAPruneConfig", "LoRAPruneReport", "RECOVERY", "RecoveryConfig", "loraprune_", "recover_lm_",
+    "AdamR", "AdamRConfig", "LMRecoveryReport", "LoRAPruneConfig", "LoRAPruneReport", "RECOVERY", "RecoveryConfig", "loraprune_", "recover_lm_",
     "trainable_params_",
     "SCHEDULES", "SET", "DynamicSparse", "GraNet", "Gradual", "GradualPruningCallback", "LightningGradualPruning",
     "RecoveryReport", "RigL", "SoftShrink", "Soup", "Ticket", "TicketSearch", "add_lora_", "average_models",
