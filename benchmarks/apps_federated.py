@@ -6,7 +6,14 @@ server-side progressive global-magnitude pruning to each ``--sparsity`` (sparse 
 kept values). The claim tested ("Distributed Pruning Towards Tiny Neural Networks in Federated Learning"):
 a tiny (very sparse) model trained federatedly keeps accuracy close to dense while moving far fewer bytes.
 
+``--select A B …`` adds, at each sparsity, the same run with FedTiny's adaptive batch-norm selection among those
+allocations (the clients judge each candidate mask with batch-norm statistics recomputed on their own data; the
+winner allocates every pruning round), its bytes counted; the second claim: choosing the allocation on the clients'
+data beats the fixed global allocation at the same sparsity.
+
     python benchmarks/apps_federated.py --seeds 0 1 2
+    python benchmarks/apps_federated.py --seeds 0 1 2 --sparsity 0.95 --select global uniform erk lamp \
+        --json benchmarks/results/apps_federated_select.json
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.8, 0.95])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--runner", default="serial")
+    p.add_argument("--select", nargs="+", default=None, help="allocations for FedTiny's adaptive BN selection")
+    p.add_argument("--name", default="apps_federated", help="the results' benchmark name (and JSON file)")
     p.add_argument("--db", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -50,28 +59,48 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in args.seeds:
         parts = dirichlet_split(y.numpy(), args.clients, args.alpha, seed=seed, min_size=32)
         clients = [TensorDataset(x[i], y[i]) for i in parts]
-        for s in [0.0, *args.sparsity]:
+        arms = [(0.0, None)] + [(s, None) for s in args.sparsity]
+        arms += [(s, tuple(args.select)) for s in args.sparsity] if args.select else []
+        for s, select in arms:
             torch.manual_seed(seed)
             model = model_fn()
             t0 = time.perf_counter()
             rep = federated_prune_(model, model_fn, clients, rounds=args.rounds, sparsity=s, prune_until=0.5,
                                    local_epochs=args.local_epochs, lr=0.05, batch_size=32,
-                                   sparse_payload=s > 0, runner=args.runner, test=test, seed=seed)
-            label = "dense FedAvg" if s == 0 else f"pruned {s:.2f}"
+                                   sparse_payload=s > 0, runner=args.runner, select=select, test=test, seed=seed)
+            label = "dense FedAvg" if s == 0 else f"pruned {s:.2f}" + (" + adaptive BN selection" if select else "")
             figs = {"accuracy": rep.rounds[-1].accuracy, "bytes": rep.total_bytes, "dense_bytes": rep.dense_bytes,
                     "bytes_ratio": rep.total_bytes / rep.dense_bytes, "sparsity": s,
                     "curve": [(r.cumulative_bytes, r.accuracy) for r in rep.rounds]}
+            if select:
+                figs["allocation"] = rep.allocation
+                figs["selection_losses"] = rep.selection["losses"]
+                figs["selection_bytes"] = rep.selection["download_bytes"] + rep.selection["upload_bytes"]
             runs.append({"label": label, "seed": seed, "figures": figs, "seconds": time.perf_counter() - t0})
             print(f"seed {seed} {label}: acc {figs['accuracy']:.4f}, {rep.total_bytes / 1e6:.2f} MB "
-                  f"({figs['bytes_ratio']:.3f} of dense), {runs[-1]['seconds']:.0f}s", flush=True)
+                  f"({figs['bytes_ratio']:.3f} of dense), {runs[-1]['seconds']:.0f}s" +
+                  (f", chose {rep.allocation}" if select else ""), flush=True)
     summary = {}
     for label in dict.fromkeys(r["label"] for r in runs):
         rs = [r for r in runs if r["label"] == label]
         summary[label] = {"accuracy": spread(r["figures"]["accuracy"] for r in rs),
                           "MB": spread(r["figures"]["bytes"] / 1e6 for r in rs)}
         print(f"{label}: accuracy {fmt(summary[label]['accuracy'])}, MB {fmt(summary[label]['MB'], 2)}")
-    settings = {k: v for k, v in vars(args).items() if k not in ("db", "seeds")} | {"widths": widths}
-    write_results("apps_federated", {"task": "fashion-mnist federated", "model": f"SmallCNN{widths}",
+    verdicts = []
+    for s in args.sparsity if args.select else []:
+        fixed = {r["seed"]: r["figures"]["accuracy"] for r in runs if r["label"] == f"pruned {s:.2f}"}
+        diffs = [r["figures"]["accuracy"] - fixed[r["seed"]] for r in runs
+                 if r["label"] == f"pruned {s:.2f} + adaptive BN selection"]
+        mean = float(np.mean(diffs))
+        se = float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
+        verdicts.append({"sparsity": s, "seeds": len(diffs), "selection_minus_global": mean, "se": se,
+                         "held": bool(len(diffs) > 1 and mean > 2 * se)})
+        print(f"sparsity {s:.2f}: adaptive BN selection − global {mean:+.4f} ± {se:.4f} (paired, {len(diffs)} seeds): "
+              f"{'held' if verdicts[-1]['held'] else 'not held'}")
+    if verdicts:
+        summary["verdicts"] = verdicts
+    settings = {k: v for k, v in vars(args).items() if k not in ("db", "seeds", "name")} | {"widths": widths}
+    write_results(args.name, {"task": "fashion-mnist federated", "model": f"SmallCNN{widths}",
                                      "settings": settings, "runs": runs, "summary": summary}, db=args.db)
     return summary
 

@@ -112,13 +112,122 @@ def test_bad_input_changes_nothing():
 
 @pytest.mark.slow
 def test_processes_and_ray_give_the_serial_model():
+    import functools
+
+    from prunekit.models.reference import MLP
+
+    # workers import model_fn by name: a library class, not this test module (pytest imports it outside sys.path)
+    build = functools.partial(MLP, 16, (32,), 3)
     clients = _clients()
     models = {}
     for runner in ("serial", "processes", "ray"):
-        m = tiny()
-        federated_prune_(m, tiny, clients, rounds=2, sparsity=0.5, prune_until=1.0, batch_size=16, runner=runner)
+        torch.manual_seed(1)
+        m = build()
+        federated_prune_(m, build, clients, rounds=2, sparsity=0.5, prune_until=1.0, batch_size=16, runner=runner,
+                         select=("global", "uniform"))
         models[runner] = m
     for runner in ("processes", "ray"):
         # same pure function on the same inputs in another process: bit-identical float32 results
         for a, b in zip(models["serial"].state_dict().values(), models[runner].state_dict().values()):
             assert torch.equal(a, b), runner
+
+
+def bn_model() -> nn.Module:
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 32),
+                         nn.ReLU(), nn.Linear(32, 3))
+
+
+def test_client_bn_loss_recomputes_the_statistics_on_local_data():
+    from prunekit.apps.federated import client_bn_loss
+
+    model = bn_model()
+    with torch.no_grad():
+        model[2].running_mean.fill_(5.0)  # stale statistics the candidate must not be judged by
+        model[2].running_var.fill_(9.0)
+    state = effective_state(model)
+    mask = torch.rand(32, 16, generator=torch.Generator().manual_seed(0)) > 0.5
+    x, y = _clients(1, per=40)[0].tensors
+    loss, n = client_bn_loss(bn_model, state, {"1": mask}, x, y, batch_size=40)  # one batch: plain moments
+    w = model[1].weight.detach() * mask
+    h = x @ w.t() + model[1].bias.detach()
+    mu, var = h.mean(0), h.var(0, unbiased=True)  # BatchNorm's running variance is the unbiased one
+    z = (h - mu) / torch.sqrt(var + model[2].eps) * model[2].weight.detach() + model[2].bias.detach()
+    logits = model[6](model[5](model[4](torch.relu(z))))
+    want = float(nn.functional.cross_entropy(logits, y, reduction="sum").detach())
+    assert n == 40
+    assert loss == pytest.approx(want, rel=1e-5)
+    # the stale statistics would have given another loss: the recomputation is what is judged
+    stale = bn_model()
+    stale.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        stale[1].weight.mul_(mask)
+    with torch.no_grad():
+        assert float(nn.functional.cross_entropy(stale.eval()(x), y, reduction="sum")) != pytest.approx(want, rel=1e-2)
+
+
+def test_adaptive_bn_selection_picks_the_lowest_weighted_loss(monkeypatch):
+    import copy
+
+    from prunekit.apps import federated
+    from prunekit.methods import prune_
+
+    clients = _clients(3)
+    model = bn_model()
+
+    def kept_first(cand):
+        twin = copy.deepcopy(model)
+        prune_(twin, "magnitude", 0.8, allocation=cand, progress=False)
+        return int(get_mask(twin[1]).sum())
+
+    # a stand-in client that prefers the candidate keeping most of the first layer (every client agrees)
+    monkeypatch.setattr(federated, "client_bn_loss",
+                        lambda fn, state, masks, x, y, bs: (-float(masks["1"].sum()) * len(y), len(y)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rep = federated_prune_(model, bn_model, clients, rounds=3, sparsity=0.8, prune_until=1.0, batch_size=16,
+                           select=("uniform", "erk"))
+    want = max(("uniform", "erk"), key=kept_first)
+    assert rep.allocation == want and rep.selection["chosen"] == want
+    assert rep.selection["losses"] == {c: -float(kept_first(c)) for c in ("uniform", "erk")}
+    assert kept_first("uniform") != kept_first("erk")  # the two candidates really differ
+    # the last round prunes to 0.8 with the chosen allocation: its per-layer counts (they depend on shapes only)
+    twin = bn_model()
+    twin.load_state_dict(before)
+    prune_(twin, "magnitude", 0.8, allocation=want, progress=False)
+    assert [int(get_mask(model[i]).sum()) for i in (1, 4)] == [int(get_mask(twin[i]).sum()) for i in (1, 4)]
+    # its bytes: both candidates to 3 clients, 16 bytes back from each per candidate, all in the total
+    assert rep.selection["upload_bytes"] == 2 * 3 * 16
+    assert rep.total_bytes == rep.selection["download_bytes"] + rep.selection["upload_bytes"] + sum(
+        r.download_bytes + r.upload_bytes for r in rep.rounds)
+
+
+def test_adaptive_bn_selection_runs_on_real_clients():
+    clients = _clients(3)
+    model = bn_model()
+    rep = federated_prune_(model, bn_model, clients, rounds=3, sparsity=0.9, batch_size=16,
+                           select=("global", "uniform", "erk", "lamp"), test=clients[0])
+    losses = rep.selection["losses"]
+    assert set(losses) == {"global", "uniform", "erk", "lamp"}
+    assert rep.allocation == min(losses, key=losses.get)
+    assert all(0 < v < 10 for v in losses.values())  # mean cross-entropy per example over 3 classes
+    assert rep.allocation in str(rep)
+
+
+def test_bad_selection_changes_nothing(monkeypatch):
+    from prunekit.core.allocate import ALLOCATIONS
+
+    def needs_costs(scores, sparsity, costs):  # an allocation that needs more than the weights
+        raise AssertionError("unreachable")
+
+    monkeypatch.setitem(ALLOCATIONS._items, "needs_costs", needs_costs)
+    model = bn_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="two or more distinct"):
+        federated_prune_(model, bn_model, _clients(), rounds=2, sparsity=0.5, select=("global",))
+    with pytest.raises(ValueError, match="unknown allocation.*'nope'"):
+        federated_prune_(model, bn_model, _clients(), rounds=2, sparsity=0.5, select=("global", "nope"))
+    with pytest.raises(ValueError, match="needs sparsity > 0"):
+        federated_prune_(model, bn_model, _clients(), rounds=2, sparsity=0.0, select=("global", "erk"))
+    with pytest.raises(ValueError, match="allocation 'needs_costs' cannot prune this model by magnitude alone"):
+        federated_prune_(model, bn_model, _clients(), rounds=2, sparsity=0.5, select=("global", "needs_costs"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -8,13 +8,20 @@ Clients run in this process (``runner="serial"``), in worker processes (``"proce
 tasks (``"ray"``); each client's update is one pure function of (weights, masks, its data, seed),
 so the three give the same model.
 
-Not built: FedTiny's adaptive batch-norm selection among candidate coarse masks; here the server prunes
-by global magnitude on the averaged weights.
+FedTiny's adaptive batch-norm selection (``select=``): before the first pruning round the server builds one
+candidate mask per layer-wise allocation (global magnitude, uniform, ERK, LAMP, … at the final sparsity) from the
+averaged weights and sends every candidate to every client; each client recomputes the batch-norm statistics of
+each candidate on its own data (the masked model's running means and variances, from scratch) and returns its
+loss on that data under them; the candidate with the lowest size-weighted loss sets the allocation every later
+pruning round uses. Candidates are judged on the clients' data, not on the server's weights alone, which is
+FedTiny's answer to the bias non-IID data puts into a server-side choice. Its progressive fine-grained module is
+not built: the server prunes by magnitude under the chosen allocation.
 """
 
 from __future__ import annotations
 
 import copy
+import io
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -24,6 +31,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.utils.data import TensorDataset
 
+from ..core.allocate import ALLOCATIONS
 from ..core.fraction import check_fraction
 from ..core.mask import get_mask, masked_modules, set_mask_, weight_of
 from ..core.stats import sparse_nbytes
@@ -113,9 +121,79 @@ def client_update(model_fn: Callable[[], nn.Module], state: dict[str, Tensor], m
     return effective_state(model)
 
 
-def _client_process(args: tuple) -> dict[str, Tensor]:
+def client_bn_loss(model_fn: Callable[[], nn.Module], state: dict[str, Tensor], masks: dict[str, Tensor],
+                   x: Tensor, y: Tensor, batch_size: int) -> tuple[float, int]:
+    """FedTiny's adaptive batch-norm evaluation of one candidate on one client: build the model, load the candidate's
+    weights and masks, recompute every batch norm's running statistics from scratch on the local data (a cumulative
+    average over its batches, no gradient), then return the summed cross-entropy over the local data under those
+    statistics, and the example count. A pure function of its arguments."""
+    model = model_fn()
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        set_mask_(modules[name], mask)
+    _load_effective_(model, state)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # the cumulative average of every batch seen
+    bs = max(1, min(batch_size, len(y)))
+    with torch.no_grad():
+        if norms:
+            model.train()
+            for i in range(0, len(y), bs):
+                model(x[i:i + bs])
+        model.eval()
+        loss = sum(float(nn.functional.cross_entropy(model(x[i:i + bs]), y[i:i + bs], reduction="sum"))
+                   for i in range(0, len(y), bs))
+    return loss, len(y)
+
+
+def _pack(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _in_process(job: bytes) -> bytes:
+    """Run one packed ``(fn, args)`` job in a worker. Jobs and results cross as bytes: tensors pickled by
+    multiprocessing would travel as shared-memory file descriptors, whose hand-over can hang a spawned pool."""
     torch.set_num_threads(1)
-    return client_update(*args)
+    fn, args = torch.load(io.BytesIO(job), weights_only=False)
+    return _pack(fn(*args))
+
+
+class _Clients:
+    """Runs one pure function per client: in this process, in worker processes, or as Ray tasks."""
+
+    def __init__(self, runner: str, n: int) -> None:
+        self.runner, self.pool, self.remote = runner, None, None
+        if runner == "processes":
+            import multiprocessing as mp
+
+            self.pool = mp.get_context("spawn").Pool(min(n, 2))
+        elif runner == "ray":
+            import ray
+
+            if not ray.is_initialized():
+                ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            self.remote = ray.remote(num_cpus=1)(_in_process)
+
+    def map(self, fn: Callable, args: list[tuple]) -> list[Any]:
+        if self.runner == "serial":
+            return [fn(*a) for a in args]
+        jobs = [_pack((fn, a)) for a in args]
+        if self.runner == "processes":
+            out = self.pool.map(_in_process, jobs)  # type: ignore[union-attr]
+        else:
+            import ray
+
+            out = ray.get([self.remote.remote(j) for j in jobs])  # type: ignore[union-attr]
+        return [torch.load(io.BytesIO(b), weights_only=False) for b in out]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
 
 
 @dataclass
@@ -141,6 +219,8 @@ class FedReport:
     total_bytes: int = 0
     dense_bytes: int = 0
     runner: str = "serial"
+    allocation: str = "global"
+    selection: dict[str, Any] | None = None  # adaptive BN: each candidate's weighted local loss, the bytes it moved
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,9 +228,14 @@ class FedReport:
     def __str__(self) -> str:
         acc = self.rounds[-1].accuracy if self.rounds else None
         acc_s = "n/a" if acc is None else f"{acc:.4f}"
+        chosen = ""
+        if self.selection:
+            losses = ", ".join(f"{k} {v:.3f}" for k, v in self.selection["losses"].items())
+            chosen = f"; allocation {self.allocation} chosen by adaptive BN (local losses {losses})"
         return (f"federated: {len(self.rounds)} rounds, {self.clients} clients ({self.runner}), sparsity "
                 f"{self.final_sparsity:.3f}, accuracy {acc_s}, {self.total_bytes / 1e6:.2f} MB moved "
-                f"({self.total_bytes / max(self.dense_bytes, 1):.3f} of dense {self.dense_bytes / 1e6:.2f} MB)")
+                f"({self.total_bytes / max(self.dense_bytes, 1):.3f} of dense {self.dense_bytes / 1e6:.2f} MB)"
+                + chosen)
 
 
 def progressive_schedule(sparsity: float, rounds: int, prune_until: float = 0.5) -> list[float]:
@@ -163,7 +248,7 @@ def progressive_schedule(sparsity: float, rounds: int, prune_until: float = 0.5)
 
 
 def _check(model: nn.Module, model_fn: Callable, clients: Sequence[TensorDataset], rounds: int, sparsity: float,
-           runner: str, local_epochs: float) -> None:
+           runner: str, local_epochs: float, select: Sequence[str] | None) -> None:
     if not callable(model_fn):
         raise ValueError("model_fn must be a function returning a fresh model of the same architecture")
     if not clients:
@@ -178,54 +263,89 @@ def _check(model: nn.Module, model_fn: Callable, clients: Sequence[TensorDataset
         raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
     if not local_epochs > 0:
         raise ValueError(f"local_epochs must be positive, got {local_epochs}")
+    if select is not None:
+        names = [select] if isinstance(select, str) else list(select)
+        unknown = [n for n in names if n not in ALLOCATIONS]
+        if unknown:
+            raise ValueError(f"select: unknown allocation(s) {', '.join(map(repr, unknown))}; registered: "
+                             f"{', '.join(ALLOCATIONS.names())}")
+        if len(set(names)) < 2 or len(set(names)) != len(names):
+            raise ValueError(f"select needs two or more distinct allocations to choose among, got {names}")
+        if not sparsity > 0:
+            raise ValueError("select chooses how the pruning is allocated: it needs sparsity > 0")
+        for name in names:  # an allocation that needs more than weights (calibration, costs) fails here, not mid-run
+            try:
+                prune_(copy.deepcopy(model), "magnitude", sparsity, allocation=name, progress=False)
+            except Exception as exc:
+                raise ValueError(f"select: allocation {name!r} cannot prune this model by magnitude alone: "
+                                 f"{exc}") from exc
     fresh = model_fn()
     if not isinstance(fresh, nn.Module) or set(effective_state(fresh)) != set(effective_state(model)):
         raise ValueError("model_fn() must build a model with the same parameters and buffers as model "
                          "(clients rebuild it from model_fn)")
 
 
+def adaptive_bn_select(model: nn.Module, model_fn: Callable[[], nn.Module], clients: Sequence[TensorDataset],
+                       sparsity: float, candidates: Sequence[str], runner: "_Clients", batch_size: int,
+                       sparse_payload: bool = True) -> dict[str, Any]:
+    """FedTiny's adaptive batch-norm selection: one candidate mask per allocation in ``candidates`` at ``sparsity``
+    (magnitude on ``model``'s current weights), each evaluated by every client (:func:`client_bn_loss`); returns
+    ``{"chosen", "losses" (size-weighted mean local loss per candidate), "download_bytes", "upload_bytes",
+    "dense_bytes"}``. ``model`` is not changed."""
+    losses: dict[str, float] = {}
+    down = up = dense = 0
+    n = sum(len(c) for c in clients)
+    for name in candidates:
+        candidate = copy.deepcopy(model)
+        prune_(candidate, "magnitude", sparsity, allocation=name, progress=False)
+        state, masks = effective_state(candidate), _masks(candidate)
+        down += payload_nbytes(state, sparse_payload) * len(clients)
+        dense += payload_nbytes(state, False) * len(clients)
+        results = runner.map(client_bn_loss, [(model_fn, state, masks, c.tensors[0], c.tensors[1], batch_size)
+                                              for c in clients])
+        up += 16 * len(clients)  # a float64 loss and an int64 count from each client
+        losses[name] = sum(loss for loss, _ in results) / n
+    dense += up
+    return {"chosen": min(losses, key=losses.get), "losses": losses, "download_bytes": down, "upload_bytes": up,
+            "dense_bytes": dense}
+
+
 def federated_prune_(model: nn.Module, model_fn: Callable[[], nn.Module], clients: Sequence[TensorDataset], *,
                      rounds: int = 10, sparsity: float = 0.0, prune_until: float = 0.5, local_epochs: float = 1.0,
                      lr: float = 0.05, batch_size: int = 32, sparse_payload: bool = True, runner: str = "serial",
-                     test: TensorDataset | None = None, seed: int = 0) -> FedReport:
+                     select: Sequence[str] | None = None, test: TensorDataset | None = None,
+                     seed: int = 0) -> FedReport:
     """Train ``model`` in place by FedAvg over ``clients`` (one TensorDataset each), the server
-    pruning it by global magnitude to the :func:`progressive_schedule` sparsity before each round's
-    broadcast. Clients train under the server's masks; updates are averaged weighted by client size.
-    ``sparse_payload=False`` counts every payload dense. ``test`` adds accuracy per round. Returns a
-    :class:`FedReport`. ``model_fn`` must build ``model``'s architecture (clients rebuild it)."""
-    _check(model, model_fn, clients, rounds, sparsity, runner, local_epochs)
+    pruning it by magnitude to the :func:`progressive_schedule` sparsity before each round's
+    broadcast (global allocation, or the one ``select`` chose). Clients train under the server's masks; updates
+    are averaged weighted by client size. ``select``: allocations (e.g. ``("global", "uniform", "erk", "lamp")``)
+    among which FedTiny's adaptive batch-norm selection (:func:`adaptive_bn_select`, at the final sparsity, before
+    the first pruning round) picks; its bytes are counted. ``sparse_payload=False`` counts every payload dense.
+    ``test`` adds accuracy per round. Returns a :class:`FedReport`. ``model_fn`` must build ``model``'s
+    architecture (clients rebuild it)."""
+    _check(model, model_fn, clients, rounds, sparsity, runner, local_epochs, select)
     schedule = progressive_schedule(float(sparsity), int(rounds), prune_until)
     sizes = np.array([len(c) for c in clients], dtype=np.float64)
     weights = sizes / sizes.sum()
     report = FedReport(clients=len(clients), runner=runner)
-    pool = None
-    if runner == "processes":
-        import multiprocessing as mp
-
-        pool = mp.get_context("spawn").Pool(min(len(clients), 2))
-    elif runner == "ray":
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        remote = ray.remote(num_cpus=1)(_client_process)
+    pool = _Clients(runner, len(clients))
     try:
         total = 0
         for r, s in enumerate(schedule):
+            if s > 0 and select is not None and report.selection is None:
+                names = [select] if isinstance(select, str) else list(select)
+                report.selection = adaptive_bn_select(model, model_fn, clients, float(sparsity), names, pool,
+                                                      batch_size, sparse_payload)
+                report.allocation = report.selection["chosen"]
+                total += report.selection["download_bytes"] + report.selection["upload_bytes"]
+                report.dense_bytes += report.selection["dense_bytes"]
             if s > 0:
-                prune_(model, "magnitude", s, allocation="global", progress=False)
+                prune_(model, "magnitude", s, allocation=report.allocation, progress=False)
             state, masks = effective_state(model), _masks(model)
             down = payload_nbytes(state, sparse_payload) * len(clients)
             args = [(model_fn, state, masks, c.tensors[0], c.tensors[1], local_epochs, lr, batch_size,
                      seed * 100003 + r * 1009 + k) for k, c in enumerate(clients)]
-            if runner == "serial":
-                updates = [client_update(*a) for a in args]
-            elif runner == "processes":
-                updates = pool.map(_client_process, args)  # type: ignore[union-attr]
-            else:
-                import ray
-
-                updates = ray.get([remote.remote(a) for a in args])
+            updates = pool.map(client_update, args)
             up = sum(payload_nbytes(u, sparse_payload) for u in updates)
             avg = {}
             for key in updates[0]:
@@ -241,8 +361,6 @@ def federated_prune_(model: nn.Module, model_fn: Callable[[], nn.Module], client
         report.total_bytes = total
         report.final_sparsity = float(schedule[-1])
     finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+        pool.close()
     model.eval()
     return report
