@@ -87,3 +87,17 @@ def test_calib_none_works_for_magnitude_and_is_refused_for_wanda(tiny_folder, tm
     with pytest.raises(ValueError, match="needs calibration"):
         _run(argv)
     assert not (tmp_path / "w").exists()
+
+
+def test_loraprune_heads_from_the_command_line(tiny_folder, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lp"
+    assert _run(_args(tiny_folder, out, "--loraprune", "0.5", "--loraprune-what", "both", "--loraprune-steps", "4",
+                      "--json")) == 0
+    data = json.loads(capsys.readouterr().out)
+    lp = data["loraprune"]
+    assert lp["heads"] == [4, 2] and lp["kv_heads"] == [2, 1] and lp["widths"] == {"intermediate_size": [128, 64]}
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_attention_heads == 2 and model.config.intermediate_size == 64
+    assert sum(p.numel() for p in model.parameters()) == data["after"]["params"] == lp["params_after"]

@@ -56,6 +56,9 @@ def add_parser(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--loraprune", type=float, default=None, metavar="FRACTION",
                    help="LoRAPrune: remove this fraction of every MLP's neurons while LoRA fine-tunes on the "
                         "calibration text, ranked by LoRA's weights and gradients (a plain smaller model)")
+    p.add_argument("--loraprune-what", choices=["neurons", "heads", "both"], default=None,
+                   help="with --loraprune: MLP neurons (default), attention heads (whole key/value groups, the "
+                        "nearest fraction the layout allows), or both")
     p.add_argument("--loraprune-criterion", choices=["lora", "gradient", "magnitude"], default=None,
                    help="with --loraprune: LoRA-guided (default), the weights' true gradients, or magnitudes")
     p.add_argument("--loraprune-steps", type=int, default=None, help="with --loraprune: LoRA steps (default 100)")

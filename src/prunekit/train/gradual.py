@@ -17,7 +17,6 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..core.deprecation import renamed_args
-from ..core.mask import get_mask
 from ..core.scope import targets_sparsity
 from ..methods.prune import apply_plan_, plan_prune
 from .schedule import ScheduleSpec, check_sparsity, check_window, resolve_schedule, sparsity_at

@@ -1,5 +1,6 @@
-"""LoRAPrune (Zhang et al., 2023): structured pruning of a language model's MLP neurons *during* LoRA fine-tuning,
-ranked by a criterion built from LoRA's weights and gradients instead of the pre-trained weights' gradients.
+"""LoRAPrune (Zhang et al., 2023): structured pruning of a language model's MLP neurons and attention heads *during*
+LoRA fine-tuning, ranked by a criterion built from LoRA's weights and gradients instead of the pre-trained weights'
+gradients.
 
 Every linear layer gets a LoRA adapter (``W + α·B·A``) and trains as :func:`prunekit.train.recover_lm_` trains
 its ``lora`` mode (adapters, biases and norms; AdamW, warm-up then cosine, clipped gradients). After each backward
@@ -14,6 +15,12 @@ L2 norm, and is smoothed over steps by a moving average. Every ``prune_every`` s
 every MLP are masked (the same count in each, so the model reloads) up to a cubic schedule's sparsity; the masks
 also silence the adapters. At the end the adapters are merged and the masked neurons removed: the model is
 physically smaller.
+
+``what="heads"`` (or ``"both"``) does the same to attention heads: a head's score sums its query (key, value) rows
+and its output-projection columns, each layer's part divided by its L2 norm; heads go by whole key/value groups, or
+by the same number of query heads in every group when the layout has one group (as ``prune_heads_`` removes them),
+and ``head_sparsity`` (default ``sparsity``) moves to the nearest fraction the layout and the config class allow
+(:func:`prunekit.train.loraprune_units.plan_heads`; a fraction that removes no head is refused).
 
 ``criterion="gradient"`` uses the true ``∂L/∂W`` instead (the vanilla criterion the paper compares against; it
 needs the weights' gradients, which LoRAPrune's criterion exists to avoid), ``"magnitude"`` uses ``|W + α·B·A|``.
@@ -33,9 +40,9 @@ from tqdm.auto import tqdm
 
 from ..core.config import Config
 from ..core.fraction import Sparsity, keep_count
-from ..core.mask import Mask, remove_mask_, set_mask_
-from ..core.scope import is_transposed
-from .recovery import LoRA, merge_lora_, trainable_params_
+from ..core.mask import remove_mask_, set_mask_
+from .loraprune_units import HeadLayer, HeadPlan, NeuronLayer, lora_gradient, plan_heads, removal_count, remove_heads_
+from .recovery import merge_lora_, trainable_params_
 from .recovery_lm import DEFAULT_LR, checked_windows, loss_ends
 from .schedule import cubic, sparsity_at
 
@@ -43,8 +50,10 @@ from .schedule import cubic, sparsity_at
 class LoRAPruneConfig(Config):
     """Settings of :func:`loraprune_`: what is removed, by which criterion, on what schedule, with what LoRA."""
 
-    what: Literal["neurons"] = "neurons"
+    what: Literal["neurons", "heads", "both"] = "neurons"
     sparsity: Sparsity = 0.5
+    head_sparsity: Sparsity | None = Field(None, description="fraction of heads removed (default: sparsity), moved to "
+                                                             "the nearest one the layout allows")
     criterion: Literal["lora", "gradient", "magnitude"] = "lora"
     steps: int = Field(100, ge=1)
     prune_every: int = Field(10, ge=1, description="steps between two pruning events")
@@ -70,64 +79,6 @@ def scheduled_sparsity(step: int, steps: int, final: float, warmup: float, coold
     return sparsity_at(step, initial=0.0, final=final, start_step=start, end_step=stop, schedule=cubic)
 
 
-def lora_gradient(adapter: LoRA) -> Tensor:
-    """LoRAPrune's estimate of the weight's gradient from its adapter: ``G_B·A + B·G_A − G_B·G_A`` (the weight's
-    layout; zero where the adapters got no gradient)."""
-    a, b = adapter.A.detach(), adapter.B.detach()
-    ga = adapter.A.grad if adapter.A.grad is not None else torch.zeros_like(a)
-    gb = adapter.B.grad if adapter.B.grad is not None else torch.zeros_like(b)
-    return (gb @ a + b @ ga - gb @ ga).reshape(adapter.shape)
-
-
-@dataclass
-class _Layer:
-    """One masked, adapted linear layer of an MLP, and whether its units are its rows (into the MLP) or columns."""
-
-    module: nn.Module
-    rows: bool
-    gated: bool = False
-
-    def parts(self) -> tuple[Tensor, Tensor | None, Tensor]:
-        """The raw weight (the parametrization's ``original``), its LoRA adapter (or None) and its mask."""
-        plist = self.module.parametrizations.weight
-        mask = next(p.mask for p in plist if isinstance(p, Mask))
-        adapter = next((p for p in plist if isinstance(p, LoRA)), None)
-        return plist.original, adapter, mask
-
-    def unit_scores(self, criterion: str, n: int) -> Tensor:
-        """This layer's importance of each of the MLP's ``n`` neurons, divided by its L2 norm."""
-        w, adapter, mask = self.parts()
-        with torch.no_grad():
-            effective = w.detach() * mask
-            if adapter is not None:
-                effective = effective + adapter.delta().detach()
-            if criterion == "magnitude":
-                imp = effective.abs()
-            else:
-                grad = w.grad if criterion == "gradient" else (lora_gradient(adapter) if adapter is not None else None)
-                if grad is None:
-                    return torch.zeros(n, dtype=torch.float64)
-                imp = (grad * effective).abs()
-            if is_transposed(self.module):
-                imp = imp.t()
-            imp = imp.reshape(imp.shape[0], -1).double()
-            s = imp.sum(1) if self.rows else imp.sum(0)
-            if self.gated:
-                s = s[:n] + s[n:]
-            return s / (torch.linalg.vector_norm(s) + 1e-12)
-
-    def mask_units_(self, dead: Tensor, n: int) -> None:
-        """Zero the mask of the given neurons (indices into the MLP's ``n``)."""
-        _, _, mask = self.parts()
-        units = torch.cat([dead, dead + n]) if self.gated else dead
-        view = mask.t() if is_transposed(self.module) else mask  # (out, in), a view: the mask changes in place
-        with torch.no_grad():
-            if self.rows:
-                view[units] = False
-            else:
-                view[:, units] = False
-
-
 @dataclass
 class LoRAPruneReport:
     """What :func:`loraprune_` removed and trained."""
@@ -145,6 +96,10 @@ class LoRAPruneReport:
     seconds: float
     cpu_seconds: float
     events: list[tuple[int, float]] = field(default_factory=list)
+    heads: tuple[int, int] | None = None  # query heads per layer, before → after
+    kv_heads: tuple[int, int] | None = None
+    attention_layers: int = 0
+    notes: list[str] = field(default_factory=list)
     perplexity_before: float | None = None
     perplexity_after: float | None = None
     losses: list[float] = field(default_factory=list)
@@ -155,7 +110,9 @@ class LoRAPruneReport:
         return {**d, **loss_ends(d.pop("losses"))}
 
     def __str__(self) -> str:
-        widths = ", ".join(f"{k} {a} → {b}" for k, (a, b) in self.widths.items())
+        widths = ", ".join([f"{k} {a} → {b}" for k, (a, b) in self.widths.items()] +
+                           ([f"heads {self.heads[0]} → {self.heads[1]} (key/value {self.kv_heads[0]} → "
+                             f"{self.kv_heads[1]}) in {self.attention_layers} layers"] if self.heads else []))
         ppl = ""
         if self.perplexity_before is not None and self.perplexity_after is not None:
             ppl = f", perplexity {self.perplexity_before:.2f} → {self.perplexity_after:.2f}"
@@ -165,49 +122,141 @@ class LoRAPruneReport:
                 f"{self.seconds:.0f} s ({self.cpu_seconds:.0f} s CPU){ppl}")
 
 
-def plan_loraprune(model: nn.Module, cfg: LoRAPruneConfig) -> tuple[list, dict, dict]:
-    """What :func:`loraprune_` will remove, checked without changing anything: the dense MLPs, grouped by the config
-    field of their width, and the neurons each group keeps. Raises a ValueError for a model with MoE experts or no
-    MLP, one that holds pruning masks, MLPs of one field with different widths, or a smaller shape
+@dataclass
+class LoRAPrunePlan:
+    """What :func:`loraprune_` will remove: the dense MLPs grouped by the config field of their width and the
+    neurons each group keeps (empty for ``what="heads"``), and the head cut (None for ``what="neurons"``)."""
+
+    dense: list = field(default_factory=list)
+    groups: dict = field(default_factory=dict)
+    keeps: dict = field(default_factory=dict)
+    heads: HeadPlan | None = None
+
+
+def plan_loraprune(model: nn.Module, cfg: LoRAPruneConfig) -> LoRAPrunePlan:
+    """What :func:`loraprune_` will remove, checked without changing anything. Raises a ValueError for a model that
+    holds pruning masks; for neurons, one with MoE experts or no MLP, or MLPs of one field with different widths;
+    for heads, one :func:`~prunekit.train.loraprune_units.plan_heads` refuses; and a smaller shape
     ``from_pretrained`` could not rebuild."""
     from ..structured.transformers.common import guard_masks, reload_problem_after
     from ..structured.transformers.layouts import all_mlps, groups_by_field
     from ..structured.transformers.neurons import _remove_neurons_
 
-    dense, experts = all_mlps(model)
-    if experts:
-        raise ValueError(f"LoRAPrune prunes dense MLPs; {type(model).__name__} has MoE experts (use prune_neurons_ "
-                         "or the experts stage for them)")
-    if not dense:
-        raise ValueError(f"found no MLP in {type(model).__name__} to prune (looked for gate/up/down_proj, "
-                         "gate_up_proj/down_proj, fc1/fc2, c_fc/c_proj, …)")
     guard_masks(model, False, "loraprune_")
-    groups = groups_by_field(dense)
-    keeps: dict[str | None, int] = {}
-    for fieldname, members in groups.items():
-        widths = {m.width for m in members}
-        if len(widths) != 1:
-            raise ValueError(f"MLPs sized by {fieldname or 'no config field'} have different widths {sorted(widths)}; "
-                             "LoRAPrune removes the same count from each and needs one width per config field")
-        keeps[fieldname] = keep_count(widths.pop(), cfg.sparsity)
-    problem = reload_problem_after(model, lambda twin: _remove_neurons_(twin, keeps, lambda m, e, k: torch.arange(k)))
-    if problem:
-        raise ValueError(f"loraprune_: from_pretrained could not rebuild the smaller {type(model).__name__}: {problem}. "
-                         "Nothing was changed")
-    return dense, groups, keeps
+    plan = LoRAPrunePlan()
+    if cfg.what in ("neurons", "both"):
+        dense, experts = all_mlps(model)
+        if experts:
+            raise ValueError(f"LoRAPrune prunes dense MLPs; {type(model).__name__} has MoE experts (use "
+                             "prune_neurons_ or the experts stage for them, or what='heads')")
+        if not dense:
+            raise ValueError(f"found no MLP in {type(model).__name__} to prune (looked for gate/up/down_proj, "
+                             "gate_up_proj/down_proj, fc1/fc2, c_fc/c_proj, …)")
+        groups = groups_by_field(dense)
+        keeps: dict[str | None, int] = {}
+        for fieldname, members in groups.items():
+            widths = {m.width for m in members}
+            if len(widths) != 1:
+                raise ValueError(f"MLPs sized by {fieldname or 'no config field'} have different widths "
+                                 f"{sorted(widths)}; LoRAPrune removes the same count from each and needs one width "
+                                 "per config field")
+            keeps[fieldname] = keep_count(widths.pop(), cfg.sparsity)
+        problem = reload_problem_after(model, lambda twin: _remove_neurons_(twin, keeps,
+                                                                            lambda m, e, k: torch.arange(k)))
+        if problem:
+            raise ValueError(f"loraprune_: from_pretrained could not rebuild the smaller {type(model).__name__}: "
+                             f"{problem}. Nothing was changed")
+        plan.dense, plan.groups, plan.keeps = dense, groups, keeps
+    if cfg.what in ("heads", "both"):
+        plan.heads = plan_heads(model, cfg.head_sparsity if cfg.head_sparsity is not None else cfg.sparsity)
+    return plan
+
+
+@dataclass
+class _Neurons:
+    """The MLP neurons under LoRAPrune: per MLP, its layers, moving-average scores and the neurons gone."""
+
+    layers: list  # (MLPParts, [NeuronLayer])
+    final: float
+    scores: list[Tensor] = field(default_factory=list)
+    dead: list[Tensor] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.scores = [torch.zeros(part.width, dtype=torch.float64) for part, _ in self.layers]
+        self.dead = [torch.zeros(part.width, dtype=torch.bool) for part, _ in self.layers]
+
+    def modules(self) -> list[nn.Module]:
+        return [layer.module for _, parts in self.layers for layer in parts]
+
+    def update(self, criterion: str, ema: float) -> None:
+        for (part, parts), score in zip(self.layers, self.scores):
+            score.mul_(ema).add_(sum(layer.unit_scores(criterion, part.width) for layer in parts), alpha=1 - ema)
+
+    def prune_to(self, target: float) -> bool:
+        """Mask each MLP's lowest-scoring live neurons until ``target`` of them are gone; True when any went."""
+        changed = False
+        for (part, parts), score, gone in zip(self.layers, self.scores, self.dead):
+            n = part.width
+            need = n - keep_count(n, target) - int(gone.sum())
+            if need <= 0:
+                continue
+            live = torch.where(gone, torch.full_like(score, math.inf), score)
+            new = torch.argsort(live, stable=True)[:need]
+            gone[new] = True
+            for layer in parts:
+                layer.mask_units_(new, n)
+            changed = True
+        return changed
+
+
+@dataclass
+class _Heads:
+    """The attention heads under LoRAPrune: per attention layer, its units, moving-average scores and units gone."""
+
+    layers: list[HeadLayer]
+    plan: HeadPlan
+    scores: list[Tensor] = field(default_factory=list)
+    dead: list[Tensor] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.scores = [torch.zeros(h.count, dtype=torch.float64) for h in self.layers]
+        self.dead = [torch.zeros(h.count, dtype=torch.bool) for h in self.layers]
+
+    @property
+    def final(self) -> float:
+        return self.plan.fraction
+
+    def modules(self) -> list[nn.Module]:
+        return [m for h in self.layers for m in h.modules()]
+
+    def update(self, criterion: str, ema: float) -> None:
+        for h, score in zip(self.layers, self.scores):
+            score.mul_(ema).add_(h.unit_scores(criterion), alpha=1 - ema)
+
+    def prune_to(self, target: float) -> bool:
+        """Mask each layer's lowest-scoring live units until the share of the planned cut ``target`` asks is gone."""
+        remove = removal_count(self.plan, target, self.final)
+        changed = False
+        for h, score, gone in zip(self.layers, self.scores, self.dead):
+            new = h.next_dead(score, gone, remove)
+            if new.numel():
+                gone[new] = True
+                h.mask_units_(new)
+                changed = True
+        return changed
 
 
 def loraprune_(model: nn.Module, calibration: Any, config: LoRAPruneConfig | dict | None = None, *,
                eval_windows: Tensor | None = None, progress: bool = True, **fields: Any) -> LoRAPruneReport:
-    """Prune ``sparsity`` of every MLP's neurons of a causal LM while fine-tuning it with LoRA on ``calibration``
-    token ids (see the module docstring); the model is changed in place and comes back smaller, adapters merged.
+    """Prune ``sparsity`` of every MLP's neurons (and/or, by ``what``, ``head_sparsity`` of every attention layer's
+    heads) of a causal LM while fine-tuning it with LoRA on ``calibration`` token ids (see the module docstring); the
+    model is changed in place and comes back smaller, adapters merged.
 
-    Checked before anything changes: the config, the windows, an MLP to prune, no pruning masks already on the
+    Checked before anything changes: the config, the windows, units to prune, no pruning masks already on the
     model, and that ``from_pretrained`` can rebuild the smaller shape.
     """
     from ..metrics.perplexity import perplexity
     from ..structured.graph.report import count_params
-    from ..structured.transformers.layouts import MLPParts
     from ..structured.transformers.neurons import _remove_neurons_
 
     cfg = config if isinstance(config, LoRAPruneConfig) else LoRAPruneConfig.parse(config or {}, **fields)
@@ -216,57 +265,64 @@ def loraprune_(model: nn.Module, calibration: Any, config: LoRAPruneConfig | dic
     if calibration is None:
         raise ValueError("LoRAPrune fine-tunes while it prunes: pass calibration= token ids of shape (windows, tokens)")
     ids = checked_windows(model, calibration, cfg.seqlen, cfg.batch_size)
-    dense, groups, keeps = plan_loraprune(model, cfg)
+    plan = plan_loraprune(model, cfg)
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR["lora"]
     before_ppl = perplexity(model, eval_windows, progress=False) if eval_windows is not None else None
     params_before = count_params(model)
-    widths_before = {(f or "unnamed"): members[0].width for f, members in groups.items()}
-    layers: list[tuple[MLPParts, list[_Layer]]] = []
-    for part in dense:
-        parts = [_Layer(lin, True, gated) for lin, gated in part.ins] + [_Layer(part.out, False)]
-        for layer in parts:
-            set_mask_(layer.module, torch.ones(layer.module.weight.shape, dtype=torch.bool))  # shared with the adapter
-        layers.append((part, parts))
+    widths_before = {(f or "unnamed"): members[0].width for f, members in plan.groups.items()}
+    tracks: list[_Neurons | _Heads] = []
+    if plan.dense:
+        tracks.append(_Neurons([(part, [NeuronLayer(lin, True, gated) for lin, gated in part.ins] +
+                                 [NeuronLayer(part.out, False)]) for part in plan.dense], cfg.sparsity))
+    if plan.heads is not None:
+        tracks.append(_Heads([HeadLayer(part, plan.heads.unit) for part in plan.heads.parts], plan.heads))
+    masked = [m for t in tracks for m in t.modules()]
+    for m in masked:
+        set_mask_(m, torch.ones(m.weight.shape, dtype=torch.bool))  # shared with the adapter
     params = trainable_params_(model, "lora", cfg.rank, seed=cfg.seed)
     chosen = {id(p) for p in params}
     frozen = [p for p in model.parameters() if id(p) not in chosen and p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
-    originals = [layer.parts()[0] for _, parts in layers for layer in parts]
+    originals = [m.parametrizations.weight.original for m in masked]
     if cfg.criterion == "gradient":
         for w in originals:
             w.requires_grad_(True)
-    scores = [torch.zeros(part.width, dtype=torch.float64) for part, _ in layers]
-    dead = [torch.zeros(part.width, dtype=torch.bool) for part, _ in layers]
     events: list[tuple[int, float]] = []
     start, cpu = time.perf_counter(), time.process_time()
     losses: list[float] = []
     try:
-        losses = _train(model, params, ids, cfg, lr, progress, layers, scores, dead, events, originals)
+        losses = _train(model, params, ids, cfg, lr, progress, tracks, events, originals)
     finally:
         for w in originals:
             w.grad = None
         for p in frozen:
             p.requires_grad_(True)
         merge_lora_(model)
-        for _, parts in layers:
-            for layer in parts:
-                remove_mask_(layer.module, bake=True)
-    index = {id(part): i for i, (part, _) in enumerate(layers)}
-    _remove_neurons_(model, keeps, lambda m, e, k: torch.nonzero(~dead[index[id(m)]]).flatten(), groups)
+        for m in masked:
+            remove_mask_(m, bake=True)
+    for t in tracks:
+        if isinstance(t, _Neurons):
+            index = {id(part): i for i, (part, _) in enumerate(t.layers)}
+            _remove_neurons_(model, plan.keeps, lambda m, e, k, t=t: torch.nonzero(~t.dead[index[id(m)]]).flatten(),
+                             plan.groups)
+        else:
+            remove_heads_(model, plan.heads, t.dead)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     after_ppl = perplexity(model, eval_windows, progress=False) if eval_windows is not None else None
-    widths = {k: (n, keeps[None if k == "unnamed" else k]) for k, n in widths_before.items()}
-    return LoRAPruneReport(cfg.criterion, cfg.sparsity, widths, len(dense), params_before, count_params(model),
+    widths = {k: (n, plan.keeps[None if k == "unnamed" else k]) for k, n in widths_before.items()}
+    hp = plan.heads
+    return LoRAPruneReport(cfg.criterion, cfg.sparsity, widths, len(plan.dense), params_before, count_params(model),
                            sum(p.numel() for p in params), len(losses), len(losses) * cfg.batch_size * ids.shape[1],
-                           lr, seconds, cpu, events, before_ppl, after_ppl, losses)
+                           lr, seconds, cpu, events, hp.heads if hp else None, hp.kv_heads if hp else None,
+                           len(hp.parts) if hp else 0, [hp.note] if hp and hp.note else [], before_ppl, after_ppl,
+                           losses)
 
 
 def _train(model: nn.Module, params: list[nn.Parameter], ids: Tensor, cfg: LoRAPruneConfig, lr: float,
-           progress: bool, layers: list, scores: list[Tensor], dead: list[Tensor],
-           events: list[tuple[int, float]], originals: list[Tensor]) -> list[float]:
-    """The fine-tune: AdamW, warm-up then cosine, clipped; after each backward the neuron scores are updated,
-    and every ``prune_every`` steps (and at the last) the MLPs are masked up to the scheduled sparsity."""
+           progress: bool, tracks: list, events: list[tuple[int, float]], originals: list[Tensor]) -> list[float]:
+    """The fine-tune: AdamW, warm-up then cosine, clipped; after each backward the unit scores are updated, and
+    every ``prune_every`` steps (and at the last) the units are masked up to the scheduled sparsity."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     warm = max(1, cfg.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
@@ -290,34 +346,20 @@ def _train(model: nn.Module, params: list[nn.Parameter], ids: Tensor, cfg: LoRAP
             for w in originals:
                 w.grad = None
             loss.backward()
-            for i, (part, parts) in enumerate(layers):
-                step_scores = sum(layer.unit_scores(cfg.criterion, part.width) for layer in parts)
-                scores[i].mul_(cfg.ema).add_(step_scores, alpha=1 - cfg.ema)
+            for t in tracks:
+                t.update(cfg.criterion, cfg.ema)
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             sched.step()
             losses.append(value)
             if step % cfg.prune_every == 0 or step == cfg.steps:
-                target = scheduled_sparsity(step, cfg.steps, cfg.sparsity, cfg.warmup, cfg.cooldown)
-                if _prune_to_(layers, scores, dead, target):
-                    events.append((step, target))
+                targets = [scheduled_sparsity(step, cfg.steps, t.final, cfg.warmup, cfg.cooldown) for t in tracks]
+                if any([t.prune_to(target) for t, target in zip(tracks, targets)]):
+                    events.append((step, targets[0]))
     finally:
         model.eval()
     return losses
 
 
-def _prune_to_(layers: list, scores: list[Tensor], dead: list[Tensor], target: float) -> bool:
-    """Mask each MLP's lowest-scoring live neurons until ``target`` of them are gone; True when any went."""
-    changed = False
-    for (part, parts), score, gone in zip(layers, scores, dead):
-        n = part.width
-        need = n - keep_count(n, target) - int(gone.sum())
-        if need <= 0:
-            continue
-        live = torch.where(gone, torch.full_like(score, math.inf), score)
-        new = torch.argsort(live, stable=True)[:need]
-        gone[new] = True
-        for layer in parts:
-            layer.mask_units_(new, n)
-        changed = True
-    return changed
+__all__ = ["LoRAPruneConfig", "LoRAPrunePlan", "LoRAPruneReport", "lora_gradient", "loraprune_", "plan_loraprune",
+           "scheduled_sparsity"]

@@ -20,7 +20,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..core.mask import get_mask
 from ..core.scope import select_targets
 from ..methods.prune import PruneReport, prune_
 from .schedule import check_sparsity
