@@ -1,5 +1,6 @@
-"""The claims the apps_*.py benchmarks (and darex_smollm2.py, loraprune_smollm2.py) test, read from their committed
-JSON (benchmarks/results/apps_*.json, darex_smollm2.json, loraprune_smollm2.json) for the
+"""The claims the apps_*.py benchmarks (and darex_smollm2.py, darex_adamr.py, loraprune_smollm2.py) test, read from
+their committed JSON (benchmarks/results/apps_*.json, darex_smollm2.json, darex_adamr.json, loraprune_smollm2.json)
+for the
 results store's papers group (through benchmarks/papers_store.py), nothing re-run.
 
 Each apps benchmark writes one JSON document: ``benchmark``, ``model``, ``settings`` (the budget) and ``runs`` (one
@@ -176,6 +177,16 @@ def darex(d: dict) -> list[PaperResult]:
                     ("ppl", "neg_log_ppl", "q"), rows, d)]
 
 
+def darex_adamr(d: dict) -> list[PaperResult]:
+    rows = _rows(d, _at)
+    arms = [a for a in dict.fromkeys(r.arm for r in rows) if a != "AdamW"]
+    results = compare(rows, "neg_drop_cost", arms[0], ["AdamW"], percent=False)
+    return [_result("DARE the Extreme: Revisiting Delta-Parameter Pruning For Fine-Tuned Models",
+                    f"fine-tuning with AdamR-L2 ({arms[0]}) instead of AdamW makes DARE's drop of the deltas cheaper "
+                    "(DARE-pruned minus fine-tuned perplexity on held-out text), at every density tried",
+                    results, ("neg_drop_cost", "drop_cost", "ppl", "finetuned"), rows, d, "DAREx-L2 (AdamR)")]
+
+
 def loraprune(d: dict) -> list[PaperResult]:
     rows = _rows(d)
     paper = "LoRAPrune: Pruning Meets Low-Rank Parameter-Efficient Fine-Tuning"
@@ -194,7 +205,7 @@ def loraprune(d: dict) -> list[PaperResult]:
 
 CLAIMS = {"apps_robustness": robustness, "apps_federated": federated, "apps_transfer": transfer,
           "apps_windows": windows, "apps_distilled": distilled, "apps_detection": detection, "apps_emo": emo,
-          "darex_smollm2": darex, "loraprune_smollm2": loraprune}
+          "darex_smollm2": darex, "darex_adamr": darex_adamr, "loraprune_smollm2": loraprune}
 
 
 def load(name: str, path: Path) -> tuple[str, list[PaperResult]]:

@@ -7,7 +7,8 @@ library-reference half of Python's docs (``merge_smollm2.py``'s source A; seed s
 every weight but the tied embeddings trained at ``--lr``. The arms differ only in the optimizer: AdamW without weight
 decay, and ``prunekit.train.AdamR`` (L2) at each ``--lambdas`` value. Each fine-tune's delta is then pruned by DARE
 (``dare_linear``, mask seed s) at each ``--densities`` value, put back on the base and scored by perplexity on held-out
-windows of source A (files the fine-tunes never read). The gain kept is (base − pruned) / (base − fine-tuned).
+windows of source A (files the fine-tunes never read). What the drop costs is DARE-pruned minus fine-tuned
+perplexity.
 
 A claim is decided per density by the paired difference over seeds of what the drop costs, DARE-pruned minus
 fine-tuned perplexity (AdamW arm minus AdamR arm): held when AdamR's cost is lower by more than 2 standard errors.
@@ -100,7 +101,7 @@ def main() -> None:
         model.load_state_dict(state, strict=False)
         return perplexity(model, evals, batch_size=4, progress=False)
 
-    record: dict = {"settings": vars(args), "threads": 1, "base": ppl(base_sd), "runs": []}
+    record: dict = {"settings": vars(args), "threads": 1, "base": ppl(base_sd), "fits": []}
     print(f"base {record['base']:.3f}", flush=True)
     for seed in args.seeds:
         train = ms.windows(tok, split_documents(source, "calibration"), args.steps * args.batch, args.seqlen, seed)
@@ -119,7 +120,7 @@ def main() -> None:
                 t0 = time.process_time()
                 merged = merge_state_dicts(base_sd, [ft_sd], merge_config("dare_linear", density=density, seed=seed))
                 run["dare"][f"{density:g}"] = {"ppl": ppl(merged), "merge_cpu_s": time.process_time() - t0}
-            record["runs"].append(run)
+            record["fits"].append(run)
             print(f"seed {seed} {name:<16} loss {info['first_loss']:.3f} → {info['last_loss']:.3f} "
                   f"({info['cpu_s']:.0f} s CPU), mean|δ| {run['delta']['mean_abs']:.2e} std {run['delta']['std']:.2e}, "
                   f"fine-tuned {run['finetuned']:.3f}, DARE " +
@@ -139,8 +140,7 @@ def _paired(diffs: list[float]) -> tuple[float, float]:
 
 def payload(record: dict) -> dict:
     """The per-arm means and, per AdamR arm and density, the paired verdict against AdamW."""
-    base = record["base"]
-    runs = record["runs"]
+    runs = record["fits"]
     arms = sorted({r["arm"] for r in runs}, key=lambda a: (a != "adamw", a))
     summary, verdicts = {}, []
     for arm in arms:
@@ -151,9 +151,9 @@ def payload(record: dict) -> dict:
                "finetune_cpu_s": statistics.fmean(r["finetune"]["cpu_s"] for r in rs), "dare": {}}
         for d in rs[0]["dare"]:
             ppls = [r["dare"][d]["ppl"] for r in rs]
-            kept = [(base - r["dare"][d]["ppl"]) / (base - r["finetuned"]) for r in rs]
+            cost = [r["dare"][d]["ppl"] - r["finetuned"] for r in rs]
             row["dare"][d] = {"ppl": statistics.fmean(ppls), "ppl_min": min(ppls), "ppl_max": max(ppls),
-                              "gain_kept": statistics.fmean(kept)}
+                              "cost": statistics.fmean(cost), "cost_min": min(cost), "cost_max": max(cost)}
         summary[arm] = row
     plain = {r["seed"]: r for r in runs if r["arm"] == "adamw"}
     for arm in arms[1:]:
@@ -167,6 +167,12 @@ def payload(record: dict) -> dict:
                              "finetuned_adamw_minus_adamr": ft[0], "finetuned_se": ft[1],
                              "held": bool(len(pairs) > 1 and mean > 2 * se)})
     record["summary"], record["verdicts"] = summary, verdicts
+    label = {"adamw": "AdamW"} | {a: f"AdamR-L2 λ={a.rsplit('_', 1)[1]}" for a in arms[1:]}
+    record["benchmark"], record["model"] = "darex_adamr", "SmolLM2-135M-Instruct"
+    record["runs"] = [{"label": f"{label[r['arm']]} @ density={d}", "seed": r["seed"],
+                       "figures": {"ppl": v["ppl"], "finetuned": r["finetuned"], "drop_cost": v["ppl"] - r["finetuned"],
+                                   "neg_drop_cost": r["finetuned"] - v["ppl"], "mean_abs_delta": r["delta"]["mean_abs"]}}
+                      for r in runs for d, v in r["dare"].items()]
     return record
 
 
@@ -175,11 +181,13 @@ def print_table(record: dict) -> None:
     print(f"\nbase {record['base']:.3f}; {s['steps']} steps × {s['batch']} × {s['seqlen']} tokens at lr {s['lr']:g}, "
           f"seeds {s['seeds']}, {s['eval_windows']} × {s['eval_seqlen']} held-out tokens\n")
     ds = list(next(iter(record["summary"].values()))["dare"])
-    print("| optimizer | mean abs δ | std δ | fine-tuned | " + " | ".join(f"DARE {d} (gain kept)" for d in ds) + " |")
+    print("| optimizer | mean abs δ | std δ | fine-tuned | " +
+          " | ".join(f"DARE at density {d} (its cost, min–max)" for d in ds) + " |")
     print("|---|---:|---:|---:|" + "---:|" * len(ds))
     for arm, row in record["summary"].items():
         print(f"| {arm} | {row['mean_abs_delta']:.2e} | {row['std_delta']:.2e} | {row['finetuned']:.3f} | " +
-              " | ".join(f"{row['dare'][d]['ppl']:.3f} ({row['dare'][d]['gain_kept']:.0%})" for d in ds) + " |")
+              " | ".join(f"{row['dare'][d]['ppl']:.3f} ({row['dare'][d]['cost']:+.3f}, {row['dare'][d]['cost_min']:+.3f}"
+                         f" – {row['dare'][d]['cost_max']:+.3f})" for d in ds) + " |")
     for v in record["verdicts"]:
         print(f"{v['arm']} at density {v['density']}: the drop's cost, AdamW − AdamR {v['cost_adamw_minus_adamr']:+.3f} "
               f"± {v['se']:.3f} (fine-tuned, AdamW − AdamR {v['finetuned_adamw_minus_adamr']:+.3f} ± "

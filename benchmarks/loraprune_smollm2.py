@@ -9,6 +9,9 @@ criterion exists to avoid the weights' gradients. Perplexity on ``--eval-windows
 A claim is decided by the paired difference over ``--seeds`` (the calibration sample, the adapters' draw and the
 window order): held when it exceeds 2 standard errors.
 
+``--what heads``: the same arms on attention heads instead (SmolLM2's 9 query heads in 3 key/value groups go by
+whole groups: ``--sparsity 0.5`` keeps 2 of 3; the one-shot arms use ``prune_heads_`` by activations or weight norms).
+
     nice -n 10 python benchmarks/loraprune_smollm2.py                  # the README's table
     python benchmarks/loraprune_smollm2.py --steps 4 --seeds 0 --eval-windows 2 --arms lora   # smoke run
 """
@@ -41,7 +44,7 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict:
     from prunekit.datasets.text import calibration_windows, eval_windows
     from prunekit.metrics.perplexity import perplexity
     from prunekit.models.hf import load_model
-    from prunekit.structured import prune_neurons_
+    from prunekit.structured import prune_heads_, prune_neurons_
     from prunekit.train.loraprune import loraprune_
     from prunekit.train.recovery_lm import recover_lm_, training_windows
 
@@ -55,17 +58,19 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     row: dict = {"arm": arm, "seed": seed, "dense_ppl": dense_ppl}
     if arm in ("lora", "gradient"):
-        report = loraprune_(model, train, criterion=arm, sparsity=args.sparsity, prune_every=args.prune_every, **common)
+        report = loraprune_(model, train, what=args.what, criterion=arm, sparsity=args.sparsity,
+                            prune_every=args.prune_every, **common)
         row["events"] = report.events
         row["loss_last"] = report.to_dict()["loss_last"]
     else:
         scored = list(calib[:32].split(4)) if arm == "activation" else None  # 32 × 256 tokens, 4 windows a batch
-        prune_neurons_(model, args.sparsity, arm, seed, scored)
+        (prune_heads_ if args.what == "heads" else prune_neurons_)(model, args.sparsity, arm, seed, scored)
         row["cut_ppl"] = perplexity(model, evals, progress=False)
         report = recover_lm_(model, train, recover="lora", **common)
         row["loss_last"] = report.to_dict()["loss_last"]
     row.update(wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0, ppl=perplexity(model, evals, progress=False),
                params=sum(p.numel() for p in model.parameters()), intermediate=model.config.intermediate_size,
+               heads=model.config.num_attention_heads,
                tokens=args.steps * args.batch * args.train_seqlen)
     with open("/proc/self/status") as f:
         row["peak_rss_mb"] = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
@@ -85,7 +90,8 @@ def payload(record: dict) -> dict:
             for r in record["rows"]]
     found = [verdict(record["rows"], "lora", other) for other in ("gradient", "activation", "l2")]
     found.append(verdict(record["rows"], "gradient", "activation"))
-    return {**record, "benchmark": "loraprune_smollm2", "model": "SmolLM2-135M-Instruct", "runs": runs,
+    name = "loraprune_smollm2" + ("_heads" if record["settings"].get("what") == "heads" else "")
+    return {**record, "benchmark": name, "model": "SmolLM2-135M-Instruct", "runs": runs,
             "verdicts": [v for v in found if v]}
 
 
@@ -107,6 +113,7 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", default=["lora", "gradient", "activation"], choices=list(ARMS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--what", choices=["neurons", "heads"], default="neurons")
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--train-seqlen", type=int, default=128)
