@@ -83,6 +83,16 @@ def federated(d: dict) -> list[PaperResult]:
                     ("bytes_saved", "bytes"), rows, d, "communication", ("bytes_saved",))]
 
 
+def federated_select(d: dict) -> list[PaperResult]:
+    rows = _rows(d)
+    s = d["settings"]["sparsity"][0]
+    return [_result("Distributed Pruning Towards Tiny Neural Networks in Federated Learning",
+                    f"FedTiny's adaptive batch-norm selection (the clients judge candidate allocations with batch-norm "
+                    f"statistics recomputed on their own non-IID data) beats the fixed global allocation at sparsity {s}",
+                    compare(rows, "accuracy", f"pruned {s:.2f} + adaptive BN selection", [f"pruned {s:.2f}"]),
+                    ("accuracy", "bytes"), rows, d, "adaptive BN selection", ("accuracy",))]
+
+
 def _joined(results: list[tuple[str, str]]) -> tuple[str, str]:
     """Several comparisons' verdicts as one (combined) and their sentences after one statement of the rule."""
     from prunekit.bench.papers import combine
@@ -203,7 +213,8 @@ def loraprune(d: dict) -> list[PaperResult]:
                     "memory")]
 
 
-CLAIMS = {"apps_robustness": robustness, "apps_federated": federated, "apps_transfer": transfer,
+CLAIMS = {"apps_robustness": robustness, "apps_federated": federated, "apps_federated_select": federated_select,
+          "apps_transfer": transfer,
           "apps_windows": windows, "apps_distilled": distilled, "apps_detection": detection, "apps_emo": emo,
           "darex_smollm2": darex, "darex_adamr": darex_adamr, "loraprune_smollm2": loraprune}
 

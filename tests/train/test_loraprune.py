@@ -257,10 +257,11 @@ def test_head_cuts_that_remove_nothing_or_do_not_reload_are_refused(windows):
     assert gpt2.config.n_head == 4
 
 
-@pytest.mark.parametrize("family", ["qwen2", "phi3"])
+@pytest.mark.parametrize("family", ["qwen2", "phi3", "qwen2_moe"])
 def test_heads_of_other_layouts_go_and_reload(family, tmp_path):
     # phi3 fuses q, k and v into one projection (GPT-NeoX's interleaved one derives its head size from the hidden
-    # size, so fewer heads do not reload there: refused like GPT-2's above)
+    # size, so fewer heads do not reload there: refused like GPT-2's above); an MoE model's heads can go (its
+    # experts cannot: what="neurons" refuses it)
     from transformers import AutoModelForCausalLM
 
     model = tiny_model(family, seed=0)
