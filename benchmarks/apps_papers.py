@@ -201,7 +201,9 @@ def loraprune(d: dict) -> list[PaperResult]:
     rows = _rows(d)
     paper = "LoRAPrune: Pruning Meets Low-Rank Parameter-Efficient Fine-Tuning"
     lora, grad, oneshot = "LoRAPrune (LoRA-guided)", "LoRAPrune (true gradients)", "one-shot activations + LoRA"
-    return [_result(paper, "removing MLP neurons during LoRA fine-tuning by the LoRA-guided criterion beats one-shot "
+    units = ("attention heads (whole key/value groups)" if d.get("settings", {}).get("what") == "heads"
+             else "MLP neurons")
+    return [_result(paper, f"removing {units} during LoRA fine-tuning by the LoRA-guided criterion beats one-shot "
                     "structured pruning (Minitron's activations) followed by the same LoRA fine-tune",
                     compare(rows, "neg_log_ppl", lora, [oneshot], percent=False), ("ppl", "neg_log_ppl", "peak_rss_mb"),
                     rows, d, "against one-shot pruning"),
@@ -216,7 +218,8 @@ def loraprune(d: dict) -> list[PaperResult]:
 CLAIMS = {"apps_robustness": robustness, "apps_federated": federated, "apps_federated_select": federated_select,
           "apps_transfer": transfer,
           "apps_windows": windows, "apps_distilled": distilled, "apps_detection": detection, "apps_emo": emo,
-          "darex_smollm2": darex, "darex_adamr": darex_adamr, "loraprune_smollm2": loraprune}
+          "darex_smollm2": darex, "darex_adamr": darex_adamr, "loraprune_smollm2": loraprune,
+          "loraprune_smollm2_heads": loraprune}
 
 
 def load(name: str, path: Path) -> tuple[str, list[PaperResult]]:
