@@ -77,6 +77,9 @@ class AdamR(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if any(p.grad is not None and p.grad.is_sparse for g in self.param_groups for p in g["params"]):
+            raise RuntimeError("AdamR does not support sparse gradients (nothing was updated); use a dense "
+                               "embedding (sparse=False)")
         live: list[tuple[dict, torch.Tensor, dict]] = []
         total, count = 0.0, 0
         for group in self.param_groups:
@@ -84,8 +87,6 @@ class AdamR(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("AdamR does not support sparse gradients")
                 state = self.state[p]
                 if "step" not in state:
                     state["step"] = 0
