@@ -176,26 +176,16 @@ def plan_heads(model: nn.Module, sparsity: float, caller: str = "loraprune_") ->
     and ``from_pretrained`` can rebuild; raises a ValueError (nothing changed) for no attention, non-uniform layers,
     ALiBi, a fraction that removes no head, or a shape that does not reload."""
     from ..structured.transformers.common import reload_problem_after
-    from ..structured.transformers.heads import (_choose_count, _choose_unit, _head_config, _kept_queries,
-                                                 _remove_heads_, _uses_alibi, reachable)
+    from ..structured.transformers.heads import (_choose_count, _choose_unit, _kept_queries, _remove_heads_,
+                                                 head_layout, reachable, unit_sizes)
     from ..structured.transformers.layouts import attention_layers
 
-    found = attention_layers(model)
-    if not found:
-        raise ValueError(f"{caller}: found no attention layers in {type(model).__name__} to remove heads from")
-    layouts = {(p.heads, p.kv_heads, p.head_dim) for p in found}
-    if len(layouts) != 1:
-        raise ValueError(f"{caller}: layers have different head layouts {sorted(layouts)}; heads need uniform layers")
-    heads, kv, d = layouts.pop()
-    if _uses_alibi(model, found):
-        raise ValueError(f"{caller}: {type(model).__name__} uses ALiBi, whose per-head slopes depend on the head "
-                         "count; remove neurons only (what='neurons')")
+    found, heads, kv, d = head_layout(model, caller)
     unit = _choose_unit("auto", kv)
     rep = heads // kv
     units = kv if unit == "group" else rep
     config = getattr(model, "config", None)
-    sizes = (lambda k: _head_config(config, k * rep, k, d)) if unit == "group" else \
-        (lambda k: _head_config(config, kv * k, kv, d))
+    sizes = unit_sizes(config, unit, heads, kv, d)
     keep, note = _choose_count(config, units, keep_count(units, sparsity), sizes)
     if keep == units:
         raise ValueError(f"{caller}: removing {sparsity:.0%} of {heads} query heads ({kv} key/value) removes none: "

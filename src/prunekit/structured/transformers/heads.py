@@ -211,6 +211,33 @@ def _uses_alibi(model: nn.Module, parts: list[AttentionParts]) -> bool:
         return False
 
 
+def head_layout(model: nn.Module, caller: str) -> tuple[list[AttentionParts], int, int, int]:
+    """The attention layers and their one layout (query heads, key/value heads, head_dim); a ValueError naming
+    ``caller`` for a model with none, with layers of different layouts, or with ALiBi (nothing changed)."""
+    parts = attention_layers(model)
+    if not parts:
+        raise ValueError(f"found no attention layers in {type(model).__name__}: looked for q_proj/k_proj/v_proj "
+                         "(or query/key/value, q_lin/k_lin/v_lin) with an output projection, and for fused "
+                         f"qkv_proj / c_attn / query_key_value; {caller} supports Hugging Face transformers")
+    counts = {(p.heads, p.kv_heads, p.head_dim) for p in parts}
+    if len(counts) != 1:
+        raise ValueError(f"layers have different head layouts {sorted(counts)} (query heads, key/value heads, "
+                         f"head_dim); {caller} needs uniform layers")
+    if _uses_alibi(model, parts):
+        raise ValueError(f"{type(model).__name__} uses ALiBi, whose per-head slopes depend on the head count: "
+                         "removing heads would change every remaining head's bias; prune neurons or layers instead")
+    heads, kv, d = counts.pop()
+    return parts, heads, kv, d
+
+
+def unit_sizes(config: Any, unit: str, heads: int, kv: int, d: int) -> Callable[[int], dict[str, Any]]:
+    """The config fields after keeping ``k`` units: ``k`` key/value groups, or ``k`` query heads in every group."""
+    rep = heads // kv
+    if unit == "group":
+        return lambda k: _head_config(config, k * rep, k, d)
+    return lambda k: _head_config(config, kv * k, kv, d)
+
+
 @renamed_args(ratio="sparsity")
 def prune_heads_(model: nn.Module, sparsity: float = 0.25, importance: str = "l2", seed: int = 0,
                  calibration: Any = None, *, unit: str = "auto", finalize: bool = False,
@@ -230,25 +257,12 @@ def prune_heads_(model: nn.Module, sparsity: float = 0.25, importance: str = "l2
     s = check_common(sparsity, importance, calibration, "prune_heads_")
     if unit not in HEAD_UNITS:
         raise ValueError(f"unit must be one of {', '.join(HEAD_UNITS)}, got {unit!r}")
-    parts = attention_layers(model)
-    if not parts:
-        raise ValueError(f"found no attention layers in {type(model).__name__}: looked for q_proj/k_proj/v_proj "
-                         "(or query/key/value, q_lin/k_lin/v_lin) with an output projection, and for fused "
-                         "qkv_proj / c_attn / query_key_value; prune_heads_ supports Hugging Face transformers")
-    counts = {(p.heads, p.kv_heads, p.head_dim) for p in parts}
-    if len(counts) != 1:
-        raise ValueError(f"layers have different head layouts {sorted(counts)} (query heads, key/value heads, "
-                         "head_dim); prune_heads_ needs uniform layers")
-    heads, kv, d = counts.pop()
+    parts, heads, kv, d = head_layout(model, "prune_heads_")
     config = getattr(model, "config", None)
-    if _uses_alibi(model, parts):
-        raise ValueError(f"{type(model).__name__} uses ALiBi, whose per-head slopes depend on the head count: "
-                         "removing heads would change every remaining head's bias; prune neurons or layers instead")
     chosen = _choose_unit(unit, kv)
     rep = heads // kv
     units = kv if chosen == "group" else rep
-    sizes = (lambda k: _head_config(config, k * rep, k, d)) if chosen == "group" else \
-        (lambda k: _head_config(config, kv * k, kv, d))
+    sizes = unit_sizes(config, chosen, heads, kv, d)
     wanted = keep_count(units, s)
     keep, note = _choose_count(config, units, wanted, sizes) if reloadable else (wanted, None)
     new_heads, new_kv = (keep * rep, keep) if chosen == "group" else (kv * keep, kv)
