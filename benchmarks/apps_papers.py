@@ -93,6 +93,23 @@ def federated_select(d: dict) -> list[PaperResult]:
                     ("accuracy", "bytes"), rows, d, "adaptive BN selection", ("accuracy",))]
 
 
+def federated_adjust(d: dict) -> list[PaperResult]:
+    rows = _rows(d)
+    s = d["settings"]["sparsity"][0]
+    paper = "Distributed Pruning Towards Tiny Neural Networks in Federated Learning"
+    fixed = f"pruned {s:.2f}"
+    out = [_result(paper, f"FedTiny's progressive pruning (one layer a round, grown by the clients' top-k gradients of "
+                   f"its pruned weights) beats the server's fixed magnitude mask at sparsity {s}",
+                   compare(rows, "accuracy", f"{fixed} + progressive pruning", [fixed]), ("accuracy", "bytes"), rows,
+                   d, "progressive pruning", ("accuracy",))]
+    both = f"{fixed} + FedTiny (selection + progressive)"
+    if any(r.arm == both for r in rows):
+        out.append(_result(paper, f"FedTiny (adaptive batch-norm selection and progressive pruning) beats the fixed "
+                           f"global magnitude mask at sparsity {s}", compare(rows, "accuracy", both, [fixed]),
+                           ("accuracy", "bytes"), rows, d, "both modules", ("accuracy",)))
+    return out
+
+
 def _joined(results: list[tuple[str, str]]) -> tuple[str, str]:
     """Several comparisons' verdicts as one (combined) and their sentences after one statement of the rule."""
     from prunekit.bench.papers import combine
@@ -216,6 +233,7 @@ def loraprune(d: dict) -> list[PaperResult]:
 
 
 CLAIMS = {"apps_robustness": robustness, "apps_federated": federated, "apps_federated_select": federated_select,
+          "apps_federated_adjust": federated_adjust,
           "apps_transfer": transfer,
           "apps_windows": windows, "apps_distilled": distilled, "apps_detection": detection, "apps_emo": emo,
           "darex_smollm2": darex, "darex_adamr": darex_adamr, "loraprune_smollm2": loraprune,

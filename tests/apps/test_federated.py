@@ -169,7 +169,7 @@ def test_client_bn_loss_recomputes_the_statistics_on_local_data():
 def test_adaptive_bn_selection_picks_the_lowest_weighted_loss(monkeypatch):
     import copy
 
-    from prunekit.apps import federated
+    from prunekit.apps import fedtiny
     from prunekit.methods import prune_
 
     clients = _clients(3)
@@ -181,7 +181,7 @@ def test_adaptive_bn_selection_picks_the_lowest_weighted_loss(monkeypatch):
         return int(get_mask(twin[1]).sum())
 
     # a stand-in client that prefers the candidate keeping most of the first layer (every client agrees)
-    monkeypatch.setattr(federated, "client_bn_loss",
+    monkeypatch.setattr(fedtiny, "client_bn_loss",
                         lambda fn, state, masks, x, y, bs: (-float(masks["1"].sum()) * len(y), len(y)))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rep = federated_prune_(model, bn_model, clients, rounds=3, sparsity=0.8, prune_until=1.0, batch_size=16,

@@ -14,32 +14,34 @@ averaged weights and sends every candidate to every client; each client recomput
 each candidate on its own data (the masked model's running means and variances, from scratch) and returns its
 loss on that data under them; the candidate with the lowest size-weighted loss sets the allocation every later
 pruning round uses. Candidates are judged on the clients' data, not on the server's weights alone, which is
-FedTiny's answer to the bias non-IID data puts into a server-side choice. Its progressive fine-grained module is
-not built: the server prunes by magnitude under the chosen allocation.
+FedTiny's answer to the bias non-IID data puts into a server-side choice.
+
+FedTiny's progressive pruning (``adjust=``): once the final sparsity is reached, the mask is adjusted one layer a
+round, output layer first, by the clients' top-k gradients of that layer's pruned weights (grow) against the
+averaged weights' magnitudes (drop), at an unchanged sparsity (:mod:`prunekit.apps.fedtiny`); the top-k uploads
+are counted. The clients' functions and runners are in :mod:`prunekit.apps.federated_clients`.
 """
 
 from __future__ import annotations
 
 import copy
-import io
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
-from torch import Tensor, nn
-from torch.nn.utils import parametrize
+from torch import nn
 from torch.utils.data import TensorDataset
 
 from ..core.allocate import ALLOCATIONS
 from ..core.fraction import check_fraction
-from ..core.mask import get_mask, masked_modules, set_mask_, weight_of
-from ..core.stats import sparse_nbytes
 from ..methods import prune_
 from ..metrics.accuracy import accuracy
-from ..train.loop import fit
+from .federated_clients import (RUNNERS, Clients, client_bn_loss, client_topk_grads, client_update, effective_state,
+                                load_effective_, masks_of, payload_nbytes, topk_nbytes)
+from .fedtiny import adaptive_bn_select, adjust_plan, grow_prune_, masked_layers
 
-RUNNERS = ("serial", "processes", "ray")
+__all__ = ["FedReport", "FedRound", "adaptive_bn_select", "client_bn_loss", "client_update", "dirichlet_split",
+           "effective_state", "federated_prune_", "payload_nbytes", "progressive_schedule"]
 
 
 def dirichlet_split(labels: Any, n_clients: int, alpha: float, seed: int = 0, min_size: int = 1) -> list[np.ndarray]:
@@ -71,131 +73,6 @@ def dirichlet_split(labels: Any, n_clients: int, alpha: float, seed: int = 0, mi
                      "raise alpha or lower min_size")
 
 
-def payload_nbytes(state: dict[str, Tensor], sparse: bool) -> int:
-    """Bytes of a model payload: every tensor dense, or each floating tensor stored the smaller way
-    (dense, or a bitmask plus its non-zero values)."""
-    return sum(sparse_nbytes(t) if sparse else t.numel() * t.element_size() for t in state.values())
-
-
-def effective_state(model: nn.Module) -> dict[str, Tensor]:
-    """The state a client receives or sends: masked weights as they act (zeros in place), buffers included."""
-    out: dict[str, Tensor] = {}
-    for name, module in model.named_modules():
-        if "parametrizations" in name.split("."):
-            continue
-        prefix = f"{name}." if name else ""
-        for pname, p in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
-            out[prefix + pname] = p.detach().clone()
-        if parametrize.is_parametrized(module, "weight"):
-            out[prefix + "weight"] = module.weight.detach().clone()
-    return out
-
-
-def _masks(model: nn.Module) -> dict[str, Tensor]:
-    return {name: get_mask(m).clone() for name, m in masked_modules(model)}  # type: ignore[union-attr]
-
-
-def _load_effective_(model: nn.Module, state: dict[str, Tensor]) -> None:
-    """Write an effective state into ``model`` (the dense tensors under any masks)."""
-    modules = dict(model.named_modules())
-    for key, value in state.items():
-        mod_name, _, pname = key.rpartition(".")
-        module = modules[mod_name]
-        target = weight_of(module, pname) if pname == "weight" else getattr(module, pname)
-        with torch.no_grad():
-            target.copy_(value)
-
-
-def client_update(model_fn: Callable[[], nn.Module], state: dict[str, Tensor], masks: dict[str, Tensor],
-                  x: Tensor, y: Tensor, epochs: float, lr: float, batch_size: int, seed: int) -> dict[str, Tensor]:
-    """One client's round: build the model, load the server's weights and masks, train locally, return
-    the effective weights (pruned entries stay zero). A pure function of its arguments."""
-    torch.manual_seed(seed)
-    model = model_fn()
-    modules = dict(model.named_modules())
-    for name, mask in masks.items():
-        set_mask_(modules[name], mask)
-    _load_effective_(model, state)
-    fit(model, TensorDataset(x, y), epochs=epochs, lr=lr, batch_size=min(batch_size, len(y)), seed=seed,
-        progress=False)
-    return effective_state(model)
-
-
-def client_bn_loss(model_fn: Callable[[], nn.Module], state: dict[str, Tensor], masks: dict[str, Tensor],
-                   x: Tensor, y: Tensor, batch_size: int) -> tuple[float, int]:
-    """FedTiny's adaptive batch-norm evaluation of one candidate on one client: build the model, load the candidate's
-    weights and masks, recompute every batch norm's running statistics from scratch on the local data (a cumulative
-    average over its batches, no gradient), then return the summed cross-entropy over the local data under those
-    statistics, and the example count. A pure function of its arguments."""
-    model = model_fn()
-    modules = dict(model.named_modules())
-    for name, mask in masks.items():
-        set_mask_(modules[name], mask)
-    _load_effective_(model, state)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # the cumulative average of every batch seen
-    bs = max(1, min(batch_size, len(y)))
-    with torch.no_grad():
-        if norms:
-            model.train()
-            for i in range(0, len(y), bs):
-                model(x[i:i + bs])
-        model.eval()
-        loss = sum(float(nn.functional.cross_entropy(model(x[i:i + bs]), y[i:i + bs], reduction="sum"))
-                   for i in range(0, len(y), bs))
-    return loss, len(y)
-
-
-def _pack(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def _in_process(job: bytes) -> bytes:
-    """Run one packed ``(fn, args)`` job in a worker. Jobs and results cross as bytes: tensors pickled by
-    multiprocessing would travel as shared-memory file descriptors, whose hand-over can hang a spawned pool."""
-    torch.set_num_threads(1)
-    fn, args = torch.load(io.BytesIO(job), weights_only=False)
-    return _pack(fn(*args))
-
-
-class _Clients:
-    """Runs one pure function per client: in this process, in worker processes, or as Ray tasks."""
-
-    def __init__(self, runner: str, n: int) -> None:
-        self.runner, self.pool, self.remote = runner, None, None
-        if runner == "processes":
-            import multiprocessing as mp
-
-            self.pool = mp.get_context("spawn").Pool(min(n, 2))
-        elif runner == "ray":
-            import ray
-
-            if not ray.is_initialized():
-                ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-            self.remote = ray.remote(num_cpus=1)(_in_process)
-
-    def map(self, fn: Callable, args: list[tuple]) -> list[Any]:
-        if self.runner == "serial":
-            return [fn(*a) for a in args]
-        jobs = [_pack((fn, a)) for a in args]
-        if self.runner == "processes":
-            out = self.pool.map(_in_process, jobs)  # type: ignore[union-attr]
-        else:
-            import ray
-
-            out = ray.get([self.remote.remote(j) for j in jobs])  # type: ignore[union-attr]
-        return [torch.load(io.BytesIO(b), weights_only=False) for b in out]
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool.join()
-
-
 @dataclass
 class FedRound:
     """One communication round: the sparsity in force, test accuracy after averaging, bytes moved."""
@@ -221,6 +98,7 @@ class FedReport:
     runner: str = "serial"
     allocation: str = "global"
     selection: dict[str, Any] | None = None  # adaptive BN: each candidate's weighted local loss, the bytes it moved
+    adjustments: list[dict[str, Any]] = field(default_factory=list)  # progressive pruning: round, layer, k moved
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -232,6 +110,9 @@ class FedReport:
         if self.selection:
             losses = ", ".join(f"{k} {v:.3f}" for k, v in self.selection["losses"].items())
             chosen = f"; allocation {self.allocation} chosen by adaptive BN (local losses {losses})"
+        if self.adjustments:
+            moved = sum(a["k"] for a in self.adjustments)
+            chosen += f"; progressive pruning moved {moved} weights in {len(self.adjustments)} layer steps"
         return (f"federated: {len(self.rounds)} rounds, {self.clients} clients ({self.runner}), sparsity "
                 f"{self.final_sparsity:.3f}, accuracy {acc_s}, {self.total_bytes / 1e6:.2f} MB moved "
                 f"({self.total_bytes / max(self.dense_bytes, 1):.3f} of dense {self.dense_bytes / 1e6:.2f} MB)"
@@ -248,7 +129,7 @@ def progressive_schedule(sparsity: float, rounds: int, prune_until: float = 0.5)
 
 
 def _check(model: nn.Module, model_fn: Callable, clients: Sequence[TensorDataset], rounds: int, sparsity: float,
-           runner: str, local_epochs: float, select: Sequence[str] | None) -> None:
+           runner: str, local_epochs: float, select: Sequence[str] | None, adjust: float) -> None:
     if not callable(model_fn):
         raise ValueError("model_fn must be a function returning a fresh model of the same architecture")
     if not clients:
@@ -263,6 +144,11 @@ def _check(model: nn.Module, model_fn: Callable, clients: Sequence[TensorDataset
         raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
     if not local_epochs > 0:
         raise ValueError(f"local_epochs must be positive, got {local_epochs}")
+    if isinstance(adjust, bool) or not isinstance(adjust, (int, float)) or not 0 <= adjust <= 1:
+        raise ValueError(f"adjust (the share of a layer's kept weights progressive pruning moves) must be in [0, 1], "
+                         f"got {adjust!r}")
+    if adjust > 0 and not sparsity > 0:
+        raise ValueError("adjust moves pruned weights: it needs sparsity > 0")
     if select is not None:
         names = [select] if isinstance(select, str) else list(select)
         unknown = [n for n in names if n not in ALLOCATIONS]
@@ -285,50 +171,37 @@ def _check(model: nn.Module, model_fn: Callable, clients: Sequence[TensorDataset
                          "(clients rebuild it from model_fn)")
 
 
-def adaptive_bn_select(model: nn.Module, model_fn: Callable[[], nn.Module], clients: Sequence[TensorDataset],
-                       sparsity: float, candidates: Sequence[str], runner: "_Clients", batch_size: int,
-                       sparse_payload: bool = True) -> dict[str, Any]:
-    """FedTiny's adaptive batch-norm selection: one candidate mask per allocation in ``candidates`` at ``sparsity``
-    (magnitude on ``model``'s current weights), each evaluated by every client (:func:`client_bn_loss`); returns
-    ``{"chosen", "losses" (size-weighted mean local loss per candidate), "download_bytes", "upload_bytes",
-    "dense_bytes"}``. ``model`` is not changed."""
-    losses: dict[str, float] = {}
-    down = up = dense = 0
-    n = sum(len(c) for c in clients)
-    for name in candidates:
-        candidate = copy.deepcopy(model)
-        prune_(candidate, "magnitude", sparsity, allocation=name, progress=False)
-        state, masks = effective_state(candidate), _masks(candidate)
-        down += payload_nbytes(state, sparse_payload) * len(clients)
-        dense += payload_nbytes(state, False) * len(clients)
-        results = runner.map(client_bn_loss, [(model_fn, state, masks, c.tensors[0], c.tensors[1], batch_size)
-                                              for c in clients])
-        up += 16 * len(clients)  # a float64 loss and an int64 count from each client
-        losses[name] = sum(loss for loss, _ in results) / n
-    dense += up
-    return {"chosen": min(losses, key=losses.get), "losses": losses, "download_bytes": down, "upload_bytes": up,
-            "dense_bytes": dense}
-
-
 def federated_prune_(model: nn.Module, model_fn: Callable[[], nn.Module], clients: Sequence[TensorDataset], *,
                      rounds: int = 10, sparsity: float = 0.0, prune_until: float = 0.5, local_epochs: float = 1.0,
                      lr: float = 0.05, batch_size: int = 32, sparse_payload: bool = True, runner: str = "serial",
-                     select: Sequence[str] | None = None, test: TensorDataset | None = None,
-                     seed: int = 0) -> FedReport:
+                     select: Sequence[str] | None = None, adjust: float = 0.0, adjust_until: float = 0.8,
+                     test: TensorDataset | None = None, seed: int = 0) -> FedReport:
     """Train ``model`` in place by FedAvg over ``clients`` (one TensorDataset each), the server
     pruning it by magnitude to the :func:`progressive_schedule` sparsity before each round's
     broadcast (global allocation, or the one ``select`` chose). Clients train under the server's masks; updates
     are averaged weighted by client size. ``select``: allocations (e.g. ``("global", "uniform", "erk", "lamp")``)
     among which FedTiny's adaptive batch-norm selection (:func:`adaptive_bn_select`, at the final sparsity, before
-    the first pruning round) picks; its bytes are counted. ``sparse_payload=False`` counts every payload dense.
-    ``test`` adds accuracy per round. Returns a :class:`FedReport`. ``model_fn`` must build ``model``'s
-    architecture (clients rebuild it)."""
-    _check(model, model_fn, clients, rounds, sparsity, runner, local_epochs, select)
+    the first pruning round) picks; its bytes are counted. ``adjust``: FedTiny's progressive pruning — from the
+    first round at the final sparsity until ``adjust_until`` × rounds, one layer a round (output first) moves up to
+    ``adjust`` (cosine-decayed) of its kept weights to the pruned ones the clients' top-k gradients favour
+    (:func:`prunekit.apps.fedtiny.grow_prune_`); the top-k uploads are counted. ``sparse_payload=False`` counts
+    every payload dense. ``test`` adds accuracy per round. Returns a :class:`FedReport`. ``model_fn`` must build
+    ``model``'s architecture (clients rebuild it)."""
+    _check(model, model_fn, clients, rounds, sparsity, runner, local_epochs, select, adjust)
     schedule = progressive_schedule(float(sparsity), int(rounds), prune_until)
+    plan: dict[int, tuple[str, float]] = {}
+    if adjust > 0:
+        probe = copy.deepcopy(model)
+        prune_(probe, "magnitude", float(sparsity), progress=False)
+        plan = adjust_plan(schedule, masked_layers(probe), float(adjust), adjust_until)
+        if not plan:
+            raise ValueError(f"adjust: no round can adjust a layer ({rounds} rounds, final sparsity from round "
+                             f"{next(r for r, s in enumerate(schedule) if s >= schedule[-1]) + 1}, adjust_until "
+                             f"{adjust_until}): add rounds, lower prune_until or raise adjust_until")
     sizes = np.array([len(c) for c in clients], dtype=np.float64)
     weights = sizes / sizes.sum()
     report = FedReport(clients=len(clients), runner=runner)
-    pool = _Clients(runner, len(clients))
+    pool = Clients(runner, len(clients))
     try:
         total = 0
         for r, s in enumerate(schedule):
@@ -339,21 +212,36 @@ def federated_prune_(model: nn.Module, model_fn: Callable[[], nn.Module], client
                 report.allocation = report.selection["chosen"]
                 total += report.selection["download_bytes"] + report.selection["upload_bytes"]
                 report.dense_bytes += report.selection["dense_bytes"]
-            if s > 0:
+            # once the final sparsity holds, progressive pruning owns the masks (a magnitude re-prune would drop
+            # the weights it grew at zero before any client trained them)
+            if s > 0 and not (plan and r > 0 and s == schedule[r - 1]):
                 prune_(model, "magnitude", s, allocation=report.allocation, progress=False)
-            state, masks = effective_state(model), _masks(model)
+            state, masks = effective_state(model), masks_of(model)
             down = payload_nbytes(state, sparse_payload) * len(clients)
+            up = 0
+            topks = None
+            if r in plan and plan[r][0] in masks:
+                layer, share = plan[r]
+                k = int(round(share * int(masks[layer].sum())))
+                if k > 0:
+                    topks = pool.map(client_topk_grads, [(model_fn, state, layer, masks[layer], c.tensors[0],
+                                                          c.tensors[1], k, batch_size) for c in clients])
+                    up += sum(topk_nbytes(len(idx)) for idx, _ in topks)
+                    report.dense_bytes += masks[layer].numel() * 4 * len(clients)
             args = [(model_fn, state, masks, c.tensors[0], c.tensors[1], local_epochs, lr, batch_size,
                      seed * 100003 + r * 1009 + k) for k, c in enumerate(clients)]
             updates = pool.map(client_update, args)
-            up = sum(payload_nbytes(u, sparse_payload) for u in updates)
+            up += sum(payload_nbytes(u, sparse_payload) for u in updates)
             avg = {}
             for key in updates[0]:
                 if updates[0][key].is_floating_point():
                     avg[key] = sum(float(w) * u[key] for w, u in zip(weights, updates))
                 else:
                     avg[key] = updates[0][key]
-            _load_effective_(model, avg)
+            load_effective_(model, avg)
+            if topks is not None:
+                moved = grow_prune_(model, layer, topks, weights.tolist(), share)
+                report.adjustments.append({"round": r + 1, "layer": layer, "k": moved["k"]})
             total += down + up
             report.dense_bytes += payload_nbytes(state, False) * len(clients) * 2
             acc = accuracy(model, test) if test is not None else None
