@@ -16,6 +16,12 @@ What AdamR costs the fine-tune itself is paired and printed beside it. One torch
 
     nice -n 10 python benchmarks/darex_adamr.py                                    # the README's table
     python benchmarks/darex_adamr.py --steps 2 --seeds 0 --eval-windows 2 --densities 0.1   # smoke run
+    nice -n 10 python benchmarks/darex_adamr.py --darex-q --json benchmarks/results/darex_adamr_q.json
+
+``--darex-q`` also prunes each fine-tune's delta with DAREx-q (``prunekit.merge.darex.search_q``: the rescale 1/q
+searched on ``--nsamples`` × ``--seqlen`` calibration tokens, the paper's first repair) at each density, so the two
+repairs are compared on the same fine-tunes, alone and together: does DAREx-q's rescale rescue the AdamW fine-tune's
+large deltas, and does it add anything to AdamR's small ones (DARE's cost minus DAREx-q's, paired over seeds).
 """
 
 from __future__ import annotations
@@ -72,6 +78,9 @@ def main() -> None:
     ap.add_argument("--eval-seqlen", type=int, default=256)
     ap.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "darex_adamr.json"))
     ap.add_argument("--table", action="store_true", help="only rewrite --json's verdicts and print its table")
+    ap.add_argument("--darex-q", action="store_true", help="also DAREx-q (q searched) at every density")
+    ap.add_argument("--nsamples", type=int, default=4, help="DAREx-q's calibration windows")
+    ap.add_argument("--seqlen-q", type=int, default=256, help="DAREx-q's calibration window length")
     args = ap.parse_args()
     out = Path(args.json)
     if args.table:
@@ -86,7 +95,9 @@ def main() -> None:
 
     import merge_smollm2 as ms
     from prunekit.datasets.text import split_documents
-    from prunekit.merge import merge_config, merge_state_dicts
+    from prunekit.datasets.text import calibration_windows
+    from prunekit.merge import TensorFolder, merge_config, merge_state_dicts
+    from prunekit.merge.darex import search_q
     from prunekit.metrics.perplexity import perplexity
     from prunekit.train import AdamR
 
@@ -120,11 +131,23 @@ def main() -> None:
                 t0 = time.process_time()
                 merged = merge_state_dicts(base_sd, [ft_sd], merge_config("dare_linear", density=density, seed=seed))
                 run["dare"][f"{density:g}"] = {"ppl": ppl(merged), "merge_cpu_s": time.process_time() - t0}
+                if args.darex_q:
+                    t0 = time.process_time()
+                    config = merge_config("dare_linear", density=density, seed=seed)
+                    windows = calibration_windows(tok, "pydocs", args.nsamples, args.seqlen_q, seed, say=lambda *_: None)
+                    q, summary = search_q(TensorFolder(mwork / "base"), TensorFolder(folder), config, 0, windows,
+                                          [n for n in base_sd if base_sd[n].is_floating_point()])
+                    merged = merge_state_dicts(base_sd, [ft_sd], config, searched=[q])
+                    run.setdefault("darex_q", {})[f"{density:g}"] = {
+                        "ppl": ppl(merged), "q": q, "error": summary["error"], "error_dare": summary["error_dare"],
+                        "search_cpu_s": time.process_time() - t0}
             record["fits"].append(run)
             print(f"seed {seed} {name:<16} loss {info['first_loss']:.3f} → {info['last_loss']:.3f} "
                   f"({info['cpu_s']:.0f} s CPU), mean|δ| {run['delta']['mean_abs']:.2e} std {run['delta']['std']:.2e}, "
                   f"fine-tuned {run['finetuned']:.3f}, DARE " +
-                  ", ".join(f"{d}: {v['ppl']:.3f}" for d, v in run["dare"].items()), flush=True)
+                  ", ".join(f"{d}: {v['ppl']:.3f}" for d, v in run["dare"].items()) +
+                  ("; DAREx-q " + ", ".join(f"{d}: {v['ppl']:.3f} (q {v['q']:.4f})" for d, v in run["darex_q"].items())
+                   if "darex_q" in run else ""), flush=True)
             out.write_text(json.dumps(record, indent=2) + "\n")
             shutil.rmtree(folder)  # 430 MB a fine-tune; the figures are in the record
     record = payload(record)
@@ -154,6 +177,16 @@ def payload(record: dict) -> dict:
             cost = [r["dare"][d]["ppl"] - r["finetuned"] for r in rs]
             row["dare"][d] = {"ppl": statistics.fmean(ppls), "ppl_min": min(ppls), "ppl_max": max(ppls),
                               "cost": statistics.fmean(cost), "cost_min": min(cost), "cost_max": max(cost)}
+        if all("darex_q" in r for r in rs):
+            row["darex_q"] = {}
+            for d in rs[0]["darex_q"]:
+                cost = [r["darex_q"][d]["ppl"] - r["finetuned"] for r in rs]
+                row["darex_q"][d] = {"ppl": statistics.fmean(r["darex_q"][d]["ppl"] for r in rs),
+                                     "cost": statistics.fmean(cost), "cost_min": min(cost), "cost_max": max(cost),
+                                     "q": [r["darex_q"][d]["q"] for r in rs]}
+                # DAREx-q's repair on this arm's own fine-tunes: DARE's ppl minus DAREx-q's, paired by seed
+                mean, se = _paired([r["dare"][d]["ppl"] - r["darex_q"][d]["ppl"] for r in rs])
+                row["darex_q"][d].update(dare_minus_darex_q=mean, se=se, held=bool(len(rs) > 1 and mean > 2 * se))
         summary[arm] = row
     plain = {r["seed"]: r for r in runs if r["arm"] == "adamw"}
     for arm in arms[1:]:
@@ -173,6 +206,11 @@ def payload(record: dict) -> dict:
                        "figures": {"ppl": v["ppl"], "finetuned": r["finetuned"], "drop_cost": v["ppl"] - r["finetuned"],
                                    "neg_drop_cost": r["finetuned"] - v["ppl"], "mean_abs_delta": r["delta"]["mean_abs"]}}
                       for r in runs for d, v in r["dare"].items()]
+    record["runs"] += [{"label": f"{label[r['arm']]} + DAREx-q @ density={d}", "seed": r["seed"],
+                        "figures": {"ppl": v["ppl"], "finetuned": r["finetuned"], "drop_cost": v["ppl"] - r["finetuned"],
+                                    "neg_drop_cost": r["finetuned"] - v["ppl"], "q": v["q"],
+                                    "mean_abs_delta": r["delta"]["mean_abs"]}}
+                       for r in runs for d, v in r.get("darex_q", {}).items()]
     return record
 
 
@@ -188,6 +226,11 @@ def print_table(record: dict) -> None:
         print(f"| {arm} | {row['mean_abs_delta']:.2e} | {row['std_delta']:.2e} | {row['finetuned']:.3f} | " +
               " | ".join(f"{row['dare'][d]['ppl']:.3f} ({row['dare'][d]['cost']:+.3f}, {row['dare'][d]['cost_min']:+.3f}"
                          f" – {row['dare'][d]['cost_max']:+.3f})" for d in ds) + " |")
+    for arm, row in record["summary"].items():
+        for d, v in row.get("darex_q", {}).items():
+            print(f"| {arm} + DAREx-q | | | {row['finetuned']:.3f} | density {d}: {v['ppl']:.3f} ({v['cost']:+.3f}, "
+                  f"{v['cost_min']:+.3f} – {v['cost_max']:+.3f}); q {', '.join(f'{q:.4f}' for q in v['q'])}; DARE − "
+                  f"DAREx-q {v['dare_minus_darex_q']:+.3f} ± {v['se']:.3f}: {'held' if v['held'] else 'not held'} |")
     for v in record["verdicts"]:
         print(f"{v['arm']} at density {v['density']}: the drop's cost, AdamW − AdamR {v['cost_adamw_minus_adamr']:+.3f} "
               f"± {v['se']:.3f} (fine-tuned, AdamW − AdamR {v['finetuned_adamw_minus_adamr']:+.3f} ± "

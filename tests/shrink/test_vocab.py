@@ -220,3 +220,37 @@ def test_text_loss_refuses_text_with_nothing_to_score():
         text_loss(tiny_model("llama", vocab_size=len(tok)), tok, ["a"], seqlen=16)
     with pytest.raises(ValueError, match="seqlen"):
         text_loss(tiny_model("llama", vocab_size=len(tok)), tok, HELD_OUT, seqlen=1)
+
+
+@pytest.mark.slow
+def test_llama_cpp_tokenizes_a_trimmed_gguf_as_the_trimmed_tokenizer(tmp_path):
+    """SmolLM2's real tokenizer trimmed to pydocs documents, a small model of that vocabulary written to GGUF with the
+    source file's tokenizer fields cut to the kept ids: llama.cpp's own tokenizer must give the trimmed Hugging Face
+    tokenizer's ids, on held-out docs and on text far outside the corpus (the byte fallback), or a trimmed model
+    would be scored and run on other tokens in llama.cpp than in transformers."""
+    import ast
+    import subprocess
+
+    from prunekit.datasets.text import documents, split_documents
+    from prunekit.export import find_source_gguf
+    from prunekit.export.gguf import plan_gguf, write_gguf
+    from prunekit.export.llama_cpp import llama_cpp_tool
+    from prunekit.shrink.vocab import corpus_texts
+
+    tool = llama_cpp_tool("llama-tokenize")
+    if tool is None:
+        pytest.skip("llama.cpp is not built (make llama-cpp)")
+    tok = _real_tokenizer("smollm2-135m")
+    plan = plan_vocab(tok, corpus_texts("pydocs")[:100])
+    model = tiny_model("llama", vocab_size=len(plan.kept), hidden=64)
+    path = tmp_path / "trimmed.gguf"
+    write_gguf(model, plan_gguf(model, plan.tokenizer, "f16", find_source_gguf("smollm2-135m"),
+                                plan.kept.tolist()), path)
+    held = split_documents(documents("pydocs"), "evaluation")[0].text[:2000]
+    for text in (held, "Zürich naïve café 東京 🤖 supercalifragilisticexpialidocious κόσμε\n"):
+        (tmp_path / "t.txt").write_text(text)
+        out = subprocess.run([str(tool), "-m", str(path), "-f", str(tmp_path / "t.txt"), "--ids", "--log-disable",
+                              "--no-bos"], capture_output=True, text=True, timeout=120)
+        got = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+        assert got == _ids(plan.tokenizer, text)
+        assert plan.tokenizer.decode(got) == text
