@@ -18,11 +18,17 @@ from typing import Any, Callable
 from prunekit.bench.papers import Measured, PaperResult, check_results, compare
 
 MODEL = "apps (see each benchmark's model)"
+# the benchmarks whose results come from another script's option (the rest: benchmarks/<name>.py)
+SCRIPTS = {"apps_federated_select": "benchmarks/apps_federated.py --select … --name apps_federated_select",
+           "apps_federated_adjust": "benchmarks/apps_federated.py --adjust … --name apps_federated_adjust",
+           "darex_adamr_q": "benchmarks/darex_adamr.py --darex-q",
+           "loraprune_smollm2_heads": "benchmarks/loraprune_smollm2.py --what heads"}
 
 
 def read_payload(path: Path, name: str) -> dict[str, Any]:
     """The JSON document ``benchmarks/<name>.py`` wrote; one clear line for a file of another shape."""
-    hint = f"pass the JSON file benchmarks/{name}.py wrote (benchmarks/results/{name}.json); nothing was stored"
+    hint = f"pass the JSON file {SCRIPTS.get(name, f'benchmarks/{name}.py')} wrote (benchmarks/results/{name}.json); " \
+           "nothing was stored"
     if not path.is_file():
         raise ValueError(f"{path}: no such results file; {hint}")
     try:
@@ -214,6 +220,19 @@ def darex_adamr(d: dict) -> list[PaperResult]:
                     results, ("neg_drop_cost", "drop_cost", "ppl", "finetuned"), rows, d, "DAREx-L2 (AdamR)")]
 
 
+def darex_adamr_q(d: dict) -> list[PaperResult]:
+    rows = _rows(d, _at)
+    paper = "DARE the Extreme: Revisiting Delta-Parameter Pruning For Fine-Tuned Models"
+    adamr = next(a for a in dict.fromkeys(r.arm for r in rows) if a.startswith("AdamR") and "DAREx-q" not in a)
+    return [_result(paper, "DAREx-q's rescale (1/q, q searched on calibration text) makes DARE's drop of an AdamW "
+                    "fine-tune's large deltas cheaper than DARE's 1/density, at every density tried",
+                    compare(rows, "neg_drop_cost", "AdamW + DAREx-q", ["AdamW"], percent=False),
+                    ("neg_drop_cost", "drop_cost", "ppl", "finetuned"), rows, d, "DAREx-q on AdamW's deltas"),
+            _result(paper, f"DAREx-q's rescale also makes the drop of {adamr}'s small deltas cheaper (both repairs "
+                    "together)", compare(rows, "neg_drop_cost", f"{adamr} + DAREx-q", [adamr], percent=False),
+                    ("neg_drop_cost", "drop_cost", "ppl", "finetuned"), rows, d, "DAREx-q on AdamR's deltas")]
+
+
 def loraprune(d: dict) -> list[PaperResult]:
     rows = _rows(d)
     paper = "LoRAPrune: Pruning Meets Low-Rank Parameter-Efficient Fine-Tuning"
@@ -236,7 +255,8 @@ CLAIMS = {"apps_robustness": robustness, "apps_federated": federated, "apps_fede
           "apps_federated_adjust": federated_adjust,
           "apps_transfer": transfer,
           "apps_windows": windows, "apps_distilled": distilled, "apps_detection": detection, "apps_emo": emo,
-          "darex_smollm2": darex, "darex_adamr": darex_adamr, "loraprune_smollm2": loraprune,
+          "darex_smollm2": darex, "darex_adamr": darex_adamr,
+          "darex_adamr_q": darex_adamr_q, "loraprune_smollm2": loraprune,
           "loraprune_smollm2_heads": loraprune}
 
 

@@ -133,7 +133,7 @@ def main() -> None:
                 run["dare"][f"{density:g}"] = {"ppl": ppl(merged), "merge_cpu_s": time.process_time() - t0}
                 if args.darex_q:
                     t0 = time.process_time()
-                    config = merge_config("dare_linear", density=density, seed=seed)
+                    config = merge_config("dare_linear", density=density, seed=seed, q="search")
                     windows = calibration_windows(tok, "pydocs", args.nsamples, args.seqlen_q, seed, say=lambda *_: None)
                     q, summary = search_q(TensorFolder(mwork / "base"), TensorFolder(folder), config, 0, windows,
                                           [n for n in base_sd if base_sd[n].is_floating_point()])
@@ -201,7 +201,8 @@ def payload(record: dict) -> dict:
                              "held": bool(len(pairs) > 1 and mean > 2 * se)})
     record["summary"], record["verdicts"] = summary, verdicts
     label = {"adamw": "AdamW"} | {a: f"AdamR-L2 λ={a.rsplit('_', 1)[1]}" for a in arms[1:]}
-    record["benchmark"], record["model"] = "darex_adamr", "SmolLM2-135M-Instruct"
+    with_q = any("darex_q" in r for r in runs)  # the DAREx-q comparison is its own benchmark in the results store
+    record["benchmark"], record["model"] = "darex_adamr_q" if with_q else "darex_adamr", "SmolLM2-135M-Instruct"
     record["runs"] = [{"label": f"{label[r['arm']]} @ density={d}", "seed": r["seed"],
                        "figures": {"ppl": v["ppl"], "finetuned": r["finetuned"], "drop_cost": v["ppl"] - r["finetuned"],
                                    "neg_drop_cost": r["finetuned"] - v["ppl"], "mean_abs_delta": r["delta"]["mean_abs"]}}

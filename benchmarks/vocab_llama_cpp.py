@@ -139,17 +139,17 @@ def main() -> None:
     record["text_tokens"] = text_tokens
     del models, trimmed, lm
     rows, speeds, ppls = [], {}, {}
-    for q in quants:
+    for q in quants:  # every timing first, while the machine is as quiet as it will be; the perplexities after
         t = stopwatch()
-        speed = engine_speed({n: f["path"] for n, f in files[q].items()}, rounds=args.rounds, threads=args.threads,
-                             progress=True)
+        speeds[q] = engine_speed({n: f["path"] for n, f in files[q].items()}, rounds=args.rounds,
+                                 threads=args.threads, progress=True).to_dict()
         record["stages"][f"llama-bench {q}"] = t()
+    for q in quants:
         t = stopwatch()
         ppl = {n: llama_perplexity(f["path"], text, ctx=args.ppl_ctx, chunks=args.ppl_chunks,
                                    threads=args.threads).to_dict() for n, f in files[q].items()}
         record["stages"][f"llama-perplexity {q}"] = t()
-        sp = speed.to_dict()
-        speeds[q], ppls[q] = sp, ppl
+        sp, ppls[q] = speeds[q], ppl
         for n, f in files[q].items():
             m, up = sp["models"][n], sp["speedups"].get(n, {})
             rows.append({"model": n, "quant": q, "params": params[n], "bytes": f["bytes"],

@@ -83,6 +83,9 @@ def test_state_dict_merge_takes_the_searched_q(folders):
         assert torch.allclose(searched[n] - base[n], 2.5 * (plain[n] - base[n]), rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="one searched q per model"):
         merge_state_dicts(base, [ft], "dare_linear", density=0.1, q="search")
+    # searched q values without q='search' would be ignored (DARE's 1/density applied): refused instead
+    with pytest.raises(ValueError, match="would be ignored"):
+        merge_state_dicts(base, [ft], "dare_linear", density=0.1, seed=4, searched=[0.4])
 
 
 @pytest.mark.parametrize("fields,match", [

@@ -407,6 +407,10 @@ def merge_state_dicts(base: dict[str, torch.Tensor], models: Sequence[dict[str, 
     config = merge_config(method, **fields)
     if not models:
         raise ValueError("models must hold one or more fine-tuned state dicts")
+    if searched is not None and getattr(config, "q", None) != "search":
+        raise ValueError(f"searched q values are used only by DAREx-q with q='search'; this merge's q is "
+                         f"{getattr(config, 'q', None)!r}, so they would be ignored: pass q='search' with them, or drop "
+                         "searched")
     config.weight_list(len(models))
     for i, m in enumerate(models):
         if set(m) != set(base):
