@@ -9,6 +9,7 @@ from torch.utils.data import TensorDataset
 from prunekit.apps.federated import (client_update, dirichlet_split, effective_state, federated_prune_,
                                      payload_nbytes, progressive_schedule)
 from prunekit.core.mask import get_mask
+from tests.apps.federated_data import make_clients
 
 
 def tiny() -> nn.Module:
@@ -16,14 +17,7 @@ def tiny() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
 
 
-def _clients(n=3, per=48, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(3, 16, generator=g) * 2
-    out = []
-    for k in range(n):
-        y = torch.randint(0, 3, (per,), generator=g)
-        out.append(TensorDataset(centres[y] + torch.randn(per, 16, generator=g), y))
-    return out
+_clients = make_clients
 
 
 def test_dirichlet_split_is_a_partition_and_skewed():

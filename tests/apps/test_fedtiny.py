@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from prunekit.apps.federated import federated_prune_
 from prunekit.apps.federated_clients import client_topk_grads, effective_state, topk_nbytes
 from prunekit.apps.fedtiny import adjust_plan, grow_prune_
 from prunekit.core.mask import get_mask, set_mask_, weight_of
+from tests.apps.federated_data import make_clients
 
 
 def linear() -> nn.Module:
@@ -24,14 +24,7 @@ def tiny() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
 
 
-def _clients(n=3, per=48, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(3, 16, generator=g) * 2
-    out = []
-    for _ in range(n):
-        y = torch.randint(0, 3, (per,), generator=g)
-        out.append(TensorDataset(centres[y] + torch.randn(per, 16, generator=g), y))
-    return out
+_clients = make_clients
 
 
 def test_client_topk_grads_is_the_cross_entropy_gradient_at_pruned_entries():
