@@ -56,16 +56,24 @@ def load_effective_(model: nn.Module, state: dict[str, Tensor]) -> None:
             target.copy_(value)
 
 
+def client_model(model_fn: Callable[[], nn.Module], state: dict[str, Tensor],
+                 masks: dict[str, Tensor] | None = None) -> nn.Module:
+    """What every client starts from: a fresh model from ``model_fn`` with the server's ``masks`` (by module name)
+    and its effective weights ``state``."""
+    model = model_fn()
+    modules = dict(model.named_modules())
+    for name, mask in (masks or {}).items():
+        set_mask_(modules[name], mask)
+    load_effective_(model, state)
+    return model
+
+
 def client_update(model_fn: Callable[[], nn.Module], state: dict[str, Tensor], masks: dict[str, Tensor],
                   x: Tensor, y: Tensor, epochs: float, lr: float, batch_size: int, seed: int) -> dict[str, Tensor]:
     """One client's round: build the model, load the server's weights and masks, train locally, return
     the effective weights (pruned entries stay zero). A pure function of its arguments."""
     torch.manual_seed(seed)
-    model = model_fn()
-    modules = dict(model.named_modules())
-    for name, mask in masks.items():
-        set_mask_(modules[name], mask)
-    load_effective_(model, state)
+    model = client_model(model_fn, state, masks)
     fit(model, TensorDataset(x, y), epochs=epochs, lr=lr, batch_size=min(batch_size, len(y)), seed=seed,
         progress=False)
     return effective_state(model)
@@ -77,11 +85,7 @@ def client_bn_loss(model_fn: Callable[[], nn.Module], state: dict[str, Tensor], 
     weights and masks, recompute every batch norm's running statistics from scratch on the local data (a cumulative
     average over its batches, no gradient), then return the summed cross-entropy over the local data under those
     statistics, and the example count. A pure function of its arguments."""
-    model = model_fn()
-    modules = dict(model.named_modules())
-    for name, mask in masks.items():
-        set_mask_(modules[name], mask)
-    load_effective_(model, state)
+    model = client_model(model_fn, state, masks)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for m in norms:
         m.reset_running_stats()
@@ -96,6 +100,29 @@ def client_bn_loss(model_fn: Callable[[], nn.Module], state: dict[str, Tensor], 
         loss = sum(float(nn.functional.cross_entropy(model(x[i:i + bs]), y[i:i + bs], reduction="sum"))
                    for i in range(0, len(y), bs))
     return loss, len(y)
+
+
+def client_topk_grads(model_fn: Callable[[], nn.Module], state: dict[str, Tensor], layer: str, mask: Tensor,
+                      x: Tensor, y: Tensor, k: int, batch_size: int) -> tuple[Tensor, Tensor]:
+    """FedTiny's client side of a progressive-pruning step: the gradient of the mean cross-entropy over the local
+    data with respect to ``layer``'s weight at the broadcast weights (pruned entries zero, as the clients hold
+    them), kept only where ``mask`` is 0 and only the ``k`` largest in magnitude — a top-k buffer, not a dense
+    gradient, is what a memory-bound client stores and sends. Returns ``(flat indices, values)``, sorted by
+    index. A pure function of its arguments."""
+    model = client_model(model_fn, state)
+    weight = dict(model.named_modules())[layer].weight
+    model.train()
+    model.zero_grad(set_to_none=True)
+    bs = max(1, min(batch_size, len(y)))
+    for i in range(0, len(y), bs):
+        loss = nn.functional.cross_entropy(model(x[i:i + bs]), y[i:i + bs], reduction="sum") / len(y)
+        loss.backward()
+    grad = weight.grad.detach().reshape(-1)
+    pruned = (mask.reshape(-1) == 0).nonzero().squeeze(1)
+    k = min(int(k), pruned.numel())
+    top = grad[pruned].abs().topk(k).indices
+    idx = pruned[top].sort().values
+    return idx, grad[idx].clone()
 
 
 def _pack(obj: Any) -> bytes:
@@ -144,30 +171,6 @@ class Clients:
         if self.pool is not None:
             self.pool.close()
             self.pool.join()
-
-
-def client_topk_grads(model_fn: Callable[[], nn.Module], state: dict[str, Tensor], layer: str, mask: Tensor,
-                      x: Tensor, y: Tensor, k: int, batch_size: int) -> tuple[Tensor, Tensor]:
-    """FedTiny's client side of a progressive-pruning step: the gradient of the mean cross-entropy over the local
-    data with respect to ``layer``'s weight at the broadcast weights (pruned entries zero, as the clients hold
-    them), kept only where ``mask`` is 0 and only the ``k`` largest in magnitude — a top-k buffer, not a dense
-    gradient, is what a memory-bound client stores and sends. Returns ``(flat indices, values)``, sorted by
-    index. A pure function of its arguments."""
-    model = model_fn()
-    load_effective_(model, state)
-    weight = dict(model.named_modules())[layer].weight
-    model.train()
-    model.zero_grad(set_to_none=True)
-    bs = max(1, min(batch_size, len(y)))
-    for i in range(0, len(y), bs):
-        loss = nn.functional.cross_entropy(model(x[i:i + bs]), y[i:i + bs], reduction="sum") / len(y)
-        loss.backward()
-    grad = weight.grad.detach().reshape(-1)
-    pruned = (mask.reshape(-1) == 0).nonzero().squeeze(1)
-    k = min(int(k), pruned.numel())
-    top = grad[pruned].abs().topk(k).indices
-    idx = pruned[top].sort().values
-    return idx, grad[idx].clone()
 
 
 def topk_nbytes(k: int) -> int:
