@@ -21,6 +21,13 @@ this one's.
 
     python benchmarks/shrink_kd_budget.py --continue-from /tmp/shrink_kd_budget/student --steps 80 --lr 1.5e-4 \
         --ce-weight 0.5 --eval-every 20 --work /tmp/shrink_kd_continued --results benchmarks/results/shrink_kd_continued.json
+
+``--vocab SOURCE`` cuts the vocabulary of student *and* teacher to the tokens SOURCE's calibration split uses
+(``prunekit.shrink.vocab``, one plan for both) before the distillation, as ``prunekit shrink --vocab`` does: the
+LM head and both softmaxes shrink (SmolLM2 on pydocs: 49,152 → 23,031 rows), so every step is cheaper; the text
+is read in the trimmed tokenizer's ids and the held-out perplexity is measured in its tokens, beside the
+trimmed dense model's (the like-for-like baseline) and the full dense model's. The student folder then holds
+``prunekit-vocab.json`` (the source ids kept), which ``benchmarks/vocab_llama_cpp.py --student`` reads.
 """
 
 from __future__ import annotations
@@ -101,6 +108,8 @@ def main() -> None:
     p.add_argument("--continue-from", default=None, metavar="DIR", help="a saved student folder to distil further")
     p.add_argument("--first-results", default=str(RESULTS), help="the results file of the run that saved it")
     p.add_argument("--skip-windows", type=int, default=None, help="windows of the stream to skip (default: the first run's)")
+    p.add_argument("--vocab", default=None, metavar="SOURCE",
+                   help="cut student and teacher to the tokens of SOURCE's calibration split before distilling")
     args = p.parse_args()
 
     import torch
@@ -121,6 +130,17 @@ def main() -> None:
     lm = load_model("smollm2-135m")
     tok, teacher = lm.tokenizer, lm.model.eval()
     heldout = eval_windows(tok, "pydocs", args.eval_windows, args.seqlen, default=True, say=lambda t: None)
+    dense_full, plan = None, None
+    if args.vocab and args.continue_from:
+        raise SystemExit("--vocab cuts a fresh student and its teacher; --continue-from distils a saved one further")
+    if args.vocab:  # the full model's perplexity first; the student is then copied from the cut teacher
+        from prunekit.shrink.vocab import config_token_ids, corpus_texts, plan_vocab, trim_vocab_
+
+        dense_full = perplexity(teacher, heldout, progress=False)
+        plan = plan_vocab(tok, corpus_texts(args.vocab), keep_ids=config_token_ids(teacher.config))
+        trim_vocab_(teacher, tok, plan=plan)
+        tok = plan.tokenizer
+        heldout = eval_windows(tok, "pydocs", args.eval_windows, args.seqlen, default=True, say=lambda t: None)
     cfg = DistillConfig(steps=args.steps, batch_size=args.batch, seqlen=args.seqlen, lr=args.lr, seed=args.seed,
                         checkpoint_every=args.checkpoint_every, ce_weight=args.ce_weight, precision=args.precision)
     run = {"target": args.target, "axes": args.axes, "seed": args.seed, "config": cfg.model_dump()}
@@ -161,9 +181,12 @@ def main() -> None:
             else:
                 done = _cut_to_grid_shape(student, args.target, calib, args.axes.split(","), args.grid_index)
                 print(done, flush=True)
+            if plan is not None:  # the student is a copy of the cut teacher: cut alike, calibrated in its ids
+                done["vocab"] = {"source": args.vocab, "before": plan.vocab_before, "after": len(plan.kept)}
             origin = {"shrink": {**done, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}}
         record = {"command": " ".join(["python", *sys.argv]), "args": vars(args), "config": cfg.model_dump(),
                   **origin, "dense_perplexity": perplexity(teacher, heldout, progress=False),
+                  **({"dense_full_vocab_perplexity": dense_full} if dense_full is not None else {}),
                   "curve": [], "machine": {"cpus": os.cpu_count(), "threads": args.threads}}
         record["curve"].append({"step": 0, "tokens": 0, "perplexity": perplexity(student, heldout, progress=False),
                                 "wall_s": 0.0, "cpu_s": 0.0})
@@ -200,14 +223,21 @@ def main() -> None:
     folder = work / "student"
     student.save_pretrained(folder)
     tok.save_pretrained(folder)
-    gguf = work / "smollm2-shrunk-kd-f16.gguf"
-    rep = export(student, tok, gguf, to="gguf", quant="f16", source="smollm2-135m", overwrite=True)
-    record["gguf"] = {"path": str(gguf), "bytes": rep.bytes}
+    if plan is not None:  # the source ids kept, for a GGUF that cuts the source's tokenizer alike
+        from prunekit.export.gguf_vocab import KEPT_FILE
+
+        (folder / KEPT_FILE).write_text(json.dumps({"kept": plan.kept.tolist()}) + "\n")
+    else:
+        gguf = work / "smollm2-shrunk-kd-f16.gguf"
+        rep = export(student, tok, gguf, to="gguf", quant="f16", source="smollm2-135m", overwrite=True)
+        record["gguf"] = {"path": str(gguf), "bytes": rep.bytes}
     final = record["curve"][-1]["perplexity"]
     record["final"] = {"perplexity": final, "dense": record["dense_perplexity"],
                        "ratio": final / record["dense_perplexity"],
                        "within_15_percent": bool(final <= 1.15 * record["dense_perplexity"]),
                        "tokens": args.steps * args.batch * args.seqlen}
+    if dense_full is not None:  # the student in the cut vocabulary's tokens against the full model in its own
+        record["final"]["ratio_to_full_vocab"] = final / dense_full
     if "continued_from" in record:
         first_spent = record["continued_from"].get("spent") or {}
         record["final"]["tokens_total"] = record["final"]["tokens"] + record["continued_from"]["tokens"]

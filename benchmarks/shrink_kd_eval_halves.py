@@ -5,6 +5,10 @@ which is what ``llama-perplexity`` scores. The two ratios say whether a gap seen
 scoring or from the conversion.
 
     python benchmarks/shrink_kd_eval_halves.py /tmp/shrink_kd_budget/student      # after shrink_kd_budget.py
+
+A student distilled in a cut vocabulary (its folder holds ``prunekit-vocab.json``: ``shrink_kd_budget.py --vocab``)
+is scored in its own tokenizer's windows of the same split, beside the dense model cut to the same ids
+(``dense_vocab``, the like-for-like baseline: ``ratio_*``) and the full dense model in its own (``ratio_*_full``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from prunekit.datasets.text import eval_windows
+    from prunekit.export.gguf_vocab import kept_token_ids
     from prunekit.models.hf import load_model
 
     torch.set_num_threads(args.threads)
@@ -52,7 +57,25 @@ def main() -> None:
     out: dict = {"windows": args.windows, "seqlen": args.seqlen, "student_folder": args.student}
     if reused is not None:
         out["dense"], out["dense_from"] = reused["dense"], args.dense_from
-    for name, model in (("dense", lm.model.eval()), ("student", student)):
+    scored = [("dense", lm.model.eval(), windows), ("student", student, windows)]
+    kept = kept_token_ids(args.student)
+    if kept is not None:  # distilled in a cut vocabulary: its own windows, and the dense model cut alike
+        import copy
+
+        from transformers import AutoTokenizer
+
+        from prunekit.shrink.vocab import config_token_ids, corpus_texts, plan_vocab, trim_vocab_
+
+        plan = plan_vocab(lm.tokenizer, corpus_texts("pydocs"), keep_ids=config_token_ids(lm.model.config))
+        if plan.kept.tolist() != kept:
+            raise SystemExit(f"{args.student} kept {len(kept)} token ids, not the {len(plan.kept)} of pydocs' "
+                             "calibration split: cut the dense model with its own plan")
+        cut = copy.deepcopy(lm.model).eval()
+        trim_vocab_(cut, lm.tokenizer, plan=plan)
+        own = eval_windows(AutoTokenizer.from_pretrained(args.student), "pydocs", args.windows, args.seqlen,
+                           default=True, say=lambda t: None)
+        scored = [scored[0], ("dense_vocab", cut, own), ("student", student, own)]
+    for name, model, windows in scored:
         if name == "dense" and reused is not None:
             continue
         total = {"all_tokens": [0.0, 0], "second_half": [0.0, 0]}
@@ -67,7 +90,9 @@ def main() -> None:
                     total[key][1] += part.numel()
         out[name] = {k: math.exp(s / n) for k, (s, n) in total.items()}
     for key in ("all_tokens", "second_half"):
-        out[f"ratio_{key}"] = out["student"][key] / out["dense"][key]
+        out[f"ratio_{key}"] = out["student"][key] / out["dense_vocab" if kept is not None else "dense"][key]
+        if kept is not None:
+            out[f"ratio_{key}_full"] = out["student"][key] / out["dense"][key]
     Path(args.results).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))
 

@@ -1,5 +1,6 @@
 """A decoder in llama.cpp, dense against its vocabulary trimmed to Python's docs — and, with ``--student DIR``,
-a shrunk and distilled model of the same family before and after the same trim; with ``--width``, the trimmed
+a shrunk and distilled model of the same family before and after the same trim (a student distilled in the cut
+vocabulary, whose folder holds ``prunekit-vocab.json``, gives the second row only); with ``--width``, the trimmed
 dense model also cut to ``--target`` (no distillation). Each model is exported to GGUF at every ``--quants``
 type (the trimmed tokenizer's fields cut from the source GGUF's to the kept ids), then bytes on disk, prefill and
 decode tokens/s with ``llama-bench`` (the files of one type interleaved in rounds, speed-ups paired per round
@@ -84,6 +85,7 @@ def main() -> None:
     from prunekit.infra.latency import stopwatch
     from prunekit.metrics.engine_speed import engine_speed, llama_perplexity
     from prunekit.models.hf import load_model
+    from prunekit.export.gguf_vocab import kept_token_ids
     from prunekit.shrink.vocab import config_token_ids, corpus_texts, plan_vocab, trim_vocab_
 
     torch.set_num_threads(args.threads)
@@ -109,10 +111,17 @@ def main() -> None:
         record["student"] = {"folder": args.student, "config": {k: getattr(student.config, k) for k in
                              ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
                               "num_hidden_layers")}}
-        models["student"] = (student, tok, None)
-        small = copy.deepcopy(student)
-        trim_vocab_(small, tok, plan=plan)
-        models["student+vocab"] = (small, vocab.tokenizer, keep)
+        cut_before = kept_token_ids(args.student)
+        if cut_before is None:
+            models["student"] = (student, tok, None)
+            small = copy.deepcopy(student)
+            trim_vocab_(small, tok, plan=plan)
+            models["student+vocab"] = (small, vocab.tokenizer, keep)
+        else:  # distilled in a cut vocabulary (shrink_kd_budget.py --vocab): no full-vocabulary student exists
+            from transformers import AutoTokenizer
+
+            record["student"]["vocab_cut_before_distillation"] = len(cut_before)
+            models["student+vocab"] = (student, AutoTokenizer.from_pretrained(args.student), cut_before)
     if args.width:
         from prunekit.shrink import shrink_
 

@@ -218,10 +218,7 @@ def test_timing_compares_the_dense_model_with_the_shrunk_one(tiny_folder, tmp_pa
 def test_vocab_trims_the_saved_model_and_tokenizer(tiny_folder, tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out, texts = tmp_path / "trimmed", tmp_path / "few-words"
-    texts.mkdir()
-    for i in range(10):  # a text of few words: most of the tokenizer's merged tokens go
-        (texts / f"p{i}.txt").write_text("Modules group functions and classes. " * 5)
+    out, texts = tmp_path / "trimmed", _few_words(tmp_path)
     assert main(_args(tiny_folder, out, "--json", "--vocab", str(texts))) == 0
     data = json.loads(capsys.readouterr().out)
     before = AutoTokenizer.from_pretrained(tiny_folder / "model")
@@ -239,6 +236,51 @@ def test_vocab_trims_the_saved_model_and_tokenizer(tiny_folder, tmp_path, capsys
     text = (tiny_folder / "texts" / "page00.txt").read_text()  # held out from the vocabulary: more, smaller pieces
     assert len(tok(text)["input_ids"]) > len(before(text)["input_ids"])
     assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def _few_words(tmp_path):
+    texts = tmp_path / "few-words"
+    texts.mkdir()
+    for i in range(10):  # a text of few words: most of the tokenizer's merged tokens go
+        (texts / f"p{i}.txt").write_text("Modules group functions and classes. " * 5)
+    return texts
+
+
+def test_vocab_is_cut_before_the_distillation_in_student_and_teacher(tiny_folder, tmp_path, capsys, monkeypatch):
+    import prunekit.shrink.distill as distill
+
+    seen = {}
+    real = distill.distill_
+
+    def spy(student, teacher, windows, config, **kw):
+        first = next(iter(windows))
+        seen.update(student=student.config.vocab_size, teacher=teacher.config.vocab_size,
+                    teacher_rows=teacher.get_output_embeddings().weight.shape[0], max_id=int(first.max()))
+        return real(student, teacher, windows, config, **kw)
+
+    monkeypatch.setattr(distill, "distill_", spy)
+    kd = ("--kd-steps", "2", "--kd-batch", "2", "--kd-seqlen", "32")
+    out = tmp_path / "cut"
+    assert main(_args(tiny_folder, out, "--json", "--vocab", str(_few_words(tmp_path)), *kd)) == 0
+    data = json.loads(capsys.readouterr().out)
+    after = data["vocab"]["vocab_after"]
+    assert seen["student"] == seen["teacher"] == seen["teacher_rows"] == after < data["vocab"]["vocab_before"]
+    assert seen["max_id"] < after  # the text is read in the cut tokenizer's ids
+    assert list(data["perplexity"]) == ["dense", "shrunk", "vocab", "distilled"]
+    assert data["distill"]["tokens"] == 2 * 2 * 32 and data["reload_max_abs_diff"] <= 1e-4
+
+
+def test_resume_after_a_vocabulary_cut_keeps_the_cut(tiny_folder, tmp_path, capsys):
+    texts, ckpt = _few_words(tmp_path), tmp_path / "ckpt"
+    common = ("--json", "--vocab", str(texts), "--kd-steps", "4", "--kd-batch", "2", "--kd-seqlen", "32",
+              "--checkpoint", str(ckpt), "--checkpoint-every", "2")
+    assert main(_args(tiny_folder, tmp_path / "a", *common)) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(_args(tiny_folder, tmp_path / "b", *common, "--resume")) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed["distill"]["resumed_from"] == 4 and resumed["vocab"] == first["vocab"]
+    assert resumed["perplexity"]["distilled"] == pytest.approx(first["perplexity"]["distilled"], rel=1e-5)
+    assert resumed["perplexity"]["vocab"] == first["perplexity"]["vocab"]
 
 
 def test_vocab_of_a_missing_text_is_refused_before_writing(tiny_folder, tmp_path, capsys):
