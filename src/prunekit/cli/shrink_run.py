@@ -137,8 +137,7 @@ def shrink_and_save(args: argparse.Namespace, folder: Path) -> tuple[dict[str, A
                       resume=args.resume, run=run_id, progress=progress, extra=extra)
         meta["distill"] = kd.to_dict()
         meta["perplexity"]["distilled"] = perplexity(student, scored, progress=progress)
-    if teacher is not dense:
-        del teacher
+    teacher = None  # a cut copy of the teacher is freed before the timing and the save
     if vocab_plan is not None and args.schedule != "one-shot":  # Adapt-Pruner's rounds score in the source ids
         shrink_text += "\n" + _cut_vocab(student, lm.tokenizer, vocab_plan, meta, scored, progress)
     check_ids = scored[:2, :64]
