@@ -162,6 +162,18 @@ def windows(d: dict) -> list[PaperResult]:
                     verdict, ("psnr", "macs"), rows, d)]
 
 
+def superres(d: dict) -> list[PaperResult]:
+    rows = _rows(d, _at)
+    paper = "Iterative Soft Shrinkage Learning for Efficient Image Super-Resolution"
+    return [_result(paper, "ISS-P (the smallest weights shrunk, not zeroed, while a sparse network trains from scratch) "
+                    "beats iterative hard thresholding at equal sparsity and training: higher PSNR",
+                    compare(rows, "psnr", "ISS-P", ["IHT"], percent=False), ("psnr", "sparsity"), rows, d,
+                    "against hard thresholding"),
+            _result(paper, "ISS-P beats gradual magnitude pruning at equal sparsity and training: higher PSNR",
+                    compare(rows, "psnr", "ISS-P", ["GMP"], percent=False), ("psnr", "sparsity"), rows, d,
+                    "against gradual magnitude pruning")]
+
+
 def distilled(d: dict) -> list[PaperResult]:
     rows = _rows(d, _keep)
     paper = "Rethinking Large-scale Dataset Compression: Shifting Focus From Labels to Images"
@@ -254,7 +266,7 @@ def loraprune(d: dict) -> list[PaperResult]:
 CLAIMS = {"apps_robustness": robustness, "apps_federated": federated, "apps_federated_select": federated_select,
           "apps_federated_adjust": federated_adjust,
           "apps_transfer": transfer,
-          "apps_windows": windows, "apps_distilled": distilled, "apps_detection": detection, "apps_emo": emo,
+          "apps_windows": windows, "apps_superres": superres, "apps_distilled": distilled, "apps_detection": detection, "apps_emo": emo,
           "darex_smollm2": darex, "darex_adamr": darex_adamr,
           "darex_adamr_q": darex_adamr_q, "loraprune_smollm2": loraprune,
           "loraprune_smollm2_heads": loraprune}

@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader
 from _apps_common import append_rows, budget_of, store_papers_or_exit
 
 import prunekit as pk
-from prunekit.analysis.regimes import (RegimeConfig, Transition, classify, fit_barrier_threshold, linear_cka,
+from prunekit.analysis.regimes import (RegimeConfig, Transition, against_fixed_guess, classify, fit_barrier_threshold, linear_cka,
                                        linear_path, prediction_accuracy, sharpness)
 from prunekit.bench.papers import Measured, PaperResult
 from prunekit.datasets import load_fashion_mnist
@@ -119,7 +119,10 @@ def grid_point(dense, train, test, bn_batches, args, seed: int, epochs: float, s
         ends.append(m)
     accs = [accuracy(m, test) for m in ends]
     path = linear_path(ends[0], ends[1], eval_loss(test), points=args.points, bn_data=bn_batches)
-    cka = linear_cka(logits(ends[0], test), logits(ends[1], test))
+    try:
+        cka = linear_cka(logits(ends[0], test), logits(ends[1], test))
+    except ValueError:  # a retraining collapsed (one output for every example): no similarity to measure
+        cka = None
     return dict(seed=seed, t_value=epochs, sparsity=sparsity, density=1 - sparsity, acc_pruned=acc_pruned,
                 acc=statistics.fmean(accs), accs=accs, barrier=path.barrier, mc=path.mode_connectivity,
                 path_losses=path.losses, cka=cka, seconds=time.perf_counter() - t0)
@@ -143,8 +146,19 @@ def run_seed(args, seed: int) -> list[dict]:
                        **grid_point(dense, train, test, bn_batches, args, seed, temp, sparsity))
             rows.append(row)
             print(f"seed {seed} {args.temperature} {temp} sparsity {sparsity}: acc {row['acc']:.3f} "
-                  f"barrier {row['barrier']:.3f} cka {row['cka']:.3f} ({row['seconds']:.0f} s)", flush=True)
+                  f"barrier {row['barrier']:.3f} cka {cka_of(row):.3f} ({row['seconds']:.0f} s)", flush=True)
     return rows
+
+
+def pct(density: float) -> str:
+    """A density as a percentage, with as many decimals as it needs (0.5 %, not a second "1 %")."""
+    return f"{100 * density:.4g} %"
+
+
+def cka_of(row: dict) -> float:
+    """A point's CKA; NaN where a retraining collapsed (its rows say ``cka: null``). The regime's direction does not
+    depend on it (I by the barrier; II-A and II-B both say lower the temperature)."""
+    return float("nan") if row["cka"] is None else row["cka"]
 
 
 def tv(row: dict) -> float:
@@ -161,7 +175,7 @@ def transitions(points: list[dict]) -> list[Transition]:
             order = hotter_first(points[0].get("temperature", "epochs"), [tv(p) for p in row])
             row = sorted(row, key=lambda p: order.index(tv(p)))
             for cold, hot in zip(row, row[1:]):  # each step raises the temperature
-                out.append(Transition(1 - s, tv(cold), tv(hot), cold["barrier"], cold["cka"],
+                out.append(Transition(1 - s, tv(cold), tv(hot), cold["barrier"], cka_of(cold),
                                       hot["acc"] - cold["acc"]))
     return out
 
@@ -188,7 +202,10 @@ def held_out_test(points: list[dict], cfg: RegimeConfig) -> tuple[str, list[str]
     if len(regimes) == 1:
         claim, why = "not tested", f": every held-out point is in regime {regimes.pop()}, so the rule is one fixed guess"
     else:
-        claim, why = ("held" if acc > base else "not held"), ""
+        rule, guess, p = against_fixed_guess(tr_held, fitted, majority)
+        claim = "held" if acc > base and p < 0.05 else "not held"
+        why = (f" (on the {rule + guess} steps where they disagree the rule is right {rule} times, the fixed guess "
+               f"{guess}: exact sign test p = {p:.2g}{'' if p < 0.05 else ', within noise' if rule >= guess else ', the guess did better'})")
     out.append(f"Held-out seeds {seeds[1:]}: the regime rule predicts {acc:.0%} of {n} steps "
                f"(a priori threshold {cfg.barrier_threshold}: {a_priori:.0%}); always '{'+' if majority > 0 else '−'}' "
                f"(seed {seeds[0]}'s majority): {base:.0%} — claim **{claim}**{why}.")
@@ -214,7 +231,7 @@ def paper_results(rows: list[dict]) -> list[PaperResult]:
     for axis in dict.fromkeys(r.get("temperature", "epochs") for r in rows):
         mine = [r for r in rows if r.get("temperature", "epochs") == axis]
         name = "dense lr" if axis == "lr" else "dense epochs"
-        measured = [Measured(f"{name} {tv(r)}", "dense" if r["kind"] == "dense" else f"density {1 - r['sparsity']:.0%}",
+        measured = [Measured(f"{name} {tv(r)}", "dense" if r["kind"] == "dense" else f"density {pct(1 - r['sparsity'])}",
                              r["seed"], {"acc": r["acc"]} if r["kind"] == "dense" else
                              {"acc": r["acc"], "barrier": r["barrier"], "cka": r["cka"]}) for r in mine]
         cfg = mine[0].get("config", {})
@@ -240,12 +257,13 @@ def table(rows: list[dict], cfg: RegimeConfig) -> str:
         acc = statistics.fmean(p["acc"] for p in sel)
         sd = statistics.stdev(p["acc"] for p in sel) if len(sel) > 1 else 0.0
         bar = statistics.fmean(p["barrier"] for p in sel)
-        cka = statistics.fmean(p["cka"] for p in sel)
+        measured = [p["cka"] for p in sel if p["cka"] is not None]  # a collapsed retraining has none
+        cka = statistics.fmean(measured) if measured else float("nan")
         return f"{100 * acc:.1f} ± {100 * sd:.1f} / {bar:.4f} / {cka:.3f} / {classify(bar, cka, fitted)}"
 
     out = [f"Seeds {seeds}. Each cell: retrained accuracy (%, mean ± sd over seeds) / barrier / CKA / regime "
            f"(threshold {fitted.barrier_threshold:.4f} fitted on seed {seeds[0]}, CKA ≥ {cfg.cka_threshold} for II-B).\n",
-           f"| dense {'epochs' if kind == 'epochs' else 'learning rate'} (temperature ↑ down) | dense acc. | sharpness | " + " | ".join(f"density {1 - s:.0%}" for s in sps)
+           f"| dense {'epochs' if kind == 'epochs' else 'learning rate'} (temperature ↑ down) | dense acc. | sharpness | " + " | ".join(f"density {pct(1 - s)}" for s in sps)
            + " |", "|---|---|---|" + "---|" * len(sps)]
     for e in epochs:
         d = [r for r in dense if tv(r) == e]
@@ -253,7 +271,7 @@ def table(rows: list[dict], cfg: RegimeConfig) -> str:
                    f"{statistics.fmean(r['sharpness'] for r in d):.3f} | " + " | ".join(cell(e, s) for s in sps) + " |")
     ts = transitions(points)
     out.append("\nMean accuracy change when the temperature is raised one step, by density: "
-               + "; ".join(f"{1 - s:.0%}: {100 * statistics.fmean(t.gain for t in ts if abs(t.load - (1 - s)) < 1e-9):+.2f} pt"
+               + "; ".join(f"{pct(1 - s)}: {100 * statistics.fmean(t.gain for t in ts if abs(t.load - (1 - s)) < 1e-9):+.2f} pt"
                            for s in sps))
     out += verdict(points, cfg)
     return "\n".join(out)

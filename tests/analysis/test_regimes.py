@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit.analysis.regimes import (RegimeConfig, Transition, classify, fit_barrier_threshold, linear_cka,
+from prunekit.analysis.regimes import (RegimeConfig, Transition, against_fixed_guess, classify, fit_barrier_threshold, linear_cka,
                                        linear_path, predicted_direction, prediction_accuracy, recompute_bn_, sharpness)
 
 
@@ -124,3 +124,20 @@ def test_prediction_accuracy_and_the_fitted_threshold():
     assert prediction_accuracy(ts, fitted)[0] == 1.0
     with pytest.raises(ValueError, match="no transitions"):
         prediction_accuracy([], fitted)
+
+
+def test_the_rule_against_a_fixed_guess_is_an_exact_sign_test_on_the_disagreements():
+    cfg = RegimeConfig(barrier_threshold=0.1)
+    # regime I steps (barrier 0.3, 0.2) predict "raise", as the guess does: no disagreement there
+    ts = [Transition(0.1, 1, 2, 0.3, 0.9, +0.02), Transition(0.1, 2, 3, 0.2, 0.9, -0.01),
+          # regime II steps predict "lower": disagreements; the rule is right on the two losses, the guess on the gain
+          Transition(0.5, 1, 2, 0.01, 0.9, -0.01), Transition(0.5, 2, 3, 0.0, 0.9, -0.03),
+          Transition(0.5, 3, 4, 0.0, 0.9, +0.02), Transition(0.5, 4, 5, 0.0, 0.9, 0.0)]  # no change: neither
+    rule, guess, p = against_fixed_guess(ts, cfg, +1)
+    assert (rule, guess) == (2, 1)
+    assert p == pytest.approx(4 / 8)  # P(X >= 2 | n = 3, 1/2) = (3 + 1) / 8
+    # against "always lower" the disagreements are the regime I steps: one gain (rule), one loss (guess)
+    assert against_fixed_guess(ts, cfg, -1) == (1, 1, pytest.approx(3 / 4))
+    assert against_fixed_guess(ts[:2], RegimeConfig(barrier_threshold=0.1), +1) == (0, 0, 1.0)  # never disagree
+    with pytest.raises(ValueError, match="guess must be"):
+        against_fixed_guess(ts, cfg, 0)

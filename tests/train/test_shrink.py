@@ -30,3 +30,24 @@ def test_bad_shrink():
         SoftShrink(MLP(), 0.5, shrink=1.5)
     with pytest.raises(ValueError, match="end_step"):
         SoftShrink(MLP(), 0.5, start_step=5, end_step=5)
+
+
+def test_constant_schedule_with_shrink_one_is_iterative_hard_thresholding():
+    """The paper's baseline: the final sparsity from step 1, the smallest weights zeroed (no mask) at every step, so a
+    zeroed weight that grows back (as a gradient step would make it) is kept and another one is zeroed."""
+    torch.manual_seed(0)
+    model = MLP(hidden=(16,))
+    layer = model.body[0]
+    iht = SoftShrink(model, 0.5, start_step=0, end_step=3, every=1, shrink=1.0, schedule="constant")
+    iht.step()  # step 1: already the final 50 %
+    w = layer.weight.detach()
+    zero = w == 0
+    assert zero.float().mean().item() == pytest.approx(0.5, abs=1e-3) and get_mask(layer) is None
+    i = int(zero.flatten().nonzero()[0])
+    with torch.no_grad():
+        layer.weight.view(-1)[i] = 10.0  # grown back, far above every kept weight
+    iht.step()  # step 2: re-chosen from the magnitudes now
+    w = layer.weight.detach()
+    assert float(w.view(-1)[i]) == 10.0
+    assert (w == 0).float().mean().item() == pytest.approx(0.5, abs=1e-3)
+    assert [h["target"] for h in iht.history] == [0.5, 0.5]

@@ -234,3 +234,21 @@ def fit_barrier_threshold(transitions: Sequence[Transition], config: RegimeConfi
     candidates = [0.0] + [(u + v) / 2 for u, v in zip(values, values[1:])] + [values[-1] + 1.0]
     best = max(candidates, key=lambda c: (prediction_accuracy(transitions, cfg.replace(barrier_threshold=c))[0], -c))
     return cfg.replace(barrier_threshold=best)
+
+
+def against_fixed_guess(transitions: Sequence[Transition], config: RegimeConfig, guess: int) -> tuple[int, int, float]:
+    """The regime rule against always predicting ``guess`` (+1 raise the temperature, −1 lower it), judged on the
+    steps where the two disagree (an exact sign test, as McNemar's for paired predictions): how many of those the
+    rule got right, how many the guess got right (a step with no change counts for neither), and the one-sided
+    p-value that the rule is no better, P(X ≥ rule's | n = both counts, ½). With no disagreement, p = 1."""
+    if guess not in (1, -1):
+        raise ValueError(f"guess must be +1 (raise) or -1 (lower), got {guess!r}")
+    rule = guessed = 0
+    for t in transitions:
+        direction = predicted_direction(classify(t.barrier, t.cka, config))
+        if direction != guess and t.gain != 0:
+            rule += direction * t.gain > 0
+            guessed += guess * t.gain > 0
+    n = rule + guessed
+    p = sum(math.comb(n, k) for k in range(rule, n + 1)) / 2 ** n if n else 1.0
+    return rule, guessed, p

@@ -10,7 +10,7 @@ from .loop import fit, steps_per_run
 from .loraprune import LoRAPruneConfig, LoRAPruneReport, loraprune_
 from .recovery import RecoveryReport, add_lora_, bias_and_norm_params, kd_loss, merge_lora_, recover_, trainable_params_
 from .recovery_lm import RECOVERY, LMRecoveryReport, RecoveryConfig, recover_lm_
-from .schedule import SCHEDULES, cubic, linear, sparsity_at
+from .schedule import SCHEDULES, constant, cubic, linear, sparsity_at
 from .shrink import SoftShrink
 from .soup import Soup, average_models, sparse_soup
 from .sparse import SET, DynamicSparse, GraNet, RigL, sparse_init_
@@ -21,7 +21,7 @@ __all__ = [
     "trainable_params_",
     "SCHEDULES", "SET", "DynamicSparse", "GraNet", "Gradual", "GradualPruningCallback", "LightningGradualPruning",
     "RecoveryReport", "RigL", "SoftShrink", "Soup", "Ticket", "TicketSearch", "add_lora_", "average_models",
-    "bias_and_norm_params", "cubic", "find_ticket", "find_ticket_", "fit", "kd_loss", "linear", "merge_lora_", "recover_",
+    "bias_and_norm_params", "constant", "cubic", "find_ticket", "find_ticket_", "fit", "kd_loss", "linear", "merge_lora_", "recover_",
     "sparse_init_", "sparse_soup", "sparsity_at", "steps_per_run",
 ]
 

@@ -25,7 +25,12 @@ def linear(progress: float) -> float:
     return progress
 
 
-SCHEDULES: dict[str, ScheduleFn] = {"cubic": cubic, "linear": linear}
+def constant(progress: float) -> float:
+    """The final sparsity from the first step: what ISS-P and iterative hard thresholding hold while they train."""
+    return 1.0
+
+
+SCHEDULES: dict[str, ScheduleFn] = {"cubic": cubic, "linear": linear, "constant": constant}
 
 
 def resolve_schedule(schedule: ScheduleSpec) -> ScheduleFn:

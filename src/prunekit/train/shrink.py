@@ -4,7 +4,9 @@ Super-Resolution", ICCV 2023).
 Instead of zeroing the unimportant weights, every ``every`` steps the weights that would be pruned at the
 schedule's current sparsity are multiplied by ``1 - shrink``; they keep receiving gradients, so the sparse
 structure can still change while training. At ``end_step`` the model is pruned for real (masks) to
-``sparsity``.
+``sparsity``. The paper holds the final sparsity from the start and shrinks at every step
+(``schedule="constant", every=1``); ``shrink=1`` zeroes the chosen weights instead, which is its baseline,
+iterative hard thresholding (IHT): the zeroed weights still get gradients and may come back.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from .schedule import ScheduleSpec, check_sparsity, check_window, resolve_schedu
 class SoftShrink:
     """ISS-P: shrink the currently least important weights by a fraction, prune hard at the end.
 
-    Call :meth:`step` after each optimizer step. ``shrink`` ∈ (0, 1) is the fraction taken off an
-    unimportant weight at each update; ``allocation`` spreads the sparsity over layers.
+    Call :meth:`step` after each optimizer step. ``shrink`` ∈ (0, 1] is the fraction taken off an
+    unimportant weight at each update (1: zeroed, IHT); ``allocation`` spreads the sparsity over layers.
     """
 
     @renamed_args(final_sparsity="sparsity")
@@ -35,8 +37,9 @@ class SoftShrink:
                  allocation: str = "uniform", scope: Any = None) -> None:
         self.final_sparsity = check_sparsity(sparsity, "sparsity")
         check_window(start_step, end_step, every)
-        if not 0 < shrink < 1:
-            raise ValueError(f"shrink must be in (0, 1), the fraction taken off unimportant weights; got {shrink}")
+        if not 0 < shrink <= 1:
+            raise ValueError(f"shrink must be in (0, 1], the fraction taken off unimportant weights (1 zeroes them: "
+                             f"iterative hard thresholding); got {shrink}")
         self.schedule_fn = resolve_schedule(schedule)
         self.plan = plan_prune(model, "magnitude", self.final_sparsity, allocation=allocation, scope=scope,
                                progress=False)
