@@ -22,6 +22,7 @@ MODEL = "apps (see each benchmark's model)"
 SCRIPTS = {"apps_federated_select": "benchmarks/apps_federated.py --select … --name apps_federated_select",
            "apps_federated_adjust": "benchmarks/apps_federated.py --adjust … --name apps_federated_adjust",
            "darex_adamr_q": "benchmarks/darex_adamr.py --darex-q",
+           "apps_superres_cubic": "benchmarks/apps_superres.py --arms 'IHT cubic' 'ISS-P cubic' --name apps_superres_cubic",
            "loraprune_smollm2_heads": "benchmarks/loraprune_smollm2.py --what heads"}
 
 
@@ -174,6 +175,15 @@ def superres(d: dict) -> list[PaperResult]:
                     "against gradual magnitude pruning")]
 
 
+def superres_cubic(d: dict) -> list[PaperResult]:
+    rows = _rows(d, _at)
+    return [_result("Iterative Soft Shrinkage Learning for Efficient Image Super-Resolution",
+                    "on gradual magnitude pruning's cubic schedule too, shrinking the smallest weights beats zeroing "
+                    "them (iterative hard thresholding) at equal sparsity and training: higher PSNR",
+                    compare(rows, "psnr", "ISS-P cubic", ["IHT cubic"], percent=False), ("psnr", "sparsity"), rows, d,
+                    "on the cubic schedule")]
+
+
 def distilled(d: dict) -> list[PaperResult]:
     rows = _rows(d, _keep)
     paper = "Rethinking Large-scale Dataset Compression: Shifting Focus From Labels to Images"
@@ -266,7 +276,7 @@ def loraprune(d: dict) -> list[PaperResult]:
 CLAIMS = {"apps_robustness": robustness, "apps_federated": federated, "apps_federated_select": federated_select,
           "apps_federated_adjust": federated_adjust,
           "apps_transfer": transfer,
-          "apps_windows": windows, "apps_superres": superres, "apps_distilled": distilled, "apps_detection": detection, "apps_emo": emo,
+          "apps_windows": windows, "apps_superres": superres, "apps_superres_cubic": superres_cubic, "apps_distilled": distilled, "apps_detection": detection, "apps_emo": emo,
           "darex_smollm2": darex, "darex_adamr": darex_adamr,
           "darex_adamr_q": darex_adamr_q, "loraprune_smollm2": loraprune,
           "loraprune_smollm2_heads": loraprune}

@@ -13,7 +13,9 @@ the residual over bicubic) is trained from the same random initialisation on the
           after every optimizer step (SoftShrink(shrink=1, schedule="constant")): zeroed weights get gradients and
           may come back (the paper's baseline);
   ISS-P   the same, the smallest weights multiplied by 1 − --shrink instead of zeroed (SoftShrink(shrink=…,
-          schedule="constant")): the paper's method.
+          schedule="constant")): the paper's method;
+  IHT cubic, ISS-P cubic   the same two on GMP's cubic schedule (the sparsity rising from 0), which separates the
+          shrinkage from the schedule (``--arms "IHT cubic" "ISS-P cubic" --name apps_superres_cubic``).
 
 Each pruned arm is pruned for real (masks) after --prune-share of the steps and trains on with its masks to the
 end. PSNR on --test held-out images, beside the bicubic upscale's. Claim: ISS-P beats IHT and GMP (higher PSNR) at
@@ -36,14 +38,16 @@ from prunekit.apps.windows import psnr
 from prunekit.datasets import load_fashion_mnist
 from prunekit.train import Gradual, SoftShrink
 
-ARMS = ("GMP", "IHT", "ISS-P")
+ARMS = ("dense", "GMP", "IHT", "ISS-P", "IHT cubic", "ISS-P cubic")
 
 
 def pruner(arm: str, model: TinySR, sparsity: float, end_step: int, args):
     if arm == "GMP":
         return Gradual(model, sparsity, start_step=0, end_step=end_step, every=max(1, end_step // args.gmp_events))
-    shrink = 1.0 if arm == "IHT" else args.shrink
-    return SoftShrink(model, sparsity, start_step=0, end_step=end_step, every=1, shrink=shrink, schedule="constant")
+    method, _, schedule = arm.partition(" ")
+    shrink = 1.0 if method == "IHT" else args.shrink
+    return SoftShrink(model, sparsity, start_step=0, end_step=end_step, every=1, shrink=shrink,
+                      schedule=schedule or "constant")
 
 
 def zero_share(model: TinySR, names: set[str]) -> float:
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--shrink", type=float, default=0.1, help="ISS-P: the fraction taken off an unimportant weight")
     p.add_argument("--gmp-events", type=int, default=20)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=["dense", "GMP", "IHT", "ISS-P"])
+    p.add_argument("--name", default="apps_superres", help="results/<name>.json (apps_papers.py names the claims)")
     p.add_argument("--db", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -77,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in args.seeds:
         torch.manual_seed(seed)
         init = TinySR(args.channels, args.blocks, 2).state_dict()
-        for arm, sparsity in [("dense", 0.0)] + [(a, s) for s in args.sparsities for a in ARMS]:
+        plan = [("dense", 0.0)] if "dense" in args.arms else []
+        for arm, sparsity in plan + [(a, s) for s in args.sparsities for a in args.arms if a != "dense"]:
             model = TinySR(args.channels, args.blocks, 2)
             model.load_state_dict(init)
             sched = None if arm == "dense" else pruner(arm, model, sparsity, end_step, args)
@@ -103,10 +110,10 @@ def _save(args, runs: list[dict], end_step: int, db: str | None = None) -> dict:
     """Write what the runs so far gave (a run cut short still leaves its results); PSNR per label."""
     labels = list(dict.fromkeys(r["label"] for r in runs))
     summary = {lab: spread(r["figures"]["psnr"] for r in runs if r["label"] == lab) for lab in labels}
-    settings = {k: v for k, v in vars(args).items() if k not in ("db",)} | {"scale": 2, "hard_prune_step": end_step,
+    settings = {k: v for k, v in vars(args).items() if k not in ("db", "name")} | {"scale": 2, "hard_prune_step": end_step,
                                                                           "steps": steps_of(args.train, args.batch_size,
                                                                                             args.epochs)}
-    write_results("apps_superres", {"task": "fashion-mnist ×2 super-resolution, sparse from scratch",
+    write_results(args.name, {"task": "fashion-mnist ×2 super-resolution, sparse from scratch",
                                     "model": f"TinySR({args.channels}, {args.blocks})", "settings": settings,
                                     "runs": runs, "summary": summary}, db=db)
     return summary

@@ -16,14 +16,17 @@ Test of the paper's prediction: for each load and each step up in temperature, t
 temperature predicts the sign of the accuracy change (regime I: raising the temperature helps; regime II: it
 hurts). The barrier threshold that splits regime I from II is fitted on the first seed's grid and the predictions
 are scored on the other seeds' grids (held out), beside a baseline that always predicts the first seed's most
-common sign. Held when the regime rule beats that baseline on the held-out points; not tested when every held-out
-point falls in one regime (the rule is then a fixed guess).
+common sign. Held when the regime rule beats that baseline on the held-out points, significantly: on the steps where
+the two predictions differ, an exact one-sided sign test (prunekit.analysis.regimes.against_fixed_guess) at
+p < 0.05; not tested when every held-out point falls in one regime (the rule is then a fixed guess).
 
     nice -n 10 python benchmarks/papers_regimes.py --seeds 0 1 2 --threads 1
 
 The README's run (one process per seed S): --seeds S --temperature lr --lrs 0.005 0.02 0.08 0.32 --dense-epochs 4
 --widths 8 16 32 --sparsities 0.5 0.8 0.95 0.98 --retrain-epochs 2 --retrain-lr 0.1; the epochs grid
-(results/papers_regimes_epochs.jsonl): --temperature epochs --widths 8 16 32.
+(results/papers_regimes_epochs.jsonl): --temperature epochs --widths 8 16 32. The hot-retraining grid
+(results/papers_regimes_hot.jsonl, seeds 0–4): --temperature lr --lrs 0.005 0.02 0.08 0.32 --dense-epochs 8
+--train-size 4000 --widths 8 16 32 --sparsities 0.9 0.98 0.99 0.995 --retrain-epochs 4 --retrain-lr 0.4.
 
 Writes one JSON line per grid point to --out (default benchmarks/results/papers_regimes.jsonl); --table prints the
 grid and the verdict from --out. With --db FILE the rows of --out (and --merge) also go into the results store,

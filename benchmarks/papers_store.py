@@ -26,8 +26,8 @@ from _apps_common import RESULTS, papers_from_files
 from prunekit.bench.papers import store_paper_results
 
 # benchmark → the result files behind the README's tables (each stored as one source)
-FILES = {"tas": [["papers_tas.jsonl"]],
-         "regimes": [["papers_regimes.jsonl"], ["papers_regimes_epochs.jsonl"]],
+FILES = {"tas": [["papers_tas.jsonl"], ["papers_tas_kd8.jsonl"], ["papers_tas_kd15.jsonl"]],
+         "regimes": [["papers_regimes.jsonl"], ["papers_regimes_epochs.jsonl"], ["papers_regimes_hot.jsonl"]],
          "vit": [["papers_vit.jsonl"], ["papers_vit_deit_time.jsonl"]],
          "criteria": [["papers_criteria.jsonl", "papers_criteria_bn_lam0.1.jsonl", "papers_criteria_bn_lam0.01.jsonl",
                        "papers_criteria_bn_lam0.001.jsonl", "papers_criteria_bn_lam0.1_ft5.jsonl",
