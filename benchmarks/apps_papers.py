@@ -276,7 +276,8 @@ def loraprune(d: dict) -> list[PaperResult]:
 CLAIMS = {"apps_robustness": robustness, "apps_federated": federated, "apps_federated_select": federated_select,
           "apps_federated_adjust": federated_adjust,
           "apps_transfer": transfer,
-          "apps_windows": windows, "apps_superres": superres, "apps_superres_cubic": superres_cubic, "apps_distilled": distilled, "apps_detection": detection, "apps_emo": emo,
+          "apps_windows": windows, "apps_superres": superres, "apps_superres_cubic": superres_cubic,
+          "apps_distilled": distilled, "apps_detection": detection, "apps_emo": emo,
           "darex_smollm2": darex, "darex_adamr": darex_adamr,
           "darex_adamr_q": darex_adamr_q, "loraprune_smollm2": loraprune,
           "loraprune_smollm2_heads": loraprune}

@@ -50,8 +50,8 @@ from torch.utils.data import DataLoader
 from _apps_common import append_rows, budget_of, store_papers_or_exit
 
 import prunekit as pk
-from prunekit.analysis.regimes import (RegimeConfig, Transition, against_fixed_guess, classify, fit_barrier_threshold, linear_cka,
-                                       linear_path, prediction_accuracy, sharpness)
+from prunekit.analysis.regimes import (RegimeConfig, Transition, against_fixed_guess, classify, fit_barrier_threshold,
+                                       linear_cka, linear_path, prediction_accuracy, sharpness)
 from prunekit.bench.papers import Measured, PaperResult
 from prunekit.datasets import load_fashion_mnist
 from prunekit.metrics.accuracy import accuracy
@@ -207,8 +207,9 @@ def held_out_test(points: list[dict], cfg: RegimeConfig) -> tuple[str, list[str]
     else:
         rule, guess, p = against_fixed_guess(tr_held, fitted, majority)
         claim = "held" if acc > base and p < 0.05 else "not held"
+        tail = "" if p < 0.05 else ", within noise" if rule >= guess else ", the guess did better"
         why = (f" (on the {rule + guess} steps where they disagree the rule is right {rule} times, the fixed guess "
-               f"{guess}: exact sign test p = {p:.2g}{'' if p < 0.05 else ', within noise' if rule >= guess else ', the guess did better'})")
+               f"{guess}: exact sign test p = {p:.2g}{tail})")
     out.append(f"Held-out seeds {seeds[1:]}: the regime rule predicts {acc:.0%} of {n} steps "
                f"(a priori threshold {cfg.barrier_threshold}: {a_priori:.0%}); always '{'+' if majority > 0 else '−'}' "
                f"(seed {seeds[0]}'s majority): {base:.0%} — claim **{claim}**{why}.")
