@@ -34,8 +34,8 @@ import torch
 from _apps_common import fmt, spread, write_results
 from prunekit.apps.superres import TinySR, bicubic, sr_pairs, sr_psnr, train_sr_
 from prunekit.apps.batches import steps_of
-from prunekit.apps.windows import psnr
 from prunekit.datasets import load_fashion_mnist
+from prunekit.metrics.image import psnr
 from prunekit.train import Gradual, SoftShrink
 
 ARMS = ("dense", "GMP", "IHT", "ISS-P", "IHT cubic", "ISS-P cubic")

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..metrics.image import psnr
 from .batches import minibatches, steps_of
-from .windows import psnr
 
 
 def sr_pairs(images: Tensor, scale: int = 2) -> tuple[Tensor, Tensor]:

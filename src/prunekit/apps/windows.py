@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..metrics.image import psnr
 from .batches import minibatches, steps_of
 
 
@@ -138,12 +139,6 @@ class WindowRestorer(nn.Module):
         for blk in self.blocks:
             t = blk(t)
         return x + self.out(from_windows(t, b, h, w, self.window))
-
-
-def psnr(restored: Tensor, sharp: Tensor, peak: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB over the whole batch (images in [0, ``peak``])."""
-    mse = float(((restored.clamp(0, peak) - sharp) ** 2).mean())
-    return float("inf") if mse == 0 else 10.0 * torch.log10(torch.tensor(peak ** 2 / mse)).item()
 
 
 def train_restorer_(model: WindowRestorer, blurred: Tensor, sharp: Tensor, mask: Tensor, *, epochs: float = 1.0,
