@@ -53,3 +53,6 @@ def test_training_with_iss_p_lowers_the_loss_and_ends_at_the_sparsity():
         train_sr_(model, lr, lr, epochs=1, batch_size=16)
     with pytest.raises(ValueError, match="one length"):
         train_sr_(model, lr, hr[:10], epochs=1, batch_size=16)
+    for bad in (dict(scale=2.5), dict(scale=1), dict(channels=0)):
+        with pytest.raises(ValueError, match="TinySR needs integers"):
+            TinySR(**bad)

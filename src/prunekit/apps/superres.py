@@ -61,8 +61,9 @@ class TinySR(nn.Module):
 
     def __init__(self, channels: int = 32, blocks: int = 4, scale: int = 2, in_channels: int = 1) -> None:
         super().__init__()
-        if channels < 1 or blocks < 0 or scale < 2 or in_channels < 1:
-            raise ValueError(f"TinySR needs channels >= 1, blocks >= 0, scale >= 2 and in_channels >= 1; got "
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (channels, blocks, scale, in_channels))
+        if not ints or channels < 1 or blocks < 0 or scale < 2 or in_channels < 1:
+            raise ValueError(f"TinySR needs integers channels >= 1, blocks >= 0, scale >= 2 and in_channels >= 1; got "
                              f"{channels}, {blocks}, {scale}, {in_channels}")
         self.scale = scale
         self.head = nn.Conv2d(in_channels, channels, 3, padding=1)
